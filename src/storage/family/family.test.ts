@@ -1,0 +1,266 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { tempDir } from '../../../test/support/tmp.js';
+import { VolumeFamily } from './family.js';
+import { HavenError } from '../../common/index.js';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+function readAll(f: VolumeFamily, id: string, offset: number, len: number): Buffer {
+  const b = Buffer.alloc(len);
+  f.read(id, b, offset);
+  return b;
+}
+
+test('a new volume reads zeroes and round-trips writes of every alignment', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 8 * MiB });
+  const v = f.find('v')!.id;
+  assert.deepEqual(readAll(f, v, 0, 1 * MiB), Buffer.alloc(MiB));
+  const a = randomBytes(200_000);
+  f.write(v, a, 12_345); // spans clusters, unaligned both ends
+  const b = randomBytes(4096);
+  f.write(v, [b.subarray(0, 1000), b.subarray(1000)], 65536 * 3 - 2048); // vectored, across a boundary
+  const expect = Buffer.alloc(8 * MiB);
+  a.copy(expect, 12_345);
+  b.copy(expect, 65536 * 3 - 2048);
+  assert.equal(sha(readAll(f, v, 0, 8 * MiB)), sha(expect));
+  f.close();
+  const g = VolumeFamily.open(join(dir.path, 'f'));
+  assert.equal(sha(readAll(g, v, 0, 8 * MiB)), sha(expect));
+  g.close();
+});
+
+test('out-of-range and snapshot writes are refused with clear errors', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: MiB });
+  const v = f.find('v')!.id;
+  assert.throws(
+    () => f.write(v, Buffer.alloc(10), MiB - 5),
+    (e: HavenError) => e.code === 'OUT_OF_RANGE',
+  );
+  assert.throws(
+    () => f.read(v, Buffer.alloc(1), MiB),
+    (e: HavenError) => e.code === 'OUT_OF_RANGE',
+  );
+  const s = f.snapshot(v, 's');
+  assert.throws(
+    () => f.write(s.id, Buffer.alloc(1), 0),
+    (e: HavenError) => e.code === 'READ_ONLY',
+  );
+  assert.throws(() => VolumeFamily.create(join(dir.path, 'g'), { name: 'x', size: 1000 }), /multiple of 512/);
+  assert.throws(() => f.resize(v, 512), /shrinking/);
+  f.close();
+});
+
+test('snapshots keep their point in time; clones diverge without touching the origin; revert', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 4 * MiB });
+  const v = f.find('v')!.id;
+  const one = randomBytes(4 * MiB);
+  f.write(v, one, 0);
+  const s1 = f.snapshot(v, 's1');
+  const two = randomBytes(100_000);
+  f.write(v, two, 500_000);
+  const afterTwo = Buffer.from(one);
+  two.copy(afterTwo, 500_000);
+  assert.equal(sha(readAll(f, s1.id, 0, 4 * MiB)), sha(one));
+  assert.equal(sha(readAll(f, v, 0, 4 * MiB)), sha(afterTwo));
+
+  const c = f.clone(s1.id, 'c');
+  f.write(c.id, Buffer.alloc(MiB, 7), MiB);
+  assert.equal(sha(readAll(f, s1.id, 0, 4 * MiB)), sha(one));
+  assert.equal(sha(readAll(f, v, 0, 4 * MiB)), sha(afterTwo));
+  const cExpect = Buffer.from(one);
+  cExpect.fill(7, MiB, 2 * MiB);
+  assert.equal(sha(readAll(f, c.id, 0, 4 * MiB)), sha(cExpect));
+
+  assert.throws(
+    () => f.delete(s1.id),
+    (e: HavenError) => e.code === 'CONFLICT' && /clone c/.test(e.message),
+  );
+  f.revert(v, s1.id);
+  assert.equal(sha(readAll(f, v, 0, 4 * MiB)), sha(one));
+  f.close();
+  const g = VolumeFamily.open(join(dir.path, 'f'));
+  assert.equal(sha(readAll(g, v, 0, 4 * MiB)), sha(one));
+  assert.equal(sha(readAll(g, c.id, 0, 4 * MiB)), sha(cExpect));
+  assert.equal(sha(readAll(g, s1.id, 0, 4 * MiB)), sha(one));
+  g.close();
+});
+
+test('a snapshot costs the same work for a 1 GiB and a 1 TiB volume', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const cost = (size: number, name: string) => {
+    const f = VolumeFamily.create(join(dir.path, name), { name: 'v', size });
+    const v = f.find('v')!.id;
+    for (let i = 0; i < 16; i++) f.write(v, Buffer.alloc(4096, i + 1), (size / 16) * i);
+    f.commit();
+    const before = { ...f.stats };
+    const heap0 = process.memoryUsage().heapUsed;
+    f.snapshot(v, 's');
+    const work = {
+      pagesRead: f.stats.pagesRead - before.pagesRead,
+      pagesWritten: f.stats.pagesWritten - before.pagesWritten,
+      superblocksWritten: f.stats.superblocksWritten - before.superblocksWritten,
+      clustersCopied: f.stats.clustersCopied - before.clustersCopied,
+    };
+    const heap = process.memoryUsage().heapUsed - heap0;
+    f.close();
+    return { work, heap };
+  };
+  const small = cost(GiB, 'small');
+  const large = cost(1024 * GiB, 'large');
+  assert.deepEqual(large.work, small.work);
+  assert.equal(small.work.pagesWritten, 0);
+  assert.ok(large.heap < 1 * MiB, `snapshot of 1 TiB used ${large.heap} bytes of heap`);
+});
+
+test('trim frees owned space; deleting a snapshot frees what only it held', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 16 * MiB });
+  const v = f.find('v')!.id;
+  f.write(v, randomBytes(8 * MiB), 0);
+  f.commit();
+  assert.equal(f.allocatedBytes(), 8 * MiB);
+  const s = f.snapshot(v, 's');
+  f.write(v, randomBytes(4 * MiB), 0); // copies 4 MiB: 12 MiB in use
+  f.commit();
+  assert.equal(f.allocatedBytes(), 12 * MiB);
+  f.delete(s.id);
+  assert.equal(f.allocatedBytes(), 8 * MiB);
+  f.zero(v, 0, 8 * MiB);
+  f.commit();
+  assert.equal(f.allocatedBytes(), 0);
+  assert.deepEqual(readAll(f, v, 0, 8 * MiB), Buffer.alloc(8 * MiB));
+  assert.deepEqual(f.status(v, 0, 16 * MiB), [{ offset: 0, length: 16 * MiB, flags: 3 }]);
+  f.close();
+});
+
+test('a crash before a flush loses only unflushed writes; the flushed state loads intact', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 4 * MiB });
+  const v = f.find('v')!.id;
+  const flushed = randomBytes(2 * MiB);
+  f.write(v, flushed, 0);
+  f.commit();
+  f.snapshot(v, 's');
+  f.write(v, randomBytes(3 * MiB), MiB); // never flushed
+  f.abandon();
+  const g = VolumeFamily.open(join(dir.path, 'f'));
+  const got = readAll(g, v, 0, 2 * MiB);
+  // Unflushed writes may or may not be there; clusters that were never committed are not mapped.
+  assert.equal(sha(readAll(g, g.find('s')!.id, 0, 2 * MiB)), sha(flushed));
+  assert.equal(got.length, 2 * MiB);
+  assert.deepEqual(readAll(g, v, 2 * MiB, 2 * MiB), Buffer.alloc(2 * MiB));
+  g.close();
+});
+
+test('grows a volume across a tree-depth boundary and keeps its data', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 16 * MiB });
+  const v = f.find('v')!.id;
+  const d = randomBytes(MiB);
+  f.write(v, d, 3 * MiB);
+  f.resize(v, 64 * GiB);
+  f.write(v, d, 64 * GiB - MiB);
+  f.close();
+  const g = VolumeFamily.open(join(dir.path, 'f'));
+  assert.equal(sha(readAll(g, v, 3 * MiB, MiB)), sha(d));
+  assert.equal(sha(readAll(g, v, 64 * GiB - MiB, MiB)), sha(d));
+  g.close();
+});
+
+test('random operations agree with a simple model, across reopen and crash', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const path = join(dir.path, 'f');
+  const size = 2 * MiB;
+  let seed = 12345;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  let f = VolumeFamily.create(path, { name: 'v0', size }, { clusterSize: 4096 });
+  const model = new Map<string, Buffer>([['v0', Buffer.alloc(size)]]);
+  let n = 0;
+  const check = (why: string) => {
+    for (const [name, expect] of model)
+      assert.equal(sha(readAll(f, f.find(name)!.id, 0, size)), sha(expect), `${name} after ${why}`);
+    assert.equal(f.memberCount, model.size);
+  };
+  const names = (kind: 'volume' | 'snapshot') => [...model.keys()].filter((k) => f.find(k)!.kind === kind);
+  for (let step = 0; step < 400; step++) {
+    const op = rnd(100);
+    const vols = names('volume');
+    const snaps = names('snapshot');
+    if (op < 45 && vols.length) {
+      const name = vols[rnd(vols.length)]!;
+      const off = rnd(size);
+      const len = Math.min(1 + rnd(40000), size - off);
+      const data = randomBytes(len);
+      f.write(f.find(name)!.id, data, off);
+      const copy = Buffer.from(model.get(name)!);
+      data.copy(copy, off);
+      model.set(name, copy);
+    } else if (op < 55 && vols.length) {
+      const name = vols[rnd(vols.length)]!;
+      const off = rnd(size);
+      const len = Math.min(1 + rnd(100000), size - off);
+      f.zero(f.find(name)!.id, off, len);
+      const copy = Buffer.from(model.get(name)!);
+      copy.fill(0, off, off + len);
+      model.set(name, copy);
+    } else if (op < 65 && vols.length) {
+      const name = vols[rnd(vols.length)]!;
+      const s = `s${n++}`;
+      f.snapshot(f.find(name)!.id, s);
+      model.set(s, model.get(name)!);
+    } else if (op < 72 && snaps.length) {
+      const s = snaps[rnd(snaps.length)]!;
+      const c = `c${n++}`;
+      f.clone(f.find(s)!.id, c);
+      model.set(c, model.get(s)!);
+    } else if (op < 77 && snaps.length) {
+      const s = f.find(snaps[rnd(snaps.length)]!)!;
+      const origin = [...model.keys()].find((k) => f.find(k)!.id === s.parent);
+      if (origin) {
+        f.revert(s.parent!, s.id);
+        model.set(origin, model.get(s.name)!);
+      }
+    } else if (op < 85 && model.size > 1) {
+      const all = [...model.keys()];
+      const victim = f.find(all[rnd(all.length)]!)!;
+      const hasDependents = f.list().some((m) => m.parent === victim.id);
+      if (hasDependents)
+        assert.throws(
+          () => f.delete(victim.id),
+          (e: HavenError) => e.code === 'CONFLICT',
+        );
+      else {
+        f.delete(victim.id);
+        model.delete(victim.name);
+      }
+    } else if (op < 92) {
+      f.close();
+      f = VolumeFamily.open(path);
+    } else {
+      f.commit();
+      f.abandon();
+      f = VolumeFamily.open(path);
+    }
+    check(`step ${step} (op ${op})`);
+  }
+  f.close();
+});
