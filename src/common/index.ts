@@ -1,3 +1,4 @@
 export * from './errors.js';
 export * from './logger.js';
 export * from './maybe.js';
+export * from './atomic-file.js';

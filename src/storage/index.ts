@@ -1,0 +1,5 @@
+export { Pool, checkName } from './pool.js';
+export type { PoolCapabilities, PoolConfig, PoolInfo, VolumeInfo, SnapshotInfo } from './pool.js';
+export { VolumeFamily, DEFAULT_CLUSTER_SIZE, MAX_VOLUME_SIZE } from './family/family.js';
+export type { FamilyStats } from './family/family.js';
+export { MemberDevice } from './family/member-device.js';

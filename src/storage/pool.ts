@@ -1,0 +1,360 @@
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import type { BlockDevice } from '../block/index.js';
+import { HavenError, conflict, invalidArgument, logger, notFound, writeFileAtomic } from '../common/index.js';
+import { DEFAULT_CLUSTER_SIZE, VolumeFamily } from './family/family.js';
+import type { MemberRecord } from './family/format.js';
+import { MemberDevice } from './family/member-device.js';
+
+const log = logger('storage');
+
+/** What a pool advertises; policies match against these. */
+export interface PoolCapabilities {
+  thin: boolean;
+  snapshots: boolean;
+  clones: boolean;
+  replication: boolean;
+  encryption: boolean;
+  /** Media tier, free text chosen by the operator: "fast", "standard", "archive", … */
+  tier: string;
+}
+
+export interface PoolConfig {
+  name: string;
+  id: string;
+  tier: string;
+  /** Upper bound on the data the pool may hold; unset: the filesystem's free space. */
+  capacityBytes?: number;
+  clusterSize: number;
+  createdAt: string;
+}
+
+export interface PoolInfo {
+  name: string;
+  id: string;
+  path: string;
+  capabilities: PoolCapabilities;
+  capacityBytes: number;
+  allocatedBytes: number;
+  freeBytes: number;
+}
+
+export interface VolumeInfo {
+  name: string;
+  id: string;
+  pool: string;
+  size: number;
+  /** Bytes of data the volume maps (what it would take to copy it). */
+  allocatedBytes: number;
+  createdAt: string;
+  /** For a clone: the snapshot it was made from, as "volume@snapshot". */
+  origin?: string;
+  labels: Record<string, string>;
+}
+
+export interface SnapshotInfo {
+  name: string;
+  id: string;
+  volume: string;
+  size: number;
+  createdAt: string;
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function checkName(kind: string, name: string): void {
+  if (!NAME.test(name))
+    throw invalidArgument(
+      `${kind} name "${name}" is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
+}
+
+/**
+ * A storage pool: a directory holding volume families (a volume with its snapshots and clones).
+ * Volume names are unique in a pool; a snapshot is named "volume@snapshot".
+ */
+export class Pool {
+  private readonly families = new Map<string, VolumeFamily>();
+  private allocated = 0;
+  private fsFreeCache = { at: 0, bytes: 0 };
+
+  private constructor(
+    readonly path: string,
+    readonly config: PoolConfig,
+  ) {}
+
+  static create(
+    path: string,
+    opts: { name: string; tier?: string; capacityBytes?: number; clusterSize?: number },
+  ): Pool {
+    checkName('pool', opts.name);
+    if (
+      opts.capacityBytes !== undefined &&
+      (!Number.isSafeInteger(opts.capacityBytes) || opts.capacityBytes <= 0)
+    )
+      throw invalidArgument(`pool capacity ${opts.capacityBytes} must be a positive number of bytes`);
+    if (existsSync(join(path, 'pool.json'))) throw conflict(`a pool already exists at ${path}`);
+    mkdirSync(join(path, 'families'), { recursive: true });
+    const config: PoolConfig = {
+      name: opts.name,
+      id: randomUUID(),
+      tier: opts.tier ?? 'standard',
+      clusterSize: opts.clusterSize ?? DEFAULT_CLUSTER_SIZE,
+      createdAt: new Date().toISOString(),
+      ...(opts.capacityBytes !== undefined ? { capacityBytes: opts.capacityBytes } : {}),
+    };
+    writeFileAtomic(join(path, 'pool.json'), JSON.stringify(config, null, 2));
+    return Pool.open(path);
+  }
+
+  static open(path: string): Pool {
+    let config: PoolConfig;
+    try {
+      config = JSON.parse(readFileSync(join(path, 'pool.json'), 'utf8')) as PoolConfig;
+    } catch (err) {
+      throw new HavenError(
+        'NOT_FOUND',
+        `no pool at ${path} (pool.json unreadable: ${(err as Error).message})`,
+      );
+    }
+    const pool = new Pool(path, config);
+    for (const id of readdirSync(join(path, 'families'))) {
+      const dir = join(path, 'families', id);
+      try {
+        const fam = VolumeFamily.open(dir, pool.familyOptions());
+        if (fam.memberCount === 0) {
+          fam.close();
+          rmSync(dir, { recursive: true, force: true });
+          continue;
+        }
+        pool.families.set(id, fam);
+        pool.allocated += fam.allocatedBytes();
+      } catch (err) {
+        // A creation interrupted before its first superblock holds no data: remove it. Anything
+        // else is kept for an operator to look at, never deleted silently.
+        const data = join(dir, 'data');
+        if (!existsSync(data) || statSync(data).size === 0) rmSync(dir, { recursive: true, force: true });
+        else log.error({ dir, err: (err as Error).message }, 'volume family cannot be opened; left in place');
+      }
+    }
+    return pool;
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  info(): PoolInfo {
+    const fsFree = this.fsFree(true);
+    const capacity = this.config.capacityBytes ?? this.allocated + fsFree;
+    return {
+      name: this.config.name,
+      id: this.config.id,
+      path: this.path,
+      capabilities: {
+        thin: true,
+        snapshots: true,
+        clones: true,
+        replication: false,
+        encryption: false,
+        tier: this.config.tier,
+      },
+      capacityBytes: capacity,
+      allocatedBytes: this.allocated,
+      freeBytes: Math.max(0, Math.min(capacity - this.allocated, fsFree)),
+    };
+  }
+
+  // ---- volumes ---------------------------------------------------------------------------
+
+  createVolume(name: string, size: number, labels: Record<string, string> = {}): VolumeInfo {
+    checkName('volume', name);
+    if (this.findVolume(name)) throw conflict(`volume ${name} already exists in pool ${this.name}`);
+    const id = randomUUID();
+    const fam = VolumeFamily.create(
+      join(this.path, 'families', id),
+      { name, size, labels },
+      this.familyOptions(),
+    );
+    this.families.set(id, fam);
+    return this.volumeInfo(fam, fam.find(name)!);
+  }
+
+  listVolumes(): VolumeInfo[] {
+    const out: VolumeInfo[] = [];
+    for (const fam of this.families.values())
+      for (const m of fam.list()) if (m.kind === 'volume') out.push(this.volumeInfo(fam, m));
+    return out.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  volume(name: string): VolumeInfo {
+    const { family, record } = this.requireVolume(name);
+    return this.volumeInfo(family, record);
+  }
+
+  resizeVolume(name: string, size: number): VolumeInfo {
+    const { family, record } = this.requireVolume(name);
+    family.resize(record.id, size);
+    return this.volumeInfo(family, family.find(record.id)!);
+  }
+
+  deleteVolume(name: string): void {
+    const { family, record } = this.requireVolume(name);
+    family.delete(record.id);
+    this.dropEmptyFamily(family);
+  }
+
+  // ---- snapshots and clones --------------------------------------------------------------
+
+  snapshot(volume: string, snapshot: string): SnapshotInfo {
+    checkName('snapshot', snapshot);
+    const { family, record } = this.requireVolume(volume);
+    if (this.findSnapshot(family, record, snapshot))
+      throw conflict(`volume ${volume} already has a snapshot ${snapshot}`);
+    const snap = family.snapshot(record.id, snapshot);
+    return { name: snap.name, id: snap.id, volume, size: snap.size, createdAt: snap.createdAt };
+  }
+
+  listSnapshots(volume: string): SnapshotInfo[] {
+    const { family, record } = this.requireVolume(volume);
+    return family
+      .list()
+      .filter((m) => m.kind === 'snapshot' && m.parent === record.id)
+      .map((m) => ({ name: m.name, id: m.id, volume, size: m.size, createdAt: m.createdAt }));
+  }
+
+  deleteSnapshot(volume: string, snapshot: string): void {
+    const { family, snap } = this.requireSnapshot(volume, snapshot);
+    family.delete(snap.id);
+  }
+
+  revert(volume: string, snapshot: string): void {
+    const { family, record, snap } = this.requireSnapshot(volume, snapshot);
+    family.revert(record.id, snap.id);
+  }
+
+  clone(volume: string, snapshot: string, name: string, labels: Record<string, string> = {}): VolumeInfo {
+    checkName('volume', name);
+    if (this.findVolume(name)) throw conflict(`volume ${name} already exists in pool ${this.name}`);
+    const { family, snap } = this.requireSnapshot(volume, snapshot);
+    return this.volumeInfo(family, family.clone(snap.id, name, labels));
+  }
+
+  /**
+   * A BlockDevice for "volume" or "volume@snapshot" (read-only). The device stays valid until
+   * the pool closes; several may be open on one volume (they share one family, so a flush
+   * through any of them covers all).
+   */
+  openDevice(target: string, opts: { readOnly?: boolean } = {}): BlockDevice & { id: string } {
+    const at = target.indexOf('@');
+    if (at >= 0) {
+      const { family, snap } = this.requireSnapshot(target.slice(0, at), target.slice(at + 1));
+      return new MemberDevice(family, snap.id, true);
+    }
+    const { family, record } = this.requireVolume(target);
+    return new MemberDevice(family, record.id, opts.readOnly ?? false);
+  }
+
+  /** The family holding a volume, for the storage service's own operations (tap, bitmaps). */
+  familyOf(volume: string): { family: VolumeFamily; id: string } {
+    const { family, record } = this.requireVolume(volume);
+    return { family, id: record.id };
+  }
+
+  flush(): void {
+    for (const fam of this.families.values()) fam.commit();
+  }
+
+  close(): void {
+    for (const fam of this.families.values()) fam.close();
+    this.families.clear();
+  }
+
+  // ---- internals -------------------------------------------------------------------------
+
+  private familyOptions() {
+    return {
+      clusterSize: this.config.clusterSize,
+      reserve: (clusters: number) => this.reserve(clusters * this.config.clusterSize),
+      release: (clusters: number) => (this.allocated -= clusters * this.config.clusterSize),
+    };
+  }
+
+  private reserve(bytes: number): void {
+    const cap = this.config.capacityBytes;
+    if (cap !== undefined && this.allocated + bytes > cap)
+      throw new HavenError(
+        'NO_SPACE',
+        `pool ${this.name} is full (capacity ${cap} bytes, ${this.allocated} allocated)`,
+      );
+    if (this.fsFree(false) < bytes)
+      throw new HavenError(
+        'NO_SPACE',
+        `pool ${this.name} is full: its filesystem at ${this.path} has no space left`,
+      );
+    this.allocated += bytes;
+    this.fsFreeCache.bytes -= bytes;
+  }
+
+  /** Free bytes of the pool's filesystem, asked of the kernel at most once a second. */
+  private fsFree(fresh: boolean): number {
+    const now = Date.now();
+    if (fresh || now - this.fsFreeCache.at > 1000) {
+      const s = statfsSync(this.path);
+      this.fsFreeCache = { at: now, bytes: s.bavail * s.bsize };
+    }
+    return this.fsFreeCache.bytes;
+  }
+
+  private findVolume(name: string): { family: VolumeFamily; record: MemberRecord } | undefined {
+    for (const family of this.families.values()) {
+      const record = family.list().find((m) => m.kind === 'volume' && m.name === name);
+      if (record) return { family, record };
+    }
+    return undefined;
+  }
+
+  private requireVolume(name: string): { family: VolumeFamily; record: MemberRecord } {
+    const v = this.findVolume(name);
+    if (!v) throw notFound(`no volume ${name} in pool ${this.name}`);
+    return v;
+  }
+
+  private findSnapshot(family: VolumeFamily, volume: MemberRecord, name: string): MemberRecord | undefined {
+    return family.list().find((m) => m.kind === 'snapshot' && m.parent === volume.id && m.name === name);
+  }
+
+  private requireSnapshot(volume: string, snapshot: string) {
+    const { family, record } = this.requireVolume(volume);
+    const snap = this.findSnapshot(family, record, snapshot);
+    if (!snap) throw notFound(`volume ${volume} has no snapshot ${snapshot}`);
+    return { family, record, snap };
+  }
+
+  private volumeInfo(family: VolumeFamily, m: MemberRecord): VolumeInfo {
+    const parent = m.parent ? family.find(m.parent) : undefined;
+    const origin =
+      parent?.kind === 'snapshot' ? `${family.find(parent.parent!)?.name ?? '?'}@${parent.name}` : undefined;
+    return {
+      name: m.name,
+      id: m.id,
+      pool: this.name,
+      size: m.size,
+      allocatedBytes: family.mappedBytes(m.id),
+      createdAt: m.createdAt,
+      labels: m.labels ?? {},
+      ...(origin ? { origin } : {}),
+    };
+  }
+
+  private dropEmptyFamily(family: VolumeFamily): void {
+    if (family.memberCount > 0) return;
+    family.close();
+    for (const [id, f] of this.families)
+      if (f === family) {
+        this.families.delete(id);
+        rmSync(f.dir, { recursive: true, force: true });
+      }
+  }
+}
