@@ -2,3 +2,4 @@ export * from './errors.js';
 export * from './logger.js';
 export * from './maybe.js';
 export * from './atomic-file.js';
+export * from './dir-lock.js';

@@ -3,3 +3,4 @@ export type { PoolCapabilities, PoolConfig, PoolInfo, VolumeInfo, SnapshotInfo }
 export { VolumeFamily, DEFAULT_CLUSTER_SIZE, MAX_VOLUME_SIZE } from './family/family.js';
 export type { FamilyStats } from './family/family.js';
 export { MemberDevice } from './family/member-device.js';
+export { StorageService } from './service.js';

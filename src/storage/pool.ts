@@ -188,6 +188,10 @@ export class Pool {
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  hasVolume(name: string): boolean {
+    return this.findVolume(name) !== undefined;
+  }
+
   volume(name: string): VolumeInfo {
     const { family, record } = this.requireVolume(name);
     return this.volumeInfo(family, record);
