@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { openSync, readSync, closeSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../support/tmp.js';
+import { freePort, start, waitForListen, type Running } from '../support/proc.js';
 import {
   ensureGuest,
   fileBytes,
@@ -175,6 +176,45 @@ describe('test guest', () => {
     assertWritesOnImage(image, seed, writes);
     await g.poweroff();
     console.log(`# stream: ${writes.length} writes in ~3 s`);
+  });
+
+  it('drives over NBD: nbd+unix:// and nbd:// URIs, writes on the exported images', async () => {
+    const unixImage = join(tmp.path, 'nbd-unix.img');
+    const tcpImage = join(tmp.path, 'nbd-tcp.img');
+    await makeBlankDisk(unixImage, 8 * MiB);
+    await makeBlankDisk(tcpImage, 8 * MiB);
+    const socket = join(tmp.path, 'nbd.sock');
+    const port = await freePort();
+    const servers: Running[] = [
+      start('qemu-nbd', ['-t', '-f', 'raw', '-x', 'u', '-k', socket, unixImage]),
+      start('qemu-nbd', ['-t', '-f', 'raw', '-x', 't', '-b', '127.0.0.1', '-p', String(port), tcpImage]),
+    ];
+    try {
+      await waitForListen({ path: socket }, 10_000, servers[0]);
+      await waitForListen({ port }, 10_000, servers[1]);
+      const g = launch({
+        drives: [{ uri: `nbd+unix:///u?socket=${socket}` }, { uri: `nbd://127.0.0.1:${port}/t` }],
+        command: [
+          'write-pattern disk=vda seed=1 at=0:4096,4M:65536',
+          'write-pattern disk=vdb seed=2 count=2 len=512',
+        ],
+      });
+      await g.commandLineDone(2);
+      const writes = g.writes();
+      assertWritesOnImage(
+        unixImage,
+        1,
+        writes.filter((w) => w.disk === '/dev/vda'),
+      );
+      assertWritesOnImage(
+        tcpImage,
+        2,
+        writes.filter((w) => w.disk === '/dev/vdb'),
+      );
+      await g.poweroff();
+    } finally {
+      await Promise.all(servers.map((s) => s.stop()));
+    }
   });
 
   it('a failing guest gives clear errors with its console, never a hang', async () => {
