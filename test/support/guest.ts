@@ -193,6 +193,8 @@ export class Guest extends EventEmitter {
   private out = '';
   private partial = '';
   private exited = false;
+  /** Lines sent before the agent's `ready`: the console is not read yet, so they wait here. */
+  private pending: string[] | undefined = [];
   private lifetime: NodeJS.Timeout;
 
   constructor(paths: GuestPaths, opts: LaunchOptions = {}) {
@@ -238,6 +240,10 @@ export class Guest extends EventEmitter {
         continue; // a result garbled by kernel messages stays in the console text only
       }
       this.results.push(result);
+      if (result.event === 'ready' && this.pending) {
+        for (const l of this.pending) this.child.stdin?.write(l);
+        this.pending = undefined;
+      }
       this.emit('result', result);
     }
   }
@@ -251,11 +257,12 @@ export class Guest extends EventEmitter {
     return !this.exited;
   }
 
-  /** Sends one instruction line to the agent over the serial console. */
+  /** Sends one instruction line to the agent over the serial console (held back until `ready`). */
   send(line: string): void {
     if (line.includes('\n')) throw new Error('one instruction per send');
     if (this.exited) throw new GuestError(`cannot send "${line}": the guest has exited`, this.console());
-    this.child.stdin?.write(`${line}\n`);
+    if (this.pending) this.pending.push(`${line}\n`);
+    else this.child.stdin?.write(`${line}\n`);
   }
 
   /**
