@@ -85,6 +85,8 @@ export async function run(cmd: string, args: string[], opts: SpawnOptions & { in
   let stderr = '';
   child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  // A child that exits without reading its input must not fail us with EPIPE.
+  child.stdin?.on('error', () => undefined);
   child.stdin?.end(opts.input ?? '');
   const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
   if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code ?? signal}\n${stdout}\n${stderr}`);
