@@ -4,3 +4,5 @@ export { VolumeFamily, DEFAULT_CLUSTER_SIZE, MAX_VOLUME_SIZE } from './family/fa
 export type { FamilyStats } from './family/family.js';
 export { MemberDevice } from './family/member-device.js';
 export { StorageService } from './service.js';
+export { TapDevice } from './tap.js';
+export type { TapEvent, TapSubscriber, ChangeTracker } from './tap.js';

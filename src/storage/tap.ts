@@ -1,0 +1,152 @@
+import type { BlockDevice, BlockSizes, Extent, WriteFlags, ZeroFlags } from '../block/index.js';
+import { isPromise, type MaybePromise } from '../common/index.js';
+
+/** One change to a volume, as the tap saw it. */
+export interface TapEvent {
+  /** Strictly increasing per volume; a write issued after another completed has a higher number. */
+  seq: number;
+  /**
+   * 'resync': a change failed part-way (e.g. the pool filled up), so the range's content is
+   * whatever the volume now holds; a subscriber keeping a copy must read the range again.
+   */
+  op: 'write' | 'zero' | 'resync';
+  offset: number;
+  length: number;
+  /** The written bytes (op 'write'); views valid only during the callback: copy what you keep. */
+  data?: readonly Uint8Array[];
+}
+
+/** Anything that wants to know which ranges changed: dirty bitmaps (changed-block tracking). */
+export interface ChangeTracker {
+  markDirty(offset: number, length: number): void;
+}
+
+export type TapSubscriber = (event: TapEvent) => void;
+
+/**
+ * The I/O tap: every write, trim and write-zeroes of a volume passes through here. It numbers
+ * them, marks the change trackers (dirty bitmaps) and tells subscribers (replication), in order.
+ *
+ * Ordering: a number is given when the request arrives. Overlapping requests are applied to the
+ * volume in number order: one that overlaps a request still in flight waits for it. (The volume
+ * devices of a pool complete synchronously, so nothing is ever in flight between two requests
+ * there and this costs nothing; the rule matters for asynchronous devices below.)
+ *
+ * Trackers are marked before the change is applied, so a backup that reads a bitmap never misses a
+ * change that is already on the volume. Subscribers are told after it is applied and before it
+ * is acknowledged.
+ */
+export class TapDevice implements BlockDevice {
+  private nextSeq: number;
+  private readonly trackers = new Set<ChangeTracker>();
+  private readonly subscribers = new Set<TapSubscriber>();
+  private inflight: { start: number; end: number; done: Promise<void> }[] = [];
+
+  constructor(
+    private readonly inner: BlockDevice,
+    opts: { firstSeq?: number } = {},
+  ) {
+    this.nextSeq = opts.firstSeq ?? 1;
+  }
+
+  get size(): number {
+    return this.inner.size;
+  }
+  get readOnly(): boolean {
+    return this.inner.readOnly;
+  }
+  get blockSizes(): BlockSizes {
+    return this.inner.blockSizes;
+  }
+  get flushCoversAll(): boolean {
+    return this.inner.flushCoversAll;
+  }
+  /** The number the next change will get. */
+  get sequence(): number {
+    return this.nextSeq;
+  }
+
+  addTracker(t: ChangeTracker): void {
+    this.trackers.add(t);
+  }
+  removeTracker(t: ChangeTracker): void {
+    this.trackers.delete(t);
+  }
+
+  /** Subscribes to every change from now on; returns the unsubscribe function. */
+  subscribe(fn: TapSubscriber): () => void {
+    this.subscribers.add(fn);
+    return () => this.subscribers.delete(fn);
+  }
+
+  read(buf: Uint8Array, offset: number): MaybePromise<void> {
+    return this.inner.read(buf, offset);
+  }
+
+  write(data: Uint8Array | readonly Uint8Array[], offset: number, flags?: WriteFlags): MaybePromise<void> {
+    const parts = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array];
+    let length = 0;
+    for (const p of parts) length += p.length;
+    return this.change('write', offset, length, parts, () => this.inner.write(data, offset, flags));
+  }
+
+  trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
+    return this.change('zero', offset, length, undefined, () => this.inner.trim(offset, length, flags));
+  }
+
+  writeZeroes(offset: number, length: number, flags?: ZeroFlags): MaybePromise<void> {
+    return this.change('zero', offset, length, undefined, () =>
+      this.inner.writeZeroes(offset, length, flags),
+    );
+  }
+
+  flush(): MaybePromise<void> {
+    return this.inner.flush();
+  }
+
+  blockStatus(offset: number, length: number): MaybePromise<Extent[]> {
+    return this.inner.blockStatus(offset, length);
+  }
+
+  close(): MaybePromise<void> {
+    return this.inner.close();
+  }
+
+  private change(
+    op: TapEvent['op'],
+    offset: number,
+    length: number,
+    data: readonly Uint8Array[] | undefined,
+    apply: () => MaybePromise<void>,
+  ): MaybePromise<void> {
+    if (this.readOnly || offset < 0 || offset + length > this.size) return apply(); // the device refuses it
+    const seq = this.nextSeq++;
+    const end = offset + length;
+    const blockers = this.inflight.filter((r) => r.start < end && offset < r.end).map((r) => r.done);
+    const done = () => this.publish({ seq, op, offset, length, ...(data ? { data } : {}) });
+    const failed = (err: unknown) => {
+      this.publish({ seq, op: 'resync', offset, length });
+      throw err;
+    };
+    const run = (): MaybePromise<void> => {
+      for (const t of this.trackers) t.markDirty(offset, length);
+      let r: MaybePromise<void>;
+      try {
+        r = apply();
+      } catch (err) {
+        return failed(err);
+      }
+      if (isPromise(r)) return r.then(done, failed);
+      done();
+    };
+    const result = blockers.length ? Promise.all(blockers).then(run) : run();
+    if (!isPromise(result)) return;
+    const entry = { start: offset, end, done: result.catch(() => undefined) };
+    this.inflight.push(entry);
+    return result.finally(() => (this.inflight = this.inflight.filter((e) => e !== entry)));
+  }
+
+  private publish(ev: TapEvent): void {
+    for (const s of this.subscribers) s(ev);
+  }
+}
