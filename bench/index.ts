@@ -1,0 +1,25 @@
+/**
+ * The benchmarks `npm run bench -- <name>` knows. Each entry loads its module only when run, so a
+ * broken or unfinished benchmark does not stop the others. Planned ones are listed so that
+ * `--list` shows the whole intended set.
+ */
+import type { Benchmark } from './lib/types.js';
+
+export interface RegistryEntry {
+  name: string;
+  summary: string;
+  /** Undefined while the benchmark is planned but not written. */
+  load?: () => Promise<Benchmark>;
+}
+
+export const registry: RegistryEntry[] = [
+  {
+    name: 'nbd',
+    summary: 'NBD server vs qemu-nbd and nbdkit: sequential and 4K random I/O, peak RSS',
+    load: async () => (await import('./nbd.js')).nbdBenchmark,
+  },
+  { name: 'storage', summary: 'volumes, snapshots and clones vs qcow2 (planned)' },
+  { name: 'backup', summary: 'backup and restore throughput and deduplication (planned)' },
+  { name: 'site', summary: 'replication to a second site (planned)' },
+  { name: 'recovery', summary: 'instant recovery and DR operations (planned)' },
+];

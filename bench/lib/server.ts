@@ -1,0 +1,87 @@
+import { readFileSync } from 'node:fs';
+import type { SpawnOptions } from 'node:child_process';
+import { start, waitForListen, type Running } from '../../test/support/proc.js';
+import { onInterrupt } from './cleanup.js';
+
+/** Reads one `kB` field (VmHWM, VmRSS …) of /proc/PID/status, in bytes; null when gone. */
+export function procStatusBytes(pid: number, field: string): number | null {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text);
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A server process under benchmark: started, awaited until its socket accepts connections, and
+ * watched for its peak resident set size. The kernel keeps the peak itself (VmHWM, "high water
+ * mark") for the life of the process, so `peakRss()` read just before `stop()` is exact; the poll
+ * only keeps the last value in case the process dies first. Only the process itself is counted,
+ * not children it might start.
+ */
+export class BenchServer {
+  private readonly running: Running;
+  private lastHwm: number | null = null;
+  private readonly poll: NodeJS.Timeout;
+  private readonly unregister: () => void;
+
+  private constructor(
+    readonly label: string,
+    running: Running,
+  ) {
+    this.running = running;
+    this.poll = setInterval(() => this.sample(), 500);
+    this.poll.unref();
+    this.unregister = onInterrupt(() => running.child.kill('SIGKILL'));
+  }
+
+  static async start(
+    label: string,
+    cmd: string,
+    args: string[],
+    socket: string,
+    opts: SpawnOptions = {},
+    timeoutMs = 15000,
+  ): Promise<BenchServer> {
+    const s = new BenchServer(label, start(cmd, args, opts));
+    try {
+      await waitForListen({ path: socket }, timeoutMs, s.running);
+    } catch (e) {
+      await s.stop();
+      throw e;
+    }
+    return s;
+  }
+
+  get pid(): number {
+    return this.running.child.pid ?? -1;
+  }
+
+  /** Everything the server printed so far. */
+  output(): string {
+    return this.running.output();
+  }
+
+  alive(): boolean {
+    return this.running.child.exitCode === null && this.running.child.signalCode === null;
+  }
+
+  private sample(): void {
+    const v = procStatusBytes(this.pid, 'VmHWM');
+    if (v != null) this.lastHwm = v;
+  }
+
+  /** Peak resident set size in bytes so far (VmHWM). */
+  peakRss(): number | null {
+    this.sample();
+    return this.lastHwm;
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.poll);
+    await this.running.stop(3000);
+    this.unregister();
+  }
+}

@@ -1,0 +1,93 @@
+import type { BenchResult, Metric, Target } from './types.js';
+
+/** Ratio Haven/peer on one metric, or null when either value is missing or the peer's is 0. */
+export function ratio(m: Metric, haven: string, peer: string): number | null {
+  const h = m.values[haven];
+  const p = m.values[peer];
+  if (h == null || p == null || p === 0) return null;
+  return h / p;
+}
+
+/** Whether Haven meets the metric's target: true, false, or null (no target, or no value). */
+export function targetMet(m: Metric, haven: string): boolean | null {
+  const t = m.target;
+  if (!t) return null;
+  if (t.kind === 'ratio') {
+    const r = ratio(m, haven, t.peer);
+    if (r == null) return null;
+    return m.better === 'higher' ? r >= t.min : r <= t.min;
+  }
+  const h = m.values[haven];
+  if (h == null) return null;
+  return t.kind === 'max' ? h <= t.value : h >= t.value;
+}
+
+export function describeTarget(t: Target | undefined, unit: string, better: 'higher' | 'lower'): string {
+  if (!t) return '';
+  if (t.kind === 'ratio') return `${better === 'higher' ? '≥' : '≤'} ${t.min.toFixed(1)}× ${t.peer}`;
+  return `${t.kind === 'max' ? '≤' : '≥'} ${fmtNumber(t.value)} ${unit}`;
+}
+
+/** Three significant figures at most, never exponent notation. */
+export function fmtNumber(v: number): string {
+  const a = Math.abs(v);
+  if (a >= 100) return v.toFixed(0);
+  if (a >= 10) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+function fmtRatio(r: number | null): string {
+  return r == null ? '–' : `${r.toFixed(2)}×`;
+}
+
+function shortError(e: string): string {
+  const first = e.split('\n').find((l) => l.trim() !== '') ?? e;
+  return first.length > 24 ? `${first.slice(0, 21)}...` : first;
+}
+
+/** Lays rows out in columns padded to their widest cell; numbers and ratios are right-aligned. */
+export function layout(header: string[], rows: string[][], rightAlign: boolean[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (rightAlign[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
+
+/**
+ * The result as a text table: metric, unit, one column per subject, Haven/peer for each peer,
+ * target and whether it is met. A subject that failed shows `n/a (error: …)`; the full errors,
+ * methods and notes follow the table.
+ */
+export function formatResult(r: BenchResult): string {
+  const peers = r.subjects.filter((s) => s !== r.haven);
+  const header = ['metric', 'unit', ...r.subjects, ...peers.map((p) => `${r.haven}/${p}`), 'target', 'met?'];
+  const right = header.map((_, i) => i >= 2 && i < 2 + r.subjects.length + peers.length);
+  const rows = r.metrics.map((m) => {
+    const met = targetMet(m, r.haven);
+    return [
+      m.label,
+      m.unit,
+      ...r.subjects.map((s) => {
+        const v = m.values[s];
+        if (v != null) return fmtNumber(v);
+        const err = r.errors[s];
+        return err ? `n/a (error: ${shortError(err)})` : 'n/a';
+      }),
+      ...peers.map((p) => fmtRatio(ratio(m, r.haven, p))),
+      describeTarget(m.target, m.unit, m.better),
+      met == null ? (m.target ? 'n/a' : '') : met ? 'yes' : 'NO',
+    ];
+  });
+  const out = [`== ${r.title} (${r.name}) ==`, layout(header, rows, right)];
+  const methods = [...new Set(r.metrics.map((m) => m.method).filter((x): x is string => !!x))];
+  if (methods.length) out.push('', `method: ${methods.join('; ')}`);
+  for (const [s, e] of Object.entries(r.errors)) out.push(`${s}: ${e.trim()}`);
+  for (const n of r.notes) out.push(`note: ${n}`);
+  const withTarget = r.metrics.filter((m) => m.target);
+  const met = withTarget.filter((m) => targetMet(m, r.haven) === true).length;
+  out.push(`targets met: ${met} of ${withTarget.length}`, `took ${r.durationSeconds.toFixed(0)} s`);
+  return out.join('\n');
+}
