@@ -1,0 +1,2 @@
+export * as protocol from './protocol.js';
+export * from './client/index.js';
