@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import { HavenError, isPromise } from '../../common/index.js';
 import { EXTENT_ZERO, type BlockDevice } from '../../block/index.js';
 import type { TlsCredentials } from '../../nbd/index.js';
@@ -30,7 +30,10 @@ export interface CopyOptions {
   chunkSize?: number;
   /** Granularity of zero detection inside data (default 4096, as nbdcopy --sparse). */
   sparseBlock?: number;
-  /** Read the destination back and compare hashes (default true; not possible for null:). */
+  /**
+   * Hash what is read and read the destination back to compare (default true). Off: no hashing
+   * at all. For null: the hashes still give `digest`, but nothing can be read back.
+   */
   verify?: boolean;
   onProgress?: (p: CopyProgress) => void;
   signal?: AbortSignal;
@@ -53,8 +56,8 @@ export interface CopyResult {
   zeroBytes: number;
   /** Of zeroBytes, how many needed a write-zeroes request on the destination. */
   zeroedBytes: number;
-  /** SHA-256 over the per-chunk hashes (offset, length, hash) in offset order. */
-  digest: string;
+  /** SHA-256 over the per-chunk hashes (offset, length, hash) in offset order; not with verify off. */
+  digest?: string;
   verified: boolean;
   seconds: number;
   /** Average rate over the copy phase, bytes per second of source. */
@@ -72,6 +75,7 @@ const MiB = 1024 * 1024;
 /** Block status is asked for this much at a time. */
 const STATUS_WINDOW = 1024 * MiB;
 
+const sha256 = async (b: Uint8Array) => Buffer.from(await webcrypto.subtle.digest('SHA-256', b));
 const awaitMaybe = async <T>(v: T | Promise<T>): Promise<T> => (isPromise(v) ? await v : v);
 
 /**
@@ -143,6 +147,7 @@ export async function nbdCopy(
     let zeroedBytes = 0;
     let done = 0;
     const fresh = dst.fresh;
+    const hash = opts.verify !== false;
     const progress = (phase: CopyProgress['phase']) => opts.onProgress?.({ phase, done, total: size });
 
     const zeroRange = async (c: Chunk) => {
@@ -161,7 +166,12 @@ export async function nbdCopy(
         const view = buf.subarray(0, c.length);
         await awaitMaybe(s.read(view, c.offset));
         if (Buffer.compare(view, zeroBuf.subarray(0, c.length)) === 0) return await zeroRange(c);
-        hashes.push({ offset: c.offset, length: c.length, hash: createHash('sha256').update(view).digest() });
+        // WebCrypto hashes on the libuv thread pool (from a copy), off the event loop.
+        const hashing = hash
+          ? sha256(view).then((h) => {
+              hashes.push({ offset: c.offset, length: c.length, hash: h });
+            })
+          : undefined;
         // Write only the runs of non-zero blocks; zero runs are skipped (fresh) or zeroed.
         const writes: Promise<void>[] = [];
         for (const run of runs(view, sparseBlock, zeroBuf)) {
@@ -177,7 +187,7 @@ export async function nbdCopy(
             }
           }
         }
-        await Promise.all(writes);
+        await Promise.all([hashing, ...writes]);
       } finally {
         pool.push(buf);
       }
@@ -202,7 +212,7 @@ export async function nbdCopy(
     }
 
     let verified = false;
-    if (opts.verify !== false && dst.kind !== 'null') {
+    if (hash && dst.kind !== 'null') {
       done = 0;
       const items: (Chunk | (typeof hashes)[number])[] = [...hashes, ...zeroRanges];
       await runBounded(items, requests, async (item) => {
@@ -212,7 +222,7 @@ export async function nbdCopy(
           try {
             const view = buf.subarray(0, item.length);
             await awaitMaybe(d.read(view, item.offset));
-            if (!createHash('sha256').update(view).digest().equals(item.hash))
+            if (!(await sha256(view)).equals(item.hash))
               throw new HavenError(
                 'CORRUPT',
                 `verification failed: ${destination} differs from ${source} in the ${item.length} bytes at offset ${item.offset}`,
@@ -234,7 +244,7 @@ export async function nbdCopy(
       dataBytes,
       zeroBytes,
       zeroedBytes,
-      digest: digest.digest('hex'),
+      digest: hash ? digest.digest('hex') : undefined,
       verified,
       seconds,
       rate: copySeconds > 0 ? size / copySeconds : 0,
