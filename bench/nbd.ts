@@ -162,6 +162,9 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
     log,
   );
   const subjects = servers.map((s) => s.subject);
+  const unknown = (opts.only ?? []).filter((o) => !subjects.some((s) => s.toLowerCase() === o));
+  if (unknown.length)
+    throw new Error(`unknown subject(s) ${unknown.join(', ')}; known: ${subjects.join(', ')}`);
   const selected = servers.filter((s) => !opts.only || opts.only.includes(s.subject.toLowerCase()));
   const errors: Record<string, string> = {};
   for (const s of servers) if (!selected.includes(s)) errors[s.subject] = 'skipped (--only)';
