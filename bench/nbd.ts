@@ -1,6 +1,7 @@
 /**
  * NBD benchmark: the same image served by Haven (`haven nbd serve`), qemu-nbd and nbdkit's file
- * plugin, one after the other in one run, each over a unix socket, measured with the same clients:
+ * plugin, one after the other in one run, each over a unix socket (or TCP on 127.0.0.1 with
+ * `--transport tcp`), measured with the same clients:
  * nbdcopy for sequential read and write, fio's nbd engine for 4 KiB random read and write at
  * queue depths 16 and 64, and the server's peak resident set.
  *
@@ -13,7 +14,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { run, HAVEN_BIN } from '../test/support/proc.js';
+import { run, freePort, HAVEN_BIN } from '../test/support/proc.js';
 import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
 import { ensurePeerTools } from './lib/peers.js';
 import { BenchServer } from './lib/server.js';
@@ -29,11 +30,14 @@ const NBDKIT = 'nbdkit';
 const EXPORT = 'bench';
 const MiB = 1024 * 1024;
 
-/** How one server is started; every server serves `image` read-write on unix socket `socket`. */
+/** Where a server listens: a unix socket path or a TCP port on 127.0.0.1. */
+type Endpoint = { path: string } | { port: number; host: string };
+
+/** How one server is started; every server serves `image` read-write at `at`. */
 interface ServerSpec {
   subject: string;
   /** Command lines to try in order: the first one that starts and listens is measured. */
-  commands(image: string, socket: string): Array<{ cmd: string; args: string[] }>;
+  commands(image: string, at: Endpoint): Array<{ cmd: string; args: string[] }>;
   /** Throws with a short reason when the server cannot be run at all. */
   precheck?(): Promise<void>;
 }
@@ -43,10 +47,18 @@ const NBDKIT_THREADS = 16;
 const servers: ServerSpec[] = [
   {
     subject: HAVEN,
-    commands: (image, socket) => [
+    commands: (image, at) => [
       {
         cmd: process.execPath,
-        args: [HAVEN_BIN, 'nbd', 'serve', image, '--socket', socket, '--name', EXPORT],
+        args: [
+          HAVEN_BIN,
+          'nbd',
+          'serve',
+          image,
+          ...('path' in at ? ['--socket', at.path] : ['--listen', `${at.host}:${at.port}`]),
+          '--name',
+          EXPORT,
+        ],
       },
     ],
     async precheck() {
@@ -67,7 +79,7 @@ const servers: ServerSpec[] = [
     // than --aio=threads on sequential read and random read here (threads is the fallback where
     // io_uring is unavailable); --cache=none --aio=native is O_DIRECT, skipping the page cache
     // the others use, and measured slowest.
-    commands: (image, socket) =>
+    commands: (image, at) =>
       ['io_uring', 'threads'].map((aio) => ({
         cmd: 'qemu-nbd',
         args: [
@@ -75,7 +87,7 @@ const servers: ServerSpec[] = [
           'raw',
           '-x',
           EXPORT,
-          `--socket=${socket}`,
+          ...('path' in at ? [`--socket=${at.path}`] : ['-b', at.host, '-p', String(at.port)]),
           '-t',
           '--shared=8',
           '--cache=writeback',
@@ -88,10 +100,18 @@ const servers: ServerSpec[] = [
     subject: NBDKIT,
     // -f: foreground (the pid we measure is the server); -t: worker threads (16 is nbdkit's
     // default, stated for the record); the file plugin with its default page-cache mode.
-    commands: (image, socket) => [
+    commands: (image, at) => [
       {
         cmd: 'nbdkit',
-        args: ['-f', '-U', socket, '--exit-with-parent', '-t', String(NBDKIT_THREADS), 'file', image],
+        args: [
+          '-f',
+          ...('path' in at ? ['-U', at.path] : ['-i', at.host, '-p', String(at.port)]),
+          '--exit-with-parent',
+          '-t',
+          String(NBDKIT_THREADS),
+          'file',
+          image,
+        ],
       },
     ],
   },
@@ -176,7 +196,10 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
   const target = join(dir, 'target.raw');
   const source = join(dir, 'source.raw');
   const socket = join(dir, 'nbd.sock');
-  const uri = `nbd+unix:///${EXPORT}?socket=${socket}`;
+  const at: Endpoint =
+    opts.transport === 'tcp' ? { host: '127.0.0.1', port: await freePort() } : { path: socket };
+  const uri =
+    'path' in at ? `nbd+unix:///${EXPORT}?socket=${at.path}` : `nbd://${at.host}:${at.port}/${EXPORT}`;
   // Generous bound for one whole-image copy: 20 MB/s plus start-up.
   const copyTimeoutMs = Math.round(30000 + (size / 20e6) * 1000);
   const notes: string[] = [];
@@ -196,12 +219,12 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
       let server: BenchServer | undefined;
       try {
         await spec.precheck?.();
-        for (const { cmd, args } of spec.commands(target, socket)) {
+        for (const { cmd, args } of spec.commands(target, at)) {
           rmSync(socket, { force: true });
           const line = [cmd === process.execPath ? 'node' : cmd, ...args].join(' ');
           log(`${spec.subject}: starting ${line}`);
           try {
-            server = await BenchServer.start(spec.subject, cmd, args, socket);
+            server = await BenchServer.start(spec.subject, cmd, args, at);
             commands[spec.subject] = line;
             break;
           } catch (e) {
@@ -288,7 +311,7 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
     settings: {
       imageBytes: size,
       image: 'fully allocated, non-zero data, in page cache; writes overwrite in place',
-      transport: 'unix socket',
+      transport: opts.transport === 'tcp' ? 'TCP 127.0.0.1' : 'unix socket',
       fioRuntimeSeconds: runtime,
       copies: repeat,
       queueDepths: [...DEPTHS],
@@ -312,7 +335,7 @@ export const nbdBenchmark: Benchmark = {
   name: 'nbd',
   title: 'NBD server: Haven vs qemu-nbd vs nbdkit',
   description:
-    'Serves the same image from Haven, qemu-nbd and nbdkit (file plugin) in turn over a unix socket; ' +
+    'Serves the same image from Haven, qemu-nbd and nbdkit (file plugin) in turn over a unix socket (or TCP); ' +
     'measures nbdcopy sequential read and write, fio 4 KiB random read and write at QD 16 and 64, ' +
     "and each server's peak RSS.",
   run: runNbd,

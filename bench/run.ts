@@ -42,6 +42,10 @@ const program = new Command('bench')
   .option('--only <subjects>', 'comma-separated subjects to run, e.g. haven,nbdkit')
   .option('--workdir <dir>', 'folder for temporary files', tmpdir())
   .option('--results <dir>', 'folder for JSON results', `${REPO}bench-results`)
+  .option('--transport <kind>', 'unix or tcp (127.0.0.1), where a benchmark serves over NBD', (v) => {
+    if (v !== 'unix' && v !== 'tcp') throw new InvalidArgumentError('unix or tcp');
+    return v;
+  })
   .option('--no-install', 'do not apt-get install missing peer tools')
   .option('--list', 'list the benchmarks and exit')
   .action(async (names: string[], o: Record<string, unknown>) => {
@@ -68,10 +72,13 @@ const program = new Command('bench')
               .map((s) => s.trim())
           : undefined,
       workdir: o.workdir as string,
+      transport: (o.transport as 'unix' | 'tcp' | undefined) ?? 'unix',
       install: o.install !== false,
       log: (msg) => process.stderr.write(`[bench] ${msg}\n`),
     };
-    opts.log(`size ${fmtSize(opts.size)}, runtime ${opts.runtime} s, repeat ${opts.repeat}`);
+    opts.log(
+      `size ${fmtSize(opts.size)}, runtime ${opts.runtime} s, repeat ${opts.repeat}, ${opts.transport}`,
+    );
     let failed = 0;
     for (const e of entries) {
       if (!e.load) {

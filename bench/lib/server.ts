@@ -15,7 +15,7 @@ export function procStatusBytes(pid: number, field: string): number | null {
 }
 
 /**
- * A server process under benchmark: started, awaited until its socket accepts connections, and
+ * A server process under benchmark: started, awaited until its socket (unix or TCP) accepts connections, and
  * watched for its peak resident set size. The kernel keeps the peak itself (VmHWM, "high water
  * mark") for the life of the process, so `peakRss()` read just before `stop()` is exact; the poll
  * only keeps the last value in case the process dies first. Only the process itself is counted,
@@ -41,13 +41,13 @@ export class BenchServer {
     label: string,
     cmd: string,
     args: string[],
-    socket: string,
+    listen: { path: string } | { port: number; host?: string },
     opts: SpawnOptions = {},
     timeoutMs = 15000,
   ): Promise<BenchServer> {
     const s = new BenchServer(label, start(cmd, args, opts));
     try {
-      await waitForListen({ path: socket }, timeoutMs, s.running);
+      await waitForListen(listen, timeoutMs, s.running);
     } catch (e) {
       await s.stop();
       throw e;

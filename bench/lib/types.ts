@@ -21,6 +21,8 @@ export interface BenchOptions {
   only?: string[];
   /** Folder for temporary files; removed afterwards. */
   workdir: string;
+  /** How clients reach servers, where a benchmark has a choice (default unix). */
+  transport: 'unix' | 'tcp';
   /** Install missing peer tools with apt-get. */
   install: boolean;
   /** Progress lines (stderr). */
