@@ -74,6 +74,7 @@ export function formatResult(r: BenchResult): string {
         const v = m.values[s];
         if (v != null) return fmtNumber(v);
         const err = r.errors[s];
+        if (err?.startsWith('skipped')) return 'skipped';
         return err ? `n/a (error: ${shortError(err)})` : 'n/a';
       }),
       ...peers.map((p) => fmtRatio(ratio(m, r.haven, p))),
@@ -84,7 +85,7 @@ export function formatResult(r: BenchResult): string {
   const out = [`== ${r.title} (${r.name}) ==`, layout(header, rows, right)];
   const methods = [...new Set(r.metrics.map((m) => m.method).filter((x): x is string => !!x))];
   if (methods.length) out.push('', `method: ${methods.join('; ')}`);
-  for (const [s, e] of Object.entries(r.errors)) out.push(`${s}: ${e.trim()}`);
+  for (const [s, e] of Object.entries(r.errors)) if (!e.startsWith('skipped')) out.push(`${s}: ${e.trim()}`);
   for (const n of r.notes) out.push(`note: ${n}`);
   const withTarget = r.metrics.filter((m) => m.target);
   const met = withTarget.filter((m) => targetMet(m, r.haven) === true).length;
