@@ -337,3 +337,27 @@ describe('TLS', () => {
     }
   });
 });
+
+for (const [what, flags] of [
+  ['without structured replies (simple replies only)', ['--no-sr']],
+  ['with an old handshake (not fixed newstyle: NBD_OPT_EXPORT_NAME)', ['--mask-handshake=0']],
+] as const) {
+  test(`against nbdkit ${what}`, async () => {
+    const peer = await nbdkit(`old${flags[0]!.length}`, [...flags]);
+    const dev = await connectNbd(peer.uri);
+    try {
+      assert.equal(dev.info.structured, false);
+      if (flags[0] === '--mask-handshake=0') assert.equal(dev.info.via, 'export-name');
+      const data = randomBytes(3 * MiB);
+      await dev.write(data, 777);
+      const back = new Uint8Array(data.length);
+      await dev.read(back, 777);
+      assert.equal(sha(back), sha(data));
+      // No base:allocation: everything is reported as data.
+      assert.deepEqual(await dev.blockStatus(0, MiB), [{ offset: 0, length: MiB, flags: 0 }]);
+    } finally {
+      await dev.close();
+      await peer.proc.stop();
+    }
+  });
+}
