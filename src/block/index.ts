@@ -1,1 +1,3 @@
 export * from './device.js';
+export { openRawFile, RawFileDevice, type RawFileOptions } from './raw-file.js';
+export { nativeIo, type NativeIo } from './native.js';

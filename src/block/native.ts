@@ -1,0 +1,34 @@
+import { createRequire } from 'node:module';
+
+/** The native I/O addon (native/haven_io.c); every function returns -errno on failure. */
+export interface NativeIo {
+  seek(fd: number, offset: number, whence: typeof SEEK_DATA | typeof SEEK_HOLE): number;
+  /** mode 1: punch a hole (keep size); mode 2: zero range (keep size). */
+  fallocate(fd: number, mode: 1 | 2, offset: number, length: number): number;
+  /** Reads only from the page cache: -EAGAIN (-11) on a miss. */
+  preadNoWait(fd: number, buf: Uint8Array, offset: number): number;
+}
+
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+export const ENXIO = 6;
+export const EAGAIN = 11;
+export const EOPNOTSUPP = 95;
+
+let cached: NativeIo | null | undefined;
+
+/**
+ * The addon, or null where it was not built (or HAVEN_NO_NATIVE=1): callers then use portable
+ * fallbacks (no hole detection, zeroes written instead of punched).
+ */
+export function nativeIo(): NativeIo | null {
+  if (cached !== undefined) return cached;
+  if (process.env.HAVEN_NO_NATIVE === '1') return (cached = null);
+  try {
+    const require = createRequire(import.meta.url);
+    cached = require('../../../build/Release/haven_io.node') as NativeIo;
+  } catch {
+    cached = null;
+  }
+  return cached;
+}
