@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
+import { registerNbd } from './nbd.js';
 
 /** A command family adds its subcommands to the program. One line per family below. */
 export type Register = (program: Command) => void;
 
-export const commandFamilies: Register[] = [];
+export const commandFamilies: Register[] = [registerNbd];

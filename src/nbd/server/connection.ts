@@ -1,0 +1,594 @@
+import type { Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
+import type { Extent } from '../../block/index.js';
+import { errorMessage, isPromise, type Logger, type MaybePromise } from '../../common/index.js';
+import * as P from '../protocol.js';
+import { ChunkQueue } from './chunk-queue.js';
+import {
+  handleOption,
+  type HandshakeHost,
+  type HandshakeState,
+  type MetaContext,
+  type NbdExport,
+} from './handshake.js';
+import {
+  CHUNK_HEADER,
+  SIMPLE_HEADER,
+  errnoFor,
+  errorChunk,
+  optionError,
+  readOffset,
+  simpleReply,
+  writeChunkHeader,
+  writeSimpleHeader,
+} from './wire.js';
+
+export interface ConnectionHost extends HandshakeHost {
+  secureContext: SecureContext | undefined;
+  requestClientCert: boolean;
+  /** Called when the connection enters or leaves the transmission phase of an export. */
+  attach(exp: NbdExport): void;
+  detach(exp: NbdExport): void;
+  log: Logger;
+}
+
+const REQUEST_HEADER = 28;
+/** Replies gathered from one socket read are sent together, but never more than this at once. */
+const BATCH_LIMIT = 8 * 1024 * 1024;
+/** Stop reading requests while this much is waiting to be sent, or this many are in flight. */
+const MAX_UNSENT = 32 * 1024 * 1024;
+const MAX_INFLIGHT = 256;
+const MAX_EXTENTS = 1024;
+/** Reads at least this long are split into data and hole chunks when the device reports holes. */
+const HOLE_SPLIT_MIN = 64 * 1024;
+
+const READ_FLAGS = P.CMD_FLAG_DF;
+const WRITE_FLAGS = P.CMD_FLAG_FUA;
+const ZERO_FLAGS = P.CMD_FLAG_FUA | P.CMD_FLAG_NO_HOLE | P.CMD_FLAG_FAST_ZERO;
+const STATUS_FLAGS = P.CMD_FLAG_REQ_ONE;
+
+type Phase = 'client-flags' | 'options' | 'transmission' | 'closing' | 'closed';
+
+/**
+ * One client, from the greeting to the end. The handshake runs as the states of proto.md's
+ * "Newstyle negotiation"; the transmission phase follows the measured fast path (see
+ * docs/decisions/0002-nbd-server-hot-path.md): every complete request in the received bytes is
+ * handled at once, synchronous devices answer without a promise, and the replies of one socket
+ * read go out in one write. Asynchronous results are answered as they complete (out of order).
+ */
+export class Connection {
+  private socket: Socket;
+  private readonly queue = new ChunkQueue();
+  private phase: Phase = 'client-flags';
+  private readonly st: HandshakeState = {
+    tls: false,
+    structured: false,
+    noZeroes: false,
+    contexts: [],
+    contextsExport: undefined,
+  };
+  private exp: NbdExport | undefined;
+  private readonly header = Buffer.allocUnsafe(REQUEST_HEADER);
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  private inflight = 0;
+  private waitingForDrain = false;
+  private optionDiscard = 0;
+  private draining: (() => void) | undefined;
+  readonly closed: Promise<void>;
+  private resolveClosed!: () => void;
+
+  constructor(
+    socket: Socket,
+    private readonly host: ConnectionHost,
+  ) {
+    this.socket = socket;
+    this.closed = new Promise((r) => (this.resolveClosed = r));
+    socket.setNoDelay(true);
+    this.listen(socket);
+    // Greeting: fixed newstyle, and we can drop the 124 zero bytes.
+    const g = Buffer.allocUnsafe(18);
+    g.writeBigUInt64BE(P.NBDMAGIC, 0);
+    g.writeBigUInt64BE(P.IHAVEOPT, 8);
+    g.writeUInt16BE(P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES, 16);
+    socket.write(g);
+  }
+
+  /** Stops taking requests, lets those in flight finish, then closes. */
+  shutdown(): Promise<void> {
+    if (this.phase !== 'transmission' || this.inflight === 0) this.close();
+    else {
+      this.phase = 'closing';
+      this.socket.pause();
+      this.draining = () => this.close();
+    }
+    return this.closed;
+  }
+
+  private listen(socket: Socket): void {
+    socket.on('data', (chunk: Buffer) => {
+      this.queue.push(chunk);
+      this.pump();
+    });
+    socket.on('drain', () => {
+      if (!this.waitingForDrain) return;
+      this.waitingForDrain = false;
+      if (this.phase === 'transmission') {
+        this.socket.resume();
+        this.pump();
+      }
+    });
+    socket.on('error', (err) => this.host.log.debug({ err: err.message }, 'client connection error'));
+    socket.on('close', () => this.close());
+  }
+
+  private close(): void {
+    if (this.phase === 'closed') return;
+    const wasAttached = this.exp && (this.phase === 'transmission' || this.phase === 'closing');
+    this.phase = 'closed';
+    if (wasAttached) this.host.detach(this.exp!);
+    this.socket.end();
+    this.socket.destroySoon?.();
+    this.resolveClosed();
+  }
+
+  private protocolError(msg: string): void {
+    this.host.log.warn({ remote: this.socket.remoteAddress }, `closing NBD connection: ${msg}`);
+    this.socket.destroy();
+    this.close();
+  }
+
+  private pump(): void {
+    try {
+      if (this.phase === 'client-flags' || this.phase === 'options') this.negotiate();
+      if (this.phase === 'transmission') this.transmit();
+    } catch (err) {
+      // Never let one client's bytes take the server down.
+      this.host.log.error({ err: errorMessage(err) }, 'unexpected error on an NBD connection');
+      this.socket.destroy();
+      this.close();
+    }
+  }
+
+  // ---- handshake -------------------------------------------------------------------------
+
+  private negotiate(): void {
+    const q = this.queue;
+    if (this.phase === 'client-flags') {
+      if (q.length < 4) return;
+      const flags = q.takeCopy(4).readUInt32BE(0);
+      if (flags & ~(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES))
+        return this.protocolError(`unknown client flags ${flags}`);
+      this.st.noZeroes = (flags & P.FLAG_C_NO_ZEROES) !== 0;
+      this.phase = 'options';
+    }
+    while (this.phase === 'options') {
+      if (this.optionDiscard > 0) {
+        const n = Math.min(this.optionDiscard, q.length);
+        q.skip(n);
+        this.optionDiscard -= n;
+        if (this.optionDiscard > 0) return;
+        continue;
+      }
+      if (q.length < 16) return;
+      q.peek(this.header, 16);
+      if (this.header.readBigUInt64BE(0) !== P.IHAVEOPT) return this.protocolError('bad option magic');
+      const option = this.header.readUInt32BE(8);
+      const len = this.header.readUInt32BE(12);
+      if (len > P.MAX_OPTION_LENGTH) {
+        // Refuse without holding it: skip the data as it comes (bounded memory).
+        q.skip(16);
+        this.optionDiscard = len;
+        this.socket.write(optionError(option, P.REP_ERR_TOO_BIG, `option data of ${len} bytes is too long`));
+        continue;
+      }
+      if (q.length < 16 + len) return;
+      q.skip(16);
+      const data = q.takeCopy(len);
+      const out = handleOption(this.host, this.st, option, data);
+      for (const b of out.reply) this.socket.write(b);
+      switch (out.next) {
+        case 'options':
+          break;
+        case 'close':
+          this.socket.end();
+          this.close();
+          return;
+        case 'starttls':
+          if (q.length > 0) return this.protocolError('client sent data before the TLS handshake');
+          this.startTls();
+          return;
+        case 'transmission':
+          this.exp = out.export;
+          this.host.attach(out.export);
+          this.phase = 'transmission';
+          return;
+      }
+    }
+  }
+
+  private startTls(): void {
+    const plain = this.socket;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('drain');
+    plain.removeAllListeners('close');
+    plain.removeAllListeners('error');
+    const secure = new TLSSocket(plain, {
+      isServer: true,
+      secureContext: this.host.secureContext!,
+      requestCert: this.host.requestClientCert,
+      rejectUnauthorized: this.host.requestClientCert,
+    });
+    this.st.tls = true;
+    this.socket = secure;
+    secure.on('error', (err) => {
+      this.host.log.warn({ err: err.message }, 'TLS handshake or transport failed');
+      this.close();
+    });
+    this.listen(secure);
+  }
+
+  // ---- transmission ----------------------------------------------------------------------
+
+  private transmit(): void {
+    const q = this.queue;
+    const h = this.header;
+    while (this.phase === 'transmission' && !this.waitingForDrain && q.length >= REQUEST_HEADER) {
+      q.peek(h, REQUEST_HEADER);
+      if (h.readUInt32BE(0) !== P.REQUEST_MAGIC) return this.protocolError('bad request magic');
+      const flags = h.readUInt16BE(4);
+      const type = h.readUInt16BE(6);
+      const length = h.readUInt32BE(24);
+      let payload: Buffer[] | undefined;
+      if (type === P.CMD_WRITE) {
+        if (length > P.MAX_PAYLOAD)
+          return this.protocolError(`write of ${length} bytes exceeds the ${P.MAX_PAYLOAD}-byte limit`);
+        if (q.length < REQUEST_HEADER + length) break;
+        q.skip(REQUEST_HEADER);
+        payload = q.take(length);
+      } else q.skip(REQUEST_HEADER);
+      const cookie = Buffer.from(h.subarray(8, 16));
+      const offset = readOffset(h, 16);
+      this.request(type, flags, cookie, offset, length, payload);
+      if (this.batchBytes >= BATCH_LIMIT) this.sendBatch();
+    }
+    this.sendBatch();
+  }
+
+  private request(
+    type: number,
+    flags: number,
+    cookie: Buffer,
+    offset: number | undefined,
+    length: number,
+    payload?: Buffer[],
+  ): void {
+    const dev = this.exp!.device;
+    const fail = (errno: number, msg: string) => this.replyError(type, cookie, errno, msg);
+    const allowed = (mask: number) => (flags & ~mask) === 0;
+
+    if (type === P.CMD_DISC) {
+      this.phase = 'closing';
+      this.draining = () => this.close();
+      if (this.inflight === 0) {
+        this.sendBatch();
+        this.close();
+      }
+      return;
+    }
+    if (offset === undefined)
+      return fail(P.EINVAL, 'offset is beyond what Haven can represent exactly (2^53)');
+    const inRange = offset + length <= dev.size;
+
+    switch (type) {
+      case P.CMD_READ: {
+        if (!allowed(READ_FLAGS)) return fail(P.EINVAL, 'unknown flags on READ');
+        if (length > P.MAX_PAYLOAD)
+          return fail(P.EOVERFLOW, `read of ${length} bytes exceeds the ${P.MAX_PAYLOAD}-byte limit`);
+        if (!inRange) return fail(P.EINVAL, 'read beyond the end of the export');
+        return this.read(cookie, offset, length, (flags & P.CMD_FLAG_DF) !== 0);
+      }
+      case P.CMD_WRITE:
+        if (!allowed(WRITE_FLAGS)) return fail(P.EINVAL, 'unknown flags on WRITE');
+        break;
+      case P.CMD_TRIM:
+        if (!allowed(WRITE_FLAGS)) return fail(P.EINVAL, 'unknown flags on TRIM');
+        break;
+      case P.CMD_WRITE_ZEROES:
+        if (!allowed(ZERO_FLAGS)) return fail(P.EINVAL, 'unknown flags on WRITE_ZEROES');
+        break;
+      case P.CMD_FLUSH:
+        if (flags !== 0 || offset !== 0 || length !== 0)
+          return fail(P.EINVAL, 'FLUSH takes no flags, offset or length');
+        return this.complete(type, cookie, () => dev.flush());
+      case P.CMD_CACHE:
+        if (flags !== 0) return fail(P.EINVAL, 'unknown flags on CACHE');
+        if (!inRange) return fail(P.EINVAL, 'cache request beyond the end of the export');
+        return this.complete(type, cookie, () => dev.cache?.(offset, length));
+      case P.CMD_BLOCK_STATUS:
+        if (!allowed(STATUS_FLAGS)) return fail(P.EINVAL, 'unknown flags on BLOCK_STATUS');
+        if (!this.st.structured || this.st.contexts.length === 0)
+          return fail(P.EINVAL, 'no meta context was negotiated');
+        if (length === 0 || !inRange) return fail(P.EINVAL, 'block status range is empty or beyond the end');
+        return this.blockStatus(cookie, offset, length, (flags & P.CMD_FLAG_REQ_ONE) !== 0);
+      default:
+        return fail(P.EINVAL, `unknown command ${type}`);
+    }
+
+    // Writes, trims and zeroes.
+    if (dev.readOnly) return fail(P.EPERM, 'the export is read-only');
+    if (!inRange) return fail(P.ENOSPC, 'write beyond the end of the export');
+    const fua = (flags & P.CMD_FLAG_FUA) !== 0;
+    if (type === P.CMD_WRITE) return this.complete(type, cookie, () => dev.write(payload!, offset, { fua }));
+    if (type === P.CMD_TRIM) return this.complete(type, cookie, () => dev.trim(offset, length, { fua }));
+    const zf = {
+      fua,
+      noHole: (flags & P.CMD_FLAG_NO_HOLE) !== 0,
+      fastZero: (flags & P.CMD_FLAG_FAST_ZERO) !== 0,
+    };
+    return this.complete(type, cookie, () => dev.writeZeroes(offset, length, zf));
+  }
+
+  /** Runs an operation without reply data and answers with a simple reply. */
+  private complete(type: number, cookie: Buffer, op: () => MaybePromise<void>): void {
+    let r: MaybePromise<void>;
+    try {
+      r = op();
+    } catch (err) {
+      return this.replyError(type, cookie, errnoFor(err, isWriteCommand(type)), errorMessage(err));
+    }
+    if (!isPromise(r)) return this.queueReply(simpleReply(0, cookie));
+    this.track(
+      r.then(
+        () => this.sendNow(simpleReply(0, cookie)),
+        (err: unknown) =>
+          this.sendNow(this.errorReply(type, cookie, errnoFor(err, isWriteCommand(type)), errorMessage(err))),
+      ),
+    );
+  }
+
+  private read(cookie: Buffer, offset: number, length: number, dontFragment: boolean): void {
+    const dev = this.exp!.device;
+    const structured = this.st.structured;
+    if (structured && !dontFragment && length >= HOLE_SPLIT_MIN) {
+      let ext: MaybePromise<Extent[]> | undefined;
+      try {
+        ext = dev.blockStatus(offset, length);
+      } catch {
+        ext = undefined;
+      }
+      if (ext && !isPromise(ext) && ext.some((e) => e.flags & P.STATE_ZERO))
+        return this.readSplit(cookie, offset, length, ext);
+    }
+    const hdr = structured ? CHUNK_HEADER + 8 : SIMPLE_HEADER;
+    const reply = Buffer.allocUnsafe(hdr + length);
+    if (structured) {
+      writeChunkHeader(reply, 0, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, cookie, 8 + length);
+      reply.writeBigUInt64BE(BigInt(offset), CHUNK_HEADER);
+    } else writeSimpleHeader(reply, 0, 0, cookie);
+    let r: MaybePromise<void>;
+    try {
+      r = dev.read(reply.subarray(hdr), offset);
+    } catch (err) {
+      return this.replyError(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err));
+    }
+    if (!isPromise(r)) return this.queueReply(reply);
+    this.track(
+      r.then(
+        () => this.sendNow(reply),
+        (err: unknown) =>
+          this.sendNow(this.errorReply(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err))),
+      ),
+    );
+  }
+
+  /** A structured read answered as data chunks and hole chunks (synchronous devices only). */
+  private readSplit(cookie: Buffer, offset: number, length: number, first: Extent[]): void {
+    const dev = this.exp!.device;
+    const parts: { offset: number; length: number; zero: boolean }[] = [];
+    let pos = offset;
+    let ext = first;
+    const end = offset + length;
+    while (pos < end) {
+      for (const e of ext) {
+        const stop = Math.min(e.offset + e.length, end);
+        if (stop <= pos) continue;
+        const zero = (e.flags & P.STATE_ZERO) !== 0;
+        const last = parts[parts.length - 1];
+        if (last && last.zero === zero) last.length += stop - pos;
+        else parts.push({ offset: pos, length: stop - pos, zero });
+        pos = stop;
+      }
+      if (pos >= end) break;
+      const next = dev.blockStatus(pos, end - pos);
+      if (isPromise(next) || next.length === 0) {
+        parts.push({ offset: pos, length: end - pos, zero: false });
+        break;
+      }
+      ext = next;
+    }
+    let size = 0;
+    for (const p of parts) size += CHUNK_HEADER + 8 + (p.zero ? 4 : p.length);
+    const reply = Buffer.allocUnsafe(size);
+    let at = 0;
+    try {
+      parts.forEach((p, i) => {
+        const done = i === parts.length - 1 ? P.REPLY_FLAG_DONE : 0;
+        if (p.zero) {
+          writeChunkHeader(reply, at, done, P.REPLY_TYPE_OFFSET_HOLE, cookie, 12);
+          reply.writeBigUInt64BE(BigInt(p.offset), at + CHUNK_HEADER);
+          reply.writeUInt32BE(p.length, at + CHUNK_HEADER + 8);
+          at += CHUNK_HEADER + 12;
+        } else {
+          writeChunkHeader(reply, at, done, P.REPLY_TYPE_OFFSET_DATA, cookie, 8 + p.length);
+          reply.writeBigUInt64BE(BigInt(p.offset), at + CHUNK_HEADER);
+          const r = dev.read(
+            reply.subarray(at + CHUNK_HEADER + 8, at + CHUNK_HEADER + 8 + p.length),
+            p.offset,
+          );
+          if (isPromise(r)) throw new Error('device turned asynchronous mid-read');
+          at += CHUNK_HEADER + 8 + p.length;
+        }
+      });
+    } catch (err) {
+      return this.replyError(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err));
+    }
+    this.queueReply(reply);
+  }
+
+  private blockStatus(cookie: Buffer, offset: number, length: number, reqOne: boolean): void {
+    const contexts = this.st.contexts;
+    const results: MaybePromise<[number, number][]>[] = contexts.map((c) =>
+      collectExtents(
+        (pos, len) => extentsOf(this.exp!, c, pos, len),
+        offset,
+        length,
+        reqOne ? 1 : MAX_EXTENTS,
+      ),
+    );
+    const build = (all: [number, number][][]) => {
+      const bufs = all.map((desc, i) => {
+        const b = Buffer.allocUnsafe(CHUNK_HEADER + 4 + 8 * desc.length);
+        writeChunkHeader(
+          b,
+          0,
+          i === all.length - 1 ? P.REPLY_FLAG_DONE : 0,
+          P.REPLY_TYPE_BLOCK_STATUS,
+          cookie,
+          4 + 8 * desc.length,
+        );
+        b.writeUInt32BE(contexts[i]!.id, CHUNK_HEADER);
+        desc.forEach(([len, flags], j) => {
+          b.writeUInt32BE(len, CHUNK_HEADER + 4 + 8 * j);
+          b.writeUInt32BE(flags, CHUNK_HEADER + 8 + 8 * j);
+        });
+        return b;
+      });
+      return Buffer.concat(bufs);
+    };
+    const onError = (err: unknown) =>
+      this.errorReply(P.CMD_BLOCK_STATUS, cookie, errnoFor(err, false), errorMessage(err));
+    if (results.some(isPromise)) {
+      this.track(
+        Promise.all(results).then(
+          (all) => this.sendNow(build(all)),
+          (err: unknown) => this.sendNow(onError(err)),
+        ),
+      );
+      return;
+    }
+    this.queueReply(build(results as [number, number][][]));
+  }
+
+  // ---- replies ---------------------------------------------------------------------------
+
+  private errorReply(type: number, cookie: Buffer, errno: number, message: string): Buffer {
+    // Structured replies are mandatory for READ and BLOCK_STATUS once negotiated.
+    if (this.st.structured && (type === P.CMD_READ || type === P.CMD_BLOCK_STATUS))
+      return errorChunk(cookie, errno, message);
+    return simpleReply(errno, cookie);
+  }
+
+  private replyError(type: number, cookie: Buffer, errno: number, message: string): void {
+    this.host.log.debug({ type, errno, message }, 'NBD request failed');
+    this.queueReply(this.errorReply(type, cookie, errno, message));
+  }
+
+  private queueReply(b: Buffer): void {
+    this.batch.push(b);
+    this.batchBytes += b.length;
+  }
+
+  private sendBatch(): void {
+    if (this.batch.length === 0) return;
+    const s = this.socket;
+    if (this.batch.length === 1) s.write(this.batch[0]!);
+    else {
+      s.cork();
+      for (const b of this.batch) s.write(b);
+      s.uncork();
+    }
+    this.batch = [];
+    this.batchBytes = 0;
+    this.checkBackpressure();
+  }
+
+  private sendNow(b: Buffer): void {
+    if (this.phase === 'closed') return;
+    this.socket.write(b);
+    this.checkBackpressure();
+  }
+
+  private checkBackpressure(): void {
+    if (!this.waitingForDrain && this.socket.writableLength > MAX_UNSENT) {
+      this.waitingForDrain = true;
+      this.socket.pause();
+    }
+  }
+
+  private track(p: Promise<void>): void {
+    this.inflight++;
+    if (this.inflight >= MAX_INFLIGHT) this.socket.pause();
+    void p.finally(() => {
+      this.inflight--;
+      if (this.inflight === 0 && this.draining) {
+        const d = this.draining;
+        this.draining = undefined;
+        return d();
+      }
+      if (this.inflight < MAX_INFLIGHT && !this.waitingForDrain && this.phase === 'transmission') {
+        this.socket.resume();
+        this.pump();
+      }
+    });
+  }
+}
+
+function isWriteCommand(type: number): boolean {
+  return type === P.CMD_WRITE || type === P.CMD_WRITE_ZEROES || type === P.CMD_TRIM;
+}
+
+function extentsOf(exp: NbdExport, c: MetaContext, pos: number, len: number): MaybePromise<Extent[]> {
+  return c.kind === 'allocation' ? exp.device.blockStatus(pos, len) : c.bitmap.status(pos, len);
+}
+
+/** Gathers (length, flags) descriptors covering [offset, offset+length), merging equal neighbours. */
+function collectExtents(
+  get: (pos: number, len: number) => MaybePromise<Extent[]>,
+  offset: number,
+  length: number,
+  max: number,
+): MaybePromise<[number, number][]> {
+  const out: [number, number][] = [];
+  const end = offset + length;
+  let pos = offset;
+  const add = (ext: Extent[]) => {
+    const before = pos;
+    for (const e of ext) {
+      const stop = Math.min(e.offset + e.length, end);
+      if (stop <= pos || e.offset > pos) continue;
+      const last = out[out.length - 1];
+      if (last && last[1] === e.flags) last[0] += stop - pos;
+      else if (out.length < max) out.push([stop - pos, e.flags]);
+      else {
+        pos = end;
+        return;
+      }
+      pos = stop;
+    }
+    if (pos === before) throw new Error('device reported no extent at the requested offset');
+  };
+  const step = (): MaybePromise<[number, number][]> => {
+    while (pos < end && !(max === 1 && out.length === 1)) {
+      const r = get(pos, end - pos);
+      if (isPromise(r))
+        return r.then((ext) => {
+          add(ext);
+          return step();
+        });
+      add(r);
+    }
+    return out;
+  };
+  return step();
+}

@@ -1,0 +1,117 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import { once } from 'node:events';
+import { readFileSync, rmSync } from 'node:fs';
+import { conflict, invalidArgument, logger, type Logger } from '../../common/index.js';
+import { Connection, type ConnectionHost } from './connection.js';
+import type { NbdExport } from './handshake.js';
+
+export interface NbdTlsOptions {
+  /** PEM files. */
+  cert: string;
+  key: string;
+  /** CA to verify client certificates against; when given, clients must present one. */
+  ca?: string;
+}
+
+export interface NbdServerOptions {
+  tls?: NbdTlsOptions;
+  /** Refuse everything but STARTTLS before TLS (default: true whenever TLS is configured). */
+  tlsOnly?: boolean;
+  log?: Logger;
+}
+
+export type ListenAddress = { host: string; port: number } | { path: string };
+
+/**
+ * An NBD server (NetworkBlockDevice/nbd doc/proto.md, fixed newstyle) exporting BlockDevices
+ * by name over TCP and unix sockets, optionally TLS-only. The empty export name "" means the
+ * first export, as qemu and nbdkit do for `nbd://host/`.
+ */
+export class NbdServer {
+  private readonly exportsByName = new Map<string, NbdExport>();
+  private readonly attached = new Map<string, number>();
+  private readonly connections = new Set<Connection>();
+  private readonly servers: { server: Server; address: ListenAddress }[] = [];
+  private readonly host: ConnectionHost;
+  private closing = false;
+
+  constructor(opts: NbdServerOptions = {}) {
+    let secureContext: SecureContext | undefined;
+    if (opts.tls) {
+      try {
+        secureContext = createSecureContext({
+          cert: readFileSync(opts.tls.cert),
+          key: readFileSync(opts.tls.key),
+          ...(opts.tls.ca ? { ca: readFileSync(opts.tls.ca) } : {}),
+          minVersion: 'TLSv1.2',
+        });
+      } catch (err) {
+        throw invalidArgument(`TLS credentials cannot be loaded: ${(err as Error).message}`);
+      }
+    }
+    const tlsRequired = !!opts.tls && opts.tlsOnly !== false;
+    const self = this;
+    this.host = {
+      secureContext,
+      requestClientCert: !!opts.tls?.ca,
+      tlsConfigured: !!opts.tls,
+      tlsRequired,
+      log: opts.log ?? logger('nbd-server'),
+      findExport: (name) =>
+        name === '' ? self.exportsByName.values().next().value : self.exportsByName.get(name),
+      exports: () => [...self.exportsByName.values()],
+      hasRoom: (exp) =>
+        exp.maxConnections === undefined || (self.attached.get(exp.name) ?? 0) < exp.maxConnections,
+      attach: (exp) => self.attached.set(exp.name, (self.attached.get(exp.name) ?? 0) + 1),
+      detach: (exp) => self.attached.set(exp.name, (self.attached.get(exp.name) ?? 1) - 1),
+    };
+  }
+
+  addExport(exp: NbdExport): void {
+    if (this.exportsByName.has(exp.name)) throw conflict(`an export named "${exp.name}" already exists`);
+    if (Buffer.byteLength(exp.name) > 4096) throw invalidArgument('export names are at most 4096 bytes');
+    this.exportsByName.set(exp.name, exp);
+  }
+
+  removeExport(name: string): void {
+    this.exportsByName.delete(name);
+  }
+
+  /** Connections in the transmission phase of an export. */
+  clientsOf(name: string): number {
+    return this.attached.get(name) ?? 0;
+  }
+
+  async listen(address: ListenAddress): Promise<ListenAddress> {
+    const server = createServer((socket) => this.accept(socket));
+    if ('path' in address) {
+      rmSync(address.path, { force: true });
+      server.listen(address.path);
+    } else server.listen(address.port, address.host);
+    await Promise.race([
+      once(server, 'listening'),
+      once(server, 'error').then(([e]) => Promise.reject(e as Error)),
+    ]);
+    const bound: ListenAddress =
+      'path' in address ? address : { host: address.host, port: (server.address() as { port: number }).port };
+    this.servers.push({ server, address: bound });
+    return bound;
+  }
+
+  /** Stops accepting, lets in-flight requests finish, closes every connection. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    for (const { server } of this.servers) server.close();
+    await Promise.all([...this.connections].map((c) => c.shutdown()));
+    for (const { address } of this.servers) if ('path' in address) rmSync(address.path, { force: true });
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closing) return void socket.destroy();
+    const conn = new Connection(socket, this.host);
+    this.connections.add(conn);
+    void conn.closed.then(() => this.connections.delete(conn));
+  }
+}
