@@ -51,7 +51,6 @@ export class NbdServer {
       }
     }
     const tlsRequired = !!opts.tls && opts.tlsOnly !== false;
-    const self = this;
     this.host = {
       secureContext,
       requestClientCert: !!opts.tls?.ca,
@@ -59,12 +58,12 @@ export class NbdServer {
       tlsRequired,
       log: opts.log ?? logger('nbd-server'),
       findExport: (name) =>
-        name === '' ? self.exportsByName.values().next().value : self.exportsByName.get(name),
-      exports: () => [...self.exportsByName.values()],
+        name === '' ? this.exportsByName.values().next().value : this.exportsByName.get(name),
+      exports: () => [...this.exportsByName.values()],
       hasRoom: (exp) =>
-        exp.maxConnections === undefined || (self.attached.get(exp.name) ?? 0) < exp.maxConnections,
-      attach: (exp) => self.attached.set(exp.name, (self.attached.get(exp.name) ?? 0) + 1),
-      detach: (exp) => self.attached.set(exp.name, (self.attached.get(exp.name) ?? 1) - 1),
+        exp.maxConnections === undefined || (this.attached.get(exp.name) ?? 0) < exp.maxConnections,
+      attach: (exp) => this.attached.set(exp.name, (this.attached.get(exp.name) ?? 0) + 1),
+      detach: (exp) => this.attached.set(exp.name, (this.attached.get(exp.name) ?? 1) - 1),
     };
   }
 
