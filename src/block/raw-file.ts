@@ -1,5 +1,6 @@
 import {
   closeSync,
+  fdatasync,
   fdatasyncSync,
   fstatSync,
   ftruncateSync,
@@ -7,6 +8,7 @@ import {
   read,
   readSync,
   writeSync,
+  writev,
   writevSync,
 } from 'node:fs';
 import { HavenError, fromSystemError, outOfRange, type MaybePromise } from '../common/index.js';
@@ -31,6 +33,8 @@ export interface RawFileOptions {
 }
 
 const ZERO_CHUNK = 1024 * 1024;
+/** Requests this large go through the thread pool (see read). */
+const LARGE_IO = 128 * 1024;
 const MAX_EXTENTS = 1024;
 
 /**
@@ -61,6 +65,9 @@ export class RawFileDevice implements BlockDevice {
   read(buf: Uint8Array, offset: number): MaybePromise<void> {
     this.check(offset, buf.length);
     let done = 0;
+    // Large reads: the copy out of the page cache runs on the thread pool, beside the event loop
+    // (which is busy copying into sockets); small ones are cheaper done at once.
+    if (buf.length >= LARGE_IO) return this.readAsync(buf, offset, 0);
     if (this.native) {
       // Page cache only; whatever is not there is read on the thread pool.
       const n = this.native.preadNoWait(this.fd, buf, offset);
@@ -76,11 +83,12 @@ export class RawFileDevice implements BlockDevice {
     }
   }
 
-  write(data: Uint8Array | readonly Uint8Array[], offset: number, flags?: WriteFlags): void {
+  write(data: Uint8Array | readonly Uint8Array[], offset: number, flags?: WriteFlags): MaybePromise<void> {
     const parts = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array];
     let total = 0;
     for (const p of parts) total += p.length;
     this.checkWrite(offset, total);
+    if (total >= LARGE_IO) return this.writeAsync(parts, total, offset, flags?.fua === true);
     try {
       let n =
         parts.length === 1
@@ -114,7 +122,11 @@ export class RawFileDevice implements BlockDevice {
     if (r !== 0) {
       if (flags?.fastZero)
         throw new HavenError('UNSUPPORTED', `${this.path}: zeroing this range would need writing zeroes`);
-      this.writeZeroBytes(offset, length);
+      try {
+        this.writeZeroBytes(offset, length);
+      } catch (err) {
+        throw fromSystemError(err, `zeroing ${this.path} at ${offset}`);
+      }
     }
     if (flags?.fua) this.flush();
   }
@@ -168,6 +180,27 @@ export class RawFileDevice implements BlockDevice {
     });
   }
 
+  private writeAsync(
+    parts: readonly Uint8Array[],
+    total: number,
+    offset: number,
+    fua: boolean,
+  ): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const fail = (err: unknown) => reject(fromSystemError(err, `writing ${this.path} at ${offset}`));
+      writev(this.fd, parts as Uint8Array[], offset, (err, n) => {
+        if (err) return fail(err);
+        try {
+          if (n < total) this.finishShortWrite(parts, n, offset);
+        } catch (e) {
+          return fail(e);
+        }
+        if (!fua) return resolve();
+        fdatasync(this.fd, (e) => (e ? fail(e) : resolve()));
+      });
+    });
+  }
+
   private finishShortWrite(parts: readonly Uint8Array[], written: number, offset: number): number {
     // Rare: the kernel wrote less than asked. Write the rest piece by piece.
     let skip = written;
@@ -190,8 +223,7 @@ export class RawFileDevice implements BlockDevice {
     const zeroes = (this.zeroes ??= Buffer.alloc(ZERO_CHUNK));
     for (let done = 0; done < length;) {
       const n = Math.min(ZERO_CHUNK, length - done);
-      this.write(zeroes.subarray(0, n), offset + done);
-      done += n;
+      done += writeSync(this.fd, zeroes, 0, n, offset + done);
     }
   }
 

@@ -3,6 +3,7 @@ import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Extent } from '../../block/index.js';
 import { errorMessage, isPromise, type Logger, type MaybePromise } from '../../common/index.js';
 import * as P from '../protocol.js';
+import { BufferPool } from './buffer-pool.js';
 import { ChunkQueue } from './chunk-queue.js';
 import {
   handleOption,
@@ -30,14 +31,16 @@ export interface ConnectionHost extends HandshakeHost {
   attach(exp: NbdExport): void;
   detach(exp: NbdExport): void;
   log: Logger;
+  buffers: BufferPool;
 }
 
 const REQUEST_HEADER = 28;
 /** Replies gathered from one socket read are sent together, but never more than this at once. */
-const BATCH_LIMIT = 8 * 1024 * 1024;
+const BATCH_LIMIT = 2 * 1024 * 1024;
 /** Stop reading requests while this much is waiting to be sent, or this many are in flight. */
-const MAX_UNSENT = 32 * 1024 * 1024;
+const MAX_UNSENT = 8 * 1024 * 1024;
 const MAX_INFLIGHT = 256;
+const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 const MAX_EXTENTS = 1024;
 /** Reads at least this long are split into data and hole chunks when the device reports holes. */
 const HOLE_SPLIT_MIN = 64 * 1024;
@@ -72,6 +75,7 @@ export class Connection {
   private batch: Buffer[] = [];
   private batchBytes = 0;
   private inflight = 0;
+  private inflightBytes = 0;
   private waitingForDrain = false;
   private optionDiscard = 0;
   private draining: (() => void) | undefined;
@@ -233,7 +237,12 @@ export class Connection {
   private transmit(): void {
     const q = this.queue;
     const h = this.header;
-    while (this.phase === 'transmission' && !this.waitingForDrain && q.length >= REQUEST_HEADER) {
+    while (
+      this.phase === 'transmission' &&
+      !this.waitingForDrain &&
+      !this.saturated() &&
+      q.length >= REQUEST_HEADER
+    ) {
       q.peek(h, REQUEST_HEADER);
       if (h.readUInt32BE(0) !== P.REQUEST_MAGIC) return this.protocolError('bad request magic');
       const flags = h.readUInt16BE(4);
@@ -319,7 +328,8 @@ export class Connection {
     if (dev.readOnly) return fail(P.EPERM, 'the export is read-only');
     if (!inRange) return fail(P.ENOSPC, 'write beyond the end of the export');
     const fua = (flags & P.CMD_FLAG_FUA) !== 0;
-    if (type === P.CMD_WRITE) return this.complete(type, cookie, () => dev.write(payload!, offset, { fua }));
+    if (type === P.CMD_WRITE)
+      return this.complete(type, cookie, () => dev.write(payload!, offset, { fua }), length);
     if (type === P.CMD_TRIM) return this.complete(type, cookie, () => dev.trim(offset, length, { fua }));
     const zf = {
       fua,
@@ -330,7 +340,7 @@ export class Connection {
   }
 
   /** Runs an operation without reply data and answers with a simple reply. */
-  private complete(type: number, cookie: Buffer, op: () => MaybePromise<void>): void {
+  private complete(type: number, cookie: Buffer, op: () => MaybePromise<void>, bytes = 0): void {
     let r: MaybePromise<void>;
     try {
       r = op();
@@ -344,6 +354,7 @@ export class Connection {
         (err: unknown) =>
           this.sendNow(this.errorReply(type, cookie, errnoFor(err, isWriteCommand(type)), errorMessage(err))),
       ),
+      bytes,
     );
   }
 
@@ -361,7 +372,7 @@ export class Connection {
         return this.readSplit(cookie, offset, length, ext);
     }
     const hdr = structured ? CHUNK_HEADER + 8 : SIMPLE_HEADER;
-    const reply = Buffer.allocUnsafe(hdr + length);
+    const reply = this.host.buffers.acquire(hdr + length);
     if (structured) {
       writeChunkHeader(reply, 0, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, cookie, 8 + length);
       reply.writeBigUInt64BE(BigInt(offset), CHUNK_HEADER);
@@ -379,6 +390,7 @@ export class Connection {
         (err: unknown) =>
           this.sendNow(this.errorReply(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err))),
       ),
+      length,
     );
   }
 
@@ -474,6 +486,7 @@ export class Connection {
           (all) => this.sendNow(build(all)),
           (err: unknown) => this.sendNow(onError(err)),
         ),
+        0,
       );
       return;
     }
@@ -502,10 +515,10 @@ export class Connection {
   private sendBatch(): void {
     if (this.batch.length === 0) return;
     const s = this.socket;
-    if (this.batch.length === 1) s.write(this.batch[0]!);
+    if (this.batch.length === 1) this.writeOut(this.batch[0]!);
     else {
       s.cork();
-      for (const b of this.batch) s.write(b);
+      for (const b of this.batch) this.writeOut(b);
       s.uncork();
     }
     this.batch = [];
@@ -515,8 +528,15 @@ export class Connection {
 
   private sendNow(b: Buffer): void {
     if (this.phase === 'closed') return;
-    this.socket.write(b);
+    this.writeOut(b);
     this.checkBackpressure();
+  }
+
+  private writeOut(b: Buffer): void {
+    const pool = this.host.buffers;
+    this.socket.write(b, (err) => {
+      if (!err) pool.release(b);
+    });
   }
 
   private checkBackpressure(): void {
@@ -526,21 +546,28 @@ export class Connection {
     }
   }
 
-  private track(p: Promise<void>): void {
+  /** Counts an asynchronous request until it is answered; stops reading while too much is in flight. */
+  private track(p: Promise<void>, bytes: number): void {
     this.inflight++;
-    if (this.inflight >= MAX_INFLIGHT) this.socket.pause();
+    this.inflightBytes += bytes;
+    if (this.saturated()) this.socket.pause();
     void p.finally(() => {
       this.inflight--;
+      this.inflightBytes -= bytes;
       if (this.inflight === 0 && this.draining) {
         const d = this.draining;
         this.draining = undefined;
         return d();
       }
-      if (this.inflight < MAX_INFLIGHT && !this.waitingForDrain && this.phase === 'transmission') {
+      if (!this.saturated() && !this.waitingForDrain && this.phase === 'transmission') {
         this.socket.resume();
         this.pump();
       }
     });
+  }
+
+  private saturated(): boolean {
+    return this.inflight >= MAX_INFLIGHT || this.inflightBytes >= MAX_INFLIGHT_BYTES;
   }
 }
 

@@ -3,6 +3,7 @@ import { createSecureContext, type SecureContext } from 'node:tls';
 import { once } from 'node:events';
 import { readFileSync, rmSync } from 'node:fs';
 import { conflict, invalidArgument, logger, type Logger } from '../../common/index.js';
+import { BufferPool } from './buffer-pool.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import type { NbdExport } from './handshake.js';
 
@@ -57,6 +58,7 @@ export class NbdServer {
       tlsConfigured: !!opts.tls,
       tlsRequired,
       log: opts.log ?? logger('nbd-server'),
+      buffers: new BufferPool(),
       findExport: (name) =>
         name === '' ? this.exportsByName.values().next().value : this.exportsByName.get(name),
       exports: () => [...this.exportsByName.values()],
