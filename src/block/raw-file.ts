@@ -57,7 +57,8 @@ export class RawFileDevice implements BlockDevice {
     private readonly fd: number,
     opts: RawFileOptions,
   ) {
-    this.size = fstatSync(fd).size;
+    const st = fstatSync(fd);
+    this.size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
     this.readOnly = opts.readOnly ?? false;
     this.native = opts.native === undefined ? nativeIo() : opts.native;
   }
@@ -264,4 +265,18 @@ export function openRawFile(path: string, opts: RawFileOptions = {}): RawFileDev
     throw fromSystemError(err, `opening ${path}`);
   }
   return new RawFileDevice(path, fd, opts);
+}
+
+/** A block device's size: Node cannot seek to the end, so probe with one-byte reads. */
+function blockDeviceSize(fd: number): number {
+  const one = new Uint8Array(1);
+  let lo = 0;
+  let hi = 1;
+  while (readSync(fd, one, 0, 1, hi * 512 - 1) === 1) hi *= 2;
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (readSync(fd, one, 0, 1, mid * 512 - 1) === 1) lo = mid;
+    else hi = mid;
+  }
+  return lo * 512;
 }
