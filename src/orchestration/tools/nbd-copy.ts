@@ -125,133 +125,143 @@ export async function nbdCopy(
   destination: string,
   opts: CopyOptions = {},
 ): Promise<CopyResult> {
-  const requests = Math.max(1, opts.requests ?? 16);
   const ep = { tls: opts.tls, connections: opts.connections ?? 4 };
-  const started = performance.now();
   const src = await openSource(source, ep);
   let dst: Endpoint | undefined;
   try {
     dst = await openDestination(destination, src.device.size, ep);
-    const d = dst.device;
-    const s = src.device;
-    const maxChunk = Math.min(s.blockSizes.maximum, d.blockSizes.maximum, 32 * MiB);
-    const chunkSize = Math.max(4096, Math.min(opts.chunkSize ?? 4 * MiB, maxChunk));
-    const size = s.size;
-    const zeroBuf = new Uint8Array(chunkSize);
-    const sparseBlock = Math.max(512, Math.min(opts.sparseBlock ?? 4096, chunkSize));
-    const pool: Uint8Array[] = [];
-    const hashes: { offset: number; length: number; hash: Buffer }[] = [];
-    const zeroRanges: Chunk[] = [];
-    let dataBytes = 0;
-    let zeroBytes = 0;
-    let zeroedBytes = 0;
-    let done = 0;
-    const fresh = dst.fresh;
-    const hash = opts.verify !== false;
-    const progress = (phase: CopyProgress['phase']) => opts.onProgress?.({ phase, done, total: size });
-
-    const zeroRange = async (c: Chunk) => {
-      zeroBytes += c.length;
-      zeroRanges.push(c);
-      if (!fresh) {
-        await awaitMaybe(d.writeZeroes(c.offset, c.length));
-        zeroedBytes += c.length;
-      }
-    };
-
-    const copyOne = async (c: Chunk) => {
-      if (c.zero) return zeroRange(c);
-      const buf = pool.pop() ?? new Uint8Array(chunkSize);
-      try {
-        const view = buf.subarray(0, c.length);
-        await awaitMaybe(s.read(view, c.offset));
-        if (Buffer.compare(view, zeroBuf.subarray(0, c.length)) === 0) return await zeroRange(c);
-        // WebCrypto hashes on the libuv thread pool (from a copy), off the event loop.
-        const hashing = hash
-          ? sha256(view).then((h) => {
-              hashes.push({ offset: c.offset, length: c.length, hash: h });
-            })
-          : undefined;
-        // Write only the runs of non-zero blocks; zero runs are skipped (fresh) or zeroed.
-        const writes: Promise<void>[] = [];
-        for (const run of runs(view, sparseBlock, zeroBuf)) {
-          const at = c.offset + run.start;
-          if (!run.zero) {
-            writes.push(awaitMaybe(d.write(view.subarray(run.start, run.end), at)));
-            dataBytes += run.end - run.start;
-          } else {
-            zeroBytes += run.end - run.start;
-            if (!fresh) {
-              writes.push(awaitMaybe(d.writeZeroes(at, run.end - run.start)));
-              zeroedBytes += run.end - run.start;
-            }
-          }
-        }
-        await Promise.all([hashing, ...writes]);
-      } finally {
-        pool.push(buf);
-      }
-    };
-
-    await runBounded(chunks(s, chunkSize, opts.signal), requests, async (c) => {
-      opts.signal?.throwIfAborted();
-      await copyOne(c);
-      done += c.length;
-      progress('copy');
-    });
-    await awaitMaybe(d.flush());
-    const copySeconds = (performance.now() - started) / 1000;
-
-    hashes.sort((a, b) => a.offset - b.offset);
-    const digest = createHash('sha256');
-    for (const h of hashes) {
-      const head = Buffer.alloc(16);
-      head.writeBigUInt64BE(BigInt(h.offset), 0);
-      head.writeBigUInt64BE(BigInt(h.length), 8);
-      digest.update(head).update(h.hash);
-    }
-
-    let verified = false;
-    if (hash && dst.kind !== 'null') {
-      done = 0;
-      const items: (Chunk | (typeof hashes)[number])[] = [...hashes, ...zeroRanges];
-      await runBounded(items, requests, async (item) => {
-        opts.signal?.throwIfAborted();
-        if ('hash' in item) {
-          const buf = pool.pop() ?? new Uint8Array(chunkSize);
-          try {
-            const view = buf.subarray(0, item.length);
-            await awaitMaybe(d.read(view, item.offset));
-            if (!(await sha256(view)).equals(item.hash))
-              throw new HavenError(
-                'CORRUPT',
-                `verification failed: ${destination} differs from ${source} in the ${item.length} bytes at offset ${item.offset}`,
-              );
-          } finally {
-            pool.push(buf);
-          }
-        } else await verifyZero(d, item, pool, chunkSize, zeroBuf, destination);
-        done += item.length;
-        progress('verify');
-      });
-      verified = true;
-    }
-    const seconds = (performance.now() - started) / 1000;
-    return {
-      source,
-      destination,
-      size,
-      dataBytes,
-      zeroBytes,
-      zeroedBytes,
-      digest: hash ? digest.digest('hex') : undefined,
-      verified,
-      seconds,
-      rate: copySeconds > 0 ? size / copySeconds : 0,
-    };
+    return await copyDevice(src, dst, opts);
   } finally {
     await Promise.allSettled([awaitMaybe(src.device.close()), dst && awaitMaybe(dst.device.close())]);
   }
+}
+
+/**
+ * The copy engine on two open endpoints (which stay open): sparse, parallel, verified. Volume
+ * import and export use it too.
+ */
+export async function copyDevice(src: Endpoint, dst: Endpoint, opts: CopyOptions = {}): Promise<CopyResult> {
+  const source = src.name;
+  const destination = dst.name;
+  const requests = Math.max(1, opts.requests ?? 16);
+  const started = performance.now();
+  const d = dst.device;
+  const s = src.device;
+  const maxChunk = Math.min(s.blockSizes.maximum, d.blockSizes.maximum, 32 * MiB);
+  const chunkSize = Math.max(4096, Math.min(opts.chunkSize ?? 4 * MiB, maxChunk));
+  const size = s.size;
+  const zeroBuf = new Uint8Array(chunkSize);
+  const sparseBlock = Math.max(512, Math.min(opts.sparseBlock ?? 4096, chunkSize));
+  const pool: Uint8Array[] = [];
+  const hashes: { offset: number; length: number; hash: Buffer }[] = [];
+  const zeroRanges: Chunk[] = [];
+  let dataBytes = 0;
+  let zeroBytes = 0;
+  let zeroedBytes = 0;
+  let done = 0;
+  const fresh = dst.fresh;
+  const hash = opts.verify !== false;
+  const progress = (phase: CopyProgress['phase']) => opts.onProgress?.({ phase, done, total: size });
+
+  const zeroRange = async (c: Chunk) => {
+    zeroBytes += c.length;
+    zeroRanges.push(c);
+    if (!fresh) {
+      await awaitMaybe(d.writeZeroes(c.offset, c.length));
+      zeroedBytes += c.length;
+    }
+  };
+
+  const copyOne = async (c: Chunk) => {
+    if (c.zero) return zeroRange(c);
+    const buf = pool.pop() ?? new Uint8Array(chunkSize);
+    try {
+      const view = buf.subarray(0, c.length);
+      await awaitMaybe(s.read(view, c.offset));
+      if (Buffer.compare(view, zeroBuf.subarray(0, c.length)) === 0) return await zeroRange(c);
+      // WebCrypto hashes on the libuv thread pool (from a copy), off the event loop.
+      const hashing = hash
+        ? sha256(view).then((h) => {
+            hashes.push({ offset: c.offset, length: c.length, hash: h });
+          })
+        : undefined;
+      // Write only the runs of non-zero blocks; zero runs are skipped (fresh) or zeroed.
+      const writes: Promise<void>[] = [];
+      for (const run of runs(view, sparseBlock, zeroBuf)) {
+        const at = c.offset + run.start;
+        if (!run.zero) {
+          writes.push(awaitMaybe(d.write(view.subarray(run.start, run.end), at)));
+          dataBytes += run.end - run.start;
+        } else {
+          zeroBytes += run.end - run.start;
+          if (!fresh) {
+            writes.push(awaitMaybe(d.writeZeroes(at, run.end - run.start)));
+            zeroedBytes += run.end - run.start;
+          }
+        }
+      }
+      await Promise.all([hashing, ...writes]);
+    } finally {
+      pool.push(buf);
+    }
+  };
+
+  await runBounded(chunks(s, chunkSize, opts.signal), requests, async (c) => {
+    opts.signal?.throwIfAborted();
+    await copyOne(c);
+    done += c.length;
+    progress('copy');
+  });
+  await awaitMaybe(d.flush());
+  const copySeconds = (performance.now() - started) / 1000;
+
+  hashes.sort((a, b) => a.offset - b.offset);
+  const digest = createHash('sha256');
+  for (const h of hashes) {
+    const head = Buffer.alloc(16);
+    head.writeBigUInt64BE(BigInt(h.offset), 0);
+    head.writeBigUInt64BE(BigInt(h.length), 8);
+    digest.update(head).update(h.hash);
+  }
+
+  let verified = false;
+  if (hash && dst.kind !== 'null') {
+    done = 0;
+    const items: (Chunk | (typeof hashes)[number])[] = [...hashes, ...zeroRanges];
+    await runBounded(items, requests, async (item) => {
+      opts.signal?.throwIfAborted();
+      if ('hash' in item) {
+        const buf = pool.pop() ?? new Uint8Array(chunkSize);
+        try {
+          const view = buf.subarray(0, item.length);
+          await awaitMaybe(d.read(view, item.offset));
+          if (!(await sha256(view)).equals(item.hash))
+            throw new HavenError(
+              'CORRUPT',
+              `verification failed: ${destination} differs from ${source} in the ${item.length} bytes at offset ${item.offset}`,
+            );
+        } finally {
+          pool.push(buf);
+        }
+      } else await verifyZero(d, item, pool, chunkSize, zeroBuf, destination);
+      done += item.length;
+      progress('verify');
+    });
+    verified = true;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  return {
+    source,
+    destination,
+    size,
+    dataBytes,
+    zeroBytes,
+    zeroedBytes,
+    digest: hash ? digest.digest('hex') : undefined,
+    verified,
+    seconds,
+    rate: copySeconds > 0 ? size / copySeconds : 0,
+  };
 }
 
 /** Checks that a range of the destination reads as zeroes, trusting its block status where it says so. */
