@@ -2,3 +2,4 @@ export * from './tools/nbd-info.js';
 export * from './tools/nbd-copy.js';
 export { openSource, openDestination, type Endpoint, type EndpointOptions } from './tools/nbd-endpoints.js';
 export * from './tools/serve-image.js';
+export * from './tools/storage.js';

@@ -6,3 +6,4 @@ export { MemberDevice } from './family/member-device.js';
 export { StorageService } from './service.js';
 export { TapDevice } from './tap.js';
 export type { TapEvent, TapSubscriber, ChangeTracker } from './tap.js';
+export { StorageExports } from './exports.js';

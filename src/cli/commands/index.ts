@@ -1,7 +1,14 @@
 import type { Command } from 'commander';
 import { registerNbd } from './nbd.js';
+import { registerPool, registerSnapshot, registerStorage, registerVolume } from './storage.js';
 
 /** A command family adds its subcommands to the program. One line per family below. */
 export type Register = (program: Command) => void;
 
-export const commandFamilies: Register[] = [registerNbd];
+export const commandFamilies: Register[] = [
+  registerPool,
+  registerVolume,
+  registerSnapshot,
+  registerStorage,
+  registerNbd,
+];

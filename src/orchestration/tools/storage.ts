@@ -1,0 +1,250 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { openRawFile } from '../../block/index.js';
+import { HavenError, invalidArgument, logger } from '../../common/index.js';
+import { NbdServer, connectNbd, type ListenAddress, type NbdTlsOptions } from '../../nbd/index.js';
+import { StorageExports, StorageService, type VolumeInfo } from '../../storage/index.js';
+import { copyDevice, type CopyResult } from './nbd-copy.js';
+import { openDestination } from './nbd-endpoints.js';
+import { parseHostPort, DEFAULT_NBD_PORT } from './serve-image.js';
+
+/** Where a site keeps its data unless told otherwise: $HAVEN_DATA, else ~/.local/share/haven. */
+export function defaultDataDir(): string {
+  return resolve(
+    process.env.HAVEN_DATA ?? join(process.env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'haven'),
+  );
+}
+
+/** Opens a site's storage for one administrative operation (the data directory is locked meanwhile). */
+export function openStorage(dataDir = defaultDataDir()): StorageService {
+  return StorageService.open(dataDir);
+}
+
+export async function withStorage<T>(
+  dataDir: string | undefined,
+  fn: (s: StorageService) => T | Promise<T>,
+): Promise<T> {
+  const s = openStorage(dataDir);
+  try {
+    return await fn(s);
+  } finally {
+    s.close();
+  }
+}
+
+// ---- serving -----------------------------------------------------------------------------
+
+export interface ServeStorageOptions {
+  dataDir?: string;
+  listen?: string;
+  socket?: string;
+  tls?: NbdTlsOptions;
+}
+
+export interface ServingStorage {
+  address: ListenAddress;
+  /** NBD URI of an export on this server. */
+  uriOf(exportName: string): string;
+  exports: StorageExports;
+  storage: StorageService;
+  stop(): Promise<void>;
+}
+
+/** The storage service of a site: every volume (and snapshot, read-only) over NBD. */
+export async function serveStorage(opts: ServeStorageOptions = {}): Promise<ServingStorage> {
+  if (opts.listen && opts.socket) throw invalidArgument('give --listen or --socket, not both');
+  const storage = openStorage(opts.dataDir);
+  const server = new NbdServer({ log: logger('storage-nbd'), ...(opts.tls ? { tls: opts.tls } : {}) });
+  const exports = new StorageExports(storage, server);
+  let address: ListenAddress;
+  try {
+    exports.refresh();
+    address = await server.listen(
+      opts.socket
+        ? { path: resolve(opts.socket) }
+        : parseHostPort(opts.listen ?? `127.0.0.1:${DEFAULT_NBD_PORT}`),
+    );
+  } catch (err) {
+    storage.close();
+    throw err;
+  }
+  const scheme = opts.tls ? 'nbds' : 'nbd';
+  return {
+    address,
+    exports,
+    storage,
+    uriOf: (name) =>
+      'path' in address
+        ? `${scheme}+unix:///${encodeURIComponent(name)}?socket=${address.path}`
+        : `${scheme}://${address.host}:${address.port}/${encodeURIComponent(name)}`,
+    async stop() {
+      await server.close();
+      storage.close();
+    },
+  };
+}
+
+// ---- import and export -------------------------------------------------------------------
+
+export interface ImageInfo {
+  format: string;
+  virtualSize: number;
+}
+
+export function imageInfo(path: string): ImageInfo {
+  let out: string;
+  try {
+    out = execFileSync('qemu-img', ['info', '--output=json', path], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  } catch (err) {
+    const msg = (err as { stderr?: string }).stderr?.trim() || (err as Error).message;
+    throw invalidArgument(`cannot read image ${path}: ${msg}`);
+  }
+  const j = JSON.parse(out) as { format: string; 'virtual-size': number };
+  return { format: j.format, virtualSize: j['virtual-size'] };
+}
+
+const FORMATS = new Set(['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi']);
+
+/** Serves a non-raw image read-only through qemu-nbd on a private unix socket, for the copy engine. */
+async function withQemuNbd<T>(path: string, format: string, fn: (uri: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'haven-import-'));
+  const sock = join(dir, 'nbd.sock');
+  const child = spawn(
+    'qemu-nbd',
+    ['-r', '-f', format, '--shared=4', '-x', 'img', `--socket=${sock}`, '-t', path],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  try {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      try {
+        const probe = await connectNbd(`nbd+unix:///img?socket=${sock}`, { readOnly: true });
+        await probe.close();
+        break;
+      } catch (err) {
+        if (child.exitCode !== null || Date.now() > deadline)
+          throw new HavenError(
+            'IO',
+            `qemu-nbd could not serve ${path}: ${stderr.trim() || (err as Error).message}`,
+          );
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    return await fn(`nbd+unix:///img?socket=${sock}`);
+  } finally {
+    child.kill('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Imports an image (raw directly; qcow2, vmdk, vhdx through qemu-nbd) into a new volume, verified. */
+export async function importVolume(
+  storage: StorageService,
+  opts: { image: string; name: string; pool: string; format?: string },
+): Promise<{ volume: VolumeInfo; copy: CopyResult }> {
+  const path = resolve(opts.image);
+  const info = imageInfo(path);
+  const format = opts.format ?? info.format;
+  if (!FORMATS.has(format))
+    throw invalidArgument(`image format "${format}" is not one Haven imports (${[...FORMATS].join(', ')})`);
+  const size = Math.ceil(info.virtualSize / 512) * 512;
+  storage.createVolume(opts.name, size, opts.pool);
+  try {
+    const dst = {
+      device: storage.openDevice(opts.name),
+      name: `volume ${opts.name}`,
+      kind: 'file' as const,
+      fresh: true,
+    };
+    const copy =
+      format === 'raw'
+        ? await (async () => {
+            const src = {
+              device: openRawFile(path, { readOnly: true }),
+              name: path,
+              kind: 'file' as const,
+              fresh: false,
+            };
+            try {
+              return await copyDevice(src, dst);
+            } finally {
+              src.device.close();
+            }
+          })()
+        : await withQemuNbd(path, format, async (uri) => {
+            const device = await connectNbd(uri, { readOnly: true, connections: 4 });
+            try {
+              return await copyDevice({ device, name: path, kind: 'nbd', fresh: false }, dst);
+            } finally {
+              await device.close();
+            }
+          });
+    return { volume: storage.volume(opts.name), copy };
+  } catch (err) {
+    storage.deleteVolume(opts.name); // an import that failed leaves nothing behind
+    throw err;
+  }
+}
+
+/** Exports a volume (or "volume@snapshot") to a raw image file, verified; other formats via qemu-img. */
+export async function exportVolume(
+  storage: StorageService,
+  opts: { source: string; image: string; format?: string },
+): Promise<CopyResult> {
+  const format = opts.format ?? 'raw';
+  if (!FORMATS.has(format))
+    throw invalidArgument(`image format "${format}" is not one Haven exports (${[...FORMATS].join(', ')})`);
+  const device = storage.openDevice(opts.source, { readOnly: true });
+  const src = { device, name: opts.source, kind: 'file' as const, fresh: false };
+  const out = resolve(opts.image);
+  if (format === 'raw') {
+    const dst = await openDestination(out, device.size);
+    try {
+      return await copyDevice(src, dst);
+    } finally {
+      await dst.device.close();
+    }
+  }
+  // Other formats: qemu-img reads the volume from a private NBD export.
+  const dir = mkdtempSync(join(tmpdir(), 'haven-export-'));
+  const server = new NbdServer({ log: logger('export-nbd') });
+  try {
+    server.addExport({ name: 'vol', device });
+    const addr = await server.listen({ path: join(dir, 'nbd.sock') });
+    const uri = `nbd+unix:///vol?socket=${(addr as { path: string }).path}`;
+    const started = performance.now();
+    await new Promise<void>((res, rej) => {
+      const p = spawn('qemu-img', ['convert', '-f', 'raw', '-O', format, uri, out], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let err = '';
+      p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      p.on('exit', (code) =>
+        code === 0 ? res() : rej(new HavenError('IO', `qemu-img convert failed: ${err.trim()}`)),
+      );
+    });
+    execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', format, uri, out], { stdio: 'pipe' });
+    const seconds = (performance.now() - started) / 1000;
+    return {
+      source: opts.source,
+      destination: out,
+      size: device.size,
+      dataBytes: 0,
+      zeroBytes: 0,
+      zeroedBytes: 0,
+      verified: true,
+      seconds,
+      rate: device.size / seconds,
+    };
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
