@@ -16,7 +16,10 @@ const ROUNDS = 20;
 /** Each write fills one region with bytes derived from its number: recognisable after a crash. */
 function pattern(n: number, len: number): Buffer {
   const b = Buffer.alloc(len);
-  for (let i = 0; i < len; i += 8) (b.writeUInt32LE(n, i), b.writeUInt32LE(i, i + 4));
+  for (let i = 0; i < len; i += 8) {
+    b.writeUInt32LE(n, i);
+    b.writeUInt32LE(i, i + 4);
+  }
   return b;
 }
 
