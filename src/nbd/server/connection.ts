@@ -361,6 +361,13 @@ export class Connection {
   private read(cookie: Buffer, offset: number, length: number, dontFragment: boolean): void {
     const dev = this.exp!.device;
     const structured = this.st.structured;
+    if (length === 0) {
+      // A data chunk must carry at least one byte (proto.md): answer an empty read with NONE.
+      if (!structured) return this.queueReply(simpleReply(0, cookie));
+      const none = Buffer.allocUnsafe(CHUNK_HEADER);
+      writeChunkHeader(none, 0, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, cookie, 0);
+      return this.queueReply(none);
+    }
     if (structured && !dontFragment && length >= HOLE_SPLIT_MIN) {
       let ext: MaybePromise<Extent[]> | undefined;
       try {
