@@ -3,6 +3,9 @@ import { isAbsolute, join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/index.js';
 import { conflict, invalidArgument, lockDirectory, notFound, writeFileAtomic } from '../common/index.js';
 import { Pool, checkName, type PoolInfo, type SnapshotInfo, type VolumeInfo } from './pool.js';
+import { VolumeBitmaps, markBitmapsInUse, type BitmapInfo } from './bitmaps.js';
+import { TapDevice } from './tap.js';
+import type { BitmapView } from '../block/index.js';
 
 interface PoolsFile {
   pools: { name: string; path: string }[];
@@ -17,12 +20,23 @@ interface PoolsFile {
 export class StorageService {
   private readonly pools = new Map<string, Pool>();
   private readonly lock: { release: () => void };
+  /** Per pool: whether its bitmaps were in use when a service died, and the marker's release. */
+  private readonly inUse = new Map<string, { crashed: boolean; release: () => void }>();
+  /** Per volume, once opened: its tap (every writer's device) and its dirty bitmaps. */
+  private readonly volumes = new Map<string, { tap: TapDevice; bitmaps: VolumeBitmaps }>();
 
   private constructor(readonly dataDir: string) {
     mkdirSync(dataDir, { recursive: true });
     this.lock = lockDirectory(dataDir);
     try {
-      for (const { name, path } of this.readPoolsFile().pools) this.pools.set(name, Pool.open(path));
+      for (const { name, path } of this.readPoolsFile().pools) {
+        const pool = Pool.open(path);
+        this.pools.set(name, pool);
+        const mark = markBitmapsInUse(pool.path);
+        this.inUse.set(name, mark);
+        // After a crash, record at once that this pool's bitmaps are not to be trusted.
+        if (mark.crashed) for (const v of pool.listVolumes()) this.volumeState(v.name).bitmaps.save();
+      }
     } catch (err) {
       this.close();
       throw err;
@@ -49,6 +63,7 @@ export class StorageService {
       ...(opts.capacityBytes ? { capacityBytes: opts.capacityBytes } : {}),
     });
     this.pools.set(name, pool);
+    this.inUse.set(name, markBitmapsInUse(pool.path));
     this.writePoolsFile();
     return pool.info();
   }
@@ -71,6 +86,8 @@ export class StorageService {
         `pool ${name} still holds ${vols.length} volume(s): ${vols.map((v) => v.name).join(', ')}`,
       );
     pool.close();
+    this.inUse.get(name)?.release();
+    this.inUse.delete(name);
     this.pools.delete(name);
     this.writePoolsFile();
     rmSync(pool.path, { recursive: true, force: true });
@@ -93,11 +110,16 @@ export class StorageService {
   }
 
   resizeVolume(name: string, size: number): VolumeInfo {
-    return this.poolOf(name).resizeVolume(name, size);
+    const v = this.poolOf(name).resizeVolume(name, size);
+    this.volumes.get(name)?.bitmaps.resize(size);
+    return v;
   }
 
   deleteVolume(name: string): void {
+    const state = this.volumeState(name);
     this.poolOf(name).deleteVolume(name);
+    state.bitmaps.destroy();
+    this.volumes.delete(name);
   }
 
   snapshot(volume: string, snapshot: string): SnapshotInfo {
@@ -110,10 +132,60 @@ export class StorageService {
 
   deleteSnapshot(volume: string, snapshot: string): void {
     this.poolOf(volume).deleteSnapshot(volume, snapshot);
+    this.volumeState(volume).bitmaps.dropSnapshot(snapshot);
+  }
+
+  /**
+   * Takes a snapshot and ends the bitmap's epoch at it, atomically: the bitmap's changes so far
+   * are kept as "bitmap@snapshot" (exported on the snapshot as qemu:dirty-bitmap:<bitmap>), and
+   * the bitmap starts again empty. An incremental backup reads what the frozen bitmap marks.
+   */
+  checkpoint(
+    volume: string,
+    snapshot: string,
+    bitmap: string,
+  ): { snapshot: SnapshotInfo; frozen: BitmapInfo } {
+    const state = this.volumeState(volume);
+    state.bitmaps.get(bitmap); // fail before the snapshot if there is no such bitmap
+    const snap = this.snapshot(volume, snapshot);
+    return { snapshot: snap, frozen: state.bitmaps.freeze(bitmap, snapshot) };
+  }
+
+  // ---- dirty bitmaps ---------------------------------------------------------------------
+
+  addBitmap(volume: string, name: string, granularity?: number): BitmapInfo {
+    return this.volumeState(volume).bitmaps.add(name, granularity);
+  }
+
+  listBitmaps(volume: string): BitmapInfo[] {
+    return this.volumeState(volume).bitmaps.list();
+  }
+
+  removeBitmap(volume: string, name: string): void {
+    this.volumeState(volume).bitmaps.remove(name);
+  }
+
+  clearBitmap(volume: string, name: string): void {
+    this.volumeState(volume).bitmaps.clear(name);
+  }
+
+  /** Bitmaps to offer over NBD on "volume" (live ones) or "volume@snapshot" (frozen at it). */
+  bitmapViews(target: string): BitmapView[] {
+    const at = target.indexOf('@');
+    if (at < 0) return this.volumeState(target).bitmaps.liveViews();
+    return this.volumeState(target.slice(0, at)).bitmaps.frozenViews(target.slice(at + 1));
+  }
+
+  /** The tap of a volume: subscribe to its changes (replication). */
+  tap(volume: string): TapDevice {
+    return this.volumeState(volume).tap;
   }
 
   revert(volume: string, snapshot: string): void {
     this.poolOf(volume).revert(volume, snapshot);
+    // The whole content may have changed: every bitmap must say so.
+    const state = this.volumeState(volume);
+    state.bitmaps.markDirty(0, state.tap.size);
   }
 
   clone(volume: string, snapshot: string, name: string): VolumeInfo {
@@ -123,6 +195,8 @@ export class StorageService {
 
   /** The data path: "volume" or "volume@snapshot" as a BlockDevice. */
   openDevice(target: string, opts: { readOnly?: boolean } = {}): BlockDevice {
+    // Every writer goes through the volume's one tap, so no change escapes tracking.
+    if (!target.includes('@') && !opts.readOnly) return this.volumeState(target).tap;
     const volume = target.split('@')[0]!;
     return this.poolOf(volume).openDevice(target, opts);
   }
@@ -132,12 +206,34 @@ export class StorageService {
   }
 
   close(): void {
+    for (const v of this.volumes.values()) v.bitmaps.save();
     for (const p of this.pools.values()) p.close();
+    for (const m of this.inUse.values()) m.release(); // bitmaps saved and volumes flushed: clean
     this.pools.clear();
+    this.volumes.clear();
     this.lock.release();
   }
 
   // ---- internals -------------------------------------------------------------------------
+
+  private volumeState(name: string): { tap: TapDevice; bitmaps: VolumeBitmaps } {
+    let v = this.volumes.get(name);
+    if (!v) {
+      const pool = this.poolOf(name);
+      const { id } = pool.familyOf(name);
+      const vol = pool.volume(name);
+      const bitmaps = VolumeBitmaps.open(
+        join(pool.path, 'bitmaps', id),
+        vol.size,
+        this.inUse.get(pool.name)?.crashed ?? false,
+      );
+      const tap = new TapDevice(pool.openDevice(name), { shared: true });
+      tap.addTracker(bitmaps);
+      v = { tap, bitmaps };
+      this.volumes.set(name, v);
+    }
+    return v;
+  }
 
   private findPoolOf(volume: string): Pool | undefined {
     for (const p of this.pools.values()) if (p.hasVolume(volume)) return p;

@@ -44,10 +44,14 @@ export class TapDevice implements BlockDevice {
 
   constructor(
     private readonly inner: BlockDevice,
-    opts: { firstSeq?: number } = {},
+    opts: { firstSeq?: number; shared?: boolean } = {},
   ) {
     this.nextSeq = opts.firstSeq ?? 1;
+    this.shared = opts.shared ?? false;
   }
+
+  /** A shared tap (the one of a volume, used by every writer) ignores close: its owner closes the volume. */
+  private readonly shared: boolean;
 
   get size(): number {
     return this.inner.size;
@@ -109,7 +113,7 @@ export class TapDevice implements BlockDevice {
   }
 
   close(): MaybePromise<void> {
-    return this.inner.close();
+    if (!this.shared) return this.inner.close();
   }
 
   private change(

@@ -1,6 +1,12 @@
 import type { Command } from 'commander';
 import { registerNbd } from './nbd.js';
-import { registerPool, registerSnapshot, registerStorage, registerVolume } from './storage.js';
+import {
+  registerBitmap,
+  registerPool,
+  registerSnapshot,
+  registerStorage,
+  registerVolume,
+} from './storage.js';
 
 /** A command family adds its subcommands to the program. One line per family below. */
 export type Register = (program: Command) => void;
@@ -9,6 +15,7 @@ export const commandFamilies: Register[] = [
   registerPool,
   registerVolume,
   registerSnapshot,
+  registerBitmap,
   registerStorage,
   registerNbd,
 ];

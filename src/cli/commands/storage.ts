@@ -206,14 +206,20 @@ export function registerSnapshot(program: Command): void {
     .command('snapshot')
     .description('snapshots: instant, read-only points in time of a volume');
   dataOption(snapshot.command('create'))
-    .description('take a snapshot')
+    .description("take a snapshot (with --bitmap: and end that bitmap's epoch at it, atomically)")
     .argument('<volume>')
     .argument('<name>')
+    .option('--bitmap <bitmap>', "keep the bitmap's changes so far as <bitmap>@<name> and restart it empty")
     .option('--json', 'print JSON')
-    .action((volume: string, name: string, o: DataOpts) =>
+    .action((volume: string, name: string, o: DataOpts & { bitmap?: string }) =>
       withStorage(o.data, (s) => {
-        const r = s.snapshot(volume, name);
-        printResult(!!o.json, r, () => `took snapshot ${volume}@${r.name}`);
+        const r = o.bitmap ? s.checkpoint(volume, name, o.bitmap) : { snapshot: s.snapshot(volume, name) };
+        printResult(
+          !!o.json,
+          r,
+          () =>
+            `took snapshot ${volume}@${r.snapshot.name}${o.bitmap ? `; bitmap ${o.bitmap} starts a new epoch` : ''}`,
+        );
       }),
     );
   dataOption(snapshot.command('list'))
@@ -251,4 +257,59 @@ function splitSnapshot(s: string): [string, string] {
   const at = s.indexOf('@');
   if (at <= 0 || at === s.length - 1) throw invalidArgument(`"${s}" is not volume@snapshot`);
   return [s.slice(0, at), s.slice(at + 1)];
+}
+
+/** `haven bitmap …` */
+export function registerBitmap(program: Command): void {
+  const bitmap = program.command('bitmap').description("dirty bitmaps: a volume's changed-block tracking");
+  dataOption(bitmap.command('add'))
+    .description('start tracking changes to a volume')
+    .argument('<volume>')
+    .argument('<name>')
+    .option('--granularity <size>', 'bytes per bit', '64K')
+    .option('--json', 'print JSON')
+    .action((volume: string, name: string, o: DataOpts & { granularity: string }) =>
+      withStorage(o.data, (s) => {
+        const b = s.addBitmap(volume, name, parseSize(o.granularity, '--granularity'));
+        printResult(
+          !!o.json,
+          b,
+          () => `bitmap ${name} tracks changes to ${volume} at ${bytes(b.granularity)}`,
+        );
+      }),
+    );
+  dataOption(bitmap.command('list'))
+    .description("list a volume's bitmaps")
+    .argument('<volume>')
+    .option('--json', 'print JSON')
+    .action((volume: string, o: DataOpts) =>
+      withStorage(o.data, (s) => {
+        const list = s.listBitmaps(volume);
+        printResult(!!o.json, list, () =>
+          table([
+            ['NAME', 'GRANULARITY', 'DIRTY', 'STATE'],
+            ...list.map((b) => [
+              b.name,
+              bytes(b.granularity),
+              bytes(b.dirtyBytes),
+              b.inconsistent ? 'inconsistent' : b.enabled ? 'enabled' : 'frozen',
+            ]),
+          ]),
+        );
+      }),
+    );
+  dataOption(bitmap.command('remove'))
+    .description('stop tracking and delete a bitmap')
+    .argument('<volume>')
+    .argument('<name>')
+    .action((volume: string, name: string, o: DataOpts) =>
+      withStorage(o.data, (s) => s.removeBitmap(volume, name)),
+    );
+  dataOption(bitmap.command('clear'))
+    .description('mark everything clean (and trusted again)')
+    .argument('<volume>')
+    .argument('<name>')
+    .action((volume: string, name: string, o: DataOpts) =>
+      withStorage(o.data, (s) => s.clearBitmap(volume, name)),
+    );
 }
