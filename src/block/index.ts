@@ -2,3 +2,4 @@ export * from './device.js';
 export { openRawFile, RawFileDevice, type RawFileOptions } from './raw-file.js';
 export { nativeIo, type NativeIo } from './native.js';
 export { DirtyBitmap } from './dirty-bitmap.js';
+export { OverlayDevice } from './overlay.js';
