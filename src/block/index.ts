@@ -3,3 +3,4 @@ export { openRawFile, RawFileDevice, type RawFileOptions } from './raw-file.js';
 export { nativeIo, type NativeIo } from './native.js';
 export { DirtyBitmap } from './dirty-bitmap.js';
 export { OverlayDevice } from './overlay.js';
+export { ThrottledDevice, type ThrottleLimits } from './throttle.js';
