@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
 import { join } from 'node:path';
 import { connectNbd } from '../../src/nbd/index.js';
 import { NbdServer } from '../../src/nbd/index.js';
@@ -128,6 +129,7 @@ def code(f):
     except nbd.Error as e:
         return errno.errorcode.get(e.errno, e.errno)
 assert code(lambda: h.pread(512, size - 256)) == "EINVAL", "read past the end"
+assert code(lambda: h.pread(512, 2**60)) == "EINVAL", "an offset beyond 2^53"
 assert code(lambda: h.pwrite(b"x" * 512, size - 256)) in ("ENOSPC", "EINVAL"), "write past the end"
 assert h.pread(0, 0) == b""
 h.pwrite(b"abc", 1)
@@ -192,6 +194,40 @@ print("OK")
     await dev.read(b, 1);
     assert.equal(b.length, 3);
     await dev.close();
+  });
+
+  it('honours a connection limit, and drains in-flight writes on SIGTERM', async () => {
+    const { uri: u, server } = await serve(image, ['--max-connections', '1']);
+    const first = await connectNbd(u);
+    const second = spawnSync('nbdinfo', [u], { encoding: 'utf8' });
+    assert.notEqual(second.status, 0, 'a second client must be refused');
+    await first.close();
+    // Many writes in flight, then SIGTERM: the server exits 0 and what was acknowledged is there.
+    const dev = await connectNbd(u);
+    const writes = Array.from({ length: 64 }, (_, i) =>
+      dev.write(Buffer.alloc(65536, i + 1), 40 * MiB + i * 65536),
+    );
+    const acked: number[] = [];
+    writes.forEach(
+      (w, i) =>
+        void w.then(
+          () => acked.push(i),
+          () => undefined,
+        ),
+    );
+    await Promise.race(writes);
+    server.child.kill('SIGTERM');
+    await Promise.allSettled(writes);
+    const code = server.child.exitCode ?? ((await once(server.child, 'exit')) as [number | null])[0];
+    assert.equal(code, 0, server.output());
+    const file = readFileSync(image);
+    for (const i of acked)
+      assert.ok(
+        file.subarray(40 * MiB + i * 65536, 40 * MiB + (i + 1) * 65536).equals(Buffer.alloc(65536, i + 1)),
+        `acknowledged write ${i} lost`,
+      );
+    assert.ok(acked.length > 0);
+    await dev.close().catch(() => undefined);
   });
 
   it('a 4 TiB sparse export serves its last megabyte', async () => {
