@@ -102,7 +102,15 @@ export class OverlayDevice implements BlockDevice {
     const journalPath = join(dir, 'journal');
     if (existsSync(journalPath)) replayJournal(readFileSync(journalPath), map);
     const journalFd = openSync(journalPath, 'a');
-    return new OverlayDevice(dir, base, clusterSize, map, openRawFile(join(dir, 'data')), journalFd);
+    // Synchronous data file: copy on write and map updates must follow each write at once.
+    return new OverlayDevice(
+      dir,
+      base,
+      clusterSize,
+      map,
+      openRawFile(join(dir, 'data'), { threadPool: false }),
+      journalFd,
+    );
   }
 
   /** Clusters the overlay owns (data or zeroes), i.e. what a commit would write. */

@@ -35,7 +35,7 @@ for (const native of [true, false]) {
     const dev = openRawFile(path, { create: true, size: 16 * MiB, ...opts });
     assert.equal(dev.size, 16 * MiB);
     const a = randomBytes(MiB + 123);
-    dev.write([a.subarray(0, 1000), a.subarray(1000)], 777, { fua: true });
+    await dev.write([a.subarray(0, 1000), a.subarray(1000)], 777, { fua: true });
     assert.equal(sha(await readAt(dev, 777, a.length)), sha(a));
     assert.throws(() => dev.write(Buffer.alloc(2), 16 * MiB - 1), code('OUT_OF_RANGE'));
     assert.throws(() => dev.read(Buffer.alloc(1), 16 * MiB), code('OUT_OF_RANGE'));
@@ -50,7 +50,7 @@ for (const native of [true, false]) {
     const dir = tempDir();
     t.after(dir.cleanup);
     const dev = openRawFile(join(dir.path, 'd'), { create: true, size: 8 * MiB, ...opts });
-    dev.write(Buffer.alloc(8 * MiB, 0xaa), 0);
+    await dev.write(Buffer.alloc(8 * MiB, 0xaa), 0);
     dev.writeZeroes(MiB, MiB);
     dev.trim(3 * MiB + 5, 1000);
     dev.writeZeroes(5 * MiB, 4096, { noHole: true });
@@ -65,14 +65,14 @@ for (const native of [true, false]) {
   });
 }
 
-test('block status reports the same allocation as qemu-img map', (t) => {
+test('block status reports the same allocation as qemu-img map', async (t) => {
   const dir = tempDir();
   t.after(dir.cleanup);
   const path = join(dir.path, 'sparse.img');
   const dev = openRawFile(path, { create: true, size: 64 * MiB });
-  dev.write(Buffer.alloc(MiB, 1), 4 * MiB);
-  dev.write(Buffer.alloc(2 * MiB, 2), 20 * MiB);
-  dev.write(Buffer.alloc(MiB, 3), 63 * MiB);
+  await dev.write(Buffer.alloc(MiB, 1), 4 * MiB);
+  await dev.write(Buffer.alloc(2 * MiB, 2), 20 * MiB);
+  await dev.write(Buffer.alloc(MiB, 3), 63 * MiB);
   dev.writeZeroes(20 * MiB, MiB); // punches the first half of the second run
   dev.flush();
   const ours = dev
@@ -102,7 +102,7 @@ test('a 4 TiB sparse file serves its last megabyte', async (t) => {
   const dev = openRawFile(path);
   const last = dev.size - MiB;
   const data = randomBytes(MiB);
-  dev.write(data, last);
+  await dev.write(data, last);
   assert.equal(sha(await readAt(dev, last, MiB)), sha(data));
   assert.deepEqual(dev.blockStatus(last - MiB, 2 * MiB), [
     { offset: last - MiB, length: MiB, flags: 3 },

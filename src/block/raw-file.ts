@@ -30,6 +30,11 @@ export interface RawFileOptions {
   size?: number;
   /** Override the native addon (tests use null for the portable fallback). */
   native?: NativeIo | null;
+  /**
+   * Large reads and writes go to the thread pool and answer with a promise (default true). Off:
+   * everything completes synchronously, for owners that rely on that (the overlay's data file).
+   */
+  threadPool?: boolean;
 }
 
 const ZERO_CHUNK = 1024 * 1024;
@@ -49,6 +54,7 @@ export class RawFileDevice implements BlockDevice {
   readonly size: number;
   readonly readOnly: boolean;
   private readonly native: NativeIo | null;
+  private readonly largeIo: number;
   private zeroes: Buffer | undefined;
   private closed = false;
 
@@ -61,6 +67,7 @@ export class RawFileDevice implements BlockDevice {
     this.size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
     this.readOnly = opts.readOnly ?? false;
     this.native = opts.native === undefined ? nativeIo() : opts.native;
+    this.largeIo = opts.threadPool === false ? Infinity : LARGE_IO;
   }
 
   read(buf: Uint8Array, offset: number): MaybePromise<void> {
@@ -68,7 +75,7 @@ export class RawFileDevice implements BlockDevice {
     let done = 0;
     // Large reads: the copy out of the page cache runs on the thread pool, beside the event loop
     // (which is busy copying into sockets); small ones are cheaper done at once.
-    if (buf.length >= LARGE_IO) return this.readAsync(buf, offset, 0);
+    if (buf.length >= this.largeIo) return this.readAsync(buf, offset, 0);
     if (this.native) {
       // Page cache only; whatever is not there is read on the thread pool.
       const n = this.native.preadNoWait(this.fd, buf, offset);
@@ -89,7 +96,7 @@ export class RawFileDevice implements BlockDevice {
     let total = 0;
     for (const p of parts) total += p.length;
     this.checkWrite(offset, total);
-    if (total >= LARGE_IO) return this.writeAsync(parts, total, offset, flags?.fua === true);
+    if (total >= this.largeIo) return this.writeAsync(parts, total, offset, flags?.fua === true);
     try {
       let n =
         parts.length === 1
