@@ -1,4 +1,4 @@
-import type { MaybePromise } from '../common/index.js';
+import { outOfRange, type MaybePromise } from '../common/index.js';
 
 /**
  * The one contract every disk in Haven implements: files, overlays (differencing disks),
@@ -90,3 +90,18 @@ export interface BitmapView {
 }
 
 export const DEFAULT_BLOCK_SIZES: BlockSizes = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
+
+/**
+ * Throws OUT_OF_RANGE unless [offset, offset + length) lies within `size` bytes and both are
+ * exact whole numbers (offsets past 2^53 are refused, never rounded).
+ */
+export function checkRange(offset: number, length: number, size: number, what: string): void {
+  if (
+    !Number.isSafeInteger(offset) ||
+    !Number.isSafeInteger(length) ||
+    offset < 0 ||
+    length < 0 ||
+    offset + length > size
+  )
+    throw outOfRange(`range ${offset}+${length} is outside ${what} (size ${size})`);
+}

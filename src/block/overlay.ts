@@ -22,6 +22,7 @@ import {
 } from '../common/index.js';
 import {
   DEFAULT_BLOCK_SIZES,
+  checkRange,
   EXTENT_HOLE,
   EXTENT_ZERO,
   type BlockDevice,
@@ -383,14 +384,7 @@ export class OverlayDevice implements BlockDevice {
 
   private check(offset: number, length: number): void {
     if (this.closed) throw new HavenError('CONFLICT', `overlay ${this.dir} is closed`);
-    if (
-      !Number.isSafeInteger(offset) ||
-      !Number.isSafeInteger(length) ||
-      offset < 0 ||
-      length < 0 ||
-      offset + length > this.size
-    )
-      throw outOfRange(`range ${offset}+${length} is outside the overlay (size ${this.size})`);
+    checkRange(offset, length, this.size, 'the overlay');
   }
 }
 

@@ -11,9 +11,10 @@ import {
   writev,
   writevSync,
 } from 'node:fs';
-import { HavenError, fromSystemError, outOfRange, type MaybePromise } from '../common/index.js';
+import { HavenError, fromSystemError, type MaybePromise } from '../common/index.js';
 import {
   DEFAULT_BLOCK_SIZES,
+  checkRange,
   EXTENT_HOLE,
   EXTENT_ZERO,
   type BlockDevice,
@@ -237,14 +238,7 @@ export class RawFileDevice implements BlockDevice {
 
   private check(offset: number, length: number): void {
     if (this.closed) throw new HavenError('CONFLICT', `${this.path} is closed`);
-    if (
-      !Number.isSafeInteger(offset) ||
-      !Number.isSafeInteger(length) ||
-      offset < 0 ||
-      length < 0 ||
-      offset + length > this.size
-    )
-      throw outOfRange(`range ${offset}+${length} is outside ${this.path} (size ${this.size})`);
+    checkRange(offset, length, this.size, this.path);
   }
 
   private checkWrite(offset: number, length: number): void {

@@ -11,14 +11,7 @@ import {
 } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import {
-  HavenError,
-  conflict,
-  fromSystemError,
-  invalidArgument,
-  notFound,
-  outOfRange,
-} from '../../common/index.js';
+import { HavenError, conflict, fromSystemError, invalidArgument, notFound } from '../../common/index.js';
 import { BitSet } from './bitset.js';
 import {
   FANOUT,
@@ -39,6 +32,7 @@ import {
   type Superblock,
 } from './format.js';
 import { SPANS, TreeNode } from './tree.js';
+import { checkRange } from '../../block/index.js';
 
 export const DEFAULT_CLUSTER_SIZE = 64 * 1024;
 /** Largest volume: 2^53 bytes would be exact, but 4 PiB keeps every intermediate product exact too. */
@@ -507,14 +501,7 @@ export class VolumeFamily {
   }
 
   private checkRange(m: Member, offset: number, length: number): void {
-    if (
-      !Number.isSafeInteger(offset) ||
-      !Number.isSafeInteger(length) ||
-      offset < 0 ||
-      length < 0 ||
-      offset + length > m.record.size
-    )
-      throw outOfRange(`range ${offset}+${length} is outside ${m.record.name} (size ${m.record.size})`);
+    checkRange(offset, length, m.record.size, m.record.name);
   }
 
   private loadRoot(m: Member): TreeNode | undefined {
