@@ -14,6 +14,9 @@ test: setup
 	npm run lint --silent
 	npm test --silent
 
+lint:
+	npm run lint --silent
+
 bench: setup
 	npm run bench --silent
 
