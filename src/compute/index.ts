@@ -1,5 +1,4 @@
-/**
- * Layer 6 — hypervisor drivers (QEMU: launch, QMP), hosts, VMs, networks (issue 5).
- * Nothing is built here yet; the folder holds the place the design gives it (docs/architecture.md).
- */
-export {};
+/** Layer 6 — hypervisor drivers (QEMU: launch, QMP), hosts, VMs, networks. */
+export { QmpClient, type QmpEvent } from './qmp.js';
+export { QemuVm, accelerator, blockdevFor, qemuCommandLine } from './qemu-driver.js';
+export type { VmSpec, DiskSpec, NicSpec, BootSpec, VmState, VmExit } from './model.js';
