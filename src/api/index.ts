@@ -1,5 +1,4 @@
-/**
- * Layer 8 — the REST API face: thin, calls the orchestration layer only (issue 5).
- * Nothing is built here yet; the folder holds the place the design gives it (docs/architecture.md).
- */
-export {};
+/** Layer 8 — the REST API of a site (a face: it translates HTTP to the orchestration layer). */
+export { buildApi, API_PREFIX, type ApiOptions } from './server.js';
+export { ApiClient, type ApiEndpoint } from './client.js';
+export { startSiteDaemon, type SiteDaemon } from './daemon.js';

@@ -29,8 +29,13 @@ export function lockDirectory(dir: string, what = 'data directory'): { release: 
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    // A killed process nobody has reaped yet (a zombie) holds nothing any more.
+    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
   }
 }

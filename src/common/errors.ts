@@ -15,6 +15,7 @@ export type HavenErrorCode =
   | 'CORRUPT' // stored data failed verification
   | 'TIMEOUT'
   | 'CANCELLED'
+  | 'UNAUTHENTICATED' // no valid credentials
   | 'INTERNAL';
 
 export class HavenError extends Error {

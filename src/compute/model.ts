@@ -18,7 +18,8 @@ export interface DiskSpec {
 }
 
 export type NicSpec =
-  { network: { kind: 'user' } } | { network: { kind: 'isolated'; name: string; port: number } };
+  | { network: { kind: 'user' } }
+  | { network: { kind: 'isolated'; name: string; group: string; port: number } };
 
 export type BootSpec =
   { kind: 'disk' } | { kind: 'kernel'; kernel: string; initrd?: string; cmdline?: string };

@@ -60,7 +60,7 @@ export function blockdevFor(disk: DiskSpec, node: string): Record<string, unknow
         : { type: 'inet', host: u.hostname || '127.0.0.1', port: u.port || '10809' };
     if (server.type === 'unix' && !('path' in server && server.path))
       throw invalidArgument(`${disk.source} names no socket`);
-    return { driver: 'nbd', 'node-name': node, server, export: exportName, 'reconnect-delay': 5, ...ro };
+    return { driver: 'nbd', 'node-name': node, server, export: exportName, 'reconnect-delay': 300, ...ro };
   }
   return { driver: 'raw', 'node-name': node, file: { driver: 'file', filename: disk.source }, ...ro };
 }
@@ -71,7 +71,7 @@ function nicArgs(nic: NicSpec, i: number): string[] {
     nic.network.kind === 'user'
       ? `user,id=${id}`
       : // VMs of one isolated network share a multicast group on loopback only.
-        `socket,id=${id},mcast=230.0.0.1:${nic.network.port},localaddr=127.0.0.1`;
+        `socket,id=${id},mcast=${nic.network.group}:${nic.network.port},localaddr=127.0.0.1`;
   return ['-netdev', netdev, '-device', `virtio-net-pci,netdev=${id},romfile=`];
 }
 

@@ -3,3 +3,5 @@ export * from './tools/nbd-copy.js';
 export { openSource, openDestination, type Endpoint, type EndpointOptions } from './tools/nbd-endpoints.js';
 export * from './tools/serve-image.js';
 export * from './tools/storage.js';
+export * from './site/index.js';
+export type { PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';

@@ -33,6 +33,25 @@ export class StorageExports {
       }
   }
 
+  /** NBD clients attached to the volume or any of its snapshots. */
+  clientsOf(volume: string): number {
+    let n = 0;
+    for (const name of this.exported.keys())
+      if (name === volume || name.startsWith(`${volume}@`)) n += this.server.clientsOf(name);
+    return n;
+  }
+
+  /** Withdraws the exports of a volume (and its snapshots) or of one "volume@snapshot". */
+  withdraw(target: string): void {
+    for (const [name, exp] of [...this.exported])
+      if (name === target || (!target.includes('@') && name.startsWith(`${target}@`))) {
+        this.server.removeExport(name);
+        this.exported.delete(name);
+        // Snapshot devices are the export's own; a volume's tap belongs to the storage service.
+        if (name.includes('@')) void exp.device.close();
+      }
+  }
+
   names(): string[] {
     return [...this.exported.keys()].sort();
   }

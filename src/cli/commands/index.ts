@@ -1,5 +1,8 @@
 import type { Command } from 'commander';
+import { registerHostAndNetwork, registerVm } from './compute.js';
 import { registerNbd } from './nbd.js';
+import { registerOperations } from './operations.js';
+import { registerServe } from './serve.js';
 import {
   registerBitmap,
   registerPool,
@@ -12,6 +15,10 @@ import {
 export type Register = (program: Command) => void;
 
 export const commandFamilies: Register[] = [
+  registerServe,
+  registerOperations,
+  registerVm,
+  registerHostAndNetwork,
   registerPool,
   registerVolume,
   registerSnapshot,

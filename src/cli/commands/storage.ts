@@ -1,6 +1,20 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
-import { exportVolume, importVolume, serveStorage, withStorage } from '../../orchestration/index.js';
+import { resolve } from 'node:path';
+import type { ApiClient } from '../../api/index.js';
+import {
+  exportVolume,
+  importVolume,
+  serveStorage,
+  withStorage,
+  type Job,
+  type PoolInfo,
+  type SnapshotInfo,
+  type StorageService,
+  type VolumeInfo,
+} from '../../orchestration/index.js';
+import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { runJob } from './compute.js';
 import { bytes, dataOption, parseSize, table } from '../args.js';
 import { printResult } from '../output.js';
 
@@ -39,63 +53,100 @@ export function registerStorage(program: Command): void {
     );
 }
 
+/** Offline on a data directory (--data), or through the site daemon (the default). */
+function via<T>(
+  o: DataOpts & ApiOpts,
+  offline: (s: StorageService) => T | Promise<T>,
+  online: (c: ApiClient) => Promise<T>,
+): Promise<T> {
+  return o.data ? withStorage(o.data, offline) : online(connect(o));
+}
+
+function both(cmd: Command): Command {
+  return apiOptions(
+    cmd.option(
+      '--data <dir>',
+      'work offline on this site data directory (no daemon may hold it) instead of through the daemon',
+    ),
+  );
+}
+
+const enc = encodeURIComponent;
+
+function poolRows(pools: PoolInfo[]): string {
+  return table([
+    ['NAME', 'TIER', 'CAPACITY', 'ALLOCATED', 'FREE', 'PATH'],
+    ...pools.map((p) => [
+      p.name,
+      p.capabilities.tier,
+      bytes(p.capacityBytes),
+      bytes(p.allocatedBytes),
+      bytes(p.freeBytes),
+      p.path,
+    ]),
+  ]);
+}
+
 /** `haven pool …` */
 export function registerPool(program: Command): void {
   const pool = program
     .command('pool')
     .description('storage pools: where volumes live, with their capabilities');
-  dataOption(pool.command('create'))
+  both(pool.command('create'))
     .description('create a pool')
     .argument('<name>')
     .option('--path <dir>', 'directory for the pool (default: inside the data directory)')
     .option('--tier <tier>', 'media tier advertised to policies', 'standard')
     .option('--capacity <size>', 'most data the pool may hold (default: its filesystem)')
     .option('--json', 'print JSON')
-    .action((name: string, o: DataOpts & { path?: string; tier: string; capacity?: string }) =>
-      withStorage(o.data, (s) => {
-        const p = s.createPool(name, {
+    .action(
+      async (name: string, o: DataOpts & ApiOpts & { path?: string; tier: string; capacity?: string }) => {
+        const opts = {
           tier: o.tier,
-          ...(o.path ? { path: o.path } : {}),
+          ...(o.path ? { path: resolve(o.path) } : {}),
           ...(o.capacity ? { capacityBytes: parseSize(o.capacity, '--capacity') } : {}),
-        });
+        };
+        const p = await via(
+          o,
+          (s) => s.createPool(name, opts),
+          (c) => c.post<PoolInfo>('/pools', { name, ...opts }),
+        );
         printResult(!!o.json, p, () => `created pool ${p.name} at ${p.path}`);
-      }),
+      },
     );
-  dataOption(pool.command('list'))
+  both(pool.command('list'))
     .description('list pools with capacity and capabilities')
     .option('--json', 'print JSON')
-    .action((o: DataOpts) =>
-      withStorage(o.data, (s) => {
-        const pools = s.listPools();
-        printResult(!!o.json, pools, () =>
-          table([
-            ['NAME', 'TIER', 'CAPACITY', 'ALLOCATED', 'FREE', 'PATH'],
-            ...pools.map((p) => [
-              p.name,
-              p.capabilities.tier,
-              bytes(p.capacityBytes),
-              bytes(p.allocatedBytes),
-              bytes(p.freeBytes),
-              p.path,
-            ]),
-          ]),
-        );
-      }),
-    );
-  dataOption(pool.command('show'))
+    .action(async (o: DataOpts & ApiOpts) => {
+      const pools = await via(
+        o,
+        (s) => s.listPools(),
+        (c) => c.get<PoolInfo[]>('/pools'),
+      );
+      printResult(!!o.json, pools, () => poolRows(pools));
+    });
+  both(pool.command('show'))
     .description('show one pool')
     .argument('<name>')
     .option('--json', 'print JSON')
-    .action((name: string, o: DataOpts) =>
-      withStorage(o.data, (s) => {
-        const p = s.pool(name).info();
-        printResult(!!o.json, p, () => JSON.stringify(p, null, 2));
-      }),
-    );
-  dataOption(pool.command('delete'))
+    .action(async (name: string, o: DataOpts & ApiOpts) => {
+      const p = await via(
+        o,
+        (s) => s.pool(name).info(),
+        (c) => c.get<PoolInfo>(`/pools/${enc(name)}`),
+      );
+      printResult(!!o.json, p, () => JSON.stringify(p, null, 2));
+    });
+  both(pool.command('delete'))
     .description('delete an empty pool')
     .argument('<name>')
-    .action((name: string, o: DataOpts) => withStorage(o.data, (s) => s.deletePool(name)));
+    .action((name: string, o: DataOpts & ApiOpts) =>
+      via(
+        o,
+        (s) => s.deletePool(name),
+        (c) => c.delete(`/pools/${enc(name)}`),
+      ),
+    );
 }
 
 /** `haven volume …` */
@@ -103,101 +154,152 @@ export function registerVolume(program: Command): void {
   const volume = program
     .command('volume')
     .description('volumes: thin virtual disks with snapshots and clones');
-  dataOption(volume.command('create'))
+  both(volume.command('create'))
     .description('create a thin volume')
     .argument('<name>')
     .requiredOption('--size <size>', 'logical size, e.g. 10G')
-    .requiredOption('--pool <pool>', 'pool to create it in')
+    .option('--pool <pool>', 'pool to create it in', 'default')
     .option('--json', 'print JSON')
-    .action((name: string, o: DataOpts & { size: string; pool: string }) =>
-      withStorage(o.data, (s) => {
-        const v = s.createVolume(name, parseSize(o.size, '--size'), o.pool);
-        printResult(!!o.json, v, () => `created volume ${v.name} (${bytes(v.size)}) in pool ${v.pool}`);
-      }),
-    );
-  dataOption(volume.command('list'))
+    .action(async (name: string, o: DataOpts & ApiOpts & { size: string; pool: string }) => {
+      const size = parseSize(o.size, '--size');
+      const v = await via(
+        o,
+        (s) => s.createVolume(name, size, o.pool),
+        (c) => c.post<VolumeInfo>('/volumes', { name, sizeBytes: size, pool: o.pool }),
+      );
+      printResult(!!o.json, v, () => `created volume ${v.name} (${bytes(v.size)}) in pool ${v.pool}`);
+    });
+  both(volume.command('list'))
     .description('list volumes with logical and allocated size')
     .option('--pool <pool>', 'only this pool')
     .option('--json', 'print JSON')
-    .action((o: DataOpts & { pool?: string }) =>
-      withStorage(o.data, (s) => {
-        const vols = s.listVolumes(o.pool);
-        printResult(!!o.json, vols, () =>
-          table([
-            ['NAME', 'POOL', 'SIZE', 'ALLOCATED', 'ORIGIN'],
-            ...vols.map((v) => [v.name, v.pool, bytes(v.size), bytes(v.allocatedBytes), v.origin ?? '']),
-          ]),
-        );
-      }),
-    );
-  dataOption(volume.command('show'))
+    .action(async (o: DataOpts & ApiOpts & { pool?: string }) => {
+      const vols = await via(
+        o,
+        (s) => s.listVolumes(o.pool),
+        (c) => c.get<VolumeInfo[]>(`/volumes${o.pool ? `?pool=${enc(o.pool)}` : ''}`),
+      );
+      printResult(!!o.json, vols, () =>
+        table([
+          ['NAME', 'POOL', 'SIZE', 'ALLOCATED', 'ORIGIN'],
+          ...vols.map((v) => [v.name, v.pool, bytes(v.size), bytes(v.allocatedBytes), v.origin ?? '']),
+        ]),
+      );
+    });
+  both(volume.command('show'))
     .description('show one volume and its snapshots')
     .argument('<name>')
     .option('--json', 'print JSON')
-    .action((name: string, o: DataOpts) =>
-      withStorage(o.data, (s) => {
-        const v = { ...s.volume(name), snapshots: s.listSnapshots(name) };
-        printResult(!!o.json, v, () => JSON.stringify(v, null, 2));
-      }),
-    );
-  dataOption(volume.command('delete'))
-    .description('delete a volume (refused while it has snapshots)')
+    .action(async (name: string, o: DataOpts & ApiOpts) => {
+      const v = await via(
+        o,
+        (s) => ({ ...s.volume(name), snapshots: s.listSnapshots(name) }),
+        async (c) => ({
+          ...(await c.get<VolumeInfo>(`/volumes/${enc(name)}`)),
+          snapshots: await c.get<SnapshotInfo[]>(`/volumes/${enc(name)}/snapshots`),
+        }),
+      );
+      printResult(!!o.json, v, () => JSON.stringify(v, null, 2));
+    });
+  both(volume.command('delete'))
+    .description('delete a volume (refused while it has snapshots or a VM uses it)')
     .argument('<name>')
-    .action((name: string, o: DataOpts) => withStorage(o.data, (s) => s.deleteVolume(name)));
-  dataOption(volume.command('resize'))
+    .action((name: string, o: DataOpts & ApiOpts) =>
+      via(
+        o,
+        (s) => s.deleteVolume(name),
+        (c) => c.delete(`/volumes/${enc(name)}`),
+      ),
+    );
+  both(volume.command('resize'))
     .description('grow a volume')
     .argument('<name>')
     .requiredOption('--size <size>', 'new logical size')
-    .action((name: string, o: DataOpts & { size: string }) =>
-      withStorage(o.data, (s) => void s.resizeVolume(name, parseSize(o.size, '--size'))),
-    );
-  dataOption(volume.command('clone'))
+    .action(async (name: string, o: DataOpts & ApiOpts & { size: string }) => {
+      const size = parseSize(o.size, '--size');
+      await via(
+        o,
+        (s) => s.resizeVolume(name, size),
+        (c) => c.post<VolumeInfo>(`/volumes/${enc(name)}/resize`, { sizeBytes: size }),
+      );
+    });
+  both(volume.command('clone'))
     .description('a new writable volume from a snapshot, sharing its data')
     .argument('<snapshot>', 'volume@snapshot')
     .argument('<name>', 'name of the new volume')
     .option('--json', 'print JSON')
-    .action((snap: string, name: string, o: DataOpts) =>
-      withStorage(o.data, (s) => {
-        const [vol, sn] = splitSnapshot(snap);
-        const v = s.clone(vol, sn, name);
-        printResult(!!o.json, v, () => `created volume ${v.name} from ${snap}`);
-      }),
-    );
-  dataOption(volume.command('import'))
-    .description('import an image (raw, qcow2, vmdk, vhdx) into a new volume, verified')
-    .argument('<image>')
+    .action(async (snap: string, name: string, o: DataOpts & ApiOpts) => {
+      const [vol, sn] = splitSnapshot(snap);
+      const v = await via(
+        o,
+        (s) => s.clone(vol, sn, name),
+        (c) => c.post<VolumeInfo>(`/volumes/${enc(vol)}/clone`, { snapshot: sn, name }),
+      );
+      printResult(!!o.json, v, () => `created volume ${v.name} from ${snap}`);
+    });
+  both(volume.command('import'))
+    .description('import an image (raw, qcow2, vmdk, vhdx) into a new volume, verified (a job)')
+    .argument('<image>', "an image file (on the site's host)")
     .requiredOption('--name <name>', 'name of the new volume')
-    .requiredOption('--pool <pool>', 'pool to create it in')
+    .option('--pool <pool>', 'pool to create it in', 'default')
     .option('--format <format>', 'image format (default: detected)')
+    .option('--no-wait', 'return once the job has started')
     .option('--json', 'print JSON')
-    .action((image: string, o: DataOpts & { name: string; pool: string; format?: string }) =>
-      withStorage(o.data, async (s) => {
-        const r = await importVolume(s, {
-          image,
+    .action(
+      (
+        image: string,
+        o: DataOpts & ApiOpts & { name: string; pool: string; format?: string; wait: boolean },
+      ) => {
+        const opts = {
+          image: resolve(image),
           name: o.name,
           pool: o.pool,
           ...(o.format ? { format: o.format } : {}),
-        });
-        printResult(
-          !!o.json,
-          r,
-          () =>
-            `imported ${image} into volume ${r.volume.name}: ${bytes(r.copy.dataBytes)} of data, verified`,
+        };
+        if (o.data)
+          return withStorage(o.data, async (s) => {
+            const r = await importVolume(s, opts);
+            printResult(
+              !!o.json,
+              r,
+              () =>
+                `imported ${image} into volume ${r.volume.name}: ${bytes(r.copy.dataBytes)} of data, verified`,
+            );
+          });
+        return runJob(
+          o,
+          () => connect(o).post<Job>('/volumes/import', opts),
+          (j) =>
+            `imported ${image} into volume ${o.name}: ${bytes((j.result as { dataBytes: number }).dataBytes)} of data, verified`,
         );
-      }),
+      },
     );
-  dataOption(volume.command('export'))
-    .description('export a volume or snapshot to an image file, verified')
+  both(volume.command('export'))
+    .description('export a volume or snapshot to an image file, verified (a job)')
     .argument('<source>', 'volume or volume@snapshot')
     .argument('<image>', 'image file to write')
     .option('--format <format>', 'image format', 'raw')
+    .option('--no-wait', 'return once the job has started')
     .option('--json', 'print JSON')
-    .action((source: string, image: string, o: DataOpts & { format: string }) =>
-      withStorage(o.data, async (s) => {
-        const r = await exportVolume(s, { source, image, format: o.format });
-        printResult(!!o.json, r, () => `exported ${source} to ${image} (${o.format}), verified`);
-      }),
-    );
+    .action((source: string, image: string, o: DataOpts & ApiOpts & { format: string; wait: boolean }) => {
+      const out = resolve(image);
+      if (o.data)
+        return withStorage(o.data, async (s) => {
+          const r = await exportVolume(s, { source, image: out, format: o.format });
+          printResult(!!o.json, r, () => `exported ${source} to ${image} (${o.format}), verified`);
+        });
+      const [vol, snap] = source.includes('@') ? splitSnapshot(source) : [source, undefined];
+      return runJob(
+        o,
+        () =>
+          connect(o).post<Job>(`/volumes/${enc(vol)}/export`, {
+            image: out,
+            format: o.format,
+            ...(snap ? { snapshot: snap } : {}),
+          }),
+        () => `exported ${source} to ${image} (${o.format}), verified`,
+      );
+    });
 }
 
 /** `haven snapshot …` */
@@ -205,51 +307,69 @@ export function registerSnapshot(program: Command): void {
   const snapshot = program
     .command('snapshot')
     .description('snapshots: instant, read-only points in time of a volume');
-  dataOption(snapshot.command('create'))
+  both(snapshot.command('create'))
     .description("take a snapshot (with --bitmap: and end that bitmap's epoch at it, atomically)")
     .argument('<volume>')
     .argument('<name>')
     .option('--bitmap <bitmap>', "keep the bitmap's changes so far as <bitmap>@<name> and restart it empty")
+    .option('--no-wait', 'return once the job has started')
     .option('--json', 'print JSON')
-    .action((volume: string, name: string, o: DataOpts & { bitmap?: string }) =>
-      withStorage(o.data, (s) => {
-        const r = o.bitmap ? s.checkpoint(volume, name, o.bitmap) : { snapshot: s.snapshot(volume, name) };
-        printResult(
-          !!o.json,
-          r,
-          () =>
-            `took snapshot ${volume}@${r.snapshot.name}${o.bitmap ? `; bitmap ${o.bitmap} starts a new epoch` : ''}`,
-        );
-      }),
-    );
-  dataOption(snapshot.command('list'))
+    .action((volume: string, name: string, o: DataOpts & ApiOpts & { bitmap?: string; wait: boolean }) => {
+      const said = () =>
+        `took snapshot ${volume}@${name}${o.bitmap ? `; bitmap ${o.bitmap} starts a new epoch` : ''}`;
+      if (o.data)
+        return withStorage(o.data, (s) => {
+          const r = o.bitmap ? s.checkpoint(volume, name, o.bitmap) : { snapshot: s.snapshot(volume, name) };
+          printResult(!!o.json, r, said);
+        });
+      return runJob(
+        o,
+        () =>
+          connect(o).post<Job>(`/volumes/${enc(volume)}/snapshots`, {
+            name,
+            ...(o.bitmap ? { bitmap: o.bitmap } : {}),
+          }),
+        said,
+      );
+    });
+  both(snapshot.command('list'))
     .description("list a volume's snapshots")
     .argument('<volume>')
     .option('--json', 'print JSON')
-    .action((volume: string, o: DataOpts) =>
-      withStorage(o.data, (s) => {
-        const list = s.listSnapshots(volume);
-        printResult(!!o.json, list, () =>
-          table([
-            ['NAME', 'SIZE', 'CREATED'],
-            ...list.map((x) => [`${volume}@${x.name}`, bytes(x.size), x.createdAt]),
-          ]),
-        );
-      }),
-    );
-  dataOption(snapshot.command('delete'))
+    .action(async (volume: string, o: DataOpts & ApiOpts) => {
+      const list = await via(
+        o,
+        (s) => s.listSnapshots(volume),
+        (c) => c.get<SnapshotInfo[]>(`/volumes/${enc(volume)}/snapshots`),
+      );
+      printResult(!!o.json, list, () =>
+        table([
+          ['NAME', 'SIZE', 'CREATED'],
+          ...list.map((x) => [`${volume}@${x.name}`, bytes(x.size), x.createdAt]),
+        ]),
+      );
+    });
+  both(snapshot.command('delete'))
     .description('delete a snapshot (refused while a clone depends on it)')
     .argument('<volume>')
     .argument('<name>')
-    .action((volume: string, name: string, o: DataOpts) =>
-      withStorage(o.data, (s) => s.deleteSnapshot(volume, name)),
+    .action((volume: string, name: string, o: DataOpts & ApiOpts) =>
+      via(
+        o,
+        (s) => s.deleteSnapshot(volume, name),
+        (c) => c.delete(`/volumes/${enc(volume)}/snapshots/${enc(name)}`),
+      ),
     );
-  dataOption(snapshot.command('revert'))
+  both(snapshot.command('revert'))
     .description('make a volume what it was at a snapshot')
     .argument('<volume>')
     .argument('<name>')
-    .action((volume: string, name: string, o: DataOpts) =>
-      withStorage(o.data, (s) => s.revert(volume, name)),
+    .action((volume: string, name: string, o: DataOpts & ApiOpts) =>
+      via(
+        o,
+        (s) => s.revert(volume, name),
+        (c) => c.post(`/volumes/${enc(volume)}/snapshots/${enc(name)}/revert`),
+      ),
     );
 }
 

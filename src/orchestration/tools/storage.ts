@@ -6,7 +6,7 @@ import { openRawFile } from '../../block/index.js';
 import { HavenError, invalidArgument, logger } from '../../common/index.js';
 import { NbdServer, connectNbd, type ListenAddress, type NbdTlsOptions } from '../../nbd/index.js';
 import { StorageExports, StorageService, type VolumeInfo } from '../../storage/index.js';
-import { copyDevice, type CopyResult } from './nbd-copy.js';
+import { copyDevice, type CopyOptions, type CopyResult } from './nbd-copy.js';
 import { openDestination } from './nbd-endpoints.js';
 import { parseHostPort, DEFAULT_NBD_PORT } from './serve-image.js';
 
@@ -147,8 +147,12 @@ async function withQemuNbd<T>(path: string, format: string, fn: (uri: string) =>
 /** Imports an image (raw directly; qcow2, vmdk, vhdx through qemu-nbd) into a new volume, verified. */
 export async function importVolume(
   storage: StorageService,
-  opts: { image: string; name: string; pool: string; format?: string },
+  opts: { image: string; name: string; pool: string; format?: string } & Pick<
+    CopyOptions,
+    'signal' | 'onProgress'
+  >,
 ): Promise<{ volume: VolumeInfo; copy: CopyResult }> {
+  const copyOpts = copyOptions(opts);
   const path = resolve(opts.image);
   const info = imageInfo(path);
   const format = opts.format ?? info.format;
@@ -173,7 +177,7 @@ export async function importVolume(
               fresh: false,
             };
             try {
-              return await copyDevice(src, dst);
+              return await copyDevice(src, dst, copyOpts);
             } finally {
               src.device.close();
             }
@@ -181,7 +185,7 @@ export async function importVolume(
         : await withQemuNbd(path, format, async (uri) => {
             const device = await connectNbd(uri, { readOnly: true, connections: 4 });
             try {
-              return await copyDevice({ device, name: path, kind: 'nbd', fresh: false }, dst);
+              return await copyDevice({ device, name: path, kind: 'nbd', fresh: false }, dst, copyOpts);
             } finally {
               await device.close();
             }
@@ -196,7 +200,7 @@ export async function importVolume(
 /** Exports a volume (or "volume@snapshot") to a raw image file, verified; other formats via qemu-img. */
 export async function exportVolume(
   storage: StorageService,
-  opts: { source: string; image: string; format?: string },
+  opts: { source: string; image: string; format?: string } & Pick<CopyOptions, 'signal' | 'onProgress'>,
 ): Promise<CopyResult> {
   const format = opts.format ?? 'raw';
   if (!FORMATS.has(format))
@@ -207,7 +211,7 @@ export async function exportVolume(
   if (format === 'raw') {
     const dst = await openDestination(out, device.size);
     try {
-      return await copyDevice(src, dst);
+      return await copyDevice(src, dst, copyOptions(opts));
     } finally {
       await dst.device.close();
     }
@@ -247,4 +251,8 @@ export async function exportVolume(
     await server.close();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+function copyOptions(o: Pick<CopyOptions, 'signal' | 'onProgress'>): CopyOptions {
+  return { ...(o.signal ? { signal: o.signal } : {}), ...(o.onProgress ? { onProgress: o.onProgress } : {}) };
 }

@@ -1,0 +1,52 @@
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { logger, writeFileAtomic } from '../common/index.js';
+import { Site, type SiteOptions } from '../orchestration/index.js';
+import { buildApi, type ApiOptions } from './server.js';
+
+const log = logger('daemon');
+
+export interface SiteDaemon {
+  site: Site;
+  /** The API's base URL, e.g. http://127.0.0.1:8710 */
+  url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * `haven serve`: a site (storage service, compute service, jobs, events) with its REST API.
+ * Where the API listens is written to `<data>/api.json` beside the token (`<data>/api-token`),
+ * so that a CLI of the same user finds a local site without flags.
+ */
+export async function startSiteDaemon(site: SiteOptions, api: ApiOptions): Promise<SiteDaemon> {
+  const s = await Site.open(site);
+  let app: FastifyInstance;
+  let url: string;
+  try {
+    app = await buildApi(s, api.tls ? { tls: api.tls } : {});
+    await app.listen({ host: api.host, port: api.port });
+    const addr = app.server.address();
+    const port = typeof addr === 'object' && addr ? addr.port : api.port;
+    const host = api.host.includes(':') ? `[${api.host}]` : api.host;
+    url = `${api.tls ? 'https' : 'http'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
+  } catch (err) {
+    await s.close();
+    throw err;
+  }
+  const endpointFile = join(s.dataDir, 'api.json');
+  writeFileAtomic(endpointFile, JSON.stringify({ url, pid: process.pid, site: s.name }, null, 2) + '\n');
+  log.info({ site: s.name, url, dataDir: s.dataDir }, 'site daemon serving');
+  let stopping: Promise<void> | undefined;
+  return {
+    site: s,
+    url,
+    stop: () =>
+      (stopping ??= (async () => {
+        await app.close();
+        rmSync(endpointFile, { force: true });
+        await s.close();
+        log.info({ site: s.name }, 'site daemon stopped');
+      })()),
+  };
+}

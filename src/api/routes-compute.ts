@@ -1,0 +1,108 @@
+import type { FastifyInstance } from 'fastify';
+import type { Site, VmDefinition } from '../orchestration/index.js';
+import * as s from './schemas.js';
+
+type Name = { name: string };
+
+/** Hosts, networks, VMs. */
+export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
+  const tags = ['compute'];
+
+  api.get('/hosts', { schema: { tags, response: { 200: s.list(s.hostAnswer) } } }, async () =>
+    site.compute.listHosts(),
+  );
+  api.get(
+    '/hosts/:name',
+    { schema: { tags, params: s.nameParam, response: { 200: s.hostAnswer } } },
+    async (req) => site.compute.host((req.params as Name).name),
+  );
+
+  api.get('/networks', { schema: { tags, response: { 200: s.list(s.networkAnswer) } } }, async () =>
+    site.compute.listNetworks(),
+  );
+  api.post(
+    '/networks',
+    { schema: { tags, body: s.createNetworkBody, response: { 201: s.networkAnswer } } },
+    async (req, reply) => {
+      const b = req.body as { name: string; kind: 'nat' | 'isolated' };
+      return reply.code(201).send(site.createNetwork(req.actor, b.name, b.kind));
+    },
+  );
+  api.get(
+    '/networks/:name',
+    { schema: { tags, params: s.nameParam, response: { 200: s.networkAnswer } } },
+    async (req) => site.compute.network((req.params as Name).name),
+  );
+  api.delete('/networks/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
+    site.deleteNetwork(req.actor, (req.params as Name).name);
+    return reply.code(204).send();
+  });
+
+  api.get('/vms', { schema: { tags, response: { 200: s.list(s.vmAnswer) } } }, async () =>
+    site.compute.listVms(),
+  );
+  api.post(
+    '/vms',
+    { schema: { tags, body: s.createVmBody, response: { 201: s.vmAnswer } } },
+    async (req, reply) => {
+      const { name, ...def } = req.body as VmDefinition & Name;
+      return reply.code(201).send(site.createVm(req.actor, name, def));
+    },
+  );
+  api.get(
+    '/vms/:name',
+    { schema: { tags, params: s.nameParam, response: { 200: s.vmAnswer } } },
+    async (req) => site.compute.vm((req.params as Name).name),
+  );
+  api.delete('/vms/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
+    site.deleteVm(req.actor, (req.params as Name).name);
+    return reply.code(204).send();
+  });
+  api.post(
+    '/vms/:name/start',
+    { schema: { tags, summary: 'start a VM (a job)', params: s.nameParam, response: { 202: s.jobAnswer } } },
+    async (req, reply) => reply.code(202).send(site.startVm(req.actor, (req.params as Name).name)),
+  );
+  api.post(
+    '/vms/:name/stop',
+    {
+      schema: {
+        tags,
+        summary: 'stop a VM: ACPI power-off, then quit after the grace time, then kill (a job)',
+        params: s.nameParam,
+        body: s.stopVmBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply
+        .code(202)
+        .send(
+          site.stopVm(
+            req.actor,
+            (req.params as Name).name,
+            (req.body ?? {}) as { force?: boolean; graceSeconds?: number },
+          ),
+        ),
+  );
+  api.get(
+    '/vms/:name/console-log',
+    {
+      schema: {
+        tags,
+        summary: "the VM's serial console log (text)",
+        params: s.nameParam,
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { bytes: { type: 'string', pattern: '^[0-9]{1,9}$' } },
+        },
+      },
+    },
+    async (req, reply) => {
+      const q = req.query as { bytes?: string };
+      const text = site.compute.consoleLog((req.params as Name).name, q.bytes ? Number(q.bytes) : undefined);
+      return reply.type('text/plain; charset=utf-8').send(text);
+    },
+  );
+}

@@ -1,0 +1,167 @@
+import type { FastifyInstance } from 'fastify';
+import type { Site } from '../orchestration/index.js';
+import * as s from './schemas.js';
+
+const volumeParam = {
+  type: 'object',
+  required: ['name'],
+  properties: { name: { type: 'string' } },
+} as const;
+const snapshotParam = {
+  type: 'object',
+  required: ['name', 'snapshot'],
+  properties: { name: { type: 'string' }, snapshot: { type: 'string' } },
+} as const;
+
+type Name = { name: string };
+type Snap = { name: string; snapshot: string };
+
+/** Pools, volumes, snapshots. */
+export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
+  const tags = ['storage'];
+
+  api.get('/pools', { schema: { tags, response: { 200: s.list(s.poolAnswer) } } }, async () =>
+    site.listPools(),
+  );
+  api.post(
+    '/pools',
+    { schema: { tags, body: s.createPoolBody, response: { 201: s.poolAnswer } } },
+    async (req, reply) => {
+      const b = req.body as { name: string; path?: string; tier?: string; capacityBytes?: number };
+      const { name, ...opts } = b;
+      return reply.code(201).send(site.createPool(req.actor, name, opts));
+    },
+  );
+  api.get(
+    '/pools/:name',
+    { schema: { tags, params: s.nameParam, response: { 200: s.poolAnswer } } },
+    async (req) => site.pool((req.params as Name).name),
+  );
+  api.delete('/pools/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
+    site.deletePool(req.actor, (req.params as Name).name);
+    return reply.code(204).send();
+  });
+
+  api.get(
+    '/volumes',
+    {
+      schema: {
+        tags,
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { pool: { type: 'string' } },
+        },
+        response: { 200: s.list(s.volumeAnswer) },
+      },
+    },
+    async (req) => site.listVolumes((req.query as { pool?: string }).pool),
+  );
+  api.post(
+    '/volumes',
+    { schema: { tags, body: s.createVolumeBody, response: { 201: s.volumeAnswer } } },
+    async (req, reply) => {
+      const b = req.body as { name: string; sizeBytes: number; pool?: string };
+      return reply.code(201).send(site.createVolume(req.actor, b.name, b.sizeBytes, b.pool));
+    },
+  );
+  api.post(
+    '/volumes/import',
+    {
+      schema: {
+        tags,
+        summary: 'import an image file into a new volume (a job)',
+        body: s.importVolumeBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply.code(202).send(site.importVolume(req.actor, req.body as Parameters<Site['importVolume']>[1])),
+  );
+  api.get(
+    '/volumes/:name',
+    { schema: { tags, params: volumeParam, response: { 200: s.volumeAnswer } } },
+    async (req) => site.volume((req.params as Name).name),
+  );
+  api.delete('/volumes/:name', { schema: { tags, params: volumeParam } }, async (req, reply) => {
+    site.deleteVolume(req.actor, (req.params as Name).name);
+    return reply.code(204).send();
+  });
+  api.post(
+    '/volumes/:name/resize',
+    { schema: { tags, params: volumeParam, body: s.resizeVolumeBody, response: { 200: s.volumeAnswer } } },
+    async (req) =>
+      site.resizeVolume(req.actor, (req.params as Name).name, (req.body as { sizeBytes: number }).sizeBytes),
+  );
+  api.post(
+    '/volumes/:name/clone',
+    { schema: { tags, params: volumeParam, body: s.cloneVolumeBody, response: { 201: s.volumeAnswer } } },
+    async (req, reply) => {
+      const b = req.body as { snapshot: string; name: string };
+      return reply.code(201).send(site.cloneVolume(req.actor, (req.params as Name).name, b.snapshot, b.name));
+    },
+  );
+  api.post(
+    '/volumes/:name/export',
+    {
+      schema: {
+        tags,
+        summary: 'export a volume or snapshot to an image file (a job)',
+        params: volumeParam,
+        body: s.exportVolumeBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { image: string; snapshot?: string; format?: string };
+      const source = b.snapshot ? `${(req.params as Name).name}@${b.snapshot}` : (req.params as Name).name;
+      return reply
+        .code(202)
+        .send(
+          site.exportVolume(req.actor, { source, image: b.image, ...(b.format ? { format: b.format } : {}) }),
+        );
+    },
+  );
+
+  api.get(
+    '/volumes/:name/snapshots',
+    { schema: { tags, params: volumeParam, response: { 200: s.list(s.snapshotAnswer) } } },
+    async (req) => site.listSnapshots((req.params as Name).name),
+  );
+  api.post(
+    '/volumes/:name/snapshots',
+    {
+      schema: {
+        tags,
+        summary: 'take a snapshot (a job)',
+        params: volumeParam,
+        body: s.createSnapshotBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { name: string; bitmap?: string };
+      return reply
+        .code(202)
+        .send(site.createSnapshot(req.actor, (req.params as Name).name, b.name, b.bitmap));
+    },
+  );
+  api.delete(
+    '/volumes/:name/snapshots/:snapshot',
+    { schema: { tags, params: snapshotParam } },
+    async (req, reply) => {
+      const p = req.params as Snap;
+      site.deleteSnapshot(req.actor, p.name, p.snapshot);
+      return reply.code(204).send();
+    },
+  );
+  api.post(
+    '/volumes/:name/snapshots/:snapshot/revert',
+    { schema: { tags, params: snapshotParam } },
+    async (req, reply) => {
+      const p = req.params as Snap;
+      site.revertSnapshot(req.actor, p.name, p.snapshot);
+      return reply.code(204).send();
+    },
+  );
+}

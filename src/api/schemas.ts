@@ -1,0 +1,212 @@
+/**
+ * JSON Schemas of the API's bodies and answers: fastify validates requests with them (unknown
+ * fields are refused, never dropped) and the OpenAPI document is made from them.
+ */
+
+export const name = {
+  type: 'string',
+  pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$',
+  description: "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+} as const;
+
+const sizeBytes = { type: 'integer', minimum: 1, description: 'bytes' } as const;
+
+export const nameParam = {
+  type: 'object',
+  required: ['name'],
+  properties: { name: { type: 'string' } },
+} as const;
+
+export const errorAnswer = {
+  type: 'object',
+  required: ['error'],
+  properties: {
+    error: {
+      type: 'object',
+      required: ['code', 'message'],
+      properties: {
+        code: { type: 'string', description: 'stable code: INVALID_ARGUMENT, NOT_FOUND, CONFLICT, …' },
+        message: { type: 'string' },
+        field: { type: 'string', description: 'for 400s: the request field at fault' },
+      },
+    },
+  },
+} as const;
+
+const open = (description: string, properties: Record<string, unknown> = {}) =>
+  ({ type: 'object', description, additionalProperties: true, properties }) as const;
+
+export const poolAnswer = open('a storage pool', {
+  name: { type: 'string' },
+  path: { type: 'string' },
+  capacityBytes: { type: 'integer' },
+  allocatedBytes: { type: 'integer' },
+  freeBytes: { type: 'integer' },
+});
+export const volumeAnswer = open('a volume', {
+  name: { type: 'string' },
+  pool: { type: 'string' },
+  size: { type: 'integer' },
+  allocatedBytes: { type: 'integer' },
+});
+export const snapshotAnswer = open('a snapshot of a volume', {
+  name: { type: 'string' },
+  volume: { type: 'string' },
+});
+export const jobAnswer = open('a job: a long operation with progress, log and result', {
+  id: { type: 'string' },
+  kind: { type: 'string' },
+  target: { type: 'string' },
+  state: { type: 'string', enum: ['running', 'succeeded', 'failed', 'cancelled'] },
+  progress: open('bytes done and total, rate and ETA'),
+  error: { type: 'string' },
+});
+export const vmAnswer = open('a virtual machine', {
+  id: { type: 'string' },
+  name: { type: 'string' },
+  state: { type: 'string', enum: ['defined', 'starting', 'running', 'stopping', 'stopped', 'crashed'] },
+});
+export const hostAnswer = open('a host that runs VMs');
+export const networkAnswer = open('a network NICs attach to');
+export const eventAnswer = open('an entry of the event and audit log');
+export const siteAnswer = open('the site');
+
+export const list = (item: unknown) => ({ type: 'array', items: item }) as const;
+
+// ---- bodies -----------------------------------------------------------------------------------
+
+export const createPoolBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name'],
+  properties: {
+    name,
+    path: { type: 'string', minLength: 1, description: 'directory (default: inside the data directory)' },
+    tier: { type: 'string', minLength: 1 },
+    capacityBytes: sizeBytes,
+  },
+} as const;
+
+export const createVolumeBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'sizeBytes'],
+  properties: { name, sizeBytes, pool: name },
+} as const;
+
+export const resizeVolumeBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['sizeBytes'],
+  properties: { sizeBytes },
+} as const;
+
+export const importVolumeBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'image'],
+  properties: {
+    name,
+    image: { type: 'string', minLength: 1, description: "an image file on the site's host" },
+    pool: name,
+    format: { type: 'string', enum: ['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi'] },
+  },
+} as const;
+
+export const exportVolumeBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['image'],
+  properties: {
+    image: { type: 'string', minLength: 1 },
+    snapshot: name,
+    format: { type: 'string', enum: ['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi'] },
+  },
+} as const;
+
+export const cloneVolumeBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['snapshot', 'name'],
+  properties: { snapshot: name, name },
+} as const;
+
+export const createSnapshotBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name'],
+  properties: {
+    name,
+    bitmap: { ...name, description: "end this dirty bitmap's epoch at the snapshot, atomically" },
+  },
+} as const;
+
+export const createNetworkBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'kind'],
+  properties: { name, kind: { type: 'string', enum: ['nat', 'isolated'] } },
+} as const;
+
+export const createVmBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'disks'],
+  properties: {
+    name,
+    cpus: { type: 'integer', minimum: 1, maximum: 64, default: 1 },
+    memoryMiB: { type: 'integer', minimum: 16, maximum: 1048576, default: 512 },
+    disks: {
+      type: 'array',
+      maxItems: 16,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['volume'],
+        properties: { volume: name, readOnly: { type: 'boolean' } },
+      },
+    },
+    nics: {
+      type: 'array',
+      maxItems: 8,
+      default: [],
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['network'],
+        properties: { network: name },
+      },
+    },
+    boot: {
+      oneOf: [
+        {
+          type: 'object',
+          additionalProperties: false,
+          required: ['kind'],
+          properties: { kind: { const: 'disk' } },
+        },
+        {
+          type: 'object',
+          additionalProperties: false,
+          required: ['kind', 'kernel'],
+          properties: {
+            kind: { const: 'kernel' },
+            kernel: { type: 'string', minLength: 1 },
+            initrd: { type: 'string', minLength: 1 },
+            cmdline: { type: 'string', maxLength: 4096 },
+          },
+        },
+      ],
+      default: { kind: 'disk' },
+    },
+  },
+} as const;
+
+export const stopVmBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    force: { type: 'boolean', description: 'kill QEMU at once instead of an ACPI power-off' },
+    graceSeconds: { type: 'integer', minimum: 0, maximum: 3600, description: 'default 30' },
+  },
+} as const;

@@ -1,0 +1,164 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import swagger from '@fastify/swagger';
+import Fastify, {
+  LogController,
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyRequest,
+} from 'fastify';
+import { HavenError, logger, type HavenErrorCode } from '../common/index.js';
+import { havenVersion, type Site } from '../orchestration/index.js';
+import { registerComputeRoutes } from './routes-compute.js';
+import { registerOperationRoutes } from './routes-operations.js';
+import { registerStorageRoutes } from './routes-storage.js';
+
+export const API_PREFIX = '/api/v1';
+
+export interface ApiOptions {
+  host: string;
+  port: number;
+  tls?: { cert: string; key: string };
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Who is asking, for jobs and the audit log. */
+    actor: string;
+  }
+}
+
+const STATUS: Record<HavenErrorCode, number> = {
+  INVALID_ARGUMENT: 400,
+  OUT_OF_RANGE: 400,
+  NOT_FOUND: 404,
+  CONFLICT: 409,
+  READ_ONLY: 409,
+  CANCELLED: 409,
+  UNAUTHENTICATED: 401,
+  NO_SPACE: 507,
+  UNSUPPORTED: 501,
+  TIMEOUT: 504,
+  PROTOCOL: 502,
+  IO: 500,
+  CORRUPT: 500,
+  INTERNAL: 500,
+};
+
+/**
+ * The REST API of a site: JSON over HTTP(S), bearer-token authentication on every request,
+ * bodies validated against the schemas in schemas.ts (unknown fields are refused), errors as
+ * `{ error: { code, message, field? } }`, and the OpenAPI document at /api/v1/openapi.json.
+ * Handlers only translate between HTTP and the Site's methods.
+ */
+export async function buildApi(site: Site, opts: { tls?: ApiOptions['tls'] } = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: logger('api') as unknown as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 1024 * 1024,
+    forceCloseConnections: true,
+    ajv: {
+      customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false },
+    },
+    ...(opts.tls ? { https: { cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) } } : {}),
+  });
+  const expected = digest(site.apiToken());
+
+  app.decorateRequest('actor', '');
+  app.addHook('onRequest', async (req, reply) => {
+    const header = req.headers.authorization ?? '';
+    const m = /^Bearer\s+(\S+)$/i.exec(header);
+    if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
+      void reply
+        .code(401)
+        .header('www-authenticate', 'Bearer realm="haven"')
+        .send({
+          error: {
+            code: 'UNAUTHENTICATED',
+            message: m
+              ? 'the API token is not valid'
+              : 'an API token is required (Authorization: Bearer <token>)',
+          },
+        });
+      return reply;
+    }
+    req.actor = `admin@${req.ip}`;
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    app.log.debug({ method: req.method, url: req.url, status: reply.statusCode }, 'request');
+  });
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const answer = toErrorAnswer(err, req);
+    if (answer.status >= 500) app.log.error({ err, url: req.url }, 'request failed');
+    void reply.code(answer.status).send({ error: answer.error });
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply
+      .code(404)
+      .send({ error: { code: 'NOT_FOUND', message: `no such API path: ${req.method} ${req.url}` } });
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'Haven site API',
+        version: havenVersion(),
+        description: 'Storage, compute, jobs and events of one Haven site.',
+      },
+      components: { securitySchemes: { token: { type: 'http', scheme: 'bearer' } } },
+      security: [{ token: [] }],
+    },
+  });
+  await app.register(
+    async (api) => {
+      registerOperationRoutes(api, site);
+      registerStorageRoutes(api, site);
+      registerComputeRoutes(api, site);
+      api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+    },
+    { prefix: API_PREFIX },
+  );
+  return app;
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token).digest();
+}
+
+interface ErrorAnswer {
+  status: number;
+  error: { code: string; message: string; field?: string };
+}
+
+function toErrorAnswer(err: FastifyError, req: FastifyRequest): ErrorAnswer {
+  if (err instanceof HavenError)
+    return { status: STATUS[err.code], error: { code: err.code, message: err.message } };
+  if (err.validation) {
+    const v = err.validation[0]!;
+    const where = err.validationContext ?? 'body';
+    const params = v.params as Record<string, unknown>;
+    const base = `${where}${v.instancePath.replace(/\//g, '.').replace(/\.(\d+)/g, '[$1]')}`;
+    if (typeof params.additionalProperty === 'string') {
+      const field = `${base}.${params.additionalProperty}`;
+      return { status: 400, error: { code: 'INVALID_ARGUMENT', message: `unknown field ${field}`, field } };
+    }
+    if (typeof params.missingProperty === 'string') {
+      const field = `${base}.${params.missingProperty}`;
+      return { status: 400, error: { code: 'INVALID_ARGUMENT', message: `missing field ${field}`, field } };
+    }
+    return {
+      status: 400,
+      error: { code: 'INVALID_ARGUMENT', message: `${base} ${v.message ?? 'is not valid'}`, field: base },
+    };
+  }
+  if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500)
+    // fastify's own 4xx: bad JSON, wrong content type, body too large
+    return {
+      status: err.statusCode,
+      error: { code: 'INVALID_ARGUMENT', message: `${req.method} ${req.url}: ${err.message}` },
+    };
+  return { status: 500, error: { code: 'INTERNAL', message: err.message } };
+}

@@ -1,0 +1,227 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { invalidArgument } from '../../common/index.js';
+import type { Host, Job, Network, Vm } from '../../orchestration/index.js';
+import { apiOptions, connect, followJob, type ApiOpts } from '../api.js';
+import { bytes, parseSize, table } from '../args.js';
+import { printResult } from '../output.js';
+
+type WaitOpts = ApiOpts & { wait: boolean };
+const enc = encodeURIComponent;
+
+/** Starts a job through the API and, unless --no-wait, follows it to its end. */
+export async function runJob(
+  o: WaitOpts,
+  start: () => Promise<Job>,
+  done: (j: Job) => string,
+): Promise<void> {
+  const client = connect(o);
+  const job = await start.call(null);
+  if (!o.wait) return printResult(!!o.json, job, () => `job ${job.id} (${job.kind} ${job.target}) started`);
+  const end = await followJob(client, job, { quiet: !!o.json });
+  printResult(!!o.json, end, () => done(end));
+}
+
+function vmRows(vms: Vm[]): string {
+  return table([
+    ['NAME', 'STATE', 'CPUS', 'MEMORY', 'DISKS', 'HOST', 'REASON'],
+    ...vms.map((v) => [
+      v.name,
+      v.state,
+      v.cpus,
+      bytes(v.memoryMiB * 2 ** 20),
+      v.disks.map((d) => d.volume).join(','),
+      v.host,
+      v.stateReason ?? '',
+    ]),
+  ]);
+}
+
+function list(v: string, all: string[] = []): string[] {
+  return [...all, v];
+}
+
+/** `haven vm …` */
+export function registerVm(program: Command): void {
+  const vm = program.command('vm').description('virtual machines of a site (through its daemon)');
+
+  apiOptions(vm.command('create'))
+    .description('define a VM on Haven volumes')
+    .argument('<name>')
+    .option('--cpus <n>', 'virtual CPUs', '1')
+    .option('--memory <size>', 'memory (e.g. 512M, 2G)', '512M')
+    .option('--disk <volume>', 'a volume as the next disk (repeat; the first is the boot disk)', list)
+    .option('--nic <network>', 'a NIC on this network (repeat; "nat" is built in)', list)
+    .option('--kernel <file>', 'boot this kernel (on the host) instead of the first disk')
+    .option('--initrd <file>', 'initial ramdisk for --kernel')
+    .option('--cmdline <text>', 'kernel command line for --kernel')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        name: string,
+        o: ApiOpts & {
+          cpus: string;
+          memory: string;
+          disk?: string[];
+          nic?: string[];
+          kernel?: string;
+          initrd?: string;
+          cmdline?: string;
+        },
+      ) => {
+        const cpus = Number(o.cpus);
+        if (!Number.isInteger(cpus) || cpus < 1)
+          throw invalidArgument(`--cpus "${o.cpus}" is not a whole number ≥ 1`);
+        const memory = parseSize(o.memory.match(/^\d+$/) ? `${o.memory}M` : o.memory, '--memory');
+        if (!o.kernel && (o.initrd || o.cmdline))
+          throw invalidArgument('--initrd and --cmdline need --kernel');
+        const body = {
+          name,
+          cpus,
+          memoryMiB: Math.floor(memory / 2 ** 20),
+          disks: (o.disk ?? []).map((volume) => ({ volume })),
+          nics: (o.nic ?? []).map((network) => ({ network })),
+          boot: o.kernel
+            ? {
+                kind: 'kernel',
+                kernel: resolve(o.kernel),
+                ...(o.initrd ? { initrd: resolve(o.initrd) } : {}),
+                ...(o.cmdline !== undefined ? { cmdline: o.cmdline } : {}),
+              }
+            : { kind: 'disk' },
+        };
+        const v = await connect(o).post<Vm>('/vms', body);
+        printResult(!!o.json, v, () => `created VM ${v.name} (${v.id})`);
+      },
+    );
+
+  apiOptions(vm.command('list'))
+    .description('list VMs with their state')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts) => {
+      const vms = await connect(o).get<Vm[]>('/vms');
+      printResult(!!o.json, vms, () => vmRows(vms));
+    });
+
+  apiOptions(vm.command('show'))
+    .description("a VM's definition and state")
+    .argument('<name>')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: ApiOpts) => {
+      const v = await connect(o).get<Vm>(`/vms/${enc(name)}`);
+      printResult(!!o.json, v, () =>
+        [
+          `name:     ${v.name} (${v.id})`,
+          `state:    ${v.state}${v.stateReason ? ` (${v.stateReason})` : ''}${v.pid ? `, pid ${v.pid}` : ''}`,
+          `host:     ${v.host}`,
+          `cpus:     ${v.cpus}`,
+          `memory:   ${v.memoryMiB} MiB`,
+          `disks:    ${v.disks.map((d, i) => `vd${String.fromCharCode(97 + i)}=${d.volume}${d.readOnly ? ' (ro)' : ''}`).join(' ') || '-'}`,
+          `nics:     ${v.nics.map((n) => n.network).join(' ') || '-'}`,
+          `boot:     ${v.boot.kind === 'disk' ? 'first disk' : `kernel ${v.boot.kernel}`}`,
+        ].join('\n'),
+      );
+    });
+
+  apiOptions(vm.command('start'))
+    .description('start a VM (a job; waits for it unless --no-wait)')
+    .argument('<name>')
+    .option('--no-wait', 'return once the job has started')
+    .option('--json', 'print JSON')
+    .action((name: string, o: WaitOpts) =>
+      runJob(
+        o,
+        () => connect(o).post<Job>(`/vms/${enc(name)}/start`),
+        () => `VM ${name} is running`,
+      ),
+    );
+
+  apiOptions(vm.command('stop'))
+    .description('stop a VM: ACPI power-off, then quit after the grace time, then kill (a job)')
+    .argument('<name>')
+    .option('--force', 'kill QEMU at once (the guest loses what it did not flush)')
+    .option('--grace <seconds>', 'how long the guest may take to power off', '30')
+    .option('--no-wait', 'return once the job has started')
+    .option('--json', 'print JSON')
+    .action((name: string, o: WaitOpts & { force?: boolean; grace: string }) => {
+      const grace = Number(o.grace);
+      if (!Number.isInteger(grace) || grace < 0)
+        throw invalidArgument(`--grace "${o.grace}" is not a whole number of seconds`);
+      return runJob(
+        o,
+        () =>
+          connect(o).post<Job>(`/vms/${enc(name)}/stop`, {
+            ...(o.force ? { force: true } : {}),
+            graceSeconds: grace,
+          }),
+        (j) => `VM ${name} stopped: ${(j.result as Vm | undefined)?.stateReason ?? 'done'}`,
+      );
+    });
+
+  apiOptions(vm.command('console-log'))
+    .description("print the VM's serial console log")
+    .argument('<name>')
+    .option('--bytes <n>', 'at most the last N bytes', '65536')
+    .action(async (name: string, o: ApiOpts & { bytes: string }) => {
+      if (!/^\d{1,9}$/.test(o.bytes)) throw invalidArgument(`--bytes "${o.bytes}" is not a number`);
+      process.stdout.write(await connect(o).text(`/vms/${enc(name)}/console-log?bytes=${o.bytes}`));
+    });
+
+  apiOptions(vm.command('delete'))
+    .description('delete a stopped VM (its volumes stay)')
+    .argument('<name>')
+    .action(async (name: string, o: ApiOpts) => {
+      await connect(o).delete(`/vms/${enc(name)}`);
+      process.stdout.write(`deleted VM ${name}\n`);
+    });
+}
+
+/** `haven host …` and `haven network …` */
+export function registerHostAndNetwork(program: Command): void {
+  const host = program.command('host').description('hosts that run VMs');
+  apiOptions(host.command('list'))
+    .description('list hosts')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts) => {
+      const hosts = await connect(o).get<Host[]>('/hosts');
+      printResult(!!o.json, hosts, () =>
+        table([
+          ['NAME', 'ADDRESS', 'CPUS', 'MEMORY', 'ACCEL', 'HYPERVISOR', 'RUNNING'],
+          ...hosts.map((h) => [
+            h.name,
+            h.address,
+            h.cpus,
+            bytes(h.memoryMiB * 2 ** 20),
+            h.accelerator,
+            h.hypervisor,
+            h.runningVms,
+          ]),
+        ]),
+      );
+    });
+
+  const net = program.command('network').description('networks VM NICs attach to');
+  apiOptions(net.command('create'))
+    .description('create a network: nat (user-mode NAT) or isolated (shared only by the VMs on it)')
+    .argument('<name>')
+    .option('--kind <kind>', 'nat or isolated', 'isolated')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: ApiOpts & { kind: string }) => {
+      const n = await connect(o).post<Network>('/networks', { name, kind: o.kind });
+      printResult(!!o.json, n, () => `created ${n.kind} network ${n.name}`);
+    });
+  apiOptions(net.command('list'))
+    .description('list networks')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts) => {
+      const nets = await connect(o).get<Network[]>('/networks');
+      printResult(!!o.json, nets, () => table([['NAME', 'KIND'], ...nets.map((n) => [n.name, n.kind])]));
+    });
+  apiOptions(net.command('delete'))
+    .description('delete a network no VM uses')
+    .argument('<name>')
+    .action(async (name: string, o: ApiOpts) => {
+      await connect(o).delete(`/networks/${enc(name)}`);
+      process.stdout.write(`deleted network ${name}\n`);
+    });
+}

@@ -1,0 +1,119 @@
+import type { Command } from 'commander';
+import { invalidArgument } from '../../common/index.js';
+import type { Job, JobLogLine, SiteEvent, SiteInfo } from '../../orchestration/index.js';
+import { apiOptions, connect, followJob, progressLine, type ApiOpts } from '../api.js';
+import { bytes, table } from '../args.js';
+import { printResult } from '../output.js';
+
+function query(params: Record<string, string | undefined>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined) q.set(k, v);
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}
+
+function limitOf(s: string): string {
+  if (!/^\d{1,4}$/.test(s)) throw invalidArgument(`--limit "${s}" is not a number`);
+  return s;
+}
+
+/** `haven site show`, `haven job …`, `haven event list` */
+export function registerOperations(program: Command): void {
+  const site = program.command('site').description('the site a daemon runs');
+  apiOptions(site.command('show'))
+    .description("the site's name, data directory, NBD addresses and counts")
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts) => {
+      const s = await connect(o).get<SiteInfo>('/site');
+      printResult(!!o.json, s, () =>
+        [
+          `site:     ${s.name} (Haven ${s.version}, schema ${s.schemaVersion})`,
+          `data:     ${s.dataDir}`,
+          `nbd:      ${s.nbd.tcp ?? '-'}  ${s.nbd.socket}`,
+          `started:  ${s.startedAt}`,
+          `pools ${s.pools}, volumes ${s.volumes}, VMs ${s.vms} (${s.runningVms} running), jobs running ${s.runningJobs}`,
+        ].join('\n'),
+      );
+    });
+
+  const job = program.command('job').description('long operations: progress, log, result, cancel');
+  apiOptions(job.command('list'))
+    .description('list jobs, newest first')
+    .option('--state <state>', 'running, succeeded, failed or cancelled')
+    .option('--kind <kind>', 'e.g. volume.import, vm.start')
+    .option('--limit <n>', 'at most this many', '50')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts & { state?: string; kind?: string; limit: string }) => {
+      const jobs = await connect(o).get<Job[]>(
+        `/jobs${query({ state: o.state, kind: o.kind, limit: limitOf(o.limit) })}`,
+      );
+      printResult(!!o.json, jobs, () =>
+        table([
+          ['ID', 'KIND', 'TARGET', 'STATE', 'PROGRESS', 'CREATED', 'ERROR'],
+          ...jobs.map((j) => [
+            j.id,
+            j.kind,
+            j.target,
+            j.state,
+            j.progress.totalBytes ? `${bytes(j.progress.doneBytes)}/${bytes(j.progress.totalBytes)}` : '-',
+            j.createdAt,
+            j.error ?? '',
+          ]),
+        ]),
+      );
+    });
+  apiOptions(job.command('show'))
+    .description('a job with its progress, result and log')
+    .argument('<id>')
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: ApiOpts) => {
+      const c = connect(o);
+      const j = await c.get<Job>(`/jobs/${encodeURIComponent(id)}`);
+      const lines = await c.get<JobLogLine[]>(`/jobs/${encodeURIComponent(id)}/log`);
+      printResult(!!o.json, { ...j, log: lines }, () =>
+        [
+          progressLine(j),
+          `id ${j.id}, by ${j.actor}, created ${j.createdAt}${j.endedAt ? `, ended ${j.endedAt}` : ''}`,
+          ...(j.error ? [`error: ${j.error}`] : []),
+          ...(j.result !== undefined ? [`result: ${JSON.stringify(j.result)}`] : []),
+          ...lines.map((l) => `${l.time} ${l.level.padEnd(7)} ${l.message}`),
+        ].join('\n'),
+      );
+    });
+  apiOptions(job.command('watch'))
+    .description('follow a job with a progress bar until it ends')
+    .argument('<id>')
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: ApiOpts) => {
+      const c = connect(o);
+      const j = await followJob(c, await c.get<Job>(`/jobs/${encodeURIComponent(id)}`), { quiet: !!o.json });
+      printResult(!!o.json, j, () => `job ${j.id} (${j.kind} ${j.target}) ${j.state}`);
+    });
+  apiOptions(job.command('cancel'))
+    .description('ask a running job to stop')
+    .argument('<id>')
+    .action(async (id: string, o: ApiOpts) => {
+      await connect(o).post(`/jobs/${encodeURIComponent(id)}/cancel`);
+      process.stdout.write(`cancel requested for job ${id}\n`);
+    });
+
+  const event = program.command('event').description('the event and audit log');
+  apiOptions(event.command('list'))
+    .description('list events, newest first')
+    .option('--action <action>', 'e.g. vm.start, volume.delete')
+    .option('--target <name>', 'a VM, volume, … name')
+    .option('--outcome <outcome>', 'ok, failed, info or warning')
+    .option('--limit <n>', 'at most this many', '50')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts & { action?: string; target?: string; outcome?: string; limit: string }) => {
+      const events = await connect(o).get<SiteEvent[]>(
+        `/events${query({ action: o.action, target: o.target, outcome: o.outcome, limit: limitOf(o.limit) })}`,
+      );
+      printResult(!!o.json, events, () =>
+        table([
+          ['TIME', 'ACTOR', 'ACTION', 'TARGET', 'OUTCOME', 'MESSAGE'],
+          ...events.map((e) => [e.time, e.actor, e.action, e.target, e.outcome, e.message]),
+        ]),
+      );
+    });
+}

@@ -1,0 +1,51 @@
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { startSiteDaemon } from '../../api/index.js';
+import { invalidArgument } from '../../common/index.js';
+import { defaultDataDir, parseHostPort } from '../../orchestration/index.js';
+import { dataOption } from '../args.js';
+
+export const DEFAULT_API_PORT = 8710;
+
+/** `haven serve`: the site daemon in the foreground. */
+export function registerServe(program: Command): void {
+  dataOption(program.command('serve'))
+    .description(
+      'run the site daemon: storage (pools, volumes, NBD exports), compute (VMs), jobs, events and the REST API',
+    )
+    .option('--listen <host:port>', 'address of the REST API', `127.0.0.1:${DEFAULT_API_PORT}`)
+    .option('--site <name>', "the site's name, fixed at the first start (default: the host name)")
+    .option('--nbd-listen <host:port>', 'TCP address of the NBD exports, or "none"', '127.0.0.1:10809')
+    .option('--tls-cert <file>', 'certificate (PEM) for an https API')
+    .option('--tls-key <file>', 'private key (PEM) for an https API')
+    .action(
+      async (o: {
+        data?: string;
+        listen: string;
+        site?: string;
+        nbdListen: string;
+        tlsCert?: string;
+        tlsKey?: string;
+      }) => {
+        if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
+        const listen = parseHostPort(o.listen);
+        const dataDir = o.data ?? defaultDataDir();
+        const d = await startSiteDaemon(
+          { dataDir, nbdListen: o.nbdListen, ...(o.site ? { name: o.site } : {}) },
+          {
+            host: listen.host,
+            port: listen.port,
+            ...(o.tlsCert ? { tls: { cert: o.tlsCert, key: o.tlsKey! } } : {}),
+          },
+        );
+        const info = d.site.info();
+        process.stdout.write(
+          `haven: site ${info.name} serving its API on ${d.url} (token in ${join(dataDir, 'api-token')}); ` +
+            `NBD on ${info.nbd.tcp ?? 'no TCP'} and ${info.nbd.socket}\n`,
+        );
+        const stop = () => void d.stop().then(() => process.exit(0));
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+      },
+    );
+}

@@ -1,0 +1,74 @@
+import Database from 'better-sqlite3';
+import { HavenError } from '../../common/index.js';
+
+export type Db = Database.Database;
+
+/**
+ * The site's state: one SQLite file in the data directory (WAL, so readers never wait for the
+ * writer; synchronous=FULL, so an acknowledged change survives a power cut). Volumes' data and
+ * metadata stay in their pools; this holds what the site knows about them (VMs, jobs, events).
+ *
+ * Migrations are numbered and only ever appended: a database is brought forward one step at a
+ * time inside a transaction, and a database newer than this program is refused.
+ */
+const MIGRATIONS: string[] = [
+  // 1: the first schema
+  `CREATE TABLE site (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+   CREATE TABLE hosts (
+     name TEXT PRIMARY KEY, address TEXT NOT NULL, cpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL,
+     accelerator TEXT NOT NULL, hypervisor TEXT NOT NULL, created_at TEXT NOT NULL);
+   CREATE TABLE networks (
+     name TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('nat', 'isolated')),
+     mcast_group TEXT, mcast_port INTEGER, created_at TEXT NOT NULL);
+   CREATE TABLE vms (
+     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, host TEXT NOT NULL REFERENCES hosts(name),
+     spec TEXT NOT NULL, state TEXT NOT NULL, state_reason TEXT, pid INTEGER,
+     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+   CREATE TABLE jobs (
+     id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL,
+     done_bytes INTEGER NOT NULL DEFAULT 0, total_bytes INTEGER NOT NULL DEFAULT 0, phase TEXT,
+     result TEXT, error TEXT, actor TEXT NOT NULL,
+     created_at TEXT NOT NULL, started_at TEXT, ended_at TEXT);
+   CREATE INDEX jobs_state ON jobs(state);
+   CREATE TABLE job_log (job TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, time TEXT NOT NULL,
+     level TEXT NOT NULL, message TEXT NOT NULL);
+   CREATE INDEX job_log_job ON job_log(job);
+   CREATE TABLE events (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL,
+     action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, message TEXT NOT NULL,
+     details TEXT);
+   CREATE INDEX events_target ON events(target);
+   CREATE INDEX events_action ON events(action);`,
+];
+
+export function openDatabase(path: string): Db {
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('foreign_keys = ON');
+  db.pragma('busy_timeout = 5000');
+  migrate(db);
+  return db;
+}
+
+export function schemaVersion(db: Db): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+function migrate(db: Db): void {
+  const have = schemaVersion(db);
+  if (have > MIGRATIONS.length)
+    throw new HavenError(
+      'UNSUPPORTED',
+      `the site database has schema ${have}, newer than this Haven knows (${MIGRATIONS.length}); upgrade Haven`,
+    );
+  for (let v = have; v < MIGRATIONS.length; v++)
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+}
+
+export function now(): string {
+  return new Date().toISOString();
+}

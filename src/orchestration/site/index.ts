@@ -1,0 +1,4 @@
+export { Site, apiToken, havenVersion, type SiteInfo, type SiteOptions, type Actor } from './site.js';
+export type { Job, JobState, JobProgress, JobLogLine } from './jobs.js';
+export type { SiteEvent, EventQuery } from './events.js';
+export type { Host, Network, Vm, VmDefinition, VmState } from './compute.js';

@@ -1,0 +1,418 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import { HavenError, conflict, invalidArgument, logger, writeFileAtomic } from '../../common/index.js';
+import { NbdServer, type ListenAddress } from '../../nbd/index.js';
+import {
+  StorageExports,
+  StorageService,
+  checkName,
+  type PoolInfo,
+  type SnapshotInfo,
+  type VolumeInfo,
+} from '../../storage/index.js';
+import { exportVolume, importVolume } from '../tools/storage.js';
+import { parseHostPort } from '../tools/serve-image.js';
+import { ComputeService, type VmDefinition } from './compute.js';
+import { openDatabase, schemaVersion, type Db } from './database.js';
+import { EventLog } from './events.js';
+import { JobManager, type Job } from './jobs.js';
+
+const log = logger('site');
+
+export interface SiteOptions {
+  dataDir: string;
+  /** The site's name; fixed at the first start (default: this machine's host name). */
+  name?: string;
+  /** TCP address for NBD clients outside the site ("none" for the unix socket only). */
+  nbdListen?: string;
+}
+
+export interface SiteInfo {
+  name: string;
+  dataDir: string;
+  version: string;
+  schemaVersion: number;
+  nbd: { socket: string; tcp?: string };
+  startedAt: string;
+  pools: number;
+  volumes: number;
+  vms: number;
+  runningVms: number;
+  runningJobs: number;
+}
+
+/** Who asks: recorded in jobs and events. */
+export type Actor = string;
+
+/**
+ * A site: one data directory holding its storage (pools, volumes), its database (VMs, jobs,
+ * events) and its API token; the storage service exporting every volume over NBD; the compute
+ * service running VMs. This is what the daemon runs and what the API calls — every operation a
+ * face offers is a method here, and every change it makes is in the event log.
+ */
+export class Site {
+  readonly events: EventLog;
+  readonly jobs: JobManager;
+  readonly compute: ComputeService;
+  readonly startedAt = new Date().toISOString();
+  private nbdTcp: ListenAddress | undefined;
+
+  private constructor(
+    readonly name: string,
+    readonly dataDir: string,
+    readonly storage: StorageService,
+    private readonly db: Db,
+    private readonly nbd: NbdServer,
+    readonly exports: StorageExports,
+    readonly nbdSocket: string,
+  ) {
+    this.events = new EventLog(db);
+    this.jobs = new JobManager(db, this.events);
+    this.compute = new ComputeService(db, this.events, join(dataDir, 'vms'), {
+      uriOf: (v) => `nbd+unix:///${encodeURIComponent(v)}?socket=${nbdSocket}`,
+      check: (v) => void storage.volume(v),
+    });
+  }
+
+  static async open(opts: SiteOptions): Promise<Site> {
+    const dataDir = resolve(opts.dataDir);
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const storage = StorageService.open(dataDir); // takes the data directory's lock
+    let db: Db | undefined;
+    const nbd = new NbdServer({ log: logger('site-nbd') });
+    try {
+      db = openDatabase(join(dataDir, 'site.db'));
+      const name = siteName(db, opts.name);
+      if (storage.listPools().length === 0) storage.createPool('default');
+      const exports = new StorageExports(storage, nbd);
+      exports.refresh();
+      mkdirSync(join(dataDir, 'run'), { recursive: true, mode: 0o700 });
+      const socket = join(dataDir, 'run', 'nbd.sock');
+      await nbd.listen({ path: socket });
+      const site = new Site(name, dataDir, storage, db, nbd, exports, socket);
+      const nbdListen = opts.nbdListen ?? '127.0.0.1:10809';
+      if (nbdListen !== 'none') site.nbdTcp = await nbd.listen(parseHostPort(nbdListen));
+      site.recover();
+      const { attached, lost } = await site.compute.reattach();
+      log.info({ site: name, dataDir, attached, lost }, 'site open');
+      return site;
+    } catch (err) {
+      await nbd.close().catch(() => undefined);
+      db?.close();
+      storage.close();
+      throw err;
+    }
+  }
+
+  /** Jobs the previous daemon left running fail, undoing what they left half done. */
+  private recover(): void {
+    this.jobs.failInterrupted((job) => {
+      if (job.kind === 'volume.import' && this.storage.listVolumes().some((v) => v.name === job.target)) {
+        this.exports.withdraw(job.target);
+        this.storage.deleteVolume(job.target);
+      }
+    });
+  }
+
+  info(): SiteInfo {
+    const vms = this.compute.listVms();
+    return {
+      name: this.name,
+      dataDir: this.dataDir,
+      version: havenVersion(),
+      schemaVersion: schemaVersion(this.db),
+      nbd: {
+        socket: this.nbdSocket,
+        ...(this.nbdTcp && 'port' in this.nbdTcp ? { tcp: `${this.nbdTcp.host}:${this.nbdTcp.port}` } : {}),
+      },
+      startedAt: this.startedAt,
+      pools: this.storage.listPools().length,
+      volumes: this.storage.listVolumes().length,
+      vms: vms.length,
+      runningVms: vms.filter((v) => v.state === 'running').length,
+      runningJobs: this.jobs.list({ state: 'running' }).length,
+    };
+  }
+
+  /** The site's API token, made at the first start, readable only by its owner. */
+  apiToken(): string {
+    return apiToken(this.dataDir);
+  }
+
+  // ---- an audited change ------------------------------------------------------------------
+
+  private audited<T>(
+    actor: Actor,
+    action: string,
+    target: string,
+    fn: () => T,
+    describe?: (r: T) => string,
+  ): T {
+    try {
+      const r = fn();
+      this.events.append({
+        actor,
+        action,
+        target,
+        outcome: 'ok',
+        message: describe?.(r) ?? `${action} ${target}`,
+      });
+      return r;
+    } catch (err) {
+      if (err instanceof HavenError && err.code !== 'INTERNAL' && err.code !== 'IO')
+        this.events.append({
+          actor,
+          action,
+          target,
+          outcome: 'failed',
+          message: `${action} ${target}: ${err.message}`,
+        });
+      throw err;
+    }
+  }
+
+  // ---- pools -----------------------------------------------------------------------------
+
+  listPools(): PoolInfo[] {
+    return this.storage.listPools();
+  }
+
+  pool(name: string): PoolInfo {
+    return this.storage.pool(name).info();
+  }
+
+  createPool(
+    actor: Actor,
+    name: string,
+    opts: { path?: string; tier?: string; capacityBytes?: number },
+  ): PoolInfo {
+    return this.audited(actor, 'pool.create', name, () => this.storage.createPool(name, opts));
+  }
+
+  deletePool(actor: Actor, name: string): void {
+    this.audited(actor, 'pool.delete', name, () => this.storage.deletePool(name));
+  }
+
+  // ---- volumes ---------------------------------------------------------------------------
+
+  listVolumes(pool?: string): VolumeInfo[] {
+    return this.storage.listVolumes(pool);
+  }
+
+  volume(name: string): VolumeInfo {
+    return this.storage.volume(name);
+  }
+
+  createVolume(actor: Actor, name: string, sizeBytes: number, pool = 'default'): VolumeInfo {
+    return this.audited(actor, 'volume.create', name, () => {
+      const v = this.storage.createVolume(name, sizeBytes, pool);
+      this.exports.refresh();
+      return v;
+    });
+  }
+
+  resizeVolume(actor: Actor, name: string, sizeBytes: number): VolumeInfo {
+    return this.audited(actor, 'volume.resize', name, () => {
+      this.refuseIfRunning(name, 'resize');
+      return this.storage.resizeVolume(name, sizeBytes);
+    });
+  }
+
+  deleteVolume(actor: Actor, name: string): void {
+    this.audited(actor, 'volume.delete', name, () => {
+      this.storage.volume(name);
+      const users = this.compute.usersOf(name);
+      if (users.length)
+        throw conflict(
+          `volume ${name} is a disk of VM(s) ${users.map((u) => u.name).join(', ')}; delete or change them first`,
+        );
+      const clients = this.exports.clientsOf(name);
+      if (clients) throw conflict(`volume ${name} is in use by ${clients} NBD client(s)`);
+      if (this.jobs.list({ state: 'running', target: name }).length)
+        throw conflict(`volume ${name} has a job running`);
+      this.exports.withdraw(name);
+      this.storage.deleteVolume(name);
+    });
+  }
+
+  cloneVolume(actor: Actor, source: string, snapshot: string, name: string): VolumeInfo {
+    return this.audited(actor, 'volume.clone', name, () => {
+      const v = this.storage.clone(source, snapshot, name);
+      this.exports.refresh();
+      return v;
+    });
+  }
+
+  /** Imports an image file of this host into a new volume, as a job. */
+  importVolume(actor: Actor, opts: { image: string; name: string; pool?: string; format?: string }): Job {
+    checkName('volume', opts.name);
+    if (this.storage.listVolumes().some((v) => v.name === opts.name))
+      throw conflict(`volume ${opts.name} already exists`);
+    if (!existsSync(opts.image)) throw invalidArgument(`image ${opts.image} does not exist on this site`);
+    const pool = opts.pool ?? 'default';
+    this.storage.pool(pool);
+    return this.jobs.start({ kind: 'volume.import', target: opts.name, actor }, async (ctx) => {
+      ctx.log(`importing ${opts.image} into pool ${pool}`);
+      const r = await importVolume(this.storage, {
+        image: opts.image,
+        name: opts.name,
+        pool,
+        ...(opts.format ? { format: opts.format } : {}),
+        signal: ctx.signal,
+        onProgress: (p) => ctx.progress(p.done, p.total, p.phase),
+      });
+      this.exports.refresh();
+      ctx.log(`copied ${r.copy.dataBytes} data bytes, ${r.copy.zeroBytes} zero bytes; verified`);
+      return {
+        volume: r.volume,
+        digest: r.copy.digest,
+        dataBytes: r.copy.dataBytes,
+        zeroBytes: r.copy.zeroBytes,
+      };
+    });
+  }
+
+  /** Exports a volume or "volume@snapshot" to an image file on this host, as a job. */
+  exportVolume(actor: Actor, opts: { source: string; image: string; format?: string }): Job {
+    this.storage.volume(opts.source.split('@')[0]!);
+    return this.jobs.start({ kind: 'volume.export', target: opts.source, actor }, async (ctx) => {
+      const r = await exportVolume(this.storage, {
+        ...opts,
+        signal: ctx.signal,
+        onProgress: (p) => ctx.progress(p.done, p.total, p.phase),
+      });
+      return { image: opts.image, digest: r.digest, dataBytes: r.dataBytes };
+    });
+  }
+
+  // ---- snapshots -------------------------------------------------------------------------
+
+  listSnapshots(volume: string): SnapshotInfo[] {
+    return this.storage.listSnapshots(volume);
+  }
+
+  /** Takes a snapshot, as a job (O(1) in the volume format, even while a VM writes). */
+  createSnapshot(actor: Actor, volume: string, name: string, bitmap?: string): Job {
+    this.storage.volume(volume);
+    checkName('snapshot', name);
+    if (this.storage.listSnapshots(volume).some((s) => s.name === name))
+      throw conflict(`volume ${volume} already has a snapshot ${name}`);
+    return this.jobs.start({ kind: 'snapshot.create', target: `${volume}@${name}`, actor }, async (ctx) => {
+      // QEMU's NBD client has no cache of its own: every write the guest saw completed is in
+      // the volume already, so the snapshot is crash-consistent without pausing the VM.
+      ctx.progress(0, 1, 'snapshot');
+      const s = bitmap
+        ? this.storage.checkpoint(volume, name, bitmap).snapshot
+        : this.storage.snapshot(volume, name);
+      this.exports.refresh();
+      return s;
+    });
+  }
+
+  deleteSnapshot(actor: Actor, volume: string, name: string): void {
+    this.audited(actor, 'snapshot.delete', `${volume}@${name}`, () => {
+      const clients = this.exports.clientsOf(`${volume}@${name}`);
+      if (clients) throw conflict(`snapshot ${volume}@${name} is in use by ${clients} NBD client(s)`);
+      if (!this.storage.listSnapshots(volume).some((s) => s.name === name))
+        throw new HavenError('NOT_FOUND', `volume ${volume} has no snapshot ${name}`);
+      this.exports.withdraw(`${volume}@${name}`);
+      this.storage.deleteSnapshot(volume, name);
+    });
+  }
+
+  revertSnapshot(actor: Actor, volume: string, name: string): void {
+    this.audited(actor, 'snapshot.revert', `${volume}@${name}`, () => {
+      this.refuseIfRunning(volume, 'revert');
+      this.storage.revert(volume, name);
+    });
+  }
+
+  private refuseIfRunning(volume: string, what: string): void {
+    const user = this.compute
+      .usersOf(volume)
+      .find((v) => v.state !== 'stopped' && v.state !== 'defined' && v.state !== 'crashed');
+    if (user) throw conflict(`cannot ${what} volume ${volume}: VM ${user.name} is ${user.state}`);
+  }
+
+  // ---- networks and VMs ------------------------------------------------------------------
+
+  createNetwork(actor: Actor, name: string, kind: 'nat' | 'isolated') {
+    return this.audited(actor, 'network.create', name, () => this.compute.createNetwork(name, kind));
+  }
+
+  deleteNetwork(actor: Actor, name: string): void {
+    this.audited(actor, 'network.delete', name, () => this.compute.deleteNetwork(name));
+  }
+
+  createVm(actor: Actor, name: string, def: VmDefinition) {
+    return this.audited(actor, 'vm.create', name, () => this.compute.createVm(name, def));
+  }
+
+  deleteVm(actor: Actor, name: string): void {
+    this.audited(actor, 'vm.delete', name, () => this.compute.deleteVm(name));
+  }
+
+  startVm(actor: Actor, name: string): Job {
+    this.compute.beginStart(name); // conflicts are answered now, not in the job
+    return this.jobs.start({ kind: 'vm.start', target: name, actor }, async (ctx) => {
+      const vm = await this.compute.launch(name);
+      ctx.log(`QEMU running as pid ${vm.pid}`);
+      return vm;
+    });
+  }
+
+  stopVm(actor: Actor, name: string, opts: { force?: boolean; graceSeconds?: number }): Job {
+    const vm = this.compute.vm(name);
+    if (vm.state !== 'running') throw conflict(`VM ${name} is ${vm.state}, not running: nothing to stop`);
+    return this.jobs.start({ kind: 'vm.stop', target: name, actor }, async (ctx) => {
+      ctx.log(opts.force ? 'killing QEMU' : 'asking the guest to power off (ACPI)');
+      return this.compute.stop(name, {
+        ...(opts.force ? { force: true } : {}),
+        ...(opts.graceSeconds !== undefined ? { graceMs: opts.graceSeconds * 1000 } : {}),
+      });
+    });
+  }
+
+  // ---- shutdown --------------------------------------------------------------------------
+
+  /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
+  async close(): Promise<void> {
+    await this.jobs.cancelAll();
+    this.compute.detachAll();
+    await this.nbd.close();
+    this.db.close();
+    this.storage.close();
+  }
+}
+
+function siteName(db: Db, wanted: string | undefined): string {
+  const row = db.prepare("SELECT value FROM site WHERE key = 'name'").get() as { value: string } | undefined;
+  if (row) {
+    if (wanted && wanted !== row.value)
+      throw conflict(`this data directory belongs to site ${row.value}, not ${wanted}`);
+    return row.value;
+  }
+  const name = wanted ?? hostname();
+  checkName('site', name);
+  db.prepare("INSERT INTO site (key, value) VALUES ('name', ?)").run(name);
+  return name;
+}
+
+/** The API token of the site in `dataDir`, made at first use (mode 0600). */
+export function apiToken(dataDir: string): string {
+  const path = join(dataDir, 'api-token');
+  if (!existsSync(path)) writeFileAtomic(path, randomBytes(32).toString('base64url') + '\n'); // 0600
+  return readFileSync(path, 'utf8').trim();
+}
+
+let version: string | undefined;
+export function havenVersion(): string {
+  version ??= (
+    JSON.parse(readFileSync(new URL('../../../../package.json', import.meta.url), 'utf8')) as {
+      version: string;
+    }
+  ).version;
+  return version;
+}
