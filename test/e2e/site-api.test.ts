@@ -141,10 +141,12 @@ test('404 for unknown resources and paths; 409 for conflicting operations; the a
   assert.match(err(twice).message, /already exists/);
 
   const g = ensureGuest();
+  assert.equal((await api('POST', '/networks', { name: 'lab', kind: 'isolated' })).status, 201);
   const vm = await api('POST', '/vms', {
     name: 'vm1',
     memoryMiB: 192,
     disks: [{ volume: 'disk1' }],
+    nics: [{ network: 'nat' }, { network: 'lab' }],
     boot: {
       kind: 'kernel',
       kernel: g.kernel,
@@ -168,7 +170,18 @@ test('404 for unknown resources and paths; 409 for conflicting operations; the a
     assert.notEqual(state, 'failed');
     await new Promise((r) => setTimeout(r, 50));
   }
-  assert.equal(((await api('GET', '/vms/vm1')).body as { state: string }).state, 'running');
+  const running = (await api('GET', '/vms/vm1')).body as { state: string; pid: number };
+  assert.equal(running.state, 'running');
+  // The NICs QEMU really got: user-mode NAT, and the isolated network's own multicast segment.
+  const argv = readFileSync(`/proc/${running.pid}/cmdline`, 'utf8').split('\0');
+  assert.ok(argv.includes('user,id=net0'), argv.join(' '));
+  assert.ok(
+    argv.some((a) => /^socket,id=net1,mcast=239\.\d+\.\d+\.\d+:\d+,localaddr=127\.0\.0\.1$/.test(a)),
+    argv.join(' '),
+  );
+  const netBusy = await api('DELETE', '/networks/lab');
+  assert.equal(netBusy.status, 409);
+  assert.match(err(netBusy).message, /network lab is used by VM\(s\) vm1/);
   const again = await api('POST', '/vms/vm1/start');
   assert.equal(again.status, 409);
   assert.match(err(again).message, /VM vm1 is already running/);
