@@ -270,4 +270,19 @@ test('kill -9 of the daemon: the VM keeps running and is found again, its disk r
   )[0]!;
   assert.equal(lost.state, 'crashed');
   assert.match(lost.stateReason, /found not running when the site daemon started/);
+
+  // And one that dies while the daemon watches is seen at once.
+  await s.haven('vm', 'start', 'db1');
+  const watched = (JSON.parse(await s.haven('vm', 'list', '--json')) as { pid: number }[])[0]!;
+  process.kill(watched.pid, 'SIGKILL');
+  let state = '';
+  for (let i = 0; i < 100 && state !== 'crashed'; i++) {
+    await sleep(100);
+    state = (JSON.parse(await s.haven('vm', 'list', '--json')) as { state: string }[])[0]!.state;
+  }
+  assert.equal(state, 'crashed');
+  assert.match(
+    await s.haven('event', 'list', '--action', 'vm.exit'),
+    /VM db1 crashed: QEMU exited unexpectedly/,
+  );
 });
