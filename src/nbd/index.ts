@@ -1,3 +1,4 @@
 export * as protocol from './protocol.js';
 export * from './client/index.js';
 export * from './server/index.js';
+export { startQemuNbd, imageInfo, IMAGE_FORMATS, type ImageInfo } from './qemu-nbd.js';

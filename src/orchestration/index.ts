@@ -5,3 +5,11 @@ export * from './tools/serve-image.js';
 export * from './tools/storage.js';
 export * from './site/index.js';
 export type { PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';
+export * from './tools/backup.js';
+export {
+  Repository,
+  selectRetained,
+  DEFAULT_CHUNK_SIZE,
+  type RetentionPolicy,
+  type BackupSnapshot,
+} from '../repository/index.js';

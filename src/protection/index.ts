@@ -1,5 +1,12 @@
-/**
- * Layer 5 — backup and restore with transports, instant recovery, live migration, replication (issues 6, 7).
- * Nothing is built here yet; the folder holds the place the design gives it (docs/architecture.md).
- */
-export {};
+/** Layer 5 — backup and restore (instant recovery, live migration and replication come next). */
+export { backup, allocated, type BackupDisk, type BackupOptions, type Range } from './backup/engine.js';
+export { restore, type RestoreOptions, type RestoreResult } from './backup/restore.js';
+export {
+  openImageSource,
+  openNbdSource,
+  openVolumeSource,
+  classifySource,
+  dirtyRanges,
+  BACKUP_BITMAP,
+  type OpenedSource,
+} from './backup/sources.js';

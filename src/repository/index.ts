@@ -1,5 +1,17 @@
-/**
- * Layer 4 — the backup repository: content-addressed chunks, indexes, manifests, verify, retention, garbage collection (issue 6).
- * Nothing is built here yet; the folder holds the place the design gives it (docs/architecture.md).
- */
-export {};
+/** Layer 4 — the backup repository: chunks (deduplicated, zstd, AES-256-GCM), snapshots, verify, prune, GC. */
+export { Repository } from './repository.js';
+export type {
+  RepositoryConfig,
+  SnapshotManifest,
+  SnapshotInfo as BackupSnapshot,
+  DiskManifest,
+  BackupStats,
+  VerifyReport,
+  GcReport,
+  RepositoryStats,
+} from './repository.js';
+export { ChunkCodec } from './chunk-codec.js';
+export { LocalBackend, type RepositoryBackend, type ObjectInfo } from './backend.js';
+export { selectRetained, type RetentionPolicy } from './retention.js';
+export type { RepositoryKeys } from './keys.js';
+export * from './format.js';

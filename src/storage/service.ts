@@ -151,6 +151,16 @@ export class StorageService {
     return { snapshot: snap, frozen: state.bitmaps.freeze(bitmap, snapshot) };
   }
 
+  /**
+   * Undoes a checkpoint whose backup failed: the changes frozen at it go back into the live
+   * bitmap (so the next backup reads them again), and the snapshot is deleted.
+   */
+  revokeCheckpoint(volume: string, snapshot: string, bitmap: string): void {
+    const state = this.volumeState(volume);
+    state.bitmaps.get(bitmap).merge(state.bitmaps.get(`${bitmap}@${snapshot}`));
+    this.deleteSnapshot(volume, snapshot);
+  }
+
   // ---- dirty bitmaps ---------------------------------------------------------------------
 
   addBitmap(volume: string, name: string, granularity?: number): BitmapInfo {

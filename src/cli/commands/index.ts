@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { registerBackup } from './backup.js';
 import { registerHostAndNetwork, registerVm } from './compute.js';
 import { registerNbd } from './nbd.js';
 import { registerOperations } from './operations.js';
@@ -23,6 +24,7 @@ export const commandFamilies: Register[] = [
   registerVolume,
   registerSnapshot,
   registerBitmap,
+  registerBackup,
   registerStorage,
   registerNbd,
 ];

@@ -4,7 +4,15 @@ import { homedir, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { openRawFile } from '../../block/index.js';
 import { HavenError, invalidArgument, logger } from '../../common/index.js';
-import { NbdServer, connectNbd, type ListenAddress, type NbdTlsOptions } from '../../nbd/index.js';
+import {
+  IMAGE_FORMATS,
+  NbdServer,
+  connectNbd,
+  imageInfo,
+  startQemuNbd,
+  type ListenAddress,
+  type NbdTlsOptions,
+} from '../../nbd/index.js';
 import { StorageExports, StorageService, type VolumeInfo } from '../../storage/index.js';
 import { copyDevice, type CopyOptions, type CopyResult } from './nbd-copy.js';
 import { openDestination } from './nbd-endpoints.js';
@@ -88,59 +96,13 @@ export async function serveStorage(opts: ServeStorageOptions = {}): Promise<Serv
 
 // ---- import and export -------------------------------------------------------------------
 
-export interface ImageInfo {
-  format: string;
-  virtualSize: number;
-}
-
-export function imageInfo(path: string): ImageInfo {
-  let out: string;
-  try {
-    out = execFileSync('qemu-img', ['info', '--output=json', path], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-  } catch (err) {
-    const msg = (err as { stderr?: string }).stderr?.trim() || (err as Error).message;
-    throw invalidArgument(`cannot read image ${path}: ${msg}`);
-  }
-  const j = JSON.parse(out) as { format: string; 'virtual-size': number };
-  return { format: j.format, virtualSize: j['virtual-size'] };
-}
-
-const FORMATS = new Set(['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi']);
-
-/** Serves a non-raw image read-only through qemu-nbd on a private unix socket, for the copy engine. */
+/** Serves a non-raw image read-only through qemu-nbd for the copy engine. */
 async function withQemuNbd<T>(path: string, format: string, fn: (uri: string) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(tmpdir(), 'haven-import-'));
-  const sock = join(dir, 'nbd.sock');
-  const child = spawn(
-    'qemu-nbd',
-    ['-r', '-f', format, '--shared=4', '-x', 'img', `--socket=${sock}`, '-t', path],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const q = await startQemuNbd(path, format);
   try {
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      try {
-        const probe = await connectNbd(`nbd+unix:///img?socket=${sock}`, { readOnly: true });
-        await probe.close();
-        break;
-      } catch (err) {
-        if (child.exitCode !== null || Date.now() > deadline)
-          throw new HavenError(
-            'IO',
-            `qemu-nbd could not serve ${path}: ${stderr.trim() || (err as Error).message}`,
-          );
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-    return await fn(`nbd+unix:///img?socket=${sock}`);
+    return await fn(q.uri);
   } finally {
-    child.kill('SIGTERM');
-    rmSync(dir, { recursive: true, force: true });
+    q.stop();
   }
 }
 
@@ -156,8 +118,10 @@ export async function importVolume(
   const path = resolve(opts.image);
   const info = imageInfo(path);
   const format = opts.format ?? info.format;
-  if (!FORMATS.has(format))
-    throw invalidArgument(`image format "${format}" is not one Haven imports (${[...FORMATS].join(', ')})`);
+  if (!IMAGE_FORMATS.has(format))
+    throw invalidArgument(
+      `image format "${format}" is not one Haven imports (${[...IMAGE_FORMATS].join(', ')})`,
+    );
   const size = Math.ceil(info.virtualSize / 512) * 512;
   storage.createVolume(opts.name, size, opts.pool);
   try {
@@ -203,8 +167,10 @@ export async function exportVolume(
   opts: { source: string; image: string; format?: string } & Pick<CopyOptions, 'signal' | 'onProgress'>,
 ): Promise<CopyResult> {
   const format = opts.format ?? 'raw';
-  if (!FORMATS.has(format))
-    throw invalidArgument(`image format "${format}" is not one Haven exports (${[...FORMATS].join(', ')})`);
+  if (!IMAGE_FORMATS.has(format))
+    throw invalidArgument(
+      `image format "${format}" is not one Haven exports (${[...IMAGE_FORMATS].join(', ')})`,
+    );
   const device = storage.openDevice(opts.source, { readOnly: true });
   const src = { device, name: opts.source, kind: 'file' as const, fresh: false };
   const out = resolve(opts.image);

@@ -1,0 +1,276 @@
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { invalidArgument } from '../../common/index.js';
+import {
+  Repository,
+  backupSource,
+  openRepository,
+  restoreSnapshot,
+  type BackupSnapshot,
+  type RepoAccess,
+  type RetentionPolicy,
+} from '../../orchestration/index.js';
+import { bytes, parseSize, table } from '../args.js';
+import { printResult } from '../output.js';
+
+type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
+
+function repoOptions(cmd: Command): Command {
+  return cmd
+    .option('--repo <dir>', 'the backup repository (default: $HAVEN_REPO)')
+    .option(
+      '--passphrase-file <file>',
+      "file holding an encrypted repository's passphrase (default: $HAVEN_PASSPHRASE)",
+    );
+}
+
+function access(o: RepoOpts): RepoAccess {
+  const repo = o.repo ?? process.env.HAVEN_REPO;
+  if (!repo) throw invalidArgument('give --repo DIR (or set HAVEN_REPO)');
+  const passphrase = o.passphraseFile
+    ? readFileSync(o.passphraseFile, 'utf8').replace(/\r?\n$/, '')
+    : process.env.HAVEN_PASSPHRASE;
+  return { repo, ...(passphrase !== undefined ? { passphrase } : {}) };
+}
+
+/** A progress line on a terminal while a long operation runs. */
+function progress(label: string): ((done: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  let last = 0;
+  return (done, total) => {
+    const now = Date.now();
+    if (now - last < 200 && done < total) return;
+    last = now;
+    const pct = total ? Math.floor((done / total) * 100) : 100;
+    process.stderr.write(
+      `\r${label} ${pct}% ${bytes(done)}/${bytes(total)}\x1b[K${done >= total ? '\n' : ''}`,
+    );
+  };
+}
+
+function snapshotRows(list: BackupSnapshot[]): string {
+  return table([
+    ['ID', 'CREATED', 'SOURCE', 'SIZE', 'READ', 'NEW', 'PARENT', 'FLAGS'],
+    ...list.map((s) => [
+      s.id,
+      s.createdAt,
+      `${s.source.kind}:${s.source.name}`,
+      bytes(s.disks.reduce((n, d) => n + d.size, 0)),
+      bytes(s.stats.readBytes),
+      bytes(s.stats.storedBytes),
+      s.parent ?? '-',
+      s.protected ? 'protected' : '',
+    ]),
+  ]);
+}
+
+/** `haven repo …`, `haven backup`, `haven restore` (standalone: files and NBD URIs, or a site's data directory). */
+export function registerBackup(program: Command): void {
+  const repo = program
+    .command('repo')
+    .description('backup repositories: deduplicated, compressed, optionally encrypted');
+  repoOptions(repo.command('init'))
+    .description('create a repository')
+    .option('--chunk-size <size>', 'bytes per chunk (power of two, 64K to 16M)', '256K')
+    .option(
+      '--encrypt',
+      'encrypt with AES-256-GCM under the passphrase ($HAVEN_PASSPHRASE or --passphrase-file)',
+    )
+    .option('--json', 'print JSON')
+    .action(async (o: RepoOpts & { chunkSize: string; encrypt?: boolean }) => {
+      const a = access(o);
+      if (o.encrypt && a.passphrase === undefined)
+        throw invalidArgument('--encrypt needs a passphrase: set HAVEN_PASSPHRASE or give --passphrase-file');
+      const r = await Repository.init(a.repo, {
+        chunkSize: parseSize(o.chunkSize, '--chunk-size'),
+        ...(o.encrypt ? { passphrase: a.passphrase! } : {}),
+      });
+      printResult(
+        !!o.json,
+        r.config,
+        () =>
+          `created ${r.encrypted ? 'an encrypted' : 'a'} repository at ${r.location} (chunks of ${bytes(r.config.chunkSize)})`,
+      );
+    });
+  repoOptions(repo.command('list'))
+    .description('list the snapshots, oldest first')
+    .option('--json', 'print JSON')
+    .action(async (o: RepoOpts) => {
+      const list = await (await openRepository(access(o))).listSnapshots();
+      printResult(!!o.json, list, () => snapshotRows(list));
+    });
+  repoOptions(repo.command('show'))
+    .description("a snapshot's manifest")
+    .argument('<snapshot>')
+    .action(async (id: string, o: RepoOpts) => {
+      const s = await (await openRepository(access(o))).snapshot(id);
+      printResult(true, s, () => '');
+    });
+  repoOptions(repo.command('stats'))
+    .description('snapshots, chunks, bytes stored and the deduplication ratio')
+    .option('--json', 'print JSON')
+    .action(async (o: RepoOpts) => {
+      const s = await (await openRepository(access(o))).stats();
+      printResult(
+        !!o.json,
+        s,
+        () =>
+          `${s.location}: ${s.snapshots} snapshot(s), ${s.chunks} chunks, ${bytes(s.storedBytes)} stored for ${bytes(s.logicalBytes)} of disks (${s.ratio.toFixed(2)}:1)${s.encrypted ? ', encrypted' : ''}`,
+      );
+    });
+  repoOptions(repo.command('verify'))
+    .description('read and check every chunk of the snapshots (all, or those named); exit 1 on damage')
+    .argument('[snapshots...]')
+    .option('--json', 'print JSON')
+    .action(async (ids: string[], o: RepoOpts) => {
+      const r = await (
+        await openRepository(access(o))
+      ).verify(ids.length ? ids : undefined, {
+        ...(progress('verify') ? { onProgress: progress('verify')! } : {}),
+      });
+      printResult(!!o.json, r, () =>
+        [
+          `verified ${r.snapshots.length} snapshot(s): ${r.chunks} chunks, ${bytes(r.bytes)}; ${r.damagedChunks} damaged`,
+          ...r.damaged.map(
+            (d) =>
+              `DAMAGED ${d.snapshot} ${d.disk}: offsets ${d.offsets.join(', ') || '(index)'}: ${d.reason}`,
+          ),
+        ].join('\n'),
+      );
+      if (r.damagedChunks || r.damaged.length) process.exitCode = 1;
+    });
+  repoOptions(repo.command('prune'))
+    .description('delete the snapshots a retention policy does not keep (protected ones are kept)')
+    .option('--keep-last <n>', 'the newest N')
+    .option('--keep-hourly <n>', 'the newest of each of the last N hours')
+    .option('--keep-daily <n>', 'the newest of each of the last N days')
+    .option('--keep-weekly <n>', 'the newest of each of the last N weeks')
+    .option('--keep-monthly <n>', 'the newest of each of the last N months')
+    .option('--keep-yearly <n>', 'the newest of each of the last N years')
+    .option('--source <name>', 'only snapshots of this source')
+    .option('--dry-run', 'say what would go, delete nothing')
+    .option('--json', 'print JSON')
+    .action(async (o: RepoOpts & Record<string, string | boolean | undefined>) => {
+      const policy: RetentionPolicy = {};
+      for (const k of ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const) {
+        const v = o[`keep${k[0]!.toUpperCase()}${k.slice(1)}`];
+        if (v === undefined) continue;
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 0)
+          throw invalidArgument(`--keep-${k} "${String(v)}" is not a whole number`);
+        policy[k] = n;
+      }
+      if (Object.keys(policy).length === 0)
+        throw invalidArgument(
+          'give at least one --keep-… option (prune never deletes everything by default)',
+        );
+      const r = await (
+        await openRepository(access(o))
+      ).prune(policy, {
+        ...(o.dryRun ? { dryRun: true } : {}),
+        ...(typeof o.source === 'string' ? { source: o.source } : {}),
+      });
+      printResult(!!o.json, r, () =>
+        [
+          ...r.kept.map((k) => `keep   ${k.id} (${k.reasons.join(', ')})`),
+          ...r.removed.map((id) => `${o.dryRun ? 'would remove' : 'remove'} ${id}`),
+        ].join('\n'),
+      );
+    });
+  repoOptions(repo.command('gc'))
+    .description('delete chunks no snapshot uses (safe while backups run)')
+    .option('--grace <seconds>', 'keep unreferenced chunks younger than this (writes in flight)', '300')
+    .option('--json', 'print JSON')
+    .action(async (o: RepoOpts & { grace: string }) => {
+      const grace = Number(o.grace);
+      if (!Number.isFinite(grace) || grace < 0)
+        throw invalidArgument(`--grace "${o.grace}" is not a number of seconds`);
+      const r = await (await openRepository(access(o))).gc({ graceMs: grace * 1000 });
+      printResult(
+        !!o.json,
+        r,
+        () =>
+          `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})`,
+      );
+    });
+  repoOptions(repo.command('protect'))
+    .description('protect a snapshot from prune and delete (--off to lift it)')
+    .argument('<snapshot>')
+    .option('--off', 'lift the protection')
+    .action(async (id: string, o: RepoOpts & { off?: boolean }) => {
+      await (await openRepository(access(o))).setProtected(id, !o.off);
+    });
+  repoOptions(repo.command('forget'))
+    .description('delete one snapshot (its chunks go at the next gc)')
+    .argument('<snapshot>')
+    .action(async (id: string, o: RepoOpts) => {
+      await (await openRepository(access(o))).deleteSnapshot(id);
+    });
+
+  repoOptions(program.command('backup'))
+    .description(
+      'back a source up: an image file (raw, qcow2, vmdk, vhdx), an NBD URI, or volume:NAME of a site',
+    )
+    .argument('<source>')
+    .option('--data <dir>', "the site's data directory, for volume:NAME (offline: no daemon may hold it)")
+    .option(
+      '--bitmap <name>',
+      'NBD sources: read only what this dirty bitmap marks (changes since the newest snapshot of the source)',
+    )
+    .option('--tag <tag>', 'a tag (repeat)', (v: string, all: string[] = []) => [...all, v])
+    .option('--json', 'print JSON')
+    .action(async (source: string, o: RepoOpts & { data?: string; bitmap?: string; tag?: string[] }) => {
+      const onProgress = progress('backup');
+      const m = await backupSource({
+        ...access(o),
+        source,
+        ...(o.data ? { data: o.data } : {}),
+        ...(o.bitmap ? { bitmap: o.bitmap } : {}),
+        ...(o.tag ? { tags: o.tag } : {}),
+        ...(onProgress ? { onProgress } : {}),
+      });
+      printResult(
+        !!o.json,
+        m,
+        () =>
+          `snapshot ${m.id} of ${m.source.kind}:${m.source.name}${m.parent ? ` (incremental from ${m.parent})` : ''}: read ${bytes(m.stats.readBytes)}, stored ${bytes(m.stats.storedBytes)} new in ${m.stats.seconds.toFixed(2)} s`,
+      );
+    });
+
+  repoOptions(program.command('restore'))
+    .description("restore a snapshot's disk to a new image file (raw), an NBD URI, or a new volume:NAME")
+    .argument('<snapshot>')
+    .requiredOption('--to <target>', 'image file, NBD URI or volume:NAME')
+    .option('--disk <n>', "which of the snapshot's disks", '0')
+    .option('--data <dir>', "the site's data directory, for volume:NAME")
+    .option('--pool <pool>', 'pool of a new volume', 'default')
+    .option('--force', 'overwrite an existing image file')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        id: string,
+        o: RepoOpts & { to: string; disk: string; data?: string; pool: string; force?: boolean },
+      ) => {
+        const disk = Number(o.disk);
+        if (!Number.isInteger(disk) || disk < 0)
+          throw invalidArgument(`--disk "${o.disk}" is not a disk number`);
+        const onProgress = progress('restore');
+        const r = await restoreSnapshot({
+          ...access(o),
+          snapshot: id,
+          to: o.to,
+          disk,
+          pool: o.pool,
+          ...(o.data ? { data: o.data } : {}),
+          ...(o.force ? { force: true } : {}),
+          ...(onProgress ? { onProgress } : {}),
+        });
+        printResult(
+          !!o.json,
+          r,
+          () =>
+            `restored ${r.disk} of snapshot ${r.snapshot} to ${o.to}: ${bytes(r.dataBytes)} of data, every chunk verified`,
+        );
+      },
+    );
+}

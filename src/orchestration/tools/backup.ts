@@ -1,0 +1,134 @@
+import { existsSync, openSync, closeSync, ftruncateSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { openRawFile, type BlockDevice } from '../../block/index.js';
+import { conflict, invalidArgument } from '../../common/index.js';
+import { connectNbd } from '../../nbd/index.js';
+import {
+  backup,
+  classifySource,
+  openImageSource,
+  openNbdSource,
+  openVolumeSource,
+  restore,
+  type OpenedSource,
+  type RestoreResult,
+} from '../../protection/index.js';
+import { Repository, type SnapshotManifest } from '../../repository/index.js';
+import { withStorage } from './storage.js';
+
+export interface RepoAccess {
+  repo: string;
+  passphrase?: string;
+}
+
+export function openRepository(a: RepoAccess): Promise<Repository> {
+  return Repository.open(a.repo, a.passphrase !== undefined ? { passphrase: a.passphrase } : {});
+}
+
+export interface BackupRequest extends RepoAccess {
+  /** An image file, an NBD URI, or volume:NAME (with `data`, the site's data directory). */
+  source: string;
+  data?: string;
+  /** For NBD sources: the dirty bitmap to read changes from, relative to the newest snapshot of this source. */
+  bitmap?: string;
+  tags?: string[];
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** `haven backup`: backs a source up into a repository; returns the new snapshot's manifest. */
+export async function backupSource(req: BackupRequest): Promise<SnapshotManifest> {
+  const repo = await openRepository(req);
+  const s = classifySource(req.source);
+  const run = async (src: OpenedSource) => {
+    let manifest: SnapshotManifest | undefined;
+    try {
+      manifest = await backup(repo, {
+        source: src.source,
+        disks: src.disks,
+        ...(src.parent ? { parent: src.parent } : {}),
+        ...(src.bitmap ? { bitmap: src.bitmap } : {}),
+        ...(req.tags ? { tags: req.tags } : {}),
+        ...(req.signal ? { signal: req.signal } : {}),
+        ...(req.onProgress ? { onProgress: req.onProgress } : {}),
+      });
+      return manifest;
+    } finally {
+      await src.finish(manifest);
+    }
+  };
+  if (s.kind === 'volume')
+    return withStorage(req.data, async (storage) => run(await openVolumeSource(storage, repo, s.value)));
+  if (s.kind === 'nbd') {
+    const parent = req.bitmap
+      ? (await repo.listSnapshots())
+          .filter((x) => x.source.kind === 'nbd' && x.source.name === s.value.replace(/\?.*$/, ''))
+          .pop()
+      : undefined;
+    return run(
+      await openNbdSource(s.value, {
+        ...(req.bitmap ? { bitmap: req.bitmap } : {}),
+        ...(parent ? { parent } : {}),
+      }),
+    );
+  }
+  if (req.bitmap)
+    throw invalidArgument('--bitmap works with NBD sources; image files are read in full (deduplicated)');
+  return run(await openImageSource(s.value));
+}
+
+export interface RestoreRequest extends RepoAccess {
+  snapshot: string;
+  /** An image file to create (raw), an NBD URI, or volume:NAME (a new volume, with `data`). */
+  to: string;
+  disk?: number;
+  data?: string;
+  pool?: string;
+  /** Overwrite an existing image file. */
+  force?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** `haven restore`: writes a snapshot's disk to a new image file, an NBD export or a new volume. */
+export async function restoreSnapshot(req: RestoreRequest): Promise<RestoreResult> {
+  const repo = await openRepository(req);
+  const snap = await repo.snapshot(req.snapshot);
+  const diskNo = req.disk ?? 0;
+  const disk = snap.disks[diskNo];
+  if (!disk)
+    throw invalidArgument(`snapshot ${snap.id} has ${snap.disks.length} disk(s); there is no disk ${diskNo}`);
+  const opts = {
+    ...(req.signal ? { signal: req.signal } : {}),
+    ...(req.onProgress ? { onProgress: req.onProgress } : {}),
+  };
+  const t = classifySource(req.to);
+  if (t.kind === 'volume') {
+    return withStorage(req.data, async (storage) => {
+      storage.createVolume(t.value, disk.size, req.pool ?? 'default');
+      try {
+        return await restore(repo, snap, diskNo, storage.openDevice(t.value), { ...opts, fresh: true });
+      } catch (err) {
+        storage.deleteVolume(t.value);
+        throw err;
+      }
+    });
+  }
+  let target: BlockDevice;
+  let fresh = false;
+  if (t.kind === 'nbd') target = await connectNbd(t.value, { connections: 4 });
+  else {
+    const path = resolve(t.value);
+    if (existsSync(path) && !req.force) throw conflict(`${path} exists; give --force to overwrite it`);
+    const fd = openSync(path, 'w', 0o600);
+    ftruncateSync(fd, disk.size);
+    closeSync(fd);
+    target = openRawFile(path);
+    fresh = true;
+  }
+  try {
+    return await restore(repo, snap, diskNo, target, { ...opts, fresh });
+  } finally {
+    await target.close();
+  }
+}

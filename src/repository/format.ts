@@ -1,0 +1,124 @@
+import { crc32 } from 'node:zlib';
+import { HavenError } from '../common/index.js';
+
+/**
+ * The on-disk format of a Haven backup repository, version 1 (docs/repository-format.md).
+ *
+ * Chunk object (`chunks/<2 hex>/<64 hex digest>`):
+ *   0  magic "HVCK"          4 bytes
+ *   4  format version (1)    u8
+ *   5  flags                 u8: bit 0 zstd-compressed, bit 1 AES-256-GCM encrypted
+ *   6  reserved (0)          u16
+ *   8  plaintext length      u32 LE
+ *  12  payload length        u32 LE
+ *  16  CRC-32 of the payload u32 LE (catches media damage without decrypting or decompressing)
+ *  20  payload: the (compressed) data; when encrypted: 12-byte nonce, ciphertext, 16-byte tag
+ *
+ * Index (`snapshots/<id>/disk<N>.idx`), one per disk of a snapshot:
+ *   0  magic "HVIX"          4 bytes
+ *   4  format version (1)    u8, then 3 reserved bytes
+ *   8  chunk size            u32 LE
+ *  12  reserved              u32
+ *  16  disk size in bytes    u64 LE
+ *  24  chunk count           u64 LE (ceil(size / chunk size))
+ *  32  one 32-byte digest per chunk, in disk order; all zero bytes: the chunk reads as zeroes
+ */
+export const FORMAT_VERSION = 1;
+export const CHUNK_MAGIC = Buffer.from('HVCK');
+export const INDEX_MAGIC = Buffer.from('HVIX');
+export const CHUNK_HEADER = 20;
+export const INDEX_HEADER = 32;
+export const DIGEST_BYTES = 32;
+export const FLAG_ZSTD = 1;
+export const FLAG_ENCRYPTED = 2;
+export const ZERO_DIGEST = Buffer.alloc(DIGEST_BYTES);
+
+export const MIN_CHUNK_SIZE = 64 * 1024;
+export const MAX_CHUNK_SIZE = 16 * 1024 * 1024;
+export const DEFAULT_CHUNK_SIZE = 256 * 1024;
+
+export function chunkKey(digest: Buffer | string): string {
+  const hex = typeof digest === 'string' ? digest : digest.toString('hex');
+  return `chunks/${hex.slice(0, 2)}/${hex}`;
+}
+
+export function writeChunkHeader(out: Buffer, flags: number, plainLength: number, payload: Uint8Array): void {
+  CHUNK_MAGIC.copy(out, 0);
+  out.writeUInt8(FORMAT_VERSION, 4);
+  out.writeUInt8(flags, 5);
+  out.writeUInt16LE(0, 6);
+  out.writeUInt32LE(plainLength, 8);
+  out.writeUInt32LE(payload.length, 12);
+  out.writeUInt32LE(crc32(payload), 16);
+}
+
+export interface ChunkHeader {
+  flags: number;
+  plainLength: number;
+  payload: Buffer;
+}
+
+/** Parses a stored chunk and checks its CRC; `what` names it in errors. */
+export function readChunk(stored: Buffer, what: string): ChunkHeader {
+  if (stored.length < CHUNK_HEADER || !stored.subarray(0, 4).equals(CHUNK_MAGIC))
+    throw new HavenError('CORRUPT', `${what}: not a Haven chunk (bad magic or truncated)`);
+  const version = stored.readUInt8(4);
+  if (version !== FORMAT_VERSION)
+    throw new HavenError('UNSUPPORTED', `${what}: chunk format version ${version} is not supported`);
+  const flags = stored.readUInt8(5);
+  const plainLength = stored.readUInt32LE(8);
+  const payloadLength = stored.readUInt32LE(12);
+  if (stored.length !== CHUNK_HEADER + payloadLength)
+    throw new HavenError(
+      'CORRUPT',
+      `${what}: truncated (${stored.length - CHUNK_HEADER} of ${payloadLength} payload bytes)`,
+    );
+  const payload = stored.subarray(CHUNK_HEADER);
+  if (crc32(payload) !== stored.readUInt32LE(16))
+    throw new HavenError('CORRUPT', `${what}: checksum mismatch`);
+  return { flags, plainLength, payload };
+}
+
+export interface IndexHeader {
+  chunkSize: number;
+  size: number;
+  count: number;
+}
+
+export function indexBytes(h: IndexHeader): number {
+  return INDEX_HEADER + h.count * DIGEST_BYTES;
+}
+
+export function writeIndexHeader(out: Buffer, h: IndexHeader): void {
+  INDEX_MAGIC.copy(out, 0);
+  out.writeUInt8(FORMAT_VERSION, 4);
+  out.fill(0, 5, 8);
+  out.writeUInt32LE(h.chunkSize, 8);
+  out.writeUInt32LE(0, 12);
+  out.writeBigUInt64LE(BigInt(h.size), 16);
+  out.writeBigUInt64LE(BigInt(h.count), 24);
+}
+
+export function readIndex(data: Buffer, what: string): IndexHeader & { digests: Buffer } {
+  if (data.length < INDEX_HEADER || !data.subarray(0, 4).equals(INDEX_MAGIC))
+    throw new HavenError('CORRUPT', `${what}: not a Haven index`);
+  if (data.readUInt8(4) !== FORMAT_VERSION)
+    throw new HavenError(
+      'UNSUPPORTED',
+      `${what}: index format version ${data.readUInt8(4)} is not supported`,
+    );
+  const chunkSize = data.readUInt32LE(8);
+  const size = Number(data.readBigUInt64LE(16));
+  const count = Number(data.readBigUInt64LE(24));
+  if (count !== Math.ceil(size / chunkSize) || data.length !== indexBytes({ chunkSize, size, count }))
+    throw new HavenError('CORRUPT', `${what}: index size does not match its header`);
+  return { chunkSize, size, count, digests: data.subarray(INDEX_HEADER) };
+}
+
+export function checkChunkSize(n: number): void {
+  if (!Number.isInteger(n) || n < MIN_CHUNK_SIZE || n > MAX_CHUNK_SIZE || (n & (n - 1)) !== 0)
+    throw new HavenError(
+      'INVALID_ARGUMENT',
+      `chunk size ${n} must be a power of two from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE} bytes`,
+    );
+}

@@ -1,0 +1,97 @@
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createHmac,
+  hkdfSync,
+  randomBytes,
+  scryptSync,
+} from 'node:crypto';
+import { HavenError } from '../common/index.js';
+
+/** How the repository's master key is kept: wrapped under a key derived from the passphrase. */
+export interface EncryptionConfig {
+  cipher: 'aes-256-gcm';
+  kdf: { name: 'scrypt'; N: number; r: number; p: number; salt: string };
+  /** The master key, AES-256-GCM under the passphrase key: base64 of nonce | ciphertext | tag. */
+  wrappedKey: string;
+}
+
+/** The keys a repository works with once opened. */
+export interface RepositoryKeys {
+  /** Keys the chunk digests (HMAC-SHA-256), so digests reveal nothing about the data. */
+  id: Buffer;
+  /** Encrypts chunk payloads (AES-256-GCM). */
+  data: Buffer;
+}
+
+// scrypt with N=2^16, r=8: 64 MiB of memory and about a fifth of a second per try.
+const KDF = { N: 1 << 16, r: 8, p: 1 };
+
+function kek(passphrase: string, kdf: EncryptionConfig['kdf']): Buffer {
+  return scryptSync(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 32, {
+    N: kdf.N,
+    r: kdf.r,
+    p: kdf.p,
+    maxmem: 256 * kdf.N * kdf.r + 1024 * 1024,
+  });
+}
+
+function split(master: Buffer): RepositoryKeys {
+  return {
+    id: Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), 'haven chunk id', 32)),
+    data: Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), 'haven chunk data', 32)),
+  };
+}
+
+/** Makes a new master key wrapped under `passphrase`. */
+export function newEncryption(passphrase: string): { config: EncryptionConfig; keys: RepositoryKeys } {
+  if (passphrase.length < 8)
+    throw new HavenError('INVALID_ARGUMENT', 'the passphrase must have at least 8 characters');
+  const master = randomBytes(32);
+  const kdf = { name: 'scrypt' as const, ...KDF, salt: randomBytes(16).toString('base64') };
+  const nonce = randomBytes(12);
+  const c = createCipheriv('aes-256-gcm', kek(passphrase, kdf), nonce);
+  const wrapped = Buffer.concat([nonce, c.update(master), c.final(), c.getAuthTag()]);
+  return {
+    config: { cipher: 'aes-256-gcm', kdf, wrappedKey: wrapped.toString('base64') },
+    keys: split(master),
+  };
+}
+
+/** Unwraps the master key; a wrong passphrase is a clear error, never garbage keys. */
+export function openEncryption(config: EncryptionConfig, passphrase: string): RepositoryKeys {
+  const w = Buffer.from(config.wrappedKey, 'base64');
+  const d = createDecipheriv('aes-256-gcm', kek(passphrase, config.kdf), w.subarray(0, 12));
+  d.setAuthTag(w.subarray(w.length - 16));
+  try {
+    return split(Buffer.concat([d.update(w.subarray(12, w.length - 16)), d.final()]));
+  } catch {
+    throw new HavenError('UNAUTHENTICATED', 'wrong passphrase for this repository');
+  }
+}
+
+/** A chunk's address: SHA-256 of the plaintext, keyed (HMAC) in an encrypted repository. */
+export function chunkDigest(data: Uint8Array, keys: RepositoryKeys | undefined): Buffer {
+  return keys
+    ? createHmac('sha256', keys.id).update(data).digest()
+    : createHash('sha256').update(data).digest();
+}
+
+export function encrypt(keys: RepositoryKeys, digest: Buffer, data: Uint8Array): Buffer {
+  const nonce = randomBytes(12);
+  const c = createCipheriv('aes-256-gcm', keys.data, nonce);
+  c.setAAD(digest); // a payload moved to another chunk's name fails authentication
+  return Buffer.concat([nonce, c.update(data), c.final(), c.getAuthTag()]);
+}
+
+export function decrypt(keys: RepositoryKeys, digest: Buffer, payload: Buffer, what: string): Buffer {
+  const d = createDecipheriv('aes-256-gcm', keys.data, payload.subarray(0, 12));
+  d.setAAD(digest);
+  d.setAuthTag(payload.subarray(payload.length - 16));
+  try {
+    return Buffer.concat([d.update(payload.subarray(12, payload.length - 16)), d.final()]);
+  } catch {
+    throw new HavenError('CORRUPT', `${what}: authentication failed (damaged, or not this repository's)`);
+  }
+}
