@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import type { Site, VmDefinition } from '../orchestration/index.js';
+import { Site, type VmDefinition } from '../orchestration/index.js';
 import * as s from './schemas.js';
 
 type Name = { name: string };
@@ -84,6 +84,30 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
             (req.body ?? {}) as { force?: boolean; graceSeconds?: number },
           ),
         ),
+  );
+  api.post(
+    '/vms/:name/backup',
+    {
+      schema: {
+        tags,
+        summary: 'back a VM up: all its disks at one crash-consistent point, and its configuration (a job)',
+        params: s.nameParam,
+        body: s.backupBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { repo: string; passphraseFile?: string };
+      return reply
+        .code(202)
+        .send(
+          site.backup(
+            req.actor,
+            { vm: (req.params as Name).name },
+            Site.repoAccess(b.repo, b.passphraseFile),
+          ),
+        );
+    },
   );
   api.get(
     '/vms/:name/console-log',

@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import type { Site } from '../orchestration/index.js';
+import { Site } from '../orchestration/index.js';
 import * as s from './schemas.js';
 
 const volumeParam = {
@@ -123,6 +123,60 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     },
   );
 
+  api.post(
+    '/volumes/:name/backup',
+    {
+      schema: {
+        tags,
+        summary: 'back a volume up into a repository (a job)',
+        params: volumeParam,
+        body: s.backupBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { repo: string; passphraseFile?: string };
+      return reply
+        .code(202)
+        .send(
+          site.backup(
+            req.actor,
+            { volume: (req.params as Name).name },
+            Site.repoAccess(b.repo, b.passphraseFile),
+          ),
+        );
+    },
+  );
+  api.post(
+    '/volumes/restore',
+    {
+      schema: {
+        tags,
+        summary: "restore a snapshot's disk into a new volume (a job)",
+        body: s.restoreVolumeBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as {
+        repo: string;
+        passphraseFile?: string;
+        snapshot: string;
+        disk?: number;
+        name: string;
+        pool?: string;
+      };
+      return reply.code(202).send(
+        site.restoreToVolume(req.actor, {
+          ...Site.repoAccess(b.repo, b.passphraseFile),
+          snapshot: b.snapshot,
+          name: b.name,
+          ...(b.disk !== undefined ? { disk: b.disk } : {}),
+          ...(b.pool ? { pool: b.pool } : {}),
+        }),
+      );
+    },
+  );
   api.get(
     '/volumes/:name/snapshots',
     { schema: { tags, params: volumeParam, response: { 200: s.list(s.snapshotAnswer) } } },

@@ -210,3 +210,32 @@ export const stopVmBody = {
     graceSeconds: { type: 'integer', minimum: 0, maximum: 3600, description: 'default 30' },
   },
 } as const;
+
+const repoFields = {
+  repo: { type: 'string', minLength: 1, description: "the repository's directory on the site's host" },
+  passphraseFile: {
+    type: 'string',
+    minLength: 1,
+    description: "file holding an encrypted repository's passphrase",
+  },
+} as const;
+
+export const backupBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['repo'],
+  properties: repoFields,
+} as const;
+
+export const restoreVolumeBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['repo', 'snapshot', 'name'],
+  properties: {
+    ...repoFields,
+    snapshot: { type: 'string', pattern: '^[A-Za-z0-9-]+$' },
+    disk: { type: 'integer', minimum: 0 },
+    name,
+    pool: name,
+  },
+} as const;

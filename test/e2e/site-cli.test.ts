@@ -4,125 +4,13 @@
 // finds the VM again (its disk reconnects, new writes land) and no job stays "running".
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
-import { HAVEN_BIN, start, type Running } from '../support/proc.js';
-import { tempDir } from '../support/tmp.js';
-import { ensureGuest, patternBytes } from '../support/guest.js';
+import { assertWrites, guestArgs, site, startDaemon, waitForConsole, writesIn } from '../support/site.js';
 
-const run = promisify(execFile);
 const MiB = 1024 * 1024;
-
-interface Site {
-  dir: string;
-  daemon: Running;
-  env: NodeJS.ProcessEnv;
-  haven(...args: string[]): Promise<string>;
-  /** Runs a command that must fail; returns its stderr. */
-  havenFails(...args: string[]): Promise<string>;
-}
-
-async function startDaemon(dir: string): Promise<Running> {
-  // A daemon killed with -9 leaves its api.json behind; the next one writes it once listening.
-  rmSync(join(dir, 'api.json'), { force: true });
-  const daemon = start(
-    HAVEN_BIN,
-    ['serve', '--data', dir, '--listen', '127.0.0.1:0', '--nbd-listen', 'none'],
-    {
-      env: { ...process.env, HAVEN_LOG_LEVEL: 'debug' },
-    },
-  );
-  const deadline = Date.now() + 20_000;
-  while (!existsSync(join(dir, 'api.json'))) {
-    if (daemon.child.exitCode !== null || Date.now() > deadline)
-      throw new Error(`the site daemon did not start:\n${daemon.output()}`);
-    await sleep(50);
-  }
-  return daemon;
-}
-
-async function site(t: { after: (fn: () => unknown) => void }): Promise<Site> {
-  const tmp = tempDir('haven-site-');
-  const dir = join(tmp.path, 'data');
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    HAVEN_DATA: dir,
-    HAVEN_CONFIG: join(tmp.path, 'no-config.json'),
-  };
-  delete env.HAVEN_API;
-  delete env.HAVEN_TOKEN;
-  const s: Site = {
-    dir,
-    daemon: await startDaemon(dir),
-    env,
-    haven: async (...args) => (await run(HAVEN_BIN, args, { env, timeout: 120_000 })).stdout,
-    havenFails: async (...args) => {
-      try {
-        await run(HAVEN_BIN, args, { env, timeout: 120_000 });
-      } catch (e) {
-        return (e as { stderr: string }).stderr;
-      }
-      throw new Error(`haven ${args.join(' ')} succeeded but should have failed`);
-    },
-  };
-  t.after(async () => {
-    // Stop VMs first: they outlive the daemon by design.
-    try {
-      for (const vm of JSON.parse(await s.haven('vm', 'list', '--json')) as { name: string; state: string }[])
-        if (vm.state === 'running') await s.haven('vm', 'stop', vm.name, '--force');
-    } catch {
-      // the daemon may be down: kill its QEMUs below
-    }
-    await s.daemon.stop();
-    await run('pkill', ['-9', '-f', `qemu-system-x86_64 .*${dir}`]).catch(() => undefined);
-    tmp.cleanup();
-  });
-  return s;
-}
-
-function guestArgs(cmd: string): string[] {
-  const g = ensureGuest();
-  return [
-    '--kernel',
-    g.kernel,
-    '--initrd',
-    g.initrd,
-    '--memory',
-    '192M',
-    '--cmdline',
-    `console=ttyS0 quiet panic=-1 haven.disks=1 haven.cmd="${cmd}"`,
-  ];
-}
-
-async function waitForConsole(s: Site, vm: string, re: RegExp, ms = 60_000): Promise<string> {
-  const deadline = Date.now() + ms;
-  let log = '';
-  while (Date.now() < deadline) {
-    log = await s.haven('vm', 'console-log', vm);
-    if (re.test(log)) return log;
-    await sleep(200);
-  }
-  throw new Error(`console of ${vm} never matched ${re}:\n${log}`);
-}
-
-function writesIn(log: string): { seq: number; offset: number; length: number }[] {
-  return log
-    .split('\n')
-    .filter((l) => l.includes('"event":"write"'))
-    .map((l) => JSON.parse(l.slice(l.indexOf('{'))) as { seq: number; offset: number; length: number });
-}
-
-function assertWrites(image: Buffer, seed: number, writes: ReturnType<typeof writesIn>): void {
-  for (const w of writes)
-    assert.ok(
-      image.subarray(w.offset, w.offset + w.length).equals(patternBytes(seed, w.seq, w.offset, w.length)),
-      `write ${w.seq} at ${w.offset} is on the volume`,
-    );
-}
 
 test('CLI: import, create, start, console log, stop, delete; the guest writes are on the volume', async (t) => {
   const s = await site(t);

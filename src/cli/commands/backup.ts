@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import {
@@ -7,10 +8,13 @@ import {
   openRepository,
   restoreSnapshot,
   type BackupSnapshot,
+  type Job,
   type RepoAccess,
   type RetentionPolicy,
 } from '../../orchestration/index.js';
+import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { bytes, parseSize, table } from '../args.js';
+import { runJob } from './compute.js';
 import { printResult } from '../output.js';
 
 type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
@@ -207,19 +211,36 @@ export function registerBackup(program: Command): void {
       await (await openRepository(access(o))).deleteSnapshot(id);
     });
 
-  repoOptions(program.command('backup'))
+  apiOptions(repoOptions(program.command('backup')))
     .description(
-      'back a source up: an image file (raw, qcow2, vmdk, vhdx), an NBD URI, or volume:NAME of a site',
+      'back a source up: an image file (raw, qcow2, vmdk, vhdx), an NBD URI, volume:NAME or vm:NAME (through the site daemon; offline with --data)',
     )
     .argument('<source>')
-    .option('--data <dir>', "the site's data directory, for volume:NAME (offline: no daemon may hold it)")
+    .option('--data <dir>', "the site's data directory, for volume:NAME offline (no daemon may hold it)")
     .option(
       '--bitmap <name>',
       'NBD sources: read only what this dirty bitmap marks (changes since the newest snapshot of the source)',
     )
     .option('--tag <tag>', 'a tag (repeat)', (v: string, all: string[] = []) => [...all, v])
+    .option('--no-wait', 'through the daemon: return once the job has started')
     .option('--json', 'print JSON')
-    .action(async (source: string, o: RepoOpts & { data?: string; bitmap?: string; tag?: string[] }) => {
+    .action(async (source: string, o: BackupOpts) => {
+      const daemon = /^vm:/.test(source) ? 'vms' : /^volume:/.test(source) && !o.data ? 'volumes' : undefined;
+      if (daemon) {
+        const name = source.slice(source.indexOf(':') + 1);
+        return runJob(
+          o,
+          () => connect(o).post<Job>(`/${daemon}/${encodeURIComponent(name)}/backup`, daemonRepo(o)),
+          (j) => {
+            const r = j.result as {
+              snapshot: string;
+              parent?: string;
+              stats: { readBytes: number; storedBytes: number };
+            };
+            return `snapshot ${r.snapshot} of ${source}${r.parent ? ` (incremental from ${r.parent})` : ''}: read ${bytes(r.stats.readBytes)}, stored ${bytes(r.stats.storedBytes)} new`;
+          },
+        );
+      }
       const onProgress = progress('backup');
       const m = await backupSource({
         ...access(o),
@@ -237,40 +258,64 @@ export function registerBackup(program: Command): void {
       );
     });
 
-  repoOptions(program.command('restore'))
-    .description("restore a snapshot's disk to a new image file (raw), an NBD URI, or a new volume:NAME")
+  apiOptions(repoOptions(program.command('restore')))
+    .description(
+      "restore a snapshot's disk to a new image file (raw), an NBD URI, or a new volume:NAME (through the site daemon; offline with --data)",
+    )
     .argument('<snapshot>')
     .requiredOption('--to <target>', 'image file, NBD URI or volume:NAME')
     .option('--disk <n>', "which of the snapshot's disks", '0')
-    .option('--data <dir>', "the site's data directory, for volume:NAME")
+    .option('--data <dir>', "the site's data directory, for volume:NAME offline")
     .option('--pool <pool>', 'pool of a new volume', 'default')
     .option('--force', 'overwrite an existing image file')
+    .option('--no-wait', 'through the daemon: return once the job has started')
     .option('--json', 'print JSON')
-    .action(
-      async (
-        id: string,
-        o: RepoOpts & { to: string; disk: string; data?: string; pool: string; force?: boolean },
-      ) => {
-        const disk = Number(o.disk);
-        if (!Number.isInteger(disk) || disk < 0)
-          throw invalidArgument(`--disk "${o.disk}" is not a disk number`);
-        const onProgress = progress('restore');
-        const r = await restoreSnapshot({
-          ...access(o),
+    .action(async (id: string, o: RestoreOpts) => {
+      const disk = Number(o.disk);
+      if (!Number.isInteger(disk) || disk < 0)
+        throw invalidArgument(`--disk "${o.disk}" is not a disk number`);
+      if (o.to.startsWith('volume:') && !o.data) {
+        const body = {
+          ...daemonRepo(o),
           snapshot: id,
-          to: o.to,
           disk,
+          name: o.to.slice('volume:'.length),
           pool: o.pool,
-          ...(o.data ? { data: o.data } : {}),
-          ...(o.force ? { force: true } : {}),
-          ...(onProgress ? { onProgress } : {}),
-        });
-        printResult(
-          !!o.json,
-          r,
-          () =>
-            `restored ${r.disk} of snapshot ${r.snapshot} to ${o.to}: ${bytes(r.dataBytes)} of data, every chunk verified`,
+        };
+        return runJob(
+          o,
+          () => connect(o).post<Job>('/volumes/restore', body),
+          () => `restored snapshot ${id} into ${o.to}, every chunk verified`,
         );
-      },
-    );
+      }
+      const onProgress = progress('restore');
+      const r = await restoreSnapshot({
+        ...access(o),
+        snapshot: id,
+        to: o.to,
+        disk,
+        pool: o.pool,
+        ...(o.data ? { data: o.data } : {}),
+        ...(o.force ? { force: true } : {}),
+        ...(onProgress ? { onProgress } : {}),
+      });
+      printResult(
+        !!o.json,
+        r,
+        () =>
+          `restored ${r.disk} of snapshot ${r.snapshot} to ${o.to}: ${bytes(r.dataBytes)} of data, every chunk verified`,
+      );
+    });
+}
+
+type BackupOpts = RepoOpts & ApiOpts & { data?: string; bitmap?: string; tag?: string[]; wait: boolean };
+type RestoreOpts = RepoOpts &
+  ApiOpts & { to: string; disk: string; data?: string; pool: string; force?: boolean; wait: boolean };
+
+/** The repository as the daemon needs it: absolute paths; the passphrase stays in its file. */
+function daemonRepo(o: RepoOpts): { repo: string; passphraseFile?: string } {
+  return {
+    repo: resolve(access(o).repo),
+    ...(o.passphraseFile ? { passphraseFile: resolve(o.passphraseFile) } : {}),
+  };
 }

@@ -13,6 +13,8 @@ import {
   type VolumeInfo,
 } from '../../storage/index.js';
 import { exportVolume, importVolume } from '../tools/storage.js';
+import { openRepository, runBackup, type RepoAccess } from '../tools/backup.js';
+import { openVolumeSource, restore } from '../../protection/index.js';
 import { parseHostPort } from '../tools/serve-image.js';
 import { ComputeService, type VmDefinition } from './compute.js';
 import { openDatabase, schemaVersion, type Db } from './database.js';
@@ -109,7 +111,10 @@ export class Site {
   /** Jobs the previous daemon left running fail, undoing what they left half done. */
   private recover(): void {
     this.jobs.failInterrupted((job) => {
-      if (job.kind === 'volume.import' && this.storage.listVolumes().some((v) => v.name === job.target)) {
+      if (
+        (job.kind === 'volume.import' || job.kind === 'volume.restore') &&
+        this.storage.listVolumes().some((v) => v.name === job.target)
+      ) {
         this.exports.withdraw(job.target);
         this.storage.deleteVolume(job.target);
       }
@@ -372,6 +377,69 @@ export class Site {
         ...(opts.force ? { force: true } : {}),
         ...(opts.graceSeconds !== undefined ? { graceMs: opts.graceSeconds * 1000 } : {}),
       });
+    });
+  }
+
+  // ---- backup and restore ----------------------------------------------------------------
+
+  /** Where a repository is and its passphrase: from a file the daemon can read, else the daemon's $HAVEN_PASSPHRASE. */
+  static repoAccess(repo: string, passphraseFile?: string): RepoAccess {
+    const passphrase = passphraseFile
+      ? readFileSync(passphraseFile, 'utf8').replace(/\r?\n$/, '')
+      : process.env.HAVEN_PASSPHRASE;
+    return { repo: resolve(repo), ...(passphrase !== undefined ? { passphrase } : {}) };
+  }
+
+  /** Backs up a VM (all its disks at one crash-consistent point, and its configuration) or a volume, as a job. */
+  backup(actor: Actor, target: { vm: string } | { volume: string }, repo: RepoAccess): Job {
+    const vm = 'vm' in target ? this.compute.vm(target.vm) : undefined;
+    const volumes = vm ? vm.disks.map((d) => d.volume) : [(target as { volume: string }).volume];
+    for (const v of volumes) this.storage.volume(v);
+    const name = vm ? vm.name : volumes[0]!;
+    return this.jobs.start({ kind: vm ? 'vm.backup' : 'volume.backup', target: name, actor }, async (ctx) => {
+      const r = await openRepository(repo);
+      ctx.log(
+        `backing up ${vm ? `VM ${name} (${volumes.join(', ')})` : `volume ${name}`} into ${r.location}`,
+      );
+      const src = await openVolumeSource(this.storage, r, volumes, { kind: vm ? 'vm' : 'volume', name }, vm);
+      ctx.log(src.parent ? `incremental from ${src.parent.id}` : 'full backup');
+      const m = await runBackup(r, src, {
+        signal: ctx.signal,
+        onProgress: (d, t) => ctx.progress(d, t, 'backup'),
+      });
+      this.exports.refresh();
+      return { snapshot: m.id, parent: m.parent, stats: m.stats };
+    });
+  }
+
+  /** Restores a disk of a snapshot into a new volume, as a job. */
+  restoreToVolume(
+    actor: Actor,
+    req: RepoAccess & { snapshot: string; disk?: number; name: string; pool?: string },
+  ): Job {
+    checkName('volume', req.name);
+    if (this.storage.listVolumes().some((v) => v.name === req.name))
+      throw conflict(`volume ${req.name} already exists`);
+    const pool = req.pool ?? 'default';
+    this.storage.pool(pool);
+    return this.jobs.start({ kind: 'volume.restore', target: req.name, actor }, async (ctx) => {
+      const r = await openRepository(req);
+      const snap = await r.snapshot(req.snapshot);
+      const disk = snap.disks[req.disk ?? 0];
+      if (!disk) throw invalidArgument(`snapshot ${snap.id} has no disk ${req.disk ?? 0}`);
+      this.storage.createVolume(req.name, disk.size, pool);
+      try {
+        const res = await restore(r, snap, req.disk ?? 0, this.storage.openDevice(req.name), {
+          fresh: true,
+          signal: ctx.signal,
+          onProgress: (d, t) => ctx.progress(d, t, 'restore'),
+        });
+        this.exports.refresh();
+        return res;
+      } catch (err) {
+        this.storage.deleteVolume(req.name);
+        throw err;
+      }
     });
   }
 

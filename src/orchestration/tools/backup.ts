@@ -40,23 +40,7 @@ export interface BackupRequest extends RepoAccess {
 export async function backupSource(req: BackupRequest): Promise<SnapshotManifest> {
   const repo = await openRepository(req);
   const s = classifySource(req.source);
-  const run = async (src: OpenedSource) => {
-    let manifest: SnapshotManifest | undefined;
-    try {
-      manifest = await backup(repo, {
-        source: src.source,
-        disks: src.disks,
-        ...(src.parent ? { parent: src.parent } : {}),
-        ...(src.bitmap ? { bitmap: src.bitmap } : {}),
-        ...(req.tags ? { tags: req.tags } : {}),
-        ...(req.signal ? { signal: req.signal } : {}),
-        ...(req.onProgress ? { onProgress: req.onProgress } : {}),
-      });
-      return manifest;
-    } finally {
-      await src.finish(manifest);
-    }
-  };
+  const run = (src: OpenedSource) => runBackup(repo, src, req);
   if (s.kind === 'volume')
     return withStorage(req.data, async (storage) => run(await openVolumeSource(storage, repo, s.value)));
   if (s.kind === 'nbd') {
@@ -75,6 +59,30 @@ export async function backupSource(req: BackupRequest): Promise<SnapshotManifest
   if (req.bitmap)
     throw invalidArgument('--bitmap works with NBD sources; image files are read in full (deduplicated)');
   return run(await openImageSource(s.value));
+}
+
+/** Runs the engine on an opened source and ends the source (commit or roll back its epoch). */
+export async function runBackup(
+  repo: Repository,
+  src: OpenedSource,
+  req: Pick<BackupRequest, 'tags' | 'signal' | 'onProgress'> = {},
+): Promise<SnapshotManifest> {
+  let manifest: SnapshotManifest | undefined;
+  try {
+    manifest = await backup(repo, {
+      source: src.source,
+      disks: src.disks,
+      ...(src.parent ? { parent: src.parent } : {}),
+      ...(src.bitmap ? { bitmap: src.bitmap } : {}),
+      ...(src.vm !== undefined ? { vm: src.vm } : {}),
+      ...(req.tags ? { tags: req.tags } : {}),
+      ...(req.signal ? { signal: req.signal } : {}),
+      ...(req.onProgress ? { onProgress: req.onProgress } : {}),
+    });
+    return manifest;
+  } finally {
+    await src.finish(manifest);
+  }
 }
 
 export interface RestoreRequest extends RepoAccess {

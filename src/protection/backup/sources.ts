@@ -12,6 +12,7 @@ export interface OpenedSource {
   disks: BackupDisk[];
   parent?: SnapshotManifest;
   bitmap?: { name: string; epoch?: string };
+  vm?: unknown;
   /** After the backup: `manifest` when it committed, undefined when it failed. */
   finish(manifest?: SnapshotManifest): Promise<void>;
 }
@@ -82,52 +83,74 @@ export async function openNbdSource(
 }
 
 /**
- * A Haven volume, read from its pool directly (the "san" transport) at a snapshot taken for the
- * backup. The snapshot ends the epoch of the volume's backup bitmap atomically; when the newest
- * backup of this volume in the repository was taken at the previous epoch (its snapshot is
- * still there), the backup is incremental and reads only what the frozen bitmap marks.
- * Afterwards the previous epoch's snapshot is deleted; if the backup failed, the frozen changes
- * go back into the bitmap and the new snapshot is deleted, so nothing is missed next time.
+ * Haven volumes (one, or all the disks of a VM), read from their pools directly (the "san"
+ * transport) at snapshots taken for the backup — all in one synchronous step, so that a VM's
+ * disks are captured at one crash-consistent point (no write is served in between). Each
+ * snapshot ends the epoch of the volume's backup bitmap atomically; when the newest backup of
+ * this source in the repository was taken at the previous epochs (their snapshots are still
+ * there), the backup is incremental and reads only what the frozen bitmaps mark. Afterwards the
+ * previous epochs' snapshots are deleted; if the backup failed, the frozen changes go back into
+ * the bitmaps and the new snapshots are deleted, so nothing is missed next time.
  */
 export async function openVolumeSource(
   storage: StorageService,
   repo: Repository,
-  volume: string,
+  volume: string | string[],
+  source: { kind: string; name: string } = { kind: 'volume', name: String(volume) },
+  vm?: unknown,
 ): Promise<OpenedSource> {
-  storage.volume(volume);
-  if (!storage.listBitmaps(volume).some((b) => b.name === BACKUP_BITMAP))
-    storage.addBitmap(volume, BACKUP_BITMAP);
+  const volumes = Array.isArray(volume) ? volume : [volume];
+  for (const v of volumes) {
+    storage.volume(v);
+    if (!storage.listBitmaps(v).some((b) => b.name === BACKUP_BITMAP)) storage.addBitmap(v, BACKUP_BITMAP);
+  }
   const previous = (await repo.listSnapshots())
-    .filter((s) => s.source.kind === 'volume' && s.source.name === volume && s.bitmap?.name === BACKUP_BITMAP)
+    .filter(
+      (s) =>
+        s.source.kind === source.kind && s.source.name === source.name && s.bitmap?.name === BACKUP_BITMAP,
+    )
     .pop();
-  // Epochs of backups that failed or died: their changes go back into the bitmap first.
-  let trustBitmap = true;
-  for (const s of storage.listSnapshots(volume))
-    if (s.name.startsWith('haven-backup-') && s.name !== previous?.bitmap?.epoch)
-      try {
-        storage.revokeCheckpoint(volume, s.name, BACKUP_BITMAP);
-      } catch {
-        storage.deleteSnapshot(volume, s.name); // its changes are unknown: read everything
-        trustBitmap = false;
-      }
-  const snapshots = new Set(storage.listSnapshots(volume).map((s) => s.name));
   const epoch = `haven-backup-${repo.newSnapshotId()}`;
-  storage.checkpoint(volume, epoch, BACKUP_BITMAP);
-  const device = storage.openDevice(`${volume}@${epoch}`, { readOnly: true });
-  let changed: Range[] | undefined;
-  const frozen = storage.bitmapViews(`${volume}@${epoch}`).find((v) => v.name === BACKUP_BITMAP);
-  if (trustBitmap && previous?.bitmap?.epoch && snapshots.has(previous.bitmap.epoch) && frozen)
-    changed = dirtyRanges(frozen, device.size);
+  // From here to the checkpoints nothing awaits: no guest write can fall between two disks.
+  let trustBitmaps = !!previous && previous.disks.length === volumes.length;
+  for (const v of volumes) {
+    // Epochs of backups that failed or died: their changes go back into the bitmap first.
+    for (const s of storage.listSnapshots(v))
+      if (s.name.startsWith('haven-backup-') && s.name !== previous?.bitmap?.epoch)
+        try {
+          storage.revokeCheckpoint(v, s.name, BACKUP_BITMAP);
+        } catch {
+          storage.deleteSnapshot(v, s.name); // its changes are unknown: read everything
+          trustBitmaps = false;
+        }
+    if (!previous?.bitmap?.epoch || !storage.listSnapshots(v).some((s) => s.name === previous.bitmap!.epoch))
+      trustBitmaps = false;
+  }
+  for (const v of volumes) storage.checkpoint(v, epoch, BACKUP_BITMAP);
+  const disks: BackupDisk[] = [];
+  for (const v of volumes) {
+    const device = storage.openDevice(`${v}@${epoch}`, { readOnly: true });
+    const frozen = storage.bitmapViews(`${v}@${epoch}`).find((x) => x.name === BACKUP_BITMAP);
+    if (!frozen) trustBitmaps = false;
+    disks.push({ name: v, device, ...(frozen ? { changed: dirtyRanges(frozen, device.size) } : {}) });
+  }
+  if (!trustBitmaps) for (const d of disks) delete d.changed;
   return {
-    source: { kind: 'volume', name: volume },
-    disks: [{ name: volume, device, ...(changed ? { changed } : {}) }],
-    ...(changed && previous ? { parent: previous } : {}),
+    source,
+    disks,
+    ...(trustBitmaps && previous ? { parent: previous } : {}),
     bitmap: { name: BACKUP_BITMAP, epoch },
+    ...(vm !== undefined ? { vm } : {}),
     finish: async (manifest) => {
-      await device.close();
-      if (!manifest) return storage.revokeCheckpoint(volume, epoch, BACKUP_BITMAP);
-      for (const s of storage.listSnapshots(volume))
-        if (s.name.startsWith('haven-backup-') && s.name !== epoch) storage.deleteSnapshot(volume, s.name);
+      for (const d of disks) await d.device.close();
+      for (const v of volumes) {
+        if (!manifest) {
+          storage.revokeCheckpoint(v, epoch, BACKUP_BITMAP);
+          continue;
+        }
+        for (const s of storage.listSnapshots(v))
+          if (s.name.startsWith('haven-backup-') && s.name !== epoch) storage.deleteSnapshot(v, s.name);
+      }
     },
   };
 }
