@@ -1,7 +1,9 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { HavenError, type HavenErrorCode } from '../common/index.js';
-import { API_PREFIX } from './server.js';
+
+/** Every path of the site API starts here. */
+export const API_PREFIX = '/api/v1';
 
 /** Where a site's API is and how to prove who we are. */
 export interface ApiEndpoint {

@@ -10,11 +10,10 @@ import Fastify, {
 } from 'fastify';
 import { HavenError, logger, type HavenErrorCode } from '../common/index.js';
 import { havenVersion, type Site } from '../orchestration/index.js';
+import { API_PREFIX } from './client.js';
 import { registerComputeRoutes } from './routes-compute.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { registerStorageRoutes } from './routes-storage.js';
-
-export const API_PREFIX = '/api/v1';
 
 export interface ApiOptions {
   host: string;

@@ -2,9 +2,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { ApiClient, type ApiEndpoint } from '../api/index.js';
-import { HavenError } from '../common/index.js';
-import { defaultDataDir, type Job } from '../orchestration/index.js';
+import { ApiClient, type ApiEndpoint } from '../api/client.js';
+import { HavenError, defaultDataDir } from '../common/index.js';
+import type { Job } from '../orchestration/index.js';
 import { bytes } from './args.js';
 
 export interface ApiOpts {

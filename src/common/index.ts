@@ -3,3 +3,4 @@ export * from './logger.js';
 export * from './maybe.js';
 export * from './atomic-file.js';
 export * from './dir-lock.js';
+export { defaultDataDir } from './paths.js';

@@ -5,8 +5,10 @@ export {
   openImageSource,
   openNbdSource,
   openVolumeSource,
+  openQmpSource,
   classifySource,
   dirtyRanges,
   BACKUP_BITMAP,
   type OpenedSource,
 } from './backup/sources.js';
+export { startQmpPull, type QmpPullOptions, type QmpPullSession } from './backup/qmp-pull.js';

@@ -90,7 +90,7 @@ test('a Haven volume: restore is its content at the backup; the incremental read
   t.after(dir.cleanup);
   const repo = join(dir.path, 'repo');
   const data = join(dir.path, 'site');
-  await Repository.init(repo, { chunkSize: 64 * 1024 });
+  await Repository.init(repo); // 256 KiB chunks: 64 KiB changes are merged with the parent's chunks
   const size = 64 * MiB;
   const expected = Buffer.alloc(size);
   await withStorage(data, async (s) => {
@@ -248,13 +248,16 @@ test('kill -9 during a backup: no snapshot appears, the next backup succeeds, gc
   const repo = join(dir.path, 'repo');
   await Repository.init(repo);
   const img = join(dir.path, 'big.raw');
-  makeImage(img, 256 * MiB, 3);
-  for (const delay of [150, 400, 800]) {
-    const child = spawn(HAVEN_BIN, ['backup', img, '--repo', repo], { stdio: 'ignore' });
+  makeImage(img, 512 * MiB, 3);
+  const killAfter = async (args: string[], delay: number) => {
+    const child = spawn(HAVEN_BIN, args, { stdio: 'ignore' });
+    const exited = new Promise((r) => child.once('exit', r));
     await sleep(delay);
+    assert.equal(child.exitCode, null, 'the backup was still running when killed');
     child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
-  }
+    await exited;
+  };
+  for (const delay of [100, 250, 400]) await killAfter(['backup', img, '--repo', repo], delay);
   const r = await Repository.open(repo);
   const before = await r.listSnapshots();
   assert.equal(before.length, 0, 'a killed backup leaves no visible snapshot');
@@ -266,11 +269,8 @@ test('kill -9 during a backup: no snapshot appears, the next backup succeeds, gc
   assert.equal(sha(out), sha(img));
   // A second image's backup dies; gc then removes exactly what no snapshot uses.
   const other = join(dir.path, 'other.raw');
-  makeImage(other, 128 * MiB, 9);
-  const child = spawn(HAVEN_BIN, ['backup', other, '--repo', repo], { stdio: 'ignore' });
-  await sleep(600);
-  child.kill('SIGKILL');
-  await new Promise((res) => child.once('exit', res));
+  makeImage(other, 256 * MiB, 9);
+  await killAfter(['backup', other, '--repo', repo], 300);
   const gc = await r.gc({ graceMs: 0 });
   assert.ok(gc.removedChunks > 0, 'the dead backup left chunks that gc removed');
   const v = await r.verify();

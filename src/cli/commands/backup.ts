@@ -2,16 +2,15 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
-import {
-  Repository,
-  backupSource,
-  openRepository,
-  restoreSnapshot,
-  type BackupSnapshot,
-  type Job,
-  type RepoAccess,
-  type RetentionPolicy,
-} from '../../orchestration/index.js';
+import type { BackupSnapshot, Job, RepoAccess, RetentionPolicy } from '../../orchestration/index.js';
+import { orchestration, type Orchestration } from '../lazy.js';
+
+const openRepository = async (...a: Parameters<Orchestration['openRepository']>) =>
+  (await orchestration()).openRepository(...a);
+const backupSource = async (...a: Parameters<Orchestration['backupSource']>) =>
+  (await orchestration()).backupSource(...a);
+const restoreSnapshot = async (...a: Parameters<Orchestration['restoreSnapshot']>) =>
+  (await orchestration()).restoreSnapshot(...a);
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { bytes, parseSize, table } from '../args.js';
 import { runJob } from './compute.js';
@@ -85,7 +84,9 @@ export function registerBackup(program: Command): void {
       const a = access(o);
       if (o.encrypt && a.passphrase === undefined)
         throw invalidArgument('--encrypt needs a passphrase: set HAVEN_PASSPHRASE or give --passphrase-file');
-      const r = await Repository.init(a.repo, {
+      const r = await (
+        await orchestration()
+      ).Repository.init(a.repo, {
         chunkSize: parseSize(o.chunkSize, '--chunk-size'),
         ...(o.encrypt ? { passphrase: a.passphrase! } : {}),
       });

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { human, nbdCopy, type CopyProgress } from '../../orchestration/index.js';
+import type { CopyProgress } from '../../orchestration/index.js';
+import { orchestration } from '../lazy.js';
 import { invalidArgument } from '../../common/index.js';
 import { printResult } from '../output.js';
 import { readTls, tlsOptions } from './nbd-tls.js';
@@ -40,6 +41,7 @@ export function registerNbdCopy(nbd: Command): void {
           throw invalidArgument(`--${name} must be a positive integer, not '${v}'`);
         return n;
       };
+      const { human, nbdCopy } = await orchestration();
       let last = 0;
       const onProgress = o.progress
         ? (p: CopyProgress) => {

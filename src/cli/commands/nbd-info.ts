@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { formatNbdInfo, nbdInfo } from '../../orchestration/index.js';
+import { orchestration } from '../lazy.js';
 import { printResult } from '../output.js';
 import { readTls, tlsOptions } from './nbd-tls.js';
 
@@ -25,6 +25,7 @@ export function registerNbdInfo(nbd: Command): void {
         tlsKey?: string;
       },
     ) => {
+      const { formatNbdInfo, nbdInfo } = await orchestration();
       const r = await nbdInfo(uri, { tls: readTls(o), list: o.list, map: o.map });
       printResult(!!o.json, r, () => formatNbdInfo(r));
     },

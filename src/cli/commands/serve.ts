@@ -1,8 +1,7 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { startSiteDaemon } from '../../api/index.js';
-import { invalidArgument } from '../../common/index.js';
-import { defaultDataDir, parseHostPort } from '../../orchestration/index.js';
+import { defaultDataDir, invalidArgument } from '../../common/index.js';
+import { apiServer, orchestration } from '../lazy.js';
 import { dataOption } from '../args.js';
 
 export const DEFAULT_API_PORT = 8710;
@@ -28,7 +27,8 @@ export function registerServe(program: Command): void {
         tlsKey?: string;
       }) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
-        const listen = parseHostPort(o.listen);
+        const listen = (await orchestration()).parseHostPort(o.listen);
+        const { startSiteDaemon } = await apiServer();
         const dataDir = o.data ?? defaultDataDir();
         const d = await startSiteDaemon(
           { dataDir, nbdListen: o.nbdListen, ...(o.site ? { name: o.site } : {}) },

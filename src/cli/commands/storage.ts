@@ -1,24 +1,28 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import { resolve } from 'node:path';
-import type { ApiClient } from '../../api/index.js';
-import {
-  exportVolume,
-  importVolume,
-  serveStorage,
-  withStorage,
-  type Job,
-  type PoolInfo,
-  type SnapshotInfo,
-  type StorageService,
-  type VolumeInfo,
-} from '../../orchestration/index.js';
+import type { ApiClient } from '../../api/client.js';
+import type { Job, PoolInfo, SnapshotInfo, StorageService, VolumeInfo } from '../../orchestration/index.js';
+import { orchestration, type Orchestration } from '../lazy.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { runJob } from './compute.js';
 import { bytes, dataOption, parseSize, table } from '../args.js';
 import { printResult } from '../output.js';
 
 type DataOpts = { data?: string; json?: boolean };
+
+async function withStorage<T>(
+  dir: string | undefined,
+  fn: (s: StorageService) => T | Promise<T>,
+): Promise<T> {
+  return (await orchestration()).withStorage(dir, fn);
+}
+const importVolume = async (...a: Parameters<Orchestration['importVolume']>) =>
+  (await orchestration()).importVolume(...a);
+const exportVolume = async (...a: Parameters<Orchestration['exportVolume']>) =>
+  (await orchestration()).exportVolume(...a);
+const serveStorage = async (...a: Parameters<Orchestration['serveStorage']>) =>
+  (await orchestration()).serveStorage(...a);
 
 /** `haven storage serve`: the storage service in the foreground. */
 export function registerStorage(program: Command): void {

@@ -1,5 +1,6 @@
-import { existsSync, openSync, closeSync, ftruncateSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { existsSync, openSync, closeSync, ftruncateSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { openRawFile, type BlockDevice } from '../../block/index.js';
 import { conflict, invalidArgument } from '../../common/index.js';
 import { connectNbd } from '../../nbd/index.js';
@@ -8,6 +9,7 @@ import {
   classifySource,
   openImageSource,
   openNbdSource,
+  openQmpSource,
   openVolumeSource,
   restore,
   type OpenedSource,
@@ -43,6 +45,15 @@ export async function backupSource(req: BackupRequest): Promise<SnapshotManifest
   const run = (src: OpenedSource) => runBackup(repo, src, req);
   if (s.kind === 'volume')
     return withStorage(req.data, async (storage) => run(await openVolumeSource(storage, repo, s.value)));
+  if (s.kind === 'qemu') {
+    const [qmpSocket, node] = s.value.split('#') as [string, string];
+    const workDir = mkdtempSync(join(tmpdir(), 'haven-qmp-backup-'));
+    try {
+      return await run(await openQmpSource(repo, { qmpSocket, node, workDir }));
+    } finally {
+      rmSync(workDir, { recursive: true, force: true });
+    }
+  }
   if (s.kind === 'nbd') {
     const parent = req.bitmap
       ? (await repo.listSnapshots())
@@ -122,6 +133,10 @@ export async function restoreSnapshot(req: RestoreRequest): Promise<RestoreResul
       }
     });
   }
+  if (t.kind === 'qemu')
+    throw invalidArgument(
+      'restore to a QEMU VM through QMP is not supported: restore to a file or an NBD export',
+    );
   let target: BlockDevice;
   let fresh = false;
   if (t.kind === 'nbd') target = await connectNbd(t.value, { connections: 4 });

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { openRawFile } from '../../block/index.js';
-import { HavenError, invalidArgument, logger } from '../../common/index.js';
+import { HavenError, defaultDataDir, invalidArgument, logger } from '../../common/index.js';
 import {
   IMAGE_FORMATS,
   NbdServer,
@@ -18,12 +18,7 @@ import { copyDevice, type CopyOptions, type CopyResult } from './nbd-copy.js';
 import { openDestination } from './nbd-endpoints.js';
 import { parseHostPort, DEFAULT_NBD_PORT } from './serve-image.js';
 
-/** Where a site keeps its data unless told otherwise: $HAVEN_DATA, else ~/.local/share/haven. */
-export function defaultDataDir(): string {
-  return resolve(
-    process.env.HAVEN_DATA ?? join(process.env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'haven'),
-  );
-}
+export { defaultDataDir };
 
 /** Opens a site's storage for one administrative operation (the data directory is locked meanwhile). */
 export function openStorage(dataDir = defaultDataDir()): StorageService {

@@ -66,8 +66,33 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
       const p = plans[i]!;
       await runChunks(p.chunks, chunkSize, disk.device.size, pool, async (slot, chunk, offset, length) => {
         opts.signal?.throwIfAborted();
-        await disk.device.read(pool.buffer(slot, length), offset);
-        stats.readBytes += length;
+        const buf = pool.buffer(slot, length);
+        const parts = p.partial?.get(chunk);
+        if (parts) {
+          // Only part of the chunk changed: the rest comes from the parent's copy in the
+          // repository, and only the changed bytes are read from the source.
+          const base = p.index.subarray(
+            INDEX_HEADER + chunk * DIGEST_BYTES,
+            INDEX_HEADER + (chunk + 1) * DIGEST_BYTES,
+          );
+          if (base.equals(ZERO_DIGEST)) buf.fill(0);
+          else {
+            const digest = Buffer.from(base);
+            const n = await pool.decode(slot, await repo.getChunk(digest), digest);
+            if (n !== length)
+              throw new HavenError(
+                'CORRUPT',
+                `parent chunk ${chunk} of ${disk.name} has ${n} bytes, not ${length}`,
+              );
+          }
+          for (const [start, len] of parts) {
+            await disk.device.read(buf.subarray(start, start + len), offset + start);
+            stats.readBytes += len;
+          }
+        } else {
+          await disk.device.read(buf, offset);
+          stats.readBytes += length;
+        }
         const e = await pool.encode(slot, length);
         const at = INDEX_HEADER + chunk * DIGEST_BYTES;
         if (e.zero) ZERO_DIGEST.copy(p.index, at);
@@ -128,6 +153,8 @@ interface Plan {
   /** Chunk numbers to read, ascending. */
   chunks: number[];
   bytes: number;
+  /** Incremental: chunks of which only these [start, length] parts changed. */
+  partial?: Map<number, [number, number][]>;
 }
 
 async function plan(
@@ -142,11 +169,13 @@ async function plan(
   const index = Buffer.alloc(indexBytes({ chunkSize, size, count }));
   writeIndexHeader(index, { chunkSize, size, count });
   let ranges: Range[];
+  let incremental = false;
   const base = parent?.disks[diskNo];
   if (disk.changed && parent && base && base.size === size && base.chunkSize === chunkSize) {
     const prev = await repo.readIndex(parent, diskNo);
     prev.digests.copy(index, INDEX_HEADER);
     ranges = disk.changed;
+    incremental = true;
   } else {
     if (disk.changed && parent)
       throw new HavenError(
@@ -156,17 +185,36 @@ async function plan(
     ranges = await allocated(disk.device);
   }
   const chunks: number[] = [];
+  // Incremental: the changed parts of chunks that did not change whole, relative to the chunk.
+  const partial = incremental ? new Map<number, [number, number][]>() : undefined;
   let bytes = 0;
-  for (const r of ranges) {
-    if (r.length <= 0) continue;
-    const first = Math.floor(r.offset / chunkSize);
-    const last = Math.floor((Math.min(r.offset + r.length, size) - 1) / chunkSize);
-    for (let c = Math.max(first, chunks.length ? chunks[chunks.length - 1]! + 1 : 0); c <= last; c++) {
-      chunks.push(c);
-      bytes += Math.min(chunkSize, size - c * chunkSize);
+  for (const r of [...ranges].sort((a, b) => a.offset - b.offset)) {
+    const end = Math.min(r.offset + r.length, size);
+    if (end <= r.offset) continue;
+    for (let c = Math.floor(r.offset / chunkSize); c <= Math.floor((end - 1) / chunkSize); c++) {
+      const cStart = c * chunkSize;
+      const cLen = Math.min(chunkSize, size - cStart);
+      if (chunks[chunks.length - 1] !== c) {
+        chunks.push(c);
+        bytes += cLen;
+      }
+      if (partial) {
+        const from = Math.max(r.offset, cStart) - cStart;
+        const to = Math.min(end, cStart + cLen) - cStart;
+        const list = partial.get(c) ?? [];
+        const last = list[list.length - 1];
+        if (last && last[0] + last[1] === from) last[1] += to - from;
+        else list.push([from, to - from]);
+        partial.set(c, list);
+      }
     }
   }
-  return { index, count, chunks, bytes };
+  // A chunk changed whole is read whole.
+  if (partial)
+    for (const [c, list] of partial)
+      if (list.length === 1 && list[0]![0] === 0 && list[0]![1] === Math.min(chunkSize, size - c * chunkSize))
+        partial.delete(c);
+  return { index, count, chunks, bytes, ...(partial ? { partial } : {}) };
 }
 
 /** The extents of a device that may hold data (not known to read as zeroes), merged. */

@@ -5,6 +5,7 @@ import { connectNbd, imageInfo, startQemuNbd, type TlsCredentials } from '../../
 import type { Repository, SnapshotManifest } from '../../repository/index.js';
 import type { StorageService } from '../../storage/index.js';
 import type { BackupDisk, Range } from './engine.js';
+import { startQmpPull } from './qmp-pull.js';
 
 /** What a backup reads, ready for the engine, and how to end it. */
 export interface OpenedSource {
@@ -169,7 +170,13 @@ export function dirtyRanges(view: BitmapView, size: number): Range[] {
 }
 
 /** Which kind of source a command-line argument names. */
-export function classifySource(arg: string): { kind: 'volume' | 'nbd' | 'image'; value: string } {
+export function classifySource(arg: string): { kind: 'volume' | 'nbd' | 'image' | 'qemu'; value: string } {
+  if (arg.startsWith('qemu:')) {
+    const v = arg.slice('qemu:'.length);
+    if (!/^[^#]+#[^#]+$/.test(v))
+      throw invalidArgument('qemu: needs the QMP socket and the disk node: qemu:/path/qmp.sock#drive0');
+    return { kind: 'qemu', value: v };
+  }
   if (arg.startsWith('volume:')) {
     const v = arg.slice('volume:'.length);
     if (!v) throw invalidArgument('volume: needs a volume name (volume:NAME)');
@@ -177,4 +184,42 @@ export function classifySource(arg: string): { kind: 'volume' | 'nbd' | 'image';
   }
   if (/^nbds?(\+unix)?:\/\//.test(arg)) return { kind: 'nbd', value: arg };
   return { kind: 'image', value: arg };
+}
+
+/**
+ * A running QEMU VM that Haven does not manage, through its QMP socket (pull mode: see
+ * qmp-pull.ts). Incremental when the newest snapshot of this disk in the repository was taken
+ * at the epoch whose bitmap QEMU still has: then only what that bitmap marks is read.
+ */
+export async function openQmpSource(
+  repo: Repository,
+  opts: { qmpSocket: string; node: string; workDir: string },
+): Promise<OpenedSource> {
+  const name = `${resolve(opts.qmpSocket)}#${opts.node}`;
+  const session = await startQmpPull(opts);
+  try {
+    const previous = (await repo.listSnapshots())
+      .filter((s) => s.source.kind === 'qemu' && s.source.name === name)
+      .pop();
+    const incremental = !!session.incrementalBitmap && previous?.bitmap?.epoch === session.incrementalBitmap;
+    const src = await openNbdSource(
+      session.uri,
+      incremental ? { bitmap: session.incrementalBitmap!, parent: previous! } : {},
+    );
+    return {
+      ...src,
+      source: { kind: 'qemu', name },
+      bitmap: { name: 'qemu', epoch: session.nextBitmap },
+      finish: async (manifest) => {
+        try {
+          await src.finish(manifest);
+        } finally {
+          await session.finish(!!manifest);
+        }
+      },
+    };
+  } catch (err) {
+    await session.finish(false);
+    throw err;
+  }
 }
