@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { openRawFile } from '../../block/index.js';
 import { HavenError, defaultDataDir, invalidArgument, logger } from '../../common/index.js';
