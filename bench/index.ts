@@ -23,7 +23,11 @@ export const registry: RegistryEntry[] = [
     summary: 'a Haven volume (mapping tree, tap, snapshot) vs a raw file; reads with 50 snapshots vs 1',
     load: async () => (await import('./storage.js')).storageBenchmark,
   },
-  { name: 'backup', summary: 'backup and restore throughput and deduplication (planned)' },
+  {
+    name: 'backup',
+    summary: 'backup vs restic and borg: first, incremental (1% changed), restore; repository size, RSS',
+    load: async () => (await import('./backup.js')).backupBenchmark,
+  },
   {
     name: 'site',
     summary: 'site daemon: haven vm start vs the same QEMU by hand; idle RSS and CPU with 10 VMs',
