@@ -8,7 +8,7 @@ import Fastify, {
   type FastifyInstance,
   type FastifyRequest,
 } from 'fastify';
-import { HavenError, logger, type HavenErrorCode } from '../common/index.js';
+import { HavenError, eagerLogger, type HavenErrorCode } from '../common/index.js';
 import { havenVersion, type Site } from '../orchestration/index.js';
 import { API_PREFIX } from './client.js';
 import { registerComputeRoutes } from './routes-compute.js';
@@ -53,7 +53,7 @@ const STATUS: Record<HavenErrorCode, number> = {
  */
 export async function buildApi(site: Site, opts: { tls?: ApiOptions['tls'] } = {}): Promise<FastifyInstance> {
   const app = Fastify({
-    loggerInstance: logger('api') as unknown as FastifyBaseLogger,
+    loggerInstance: eagerLogger('api') as unknown as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
     forceCloseConnections: true,

@@ -7,6 +7,8 @@ export interface NativeIo {
   fallocate(fd: number, mode: 1 | 2, offset: number, length: number): number;
   /** Reads only from the page cache: -EAGAIN (-11) on a miss. */
   preadNoWait(fd: number, buf: Uint8Array, offset: number): number;
+  /** Starts writing a range's dirty pages to the disk without waiting (sync_file_range; length 0: to the end). */
+  startWriteback(fd: number, offset: number, length: number): number;
 }
 
 export const SEEK_DATA = 3;

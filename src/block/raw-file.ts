@@ -36,6 +36,12 @@ export interface RawFileOptions {
    * everything completes synchronously, for owners that rely on that (the overlay's data file).
    */
   threadPool?: boolean;
+  /**
+   * A streaming writer (a restore): each large write's range starts going to the disk as soon as
+   * it is written, and flush() waits on the thread pool, so the final flush is short and never
+   * blocks the event loop.
+   */
+  writeBehind?: boolean;
 }
 
 const ZERO_CHUNK = 1024 * 1024;
@@ -56,6 +62,7 @@ export class RawFileDevice implements BlockDevice {
   readonly readOnly: boolean;
   private readonly native: NativeIo | null;
   private readonly largeIo: number;
+  private readonly writeBehind: boolean;
   private zeroes: Buffer | undefined;
   private closed = false;
 
@@ -69,6 +76,7 @@ export class RawFileDevice implements BlockDevice {
     this.readOnly = opts.readOnly ?? false;
     this.native = opts.native === undefined ? nativeIo() : opts.native;
     this.largeIo = opts.threadPool === false ? Infinity : LARGE_IO;
+    this.writeBehind = !!opts.writeBehind && this.largeIo !== Infinity;
   }
 
   read(buf: Uint8Array, offset: number): MaybePromise<void> {
@@ -110,8 +118,14 @@ export class RawFileDevice implements BlockDevice {
     }
   }
 
-  flush(): void {
+  flush(): MaybePromise<void> {
     if (this.readOnly) return;
+    if (this.writeBehind)
+      return new Promise((resolve, reject) =>
+        fdatasync(this.fd, (err) =>
+          err ? reject(fromSystemError(err, `flushing ${this.path}`)) : resolve(),
+        ),
+      );
     try {
       fdatasyncSync(this.fd);
     } catch (err) {
@@ -167,11 +181,12 @@ export class RawFileDevice implements BlockDevice {
     return out;
   }
 
-  close(): void {
+  close(): MaybePromise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (!this.readOnly) this.flush();
-    closeSync(this.fd);
+    const flushed = this.readOnly ? undefined : this.flush();
+    if (!flushed) return closeSync(this.fd);
+    return flushed.finally(() => closeSync(this.fd));
   }
 
   private readAsync(buf: Uint8Array, offset: number, done: number): Promise<void> {
@@ -204,6 +219,7 @@ export class RawFileDevice implements BlockDevice {
         } catch (e) {
           return fail(e);
         }
+        if (this.writeBehind) this.native?.startWriteback(this.fd, offset, total);
         if (!fua) return resolve();
         fdatasync(this.fd, (e) => (e ? fail(e) : resolve()));
       });

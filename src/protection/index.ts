@@ -1,5 +1,13 @@
 /** Layer 5 — backup and restore (instant recovery, live migration and replication come next). */
-export { backup, allocated, type BackupDisk, type BackupOptions, type Range } from './backup/engine.js';
+export {
+  backup,
+  allocated,
+  openChunkPool,
+  type BackupDisk,
+  type BackupOptions,
+  type Range,
+} from './backup/engine.js';
+export type { ChunkPool } from './backup/chunk-pool.js';
 export { restore, type RestoreOptions, type RestoreResult } from './backup/restore.js';
 export {
   openImageSource,

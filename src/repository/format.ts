@@ -37,6 +37,13 @@ export const MIN_CHUNK_SIZE = 64 * 1024;
 export const MAX_CHUNK_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_CHUNK_SIZE = 256 * 1024;
 
+/** Chunk files being written: "chunks/ab/.tmp-…", renamed into place when whole. */
+export const TMP_PREFIX = '.tmp-';
+
+export function isTemporaryKey(key: string): boolean {
+  return key.startsWith(TMP_PREFIX, key.lastIndexOf('/') + 1);
+}
+
 export function chunkKey(digest: Buffer | string): string {
   const hex = typeof digest === 'string' ? digest : digest.toString('hex');
   return `chunks/${hex.slice(0, 2)}/${hex}`;
@@ -58,8 +65,11 @@ export interface ChunkHeader {
   payload: Buffer;
 }
 
-/** Parses a stored chunk and checks its CRC; `what` names it in errors. */
-export function readChunk(stored: Buffer, what: string): ChunkHeader {
+/**
+ * Parses a stored chunk and checks its CRC; `what` names it in errors. Readers that check the
+ * plaintext against its digest anyway (a stronger check) may skip the CRC.
+ */
+export function readChunk(stored: Buffer, what: string, opts: { crc?: boolean } = {}): ChunkHeader {
   if (stored.length < CHUNK_HEADER || !stored.subarray(0, 4).equals(CHUNK_MAGIC))
     throw new HavenError('CORRUPT', `${what}: not a Haven chunk (bad magic or truncated)`);
   const version = stored.readUInt8(4);
@@ -74,7 +84,7 @@ export function readChunk(stored: Buffer, what: string): ChunkHeader {
       `${what}: truncated (${stored.length - CHUNK_HEADER} of ${payloadLength} payload bytes)`,
     );
   const payload = stored.subarray(CHUNK_HEADER);
-  if (crc32(payload) !== stored.readUInt32LE(16))
+  if (opts.crc !== false && crc32(payload) !== stored.readUInt32LE(16))
     throw new HavenError('CORRUPT', `${what}: checksum mismatch`);
   return { flags, plainLength, payload };
 }

@@ -1,5 +1,5 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync, existsSync, readdirSync } from 'node:fs';
+import { mkdirSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { HavenError, conflict, errorMessage, notFound } from '../common/index.js';
@@ -12,6 +12,8 @@ import {
   ZERO_DIGEST,
   checkChunkSize,
   chunkKey,
+  isTemporaryKey,
+  readChunk,
   readIndex,
 } from './format.js';
 import { newEncryption, openEncryption, type EncryptionConfig, type RepositoryKeys } from './keys.js';
@@ -73,6 +75,8 @@ interface SessionRecord {
   id: string;
   pid: number;
   host: string;
+  /** The kernel's boot id: a record from an earlier boot is dead whatever its pid is now. */
+  boot?: string;
   startedAt: number;
   parent?: string;
 }
@@ -96,6 +100,11 @@ export class Repository {
 
   get location(): string {
     return this.backend.location;
+  }
+
+  /** The local directory chunk files live in, when the repository has one (see ChunkPool). */
+  get chunkDirectory(): string | undefined {
+    return this.backend.directory;
   }
 
   get encrypted(): boolean {
@@ -206,9 +215,13 @@ export class Repository {
       id: randomUUID(),
       pid: process.pid,
       host: hostname(),
+      boot: bootId(),
       startedAt: Date.now(),
       ...(parent ? { parent } : {}),
     };
+    // A backup that died may have left chunk files that never reached the disk whole; they are
+    // checked before this backup could deduplicate against them.
+    await this.activeSessions();
     await this.backend.write(`sessions/${rec.id}.json`, Buffer.from(JSON.stringify(rec)));
     return { id: rec.id, end: () => this.backend.delete(`sessions/${rec.id}.json`) };
   }
@@ -222,13 +235,37 @@ export class Repository {
       } catch {
         continue; // being written or removed
       }
-      if (rec.host === hostname() && !pidAlive(rec.pid)) {
-        await this.backend.delete(o.key); // its backup died
+      if (rec.host === hostname() && ((rec.boot && rec.boot !== bootId()) || !pidAlive(rec.pid))) {
+        await this.recoverDeadSession(rec); // its backup died
+        await this.backend.delete(o.key);
         continue;
       }
       out.push(rec);
     }
     return out;
+  }
+
+  /**
+   * Checks the chunks a dead backup may have written (those modified since it began): a chunk
+   * renamed into place but not yet flushed when the machine went down can be empty or torn after
+   * the reboot, and a later backup must not deduplicate against it. Damaged ones are deleted; no
+   * snapshot refers to them, since a manifest is written only after a filesystem sync.
+   */
+  private async recoverDeadSession(rec: SessionRecord): Promise<number> {
+    let removed = 0;
+    const since = rec.startedAt - 2000; // mtime granularity and clock steps
+    for await (const o of this.backend.list('chunks/')) {
+      if (o.mtimeMs < since || isTemporaryKey(o.key)) continue; // temporaries: gc()
+      try {
+        readChunk(await this.backend.read(o.key), o.key);
+      } catch (err) {
+        if (err instanceof HavenError && err.code === 'NOT_FOUND') continue;
+        await this.backend.delete(o.key);
+        removed++;
+      }
+    }
+    if (removed) await this.backend.sync();
+    return removed;
   }
 
   // ---- snapshots ---------------------------------------------------------------------------
@@ -459,6 +496,7 @@ export class Repository {
         removedChunks++;
         removedBytes += o.size;
       }
+      // (Unmarked chunks include the temporary chunk files of backups that died.)
       // Indexes of backups that died before their manifest, and temporary files.
       let removedPartial = 0;
       const partial = new Set<string>();
@@ -489,6 +527,7 @@ export class Repository {
     let chunks = 0;
     let storedBytes = 0;
     for await (const o of this.backend.list('chunks/')) {
+      if (isTemporaryKey(o.key)) continue;
       chunks++;
       storedBytes += o.size;
     }
@@ -535,6 +574,16 @@ export interface RepositoryStats {
   /** Sum of the disk sizes of all snapshots (what full copies would take). */
   logicalBytes: number;
   ratio: number;
+}
+
+let boot: string | undefined;
+function bootId(): string {
+  try {
+    boot ??= readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    boot = '';
+  }
+  return boot;
 }
 
 function pidAlive(pid: number): boolean {

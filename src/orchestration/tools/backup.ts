@@ -7,6 +7,8 @@ import { connectNbd } from '../../nbd/index.js';
 import {
   backup,
   classifySource,
+  openChunkPool,
+  type ChunkPool,
   openImageSource,
   openNbdSource,
   openQmpSource,
@@ -41,8 +43,22 @@ export interface BackupRequest extends RepoAccess {
 /** `haven backup`: backs a source up into a repository; returns the new snapshot's manifest. */
 export async function backupSource(req: BackupRequest): Promise<SnapshotManifest> {
   const repo = await openRepository(req);
+  // The worker threads boot while the source opens.
+  const pool = openChunkPool(repo, repo.config.chunkSize);
+  try {
+    return await backupOpened(repo, pool, req);
+  } finally {
+    await pool.close();
+  }
+}
+
+async function backupOpened(
+  repo: Repository,
+  pool: ChunkPool,
+  req: BackupRequest,
+): Promise<SnapshotManifest> {
   const s = classifySource(req.source);
-  const run = (src: OpenedSource) => runBackup(repo, src, req);
+  const run = (src: OpenedSource) => runBackup(repo, src, { ...req, pool });
   if (s.kind === 'volume')
     return withStorage(req.data, async (storage) => run(await openVolumeSource(storage, repo, s.value)));
   if (s.kind === 'qemu') {
@@ -76,7 +92,7 @@ export async function backupSource(req: BackupRequest): Promise<SnapshotManifest
 export async function runBackup(
   repo: Repository,
   src: OpenedSource,
-  req: Pick<BackupRequest, 'tags' | 'signal' | 'onProgress'> = {},
+  req: Pick<BackupRequest, 'tags' | 'signal' | 'onProgress'> & { pool?: ChunkPool } = {},
 ): Promise<SnapshotManifest> {
   let manifest: SnapshotManifest | undefined;
   try {
@@ -89,6 +105,7 @@ export async function runBackup(
       ...(req.tags ? { tags: req.tags } : {}),
       ...(req.signal ? { signal: req.signal } : {}),
       ...(req.onProgress ? { onProgress: req.onProgress } : {}),
+      ...(req.pool ? { pool: req.pool } : {}),
     });
     return manifest;
   } finally {
@@ -146,7 +163,7 @@ export async function restoreSnapshot(req: RestoreRequest): Promise<RestoreResul
     const fd = openSync(path, 'w', 0o600);
     ftruncateSync(fd, disk.size);
     closeSync(fd);
-    target = openRawFile(path);
+    target = openRawFile(path, { writeBehind: true });
     fresh = true;
   }
   try {

@@ -4,7 +4,21 @@ import { HavenError, type HavenErrorCode } from '../../common/index.js';
 import type { RepositoryKeys } from '../../repository/index.js';
 import type { WorkerReply, WorkerRequest } from './chunk-worker.js';
 
-export type Encoded = { zero: true } | { zero: false; digest: Buffer; stored: Buffer };
+export type Hashed = { zero: true } | { zero: false; digest: Buffer };
+export interface Stored {
+  /** The chunk was in the repository already (it was touched, not written). */
+  existed: boolean;
+  storedBytes: number;
+  /** The stored form, when the repository is not a local directory (the caller writes it). */
+  stored?: Buffer;
+}
+
+export interface ChunkPoolOptions {
+  workers?: number;
+  slots?: number;
+  /** The repository's directory: workers read and write chunk files there themselves. */
+  chunkRoot?: string;
+}
 
 interface Pending {
   resolve: (r: WorkerReply) => void;
@@ -32,7 +46,7 @@ export class ChunkPool {
   constructor(
     keys: RepositoryKeys | undefined,
     readonly slotSize: number,
-    opts: { workers?: number; slots?: number } = {},
+    opts: ChunkPoolOptions = {},
   ) {
     const n = opts.workers ?? Math.max(1, availableParallelism());
     const slots = opts.slots ?? n * 6;
@@ -45,6 +59,7 @@ export class ChunkPool {
           arena: this.arena,
           slotSize,
           ...(keys ? { keys: { id: keys.id, data: keys.data } } : {}),
+          ...(opts.chunkRoot ? { chunkRoot: opts.chunkRoot } : {}),
         },
       });
       w.on('message', (r: WorkerReply) => this.onReply(i, r));
@@ -72,24 +87,38 @@ export class ChunkPool {
     return this.view.subarray(slot * this.slotSize, slot * this.slotSize + length);
   }
 
-  async encode(slot: number, length: number): Promise<Encoded> {
-    const r = await this.send({ op: 'encode', seq: 0, slot, length });
-    if ('zero' in r)
-      return r.zero
-        ? { zero: true }
-        : {
-            zero: false,
-            digest: Buffer.from(r.digest.buffer, r.digest.byteOffset, r.digest.byteLength),
-            stored: Buffer.from(r.stored.buffer, r.stored.byteOffset, r.stored.byteLength),
-          };
-    throw new HavenError('INTERNAL', 'chunk worker gave no encoding');
+  /** The digest of the chunk in `slot`, or that it is all zeroes. */
+  async hash(slot: number, length: number): Promise<Hashed> {
+    const r = await this.send({ op: 'hash', seq: 0, slot, length });
+    if (!('zero' in r)) throw new HavenError('INTERNAL', 'chunk worker gave no digest');
+    return r.zero ? r : { zero: false, digest: toBuffer(r.digest) };
   }
 
-  /** Decodes a stored chunk into `slot`, checked against `digest`; returns its length. */
-  async decode(slot: number, stored: Buffer, digest: Buffer): Promise<number> {
-    const r = await this.send({ op: 'decode', seq: 0, slot, stored, digest });
-    if ('decoded' in r) return r.decoded;
-    throw new HavenError('INTERNAL', 'chunk worker gave no decoding');
+  /** Compresses, encrypts and (local repository) writes the chunk in `slot` unless it exists. */
+  async store(slot: number, length: number, digest: Buffer): Promise<Stored> {
+    const r = await this.send({ op: 'store', seq: 0, slot, length, digest: small(digest) });
+    if (!('existed' in r)) throw new HavenError('INTERNAL', 'chunk worker did not store');
+    return {
+      existed: r.existed,
+      storedBytes: r.storedBytes,
+      ...(r.stored ? { stored: toBuffer(r.stored) } : {}),
+    };
+  }
+
+  /**
+   * Decodes a chunk into `slot`, checked against `digest`; returns its length. The worker reads
+   * it from the local repository unless `stored` is given.
+   */
+  async load(slot: number, digest: Buffer, stored?: Buffer): Promise<number> {
+    const r = await this.send({
+      op: 'load',
+      seq: 0,
+      slot,
+      digest: small(digest),
+      ...(stored ? { stored } : {}),
+    });
+    if (!('loaded' in r)) throw new HavenError('INTERNAL', 'chunk worker did not load');
+    return r.loaded;
   }
 
   async close(): Promise<void> {
@@ -124,4 +153,16 @@ export class ChunkPool {
     for (const p of this.pending.values()) p.reject(this.failed);
     this.pending.clear();
   }
+}
+
+function toBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+/**
+ * A copy of a digest in its own small buffer: a message clones a view's whole backing buffer
+ * (an index of thousands of digests, or Node's 8 KiB pool), not just the view.
+ */
+function small(digest: Uint8Array): Uint8Array {
+  return new Uint8Array(digest);
 }

@@ -1,23 +1,53 @@
-// A worker thread of the backup pipeline: hashes, compresses and encrypts chunks read into a
-// shared arena by the main thread (encode), or decrypts, decompresses and checks stored chunks
-// (decode). Keeps one zstd context per direction for its whole life.
+// A worker thread of the backup pipeline, working on chunks in a shared arena that the main
+// thread reads sources into and writes targets from. hash: the chunk's digest (or that it is all
+// zeroes); store: compress, encrypt and, for a repository in a local directory, write the chunk
+// file here with synchronous calls (this thread's time, not the event loop's; no copy of the
+// stored bytes back to the main thread; the repository makes them durable with one filesystem
+// sync before the manifest that needs them); load: read a chunk, check it and decode it into a slot.
+// Keeps one zstd context per direction for its whole life.
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeSync,
+  writevSync,
+} from 'node:fs';
+import { dirname, join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
-import { ChunkCodec, type RepositoryKeys } from '../../repository/index.js';
+// Narrow imports, past the layers' index files: a worker's start-up is on the critical path of
+// every backup and restore, and the full surfaces cost it tens of milliseconds.
+import { nativeIo } from '../../block/native.js';
+import { HavenError, fromSystemError } from '../../common/errors.js';
+import { ChunkCodec } from '../../repository/chunk-codec.js';
+import { TMP_PREFIX, chunkKey } from '../../repository/format.js';
+import type { RepositoryKeys } from '../../repository/keys.js';
 
 interface Init {
   keys?: { id: Uint8Array; data: Uint8Array };
   arena: SharedArrayBuffer;
   slotSize: number;
+  /** The repository's directory when chunks are files there (the worker reads and writes them). */
+  chunkRoot?: string;
 }
 
 export type WorkerRequest =
-  | { op: 'encode'; seq: number; slot: number; length: number }
-  | { op: 'decode'; seq: number; slot: number; stored: Uint8Array; digest: Uint8Array };
+  | { op: 'hash'; seq: number; slot: number; length: number }
+  | { op: 'store'; seq: number; slot: number; length: number; digest: Uint8Array }
+  | { op: 'load'; seq: number; slot: number; digest: Uint8Array; stored?: Uint8Array };
 
 export type WorkerReply =
   | { seq: number; zero: true }
-  | { seq: number; zero: false; digest: Uint8Array; stored: Uint8Array }
-  | { seq: number; decoded: number }
+  | { seq: number; zero: false; digest: Uint8Array }
+  /** store: `existed` when the chunk was in the repository already (it was touched, not written). */
+  | { seq: number; existed: boolean; storedBytes: number; stored?: Uint8Array }
+  | { seq: number; loaded: number }
   | { seq: number; error: string; code?: string };
 
 const init = workerData as Init;
@@ -26,37 +56,116 @@ const keys: RepositoryKeys | undefined = init.keys
   : undefined;
 const codec = new ChunkCodec(keys);
 const arena = Buffer.from(init.arena);
+const zeroes = Buffer.alloc(init.slotSize);
+const madeDirs = new Set<string>();
+const native = nativeIo();
 
-function isZero(b: Buffer): boolean {
-  // Compare 8 bytes at a time through a BigUint64Array view where aligned.
-  const words = new BigUint64Array(b.buffer, b.byteOffset, b.length >>> 3);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
-  for (let i = words.length << 3; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
+function storeLocal(root: string, digest: Buffer, plain: Buffer): { existed: boolean; storedBytes: number } {
+  const target = join(root, chunkKey(digest));
+  try {
+    statSync(target);
+    // Touched so that a garbage collection running now keeps it (see Repository.gc).
+    const now = new Date();
+    utimesSync(target, now, now);
+    return { existed: true, storedBytes: 0 };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+      throw fromSystemError(err, `repository ${root}: cannot stat ${chunkKey(digest)}`);
+  }
+  const [header, payload] = codec.encodeParts(plain, digest);
+  const dir = dirname(target);
+  if (!madeDirs.has(dir)) {
+    mkdirSync(dir, { recursive: true });
+    madeDirs.add(dir);
+  }
+  // The temporary name is in the chunk's own folder: new inodes spread over the filesystem's
+  // groups instead of contending for one (see docs/repository-format.md).
+  const tmp = join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
+  const storedBytes = header.length + payload.length;
+  try {
+    const fd = openSync(tmp, 'wx', 0o600);
+    try {
+      let at = writevSync(fd, [header, payload]);
+      if (at < storedBytes) {
+        const rest = Buffer.concat([header, payload]);
+        while (at < storedBytes) at += writeSync(fd, rest, at);
+      }
+      // The disk starts on it now, beside the CPUs, so the sync before the manifest is short.
+      native?.startWriteback(fd, 0, 0);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, target);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw fromSystemError(err, `repository ${root}: cannot write ${chunkKey(digest)}`);
+  }
+  return { existed: false, storedBytes };
+}
+
+let readBuffer = Buffer.alloc(0);
+
+/** A stored chunk: the one given, or read from the local repository into a reused buffer. */
+function loadStored(digest: Buffer, given?: Uint8Array): Buffer {
+  if (given) return Buffer.from(given.buffer, given.byteOffset, given.byteLength);
+  const key = chunkKey(digest);
+  let fd: number;
+  try {
+    fd = openSync(join(init.chunkRoot!, key), 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new HavenError(
+        'CORRUPT',
+        `chunk ${digest.toString('hex')} is missing from repository ${init.chunkRoot}`,
+      );
+    throw fromSystemError(err, `repository ${init.chunkRoot}: cannot read ${key}`);
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (readBuffer.length < size) readBuffer = Buffer.alloc(Math.max(size, init.slotSize + 4096));
+    let at = 0;
+    while (at < size) {
+      const n = readSync(fd, readBuffer, at, size - at, at);
+      if (n === 0) break;
+      at += n;
+    }
+    return readBuffer.subarray(0, at);
+  } catch (err) {
+    throw fromSystemError(err, `repository ${init.chunkRoot}: cannot read ${key}`);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function handle(m: WorkerRequest): WorkerReply {
+  const slot = arena.subarray(m.slot * init.slotSize, (m.slot + 1) * init.slotSize);
+  switch (m.op) {
+    case 'hash': {
+      const plain = slot.subarray(0, m.length);
+      // equals() is a memcmp: far faster than any loop in JavaScript.
+      if (plain.equals(zeroes.subarray(0, m.length))) return { seq: m.seq, zero: true };
+      return { seq: m.seq, zero: false, digest: codec.digest(plain) };
+    }
+    case 'store': {
+      const plain = slot.subarray(0, m.length);
+      const digest = Buffer.from(m.digest.buffer, m.digest.byteOffset, m.digest.byteLength);
+      if (init.chunkRoot) return { seq: m.seq, ...storeLocal(init.chunkRoot, digest, plain) };
+      const stored = codec.encode(plain, digest);
+      return { seq: m.seq, existed: false, storedBytes: stored.length, stored };
+    }
+    case 'load': {
+      const digest = Buffer.from(m.digest.buffer, m.digest.byteOffset, m.digest.byteLength);
+      return { seq: m.seq, loaded: codec.decodeInto(loadStored(digest, m.stored), digest, slot) };
+    }
+  }
 }
 
 parentPort!.on('message', (m: WorkerRequest) => {
-  const slot = arena.subarray(m.slot * init.slotSize, m.slot * init.slotSize + init.slotSize);
+  let reply: WorkerReply;
   try {
-    if (m.op === 'encode') {
-      const plain = slot.subarray(0, m.length);
-      if (isZero(plain)) return parentPort!.postMessage({ seq: m.seq, zero: true } satisfies WorkerReply);
-      const digest = codec.digest(plain);
-      const stored = codec.encode(plain, digest);
-      parentPort!.postMessage({ seq: m.seq, zero: false, digest, stored } satisfies WorkerReply);
-    } else {
-      const plain = codec.decode(
-        Buffer.from(m.stored.buffer, m.stored.byteOffset, m.stored.byteLength),
-        Buffer.from(m.digest),
-      );
-      plain.copy(slot);
-      parentPort!.postMessage({ seq: m.seq, decoded: plain.length } satisfies WorkerReply);
-    }
+    reply = handle(m);
   } catch (err) {
-    parentPort!.postMessage({
-      seq: m.seq,
-      error: (err as Error).message,
-      code: (err as { code?: string }).code,
-    } satisfies WorkerReply);
+    reply = { seq: m.seq, error: (err as Error).message, code: (err as { code?: string }).code };
   }
+  parentPort!.postMessage(reply);
 });

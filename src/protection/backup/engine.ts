@@ -40,6 +40,8 @@ export interface BackupOptions {
   onProgress?: (done: number, total: number) => void;
   /** Worker threads (default: one per core). */
   workers?: number;
+  /** A pool started beforehand (its threads boot while the source opens); the caller closes it. */
+  pool?: ChunkPool;
 }
 
 /**
@@ -54,7 +56,8 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
   const chunkSize = repo.config.chunkSize;
   const id = repo.newSnapshotId();
   const session = await repo.beginSession(opts.parent?.id);
-  const pool = new ChunkPool(repo.keys, chunkSize, opts.workers ? { workers: opts.workers } : {});
+  const pool = opts.pool ?? openChunkPool(repo, chunkSize, opts.workers);
+  const known = new KnownChunks();
   const stats: BackupStats = { readBytes: 0, newChunks: 0, storedBytes: 0, reusedChunks: 0, seconds: 0 };
   try {
     const plans = await Promise.all(opts.disks.map((d, i) => plan(repo, d, i, opts.parent, chunkSize)));
@@ -78,7 +81,11 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
           if (base.equals(ZERO_DIGEST)) buf.fill(0);
           else {
             const digest = Buffer.from(base);
-            const n = await pool.decode(slot, await repo.getChunk(digest), digest);
+            const n = await pool.load(
+              slot,
+              digest,
+              repo.chunkDirectory ? undefined : await repo.getChunk(digest),
+            );
             if (n !== length)
               throw new HavenError(
                 'CORRUPT',
@@ -93,15 +100,21 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
           await disk.device.read(buf, offset);
           stats.readBytes += length;
         }
-        const e = await pool.encode(slot, length);
+        // Hashed first: a chunk the repository has is never compressed or encrypted.
+        const h = await pool.hash(slot, length);
         const at = INDEX_HEADER + chunk * DIGEST_BYTES;
-        if (e.zero) ZERO_DIGEST.copy(p.index, at);
+        if (h.zero) ZERO_DIGEST.copy(p.index, at);
         else {
-          e.digest.copy(p.index, at);
-          if (await repo.putChunk(e.digest, e.stored)) {
-            stats.newChunks++;
-            stats.storedBytes += e.stored.length;
-          } else stats.reusedChunks++;
+          h.digest.copy(p.index, at);
+          if (!known.add(h.digest)) stats.reusedChunks++;
+          else {
+            const s = await pool.store(slot, length, h.digest);
+            const isNew = s.stored ? await repo.putChunk(h.digest, s.stored) : !s.existed;
+            if (isNew) {
+              stats.newChunks++;
+              stats.storedBytes += s.storedBytes;
+            } else stats.reusedChunks++;
+          }
         }
         done += length;
         opts.onProgress?.(done, total);
@@ -142,8 +155,32 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
     await repo.commitSnapshot(manifest);
     return manifest;
   } finally {
-    await pool.close();
+    if (!opts.pool) await pool.close();
     await session.end();
+  }
+}
+
+export function openChunkPool(repo: Repository, chunkSize: number, workers?: number): ChunkPool {
+  return new ChunkPool(repo.keys, chunkSize, {
+    ...(workers ? { workers } : {}),
+    ...(repo.chunkDirectory ? { chunkRoot: repo.chunkDirectory } : {}),
+  });
+}
+
+/**
+ * Digests this backup has stored or found in the repository already, so a chunk seen twice is
+ * looked up once. Bounded: past the limit, lookups go to the repository (a stat per chunk).
+ */
+class KnownChunks {
+  private readonly set = new Set<string>();
+  constructor(private readonly limit = 1 << 18) {}
+
+  /** Adds a digest; false if it was known. */
+  add(digest: Buffer): boolean {
+    const k = digest.toString('latin1');
+    if (this.set.has(k)) return false;
+    if (this.set.size < this.limit) this.set.add(k);
+    return true;
   }
 }
 

@@ -2,8 +2,7 @@ import { createHash } from 'node:crypto';
 import type { BlockDevice } from '../../block/index.js';
 import { HavenError, errorMessage } from '../../common/index.js';
 import { DIGEST_BYTES, ZERO_DIGEST, type Repository, type SnapshotManifest } from '../../repository/index.js';
-import { ChunkPool } from './chunk-pool.js';
-import { runChunks, type Range } from './engine.js';
+import { openChunkPool, runChunks, type Range } from './engine.js';
 
 export interface RestoreOptions {
   /** The target reads as zeroes already (a new file or volume): zero chunks are not written. */
@@ -47,7 +46,7 @@ export async function restore(
       'INVALID_ARGUMENT',
       `the target (${target.size} bytes) is smaller than ${name} of snapshot ${snapshot.id} (${idx.size} bytes)`,
     );
-  const pool = new ChunkPool(repo.keys, idx.chunkSize, opts.workers ? { workers: opts.workers } : {});
+  const pool = openChunkPool(repo, idx.chunkSize, opts.workers);
   const digestOf = (c: number) => idx.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES);
   const chunks = chunkList(idx.count, idx.chunkSize, idx.size, opts.ranges);
   const total = chunks.reduce((n, c) => n + Math.min(idx.chunkSize, idx.size - c * idx.chunkSize), 0);
@@ -64,7 +63,7 @@ export async function restore(
       } else {
         let n: number;
         try {
-          n = await pool.decode(slot, await repo.getChunk(digest), digest);
+          n = await pool.load(slot, digest, repo.chunkDirectory ? undefined : await repo.getChunk(digest));
         } catch (err) {
           throw new HavenError(
             'CORRUPT',
