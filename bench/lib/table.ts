@@ -24,7 +24,8 @@ export function targetMet(m: Metric, haven: string): boolean | null {
 
 export function describeTarget(t: Target | undefined, unit: string, better: 'higher' | 'lower'): string {
   if (!t) return '';
-  if (t.kind === 'ratio') return `${better === 'higher' ? '≥' : '≤'} ${t.min < 0.1 ? String(+t.min.toFixed(3)) : t.min.toFixed(1)}× ${t.peer}`;
+  if (t.kind === 'ratio')
+    return `${better === 'higher' ? '≥' : '≤'} ${t.min < 0.1 ? String(+t.min.toFixed(3)) : t.min.toFixed(1)}× ${t.peer}`;
   return `${t.kind === 'max' ? '≤' : '≥'} ${fmtNumber(t.value)} ${unit}`;
 }
 

@@ -97,7 +97,7 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
       },
     },
     async (req, reply) => {
-      const b = req.body as { repo: string; passphraseFile?: string };
+      const b = req.body as { repo: string; passphraseFile?: string; transport?: string };
       return reply
         .code(202)
         .send(
@@ -105,6 +105,7 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
             req.actor,
             { vm: (req.params as Name).name },
             Site.repoAccess(b.repo, b.passphraseFile),
+            b.transport ? { transport: b.transport } : {},
           ),
         );
     },

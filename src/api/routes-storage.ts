@@ -135,7 +135,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       },
     },
     async (req, reply) => {
-      const b = req.body as { repo: string; passphraseFile?: string };
+      const b = req.body as { repo: string; passphraseFile?: string; transport?: string };
       return reply
         .code(202)
         .send(
@@ -143,6 +143,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
             req.actor,
             { volume: (req.params as Name).name },
             Site.repoAccess(b.repo, b.passphraseFile),
+            b.transport ? { transport: b.transport } : {},
           ),
         );
     },

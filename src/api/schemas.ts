@@ -224,7 +224,14 @@ export const backupBody = {
   type: 'object',
   additionalProperties: false,
   required: ['repo'],
-  properties: repoFields,
+  properties: {
+    ...repoFields,
+    transport: {
+      type: 'string',
+      enum: ['auto', 'san', 'hotadd', 'nbds', 'nbd'],
+      description: 'how the data is read (default auto: the first the site offers of san, hotadd, nbds, nbd)',
+    },
+  },
 } as const;
 
 export const restoreVolumeBody = {

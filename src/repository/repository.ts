@@ -50,6 +50,8 @@ export interface SnapshotManifest {
   parent?: string;
   /** The changed-block tracking epoch this snapshot ends (the next incremental reads what changed since). */
   bitmap?: { name: string; epoch?: string };
+  /** How the data was read: file, nbd, nbds, san, hotadd. */
+  transport?: string;
   /** A VM backup: its configuration at the time. */
   vm?: unknown;
   stats: BackupStats;

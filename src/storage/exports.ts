@@ -9,10 +9,20 @@ import type { StorageService } from './service.js';
 export class StorageExports {
   private readonly exported = new Map<string, NbdExport>();
 
+  private readonly servers: NbdServer[] = [];
+
   constructor(
     private readonly storage: StorageService,
-    private readonly server: NbdServer,
-  ) {}
+    server: NbdServer,
+  ) {
+    this.servers.push(server);
+  }
+
+  /** Serves the same exports on another server too (a TLS-only listener beside the plain one). */
+  addServer(server: NbdServer): void {
+    this.servers.push(server);
+    for (const exp of this.exported.values()) server.addExport(exp);
+  }
 
   /** Exports what is not yet exported, updates bitmaps, and withdraws what no longer exists. */
   refresh(): void {
@@ -28,7 +38,7 @@ export class StorageExports {
     }
     for (const name of [...this.exported.keys()])
       if (!want.has(name)) {
-        this.server.removeExport(name);
+        for (const srv of this.servers) srv.removeExport(name);
         this.exported.delete(name);
       }
   }
@@ -37,7 +47,8 @@ export class StorageExports {
   clientsOf(volume: string): number {
     let n = 0;
     for (const name of this.exported.keys())
-      if (name === volume || name.startsWith(`${volume}@`)) n += this.server.clientsOf(name);
+      if (name === volume || name.startsWith(`${volume}@`))
+        for (const srv of this.servers) n += srv.clientsOf(name);
     return n;
   }
 
@@ -45,7 +56,7 @@ export class StorageExports {
   withdraw(target: string): void {
     for (const [name, exp] of [...this.exported])
       if (name === target || (!target.includes('@') && name.startsWith(`${target}@`))) {
-        this.server.removeExport(name);
+        for (const srv of this.servers) srv.removeExport(name);
         this.exported.delete(name);
         // Snapshot devices are the export's own; a volume's tap belongs to the storage service.
         if (name.includes('@')) void exp.device.close();
@@ -64,7 +75,7 @@ export class StorageExports {
       return;
     }
     const created: NbdExport = { name, description, device: this.storage.openDevice(name), bitmaps };
-    this.server.addExport(created);
+    for (const srv of this.servers) srv.addExport(created);
     this.exported.set(name, created);
   }
 }

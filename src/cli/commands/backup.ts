@@ -223,6 +223,10 @@ export function registerBackup(program: Command): void {
       'NBD sources: read only what this dirty bitmap marks (changes since the newest snapshot of the source)',
     )
     .option('--tag <tag>', 'a tag (repeat)', (v: string, all: string[] = []) => [...all, v])
+    .option(
+      '--transport <name>',
+      'through the daemon: auto (default), san, hotadd, nbds or nbd; files and NBD URIs carry their own',
+    )
     .option('--no-wait', 'through the daemon: return once the job has started')
     .option('--json', 'print JSON')
     .action(async (source: string, o: BackupOpts) => {
@@ -231,17 +235,26 @@ export function registerBackup(program: Command): void {
         const name = source.slice(source.indexOf(':') + 1);
         return runJob(
           o,
-          () => connect(o).post<Job>(`/${daemon}/${encodeURIComponent(name)}/backup`, daemonRepo(o)),
+          () =>
+            connect(o).post<Job>(`/${daemon}/${encodeURIComponent(name)}/backup`, {
+              ...daemonRepo(o),
+              ...(o.transport ? { transport: o.transport } : {}),
+            }),
           (j) => {
             const r = j.result as {
               snapshot: string;
               parent?: string;
+              transport: string;
               stats: { readBytes: number; storedBytes: number };
             };
-            return `snapshot ${r.snapshot} of ${source}${r.parent ? ` (incremental from ${r.parent})` : ''}: read ${bytes(r.stats.readBytes)}, stored ${bytes(r.stats.storedBytes)} new`;
+            return `snapshot ${r.snapshot} of ${source}${r.parent ? ` (incremental from ${r.parent})` : ''} over ${r.transport}: read ${bytes(r.stats.readBytes)}, stored ${bytes(r.stats.storedBytes)} new`;
           },
         );
       }
+      if (o.transport && o.transport !== 'auto' && o.transport !== 'san')
+        throw invalidArgument(
+          `--transport ${o.transport} needs the site daemon (volume:/vm: without --data); offline backups read the pool directly (san), files and NBD URIs carry their own`,
+        );
       const onProgress = progress('backup');
       const m = await backupSource({
         ...access(o),
@@ -309,7 +322,8 @@ export function registerBackup(program: Command): void {
     });
 }
 
-type BackupOpts = RepoOpts & ApiOpts & { data?: string; bitmap?: string; tag?: string[]; wait: boolean };
+type BackupOpts = RepoOpts &
+  ApiOpts & { data?: string; bitmap?: string; tag?: string[]; transport?: string; wait: boolean };
 type RestoreOpts = RepoOpts &
   ApiOpts & { to: string; disk: string; data?: string; pool: string; force?: boolean; wait: boolean };
 

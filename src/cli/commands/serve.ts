@@ -17,6 +17,15 @@ export function registerServe(program: Command): void {
     .option('--nbd-listen <host:port>', 'TCP address of the NBD exports, or "none"', '127.0.0.1:10809')
     .option('--tls-cert <file>', 'certificate (PEM) for an https API')
     .option('--tls-key <file>', 'private key (PEM) for an https API')
+    .option('--nbds-listen <host:port>', 'TCP address of a TLS-only NBD listener (the nbds transport)')
+    .option('--nbd-tls-cert <file>', 'certificate (PEM) of the TLS NBD listener')
+    .option('--nbd-tls-key <file>', 'private key (PEM) of the TLS NBD listener')
+    .option('--nbd-tls-ca <file>', 'CA (PEM): TLS NBD clients must present a certificate it signed')
+    .option('--max-transfers-per-host <n>', 'concurrent backup transfers per host; more wait for a slot', '4')
+    .option(
+      '--transports <list>',
+      'transports backups may use, comma-separated (default: all the site offers)',
+    )
     .action(
       async (o: {
         data?: string;
@@ -25,13 +34,46 @@ export function registerServe(program: Command): void {
         nbdListen: string;
         tlsCert?: string;
         tlsKey?: string;
+        nbdsListen?: string;
+        nbdTlsCert?: string;
+        nbdTlsKey?: string;
+        nbdTlsCa?: string;
+        maxTransfersPerHost: string;
+        transports?: string;
       }) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
+        if (!!o.nbdsListen !== (!!o.nbdTlsCert && !!o.nbdTlsKey))
+          throw invalidArgument('--nbds-listen needs --nbd-tls-cert and --nbd-tls-key (and they need it)');
+        const maxTransfers = Number(o.maxTransfersPerHost);
+        if (!Number.isInteger(maxTransfers) || maxTransfers < 1)
+          throw invalidArgument(
+            `--max-transfers-per-host must be a whole number from 1, not ${o.maxTransfersPerHost}`,
+          );
+        const transports = o.transports?.split(',').map((t) => t.trim());
+        for (const t of transports ?? [])
+          if (!['san', 'hotadd', 'nbds', 'nbd'].includes(t))
+            throw invalidArgument(`--transports: unknown transport ${t} (san, hotadd, nbds, nbd)`);
         const listen = (await orchestration()).parseHostPort(o.listen);
         const { startSiteDaemon } = await apiServer();
         const dataDir = o.data ?? defaultDataDir();
         const d = await startSiteDaemon(
-          { dataDir, nbdListen: o.nbdListen, ...(o.site ? { name: o.site } : {}) },
+          {
+            dataDir,
+            nbdListen: o.nbdListen,
+            maxTransfersPerHost: maxTransfers,
+            ...(o.site ? { name: o.site } : {}),
+            ...(transports ? { transports: transports as ('san' | 'hotadd' | 'nbds' | 'nbd')[] } : {}),
+            ...(o.nbdsListen
+              ? {
+                  nbdTls: {
+                    listen: o.nbdsListen,
+                    cert: o.nbdTlsCert!,
+                    key: o.nbdTlsKey!,
+                    ...(o.nbdTlsCa ? { ca: o.nbdTlsCa } : {}),
+                  },
+                }
+              : {}),
+          },
           {
             host: listen.host,
             port: listen.port,

@@ -3,7 +3,8 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { HavenError, conflict, invalidArgument, logger, writeFileAtomic } from '../../common/index.js';
-import { NbdServer, type ListenAddress } from '../../nbd/index.js';
+import { NbdServer, connectNbd, type ListenAddress } from '../../nbd/index.js';
+import type { BlockDevice } from '../../block/index.js';
 import {
   StorageExports,
   StorageService,
@@ -20,6 +21,7 @@ import { ComputeService, type VmDefinition } from './compute.js';
 import { openDatabase, schemaVersion, type Db } from './database.js';
 import { EventLog } from './events.js';
 import { JobManager, type Job } from './jobs.js';
+import { TransferSlots, chooseTransport, type Transport } from './transports.js';
 
 const log = logger('site');
 
@@ -29,6 +31,22 @@ export interface SiteOptions {
   name?: string;
   /** TCP address for NBD clients outside the site ("none" for the unix socket only). */
   nbdListen?: string;
+  /** A TLS-only NBD listener (the nbds transport), beside the plain one. */
+  nbdTls?: NbdTlsListener;
+  /** Concurrent backup transfers per host; more wait for a slot (default 4). */
+  maxTransfersPerHost?: number;
+  /** The transports backups may use (default: every one this site can offer). */
+  transports?: Transport[];
+}
+
+export interface NbdTlsListener {
+  listen: string;
+  /** PEM files: the server's certificate and key; `ca` makes clients present a certificate. */
+  cert: string;
+  key: string;
+  ca?: string;
+  /** The CA the site's own backups verify the server with (default: the certificate itself). */
+  trust?: string;
 }
 
 export interface SiteInfo {
@@ -36,7 +54,10 @@ export interface SiteInfo {
   dataDir: string;
   version: string;
   schemaVersion: number;
-  nbd: { socket: string; tcp?: string };
+  nbd: { socket: string; tcp?: string; tls?: string };
+  /** Backup transports, in the order auto tries them. */
+  transports: string[];
+  maxTransfersPerHost: number;
   startedAt: string;
   pools: number;
   volumes: number;
@@ -60,6 +81,9 @@ export class Site {
   readonly compute: ComputeService;
   readonly startedAt = new Date().toISOString();
   private nbdTcp: ListenAddress | undefined;
+  private nbds: { server: NbdServer; address: ListenAddress; trust: string } | undefined;
+  readonly transfers: TransferSlots;
+  private offered: Transport[] = [];
 
   private constructor(
     readonly name: string,
@@ -69,7 +93,9 @@ export class Site {
     private readonly nbd: NbdServer,
     readonly exports: StorageExports,
     readonly nbdSocket: string,
+    maxTransfersPerHost: number,
   ) {
+    this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
     this.jobs = new JobManager(db, this.events);
     this.compute = new ComputeService(db, this.events, join(dataDir, 'vms'), {
@@ -84,6 +110,7 @@ export class Site {
     const storage = StorageService.open(dataDir); // takes the data directory's lock
     let db: Db | undefined;
     const nbd = new NbdServer({ log: logger('site-nbd') });
+    let nbds: NbdServer | undefined;
     try {
       db = openDatabase(join(dataDir, 'site.db'));
       const name = siteName(db, opts.name);
@@ -93,15 +120,35 @@ export class Site {
       mkdirSync(join(dataDir, 'run'), { recursive: true, mode: 0o700 });
       const socket = join(dataDir, 'run', 'nbd.sock');
       await nbd.listen({ path: socket });
-      const site = new Site(name, dataDir, storage, db, nbd, exports, socket);
+      const site = new Site(name, dataDir, storage, db, nbd, exports, socket, opts.maxTransfersPerHost ?? 4);
       const nbdListen = opts.nbdListen ?? '127.0.0.1:10809';
       if (nbdListen !== 'none') site.nbdTcp = await nbd.listen(parseHostPort(nbdListen));
+      if (opts.nbdTls) {
+        const { listen, cert, key, ca, trust } = opts.nbdTls;
+        nbds = new NbdServer({ log: logger('site-nbds'), tls: { cert, key, ...(ca ? { ca } : {}) } });
+        const address = await nbds.listen(parseHostPort(listen));
+        site.nbds = { server: nbds, address, trust: trust ?? cert };
+        exports.addServer(nbds);
+      }
+      const possible: Transport[] = [
+        'san',
+        'hotadd',
+        ...(site.nbds ? ['nbds' as const] : []),
+        ...(site.nbdTcp ? ['nbd' as const] : []),
+      ];
+      for (const t of opts.transports ?? possible)
+        if (!possible.includes(t))
+          throw invalidArgument(
+            `transport ${t} cannot be offered: ${t === 'nbds' ? 'no TLS NBD listener' : 'no NBD TCP listener'} is configured`,
+          );
+      site.offered = opts.transports ?? possible;
       site.recover();
       const { attached, lost } = await site.compute.reattach();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
     } catch (err) {
       await nbd.close().catch(() => undefined);
+      await nbds?.close().catch(() => undefined);
       db?.close();
       storage.close();
       throw err;
@@ -131,7 +178,12 @@ export class Site {
       nbd: {
         socket: this.nbdSocket,
         ...(this.nbdTcp && 'port' in this.nbdTcp ? { tcp: `${this.nbdTcp.host}:${this.nbdTcp.port}` } : {}),
+        ...(this.nbds && 'port' in this.nbds.address
+          ? { tls: `${this.nbds.address.host}:${this.nbds.address.port}` }
+          : {}),
       },
+      transports: this.transports(),
+      maxTransfersPerHost: this.transfers.perHost,
       startedAt: this.startedAt,
       pools: this.storage.listPools().length,
       volumes: this.storage.listVolumes().length,
@@ -390,26 +442,78 @@ export class Site {
     return { repo: resolve(repo), ...(passphrase !== undefined ? { passphrase } : {}) };
   }
 
-  /** Backs up a VM (all its disks at one crash-consistent point, and its configuration) or a volume, as a job. */
-  backup(actor: Actor, target: { vm: string } | { volume: string }, repo: RepoAccess): Job {
+  /** The transports this site's backups may use, in the order auto tries them. */
+  transports(): Transport[] {
+    return [...this.offered];
+  }
+
+  /**
+   * Backs up a VM (all its disks at one crash-consistent point, and its configuration) or a
+   * volume, as a job, through the transport asked for (default: auto). The job waits for a
+   * transfer slot on the host the data lives on when that host is at its limit.
+   */
+  backup(
+    actor: Actor,
+    target: { vm: string } | { volume: string },
+    repo: RepoAccess,
+    opts: { transport?: string } = {},
+  ): Job {
     const vm = 'vm' in target ? this.compute.vm(target.vm) : undefined;
     const volumes = vm ? vm.disks.map((d) => d.volume) : [(target as { volume: string }).volume];
     for (const v of volumes) this.storage.volume(v);
+    const transport = chooseTransport(opts.transport, this.offered);
     const name = vm ? vm.name : volumes[0]!;
+    const host = vm?.host ?? hostname();
     return this.jobs.start({ kind: vm ? 'vm.backup' : 'volume.backup', target: name, actor }, async (ctx) => {
-      const r = await openRepository(repo);
-      ctx.log(
-        `backing up ${vm ? `VM ${name} (${volumes.join(', ')})` : `volume ${name}`} into ${r.location}`,
+      const release = await this.transfers.acquire(host, ctx.signal, (n) =>
+        ctx.log(`waiting for a transfer slot on host ${host} (${n} of ${this.transfers.perHost} in use)`),
       );
-      const src = await openVolumeSource(this.storage, r, volumes, { kind: vm ? 'vm' : 'volume', name }, vm);
-      ctx.log(src.parent ? `incremental from ${src.parent.id}` : 'full backup');
-      const m = await runBackup(r, src, {
-        signal: ctx.signal,
-        onProgress: (d, t) => ctx.progress(d, t, 'backup'),
-      });
-      this.exports.refresh();
-      return { snapshot: m.id, parent: m.parent, stats: m.stats };
+      try {
+        const r = await openRepository(repo);
+        ctx.log(
+          `backing up ${vm ? `VM ${name} (${volumes.join(', ')})` : `volume ${name}`} into ${r.location} over ${transport}`,
+        );
+        const src = await openVolumeSource(
+          this.storage,
+          r,
+          volumes,
+          { kind: vm ? 'vm' : 'volume', name },
+          vm,
+          {
+            transport,
+            ...(transport !== 'san' ? { open: (snapshot: string) => this.attach(transport, snapshot) } : {}),
+          },
+        );
+        ctx.log(src.parent ? `incremental from ${src.parent.id}` : 'full backup');
+        const m = await runBackup(r, src, {
+          signal: ctx.signal,
+          onProgress: (d, t) => ctx.progress(d, t, 'backup'),
+        });
+        this.exports.refresh();
+        return { snapshot: m.id, parent: m.parent, transport, stats: m.stats };
+      } finally {
+        release();
+      }
     });
+  }
+
+  /** A volume snapshot read over NBD: the local socket (hotadd) or a TCP listener (nbd, nbds). */
+  private async attach(transport: Transport, snapshot: string): Promise<BlockDevice> {
+    this.exports.refresh();
+    const name = encodeURIComponent(snapshot);
+    const tcp = (a: ListenAddress | undefined) => {
+      if (!a || !('port' in a)) throw invalidArgument(`transport ${transport} needs an NBD TCP listener`);
+      return `${a.host === '0.0.0.0' || a.host === '::' ? '127.0.0.1' : a.host}:${a.port}`;
+    };
+    if (transport === 'hotadd')
+      return connectNbd(`nbd+unix:///${name}?socket=${this.nbdSocket}`, { connections: 2 });
+    if (transport === 'nbd') return connectNbd(`nbd://${tcp(this.nbdTcp)}/${name}`, { connections: 2 });
+    if (transport === 'nbds')
+      return connectNbd(`nbds://${tcp(this.nbds?.address)}/${name}`, {
+        connections: 2,
+        tls: { ca: readFileSync(this.nbds!.trust) },
+      });
+    throw invalidArgument(`transport ${transport} does not attach over NBD`);
   }
 
   /** Restores a disk of a snapshot into a new volume, as a job. */
@@ -450,6 +554,7 @@ export class Site {
     await this.jobs.cancelAll();
     this.compute.detachAll();
     await this.nbd.close();
+    await this.nbds?.server.close();
     this.db.close();
     this.storage.close();
   }

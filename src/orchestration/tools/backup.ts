@@ -101,6 +101,7 @@ export async function runBackup(
       disks: src.disks,
       ...(src.parent ? { parent: src.parent } : {}),
       ...(src.bitmap ? { bitmap: src.bitmap } : {}),
+      ...(src.transport ? { transport: src.transport } : {}),
       ...(src.vm !== undefined ? { vm: src.vm } : {}),
       ...(req.tags ? { tags: req.tags } : {}),
       ...(req.signal ? { signal: req.signal } : {}),

@@ -34,6 +34,8 @@ export interface BackupOptions {
   /** The snapshot the `changed` ranges are relative to. */
   parent?: SnapshotManifest;
   bitmap?: { name: string; epoch?: string };
+  /** How the source was read (recorded in the manifest). */
+  transport?: string;
   vm?: unknown;
   tags?: string[];
   signal?: AbortSignal;
@@ -148,6 +150,7 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
       disks,
       ...(opts.parent && opts.disks.every((d) => d.changed) ? { parent: opts.parent.id } : {}),
       ...(opts.bitmap ? { bitmap: opts.bitmap } : {}),
+      ...(opts.transport ? { transport: opts.transport } : {}),
       ...(opts.vm !== undefined ? { vm: opts.vm } : {}),
       stats,
       tags: opts.tags ?? [],

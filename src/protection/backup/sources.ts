@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import { openRawFile, type BitmapView } from '../../block/index.js';
+import { openRawFile, type BitmapView, type BlockDevice } from '../../block/index.js';
 import { invalidArgument } from '../../common/index.js';
 import { connectNbd, imageInfo, startQemuNbd, type TlsCredentials } from '../../nbd/index.js';
 import type { Repository, SnapshotManifest } from '../../repository/index.js';
@@ -14,6 +14,8 @@ export interface OpenedSource {
   parent?: SnapshotManifest;
   bitmap?: { name: string; epoch?: string };
   vm?: unknown;
+  /** How the data is read: file, nbd, nbds, san, hotadd. */
+  transport?: string;
   /** After the backup: `manifest` when it committed, undefined when it failed. */
   finish(manifest?: SnapshotManifest): Promise<void>;
 }
@@ -29,6 +31,7 @@ export async function openImageSource(path: string, format?: string): Promise<Op
     const device = openRawFile(file, { readOnly: true });
     return {
       source: { kind: 'image', name: file },
+      transport: 'file',
       disks: [{ name: 'disk0', device }],
       finish: async () => void (await device.close()),
     };
@@ -38,6 +41,7 @@ export async function openImageSource(path: string, format?: string): Promise<Op
     const device = await connectNbd(q.uri, { readOnly: true, connections: 4 });
     return {
       source: { kind: 'image', name: file },
+      transport: 'file',
       disks: [{ name: 'disk0', device }],
       finish: async () => {
         await device.close();
@@ -77,6 +81,7 @@ export async function openNbdSource(
   }
   return {
     source: { kind: 'nbd', name: uri.replace(/\?.*$/, '') },
+    transport: uri.startsWith('nbds') ? 'nbds' : 'nbd',
     disks: [{ name: 'disk0', device, ...(changed ? { changed } : {}) }],
     ...(changed && opts.parent ? { parent: opts.parent } : {}),
     finish: async () => void (await device.close()),
@@ -99,6 +104,12 @@ export async function openVolumeSource(
   volume: string | string[],
   source: { kind: string; name: string } = { kind: 'volume', name: String(volume) },
   vm?: unknown,
+  opts: {
+    /** Recorded in the snapshot (default "san": read from the pool directly). */
+    transport?: string;
+    /** Opens "volume@snapshot" another way than straight from the pool (NBD transports). */
+    open?: (snapshot: string) => Promise<BlockDevice>;
+  } = {},
 ): Promise<OpenedSource> {
   const volumes = Array.isArray(volume) ? volume : [volume];
   for (const v of volumes) {
@@ -130,7 +141,9 @@ export async function openVolumeSource(
   for (const v of volumes) storage.checkpoint(v, epoch, BACKUP_BITMAP);
   const disks: BackupDisk[] = [];
   for (const v of volumes) {
-    const device = storage.openDevice(`${v}@${epoch}`, { readOnly: true });
+    const device = opts.open
+      ? await opts.open(`${v}@${epoch}`)
+      : storage.openDevice(`${v}@${epoch}`, { readOnly: true });
     const frozen = storage.bitmapViews(`${v}@${epoch}`).find((x) => x.name === BACKUP_BITMAP);
     if (!frozen) trustBitmaps = false;
     disks.push({ name: v, device, ...(frozen ? { changed: dirtyRanges(frozen, device.size) } : {}) });
@@ -141,6 +154,7 @@ export async function openVolumeSource(
     disks,
     ...(trustBitmaps && previous ? { parent: previous } : {}),
     bitmap: { name: BACKUP_BITMAP, epoch },
+    transport: opts.transport ?? 'san',
     ...(vm !== undefined ? { vm } : {}),
     finish: async (manifest) => {
       for (const d of disks) await d.device.close();
@@ -209,6 +223,7 @@ export async function openQmpSource(
     return {
       ...src,
       source: { kind: 'qemu', name },
+      transport: 'nbd',
       bitmap: { name: 'qemu', epoch: session.nextBitmap },
       finish: async (manifest) => {
         try {

@@ -1,0 +1,127 @@
+// Backup transports through the site: san (the pool read directly), hotadd (the backup's
+// snapshot over the site's unix socket), nbd and nbds (over TCP, plain and TLS); the same data
+// gives the same snapshot whatever the transport; a TLS listener the proxy cannot verify fails
+// the backup; the per-host transfer limit makes a job wait for a slot instead of failing.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { HavenError } from '../../src/common/index.js';
+import { Site, type Job } from '../../src/orchestration/index.js';
+import { chooseTransport } from '../../src/orchestration/site/transports.js';
+import { Repository } from '../../src/repository/index.js';
+import { makeTestPki } from '../support/tls.js';
+import { tempDir } from '../support/tmp.js';
+
+const MiB = 1024 * 1024;
+
+async function fill(site: Site, volume: string, size: number): Promise<void> {
+  site.storage.createVolume(volume, size, 'default');
+  const dev = site.storage.openDevice(volume);
+  // Data in some places, holes elsewhere: full backups must read only what is allocated.
+  for (let at = 0; at < size; at += 4 * MiB) await dev.write(randomBytes(MiB), at + (at % (3 * MiB)));
+  await dev.flush();
+}
+
+test('every transport gives the same snapshot; nbds verifies the server; auto prefers san', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const pkiDir = join(dir.path, 'pki');
+  mkdirSync(pkiDir);
+  const pki = makeTestPki(pkiDir);
+  const site = await Site.open({
+    dataDir: join(dir.path, 'site'),
+    nbdListen: '127.0.0.1:0',
+    nbdTls: { listen: '127.0.0.1:0', cert: pki.serverCert, key: pki.serverKey, trust: pki.caCert },
+  });
+  t.after(() => site.close());
+  assert.deepEqual(site.transports(), ['san', 'hotadd', 'nbds', 'nbd']);
+  await fill(site, 'v', 24 * MiB);
+
+  const results: Record<string, { index: string; readBytes: number; transport?: string }> = {};
+  for (const transport of ['san', 'hotadd', 'nbds', 'nbd', 'auto']) {
+    // A repository each: every backup is a full read through its transport.
+    const repo = join(dir.path, `repo-${transport}`);
+    await Repository.init(repo);
+    const job = site.backup('test', { volume: 'v' }, { repo }, { transport });
+    const done = await site.jobs.wait(job.id);
+    assert.equal(done.state, 'succeeded', `${transport}: ${done.error}`);
+    const r = done.result as { snapshot: string; transport: string };
+    const snap = await (await Repository.open(repo)).snapshot(r.snapshot);
+    results[transport] = {
+      index: snap.disks[0]!.indexSha256,
+      readBytes: snap.stats.readBytes,
+      ...(snap.transport ? { transport: snap.transport } : {}),
+    };
+    assert.equal(r.transport, transport === 'auto' ? 'san' : transport);
+    assert.equal(snap.transport, r.transport, 'the manifest records the transport');
+    assert.ok(
+      snap.stats.readBytes >= 6 * MiB && snap.stats.readBytes < 24 * MiB,
+      'only allocated data is read',
+    );
+  }
+  const indexes = new Set(Object.values(results).map((r) => r.index));
+  assert.equal(indexes.size, 1, `the same data gives the same snapshot: ${JSON.stringify(results)}`);
+  assert.throws(
+    () => site.backup('test', { volume: 'v' }, { repo: join(dir.path, 'repo-san') }, { transport: 'fibre' }),
+    (e: HavenError) => e.code === 'INVALID_ARGUMENT' && /fibre/.test(e.message),
+  );
+  // The order auto tries, and a transport the site does not offer.
+  assert.equal(chooseTransport('auto', ['nbd', 'hotadd']), 'hotadd');
+  assert.equal(chooseTransport(undefined, ['nbd', 'nbds']), 'nbds');
+  assert.throws(() => chooseTransport('san', ['nbd']), /san is not available.*available: nbd/);
+});
+
+test('nbds fails when the proxy cannot verify the listener; the limit per host makes jobs wait', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const pkiDir = join(dir.path, 'pki');
+  const otherDir = join(dir.path, 'other-pki');
+  mkdirSync(pkiDir);
+  mkdirSync(otherDir);
+  const pki = makeTestPki(pkiDir);
+  const other = makeTestPki(otherDir);
+  const site = await Site.open({
+    dataDir: join(dir.path, 'site'),
+    nbdListen: 'none',
+    // The proxy trusts another CA than the one that signed the listener's certificate.
+    nbdTls: { listen: '127.0.0.1:0', cert: pki.serverCert, key: pki.serverKey, trust: other.caCert },
+    maxTransfersPerHost: 1,
+  });
+  t.after(() => site.close());
+  assert.deepEqual(site.transports(), ['san', 'hotadd', 'nbds']);
+  await fill(site, 'a', 64 * MiB);
+  await fill(site, 'b', 16 * MiB);
+
+  const repoBad = join(dir.path, 'repo-bad');
+  await Repository.init(repoBad);
+  const bad = await site.jobs.wait(
+    site.backup('test', { volume: 'b' }, { repo: repoBad }, { transport: 'nbds' }).id,
+  );
+  assert.equal(bad.state, 'failed');
+  assert.match(bad.error ?? '', /certificate|TLS|self.signed|verify/i);
+  assert.equal((await (await Repository.open(repoBad)).listSnapshots()).length, 0);
+
+  // One slot: the second job waits for the first, then runs; both succeed.
+  const repos = [join(dir.path, 'repo-a'), join(dir.path, 'repo-b')];
+  for (const r of repos) await Repository.init(r);
+  const first = site.backup('test', { volume: 'a' }, { repo: repos[0]! }, { transport: 'hotadd' });
+  const second = site.backup('test', { volume: 'b' }, { repo: repos[1]! }, { transport: 'san' });
+  const [j1, j2] = (await Promise.all([site.jobs.wait(first.id), site.jobs.wait(second.id)])) as [Job, Job];
+  assert.equal(j1.state, 'succeeded', j1.error);
+  assert.equal(j2.state, 'succeeded', j2.error);
+  const log2 = site.jobs.logOf(second.id);
+  const waited = log2.find((l) => /waiting for a transfer slot/.test(l.message));
+  assert.ok(waited, `the second job waited: ${JSON.stringify(log2)}`);
+  const began = log2.find((l) => /backing up volume b/.test(l.message))!;
+  const firstSnap = await (
+    await Repository.open(repos[0]!)
+  ).snapshot((j1.result as { snapshot: string }).snapshot);
+  assert.ok(
+    began.time >= firstSnap.createdAt,
+    `the second job began (${began.time}) after the first had made its snapshot (${firstSnap.createdAt})`,
+  );
+  assert.equal(site.transfers.used(hostname()), 0, 'every slot was released');
+});
