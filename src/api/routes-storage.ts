@@ -149,6 +149,29 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     },
   );
   api.post(
+    '/volumes/:name/rollback',
+    {
+      schema: {
+        tags,
+        summary:
+          'quick rollback: put a volume back to its newest backup, rewriting only what changed since (a job)',
+        params: volumeParam,
+        body: s.rollbackBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { repo: string; passphraseFile?: string; snapshot: string };
+      return reply.code(202).send(
+        site.rollback(req.actor, {
+          ...Site.repoAccess(b.repo, b.passphraseFile),
+          snapshot: b.snapshot,
+          volume: (req.params as Name).name,
+        }),
+      );
+    },
+  );
+  api.post(
     '/volumes/restore',
     {
       schema: {

@@ -234,6 +234,16 @@ export const backupBody = {
   },
 } as const;
 
+export const rollbackBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['repo', 'snapshot'],
+  properties: {
+    ...repoFields,
+    snapshot: { type: 'string', minLength: 1, description: 'the newest backup of the volume' },
+  },
+} as const;
+
 export const restoreVolumeBody = {
   type: 'object',
   additionalProperties: false,

@@ -16,6 +16,7 @@ export {
   openQmpSource,
   classifySource,
   dirtyRanges,
+  changesSinceBackup,
   BACKUP_BITMAP,
   type OpenedSource,
 } from './backup/sources.js';

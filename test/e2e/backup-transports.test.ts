@@ -1,6 +1,6 @@
 // Backup transports through the site: san (the pool read directly), hotadd (the backup's
 // snapshot over the site's unix socket), nbd and nbds (over TCP, plain and TLS); the same data
-// gives the same snapshot whatever the transport; a TLS listener the proxy cannot verify fails
+// gives the same snapshot whatever the transport; quick rollback as a site job; a TLS listener the proxy cannot verify fails
 // the backup; the per-host transfer limit makes a job wait for a slot instead of failing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -62,6 +62,24 @@ test('every transport gives the same snapshot; nbds verifies the server; auto pr
       'only allocated data is read',
     );
   }
+  // Quick rollback through the site, to the newest backup (the "auto" one).
+  const dev = site.storage.openDevice('v');
+  const before = Buffer.alloc(24 * MiB);
+  await dev.read(before, 0);
+  await dev.write(randomBytes(MiB), 5 * MiB);
+  const newest = (await (await Repository.open(join(dir.path, 'repo-auto'))).listSnapshots()).pop()!;
+  const rb = await site.jobs.wait(
+    site.rollback('test', { repo: join(dir.path, 'repo-auto'), snapshot: newest.id, volume: 'v' }).id,
+  );
+  assert.equal(rb.state, 'succeeded', rb.error);
+  const after = Buffer.alloc(24 * MiB);
+  await dev.read(after, 0);
+  assert.ok(after.equals(before), 'the rollback undid the write');
+  assert.ok(
+    (rb.result as { dataBytes: number }).dataBytes <= 2 * MiB,
+    'only the changed chunks were rewritten',
+  );
+
   const indexes = new Set(Object.values(results).map((r) => r.index));
   assert.equal(indexes.size, 1, `the same data gives the same snapshot: ${JSON.stringify(results)}`);
   assert.throws(

@@ -325,3 +325,76 @@ test('a full target disk fails the backup cleanly and leaves the repository unha
   const again = await backupSource({ repo, source: small });
   assert.equal(again.stats.newChunks, 0);
 });
+
+test('quick rollback rewrites only what changed since the newest backup, and refuses older ones', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = join(dir.path, 'repo');
+  const data = join(dir.path, 'site');
+  await Repository.init(repo);
+  const size = 64 * MiB;
+  const content = async () =>
+    withStorage(data, async (s) => {
+      const out = Buffer.alloc(size);
+      await s.openDevice('vol').read(out, 0);
+      return createHash('sha256').update(out).digest('hex');
+    });
+  await withStorage(data, async (s) => {
+    s.createPool('default');
+    s.createVolume('vol', size, 'default');
+    const dev = s.openDevice('vol');
+    await dev.write(randomBytes(16 * MiB), 8 * MiB);
+    await dev.flush();
+  });
+  const snap = await backupSource({ repo, source: 'volume:vol', data });
+  const atBackup = await content();
+  // Damage after the backup: scattered writes, and a megabyte zeroed in the data.
+  await withStorage(data, async (s) => {
+    const dev = s.openDevice('vol');
+    for (let i = 0; i < 10; i++) await dev.write(randomBytes(64 * 1024), (i * 101 + 7) * 64 * 1024);
+    await dev.writeZeroes(12 * MiB, MiB);
+    await dev.flush();
+  });
+  assert.notEqual(await content(), atBackup);
+  const { stdout } = await run(process.execPath, [
+    HAVEN_BIN,
+    'restore',
+    snap.id,
+    '--to',
+    'volume:vol',
+    '--rollback',
+    '--data',
+    data,
+    '--repo',
+    repo,
+    '--json',
+  ]);
+  const r = JSON.parse(stdout) as { changedBytes: number; dataBytes: number; zeroBytes: number };
+  assert.equal(await content(), atBackup, 'the volume is its content at the backup again');
+  assert.ok(
+    r.changedBytes >= 10 * 64 * 1024 + MiB && r.changedBytes <= 2 * MiB,
+    `changed: ${r.changedBytes}`,
+  );
+  const rewritten = r.dataBytes + r.zeroBytes;
+  assert.ok(
+    rewritten <= 11 * 256 * 1024 + MiB,
+    `only the changed chunks were rewritten (${rewritten} bytes)`,
+  );
+  // A newer backup exists: the old one can only be restored in full.
+  await backupSource({ repo, source: 'volume:vol', data });
+  await assert.rejects(
+    run(process.execPath, [
+      HAVEN_BIN,
+      'restore',
+      snap.id,
+      '--to',
+      'volume:vol',
+      '--rollback',
+      '--data',
+      data,
+      '--repo',
+      repo,
+    ]),
+    (e: { stderr: string }) => /newest backup of volume vol/.test(e.stderr),
+  );
+});

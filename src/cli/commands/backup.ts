@@ -282,12 +282,44 @@ export function registerBackup(program: Command): void {
     .option('--data <dir>', "the site's data directory, for volume:NAME offline")
     .option('--pool <pool>', 'pool of a new volume', 'default')
     .option('--force', 'overwrite an existing image file')
+    .option(
+      '--rollback',
+      'quick rollback: put the existing volume:NAME back to this (its newest) backup, rewriting only what changed since',
+    )
     .option('--no-wait', 'through the daemon: return once the job has started')
     .option('--json', 'print JSON')
     .action(async (id: string, o: RestoreOpts) => {
       const disk = Number(o.disk);
       if (!Number.isInteger(disk) || disk < 0)
         throw invalidArgument(`--disk "${o.disk}" is not a disk number`);
+      if (o.rollback) {
+        if (!o.to.startsWith('volume:'))
+          throw invalidArgument('--rollback works on an existing volume: --to volume:NAME');
+        const volume = o.to.slice('volume:'.length);
+        const said = (r: { changedBytes: number; dataBytes: number; zeroBytes: number }) =>
+          `rolled volume ${volume} back to snapshot ${id}: ${bytes(r.changedBytes)} had changed, ${bytes(r.dataBytes + r.zeroBytes)} rewritten, every chunk verified`;
+        if (!o.data)
+          return runJob(
+            o,
+            () =>
+              connect(o).post<Job>(`/volumes/${encodeURIComponent(volume)}/rollback`, {
+                ...daemonRepo(o),
+                snapshot: id,
+              }),
+            (j) => said(j.result as { changedBytes: number; dataBytes: number; zeroBytes: number }),
+          );
+        const onProgress = progress('rollback');
+        const r = await (
+          await orchestration()
+        ).rollbackVolume({
+          ...access(o),
+          snapshot: id,
+          volume,
+          data: o.data,
+          ...(onProgress ? { onProgress } : {}),
+        });
+        return printResult(!!o.json, r, () => said(r));
+      }
       if (o.to.startsWith('volume:') && !o.data) {
         const body = {
           ...daemonRepo(o),
@@ -325,7 +357,15 @@ export function registerBackup(program: Command): void {
 type BackupOpts = RepoOpts &
   ApiOpts & { data?: string; bitmap?: string; tag?: string[]; transport?: string; wait: boolean };
 type RestoreOpts = RepoOpts &
-  ApiOpts & { to: string; disk: string; data?: string; pool: string; force?: boolean; wait: boolean };
+  ApiOpts & {
+    to: string;
+    disk: string;
+    data?: string;
+    pool: string;
+    force?: boolean;
+    rollback?: boolean;
+    wait: boolean;
+  };
 
 /** The repository as the daemon needs it: absolute paths; the passphrase stays in its file. */
 function daemonRepo(o: RepoOpts): { repo: string; passphraseFile?: string } {

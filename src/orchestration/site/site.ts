@@ -14,7 +14,7 @@ import {
   type VolumeInfo,
 } from '../../storage/index.js';
 import { exportVolume, importVolume } from '../tools/storage.js';
-import { openRepository, runBackup, type RepoAccess } from '../tools/backup.js';
+import { openRepository, rollbackWith, runBackup, type RepoAccess } from '../tools/backup.js';
 import { openVolumeSource, restore } from '../../protection/index.js';
 import { parseHostPort } from '../tools/serve-image.js';
 import { ComputeService, type VmDefinition } from './compute.js';
@@ -514,6 +514,32 @@ export class Site {
         tls: { ca: readFileSync(this.nbds!.trust) },
       });
     throw invalidArgument(`transport ${transport} does not attach over NBD`);
+  }
+
+  /**
+   * Quick rollback of a volume to its newest backup, as a job: only what changed since the
+   * backup is rewritten. The volume must not be in use (no running VM, no NBD client).
+   */
+  rollback(actor: Actor, req: RepoAccess & { snapshot: string; volume: string }): Job {
+    this.storage.volume(req.volume);
+    const users = this.compute
+      .listVms()
+      .filter((v) => v.state === 'running' && v.disks.some((d) => d.volume === req.volume));
+    if (users.length)
+      throw conflict(`volume ${req.volume} is in use by running VM ${users[0]!.name}: stop it first`);
+    const clients = this.exports.clientsOf(req.volume);
+    if (clients) throw conflict(`volume ${req.volume} has ${clients} NBD client(s) attached`);
+    return this.jobs.start({ kind: 'volume.rollback', target: req.volume, actor }, async (ctx) => {
+      const r = await openRepository(req);
+      const res = await rollbackWith(this.storage, r, req.snapshot, req.volume, {
+        signal: ctx.signal,
+        onProgress: (d, t) => ctx.progress(d, t, 'rollback'),
+      });
+      ctx.log(
+        `rolled ${req.volume} back to ${req.snapshot}: rewrote ${res.dataBytes + res.zeroBytes} bytes for ${res.changedBytes} changed`,
+      );
+      return res;
+    });
   }
 
   /** Restores a disk of a snapshot into a new volume, as a job. */

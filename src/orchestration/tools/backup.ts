@@ -6,6 +6,7 @@ import { conflict, invalidArgument } from '../../common/index.js';
 import { connectNbd } from '../../nbd/index.js';
 import {
   backup,
+  changesSinceBackup,
   classifySource,
   openChunkPool,
   type ChunkPool,
@@ -18,6 +19,7 @@ import {
   type RestoreResult,
 } from '../../protection/index.js';
 import { Repository, type SnapshotManifest } from '../../repository/index.js';
+import type { StorageService } from '../../storage/index.js';
 import { withStorage } from './storage.js';
 
 export interface RepoAccess {
@@ -172,4 +174,50 @@ export async function restoreSnapshot(req: RestoreRequest): Promise<RestoreResul
   } finally {
     await target.close();
   }
+}
+
+export interface RollbackResult extends RestoreResult {
+  volume: string;
+  /** Bytes the volume had changed since the backup: what the rollback had to undo. */
+  changedBytes: number;
+}
+
+/**
+ * Quick rollback: puts a volume back to its newest backup by rewriting only what changed since
+ * (the volume's backup bitmap says where), instead of the whole disk. The volume must not be in use.
+ */
+export async function rollbackWith(
+  storage: StorageService,
+  repo: Repository,
+  snapshotId: string,
+  volume: string,
+  opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+): Promise<RollbackResult> {
+  const snap = await repo.snapshot(snapshotId);
+  const { disk, ranges } = changesSinceBackup(storage, volume, snap);
+  const changedBytes = ranges.reduce((n, r) => n + r.length, 0);
+  const device = storage.openDevice(volume);
+  const r = await restore(repo, snap, disk, device, { ...opts, ranges });
+  return { ...r, volume, changedBytes };
+}
+
+/** `haven restore SNAPSHOT --to volume:NAME --rollback --data DIR`: quick rollback offline. */
+export async function rollbackVolume(
+  req: RepoAccess & {
+    snapshot: string;
+    volume: string;
+    data?: string;
+    onProgress?: (d: number, t: number) => void;
+  },
+): Promise<RollbackResult> {
+  const repo = await openRepository(req);
+  return withStorage(req.data, (storage) =>
+    rollbackWith(
+      storage,
+      repo,
+      req.snapshot,
+      req.volume,
+      req.onProgress ? { onProgress: req.onProgress } : {},
+    ),
+  );
 }

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { openRawFile, type BitmapView, type BlockDevice } from '../../block/index.js';
-import { invalidArgument } from '../../common/index.js';
+import { HavenError, invalidArgument } from '../../common/index.js';
 import { connectNbd, imageInfo, startQemuNbd, type TlsCredentials } from '../../nbd/index.js';
 import type { Repository, SnapshotManifest } from '../../repository/index.js';
 import type { StorageService } from '../../storage/index.js';
@@ -237,4 +237,37 @@ export async function openQmpSource(
     await session.finish(false);
     throw err;
   }
+}
+
+/**
+ * What quick rollback of a volume to one of its snapshots must rewrite: the ranges written since
+ * the snapshot's backup, from the volume's live backup bitmap. Only the newest backup of the
+ * volume qualifies (its epoch is the volume's current checkpoint); older ones need a full restore.
+ */
+export function changesSinceBackup(
+  storage: StorageService,
+  volume: string,
+  snapshot: SnapshotManifest,
+): { disk: number; ranges: Range[] } {
+  const disk = snapshot.disks.findIndex((d) => d.name === volume);
+  if (disk < 0)
+    throw invalidArgument(
+      `snapshot ${snapshot.id} has no disk of volume ${volume} (it has ${snapshot.disks.map((d) => d.name).join(', ')})`,
+    );
+  const epoch = snapshot.bitmap?.name === BACKUP_BITMAP ? snapshot.bitmap.epoch : undefined;
+  if (!epoch || !storage.listSnapshots(volume).some((s) => s.name === epoch))
+    throw new HavenError(
+      'CONFLICT',
+      `quick rollback needs the newest backup of volume ${volume}; snapshot ${snapshot.id} is not it (restore it in full instead)`,
+    );
+  const live = storage.bitmapViews(volume).find((b) => b.name === BACKUP_BITMAP);
+  if (!live)
+    throw new HavenError('CONFLICT', `volume ${volume} has no backup bitmap: restore in full instead`);
+  const size = storage.volume(volume).size;
+  if (snapshot.disks[disk]!.size !== size)
+    throw new HavenError(
+      'CONFLICT',
+      `volume ${volume} was resized since snapshot ${snapshot.id}: restore in full instead`,
+    );
+  return { disk, ranges: dirtyRanges(live, size) };
 }
