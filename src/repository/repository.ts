@@ -84,6 +84,8 @@ interface SessionRecord {
 }
 
 const CONFIG = 'config.json';
+/** Where a rolling verify is up to. */
+const ROLLING_CURSOR = 'state/verify-rolling.json';
 /** Chunks younger than this before a GC began are kept even if unreferenced: writes may be in flight. */
 const GC_GRACE_MS = 5 * 60 * 1000;
 
@@ -378,8 +380,25 @@ export class Repository {
    */
   async verify(
     ids?: string[],
-    opts: { onProgress?: (done: number, total: number) => void; concurrency?: number } = {},
+    opts: {
+      onProgress?: (done: number, total: number) => void;
+      concurrency?: number;
+      /**
+       * Check one slice of the chunks out of `rolling` per run (by digest), the next slice each
+       * run, so that `rolling` runs check them all: a bounded verify for large repositories.
+       */
+      rolling?: number;
+    } = {},
   ): Promise<VerifyReport> {
+    let slice: { index: number; of: number } | undefined;
+    if (opts.rolling !== undefined) {
+      if (!Number.isInteger(opts.rolling) || opts.rolling < 1 || opts.rolling > 65536)
+        throw new HavenError(
+          'INVALID_ARGUMENT',
+          `--rolling must be a whole number from 1 to 65536, not ${opts.rolling}`,
+        );
+      slice = { index: await this.rollingCursor(opts.rolling), of: opts.rolling };
+    }
     const snaps = ids ? await Promise.all(ids.map((id) => this.snapshot(id))) : await this.listSnapshots();
     // digest → where it is used
     const uses = new Map<string, { snapshot: string; disk: string; offset: number }[]>();
@@ -396,6 +415,7 @@ export class Repository {
         for (let i = 0; i < idx.count; i++) {
           const dg = idx.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
           if (dg.equals(ZERO_DIGEST)) continue;
+          if (slice && Math.floor((dg.readUInt16BE(0) * slice.of) / 65536) !== slice.index) continue;
           const hex = dg.toString('hex');
           let list = uses.get(hex);
           if (!list) uses.set(hex, (list = []));
@@ -431,13 +451,32 @@ export class Repository {
         e.offsets.push(u.offset);
       }
     for (const e of bySnap.values()) damaged.push({ ...e, offsets: e.offsets.sort((a, b) => a - b) });
+    if (slice)
+      await this.backend.write(
+        ROLLING_CURSOR,
+        Buffer.from(JSON.stringify({ of: slice.of, next: (slice.index + 1) % slice.of }) + '\n'),
+      );
     return {
+      ...(slice ? { slice } : {}),
       snapshots: snaps.map((s) => s.id),
       chunks: digests.length,
       bytes,
       damagedChunks: bad.size,
       damaged,
     };
+  }
+
+  /** The slice a rolling verify checks next (restarting at 0 when the number of slices changes). */
+  private async rollingCursor(of: number): Promise<number> {
+    try {
+      const c = JSON.parse((await this.backend.read(ROLLING_CURSOR)).toString('utf8')) as {
+        of: number;
+        next: number;
+      };
+      return c.of === of && Number.isInteger(c.next) && c.next >= 0 && c.next < of ? c.next : 0;
+    } catch {
+      return 0;
+    }
   }
 
   // ---- garbage collection --------------------------------------------------------------------
@@ -549,6 +588,8 @@ export class Repository {
 }
 
 export interface VerifyReport {
+  /** A rolling verify: the slice of the chunks this run checked (the next run checks the next). */
+  slice?: { index: number; of: number };
   snapshots: string[];
   chunks: number;
   bytes: number;

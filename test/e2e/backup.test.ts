@@ -191,6 +191,24 @@ test('bit flips: verify names exactly the damaged snapshots; restore fails loudl
     v.damaged.map((d) => [d.snapshot, d.offsets]),
     [[ma.id, [victim * r.config.chunkSize]]],
   );
+  // A rolling verify in four runs checks every chunk once, and finds the damage in its slice.
+  const runs = [];
+  for (let i = 0; i < 4; i++) runs.push(await r.verify(undefined, { rolling: 4 }));
+  assert.deepEqual(
+    runs.map((x) => x.slice?.index),
+    [0, 1, 2, 3],
+  );
+  assert.equal(
+    runs.reduce((n, x) => n + x.chunks, 0),
+    v.chunks,
+  );
+  const expectSlice = Math.floor((parseInt(hex.slice(0, 4), 16) * 4) / 65536);
+  assert.deepEqual(
+    runs.map((x) => x.damagedChunks),
+    [0, 1, 2, 3].map((k) => (k === expectSlice ? 1 : 0)),
+  );
+  assert.equal(runs[expectSlice]!.damaged[0]!.snapshot, ma.id);
+  assert.equal((await r.verify(undefined, { rolling: 4 })).slice?.index, 0, 'the fifth run starts over');
   await assert.rejects(
     restoreSnapshot({ repo, snapshot: ma.id, to: join(dir.path, 'out.raw') }),
     (e: HavenError) => e.code === 'CORRUPT' && e.message.includes(`offset ${victim * r.config.chunkSize}`),

@@ -126,16 +126,18 @@ export function registerBackup(program: Command): void {
   repoOptions(repo.command('verify'))
     .description('read and check every chunk of the snapshots (all, or those named); exit 1 on damage')
     .argument('[snapshots...]')
+    .option('--rolling <n>', 'check the next 1/N of the chunks (by digest): N runs check them all')
     .option('--json', 'print JSON')
-    .action(async (ids: string[], o: RepoOpts) => {
+    .action(async (ids: string[], o: RepoOpts & { rolling?: string }) => {
       const r = await (
         await openRepository(access(o))
       ).verify(ids.length ? ids : undefined, {
         ...(progress('verify') ? { onProgress: progress('verify')! } : {}),
+        ...(o.rolling !== undefined ? { rolling: Number(o.rolling) } : {}),
       });
       printResult(!!o.json, r, () =>
         [
-          `verified ${r.snapshots.length} snapshot(s): ${r.chunks} chunks, ${bytes(r.bytes)}; ${r.damagedChunks} damaged`,
+          `verified ${r.snapshots.length} snapshot(s)${r.slice ? ` (slice ${r.slice.index + 1} of ${r.slice.of})` : ''}: ${r.chunks} chunks, ${bytes(r.bytes)}; ${r.damagedChunks} damaged`,
           ...r.damaged.map(
             (d) =>
               `DAMAGED ${d.snapshot} ${d.disk}: offsets ${d.offsets.join(', ') || '(index)'}: ${d.reason}`,
