@@ -149,6 +149,48 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     },
   );
   api.post(
+    '/repositories/verify',
+    {
+      schema: {
+        tags,
+        summary:
+          "verify a repository's snapshots, all or a rolling slice (a job; damage fails it, naming snapshots and offsets)",
+        body: s.verifyRepositoryBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { repo: string; passphraseFile?: string; snapshots?: string[]; rolling?: number };
+      return reply.code(202).send(
+        site.verifyRepository(req.actor, {
+          ...Site.repoAccess(b.repo, b.passphraseFile),
+          ...(b.snapshots ? { snapshots: b.snapshots } : {}),
+          ...(b.rolling !== undefined ? { rolling: b.rolling } : {}),
+        }),
+      );
+    },
+  );
+  api.post(
+    '/repositories/gc',
+    {
+      schema: {
+        tags,
+        summary: 'delete chunks no snapshot uses (a job; safe while backups run)',
+        body: s.gcRepositoryBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { repo: string; passphraseFile?: string; graceSeconds?: number };
+      return reply.code(202).send(
+        site.gcRepository(req.actor, {
+          ...Site.repoAccess(b.repo, b.passphraseFile),
+          ...(b.graceSeconds !== undefined ? { graceMs: b.graceSeconds * 1000 } : {}),
+        }),
+      );
+    },
+  );
+  api.post(
     '/volumes/:name/rollback',
     {
       schema: {

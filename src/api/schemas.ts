@@ -234,6 +234,31 @@ export const backupBody = {
   },
 } as const;
 
+export const verifyRepositoryBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['repo'],
+  properties: {
+    ...repoFields,
+    snapshots: { type: 'array', items: { type: 'string', minLength: 1 }, description: 'default: all' },
+    rolling: { type: 'integer', minimum: 1, maximum: 65536, description: 'check the next 1/N of the chunks' },
+  },
+} as const;
+
+export const gcRepositoryBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['repo'],
+  properties: {
+    ...repoFields,
+    graceSeconds: {
+      type: 'integer',
+      minimum: 0,
+      description: 'keep unused chunks younger than this (default 300)',
+    },
+  },
+} as const;
+
 export const rollbackBody = {
   type: 'object',
   additionalProperties: false,

@@ -267,3 +267,46 @@ test('two sites run side by side without touching each other', async (t) => {
   await b.d.stop();
   assert.equal((await a.api('GET', '/site')).status, 200);
 });
+
+test('backup over the API: a transport by name, verify and gc as jobs, quick rollback', async (t) => {
+  const { d, dir, api } = await daemon(t, 'backup-site');
+  const { Repository } = await import('../../src/repository/index.js');
+  const { randomBytes } = await import('node:crypto');
+  const repo = join(dir, 'repo');
+  await Repository.init(repo);
+  assert.equal((await api('POST', '/volumes', { name: 'r', sizeBytes: 8 * 1024 * 1024 })).status, 201);
+  const dev = d.site.storage.openDevice('r');
+  await dev.write(randomBytes(1024 * 1024), 2 * 1024 * 1024);
+  await dev.flush();
+  const finished = async (a: Answer) => {
+    assert.equal(a.status, 202, JSON.stringify(a.body));
+    const id = (a.body as { id: string }).id;
+    for (;;) {
+      const j = (await api('GET', `/jobs/${id}`)).body as { state: string; result?: unknown; error?: string };
+      if (j.state !== 'running' && j.state !== 'queued') return j;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const badTransport = await api('POST', '/volumes/r/backup', { repo, transport: 'fibre' });
+  assert.equal(badTransport.status, 400);
+  assert.equal(err(badTransport).field, 'body.transport');
+  const b = await finished(await api('POST', '/volumes/r/backup', { repo, transport: 'hotadd' }));
+  assert.equal(b.state, 'succeeded', b.error);
+  const r = b.result as { snapshot: string; transport: string; stats: { readBytes: number } };
+  assert.equal(r.transport, 'hotadd');
+  assert.equal(r.stats.readBytes, 1024 * 1024, 'the allocated megabyte was read over the local socket');
+  const v = await finished(await api('POST', '/repositories/verify', { repo, rolling: 2 }));
+  assert.equal(v.state, 'succeeded', v.error);
+  assert.deepEqual((v.result as { slice: unknown }).slice, { index: 0, of: 2 });
+  const gc = await finished(await api('POST', '/repositories/gc', { repo, graceSeconds: 0 }));
+  assert.equal(gc.state, 'succeeded', gc.error);
+  assert.equal((gc.result as { removedChunks: number }).removedChunks, 0, 'nothing unused');
+  const before = Buffer.alloc(8 * 1024 * 1024);
+  await dev.read(before, 0);
+  await dev.write(randomBytes(4096), 2 * 1024 * 1024 + 8192);
+  const rb = await finished(await api('POST', '/volumes/r/rollback', { repo, snapshot: r.snapshot }));
+  assert.equal(rb.state, 'succeeded', rb.error);
+  const after = Buffer.alloc(8 * 1024 * 1024);
+  await dev.read(after, 0);
+  assert.ok(after.equals(before), 'the rollback undid the write');
+});

@@ -542,6 +542,36 @@ export class Site {
     });
   }
 
+  /** Verifies a repository's snapshots (all, or a rolling slice), as a job; damage fails the job. */
+  verifyRepository(actor: Actor, req: RepoAccess & { snapshots?: string[]; rolling?: number }): Job {
+    return this.jobs.start({ kind: 'repository.verify', target: req.repo, actor }, async (ctx) => {
+      const r = await openRepository(req);
+      const report = await r.verify(req.snapshots, {
+        onProgress: (d, t) => ctx.progress(d, t, 'verify'),
+        ...(req.rolling !== undefined ? { rolling: req.rolling } : {}),
+      });
+      for (const d of report.damaged)
+        ctx.log(
+          `DAMAGED ${d.snapshot} ${d.disk}: offsets ${d.offsets.join(', ') || '(index)'}: ${d.reason}`,
+          'error',
+        );
+      if (report.damaged.length)
+        throw new HavenError(
+          'CORRUPT',
+          `verify found ${report.damagedChunks} damaged chunk(s) in ${new Set(report.damaged.map((d) => d.snapshot)).size} snapshot(s): ${report.damaged.map((d) => d.snapshot).join(', ')}`,
+        );
+      return report;
+    });
+  }
+
+  /** Garbage-collects a repository, as a job (safe while backups run). */
+  gcRepository(actor: Actor, req: RepoAccess & { graceMs?: number }): Job {
+    return this.jobs.start({ kind: 'repository.gc', target: req.repo, actor }, async () => {
+      const r = await openRepository(req);
+      return r.gc(req.graceMs !== undefined ? { graceMs: req.graceMs } : {});
+    });
+  }
+
   /** Restores a disk of a snapshot into a new volume, as a job. */
   restoreToVolume(
     actor: Actor,
