@@ -21,3 +21,4 @@ export {
   type OpenedSource,
 } from './backup/sources.js';
 export { startQmpPull, type QmpPullOptions, type QmpPullSession } from './backup/qmp-pull.js';
+export { SnapshotDevice, type SnapshotDeviceOptions } from './recovery/snapshot-device.js';

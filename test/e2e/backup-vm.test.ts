@@ -41,7 +41,7 @@ test('backup of a running VM while it streams writes: consistent, complete, incr
   // Every write reported before the backup starts must be in it.
   const before = writesIn(await s.haven('vm', 'console-log', 'app1'));
   const first = await s.haven('backup', 'vm:app1', '--repo', repo);
-  assert.match(first, /^snapshot \S+ of vm:app1: read/m);
+  assert.match(first, /^snapshot \S+ of vm:app1 over san: read/m);
   const during = writesIn(await s.haven('vm', 'console-log', 'app1'));
   assert.ok(during.length > before.length, 'the guest went on writing during the backup');
   await waitForConsole(s, 'app1', new RegExp(`"event":"write","seq":${during.length + 40},`));

@@ -214,7 +214,49 @@ export function registerBackup(program: Command): void {
       await (await openRepository(access(o))).deleteSnapshot(id);
     });
 
-  apiOptions(repoOptions(program.command('backup')))
+  const backupCommand = apiOptions(repoOptions(program.command('backup')));
+  repoOptions(backupCommand.command('mount'))
+    .description(
+      "serve a backup's disk over NBD in the foreground, read-only (or --writable through a throw-away overlay), for qemu-img, nbdcopy, guestfish or a VM",
+    )
+    .argument('<snapshot>')
+    .option('--disk <n>', "which of the snapshot's disks", '0')
+    .option('--writable', 'accept writes into an overlay that is discarded when the mount stops')
+    .option('--listen <host:port>', 'TCP address (default 127.0.0.1:10809)')
+    .option('--socket <path>', 'a unix socket instead of TCP')
+    .option('--name <export>', 'export name (default: the snapshot id)')
+    .action(async (id: string, _o: unknown, cmd: Command) => {
+      // --repo and --passphrase-file are also the parent's options: take them from either.
+      const o = cmd.optsWithGlobals<
+        RepoOpts & { disk: string; writable?: boolean; listen?: string; socket?: string; name?: string }
+      >();
+      const disk = Number(o.disk);
+      if (!Number.isInteger(disk) || disk < 0)
+        throw invalidArgument(`--disk "${o.disk}" is not a disk number`);
+      const serving = await (
+        await orchestration()
+      ).mountSnapshot({
+        ...access(o),
+        snapshot: id,
+        disk,
+        ...(o.writable ? { writable: true } : {}),
+        ...(o.listen ? { listen: o.listen } : {}),
+        ...(o.socket ? { socket: o.socket } : {}),
+        ...(o.name ? { name: o.name } : {}),
+      });
+      process.stdout.write(
+        `haven: backup ${serving.snapshot} disk ${disk} mounted ${o.writable ? 'writable (changes are discarded)' : 'read-only'} on ${serving.uri}\n`,
+      );
+      const stop = () => {
+        process.off('SIGTERM', stop);
+        process.off('SIGINT', stop);
+        void serving.stop().then(() => process.exit(0));
+      };
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
+    });
+
+  backupCommand
     .description(
       'back a source up: an image file (raw, qcow2, vmdk, vhdx), an NBD URI, volume:NAME or vm:NAME (through the site daemon; offline with --data)',
     )

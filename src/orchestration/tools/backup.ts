@@ -1,7 +1,7 @@
 import { existsSync, openSync, closeSync, ftruncateSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { openRawFile, type BlockDevice } from '../../block/index.js';
+import { OverlayDevice, openRawFile, type BlockDevice } from '../../block/index.js';
 import { conflict, invalidArgument } from '../../common/index.js';
 import { connectNbd } from '../../nbd/index.js';
 import {
@@ -15,12 +15,14 @@ import {
   openQmpSource,
   openVolumeSource,
   restore,
+  SnapshotDevice,
   type OpenedSource,
   type RestoreResult,
 } from '../../protection/index.js';
 import { Repository, type SnapshotManifest } from '../../repository/index.js';
 import type { StorageService } from '../../storage/index.js';
 import { withStorage } from './storage.js';
+import { serveDevice, type ServingImage } from './serve-image.js';
 
 export interface RepoAccess {
   repo: string;
@@ -220,4 +222,39 @@ export async function rollbackVolume(
       req.onProgress ? { onProgress: req.onProgress } : {},
     ),
   );
+}
+
+export interface MountRequest extends RepoAccess {
+  snapshot: string;
+  disk?: number;
+  /** Writes go to a throw-away overlay (removed when the mount stops); the backup is never written. */
+  writable?: boolean;
+  listen?: string;
+  socket?: string;
+  name?: string;
+}
+
+/**
+ * `haven backup mount`: one disk of a backup served over NBD for any tool (qemu-img, nbdcopy,
+ * guestfish, a VM elsewhere), read-only from the repository, or writable through an overlay.
+ */
+export async function mountSnapshot(req: MountRequest): Promise<ServingImage & { snapshot: string }> {
+  const repo = await openRepository(req);
+  const snap = await repo.snapshot(req.snapshot);
+  const base = await SnapshotDevice.open(repo, snap, req.disk ?? 0);
+  let device: BlockDevice = base;
+  let overlayDir: string | undefined;
+  if (req.writable) {
+    overlayDir = mkdtempSync(join(tmpdir(), 'haven-mount-'));
+    device = OverlayDevice.create(join(overlayDir, 'overlay'), base);
+  }
+  const serving = await serveDevice(device, `backup ${snap.id} ${snap.disks[req.disk ?? 0]!.name}`, {
+    name: req.name ?? snap.id,
+    ...(req.listen ? { listen: req.listen } : {}),
+    ...(req.socket ? { socket: req.socket } : {}),
+    onStop: () => {
+      if (overlayDir) rmSync(overlayDir, { recursive: true, force: true });
+    },
+  });
+  return { ...serving, snapshot: snap.id };
 }

@@ -29,12 +29,22 @@ export const DEFAULT_NBD_PORT = 10809;
 export async function serveImage(opts: ServeImageOptions): Promise<ServingImage> {
   if (opts.listen && opts.socket) throw invalidArgument('give --listen or --socket, not both');
   const device: BlockDevice = openRawFile(resolve(opts.image), { readOnly: opts.readOnly ?? false });
+  return serveDevice(device, resolve(opts.image), opts);
+}
+
+/** Serves a block device over NBD until stopped (stopping closes it, then runs `onStop`). */
+export async function serveDevice(
+  device: BlockDevice,
+  description: string,
+  opts: Omit<ServeImageOptions, 'image' | 'readOnly'> & { onStop?: () => void | Promise<void> },
+): Promise<ServingImage> {
+  if (opts.listen && opts.socket) throw invalidArgument('give --listen or --socket, not both');
   const name = opts.name ?? 'disk';
   const server = new NbdServer({ log: logger('nbd-server'), ...(opts.tls ? { tls: opts.tls } : {}) });
   server.addExport({
     name,
     device,
-    description: resolve(opts.image),
+    description,
     ...(opts.maxConnections ? { maxConnections: opts.maxConnections } : {}),
   });
   let address: ListenAddress;
@@ -46,6 +56,7 @@ export async function serveImage(opts: ServeImageOptions): Promise<ServingImage>
     );
   } catch (err) {
     await device.close();
+    await opts.onStop?.();
     throw err;
   }
   const scheme = opts.tls ? 'nbds' : 'nbd';
@@ -60,6 +71,7 @@ export async function serveImage(opts: ServeImageOptions): Promise<ServingImage>
     async stop() {
       await server.close();
       await device.close();
+      await opts.onStop?.();
     },
   };
 }
