@@ -203,6 +203,14 @@ export class Pool {
     return this.volumeInfo(family, family.find(record.id)!);
   }
 
+  renameVolume(name: string, to: string): VolumeInfo {
+    checkName('volume', to);
+    if (this.findVolume(to)) throw conflict(`volume ${to} already exists in pool ${this.name}`);
+    const { family, record } = this.requireVolume(name);
+    family.rename(record.id, to);
+    return this.volumeInfo(family, family.find(record.id)!);
+  }
+
   deleteVolume(name: string): void {
     const { family, record } = this.requireVolume(name);
     family.delete(record.id);

@@ -1,10 +1,18 @@
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/index.js';
-import { conflict, invalidArgument, lockDirectory, notFound, writeFileAtomic } from '../common/index.js';
+import {
+  HavenError,
+  conflict,
+  invalidArgument,
+  lockDirectory,
+  notFound,
+  writeFileAtomic,
+} from '../common/index.js';
 import { Pool, checkName, type PoolInfo, type SnapshotInfo, type VolumeInfo } from './pool.js';
 import { VolumeBitmaps, markBitmapsInUse, type BitmapInfo } from './bitmaps.js';
 import { TapDevice } from './tap.js';
+import { mirrorCopy, type MirrorCopy } from './mirror-copy.js';
 import type { BitmapView } from '../block/index.js';
 
 interface PoolsFile {
@@ -17,7 +25,27 @@ interface PoolsFile {
  * across the site, so a volume is named without its pool. Out of band from the data path: the
  * data path is `openDevice`, served over NBD by the storage service.
  */
+/** A volume's copy on the target pool while it moves. */
+export const MOVING_SUFFIX = '.moving';
+/** Backup checkpoints (the backup engine's epochs): dropped when a volume moves. */
+const BACKUP_CHECKPOINT_PREFIX = 'haven-backup-';
+
+export interface MoveResult {
+  volume: string;
+  from: string;
+  to: string;
+  /** With keepSource: the source's new name. */
+  keptSource?: string;
+  copiedBytes: number;
+  /** Guest writes mirrored to the target during the copy. */
+  mirroredBytes: number;
+  /** How long I/O waited at the switch. */
+  pauseMs: number;
+  seconds: number;
+}
+
 export class StorageService {
+  private readonly moving = new Set<string>();
   private readonly pools = new Map<string, Pool>();
   private readonly lock: { release: () => void };
   /** Per pool: whether its bitmaps were in use when a service died, and the marker's release. */
@@ -35,8 +63,11 @@ export class StorageService {
         const mark = markBitmapsInUse(pool.path);
         this.inUse.set(name, mark);
         // After a crash, record at once that this pool's bitmaps are not to be trusted.
-        if (mark.crashed) for (const v of pool.listVolumes()) this.volumeState(v.name).bitmaps.save();
+        if (mark.crashed)
+          for (const v of pool.listVolumes())
+            if (!v.name.endsWith(MOVING_SUFFIX)) this.volumeState(v.name).bitmaps.save();
       }
+      this.recoverMoves();
     } catch (err) {
       this.close();
       throw err;
@@ -97,6 +128,8 @@ export class StorageService {
 
   createVolume(name: string, size: number, pool: string, labels?: Record<string, string>): VolumeInfo {
     if (this.findPoolOf(name)) throw conflict(`volume ${name} already exists`);
+    if (name.endsWith(MOVING_SUFFIX))
+      throw invalidArgument(`volume names ending in "${MOVING_SUFFIX}" are reserved for volumes being moved`);
     return this.pool(pool).createVolume(name, size, labels);
   }
 
@@ -186,6 +219,103 @@ export class StorageService {
     return this.volumeState(target.slice(0, at)).bitmaps.frozenViews(target.slice(at + 1));
   }
 
+  /**
+   * Live storage migration: moves a volume to another pool while it is in use. Its allocated
+   * data is copied under a temporary name on the target pool while every write is mirrored
+   * there; then, in one turn of the event loop (no request can fall in between), the target is
+   * flushed, the source deleted (or kept under another name), the target renamed and put behind
+   * the volume's tap — writers and NBD clients keep their handles and see nothing but a short
+   * pause, which is measured. Snapshots do not move: a volume with snapshots of its own is
+   * refused; backup checkpoints are dropped (the next backup reads everything). Cancel or a
+   * failure before the switch leaves the source as it was and removes the copy; a crash is
+   * settled when the storage opens next (see recoverMoves).
+   */
+  async moveVolume(
+    name: string,
+    toPool: string,
+    opts: {
+      keepSource?: boolean;
+      signal?: AbortSignal;
+      onProgress?: (done: number, total: number) => void;
+    } = {},
+  ): Promise<MoveResult> {
+    const started = performance.now();
+    const from = this.poolOf(name);
+    const to = this.pool(toPool);
+    if (from === to) throw invalidArgument(`volume ${name} is in pool ${toPool} already`);
+    if (this.moving.has(name)) throw conflict(`volume ${name} is being moved already`);
+    const own = from.listSnapshots(name).filter((x) => !x.name.startsWith(BACKUP_CHECKPOINT_PREFIX));
+    if (own.length)
+      throw conflict(
+        `volume ${name} has snapshots (${own.map((x) => x.name).join(', ')}); snapshots do not move: delete them first`,
+      );
+    const info = from.volume(name);
+    const tmp = `${name}${MOVING_SUFFIX}`;
+    if (to.hasVolume(tmp))
+      throw conflict(`pool ${toPool} holds ${tmp} from an earlier move; restart the storage to settle it`);
+    this.moving.add(name);
+    try {
+      for (const x of from.listSnapshots(name)) this.deleteSnapshot(name, x.name);
+      const state = this.volumeState(name);
+      to.createVolume(tmp, info.size, info.labels);
+      const target = to.openDevice(tmp);
+      let copy: MirrorCopy | undefined;
+      try {
+        copy = await mirrorCopy({
+          tap: state.tap,
+          source: from.openDevice(name),
+          target,
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+        });
+        // The switch: synchronous from here to the end, so no request can come in between.
+        const t0 = performance.now();
+        copy.check();
+        if (target.size !== info.size)
+          throw new HavenError('INTERNAL', `the copy of ${name} has the wrong size`);
+        target.flush();
+        const kept = opts.keepSource ? `${name}.moved-${Date.now().toString(36)}` : undefined;
+        if (kept) from.renameVolume(name, kept);
+        else from.deleteVolume(name); // from here on the copy is the volume: see recoverMoves
+        to.renameVolume(tmp, name);
+        state.tap.replaceInner(target);
+        copy.stop();
+        const bitmapDir = join(to.path, 'bitmaps', to.familyOf(name).id);
+        mkdirSync(bitmapDir, { recursive: true });
+        const bitmaps = VolumeBitmaps.open(bitmapDir, info.size, false);
+        for (const b of state.bitmaps.list()) bitmaps.add(b.name, b.granularity);
+        bitmaps.markDirty(0, info.size); // their history stayed behind: everything counts as changed
+        bitmaps.save();
+        state.tap.removeTracker(state.bitmaps);
+        state.tap.addTracker(bitmaps);
+        state.bitmaps.destroy();
+        this.volumes.set(name, { tap: state.tap, bitmaps });
+        const pauseMs = performance.now() - t0;
+        return {
+          volume: name,
+          from: from.name,
+          to: to.name,
+          ...(kept ? { keptSource: kept } : {}),
+          copiedBytes: copy.copiedBytes,
+          mirroredBytes: copy.mirroredBytes,
+          pauseMs,
+          seconds: (performance.now() - started) / 1000,
+        };
+      } catch (err) {
+        copy?.stop();
+        if (from.hasVolume(name) && to.hasVolume(tmp)) to.deleteVolume(tmp);
+        throw err;
+      }
+    } finally {
+      this.moving.delete(name);
+    }
+  }
+
+  /** Volumes being moved now. */
+  movingVolumes(): string[] {
+    return [...this.moving];
+  }
+
   /** The tap of a volume: subscribe to its changes (replication). */
   tap(volume: string): TapDevice {
     return this.volumeState(volume).tap;
@@ -225,6 +355,22 @@ export class StorageService {
   }
 
   // ---- internals -------------------------------------------------------------------------
+
+  /**
+   * Settles moves a crash interrupted. A copy under its temporary name whose source still exists
+   * never took over: it is removed (the source has every acknowledged write). One whose source is
+   * gone had taken over (the source is deleted only once the copy is complete and flushed): it
+   * gets the volume's name. Never two volumes claiming one disk.
+   */
+  private recoverMoves(): void {
+    for (const pool of this.pools.values())
+      for (const v of pool.listVolumes()) {
+        if (!v.name.endsWith(MOVING_SUFFIX)) continue;
+        const base = v.name.slice(0, -MOVING_SUFFIX.length);
+        if (this.findPoolOf(base)) pool.deleteVolume(v.name);
+        else pool.renameVolume(v.name, base);
+      }
+  }
 
   private volumeState(name: string): { tap: TapDevice; bitmaps: VolumeBitmaps } {
     let v = this.volumes.get(name);

@@ -1,5 +1,5 @@
 import type { BlockDevice, BlockSizes, Extent, WriteFlags, ZeroFlags } from '../block/index.js';
-import { isPromise, type MaybePromise } from '../common/index.js';
+import { HavenError, isPromise, type MaybePromise } from '../common/index.js';
 
 /** One change to a volume, as the tap saw it. */
 export interface TapEvent {
@@ -43,7 +43,7 @@ export class TapDevice implements BlockDevice {
   private inflight: { start: number; end: number; done: Promise<void> }[] = [];
 
   constructor(
-    private readonly inner: BlockDevice,
+    private inner: BlockDevice,
     opts: { firstSeq?: number; shared?: boolean } = {},
   ) {
     this.nextSeq = opts.firstSeq ?? 1;
@@ -75,6 +75,19 @@ export class TapDevice implements BlockDevice {
   }
   removeTracker(t: ChangeTracker): void {
     this.trackers.delete(t);
+  }
+
+  /**
+   * Puts another device behind the tap (a volume moved to another pool): every writer and NBD
+   * client keeps its handle and goes on. Only between requests: refused while a change is in
+   * flight (the pool devices complete synchronously, so a caller in one turn of the event loop
+   * always finds none).
+   */
+  replaceInner(next: BlockDevice): BlockDevice {
+    if (this.inflight.length) throw new HavenError('CONFLICT', 'the volume has changes in flight');
+    const old = this.inner;
+    this.inner = next;
+    return old;
   }
 
   /** Subscribes to every change from now on; returns the unsubscribe function. */

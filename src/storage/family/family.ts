@@ -229,6 +229,12 @@ export class VolumeFamily {
     return { ...rec };
   }
 
+  /** Gives a member a new name (durably). */
+  rename(id: string, name: string): void {
+    this.member(id).record.name = name;
+    this.commit();
+  }
+
   /** Makes a volume's content that of one of its snapshots again. */
   revert(volumeId: string, snapshotId: string): void {
     const v = this.member(volumeId);

@@ -1,0 +1,127 @@
+// Live storage migration inside the storage service: a writer keeps writing through the volume's
+// tap (as the NBD server does for a VM) while the volume moves; every acknowledged write is on
+// the moved volume; cancel leaves the source untouched; a crash is settled at the next open.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { setImmediate as tick } from 'node:timers/promises';
+import { tempDir } from '../../test/support/tmp.js';
+import { HavenError } from '../common/index.js';
+import { MOVING_SUFFIX, StorageService } from './service.js';
+
+const MiB = 1024 * 1024;
+
+function contentOf(svc: StorageService, volume: string): string {
+  const buf = Buffer.alloc(svc.volume(volume).size);
+  svc.openDevice(volume, { readOnly: true }).read(buf, 0);
+  return createHash('sha256').update(buf).digest('hex');
+}
+
+test('a volume moves while it is written; every acknowledged write is on the new pool', async (t) => {
+  const dir = tempDir();
+  const svc = StorageService.open(dir.path);
+  t.after(() => {
+    svc.close();
+    dir.cleanup();
+  });
+  svc.createPool('slow');
+  svc.createPool('fast');
+  svc.createVolume('v', 32 * MiB, 'slow');
+  const dev = svc.openDevice('v'); // the tap: what the NBD server holds for a VM
+  const shadow = Buffer.alloc(32 * MiB);
+  for (let at = 0; at < 24 * MiB; at += 2 * MiB) {
+    const b = randomBytes(MiB);
+    await dev.write(b, at);
+    b.copy(shadow, at);
+  }
+  svc.addBitmap('v', 'cbt');
+  svc.snapshot('v', 'haven-backup-x'); // a backup checkpoint: dropped by the move
+
+  // The writer: 4 KiB writes at random places, as fast as it can, until the move is done.
+  let moving = true;
+  let writes = 0;
+  const writer = (async () => {
+    while (moving) {
+      const at = Math.floor(Math.random() * (32 * MiB - 4096));
+      const b = randomBytes(4096);
+      await dev.write(b, at);
+      b.copy(shadow, at);
+      writes++;
+      await tick();
+    }
+  })();
+  const r = await svc.moveVolume('v', 'fast');
+  moving = false;
+  await writer;
+  assert.equal(r.from, 'slow');
+  assert.equal(r.to, 'fast');
+  assert.ok(writes > 10, `the writer went on during the move (${writes} writes)`);
+  assert.ok(r.mirroredBytes > 0, 'writes during the copy were mirrored');
+  assert.ok(r.pauseMs < 1000, `the switch paused I/O for ${r.pauseMs} ms`);
+  assert.equal(svc.volume('v').pool, 'fast');
+  assert.deepEqual(svc.listVolumes('slow'), [], 'the source is gone');
+  assert.deepEqual(svc.listSnapshots('v'), [], 'backup checkpoints do not move');
+  assert.equal(contentOf(svc, 'v'), createHash('sha256').update(shadow).digest('hex'));
+  assert.deepEqual(
+    svc.listBitmaps('v').map((b) => [b.name, b.dirtyBytes]),
+    [['cbt', 32 * MiB]],
+    'bitmaps move, all dirty',
+  );
+  // The same handle goes on working after the switch.
+  await dev.write(Buffer.alloc(4096, 7), 0);
+  Buffer.alloc(4096, 7).copy(shadow, 0);
+  assert.equal(contentOf(svc, 'v'), createHash('sha256').update(shadow).digest('hex'));
+
+  // keepSource: the source stays, renamed.
+  const back = await svc.moveVolume('v', 'slow', { keepSource: true });
+  assert.match(back.keptSource ?? '', /^v\.moved-/);
+  assert.equal(svc.volume(back.keptSource!).pool, 'fast');
+  assert.equal(contentOf(svc, back.keptSource!), contentOf(svc, 'v'));
+  assert.throws(
+    () => svc.createVolume(`x${MOVING_SUFFIX}`, MiB, 'slow'),
+    (e: HavenError) => e.code === 'INVALID_ARGUMENT',
+  );
+  svc.snapshot('v', 'mine');
+  await assert.rejects(svc.moveVolume('v', 'fast'), /has snapshots \(mine\)/);
+});
+
+test('cancel leaves the source as it was; a crash mid-move is settled when the storage opens', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  let svc = StorageService.open(dir.path);
+  svc.createPool('a');
+  svc.createPool('b');
+  svc.createVolume('v', 64 * MiB, 'a');
+  const dev = svc.openDevice('v');
+  for (let at = 0; at < 64 * MiB; at += MiB) await dev.write(randomBytes(MiB), at);
+  const before = contentOf(svc, 'v');
+  const ac = new AbortController();
+  let seen = 0;
+  await assert.rejects(
+    svc.moveVolume('v', 'b', {
+      signal: ac.signal,
+      onProgress: (done) => {
+        seen = done;
+        if (done >= 8 * MiB) ac.abort();
+      },
+    }),
+    /abort/i,
+  );
+  assert.ok(seen >= 8 * MiB);
+  assert.equal(svc.volume('v').pool, 'a');
+  assert.deepEqual(svc.listVolumes('b'), [], 'the partial copy is gone');
+  assert.equal(contentOf(svc, 'v'), before);
+
+  // A crash before the switch: the copy is there under its temporary name, the source too.
+  svc.pool('b').createVolume(`v${MOVING_SUFFIX}`, 64 * MiB);
+  svc.close();
+  svc = StorageService.open(dir.path);
+  assert.deepEqual(svc.listVolumes('b'), [], 'the unfinished copy was removed');
+  assert.equal(contentOf(svc, 'v'), before);
+  // A crash after the switch deleted the source: the copy takes the volume's name.
+  svc.pool('b').createVolume(`w${MOVING_SUFFIX}`, MiB);
+  svc.close();
+  svc = StorageService.open(dir.path);
+  assert.equal(svc.volume('w').pool, 'b');
+  svc.close();
+});
