@@ -110,6 +110,25 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
         );
     },
   );
+  api.post(
+    '/vms/:name/move-storage',
+    {
+      schema: {
+        tags,
+        summary: "live storage migration: move all of a VM's disks to another pool while it runs (a job)",
+        params: s.nameParam,
+        body: s.moveBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { pool: string; keepSource?: boolean };
+      const name = (req.params as Name).name;
+      return reply
+        .code(202)
+        .send(site.moveVmStorage(req.actor, name, b.pool, b.keepSource ? { keepSource: true } : {}));
+    },
+  );
   api.get(
     '/vms/:name/console-log',
     {

@@ -149,6 +149,25 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     },
   );
   api.post(
+    '/volumes/:name/move',
+    {
+      schema: {
+        tags,
+        summary: 'live storage migration: move a volume to another pool while it is in use (a job)',
+        params: volumeParam,
+        body: s.moveBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { pool: string; keepSource?: boolean };
+      const name = (req.params as Name).name;
+      return reply
+        .code(202)
+        .send(site.moveVolume(req.actor, name, b.pool, b.keepSource ? { keepSource: true } : {}));
+    },
+  );
+  api.post(
     '/repositories/verify',
     {
       schema: {

@@ -259,6 +259,16 @@ export const gcRepositoryBody = {
   },
 } as const;
 
+export const moveBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['pool'],
+  properties: {
+    pool: { type: 'string', minLength: 1, description: 'the pool to move to' },
+    keepSource: { type: 'boolean', description: 'keep the source volume (renamed) instead of deleting it' },
+  },
+} as const;
+
 export const rollbackBody = {
   type: 'object',
   additionalProperties: false,

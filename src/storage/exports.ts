@@ -1,3 +1,4 @@
+import { isMoveInternal } from './service.js';
 import type { NbdExport, NbdServer } from '../nbd/index.js';
 import type { StorageService } from './service.js';
 
@@ -28,6 +29,7 @@ export class StorageExports {
   refresh(): void {
     const want = new Set<string>();
     for (const v of this.storage.listVolumes()) {
+      if (isMoveInternal(v.name)) continue; // a copy in the making, or a source on its way out
       want.add(v.name);
       this.ensure(v.name, `volume ${v.name} (pool ${v.pool})`);
       for (const s of this.storage.listSnapshots(v.name)) {

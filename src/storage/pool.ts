@@ -1,8 +1,29 @@
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, statfsSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  statfsSync,
+} from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { BlockDevice } from '../block/index.js';
-import { HavenError, conflict, invalidArgument, logger, notFound, writeFileAtomic } from '../common/index.js';
+import {
+  HavenError,
+  conflict,
+  invalidArgument,
+  logger,
+  notFound,
+  syncDirectory,
+  writeFileAtomic,
+} from '../common/index.js';
+
+/** A family directory being removed (renamed first, so the pool forgets it at once). */
+const TRASH_PREFIX = '.trash-';
 import { DEFAULT_CLUSTER_SIZE, VolumeFamily } from './family/family.js';
 import type { MemberRecord } from './family/format.js';
 import { MemberDevice } from './family/member-device.js';
@@ -121,6 +142,10 @@ export class Pool {
     const pool = new Pool(path, config);
     for (const id of readdirSync(join(path, 'families'))) {
       const dir = join(path, 'families', id);
+      if (id.startsWith(TRASH_PREFIX)) {
+        rmSync(dir, { recursive: true, force: true }); // a deletion a crash interrupted
+        continue;
+      }
       try {
         const fam = VolumeFamily.open(dir, pool.familyOptions());
         if (fam.memberCount === 0) {
@@ -209,6 +234,29 @@ export class Pool {
     const { family, record } = this.requireVolume(name);
     family.rename(record.id, to);
     return this.volumeInfo(family, family.find(record.id)!);
+  }
+
+  /**
+   * Deletes a volume that is alone in its family (a moved volume's source) without blocking: the
+   * family leaves the pool at once (its directory renamed away, durably), and its files are
+   * removed on the thread pool — freeing a large file can take long with online discard.
+   */
+  async dropVolume(name: string): Promise<void> {
+    const { family } = this.requireVolume(name);
+    if (family.memberCount !== 1) {
+      this.deleteVolume(name);
+      return;
+    }
+    family.close();
+    for (const [id, f] of this.families)
+      if (f === family) {
+        this.families.delete(id);
+        this.allocated -= f.allocatedBytes();
+        const trash = join(this.path, 'families', `${TRASH_PREFIX}${id}`);
+        renameSync(f.dir, trash);
+        syncDirectory(join(this.path, 'families'));
+        await rm(trash, { recursive: true, force: true });
+      }
   }
 
   deleteVolume(name: string): void {

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, fdatasync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/index.js';
 import {
@@ -27,6 +27,13 @@ interface PoolsFile {
  */
 /** A volume's copy on the target pool while it moves. */
 export const MOVING_SUFFIX = '.moving';
+/** A moved volume's source, being removed. */
+const RETIRED_SUFFIX = '.retired';
+
+/** A volume that exists only while a move runs (nobody's disk): exports and listings skip it. */
+export function isMoveInternal(name: string): boolean {
+  return name.endsWith(MOVING_SUFFIX) || name.endsWith(RETIRED_SUFFIX);
+}
 /** Backup checkpoints (the backup engine's epochs): dropped when a volume moves. */
 const BACKUP_CHECKPOINT_PREFIX = 'haven-backup-';
 
@@ -128,8 +135,10 @@ export class StorageService {
 
   createVolume(name: string, size: number, pool: string, labels?: Record<string, string>): VolumeInfo {
     if (this.findPoolOf(name)) throw conflict(`volume ${name} already exists`);
-    if (name.endsWith(MOVING_SUFFIX))
-      throw invalidArgument(`volume names ending in "${MOVING_SUFFIX}" are reserved for volumes being moved`);
+    if (name.endsWith(MOVING_SUFFIX) || name.endsWith(RETIRED_SUFFIX))
+      throw invalidArgument(
+        `volume names ending in "${MOVING_SUFFIX}" or "${RETIRED_SUFFIX}" are reserved for volumes being moved`,
+      );
     return this.pool(pool).createVolume(name, size, labels);
   }
 
@@ -268,29 +277,39 @@ export class StorageService {
           ...(opts.signal ? { signal: opts.signal } : {}),
           ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         });
+        // The bulk of the copy goes to the disk on the thread pool while I/O flows (and is still
+        // mirrored), so that the flush inside the switch finds little left to write.
+        const fd = to.familyOf(tmp).family.dataFileDescriptor;
+        await new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())));
+        opts.signal?.throwIfAborted();
         // The switch: synchronous from here to the end, so no request can come in between.
         const t0 = performance.now();
         copy.check();
         if (target.size !== info.size)
           throw new HavenError('INTERNAL', `the copy of ${name} has the wrong size`);
         target.flush();
-        const kept = opts.keepSource ? `${name}.moved-${Date.now().toString(36)}` : undefined;
-        if (kept) from.renameVolume(name, kept);
-        else from.deleteVolume(name); // from here on the copy is the volume: see recoverMoves
+        // The source leaves under another name (durably: from here on the copy is the volume,
+        // see recoverMoves), then the copy takes the volume's name and its place behind the tap.
+        const aside = opts.keepSource
+          ? `${name}.moved-${Date.now().toString(36)}`
+          : `${name}${RETIRED_SUFFIX}`;
+        from.renameVolume(name, aside);
         to.renameVolume(tmp, name);
         state.tap.replaceInner(target);
         copy.stop();
-        const bitmapDir = join(to.path, 'bitmaps', to.familyOf(name).id);
-        mkdirSync(bitmapDir, { recursive: true });
-        const bitmaps = VolumeBitmaps.open(bitmapDir, info.size, false);
+        const bitmaps = VolumeBitmaps.open(join(to.path, 'bitmaps', to.familyOf(name).id), info.size, false);
         for (const b of state.bitmaps.list()) bitmaps.add(b.name, b.granularity);
         bitmaps.markDirty(0, info.size); // their history stayed behind: everything counts as changed
-        bitmaps.save();
         state.tap.removeTracker(state.bitmaps);
         state.tap.addTracker(bitmaps);
-        state.bitmaps.destroy();
         this.volumes.set(name, { tap: state.tap, bitmaps });
         const pauseMs = performance.now() - t0;
+        // After the switch, beside the I/O: the bitmaps' files, and the source's removal.
+        mkdirSync(join(to.path, 'bitmaps'), { recursive: true });
+        bitmaps.save();
+        state.bitmaps.destroy();
+        if (!opts.keepSource) await from.dropVolume(aside);
+        const kept = opts.keepSource ? aside : undefined;
         return {
           volume: name,
           from: from.name,
@@ -370,6 +389,9 @@ export class StorageService {
         if (this.findPoolOf(base)) pool.deleteVolume(v.name);
         else pool.renameVolume(v.name, base);
       }
+    // Sources of finished moves whose removal a crash interrupted.
+    for (const pool of this.pools.values())
+      for (const v of pool.listVolumes()) if (v.name.endsWith(RETIRED_SUFFIX)) pool.deleteVolume(v.name);
   }
 
   private volumeState(name: string): { tap: TapDevice; bitmaps: VolumeBitmaps } {

@@ -158,6 +158,25 @@ export function registerVm(program: Command): void {
       );
     });
 
+  apiOptions(vm.command('move-storage'))
+    .description("live storage migration: move all of a VM's disks to another pool while it runs (a job)")
+    .argument('<name>')
+    .requiredOption('--pool <pool>', 'the pool to move to')
+    .option('--keep-source', 'keep the source volumes (renamed) instead of deleting them')
+    .option('--no-wait', 'return once the job has started')
+    .option('--json', 'print JSON')
+    .action((name: string, o: WaitOpts & { pool: string; keepSource?: boolean }) =>
+      runJob(
+        o,
+        () =>
+          connect(o).post<Job>(`/vms/${enc(name)}/move-storage`, {
+            pool: o.pool,
+            ...(o.keepSource ? { keepSource: true } : {}),
+          }),
+        (j) => movedSummary(j),
+      ),
+    );
+
   apiOptions(vm.command('console-log'))
     .description("print the VM's serial console log")
     .argument('<name>')
@@ -224,4 +243,15 @@ export function registerHostAndNetwork(program: Command): void {
       await connect(o).delete(`/networks/${enc(name)}`);
       process.stdout.write(`deleted network ${name}\n`);
     });
+}
+
+/** One line per volume a move job moved. */
+export function movedSummary(j: Job): string {
+  const r = j.result as { volumes: { volume: string; to: string; copiedBytes: number; pauseMs: number }[] };
+  return r.volumes
+    .map(
+      (v) =>
+        `moved volume ${v.volume} to pool ${v.to}: ${bytes(v.copiedBytes)} copied, I/O paused ${v.pauseMs.toFixed(1)} ms at the switch`,
+    )
+    .join('\n');
 }

@@ -5,7 +5,7 @@ import type { ApiClient } from '../../api/client.js';
 import type { Job, PoolInfo, SnapshotInfo, StorageService, VolumeInfo } from '../../orchestration/index.js';
 import { orchestration, type Orchestration } from '../lazy.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
-import { runJob } from './compute.js';
+import { movedSummary, runJob } from './compute.js';
 import { bytes, dataOption, parseSize, table } from '../args.js';
 import { printResult } from '../output.js';
 
@@ -227,6 +227,38 @@ export function registerVolume(program: Command): void {
         (c) => c.post<VolumeInfo>(`/volumes/${enc(name)}/resize`, { sizeBytes: size }),
       );
     });
+  both(volume.command('move'))
+    .description('live storage migration: move a volume to another pool, in use or not (a job)')
+    .argument('<name>')
+    .requiredOption('--pool <pool>', 'the pool to move to')
+    .option('--keep-source', 'keep the source volume (renamed) instead of deleting it')
+    .option('--no-wait', 'return once the job has started')
+    .option('--json', 'print JSON')
+    .action(
+      (
+        name: string,
+        o: DataOpts & ApiOpts & { pool: string; keepSource?: boolean; wait: boolean; json?: boolean },
+      ) => {
+        if (o.data)
+          return withStorage(o.data, async (s) => {
+            const r = await s.moveVolume(name, o.pool, o.keepSource ? { keepSource: true } : {});
+            printResult(
+              !!o.json,
+              r,
+              () => `moved volume ${name} to pool ${r.to}: ${bytes(r.copiedBytes)} copied`,
+            );
+          });
+        return runJob(
+          o,
+          () =>
+            connect(o).post<Job>(`/volumes/${enc(name)}/move`, {
+              pool: o.pool,
+              ...(o.keepSource ? { keepSource: true } : {}),
+            }),
+          movedSummary,
+        );
+      },
+    );
   both(volume.command('clone'))
     .description('a new writable volume from a snapshot, sharing its data')
     .argument('<snapshot>', 'volume@snapshot')

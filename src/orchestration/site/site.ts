@@ -572,6 +572,69 @@ export class Site {
     });
   }
 
+  /**
+   * Live storage migration of volumes to another pool, as a job: a volume's VM and NBD clients
+   * go on while it moves, and see a short pause at the switch (logged). Volumes move one by one.
+   */
+  moveVolume(actor: Actor, volume: string, pool: string, opts: { keepSource?: boolean } = {}): Job {
+    return this.moveVolumes(actor, { volumes: [volume], pool, kind: 'volume.move', target: volume, ...opts });
+  }
+
+  /** Moves all of a VM's disks to another pool while it runs, as one job. */
+  moveVmStorage(actor: Actor, vm: string, pool: string, opts: { keepSource?: boolean } = {}): Job {
+    const v = this.compute.vm(vm);
+    const volumes = v.disks.map((d) => d.volume);
+    return this.moveVolumes(actor, { volumes, pool, kind: 'vm.move-storage', target: v.name, ...opts });
+  }
+
+  private moveVolumes(
+    actor: Actor,
+    req: {
+      volumes: string[];
+      pool: string;
+      keepSource?: boolean;
+      kind: 'volume.move' | 'vm.move-storage';
+      target: string;
+    },
+  ): Job {
+    this.storage.pool(req.pool);
+    for (const v of req.volumes) {
+      this.storage.volume(v);
+      const backups = this.jobs
+        .list({ state: 'running' })
+        .filter((j) => j.kind.endsWith('.backup') && (j.target === v || this.vmUses(j.target, v)));
+      if (backups.length)
+        throw conflict(`volume ${v} is being backed up (job ${backups[0]!.id}); move it afterwards`);
+    }
+    return this.jobs.start({ kind: req.kind, target: req.target, actor }, async (ctx) => {
+      const results = [];
+      for (const v of req.volumes) {
+        // Its backup checkpoints are dropped by the move: their exports go first.
+        for (const snap of this.storage.listSnapshots(v)) this.exports.withdraw(`${v}@${snap.name}`);
+        ctx.log(`moving volume ${v} to pool ${req.pool}`);
+        const r = await this.storage.moveVolume(v, req.pool, {
+          signal: ctx.signal,
+          onProgress: (d, t) => ctx.progress(d, t, `copying ${v}`),
+          ...(req.keepSource ? { keepSource: true } : {}),
+        });
+        ctx.log(
+          `volume ${v} is on pool ${r.to}: copied ${r.copiedBytes} bytes, mirrored ${r.mirroredBytes} bytes of writes, I/O paused ${r.pauseMs.toFixed(1)} ms at the switch`,
+        );
+        results.push(r);
+        this.exports.refresh();
+      }
+      return { volumes: results };
+    });
+  }
+
+  private vmUses(vm: string, volume: string): boolean {
+    try {
+      return this.compute.vm(vm).disks.some((d) => d.volume === volume);
+    } catch {
+      return false;
+    }
+  }
+
   /** Restores a disk of a snapshot into a new volume, as a job. */
   restoreToVolume(
     actor: Actor,
