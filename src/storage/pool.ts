@@ -166,6 +166,11 @@ export class Pool {
     return pool;
   }
 
+  /** The allocation unit of its volumes. */
+  get clusterSize(): number {
+    return this.config.clusterSize;
+  }
+
   get name(): string {
     return this.config.name;
   }

@@ -13,6 +13,7 @@ import { Pool, checkName, type PoolInfo, type SnapshotInfo, type VolumeInfo } fr
 import { VolumeBitmaps, markBitmapsInUse, type BitmapInfo } from './bitmaps.js';
 import { TapDevice } from './tap.js';
 import { mirrorCopy, type MirrorCopy } from './mirror-copy.js';
+import { BackedDevice } from './backed.js';
 import type { BitmapView } from '../block/index.js';
 
 interface PoolsFile {
@@ -53,6 +54,7 @@ export interface MoveResult {
 
 export class StorageService {
   private readonly moving = new Set<string>();
+  private readonly backings = new Map<string, { base: BlockDevice; backed: BackedDevice }>();
   private readonly pools = new Map<string, Pool>();
   private readonly lock: { release: () => void };
   /** Per pool: whether its bitmaps were in use when a service died, and the marker's release. */
@@ -158,6 +160,7 @@ export class StorageService {
   }
 
   deleteVolume(name: string): void {
+    this.detachBase(name);
     const state = this.volumeState(name);
     this.poolOf(name).deleteVolume(name);
     state.bitmaps.destroy();
@@ -252,6 +255,8 @@ export class StorageService {
     const from = this.poolOf(name);
     const to = this.pool(toPool);
     if (from === to) throw invalidArgument(`volume ${name} is in pool ${toPool} already`);
+    if (this.backings.has(name))
+      throw conflict(`volume ${name} runs from a backup: finalize its recovery before moving it`);
     if (this.moving.has(name)) throw conflict(`volume ${name} is being moved already`);
     const own = from.listSnapshots(name).filter((x) => !x.name.startsWith(BACKUP_CHECKPOINT_PREFIX));
     if (own.length)
@@ -330,6 +335,56 @@ export class StorageService {
     }
   }
 
+  // ---- volumes over a base (instant recovery) ----------------------------------------------
+
+  /**
+   * Puts a read-only base under a volume: what the volume has not written yet reads from the base
+   * (see BackedDevice). Writers and NBD clients keep their handles. The caller owns the base and
+   * must attach it again after a restart, before the volume is used.
+   */
+  attachBase(volume: string, base: BlockDevice): void {
+    if (this.backings.has(volume)) throw conflict(`volume ${volume} has a base already`);
+    const pool = this.poolOf(volume);
+    const state = this.volumeState(volume);
+    const backed = new BackedDevice(pool.openDevice(volume), base, pool.clusterSize);
+    state.tap.replaceInner(backed);
+    this.backings.set(volume, { base, backed });
+  }
+
+  /** The volume's base, if it has one. */
+  baseOf(volume: string): BackedDevice | undefined {
+    return this.backings.get(volume)?.backed;
+  }
+
+  /**
+   * Copies what the volume still reads from its base, then detaches the base: from then on the
+   * volume is self-contained. Its snapshots taken meanwhile (backup checkpoints) are deleted:
+   * they would read the base.
+   */
+  async absorbBase(
+    volume: string,
+    opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+  ): Promise<{ copiedBytes: number }> {
+    const b = this.backings.get(volume);
+    if (!b) throw invalidArgument(`volume ${volume} has no base`);
+    let copiedBytes = await b.backed.fill(opts);
+    // Writes during the pass were filled as they came; a last pass for anything in between.
+    while (!(await b.backed.complete())) copiedBytes += await b.backed.fill(opts);
+    this.flush();
+    const pool = this.poolOf(volume);
+    this.volumeState(volume).tap.replaceInner(pool.openDevice(volume));
+    this.backings.delete(volume);
+    for (const x of this.listSnapshots(volume)) this.deleteSnapshot(volume, x.name);
+    return { copiedBytes };
+  }
+
+  /** Drops a volume's base without copying (the volume is being deleted). */
+  detachBase(volume: string): void {
+    if (!this.backings.delete(volume)) return;
+    const pool = this.poolOf(volume);
+    this.volumeState(volume).tap.replaceInner(pool.openDevice(volume));
+  }
+
   /** Volumes being moved now. */
   movingVolumes(): string[] {
     return [...this.moving];
@@ -357,7 +412,10 @@ export class StorageService {
     // Every writer goes through the volume's one tap, so no change escapes tracking.
     if (!target.includes('@') && !opts.readOnly) return this.volumeState(target).tap;
     const volume = target.split('@')[0]!;
-    return this.poolOf(volume).openDevice(target, opts);
+    const dev = this.poolOf(volume).openDevice(target, opts);
+    const b = this.backings.get(volume);
+    // Over a base, a snapshot reads what it did not map from the base too.
+    return b ? new BackedDevice(dev, b.base, this.poolOf(volume).clusterSize) : dev;
   }
 
   flush(): void {
