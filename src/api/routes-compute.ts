@@ -129,6 +129,83 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
         .send(site.moveVmStorage(req.actor, name, b.pool, b.keepSource ? { keepSource: true } : {}));
     },
   );
+  api.post(
+    '/recoveries',
+    {
+      schema: {
+        tags,
+        summary:
+          'instant recovery: run a VM straight from a VM backup, within seconds; its disks are new volumes over the backup, which is never written',
+        body: s.recoverBody,
+        response: { 201: s.open('the VM and its recovery') },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as {
+        repo: string;
+        passphraseFile?: string;
+        snapshot: string;
+        name?: string;
+        pool?: string;
+        cmdline?: string;
+      };
+      const r = await site.recoverInstant(req.actor, {
+        ...Site.repoAccess(b.repo, b.passphraseFile),
+        ...(b.passphraseFile ? { passphraseFile: b.passphraseFile } : {}),
+        snapshot: b.snapshot,
+        ...(b.name ? { name: b.name } : {}),
+        ...(b.pool ? { pool: b.pool } : {}),
+        ...(b.cmdline !== undefined ? { cmdline: b.cmdline } : {}),
+      });
+      return reply.code(201).send(r);
+    },
+  );
+  api.get(
+    '/recoveries',
+    {
+      schema: { tags, summary: 'VMs running from backups', response: { 200: s.list(s.open('a recovery')) } },
+    },
+    async () => site.recovery.list(),
+  );
+  api.get(
+    '/recoveries/:vm',
+    {
+      schema: {
+        tags,
+        summary: 'a VM running from a backup',
+        params: s.vmParam,
+        response: { 200: s.open('a recovery') },
+      },
+    },
+    async (req) => site.recovery.get((req.params as { vm: string }).vm),
+  );
+  api.post(
+    '/recoveries/:vm/finalize',
+    {
+      schema: {
+        tags,
+        summary:
+          "copy the rest of the backup into the VM's volumes while it runs, then drop the backup (a job)",
+        params: s.vmParam,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply.code(202).send(site.recovery.finalize(req.actor, (req.params as { vm: string }).vm)),
+  );
+  api.post(
+    '/recoveries/:vm/discard',
+    {
+      schema: {
+        tags,
+        summary: 'stop the VM and drop every change: the VM and its volumes are deleted (a job)',
+        params: s.vmParam,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply.code(202).send(site.recovery.discard(req.actor, (req.params as { vm: string }).vm)),
+  );
   api.get(
     '/vms/:name/console-log',
     {

@@ -33,7 +33,7 @@ export const errorAnswer = {
   },
 } as const;
 
-const open = (description: string, properties: Record<string, unknown> = {}) =>
+export const open = (description: string, properties: Record<string, unknown> = {}) =>
   ({ type: 'object', description, additionalProperties: true, properties }) as const;
 
 export const poolAnswer = open('a storage pool', {
@@ -267,6 +267,28 @@ export const moveBody = {
     pool: { type: 'string', minLength: 1, description: 'the pool to move to' },
     keepSource: { type: 'boolean', description: 'keep the source volume (renamed) instead of deleting it' },
   },
+} as const;
+
+export const recoverBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['repo', 'snapshot'],
+  properties: {
+    ...repoFields,
+    snapshot: { type: 'string', minLength: 1, description: 'a VM backup' },
+    name: { type: 'string', minLength: 1, description: 'name of the recovered VM (default: NAME-recovered)' },
+    pool: { type: 'string', minLength: 1, description: "pool of the VM's new volumes (default: default)" },
+    cmdline: {
+      type: 'string',
+      description: 'kernel command line instead of the backed-up one (kernel boot)',
+    },
+  },
+} as const;
+
+export const vmParam = {
+  type: 'object',
+  required: ['vm'],
+  properties: { vm: { type: 'string', minLength: 1 } },
 } as const;
 
 export const rollbackBody = {

@@ -4,6 +4,7 @@ import { registerHostAndNetwork, registerVm } from './compute.js';
 import { registerNbd } from './nbd.js';
 import { registerOperations } from './operations.js';
 import { registerServe } from './serve.js';
+import { registerRecover } from './recover.js';
 import {
   registerBitmap,
   registerPool,
@@ -25,6 +26,7 @@ export const commandFamilies: Register[] = [
   registerSnapshot,
   registerBitmap,
   registerBackup,
+  registerRecover,
   registerStorage,
   registerNbd,
 ];

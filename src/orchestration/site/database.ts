@@ -39,6 +39,11 @@ const MIGRATIONS: string[] = [
      details TEXT);
    CREATE INDEX events_target ON events(target);
    CREATE INDEX events_action ON events(action);`,
+  // 2: VMs running from a backup (instant recovery)
+  `CREATE TABLE recoveries (
+     vm TEXT PRIMARY KEY, snapshot TEXT NOT NULL, repo TEXT NOT NULL, passphrase_file TEXT,
+     disks TEXT NOT NULL, started_at TEXT NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('running', 'finalizing', 'broken')));`,
 ];
 
 export function openDatabase(path: string): Db {

@@ -2,3 +2,4 @@ export { Site, apiToken, havenVersion, type SiteInfo, type SiteOptions, type Act
 export type { Job, JobState, JobProgress, JobLogLine } from './jobs.js';
 export type { SiteEvent, EventQuery } from './events.js';
 export type { Host, Network, Vm, VmDefinition, VmState } from './compute.js';
+export type { Recovery, RecoveryDisk } from './recovery.js';

@@ -2,9 +2,16 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { HavenError, conflict, invalidArgument, logger, writeFileAtomic } from '../../common/index.js';
+import {
+  HavenError,
+  conflict,
+  errorMessage,
+  invalidArgument,
+  logger,
+  writeFileAtomic,
+} from '../../common/index.js';
 import { NbdServer, connectNbd, type ListenAddress } from '../../nbd/index.js';
-import type { BlockDevice } from '../../block/index.js';
+import type { BlockDevice, ThrottleLimits } from '../../block/index.js';
 import {
   StorageExports,
   StorageService,
@@ -22,6 +29,7 @@ import { openDatabase, schemaVersion, type Db } from './database.js';
 import { EventLog } from './events.js';
 import { JobManager, type Job } from './jobs.js';
 import { TransferSlots, chooseTransport, type Transport } from './transports.js';
+import { RecoveryService, type RecoveryOptions } from './recovery.js';
 
 const log = logger('site');
 
@@ -33,6 +41,10 @@ export interface SiteOptions {
   nbdListen?: string;
   /** A TLS-only NBD listener (the nbds transport), beside the plain one. */
   nbdTls?: NbdTlsListener;
+  /** Limits on reads from backup storage by VMs running from backups (default: none). */
+  recoveryLimits?: ThrottleLimits;
+  /** Warn when a VM runs from a backup longer than this (default 24 h). */
+  recoveryWarnAfterSeconds?: number;
   /** Concurrent backup transfers per host; more wait for a slot (default 4). */
   maxTransfersPerHost?: number;
   /** The transports backups may use (default: every one this site can offer). */
@@ -83,6 +95,7 @@ export class Site {
   private nbdTcp: ListenAddress | undefined;
   private nbds: { server: NbdServer; address: ListenAddress; trust: string } | undefined;
   readonly transfers: TransferSlots;
+  readonly recovery: RecoveryService;
   private offered: Transport[] = [];
 
   private constructor(
@@ -94,6 +107,7 @@ export class Site {
     readonly exports: StorageExports,
     readonly nbdSocket: string,
     maxTransfersPerHost: number,
+    recoveryOptions: RecoveryOptions,
   ) {
     this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
@@ -102,6 +116,7 @@ export class Site {
       uriOf: (v) => `nbd+unix:///${encodeURIComponent(v)}?socket=${nbdSocket}`,
       check: (v) => void storage.volume(v),
     });
+    this.recovery = new RecoveryService(db, storage, this.compute, this.jobs, exports, recoveryOptions);
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
@@ -119,8 +134,15 @@ export class Site {
       exports.refresh();
       mkdirSync(join(dataDir, 'run'), { recursive: true, mode: 0o700 });
       const socket = join(dataDir, 'run', 'nbd.sock');
+      const site = new Site(name, dataDir, storage, db, nbd, exports, socket, opts.maxTransfersPerHost ?? 4, {
+        ...(opts.recoveryLimits ? { limits: opts.recoveryLimits } : {}),
+        ...(opts.recoveryWarnAfterSeconds !== undefined
+          ? { warnAfterSeconds: opts.recoveryWarnAfterSeconds }
+          : {}),
+      });
+      // VMs running from backups get their backups back before any client can read their disks.
+      await site.recovery.attachAll();
       await nbd.listen({ path: socket });
-      const site = new Site(name, dataDir, storage, db, nbd, exports, socket, opts.maxTransfersPerHost ?? 4);
       const nbdListen = opts.nbdListen ?? '127.0.0.1:10809';
       if (nbdListen !== 'none') site.nbdTcp = await nbd.listen(parseHostPort(nbdListen));
       if (opts.nbdTls) {
@@ -635,6 +657,42 @@ export class Site {
     }
   }
 
+  // ---- instant recovery ----------------------------------------------------------------------
+
+  /** Runs a VM straight from a VM backup (see RecoveryService); audited. */
+  async recoverInstant(
+    actor: Actor,
+    req: RepoAccess & {
+      passphraseFile?: string;
+      snapshot: string;
+      name?: string;
+      pool?: string;
+      cmdline?: string;
+    },
+  ) {
+    const target = req.name ?? req.snapshot;
+    try {
+      const r = await this.recovery.instant(req);
+      this.events.append({
+        actor,
+        action: 'recovery.instant',
+        target: r.vm.name,
+        outcome: 'ok',
+        message: `VM ${r.vm.name} runs from backup ${req.snapshot} (started in ${r.seconds.toFixed(1)} s)`,
+      });
+      return r;
+    } catch (err) {
+      this.events.append({
+        actor,
+        action: 'recovery.instant',
+        target,
+        outcome: 'failed',
+        message: `instant recovery of ${req.snapshot}: ${errorMessage(err)}`,
+      });
+      throw err;
+    }
+  }
+
   /** Restores a disk of a snapshot into a new volume, as a job. */
   restoreToVolume(
     actor: Actor,
@@ -672,6 +730,7 @@ export class Site {
   async close(): Promise<void> {
     await this.jobs.cancelAll();
     this.compute.detachAll();
+    this.recovery.close();
     await this.nbd.close();
     await this.nbds?.server.close();
     this.db.close();

@@ -1,0 +1,109 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import type { Recovery, Vm } from '../../orchestration/index.js';
+import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { bytes, table } from '../args.js';
+import { printResult } from '../output.js';
+import { runJob } from './compute.js';
+
+const enc = encodeURIComponent;
+type WaitOpts = ApiOpts & { wait: boolean; json?: boolean };
+
+function rows(list: Recovery[]): string {
+  return table([
+    ['VM', 'STATE', 'BACKUP', 'FROM BACKUP FOR', 'COPIED', 'WARNING'],
+    ...list.map((r) => [
+      r.vm,
+      r.state,
+      r.snapshot,
+      `${Math.floor(r.runningFromBackupSeconds / 60)} min`,
+      bytes(r.disks.reduce((n, d) => n + d.filledBytes, 0)),
+      r.warning ?? '',
+    ]),
+  ]);
+}
+
+/** `haven recover …`: instant recovery of VMs from backups, through the site daemon. */
+export function registerRecover(program: Command): void {
+  const recover = program
+    .command('recover')
+    .description('instant recovery: run VMs straight from their backups, then finalize or discard');
+
+  apiOptions(recover.command('instant'))
+    .description(
+      'start a VM from a VM backup within seconds; its disks are new volumes over the backup (never written)',
+    )
+    .argument('<snapshot>')
+    .option('--repo <dir>', 'the backup repository (default: $HAVEN_REPO)')
+    .option('--passphrase-file <file>', "file holding an encrypted repository's passphrase")
+    .option('--name <vm>', 'name of the recovered VM (default: NAME-recovered)')
+    .option('--pool <pool>', "pool of the VM's new volumes", 'default')
+    .option('--cmdline <text>', 'kernel command line instead of the backed-up one (kernel boot)')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        snapshot: string,
+        o: ApiOpts & {
+          repo?: string;
+          passphraseFile?: string;
+          name?: string;
+          pool: string;
+          cmdline?: string;
+          json?: boolean;
+        },
+      ) => {
+        const repo = o.repo ?? process.env.HAVEN_REPO;
+        if (!repo) throw new Error('give --repo DIR (or set HAVEN_REPO)');
+        const r = await connect(o).post<{ vm: Vm; seconds: number }>('/recoveries', {
+          repo: resolve(repo),
+          snapshot,
+          pool: o.pool,
+          ...(o.passphraseFile ? { passphraseFile: resolve(o.passphraseFile) } : {}),
+          ...(o.name ? { name: o.name } : {}),
+          ...(o.cmdline !== undefined ? { cmdline: o.cmdline } : {}),
+        });
+        printResult(
+          !!o.json,
+          r,
+          () =>
+            `VM ${r.vm.name} is running from backup ${snapshot} (started in ${r.seconds.toFixed(1)} s); finalize it with "haven recover finalize ${r.vm.name}"`,
+        );
+      },
+    );
+
+  apiOptions(recover.command('list'))
+    .description('VMs running from backups: since when, how much is copied, warnings')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts & { json?: boolean }) => {
+      const list = await connect(o).get<Recovery[]>('/recoveries');
+      printResult(!!o.json, list, () => rows(list));
+    });
+
+  apiOptions(recover.command('finalize'))
+    .description(
+      "copy the rest of the backup into the VM's volumes while it runs, then drop the backup (a job)",
+    )
+    .argument('<vm>')
+    .option('--no-wait', 'return once the job has started')
+    .option('--json', 'print JSON')
+    .action((vm: string, o: WaitOpts) =>
+      runJob(
+        o,
+        () => connect(o).post(`/recoveries/${enc(vm)}/finalize`, {}),
+        () => `VM ${vm} runs from production storage now; its backup is no longer needed`,
+      ),
+    );
+
+  apiOptions(recover.command('discard'))
+    .description('stop the VM and drop every change: the VM and its volumes are deleted (a job)')
+    .argument('<vm>')
+    .option('--no-wait', 'return once the job has started')
+    .option('--json', 'print JSON')
+    .action((vm: string, o: WaitOpts) =>
+      runJob(
+        o,
+        () => connect(o).post(`/recoveries/${enc(vm)}/discard`, {}),
+        () => `discarded VM ${vm} and its volumes`,
+      ),
+    );
+}

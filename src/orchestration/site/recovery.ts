@@ -1,0 +1,304 @@
+import { readFileSync } from 'node:fs';
+import { ThrottledDevice, type BlockDevice, type ThrottleLimits } from '../../block/index.js';
+import { conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
+import { SnapshotDevice } from '../../protection/index.js';
+import type { StorageExports, StorageService } from '../../storage/index.js';
+import { openRepository, type RepoAccess } from '../tools/backup.js';
+import type { ComputeService, Vm, VmDefinition } from './compute.js';
+import type { Db } from './database.js';
+import type { Job, JobManager } from './jobs.js';
+
+const log = logger('recovery');
+
+interface RecoveryRow {
+  vm: string;
+  snapshot: string;
+  repo: string;
+  passphrase_file: string | null;
+  disks: string;
+  started_at: string;
+  state: string;
+}
+
+export interface RecoveryDisk {
+  volume: string;
+  /** The disk of the backup it runs from. */
+  disk: number;
+  /** Bytes of the backup copied into the volume so far (copy on write and finalize). */
+  filledBytes: number;
+}
+
+export interface Recovery {
+  vm: string;
+  snapshot: string;
+  repo: string;
+  startedAt: string;
+  /** running: from the backup; finalizing: being copied to production storage; broken: its backup cannot be read. */
+  state: 'running' | 'finalizing' | 'broken';
+  runningFromBackupSeconds: number;
+  disks: RecoveryDisk[];
+  /** Set when the VM has run from its backup longer than the site allows without a warning. */
+  warning?: string;
+}
+
+export interface RecoveryOptions {
+  /** Reads from backup storage are limited so that recovered VMs do not starve backups. */
+  limits?: ThrottleLimits;
+  /** Warn when a VM runs from a backup longer than this (default 24 h). */
+  warnAfterSeconds?: number;
+}
+
+/**
+ * Instant recovery: a VM runs straight from a backup within seconds, whatever its size. Each disk
+ * is a new volume of the site over a read-only view of the backup's disk (read from the
+ * repository, cached, read ahead, throttled): the volume takes every write, the backup is never
+ * written. Finalize copies the rest into the volumes while the VM runs and drops the link to the
+ * backup; discard stops the VM and drops everything. Recoveries are recorded, so a restarted
+ * daemon attaches the backups again before it serves the volumes.
+ */
+export class RecoveryService {
+  private readonly bases = new Map<string, BlockDevice[]>();
+
+  constructor(
+    private readonly db: Db,
+    private readonly storage: StorageService,
+    private readonly compute: ComputeService,
+    private readonly jobs: JobManager,
+    private readonly exports: StorageExports,
+    private readonly opts: RecoveryOptions = {},
+  ) {}
+
+  /** At site open, before volumes are served: every recorded recovery's backups attached again. */
+  async attachAll(): Promise<void> {
+    for (const r of this.rows()) {
+      try {
+        await this.attach(
+          r.vm,
+          { repo: r.repo, ...passphrase(r) },
+          r.snapshot,
+          JSON.parse(r.disks) as RecoveryDisk[],
+        );
+        // No finalize survives a restart: it can be asked for again.
+        if (r.state !== 'running') this.setState(r.vm, 'running');
+      } catch (err) {
+        log.error({ vm: r.vm, err: errorMessage(err) }, 'a recovered VM cannot reach its backup');
+        this.setState(r.vm, 'broken');
+      }
+    }
+  }
+
+  /** Starts a VM from a VM backup; returns once QEMU runs. */
+  async instant(
+    req: RepoAccess & {
+      passphraseFile?: string;
+      snapshot: string;
+      name?: string;
+      pool?: string;
+      cmdline?: string;
+    },
+  ): Promise<{ vm: Vm; recovery: Recovery; seconds: number }> {
+    const started = performance.now();
+    const repo = await openRepository(req);
+    const snap = await repo.snapshot(req.snapshot);
+    const original = snap.vm as (VmDefinition & { name: string }) | undefined;
+    if (!original)
+      throw invalidArgument(
+        `snapshot ${snap.id} is a ${snap.source.kind} backup, not a VM's: restore it (haven restore) or mount it (haven backup mount)`,
+      );
+    const name = req.name ?? `${original.name}-recovered`;
+    if (this.compute.listVms().some((v) => v.name === name)) throw conflict(`VM ${name} already exists`);
+    const pool = req.pool ?? 'default';
+    this.storage.pool(pool);
+    const disks: RecoveryDisk[] = snap.disks.map((d, i) => ({
+      volume: `${name}-${d.name}`,
+      disk: i,
+      filledBytes: 0,
+    }));
+    for (const d of disks)
+      if (this.storage.listVolumes().some((v) => v.name === d.volume))
+        throw conflict(`volume ${d.volume} already exists`);
+    const created: string[] = [];
+    try {
+      for (const d of disks) {
+        this.storage.createVolume(d.volume, snap.disks[d.disk]!.size, pool, { 'haven.recovery': snap.id });
+        created.push(d.volume);
+      }
+      await this.attach(name, req, snap.id, disks);
+      const networks = new Set(this.compute.listNetworks().map((n) => n.name));
+      const nics = original.nics.filter((n) => networks.has(n.network));
+      if (nics.length < original.nics.length)
+        log.warn({ vm: name }, 'networks of the backed-up VM that this site lacks are left out');
+      const boot =
+        req.cmdline !== undefined && original.boot.kind === 'kernel'
+          ? { ...original.boot, cmdline: req.cmdline }
+          : original.boot;
+      this.compute.createVm(name, {
+        cpus: original.cpus,
+        memoryMiB: original.memoryMiB,
+        disks: disks.map((d) => ({ volume: d.volume })),
+        nics,
+        boot,
+      });
+      this.db
+        .prepare(
+          "INSERT INTO recoveries (vm, snapshot, repo, passphrase_file, disks, started_at, state) VALUES (?, ?, ?, ?, ?, ?, 'running')",
+        )
+        .run(
+          name,
+          snap.id,
+          req.repo,
+          req.passphraseFile ?? null,
+          JSON.stringify(disks),
+          new Date().toISOString(),
+        );
+      this.exports.refresh();
+      this.compute.beginStart(name);
+      const vm = await this.compute.launch(name);
+      return { vm, recovery: this.get(name), seconds: (performance.now() - started) / 1000 };
+    } catch (err) {
+      // Nothing half made stays behind.
+      this.db.prepare('DELETE FROM recoveries WHERE vm = ?').run(name);
+      try {
+        if (this.compute.listVms().some((v) => v.name === name && v.state !== 'running'))
+          this.compute.deleteVm(name);
+      } catch {
+        // a VM that did start is left to the operator
+      }
+      this.closeBases(name);
+      for (const v of created) this.storage.deleteVolume(v);
+      this.exports.refresh();
+      throw err;
+    }
+  }
+
+  list(): Recovery[] {
+    return this.rows().map((r) => this.toRecovery(r));
+  }
+
+  get(vm: string): Recovery {
+    const r = this.row(vm);
+    return this.toRecovery(r);
+  }
+
+  /** Copies the rest of the backup into the VM's volumes while it runs, then drops the backup. */
+  finalize(actor: string, vm: string): Job {
+    const r = this.row(vm);
+    if (r.state !== 'running') throw conflict(`the recovery of ${vm} is ${r.state}`);
+    const disks = JSON.parse(r.disks) as RecoveryDisk[];
+    this.setState(vm, 'finalizing');
+    return this.jobs.start({ kind: 'recovery.finalize', target: vm, actor }, async (ctx) => {
+      try {
+        for (const d of disks) {
+          for (const snap of this.storage.listSnapshots(d.volume))
+            this.exports.withdraw(`${d.volume}@${snap.name}`);
+          const { copiedBytes } = await this.storage.absorbBase(d.volume, {
+            signal: ctx.signal,
+            onProgress: (done, total) => ctx.progress(done, total, `copying ${d.volume}`),
+          });
+          ctx.log(
+            `volume ${d.volume} holds all its data: ${copiedBytes} bytes copied from backup ${r.snapshot}`,
+          );
+        }
+      } catch (err) {
+        this.setState(vm, 'running');
+        throw err;
+      }
+      this.closeBases(vm);
+      this.db.prepare('DELETE FROM recoveries WHERE vm = ?').run(vm);
+      this.exports.refresh();
+      return { vm, snapshot: r.snapshot, volumes: disks.map((d) => d.volume) };
+    });
+  }
+
+  /** Stops the VM and drops every change: the VM and its volumes are deleted. */
+  discard(actor: string, vm: string): Job {
+    const r = this.row(vm);
+    if (r.state === 'finalizing') throw conflict(`the recovery of ${vm} is being finalized`);
+    const disks = JSON.parse(r.disks) as RecoveryDisk[];
+    return this.jobs.start({ kind: 'recovery.discard', target: vm, actor }, async (ctx) => {
+      const v = this.compute.vm(vm);
+      if (v.state === 'running' || v.state === 'starting') await this.compute.stop(vm, { force: true });
+      this.compute.deleteVm(vm);
+      for (const d of disks) {
+        this.exports.withdraw(d.volume);
+        this.storage.deleteVolume(d.volume);
+      }
+      this.closeBases(vm);
+      this.db.prepare('DELETE FROM recoveries WHERE vm = ?').run(vm);
+      this.exports.refresh();
+      ctx.log(`discarded ${vm} and its volumes ${disks.map((d) => d.volume).join(', ')}`);
+      return { vm, snapshot: r.snapshot };
+    });
+  }
+
+  close(): void {
+    for (const vm of [...this.bases.keys()]) this.closeBases(vm);
+  }
+
+  private async attach(
+    vm: string,
+    access: RepoAccess,
+    snapshot: string,
+    disks: RecoveryDisk[],
+  ): Promise<void> {
+    const repo = await openRepository(access);
+    const snap = await repo.snapshot(snapshot);
+    const bases: BlockDevice[] = [];
+    for (const d of disks) {
+      const dev = await SnapshotDevice.open(repo, snap, d.disk);
+      const base = this.opts.limits ? new ThrottledDevice(dev, this.opts.limits) : dev;
+      this.storage.attachBase(d.volume, base);
+      bases.push(base);
+    }
+    this.bases.set(vm, bases);
+  }
+
+  private closeBases(vm: string): void {
+    for (const b of this.bases.get(vm) ?? []) void b.close();
+    this.bases.delete(vm);
+  }
+
+  private rows(): RecoveryRow[] {
+    return this.db.prepare('SELECT * FROM recoveries ORDER BY started_at').all() as RecoveryRow[];
+  }
+
+  private row(vm: string): RecoveryRow {
+    const r = this.db.prepare('SELECT * FROM recoveries WHERE vm = ?').get(vm) as RecoveryRow | undefined;
+    if (!r) throw notFound(`VM ${vm} is not running from a backup`);
+    return r;
+  }
+
+  private setState(vm: string, state: Recovery['state']): void {
+    this.db.prepare('UPDATE recoveries SET state = ? WHERE vm = ?').run(state, vm);
+  }
+
+  private toRecovery(r: RecoveryRow): Recovery {
+    const seconds = (Date.now() - Date.parse(r.started_at)) / 1000;
+    const warnAfter = this.opts.warnAfterSeconds ?? 24 * 3600;
+    const disks = (JSON.parse(r.disks) as RecoveryDisk[]).map((d) => ({
+      ...d,
+      filledBytes: this.storage.baseOf(d.volume)?.filledBytes ?? 0,
+    }));
+    return {
+      vm: r.vm,
+      snapshot: r.snapshot,
+      repo: r.repo,
+      startedAt: r.started_at,
+      state: r.state as Recovery['state'],
+      runningFromBackupSeconds: Math.round(seconds),
+      disks,
+      ...(seconds > warnAfter
+        ? {
+            warning: `running from backup ${r.snapshot} for ${Math.round(seconds / 3600)} h (more than ${Math.round(warnAfter / 3600)} h): finalize it to production storage`,
+          }
+        : {}),
+    };
+  }
+}
+
+function passphrase(r: RecoveryRow): { passphrase?: string } {
+  if (r.passphrase_file) {
+    return { passphrase: readFileSync(r.passphrase_file, 'utf8').replace(/\r?\n$/, '') };
+  }
+  return process.env.HAVEN_PASSPHRASE !== undefined ? { passphrase: process.env.HAVEN_PASSPHRASE } : {};
+}
