@@ -5,29 +5,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, readdirSync, truncateSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, readdirSync, truncateSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { backupSource, restoreSnapshot } from '../../src/orchestration/index.js';
 import { Repository } from '../../src/repository/index.js';
 import { HAVEN_BIN, start, waitForListen } from '../support/proc.js';
-import { tempDir } from '../support/tmp.js';
+import { tempDir, treeHash } from '../support/tmp.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
-
-/** SHA-256 over every file of a directory tree (names and contents). */
-function treeHash(dir: string): string {
-  const h = createHash('sha256');
-  const files = readdirSync(dir, { recursive: true, withFileTypes: true })
-    .filter((e) => e.isFile())
-    .map((e) => join(e.parentPath, e.name))
-    .sort();
-  for (const f of files) h.update(f).update(readFileSync(f));
-  return h.digest('hex');
-}
 
 const mounts = () => readdirSync(tmpdir()).filter((n) => n.startsWith('haven-mount-')).length;
 

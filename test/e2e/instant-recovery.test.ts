@@ -5,21 +5,11 @@
 // goes on); discard leaves nothing behind.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assertWrites, guestArgs, site, waitForConsole, writesIn } from '../support/site.js';
-
-function treeHash(dir: string): string {
-  const h = createHash('sha256');
-  const files = readdirSync(dir, { recursive: true, withFileTypes: true })
-    .filter((e) => e.isFile())
-    .map((e) => join(e.parentPath, e.name))
-    .sort();
-  for (const f of files) h.update(f).update(readFileSync(f));
-  return h.digest('hex');
-}
+import { treeHash } from '../support/tmp.js';
 
 const cmdline = (cmd: string) => `console=ttyS0 quiet panic=-1 haven.disks=1 haven.cmd="${cmd}"`;
 

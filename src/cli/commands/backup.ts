@@ -14,6 +14,7 @@ const restoreSnapshot = async (...a: Parameters<Orchestration['restoreSnapshot']
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { bytes, parseSize, table } from '../args.js';
 import { runJob } from './compute.js';
+import { stopOnSignal } from './nbd-serve.js';
 import { printResult } from '../output.js';
 
 type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
@@ -247,13 +248,7 @@ export function registerBackup(program: Command): void {
       process.stdout.write(
         `haven: backup ${serving.snapshot} disk ${disk} mounted ${o.writable ? 'writable (changes are discarded)' : 'read-only'} on ${serving.uri}\n`,
       );
-      const stop = () => {
-        process.off('SIGTERM', stop);
-        process.off('SIGINT', stop);
-        void serving.stop().then(() => process.exit(0));
-      };
-      process.on('SIGTERM', stop);
-      process.on('SIGINT', stop);
+      stopOnSignal(serving);
     });
 
   backupCommand

@@ -53,13 +53,18 @@ export function registerNbdServe(nbd: Command): void {
             : {}),
         });
         process.stdout.write(`haven: serving ${image} as "${serving.name}" on ${serving.uri}\n`);
-        const stop = () => {
-          process.off('SIGTERM', stop);
-          process.off('SIGINT', stop);
-          void serving.stop().then(() => process.exit(0));
-        };
-        process.on('SIGTERM', stop);
-        process.on('SIGINT', stop);
+        stopOnSignal(serving);
       },
     );
+}
+
+/** A foreground server: SIGTERM or SIGINT stops it (in-flight requests finish), then exits. */
+export function stopOnSignal(serving: { stop(): Promise<void> }): void {
+  const stop = () => {
+    process.off('SIGTERM', stop);
+    process.off('SIGINT', stop);
+    void serving.stop().then(() => process.exit(0));
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
 }
