@@ -301,7 +301,22 @@ test('kill -9 during a backup: no snapshot appears, the next backup succeeds, gc
   // A second image's backup dies; gc then removes exactly what no snapshot uses.
   const other = join(dir.path, 'other.raw');
   makeImage(other, 256 * MiB, 9);
-  await killAfter(['backup', other, '--repo', repo], 300);
+  {
+    // Killed once it has written chunks of its own (how soon depends on the machine).
+    const chunkCount = () =>
+      readdirSync(join(repo, 'chunks'), { recursive: true, withFileTypes: true }).filter(
+        (e) => e.isFile() && !e.name.startsWith('.'),
+      ).length;
+    const had = chunkCount();
+    const child = spawn(HAVEN_BIN, ['backup', other, '--repo', repo], { stdio: 'ignore' });
+    const exited = new Promise((r) => child.once('exit', r));
+    for (let i = 0; chunkCount() <= had + 5; i++) {
+      assert.ok(i < 2000 && child.exitCode === null, 'the backup wrote chunks before it ended');
+      await sleep(10);
+    }
+    child.kill('SIGKILL');
+    await exited;
+  }
   const gc = await r.gc({ graceMs: 0 });
   assert.ok(gc.removedChunks > 0, 'the dead backup left chunks that gc removed');
   const v = await r.verify();
