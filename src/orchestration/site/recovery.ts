@@ -1,9 +1,8 @@
-import { readFileSync } from 'node:fs';
 import { ThrottledDevice, type BlockDevice, type ThrottleLimits } from '../../block/index.js';
 import { conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
 import { SnapshotDevice } from '../../protection/index.js';
 import type { StorageExports, StorageService } from '../../storage/index.js';
-import { openRepository, type RepoAccess } from '../tools/backup.js';
+import { openRepository, repoAccess, type RepoAccess } from '../tools/backup.js';
 import type { ComputeService, Vm, VmDefinition } from './compute.js';
 import type { Db } from './database.js';
 import type { Job, JobManager } from './jobs.js';
@@ -41,6 +40,19 @@ export interface Recovery {
   warning?: string;
 }
 
+export interface InstantRecoveryRequest extends RepoAccess {
+  /** Recorded, so a restarted daemon can read an encrypted repository's passphrase again. */
+  passphraseFile?: string;
+  /** A VM backup. */
+  snapshot: string;
+  /** The recovered VM's name (default: NAME-recovered). */
+  name?: string;
+  /** Pool of its new volumes (default: default). */
+  pool?: string;
+  /** Kernel command line instead of the backed-up one (kernel boot). */
+  cmdline?: string;
+}
+
 export interface RecoveryOptions {
   /** Reads from backup storage are limited so that recovered VMs do not starve backups. */
   limits?: ThrottleLimits;
@@ -74,7 +86,7 @@ export class RecoveryService {
       try {
         await this.attach(
           r.vm,
-          { repo: r.repo, ...passphrase(r) },
+          repoAccess(r.repo, r.passphrase_file ?? undefined),
           r.snapshot,
           JSON.parse(r.disks) as RecoveryDisk[],
         );
@@ -88,15 +100,7 @@ export class RecoveryService {
   }
 
   /** Starts a VM from a VM backup; returns once QEMU runs. */
-  async instant(
-    req: RepoAccess & {
-      passphraseFile?: string;
-      snapshot: string;
-      name?: string;
-      pool?: string;
-      cmdline?: string;
-    },
-  ): Promise<{ vm: Vm; recovery: Recovery; seconds: number }> {
+  async instant(req: InstantRecoveryRequest): Promise<{ vm: Vm; recovery: Recovery; seconds: number }> {
     const started = performance.now();
     const repo = await openRepository(req);
     const snap = await repo.snapshot(req.snapshot);
@@ -294,11 +298,4 @@ export class RecoveryService {
         : {}),
     };
   }
-}
-
-function passphrase(r: RecoveryRow): { passphrase?: string } {
-  if (r.passphrase_file) {
-    return { passphrase: readFileSync(r.passphrase_file, 'utf8').replace(/\r?\n$/, '') };
-  }
-  return process.env.HAVEN_PASSPHRASE !== undefined ? { passphrase: process.env.HAVEN_PASSPHRASE } : {};
 }

@@ -21,15 +21,15 @@ import {
   type VolumeInfo,
 } from '../../storage/index.js';
 import { exportVolume, importVolume } from '../tools/storage.js';
-import { openRepository, rollbackWith, runBackup, type RepoAccess } from '../tools/backup.js';
+import { openRepository, repoAccess, rollbackWith, runBackup, type RepoAccess } from '../tools/backup.js';
 import { openVolumeSource, restore } from '../../protection/index.js';
 import { parseHostPort } from '../tools/serve-image.js';
 import { ComputeService, type VmDefinition } from './compute.js';
 import { openDatabase, schemaVersion, type Db } from './database.js';
 import { EventLog } from './events.js';
 import { JobManager, type Job } from './jobs.js';
-import { TransferSlots, chooseTransport, type Transport } from './transports.js';
-import { RecoveryService, type RecoveryOptions } from './recovery.js';
+import { TRANSPORTS, TransferSlots, chooseTransport, isTransport, type Transport } from './transports.js';
+import { RecoveryService, type InstantRecoveryRequest, type RecoveryOptions } from './recovery.js';
 
 const log = logger('site');
 
@@ -48,7 +48,7 @@ export interface SiteOptions {
   /** Concurrent backup transfers per host; more wait for a slot (default 4). */
   maxTransfersPerHost?: number;
   /** The transports backups may use (default: every one this site can offer). */
-  transports?: Transport[];
+  transports?: string[];
 }
 
 export interface NbdTlsListener {
@@ -120,6 +120,8 @@ export class Site {
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
+    for (const t of opts.transports ?? [])
+      if (!isTransport(t)) throw invalidArgument(`unknown transport ${t}: use ${TRANSPORTS.join(', ')}`);
     const dataDir = resolve(opts.dataDir);
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     const storage = StorageService.open(dataDir); // takes the data directory's lock
@@ -158,12 +160,13 @@ export class Site {
         ...(site.nbds ? ['nbds' as const] : []),
         ...(site.nbdTcp ? ['nbd' as const] : []),
       ];
-      for (const t of opts.transports ?? possible)
+      const wanted = (opts.transports as Transport[] | undefined) ?? possible;
+      for (const t of wanted)
         if (!possible.includes(t))
           throw invalidArgument(
             `transport ${t} cannot be offered: ${t === 'nbds' ? 'no TLS NBD listener' : 'no NBD TCP listener'} is configured`,
           );
-      site.offered = opts.transports ?? possible;
+      site.offered = wanted;
       site.recover();
       const { attached, lost } = await site.compute.reattach();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
@@ -458,10 +461,7 @@ export class Site {
 
   /** Where a repository is and its passphrase: from a file the daemon can read, else the daemon's $HAVEN_PASSPHRASE. */
   static repoAccess(repo: string, passphraseFile?: string): RepoAccess {
-    const passphrase = passphraseFile
-      ? readFileSync(passphraseFile, 'utf8').replace(/\r?\n$/, '')
-      : process.env.HAVEN_PASSPHRASE;
-    return { repo: resolve(repo), ...(passphrase !== undefined ? { passphrase } : {}) };
+    return repoAccess(repo, passphraseFile);
   }
 
   /** The transports this site's backups may use, in the order auto tries them. */
@@ -544,11 +544,7 @@ export class Site {
    */
   rollback(actor: Actor, req: RepoAccess & { snapshot: string; volume: string }): Job {
     this.storage.volume(req.volume);
-    const users = this.compute
-      .listVms()
-      .filter((v) => v.state === 'running' && v.disks.some((d) => d.volume === req.volume));
-    if (users.length)
-      throw conflict(`volume ${req.volume} is in use by running VM ${users[0]!.name}: stop it first`);
+    this.refuseIfRunning(req.volume, 'roll back');
     const clients = this.exports.clientsOf(req.volume);
     if (clients) throw conflict(`volume ${req.volume} has ${clients} NBD client(s) attached`);
     return this.jobs.start({ kind: 'volume.rollback', target: req.volume, actor }, async (ctx) => {
@@ -624,7 +620,11 @@ export class Site {
       this.storage.volume(v);
       const backups = this.jobs
         .list({ state: 'running' })
-        .filter((j) => j.kind.endsWith('.backup') && (j.target === v || this.vmUses(j.target, v)));
+        .filter(
+          (j) =>
+            j.kind.endsWith('.backup') &&
+            (j.target === v || this.compute.usersOf(v).some((u) => u.name === j.target)),
+        );
       if (backups.length)
         throw conflict(`volume ${v} is being backed up (job ${backups[0]!.id}); move it afterwards`);
     }
@@ -649,27 +649,10 @@ export class Site {
     });
   }
 
-  private vmUses(vm: string, volume: string): boolean {
-    try {
-      return this.compute.vm(vm).disks.some((d) => d.volume === volume);
-    } catch {
-      return false;
-    }
-  }
-
   // ---- instant recovery ----------------------------------------------------------------------
 
   /** Runs a VM straight from a VM backup (see RecoveryService); audited. */
-  async recoverInstant(
-    actor: Actor,
-    req: RepoAccess & {
-      passphraseFile?: string;
-      snapshot: string;
-      name?: string;
-      pool?: string;
-      cmdline?: string;
-    },
-  ) {
+  async recoverInstant(actor: Actor, req: InstantRecoveryRequest) {
     const target = req.name ?? req.snapshot;
     try {
       const r = await this.recovery.instant(req);

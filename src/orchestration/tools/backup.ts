@@ -1,4 +1,4 @@
-import { existsSync, openSync, closeSync, ftruncateSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, openSync, closeSync, ftruncateSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { OverlayDevice, openRawFile, type BlockDevice } from '../../block/index.js';
@@ -27,6 +27,17 @@ import { serveDevice, type ServingImage } from './serve-image.js';
 export interface RepoAccess {
   repo: string;
   passphrase?: string;
+}
+
+/**
+ * A repository as the site daemon reaches it: an absolute path, and an encrypted repository's
+ * passphrase from a file the daemon can read, else from the daemon's $HAVEN_PASSPHRASE.
+ */
+export function repoAccess(repo: string, passphraseFile?: string): RepoAccess {
+  const passphrase = passphraseFile
+    ? readFileSync(passphraseFile, 'utf8').replace(/\r?\n$/, '')
+    : process.env.HAVEN_PASSPHRASE;
+  return { repo: resolve(repo), ...(passphrase !== undefined ? { passphrase } : {}) };
 }
 
 export function openRepository(a: RepoAccess): Promise<Repository> {
