@@ -107,11 +107,6 @@ export class BackedDevice implements BlockDevice {
     return this.volume.close();
   }
 
-  /** Whether every cluster that holds data in the base is the volume's own. */
-  async complete(): Promise<boolean> {
-    return (await this.remaining()).length === 0;
-  }
-
   /**
    * Copies from the base every cluster the volume has not mapped yet and that holds data there,
    * beside the guest's I/O (a cluster at a time, yielding between). Returns the bytes copied.

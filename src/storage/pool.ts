@@ -248,20 +248,15 @@ export class Pool {
    */
   async dropVolume(name: string): Promise<void> {
     const { family } = this.requireVolume(name);
-    if (family.memberCount !== 1) {
-      this.deleteVolume(name);
-      return;
-    }
+    if (family.memberCount !== 1) return this.deleteVolume(name);
+    const id = this.keyOf(family);
     family.close();
-    for (const [id, f] of this.families)
-      if (f === family) {
-        this.families.delete(id);
-        this.allocated -= f.allocatedBytes();
-        const trash = join(this.path, 'families', `${TRASH_PREFIX}${id}`);
-        renameSync(f.dir, trash);
-        syncDirectory(join(this.path, 'families'));
-        await rm(trash, { recursive: true, force: true });
-      }
+    this.families.delete(id);
+    this.allocated -= family.allocatedBytes();
+    const trash = join(this.path, 'families', `${TRASH_PREFIX}${id}`);
+    renameSync(family.dir, trash);
+    syncDirectory(join(this.path, 'families'));
+    await rm(trash, { recursive: true, force: true });
   }
 
   deleteVolume(name: string): void {
@@ -416,10 +411,13 @@ export class Pool {
   private dropEmptyFamily(family: VolumeFamily): void {
     if (family.memberCount > 0) return;
     family.close();
-    for (const [id, f] of this.families)
-      if (f === family) {
-        this.families.delete(id);
-        rmSync(f.dir, { recursive: true, force: true });
-      }
+    this.families.delete(this.keyOf(family));
+    rmSync(family.dir, { recursive: true, force: true });
+  }
+
+  /** The key (and folder name) of a family of this pool. */
+  private keyOf(family: VolumeFamily): string {
+    for (const [id, f] of this.families) if (f === family) return id;
+    throw new HavenError('INTERNAL', `a volume family of pool ${this.name} is not in it`);
   }
 }

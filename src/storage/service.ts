@@ -367,9 +367,13 @@ export class StorageService {
   ): Promise<{ copiedBytes: number }> {
     const b = this.backings.get(volume);
     if (!b) throw invalidArgument(`volume ${volume} has no base`);
-    let copiedBytes = await b.backed.fill(opts);
-    // Writes during the pass were filled as they came; a last pass for anything in between.
-    while (!(await b.backed.complete())) copiedBytes += await b.backed.fill(opts);
+    // Until a pass finds nothing left: what a pass misses (listed before a write) the next one gets.
+    let copiedBytes = 0;
+    for (;;) {
+      const n = await b.backed.fill(opts);
+      if (n === 0) break;
+      copiedBytes += n;
+    }
     this.flush();
     const pool = this.poolOf(volume);
     this.volumeState(volume).tap.replaceInner(pool.openDevice(volume));
