@@ -232,6 +232,7 @@ export class Repository {
 
   private async activeSessions(): Promise<SessionRecord[]> {
     const out: SessionRecord[] = [];
+    const dead: { key: string; rec: SessionRecord }[] = [];
     for await (const o of this.backend.list('sessions/')) {
       let rec: SessionRecord;
       try {
@@ -239,25 +240,27 @@ export class Repository {
       } catch {
         continue; // being written or removed
       }
-      if (rec.host === hostname() && ((rec.boot && rec.boot !== bootId()) || !pidAlive(rec.pid))) {
-        await this.recoverDeadSession(rec); // its backup died
-        await this.backend.delete(o.key);
-        continue;
-      }
-      out.push(rec);
+      if (rec.host === hostname() && ((rec.boot && rec.boot !== bootId()) || !pidAlive(rec.pid)))
+        dead.push({ key: o.key, rec }); // its backup died
+      else out.push(rec);
+    }
+    if (dead.length) {
+      // One pass over the chunks for all of them; their records go once it is done.
+      await this.recoverDeadSessions(Math.min(...dead.map((d) => d.rec.startedAt)));
+      for (const d of dead) await this.backend.delete(d.key);
     }
     return out;
   }
 
   /**
-   * Checks the chunks a dead backup may have written (those modified since it began): a chunk
+   * Checks the chunks dead backups may have written (those modified since the first began): a chunk
    * renamed into place but not yet flushed when the machine went down can be empty or torn after
    * the reboot, and a later backup must not deduplicate against it. Damaged ones are deleted; no
    * snapshot refers to them, since a manifest is written only after a filesystem sync.
    */
-  private async recoverDeadSession(rec: SessionRecord): Promise<number> {
+  private async recoverDeadSessions(startedAt: number): Promise<number> {
     let removed = 0;
-    const since = rec.startedAt - 2000; // mtime granularity and clock steps
+    const since = startedAt - 2000; // mtime granularity and clock steps
     for await (const o of this.backend.list('chunks/')) {
       if (o.mtimeMs < since || isTemporaryKey(o.key)) continue; // temporaries: gc()
       try {
