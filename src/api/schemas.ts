@@ -1,3 +1,5 @@
+import { TRANSPORTS } from '../orchestration/index.js';
+
 /**
  * JSON Schemas of the API's bodies and answers: fastify validates requests with them (unknown
  * fields are refused, never dropped) and the OpenAPI document is made from them.
@@ -228,7 +230,7 @@ export const backupBody = {
     ...repoFields,
     transport: {
       type: 'string',
-      enum: ['auto', 'san', 'hotadd', 'nbds', 'nbd'],
+      enum: ['auto', ...TRANSPORTS],
       description: 'how the data is read (default auto: the first the site offers of san, hotadd, nbds, nbd)',
     },
   },

@@ -50,9 +50,6 @@ export function registerServe(program: Command): void {
             `--max-transfers-per-host must be a whole number from 1, not ${o.maxTransfersPerHost}`,
           );
         const transports = o.transports?.split(',').map((t) => t.trim());
-        for (const t of transports ?? [])
-          if (!['san', 'hotadd', 'nbds', 'nbd'].includes(t))
-            throw invalidArgument(`--transports: unknown transport ${t} (san, hotadd, nbds, nbd)`);
         const listen = (await orchestration()).parseHostPort(o.listen);
         const { startSiteDaemon } = await apiServer();
         const dataDir = o.data ?? defaultDataDir();
@@ -62,7 +59,7 @@ export function registerServe(program: Command): void {
             nbdListen: o.nbdListen,
             maxTransfersPerHost: maxTransfers,
             ...(o.site ? { name: o.site } : {}),
-            ...(transports ? { transports: transports as ('san' | 'hotadd' | 'nbds' | 'nbd')[] } : {}),
+            ...(transports ? { transports } : {}),
             ...(o.nbdsListen
               ? {
                   nbdTls: {
