@@ -77,3 +77,30 @@ function migrate(db: Db): void {
 export function now(): string {
   return new Date().toISOString();
 }
+
+/**
+ * A filtered, newest-first listing: `column = ?` for each of `columns` set in `q` (and the extra
+ * conditions given), at most `q.limit` rows (default 100, at most 1000).
+ */
+export function selectNewest<Row>(
+  db: Db,
+  table: string,
+  q: Record<string, string | number | undefined> & { limit?: number },
+  columns: readonly string[],
+  order: string,
+  extra: { where: string[]; args: (string | number)[] } = { where: [], args: [] },
+): Row[] {
+  const where = [...extra.where];
+  const args = [...extra.args];
+  for (const k of columns)
+    if (q[k] !== undefined) {
+      where.push(`${k} = ?`);
+      args.push(q[k]);
+    }
+  const limit = Math.min(Math.max(q.limit ?? 100, 1), 1000);
+  return db
+    .prepare(
+      `SELECT * FROM ${table} ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY ${order} LIMIT ${limit}`,
+    )
+    .all(...args) as Row[];
+}

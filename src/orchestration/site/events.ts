@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { now, type Db } from './database.js';
+import { now, selectNewest, type Db } from './database.js';
 
 /** One entry of the audit log: who did what to what, when, and how it ended. */
 export interface SiteEvent {
@@ -66,23 +66,14 @@ export class EventLog extends EventEmitter {
   }
 
   query(q: EventQuery = {}): SiteEvent[] {
-    const where: string[] = [];
-    const args: (string | number)[] = [];
-    if (q.after !== undefined) {
-      where.push('id > ?');
-      args.push(q.after);
-    }
-    for (const k of ['action', 'target', 'actor', 'outcome'] as const)
-      if (q[k] !== undefined) {
-        where.push(`${k} = ?`);
-        args.push(q[k]);
-      }
-    const limit = Math.min(Math.max(q.limit ?? 100, 1), 1000);
-    const rows = this.db
-      .prepare(
-        `SELECT * FROM events ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT ${limit}`,
-      )
-      .all(...args) as EventRow[];
+    const rows = selectNewest<EventRow>(
+      this.db,
+      'events',
+      { ...q },
+      ['action', 'target', 'actor', 'outcome'],
+      'id DESC',
+      q.after !== undefined ? { where: ['id > ?'], args: [q.after] } : undefined,
+    );
     return rows.map((r) => ({
       id: r.id,
       time: r.time,

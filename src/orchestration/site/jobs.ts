@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { HavenError, errorMessage, logger } from '../../common/index.js';
-import { now, type Db } from './database.js';
+import { now, selectNewest, type Db } from './database.js';
 import type { EventLog } from './events.js';
 
 export type JobState = 'running' | 'succeeded' | 'failed' | 'cancelled';
@@ -177,20 +177,13 @@ export class JobManager extends EventEmitter {
   }
 
   list(q: { state?: JobState; kind?: string; target?: string; limit?: number } = {}): Job[] {
-    const where: string[] = [];
-    const args: (string | number)[] = [];
-    for (const k of ['state', 'kind', 'target'] as const)
-      if (q[k] !== undefined) {
-        where.push(`${k} = ?`);
-        args.push(q[k]);
-      }
-    const limit = Math.min(Math.max(q.limit ?? 100, 1), 1000);
-    const rows = this.db
-      .prepare(
-        `SELECT * FROM jobs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at DESC, rowid DESC LIMIT ${limit}`,
-      )
-      .all(...args) as JobRow[];
-    return rows.map(toJob);
+    return selectNewest<JobRow>(
+      this.db,
+      'jobs',
+      q,
+      ['state', 'kind', 'target'],
+      'created_at DESC, rowid DESC',
+    ).map(toJob);
   }
 
   logOf(id: string): JobLogLine[] {
