@@ -39,8 +39,6 @@ export class SnapshotDevice implements BlockDevice {
   private readonly cacheChunks: number;
   private readonly readAhead: number;
   private lastChunk = -2;
-  /** Bytes fetched from the repository (decoded), for tests and the recovery status. */
-  fetchedBytes = 0;
 
   private constructor(
     private readonly repo: Repository,
@@ -167,7 +165,6 @@ export class SnapshotDevice implements BlockDevice {
         `backup ${this.snapshot.id} ${this.snapshot.disks[this.disk]!.name}: the data at offset ${c * this.chunkSize} is damaged: ${errorMessage(err)}`,
       );
     }
-    this.fetchedBytes += this.chunkSize;
     this.decoded.set(c, plain);
     while (this.decoded.size > this.cacheChunks) {
       const [old, buf] = this.decoded.entries().next().value as [number, Buffer];
