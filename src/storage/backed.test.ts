@@ -4,11 +4,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { openRawFile } from '../block/index.js';
 import { tempDir } from '../../test/support/tmp.js';
-import { StorageService } from './service.js';
+import { BASE_LABEL, StorageService } from './service.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -68,4 +68,40 @@ test('a volume over a base: copy on write, zeroes, snapshots, then absorbed', as
   assert.ok((await read()).equals(expect), 'the volume stands alone');
   assert.equal(sha(baseData), baseHash);
   assert.ok(svc.volume('r').allocatedBytes < 5 * MiB, 'zero regions of the base were not copied');
+});
+
+test('a volume made to run over a base is refused while its base is not attached', async (t) => {
+  const dir = tempDir();
+  let svc = StorageService.open(dir.path);
+  t.after(() => {
+    svc.close();
+    dir.cleanup();
+  });
+  svc.createPool('default');
+  svc.createPool('q');
+  const basePath = join(dir.path, 'base.raw');
+  writeFileSync(basePath, randomBytes(MiB));
+  svc.createVolume('r', MiB, 'default', { [BASE_LABEL]: 'backup x' });
+  svc.attachBase('r', openRawFile(basePath, { readOnly: true }));
+  assert.ok(svc.openDevice('r'));
+  // After a restart without its base (the backup out of reach): no zeroes in place of its data.
+  svc.close();
+  svc = StorageService.open(dir.path);
+  assert.match(svc.missingBase('r') ?? '', /runs over backup x, which is not attached/);
+  assert.throws(() => svc.openDevice('r'), /runs over backup x, which is not attached/);
+  assert.throws(() => svc.openDevice('r', { readOnly: true }), /not attached/);
+  await assert.rejects(svc.moveVolume('r', 'q'), /runs from a backup/);
+  // With the base back, and absorbed: the volume stands alone, across restarts too.
+  const base = openRawFile(basePath, { readOnly: true });
+  svc.attachBase('r', base);
+  assert.equal(svc.missingBase('r'), undefined);
+  await svc.absorbBase('r');
+  await base.close();
+  svc.close();
+  svc = StorageService.open(dir.path);
+  assert.equal(svc.missingBase('r'), undefined);
+  assert.equal(BASE_LABEL in svc.volume('r').labels, false);
+  const b = Buffer.alloc(MiB);
+  await svc.openDevice('r').read(b, 0);
+  assert.ok(b.equals(readFileSync(basePath)));
 });

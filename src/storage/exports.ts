@@ -30,6 +30,7 @@ export class StorageExports {
     const want = new Set<string>();
     for (const v of this.storage.listVolumes()) {
       if (isMoveInternal(v.name)) continue; // a copy in the making, or a source on its way out
+      if (this.storage.missingBase(v.name)) continue; // would serve zeroes for its base's data
       want.add(v.name);
       this.ensure(v.name, `volume ${v.name} (pool ${v.pool})`);
       for (const s of this.storage.listSnapshots(v.name)) {

@@ -227,6 +227,13 @@ export class Pool {
     return this.volumeInfo(family, record);
   }
 
+  /** Sets (or, with undefined, removes) one label of a volume, durably. */
+  setVolumeLabel(name: string, key: string, value: string | undefined): VolumeInfo {
+    const { family, record } = this.requireVolume(name);
+    family.setLabel(record.id, key, value);
+    return this.volumeInfo(family, family.find(record.id)!);
+  }
+
   resizeVolume(name: string, size: number): VolumeInfo {
     const { family, record } = this.requireVolume(name);
     family.resize(record.id, size);

@@ -35,6 +35,12 @@ const RETIRED_SUFFIX = '.retired';
 export function isMoveInternal(name: string): boolean {
   return name.endsWith(MOVING_SUFFIX) || name.endsWith(RETIRED_SUFFIX);
 }
+/**
+ * The label of a volume made to run over a base (instant recovery; the value names the base):
+ * what it has not written yet is only in the base, so until the base is absorbed the volume is
+ * not served, moved or read without it — never zeroes in place of the data.
+ */
+export const BASE_LABEL = 'haven.base';
 /** Backup checkpoints (the backup engine's epochs): dropped when a volume moves. */
 const BACKUP_CHECKPOINT_PREFIX = 'haven-backup-';
 
@@ -255,7 +261,7 @@ export class StorageService {
     const from = this.poolOf(name);
     const to = this.pool(toPool);
     if (from === to) throw invalidArgument(`volume ${name} is in pool ${toPool} already`);
-    if (this.backings.has(name))
+    if (this.backings.has(name) || BASE_LABEL in from.volume(name).labels)
       throw conflict(`volume ${name} runs from a backup: finalize its recovery before moving it`);
     if (this.moving.has(name)) throw conflict(`volume ${name} is being moved already`);
     const own = from.listSnapshots(name).filter((x) => !x.name.startsWith(BACKUP_CHECKPOINT_PREFIX));
@@ -378,8 +384,21 @@ export class StorageService {
     const pool = this.poolOf(volume);
     this.volumeState(volume).tap.replaceInner(pool.openDevice(volume));
     this.backings.delete(volume);
+    pool.setVolumeLabel(volume, BASE_LABEL, undefined);
     for (const x of this.listSnapshots(volume)) this.deleteSnapshot(volume, x.name);
     return { copiedBytes };
+  }
+
+  /**
+   * Why the volume must not be used now, or undefined: it was made to run over a base (see
+   * BASE_LABEL) that is not attached (its backup could not be reached at start-up).
+   */
+  missingBase(volume: string): string | undefined {
+    if (this.backings.has(volume)) return undefined;
+    const base = this.poolOf(volume).volume(volume).labels[BASE_LABEL];
+    return base === undefined
+      ? undefined
+      : `volume ${volume} runs over ${base}, which is not attached (its data is incomplete without it)`;
   }
 
   /** Drops a volume's base without copying (the volume is being deleted). */
@@ -413,9 +432,11 @@ export class StorageService {
 
   /** The data path: "volume" or "volume@snapshot" as a BlockDevice. */
   openDevice(target: string, opts: { readOnly?: boolean } = {}): BlockDevice {
+    const volume = target.split('@')[0]!;
+    const missing = this.missingBase(volume);
+    if (missing) throw conflict(missing);
     // Every writer goes through the volume's one tap, so no change escapes tracking.
     if (!target.includes('@') && !opts.readOnly) return this.volumeState(target).tap;
-    const volume = target.split('@')[0]!;
     const dev = this.poolOf(volume).openDevice(target, opts);
     const b = this.backings.get(volume);
     // Over a base, a snapshot reads what it did not map from the base too.

@@ -1,14 +1,15 @@
 // Instant recovery through the site daemon and the CLI, with the real test guest: a VM backup
 // boots within seconds straight from the repository, reads its pre-backup data, writes; the
-// repository is byte-for-byte unchanged; a backup of the recovered VM restores; finalize while
+// repository is byte-for-byte unchanged; a backup of the recovered VM restores; after kill -9 of the
+// daemon the VM goes on (a recovery whose backup is gone is broken, its disk not served); finalize while
 // the guest streams writes leaves a VM on production storage only (the repository deleted, it
 // goes on); discard leaves nothing behind.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync } from 'node:fs';
+import { cpSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { assertWrites, guestArgs, site, waitForConsole, writesIn } from '../support/site.js';
+import { assertWrites, guestArgs, site, startDaemon, waitForConsole, writesIn } from '../support/site.js';
 import { treeHash } from '../support/tmp.js';
 
 const cmdline = (cmd: string) => `console=ttyS0 quiet panic=-1 haven.disks=1 haven.cmd="${cmd}"`;
@@ -100,6 +101,30 @@ test('instant recovery: boots from the backup in seconds, finalize while writing
   assertWrites(img, 4, before);
   assertWrites(img, 8, streamed);
   assert.equal(treeHash(repo), repoHash, 'the backup the VM runs from is byte-for-byte unchanged');
+
+  // kill -9 of the daemon while VMs run from backups: the next daemon attaches the backups again
+  // before it serves their disks, and the guest goes on. A recovery whose backup is out of reach
+  // then is marked broken and its disk is not served: no zeroes in place of the backup's data.
+  const elsewhere = join(work, 'repo-copy');
+  cpSync(repo, elsewhere, { recursive: true });
+  await s.haven('recover', 'instant', snap!.id, '--repo', elsewhere, '--name', 'lost');
+  s.daemon.child.kill('SIGKILL');
+  await new Promise((r) => s.daemon.child.once('exit', r));
+  renameSync(elsewhere, `${elsewhere}.gone`);
+  s.daemon = await startDaemon(s.dir);
+  const states = JSON.parse(await s.haven('recover', 'list', '--json')) as { vm: string; state: string }[];
+  assert.deepEqual(states.map((r) => [r.vm, r.state]).sort(), [
+    ['lost', 'broken'],
+    ['rec', 'running'],
+  ]);
+  await assert.rejects(
+    s.haven('volume', 'export', 'lost-d', join(work, 'lost.img')),
+    /lost-d runs over backup .*, which is not attached/,
+  );
+  const m = writesIn(await s.haven('vm', 'console-log', 'rec')).length;
+  await waitForConsole(s, 'rec', new RegExp(`"event":"write","seq":${m + 10},`));
+  await s.haven('recover', 'discard', 'lost');
+  assert.ok(!(await s.haven('volume', 'list')).includes('lost'));
 
   // Finalize while the guest streams writes; then the repository can go.
   const fin = await s.haven('recover', 'finalize', 'rec');

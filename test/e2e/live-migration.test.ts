@@ -32,10 +32,11 @@ test('a running VM moves to another pool while it writes as fast as it can', asy
     'mig',
     '--disk',
     'data',
-    ...guestArgs('stream disk=vda seed=5 len=4K rate=0 slots=8000'),
+    ...guestArgs('stream disk=vda seed=5 len=4K rate=0 slots=8000 lat=1'),
   );
   await s.haven('vm', 'start', 'mig');
   await waitForConsole(s, 'mig', /"event":"write","seq":10,/);
+  const beforeMove = writesIn(await s.haven('vm', 'console-log', 'mig')).length;
 
   const out = JSON.parse(await s.haven('vm', 'move-storage', 'mig', '--pool', 'fast', '--json')) as {
     state: string;
@@ -48,7 +49,23 @@ test('a running VM moves to another pool while it writes as fast as it can', asy
     `switch pause ${moved.pauseMs.toFixed(2)} ms; ${moved.mirroredBytes} bytes of guest writes mirrored`,
   );
   assert.ok(moved.mirroredBytes > 0, 'the guest wrote during the copy: its writes were mirrored');
-  const afterMove = writesIn(await s.haven('vm', 'console-log', 'mig')).length;
+  const moveLog = writesIn(await s.haven('vm', 'console-log', 'mig'));
+  const afterMove = moveLog.length;
+  // The guest's own measure of each write (dd with its fsync): the largest while the disk moved
+  // includes the switchover; beside it the largest before the move.
+  const ms = (from: number, to: number) =>
+    moveLog.slice(from, to).map((w) => {
+      assert.ok(w.us !== undefined, `write ${w.seq} reports its latency`);
+      return w.us / 1000;
+    });
+  const before = ms(0, beforeMove);
+  const during = ms(beforeMove, afterMove);
+  assert.ok(during.length > 0, 'the guest wrote while its disk moved');
+  const sorted = [...during].sort((a, b) => a - b);
+  t.diagnostic(
+    `guest write latency while the disk moved (${during.length} writes): max ${sorted.at(-1)!.toFixed(1)} ms, ` +
+      `median ${sorted[sorted.length >> 1]!.toFixed(1)} ms; before the move: max ${Math.max(...before).toFixed(1)} ms`,
+  );
   // The guest goes on writing on the new pool.
   await waitForConsole(s, 'mig', new RegExp(`"event":"write","seq":${afterMove + 15},`));
   const vols = JSON.parse(await s.haven('volume', 'list', '--json')) as VolumeInfo[];

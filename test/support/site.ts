@@ -108,11 +108,19 @@ export async function waitForConsole(s: Site, vm: string, re: RegExp, ms = 60_00
   throw new Error(`console of ${vm} never matched ${re}:\n${log}`);
 }
 
-export function writesIn(log: string): { seq: number; offset: number; length: number }[] {
+/** A durable write the guest reported; `us`: its latency (stream with lat=1). */
+export interface GuestWrite {
+  seq: number;
+  offset: number;
+  length: number;
+  us?: number;
+}
+
+export function writesIn(log: string): GuestWrite[] {
   return log
     .split('\n')
     .filter((l) => l.includes('"event":"write"'))
-    .map((l) => JSON.parse(l.slice(l.indexOf('{'))) as { seq: number; offset: number; length: number });
+    .map((l) => JSON.parse(l.slice(l.indexOf('{'))) as GuestWrite);
 }
 
 export function assertWrites(image: Buffer, seed: number, writes: ReturnType<typeof writesIn>): void {

@@ -1,7 +1,7 @@
 import { ThrottledDevice, type BlockDevice, type ThrottleLimits } from '../../block/index.js';
 import { conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
 import { SnapshotDevice } from '../../protection/index.js';
-import type { StorageExports, StorageService } from '../../storage/index.js';
+import { BASE_LABEL, type StorageExports, type StorageService } from '../../storage/index.js';
 import { openRepository, repoAccess, type RepoAccess } from '../tools/backup.js';
 import type { ComputeService, Vm, VmDefinition } from './compute.js';
 import type { Db } from './database.js';
@@ -124,7 +124,7 @@ export class RecoveryService {
     const created: string[] = [];
     try {
       for (const d of disks) {
-        this.storage.createVolume(d.volume, snap.disks[d.disk]!.size, pool, { 'haven.recovery': snap.id });
+        this.storage.createVolume(d.volume, snap.disks[d.disk]!.size, pool, { [BASE_LABEL]: `backup ${snap.id}` });
         created.push(d.volume);
       }
       await this.attach(name, req, snap.id, disks);

@@ -144,6 +144,7 @@ export class Site {
       });
       // VMs running from backups get their backups back before any client can read their disks.
       await site.recovery.attachAll();
+      exports.refresh(); // now with the volumes over those backups (unless a backup is out of reach)
       await nbd.listen({ path: socket });
       const nbdListen = opts.nbdListen ?? '127.0.0.1:10809';
       if (nbdListen !== 'none') site.nbdTcp = await nbd.listen(parseHostPort(nbdListen));

@@ -235,6 +235,16 @@ export class VolumeFamily {
     this.commit();
   }
 
+  /** Sets (or, with undefined, removes) one label of a member. */
+  setLabel(id: string, key: string, value: string | undefined): void {
+    const rec = this.member(id).record;
+    const labels = { ...rec.labels };
+    if (value === undefined) delete labels[key];
+    else labels[key] = value;
+    rec.labels = labels;
+    this.commit();
+  }
+
   /** Makes a volume's content that of one of its snapshots again. */
   revert(volumeId: string, snapshotId: string): void {
     const v = this.member(volumeId);
