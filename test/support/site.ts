@@ -24,12 +24,13 @@ export interface Site {
   havenFails(...args: string[]): Promise<string>;
 }
 
-export async function startDaemon(dir: string): Promise<Running> {
+/** `haven serve` on `dir`, with `extra` options; resolves once its API listens. */
+export async function startDaemon(dir: string, extra: string[] = []): Promise<Running> {
   // A daemon killed with -9 leaves its api.json behind; the next one writes it once listening.
   rmSync(join(dir, 'api.json'), { force: true });
   const daemon = start(
     HAVEN_BIN,
-    ['serve', '--data', dir, '--listen', '127.0.0.1:0', '--nbd-listen', 'none'],
+    ['serve', '--data', dir, '--listen', '127.0.0.1:0', '--nbd-listen', 'none', ...extra],
     {
       env: { ...process.env, HAVEN_LOG_LEVEL: 'debug' },
     },

@@ -31,6 +31,11 @@ export function registerOperations(program: Command): void {
           `data:     ${s.dataDir}`,
           `nbd:      ${s.nbd.tcp ?? '-'}  ${s.nbd.socket}`,
           `started:  ${s.startedAt}`,
+          `recovery: reads from backups ${s.recovery.maxIops ?? 'unlimited'} IOPS, ${
+            s.recovery.maxBytesPerSecond === undefined
+              ? 'unlimited'
+              : `${bytes(s.recovery.maxBytesPerSecond)}/s`
+          }; warn after ${s.recovery.warnAfterSeconds / 3600} h from backup`,
           `pools ${s.pools}, volumes ${s.volumes}, VMs ${s.vms} (${s.runningVms} running), jobs running ${s.runningJobs}`,
         ].join('\n'),
       );

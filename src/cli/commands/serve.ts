@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { defaultDataDir, invalidArgument } from '../../common/index.js';
 import { apiServer, orchestration } from '../lazy.js';
-import { dataOption } from '../args.js';
+import { dataOption, parseSize } from '../args.js';
 
 export const DEFAULT_API_PORT = 8710;
 
@@ -26,6 +26,15 @@ export function registerServe(program: Command): void {
       '--transports <list>',
       'transports backups may use, comma-separated (default: all the site offers)',
     )
+    .option(
+      '--recovery-max-iops <n>',
+      'reads per second each disk of a VM running from a backup may make of it (default: unlimited)',
+    )
+    .option(
+      '--recovery-max-bandwidth <size>',
+      'bytes per second each such disk may read from its backup, e.g. 200M (default: unlimited)',
+    )
+    .option('--recovery-warn-after <hours>', 'warn about a VM that runs from a backup longer than this', '24')
     .action(
       async (o: {
         data?: string;
@@ -40,6 +49,9 @@ export function registerServe(program: Command): void {
         nbdTlsCa?: string;
         maxTransfersPerHost: string;
         transports?: string;
+        recoveryMaxIops?: string;
+        recoveryMaxBandwidth?: string;
+        recoveryWarnAfter: string;
       }) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
         if (!!o.nbdsListen !== (!!o.nbdTlsCert && !!o.nbdTlsKey))
@@ -50,6 +62,21 @@ export function registerServe(program: Command): void {
             `--max-transfers-per-host must be a whole number from 1, not ${o.maxTransfersPerHost}`,
           );
         const transports = o.transports?.split(',').map((t) => t.trim());
+        const iops = o.recoveryMaxIops === undefined ? undefined : Number(o.recoveryMaxIops);
+        if (iops !== undefined && !(Number.isInteger(iops) && iops > 0))
+          throw invalidArgument(
+            `--recovery-max-iops must be a whole number from 1, not ${o.recoveryMaxIops}`,
+          );
+        const bandwidth =
+          o.recoveryMaxBandwidth === undefined
+            ? undefined
+            : parseSize(o.recoveryMaxBandwidth, '--recovery-max-bandwidth');
+        if (bandwidth === 0) throw invalidArgument('--recovery-max-bandwidth must be more than 0');
+        const warnHours = Number(o.recoveryWarnAfter);
+        if (!(warnHours > 0))
+          throw invalidArgument(
+            `--recovery-warn-after must be a positive number of hours, not ${o.recoveryWarnAfter}`,
+          );
         const listen = (await orchestration()).parseHostPort(o.listen);
         const { startSiteDaemon } = await apiServer();
         const dataDir = o.data ?? defaultDataDir();
@@ -60,6 +87,15 @@ export function registerServe(program: Command): void {
             maxTransfersPerHost: maxTransfers,
             ...(o.site ? { name: o.site } : {}),
             ...(transports ? { transports } : {}),
+            ...(iops !== undefined || bandwidth !== undefined
+              ? {
+                  recoveryLimits: {
+                    ...(iops !== undefined ? { iops } : {}),
+                    ...(bandwidth !== undefined ? { bytesPerSecond: bandwidth } : {}),
+                  },
+                }
+              : {}),
+            recoveryWarnAfterSeconds: warnHours * 3600,
             ...(o.nbdsListen
               ? {
                   nbdTls: {

@@ -8,6 +8,14 @@ import type { Db } from './database.js';
 import type { Job, JobManager } from './jobs.js';
 
 const log = logger('recovery');
+const DEFAULT_WARN_AFTER_SECONDS = 24 * 3600;
+
+/** 42 s, 17 min, 30 h */
+function span(seconds: number): string {
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${Math.round(seconds / 3600)} h`;
+}
 
 interface RecoveryRow {
   vm: string;
@@ -124,7 +132,9 @@ export class RecoveryService {
     const created: string[] = [];
     try {
       for (const d of disks) {
-        this.storage.createVolume(d.volume, snap.disks[d.disk]!.size, pool, { [BASE_LABEL]: `backup ${snap.id}` });
+        this.storage.createVolume(d.volume, snap.disks[d.disk]!.size, pool, {
+          [BASE_LABEL]: `backup ${snap.id}`,
+        });
         created.push(d.volume);
       }
       await this.attach(name, req, snap.id, disks);
@@ -235,6 +245,16 @@ export class RecoveryService {
     });
   }
 
+  /** The limits on reads from backups, and when a VM running from one gets a warning. */
+  settings(): { maxIops?: number; maxBytesPerSecond?: number; warnAfterSeconds: number } {
+    const l = this.opts.limits;
+    return {
+      ...(l?.iops !== undefined ? { maxIops: l.iops } : {}),
+      ...(l?.bytesPerSecond !== undefined ? { maxBytesPerSecond: l.bytesPerSecond } : {}),
+      warnAfterSeconds: this.opts.warnAfterSeconds ?? DEFAULT_WARN_AFTER_SECONDS,
+    };
+  }
+
   close(): void {
     for (const vm of [...this.bases.keys()]) this.closeBases(vm);
   }
@@ -278,7 +298,7 @@ export class RecoveryService {
 
   private toRecovery(r: RecoveryRow): Recovery {
     const seconds = (Date.now() - Date.parse(r.started_at)) / 1000;
-    const warnAfter = this.opts.warnAfterSeconds ?? 24 * 3600;
+    const warnAfter = this.opts.warnAfterSeconds ?? DEFAULT_WARN_AFTER_SECONDS;
     const disks = (JSON.parse(r.disks) as RecoveryDisk[]).map((d) => ({
       ...d,
       filledBytes: this.storage.baseOf(d.volume)?.filledBytes ?? 0,
@@ -293,7 +313,7 @@ export class RecoveryService {
       disks,
       ...(seconds > warnAfter
         ? {
-            warning: `running from backup ${r.snapshot} for ${Math.round(seconds / 3600)} h (more than ${Math.round(warnAfter / 3600)} h): finalize it to production storage`,
+            warning: `running from backup ${r.snapshot} for ${span(seconds)} (more than ${span(warnAfter)}): finalize it to production storage`,
           }
         : {}),
     };

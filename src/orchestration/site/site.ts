@@ -70,6 +70,8 @@ export interface SiteInfo {
   /** Backup transports, in the order auto tries them. */
   transports: string[];
   maxTransfersPerHost: number;
+  /** Limits on reads of VMs running from backups, and when such a VM gets a warning. */
+  recovery: { maxIops?: number; maxBytesPerSecond?: number; warnAfterSeconds: number };
   startedAt: string;
   pools: number;
   volumes: number;
@@ -210,6 +212,7 @@ export class Site {
       },
       transports: this.transports(),
       maxTransfersPerHost: this.transfers.perHost,
+      recovery: this.recovery.settings(),
       startedAt: this.startedAt,
       pools: this.storage.listPools().length,
       volumes: this.storage.listVolumes().length,
