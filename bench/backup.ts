@@ -7,7 +7,7 @@
  * and borg read the image file. Wall time, throughput, repository size and peak RSS.
  */
 import { spawn } from 'node:child_process';
-import { createCipheriv, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import {
   closeSync,
   mkdirSync,
@@ -16,7 +16,6 @@ import {
   readFileSync,
   readSync,
   rmSync,
-  truncateSync,
   writeSync,
 } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -25,7 +24,7 @@ import { HAVEN_BIN, run } from '../test/support/proc.js';
 import { StorageService } from '../src/storage/index.js';
 import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
 import { ensurePeerTools, toolVersion } from './lib/peers.js';
-import { fmtSize, syncAll, warmFile } from './lib/image.js';
+import { fmtSize, keystream as stream, makeDiskImage as makeImage, syncAll, warmFile } from './lib/image.js';
 import { environment } from './lib/env.js';
 import { onInterrupt } from './lib/cleanup.js';
 
@@ -34,31 +33,6 @@ const RESTIC = 'restic';
 const BORG = 'borg';
 const MiB = 1024 * 1024;
 const CHANGE = 64 * 1024;
-
-/** Deterministic pseudo-random bytes (AES-CTR keystream), fast enough for gigabytes. */
-function stream(seed: number): (n: number) => Buffer {
-  const key = createHash('sha256').update(`haven-bench-${seed}`).digest();
-  const c = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
-  return (n) => c.update(Buffer.alloc(n));
-}
-
-/** 40% zeros, 30% random, 30% copies of a few repeated regions, in 1 MiB blocks. */
-function makeImage(path: string, size: number): void {
-  const rnd = stream(1);
-  const repeated = Array.from({ length: 8 }, () => rnd(MiB));
-  const fd = openSync(path, 'w');
-  try {
-    for (let at = 0; at < size; at += MiB) {
-      const pick = rnd(1)[0]! % 10;
-      if (pick < 4) continue;
-      const block = pick < 7 ? rnd(MiB) : repeated[pick % 8]!;
-      writeSync(fd, block, 0, Math.min(MiB, size - at), at);
-    }
-  } finally {
-    closeSync(fd);
-  }
-  truncateSync(path, size);
-}
 
 /** 1% of the image in scattered 64 KiB blocks: offsets and contents, the same for every tool. */
 function changes(size: number): { offset: number; data: Buffer }[] {

@@ -34,5 +34,10 @@ export const registry: RegistryEntry[] = [
     load: async () => (await import('./site.js')).siteBenchmark,
   },
   { name: 'replication', summary: 'continuous replication to a second site (planned)' },
-  { name: 'recovery', summary: 'instant recovery and DR operations (planned)' },
+  {
+    name: 'recovery',
+    summary:
+      'instant recovery vs restore + boot (2 sizes), boot from backup vs local; live migration vs qemu-img convert',
+    load: async () => (await import('./recovery.js')).recoveryBenchmark,
+  },
 ];

@@ -1,5 +1,5 @@
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, readSync, truncateSync, writeSync } from 'node:fs';
+import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { run } from '../../test/support/proc.js';
 
 const MiB = 1024 * 1024;
@@ -25,6 +25,31 @@ export function createDataFile(path: string, size: number): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/** Deterministic pseudo-random bytes (AES-CTR keystream), fast enough for gigabytes. */
+export function keystream(seed: number): (n: number) => Buffer {
+  const key = createHash('sha256').update(`haven-bench-${seed}`).digest();
+  const c = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
+  return (n) => c.update(Buffer.alloc(n));
+}
+
+/** 40% zeros, 30% random, 30% copies of a few repeated regions, in 1 MiB blocks. */
+export function makeDiskImage(path: string, size: number): void {
+  const rnd = keystream(1);
+  const repeated = Array.from({ length: 8 }, () => rnd(MiB));
+  const fd = openSync(path, 'w');
+  try {
+    for (let at = 0; at < size; at += MiB) {
+      const pick = rnd(1)[0]! % 10;
+      if (pick < 4) continue;
+      const block = pick < 7 ? rnd(MiB) : repeated[pick % 8]!;
+      writeSync(fd, block, 0, Math.min(MiB, size - at), at);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  truncateSync(path, size);
 }
 
 /** Reads the whole file once so that it is in the page cache. */
