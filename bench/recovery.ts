@@ -107,7 +107,7 @@ function sha256Range(path: string, length: number): string {
   const buf = Buffer.allocUnsafe(8 * MiB);
   const fd = openSync(path, 'r');
   try {
-    for (let at = 0; at < length; ) {
+    for (let at = 0; at < length;) {
       const n = readSync(fd, buf, 0, Math.min(buf.length, length - at), at);
       if (n <= 0) break;
       h.update(buf.subarray(0, n));
@@ -185,6 +185,8 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
   });
   const errors: Record<string, string> = {};
   const raw: Record<string, unknown> = {};
+  /** `--only instant` or `--only migration` runs one part. */
+  const part = (name: 'instant' | 'migration') => !opts.only || opts.only.includes(name);
 
   const dir = mkdtempSync(join(opts.workdir, 'haven-bench-recovery-'));
   const data = join(dir, 'site');
@@ -237,17 +239,25 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     const imageOf = (size: number) => join(dir, `disk-${size / MiB}m.img`);
     const image = imageOf(sizes[0]!); // kept for qemu-img convert
 
-    for (const [i, size] of sizes.entries()) {
+    // A VM on a disk of that size: an image (40% zeros, 30% random, 30% repeated), imported.
+    const prepare = async (size: number) => {
       const tag = `${size / MiB}m`;
-      log(`${fmtSize(size)}: a disk image (40% zeros, 30% random, 30% repeated), imported, backed up`);
+      log(`${fmtSize(size)}: a disk image, imported as a VM's disk`);
       makeDiskImage(imageOf(size), size);
       const wantHash = sha256Range(imageOf(size), READ_BYTES);
       await haven('volume', 'import', imageOf(size), '--name', `src-${tag}`);
-      if (i > 0) rmSync(imageOf(size));
+      if (size !== sizes[0]) rmSync(imageOf(size));
       await haven('vm', 'create', `src-${tag}`, '--disk', `src-${tag}`, ...vmArgs, '--cmdline', STREAM_CMD);
+      return { tag, wantHash };
+    };
+    for (const [i, size] of sizes.entries()) {
+      if (!part('instant')) break;
+      const { tag, wantHash } = await prepare(size);
       const before = new Set((await json<{ id: string }[]>('repo', 'list', '--repo', repo)).map((s) => s.id));
       await haven('backup', `vm:src-${tag}`, '--repo', repo);
-      const snap = (await json<{ id: string }[]>('repo', 'list', '--repo', repo)).find((s) => !before.has(s.id))!;
+      const snap = (await json<{ id: string }[]>('repo', 'list', '--repo', repo)).find(
+        (s) => !before.has(s.id),
+      )!;
 
       const checkHash = (line: string, what: string) => {
         if (!line.includes(`"sha256":"${wantHash}"`))
@@ -308,6 +318,8 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     }
 
     // Live migration of the first size's disk while its VM streams writes.
+    if (!part('migration')) throw new Error('skipped: migration (--only)');
+    if (!part('instant')) await prepare(sizes[0]!);
     const vm = `src-${sizes[0]! / MiB}m`;
     await haven('vm', 'start', vm);
     const w = await watch(vm);
@@ -321,7 +333,7 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
       const job = await json<{
         startedAt: string;
         endedAt: string;
-        result: { volumes: { copiedBytes: number; seconds: number; pauseMs: number }[] };
+        result: { volumes: { copiedBytes: number; copySeconds: number; seconds: number; pauseMs: number }[] };
       }>('vm', 'move-storage', vm, '--pool', pools[r % 2]!);
       const moved = job.result.volumes[0]!;
       const from = Date.parse(job.startedAt);
@@ -329,24 +341,29 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
       w.poll();
       const during = w.writes().filter((x) => x.at >= from && x.at <= to + 100);
       const m = {
-        copy: moved.copiedBytes / MiB / moved.seconds,
+        copy: moved.copiedBytes / MiB / moved.copySeconds,
         still,
         during: writeRate(w.writes(), from, to),
         pause: moved.pauseMs,
         maxMs: Math.max(0, ...during.map((x) => x.us / 1000)),
       };
       moves.push(m);
+      const switched = from + moved.copySeconds * 1000;
       log(
-        `move ${r + 1}: ${(moved.copiedBytes / MiB).toFixed(0)} MiB in ${moved.seconds.toFixed(1)} s = ${m.copy.toFixed(0)} MiB/s; ` +
+        `  guest writes/s until the switch ${writeRate(w.writes(), from, switched).toFixed(1)}, while the source is removed ${writeRate(w.writes(), switched, to).toFixed(1)}`,
+      );
+      log(
+        `move ${r + 1}: ${(moved.copiedBytes / MiB).toFixed(0)} MiB durable in ${moved.copySeconds.toFixed(1)} s = ${m.copy.toFixed(0)} MiB/s (${moved.seconds.toFixed(1)} s with the source removed); ` +
           `guest ${m.during.toFixed(1)} writes/s (${m.still.toFixed(1)} before); pause ${m.pause.toFixed(1)} ms; max write ${m.maxMs.toFixed(0)} ms`,
       );
     }
     w.close();
     await haven('vm', 'stop', vm, '--force');
     const converts: number[] = [];
-    const out = join(dir, 'convert.img');
+    let out = '';
     for (let r = 0; r < repeat; r++) {
-      rmSync(out, { force: true });
+      // A new file each time: removing the last one would discard a gigabyte under the next run.
+      out = join(dir, `convert-${r}.img`);
       warmFile(image);
       const t0 = performance.now();
       await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', image, out], { timeout: 3_600_000 });
@@ -360,15 +377,37 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
       mt.values[s] = median(xs);
       mt.samples![s] = xs;
     };
-    put(copy, HAVEN, moves.map((m) => m.copy));
+    put(
+      copy,
+      HAVEN,
+      moves.map((m) => m.copy),
+    );
     put(copy, CONVERT, converts);
-    put(guestRate, HAVEN, moves.map((m) => m.during));
-    put(guestRate, STILL, moves.map((m) => m.still));
-    put(pause, HAVEN, moves.map((m) => m.pause));
-    put(maxLatency, HAVEN, moves.map((m) => m.maxMs));
+    put(
+      guestRate,
+      HAVEN,
+      moves.map((m) => m.during),
+    );
+    put(
+      guestRate,
+      STILL,
+      moves.map((m) => m.still),
+    );
+    put(
+      pause,
+      HAVEN,
+      moves.map((m) => m.pause),
+    );
+    put(
+      maxLatency,
+      HAVEN,
+      moves.map((m) => m.maxMs),
+    );
     raw.moves = moves;
   } catch (e) {
-    errors[HAVEN] = (e as Error).stack ?? String(e);
+    const msg = (e as Error).message;
+    if (msg.startsWith('skipped')) errors[HAVEN] = msg;
+    else errors[HAVEN] = (e as Error).stack ?? String(e);
   } finally {
     cleanup();
     await daemon?.stop();
@@ -404,7 +443,7 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     notes: [
       'instant: "haven recover instant" to the first line; restore + boot: "haven restore --to volume:" + "vm create" + "vm start" to the first line',
       'boot from backup counts from "recover instant"; from the local (restored) volume from "vm start"',
-      'migration copy: bytes of data copied (zeros are skipped by both) per second; Haven moves a running VM, made durable, qemu-img copies offline',
+      'migration copy: bytes of data copied (zeros are skipped by both) per second until durable: Haven until the running VM switched to its copy (the source is removed after), qemu-img offline until its sync',
       'guest writes: rate during each move against the same guest in the quiet seconds just before it',
     ],
   };

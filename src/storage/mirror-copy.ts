@@ -29,6 +29,12 @@ export async function mirrorCopy(opts: {
   target: BlockDevice;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Makes what was copied so far durable off the event loop; called every `syncEvery` bytes, so
+   * that the disk never has more than that of the copy queued ahead of the guest's own flushes.
+   */
+  sync?: () => Promise<void>;
+  syncEvery?: number;
 }): Promise<MirrorCopy> {
   const { tap, source, target } = opts;
   const buf = Buffer.allocUnsafe(STEP);
@@ -77,6 +83,14 @@ export async function mirrorCopy(opts: {
       }
     }
     const total = extents.reduce((n, e) => n + e.length, 0);
+    const syncEvery = opts.syncEvery ?? 8 * STEP;
+    let unsynced = 0;
+    let syncing: Promise<void> | undefined;
+    let syncFailure: unknown;
+    const syncFailed = () => {
+      if (syncFailure)
+        throw new HavenError('IO', `writing the copy to the disk failed: ${errorMessage(syncFailure)}`);
+    };
     for (const e of extents)
       for (let at = e.offset; at < e.offset + e.length; at += STEP) {
         opts.signal?.throwIfAborted();
@@ -85,8 +99,19 @@ export async function mirrorCopy(opts: {
         copyRange(at, n);
         state.copiedBytes += n;
         opts.onProgress?.(state.copiedBytes, total);
-        await yieldToIo(); // guest I/O goes on between steps
+        unsynced += n;
+        if (opts.sync && unsynced >= syncEvery) {
+          // One batch on its way to the disk while the next is copied; guest I/O goes on.
+          unsynced = 0;
+          await syncing;
+          syncFailed();
+          syncing = opts.sync().catch((err: unknown) => {
+            syncFailure ??= err;
+          });
+        } else await yieldToIo(); // guest I/O goes on between steps
       }
+    await syncing;
+    syncFailed();
     state.check();
     return state;
   } catch (err) {

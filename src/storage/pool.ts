@@ -8,7 +8,8 @@ import {
   statSync,
   statfsSync,
 } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { readdir, rm, stat, truncate } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { BlockDevice } from '../block/index.js';
@@ -263,6 +264,7 @@ export class Pool {
     const trash = join(this.path, 'families', `${TRASH_PREFIX}${id}`);
     renameSync(family.dir, trash);
     syncDirectory(join(this.path, 'families'));
+    for (const f of await readdir(trash)) await freeGradually(join(trash, f));
     await rm(trash, { recursive: true, force: true });
   }
 
@@ -426,5 +428,21 @@ export class Pool {
   private keyOf(family: VolumeFamily): string {
     for (const [id, f] of this.families) if (f === family) return id;
     throw new HavenError('INTERNAL', `a volume family of pool ${this.name} is not in it`);
+  }
+}
+
+const FREE_STEP = 64 * 1024 * 1024;
+const FREE_PAUSE_MS = 5;
+
+/**
+ * Shrinks a file to nothing a slice at a time, from its end: freeing gigabytes at once (with
+ * online discard, a burst of discards) stalls the disk for everyone's I/O, the VMs' included.
+ */
+async function freeGradually(path: string): Promise<void> {
+  let end = (await stat(path)).size;
+  while (end > FREE_STEP) {
+    end -= FREE_STEP;
+    await truncate(path, end);
+    await sleep(FREE_PAUSE_MS);
   }
 }

@@ -55,6 +55,9 @@ export interface MoveResult {
   mirroredBytes: number;
   /** How long I/O waited at the switch. */
   pauseMs: number;
+  /** From the start until the volume ran from the new pool, its copy durable there. */
+  copySeconds: number;
+  /** The whole move, the source's removal included. */
   seconds: number;
 }
 
@@ -281,17 +284,20 @@ export class StorageService {
       const target = to.openDevice(tmp);
       let copy: MirrorCopy | undefined;
       try {
+        // The copy goes to the disk bit by bit on the thread pool while I/O flows (and is still
+        // mirrored): guest flushes never queue behind much of it, and the flush inside the switch
+        // finds little left to write.
+        const fd = to.familyOf(tmp).family.dataFileDescriptor;
+        const sync = () => new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())));
         copy = await mirrorCopy({
           tap: state.tap,
           source: from.openDevice(name),
           target,
+          sync,
           ...(opts.signal ? { signal: opts.signal } : {}),
           ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         });
-        // The bulk of the copy goes to the disk on the thread pool while I/O flows (and is still
-        // mirrored), so that the flush inside the switch finds little left to write.
-        const fd = to.familyOf(tmp).family.dataFileDescriptor;
-        await new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())));
+        await sync();
         opts.signal?.throwIfAborted();
         // The switch: synchronous from here to the end, so no request can come in between.
         const t0 = performance.now();
@@ -315,6 +321,7 @@ export class StorageService {
         state.tap.addTracker(bitmaps);
         this.volumes.set(name, { tap: state.tap, bitmaps });
         const pauseMs = performance.now() - t0;
+        const copySeconds = (performance.now() - started) / 1000;
         // After the switch, beside the I/O: the bitmaps' files, and the source's removal.
         mkdirSync(join(to.path, 'bitmaps'), { recursive: true });
         bitmaps.save();
@@ -329,6 +336,7 @@ export class StorageService {
           copiedBytes: copy.copiedBytes,
           mirroredBytes: copy.mirroredBytes,
           pauseMs,
+          copySeconds,
           seconds: (performance.now() - started) / 1000,
         };
       } catch (err) {

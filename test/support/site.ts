@@ -120,6 +120,7 @@ export interface GuestWrite {
 export function writesIn(log: string): GuestWrite[] {
   return log
     .split('\n')
+    .slice(0, -1) // the last line may be still being written
     .filter((l) => l.includes('"event":"write"'))
     .map((l) => JSON.parse(l.slice(l.indexOf('{'))) as GuestWrite);
 }
