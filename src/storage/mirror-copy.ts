@@ -83,7 +83,7 @@ export async function mirrorCopy(opts: {
       }
     }
     const total = extents.reduce((n, e) => n + e.length, 0);
-    const syncEvery = opts.syncEvery ?? 8 * STEP;
+    const syncEvery = opts.syncEvery ?? 4 * STEP;
     let unsynced = 0;
     let syncing: Promise<void> | undefined;
     let syncFailure: unknown;

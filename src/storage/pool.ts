@@ -431,8 +431,8 @@ export class Pool {
   }
 }
 
-const FREE_STEP = 64 * 1024 * 1024;
-const FREE_PAUSE_MS = 5;
+const FREE_STEP = 32 * 1024 * 1024;
+const FREE_PAUSE_MS = 10;
 
 /**
  * Shrinks a file to nothing a slice at a time, from its end: freeing gigabytes at once (with
