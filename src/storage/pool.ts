@@ -228,6 +228,11 @@ export class Pool {
     return this.volumeInfo(family, record);
   }
 
+  /** A volume's labels (cheaper than volume(), which counts its mapped bytes). */
+  volumeLabels(name: string): Record<string, string> {
+    return this.requireVolume(name).record.labels ?? {};
+  }
+
   /** Sets (or, with undefined, removes) one label of a volume, durably. */
   setVolumeLabel(name: string, key: string, value: string | undefined): VolumeInfo {
     const { family, record } = this.requireVolume(name);

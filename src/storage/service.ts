@@ -264,7 +264,7 @@ export class StorageService {
     const from = this.poolOf(name);
     const to = this.pool(toPool);
     if (from === to) throw invalidArgument(`volume ${name} is in pool ${toPool} already`);
-    if (this.backings.has(name) || BASE_LABEL in from.volume(name).labels)
+    if (this.backings.has(name) || BASE_LABEL in from.volumeLabels(name))
       throw conflict(`volume ${name} runs from a backup: finalize its recovery before moving it`);
     if (this.moving.has(name)) throw conflict(`volume ${name} is being moved already`);
     const own = from.listSnapshots(name).filter((x) => !x.name.startsWith(BACKUP_CHECKPOINT_PREFIX));
@@ -403,7 +403,7 @@ export class StorageService {
    */
   missingBase(volume: string): string | undefined {
     if (this.backings.has(volume)) return undefined;
-    const base = this.poolOf(volume).volume(volume).labels[BASE_LABEL];
+    const base = this.poolOf(volume).volumeLabels(volume)[BASE_LABEL];
     return base === undefined
       ? undefined
       : `volume ${volume} runs over ${base}, which is not attached (its data is incomplete without it)`;
