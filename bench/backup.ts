@@ -7,24 +7,22 @@
  * and borg read the image file. Wall time, throughput, repository size and peak RSS.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import {
-  closeSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  readSync,
-  rmSync,
-  writeSync,
-} from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { HAVEN_BIN, run } from '../test/support/proc.js';
 import { StorageService } from '../src/storage/index.js';
+import { runSpan } from './lib/results.js';
 import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
 import { ensurePeerTools, toolVersion } from './lib/peers.js';
-import { fmtSize, keystream as stream, makeDiskImage as makeImage, syncAll, warmFile } from './lib/image.js';
+import {
+  fmtSize,
+  keystream as stream,
+  makeDiskImage as makeImage,
+  sha256File,
+  syncAll,
+  warmFile,
+} from './lib/image.js';
 import { environment } from './lib/env.js';
 import { onInterrupt } from './lib/cleanup.js';
 
@@ -42,23 +40,6 @@ function changes(size: number): { offset: number; data: Buffer }[] {
   const picked = new Set<number>();
   while (picked.size < n) picked.add(rnd(4).readUInt32LE(0) % slots);
   return [...picked].sort((a, b) => a - b).map((s) => ({ offset: s * CHANGE, data: rnd(CHANGE) }));
-}
-
-function sha256File(path: string): string {
-  const h = createHash('sha256');
-  const buf = Buffer.allocUnsafe(8 * MiB);
-  const fd = openSync(path, 'r');
-  try {
-    for (let at = 0; ;) {
-      const n = readSync(fd, buf, 0, buf.length, at);
-      if (n <= 0) break;
-      h.update(buf.subarray(0, n));
-      at += n;
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return h.digest('hex');
 }
 
 async function du(path: string): Promise<number> {
@@ -315,13 +296,10 @@ async function runBackup(opts: BenchOptions): Promise<BenchResult> {
     rmSync(dir, { recursive: true, force: true });
     unregister();
   }
-  const finishedAt = new Date();
   return {
     name: 'backup',
     title: 'Backup: Haven vs restic and borg',
-    startedAt: startedAt.toISOString(),
-    finishedAt: finishedAt.toISOString(),
-    durationSeconds: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+    ...runSpan(startedAt),
     haven: HAVEN,
     subjects,
     errors,

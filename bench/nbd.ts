@@ -15,6 +15,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { run, freePort, HAVEN_BIN } from '../test/support/proc.js';
+import { runSpan } from './lib/results.js';
 import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
 import { ensurePeerTools } from './lib/peers.js';
 import { BenchServer } from './lib/server.js';
@@ -300,13 +301,10 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
 
   if (opts.quick || size < 2 * 1024 * MiB)
     notes.push(`image ${fmtSize(size)} and ${runtime} s runs: a development run, not the issue's 2 GiB`);
-  const finishedAt = new Date();
   return {
     name: 'nbd',
     title: 'NBD server: Haven vs qemu-nbd vs nbdkit',
-    startedAt: startedAt.toISOString(),
-    finishedAt: finishedAt.toISOString(),
-    durationSeconds: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+    ...runSpan(startedAt),
     haven: HAVEN,
     subjects,
     errors,

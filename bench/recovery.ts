@@ -13,16 +13,16 @@
  * of the same data offline (made durable by a sync), the guest's write rate during the move
  * against the minutes before it, and the switchover pause the move measures.
  */
-import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync } from 'node:fs';
-import { createHash } from 'node:crypto';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HAVEN_BIN, run, start, type Running } from '../test/support/proc.js';
+import { run } from '../test/support/proc.js';
+import { BenchSite } from './lib/site.js';
 import { ensureGuest } from '../test/support/guest.js';
+import { runSpan } from './lib/results.js';
 import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
-import { fmtSize, makeDiskImage, warmFile } from './lib/image.js';
+import { fmtSize, makeDiskImage, sha256File, warmFile } from './lib/image.js';
 import { median } from './lib/timing.js';
 import { environment } from './lib/env.js';
 import { onInterrupt } from './lib/cleanup.js';
@@ -102,23 +102,6 @@ function writeRate(writes: { at: number }[], from: number, to: number): number {
   return ((inside.length - 1) / (inside.at(-1)!.at - inside[0]!.at)) * 1000;
 }
 
-function sha256Range(path: string, length: number): string {
-  const h = createHash('sha256');
-  const buf = Buffer.allocUnsafe(8 * MiB);
-  const fd = openSync(path, 'r');
-  try {
-    for (let at = 0; at < length;) {
-      const n = readSync(fd, buf, 0, Math.min(buf.length, length - at), at);
-      if (n <= 0) break;
-      h.update(buf.subarray(0, n));
-      at += n;
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return h.digest('hex');
-}
-
 async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
   const startedAt = new Date();
   const { log } = opts;
@@ -126,14 +109,19 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
   const repeat = opts.repeat;
   const subjects = [HAVEN, RESTORE, LOCAL, CONVERT, STILL];
   const values = () => Object.fromEntries(subjects.map((s) => [s, null])) as Record<string, number | null>;
-  const metric = (m: Omit<Metric, 'values' | 'samples'>): Metric => ({ ...m, values: values(), samples: {} });
+  // Each value is the median of `repeat` samples unless said otherwise.
+  const metric = (m: Omit<Metric, 'values' | 'samples'>): Metric => ({
+    method: `median of ${repeat}`,
+    ...m,
+    values: values(),
+    samples: {},
+  });
   const firstLine = sizes.map((size) =>
     metric({
       key: `first-line-${fmtSize(size).replace(' ', '')}`,
       label: `${fmtSize(size)}: command to the guest's first line`,
       unit: 's',
       better: 'lower',
-      method: `median of ${repeat}`,
     }),
   );
   const growth = metric({
@@ -141,6 +129,7 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     label: `first line: ${fmtSize(sizes[1]!)} / ${fmtSize(sizes[0]!)}`,
     unit: '×',
     better: 'lower',
+    method: 'ratio of the medians',
   });
   const boot = sizes.map((size) =>
     metric({
@@ -148,7 +137,6 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
       label: `${fmtSize(size)}: boot and read ${fmtSize(READ_BYTES)} of the disk`,
       unit: 's',
       better: 'lower',
-      method: `median of ${repeat}`,
       target: { kind: 'ratio', peer: LOCAL, min: 1.3 },
     }),
   );
@@ -157,7 +145,6 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     label: `live migration copy, ${fmtSize(sizes[0]!)} disk`,
     unit: 'MiB/s',
     better: 'higher',
-    method: `median of ${repeat}`,
     target: { kind: 'ratio', peer: CONVERT, min: 0.8 },
   });
   const guestRate = metric({
@@ -165,7 +152,6 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     label: 'guest 4 KiB durable writes while migrating',
     unit: 'writes/s',
     better: 'higher',
-    method: `median of ${repeat}`,
     target: { kind: 'ratio', peer: STILL, min: 0.7 },
   });
   const pause = metric({
@@ -173,7 +159,6 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     label: 'switchover pause',
     unit: 'ms',
     better: 'lower',
-    method: `median of ${repeat}`,
     target: { kind: 'max', value: 50 },
   });
   const maxLatency = metric({
@@ -181,7 +166,6 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     label: 'guest max write latency while migrating',
     unit: 'ms',
     better: 'lower',
-    method: `median of ${repeat}`,
   });
   const errors: Record<string, string> = {};
   const raw: Record<string, unknown> = {};
@@ -189,13 +173,11 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
   const part = (name: 'instant' | 'migration') => !opts.only || opts.only.includes(name);
 
   const dir = mkdtempSync(join(opts.workdir, 'haven-bench-recovery-'));
-  const data = join(dir, 'site');
+  const site = new BenchSite(dir, 3_600_000);
+  const { data } = site;
   const repo = join(dir, 'repo');
-  const env = { ...process.env, HAVEN_DATA: data, HAVEN_LOG_LEVEL: 'warn' };
-  const haven = async (...args: string[]) =>
-    (await run(process.execPath, [HAVEN_BIN, ...args], { env, timeout: 3_600_000 })).stdout;
+  const haven = (...args: string[]) => site.haven(...args);
   const json = async <T>(...args: string[]) => JSON.parse(await haven(...args, '--json')) as T;
-  let daemon: Running | undefined;
   const watches: ConsoleWatch[] = [];
   const watch = async (vm: string) => {
     const { id } = await json<{ id: string }>('vm', 'show', vm);
@@ -203,37 +185,16 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     watches.push(w);
     return w;
   };
-  const killQemus = () => {
-    try {
-      execFileSync('pkill', ['-9', '-f', `qemu-system-x86_64 .*${dir}`]);
-    } catch {
-      // none left
-    }
-  };
-  const cleanup = () => {
-    for (const w of watches) w.close();
-    killQemus();
-  };
   const unregister = onInterrupt(() => {
-    cleanup();
-    void daemon?.stop();
+    for (const w of watches) w.close();
+    void site.stop();
     rmSync(dir, { recursive: true, force: true });
   });
   try {
     ensurePeerTools([{ command: 'qemu-img', pkg: 'qemu-utils' }], opts.install, log);
     const guest = ensureGuest();
     const vmArgs = ['--memory', '192M', '--kernel', guest.kernel, '--initrd', guest.initrd];
-    daemon = start(
-      process.execPath,
-      [HAVEN_BIN, 'serve', '--data', data, '--listen', '127.0.0.1:0', '--nbd-listen', 'none'],
-      { env },
-    );
-    const deadline = Date.now() + 30_000;
-    while (!existsSync(join(data, 'api.json'))) {
-      if (Date.now() > deadline || daemon.child.exitCode !== null)
-        throw new Error(`the daemon did not start:\n${daemon.output()}`);
-      await sleep(50);
-    }
+    await site.start();
     await haven('pool', 'create', 'fast');
     await haven('repo', 'init', '--repo', repo);
     const imageOf = (size: number) => join(dir, `disk-${size / MiB}m.img`);
@@ -244,7 +205,7 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
       const tag = `${size / MiB}m`;
       log(`${fmtSize(size)}: a disk image, imported as a VM's disk`);
       makeDiskImage(imageOf(size), size);
-      const wantHash = sha256Range(imageOf(size), READ_BYTES);
+      const wantHash = sha256File(imageOf(size), READ_BYTES);
       await haven('volume', 'import', imageOf(size), '--name', `src-${tag}`);
       if (size !== sizes[0]) rmSync(imageOf(size));
       await haven('vm', 'create', `src-${tag}`, '--disk', `src-${tag}`, ...vmArgs, '--cmdline', STREAM_CMD);
@@ -409,18 +370,15 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     if (msg.startsWith('skipped')) errors[HAVEN] = msg;
     else errors[HAVEN] = (e as Error).stack ?? String(e);
   } finally {
-    cleanup();
-    await daemon?.stop();
+    for (const w of watches) w.close();
+    await site.stop();
     rmSync(dir, { recursive: true, force: true });
     unregister();
   }
-  const finishedAt = new Date();
   return {
     name: 'recovery',
     title: 'Instant recovery and live storage migration',
-    startedAt: startedAt.toISOString(),
-    finishedAt: finishedAt.toISOString(),
-    durationSeconds: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+    ...runSpan(startedAt),
     haven: HAVEN,
     subjects,
     errors,

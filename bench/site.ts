@@ -10,9 +10,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HAVEN_BIN, run, start, type Running } from '../test/support/proc.js';
+import { BenchSite } from './lib/site.js';
 import { ensureGuest } from '../test/support/guest.js';
 import { qemuCommandLine } from '../src/compute/index.js';
+import { runSpan } from './lib/results.js';
 import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
 import { procStatusBytes } from './lib/server.js';
 import { median } from './lib/timing.js';
@@ -76,38 +77,16 @@ async function runSite(opts: BenchOptions): Promise<BenchResult> {
   };
   const errors: Record<string, string> = {};
   const dir = mkdtempSync(join(opts.workdir, 'haven-bench-site-'));
-  const data = join(dir, 'site');
-  const env = { ...process.env, HAVEN_DATA: data, HAVEN_LOG_LEVEL: 'warn' };
-  const haven = async (...args: string[]) =>
-    (await run(process.execPath, [HAVEN_BIN, ...args], { env, timeout: 300_000 })).stdout;
-  let daemon: Running | undefined;
-  const killQemus = () => {
-    try {
-      execFileSync('pkill', ['-9', '-f', `qemu-system-x86_64 .*${dir}`]);
-    } catch {
-      // none left
-    }
-  };
+  const site = new BenchSite(dir, 300_000);
+  const { data } = site;
+  const haven = (...args: string[]) => site.haven(...args);
   const unregister = onInterrupt(() => {
-    killQemus();
-    void daemon?.stop();
+    void site.stop();
     rmSync(dir, { recursive: true, force: true });
   });
   try {
     const guest = ensureGuest();
-    daemon = start(
-      process.execPath,
-      [HAVEN_BIN, 'serve', '--data', data, '--listen', '127.0.0.1:0', '--nbd-listen', 'none'],
-      {
-        env,
-      },
-    );
-    const deadline = Date.now() + 30_000;
-    while (!existsSync(join(data, 'api.json'))) {
-      if (Date.now() > deadline || daemon.child.exitCode !== null)
-        throw new Error(`the daemon did not start:\n${daemon.output()}`);
-      await sleep(50);
-    }
+    const daemon = await site.start();
     const pid = daemon.child.pid!;
     const cmdline = 'console=ttyS0 quiet panic=-1 haven.disks=1 haven.cmd=ping';
     log('defining 10 VMs on 10 volumes, and a volume for the QEMU started by hand');
@@ -130,7 +109,7 @@ async function runSite(opts: BenchOptions): Promise<BenchResult> {
       );
     }
     await haven('volume', 'create', 'hand', '--size', '64M');
-    const site = JSON.parse(await haven('site', 'show', '--json')) as { nbd: { socket: string } };
+    const info = JSON.parse(await haven('site', 'show', '--json')) as { nbd: { socket: string } };
     const ids = new Map(
       (JSON.parse(await haven('vm', 'list', '--json')) as { name: string; id: string }[]).map((v) => [
         v.name,
@@ -154,7 +133,7 @@ async function runSite(opts: BenchOptions): Promise<BenchResult> {
           name: `hand-${n}`,
           cpus: 1,
           memoryMiB: 192,
-          disks: [{ source: `nbd+unix:///hand?socket=${site.nbd.socket}` }],
+          disks: [{ source: `nbd+unix:///hand?socket=${info.nbd.socket}` }],
           nics: [],
           boot: { kind: 'kernel', kernel: guest.kernel, initrd: guest.initrd, cmdline },
         },
@@ -198,18 +177,14 @@ async function runSite(opts: BenchOptions): Promise<BenchResult> {
   } catch (e) {
     errors[HAVEN] = (e as Error).message;
   } finally {
-    killQemus();
-    await daemon?.stop();
+    await site.stop();
     rmSync(dir, { recursive: true, force: true });
     unregister();
   }
-  const finishedAt = new Date();
   return {
     name: 'site',
     title: 'Site daemon: VM start overhead and idle cost',
-    startedAt: startedAt.toISOString(),
-    finishedAt: finishedAt.toISOString(),
-    durationSeconds: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+    ...runSpan(startedAt),
     haven: HAVEN,
     subjects,
     errors,

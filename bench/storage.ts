@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { run, HAVEN_BIN } from '../test/support/proc.js';
+import { runSpan } from './lib/results.js';
 import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
 import { ensurePeerTools } from './lib/peers.js';
 import { BenchServer } from './lib/server.js';
@@ -166,13 +167,10 @@ async function runStorage(opts: BenchOptions): Promise<BenchResult> {
     rmSync(dir, { recursive: true, force: true });
     unregister();
   }
-  const finishedAt = new Date();
   return {
     name: 'storage',
     title: 'Storage: a Haven volume vs a raw file, both served by Haven',
-    startedAt: startedAt.toISOString(),
-    finishedAt: finishedAt.toISOString(),
-    durationSeconds: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+    ...runSpan(startedAt),
     haven: VOLUME,
     subjects,
     errors,

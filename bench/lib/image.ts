@@ -52,6 +52,24 @@ export function makeDiskImage(path: string, size: number): void {
   truncateSync(path, size);
 }
 
+/** SHA-256 of a file, or of its first `length` bytes, in hex. */
+export function sha256File(path: string, length = Infinity): string {
+  const h = createHash('sha256');
+  const buf = Buffer.allocUnsafe(CHUNK);
+  const fd = openSync(path, 'r');
+  try {
+    for (let at = 0; at < length;) {
+      const n = readSync(fd, buf, 0, Math.min(buf.length, length - at), at);
+      if (n <= 0) break;
+      h.update(buf.subarray(0, n));
+      at += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
 /** Reads the whole file once so that it is in the page cache. */
 export function warmFile(path: string): void {
   const buf = Buffer.allocUnsafe(CHUNK);

@@ -15,3 +15,13 @@ export function writeResult(dir: string, r: BenchResult): string {
   writeFileSync(join(dir, `${r.name}-latest.json`), text);
   return path;
 }
+
+/** A result's start, end and duration, for a run that started at `startedAt` and ends now. */
+export function runSpan(startedAt: Date): Pick<BenchResult, 'startedAt' | 'finishedAt' | 'durationSeconds'> {
+  const finishedAt = new Date();
+  return {
+    startedAt: startedAt.toISOString(),
+    finishedAt: finishedAt.toISOString(),
+    durationSeconds: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+  };
+}
