@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Site, type VmDefinition } from '../orchestration/index.js';
 import * as s from './schemas.js';
+import { registerBackupRoute } from './backup-route.js';
 
 type Name = { name: string };
 
@@ -85,31 +86,13 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
           ),
         ),
   );
-  api.post(
-    '/vms/:name/backup',
-    {
-      schema: {
-        tags,
-        summary: 'back a VM up: all its disks at one crash-consistent point, and its configuration (a job)',
-        params: s.nameParam,
-        body: s.backupBody,
-        response: { 202: s.jobAnswer },
-      },
-    },
-    async (req, reply) => {
-      const b = req.body as { repo: string; passphraseFile?: string; transport?: string };
-      return reply
-        .code(202)
-        .send(
-          site.backup(
-            req.actor,
-            { vm: (req.params as Name).name },
-            Site.repoAccess(b.repo, b.passphraseFile),
-            b.transport ? { transport: b.transport } : {},
-          ),
-        );
-    },
-  );
+  registerBackupRoute(api, site, {
+    path: '/vms/:name/backup',
+    kind: 'vm',
+    tags,
+    summary: 'back a VM up: all its disks at one crash-consistent point, and its configuration (a job)',
+    params: s.nameParam,
+  });
   api.post(
     '/vms/:name/move-storage',
     {

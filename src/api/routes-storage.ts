@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Site } from '../orchestration/index.js';
 import * as s from './schemas.js';
+import { registerBackupRoute } from './backup-route.js';
 
 const volumeParam = {
   type: 'object',
@@ -123,31 +124,13 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     },
   );
 
-  api.post(
-    '/volumes/:name/backup',
-    {
-      schema: {
-        tags,
-        summary: 'back a volume up into a repository (a job)',
-        params: volumeParam,
-        body: s.backupBody,
-        response: { 202: s.jobAnswer },
-      },
-    },
-    async (req, reply) => {
-      const b = req.body as { repo: string; passphraseFile?: string; transport?: string };
-      return reply
-        .code(202)
-        .send(
-          site.backup(
-            req.actor,
-            { volume: (req.params as Name).name },
-            Site.repoAccess(b.repo, b.passphraseFile),
-            b.transport ? { transport: b.transport } : {},
-          ),
-        );
-    },
-  );
+  registerBackupRoute(api, site, {
+    path: '/volumes/:name/backup',
+    kind: 'volume',
+    tags,
+    summary: 'back a volume up into a repository (a job)',
+    params: volumeParam,
+  });
   api.post(
     '/volumes/:name/move',
     {
