@@ -4,6 +4,8 @@ import { HavenError, errorMessage, isPromise } from '../common/index.js';
 import type { TapDevice, TapEvent } from './tap.js';
 
 const STEP = 1024 * 1024;
+/** Copied bytes per write-behind batch: small, so a guest flush meets little of the copy. */
+const SYNC_EVERY = 4 * STEP;
 
 export interface MirrorCopy {
   copiedBytes: number;
@@ -30,11 +32,10 @@ export async function mirrorCopy(opts: {
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
   /**
-   * Makes what was copied so far durable off the event loop; called every `syncEvery` bytes, so
-   * that the disk never has more than that of the copy queued ahead of the guest's own flushes.
+   * Makes what was copied so far durable off the event loop; called every SYNC_EVERY bytes, so
+   * that the disk never has much of the copy queued ahead of the guest's own flushes.
    */
   sync?: () => Promise<void>;
-  syncEvery?: number;
 }): Promise<MirrorCopy> {
   const { tap, source, target } = opts;
   const buf = Buffer.allocUnsafe(STEP);
@@ -83,7 +84,6 @@ export async function mirrorCopy(opts: {
       }
     }
     const total = extents.reduce((n, e) => n + e.length, 0);
-    const syncEvery = opts.syncEvery ?? 4 * STEP;
     let unsynced = 0;
     let syncing: Promise<void> | undefined;
     let syncFailure: unknown;
@@ -100,7 +100,7 @@ export async function mirrorCopy(opts: {
         state.copiedBytes += n;
         opts.onProgress?.(state.copiedBytes, total);
         unsynced += n;
-        if (opts.sync && unsynced >= syncEvery) {
+        if (opts.sync && unsynced >= SYNC_EVERY) {
           // One batch on its way to the disk while the next is copied; guest I/O goes on.
           unsynced = 0;
           await syncing;

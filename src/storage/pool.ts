@@ -234,10 +234,9 @@ export class Pool {
   }
 
   /** Sets (or, with undefined, removes) one label of a volume, durably. */
-  setVolumeLabel(name: string, key: string, value: string | undefined): VolumeInfo {
+  setVolumeLabel(name: string, key: string, value: string | undefined): void {
     const { family, record } = this.requireVolume(name);
     family.setLabel(record.id, key, value);
-    return this.volumeInfo(family, family.find(record.id)!);
   }
 
   resizeVolume(name: string, size: number): VolumeInfo {
@@ -269,7 +268,8 @@ export class Pool {
     const trash = join(this.path, 'families', `${TRASH_PREFIX}${id}`);
     renameSync(family.dir, trash);
     syncDirectory(join(this.path, 'families'));
-    for (const f of await readdir(trash)) await freeGradually(join(trash, f));
+    for (const f of await readdir(trash, { withFileTypes: true }))
+      if (f.isFile()) await freeGradually(join(trash, f.name));
     await rm(trash, { recursive: true, force: true });
   }
 
