@@ -45,7 +45,10 @@ export class GuestAgent {
         once(socket, 'error').then(([e]) => Promise.reject(e as Error)),
       ]);
     } catch (err) {
-      throw new HavenError('IO', `cannot connect to the guest agent channel ${path}: ${(err as Error).message}`);
+      throw new HavenError(
+        'IO',
+        `cannot connect to the guest agent channel ${path}: ${(err as Error).message}`,
+      );
     } finally {
       clearTimeout(timer);
     }
@@ -81,13 +84,20 @@ export class GuestAgent {
   }
 
   /** Runs a command; rejects with the agent's error, or TIMEOUT when it does not answer in time. */
-  async execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
+  async execute<T = unknown>(
+    command: string,
+    args?: Record<string, unknown>,
+    timeoutMs = 10_000,
+  ): Promise<T> {
     if (!this.synced) throw new HavenError('INTERNAL', 'guest agent not synchronised');
     this.socket.write(cmd(command, args));
     const line = await this.line(Date.now() + timeoutMs, command, timeoutMs);
     const r = parse(line, command) as { return?: T; error?: { class?: string; desc?: string } };
     if (r.error)
-      throw new HavenError('IO', `guest agent: ${command} failed: ${r.error.desc ?? r.error.class ?? 'error'}`);
+      throw new HavenError(
+        'IO',
+        `guest agent: ${command} failed: ${r.error.desc ?? r.error.class ?? 'error'}`,
+      );
     return r.return as T;
   }
 
@@ -111,14 +121,21 @@ export class GuestAgent {
   }
 
   private wait(deadline: number, command: string, timeoutMs: number): Promise<void> {
-    if (this.closed) return Promise.reject(new HavenError('IO', `guest agent channel ${this.path} closed during ${command}`));
+    if (this.closed)
+      return Promise.reject(
+        new HavenError('IO', `guest agent channel ${this.path} closed during ${command}`),
+      );
     const left = deadline - Date.now();
     if (left <= 0)
-      return Promise.reject(new HavenError('TIMEOUT', `the guest agent did not answer ${command} within ${fmtMs(timeoutMs)}`));
+      return Promise.reject(
+        new HavenError('TIMEOUT', `the guest agent did not answer ${command} within ${fmtMs(timeoutMs)}`),
+      );
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => {
         this.waiter = undefined;
-        reject(new HavenError('TIMEOUT', `the guest agent did not answer ${command} within ${fmtMs(timeoutMs)}`));
+        reject(
+          new HavenError('TIMEOUT', `the guest agent did not answer ${command} within ${fmtMs(timeoutMs)}`),
+        );
       }, left);
       this.waiter = () => {
         clearTimeout(t);
@@ -137,7 +154,10 @@ function parse(line: string, command: string): unknown {
   try {
     return JSON.parse(line);
   } catch {
-    throw new HavenError('PROTOCOL', `guest agent: the answer to ${command} is not JSON: ${line.slice(0, 200)}`);
+    throw new HavenError(
+      'PROTOCOL',
+      `guest agent: the answer to ${command} is not JSON: ${line.slice(0, 200)}`,
+    );
   }
 }
 

@@ -153,7 +153,8 @@ export class QemuVm extends EventEmitter {
   /** Starts QEMU for `spec`; resolves once QMP answers. */
   static async start(spec: VmSpec, runDir: string): Promise<QemuVm> {
     mkdirSync(runDir, { recursive: true });
-    for (const f of ['qemu.pid', 'qmp.sock', 'console.sock', GUEST_AGENT_SOCKET]) rmSync(join(runDir, f), { force: true });
+    for (const f of ['qemu.pid', 'qmp.sock', 'console.sock', GUEST_AGENT_SOCKET])
+      rmSync(join(runDir, f), { force: true });
     const args = qemuCommandLine(spec, runDir);
     const child = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let stderr = '';
