@@ -132,24 +132,22 @@ export async function openVolumeSource(
     .pop();
   const epoch = `haven-backup-${repo.newSnapshotId()}`;
   let trustBitmaps = !!previous && previous.disks.length === volumes.length;
-  // The point in time: nothing awaits in here, so no guest write can fall between two disks.
+  for (const v of volumes) {
+    // Epochs of backups that failed or died: their changes go back into the bitmap first.
+    for (const s of storage.listSnapshots(v))
+      if (s.name.startsWith('haven-backup-') && s.name !== previous?.bitmap?.epoch)
+        try {
+          storage.revokeCheckpoint(v, s.name, BACKUP_BITMAP);
+        } catch {
+          storage.deleteSnapshot(v, s.name); // its changes are unknown: read everything
+          trustBitmaps = false;
+        }
+    if (!previous?.bitmap?.epoch || !storage.listSnapshots(v).some((s) => s.name === previous.bitmap!.epoch))
+      trustBitmaps = false;
+  }
+  // The point in time, kept short (a guest may be frozen around it): nothing awaits in here, so
+  // no guest write can fall between two disks.
   const snapshot = () => {
-    for (const v of volumes) {
-      // Epochs of backups that failed or died: their changes go back into the bitmap first.
-      for (const s of storage.listSnapshots(v))
-        if (s.name.startsWith('haven-backup-') && s.name !== previous?.bitmap?.epoch)
-          try {
-            storage.revokeCheckpoint(v, s.name, BACKUP_BITMAP);
-          } catch {
-            storage.deleteSnapshot(v, s.name); // its changes are unknown: read everything
-            trustBitmaps = false;
-          }
-      if (
-        !previous?.bitmap?.epoch ||
-        !storage.listSnapshots(v).some((s) => s.name === previous.bitmap!.epoch)
-      )
-        trustBitmaps = false;
-    }
     for (const v of volumes) storage.checkpoint(v, epoch, BACKUP_BITMAP);
   };
   const consistency: ConsistencyRecord = opts.quiesce
