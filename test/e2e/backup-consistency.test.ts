@@ -3,9 +3,10 @@
 // in use, so a plain snapshot of it needs journal recovery). With the agent answering, the
 // backup runs the hooks, freezes, snapshots and thaws in that order, and the restored file
 // system is clean (a frozen ext4 has flushed its journal and cleared needs_recovery): the
-// snapshot was taken while frozen. Without an answering agent (none, silent, or a failing
-// pre-freeze hook) the backup still succeeds, crash-consistent with the reason, within a bounded
-// time — or fails with --require-app-consistent. Old manifests read as crash-consistent.
+// snapshot was taken while frozen. Without an answering agent (none, silent, one that freezes
+// but never answers, or a failing pre-freeze hook) the backup still succeeds, crash-consistent
+// with the reason, within a bounded time (and what was frozen is thawed) — or fails with
+// --require-app-consistent. Old manifests read as crash-consistent.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -188,7 +189,7 @@ test('VM backups without an answering agent are crash-consistent and say why; --
   // A failing pre-freeze hook: no freeze, crash-consistent, the post-thaw hook still runs.
   await s.haven('vm', 'stop', 'silent', '--force');
 
-  await startVm(s, 'hooked');
+  await startVm(s, 'hooked', { agent: 'mute-freeze' });
   const hooked = await s.haven(
     'backup',
     'vm:hooked',
@@ -205,6 +206,14 @@ test('VM backups without an answering agent are crash-consistent and say why; --
     'pre hooked',
     'post hooked consistency=crash',
   ]);
+  // An agent that freezes but never answers: crash-consistent after the freeze's bound, and thawed.
+  const mute = await s.haven('backup', 'vm:hooked', '--repo', repo);
+  assert.match(mute, /^crash-consistent: the guest agent did not answer guest-fsfreeze-freeze within 10 s$/m);
+  const states = (await waitForConsole(s, 'hooked', /"state":"thawed"/))
+    .split('\n')
+    .filter((l) => l.includes('"event":"fsfreeze"'))
+    .map((l) => (JSON.parse(l.slice(l.indexOf('{'))) as { state: string }).state);
+  assert.deepEqual(states, ['frozen', 'thawed'], 'the host thaws what it asked to freeze, answered or not');
   await s.haven('vm', 'stop', 'hooked', '--force');
 
   // A VM without the agent's channel.
@@ -221,6 +230,7 @@ test('VM backups without an answering agent are crash-consistent and say why; --
     [
       ['silent', 'crash'],
       ['hooked', 'crash'],
+      ['hooked', 'crash'],
       ['bare', 'crash'],
     ],
   );
@@ -229,13 +239,13 @@ test('VM backups without an answering agent are crash-consistent and say why; --
   assert.equal(await needsRecovery(s, repo, snaps[0]!.id), true);
 
   // A manifest written before Haven recorded consistency reads as crash-consistent.
-  const manifest = join(repo, 'snapshots', snaps[2]!.id, 'manifest.json');
+  const manifest = join(repo, 'snapshots', snaps[3]!.id, 'manifest.json');
   const m = JSON.parse(readFileSync(manifest, 'utf8')) as Record<string, unknown>;
   delete m.consistency;
   delete m.consistencyReason;
   writeFileSync(manifest, JSON.stringify(m));
-  const old = (JSON.parse(await s.haven('repo', 'list', '--repo', repo, '--json')) as Snap[])[2]!;
+  const old = (JSON.parse(await s.haven('repo', 'list', '--repo', repo, '--json')) as Snap[])[3]!;
   assert.equal(old.consistency, 'crash');
   assert.match(old.consistencyReason!, /not recorded/);
-  assert.ok(readdirSync(join(repo, 'snapshots')).length === 3);
+  assert.equal(readdirSync(join(repo, 'snapshots')).length, 4);
 });
