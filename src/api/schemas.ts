@@ -242,13 +242,13 @@ export const backupBody = {
       type: 'string',
       minLength: 1,
       description:
-        'VM backups: an executable on the site host run before the freeze (env HAVEN_VM, HAVEN_HOOK_PHASE=pre-freeze); failing, the backup is crash-consistent',
+        "VM backups: the file name of an executable in the site's hooks directory (DATA/hooks/) run before the freeze (env HAVEN_VM, HAVEN_HOOK_PHASE=pre-freeze); failing, the backup is crash-consistent",
     },
     postThawHook: {
       type: 'string',
       minLength: 1,
       description:
-        'VM backups: an executable run after the thaw (HAVEN_HOOK_PHASE=post-thaw, HAVEN_CONSISTENCY=application|crash|none)',
+        'VM backups: a hook likewise, run after the thaw (HAVEN_HOOK_PHASE=post-thaw, HAVEN_CONSISTENCY=application|crash|none)',
     },
     requireAppConsistent: {
       type: 'boolean',

@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeExt4Disk } from '../support/guest.js';
 import { guestArgs, site, waitForConsole, type Site } from '../support/site.js';
@@ -68,11 +68,13 @@ async function lastJob(s: Site): Promise<JobView> {
   return JSON.parse(await s.haven('job', 'show', jobs[jobs.length - 1]!.id, '--json')) as JobView;
 }
 
-function hookScript(dir: string, name: string, body: string): string {
-  const path = join(dir, name);
+/** A hook in the site's hooks directory; backups name it by its file name. */
+function hookScript(s: Site, name: string, body: string): string {
+  mkdirSync(join(s.dir, 'hooks'), { recursive: true });
+  const path = join(s.dir, 'hooks', name);
   writeFileSync(path, `#!/bin/sh\n${body}\n`);
   chmodSync(path, 0o755);
-  return path;
+  return name;
 }
 
 test('VM backup with an answering guest agent: hooks, freeze, snapshot, thaw; application-consistent', async (t) => {
@@ -83,7 +85,7 @@ test('VM backup with an answering guest agent: hooks, freeze, snapshot, thaw; ap
   await startVm(s, 'app1');
   const hooksLog = join(work, 'hooks.log');
   const hook = hookScript(
-    work,
+    s,
     'hook.sh',
     `echo "$HAVEN_HOOK_PHASE vm=$HAVEN_VM consistency=\${HAVEN_CONSISTENCY:-}" >>${hooksLog}; echo "hook $HAVEN_HOOK_PHASE ran"`,
   );
@@ -154,18 +156,28 @@ test('VM backups without an answering agent are crash-consistent and say why; --
   await s.haven('repo', 'init', '--repo', repo);
   const hooksLog = join(work, 'hooks.log');
   const failing = hookScript(
-    work,
+    s,
     'fail.sh',
     `echo "pre $HAVEN_VM" >>${hooksLog}; echo "database busy" >&2; exit 3`,
   );
-  const post = hookScript(
-    work,
-    'post.sh',
-    `echo "post $HAVEN_VM consistency=$HAVEN_CONSISTENCY" >>${hooksLog}`,
-  );
+  const post = hookScript(s, 'post.sh', `echo "post $HAVEN_VM consistency=$HAVEN_CONSISTENCY" >>${hooksLog}`);
 
   // A silent agent (the channel is there, nobody answers): crash-consistent within the sync's bound.
   await startVm(s, 'silent', { agent: 'off' });
+  // Hooks are file names in the site's hooks directory, checked before any job starts.
+  assert.match(
+    await s.havenFails('backup', 'vm:silent', '--repo', repo, '--pre-freeze-hook', '/bin/true'),
+    /the pre-freeze hook is named by its file name in the site's hooks directory .*\/hooks, not "\/bin\/true"/,
+  );
+  assert.match(
+    await s.havenFails('backup', 'vm:silent', '--repo', repo, '--post-thaw-hook', 'missing.sh'),
+    /the post-thaw hook missing\.sh is not an executable file in .*\/hooks/,
+  );
+  await s.haven('volume', 'create', 'plain', '--size', '1M');
+  assert.match(
+    await s.havenFails('backup', 'volume:plain', '--repo', repo, '--require-app-consistent'),
+    /apply to VM backups \(vm:NAME\): a volume has no guest to freeze/,
+  );
   const t0 = Date.now();
   const out = await s.haven('backup', 'vm:silent', '--repo', repo);
   const seconds = (Date.now() - t0) / 1000;

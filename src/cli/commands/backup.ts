@@ -268,12 +268,12 @@ export function registerBackup(program: Command): void {
       'through the daemon: auto (default), san, hotadd, nbds or nbd; files and NBD URIs carry their own',
     )
     .option(
-      '--pre-freeze-hook <file>',
-      "vm: an executable on the daemon's host run before the guest's file systems are frozen (env HAVEN_VM, HAVEN_HOOK_PHASE); if it fails the backup is crash-consistent",
+      '--pre-freeze-hook <name>',
+      "vm: an executable in the site's hooks directory (DATA/hooks/) run before the guest's file systems are frozen (env HAVEN_VM, HAVEN_HOOK_PHASE); if it fails the backup is crash-consistent",
     )
     .option(
-      '--post-thaw-hook <file>',
-      'vm: an executable run after the thaw (HAVEN_HOOK_PHASE=post-thaw, HAVEN_CONSISTENCY)',
+      '--post-thaw-hook <name>',
+      'vm: one run after the thaw (HAVEN_HOOK_PHASE=post-thaw, HAVEN_CONSISTENCY)',
     )
     .option(
       '--require-app-consistent',
@@ -291,8 +291,8 @@ export function registerBackup(program: Command): void {
             connect(o).post<Job>(`/${daemon}/${encodeURIComponent(name)}/backup`, {
               ...daemonRepo(o),
               ...(o.transport ? { transport: o.transport } : {}),
-              ...(o.preFreezeHook ? { preFreezeHook: resolve(o.preFreezeHook) } : {}),
-              ...(o.postThawHook ? { postThawHook: resolve(o.postThawHook) } : {}),
+              ...(o.preFreezeHook ? { preFreezeHook: o.preFreezeHook } : {}),
+              ...(o.postThawHook ? { postThawHook: o.postThawHook } : {}),
               ...(o.requireAppConsistent ? { requireAppConsistent: true } : {}),
             }),
           (j) => {

@@ -1,14 +1,14 @@
 import { accessSync, constants, statSync } from 'node:fs';
-import { isAbsolute } from 'node:path';
+import { join } from 'node:path';
 import { invalidArgument } from '../../common/index.js';
 import { quiescedSnapshot, type ConsistencyRecord } from '../../protection/index.js';
 import type { ComputeService } from './compute.js';
 
 /** What a VM backup request asks of the guest around its snapshot. */
 export interface ConsistencyOptions {
-  /** An executable on the site's host run before the freeze. */
+  /** A hook run before the freeze: a file name in the site's hooks directory (resolved: its path). */
   preFreezeHook?: string;
-  /** An executable run after the thaw. */
+  /** A hook run after the thaw, likewise. */
   postThawHook?: string;
   /** Fail rather than back up crash-consistent. */
   requireAppConsistent?: boolean;
@@ -18,26 +18,40 @@ export interface ConsistencyOptions {
 const AGENT_SYNC_MS = 5_000;
 const AGENT_FREEZE_MS = 10_000;
 
-/** Refuses, before any job starts, hooks that cannot run and options that need a VM. */
-export function checkConsistencyOptions(o: ConsistencyOptions, isVm: boolean): void {
+/**
+ * Hooks are named, not given as paths: each is an executable file in the site's hooks directory
+ * (`DATA/hooks/`, which only the host's administrator can write), so that the right to start a
+ * backup through the API is not the right to run any program of the host. Refuses, before any
+ * job starts, hooks that cannot run and options that need a VM; returns the hooks' paths.
+ */
+export function resolveConsistencyOptions(
+  o: ConsistencyOptions,
+  isVm: boolean,
+  hooksDir: string,
+): ConsistencyOptions {
   if (!isVm && (o.preFreezeHook || o.postThawHook || o.requireAppConsistent))
     throw invalidArgument(
       'freeze hooks and --require-app-consistent apply to VM backups (vm:NAME): a volume has no guest to freeze',
     );
-  for (const [what, path] of [
-    ['pre-freeze hook', o.preFreezeHook],
-    ['post-thaw hook', o.postThawHook],
-  ] as const) {
-    if (path === undefined) continue;
-    if (!isAbsolute(path))
-      throw invalidArgument(`the ${what} must be an absolute path on the site's host, not ${path}`);
+  const hook = (what: string, name: string): string => {
+    if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(name))
+      throw invalidArgument(
+        `the ${what} is named by its file name in the site's hooks directory ${hooksDir}, not "${name}"`,
+      );
+    const path = join(hooksDir, name);
     try {
       if (!statSync(path).isFile()) throw new Error('not a file');
       accessSync(path, constants.X_OK);
     } catch {
-      throw invalidArgument(`the ${what} ${path} is not an executable file on the site's host`);
+      throw invalidArgument(`the ${what} ${name} is not an executable file in ${hooksDir}`);
     }
-  }
+    return path;
+  };
+  return {
+    ...(o.preFreezeHook ? { preFreezeHook: hook('pre-freeze hook', o.preFreezeHook) } : {}),
+    ...(o.postThawHook ? { postThawHook: hook('post-thaw hook', o.postThawHook) } : {}),
+    ...(o.requireAppConsistent ? { requireAppConsistent: true } : {}),
+  };
 }
 
 /**

@@ -25,7 +25,7 @@ import { openRepository, repoAccess, rollbackWith, runBackup, type RepoAccess } 
 import { openVolumeSource, restore } from '../../protection/index.js';
 import { parseHostPort } from '../tools/serve-image.js';
 import { ComputeService, type VmDefinition } from './compute.js';
-import { checkConsistencyOptions, vmQuiesce, type ConsistencyOptions } from './backup-consistency.js';
+import { resolveConsistencyOptions, vmQuiesce, type ConsistencyOptions } from './backup-consistency.js';
 import { openDatabase, schemaVersion, type Db } from './database.js';
 import { EventLog } from './events.js';
 import { JobManager, type Job } from './jobs.js';
@@ -488,7 +488,7 @@ export class Site {
     opts: { transport?: string } & ConsistencyOptions = {},
   ): Job {
     const vm = 'vm' in target ? this.compute.vm(target.vm) : undefined;
-    checkConsistencyOptions(opts, !!vm);
+    const consistency = resolveConsistencyOptions(opts, !!vm, join(this.dataDir, 'hooks'));
     const volumes = vm ? vm.disks.map((d) => d.volume) : [(target as { volume: string }).volume];
     for (const v of volumes) this.storage.volume(v);
     const transport = chooseTransport(opts.transport, this.offered);
@@ -512,7 +512,9 @@ export class Site {
           {
             transport,
             ...(transport !== 'san' ? { open: (snapshot: string) => this.attach(transport, snapshot) } : {}),
-            ...(vm ? { quiesce: vmQuiesce(this.compute, vm.name, opts, (m, l) => ctx.log(m, l)) } : {}),
+            ...(vm
+              ? { quiesce: vmQuiesce(this.compute, vm.name, consistency, (m, l) => ctx.log(m, l)) }
+              : {}),
           },
         );
         const c = src.consistency;
