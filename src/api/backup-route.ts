@@ -20,19 +20,19 @@ export function registerBackupRoute(
       },
     },
     async (req, reply) => {
-      const b = req.body as { repo: string; passphraseFile?: string; transport?: string };
+      const { repo, passphraseFile, ...opts } = req.body as {
+        repo: string;
+        passphraseFile?: string;
+        transport?: string;
+        preFreezeHook?: string;
+        postThawHook?: string;
+        requireAppConsistent?: boolean;
+      };
       const name = (req.params as { name: string }).name;
       const target = route.kind === 'vm' ? { vm: name } : { volume: name };
       return reply
         .code(202)
-        .send(
-          site.backup(
-            req.actor,
-            target,
-            Site.repoAccess(b.repo, b.passphraseFile),
-            b.transport ? { transport: b.transport } : {},
-          ),
-        );
+        .send(site.backup(req.actor, target, Site.repoAccess(repo, passphraseFile), opts));
     },
   );
 }

@@ -90,7 +90,8 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
     path: '/vms/:name/backup',
     kind: 'vm',
     tags,
-    summary: 'back a VM up: all its disks at one crash-consistent point, and its configuration (a job)',
+    summary:
+      'back a VM up: all its disks at one point (file systems frozen through the guest agent when it answers, else crash-consistent), and its configuration (a job)',
     params: s.nameParam,
   });
   api.post(

@@ -201,6 +201,11 @@ export const createVmBody = {
       ],
       default: { kind: 'disk' },
     },
+    guestAgent: {
+      type: 'boolean',
+      description:
+        'a virtio-serial channel for the QEMU guest agent, which backups use to freeze file systems (default true)',
+    },
   },
 } as const;
 
@@ -232,6 +237,22 @@ export const backupBody = {
       type: 'string',
       enum: ['auto', ...TRANSPORTS],
       description: 'how the data is read (default auto: the first the site offers of san, hotadd, nbds, nbd)',
+    },
+    preFreezeHook: {
+      type: 'string',
+      minLength: 1,
+      description:
+        "VM backups: the file name of an executable in the site's hooks directory (DATA/hooks/) run before the freeze (env HAVEN_VM, HAVEN_HOOK_PHASE=pre-freeze); failing, the backup is crash-consistent",
+    },
+    postThawHook: {
+      type: 'string',
+      minLength: 1,
+      description:
+        'VM backups: a hook likewise, run after the thaw (HAVEN_HOOK_PHASE=post-thaw, HAVEN_CONSISTENCY=application|crash|none)',
+    },
+    requireAppConsistent: {
+      type: 'boolean',
+      description: 'VM backups: fail instead of backing up crash-consistent when the guest cannot be frozen',
     },
   },
 } as const;

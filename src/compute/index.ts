@@ -1,4 +1,5 @@
 /** Layer 6 — hypervisor drivers (QEMU: launch, QMP), hosts, VMs, networks. */
 export { QmpClient, type QmpEvent } from './qmp.js';
-export { QemuVm, accelerator, blockdevFor, qemuCommandLine } from './qemu-driver.js';
+export { QemuVm, accelerator, blockdevFor, qemuCommandLine, GUEST_AGENT_SOCKET } from './qemu-driver.js';
+export { GuestAgent, GUEST_AGENT_PORT } from './guest-agent.js';
 export type { VmSpec, DiskSpec, NicSpec, BootSpec, VmState, VmExit } from './model.js';

@@ -9,6 +9,8 @@ export interface VmSpec {
   disks: DiskSpec[];
   nics: NicSpec[];
   boot: BootSpec;
+  /** A virtio-serial channel for the QEMU guest agent (default true). */
+  guestAgent?: boolean;
 }
 
 export interface DiskSpec {

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HavenError, invalidArgument, logger } from '../common/index.js';
 import type { DiskSpec, NicSpec, VmExit, VmSpec, VmState } from './model.js';
+import { GUEST_AGENT_PORT } from './guest-agent.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 
 const log = logger('qemu');
@@ -75,6 +76,9 @@ function nicArgs(nic: NicSpec, i: number): string[] {
   return ['-netdev', netdev, '-device', `virtio-net-pci,netdev=${id},romfile=`];
 }
 
+/** The guest agent channel's socket in a VM's run directory. */
+export const GUEST_AGENT_SOCKET = 'qga.sock';
+
 /** The QEMU command line for a VM, every file of it in `runDir`. */
 export function qemuCommandLine(spec: VmSpec, runDir: string): string[] {
   if (!Number.isInteger(spec.cpus) || spec.cpus < 1)
@@ -93,6 +97,15 @@ export function qemuCommandLine(spec: VmSpec, runDir: string): string[] {
     ],
     ...['-serial', 'chardev:ser0'],
     ...['-qmp', `unix:${join(runDir, 'qmp.sock')},server=on,wait=off`],
+    // The guest agent's channel: a virtio-serial port the agent in the guest opens, and its host
+    // end a socket that Haven connects to when it needs the agent (e.g. to freeze for a backup).
+    ...(spec.guestAgent === false
+      ? []
+      : [
+          ...['-chardev', `socket,id=qga0,path=${join(runDir, GUEST_AGENT_SOCKET)},server=on,wait=off`],
+          ...['-device', 'virtio-serial-pci,id=vser0'],
+          ...['-device', `virtserialport,bus=vser0.0,chardev=qga0,name=${GUEST_AGENT_PORT}`],
+        ]),
     ...['-pidfile', join(runDir, 'qemu.pid'), '-daemonize'],
   ];
   spec.disks.forEach((d, i) => {
@@ -140,7 +153,8 @@ export class QemuVm extends EventEmitter {
   /** Starts QEMU for `spec`; resolves once QMP answers. */
   static async start(spec: VmSpec, runDir: string): Promise<QemuVm> {
     mkdirSync(runDir, { recursive: true });
-    for (const f of ['qemu.pid', 'qmp.sock', 'console.sock']) rmSync(join(runDir, f), { force: true });
+    for (const f of ['qemu.pid', 'qmp.sock', 'console.sock', GUEST_AGENT_SOCKET])
+      rmSync(join(runDir, f), { force: true });
     const args = qemuCommandLine(spec, runDir);
     const child = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let stderr = '';
@@ -173,6 +187,12 @@ export class QemuVm extends EventEmitter {
     if (this.exited) return this.exited.crashed ? 'crashed' : 'stopped';
     const s = await this.qmp.execute<{ status: string; running: boolean }>('query-status');
     return s.running ? 'running' : s.status === 'paused' ? 'paused' : (s.status as VmState);
+  }
+
+  /** The socket of the VM's guest agent channel; undefined when QEMU was started without one. */
+  guestAgentSocket(): string | undefined {
+    const path = join(this.runDir, GUEST_AGENT_SOCKET);
+    return existsSync(path) ? path : undefined;
   }
 
   execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {

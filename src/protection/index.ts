@@ -20,5 +20,12 @@ export {
   BACKUP_BITMAP,
   type OpenedSource,
 } from './backup/sources.js';
+export {
+  quiescedSnapshot,
+  type Consistency,
+  type ConsistencyRecord,
+  type GuestFreezer,
+  type QuiesceOptions,
+} from './backup/quiesce.js';
 export { startQmpPull, type QmpPullOptions, type QmpPullSession } from './backup/qmp-pull.js';
 export { SnapshotDevice, type SnapshotDeviceOptions } from './recovery/snapshot-device.js';

@@ -52,6 +52,13 @@ export interface SnapshotManifest {
   bitmap?: { name: string; epoch?: string };
   /** How the data was read: file, nbd, nbds, san, hotadd. */
   transport?: string;
+  /**
+   * application: the guest's file systems were frozen at the snapshot (through its guest agent);
+   * crash: what a power cut would leave. Manifests written before Haven recorded it read as crash.
+   */
+  consistency: 'application' | 'crash';
+  /** Why a snapshot is crash-consistent. */
+  consistencyReason?: string;
   /** A VM backup: its configuration at the time. */
   vm?: unknown;
   stats: BackupStats;
@@ -329,6 +336,10 @@ export class Repository {
       if (err instanceof HavenError && err.code === 'NOT_FOUND')
         throw notFound(`no snapshot ${id} in repository ${this.location}`);
       throw new HavenError('CORRUPT', `snapshot ${id}: manifest cannot be read: ${errorMessage(err)}`);
+    }
+    if (!m.consistency) {
+      m.consistency = 'crash';
+      m.consistencyReason = 'not recorded (a backup made before Haven recorded consistency)';
     }
     return { ...m, protected: await this.backend.exists(`snapshots/${id}/protected`) };
   }

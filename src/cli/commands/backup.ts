@@ -54,11 +54,12 @@ function progress(label: string): ((done: number, total: number) => void) | unde
 
 function snapshotRows(list: BackupSnapshot[]): string {
   return table([
-    ['ID', 'CREATED', 'SOURCE', 'SIZE', 'READ', 'NEW', 'PARENT', 'FLAGS'],
+    ['ID', 'CREATED', 'SOURCE', 'CONSISTENCY', 'SIZE', 'READ', 'NEW', 'PARENT', 'FLAGS'],
     ...list.map((s) => [
       s.id,
       s.createdAt,
       `${s.source.kind}:${s.source.name}`,
+      s.consistency,
       bytes(s.disks.reduce((n, d) => n + d.size, 0)),
       bytes(s.stats.readBytes),
       bytes(s.stats.storedBytes),
@@ -266,6 +267,18 @@ export function registerBackup(program: Command): void {
       '--transport <name>',
       'through the daemon: auto (default), san, hotadd, nbds or nbd; files and NBD URIs carry their own',
     )
+    .option(
+      '--pre-freeze-hook <name>',
+      "vm: an executable in the site's hooks directory (DATA/hooks/) run before the guest's file systems are frozen (env HAVEN_VM, HAVEN_HOOK_PHASE); if it fails the backup is crash-consistent",
+    )
+    .option(
+      '--post-thaw-hook <name>',
+      'vm: one run after the thaw (HAVEN_HOOK_PHASE=post-thaw, HAVEN_CONSISTENCY)',
+    )
+    .option(
+      '--require-app-consistent',
+      'vm: fail the backup rather than take it crash-consistent when the guest cannot be frozen',
+    )
     .option('--no-wait', 'through the daemon: return once the job has started')
     .option('--json', 'print JSON')
     .action(async (source: string, o: BackupOpts) => {
@@ -278,18 +291,27 @@ export function registerBackup(program: Command): void {
             connect(o).post<Job>(`/${daemon}/${encodeURIComponent(name)}/backup`, {
               ...daemonRepo(o),
               ...(o.transport ? { transport: o.transport } : {}),
+              ...(o.preFreezeHook ? { preFreezeHook: o.preFreezeHook } : {}),
+              ...(o.postThawHook ? { postThawHook: o.postThawHook } : {}),
+              ...(o.requireAppConsistent ? { requireAppConsistent: true } : {}),
             }),
           (j) => {
             const r = j.result as {
               snapshot: string;
               parent?: string;
               transport: string;
+              consistency: string;
+              consistencyReason?: string;
               stats: { readBytes: number; storedBytes: number };
             };
-            return `snapshot ${r.snapshot} of ${source}${r.parent ? ` (incremental from ${r.parent})` : ''} over ${r.transport}: read ${bytes(r.stats.readBytes)}, stored ${bytes(r.stats.storedBytes)} new`;
+            return `snapshot ${r.snapshot} of ${source}${r.parent ? ` (incremental from ${r.parent})` : ''} over ${r.transport}: read ${bytes(r.stats.readBytes)}, stored ${bytes(r.stats.storedBytes)} new\n${r.consistency}-consistent${r.consistencyReason ? `: ${r.consistencyReason}` : ''}`;
           },
         );
       }
+      if (o.preFreezeHook || o.postThawHook || o.requireAppConsistent)
+        throw invalidArgument(
+          'freeze hooks and --require-app-consistent apply to VM backups through the daemon (vm:NAME)',
+        );
       if (o.transport && o.transport !== 'auto' && o.transport !== 'san')
         throw invalidArgument(
           `--transport ${o.transport} needs the site daemon (volume:/vm: without --data); offline backups read the pool directly (san), files and NBD URIs carry their own`,
@@ -307,7 +329,7 @@ export function registerBackup(program: Command): void {
         !!o.json,
         m,
         () =>
-          `snapshot ${m.id} of ${m.source.kind}:${m.source.name}${m.parent ? ` (incremental from ${m.parent})` : ''}: read ${bytes(m.stats.readBytes)}, stored ${bytes(m.stats.storedBytes)} new in ${m.stats.seconds.toFixed(2)} s`,
+          `snapshot ${m.id} of ${m.source.kind}:${m.source.name}${m.parent ? ` (incremental from ${m.parent})` : ''}: read ${bytes(m.stats.readBytes)}, stored ${bytes(m.stats.storedBytes)} new in ${m.stats.seconds.toFixed(2)} s\n${m.consistency}-consistent${m.consistencyReason ? `: ${m.consistencyReason}` : ''}`,
       );
     });
 
@@ -394,7 +416,16 @@ export function registerBackup(program: Command): void {
 }
 
 type BackupOpts = RepoOpts &
-  ApiOpts & { data?: string; bitmap?: string; tag?: string[]; transport?: string; wait: boolean };
+  ApiOpts & {
+    data?: string;
+    bitmap?: string;
+    tag?: string[];
+    transport?: string;
+    preFreezeHook?: string;
+    postThawHook?: string;
+    requireAppConsistent?: boolean;
+    wait: boolean;
+  };
 type RestoreOpts = RepoOpts &
   ApiOpts & {
     to: string;

@@ -55,6 +55,10 @@ export function registerVm(program: Command): void {
     .option('--kernel <file>', 'boot this kernel (on the host) instead of the first disk')
     .option('--initrd <file>', 'initial ramdisk for --kernel')
     .option('--cmdline <text>', 'kernel command line for --kernel')
+    .option(
+      '--no-guest-agent',
+      'no channel for the QEMU guest agent (backups are then crash-consistent: nothing to freeze the file systems with)',
+    )
     .option('--json', 'print JSON')
     .action(
       async (
@@ -67,6 +71,7 @@ export function registerVm(program: Command): void {
           kernel?: string;
           initrd?: string;
           cmdline?: string;
+          guestAgent: boolean;
         },
       ) => {
         const cpus = Number(o.cpus);
@@ -89,6 +94,7 @@ export function registerVm(program: Command): void {
                 ...(o.cmdline !== undefined ? { cmdline: o.cmdline } : {}),
               }
             : { kind: 'disk' },
+          ...(o.guestAgent ? {} : { guestAgent: false }),
         };
         const v = await connect(o).post<Vm>('/vms', body);
         printResult(!!o.json, v, () => `created VM ${v.name} (${v.id})`);
@@ -119,6 +125,7 @@ export function registerVm(program: Command): void {
           `disks:    ${v.disks.map((d, i) => `vd${String.fromCharCode(97 + i)}=${d.volume}${d.readOnly ? ' (ro)' : ''}`).join(' ') || '-'}`,
           `nics:     ${v.nics.map((n) => n.network).join(' ') || '-'}`,
           `boot:     ${v.boot.kind === 'disk' ? 'first disk' : `kernel ${v.boot.kernel}`}`,
+          `agent:    ${v.guestAgent === false ? 'none' : 'guest agent channel (org.qemu.guest_agent.0)'}`,
         ].join('\n'),
       );
     });

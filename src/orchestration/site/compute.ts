@@ -3,8 +3,15 @@ import { randomInt, randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, hostname, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
-import { QemuVm, accelerator, type NicSpec, type VmExit, type VmSpec } from '../../compute/index.js';
+import { HavenError, conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
+import {
+  GuestAgent,
+  QemuVm,
+  accelerator,
+  type NicSpec,
+  type VmExit,
+  type VmSpec,
+} from '../../compute/index.js';
 import { checkName } from '../../storage/index.js';
 import { now, type Db } from './database.js';
 import type { EventLog } from './events.js';
@@ -39,6 +46,8 @@ export interface VmDefinition {
   disks: { volume: string; readOnly?: boolean }[];
   nics: { network: string }[];
   boot: { kind: 'disk' } | { kind: 'kernel'; kernel: string; initrd?: string; cmdline?: string };
+  /** A channel for the QEMU guest agent (default true): backups freeze the guest's file systems through it. */
+  guestAgent?: boolean;
 }
 
 export interface Vm extends VmDefinition {
@@ -287,6 +296,25 @@ export class ComputeService {
     return q;
   }
 
+  /**
+   * A synchronised session with a running VM's guest agent; rejects (within about `timeoutMs`)
+   * when the VM is not running, has no agent channel, or its agent does not answer.
+   */
+  async guestAgent(name: string, timeoutMs: number): Promise<GuestAgent> {
+    const vm = this.vm(name);
+    const q = this.live.get(vm.id);
+    if (!q) throw conflict(`VM ${name} is ${vm.state}: no guest agent to ask`);
+    const socket = q.guestAgentSocket();
+    if (!socket)
+      throw new HavenError(
+        'UNSUPPORTED',
+        vm.guestAgent === false
+          ? `VM ${name} has no guest agent channel (defined with guestAgent false)`
+          : `VM ${name} has no guest agent channel (started before Haven gave VMs one: restart it)`,
+      );
+    return GuestAgent.connect(socket, timeoutMs);
+  }
+
   /** After a daemon (re)start: attach to the VMs left running; report the ones that are gone. */
   async reattach(): Promise<{ attached: string[]; lost: string[] }> {
     const attached: string[] = [];
@@ -386,6 +414,7 @@ export class ComputeService {
           : { network: { kind: 'isolated', name: r.name, group: r.mcast_group!, port: r.mcast_port! } };
       }),
       boot: vm.boot,
+      ...(vm.guestAgent === false ? { guestAgent: false } : {}),
     };
   }
 }

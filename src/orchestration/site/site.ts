@@ -25,6 +25,7 @@ import { openRepository, repoAccess, rollbackWith, runBackup, type RepoAccess } 
 import { openVolumeSource, restore } from '../../protection/index.js';
 import { parseHostPort } from '../tools/serve-image.js';
 import { ComputeService, type VmDefinition } from './compute.js';
+import { resolveConsistencyOptions, vmQuiesce, type ConsistencyOptions } from './backup-consistency.js';
 import { openDatabase, schemaVersion, type Db } from './database.js';
 import { EventLog } from './events.js';
 import { JobManager, type Job } from './jobs.js';
@@ -474,17 +475,20 @@ export class Site {
   }
 
   /**
-   * Backs up a VM (all its disks at one crash-consistent point, and its configuration) or a
-   * volume, as a job, through the transport asked for (default: auto). The job waits for a
-   * transfer slot on the host the data lives on when that host is at its limit.
+   * Backs up a VM (all its disks at one point, and its configuration) or a volume, as a job,
+   * through the transport asked for (default: auto). A VM's file systems are frozen through its
+   * guest agent around the snapshot when it answers (application-consistent), else the backup
+   * is crash-consistent and says why (see backup-consistency.ts). The job waits for a transfer
+   * slot on the host the data lives on when that host is at its limit.
    */
   backup(
     actor: Actor,
     target: { vm: string } | { volume: string },
     repo: RepoAccess,
-    opts: { transport?: string } = {},
+    opts: { transport?: string } & ConsistencyOptions = {},
   ): Job {
     const vm = 'vm' in target ? this.compute.vm(target.vm) : undefined;
+    const consistency = resolveConsistencyOptions(opts, !!vm, join(this.dataDir, 'hooks'));
     const volumes = vm ? vm.disks.map((d) => d.volume) : [(target as { volume: string }).volume];
     for (const v of volumes) this.storage.volume(v);
     const transport = chooseTransport(opts.transport, this.offered);
@@ -508,7 +512,16 @@ export class Site {
           {
             transport,
             ...(transport !== 'san' ? { open: (snapshot: string) => this.attach(transport, snapshot) } : {}),
+            ...(vm
+              ? { quiesce: vmQuiesce(this.compute, vm.name, consistency, (m, l) => ctx.log(m, l)) }
+              : {}),
           },
+        );
+        const c = src.consistency;
+        ctx.log(
+          c?.consistency === 'application'
+            ? 'snapshot taken application-consistent (file systems frozen)'
+            : `snapshot taken crash-consistent${c?.reason ? `: ${c.reason}` : ''}`,
         );
         ctx.log(src.parent ? `incremental from ${src.parent.id}` : 'full backup');
         const m = await runBackup(r, src, {
@@ -516,7 +529,14 @@ export class Site {
           onProgress: (d, t) => ctx.progress(d, t, 'backup'),
         });
         this.exports.refresh();
-        return { snapshot: m.id, parent: m.parent, transport, stats: m.stats };
+        return {
+          snapshot: m.id,
+          parent: m.parent,
+          transport,
+          consistency: m.consistency,
+          ...(m.consistencyReason ? { consistencyReason: m.consistencyReason } : {}),
+          stats: m.stats,
+        };
       } finally {
         release();
       }

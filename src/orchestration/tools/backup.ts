@@ -117,6 +117,7 @@ export async function runBackup(
       ...(src.parent ? { parent: src.parent } : {}),
       ...(src.bitmap ? { bitmap: src.bitmap } : {}),
       ...(src.transport ? { transport: src.transport } : {}),
+      ...(src.consistency ? { consistency: src.consistency } : {}),
       ...(src.vm !== undefined ? { vm: src.vm } : {}),
       ...(req.tags ? { tags: req.tags } : {}),
       ...(req.signal ? { signal: req.signal } : {}),

@@ -11,6 +11,7 @@ import {
   type SnapshotManifest,
 } from '../../repository/index.js';
 import { ChunkPool } from './chunk-pool.js';
+import type { ConsistencyRecord } from './quiesce.js';
 
 export interface Range {
   offset: number;
@@ -36,6 +37,8 @@ export interface BackupOptions {
   bitmap?: { name: string; epoch?: string };
   /** How the source was read (recorded in the manifest). */
   transport?: string;
+  /** Whether the guest was quiesced (recorded; default crash-consistent). */
+  consistency?: ConsistencyRecord;
   vm?: unknown;
   tags?: string[];
   signal?: AbortSignal;
@@ -151,6 +154,10 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
       ...(opts.parent && opts.disks.every((d) => d.changed) ? { parent: opts.parent.id } : {}),
       ...(opts.bitmap ? { bitmap: opts.bitmap } : {}),
       ...(opts.transport ? { transport: opts.transport } : {}),
+      consistency: opts.consistency?.consistency ?? 'crash',
+      ...(opts.consistency?.consistency === 'application'
+        ? {}
+        : { consistencyReason: opts.consistency?.reason ?? 'the source was read as it was, not quiesced' }),
       ...(opts.vm !== undefined ? { vm: opts.vm } : {}),
       stats,
       tags: opts.tags ?? [],

@@ -6,6 +6,7 @@ import type { Repository, SnapshotManifest } from '../../repository/index.js';
 import type { StorageService } from '../../storage/index.js';
 import type { BackupDisk, Range } from './engine.js';
 import { startQmpPull } from './qmp-pull.js';
+import type { ConsistencyRecord } from './quiesce.js';
 
 /** What a backup reads, ready for the engine, and how to end it. */
 export interface OpenedSource {
@@ -16,6 +17,8 @@ export interface OpenedSource {
   vm?: unknown;
   /** How the data is read: file, nbd, nbds, san, hotadd. */
   transport?: string;
+  /** Whether the guest was quiesced at the point in time (default: crash-consistent). */
+  consistency?: ConsistencyRecord;
   /** After the backup: `manifest` when it committed, undefined when it failed. */
   finish(manifest?: SnapshotManifest): Promise<void>;
 }
@@ -109,6 +112,11 @@ export async function openVolumeSource(
     transport?: string;
     /** Opens "volume@snapshot" another way than straight from the pool (NBD transports). */
     open?: (snapshot: string) => Promise<BlockDevice>;
+    /**
+     * Runs `snapshot` (synchronous: the point in time) with the guest quiesced around it, e.g.
+     * quiescedSnapshot; without it the snapshot is crash-consistent.
+     */
+    quiesce?: (snapshot: () => void) => Promise<ConsistencyRecord>;
   } = {},
 ): Promise<OpenedSource> {
   const volumes = Array.isArray(volume) ? volume : [volume];
@@ -123,7 +131,6 @@ export async function openVolumeSource(
     )
     .pop();
   const epoch = `haven-backup-${repo.newSnapshotId()}`;
-  // From here to the checkpoints nothing awaits: no guest write can fall between two disks.
   let trustBitmaps = !!previous && previous.disks.length === volumes.length;
   for (const v of volumes) {
     // Epochs of backups that failed or died: their changes go back into the bitmap first.
@@ -138,7 +145,14 @@ export async function openVolumeSource(
     if (!previous?.bitmap?.epoch || !storage.listSnapshots(v).some((s) => s.name === previous.bitmap!.epoch))
       trustBitmaps = false;
   }
-  for (const v of volumes) storage.checkpoint(v, epoch, BACKUP_BITMAP);
+  // The point in time, kept short (a guest may be frozen around it): nothing awaits in here, so
+  // no guest write can fall between two disks.
+  const snapshot = () => {
+    for (const v of volumes) storage.checkpoint(v, epoch, BACKUP_BITMAP);
+  };
+  const consistency: ConsistencyRecord = opts.quiesce
+    ? await opts.quiesce(snapshot)
+    : (snapshot(), { consistency: 'crash', reason: `${source.kind} backup: no guest was asked to freeze` });
   const disks: BackupDisk[] = [];
   for (const v of volumes) {
     const device = opts.open
@@ -155,6 +169,7 @@ export async function openVolumeSource(
     ...(trustBitmaps && previous ? { parent: previous } : {}),
     bitmap: { name: BACKUP_BITMAP, epoch },
     transport: opts.transport ?? 'san',
+    consistency,
     ...(vm !== undefined ? { vm } : {}),
     finish: async (manifest) => {
       for (const d of disks) await d.device.close();
