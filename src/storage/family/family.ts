@@ -1,6 +1,7 @@
 import {
   closeSync,
   existsSync,
+  fchmodSync,
   fdatasyncSync,
   fstatSync,
   mkdirSync,
@@ -35,6 +36,10 @@ import { SPANS, TreeNode } from './tree.js';
 import { checkRange } from '../../block/index.js';
 
 export const DEFAULT_CLUSTER_SIZE = 64 * 1024;
+/** The files of a family's directory (all Haven's: a pool's delete removes these and nothing else). */
+export const FAMILY_FILES = ['data', 'meta'];
+/** A VM's disk is for the storage service's user alone, wherever its pool is. */
+const FILE_MODE = 0o600;
 /** Largest volume: 2^53 bytes would be exact, but 4 PiB keeps every intermediate product exact too. */
 export const MAX_VOLUME_SIZE = 2 ** 52;
 /** Commit on our own once this many tree pages are dirty, so memory between flushes stays bounded. */
@@ -113,7 +118,7 @@ export class VolumeFamily {
     )
       throw invalidArgument(`cluster size ${clusterSize} must be a power of two from 4 KiB to 4 MiB`);
     checkSize(volume.size);
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
     if (existsSync(join(dir, 'meta'))) throw conflict(`a volume family already exists in ${dir}`);
     const sb: Superblock = {
       version: 1,
@@ -124,8 +129,8 @@ export class VolumeFamily {
       clusterHighWater: 1,
       members: [newRecord(volume.name, 'volume', volume.size, 1, clusterSize, volume.labels)],
     };
-    const dataFd = openSync(join(dir, 'data'), 'w+');
-    const metaFd = openSync(join(dir, 'meta'), 'w+');
+    const dataFd = openSync(join(dir, 'data'), 'w+', FILE_MODE);
+    const metaFd = openSync(join(dir, 'meta'), 'w+', FILE_MODE);
     const fam = new VolumeFamily(dir, dataFd, metaFd, sb, opts);
     fam.writeSuperblock();
     return fam;
@@ -140,6 +145,8 @@ export class VolumeFamily {
     } catch (err) {
       throw fromSystemError(err, `opening volume family ${dir}`);
     }
+    // Families made before 0600 was the rule (readable by every local user) are closed now.
+    for (const fd of [dataFd, metaFd]) if (fstatSync(fd).mode & 0o077) fchmodSync(fd, FILE_MODE);
     const slots = [0, 1].map((slot) => {
       const buf = Buffer.alloc(SUPERBLOCK_SIZE);
       readSync(metaFd, buf, 0, SUPERBLOCK_SIZE, slot * SUPERBLOCK_SIZE);
