@@ -14,7 +14,7 @@ import { readdir, rm, stat, truncate } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import type { BlockDevice } from '../block/index.js';
+import { EOPNOTSUPP, nativeIo, type BlockDevice } from '../block/index.js';
 import {
   HavenError,
   conflict,
@@ -25,10 +25,22 @@ import {
   writeFileAtomic,
 } from '../common/index.js';
 
-import { DEFAULT_CLUSTER_SIZE, FAMILY_FILES, VolumeFamily } from './family/family.js';
-import type { MemberRecord } from './family/format.js';
+import {
+  DEFAULT_CLUSTER_SIZE,
+  FAMILY_FILES,
+  TRIM_COMMIT_DIRTY_PAGES,
+  VolumeFamily,
+} from './family/family.js';
+import { PAGE_SIZE, type MemberRecord } from './family/format.js';
 import { MemberDevice } from './family/member-device.js';
 import { POOL_MARKER } from './pool-path.js';
+
+/**
+ * Data writes stop while this much of the filesystem is still free: the tree pages of a commit,
+ * a trim's above all (TRIM_COMMIT_DIRTY_PAGES), must still fit, or a full pool could never be
+ * emptied again.
+ */
+const META_HEADROOM = 2 * TRIM_COMMIT_DIRTY_PAGES * PAGE_SIZE;
 
 /** A family directory being removed (renamed first, so the pool forgets it at once). */
 const TRASH_PREFIX = '.trash-';
@@ -391,9 +403,32 @@ export class Pool {
     return {
       clusterSize: this.config.clusterSize,
       reserve: (clusters: number) => this.reserve(clusters * this.config.clusterSize),
-      release: (clusters: number) => (this.allocated -= clusters * this.config.clusterSize),
+      release: (clusters: number) => {
+        this.allocated -= clusters * this.config.clusterSize;
+        this.fsFreeCache.at = 0; // the holes punched gave the filesystem space back
+      },
+      ...(this.punch ? { punchHole: this.punch } : {}),
     };
   }
+
+  /** Gives a freed range of a data file back to the filesystem; a failure costs space, never data. */
+  private readonly punch = ((): ((fd: number, offset: number, length: number) => void) | undefined => {
+    const io = nativeIo();
+    if (!io) return undefined;
+    let unsupported = false;
+    return (fd, offset, length) => {
+      if (unsupported) return;
+      const r = io.fallocate(fd, 1, offset, length);
+      if (r === -EOPNOTSUPP) {
+        unsupported = true;
+        log.warn(
+          { pool: this.config.name, path: this.path },
+          'the filesystem cannot punch holes: freed space is only reused',
+        );
+      } else if (r < 0)
+        log.warn({ pool: this.config.name, offset, length, errno: -r }, 'punching a hole failed');
+    };
+  })();
 
   private reserve(bytes: number): void {
     const cap = this.config.capacityBytes;
@@ -402,7 +437,7 @@ export class Pool {
         'NO_SPACE',
         `pool ${this.name} is full (capacity ${cap} bytes, ${this.allocated} allocated)`,
       );
-    if (this.fsFree(false) < bytes)
+    if (this.fsFree(false) < bytes + META_HEADROOM)
       throw new HavenError(
         'NO_SPACE',
         `pool ${this.name} is full: its filesystem at ${this.path} has no space left`,

@@ -44,6 +44,11 @@ const FILE_MODE = 0o600;
 export const MAX_VOLUME_SIZE = 2 ** 52;
 /** Commit on our own once this many tree pages are dirty, so memory between flushes stays bounded. */
 const AUTO_COMMIT_DIRTY_PAGES = 8192;
+/**
+ * A trim commits sooner: its space comes back only at a commit, and on a full filesystem the
+ * tree pages it dirties must fit in the headroom the pool keeps for metadata (see Pool).
+ */
+export const TRIM_COMMIT_DIRTY_PAGES = 512;
 
 export interface FamilyOptions {
   clusterSize?: number;
@@ -51,7 +56,11 @@ export interface FamilyOptions {
   reserve?: (clusters: number) => void;
   /** Called when data clusters are given back. */
   release?: (clusters: number) => void;
-  /** Punches a hole in the data file (the native addon, when present); otherwise space is reused only. */
+  /**
+   * Punches a hole in the data file, giving the range's space back to the filesystem (the native
+   * addon's fallocate, when present; otherwise space is only reused). Called only for clusters
+   * that no member references and no durable superblock names.
+   */
   punchHole?: (fd: number, offset: number, length: number) => void;
 }
 
@@ -431,7 +440,7 @@ export class VolumeFamily {
       }
       done += len;
     }
-    this.maybeAutoCommit();
+    this.maybeAutoCommit(TRIM_COMMIT_DIRTY_PAGES);
   }
 
   /** Allocation of a member's range, as block-status extents (flags 3: hole and zero; 0: data). */
@@ -483,8 +492,10 @@ export class VolumeFamily {
       for (const c of this.pendingClusters) {
         this.usedClusters.delete(c);
         this.freeClusters.push(c);
-        this.opts.punchHole?.(this.dataFd, c * this.clusterSize, this.clusterSize);
       }
+      // Only now: the superblock that stopped naming them is durable, and no member maps them
+      // (a cluster a snapshot or clone still shares never gets here; see dropCluster).
+      this.punchRuns(this.pendingClusters);
       this.opts.release?.(this.pendingClusters.length);
     }
     this.pendingPages = [];
@@ -678,12 +689,12 @@ export class VolumeFamily {
 
   private maybeOrphaned = 0;
 
-  private maybeAutoCommit(): void {
+  private maybeAutoCommit(dirtyLimit = AUTO_COMMIT_DIRTY_PAGES): void {
     if (this.maybeOrphaned > 1024 && this.maybeOrphaned * 16 > this.sb.clusterHighWater) {
       this.maybeOrphaned = 0;
       this.collectGarbage();
     }
-    if (this.dirtyPages >= AUTO_COMMIT_DIRTY_PAGES) this.commit();
+    if (this.dirtyPages >= dirtyLimit) this.commit();
   }
 
   // ---- internals: space ------------------------------------------------------------------
@@ -753,6 +764,25 @@ export class VolumeFamily {
     });
   }
 
+  /** Punches the given free clusters, each run of consecutive ones in one call. */
+  private punchRuns(clusters: number[]): void {
+    const punch = this.opts.punchHole;
+    if (!punch || clusters.length === 0) return;
+    const sorted = Float64Array.from(clusters).sort();
+    const cs = this.clusterSize;
+    let start = sorted[0]!;
+    let prev = start;
+    for (let i = 1; i <= sorted.length; i++) {
+      const c = sorted[i];
+      if (c === prev + 1) {
+        prev = c;
+        continue;
+      }
+      punch(this.dataFd, start * cs, (prev - start + 1) * cs);
+      if (c !== undefined) start = prev = c;
+    }
+  }
+
   /** At open: everything below the high-water marks that no tree references is free. */
   private rebuildFreeSpace(): void {
     const seen = new Set<TreeNode>();
@@ -772,6 +802,10 @@ export class VolumeFamily {
     for (let p = this.sb.pageHighWater - 1; p >= 1; p--) if (!this.usedPages.has(p)) this.freePages.push(p);
     for (let c = this.sb.clusterHighWater - 1; c >= 1; c--)
       if (!this.usedClusters.has(c)) this.freeClusters.push(c);
+    // Free clusters still holding blocks: a crash came between a commit and its punches, or an
+    // older version never punched. Give them back now (cheap to ask: the file's block count).
+    if (fstatSync(this.dataFd).blocks * 512 > this.usedClusters.count() * this.clusterSize)
+      this.punchRuns(this.freeClusters);
   }
 
   private zeroBuf: Buffer | undefined;
