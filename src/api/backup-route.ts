@@ -20,18 +20,16 @@ export function registerBackupRoute(
       },
     },
     async (req, reply) => {
-      const b = req.body as { repo: string; passphraseFile?: string; transport?: string };
+      const b = req.body as { repo: string; passphraseFile?: string; transport?: string; full?: boolean };
       const name = (req.params as { name: string }).name;
       const target = route.kind === 'vm' ? { vm: name } : { volume: name };
       return reply
         .code(202)
         .send(
-          site.backup(
-            req.actor,
-            target,
-            Site.repoAccess(b.repo, b.passphraseFile),
-            b.transport ? { transport: b.transport } : {},
-          ),
+          site.backup(req.actor, target, Site.repoAccess(b.repo, b.passphraseFile), {
+            ...(b.transport ? { transport: b.transport } : {}),
+            ...(b.full ? { full: true } : {}),
+          }),
         );
     },
   );

@@ -233,6 +233,10 @@ export const backupBody = {
       enum: ['auto', ...TRANSPORTS],
       description: 'how the data is read (default auto: the first the site offers of san, hotadd, nbds, nbd)',
     },
+    full: {
+      type: 'boolean',
+      description: 'read everything (a full backup) even where an incremental is possible',
+    },
   },
 } as const;
 

@@ -262,6 +262,7 @@ export function registerBackup(program: Command): void {
       'NBD sources: read only what this dirty bitmap marks (changes since the newest snapshot of the source)',
     )
     .option('--tag <tag>', 'a tag (repeat)', (v: string, all: string[] = []) => [...all, v])
+    .option('--full', 'read the whole source (a full backup), even where an incremental is possible')
     .option(
       '--transport <name>',
       'through the daemon: auto (default), san, hotadd, nbds or nbd; files and NBD URIs carry their own',
@@ -278,6 +279,7 @@ export function registerBackup(program: Command): void {
             connect(o).post<Job>(`/${daemon}/${encodeURIComponent(name)}/backup`, {
               ...daemonRepo(o),
               ...(o.transport ? { transport: o.transport } : {}),
+              ...(o.full ? { full: true } : {}),
             }),
           (j) => {
             const r = j.result as {
@@ -301,6 +303,7 @@ export function registerBackup(program: Command): void {
         ...(o.data ? { data: o.data } : {}),
         ...(o.bitmap ? { bitmap: o.bitmap } : {}),
         ...(o.tag ? { tags: o.tag } : {}),
+        ...(o.full ? { full: true } : {}),
         ...(onProgress ? { onProgress } : {}),
       });
       printResult(
@@ -394,7 +397,14 @@ export function registerBackup(program: Command): void {
 }
 
 type BackupOpts = RepoOpts &
-  ApiOpts & { data?: string; bitmap?: string; tag?: string[]; transport?: string; wait: boolean };
+  ApiOpts & {
+    data?: string;
+    bitmap?: string;
+    tag?: string[];
+    full?: boolean;
+    transport?: string;
+    wait: boolean;
+  };
 type RestoreOpts = RepoOpts &
   ApiOpts & {
     to: string;

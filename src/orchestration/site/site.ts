@@ -482,7 +482,7 @@ export class Site {
     actor: Actor,
     target: { vm: string } | { volume: string },
     repo: RepoAccess,
-    opts: { transport?: string } = {},
+    opts: { transport?: string; full?: boolean } = {},
   ): Job {
     const vm = 'vm' in target ? this.compute.vm(target.vm) : undefined;
     const volumes = vm ? vm.disks.map((d) => d.volume) : [(target as { volume: string }).volume];
@@ -508,9 +508,14 @@ export class Site {
           {
             transport,
             ...(transport !== 'san' ? { open: (snapshot: string) => this.attach(transport, snapshot) } : {}),
+            ...(opts.full ? { full: true } : {}),
+            signal: ctx.signal,
+            onWait: (v) => ctx.log(`waiting for the running backup of volume ${v} to finish`),
           },
         );
-        ctx.log(src.parent ? `incremental from ${src.parent.id}` : 'full backup');
+        ctx.log(
+          src.parent ? `incremental from ${src.parent.id}` : `full backup${opts.full ? ' (asked for)' : ''}`,
+        );
         const m = await runBackup(r, src, {
           signal: ctx.signal,
           onProgress: (d, t) => ctx.progress(d, t, 'backup'),
