@@ -51,19 +51,21 @@ export function checkPoolPath(path: string, ctx: { dataDir: string; otherPools: 
     );
   const p = canonical(path);
   const refuse = (why: string) => invalidArgument(`pool path ${path} is refused: ${why}`);
-  if (SYSTEM_DIRS.includes(p))
+  const data = canonical(ctx.dataDir);
+  const pools = join(data, 'pools');
+  // A folder of the data directory's pools/ is always fine, wherever the operator put the data.
+  const inPools = p !== pools && within(p, pools);
+  if (!inPools && SYSTEM_DIRS.includes(p))
     throw refuse(`${p} is a system directory; use a directory of its own inside it`);
   for (const s of SYSTEM_TREES)
-    if (within(p, s)) throw refuse(`it is inside ${s}, a directory of the operating system`);
-  const data = canonical(ctx.dataDir);
+    if (!inPools && within(p, s)) throw refuse(`it is inside ${s}, a directory of the operating system`);
   if (within(data, p))
     throw refuse(
       p === data
         ? `it is the site's data directory (${data}); leave --path out to put the pool inside it`
         : `it holds the site's data directory ${data}`,
     );
-  const pools = join(data, 'pools');
-  if (within(p, data) && (p === pools || !within(p, pools)))
+  if (within(p, data) && !inPools)
     throw refuse(`inside the data directory ${data}, a pool is a folder of ${pools}`);
   for (const other of ctx.otherPools) {
     const o = canonical(other);
