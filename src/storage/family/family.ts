@@ -804,7 +804,8 @@ export class VolumeFamily {
       if (!this.usedClusters.has(c)) this.freeClusters.push(c);
     // Free clusters still holding blocks: a crash came between a commit and its punches, or an
     // older version never punched. Give them back now (cheap to ask: the file's block count).
-    if (fstatSync(this.dataFd).blocks * 512 > this.usedClusters.count() * this.clusterSize)
+    // (A MiB of slack: the filesystem's own blocks for the file's extent tree count there too.)
+    if (fstatSync(this.dataFd).blocks * 512 > this.usedClusters.count() * this.clusterSize + 1024 * 1024)
       this.punchRuns(this.freeClusters);
   }
 
