@@ -24,7 +24,6 @@ import {
   syncDirectory,
   writeFileAtomic,
 } from '../common/index.js';
-
 import {
   DEFAULT_CLUSTER_SIZE,
   FAMILY_FILES,
