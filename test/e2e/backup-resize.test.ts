@@ -55,6 +55,7 @@ test('a resized volume backs up by itself and restores identical; --full; two ba
     third.result.stats.readBytes <= 5 * 64 * 1024,
     `read ${third.result.stats.readBytes} bytes: the chunks changed, the old partial last one, the new data`,
   );
+  t.diagnostic(`after the resize: read ${third.result.stats.readBytes} bytes`);
   await restoresIdentical(third.result.snapshot);
   await io('write -P 0x41 4M 64K');
   const fourth = await backup();
@@ -65,6 +66,7 @@ test('a resized volume backs up by itself and restores identical; --full; two ba
   const full = await backup('--full');
   assert.equal(full.result.parent, undefined);
   assert.ok(full.result.stats.readBytes >= MiB + 6 * 64 * 1024, `--full read ${full.result.stats.readBytes}`);
+  t.diagnostic(`--full: read ${full.result.stats.readBytes} bytes`);
   await restoresIdentical(full.result.snapshot);
 
   // Two backups of the volume at once: the second waits for the first, then builds on it.
