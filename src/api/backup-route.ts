@@ -23,14 +23,12 @@ export function registerBackupRoute(
       const b = req.body as { repo: string; passphraseFile?: string; transport?: string; full?: boolean };
       const name = (req.params as { name: string }).name;
       const target = route.kind === 'vm' ? { vm: name } : { volume: name };
-      return reply
-        .code(202)
-        .send(
-          site.backup(req.actor, target, Site.repoAccess(b.repo, b.passphraseFile), {
-            ...(b.transport ? { transport: b.transport } : {}),
-            ...(b.full ? { full: true } : {}),
-          }),
-        );
+      return reply.code(202).send(
+        site.backup(req.actor, target, Site.repoAccess(b.repo, b.passphraseFile), {
+          ...(b.transport ? { transport: b.transport } : {}),
+          ...(b.full ? { full: true } : {}),
+        }),
+      );
     },
   );
 }
