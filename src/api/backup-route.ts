@@ -27,6 +27,7 @@ export function registerBackupRoute(
         preFreezeHook?: string;
         postThawHook?: string;
         requireAppConsistent?: boolean;
+        full?: boolean;
       };
       const name = (req.params as { name: string }).name;
       const target = route.kind === 'vm' ? { vm: name } : { volume: name };

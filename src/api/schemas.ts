@@ -254,6 +254,10 @@ export const backupBody = {
       type: 'boolean',
       description: 'VM backups: fail instead of backing up crash-consistent when the guest cannot be frozen',
     },
+    full: {
+      type: 'boolean',
+      description: 'read everything (a full backup) even where an incremental is possible',
+    },
   },
 } as const;
 

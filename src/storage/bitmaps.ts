@@ -119,7 +119,7 @@ export class VolumeBitmaps implements ChangeTracker {
 
   save(): void {
     if (this.bitmaps.size === 0) return;
-    mkdirSync(this.dir, { recursive: true });
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     for (const bm of this.bitmaps.values()) bm.save(join(this.dir, bm.name + SUFFIX));
   }
 
@@ -147,10 +147,10 @@ function info(bm: DirtyBitmap): BitmapInfo {
  */
 export function markBitmapsInUse(poolPath: string): { crashed: boolean; release: () => void } {
   const dir = join(poolPath, 'bitmaps');
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   const marker = join(dir, '.in-use');
   const crashed = existsSync(marker);
-  writeFileSync(marker, `${process.pid}\n`);
+  writeFileSync(marker, `${process.pid}\n`, { mode: 0o600 });
   syncDirectory(dir);
   return {
     crashed,

@@ -1,10 +1,12 @@
 import {
+  chmodSync,
   existsSync,
   mkdirSync,
   readFileSync,
   readdirSync,
   renameSync,
   rmSync,
+  rmdirSync,
   statSync,
   statfsSync,
 } from 'node:fs';
@@ -12,7 +14,7 @@ import { readdir, rm, stat, truncate } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import type { BlockDevice } from '../block/index.js';
+import { EOPNOTSUPP, nativeIo, type BlockDevice } from '../block/index.js';
 import {
   HavenError,
   conflict,
@@ -22,12 +24,25 @@ import {
   syncDirectory,
   writeFileAtomic,
 } from '../common/index.js';
+import {
+  DEFAULT_CLUSTER_SIZE,
+  FAMILY_FILES,
+  TRIM_COMMIT_DIRTY_PAGES,
+  VolumeFamily,
+} from './family/family.js';
+import { PAGE_SIZE, type MemberRecord } from './family/format.js';
+import { MemberDevice } from './family/member-device.js';
+import { POOL_MARKER } from './pool-path.js';
+
+/**
+ * Data writes stop while this much of the filesystem is still free: the tree pages of a commit,
+ * a trim's above all (TRIM_COMMIT_DIRTY_PAGES), must still fit, or a full pool could never be
+ * emptied again.
+ */
+const META_HEADROOM = 2 * TRIM_COMMIT_DIRTY_PAGES * PAGE_SIZE;
 
 /** A family directory being removed (renamed first, so the pool forgets it at once). */
 const TRASH_PREFIX = '.trash-';
-import { DEFAULT_CLUSTER_SIZE, VolumeFamily } from './family/family.js';
-import type { MemberRecord } from './family/format.js';
-import { MemberDevice } from './family/member-device.js';
 
 const log = logger('storage');
 
@@ -117,10 +132,16 @@ export class Pool {
     )
       throw invalidArgument(`pool capacity ${opts.capacityBytes} must be a positive number of bytes`);
     if (existsSync(join(path, 'pool.json'))) throw conflict(`a pool already exists at ${path}`);
-    mkdirSync(join(path, 'families'), { recursive: true });
+    // Only this process's user may read the volumes' data, wherever the pool is.
+    mkdirSync(path, { recursive: true, mode: 0o700 });
+    chmodSync(path, 0o700);
+    const id = randomUUID();
+    // The marker comes first: whatever a crash leaves here is recognisably Haven's.
+    writeFileAtomic(join(path, POOL_MARKER), JSON.stringify({ id, name: opts.name }) + '\n');
+    mkdirSync(join(path, 'families'), { recursive: true, mode: 0o700 });
     const config: PoolConfig = {
       name: opts.name,
-      id: randomUUID(),
+      id,
       tier: opts.tier ?? 'standard',
       clusterSize: opts.clusterSize ?? DEFAULT_CLUSTER_SIZE,
       createdAt: new Date().toISOString(),
@@ -141,6 +162,9 @@ export class Pool {
       );
     }
     const pool = new Pool(path, config);
+    // Pools made before the marker existed get it now (delete and create rely on it).
+    if (!existsSync(join(path, POOL_MARKER)))
+      writeFileAtomic(join(path, POOL_MARKER), JSON.stringify({ id: config.id, name: config.name }) + '\n');
     for (const id of readdirSync(join(path, 'families'))) {
       const dir = join(path, 'families', id);
       if (id.startsWith(TRASH_PREFIX)) {
@@ -345,15 +369,65 @@ export class Pool {
     this.families.clear();
   }
 
+  /**
+   * Removes a closed, empty pool from disk — only the files Haven made (its families' data and
+   * meta, bitmaps, pool.json, the marker), each folder only once empty — and returns what is
+   * left: anything else in the directory (the operator's, or a family that could not be opened)
+   * stays where it is, and so does the directory.
+   */
+  removeFiles(): string[] {
+    if (this.families.size) throw conflict(`pool ${this.name} is open or still holds volumes`);
+    const p = this.path;
+    const families = join(p, 'families');
+    if (existsSync(families))
+      for (const e of readdirSync(families))
+        if (e.startsWith(TRASH_PREFIX)) removeKnown(join(families, e), (f) => FAMILY_FILES.includes(f));
+    rmdirIfEmpty(families);
+    const bitmaps = join(p, 'bitmaps');
+    if (existsSync(bitmaps)) {
+      for (const e of readdirSync(bitmaps, { withFileTypes: true }))
+        if (e.isDirectory()) removeKnown(join(bitmaps, e.name), (f) => /\.bitmap(\.\d+\.tmp)?$/.test(f));
+      removeKnown(bitmaps, (f) => f === '.in-use', false);
+      rmdirIfEmpty(bitmaps);
+    }
+    removeKnown(p, (f) => f === 'pool.json' || /^\.pool\.json\.\d+\.tmp$/.test(f), false);
+    if (markerId(p) === this.config.id) rmSync(join(p, POOL_MARKER));
+    rmdirIfEmpty(p);
+    return existsSync(p) ? readdirSync(p) : [];
+  }
+
   // ---- internals -------------------------------------------------------------------------
 
   private familyOptions() {
     return {
       clusterSize: this.config.clusterSize,
       reserve: (clusters: number) => this.reserve(clusters * this.config.clusterSize),
-      release: (clusters: number) => (this.allocated -= clusters * this.config.clusterSize),
+      release: (clusters: number) => {
+        this.allocated -= clusters * this.config.clusterSize;
+        this.fsFreeCache.at = 0; // the holes punched gave the filesystem space back
+      },
+      ...(this.punch ? { punchHole: this.punch } : {}),
     };
   }
+
+  /** Gives a freed range of a data file back to the filesystem; a failure costs space, never data. */
+  private readonly punch = ((): ((fd: number, offset: number, length: number) => void) | undefined => {
+    const io = nativeIo();
+    if (!io) return undefined;
+    let unsupported = false;
+    return (fd, offset, length) => {
+      if (unsupported) return;
+      const r = io.fallocate(fd, 1, offset, length);
+      if (r === -EOPNOTSUPP) {
+        unsupported = true;
+        log.warn(
+          { pool: this.config.name, path: this.path },
+          'the filesystem cannot punch holes: freed space is only reused',
+        );
+      } else if (r < 0)
+        log.warn({ pool: this.config.name, offset, length, errno: -r }, 'punching a hole failed');
+    };
+  })();
 
   private reserve(bytes: number): void {
     const cap = this.config.capacityBytes;
@@ -362,7 +436,7 @@ export class Pool {
         'NO_SPACE',
         `pool ${this.name} is full (capacity ${cap} bytes, ${this.allocated} allocated)`,
       );
-    if (this.fsFree(false) < bytes)
+    if (this.fsFree(false) < bytes + META_HEADROOM)
       throw new HavenError(
         'NO_SPACE',
         `pool ${this.name} is full: its filesystem at ${this.path} has no space left`,
@@ -433,6 +507,26 @@ export class Pool {
   private keyOf(family: VolumeFamily): string {
     for (const [id, f] of this.families) if (f === family) return id;
     throw new HavenError('INTERNAL', `a volume family of pool ${this.name} is not in it`);
+  }
+}
+
+/** Removes the files of `dir` that `mine` names, then `dir` itself when it is empty (and `andDir`). */
+function removeKnown(dir: string, mine: (file: string) => boolean, andDir = true): void {
+  if (!existsSync(dir)) return;
+  for (const e of readdirSync(dir, { withFileTypes: true }))
+    if (e.isFile() && mine(e.name)) rmSync(join(dir, e.name));
+  if (andDir) rmdirIfEmpty(dir);
+}
+
+function rmdirIfEmpty(dir: string): void {
+  if (existsSync(dir) && readdirSync(dir).length === 0) rmdirSync(dir);
+}
+
+function markerId(dir: string): string | undefined {
+  try {
+    return (JSON.parse(readFileSync(join(dir, POOL_MARKER), 'utf8')) as { id?: string }).id;
+  } catch {
+    return undefined;
   }
 }
 

@@ -10,7 +10,7 @@ const MiB = 1024 * 1024;
 test('pools and site-wide volume names survive a reopen; the data directory is locked', (t) => {
   const dir = tempDir();
   t.after(dir.cleanup);
-  let svc = StorageService.open(dir.path);
+  let svc = StorageService.open(join(dir.path, 'data'));
   svc.createPool('fast', { tier: 'fast' });
   svc.createPool('bulk', { path: join(dir.path, 'elsewhere'), capacityBytes: 64 * MiB });
   svc.createVolume('a', MiB, 'fast');
@@ -20,13 +20,13 @@ test('pools and site-wide volume names survive a reopen; the data directory is l
     (e: HavenError) => e.code === 'CONFLICT',
   );
   assert.throws(() => svc.createVolume('c', MiB, 'nope'), /no pool nope/);
-  assert.throws(() => StorageService.open(dir.path), /in use by process/);
+  assert.throws(() => StorageService.open(join(dir.path, 'data')), /in use by process/);
   svc.snapshot('b', 's1');
   svc.clone('b', 's1', 'b2');
   assert.throws(() => svc.deletePool('bulk'), /still holds 2 volume/);
   svc.close();
 
-  svc = StorageService.open(dir.path);
+  svc = StorageService.open(join(dir.path, 'data'));
   assert.deepEqual(
     svc.listPools().map((p) => [p.name, p.capabilities.tier, p.capacityBytes]),
     [

@@ -1,20 +1,24 @@
-import { existsSync, fdatasync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { existsSync, fdatasync, mkdirSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/index.js';
 import {
   HavenError,
   conflict,
   invalidArgument,
   lockDirectory,
+  logger,
   notFound,
   writeFileAtomic,
 } from '../common/index.js';
 import { Pool, checkName, type PoolInfo, type SnapshotInfo, type VolumeInfo } from './pool.js';
+import { checkPoolPath } from './pool-path.js';
 import { VolumeBitmaps, markBitmapsInUse, type BitmapInfo } from './bitmaps.js';
 import { TapDevice } from './tap.js';
 import { mirrorCopy, type MirrorCopy } from './mirror-copy.js';
 import { BackedDevice } from './backed.js';
 import type { BitmapView } from '../block/index.js';
+
+const log = logger('storage');
 
 interface PoolsFile {
   pools: { name: string; path: string }[];
@@ -72,7 +76,7 @@ export class StorageService {
   private readonly volumes = new Map<string, { tap: TapDevice; bitmaps: VolumeBitmaps }>();
 
   private constructor(readonly dataDir: string) {
-    mkdirSync(dataDir, { recursive: true });
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     this.lock = lockDirectory(dataDir);
     try {
       for (const { name, path } of this.readPoolsFile().pools) {
@@ -101,11 +105,10 @@ export class StorageService {
   createPool(name: string, opts: { path?: string; tier?: string; capacityBytes?: number } = {}): PoolInfo {
     checkName('pool', name);
     if (this.pools.has(name)) throw conflict(`pool ${name} already exists`);
-    const path = opts.path
-      ? isAbsolute(opts.path)
-        ? opts.path
-        : resolve(opts.path)
-      : join(this.dataDir, 'pools', name);
+    const path = checkPoolPath(opts.path ?? join(this.dataDir, 'pools', name), {
+      dataDir: this.dataDir,
+      otherPools: [...this.pools.values()].map((p) => p.path),
+    });
     const pool = Pool.create(path, {
       name,
       ...(opts.tier ? { tier: opts.tier } : {}),
@@ -127,7 +130,11 @@ export class StorageService {
     return p;
   }
 
-  deletePool(name: string): void {
+  /**
+   * Deletes an empty pool: its own files go (see Pool.removeFiles), never anything else in its
+   * directory; returns what was left there.
+   */
+  deletePool(name: string): { left: string[] } {
     const pool = this.pool(name);
     const vols = pool.listVolumes();
     if (vols.length)
@@ -139,7 +146,13 @@ export class StorageService {
     this.inUse.delete(name);
     this.pools.delete(name);
     this.writePoolsFile();
-    rmSync(pool.path, { recursive: true, force: true });
+    const left = pool.removeFiles();
+    if (left.length)
+      log.warn(
+        { pool: name, path: pool.path, left },
+        'pool deleted; files Haven did not make are left in its directory',
+      );
+    return { left };
   }
 
   // ---- volumes ---------------------------------------------------------------------------
@@ -323,7 +336,7 @@ export class StorageService {
         const pauseMs = performance.now() - t0;
         const copySeconds = (performance.now() - started) / 1000;
         // After the switch, beside the I/O: the bitmaps' files, and the source's removal.
-        mkdirSync(join(to.path, 'bitmaps'), { recursive: true });
+        mkdirSync(join(to.path, 'bitmaps'), { recursive: true, mode: 0o700 });
         bitmaps.save();
         state.bitmaps.destroy();
         if (!opts.keepSource) await from.dropVolume(aside);

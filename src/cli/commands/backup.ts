@@ -263,6 +263,7 @@ export function registerBackup(program: Command): void {
       'NBD sources: read only what this dirty bitmap marks (changes since the newest snapshot of the source)',
     )
     .option('--tag <tag>', 'a tag (repeat)', (v: string, all: string[] = []) => [...all, v])
+    .option('--full', 'read the whole source (a full backup), even where an incremental is possible')
     .option(
       '--transport <name>',
       'through the daemon: auto (default), san, hotadd, nbds or nbd; files and NBD URIs carry their own',
@@ -294,6 +295,7 @@ export function registerBackup(program: Command): void {
               ...(o.preFreezeHook ? { preFreezeHook: o.preFreezeHook } : {}),
               ...(o.postThawHook ? { postThawHook: o.postThawHook } : {}),
               ...(o.requireAppConsistent ? { requireAppConsistent: true } : {}),
+              ...(o.full ? { full: true } : {}),
             }),
           (j) => {
             const r = j.result as {
@@ -323,6 +325,7 @@ export function registerBackup(program: Command): void {
         ...(o.data ? { data: o.data } : {}),
         ...(o.bitmap ? { bitmap: o.bitmap } : {}),
         ...(o.tag ? { tags: o.tag } : {}),
+        ...(o.full ? { full: true } : {}),
         ...(onProgress ? { onProgress } : {}),
       });
       printResult(
@@ -424,6 +427,7 @@ type BackupOpts = RepoOpts &
     preFreezeHook?: string;
     postThawHook?: string;
     requireAppConsistent?: boolean;
+    full?: boolean;
     wait: boolean;
   };
 type RestoreOpts = RepoOpts &

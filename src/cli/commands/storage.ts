@@ -147,7 +147,7 @@ export function registerPool(program: Command): void {
     .action((name: string, o: DataOpts & ApiOpts) =>
       via(
         o,
-        (s) => s.deletePool(name),
+        (s) => void s.deletePool(name),
         (c) => c.delete(`/pools/${enc(name)}`),
       ),
     );

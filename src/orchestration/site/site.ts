@@ -485,7 +485,7 @@ export class Site {
     actor: Actor,
     target: { vm: string } | { volume: string },
     repo: RepoAccess,
-    opts: { transport?: string } & ConsistencyOptions = {},
+    opts: { transport?: string; full?: boolean } & ConsistencyOptions = {},
   ): Job {
     const vm = 'vm' in target ? this.compute.vm(target.vm) : undefined;
     const consistency = resolveConsistencyOptions(opts, !!vm, join(this.dataDir, 'hooks'));
@@ -515,6 +515,9 @@ export class Site {
             ...(vm
               ? { quiesce: vmQuiesce(this.compute, vm.name, consistency, (m, l) => ctx.log(m, l)) }
               : {}),
+            ...(opts.full ? { full: true } : {}),
+            signal: ctx.signal,
+            onWait: (v) => ctx.log(`waiting for the running backup of volume ${v} to finish`),
           },
         );
         const c = src.consistency;
@@ -523,7 +526,9 @@ export class Site {
             ? 'snapshot taken application-consistent (file systems frozen)'
             : `snapshot taken crash-consistent${c?.reason ? `: ${c.reason}` : ''}`,
         );
-        ctx.log(src.parent ? `incremental from ${src.parent.id}` : 'full backup');
+        ctx.log(
+          src.parent ? `incremental from ${src.parent.id}` : `full backup${opts.full ? ' (asked for)' : ''}`,
+        );
         const m = await runBackup(r, src, {
           signal: ctx.signal,
           onProgress: (d, t) => ctx.progress(d, t, 'backup'),

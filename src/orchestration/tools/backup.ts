@@ -51,6 +51,8 @@ export interface BackupRequest extends RepoAccess {
   /** For NBD sources: the dirty bitmap to read changes from, relative to the newest snapshot of this source. */
   bitmap?: string;
   tags?: string[];
+  /** Read the whole source, even where an incremental would be possible. */
+  full?: boolean;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
 }
@@ -75,22 +77,25 @@ async function backupOpened(
   const s = classifySource(req.source);
   const run = (src: OpenedSource) => runBackup(repo, src, { ...req, pool });
   if (s.kind === 'volume')
-    return withStorage(req.data, async (storage) => run(await openVolumeSource(storage, repo, s.value)));
+    return withStorage(req.data, async (storage) =>
+      run(await openVolumeSource(storage, repo, s.value, undefined, undefined, { full: !!req.full })),
+    );
   if (s.kind === 'qemu') {
     const [qmpSocket, node] = s.value.split('#') as [string, string];
     const workDir = mkdtempSync(join(tmpdir(), 'haven-qmp-backup-'));
     try {
-      return await run(await openQmpSource(repo, { qmpSocket, node, workDir }));
+      return await run(await openQmpSource(repo, { qmpSocket, node, workDir, full: !!req.full }));
     } finally {
       rmSync(workDir, { recursive: true, force: true });
     }
   }
   if (s.kind === 'nbd') {
-    const parent = req.bitmap
-      ? (await repo.listSnapshots())
-          .filter((x) => x.source.kind === 'nbd' && x.source.name === s.value.replace(/\?.*$/, ''))
-          .pop()
-      : undefined;
+    const parent =
+      req.bitmap && !req.full
+        ? (await repo.listSnapshots())
+            .filter((x) => x.source.kind === 'nbd' && x.source.name === s.value.replace(/\?.*$/, ''))
+            .pop()
+        : undefined;
     return run(
       await openNbdSource(s.value, {
         ...(req.bitmap ? { bitmap: req.bitmap } : {}),

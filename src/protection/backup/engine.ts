@@ -217,25 +217,32 @@ async function plan(
   writeIndexHeader(index, { chunkSize, size, count });
   let ranges: Range[];
   let incremental = false;
+  /** Incremental: chunks below this are whole in both the parent and the disk, and taken from the parent. */
+  let common = 0;
   const base = parent?.disks[diskNo];
-  if (disk.changed && parent && base && base.size === size && base.chunkSize === chunkSize) {
+  if (disk.changed && parent && base && base.chunkSize === chunkSize) {
+    // A disk resized since the parent (a volume grown): what both have in whole chunks comes from
+    // the parent where unchanged; the rest (the old last chunk, the new space) is read as in a full.
+    common = Math.floor(Math.min(base.size, size) / chunkSize);
     const prev = await repo.readIndex(parent, diskNo);
-    prev.digests.copy(index, INDEX_HEADER);
+    prev.digests.copy(index, INDEX_HEADER, 0, common * DIGEST_BYTES);
     ranges = disk.changed;
+    if (common < count) {
+      // Past the common chunks, block status says what to read (as in a full backup): the bitmap
+      // marks all the new space changed, most of it never written.
+      const edge = common * chunkSize;
+      ranges = ranges
+        .filter((r) => r.offset < edge)
+        .map((r) => ({ offset: r.offset, length: Math.min(r.length, edge - r.offset) }))
+        .concat(await allocated(disk.device, edge));
+    }
     incremental = true;
-  } else {
-    if (disk.changed && parent)
-      throw new HavenError(
-        'CONFLICT',
-        `disk ${disk.name} does not match its parent snapshot ${parent.id}: a full backup is needed`,
-      );
-    ranges = await allocated(disk.device);
-  }
+  } else ranges = await allocated(disk.device);
   const chunks: number[] = [];
   // Incremental: the changed parts of chunks that did not change whole, relative to the chunk.
   const partial = incremental ? new Map<number, [number, number][]>() : undefined;
   let bytes = 0;
-  for (const r of [...ranges].sort((a, b) => a.offset - b.offset)) {
+  for (const r of disjoint(ranges)) {
     const end = Math.min(r.offset + r.length, size);
     if (end <= r.offset) continue;
     for (let c = Math.floor(r.offset / chunkSize); c <= Math.floor((end - 1) / chunkSize); c++) {
@@ -256,18 +263,33 @@ async function plan(
       }
     }
   }
-  // A chunk changed whole is read whole.
+  // A chunk changed whole is read whole; so is one the parent does not have whole.
   if (partial)
     for (const [c, list] of partial)
-      if (list.length === 1 && list[0]![0] === 0 && list[0]![1] === Math.min(chunkSize, size - c * chunkSize))
+      if (
+        c >= common ||
+        (list.length === 1 && list[0]![0] === 0 && list[0]![1] === Math.min(chunkSize, size - c * chunkSize))
+      )
         partial.delete(c);
   return { index, count, chunks, bytes, ...(partial ? { partial } : {}) };
 }
 
-/** The extents of a device that may hold data (not known to read as zeroes), merged. */
-export async function allocated(device: BlockDevice): Promise<Range[]> {
+/** Ranges sorted and merged where they overlap or touch (a chunk is then planned once). */
+function disjoint(ranges: Range[]): Range[] {
   const out: Range[] = [];
-  let at = 0;
+  for (const r of [...ranges].sort((a, b) => a.offset - b.offset)) {
+    const last = out[out.length - 1];
+    if (last && r.offset <= last.offset + last.length)
+      last.length = Math.max(last.length, r.offset + r.length - last.offset);
+    else out.push({ offset: r.offset, length: r.length });
+  }
+  return out;
+}
+
+/** The extents of a device (from `from` on) that may hold data (not known to read as zeroes), merged. */
+export async function allocated(device: BlockDevice, from = 0): Promise<Range[]> {
+  const out: Range[] = [];
+  let at = from;
   while (at < device.size) {
     const extents = await device.blockStatus(at, Math.min(device.size - at, 2 ** 30));
     for (const e of extents) {

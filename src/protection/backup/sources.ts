@@ -7,6 +7,7 @@ import type { StorageService } from '../../storage/index.js';
 import type { BackupDisk, Range } from './engine.js';
 import { startQmpPull } from './qmp-pull.js';
 import type { ConsistencyRecord } from './quiesce.js';
+import { lockVolumes } from './volume-lock.js';
 
 /** What a backup reads, ready for the engine, and how to end it. */
 export interface OpenedSource {
@@ -117,9 +118,47 @@ export async function openVolumeSource(
      * quiescedSnapshot; without it the snapshot is crash-consistent.
      */
     quiesce?: (snapshot: () => void) => Promise<ConsistencyRecord>;
+    /** Read everything (a full backup), even where the bitmaps would allow an incremental. */
+    full?: boolean;
+    /** Another backup of one of the volumes is running: this one waits for it (see lockVolumes). */
+    onWait?: (volume: string) => void;
+    signal?: AbortSignal;
   } = {},
 ): Promise<OpenedSource> {
   const volumes = Array.isArray(volume) ? volume : [volume];
+  for (const v of volumes) storage.volume(v);
+  const unlock = await lockVolumes(storage, volumes, opts);
+  try {
+    const src = await openLockedVolumes(storage, repo, volumes, source, vm, opts);
+    return {
+      ...src,
+      finish: async (manifest) => {
+        try {
+          await src.finish(manifest);
+        } finally {
+          unlock();
+        }
+      },
+    };
+  } catch (err) {
+    unlock();
+    throw err;
+  }
+}
+
+async function openLockedVolumes(
+  storage: StorageService,
+  repo: Repository,
+  volumes: string[],
+  source: { kind: string; name: string },
+  vm: unknown,
+  opts: {
+    transport?: string;
+    open?: (snapshot: string) => Promise<BlockDevice>;
+    quiesce?: (snapshot: () => void) => Promise<ConsistencyRecord>;
+    full?: boolean;
+  },
+): Promise<OpenedSource> {
   for (const v of volumes) {
     storage.volume(v);
     if (!storage.listBitmaps(v).some((b) => b.name === BACKUP_BITMAP)) storage.addBitmap(v, BACKUP_BITMAP);
@@ -131,7 +170,7 @@ export async function openVolumeSource(
     )
     .pop();
   const epoch = `haven-backup-${repo.newSnapshotId()}`;
-  let trustBitmaps = !!previous && previous.disks.length === volumes.length;
+  let trustBitmaps = !opts.full && !!previous && previous.disks.length === volumes.length;
   for (const v of volumes) {
     // Epochs of backups that failed or died: their changes go back into the bitmap first.
     for (const s of storage.listSnapshots(v))
@@ -222,7 +261,7 @@ export function classifySource(arg: string): { kind: 'volume' | 'nbd' | 'image' 
  */
 export async function openQmpSource(
   repo: Repository,
-  opts: { qmpSocket: string; node: string; workDir: string },
+  opts: { qmpSocket: string; node: string; workDir: string; full?: boolean },
 ): Promise<OpenedSource> {
   const name = `${resolve(opts.qmpSocket)}#${opts.node}`;
   const session = await startQmpPull(opts);
@@ -230,7 +269,8 @@ export async function openQmpSource(
     const previous = (await repo.listSnapshots())
       .filter((s) => s.source.kind === 'qemu' && s.source.name === name)
       .pop();
-    const incremental = !!session.incrementalBitmap && previous?.bitmap?.epoch === session.incrementalBitmap;
+    const incremental =
+      !opts.full && !!session.incrementalBitmap && previous?.bitmap?.epoch === session.incrementalBitmap;
     const src = await openNbdSource(
       session.uri,
       incremental ? { bitmap: session.incrementalBitmap!, parent: previous! } : {},

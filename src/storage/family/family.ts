@@ -1,6 +1,7 @@
 import {
   closeSync,
   existsSync,
+  fchmodSync,
   fdatasyncSync,
   fstatSync,
   mkdirSync,
@@ -35,10 +36,19 @@ import { SPANS, TreeNode } from './tree.js';
 import { checkRange } from '../../block/index.js';
 
 export const DEFAULT_CLUSTER_SIZE = 64 * 1024;
+/** The files of a family's directory (all Haven's: a pool's delete removes these and nothing else). */
+export const FAMILY_FILES = ['data', 'meta'];
+/** A VM's disk is for the storage service's user alone, wherever its pool is. */
+const FILE_MODE = 0o600;
 /** Largest volume: 2^53 bytes would be exact, but 4 PiB keeps every intermediate product exact too. */
 export const MAX_VOLUME_SIZE = 2 ** 52;
 /** Commit on our own once this many tree pages are dirty, so memory between flushes stays bounded. */
 const AUTO_COMMIT_DIRTY_PAGES = 8192;
+/**
+ * A trim commits sooner: its space comes back only at a commit, and on a full filesystem the
+ * tree pages it dirties must fit in the headroom the pool keeps for metadata (see Pool).
+ */
+export const TRIM_COMMIT_DIRTY_PAGES = 512;
 
 export interface FamilyOptions {
   clusterSize?: number;
@@ -46,7 +56,11 @@ export interface FamilyOptions {
   reserve?: (clusters: number) => void;
   /** Called when data clusters are given back. */
   release?: (clusters: number) => void;
-  /** Punches a hole in the data file (the native addon, when present); otherwise space is reused only. */
+  /**
+   * Punches a hole in the data file, giving the range's space back to the filesystem (the native
+   * addon's fallocate, when present; otherwise space is only reused). Called only for clusters
+   * that no member references and no durable superblock names.
+   */
   punchHole?: (fd: number, offset: number, length: number) => void;
 }
 
@@ -113,7 +127,7 @@ export class VolumeFamily {
     )
       throw invalidArgument(`cluster size ${clusterSize} must be a power of two from 4 KiB to 4 MiB`);
     checkSize(volume.size);
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
     if (existsSync(join(dir, 'meta'))) throw conflict(`a volume family already exists in ${dir}`);
     const sb: Superblock = {
       version: 1,
@@ -124,8 +138,8 @@ export class VolumeFamily {
       clusterHighWater: 1,
       members: [newRecord(volume.name, 'volume', volume.size, 1, clusterSize, volume.labels)],
     };
-    const dataFd = openSync(join(dir, 'data'), 'w+');
-    const metaFd = openSync(join(dir, 'meta'), 'w+');
+    const dataFd = openSync(join(dir, 'data'), 'w+', FILE_MODE);
+    const metaFd = openSync(join(dir, 'meta'), 'w+', FILE_MODE);
     const fam = new VolumeFamily(dir, dataFd, metaFd, sb, opts);
     fam.writeSuperblock();
     return fam;
@@ -140,6 +154,8 @@ export class VolumeFamily {
     } catch (err) {
       throw fromSystemError(err, `opening volume family ${dir}`);
     }
+    // Families made before 0600 was the rule (readable by every local user) are closed now.
+    for (const fd of [dataFd, metaFd]) if (fstatSync(fd).mode & 0o077) fchmodSync(fd, FILE_MODE);
     const slots = [0, 1].map((slot) => {
       const buf = Buffer.alloc(SUPERBLOCK_SIZE);
       readSync(metaFd, buf, 0, SUPERBLOCK_SIZE, slot * SUPERBLOCK_SIZE);
@@ -424,7 +440,7 @@ export class VolumeFamily {
       }
       done += len;
     }
-    this.maybeAutoCommit();
+    this.maybeAutoCommit(TRIM_COMMIT_DIRTY_PAGES);
   }
 
   /** Allocation of a member's range, as block-status extents (flags 3: hole and zero; 0: data). */
@@ -476,8 +492,10 @@ export class VolumeFamily {
       for (const c of this.pendingClusters) {
         this.usedClusters.delete(c);
         this.freeClusters.push(c);
-        this.opts.punchHole?.(this.dataFd, c * this.clusterSize, this.clusterSize);
       }
+      // Only now: the superblock that stopped naming them is durable, and no member maps them
+      // (a cluster a snapshot or clone still shares never gets here; see dropCluster).
+      this.punchRuns(this.pendingClusters);
       this.opts.release?.(this.pendingClusters.length);
     }
     this.pendingPages = [];
@@ -671,12 +689,12 @@ export class VolumeFamily {
 
   private maybeOrphaned = 0;
 
-  private maybeAutoCommit(): void {
+  private maybeAutoCommit(dirtyLimit = AUTO_COMMIT_DIRTY_PAGES): void {
     if (this.maybeOrphaned > 1024 && this.maybeOrphaned * 16 > this.sb.clusterHighWater) {
       this.maybeOrphaned = 0;
       this.collectGarbage();
     }
-    if (this.dirtyPages >= AUTO_COMMIT_DIRTY_PAGES) this.commit();
+    if (this.dirtyPages >= dirtyLimit) this.commit();
   }
 
   // ---- internals: space ------------------------------------------------------------------
@@ -746,6 +764,25 @@ export class VolumeFamily {
     });
   }
 
+  /** Punches the given free clusters, each run of consecutive ones in one call. */
+  private punchRuns(clusters: number[]): void {
+    const punch = this.opts.punchHole;
+    if (!punch || clusters.length === 0) return;
+    const sorted = Float64Array.from(clusters).sort();
+    const cs = this.clusterSize;
+    let start = sorted[0]!;
+    let prev = start;
+    for (let i = 1; i <= sorted.length; i++) {
+      const c = sorted[i];
+      if (c === prev + 1) {
+        prev = c;
+        continue;
+      }
+      punch(this.dataFd, start * cs, (prev - start + 1) * cs);
+      if (c !== undefined) start = prev = c;
+    }
+  }
+
   /** At open: everything below the high-water marks that no tree references is free. */
   private rebuildFreeSpace(): void {
     const seen = new Set<TreeNode>();
@@ -765,6 +802,11 @@ export class VolumeFamily {
     for (let p = this.sb.pageHighWater - 1; p >= 1; p--) if (!this.usedPages.has(p)) this.freePages.push(p);
     for (let c = this.sb.clusterHighWater - 1; c >= 1; c--)
       if (!this.usedClusters.has(c)) this.freeClusters.push(c);
+    // Free clusters still holding blocks: a crash came between a commit and its punches, or an
+    // older version never punched. Give them back now (cheap to ask: the file's block count).
+    // (A MiB of slack: the filesystem's own blocks for the file's extent tree count there too.)
+    if (fstatSync(this.dataFd).blocks * 512 > this.usedClusters.count() * this.clusterSize + 1024 * 1024)
+      this.punchRuns(this.freeClusters);
   }
 
   private zeroBuf: Buffer | undefined;
