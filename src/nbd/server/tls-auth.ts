@@ -1,0 +1,108 @@
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { DEFAULT_CIPHERS, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
+import { invalidArgument } from '../../common/index.js';
+
+export interface NbdTlsOptions {
+  /** PEM files: the server's certificate and key (optional when `psk` is given). */
+  cert?: string;
+  key?: string;
+  /** CA (PEM): clients may authenticate with a certificate it signed directly. */
+  ca?: string;
+  /**
+   * A PSK file, one `identity:hex-key` a line (what GnuTLS psktool writes and QEMU's
+   * tls-creds-psk and libnbd's tls-psk-file read): clients may authenticate with one of its keys.
+   */
+  psk?: string;
+}
+
+/**
+ * The server's TLS credentials and how a client proves who it is. With `ca` or `psk` every
+ * client must authenticate (a certificate the CA signed, or a key of the PSK file); with neither
+ * the server only proves itself (its certificate) and anyone may connect.
+ */
+export class TlsAuth {
+  readonly context: SecureContext;
+  readonly clientAuth: boolean;
+  private readonly cas: X509Certificate[];
+  private readonly keys: Map<string, Buffer>;
+
+  constructor(opts: NbdTlsOptions) {
+    if (!opts.psk && !(opts.cert && opts.key))
+      throw invalidArgument('TLS needs a certificate and its key, or a PSK file');
+    if (!!opts.cert !== !!opts.key) throw invalidArgument('give both the TLS certificate and its key');
+    try {
+      this.cas = opts.ca ? splitPem(readFileSync(opts.ca, 'utf8')).map((p) => new X509Certificate(p)) : [];
+      this.keys = opts.psk ? readPskFile(opts.psk) : new Map();
+      this.context = createSecureContext({
+        ...(opts.cert ? { cert: readFileSync(opts.cert), key: readFileSync(opts.key!) } : {}),
+        ...(opts.ca ? { ca: readFileSync(opts.ca) } : {}),
+        // TLS 1.3 takes a PSK with its usual suites; TLS 1.2 needs PSK suites named.
+        ...(opts.psk ? { ciphers: `${DEFAULT_CIPHERS}:ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA384` } : {}),
+        minVersion: 'TLSv1.2',
+      });
+    } catch (err) {
+      if (err instanceof Error && 'code' in err && err.code === 'INVALID_ARGUMENT') throw err;
+      throw invalidArgument(`TLS credentials cannot be loaded: ${(err as Error).message}`);
+    }
+    this.clientAuth = this.cas.length > 0 || this.keys.size > 0;
+  }
+
+  get requestCert(): boolean {
+    return this.cas.length > 0;
+  }
+
+  /** The key for a PSK identity, or undefined (then the handshake falls back to certificates). */
+  pskFor(identity: string): Buffer | undefined {
+    return this.keys.get(identity);
+  }
+
+  /**
+   * Who the client proved to be, or why it is refused. Node verifies client certificates only
+   * inside tls.Server, not on a socket upgraded by STARTTLS, so the check is made here: the
+   * certificate must be signed by a CA of the `ca` file and be valid now.
+   */
+  check(socket: TLSSocket, pskIdentity: string | undefined): { who: string } | { refused: string } {
+    if (!this.clientAuth) return { who: 'anonymous' };
+    if (pskIdentity !== undefined && this.keys.has(pskIdentity)) return { who: `psk:${pskIdentity}` };
+    const peer = socket.getPeerX509Certificate();
+    if (!peer)
+      return {
+        refused: this.cas.length
+          ? 'no client certificate (and no PSK)'
+          : 'no PSK identity this server knows',
+      };
+    const now = Date.now();
+    if (now < Date.parse(peer.validFrom) || now > Date.parse(peer.validTo))
+      return { refused: `client certificate ${peer.subject} is not valid now` };
+    const ca = this.cas.find((c) => peer.checkIssued(c) && peer.verify(c.publicKey));
+    if (!ca) return { refused: `client certificate ${peer.subject} is not signed by the trusted CA` };
+    if (peer.keyUsage && !peer.keyUsage.includes('1.3.6.1.5.5.7.3.2'))
+      return { refused: `client certificate ${peer.subject} is not for client authentication` };
+    return { who: `x509:${peer.subject.replace(/\n/g, ',')}` };
+  }
+}
+
+function splitPem(text: string): string[] {
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
+  if (!blocks) throw invalidArgument('the CA file holds no PEM certificate');
+  return blocks;
+}
+
+/** Reads `identity:hex-key` lines (blank lines and # comments are skipped). */
+export function readPskFile(path: string): Map<string, Buffer> {
+  const keys = new Map<string, Buffer>();
+  const lines = readFileSync(path, 'utf8').split('\n');
+  lines.forEach((line, i) => {
+    const l = line.trim();
+    if (!l || l.startsWith('#')) return;
+    const m = /^([^:]+):([0-9a-fA-F]+)$/.exec(l);
+    if (!m || m[2]!.length % 2 || m[2]!.length < 32)
+      throw invalidArgument(
+        `PSK file ${path} line ${i + 1} is not "identity:hex-key" with a key of at least 16 bytes`,
+      );
+    keys.set(m[1]!, Buffer.from(m[2]!, 'hex'));
+  });
+  if (keys.size === 0) throw invalidArgument(`PSK file ${path} holds no key`);
+  return keys;
+}
