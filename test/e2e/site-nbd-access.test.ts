@@ -202,6 +202,10 @@ test('site NBD over TCP: client certificates signed by the CA; wrong ones refuse
   const wrongCert = nbdinfo(uri(wrong));
   assert.notEqual(wrongCert.status, 0, 'a certificate of another CA is refused');
   assert.notEqual(nbdinfo(uri(caOnly)).status, 0, 'no client certificate is refused');
+  // Beside the certificates, the PSK still works (the suites that carry it come first).
+  const psk = join(s.dir, 'nbd-tls', 'keys.psk');
+  const withPsk = nbdinfo(`nbds://haven@127.0.0.1:${port}/v1?tls-psk-file=${psk}`);
+  assert.equal(withPsk.status, 0, withPsk.stderr);
   await logged(s.daemon.output, /not signed by the trusted CA/);
 
   // The plain opt-in: it serves anyone, and the daemon said so loudly at start.

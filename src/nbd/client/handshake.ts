@@ -1,8 +1,9 @@
 import { connect as netConnect, type Socket } from 'node:net';
-import { DEFAULT_CIPHERS, checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { once } from 'node:events';
 import { HavenError, errorMessage } from '../../common/index.js';
 import * as P from '../protocol.js';
+import { PSK_CIPHERS } from '../psk.js';
 import type { NbdUri } from './uri.js';
 
 /**
@@ -259,7 +260,7 @@ export async function negotiate(uri: NbdUri, opts: HandshakeOptions = {}): Promi
           ...(psk
             ? {
                 pskCallback: () => ({ psk: psk.key, identity: psk.identity }),
-                ciphers: `${DEFAULT_CIPHERS}:ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA384`,
+                ciphers: PSK_CIPHERS,
               }
             : {}),
         });

@@ -1,7 +1,8 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { DEFAULT_CIPHERS, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
+import { createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { invalidArgument } from '../../common/index.js';
+import { PSK_CIPHERS, readPskFile } from '../psk.js';
 
 export interface NbdTlsOptions {
   /** PEM files: the server's certificate and key (optional when `psk` is given). */
@@ -37,10 +38,13 @@ export class TlsAuth {
       this.context = createSecureContext({
         ...(opts.cert ? { cert: readFileSync(opts.cert), key: readFileSync(opts.key!) } : {}),
         ...(opts.ca ? { ca: readFileSync(opts.ca) } : {}),
-        // TLS 1.3 takes a PSK with its usual suites; TLS 1.2 needs PSK suites named.
-        ...(opts.psk ? { ciphers: `${DEFAULT_CIPHERS}:ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA384` } : {}),
+        ...(opts.psk ? { ciphers: PSK_CIPHERS, honorCipherOrder: true } : {}),
         minVersion: 'TLSv1.2',
       });
+      // A TLS 1.3 PSK handshake looks like a session resumption, which OpenSSL refuses without a
+      // session id context when it may also ask for a certificate (tls.Server sets one; a
+      // socket upgraded by STARTTLS has none).
+      (this.context.context as { setSessionIdContext(id: string): void }).setSessionIdContext('haven-nbd');
     } catch (err) {
       if (err instanceof Error && 'code' in err && err.code === 'INVALID_ARGUMENT') throw err;
       throw invalidArgument(`TLS credentials cannot be loaded: ${(err as Error).message}`);
@@ -68,9 +72,7 @@ export class TlsAuth {
     const peer = socket.getPeerX509Certificate();
     if (!peer)
       return {
-        refused: this.cas.length
-          ? 'no client certificate (and no PSK)'
-          : 'no PSK identity this server knows',
+        refused: this.cas.length ? 'no client certificate (and no PSK)' : 'no PSK identity this server knows',
       };
     const now = Date.now();
     if (now < Date.parse(peer.validFrom) || now > Date.parse(peer.validTo))
@@ -87,22 +89,4 @@ function splitPem(text: string): string[] {
   const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
   if (!blocks) throw invalidArgument('the CA file holds no PEM certificate');
   return blocks;
-}
-
-/** Reads `identity:hex-key` lines (blank lines and # comments are skipped). */
-export function readPskFile(path: string): Map<string, Buffer> {
-  const keys = new Map<string, Buffer>();
-  const lines = readFileSync(path, 'utf8').split('\n');
-  lines.forEach((line, i) => {
-    const l = line.trim();
-    if (!l || l.startsWith('#')) return;
-    const m = /^([^:]+):([0-9a-fA-F]+)$/.exec(l);
-    if (!m || m[2]!.length % 2 || m[2]!.length < 32)
-      throw invalidArgument(
-        `PSK file ${path} line ${i + 1} is not "identity:hex-key" with a key of at least 16 bytes`,
-      );
-    keys.set(m[1]!, Buffer.from(m[2]!, 'hex'));
-  });
-  if (keys.size === 0) throw invalidArgument(`PSK file ${path} holds no key`);
-  return keys;
 }
