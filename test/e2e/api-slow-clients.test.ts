@@ -31,7 +31,9 @@ function open(port: number, first: string): Stalled {
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([
     p,
-    new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms).unref()),
+    new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms).unref(),
+    ),
   ]);
 }
 
@@ -104,8 +106,10 @@ test('API: a job watch stream outlives the request bound', async (t) => {
     dir.cleanup();
   });
   // A job that runs until cancelled: its watch sends nothing while it runs.
-  const job = d.site.jobs.start({ kind: 'test.wait', target: 'x', actor: 'test' }, (ctx) =>
-    new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason))),
+  const job = d.site.jobs.start(
+    { kind: 'test.wait', target: 'x', actor: 'test' },
+    (ctx) =>
+      new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason))),
   );
   const res = await fetch(`${d.url}/api/v1/jobs/${job.id}/watch`, {
     headers: { authorization: `Bearer ${d.site.apiToken()}` },

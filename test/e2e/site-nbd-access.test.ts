@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -60,7 +60,10 @@ test('site NBD over TCP: TLS with the PSK only; nobody else gets in; stalled han
   assert.equal(info.nbd.tcp, `127.0.0.1:${port}`);
   assert.equal(info.nbd.plain, undefined, 'no plain listener unless asked for');
   assert.equal(info.nbd.pskFile, join(s.dir, 'nbd-tls', 'keys.psk'));
-  assert.match(await s.haven('site', 'show'), /nbd tls:\s+127\.0\.0\.1:\d+: PSK identity haven in .*keys\.psk/);
+  assert.match(
+    await s.haven('site', 'show'),
+    /nbd tls:\s+127\.0\.0\.1:\d+: PSK identity haven in .*keys\.psk/,
+  );
 
   // The keys, the data and the socket are the site user's alone.
   assert.equal(statSync(info.nbd.pskFile).mode & 0o777, 0o600);
@@ -117,15 +120,26 @@ test('site NBD over TCP: TLS with the PSK only; nobody else gets in; stalled han
     { encoding: 'utf8', timeout: 60_000 },
   );
   assert.equal(qi.status, 0, qi.stderr);
-  assert.equal(readFileSync(out).subarray(4096, 4096 + 17).toString(), 'by the key holder');
+  assert.equal(
+    readFileSync(out)
+      .subarray(4096, 4096 + 17)
+      .toString(),
+    'by the key holder',
+  );
 
   // A wrong key, and an identity the site does not know, are refused.
   const bad = join(s.dir, '..', 'bad');
   mkdirSync(bad);
   writeFileSync(join(bad, 'keys.psk'), `haven:${randomBytes(32).toString('hex')}\n`);
   writeFileSync(join(bad, 'other.psk'), `mallory:${randomBytes(32).toString('hex')}\n`);
-  assert.notEqual(nbdinfo(`nbds://haven@127.0.0.1:${port}/v1?tls-psk-file=${join(bad, 'keys.psk')}`).status, 0);
-  assert.notEqual(nbdinfo(`nbds://mallory@127.0.0.1:${port}/v1?tls-psk-file=${join(bad, 'other.psk')}`).status, 0);
+  assert.notEqual(
+    nbdinfo(`nbds://haven@127.0.0.1:${port}/v1?tls-psk-file=${join(bad, 'keys.psk')}`).status,
+    0,
+  );
+  assert.notEqual(
+    nbdinfo(`nbds://mallory@127.0.0.1:${port}/v1?tls-psk-file=${join(bad, 'other.psk')}`).status,
+    0,
+  );
 
   // Haven's own client with the PSK file.
   const own = await s.haven('nbd', 'info', `nbds://127.0.0.1:${port}/v1`, '--tls-psk-file', info.nbd.pskFile);
@@ -215,4 +229,26 @@ test('site NBD over TCP: client certificates signed by the CA; wrong ones refuse
   const shown = await s.haven('site', 'show');
   assert.match(shown, /or a client certificate signed by .*ca-cert\.pem/);
   assert.match(shown, new RegExp(`nbd plain: 127\\.0\\.0\\.1:${plainPort} WITHOUT AUTHENTICATION`));
+});
+
+test('a data directory, run directory or key file open to others is made private at start', async (t) => {
+  const { Site } = await import('../../src/orchestration/index.js');
+  const tmp = join((await import('node:os')).tmpdir(), `haven-private-${process.pid}-${Date.now()}`);
+  t.after(() => spawnSync('rm', ['-rf', tmp]));
+  const data = join(tmp, 'data');
+  mkdirSync(data, { recursive: true, mode: 0o755 });
+  chmodSync(data, 0o755); // as `mkdir -p` leaves it under the usual umask
+  const first = await Site.open({ dataDir: data, nbdListen: 'none' });
+  await first.close();
+  assert.equal(statSync(data).mode & 0o777, 0o700);
+  chmodSync(data, 0o750);
+  chmodSync(join(data, 'run'), 0o755);
+  chmodSync(join(data, 'nbd-tls', 'keys.psk'), 0o644);
+  const key = readFileSync(join(data, 'nbd-tls', 'keys.psk'), 'utf8');
+  const again = await Site.open({ dataDir: data, nbdListen: 'none' });
+  await again.close();
+  assert.equal(statSync(data).mode & 0o777, 0o700);
+  assert.equal(statSync(join(data, 'run')).mode & 0o777, 0o700);
+  assert.equal(statSync(join(data, 'nbd-tls', 'keys.psk')).mode & 0o777, 0o600);
+  assert.equal(readFileSync(join(data, 'nbd-tls', 'keys.psk'), 'utf8'), key, 'the key is kept across starts');
 });

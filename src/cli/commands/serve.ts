@@ -73,12 +73,16 @@ export function registerServe(program: Command): void {
         recoveryWarnAfter: string;
       }) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
-        if (!!o.nbdTlsCert !== !!o.nbdTlsKey) throw invalidArgument('give both --nbd-tls-cert and --nbd-tls-key');
+        if (!!o.nbdTlsCert !== !!o.nbdTlsKey)
+          throw invalidArgument('give both --nbd-tls-cert and --nbd-tls-key');
         if (o.nbdTlsCa && !o.nbdTlsCert)
-          throw invalidArgument('--nbd-tls-ca needs --nbd-tls-cert and --nbd-tls-key (the listener proves itself too)');
+          throw invalidArgument(
+            '--nbd-tls-ca needs --nbd-tls-cert and --nbd-tls-key (the listener proves itself too)',
+          );
         const seconds = (v: string, flag: string) => {
           const n = Number(v);
-          if (!(n > 0 && n <= 3600)) throw invalidArgument(`${flag} must be seconds from 0 to 3600, not ${v}`);
+          if (!(n > 0 && n <= 3600))
+            throw invalidArgument(`${flag} must be seconds from 0 to 3600, not ${v}`);
           return n;
         };
         const handshakeSeconds = seconds(o.nbdHandshakeTimeout, '--nbd-handshake-timeout');
@@ -146,7 +150,9 @@ export function registerServe(program: Command): void {
         process.stdout.write(
           `haven: site ${info.name} serving its API on ${d.url} (token in ${join(dataDir, 'api-token')}); ` +
             `NBD on ${info.nbd.socket}` +
-            (info.nbd.tcp ? ` and ${info.nbd.tcp} (TLS; PSK ${info.nbd.pskIdentity} in ${info.nbd.pskFile})` : '') +
+            (info.nbd.tcp
+              ? ` and ${info.nbd.tcp} (TLS; PSK ${info.nbd.pskIdentity} in ${info.nbd.pskFile})`
+              : '') +
             (info.nbd.plain ? ` and ${info.nbd.plain} (plain TCP, NO AUTHENTICATION)` : '') +
             '\n',
         );

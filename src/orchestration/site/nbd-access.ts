@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic, type Logger } from '../../common/index.js';
+import { fromSystemError, writeFileAtomic, type Logger } from '../../common/index.js';
 import { readPskFile } from '../../nbd/index.js';
 
 /** The PSK identity of the site's own key (libnbd: the user of an nbds:// URI; QEMU: username=). */
@@ -35,7 +35,14 @@ export function sitePsk(dataDir: string, log: Logger): SitePsk {
 export function makePrivate(path: string, mode: 0o700 | 0o600, log: Logger): void {
   const was = statSync(path).mode & 0o777;
   if ((was & 0o077) === 0) return;
-  chmodSync(path, mode);
+  try {
+    chmodSync(path, mode);
+  } catch (err) {
+    throw fromSystemError(
+      err,
+      `${path} is open to other users (mode ${was.toString(8)}) and cannot be made ${mode.toString(8)}: make it private, or use a data directory the site's user owns`,
+    );
+  }
   log.warn(
     { path, was: was.toString(8), now: mode.toString(8) },
     `${path} was open to other users (mode ${was.toString(8)}); made it ${mode.toString(8)}`,

@@ -187,7 +187,8 @@ export class Site {
         site.nbds = { server: nbds, address };
         site.nbdClientCa = x509?.ca;
         exports.addServer(nbds);
-      } else if (opts.nbdTls) throw invalidArgument('NBD TLS certificates need a TCP listener (--nbd-listen)');
+      } else if (opts.nbdTls)
+        throw invalidArgument('NBD TLS certificates need a TCP listener (--nbd-listen)');
       if (opts.nbdListenPlain) {
         site.nbdPlain = await nbd.listen(parseHostPort(opts.nbdListenPlain));
         log.warn(
