@@ -7,15 +7,20 @@ import { invalidArgument } from '../common/index.js';
 
 /**
  * With a PSK: SHA-256 TLS 1.3 suites first (OpenSSL binds an external PSK to SHA-256 and
- * ignores it under a SHA-384 suite, falling back to certificates), and PSK suites for TLS 1.2.
+ * ignores it under a SHA-384 suite, falling back to certificates), and for TLS 1.2 the PSK suites
+ * before the certificate ones (a client that offers no PSK suite still gets the latter).
  */
 export const PSK_CIPHERS = [
   'TLS_AES_128_GCM_SHA256',
   'TLS_CHACHA20_POLY1305_SHA256',
   'TLS_AES_256_GCM_SHA384',
-  DEFAULT_CIPHERS,
   'ECDHE-PSK-CHACHA20-POLY1305',
   'ECDHE-PSK-AES256-CBC-SHA384',
+  // Node's defaults end in "!PSK", which would strike the PSK suites wherever they stand; keep
+  // out only those without forward secrecy (plain and RSA key exchange).
+  ...DEFAULT_CIPHERS.split(':').filter((c) => c !== '!PSK'),
+  '!kPSK',
+  '!kRSAPSK',
 ].join(':');
 
 /** Reads `identity:hex-key` lines (blank lines and # comments are skipped). */

@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, constants } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { invalidArgument } from '../../common/index.js';
@@ -40,6 +40,8 @@ export class TlsAuth {
         ...(opts.ca ? { ca: readFileSync(opts.ca) } : {}),
         ...(opts.psk ? { ciphers: PSK_CIPHERS, honorCipherOrder: true } : {}),
         minVersion: 'TLSv1.2',
+        // No resumption: a resumed session would skip the client's proof (see check()).
+        secureOptions: constants.SSL_OP_NO_TICKET,
       });
       // A TLS 1.3 PSK handshake looks like a session resumption, which OpenSSL refuses without a
       // session id context when it may also ask for a certificate (tls.Server sets one; a
@@ -64,11 +66,17 @@ export class TlsAuth {
   /**
    * Who the client proved to be, or why it is refused. Node verifies client certificates only
    * inside tls.Server, not on a socket upgraded by STARTTLS, so the check is made here: the
-   * certificate must be signed by a CA of the `ca` file and be valid now.
+   * certificate must be signed by a CA of the `ca` file and be valid now. A PSK counts only when
+   * the handshake used it — OpenSSL asks for an offered identity's key and may then drop the PSK
+   * (under a suite of another hash) and fall back to certificates — which TLS 1.3 reports as a
+   * resumed session (none other can be: tickets are off) and TLS 1.2 as a PSK suite.
    */
   check(socket: TLSSocket, pskIdentity: string | undefined): { who: string } | { refused: string } {
     if (!this.clientAuth) return { who: 'anonymous' };
-    if (pskIdentity !== undefined && this.keys.has(pskIdentity)) return { who: `psk:${pskIdentity}` };
+    const usedPsk =
+      socket.getProtocol() === 'TLSv1.3' ? socket.isSessionReused() : /PSK/.test(socket.getCipher().name);
+    if (usedPsk && pskIdentity !== undefined && this.keys.has(pskIdentity))
+      return { who: `psk:${pskIdentity}` };
     const peer = socket.getPeerX509Certificate();
     if (!peer)
       return {
