@@ -24,7 +24,10 @@ export async function startSiteDaemon(site: SiteOptions, api: ApiOptions): Promi
   let app: FastifyInstance;
   let url: string;
   try {
-    app = await buildApi(s, api.tls ? { tls: api.tls } : {});
+    app = await buildApi(s, {
+      ...(api.tls ? { tls: api.tls } : {}),
+      ...(api.requestTimeoutMs !== undefined ? { requestTimeoutMs: api.requestTimeoutMs } : {}),
+    });
     await app.listen({ host: api.host, port: api.port });
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : api.port;

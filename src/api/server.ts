@@ -19,7 +19,14 @@ export interface ApiOptions {
   host: string;
   port: number;
   tls?: { cert: string; key: string };
+  /** A request's headers and body must all arrive within this (default 30 s); headers within 10 s. */
+  requestTimeoutMs?: number;
 }
+
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+const HEADERS_TIMEOUT_MS = 10_000;
+/** How often Node checks those bounds: a stalled request is closed at most this late. */
+const TIMEOUT_CHECK_MS = 1_000;
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -51,16 +58,31 @@ const STATUS: Record<HavenErrorCode, number> = {
  * `{ error: { code, message, field? } }`, and the OpenAPI document at /api/v1/openapi.json.
  * Handlers only translate between HTTP and the Site's methods.
  */
-export async function buildApi(site: Site, opts: { tls?: ApiOptions['tls'] } = {}): Promise<FastifyInstance> {
+export async function buildApi(
+  site: Site,
+  opts: Pick<ApiOptions, 'tls' | 'requestTimeoutMs'> = {},
+): Promise<FastifyInstance> {
+  // Slow clients: a request that trickles in (headers or body) is answered 408 and closed once
+  // its bound passes, so it cannot hold a socket forever. Responses (job watch streams, long
+  // handlers) are not bounded: the bounds are on what the client sends.
+  const requestTimeout = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  const bounds = {
+    headersTimeout: Math.min(HEADERS_TIMEOUT_MS, requestTimeout),
+    connectionsCheckingInterval: Math.min(TIMEOUT_CHECK_MS, requestTimeout),
+  };
   const app = Fastify({
     loggerInstance: eagerLogger('api') as unknown as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
+    requestTimeout,
+    keepAliveTimeout: 5_000, // an idle keep-alive connection
     forceCloseConnections: true,
     ajv: {
       customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false },
     },
-    ...(opts.tls ? { https: { cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) } } : {}),
+    ...(opts.tls
+      ? { https: { cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ...bounds } }
+      : { http: bounds }),
   });
   const expected = digest(site.apiToken());
 

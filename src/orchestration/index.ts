@@ -4,6 +4,7 @@ export { openSource, openDestination, type Endpoint, type EndpointOptions } from
 export * from './tools/serve-image.js';
 export * from './tools/storage.js';
 export * from './site/index.js';
+export { readPskFile, type TlsCredentials } from '../nbd/index.js';
 export type { PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';
 export * from './tools/backup.js';
 export {

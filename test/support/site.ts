@@ -44,7 +44,8 @@ export async function startDaemon(dir: string, extra: string[] = []): Promise<Ru
   return daemon;
 }
 
-export async function site(t: { after: (fn: () => unknown) => void }): Promise<Site> {
+/** A daemon on a fresh data directory; `extra` are more `haven serve` options (the last of a repeated one wins). */
+export async function site(t: { after: (fn: () => unknown) => void }, extra: string[] = []): Promise<Site> {
   const tmp = tempDir('haven-site-');
   const dir = join(tmp.path, 'data');
   /** Scratch space beside the data directory. */
@@ -57,7 +58,7 @@ export async function site(t: { after: (fn: () => unknown) => void }): Promise<S
   delete env.HAVEN_TOKEN;
   const s: Site = {
     dir,
-    daemon: await startDaemon(dir),
+    daemon: await startDaemon(dir, extra),
     env,
     haven: async (...args) => (await run(HAVEN_BIN, args, { env, timeout: 120_000 })).stdout,
     havenFails: async (...args) => {

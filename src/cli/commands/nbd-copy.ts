@@ -54,7 +54,7 @@ export function registerNbdCopy(nbd: Command): void {
           }
         : undefined;
       const r = await nbdCopy(src, dst, {
-        tls: readTls(o),
+        tls: await readTls(o),
         verify: o.verify,
         connections: int('connections', o.connections),
         requests: int('requests', o.requests),

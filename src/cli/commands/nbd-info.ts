@@ -26,7 +26,7 @@ export function registerNbdInfo(nbd: Command): void {
       },
     ) => {
       const { formatNbdInfo, nbdInfo } = await orchestration();
-      const r = await nbdInfo(uri, { tls: readTls(o), list: o.list, map: o.map });
+      const r = await nbdInfo(uri, { tls: await readTls(o), list: o.list, map: o.map });
       printResult(!!o.json, r, () => formatNbdInfo(r));
     },
   );

@@ -29,7 +29,14 @@ export function registerOperations(program: Command): void {
         [
           `site:     ${s.name} (Haven ${s.version}, schema ${s.schemaVersion})`,
           `data:     ${s.dataDir}`,
-          `nbd:      ${s.nbd.tcp ?? '-'}  ${s.nbd.socket}`,
+          `nbd:      ${s.nbd.socket} (this site's user only)`,
+          ...(s.nbd.tcp
+            ? [
+                `nbd tls:  ${s.nbd.tcp}: PSK identity ${s.nbd.pskIdentity} in ${s.nbd.pskFile}` +
+                  (s.nbd.clientCa ? `, or a client certificate signed by ${s.nbd.clientCa}` : ''),
+              ]
+            : []),
+          ...(s.nbd.plain ? [`nbd plain: ${s.nbd.plain} WITHOUT AUTHENTICATION (--nbd-listen-plain)`] : []),
           `started:  ${s.startedAt}`,
           `recovery: reads from backups ${s.recovery.maxIops ?? 'unlimited'} IOPS, ${
             s.recovery.maxBytesPerSecond === undefined

@@ -14,13 +14,30 @@ export function registerServe(program: Command): void {
     )
     .option('--listen <host:port>', 'address of the REST API', `127.0.0.1:${DEFAULT_API_PORT}`)
     .option('--site <name>', "the site's name, fixed at the first start (default: the host name)")
-    .option('--nbd-listen <host:port>', 'TCP address of the NBD exports, or "none"', '127.0.0.1:10809')
+    .option(
+      '--nbd-listen <host:port>',
+      'TCP address of the NBD exports, TLS only: clients authenticate with the site\'s PSK (DATA/nbd-tls/keys.psk) or a client certificate; or "none"',
+      '127.0.0.1:10809',
+    )
     .option('--tls-cert <file>', 'certificate (PEM) for an https API')
     .option('--tls-key <file>', 'private key (PEM) for an https API')
-    .option('--nbds-listen <host:port>', 'TCP address of a TLS-only NBD listener (the nbds transport)')
-    .option('--nbd-tls-cert <file>', 'certificate (PEM) of the TLS NBD listener')
-    .option('--nbd-tls-key <file>', 'private key (PEM) of the TLS NBD listener')
-    .option('--nbd-tls-ca <file>', 'CA (PEM): TLS NBD clients must present a certificate it signed')
+    .option('--nbd-tls-cert <file>', 'certificate (PEM) of the NBD TCP listener, for X.509 clients')
+    .option('--nbd-tls-key <file>', 'private key (PEM) of the NBD TCP listener')
+    .option('--nbd-tls-ca <file>', 'CA (PEM): NBD clients may also authenticate with a certificate it signed')
+    .option(
+      '--nbd-listen-plain <host:port>',
+      'ALSO serve NBD on plain TCP WITHOUT AUTHENTICATION: anyone who reaches it reads and writes every volume (warned at start)',
+    )
+    .option(
+      '--nbd-handshake-timeout <seconds>',
+      'an NBD client that has not finished its handshake by then is dropped',
+      '10',
+    )
+    .option(
+      '--api-request-timeout <seconds>',
+      'an API request whose headers and body have not all arrived by then is answered 408 and closed',
+      '30',
+    )
     .option('--max-transfers-per-host <n>', 'concurrent backup transfers per host; more wait for a slot', '4')
     .option(
       '--transports <list>',
@@ -43,10 +60,12 @@ export function registerServe(program: Command): void {
         nbdListen: string;
         tlsCert?: string;
         tlsKey?: string;
-        nbdsListen?: string;
         nbdTlsCert?: string;
         nbdTlsKey?: string;
         nbdTlsCa?: string;
+        nbdListenPlain?: string;
+        nbdHandshakeTimeout: string;
+        apiRequestTimeout: string;
         maxTransfersPerHost: string;
         transports?: string;
         recoveryMaxIops?: string;
@@ -54,8 +73,20 @@ export function registerServe(program: Command): void {
         recoveryWarnAfter: string;
       }) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
-        if (!!o.nbdsListen !== (!!o.nbdTlsCert && !!o.nbdTlsKey))
-          throw invalidArgument('--nbds-listen needs --nbd-tls-cert and --nbd-tls-key (and they need it)');
+        if (!!o.nbdTlsCert !== !!o.nbdTlsKey)
+          throw invalidArgument('give both --nbd-tls-cert and --nbd-tls-key');
+        if (o.nbdTlsCa && !o.nbdTlsCert)
+          throw invalidArgument(
+            '--nbd-tls-ca needs --nbd-tls-cert and --nbd-tls-key (the listener proves itself too)',
+          );
+        const seconds = (v: string, flag: string) => {
+          const n = Number(v);
+          if (!(n > 0 && n <= 3600))
+            throw invalidArgument(`${flag} must be seconds from 0 to 3600, not ${v}`);
+          return n;
+        };
+        const handshakeSeconds = seconds(o.nbdHandshakeTimeout, '--nbd-handshake-timeout');
+        const requestSeconds = seconds(o.apiRequestTimeout, '--api-request-timeout');
         const maxTransfers = Number(o.maxTransfersPerHost);
         if (!Number.isInteger(maxTransfers) || maxTransfers < 1)
           throw invalidArgument(
@@ -96,11 +127,12 @@ export function registerServe(program: Command): void {
                 }
               : {}),
             recoveryWarnAfterSeconds: warnHours * 3600,
-            ...(o.nbdsListen
+            nbdHandshakeTimeoutMs: handshakeSeconds * 1000,
+            ...(o.nbdListenPlain ? { nbdListenPlain: o.nbdListenPlain } : {}),
+            ...(o.nbdTlsCert
               ? {
                   nbdTls: {
-                    listen: o.nbdsListen,
-                    cert: o.nbdTlsCert!,
+                    cert: o.nbdTlsCert,
                     key: o.nbdTlsKey!,
                     ...(o.nbdTlsCa ? { ca: o.nbdTlsCa } : {}),
                   },
@@ -110,13 +142,19 @@ export function registerServe(program: Command): void {
           {
             host: listen.host,
             port: listen.port,
+            requestTimeoutMs: requestSeconds * 1000,
             ...(o.tlsCert ? { tls: { cert: o.tlsCert, key: o.tlsKey! } } : {}),
           },
         );
         const info = d.site.info();
         process.stdout.write(
           `haven: site ${info.name} serving its API on ${d.url} (token in ${join(dataDir, 'api-token')}); ` +
-            `NBD on ${info.nbd.tcp ?? 'no TCP'} and ${info.nbd.socket}\n`,
+            `NBD on ${info.nbd.socket}` +
+            (info.nbd.tcp
+              ? ` and ${info.nbd.tcp} (TLS; PSK ${info.nbd.pskIdentity} in ${info.nbd.pskFile})`
+              : '') +
+            (info.nbd.plain ? ` and ${info.nbd.plain} (plain TCP, NO AUTHENTICATION)` : '') +
+            '\n',
         );
         const stop = () => void d.stop().then(() => process.exit(0));
         process.once('SIGTERM', stop);

@@ -3,6 +3,7 @@ import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node
 import { once } from 'node:events';
 import { HavenError, errorMessage } from '../../common/index.js';
 import * as P from '../protocol.js';
+import { PSK_CIPHERS } from '../psk.js';
 import type { NbdUri } from './uri.js';
 
 /**
@@ -20,11 +21,13 @@ import type { NbdUri } from './uri.js';
  */
 
 export interface TlsCredentials {
-  /** PEM text of the CA that signed the server certificate. */
-  ca: string | Buffer;
+  /** PEM text of the CA that signed the server certificate (not needed with `psk`). */
+  ca?: string | Buffer;
   /** Client certificate and key (PEM), when the server asks for one. */
   cert?: string | Buffer;
   key?: string | Buffer;
+  /** A pre-shared key instead of certificates: both sides prove they hold it (TLS-PSK). */
+  psk?: { identity: string; key: Buffer };
 }
 
 export interface HandshakeOptions {
@@ -160,7 +163,10 @@ export async function negotiate(uri: NbdUri, opts: HandshakeOptions = {}): Promi
   const what = `NBD server ${server}, export '${uri.exportName}'`;
   const timeoutMs = opts.timeoutMs ?? 30000;
   if (uri.tls && !opts.tls)
-    throw new HavenError('INVALID_ARGUMENT', `${uri.text} needs TLS: give the CA certificate (--tls-ca)`);
+    throw new HavenError(
+      'INVALID_ARGUMENT',
+      `${uri.text} needs TLS: give the CA certificate (--tls-ca) or a PSK file (--tls-psk-file)`,
+    );
 
   let socket: Socket =
     uri.transport.kind === 'unix'
@@ -239,6 +245,7 @@ export async function negotiate(uri: NbdUri, opts: HandshakeOptions = {}): Promi
       } else {
         const rest = reader.detach();
         if (rest.length) fail(new Error('data after the STARTTLS reply'));
+        const psk = opts.tls.psk;
         const secure = tlsConnect({
           socket,
           ca: opts.tls.ca,
@@ -246,9 +253,16 @@ export async function negotiate(uri: NbdUri, opts: HandshakeOptions = {}): Promi
           key: opts.tls.key,
           servername: uri.tlsHostname && !/^[\d.:]+$/.test(uri.tlsHostname) ? uri.tlsHostname : undefined,
           rejectUnauthorized: uri.tlsVerifyPeer,
-          // Node's check, against the name in the URI (or its tls-hostname).
+          // Node's check, against the name in the URI (or its tls-hostname); a PSK proves the
+          // server by itself (it has no certificate).
           checkServerIdentity: (host, cert) =>
-            uri.tlsVerifyPeer ? checkServerIdentity(uri.tlsHostname ?? host, cert) : undefined,
+            uri.tlsVerifyPeer && !psk ? checkServerIdentity(uri.tlsHostname ?? host, cert) : undefined,
+          ...(psk
+            ? {
+                pskCallback: () => ({ psk: psk.key, identity: psk.identity }),
+                ciphers: PSK_CIPHERS,
+              }
+            : {}),
         });
         try {
           await once(secure, 'secureConnect');

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { TLSSocket, type SecureContext } from 'node:tls';
+import { TLSSocket, type TLSSocketOptions } from 'node:tls';
 import type { Extent } from '../../block/index.js';
 import { errorMessage, isPromise, type Logger, type MaybePromise } from '../../common/index.js';
 import * as P from '../protocol.js';
@@ -23,15 +23,22 @@ import {
   writeChunkHeader,
   writeSimpleHeader,
 } from './wire.js';
+import type { TlsAuth } from './tls-auth.js';
 
 export interface ConnectionHost extends HandshakeHost {
-  secureContext: SecureContext | undefined;
-  requestClientCert: boolean;
+  tls: TlsAuth | undefined;
+  /** From accept to the transmission phase; a client slower than this is dropped. */
+  handshakeTimeoutMs: number;
   /** Called when the connection enters or leaves the transmission phase of an export. */
   attach(exp: NbdExport): void;
   detach(exp: NbdExport): void;
   log: Logger;
   buffers: BufferPool;
+}
+
+/** Node takes it on a server TLSSocket too, but its types only know it for tls.Server. */
+interface PskServerOption {
+  pskCallback(socket: TLSSocket, identity: string): Buffer | null;
 }
 
 const REQUEST_HEADER = 28;
@@ -79,6 +86,9 @@ export class Connection {
   private waitingForDrain = false;
   private optionDiscard = 0;
   private draining: (() => void) | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private pskIdentity: string | undefined;
+  private authenticating = false;
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
 
@@ -90,6 +100,16 @@ export class Connection {
     this.closed = new Promise((r) => (this.resolveClosed = r));
     socket.setNoDelay(true);
     this.listen(socket);
+    // A client that never finishes its handshake must not hold a socket (and its buffers) forever.
+    this.handshakeTimer = setTimeout(() => {
+      this.host.log.warn(
+        { remote: socket.remoteAddress, phase: this.phase, tls: this.st.tls },
+        `closing NBD connection: no handshake within ${this.host.handshakeTimeoutMs} ms`,
+      );
+      this.socket.destroy();
+      this.close();
+    }, this.host.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
     // Greeting: fixed newstyle, and we can drop the 124 zero bytes.
     const g = Buffer.allocUnsafe(18);
     g.writeBigUInt64BE(P.NBDMAGIC, 0);
@@ -128,6 +148,7 @@ export class Connection {
 
   private close(): void {
     if (this.phase === 'closed') return;
+    clearTimeout(this.handshakeTimer);
     const wasAttached = this.exp && (this.phase === 'transmission' || this.phase === 'closing');
     this.phase = 'closed';
     if (wasAttached) this.host.detach(this.exp!);
@@ -143,6 +164,7 @@ export class Connection {
   }
 
   private pump(): void {
+    if (this.authenticating) return;
     try {
       if (this.phase === 'client-flags' || this.phase === 'options') this.negotiate();
       if (this.phase === 'transmission') this.transmit();
@@ -203,6 +225,7 @@ export class Connection {
           this.startTls();
           return;
         case 'transmission':
+          clearTimeout(this.handshakeTimer);
           this.exp = out.export;
           this.host.attach(out.export);
           this.phase = 'transmission';
@@ -213,18 +236,39 @@ export class Connection {
 
   private startTls(): void {
     const plain = this.socket;
+    const auth = this.host.tls!;
     plain.removeAllListeners('data');
     plain.removeAllListeners('drain');
     plain.removeAllListeners('close');
     plain.removeAllListeners('error');
-    const secure = new TLSSocket(plain, {
+    const options: TLSSocketOptions & PskServerOption = {
       isServer: true,
-      secureContext: this.host.secureContext!,
-      requestCert: this.host.requestClientCert,
-      rejectUnauthorized: this.host.requestClientCert,
-    });
+      secureContext: auth.context,
+      requestCert: auth.requestCert,
+      // Verified in auth.check below: Node itself does not on an upgraded socket.
+      rejectUnauthorized: false,
+      pskCallback: (_socket, identity) => {
+        const key = auth.pskFor(identity);
+        if (key) this.pskIdentity = identity;
+        return key ?? null;
+      },
+    };
+    const secure = new TLSSocket(plain, options);
+    this.authenticating = true; // nothing is read before the client is known
     this.st.tls = true;
     this.socket = secure;
+    secure.once('secure', () => {
+      const r = auth.check(secure, this.pskIdentity);
+      if ('refused' in r) {
+        this.host.log.warn({ remote: plain.remoteAddress }, `closing NBD connection: ${r.refused}`);
+        secure.destroy();
+        this.close();
+        return;
+      }
+      this.host.log.debug({ remote: plain.remoteAddress, client: r.who }, 'NBD client authenticated');
+      this.authenticating = false;
+      this.pump();
+    });
     secure.on('error', (err) => {
       this.host.log.warn({ err: err.message }, 'TLS handshake or transport failed');
       this.close();

@@ -1,24 +1,23 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import { createSecureContext, type SecureContext } from 'node:tls';
 import { once } from 'node:events';
-import { readFileSync, rmSync } from 'node:fs';
+import { chmodSync, rmSync } from 'node:fs';
 import { conflict, invalidArgument, logger, type Logger } from '../../common/index.js';
 import { BufferPool } from './buffer-pool.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import type { NbdExport } from './handshake.js';
+import { TlsAuth, type NbdTlsOptions } from './tls-auth.js';
 
-export interface NbdTlsOptions {
-  /** PEM files. */
-  cert: string;
-  key: string;
-  /** CA to verify client certificates against; when given, clients must present one. */
-  ca?: string;
-}
+export type { NbdTlsOptions } from './tls-auth.js';
+
+/** A client that has not reached the transmission phase by then is dropped (slow-client bound). */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export interface NbdServerOptions {
   tls?: NbdTlsOptions;
   /** Refuse everything but STARTTLS before TLS (default: true whenever TLS is configured). */
   tlsOnly?: boolean;
+  /** Milliseconds from accept to the transmission phase, TLS included (default 10 s). */
+  handshakeTimeoutMs?: number;
   log?: Logger;
 }
 
@@ -38,24 +37,16 @@ export class NbdServer {
   private closing = false;
 
   constructor(opts: NbdServerOptions = {}) {
-    let secureContext: SecureContext | undefined;
-    if (opts.tls) {
-      try {
-        secureContext = createSecureContext({
-          cert: readFileSync(opts.tls.cert),
-          key: readFileSync(opts.tls.key),
-          ...(opts.tls.ca ? { ca: readFileSync(opts.tls.ca) } : {}),
-          minVersion: 'TLSv1.2',
-        });
-      } catch (err) {
-        throw invalidArgument(`TLS credentials cannot be loaded: ${(err as Error).message}`);
-      }
-    }
-    const tlsRequired = !!opts.tls && opts.tlsOnly !== false;
+    const tls = opts.tls ? new TlsAuth(opts.tls) : undefined;
+    const tlsRequired = !!tls && opts.tlsOnly !== false;
+    if (tls?.clientAuth && !tlsRequired)
+      throw invalidArgument('client authentication needs a TLS-only server (tlsOnly must not be false)');
+    const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    if (!(handshakeTimeoutMs > 0)) throw invalidArgument('the NBD handshake timeout must be more than 0');
     this.host = {
-      secureContext,
-      requestClientCert: !!opts.tls?.ca,
-      tlsConfigured: !!opts.tls,
+      tls,
+      handshakeTimeoutMs,
+      tlsConfigured: !!tls,
       tlsRequired,
       log: opts.log ?? logger('nbd-server'),
       buffers: new BufferPool(),
@@ -94,6 +85,8 @@ export class NbdServer {
       once(server, 'listening'),
       once(server, 'error').then(([e]) => Promise.reject(e as Error)),
     ]);
+    // Only its owner may connect to a unix socket (the directory should be private too).
+    if ('path' in address) chmodSync(address.path, 0o600);
     const bound: ListenAddress =
       'path' in address ? address : { host: address.host, port: (server.address() as { port: number }).port };
     this.servers.push({ server, address: bound });

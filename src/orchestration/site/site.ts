@@ -10,7 +10,7 @@ import {
   logger,
   writeFileAtomic,
 } from '../../common/index.js';
-import { NbdServer, connectNbd, type ListenAddress } from '../../nbd/index.js';
+import { DEFAULT_HANDSHAKE_TIMEOUT_MS, NbdServer, connectNbd, type ListenAddress } from '../../nbd/index.js';
 import type { BlockDevice, ThrottleLimits } from '../../block/index.js';
 import {
   StorageExports,
@@ -30,6 +30,7 @@ import { openDatabase, schemaVersion, type Db } from './database.js';
 import { EventLog } from './events.js';
 import { JobManager, type Job } from './jobs.js';
 import { TRANSPORTS, TransferSlots, chooseTransport, isTransport, type Transport } from './transports.js';
+import { makePrivate, sitePsk, type SitePsk } from './nbd-access.js';
 import { RecoveryService, type InstantRecoveryRequest, type RecoveryOptions } from './recovery.js';
 
 const log = logger('site');
@@ -38,10 +39,18 @@ export interface SiteOptions {
   dataDir: string;
   /** The site's name; fixed at the first start (default: this machine's host name). */
   name?: string;
-  /** TCP address for NBD clients outside the site ("none" for the unix socket only). */
+  /**
+   * TCP address for NBD clients outside the site ("none": the unix socket only; default
+   * 127.0.0.1:10809). TLS only, and every client authenticates: with the site's PSK
+   * (`DATA/nbd-tls/keys.psk`), or with a certificate signed by `nbdTls.ca`.
+   */
   nbdListen?: string;
-  /** A TLS-only NBD listener (the nbds transport), beside the plain one. */
-  nbdTls?: NbdTlsListener;
+  /** X.509 credentials of the TCP listener, beside the PSK. */
+  nbdTls?: NbdTlsCertificates;
+  /** A plain TCP listener that anyone who reaches it may read and write every volume through (explicit opt-in; warned about). */
+  nbdListenPlain?: string;
+  /** Milliseconds an NBD client has from connecting to the transmission phase (default 10 s). */
+  nbdHandshakeTimeoutMs?: number;
   /** Limits on reads from backup storage by VMs running from backups (default: none). */
   recoveryLimits?: ThrottleLimits;
   /** Warn when a VM runs from a backup longer than this (default 24 h). */
@@ -52,14 +61,11 @@ export interface SiteOptions {
   transports?: string[];
 }
 
-export interface NbdTlsListener {
-  listen: string;
-  /** PEM files: the server's certificate and key; `ca` makes clients present a certificate. */
+export interface NbdTlsCertificates {
+  /** PEM files: the listener's certificate and key; `ca` lets clients authenticate with a certificate it signed. */
   cert: string;
   key: string;
   ca?: string;
-  /** The CA the site's own backups verify the server with (default: the certificate itself). */
-  trust?: string;
 }
 
 export interface SiteInfo {
@@ -67,7 +73,18 @@ export interface SiteInfo {
   dataDir: string;
   version: string;
   schemaVersion: number;
-  nbd: { socket: string; tcp?: string; tls?: string };
+  nbd: {
+    /** The unix socket (QEMU of this site; only the site's user can reach it). */
+    socket: string;
+    /** The TLS listener: clients authenticate with the PSK, or a certificate signed by `clientCa`. */
+    tcp?: string;
+    pskFile: string;
+    pskIdentity: string;
+    clientCa?: string;
+    /** The unauthenticated plain listener, when the operator opted in. */
+    plain?: string;
+    handshakeTimeoutMs: number;
+  };
   /** Backup transports, in the order auto tries them. */
   transports: string[];
   maxTransfersPerHost: number;
@@ -95,8 +112,11 @@ export class Site {
   readonly jobs: JobManager;
   readonly compute: ComputeService;
   readonly startedAt = new Date().toISOString();
-  private nbdTcp: ListenAddress | undefined;
-  private nbds: { server: NbdServer; address: ListenAddress; trust: string } | undefined;
+  private nbdPlain: ListenAddress | undefined;
+  private nbds: { server: NbdServer; address: ListenAddress } | undefined;
+  private psk!: SitePsk;
+  private nbdClientCa: string | undefined;
+  private nbdHandshakeTimeoutMs = DEFAULT_HANDSHAKE_TIMEOUT_MS;
   readonly transfers: TransferSlots;
   readonly recovery: RecoveryService;
   private offered: Transport[] = [];
@@ -127,9 +147,12 @@ export class Site {
       if (!isTransport(t)) throw invalidArgument(`unknown transport ${t}: use ${TRANSPORTS.join(', ')}`);
     const dataDir = resolve(opts.dataDir);
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    // Volumes, keys and sockets live below it: no other user may even look in.
+    makePrivate(dataDir, 0o700, log);
     const storage = StorageService.open(dataDir); // takes the data directory's lock
     let db: Db | undefined;
-    const nbd = new NbdServer({ log: logger('site-nbd') });
+    const handshakeTimeoutMs = opts.nbdHandshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    const nbd = new NbdServer({ log: logger('site-nbd'), handshakeTimeoutMs });
     let nbds: NbdServer | undefined;
     try {
       db = openDatabase(join(dataDir, 'site.db'));
@@ -137,38 +160,54 @@ export class Site {
       if (storage.listPools().length === 0) storage.createPool('default');
       const exports = new StorageExports(storage, nbd);
       exports.refresh();
-      mkdirSync(join(dataDir, 'run'), { recursive: true, mode: 0o700 });
-      const socket = join(dataDir, 'run', 'nbd.sock');
+      const run = join(dataDir, 'run');
+      mkdirSync(run, { recursive: true, mode: 0o700 });
+      makePrivate(run, 0o700, log);
+      const socket = join(run, 'nbd.sock');
       const site = new Site(name, dataDir, storage, db, nbd, exports, socket, opts.maxTransfersPerHost ?? 4, {
         ...(opts.recoveryLimits ? { limits: opts.recoveryLimits } : {}),
         ...(opts.recoveryWarnAfterSeconds !== undefined
           ? { warnAfterSeconds: opts.recoveryWarnAfterSeconds }
           : {}),
       });
+      site.psk = sitePsk(dataDir, log);
+      site.nbdHandshakeTimeoutMs = handshakeTimeoutMs;
       // VMs running from backups get their backups back before any client can read their disks.
       await site.recovery.attachAll();
       exports.refresh(); // now with the volumes over those backups (unless a backup is out of reach)
       await nbd.listen({ path: socket });
       const nbdListen = opts.nbdListen ?? '127.0.0.1:10809';
-      if (nbdListen !== 'none') site.nbdTcp = await nbd.listen(parseHostPort(nbdListen));
-      if (opts.nbdTls) {
-        const { listen, cert, key, ca, trust } = opts.nbdTls;
-        nbds = new NbdServer({ log: logger('site-nbds'), tls: { cert, key, ...(ca ? { ca } : {}) } });
-        const address = await nbds.listen(parseHostPort(listen));
-        site.nbds = { server: nbds, address, trust: trust ?? cert };
+      if (nbdListen !== 'none') {
+        const x509 = opts.nbdTls;
+        nbds = new NbdServer({
+          log: logger('site-nbds'),
+          handshakeTimeoutMs,
+          tls: { psk: site.psk.file, ...(x509 ?? {}) },
+        });
+        const address = await nbds.listen(parseHostPort(nbdListen));
+        site.nbds = { server: nbds, address };
+        site.nbdClientCa = x509?.ca;
         exports.addServer(nbds);
+      } else if (opts.nbdTls)
+        throw invalidArgument('NBD TLS certificates need a TCP listener (--nbd-listen)');
+      if (opts.nbdListenPlain) {
+        site.nbdPlain = await nbd.listen(parseHostPort(opts.nbdListenPlain));
+        log.warn(
+          { site: name, address: opts.nbdListenPlain },
+          `NBD listener ${opts.nbdListenPlain} is plain TCP WITHOUT AUTHENTICATION: anyone who reaches it can read and write every volume of site ${name}`,
+        );
       }
       const possible: Transport[] = [
         'san',
         'hotadd',
         ...(site.nbds ? ['nbds' as const] : []),
-        ...(site.nbdTcp ? ['nbd' as const] : []),
+        ...(site.nbdPlain ? ['nbd' as const] : []),
       ];
       const wanted = (opts.transports as Transport[] | undefined) ?? possible;
       for (const t of wanted)
         if (!possible.includes(t))
           throw invalidArgument(
-            `transport ${t} cannot be offered: ${t === 'nbds' ? 'no TLS NBD listener' : 'no NBD TCP listener'} is configured`,
+            `transport ${t} cannot be offered: ${t === 'nbds' ? 'no NBD TCP listener (--nbd-listen is none)' : 'no plain NBD listener (--nbd-listen-plain)'} is configured`,
           );
       site.offered = wanted;
       site.recover();
@@ -206,10 +245,16 @@ export class Site {
       schemaVersion: schemaVersion(this.db),
       nbd: {
         socket: this.nbdSocket,
-        ...(this.nbdTcp && 'port' in this.nbdTcp ? { tcp: `${this.nbdTcp.host}:${this.nbdTcp.port}` } : {}),
         ...(this.nbds && 'port' in this.nbds.address
-          ? { tls: `${this.nbds.address.host}:${this.nbds.address.port}` }
+          ? { tcp: `${this.nbds.address.host}:${this.nbds.address.port}` }
           : {}),
+        pskFile: this.psk.file,
+        pskIdentity: this.psk.identity,
+        ...(this.nbdClientCa ? { clientCa: this.nbdClientCa } : {}),
+        ...(this.nbdPlain && 'port' in this.nbdPlain
+          ? { plain: `${this.nbdPlain.host}:${this.nbdPlain.port}` }
+          : {}),
+        handshakeTimeoutMs: this.nbdHandshakeTimeoutMs,
       },
       transports: this.transports(),
       maxTransfersPerHost: this.transfers.perHost,
@@ -558,11 +603,11 @@ export class Site {
     };
     if (transport === 'hotadd')
       return connectNbd(`nbd+unix:///${name}?socket=${this.nbdSocket}`, { connections: 2 });
-    if (transport === 'nbd') return connectNbd(`nbd://${tcp(this.nbdTcp)}/${name}`, { connections: 2 });
+    if (transport === 'nbd') return connectNbd(`nbd://${tcp(this.nbdPlain)}/${name}`, { connections: 2 });
     if (transport === 'nbds')
       return connectNbd(`nbds://${tcp(this.nbds?.address)}/${name}`, {
         connections: 2,
-        tls: { ca: readFileSync(this.nbds!.trust) },
+        tls: { psk: { identity: this.psk.identity, key: this.psk.key } },
       });
     throw invalidArgument(`transport ${transport} does not attach over NBD`);
   }
