@@ -123,6 +123,10 @@ export const exportVolumeBody = {
     image: { type: 'string', minLength: 1 },
     snapshot: name,
     format: { type: 'string', enum: ['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi'] },
+    force: {
+      type: 'boolean',
+      description: 'replace an existing file (or write over a block device); refused otherwise',
+    },
   },
 } as const;
 
