@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -210,27 +210,13 @@ export async function exportVolume(
     const addr = await server.listen({ path: join(dir, 'nbd.sock') });
     const uri = `nbd+unix:///vol?socket=${(addr as { path: string }).path}`;
     const started = performance.now();
-    await new Promise<void>((res, rej) => {
-      const p = spawn('qemu-img', ['convert', '-f', 'raw', '-O', format, uri, staged.tmp], {
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      let err = '';
-      p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      p.on('exit', (code) =>
-        code === 0 ? res() : rej(new HavenError('IO', `qemu-img convert failed: ${err.trim()}`)),
-      );
-    });
-    try {
-      execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', format, uri, staged.tmp], {
-        stdio: 'pipe',
-      });
-    } catch (err) {
-      const msg = (err as { stderr?: Buffer }).stderr?.toString().trim();
-      throw new HavenError(
-        'CORRUPT',
-        `verification failed: ${out} (${format}) differs from ${opts.source}${msg ? `: ${msg}` : ''}`,
-      );
-    }
+    // Both run beside our event loop, which serves them the volume.
+    await qemuImg(['convert', '-f', 'raw', '-O', format, uri, staged.tmp], 'qemu-img convert failed', 'IO');
+    await qemuImg(
+      ['compare', '-q', '-f', 'raw', '-F', format, uri, staged.tmp],
+      `verification failed: ${out} (${format}) differs from ${opts.source}`,
+      'CORRUPT',
+    );
     const seconds = (performance.now() - started) / 1000;
     ok = true;
     return {
@@ -251,6 +237,18 @@ export async function exportVolume(
     if (ok) staged.commit();
     else staged.abort();
   }
+}
+
+function qemuImg(args: string[], what: string, code: 'IO' | 'CORRUPT'): Promise<void> {
+  return new Promise<void>((res, rej) => {
+    const p = spawn('qemu-img', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    p.on('error', (e) => rej(new HavenError('IO', `${what}: ${e.message}`)));
+    p.on('exit', (c) =>
+      c === 0 ? res() : rej(new HavenError(code, `${what}${err.trim() ? `: ${err.trim()}` : ''}`)),
+    );
+  });
 }
 
 function copyOptions(o: Pick<CopyOptions, 'signal' | 'onProgress'>): CopyOptions {
