@@ -208,7 +208,7 @@ test(
 );
 
 test(
-  'nbd copy and volume export (offline and through the API) refuse to overwrite a file without --force',
+  'nbd copy and offline volume export refuse to overwrite a file without --force, and never write over a directory',
   { timeout: 180_000 },
   async (t) => {
     const dir = tempDir();
@@ -256,7 +256,7 @@ test(
 );
 
 test(
-  'the site API: volume export refuses an existing file without force (409), replaces it with force',
+  'through the site daemon: volume export refuses an existing file without --force, replaces it with it',
   { timeout: 180_000 },
   async (t) => {
     const s = await site(t);
