@@ -228,6 +228,13 @@ test(
     assert.match(await cli('nbd', 'copy', src, dir.path, '--force'), /is a directory/);
     assert.equal(await cli('nbd', 'copy', src, victim, '--force'), '');
     assert.equal(sha(victim), sha(src));
+    // A server's --socket path removes only a stale socket, never a file.
+    writeFileSync(victim, 'a host file\n');
+    assert.match(
+      await cli('nbd', 'serve', src, '--socket', victim),
+      /precious.txt exists and is not a socket/,
+    );
+    assert.equal(readFileSync(victim, 'utf8'), 'a host file\n');
 
     // Offline volume export, raw and qcow2.
     const data = join(dir.path, 'data');
@@ -235,7 +242,6 @@ test(
       s.createPool('default', { path: join(dir.path, 'pool') });
       s.createVolume('v', 4 * MiB, 'default');
     });
-    writeFileSync(victim, 'a host file\n');
     for (const format of ['raw', 'qcow2'])
       await withStorage(data, async (s) => {
         await assert.rejects(
