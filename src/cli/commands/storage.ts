@@ -278,7 +278,10 @@ export function registerVolume(program: Command): void {
     .argument('<image>', "an image file (on the site's host)")
     .requiredOption('--name <name>', 'name of the new volume')
     .option('--pool <pool>', 'pool to create it in', 'default')
-    .option('--format <format>', 'image format (default: detected)')
+    .option(
+      '--format <format>',
+      'image format (default: probed, and an image naming other files, e.g. a backing file, is refused)',
+    )
     .option('--no-wait', 'return once the job has started')
     .option('--json', 'print JSON')
     .action(
