@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { statSync, type Stats } from 'node:fs';
 import { resolve } from 'node:path';
 import { HavenError, invalidArgument, notFound } from '../common/index.js';
@@ -42,14 +42,14 @@ export interface InspectedImage extends ImageInfo {
  * and an image that `qemu-img check` finds corrupt (truncated, damaged metadata — it would read
  * as zeroes) is refused, naming what is wrong.
  */
-export function inspectImage(path: string, format?: string): InspectedImage {
+export async function inspectImage(path: string, format?: string): Promise<InspectedImage> {
   const file = resolve(path);
   checkReadable(file);
   if (format !== undefined && !IMAGE_FORMATS.has(format))
     throw invalidArgument(
       `image format "${format}" is not one Haven reads (${[...IMAGE_FORMATS].join(', ')})`,
     );
-  const info = qemuImgJson<QemuImgInfo>(
+  const info = await qemuImgJson<QemuImgInfo>(
     ['info', '--output=json', '-U', ...(format ? ['-f', format] : [])],
     file,
   );
@@ -65,15 +65,15 @@ export function inspectImage(path: string, format?: string): InspectedImage {
         `image ${file} was probed as ${fmt}, and its header names ${named.join(', ')}. Haven does not follow files named inside an image whose format it had to guess: a guest can write such a header into a raw disk to read host files. Give --format raw to read ${file} as it is, or --format ${fmt} if you trust that header`,
       );
   }
-  if (fmt !== 'raw') checkImage(file, fmt);
+  if (fmt !== 'raw') await checkImage(file, fmt);
   return { path: file, format: fmt, virtualSize: info['virtual-size'], probed: format === undefined };
 }
 
 /** The format and virtual size qemu-img sees (probed unless `format` is given; files named inside are not opened). */
-export function imageInfo(path: string, format?: string): ImageInfo {
+export async function imageInfo(path: string, format?: string): Promise<ImageInfo> {
   const file = resolve(path);
   checkReadable(file);
-  const j = qemuImgJson<QemuImgInfo>(
+  const j = await qemuImgJson<QemuImgInfo>(
     ['info', '--output=json', '-U', ...(format ? ['-f', format] : [])],
     file,
   );
@@ -110,12 +110,8 @@ function namedFiles(info: QemuImgInfo, self: string): string[] {
 }
 
 /** `qemu-img check`: corruptions and check errors fail; leaked clusters (harmless) do not. */
-function checkImage(file: string, format: string): void {
-  const r = spawnSync('qemu-img', ['check', '--output=json', '-U', '-f', format, file], {
-    encoding: 'utf8',
-    timeout: QEMU_IMG_TIMEOUT_MS,
-    maxBuffer: 64 * 1024 * 1024,
-  });
+async function checkImage(file: string, format: string): Promise<void> {
+  const r = await qemuImg(['check', '--output=json', '-U', '-f', format, file]);
   // 0: clean; 3: leaks only; 63: the format has no check.
   if (r.status === 0 || r.status === 3 || r.status === 63) return;
   let j: QemuImgCheck = {};
@@ -125,7 +121,7 @@ function checkImage(file: string, format: string): void {
     // no report: say what qemu-img said
   }
   const first = r.stderr
-    ?.split('\n')
+    .split('\n')
     .find((l) => l.trim())
     ?.trim();
   const what =
@@ -145,17 +141,45 @@ function checkImage(file: string, format: string): void {
   );
 }
 
-function qemuImgJson<T>(args: string[], file: string): T {
-  const r = spawnSync('qemu-img', [...args, file], {
-    encoding: 'utf8',
-    timeout: QEMU_IMG_TIMEOUT_MS,
-    maxBuffer: 64 * 1024 * 1024,
-  });
+async function qemuImgJson<T>(args: string[], file: string): Promise<T> {
+  const r = await qemuImg([...args, file]);
   if (r.status !== 0) {
-    const msg = r.stderr?.trim() || r.error?.message || `exit status ${r.status ?? r.signal}`;
+    const msg = r.stderr.trim() || r.error?.message || `exit status ${r.status ?? r.signal}`;
     throw invalidArgument(`cannot read image ${file}: ${msg}`);
   }
   return JSON.parse(r.stdout) as T;
+}
+
+interface Ran {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  error?: Error;
+}
+
+/**
+ * Runs qemu-img beside the event loop (a site daemon serves VM disks meanwhile; a check of a large
+ * image takes seconds), killed after QEMU_IMG_TIMEOUT_MS.
+ */
+function qemuImg(args: string[]): Promise<Ran> {
+  return new Promise((done) => {
+    const p = spawn('qemu-img', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let error: Error | undefined;
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      error = new Error(`qemu-img ${args[0]} gave no answer in ${QEMU_IMG_TIMEOUT_MS / 1000} s`);
+      p.kill('SIGKILL');
+    }, QEMU_IMG_TIMEOUT_MS);
+    p.on('error', (e) => (error = e));
+    p.on('close', (status, signal) => {
+      clearTimeout(timer);
+      done({ status, signal, stdout, stderr, ...(error ? { error } : {}) });
+    });
+  });
 }
 
 /** Only regular files and block devices: opening a FIFO waits for a writer for ever. */

@@ -121,7 +121,7 @@ export async function importVolume(
   >,
 ): Promise<{ volume: VolumeInfo; copy: CopyResult }> {
   const copyOpts = copyOptions(opts);
-  const info = inspectImage(opts.image, opts.format);
+  const info = await inspectImage(opts.image, opts.format);
   const path = info.path;
   const format = info.format;
   const size = Math.ceil(info.virtualSize / 512) * 512;

@@ -32,7 +32,7 @@ export const BACKUP_BITMAP = 'haven-backup';
  * inspectImage: the content may be a guest's); a damaged image or a FIFO is refused too.
  */
 export async function openImageSource(path: string, format?: string): Promise<OpenedSource> {
-  const image = inspectImage(path, format);
+  const image = await inspectImage(path, format);
   const file = image.path;
   const fmt = image.format;
   if (fmt === 'raw') {
