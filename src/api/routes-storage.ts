@@ -114,13 +114,16 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       },
     },
     async (req, reply) => {
-      const b = req.body as { image: string; snapshot?: string; format?: string };
+      const b = req.body as { image: string; snapshot?: string; format?: string; force?: boolean };
       const source = b.snapshot ? `${(req.params as Name).name}@${b.snapshot}` : (req.params as Name).name;
-      return reply
-        .code(202)
-        .send(
-          site.exportVolume(req.actor, { source, image: b.image, ...(b.format ? { format: b.format } : {}) }),
-        );
+      return reply.code(202).send(
+        site.exportVolume(req.actor, {
+          source,
+          image: b.image,
+          ...(b.format ? { format: b.format } : {}),
+          ...(b.force ? { force: true } : {}),
+        }),
+      );
     },
   );
 

@@ -111,7 +111,12 @@ export const importVolumeBody = {
     name,
     image: { type: 'string', minLength: 1, description: "an image file on the site's host" },
     pool: name,
-    format: { type: 'string', enum: ['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi'] },
+    format: {
+      type: 'string',
+      enum: ['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi'],
+      description:
+        'what the file is (default: probed from its content, and an image naming other files, such as a backing file, is refused)',
+    },
   },
 } as const;
 
@@ -123,6 +128,10 @@ export const exportVolumeBody = {
     image: { type: 'string', minLength: 1 },
     snapshot: name,
     format: { type: 'string', enum: ['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi'] },
+    force: {
+      type: 'boolean',
+      description: 'replace an existing file (or write over a block device); refused otherwise',
+    },
   },
 } as const;
 

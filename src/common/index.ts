@@ -4,3 +4,4 @@ export * from './maybe.js';
 export * from './atomic-file.js';
 export * from './dir-lock.js';
 export { defaultDataDir } from './paths.js';
+export * from './staged-file.js';

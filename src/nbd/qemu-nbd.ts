@@ -1,17 +1,23 @@
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HavenError } from '../common/index.js';
 import { connectNbd } from './client/index.js';
-
-export const IMAGE_FORMATS = new Set(['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi']);
+import { BACKING_FORMATS, IMAGE_FORMATS } from './image-file.js';
 
 /**
  * Serves an image of any format qemu reads (qcow2, vmdk, vhdx, …) read-only through qemu-nbd on
  * a private unix socket, for Haven's NBD client; `stop` ends qemu-nbd and removes the socket.
+ * The format is always given (qemu-nbd never probes). With `noBacking` (an image whose format
+ * was probed, see inspectImage) its backing file is disabled, so that a header written after it
+ * was inspected still cannot make qemu read another file.
  */
-export async function startQemuNbd(path: string, format: string): Promise<{ uri: string; stop: () => void }> {
+export async function startQemuNbd(
+  path: string,
+  format: string,
+  opts: { noBacking?: boolean } = {},
+): Promise<{ uri: string; stop: () => void }> {
   if (!IMAGE_FORMATS.has(format))
     throw new HavenError(
       'INVALID_ARGUMENT',
@@ -19,13 +25,20 @@ export async function startQemuNbd(path: string, format: string): Promise<{ uri:
     );
   const dir = mkdtempSync(join(tmpdir(), 'haven-qemu-nbd-'));
   const sock = join(dir, 'nbd.sock');
-  const child = spawn(
-    'qemu-nbd',
-    ['-r', '-f', format, '--shared=8', '-x', 'img', `--socket=${sock}`, '-t', path],
-    {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
+  const image =
+    opts.noBacking && BACKING_FORMATS.has(format)
+      ? [
+          'json:' +
+            JSON.stringify({
+              driver: format,
+              backing: null,
+              file: { driver: statSync(path).isBlockDevice() ? 'host_device' : 'file', filename: path },
+            }),
+        ]
+      : ['-f', format, path];
+  const child = spawn('qemu-nbd', ['-r', '--shared=8', '-x', 'img', `--socket=${sock}`, '-t', ...image], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const stop = () => {
@@ -50,24 +63,4 @@ export async function startQemuNbd(path: string, format: string): Promise<{ uri:
       await new Promise((r) => setTimeout(r, 50));
     }
   }
-}
-
-export interface ImageInfo {
-  format: string;
-  virtualSize: number;
-}
-
-export function imageInfo(path: string): ImageInfo {
-  let out: string;
-  try {
-    out = execFileSync('qemu-img', ['info', '--output=json', path], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-  } catch (err) {
-    const msg = (err as { stderr?: string }).stderr?.trim() || (err as Error).message;
-    throw new HavenError('INVALID_ARGUMENT', `cannot read image ${path}: ${msg}`);
-  }
-  const j = JSON.parse(out) as { format: string; 'virtual-size': number };
-  return { format: j.format, virtualSize: j['virtual-size'] };
 }

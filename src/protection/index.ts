@@ -8,7 +8,7 @@ export {
   type Range,
 } from './backup/engine.js';
 export type { ChunkPool } from './backup/chunk-pool.js';
-export { restore, type RestoreOptions, type RestoreResult } from './backup/restore.js';
+export { checkRestorable, restore, type RestoreOptions, type RestoreResult } from './backup/restore.js';
 export {
   openImageSource,
   openNbdSource,

@@ -114,10 +114,15 @@ test('haven nbd copy: nbd → nbd (qemu-nbd → nbdkit), over old content', asyn
   assert.equal(sha(b), sha(source));
 });
 
-test('haven nbd copy onto an existing larger file replaces it', async () => {
+test('haven nbd copy onto an existing larger file: refused without --force, replaced with it', async () => {
   const f = join(tmp.path, 'existing.raw');
   writeFileSync(f, Buffer.alloc(SIZE + MiB, 0x77));
-  await ok('nbd', 'copy', source, f, '--progress');
+  const kept = sha(f);
+  const refused = await haven('nbd', 'copy', source, f);
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /exists; give --force to overwrite it/);
+  assert.equal(sha(f), kept);
+  await ok('nbd', 'copy', source, f, '--progress', '--force');
   assert.equal(statSync(f).size, SIZE);
   assert.equal(sha(f), sha(source));
 });

@@ -262,6 +262,10 @@ export function registerBackup(program: Command): void {
       '--bitmap <name>',
       'NBD sources: read only what this dirty bitmap marks (changes since the newest snapshot of the source)',
     )
+    .option(
+      '--format <format>',
+      'image files: their format (raw, qcow2, vmdk, vhdx, vpc, vdi); default: probed, and an image naming other files (a backing file) is refused',
+    )
     .option('--tag <tag>', 'a tag (repeat)', (v: string, all: string[] = []) => [...all, v])
     .option('--full', 'read the whole source (a full backup), even where an incremental is possible')
     .option(
@@ -324,6 +328,7 @@ export function registerBackup(program: Command): void {
         source,
         ...(o.data ? { data: o.data } : {}),
         ...(o.bitmap ? { bitmap: o.bitmap } : {}),
+        ...(o.format ? { format: o.format } : {}),
         ...(o.tag ? { tags: o.tag } : {}),
         ...(o.full ? { full: true } : {}),
         ...(onProgress ? { onProgress } : {}),
@@ -345,7 +350,7 @@ export function registerBackup(program: Command): void {
     .option('--disk <n>', "which of the snapshot's disks", '0')
     .option('--data <dir>', "the site's data directory, for volume:NAME offline")
     .option('--pool <pool>', 'pool of a new volume', 'default')
-    .option('--force', 'overwrite an existing image file')
+    .option('--force', 'replace an existing image file (or write over a block device)')
     .option(
       '--rollback',
       'quick rollback: put the existing volume:NAME back to this (its newest) backup, rewriting only what changed since',
@@ -422,6 +427,7 @@ type BackupOpts = RepoOpts &
   ApiOpts & {
     data?: string;
     bitmap?: string;
+    format?: string;
     tag?: string[];
     transport?: string;
     preFreezeHook?: string;

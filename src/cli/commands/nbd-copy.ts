@@ -12,7 +12,8 @@ export function registerNbdCopy(nbd: Command): void {
       .command('copy')
       .description('copy a disk between files and NBD exports (sparse-aware, parallel, verified)')
       .argument('<src>', 'a file or an NBD URI')
-      .argument('<dst>', "a file (created or replaced), an NBD URI, or 'null:' to discard")
+      .argument('<dst>', "a new file (appears only complete and verified), an NBD URI, or 'null:' to discard")
+      .option('--force', 'replace an existing file (or write over a block device)')
       .option('--json', 'print JSON')
       .option('--progress', 'show progress on stderr')
       .option('--no-verify', 'skip reading the destination back to compare hashes')
@@ -27,6 +28,7 @@ export function registerNbdCopy(nbd: Command): void {
         json?: boolean;
         progress?: boolean;
         verify: boolean;
+        force?: boolean;
         connections: string;
         requests: string;
         chunkSize: string;
@@ -56,6 +58,7 @@ export function registerNbdCopy(nbd: Command): void {
       const r = await nbdCopy(src, dst, {
         tls: await readTls(o),
         verify: o.verify,
+        ...(o.force ? { force: true } : {}),
         connections: int('connections', o.connections),
         requests: int('requests', o.requests),
         chunkSize: int('chunk-size', o.chunkSize),

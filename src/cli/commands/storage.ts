@@ -278,7 +278,10 @@ export function registerVolume(program: Command): void {
     .argument('<image>', "an image file (on the site's host)")
     .requiredOption('--name <name>', 'name of the new volume')
     .option('--pool <pool>', 'pool to create it in', 'default')
-    .option('--format <format>', 'image format (default: detected)')
+    .option(
+      '--format <format>',
+      'image format (default: probed, and an image naming other files, e.g. a backing file, is refused)',
+    )
     .option('--no-wait', 'return once the job has started')
     .option('--json', 'print JSON')
     .action(
@@ -315,27 +318,40 @@ export function registerVolume(program: Command): void {
     .argument('<source>', 'volume or volume@snapshot')
     .argument('<image>', 'image file to write')
     .option('--format <format>', 'image format', 'raw')
+    .option('--force', 'replace an existing file (or write over a block device)')
     .option('--no-wait', 'return once the job has started')
     .option('--json', 'print JSON')
-    .action((source: string, image: string, o: DataOpts & ApiOpts & { format: string; wait: boolean }) => {
-      const out = resolve(image);
-      if (o.data)
-        return withStorage(o.data, async (s) => {
-          const r = await exportVolume(s, { source, image: out, format: o.format });
-          printResult(!!o.json, r, () => `exported ${source} to ${image} (${o.format}), verified`);
-        });
-      const [vol, snap] = source.includes('@') ? splitSnapshot(source) : [source, undefined];
-      return runJob(
-        o,
-        () =>
-          connect(o).post<Job>(`/volumes/${enc(vol)}/export`, {
-            image: out,
-            format: o.format,
-            ...(snap ? { snapshot: snap } : {}),
-          }),
-        () => `exported ${source} to ${image} (${o.format}), verified`,
-      );
-    });
+    .action(
+      (
+        source: string,
+        image: string,
+        o: DataOpts & ApiOpts & { format: string; force?: boolean; wait: boolean },
+      ) => {
+        const out = resolve(image);
+        if (o.data)
+          return withStorage(o.data, async (s) => {
+            const r = await exportVolume(s, {
+              source,
+              image: out,
+              format: o.format,
+              ...(o.force ? { force: true } : {}),
+            });
+            printResult(!!o.json, r, () => `exported ${source} to ${image} (${o.format}), verified`);
+          });
+        const [vol, snap] = source.includes('@') ? splitSnapshot(source) : [source, undefined];
+        return runJob(
+          o,
+          () =>
+            connect(o).post<Job>(`/volumes/${enc(vol)}/export`, {
+              image: out,
+              format: o.format,
+              ...(snap ? { snapshot: snap } : {}),
+              ...(o.force ? { force: true } : {}),
+            }),
+          () => `exported ${source} to ${image} (${o.format}), verified`,
+        );
+      },
+    );
 }
 
 /** `haven snapshot …` */

@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { once } from 'node:events';
-import { chmodSync, rmSync } from 'node:fs';
+import { chmodSync, lstatSync, rmSync } from 'node:fs';
 import { conflict, invalidArgument, logger, type Logger } from '../../common/index.js';
 import { BufferPool } from './buffer-pool.js';
 import { Connection, type ConnectionHost } from './connection.js';
@@ -78,7 +78,7 @@ export class NbdServer {
   async listen(address: ListenAddress): Promise<ListenAddress> {
     const server = createServer((socket) => this.accept(socket));
     if ('path' in address) {
-      rmSync(address.path, { force: true });
+      removeStaleSocket(address.path);
       server.listen(address.path);
     } else server.listen(address.port, address.host);
     await Promise.race([
@@ -99,7 +99,7 @@ export class NbdServer {
     this.closing = true;
     for (const { server } of this.servers) server.close();
     await Promise.all([...this.connections].map((c) => c.shutdown()));
-    for (const { address } of this.servers) if ('path' in address) rmSync(address.path, { force: true });
+    for (const { address } of this.servers) if ('path' in address) removeStaleSocket(address.path, false);
   }
 
   private accept(socket: Socket): void {
@@ -108,4 +108,20 @@ export class NbdServer {
     this.connections.add(conn);
     void conn.closed.then(() => this.connections.delete(conn));
   }
+}
+
+/**
+ * Removes a socket left by an earlier server at `path`; anything else there is refused, never
+ * deleted (a mistyped --socket must not cost a file).
+ */
+function removeStaleSocket(path: string, refuseOthers = true): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return; // nothing there
+  }
+  if (st.isSocket()) rmSync(path, { force: true });
+  else if (refuseOthers)
+    throw conflict(`${path} exists and is not a socket: give a free path for the socket`);
 }

@@ -8,9 +8,16 @@ import {
   errorMessage,
   invalidArgument,
   logger,
+  outputTarget,
   writeFileAtomic,
 } from '../../common/index.js';
-import { DEFAULT_HANDSHAKE_TIMEOUT_MS, NbdServer, connectNbd, type ListenAddress } from '../../nbd/index.js';
+import {
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  NbdServer,
+  checkReadable,
+  connectNbd,
+  type ListenAddress,
+} from '../../nbd/index.js';
 import type { BlockDevice, ThrottleLimits } from '../../block/index.js';
 import {
   StorageExports,
@@ -383,6 +390,7 @@ export class Site {
     if (this.storage.listVolumes().some((v) => v.name === opts.name))
       throw conflict(`volume ${opts.name} already exists`);
     if (!existsSync(opts.image)) throw invalidArgument(`image ${opts.image} does not exist on this site`);
+    checkReadable(opts.image); // a FIFO or a directory is refused now, not by the job
     const pool = opts.pool ?? 'default';
     this.storage.pool(pool);
     return this.jobs.start({ kind: 'volume.import', target: opts.name, actor }, async (ctx) => {
@@ -406,8 +414,13 @@ export class Site {
     });
   }
 
-  /** Exports a volume or "volume@snapshot" to an image file on this host, as a job. */
-  exportVolume(actor: Actor, opts: { source: string; image: string; format?: string }): Job {
+  /**
+   * Exports a volume or "volume@snapshot" to an image file on this host, as a job. An existing
+   * file is replaced only with `force` (the daemon runs as root: a mistyped path must not cost a
+   * host file); that is checked now, so the request fails rather than its job.
+   */
+  exportVolume(actor: Actor, opts: { source: string; image: string; format?: string; force?: boolean }): Job {
+    outputTarget(resolve(opts.image), opts.force);
     this.storage.volume(opts.source.split('@')[0]!);
     return this.jobs.start({ kind: 'volume.export', target: opts.source, actor }, async (ctx) => {
       const r = await exportVolume(this.storage, {

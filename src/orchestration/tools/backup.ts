@@ -1,8 +1,8 @@
-import { existsSync, openSync, closeSync, ftruncateSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { OverlayDevice, openRawFile, type BlockDevice } from '../../block/index.js';
-import { conflict, invalidArgument } from '../../common/index.js';
+import { invalidArgument, outputTarget, stageFile } from '../../common/index.js';
 import { connectNbd } from '../../nbd/index.js';
 import {
   backup,
@@ -50,6 +50,8 @@ export interface BackupRequest extends RepoAccess {
   data?: string;
   /** For NBD sources: the dirty bitmap to read changes from, relative to the newest snapshot of this source. */
   bitmap?: string;
+  /** For image files: their format, as the operator knows it (default: probed; see inspectImage). */
+  format?: string;
   tags?: string[];
   /** Read the whole source, even where an incremental would be possible. */
   full?: boolean;
@@ -76,6 +78,8 @@ async function backupOpened(
 ): Promise<SnapshotManifest> {
   const s = classifySource(req.source);
   const run = (src: OpenedSource) => runBackup(repo, src, { ...req, pool });
+  if (req.format !== undefined && s.kind !== 'image')
+    throw invalidArgument('--format names the format of an image file; other sources are read as they are');
   if (s.kind === 'volume')
     return withStorage(req.data, async (storage) =>
       run(await openVolumeSource(storage, repo, s.value, undefined, undefined, { full: !!req.full })),
@@ -105,7 +109,7 @@ async function backupOpened(
   }
   if (req.bitmap)
     throw invalidArgument('--bitmap works with NBD sources; image files are read in full (deduplicated)');
-  return run(await openImageSource(s.value));
+  return run(await openImageSource(s.value, req.format));
 }
 
 /** Runs the engine on an opened source and ends the source (commit or roll back its epoch). */
@@ -142,7 +146,7 @@ export interface RestoreRequest extends RepoAccess {
   disk?: number;
   data?: string;
   pool?: string;
-  /** Overwrite an existing image file. */
+  /** Overwrite an existing image file or block device. */
   force?: boolean;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
@@ -176,22 +180,39 @@ export async function restoreSnapshot(req: RestoreRequest): Promise<RestoreResul
     throw invalidArgument(
       'restore to a QEMU VM through QMP is not supported: restore to a file or an NBD export',
     );
-  let target: BlockDevice;
-  let fresh = false;
-  if (t.kind === 'nbd') target = await connectNbd(t.value, { connections: 4 });
-  else {
-    const path = resolve(t.value);
-    if (existsSync(path) && !req.force) throw conflict(`${path} exists; give --force to overwrite it`);
-    const fd = openSync(path, 'w', 0o600);
-    ftruncateSync(fd, disk.size);
-    closeSync(fd);
-    target = openRawFile(path, { writeBehind: true });
-    fresh = true;
+  if (t.kind === 'nbd') {
+    // Written in place: restore() checks the snapshot before its first write.
+    const target = await connectNbd(t.value, { connections: 4 });
+    try {
+      return await restore(repo, snap, diskNo, target, opts);
+    } finally {
+      await target.close();
+    }
   }
+  const out = outputTarget(resolve(t.value), req.force);
+  if (out.kind === 'block') {
+    const target = openRawFile(out.path, { writeBehind: true });
+    try {
+      return await restore(repo, snap, diskNo, target, opts);
+    } finally {
+      await target.close();
+    }
+  }
+  // A file is restored under a temporary name and renamed over the target only when complete.
+  const staged = stageFile(out.path, disk.size);
   try {
-    return await restore(repo, snap, diskNo, target, { ...opts, fresh });
-  } finally {
-    await target.close();
+    const target = openRawFile(staged.tmp, { writeBehind: true });
+    let r: RestoreResult;
+    try {
+      r = await restore(repo, snap, diskNo, target, { ...opts, fresh: true });
+    } finally {
+      await target.close();
+    }
+    staged.commit();
+    return r;
+  } catch (err) {
+    staged.abort();
+    throw err;
   }
 }
 

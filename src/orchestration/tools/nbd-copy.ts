@@ -123,16 +123,21 @@ async function* chunks(src: BlockDevice, chunkSize: number, signal?: AbortSignal
 export async function nbdCopy(
   source: string,
   destination: string,
-  opts: CopyOptions = {},
+  opts: CopyOptions & { force?: boolean } = {},
 ): Promise<CopyResult> {
   const ep = { tls: opts.tls, connections: opts.connections ?? 4 };
   const src = await openSource(source, ep);
   let dst: Endpoint | undefined;
+  let ok = false;
   try {
-    dst = await openDestination(destination, src.device.size, ep);
-    return await copyDevice(src, dst, opts);
+    dst = await openDestination(destination, src.device.size, { ...ep, force: opts.force });
+    const r = await copyDevice(src, dst, opts);
+    ok = true;
+    return r;
   } finally {
     await Promise.allSettled([awaitMaybe(src.device.close()), dst && awaitMaybe(dst.device.close())]);
+    // A file destination appears only complete and verified.
+    dst?.finish?.(ok);
   }
 }
 

@@ -1,5 +1,5 @@
-import { existsSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { HavenError, fromSystemError, invalidArgument, outOfRange } from '../../common/index.js';
+import { resolve } from 'node:path';
+import { HavenError, invalidArgument, outOfRange, outputTarget, stageFile } from '../../common/index.js';
 import {
   DEFAULT_BLOCK_SIZES,
   openRawFile,
@@ -7,7 +7,7 @@ import {
   type BlockSizes,
   type Extent,
 } from '../../block/index.js';
-import { connectNbd, isNbdUri, type TlsCredentials } from '../../nbd/index.js';
+import { checkReadable, connectNbd, isNbdUri, type TlsCredentials } from '../../nbd/index.js';
 
 /**
  * The ends of `haven nbd copy` and `haven nbd info`: an NBD URI, a local file (raw) or `null:`
@@ -20,6 +20,11 @@ export interface EndpointOptions {
   connections?: number;
 }
 
+export interface DestinationOptions extends EndpointOptions {
+  /** Replace an existing file, or write over an existing block device (refused otherwise). */
+  force?: boolean;
+}
+
 export interface Endpoint {
   device: BlockDevice;
   /** What the user named it. */
@@ -27,6 +32,11 @@ export interface Endpoint {
   kind: 'nbd' | 'file' | 'null';
   /** Reads as zeroes everywhere (a file created or truncated by us): zero ranges need no writes. */
   fresh: boolean;
+  /**
+   * After the copy, once `device` is closed: a new file is renamed into place when `ok` (it was
+   * written under a temporary name), or removed. Absent for ends that are written in place.
+   */
+  finish?(ok: boolean): void;
 }
 
 export async function openSource(spec: string, opts: EndpointOptions = {}): Promise<Endpoint> {
@@ -38,17 +48,19 @@ export async function openSource(spec: string, opts: EndpointOptions = {}): Prom
       kind: 'nbd',
       fresh: false,
     };
+  checkReadable(resolve(spec)); // a FIFO would block the open for ever
   return { device: openRawFile(spec, { readOnly: true }), name: spec, kind: 'file', fresh: false };
 }
 
 /**
- * Opens the destination for `size` bytes. A regular file is created, or emptied and sized (so it
- * is fresh and sparse); an NBD export must be at least `size` bytes.
+ * Opens the destination for `size` bytes. A file is written under a temporary name beside it and
+ * put in place by `finish(true)` (an existing one is replaced only with `force`); an existing
+ * block device (with `force`) and an NBD export are written in place and must hold `size` bytes.
  */
 export async function openDestination(
   spec: string,
   size: number,
-  opts: EndpointOptions = {},
+  opts: DestinationOptions = {},
 ): Promise<Endpoint> {
   if (spec === 'null:') return { device: new NullDevice(size), name: spec, kind: 'null', fresh: true };
   if (isNbdUri(spec)) {
@@ -63,22 +75,31 @@ export async function openDestination(
     }
     return { device, name: spec, kind: 'nbd', fresh: false };
   }
-  // A regular file is emptied and sized, so it is fresh (reads as zeroes) and sparse.
-  try {
-    if (!existsSync(spec) || statSync(spec).isFile()) {
-      writeFileSync(spec, '');
-      truncateSync(spec, size);
+  const out = outputTarget(resolve(spec), opts.force);
+  if (out.kind === 'block') {
+    const device = openRawFile(out.path);
+    if (device.size < size) {
+      device.close();
+      throw outOfRange(`destination ${spec} holds ${device.size} bytes, less than the source's ${size}`);
     }
-  } catch (e) {
-    throw fromSystemError(e, `cannot create ${spec}`);
+    return { device, name: spec, kind: 'file', fresh: false };
   }
-  const device = openRawFile(spec);
-  const fresh = statSync(spec).isFile();
-  if (device.size < size) {
-    device.close();
-    throw outOfRange(`destination ${spec} holds ${device.size} bytes, less than the source's ${size}`);
+  // A new file is fresh (reads as zeroes) and sparse.
+  const staged = stageFile(out.path, size);
+  let device: BlockDevice;
+  try {
+    device = openRawFile(staged.tmp);
+  } catch (err) {
+    staged.abort();
+    throw err;
   }
-  return { device, name: spec, kind: 'file', fresh };
+  return {
+    device,
+    name: spec,
+    kind: 'file',
+    fresh: true,
+    finish: (ok) => (ok ? staged.commit() : staged.abort()),
+  };
 }
 
 /** A destination that drops everything (`null:`), for measuring a source. */

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { openRawFile, type BlockDevice } from '../../block/index.js';
 import { invalidArgument, logger } from '../../common/index.js';
-import { NbdServer, type ListenAddress, type NbdTlsOptions } from '../../nbd/index.js';
+import { NbdServer, checkReadable, type ListenAddress, type NbdTlsOptions } from '../../nbd/index.js';
 
 export interface ServeImageOptions {
   image: string;
@@ -28,6 +28,7 @@ export const DEFAULT_NBD_PORT = 10809;
 /** Serves a raw image file over NBD until stopped. */
 export async function serveImage(opts: ServeImageOptions): Promise<ServingImage> {
   if (opts.listen && opts.socket) throw invalidArgument('give --listen or --socket, not both');
+  checkReadable(resolve(opts.image)); // a FIFO would block the open for ever
   const device: BlockDevice = openRawFile(resolve(opts.image), { readOnly: opts.readOnly ?? false });
   return serveDevice(device, resolve(opts.image), opts);
 }

@@ -1,21 +1,29 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { openRawFile } from '../../block/index.js';
-import { HavenError, defaultDataDir, invalidArgument, logger } from '../../common/index.js';
+import {
+  HavenError,
+  defaultDataDir,
+  invalidArgument,
+  logger,
+  outputTarget,
+  stageFile,
+} from '../../common/index.js';
 import {
   IMAGE_FORMATS,
   NbdServer,
   connectNbd,
-  imageInfo,
+  inspectImage,
   startQemuNbd,
+  type InspectedImage,
   type ListenAddress,
   type NbdTlsOptions,
 } from '../../nbd/index.js';
 import { StorageExports, StorageService, type VolumeInfo } from '../../storage/index.js';
 import { copyDevice, type CopyOptions, type CopyResult } from './nbd-copy.js';
-import { openDestination } from './nbd-endpoints.js';
+import { openDestination, type Endpoint } from './nbd-endpoints.js';
 import { parseHostPort, DEFAULT_NBD_PORT } from './serve-image.js';
 
 export { defaultDataDir };
@@ -92,8 +100,8 @@ export async function serveStorage(opts: ServeStorageOptions = {}): Promise<Serv
 // ---- import and export -------------------------------------------------------------------
 
 /** Serves a non-raw image read-only through qemu-nbd for the copy engine. */
-async function withQemuNbd<T>(path: string, format: string, fn: (uri: string) => Promise<T>): Promise<T> {
-  const q = await startQemuNbd(path, format);
+async function withQemuNbd<T>(image: InspectedImage, fn: (uri: string) => Promise<T>): Promise<T> {
+  const q = await startQemuNbd(image.path, image.format, { noBacking: image.probed });
   try {
     return await fn(q.uri);
   } finally {
@@ -101,7 +109,10 @@ async function withQemuNbd<T>(path: string, format: string, fn: (uri: string) =>
   }
 }
 
-/** Imports an image (raw directly; qcow2, vmdk, vhdx through qemu-nbd) into a new volume, verified. */
+/**
+ * Imports an image (raw directly; qcow2, vmdk, vhdx through qemu-nbd) into a new volume, verified.
+ * Without `format` it is probed, and an image that names other files is refused (inspectImage).
+ */
 export async function importVolume(
   storage: StorageService,
   opts: { image: string; name: string; pool: string; format?: string } & Pick<
@@ -110,13 +121,9 @@ export async function importVolume(
   >,
 ): Promise<{ volume: VolumeInfo; copy: CopyResult }> {
   const copyOpts = copyOptions(opts);
-  const path = resolve(opts.image);
-  const info = imageInfo(path);
-  const format = opts.format ?? info.format;
-  if (!IMAGE_FORMATS.has(format))
-    throw invalidArgument(
-      `image format "${format}" is not one Haven imports (${[...IMAGE_FORMATS].join(', ')})`,
-    );
+  const info = await inspectImage(opts.image, opts.format);
+  const path = info.path;
+  const format = info.format;
   const size = Math.ceil(info.virtualSize / 512) * 512;
   storage.createVolume(opts.name, size, opts.pool);
   try {
@@ -141,7 +148,7 @@ export async function importVolume(
               src.device.close();
             }
           })()
-        : await withQemuNbd(path, format, async (uri) => {
+        : await withQemuNbd(info, async (uri) => {
             const device = await connectNbd(uri, { readOnly: true, connections: 4 });
             try {
               return await copyDevice({ device, name: path, kind: 'nbd', fresh: false }, dst, copyOpts);
@@ -156,47 +163,62 @@ export async function importVolume(
   }
 }
 
-/** Exports a volume (or "volume@snapshot") to a raw image file, verified; other formats via qemu-img. */
+/**
+ * Exports a volume (or "volume@snapshot") to a raw image file, verified; other formats via
+ * qemu-img. The file is written under a temporary name and appears only complete and verified;
+ * an existing file (or block device, raw only) is replaced only with `force`.
+ */
 export async function exportVolume(
   storage: StorageService,
-  opts: { source: string; image: string; format?: string } & Pick<CopyOptions, 'signal' | 'onProgress'>,
+  opts: { source: string; image: string; format?: string; force?: boolean } & Pick<
+    CopyOptions,
+    'signal' | 'onProgress'
+  >,
 ): Promise<CopyResult> {
   const format = opts.format ?? 'raw';
   if (!IMAGE_FORMATS.has(format))
     throw invalidArgument(
       `image format "${format}" is not one Haven exports (${[...IMAGE_FORMATS].join(', ')})`,
     );
+  const out = resolve(opts.image);
+  if (format !== 'raw' && outputTarget(out, opts.force).kind === 'block')
+    throw invalidArgument(`${out} is a block device: export to it as raw (--format raw)`);
   const device = storage.openDevice(opts.source, { readOnly: true });
   const src = { device, name: opts.source, kind: 'file' as const, fresh: false };
-  const out = resolve(opts.image);
   if (format === 'raw') {
-    const dst = await openDestination(out, device.size);
+    let ok = false;
+    let dst: Endpoint | undefined;
     try {
-      return await copyDevice(src, dst, copyOptions(opts));
+      dst = await openDestination(out, device.size, { force: opts.force });
+      const r = await copyDevice(src, dst, copyOptions(opts));
+      ok = true;
+      return r;
     } finally {
-      await dst.device.close();
+      await dst?.device.close();
+      await device.close();
+      dst?.finish?.(ok);
     }
   }
   // Other formats: qemu-img reads the volume from a private NBD export.
+  outputTarget(out, opts.force);
+  const staged = stageFile(out, 0);
   const dir = mkdtempSync(join(tmpdir(), 'haven-export-'));
   const server = new NbdServer({ log: logger('export-nbd') });
+  let ok = false;
   try {
     server.addExport({ name: 'vol', device });
     const addr = await server.listen({ path: join(dir, 'nbd.sock') });
     const uri = `nbd+unix:///vol?socket=${(addr as { path: string }).path}`;
     const started = performance.now();
-    await new Promise<void>((res, rej) => {
-      const p = spawn('qemu-img', ['convert', '-f', 'raw', '-O', format, uri, out], {
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      let err = '';
-      p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      p.on('exit', (code) =>
-        code === 0 ? res() : rej(new HavenError('IO', `qemu-img convert failed: ${err.trim()}`)),
-      );
-    });
-    execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', format, uri, out], { stdio: 'pipe' });
+    // Both run beside our event loop, which serves them the volume.
+    await qemuImg(['convert', '-f', 'raw', '-O', format, uri, staged.tmp], 'qemu-img convert failed', 'IO');
+    await qemuImg(
+      ['compare', '-q', '-f', 'raw', '-F', format, uri, staged.tmp],
+      `verification failed: ${out} (${format}) differs from ${opts.source}`,
+      'CORRUPT',
+    );
     const seconds = (performance.now() - started) / 1000;
+    ok = true;
     return {
       source: opts.source,
       destination: out,
@@ -210,8 +232,23 @@ export async function exportVolume(
     };
   } finally {
     await server.close();
+    await device.close();
     rmSync(dir, { recursive: true, force: true });
+    if (ok) staged.commit();
+    else staged.abort();
   }
+}
+
+function qemuImg(args: string[], what: string, code: 'IO' | 'CORRUPT'): Promise<void> {
+  return new Promise<void>((res, rej) => {
+    const p = spawn('qemu-img', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    p.on('error', (e) => rej(new HavenError('IO', `${what}: ${e.message}`)));
+    p.on('exit', (c) =>
+      c === 0 ? res() : rej(new HavenError(code, `${what}${err.trim() ? `: ${err.trim()}` : ''}`)),
+    );
+  });
 }
 
 function copyOptions(o: Pick<CopyOptions, 'signal' | 'onProgress'>): CopyOptions {

@@ -26,7 +26,11 @@ export interface RestoreResult {
 }
 
 /**
- * Writes one disk of a snapshot to a block device. Chunks are fetched in parallel and decoded by
+ * Writes one disk of a snapshot to a block device. Before the first write the snapshot is checked
+ * as far as it can be without reading every chunk: its index matches the hash in the manifest and
+ * the disk's size, and every chunk it needs is in the repository; so a target (a volume, an NBD
+ * export, a block device: written in place) is never touched by a restore that cannot finish for
+ * a reason known in advance. Chunks are fetched in parallel and decoded by
  * worker threads, each checked against its digest (the hash recorded when the data entered the
  * repository) before it is written; a damaged chunk fails the restore naming its offset, and
  * nothing of it is written. Holes are not written to a fresh target.
@@ -39,16 +43,16 @@ export async function restore(
   opts: RestoreOptions = {},
 ): Promise<RestoreResult> {
   const started = performance.now();
-  const idx = await repo.readIndex(snapshot, diskNo);
+  const { idx, chunks } = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
   const name = snapshot.disks[diskNo]!.name;
   if (target.size < idx.size)
     throw new HavenError(
       'INVALID_ARGUMENT',
       `the target (${target.size} bytes) is smaller than ${name} of snapshot ${snapshot.id} (${idx.size} bytes)`,
     );
+  opts.signal?.throwIfAborted();
   const pool = openChunkPool(repo, idx.chunkSize, opts.workers);
   const digestOf = (c: number) => idx.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES);
-  const chunks = chunkList(idx.count, idx.chunkSize, idx.size, opts.ranges);
   const total = chunks.reduce((n, c) => n + Math.min(idx.chunkSize, idx.size - c * idx.chunkSize), 0);
   let done = 0;
   let dataBytes = 0;
@@ -94,6 +98,70 @@ export async function restore(
     digest: createHash('sha256').update(idx.digests).digest('hex'),
     seconds: (performance.now() - started) / 1000,
   };
+}
+
+/** Stat calls in flight while checking that a snapshot's chunks are there. */
+const CHECK_PARALLEL = 32;
+
+/**
+ * Reads a disk's index (checked against the manifest's hash, which readIndex does) and checks
+ * that it describes the disk the manifest names and that every chunk the restore needs exists.
+ * Chunks are not read: a damaged one is found, and refused, as it is restored.
+ */
+export async function checkRestorable(
+  repo: Repository,
+  snapshot: SnapshotManifest,
+  diskNo: number,
+  ranges?: Range[],
+): Promise<{ idx: Awaited<ReturnType<Repository['readIndex']>>; chunks: number[] }> {
+  const disk = snapshot.disks[diskNo];
+  if (!disk)
+    throw new HavenError(
+      'INVALID_ARGUMENT',
+      `snapshot ${snapshot.id} has ${snapshot.disks.length} disk(s); there is no disk ${diskNo}`,
+    );
+  const idx = await repo.readIndex(snapshot, diskNo).catch((err: unknown) => {
+    if (err instanceof HavenError && err.code === 'NOT_FOUND')
+      throw new HavenError(
+        'CORRUPT',
+        `snapshot ${snapshot.id} ${disk.name}: its index is missing from repository ${repo.location}: nothing was restored`,
+      );
+    throw err;
+  });
+  if (idx.size !== disk.size)
+    throw new HavenError(
+      'CORRUPT',
+      `snapshot ${snapshot.id} ${disk.name}: its index describes ${idx.size} bytes, its manifest ${disk.size}: nothing was restored`,
+    );
+  const chunks = chunkList(idx.count, idx.chunkSize, idx.size, ranges);
+  const seen = new Set<string>();
+  const wanted: { digest: Buffer; chunk: number }[] = [];
+  for (const c of chunks) {
+    const digest = idx.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES);
+    if (digest.equals(ZERO_DIGEST)) continue;
+    const hex = digest.toString('hex');
+    if (seen.has(hex)) continue;
+    seen.add(hex);
+    wanted.push({ digest, chunk: c });
+  }
+  const missing: number[] = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < wanted.length) {
+      const w = wanted[next++]!;
+      if (!(await repo.hasChunk(w.digest))) missing.push(w.chunk);
+    }
+  };
+  await Promise.all(Array.from({ length: CHECK_PARALLEL }, worker));
+  if (missing.length) {
+    missing.sort((a, b) => a - b);
+    const offsets = missing.slice(0, 5).map((c) => c * idx.chunkSize);
+    throw new HavenError(
+      'CORRUPT',
+      `snapshot ${snapshot.id} ${disk.name}: ${missing.length} chunk(s) are missing from repository ${repo.location} (at offset(s) ${offsets.join(', ')}${missing.length > 5 ? ', …' : ''}): nothing was restored`,
+    );
+  }
+  return { idx, chunks };
 }
 
 function chunkList(count: number, chunkSize: number, size: number, ranges?: Range[]): number[] {

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { openRawFile, type BitmapView, type BlockDevice } from '../../block/index.js';
 import { HavenError, invalidArgument } from '../../common/index.js';
-import { connectNbd, imageInfo, startQemuNbd, type TlsCredentials } from '../../nbd/index.js';
+import { connectNbd, inspectImage, startQemuNbd, type TlsCredentials } from '../../nbd/index.js';
 import type { Repository, SnapshotManifest } from '../../repository/index.js';
 import type { StorageService } from '../../storage/index.js';
 import type { BackupDisk, Range } from './engine.js';
@@ -27,10 +27,15 @@ export interface OpenedSource {
 /** The bitmap Haven keeps on each volume it backs up. */
 export const BACKUP_BITMAP = 'haven-backup';
 
-/** An image file: raw read directly; qcow2, vmdk, vhdx, … through qemu-nbd. Always a full read. */
+/**
+ * An image file: raw read directly; qcow2, vmdk, vhdx, … through qemu-nbd. Always a full read.
+ * Without `format` the format is probed, and an image that names other files is refused (see
+ * inspectImage: the content may be a guest's); a damaged image or a FIFO is refused too.
+ */
 export async function openImageSource(path: string, format?: string): Promise<OpenedSource> {
-  const file = resolve(path);
-  const fmt = format ?? imageInfo(file).format;
+  const image = await inspectImage(path, format);
+  const file = image.path;
+  const fmt = image.format;
   if (fmt === 'raw') {
     const device = openRawFile(file, { readOnly: true });
     return {
@@ -40,7 +45,7 @@ export async function openImageSource(path: string, format?: string): Promise<Op
       finish: async () => void (await device.close()),
     };
   }
-  const q = await startQemuNbd(file, fmt);
+  const q = await startQemuNbd(file, fmt, { noBacking: image.probed });
   try {
     const device = await connectNbd(q.uri, { readOnly: true, connections: 4 });
     return {
