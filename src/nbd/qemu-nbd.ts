@@ -10,8 +10,20 @@ export const IMAGE_FORMATS = new Set(['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vd
 /**
  * Serves an image of any format qemu reads (qcow2, vmdk, vhdx, …) read-only through qemu-nbd on
  * a private unix socket, for Haven's NBD client; `stop` ends qemu-nbd and removes the socket.
+ *
+ * qemu-nbd runs with `-t` (it must outlive the readiness probe and serve the copy's several
+ * connections), so nothing would end it if this process died without calling `stop` (kill -9 of
+ * the daemon during an import). It is therefore started through `setpriv --pdeathsig TERM`
+ * (util-linux, always on Debian): the kernel sends it SIGTERM the moment the thread that spawned
+ * it exits — Node cannot call prctl(PR_SET_PDEATHSIG) itself, and setpriv execs qemu-nbd in place,
+ * so the pid is qemu-nbd's. Better than reaping recorded pids at the next start: nothing waits for
+ * a next start, and no pid (possibly reused meanwhile) is ever killed. Spawn from the main thread
+ * only: a worker thread's exit would end it.
  */
-export async function startQemuNbd(path: string, format: string): Promise<{ uri: string; stop: () => void }> {
+export async function startQemuNbd(
+  path: string,
+  format: string,
+): Promise<{ uri: string; pid: number; stop: () => void }> {
   if (!IMAGE_FORMATS.has(format))
     throw new HavenError(
       'INVALID_ARGUMENT',
@@ -20,14 +32,19 @@ export async function startQemuNbd(path: string, format: string): Promise<{ uri:
   const dir = mkdtempSync(join(tmpdir(), 'haven-qemu-nbd-'));
   const sock = join(dir, 'nbd.sock');
   const child = spawn(
-    'qemu-nbd',
-    ['-r', '-f', format, '--shared=8', '-x', 'img', `--socket=${sock}`, '-t', path],
-    {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
+    'setpriv',
+    [
+      '--pdeathsig',
+      'TERM',
+      'qemu-nbd',
+      ...['-r', '-f', format, '--shared=8', '-x', 'img', `--socket=${sock}`, '-t', path],
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';
+  let failed = false;
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.on('error', (e) => ((failed = true), (stderr += e.message)));
   const stop = () => {
     child.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
@@ -38,9 +55,9 @@ export async function startQemuNbd(path: string, format: string): Promise<{ uri:
     try {
       const probe = await connectNbd(uri, { readOnly: true });
       await probe.close();
-      return { uri, stop };
+      return { uri, pid: child.pid!, stop };
     } catch (err) {
-      if (child.exitCode !== null || Date.now() > deadline) {
+      if (failed || child.exitCode !== null || Date.now() > deadline) {
         stop();
         throw new HavenError(
           'IO',
