@@ -1,10 +1,11 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { defaultDataDir, invalidArgument } from '../../common/index.js';
+import { defaultDataDir, errorMessage, invalidArgument, logger } from '../../common/index.js';
 import { apiServer, orchestration } from '../lazy.js';
 import { dataOption, parseSize } from '../args.js';
 
 export const DEFAULT_API_PORT = 8710;
+const log = logger('daemon');
 
 /** `haven serve`: the site daemon in the foreground. */
 export function registerServe(program: Command): void {
@@ -12,7 +13,11 @@ export function registerServe(program: Command): void {
     .description(
       'run the site daemon: storage (pools, volumes, NBD exports), compute (VMs), jobs, events and the REST API',
     )
-    .option('--listen <host:port>', 'address of the REST API', `127.0.0.1:${DEFAULT_API_PORT}`)
+    .option(
+      '--listen <host:port>',
+      'address of the REST API (default: $HAVEN_LISTEN, else 127.0.0.1:8710; ":0" picks a free port)',
+      process.env.HAVEN_LISTEN ?? `127.0.0.1:${DEFAULT_API_PORT}`,
+    )
     .option('--site <name>', "the site's name, fixed at the first start (default: the host name)")
     .option('--nbd-listen <host:port>', 'TCP address of the NBD exports, or "none"', '127.0.0.1:10809')
     .option('--tls-cert <file>', 'certificate (PEM) for an https API')
@@ -118,9 +123,20 @@ export function registerServe(program: Command): void {
           `haven: site ${info.name} serving its API on ${d.url} (token in ${join(dataDir, 'api-token')}); ` +
             `NBD on ${info.nbd.tcp ?? 'no TCP'} and ${info.nbd.socket}\n`,
         );
-        const stop = () => void d.stop().then(() => process.exit(0));
-        process.once('SIGTERM', stop);
-        process.once('SIGINT', stop);
+        // SIGHUP too (the terminal closed, `make start`'s shell went away): its default action
+        // would end the process without removing api.json, and the CLI would find a dead site.
+        // A second signal while stopping takes the default action: the operator insists.
+        const stop = (signal: NodeJS.Signals) => {
+          log.info({ signal }, 'stopping');
+          void d.stop().then(
+            () => process.exit(0),
+            (err: unknown) => {
+              log.error({ err: errorMessage(err) }, 'the site daemon did not stop cleanly');
+              process.exit(1);
+            },
+          );
+        };
+        for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(signal, stop);
       },
     );
 }
