@@ -1,7 +1,9 @@
 // Everyday operation of the site daemon: it stops cleanly on SIGTERM, SIGINT and SIGHUP (no stale
 // api.json); it starts over a stale lock whose pid an unrelated process now has; it logs readable
 // lines on a terminal and JSON otherwise; two sites run side by side and the CLI finds each
-// through HAVEN_DATA, or says which directory has no daemon.
+// through HAVEN_DATA, or says which directory has no daemon. And the CLI's conventions: `show`
+// prints text (JSON with --json), a job failure the user caused is reported as that, and a
+// $HAVEN_PASSPHRASE that cannot reach the daemon is said so.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
@@ -11,7 +13,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { HAVEN_BIN, freePort, start, type Running } from '../support/proc.js';
-import { startDaemon } from '../support/site.js';
+import { site, startDaemon } from '../support/site.js';
 import { tempDir } from '../support/tmp.js';
 
 const run = promisify(execFile);
@@ -219,4 +221,80 @@ test('two sites on one machine, each found by the CLI through its HAVEN_DATA; no
     ),
   );
   assert.equal(dead.trim().split('\n').length, 1, dead);
+});
+
+test('show prints text and --json JSON; a job failure the user caused is no internal error; the CLI says its HAVEN_PASSPHRASE stays with it', async (t) => {
+  const s = await site(t);
+  await s.haven('volume', 'create', 'v1', '--size', '8M');
+  await s.haven('snapshot', 'create', 'v1', 's1');
+  const text = await s.haven('volume', 'show', 'v1');
+  assert.match(text, /^volume: +v1 \(/m);
+  assert.match(text, /^pool: +default$/m);
+  assert.match(text, /^size: +8\.0 MiB \(8388608 bytes\)$/m);
+  assert.match(text, /^snapshots: +1$/m);
+  assert.match(text, /^SNAPSHOT +CREATED\n\S*s1 +\d{4}-/m);
+  assert.throws(() => JSON.parse(text) as unknown);
+  const json = JSON.parse(await s.haven('volume', 'show', 'v1', '--json')) as {
+    name: string;
+    snapshots: unknown[];
+  };
+  assert.equal(json.name, 'v1');
+  assert.equal(json.snapshots.length, 1);
+  const pool = await s.haven('pool', 'show', 'default');
+  assert.match(pool, /^pool: +default \(/m);
+  assert.match(pool, /^offers: +thin snapshots clones/m);
+  assert.equal(
+    (JSON.parse(await s.haven('pool', 'show', 'default', '--json')) as { name: string }).name,
+    'default',
+  );
+
+  // Jobs failed by the request: reported with the error's own kind, never "internal".
+  await s.haven('pool', 'create', 'fast', '--tier', 'fast');
+  const moved = await s.havenFails('volume', 'move', 'v1', '--pool', 'fast');
+  assert.match(moved, /^haven: conflict: job \S+ \(volume\.move v1\) failed: volume v1 has snapshots \(s1\)/);
+  const notRepo = join(s.dir, '..', 'not-a-repo');
+  mkdirSync(notRepo);
+  const backup = await s.havenFails('backup', 'volume:v1', '--repo', notRepo);
+  assert.match(
+    backup,
+    new RegExp(
+      `^haven: not found: job \\S+ \\(volume\\.backup v1\\) failed: ${notRepo} is not a Haven repository`,
+    ),
+  );
+  const job = (
+    JSON.parse(await s.haven('job', 'list', '--kind', 'volume.move', '--json')) as { errorCode: string }[]
+  )[0]!;
+  assert.equal(job.errorCode, 'CONFLICT');
+
+  // An encrypted repository: the CLI's HAVEN_PASSPHRASE does not reach the daemon, and it says so.
+  const repo = join(s.dir, '..', 'secret');
+  const withPass = { ...s.env, HAVEN_PASSPHRASE: 'correct horse' };
+  await run(HAVEN_BIN, ['repo', 'init', '--repo', repo, '--encrypt'], { env: withPass });
+  const refused = await run(HAVEN_BIN, ['backup', 'volume:v1', '--repo', repo], { env: withPass }).then(
+    () => assert.fail('the daemon had no passphrase, yet the backup succeeded'),
+    (err: { stderr: string }) => err.stderr,
+  );
+  assert.match(
+    refused,
+    /^haven: note: \$HAVEN_PASSPHRASE is not passed to the site daemon .*--passphrase-file FILE$/m,
+  );
+  assert.match(refused, /^haven: unauthenticated: job .* is encrypted: give its passphrase/m);
+  const passFile = join(s.dir, '..', 'passphrase');
+  writeFileSync(passFile, 'correct horse\n', { mode: 0o600 });
+  const done = await run(
+    HAVEN_BIN,
+    ['backup', 'volume:v1', '--repo', repo, '--passphrase-file', passFile, '--json'],
+    {
+      env: withPass,
+    },
+  );
+  assert.doesNotMatch(done.stderr, /note:/);
+  const id = (JSON.parse(done.stdout) as { result: { snapshot: string } }).result.snapshot;
+  const shown = (await run(HAVEN_BIN, ['repo', 'show', id, '--repo', repo], { env: withPass })).stdout;
+  assert.match(shown, new RegExp(`^snapshot: +${id}$`, 'm'));
+  assert.match(shown, /^source: +volume:v1$/m);
+  assert.match(shown, /^DISK +SIZE +CHUNK/m);
+  const manifest = (await run(HAVEN_BIN, ['repo', 'show', id, '--repo', repo, '--json'], { env: withPass }))
+    .stdout;
+  assert.equal((JSON.parse(manifest) as { id: string }).id, id);
 });

@@ -15,8 +15,7 @@ export function registerServe(program: Command): void {
     )
     .option(
       '--listen <host:port>',
-      'address of the REST API (default: $HAVEN_LISTEN, else 127.0.0.1:8710; ":0" picks a free port)',
-      process.env.HAVEN_LISTEN ?? `127.0.0.1:${DEFAULT_API_PORT}`,
+      `address of the REST API (default: $HAVEN_LISTEN, else 127.0.0.1:${DEFAULT_API_PORT}; ":0" picks a free port)`,
     )
     .option('--site <name>', "the site's name, fixed at the first start (default: the host name)")
     .option('--nbd-listen <host:port>', 'TCP address of the NBD exports, or "none"', '127.0.0.1:10809')
@@ -43,7 +42,7 @@ export function registerServe(program: Command): void {
     .action(
       async (o: {
         data?: string;
-        listen: string;
+        listen?: string;
         site?: string;
         nbdListen: string;
         tlsCert?: string;
@@ -82,7 +81,9 @@ export function registerServe(program: Command): void {
           throw invalidArgument(
             `--recovery-warn-after must be a positive number of hours, not ${o.recoveryWarnAfter}`,
           );
-        const listen = (await orchestration()).parseHostPort(o.listen);
+        const listen = (await orchestration()).parseHostPort(
+          o.listen ?? process.env.HAVEN_LISTEN ?? `127.0.0.1:${DEFAULT_API_PORT}`,
+        );
         const { startSiteDaemon } = await apiServer();
         const dataDir = o.data ?? defaultDataDir();
         const d = await startSiteDaemon(
