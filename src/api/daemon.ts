@@ -1,7 +1,7 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { logger, writeFileAtomic } from '../common/index.js';
+import { HavenError, logger, processStartTime, writeFileAtomic } from '../common/index.js';
 import { Site, type SiteOptions } from '../orchestration/index.js';
 import { buildApi, type ApiOptions } from './server.js';
 
@@ -28,7 +28,13 @@ export async function startSiteDaemon(site: SiteOptions, api: ApiOptions): Promi
       ...(api.tls ? { tls: api.tls } : {}),
       ...(api.requestTimeoutMs !== undefined ? { requestTimeoutMs: api.requestTimeoutMs } : {}),
     });
-    await app.listen({ host: api.host, port: api.port });
+    await app.listen({ host: api.host, port: api.port }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EADDRINUSE' && err.code !== 'EACCES' && err.code !== 'EADDRNOTAVAIL') throw err;
+      throw new HavenError(
+        err.code === 'EADDRINUSE' ? 'CONFLICT' : 'INVALID_ARGUMENT',
+        `the REST API cannot listen on ${api.host}:${api.port}: ${err.code === 'EADDRINUSE' ? 'the port is in use (another site?)' : err.message}; give another with --listen HOST:PORT or $HAVEN_LISTEN`,
+      );
+    });
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : api.port;
     const host = api.host.includes(':') ? `[${api.host}]` : api.host;
@@ -38,7 +44,14 @@ export async function startSiteDaemon(site: SiteOptions, api: ApiOptions): Promi
     throw err;
   }
   const endpointFile = join(s.dataDir, 'api.json');
-  writeFileAtomic(endpointFile, JSON.stringify({ url, pid: process.pid, site: s.name }, null, 2) + '\n');
+  // The pid with its start time names this process, so the CLI can tell a live daemon from a
+  // dead one's leftover file even once the pid has been reused.
+  const startTime = processStartTime(process.pid);
+  writeFileAtomic(
+    endpointFile,
+    JSON.stringify({ url, pid: process.pid, ...(startTime ? { startTime } : {}), site: s.name }, null, 2) +
+      '\n',
+  );
   log.info({ site: s.name, url, dataDir: s.dataDir }, 'site daemon serving');
   let stopping: Promise<void> | undefined;
   return {

@@ -62,6 +62,11 @@ export const jobAnswer = open('a job: a long operation with progress, log and re
   state: { type: 'string', enum: ['running', 'succeeded', 'failed', 'cancelled'] },
   progress: open('bytes done and total, rate and ETA'),
   error: { type: 'string' },
+  errorCode: {
+    type: 'string',
+    description:
+      'with error: a stable code (CONFLICT, NOT_FOUND, INVALID_ARGUMENT, …; INTERNAL for a fault of Haven)',
+  },
 });
 export const vmAnswer = open('a virtual machine', {
   id: { type: 'string' },

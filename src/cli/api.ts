@@ -1,9 +1,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { ApiClient, type ApiEndpoint } from '../api/client.js';
-import { HavenError, defaultDataDir } from '../common/index.js';
+import { HavenError, defaultDataDir, processStartTime } from '../common/index.js';
 import type { Job } from '../orchestration/index.js';
 import { bytes } from './args.js';
 
@@ -27,34 +27,84 @@ export function apiOptions(cmd: Command): Command {
 
 /**
  * Finds the daemon and its token, first match wins: flags; $HAVEN_API with $HAVEN_TOKEN or
- * $HAVEN_TOKEN_FILE; the config file ($HAVEN_CONFIG or ~/.config/haven/cli.json:
- * { "api": url, "tokenFile": path, "caFile": path }); the local site in $HAVEN_DATA or the
- * default data directory (its api.json and api-token).
+ * $HAVEN_TOKEN_FILE; the local site in $HAVEN_DATA when it is set (its api.json and api-token:
+ * a site started with HAVEN_DATA is found with the same HAVEN_DATA, whatever the config file
+ * says); the config file ($HAVEN_CONFIG or ~/.config/haven/cli.json: { "api": url,
+ * "tokenFile": path, "caFile": path }); the local site in the default data directory.
  */
 export function connect(o: ApiOpts): ApiClient {
   const configPath = process.env.HAVEN_CONFIG ?? join(homedir(), '.config', 'haven', 'cli.json');
   const config = existsSync(configPath)
     ? (JSON.parse(readFileSync(configPath, 'utf8')) as { api?: string; tokenFile?: string; caFile?: string })
     : {};
+  const remote = o.api ?? process.env.HAVEN_API ?? (process.env.HAVEN_DATA ? undefined : config.api);
+  // The config file's token and CA go with the config file's API only.
+  const fromConfig = !o.api && !process.env.HAVEN_API && remote !== undefined;
   const local = defaultDataDir();
-  const localApi = () => {
-    const f = join(local, 'api.json');
-    if (!existsSync(f))
-      throw new HavenError(
-        'NOT_FOUND',
-        `no site daemon found: ${f} does not exist (start one with "haven serve", or give --api)`,
-      );
-    return (JSON.parse(readFileSync(f, 'utf8')) as { url: string }).url;
-  };
-  const url = o.api ?? process.env.HAVEN_API ?? config.api ?? localApi();
+  const url = remote ?? localSite(local);
   const tokenFile =
-    o.tokenFile ?? process.env.HAVEN_TOKEN_FILE ?? config.tokenFile ?? join(local, 'api-token');
+    o.tokenFile ??
+    process.env.HAVEN_TOKEN_FILE ??
+    (fromConfig ? config.tokenFile : undefined) ??
+    join(local, 'api-token');
   const token = o.tokenFile
     ? read(tokenFile, 'token')
     : (process.env.HAVEN_TOKEN ?? read(tokenFile, 'token'));
-  const caFile = o.caFile ?? process.env.HAVEN_CA_FILE ?? config.caFile;
+  const caFile = o.caFile ?? process.env.HAVEN_CA_FILE ?? (fromConfig ? config.caFile : undefined);
   const endpoint: ApiEndpoint = { url, token, ...(caFile ? { ca: read(caFile, 'CA') } : {}) };
   return new ApiClient(endpoint);
+}
+
+/**
+ * The URL of the daemon serving data directory `dir`, from its api.json; a clear error naming
+ * the directory (and where it came from) when no daemon runs there.
+ */
+function localSite(dir: string): string {
+  const where = process.env.HAVEN_DATA ? `${dir} ($HAVEN_DATA)` : `${dir} (the default data directory)`;
+  const start = `start one with "haven serve --data ${dir}", or give --api URL`;
+  const f = join(dir, 'api.json');
+  let api: { url: string; pid?: number; startTime?: string };
+  try {
+    api = JSON.parse(readFileSync(f, 'utf8')) as typeof api;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new HavenError('NOT_FOUND', `no site daemon runs on ${where}: it has no api.json; ${start}`);
+    throw new HavenError('NOT_FOUND', `cannot read ${f}: ${(err as Error).message}; ${start}`);
+  }
+  if (api.pid !== undefined && !daemonAlive(api.pid, api.startTime))
+    throw new HavenError(
+      'NOT_FOUND',
+      `no site daemon runs on ${where}: its api.json names process ${api.pid}, which has ended; ${start}`,
+    );
+  return api.url;
+}
+
+/** That process, started at that time, still runs (a reused pid is another process). */
+function daemonAlive(pid: number, startTime: string | undefined): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  const now = processStartTime(pid);
+  return startTime === undefined || now === undefined || now === startTime;
+}
+
+/**
+ * An encrypted repository's passphrase for an operation the site daemon runs: a file it can read
+ * (the passphrase itself never crosses the API, nor sits in the site database). This CLI's
+ * $HAVEN_PASSPHRASE cannot reach the daemon, so when it is set without --passphrase-file the user
+ * is told so, rather than left to wonder why the daemon finds no passphrase.
+ */
+export function daemonPassphraseFile(passphraseFile: string | undefined): { passphraseFile?: string } {
+  if (passphraseFile) return { passphraseFile: resolve(passphraseFile) };
+  if (process.env.HAVEN_PASSPHRASE !== undefined)
+    process.stderr.write(
+      'haven: note: $HAVEN_PASSPHRASE is not passed to the site daemon (it uses its own $HAVEN_PASSPHRASE, ' +
+        'if any); to give it this passphrase, put it in a file the daemon can read (mode 0600) and add ' +
+        '--passphrase-file FILE\n',
+    );
+  return {};
 }
 
 function read(path: string, what: string): string {
@@ -79,8 +129,10 @@ export async function followJob(client: ApiClient, job: Job, o: { quiet?: boolea
   if (tty) process.stderr.write('\n');
   if (last.state === 'running') last = await client.get<Job>(`/jobs/${job.id}`);
   if (last.state !== 'succeeded')
+    // The job's own code: a user's mistake (a volume with snapshots, a path that is no
+    // repository) is reported as that, not as an internal error.
     throw new HavenError(
-      last.state === 'cancelled' ? 'CANCELLED' : 'INTERNAL',
+      last.state === 'cancelled' ? 'CANCELLED' : (last.errorCode ?? 'INTERNAL'),
       `job ${last.id} (${last.kind} ${last.target}) ${last.state}: ${last.error ?? 'no reason given'}`,
     );
   return last;

@@ -25,3 +25,19 @@ test('a bad option gives a one-line error and a non-zero exit', () => {
   assert.notEqual(r.status, 0);
   assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
 });
+
+test('haven backup --help names every kind of source, the qemu:QMP_SOCKET#NODE one included', () => {
+  const r = run('backup', '--help');
+  assert.equal(r.status, 0, r.stderr);
+  const help = r.stdout.replace(/\s+/g, ' ');
+  for (const kind of ['image file', 'NBD URI', 'qemu:QMP_SOCKET#NODE', 'volume:NAME', 'vm:NAME'])
+    assert.ok(help.includes(kind), `${kind} in: ${help}`);
+});
+
+test('haven serve --help says where each address and the data directory come from', () => {
+  const r = run('serve', '--help');
+  assert.equal(r.status, 0, r.stderr);
+  const help = r.stdout.replace(/\s+/g, ' ');
+  for (const said of ['$HAVEN_LISTEN', '--nbd-listen', '--nbds-listen', '--data'])
+    assert.ok(help.includes(said), `${said} in: ${help}`);
+});

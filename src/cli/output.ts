@@ -11,3 +11,9 @@ export function reportError(err: unknown): void {
 export function printResult(json: boolean, data: unknown, human: () => string): void {
   process.stdout.write(json ? JSON.stringify(data, null, 2) + '\n' : human() + '\n');
 }
+
+/** A `show` command's text: one "label: value" line each, values aligned. */
+export function fields(rows: [string, string | number][]): string {
+  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
+  return rows.map(([k, v]) => `${`${k}:`.padEnd(width)}${v}`).join('\n');
+}

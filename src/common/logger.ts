@@ -1,12 +1,16 @@
+import { writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import type { Logger } from 'pino';
+import type { DestinationStream, Logger } from 'pino';
+import { prettyLogLine } from './log-format.js';
 
 export type { Logger };
 
 let root: Logger | undefined;
 
 /**
- * The structured logger: JSON lines on stderr, level from HAVEN_LOG_LEVEL (default "info").
+ * The structured logger on stderr, level from HAVEN_LOG_LEVEL (default "info"): human-readable
+ * lines when stderr is a terminal, JSON lines (for journald, log shippers, tests) when it is not;
+ * HAVEN_LOG_FORMAT=json|pretty decides instead.
  * Secrets never go into log fields; `redact` is a second line of defence for the usual names.
  * pino is loaded on the first log call, not at import: short-lived processes (the CLI, worker
  * threads) that never log do not pay for it.
@@ -23,10 +27,43 @@ export function rootLogger(): Logger {
           censor: '[secret]',
         },
       },
-      pino.destination(2),
+      stderrLines(logFormat() === 'pretty'),
     );
   }
   return root;
+}
+
+export function logFormat(): 'json' | 'pretty' {
+  const f = process.env.HAVEN_LOG_FORMAT;
+  if (f === 'json' || f === 'pretty') return f;
+  return process.stderr.isTTY ? 'pretty' : 'json';
+}
+
+/**
+ * Log lines to stderr, written synchronously (nothing logged is lost when the process exits).
+ * A terminal that hung up (EIO) or a reader that went away (EPIPE) loses the log, never the
+ * process: a daemon stopping on SIGHUP must still get to remove its api.json.
+ */
+function stderrLines(pretty: boolean): DestinationStream {
+  const colour = pretty && !!process.stderr.isTTY && !process.env.NO_COLOR;
+  return {
+    write: (line: string) => writeAll(2, pretty ? prettyLogLine(line.replace(/\n$/, ''), colour) : line),
+  };
+}
+
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+function writeAll(fd: number, text: string): void {
+  let buf = Buffer.from(text);
+  for (let waits = 0; buf.length > 0;) {
+    try {
+      buf = buf.subarray(writeSync(fd, buf));
+    } catch (err) {
+      // A non-blocking pipe that is full: wait for the reader a little, then give the line up.
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN' || ++waits > 1000) return;
+      Atomics.wait(pause, 0, 0, 1);
+    }
+  }
 }
 
 /** A component's logger, created when it first logs. */

@@ -12,12 +12,21 @@ import { BACKING_FORMATS, IMAGE_FORMATS } from './image-file.js';
  * The format is always given (qemu-nbd never probes). With `noBacking` (an image whose format
  * was probed, see inspectImage) its backing file is disabled, so that a header written after it
  * was inspected still cannot make qemu read another file.
+ *
+ * qemu-nbd runs with `-t` (it must outlive the readiness probe and serve the copy's several
+ * connections), so nothing would end it if this process died without calling `stop` (kill -9 of
+ * the daemon during an import). It is therefore started through `setpriv --pdeathsig TERM`
+ * (util-linux, always on Debian): the kernel sends it SIGTERM the moment the thread that spawned
+ * it exits — Node cannot call prctl(PR_SET_PDEATHSIG) itself, and setpriv execs qemu-nbd in place,
+ * so the pid is qemu-nbd's. Better than reaping recorded pids at the next start: nothing waits for
+ * a next start, and no pid (possibly reused meanwhile) is ever killed. Spawn from the main thread
+ * only: a worker thread's exit would end it.
  */
 export async function startQemuNbd(
   path: string,
   format: string,
   opts: { noBacking?: boolean } = {},
-): Promise<{ uri: string; stop: () => void }> {
+): Promise<{ uri: string; pid: number; stop: () => void }> {
   if (!IMAGE_FORMATS.has(format))
     throw new HavenError(
       'INVALID_ARGUMENT',
@@ -36,11 +45,20 @@ export async function startQemuNbd(
             }),
         ]
       : ['-f', format, path];
-  const child = spawn('qemu-nbd', ['-r', '--shared=8', '-x', 'img', `--socket=${sock}`, '-t', ...image], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const child = spawn(
+    'setpriv',
+    [
+      '--pdeathsig',
+      'TERM',
+      'qemu-nbd',
+      ...['-r', '--shared=8', '-x', 'img', `--socket=${sock}`, '-t', ...image],
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let stderr = '';
+  let failed = false;
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.on('error', (e) => ((failed = true), (stderr += e.message)));
   const stop = () => {
     child.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
@@ -51,9 +69,9 @@ export async function startQemuNbd(
     try {
       const probe = await connectNbd(uri, { readOnly: true });
       await probe.close();
-      return { uri, stop };
+      return { uri, pid: child.pid!, stop };
     } catch (err) {
-      if (child.exitCode !== null || Date.now() > deadline) {
+      if (failed || child.exitCode !== null || Date.now() > deadline) {
         stop();
         throw new HavenError(
           'IO',

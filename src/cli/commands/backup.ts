@@ -11,11 +11,11 @@ const backupSource = async (...a: Parameters<Orchestration['backupSource']>) =>
   (await orchestration()).backupSource(...a);
 const restoreSnapshot = async (...a: Parameters<Orchestration['restoreSnapshot']>) =>
   (await orchestration()).restoreSnapshot(...a);
-import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { apiOptions, connect, daemonPassphraseFile, type ApiOpts } from '../api.js';
 import { bytes, parseSize, table } from '../args.js';
 import { runJob } from './compute.js';
 import { stopOnSignal } from './nbd-serve.js';
-import { printResult } from '../output.js';
+import { fields, printResult } from '../output.js';
 
 type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
 
@@ -109,9 +109,31 @@ export function registerBackup(program: Command): void {
   repoOptions(repo.command('show'))
     .description("a snapshot's manifest")
     .argument('<snapshot>')
+    .option('--json', 'print JSON (the whole manifest)')
     .action(async (id: string, o: RepoOpts) => {
       const s = await (await openRepository(access(o))).snapshot(id);
-      printResult(true, s, () => '');
+      printResult(!!o.json, s, () =>
+        [
+          fields([
+            ['snapshot', s.id],
+            ['created', s.createdAt],
+            ['source', `${s.source.kind}:${s.source.name}`],
+            ['parent', s.parent ?? '- (full)'],
+            ['transport', s.transport ?? '-'],
+            ['tags', s.tags.join(' ') || '-'],
+            ['protected', s.protected ? 'yes' : 'no'],
+            [
+              'read',
+              `${bytes(s.stats.readBytes)} in ${s.stats.seconds.toFixed(2)} s; ${s.stats.newChunks} new chunks (${bytes(s.stats.storedBytes)} stored), ${s.stats.reusedChunks} reused`,
+            ],
+            ...(s.vm ? [['vm', 'its configuration is in the manifest (--json)'] as [string, string]] : []),
+          ]),
+          table([
+            ['DISK', 'SIZE', 'CHUNK', 'DATA CHUNKS', 'ZERO CHUNKS'],
+            ...s.disks.map((d) => [d.name, bytes(d.size), bytes(d.chunkSize), d.dataChunks, d.zeroChunks]),
+          ]),
+        ].join('\n'),
+      );
     });
   repoOptions(repo.command('stats'))
     .description('snapshots, chunks, bytes stored and the deduplication ratio')
@@ -254,7 +276,7 @@ export function registerBackup(program: Command): void {
 
   backupCommand
     .description(
-      'back a source up: an image file (raw, qcow2, vmdk, vhdx), an NBD URI, volume:NAME or vm:NAME (through the site daemon; offline with --data)',
+      "back a source up: an image file (raw, qcow2, vmdk, vhdx), an NBD URI, qemu:QMP_SOCKET#NODE (a running QEMU VM Haven does not manage: its QMP socket and the disk's block node), volume:NAME or vm:NAME (through the site daemon; offline with --data)",
     )
     .argument('<source>')
     .option('--data <dir>', "the site's data directory, for volume:NAME offline (no daemon may hold it)")
@@ -449,8 +471,7 @@ type RestoreOpts = RepoOpts &
 
 /** The repository as the daemon needs it: absolute paths; the passphrase stays in its file. */
 function daemonRepo(o: RepoOpts): { repo: string; passphraseFile?: string } {
-  return {
-    repo: resolve(access(o).repo),
-    ...(o.passphraseFile ? { passphraseFile: resolve(o.passphraseFile) } : {}),
-  };
+  const repo = o.repo ?? process.env.HAVEN_REPO;
+  if (!repo) throw invalidArgument('give --repo DIR (or set HAVEN_REPO)');
+  return { repo: resolve(repo), ...daemonPassphraseFile(o.passphraseFile) };
 }

@@ -1,7 +1,8 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { Recovery, Vm } from '../../orchestration/index.js';
-import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { apiOptions, connect, daemonPassphraseFile, type ApiOpts } from '../api.js';
+import { invalidArgument } from '../../common/index.js';
 import { bytes, table } from '../args.js';
 import { printResult } from '../output.js';
 import { runJob } from './compute.js';
@@ -53,12 +54,12 @@ export function registerRecover(program: Command): void {
         },
       ) => {
         const repo = o.repo ?? process.env.HAVEN_REPO;
-        if (!repo) throw new Error('give --repo DIR (or set HAVEN_REPO)');
+        if (!repo) throw invalidArgument('give --repo DIR (or set HAVEN_REPO)');
         const r = await connect(o).post<{ vm: Vm; seconds: number }>('/recoveries', {
           repo: resolve(repo),
           snapshot,
           pool: o.pool,
-          ...(o.passphraseFile ? { passphraseFile: resolve(o.passphraseFile) } : {}),
+          ...daemonPassphraseFile(o.passphraseFile),
           ...(o.name ? { name: o.name } : {}),
           ...(o.cmdline !== undefined ? { cmdline: o.cmdline } : {}),
         });

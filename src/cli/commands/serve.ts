@@ -1,10 +1,11 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { defaultDataDir, invalidArgument } from '../../common/index.js';
+import { defaultDataDir, errorMessage, invalidArgument, logger } from '../../common/index.js';
 import { apiServer, orchestration } from '../lazy.js';
 import { dataOption, parseSize } from '../args.js';
 
 export const DEFAULT_API_PORT = 8710;
+const log = logger('daemon');
 
 /** `haven serve`: the site daemon in the foreground. */
 export function registerServe(program: Command): void {
@@ -12,7 +13,10 @@ export function registerServe(program: Command): void {
     .description(
       'run the site daemon: storage (pools, volumes, NBD exports), compute (VMs), jobs, events and the REST API',
     )
-    .option('--listen <host:port>', 'address of the REST API', `127.0.0.1:${DEFAULT_API_PORT}`)
+    .option(
+      '--listen <host:port>',
+      `address of the REST API (default: $HAVEN_LISTEN, else 127.0.0.1:${DEFAULT_API_PORT}; ":0" picks a free port)`,
+    )
     .option('--site <name>', "the site's name, fixed at the first start (default: the host name)")
     .option(
       '--nbd-listen <host:port>',
@@ -55,7 +59,7 @@ export function registerServe(program: Command): void {
     .action(
       async (o: {
         data?: string;
-        listen: string;
+        listen?: string;
         site?: string;
         nbdListen: string;
         tlsCert?: string;
@@ -108,7 +112,9 @@ export function registerServe(program: Command): void {
           throw invalidArgument(
             `--recovery-warn-after must be a positive number of hours, not ${o.recoveryWarnAfter}`,
           );
-        const listen = (await orchestration()).parseHostPort(o.listen);
+        const listen = (await orchestration()).parseHostPort(
+          o.listen ?? process.env.HAVEN_LISTEN ?? `127.0.0.1:${DEFAULT_API_PORT}`,
+        );
         const { startSiteDaemon } = await apiServer();
         const dataDir = o.data ?? defaultDataDir();
         const d = await startSiteDaemon(
@@ -156,9 +162,20 @@ export function registerServe(program: Command): void {
             (info.nbd.plain ? ` and ${info.nbd.plain} (plain TCP, NO AUTHENTICATION)` : '') +
             '\n',
         );
-        const stop = () => void d.stop().then(() => process.exit(0));
-        process.once('SIGTERM', stop);
-        process.once('SIGINT', stop);
+        // SIGHUP too (the terminal closed, `make start`'s shell went away): its default action
+        // would end the process without removing api.json, and the CLI would find a dead site.
+        // A second signal while stopping takes the default action: the operator insists.
+        const stop = (signal: NodeJS.Signals) => {
+          log.info({ signal }, 'stopping');
+          void d.stop().then(
+            () => process.exit(0),
+            (err: unknown) => {
+              log.error({ err: errorMessage(err) }, 'the site daemon did not stop cleanly');
+              process.exit(1);
+            },
+          );
+        };
+        for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(signal, stop);
       },
     );
 }

@@ -7,7 +7,7 @@ import { orchestration, type Orchestration } from '../lazy.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { movedSummary, runJob } from './compute.js';
 import { bytes, dataOption, parseSize, table } from '../args.js';
-import { printResult } from '../output.js';
+import { fields, printResult } from '../output.js';
 
 type DataOpts = { data?: string; json?: boolean };
 
@@ -139,7 +139,23 @@ export function registerPool(program: Command): void {
         (s) => s.pool(name).info(),
         (c) => c.get<PoolInfo>(`/pools/${enc(name)}`),
       );
-      printResult(!!o.json, p, () => JSON.stringify(p, null, 2));
+      const c = p.capabilities;
+      printResult(!!o.json, p, () =>
+        fields([
+          ['pool', `${p.name} (${p.id})`],
+          ['path', p.path],
+          ['tier', c.tier],
+          ['capacity', bytes(p.capacityBytes)],
+          ['allocated', bytes(p.allocatedBytes)],
+          ['free', bytes(p.freeBytes)],
+          [
+            'offers',
+            (['thin', 'snapshots', 'clones', 'replication', 'encryption'] as const)
+              .filter((k) => c[k])
+              .join(' ') || '-',
+          ],
+        ]),
+      );
     });
   both(pool.command('delete'))
     .description('delete an empty pool')
@@ -203,7 +219,24 @@ export function registerVolume(program: Command): void {
           snapshots: await c.get<SnapshotInfo[]>(`/volumes/${enc(name)}/snapshots`),
         }),
       );
-      printResult(!!o.json, v, () => JSON.stringify(v, null, 2));
+      const labels = Object.entries(v.labels);
+      printResult(!!o.json, v, () =>
+        [
+          fields([
+            ['volume', `${v.name} (${v.id})`],
+            ['pool', v.pool],
+            ['size', `${bytes(v.size)} (${v.size} bytes)`],
+            ['allocated', bytes(v.allocatedBytes)],
+            ['created', v.createdAt],
+            ...(v.origin ? [['origin', v.origin] as [string, string]] : []),
+            ['labels', labels.map(([k, x]) => `${k}=${x}`).join(' ') || '-'],
+            ['snapshots', v.snapshots.length],
+          ]),
+          ...(v.snapshots.length
+            ? [table([['SNAPSHOT', 'CREATED'], ...v.snapshots.map((x) => [x.name, x.createdAt])])]
+            : []),
+        ].join('\n'),
+      );
     });
   both(volume.command('delete'))
     .description('delete a volume (refused while it has snapshots or a VM uses it)')

@@ -44,6 +44,8 @@ const MIGRATIONS: string[] = [
      vm TEXT PRIMARY KEY, snapshot TEXT NOT NULL, repo TEXT NOT NULL, passphrase_file TEXT,
      disks TEXT NOT NULL, started_at TEXT NOT NULL,
      state TEXT NOT NULL CHECK (state IN ('running', 'finalizing', 'broken')));`,
+  // 3: why a job failed, as a stable code (a user's mistake is not an internal error)
+  `ALTER TABLE jobs ADD COLUMN error_code TEXT;`,
 ];
 
 export function openDatabase(path: string): Db {

@@ -69,6 +69,16 @@ test('a failing job keeps its error; a cancelled job ends cancelled; a finished 
   });
   assert.equal((await jobs.wait(bad.id)).error, 'the disk went away');
   assert.equal(jobs.get(bad.id).state, 'failed');
+  assert.equal(jobs.get(bad.id).errorCode, 'IO');
+  // A failure the request caused keeps its code: faces report it as that, not as internal.
+  const mistake = jobs.start({ kind: 'test.move', target: 'v', actor: 'a' }, async () => {
+    throw new HavenError('CONFLICT', 'volume v has snapshots (s1); snapshots do not move: delete them first');
+  });
+  assert.equal((await jobs.wait(mistake.id)).errorCode, 'CONFLICT');
+  const bug = jobs.start({ kind: 'test.bug', target: 'w', actor: 'a' }, async () => {
+    throw new TypeError('undefined is not a function');
+  });
+  assert.equal((await jobs.wait(bug.id)).errorCode, 'INTERNAL');
 
   const long = jobs.start({ kind: 'test.long', target: 'y', actor: 'a' }, (ctx) => {
     return new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason)));
@@ -76,6 +86,7 @@ test('a failing job keeps its error; a cancelled job ends cancelled; a finished 
   jobs.cancel(long.id, 'operator');
   const end = await jobs.wait(long.id);
   assert.equal(end.state, 'cancelled');
+  assert.equal(end.errorCode, 'CANCELLED');
   assert.throws(
     () => jobs.cancel(long.id, 'operator'),
     (e: HavenError) => e.code === 'CONFLICT',
@@ -86,9 +97,9 @@ test('a failing job keeps its error; a cancelled job ends cancelled; a finished 
   );
   assert.deepEqual(
     jobs.list({ state: 'failed' }).map((j) => j.id),
-    [bad.id],
+    [bug.id, mistake.id, bad.id],
   );
-  assert.equal(events.query({ outcome: 'failed' }).length, 2);
+  assert.equal(events.query({ outcome: 'failed' }).length, 4);
 });
 
 test('jobs left running by a dead daemon fail at the next open, with their cleanup run', async (t) => {

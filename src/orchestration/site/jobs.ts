@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { HavenError, errorMessage, logger } from '../../common/index.js';
+import { HavenError, errorMessage, logger, type HavenErrorCode } from '../../common/index.js';
 import { now, selectNewest, type Db } from './database.js';
 import type { EventLog } from './events.js';
 
@@ -24,6 +24,11 @@ export interface Job {
   progress: JobProgress;
   result?: unknown;
   error?: string;
+  /**
+   * With `error`: the HavenError code of what failed it (CONFLICT, NOT_FOUND, INVALID_ARGUMENT…
+   * when the request was at fault, so faces report it as such); INTERNAL for anything else.
+   */
+  errorCode?: HavenErrorCode;
   actor: string;
   createdAt: string;
   startedAt?: string;
@@ -53,6 +58,7 @@ interface JobRow {
   phase: string | null;
   result: string | null;
   error: string | null;
+  error_code: string | null;
   actor: string;
   created_at: string;
   started_at: string | null;
@@ -96,7 +102,9 @@ export class JobManager extends EventEmitter {
       }
       const error = `the site daemon stopped while this job ran; it was not resumed${note}`;
       this.db
-        .prepare("UPDATE jobs SET state = 'failed', error = ?, ended_at = ? WHERE id = ?")
+        .prepare(
+          "UPDATE jobs SET state = 'failed', error = ?, error_code = 'INTERNAL', ended_at = ? WHERE id = ?",
+        )
         .run(error, now(), job.id);
       this.appendLog(job.id, 'error', error);
       this.events.append({
@@ -149,6 +157,7 @@ export class JobManager extends EventEmitter {
         const cancelled = abort.signal.aborted;
         this.finish(id, cancelled ? 'cancelled' : 'failed', {
           error: cancelled ? 'cancelled by request' : errorMessage(err),
+          errorCode: cancelled ? 'CANCELLED' : err instanceof HavenError ? err.code : 'INTERNAL',
         });
       } finally {
         this.running.delete(id);
@@ -214,17 +223,22 @@ export class JobManager extends EventEmitter {
     await Promise.all(ids.map((id) => this.wait(id)));
   }
 
-  private finish(id: string, state: JobState, out: { result?: unknown; error?: string }): void {
+  private finish(
+    id: string,
+    state: JobState,
+    out: { result?: unknown; error?: string; errorCode?: HavenErrorCode },
+  ): void {
     const job = this.get(id);
     const done = state === 'succeeded' ? Math.max(job.progress.totalBytes, job.progress.doneBytes) : null;
     this.db
       .prepare(
-        'UPDATE jobs SET state = ?, result = ?, error = ?, ended_at = ?, done_bytes = COALESCE(?, done_bytes), total_bytes = COALESCE(?, total_bytes) WHERE id = ?',
+        'UPDATE jobs SET state = ?, result = ?, error = ?, error_code = ?, ended_at = ?, done_bytes = COALESCE(?, done_bytes), total_bytes = COALESCE(?, total_bytes) WHERE id = ?',
       )
       .run(
         state,
         out.result === undefined ? null : JSON.stringify(out.result),
         out.error ?? null,
+        out.errorCode ?? null,
         now(),
         done,
         done,
@@ -270,6 +284,7 @@ function toJob(r: JobRow): Job {
     },
     ...(r.result !== null ? { result: JSON.parse(r.result) as unknown } : {}),
     ...(r.error !== null ? { error: r.error } : {}),
+    ...(r.error !== null ? { errorCode: (r.error_code ?? 'INTERNAL') as HavenErrorCode } : {}),
     actor: r.actor,
     createdAt: r.created_at,
     ...(r.started_at ? { startedAt: r.started_at } : {}),
