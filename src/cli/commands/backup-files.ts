@@ -23,7 +23,10 @@ export function registerBackupFiles(cmd: Command, access: (o: RepoOpts) => RepoA
     .argument('<snapshot>')
     .argument('[path]', 'a directory (or file) of the filesystem to list; without it, the partitions')
     .option('--disk <n>', "which of the snapshot's disks", '0')
-    .option('--partition <n>', 'which partition (as Linux numbers them: 1 for sda1); needed when several are readable')
+    .option(
+      '--partition <n>',
+      'which partition (as Linux numbers them: 1 for sda1); needed when several are readable',
+    )
     .option('--extract <path>', 'copy this file, symlink or directory tree out of the backup')
     .option('--to <dir>', 'with --extract: the local directory to put it in (created if missing)')
     .option('--force', 'with --extract: replace files that already exist (never following symlinks)')
@@ -51,12 +54,17 @@ export function registerBackupFiles(cmd: Command, access: (o: RepoOpts) => RepoA
       const orch = await orchestration();
       try {
         if (o.extract !== undefined) {
-          const r = await orch.extractBackupFiles({ ...req, path: o.extract, to: o.to!, ...(o.force ? { force: true } : {}) });
+          const r = await orch.extractBackupFiles({
+            ...req,
+            path: o.extract,
+            to: o.to!,
+            ...(o.force ? { force: true } : {}),
+          });
           return printResult(
             !!o.json,
             r,
             () =>
-              `extracted ${r.path} to ${r.to}: ${r.files} file(s), ${r.directories} director(y/ies), ${r.symlinks} symlink(s), ${bytes(r.bytes)}, every file read back and matched` +
+              `extracted ${r.path} to ${r.to}: ${count(r.files, 'file')}, ${count(r.directories, 'directory', 'directories')}, ${count(r.symlinks, 'symlink')}, ${bytes(r.bytes)}, every file read back and matched` +
               (r.skipped.length ? `\nskipped (device nodes, FIFOs, sockets): ${r.skipped.join(', ')}` : ''),
           );
         }
@@ -86,7 +94,11 @@ export function registerBackupFiles(cmd: Command, access: (o: RepoOpts) => RepoA
               `${TYPE_LETTER[e.type]}${e.mode}`,
               e.size,
               e.mtime.replace(/\.\d+Z$/, 'Z'),
-              e.target !== undefined ? `${e.name} -> ${e.target}` : e.type === 'directory' ? `${e.name}/` : e.name,
+              e.target !== undefined
+                ? `${e.name} -> ${e.target}`
+                : e.type === 'directory'
+                  ? `${e.name}/`
+                  : e.name,
             ]),
           ]),
         );
@@ -112,3 +124,5 @@ function whole(v: string, what: string): number {
   if (!Number.isInteger(n) || n < 0) throw invalidArgument(`${what} "${v}" is not a whole number`);
   return n;
 }
+
+const count = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;

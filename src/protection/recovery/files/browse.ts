@@ -1,6 +1,17 @@
 import { createHash } from 'node:crypto';
 import { constants, createReadStream } from 'node:fs';
-import { chmod, lstat, lutimes, mkdir, open, rm, stat, symlink, utimes, type FileHandle } from 'node:fs/promises';
+import {
+  chmod,
+  lstat,
+  lutimes,
+  mkdir,
+  open,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  type FileHandle,
+} from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { conflict, HavenError, invalidArgument, notFound } from '../../../common/index.js';
 import type { Debugfs, FileType } from './debugfs.js';
@@ -75,7 +86,10 @@ export async function listFiles(fs: Debugfs, path: string, what: string): Promis
   });
 }
 
-async function readLinks(fs: Debugfs, links: { inode: number; size: number }[]): Promise<Map<number, string>> {
+async function readLinks(
+  fs: Debugfs,
+  links: { inode: number; size: number }[],
+): Promise<Map<number, string>> {
   const parts = links.map(() => [] as Buffer[]);
   await fs.cat(
     links,
@@ -144,7 +158,14 @@ export async function extractFiles(
   for (const d of replace) await rm(d, { recursive: true, force: true }); // removes a symlink, never its target
 
   const info = await fs.stat(todo.map((n) => n.inode));
-  const result: ExtractResult = { to: base, files: 0, directories: 0, symlinks: 0, bytes: 0, skipped: skipped.map((n) => posix.join(p, n.rel)) };
+  const result: ExtractResult = {
+    to: base,
+    files: 0,
+    directories: 0,
+    symlinks: 0,
+    bytes: 0,
+    skipped: skipped.map((n) => posix.join(p, n.rel)),
+  };
   for (const n of todo.filter((x) => x.type === 'directory')) {
     await mkdir(dest(n), { recursive: false }).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== 'EEXIST') throw e;
@@ -152,7 +173,10 @@ export async function extractFiles(
     result.directories++;
   }
   const links = todo.filter((n) => n.type === 'symlink');
-  const slow = await readLinks(fs, links.filter((n) => !info.get(n.inode)!.fastLink));
+  const slow = await readLinks(
+    fs,
+    links.filter((n) => !info.get(n.inode)!.fastLink),
+  );
   for (const n of links) {
     await symlink(info.get(n.inode)!.fastLink ?? slow.get(n.inode)!, dest(n));
     const t = info.get(n.inode)!.mtime;
@@ -166,13 +190,23 @@ export async function extractFiles(
     await fs.cat(
       files,
       async (i, bytes) => {
-        handles[i] ??= await open(dest(files[i]!), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+        handles[i] ??= await open(
+          dest(files[i]!),
+          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+          0o600,
+        );
         hashes[i]!.update(bytes);
         await handles[i].write(bytes);
       },
       async (i) => {
         const n = files[i]!;
-        const h = handles[i] ?? (await open(dest(n), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
+        const h =
+          handles[i] ??
+          (await open(
+            dest(n),
+            constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+            0o600,
+          ));
         handles[i] = undefined;
         await h.chmod(n.mode);
         await h.close();
@@ -186,8 +220,14 @@ export async function extractFiles(
         result.bytes += n.size;
       },
     );
-  } finally {
-    for (const h of handles) await h?.close();
+  } catch (err) {
+    // A file cut short is not left behind looking whole: those still open are removed.
+    for (const [i, h] of handles.entries())
+      if (h) {
+        await h.close().catch(() => undefined);
+        await rm(dest(files[i]!), { force: true });
+      }
+    throw err;
   }
   // Directories last, deepest first: writing into them changed their times.
   for (const n of todo.filter((x) => x.type === 'directory').reverse()) {
@@ -208,7 +248,13 @@ async function walk(fs: Debugfs, root: Node, signal?: AbortSignal): Promise<Node
     const next: Node[] = [];
     for (const d of level)
       for (const e of listed.get(d.inode)!) {
-        const n: Node = { rel: d.rel ? `${d.rel}/${e.name}` : e.name, inode: e.inode, type: e.type, mode: e.mode, size: e.size };
+        const n: Node = {
+          rel: d.rel ? `${d.rel}/${e.name}` : e.name,
+          inode: e.inode,
+          type: e.type,
+          mode: e.mode,
+          size: e.size,
+        };
         out.push(n);
         if (n.type === 'directory') next.push(n);
       }

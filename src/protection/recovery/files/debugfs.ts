@@ -160,15 +160,19 @@ export class Debugfs {
     const signal = this.signal;
     const spec = this.offset ? `${this.image}?offset=${this.offset}` : this.image;
     return new Promise((resolve, reject) => {
-      const child = spawn('debugfs', ['-c', '-f', '-', spec], { stdio: ['pipe', 'pipe', 'pipe'], ...(signal ? { signal } : {}) });
+      const child = spawn('debugfs', ['-c', '-f', '-', spec], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+        ...(signal ? { signal } : {}),
+      });
       const out: Buffer[] = [];
       let err = '';
       let failure: unknown;
       child.stderr.on('data', (d: Buffer) => (err += d.toString()));
       child.on('error', (e: NodeJS.ErrnoException) => {
-        failure ??= e.code === 'ENOENT'
-          ? unsupported('file-level restore needs debugfs (Debian package e2fsprogs): run scripts/setup')
-          : e;
+        failure ??=
+          e.code === 'ENOENT'
+            ? unsupported('file-level restore needs debugfs (Debian package e2fsprogs): run scripts/setup')
+            : e;
       });
       child.stdin.on('error', () => undefined); // debugfs gone early: its exit says why
       child.stdin.end(commands.join('\n') + '\n');
@@ -185,7 +189,10 @@ export class Debugfs {
       })();
       child.on('close', () => {
         void pump.then(() => {
-          if (failure) return reject(signal?.aborted ? new HavenError('CANCELLED', 'cancelled') : failure);
+          if (failure)
+            return reject(
+              signal?.aborted ? new HavenError('CANCELLED', `${this.what}: interrupted`) : failure,
+            );
           const errors = err.split('\n').filter((l) => l.trim() && !CHATTER.test(l));
           if (errors.length) return reject(this.error(errors));
           resolve(Buffer.concat(out).toString('utf8'));
@@ -197,7 +204,10 @@ export class Debugfs {
   private error(lines: string[]): HavenError {
     const text = lines.join('; ');
     if (/while (trying to open|opening filesystem)|Bad magic number|Filesystem not open/.test(text))
-      return new HavenError('UNSUPPORTED', `${this.what} holds no readable ext2/3/4 filesystem: ${lines[0]!.replace(/^debugfs: /, '')}`);
+      return new HavenError(
+        'UNSUPPORTED',
+        `${this.what} holds no readable ext2/3/4 filesystem: ${lines[0]!.replace(/^debugfs: /, '')}`,
+      );
     return new HavenError('IO', `${this.what}: debugfs: ${text}`);
   }
 }

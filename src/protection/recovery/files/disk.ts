@@ -34,7 +34,9 @@ export async function diskLayout(device: BlockDevice): Promise<DiskLayout> {
     const type = await probeFilesystem(device, 0, device.size);
     return {
       scheme: 'none',
-      filesystems: [{ partition: null, start: 0, size: device.size, type: type ?? null, readable: readable(type) }],
+      filesystems: [
+        { partition: null, start: 0, size: device.size, type: type ?? null, readable: readable(type) },
+      ],
     };
   }
   const filesystems: DiskFilesystem[] = [];
@@ -67,7 +69,9 @@ export function pickFilesystem(layout: DiskLayout, what: string, partition?: num
       throw invalidArgument(`${what} has no partition table (${holds}): leave out --partition`);
     fs = layout.filesystems.find((f) => f.partition === partition);
     if (!fs)
-      throw notFound(`${what} has no partition ${partition}; it has ${layout.filesystems.map((f) => f.partition).join(', ') || 'none'}`);
+      throw notFound(
+        `${what} has no partition ${partition}; it has ${layout.filesystems.map((f) => f.partition).join(', ') || 'none'}`,
+      );
   } else if (layout.scheme === 'none') fs = layout.filesystems[0]!;
   else {
     const ok = layout.filesystems.filter((f) => f.readable);

@@ -9,7 +9,11 @@ const PROBE = 68 * 1024; // reaches btrfs's superblock at 64 KiB
  * What a byte range of a disk holds, from the magic numbers of its first 68 KiB: a filesystem's
  * type (the names blkid uses), or undefined when nothing is recognised (unformatted, or unknown).
  */
-export async function probeFilesystem(device: BlockDevice, start: number, size: number): Promise<string | undefined> {
+export async function probeFilesystem(
+  device: BlockDevice,
+  start: number,
+  size: number,
+): Promise<string | undefined> {
   const n = Math.min(PROBE, size, device.size - start);
   if (n < 2048) return undefined;
   const b = Buffer.alloc(n);

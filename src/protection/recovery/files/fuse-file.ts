@@ -20,7 +20,11 @@ const READY_MS = 15_000;
  * device through this process's event loop, so callers must read it from child processes
  * (spawned asynchronously), never synchronously from this one.
  */
-export async function exposeAsFile(device: BlockDevice, workDir: string, signal?: AbortSignal): Promise<DeviceFile> {
+export async function exposeAsFile(
+  device: BlockDevice,
+  workDir: string,
+  signal?: AbortSignal,
+): Promise<DeviceFile> {
   const server = new NbdServer({ log: logger('files-nbd') });
   server.addExport({ name: 'disk', device, description: 'file-level restore' });
   const socket = join(workDir, 'nbd.sock');
@@ -55,7 +59,12 @@ export async function exposeAsFile(device: BlockDevice, workDir: string, signal?
         ),
       );
       child!.once('exit', (code, sig) =>
-        rej(new HavenError('IO', `nbdfuse exited (${sig ?? code}) before the disk was mounted: ${stderr.trim() || 'no message'} (FUSE needs /dev/fuse and the right to mount)`)),
+        rej(
+          new HavenError(
+            'IO',
+            `nbdfuse exited (${sig ?? code}) before the disk was mounted: ${stderr.trim() || 'no message'} (FUSE needs /dev/fuse and the right to mount)`,
+          ),
+        ),
       );
     });
     await Promise.race([failed, waitForFile(path, device.size, signal)]);

@@ -84,7 +84,7 @@ async function readGpt(device: BlockDevice): Promise<Partition[] | undefined> {
   const entrySize = header.readUInt32LE(84);
   if (entrySize < 128 || count > 1024) return undefined;
   const bytes = count * entrySize;
-  if ((entriesLba * SECTOR) + bytes > device.size) return undefined;
+  if (entriesLba * SECTOR + bytes > device.size) return undefined;
   const table = Buffer.alloc(Math.ceil(bytes / SECTOR) * SECTOR);
   await device.read(table, entriesLba * SECTOR);
   const out: Partition[] = [];
