@@ -60,14 +60,12 @@ export class Debugfs {
   async listMany(dirs: number[]): Promise<Map<number, DirEntry[]>> {
     const out = new Map<number, DirEntry[]>();
     if (!dirs.length) return out;
-    const parts = split(await this.run(dirs.map((d) => `ls -p <${d}>`)));
+    const parts = await this.batch(dirs.map((d) => `ls -p <${d}>`));
     for (const [i, d] of dirs.entries()) {
       const entries: DirEntry[] = [];
-      for (const line of (parts[i] ?? '').split('\n')) {
-        // /INODE/MODE/UID/GID/NAME/SIZE/ — a name holds no "/", so the fields split cleanly.
-        const f = line.split('/');
-        if (f.length !== 8 || f[0] !== '') continue;
-        const [inode, mode, name, size] = [Number(f[1]), parseInt(f[2]!, 8), f[5]!, f[6]!];
+      // /INODE/MODE/UID/GID/NAME/SIZE/ — a name holds no "/" (but may hold a newline).
+      for (const m of parts[i]!.matchAll(/^\/(\d+)\/(\d+)\/\d*\/\d*\/([^/]*)\/(\d*)\/$/gm)) {
+        const [inode, mode, name, size] = [Number(m[1]), parseInt(m[2]!, 8), m[3]!, m[4]!];
         if (name === '.' || name === '..' || !inode) continue;
         const type = TYPES[mode & 0o170000];
         if (!type) continue;
@@ -82,9 +80,9 @@ export class Debugfs {
   async stat(inodes: number[]): Promise<Map<number, InodeInfo>> {
     const out = new Map<number, InodeInfo>();
     if (!inodes.length) return out;
-    const parts = split(await this.run(inodes.map((n) => `stat <${n}>`)));
+    const parts = await this.batch(inodes.map((n) => `stat <${n}>`));
     for (const [i, n] of inodes.entries()) {
-      const text = parts[i] ?? '';
+      const text = parts[i]!;
       const m = /^\s*mtime: 0x([0-9a-f]+)(?::([0-9a-f]+))?/m.exec(text);
       if (!m) throw new HavenError('CORRUPT', `${this.what}: debugfs could not read inode ${n}`);
       const lo = parseInt(m[1]!, 16) | 0; // signed 32-bit seconds
@@ -146,6 +144,24 @@ export class Debugfs {
     );
     await advance();
     if (i < items.length) throw this.mismatch(`inode ${items[i]!.inode} ended early`);
+  }
+
+  /**
+   * The output of each command of a batch. A name or symlink target can hold a line that looks
+   * like debugfs's echo of a command; if the echoes are not exactly the commands, in order, each
+   * command runs on its own instead, where only the first line is the echo.
+   */
+  private async batch(commands: string[]): Promise<string[]> {
+    const stdout = await this.run(commands);
+    const echoes = [...stdout.matchAll(/^debugfs: (.*)\n/gm)];
+    if (echoes.length === commands.length && echoes.every((e, i) => e[1] === commands[i]))
+      return echoes.map((e, i) => stdout.slice(e.index + e[0].length, echoes[i + 1]?.index ?? stdout.length));
+    const out: string[] = [];
+    for (const c of commands) {
+      const one = await this.run([c]);
+      out.push(one.slice(one.indexOf('\n') + 1));
+    }
+    return out;
   }
 
   private mismatch(why: string): HavenError {
@@ -210,9 +226,4 @@ export class Debugfs {
       );
     return new HavenError('IO', `${this.what}: debugfs: ${text}`);
   }
-}
-
-/** A batch's stdout split at debugfs's echo of each command. */
-function split(stdout: string): string[] {
-  return stdout.split(/^debugfs: .*\n/m).slice(1);
 }
