@@ -146,10 +146,18 @@ export async function extractFiles(
   // Decide every clash before writing anything.
   const replace: string[] = [];
   const clashes: string[] = [];
+  // Below a directory that does not exist yet (or is replaced) nothing can clash, and nothing is
+  // looked at: a symlink standing there must not lead the check outside.
+  const fresh = new Set<string>();
   for (const n of todo) {
+    if (n.rel && fresh.has(posix.dirname(n.rel) === '.' ? '' : posix.dirname(n.rel))) {
+      if (n.type === 'directory') fresh.add(n.rel);
+      continue;
+    }
     const s = await lstatOrNull(dest(n));
-    if (!s || (n.type === 'directory' && s.isDirectory())) continue;
-    (opts.force ? replace : clashes).push(dest(n));
+    if (s && n.type === 'directory' && s.isDirectory()) continue;
+    if (s) (opts.force ? replace : clashes).push(dest(n));
+    if (n.type === 'directory') fresh.add(n.rel);
   }
   if (clashes.length)
     throw conflict(

@@ -13,6 +13,7 @@ export interface DeviceFile {
 }
 
 const READY_MS = 15_000;
+const STOP_MS = 5_000; // then nbdfuse is killed, and the mount lazily detached
 
 /**
  * Exposes `device` as the file `workDir/mnt/disk`: Haven's NBD server on a unix socket in
@@ -41,7 +42,9 @@ export async function exposeAsFile(
     closed = true;
     if (child && child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM'); // nbdfuse unmounts on SIGTERM
+      const timer = setTimeout(() => child?.kill('SIGKILL'), STOP_MS);
       await exited;
+      clearTimeout(timer);
     }
     if (isMounted(mnt)) await runQuietly('umount', ['-l', mnt]);
     await server.close();
