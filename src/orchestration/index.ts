@@ -7,6 +7,7 @@ export * from './site/index.js';
 export { readPskFile, type TlsCredentials } from '../nbd/index.js';
 export type { PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';
 export * from './tools/backup.js';
+export * from './tools/backup-files.js';
 export {
   Repository,
   selectRetained,

@@ -29,3 +29,4 @@ export {
 } from './backup/quiesce.js';
 export { startQmpPull, type QmpPullOptions, type QmpPullSession } from './backup/qmp-pull.js';
 export { SnapshotDevice, type SnapshotDeviceOptions } from './recovery/snapshot-device.js';
+export * from './recovery/files/index.js';

@@ -16,8 +16,9 @@ import { bytes, parseSize, table } from '../args.js';
 import { runJob } from './compute.js';
 import { stopOnSignal } from './nbd-serve.js';
 import { fields, printResult } from '../output.js';
+import { registerBackupFiles } from './backup-files.js';
 
-type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
+export type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
 
 function repoOptions(cmd: Command): Command {
   return cmd
@@ -273,6 +274,8 @@ export function registerBackup(program: Command): void {
       );
       stopOnSignal(serving);
     });
+
+  registerBackupFiles(repoOptions(backupCommand.command('files')), access);
 
   backupCommand
     .description(
