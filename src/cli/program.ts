@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { commandFamilies } from './commands/index.js';
+import { usageStatus } from './output.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
   version: string;
@@ -20,7 +21,7 @@ export function buildProgram(): Command {
   for (const register of commandFamilies) register(program);
   // Every subcommand inherits the one-line error handling.
   const visit = (cmd: Command) => {
-    cmd.exitOverride(onCommanderExit).showSuggestionAfterError(true);
+    cmd.exitOverride((err) => onCommanderExit(err, cmd)).showSuggestionAfterError(true);
     cmd.configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });
     cmd.commands.forEach(visit);
   };
@@ -28,7 +29,7 @@ export function buildProgram(): Command {
   return program;
 }
 
-function onCommanderExit(err: CommanderError): never {
-  // --help and --version end with exit 0; every usage error with a non-zero exit.
-  process.exit(err.exitCode);
+function onCommanderExit(err: CommanderError, cmd?: Command): never {
+  // --help and --version end with exit 0; every usage error with a non-zero exit (the command's own, if it has one).
+  process.exit(cmd ? usageStatus(cmd, err.exitCode) : err.exitCode);
 }

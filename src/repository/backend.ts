@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
 import { promisify } from 'node:util';
 import { HavenError, fromSystemError } from '../common/index.js';
+import { claimFile, isAsideName, putBack, sweepFile } from './chunk-claim.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -29,8 +30,19 @@ export interface RepositoryBackend {
   delete(key: string): Promise<void>;
   /** Every object whose key starts with `prefix` (a folder, ending in "/"). */
   list(prefix: string): AsyncIterable<ObjectInfo>;
-  /** Marks an object as used now (garbage collection keeps what was touched since it began). */
-  touch(key: string): Promise<void>;
+  /**
+   * Claims an object for a writer about to refer to it: marks it used now and says whether it is
+   * there. True: garbage collection keeps it (it was claimed after gc's cutoff). False: it is not
+   * there (perhaps just deleted): write it. Atomic against deleteUnclaimed (chunk-claim.ts).
+   */
+  claim(key: string): Promise<boolean>;
+  /**
+   * Deletes an object unless it was claimed at or after `cutoffMs`: atomic against claim(), so a
+   * claim that returned true is never undone. One caller at a time (garbage collection's lock).
+   */
+  deleteUnclaimed(key: string, cutoffMs: number): Promise<'deleted' | 'kept' | 'absent'>;
+  /** Puts back the objects under `prefix` that a deleteUnclaimed that died left half done. */
+  settleDeletes(prefix: string): Promise<number>;
   /** Makes every object written so far durable (before a manifest that refers to them). */
   sync(): Promise<void>;
   /**
@@ -158,9 +170,30 @@ export class LocalBackend implements RepositoryBackend {
     }
   }
 
-  async touch(key: string): Promise<void> {
-    const now = new Date();
-    await utimes(this.path(key), now, now);
+  async claim(key: string): Promise<boolean> {
+    try {
+      return await claimFile(this.path(key));
+    } catch (err) {
+      throw fromSystemError(err, `repository ${this.location}: cannot claim ${key}`);
+    }
+  }
+
+  async deleteUnclaimed(key: string, cutoffMs: number): Promise<'deleted' | 'kept' | 'absent'> {
+    try {
+      return await sweepFile(this.path(key), cutoffMs);
+    } catch (err) {
+      throw fromSystemError(err, `repository ${this.location}: cannot delete ${key}`);
+    }
+  }
+
+  async settleDeletes(prefix: string): Promise<number> {
+    let n = 0;
+    for await (const o of this.list(prefix))
+      if (isAsideName(o.key)) {
+        await putBack(this.path(o.key));
+        n++;
+      }
+    return n;
   }
 }
 

@@ -6,12 +6,14 @@ export type {
   SnapshotInfo as BackupSnapshot,
   DiskManifest,
   BackupStats,
-  VerifyReport,
-  GcReport,
+  DamagedSnapshot,
+  PruneReport,
   RepositoryStats,
 } from './repository.js';
+export type { VerifyReport, VerifyOptions } from './verify.js';
+export type { GcReport, GcOptions } from './gc.js';
 export { ChunkCodec } from './chunk-codec.js';
 export { LocalBackend, type RepositoryBackend, type ObjectInfo } from './backend.js';
-export { selectRetained, type RetentionPolicy } from './retention.js';
+export { planPrune, selectRetained, sourceName, type PrunePlan, type RetentionPolicy } from './retention.js';
 export type { RepositoryKeys } from './keys.js';
 export * from './format.js';

@@ -3,9 +3,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { HavenError } from '../common/index.js';
 import { tempDir } from '../../test/support/tmp.js';
 import {
@@ -128,4 +136,286 @@ test('gc keeps chunks a running backup touched and removes what nothing uses', a
   );
   await assert.rejects(repo.gc(), /already running/);
   assert.ok(readFileSync(join(repo.location, 'config.json'), 'utf8').includes('haven-repository'));
+});
+
+test('claims racing a gc sweep: a chunk a writer found stays, one gc took first is written again', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'));
+  const codec = repo.codec();
+  const chunks = Array.from({ length: 300 }, () => {
+    const b = randomBytes(512);
+    const d = codec.digest(b);
+    return { d, stored: codec.encode(b, d), path: join(repo.location, chunkKey(d)) };
+  });
+  const failures: string[] = [];
+  for (let round = 0; round < 20; round++) {
+    for (const c of chunks) await repo.putChunk(c.d, c.stored);
+    const old = Date.now() / 1000 - 3600;
+    for (const c of chunks) utimesSync(c.path, old, old);
+    // The writer goes through the chunks in the reverse of the order the sweep lists them, so
+    // that the two cross once per round wherever they meet.
+    const byName = new Map(chunks.map((c) => [c.d.toString('hex'), c]));
+    const order = readdirSync(join(repo.location, 'chunks'), { recursive: true })
+      .map((n) => byName.get(String(n).slice(-64)))
+      .filter((c) => c !== undefined)
+      .reverse();
+    const session = await repo.beginSession();
+    const writer = (async () => {
+      for (const c of order) await repo.putChunk(c.d, c.stored);
+    })();
+    const [w, g] = await Promise.allSettled([writer, repo.gc({ graceMs: 0 })]);
+    await session.end();
+    if (w.status === 'rejected') failures.push(`round ${round}: the writer failed: ${String(w.reason)}`);
+    if (g.status === 'rejected') failures.push(`round ${round}: gc failed: ${String(g.reason)}`);
+    const missing = chunks.filter((c) => !existsSync(c.path)).length;
+    if (missing) failures.push(`round ${round}: ${missing} chunk(s) the writer holds were deleted`);
+  }
+  assert.deepEqual(failures, []);
+});
+
+test('a sweep that died with a chunk moved aside: the next gc puts it back first', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'));
+  const codec = repo.codec();
+  const b = randomBytes(1000);
+  const d = codec.digest(b);
+  await repo.putChunk(d, codec.encode(b, d));
+  const path = join(repo.location, chunkKey(d));
+  renameSync(path, join(dirname(path), `.gc-${basename(path)}`));
+  // Readers find it meanwhile.
+  assert.ok(codec.decode(await repo.getChunk(d), d).equals(b));
+  // A session claims it (younger than any cutoff), so the gc keeps it even unreferenced.
+  const s = await repo.beginSession();
+  assert.equal(await repo.hasChunk(d), false, 'not under its name while it is aside');
+  await repo.putChunk(d, codec.encode(b, d));
+  const r = await repo.gc({ graceMs: 0 });
+  await s.end();
+  assert.equal(r.removedChunks, 0);
+  assert.ok(existsSync(path));
+  assert.deepEqual(readdirSync(dirname(path)), [basename(path)]);
+});
+
+/** A snapshot of `blocks` (a null block is zeroes) from `source`, made as a backup makes one. */
+async function makeSnapshot(
+  repo: Repository,
+  source: string,
+  blocks: (Buffer | null)[],
+  createdAt = new Date().toISOString(),
+) {
+  const codec = repo.codec();
+  const cs = repo.config.chunkSize;
+  const count = blocks.length;
+  const idx = Buffer.alloc(indexBytes({ chunkSize: cs, size: count * cs, count }));
+  writeIndexHeader(idx, { chunkSize: cs, size: count * cs, count });
+  const session = await repo.beginSession();
+  blocks.forEach((b, i) => {
+    if (b) codec.digest(b).copy(idx, 32 + i * 32);
+  });
+  for (const b of blocks) if (b) await repo.putChunk(codec.digest(b), codec.encode(b, codec.digest(b)));
+  const id = `${createdAt.replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
+  const { key, sha256 } = await repo.writeIndex(id, 0, idx);
+  const [kind, name] = source.split(':') as [string, string];
+  const manifest = {
+    id,
+    version: 1,
+    createdAt,
+    source: { kind, name },
+    disks: [
+      {
+        name: 'disk0',
+        size: count * cs,
+        chunkSize: cs,
+        index: key,
+        indexSha256: sha256,
+        dataChunks: blocks.filter((b) => b).length,
+        zeroChunks: blocks.filter((b) => !b).length,
+      },
+    ],
+    stats: { readBytes: 0, newChunks: 0, storedBytes: 0, reusedChunks: 0, seconds: 0 },
+    consistency: 'crash' as const,
+    tags: [],
+  };
+  await repo.commitSnapshot(manifest);
+  await session.end();
+  return manifest;
+}
+
+test('forget and readers: a snapshot being read is refused, one being forgotten is refused to readers', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'), { chunkSize: 65536 });
+  const a = await makeSnapshot(repo, 'vm:a', [randomBytes(65536)]);
+  const use = await repo.useSnapshot(a.id);
+  await assert.rejects(repo.deleteSnapshot(a.id), /in use: read by a restore or mount running now/);
+  await use.end();
+  // A backup that takes it as its parent holds it too.
+  const s = await repo.beginSession(a.id);
+  await assert.rejects(repo.deleteSnapshot(a.id), /in use: the base of a backup/);
+  await s.end();
+  // A forget that was interrupted after its marker: users refuse the snapshot; forget again ends it.
+  writeFileSync(join(repo.location, 'snapshots', a.id, 'forgetting'), '{}');
+  await assert.rejects(repo.useSnapshot(a.id), /is being forgotten/);
+  await assert.rejects(repo.beginSession(a.id), /is being forgotten/);
+  assert.deepEqual(
+    readdirSync(join(repo.location, 'sessions')),
+    [],
+    'a refused user leaves no session behind',
+  );
+  await repo.deleteSnapshot(a.id);
+  assert.deepEqual(readdirSync(join(repo.location, 'snapshots', a.id)), [], 'the forget finished');
+  await assert.rejects(repo.useSnapshot(a.id), (e: HavenError) => e.code === 'NOT_FOUND');
+});
+
+test('a damaged manifest is reported and forgettable; the other snapshots go on working', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'), { chunkSize: 65536 });
+  const shared = randomBytes(65536);
+  const good = await makeSnapshot(
+    repo,
+    'vm:a',
+    [shared, randomBytes(65536), null],
+    '2026-01-01T00:00:00.000Z',
+  );
+  const bad = await makeSnapshot(repo, 'vm:a', [shared, randomBytes(65536)], '2026-01-02T00:00:00.000Z');
+  const other = await makeSnapshot(repo, 'vm:b', [randomBytes(65536)], '2026-01-03T00:00:00.000Z');
+  writeFileSync(join(repo.location, 'snapshots', bad.id, 'manifest.json'), '{"id": "trunc');
+  const scan = await repo.scanSnapshots();
+  assert.deepEqual(
+    scan.snapshots.map((s) => s.id),
+    [good.id, other.id],
+  );
+  assert.equal(scan.damaged.length, 1);
+  assert.match(
+    scan.damaged[0]!.reason,
+    new RegExp(`snapshot ${bad.id}: its manifest is damaged.*haven repo forget ${bad.id}`),
+  );
+  const st = await repo.stats();
+  assert.equal(st.snapshots, 2);
+  assert.equal(st.damagedSnapshots[0]!.id, bad.id);
+  // Verify checks the rest and names the damaged manifest.
+  const v = await repo.verify();
+  assert.deepEqual(v.snapshots, [good.id, other.id]);
+  assert.deepEqual(
+    v.damaged.map((d) => [d.snapshot, d.disk]),
+    [[bad.id, '(manifest)']],
+  );
+  assert.equal((await repo.verify([bad.id])).damaged[0]!.disk, '(manifest)');
+  // gc deletes nothing while a snapshot's chunks are unknown.
+  await assert.rejects(
+    repo.gc({ graceMs: 0 }),
+    new RegExp(`gc deletes nothing while a snapshot cannot be read.*${bad.id}`),
+  );
+  // Prune leaves it alone (its date and source are unknown) and says so; forget removes it.
+  const p = await repo.prune({ last: 1 });
+  assert.deepEqual(
+    p.damaged.map((d) => d.id),
+    [bad.id],
+  );
+  await repo.deleteSnapshot(bad.id);
+  assert.equal((await repo.scanSnapshots()).damaged.length, 0);
+  const g = await repo.gc({ graceMs: 0 });
+  assert.equal(g.removedChunks, 1, "the forgotten snapshot's own chunk");
+  assert.equal((await repo.verify()).damaged.length, 0);
+});
+
+test('verify names every damaged chunk file with its own reason', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'), { chunkSize: 65536 });
+  const blocks = [randomBytes(65536), randomBytes(65536), randomBytes(65536)];
+  const m = await makeSnapshot(repo, 'vm:a', blocks);
+  const codec = repo.codec();
+  const paths = blocks.map((b) => join(repo.location, chunkKey(codec.digest(b))));
+  writeFileSync(paths[0]!, readFileSync(paths[0]!).subarray(0, 100)); // truncated
+  const flipped = readFileSync(paths[1]!);
+  flipped[flipped.length - 1]! ^= 1;
+  writeFileSync(paths[1]!, flipped); // content does not match
+  const v = await repo.verify();
+  assert.equal(v.damagedChunks, 2);
+  assert.deepEqual(
+    v.damaged.map((d) => [d.snapshot, d.offsets]),
+    [[m.id, [0, 65536]]],
+  );
+  assert.equal(v.chunkDamage.length, 2);
+  const reasons = new Map(v.chunkDamage.map((c) => [c.key, c.reason]));
+  assert.match(reasons.get(chunkKey(codec.digest(blocks[0]!)))!, /truncated/);
+  assert.match(
+    reasons.get(chunkKey(codec.digest(blocks[1]!)))!,
+    /checksum mismatch|does not match its digest/,
+  );
+});
+
+test('prune applies retention per source, names sources as repo list does, refuses to empty a source', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'), { chunkSize: 65536 });
+  const block = randomBytes(65536);
+  const a1 = await makeSnapshot(repo, 'vm:demo', [block], '2026-01-01T00:00:00.000Z');
+  const a2 = await makeSnapshot(repo, 'vm:demo', [block], '2026-01-02T00:00:00.000Z');
+  const b1 = await makeSnapshot(repo, 'volume:data', [block], '2026-01-01T12:00:00.000Z');
+  // One of each source is kept, not one in all.
+  const dry = await repo.prune({ last: 1 }, { dryRun: true });
+  assert.deepEqual(
+    dry.sources.map((s) => [s.source, s.kept.map((k) => k.id), s.removed]),
+    [
+      ['vm:demo', [a2.id], [a1.id]],
+      ['volume:data', [b1.id], []],
+    ],
+  );
+  assert.deepEqual(
+    (await repo.prune({ last: 1 }, { dryRun: true, source: 'vm:demo' })).sources.map((s) => s.source),
+    ['vm:demo'],
+  );
+  assert.deepEqual(
+    (await repo.prune({ last: 1 }, { dryRun: true, source: 'demo' })).sources.map((s) => s.source),
+    ['vm:demo'],
+  );
+  await assert.rejects(
+    repo.prune({ last: 1 }, { source: 'vm:nothing' }),
+    (e: HavenError) => e.code === 'NOT_FOUND' && /sources are: vm:demo, volume:data/.test(e.message),
+  );
+  await assert.rejects(
+    repo.prune({ last: 0 }),
+    (e: HavenError) =>
+      e.code === 'INVALID_ARGUMENT' && /keeps no snapshot of vm:demo.*--delete-all/.test(e.message),
+  );
+  assert.equal((await repo.listSnapshots()).length, 3, 'a refused prune deletes nothing');
+  const all = await repo.prune({ last: 0 }, { source: 'volume:data', deleteAll: true });
+  assert.deepEqual(all.sources[0]!.removed, [b1.id]);
+  // A snapshot in use is kept this time, and named.
+  const use = await repo.useSnapshot(a1.id);
+  const p = await repo.prune({ last: 1 });
+  await use.end();
+  assert.deepEqual(
+    p.inUse.map((x) => x.id),
+    [a1.id],
+  );
+  assert.deepEqual(
+    (await repo.listSnapshots()).map((s) => s.id),
+    [a1.id, a2.id],
+  );
+});
+
+test('stats: the ratio is of the data stored, not of zeroes; a failed encrypted init leaves nothing behind', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'), { chunkSize: 65536 });
+  const block = randomBytes(65536);
+  // Two snapshots of one mostly empty disk with the same random block: data 2 × 64 KiB, stored once.
+  await makeSnapshot(repo, 'vm:a', [block, ...Array<null>(99).fill(null)]);
+  await makeSnapshot(repo, 'vm:a', [block, ...Array<null>(99).fill(null)]);
+  const s = await repo.stats();
+  assert.equal(s.dataBytes, 2 * 65536);
+  assert.equal(s.logicalBytes, 200 * 65536);
+  assert.ok(s.ratio > 1.9 && s.ratio < 2.1, `ratio ${s.ratio}`);
+  const enc = join(dir.path, 'enc');
+  await assert.rejects(Repository.init(enc, { passphrase: 'short' }), /at least 8 characters/);
+  assert.equal(existsSync(enc), false, 'nothing was created');
+  // What an older Haven left after that failure (empty folders) does not block the retry.
+  for (const d of ['', 'tmp', 'chunks', 'snapshots', 'sessions', 'locks'])
+    mkdirSync(join(enc, d), { recursive: true });
+  assert.ok((await Repository.init(enc, { passphrase: 'long enough now' })).encrypted);
 });

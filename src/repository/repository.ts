@@ -1,15 +1,15 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { HavenError, conflict, errorMessage, notFound } from '../common/index.js';
 import { LocalBackend, type RepositoryBackend } from './backend.js';
 import { ChunkCodec } from './chunk-codec.js';
+import { ASIDE_PREFIX, isAsideName } from './chunk-claim.js';
+import { bootId, pidAlive } from './process.js';
 import {
   DEFAULT_CHUNK_SIZE,
-  DIGEST_BYTES,
   FORMAT_VERSION,
-  ZERO_DIGEST,
   checkChunkSize,
   chunkKey,
   isTemporaryKey,
@@ -17,7 +17,9 @@ import {
   readIndex,
 } from './format.js';
 import { newEncryption, openEncryption, type EncryptionConfig, type RepositoryKeys } from './keys.js';
-import { selectRetained, type RetentionPolicy } from './retention.js';
+import { collectGarbage, type GcOptions, type GcReport } from './gc.js';
+import { verifySnapshots, type VerifyOptions, type VerifyReport } from './verify.js';
+import { planPrune, type PrunePlan, type RetentionPolicy } from './retention.js';
 
 export interface RepositoryConfig {
   format: 'haven-repository';
@@ -80,21 +82,38 @@ export interface SnapshotInfo extends SnapshotManifest {
   protected: boolean;
 }
 
-interface SessionRecord {
+export interface DamagedSnapshot {
+  id: string;
+  reason: string;
+}
+
+export interface PruneReport {
+  sources: PrunePlan['sources'];
+  /** Snapshots the policy drops that are in use now: kept this time. */
+  inUse: DamagedSnapshot[];
+  /** Snapshots whose manifest is damaged: not pruned (forget them by id). */
+  damaged: DamagedSnapshot[];
+}
+
+export interface SessionRecord {
   id: string;
   pid: number;
   host: string;
   /** The kernel's boot id: a record from an earlier boot is dead whatever its pid is now. */
   boot?: string;
   startedAt: number;
+  /** A backup: the snapshot it takes unchanged chunks from. */
   parent?: string;
+  /** A reader (restore, mount), not a writer: the snapshot it reads. */
+  reads?: string;
 }
 
 const CONFIG = 'config.json';
-/** Where a rolling verify is up to. */
-const ROLLING_CURSOR = 'state/verify-rolling.json';
-/** Chunks younger than this before a GC began are kept even if unreferenced: writes may be in flight. */
-const GC_GRACE_MS = 5 * 60 * 1000;
+/** The folders of a new repository ('' is the repository's own). */
+const LAYOUT = ['', 'tmp', 'chunks', 'snapshots', 'sessions', 'locks'];
+const MANIFEST = 'manifest.json';
+/** Present in a snapshot's folder while a forget of it runs (or after one was interrupted). */
+const FORGETTING = 'forgetting';
 
 /**
  * A backup repository: deduplicated, compressed, optionally encrypted chunks, and snapshots
@@ -122,17 +141,21 @@ export class Repository {
     return !!this.config.encryption;
   }
 
+  /**
+   * Creates a repository in `path` (new, empty, or holding only the empty folders an earlier
+   * init that failed left). Everything is checked before anything is created, and a failure
+   * removes what this init made, so that a retry finds the directory as it was.
+   */
   static async init(
     path: string,
     opts: { chunkSize?: number; passphrase?: string } = {},
   ): Promise<Repository> {
     const dir = resolve(path);
-    if (existsSync(dir) && readdirSync(dir).length > 0 && !existsSync(`${dir}/${CONFIG}`))
+    const existed = existsSync(dir);
+    if (existed && !existsSync(`${dir}/${CONFIG}`) && !onlyEmptyFolders(dir))
       throw conflict(`${dir} is not empty and not a Haven repository`);
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     checkChunkSize(chunkSize);
-    for (const d of ['', 'tmp', 'chunks', 'snapshots', 'sessions', 'locks'])
-      mkdirSync(`${dir}/${d}`, { recursive: true, mode: 0o700 });
     const enc = opts.passphrase !== undefined ? newEncryption(opts.passphrase) : undefined;
     const config: RepositoryConfig = {
       format: 'haven-repository',
@@ -143,11 +166,16 @@ export class Repository {
       ...(enc ? { encryption: enc.config } : {}),
     };
     const backend = new LocalBackend(dir);
+    const made = LAYOUT.filter((d) => !existsSync(`${dir}/${d}`));
     try {
+      for (const d of LAYOUT) mkdirSync(`${dir}/${d}`, { recursive: true, mode: 0o700 });
       await backend.write(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'), { exclusive: true });
     } catch (err) {
       if (err instanceof HavenError && err.code === 'CONFLICT')
         throw conflict(`${dir} is already a Haven repository`);
+      // Leave the directory as it was: what this init made goes (deepest first).
+      for (const d of made.reverse())
+        if (d || !existed) rmSync(`${dir}/${d}`, { recursive: true, force: true });
       throw err;
     }
     return new Repository(backend, config, enc?.keys);
@@ -189,55 +217,114 @@ export class Repository {
 
   // ---- chunks ------------------------------------------------------------------------------
 
-  /** Stores a chunk unless it is there; a chunk found is touched so a running GC keeps it. */
+  /**
+   * Stores a chunk unless it is there; a chunk found is claimed (marked used now), so that a
+   * garbage collection running now or later keeps it (docs/decisions/0005-gc-and-writers.md).
+   * Call it only inside a session (beginSession).
+   */
   async putChunk(digest: Buffer, stored: Uint8Array): Promise<boolean> {
     const key = chunkKey(digest);
-    if (await this.backend.exists(key)) {
-      await this.backend.touch(key);
-      return false;
-    }
+    if (await this.backend.claim(key)) return false;
     await this.backend.write(key, stored);
     return true;
   }
 
-  async hasChunk(digest: Buffer): Promise<boolean> {
-    const key = chunkKey(digest);
-    if (!(await this.backend.exists(key))) return false;
-    await this.backend.touch(key);
-    return true;
+  /** Whether the repository has a chunk; a chunk found is claimed, as putChunk does. */
+  hasChunk(digest: Buffer): Promise<boolean> {
+    return this.backend.claim(chunkKey(digest));
   }
 
-  getChunk(digest: Buffer): Promise<Buffer> {
-    return this.backend.read(chunkKey(digest)).catch((err: unknown) => {
-      if (err instanceof HavenError && err.code === 'NOT_FOUND')
-        throw new HavenError(
-          'CORRUPT',
-          `chunk ${digest.toString('hex')} is missing from repository ${this.location}`,
-        );
-      throw err;
-    });
+  async getChunk(digest: Buffer): Promise<Buffer> {
+    const key = chunkKey(digest);
+    try {
+      return await this.backend.read(key);
+    } catch (err) {
+      if (!(err instanceof HavenError && err.code === 'NOT_FOUND')) throw err;
+    }
+    // A gc sweep may hold it aside for a moment (chunk-claim.ts), then put it back.
+    for (const k of [key.replace(/[^/]+$/, (b) => ASIDE_PREFIX + b), key])
+      try {
+        return await this.backend.read(k);
+      } catch (err) {
+        if (!(err instanceof HavenError && err.code === 'NOT_FOUND')) throw err;
+      }
+    throw new HavenError(
+      'CORRUPT',
+      `chunk ${digest.toString('hex')} is missing from repository ${this.location}`,
+    );
   }
 
   // ---- sessions: what a running backup holds ------------------------------------------------
 
-  /** Registers a running backup (GC keeps what it writes, prune keeps its parent). */
+  /**
+   * Registers a running backup: gc keeps what it writes and claims (its cutoff is no later than
+   * the session's start), and forget refuses its parent. The session is recorded before the
+   * parent is looked at, so that a forget running now either sees the session or is seen.
+   */
   async beginSession(parent?: string): Promise<{ id: string; end: () => Promise<void> }> {
+    // A backup that died may have left chunk files that never reached the disk whole; they are
+    // checked before this backup could deduplicate against them.
+    await this.liveSessions();
+    const session = await this.recordSession(parent ? { parent } : {});
+    if (parent)
+      await this.usable(parent).catch(async (err: unknown) => {
+        await session.end();
+        throw err;
+      });
+    return session;
+  }
+
+  /**
+   * Opens a snapshot for reading (restore, mount): forget refuses it until `end`. In a repository
+   * this process cannot write, the snapshot is opened without a session (nothing here can forget it).
+   */
+  async useSnapshot(id: string): Promise<{ snapshot: SnapshotInfo; end: () => Promise<void> }> {
+    let session: { end: () => Promise<void> } | undefined;
+    try {
+      session = await this.recordSession({ reads: id });
+    } catch (err) {
+      if (!(err instanceof HavenError && err.code === 'READ_ONLY')) throw err;
+    }
+    try {
+      return { snapshot: await this.usable(id), end: () => session?.end() ?? Promise.resolve() };
+    } catch (err) {
+      await session?.end();
+      throw err;
+    }
+  }
+
+  private async recordSession(
+    what: Pick<SessionRecord, 'parent' | 'reads'>,
+  ): Promise<{ id: string; end: () => Promise<void> }> {
     const rec: SessionRecord = {
       id: randomUUID(),
       pid: process.pid,
       host: hostname(),
       boot: bootId(),
       startedAt: Date.now(),
-      ...(parent ? { parent } : {}),
+      ...what,
     };
-    // A backup that died may have left chunk files that never reached the disk whole; they are
-    // checked before this backup could deduplicate against them.
-    await this.activeSessions();
-    await this.backend.write(`sessions/${rec.id}.json`, Buffer.from(JSON.stringify(rec)));
-    return { id: rec.id, end: () => this.backend.delete(`sessions/${rec.id}.json`) };
+    const key = `sessions/${rec.id}.json`;
+    await this.backend.write(key, Buffer.from(JSON.stringify(rec)));
+    return { id: rec.id, end: () => this.backend.delete(key) };
   }
 
-  private async activeSessions(): Promise<SessionRecord[]> {
+  /** A snapshot that may be used: its manifest reads, and no forget of it is under way. */
+  private async usable(id: string): Promise<SnapshotInfo> {
+    const s = await this.snapshot(id);
+    if (await this.backend.exists(`snapshots/${id}/${FORGETTING}`))
+      throw conflict(
+        `snapshot ${id} is being forgotten (if no forget runs now, one was interrupted: run "haven repo forget ${id}" again)`,
+      );
+    return s;
+  }
+
+  /**
+   * The sessions of running backups and readers. Sessions of processes that are gone (same host:
+   * the pid is not alive, or the record is from an earlier boot) are removed, after the chunks
+   * they may have left torn are checked: a backup killed with -9 never holds gc back for good.
+   */
+  async liveSessions(): Promise<SessionRecord[]> {
     const out: SessionRecord[] = [];
     const dead: { key: string; rec: SessionRecord }[] = [];
     for await (const o of this.backend.list('sessions/')) {
@@ -248,14 +335,14 @@ export class Repository {
         continue; // being written or removed
       }
       if (rec.host === hostname() && ((rec.boot && rec.boot !== bootId()) || !pidAlive(rec.pid)))
-        dead.push({ key: o.key, rec }); // its backup died
+        dead.push({ key: o.key, rec }); // its process died
       else out.push(rec);
     }
-    if (dead.length) {
+    const deadWriters = dead.filter((d) => !d.rec.reads);
+    if (deadWriters.length)
       // One pass over the chunks for all of them; their records go once it is done.
-      await this.recoverDeadSessions(Math.min(...dead.map((d) => d.rec.startedAt)));
-      for (const d of dead) await this.backend.delete(d.key);
-    }
+      await this.recoverDeadSessions(Math.min(...deadWriters.map((d) => d.rec.startedAt)));
+    for (const d of dead) await this.backend.delete(d.key);
     return out;
   }
 
@@ -315,27 +402,51 @@ export class Repository {
     );
   }
 
+  /** The snapshots whose manifests read, oldest first (scanSnapshots also names the damaged). */
   async listSnapshots(): Promise<SnapshotInfo[]> {
-    const out: SnapshotInfo[] = [];
+    return (await this.scanSnapshots()).snapshots;
+  }
+
+  /**
+   * Every snapshot: those whose manifest reads, oldest first, and those whose manifest is damaged
+   * (with why), so that one bad manifest never hides the others.
+   */
+  async scanSnapshots(): Promise<{ snapshots: SnapshotInfo[]; damaged: DamagedSnapshot[] }> {
+    const snapshots: SnapshotInfo[] = [];
+    const damaged: DamagedSnapshot[] = [];
     for await (const o of this.backend.list('snapshots/')) {
-      if (!o.key.endsWith('/manifest.json')) continue;
+      if (!o.key.endsWith(`/${MANIFEST}`)) continue;
       const id = o.key.split('/')[1]!;
-      out.push(await this.snapshot(id));
+      try {
+        snapshots.push(await this.snapshot(id));
+      } catch (err) {
+        if (err instanceof HavenError && err.code === 'NOT_FOUND') continue; // forgotten meanwhile
+        damaged.push({ id, reason: errorMessage(err) });
+      }
     }
-    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    snapshots.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    return { snapshots, damaged: damaged.sort((a, b) => a.id.localeCompare(b.id)) };
   }
 
   async snapshot(id: string): Promise<SnapshotInfo> {
-    if (!/^[A-Za-z0-9-]+$/.test(id)) throw notFound(`no snapshot ${id}`);
-    let m: SnapshotManifest;
+    checkSnapshotId(id);
+    let data: Buffer;
     try {
-      m = JSON.parse(
-        (await this.backend.read(`snapshots/${id}/manifest.json`)).toString('utf8'),
-      ) as SnapshotManifest;
+      data = await this.backend.read(`snapshots/${id}/${MANIFEST}`);
     } catch (err) {
       if (err instanceof HavenError && err.code === 'NOT_FOUND')
         throw notFound(`no snapshot ${id} in repository ${this.location}`);
-      throw new HavenError('CORRUPT', `snapshot ${id}: manifest cannot be read: ${errorMessage(err)}`);
+      throw err;
+    }
+    let m: SnapshotManifest;
+    try {
+      m = JSON.parse(data.toString('utf8')) as SnapshotManifest;
+      checkManifest(m, id);
+    } catch (err) {
+      throw new HavenError(
+        'CORRUPT',
+        `snapshot ${id}: its manifest is damaged (${errorMessage(err)}); "haven repo forget ${id}" removes it`,
+      );
     }
     if (!m.consistency) {
       m.consistency = 'crash';
@@ -363,262 +474,122 @@ export class Repository {
     else await this.backend.delete(`snapshots/${id}/protected`);
   }
 
+  /**
+   * Deletes a snapshot (its chunks go at the next gc), also one whose manifest is damaged. Refused
+   * while the snapshot is protected, the parent of a running backup, or read by a restore or
+   * mount. A "forgetting" marker is written before the sessions are read a second time, and users
+   * record their session before they check for the marker: either this sees the user's session
+   * and backs off, or the user sees the marker and stops (docs/decisions/0005-gc-and-writers.md).
+   */
   async deleteSnapshot(id: string): Promise<void> {
-    const s = await this.snapshot(id);
-    if (s.protected) throw conflict(`snapshot ${id} is protected`);
-    const users = (await this.activeSessions()).filter((x) => x.parent === id);
-    if (users.length) throw conflict(`snapshot ${id} is the base of a backup running now`);
-    // The manifest goes first: from then on the snapshot does not exist.
-    await this.backend.delete(`snapshots/${id}/manifest.json`);
-    for await (const o of this.backend.list(`snapshots/${id}/`)) await this.backend.delete(o.key);
-  }
-
-  /** Deletes what the policy does not keep; returns what was kept (with why) and removed. */
-  async prune(policy: RetentionPolicy, opts: { dryRun?: boolean; source?: string } = {}) {
-    const all = (await this.listSnapshots()).filter((s) => !opts.source || s.source.name === opts.source);
-    const keep = selectRetained(all, policy);
-    const removed: string[] = [];
-    for (const s of all)
-      if (!keep.has(s.id)) {
-        if (!opts.dryRun) await this.deleteSnapshot(s.id);
-        removed.push(s.id);
-      }
-    return { kept: [...keep].map(([id, reasons]) => ({ id, reasons })), removed };
-  }
-
-  // ---- verify ------------------------------------------------------------------------------
-
-  /**
-   * Reads and checks every chunk the chosen snapshots use (each chunk once), and the indexes.
-   * Damage is reported per snapshot with the disk and byte offsets that depend on it.
-   */
-  async verify(
-    ids?: string[],
-    opts: {
-      onProgress?: (done: number, total: number) => void;
-      concurrency?: number;
-      /**
-       * Check one slice of the chunks out of `rolling` per run (by digest), the next slice each
-       * run, so that `rolling` runs check them all: a bounded verify for large repositories.
-       */
-      rolling?: number;
-    } = {},
-  ): Promise<VerifyReport> {
-    let slice: { index: number; of: number } | undefined;
-    if (opts.rolling !== undefined) {
-      if (!Number.isInteger(opts.rolling) || opts.rolling < 1 || opts.rolling > 65536)
-        throw new HavenError(
-          'INVALID_ARGUMENT',
-          `--rolling must be a whole number from 1 to 65536, not ${opts.rolling}`,
-        );
-      slice = { index: await this.rollingCursor(opts.rolling), of: opts.rolling };
-    }
-    const snaps = ids ? await Promise.all(ids.map((id) => this.snapshot(id))) : await this.listSnapshots();
-    // digest → where it is used
-    const uses = new Map<string, { snapshot: string; disk: string; offset: number }[]>();
-    const damaged: VerifyReport['damaged'] = [];
-    for (const s of snaps)
-      for (let d = 0; d < s.disks.length; d++) {
-        let idx;
-        try {
-          idx = await this.readIndex(s, d);
-        } catch (err) {
-          damaged.push({ snapshot: s.id, disk: s.disks[d]!.name, offsets: [], reason: errorMessage(err) });
-          continue;
-        }
-        for (let i = 0; i < idx.count; i++) {
-          const dg = idx.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
-          if (dg.equals(ZERO_DIGEST)) continue;
-          if (slice && Math.floor((dg.readUInt16BE(0) * slice.of) / 65536) !== slice.index) continue;
-          const hex = dg.toString('hex');
-          let list = uses.get(hex);
-          if (!list) uses.set(hex, (list = []));
-          list.push({ snapshot: s.id, disk: s.disks[d]!.name, offset: i * idx.chunkSize });
-        }
-      }
-    const codec = this.codec();
-    const bad = new Map<string, string>();
-    const digests = [...uses.keys()];
-    let next = 0;
-    let done = 0;
-    let bytes = 0;
-    const worker = async () => {
-      while (next < digests.length) {
-        const hex = digests[next++]!;
-        const digest = Buffer.from(hex, 'hex');
-        try {
-          const stored = await this.getChunk(digest);
-          bytes += codec.decode(stored, digest).length;
-        } catch (err) {
-          bad.set(hex, errorMessage(err));
-        }
-        opts.onProgress?.(++done, digests.length);
-      }
-    };
-    await Promise.all(Array.from({ length: opts.concurrency ?? 4 }, worker));
-    const bySnap = new Map<string, { snapshot: string; disk: string; offsets: number[]; reason: string }>();
-    for (const [hex, reason] of bad)
-      for (const u of uses.get(hex)!) {
-        const k = `${u.snapshot}/${u.disk}`;
-        let e = bySnap.get(k);
-        if (!e) bySnap.set(k, (e = { snapshot: u.snapshot, disk: u.disk, offsets: [], reason }));
-        e.offsets.push(u.offset);
-      }
-    for (const e of bySnap.values()) damaged.push({ ...e, offsets: e.offsets.sort((a, b) => a - b) });
-    if (slice)
-      await this.backend.write(
-        ROLLING_CURSOR,
-        Buffer.from(JSON.stringify({ of: slice.of, next: (slice.index + 1) % slice.of }) + '\n'),
-      );
-    return {
-      ...(slice ? { slice } : {}),
-      snapshots: snaps.map((s) => s.id),
-      chunks: digests.length,
-      bytes,
-      damagedChunks: bad.size,
-      damaged,
-    };
-  }
-
-  /** The slice a rolling verify checks next (restarting at 0 when the number of slices changes). */
-  private async rollingCursor(of: number): Promise<number> {
+    checkSnapshotId(id);
+    const dir = `snapshots/${id}/`;
+    if (!(await this.backend.exists(dir + MANIFEST)))
+      throw notFound(`no snapshot ${id} in repository ${this.location}`);
+    if (await this.backend.exists(dir + 'protected'))
+      throw conflict(`snapshot ${id} is protected (lift it with "haven repo protect ${id} --off")`);
+    await this.refuseInUse(id);
+    const marker = dir + FORGETTING;
+    await this.backend.write(marker, Buffer.from(JSON.stringify({ pid: process.pid, host: hostname() })));
     try {
-      const c = JSON.parse((await this.backend.read(ROLLING_CURSOR)).toString('utf8')) as {
-        of: number;
-        next: number;
-      };
-      return c.of === of && Number.isInteger(c.next) && c.next >= 0 && c.next < of ? c.next : 0;
-    } catch {
-      return 0;
-    }
-  }
-
-  // ---- garbage collection --------------------------------------------------------------------
-
-  /**
-   * Two phases, as Proxmox Backup Server does: mark every chunk the snapshots (and the bases of
-   * running backups) reference, then delete unmarked chunks older than the cutoff — the start of
-   * this GC or of the oldest running backup, whichever is earlier, less a grace period. A backup
-   * that reuses a chunk touches it, so a chunk a running backup is about to reference is never
-   * older than the cutoff. Also removes the indexes of backups that died before their manifest.
-   */
-  async gc(opts: { graceMs?: number } = {}): Promise<GcReport> {
-    const lock = 'locks/gc';
-    try {
-      await this.backend.write(lock, Buffer.from(JSON.stringify({ pid: process.pid, host: hostname() })), {
-        exclusive: true,
-      });
+      await this.refuseInUse(id);
     } catch (err) {
-      if (!(err instanceof HavenError && err.code === 'CONFLICT')) throw err;
-      const holder = JSON.parse((await this.backend.read(lock)).toString('utf8')) as {
-        pid: number;
-        host: string;
-      };
-      if (holder.host === hostname() && !pidAlive(holder.pid)) {
-        await this.backend.delete(lock);
-        return this.gc(opts);
-      }
-      throw conflict(
-        `garbage collection is already running on repository ${this.location} (process ${holder.pid} on ${holder.host})`,
-      );
+      await this.backend.delete(marker);
+      throw err;
     }
-    try {
-      const started = Date.now();
-      const sessions = await this.activeSessions();
-      const oldest = Math.min(started, ...sessions.map((s) => s.startedAt));
-      const cutoff = oldest - (opts.graceMs ?? GC_GRACE_MS);
-      const marked = new Set<string>();
-      const snaps = await this.listSnapshots();
-      const live = new Set(snaps.map((s) => s.id));
-      for (const s of snaps)
-        for (let d = 0; d < s.disks.length; d++) {
-          const idx = await this.readIndex(s, d);
-          for (let i = 0; i < idx.count; i++)
-            marked.add(idx.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES).toString('hex'));
-        }
-      let removedChunks = 0;
-      let removedBytes = 0;
-      let keptChunks = 0;
-      let keptBytes = 0;
-      for await (const o of this.backend.list('chunks/')) {
-        const hex = o.key.slice(o.key.lastIndexOf('/') + 1);
-        if (marked.has(hex) || o.mtimeMs >= cutoff) {
-          keptChunks++;
-          keptBytes += o.size;
-          continue;
-        }
-        await this.backend.delete(o.key);
-        removedChunks++;
-        removedBytes += o.size;
-      }
-      // (Unmarked chunks include the temporary chunk files of backups that died.)
-      // Indexes of backups that died before their manifest, and temporary files.
-      let removedPartial = 0;
-      const partial = new Set<string>();
-      for await (const o of this.backend.list('snapshots/')) {
-        const id = o.key.split('/')[1]!;
-        if (!live.has(id) && o.mtimeMs < cutoff) partial.add(o.key);
-      }
-      for (const key of partial) {
-        await this.backend.delete(key);
-        removedPartial++;
-      }
-      for await (const o of this.backend.list('tmp/'))
-        if (o.mtimeMs < cutoff) await this.backend.delete(o.key);
-      return {
-        removedChunks,
-        removedBytes,
-        keptChunks,
-        keptBytes,
-        removedPartial,
-        seconds: (Date.now() - started) / 1000,
-      };
-    } finally {
-      await this.backend.delete(lock);
-    }
+    // The manifest goes first: from then on the snapshot does not exist.
+    await this.backend.delete(dir + MANIFEST);
+    for await (const o of this.backend.list(dir)) if (o.key !== marker) await this.backend.delete(o.key);
+    await this.backend.delete(marker);
   }
 
+  private async refuseInUse(id: string): Promise<void> {
+    const s = (await this.liveSessions()).find((x) => x.parent === id || x.reads === id);
+    if (s)
+      throw conflict(
+        `snapshot ${id} is in use: ${s.parent === id ? 'the base of a backup' : 'read by a restore or mount'} running now (process ${s.pid} on ${s.host}); try again when it ends`,
+      );
+  }
+
+  /**
+   * Applies a retention policy to each source's snapshots and deletes what it does not keep.
+   * Snapshots in use (the base of a running backup, being read) are kept this time and named;
+   * damaged ones are left alone (their date and source are unknown) and named.
+   */
+  async prune(
+    policy: RetentionPolicy,
+    opts: { dryRun?: boolean; source?: string; deleteAll?: boolean } = {},
+  ): Promise<PruneReport> {
+    const scan = await this.scanSnapshots();
+    const plan = planPrune(scan.snapshots, policy, {
+      ...(opts.source !== undefined ? { source: opts.source } : {}),
+      ...(opts.deleteAll ? { deleteAll: true } : {}),
+    });
+    const report: PruneReport = { sources: [], inUse: [], damaged: scan.damaged };
+    for (const p of plan.sources) {
+      const removed: string[] = [];
+      for (const id of p.removed) {
+        if (!opts.dryRun)
+          try {
+            await this.deleteSnapshot(id);
+          } catch (err) {
+            if (!(err instanceof HavenError && err.code === 'CONFLICT')) throw err;
+            report.inUse.push({ id, reason: errorMessage(err) });
+            continue;
+          }
+        removed.push(id);
+      }
+      report.sources.push({ ...p, removed });
+    }
+    return report;
+  }
+
+  // ---- verify and garbage collection (verify.ts, gc.ts) ------------------------------------
+
+  /** Reads and checks the chunks and indexes of the snapshots (all, or those named): verify.ts. */
+  verify(ids?: string[], opts: VerifyOptions = {}): Promise<VerifyReport> {
+    return verifySnapshots(this, ids, opts);
+  }
+
+  /** Deletes the chunks no snapshot uses, safely while backups run: gc.ts. */
+  gc(opts: GcOptions = {}): Promise<GcReport> {
+    return collectGarbage(this, opts);
+  }
+
+  /**
+   * What the repository holds. The deduplication ratio compares the data the snapshots refer to
+   * (their non-zero chunks: zero chunks and holes are never stored) with the bytes stored.
+   */
   async stats(): Promise<RepositoryStats> {
     let chunks = 0;
     let storedBytes = 0;
     for await (const o of this.backend.list('chunks/')) {
-      if (isTemporaryKey(o.key)) continue;
+      if (isTemporaryKey(o.key) || isAsideName(o.key)) continue;
       chunks++;
       storedBytes += o.size;
     }
-    const snaps = await this.listSnapshots();
-    const logicalBytes = snaps.reduce((n, s) => n + s.disks.reduce((m, d) => m + d.size, 0), 0);
+    const scan = await this.scanSnapshots();
+    let logicalBytes = 0;
+    let dataBytes = 0;
+    for (const s of scan.snapshots)
+      for (const d of s.disks) {
+        logicalBytes += d.size;
+        // The last chunk may be short; counted whole, the error is under a chunk per disk.
+        dataBytes += Math.min(d.size, (d.dataChunks ?? 0) * d.chunkSize);
+      }
     return {
       location: this.location,
       encrypted: this.encrypted,
       chunkSize: this.config.chunkSize,
-      snapshots: snaps.length,
+      snapshots: scan.snapshots.length,
+      damagedSnapshots: scan.damaged,
       chunks,
       storedBytes,
       logicalBytes,
-      ratio: storedBytes ? logicalBytes / storedBytes : 0,
+      dataBytes,
+      ratio: storedBytes ? dataBytes / storedBytes : 0,
     };
   }
-}
-
-export interface VerifyReport {
-  /** A rolling verify: the slice of the chunks this run checked (the next run checks the next). */
-  slice?: { index: number; of: number };
-  snapshots: string[];
-  chunks: number;
-  bytes: number;
-  damagedChunks: number;
-  /** Per damaged snapshot and disk: the byte offsets whose data is lost, and why. */
-  damaged: { snapshot: string; disk: string; offsets: number[]; reason: string }[];
-}
-
-export interface GcReport {
-  removedChunks: number;
-  removedBytes: number;
-  keptChunks: number;
-  keptBytes: number;
-  removedPartial: number;
-  seconds: number;
 }
 
 export interface RepositoryStats {
@@ -626,28 +597,46 @@ export interface RepositoryStats {
   encrypted: boolean;
   chunkSize: number;
   snapshots: number;
+  /** Snapshots whose manifest is damaged (not counted in the rest). */
+  damagedSnapshots: DamagedSnapshot[];
   chunks: number;
   storedBytes: number;
   /** Sum of the disk sizes of all snapshots (what full copies would take). */
   logicalBytes: number;
+  /** The data the snapshots refer to: their non-zero chunks, counted once per snapshot. */
+  dataBytes: number;
+  /** dataBytes per stored byte: what deduplication and compression save together. */
   ratio: number;
 }
 
-let boot: string | undefined;
-function bootId(): string {
-  try {
-    boot ??= readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    boot = '';
-  }
-  return boot;
+/** An empty directory, or one holding only empty folders (what a failed init of old left). */
+function onlyEmptyFolders(dir: string): boolean {
+  return readdirSync(dir, { withFileTypes: true }).every(
+    (e) => e.isDirectory() && LAYOUT.includes(e.name) && readdirSync(`${dir}/${e.name}`).length === 0,
+  );
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+function checkSnapshotId(id: string): void {
+  if (!/^[A-Za-z0-9-]+$/.test(id)) throw notFound(`no snapshot ${id}`);
+}
+
+/** The fields a reader relies on; anything else wrong is found when it is used. */
+function checkManifest(m: SnapshotManifest, id: string): void {
+  const str = (v: unknown) => typeof v === 'string';
+  if (!m || typeof m !== 'object') throw new Error('not an object');
+  if (m.id !== id) throw new Error(`it names snapshot ${String(m.id)}`);
+  if (!str(m.createdAt) || Number.isNaN(Date.parse(m.createdAt))) throw new Error('no creation time');
+  if (!m.source || !str(m.source.kind) || !str(m.source.name)) throw new Error('no source');
+  if (!Array.isArray(m.disks)) throw new Error('no disks');
+  for (const d of m.disks)
+    if (
+      !d ||
+      !str(d.index) ||
+      !str(d.indexSha256) ||
+      !Number.isInteger(d.size) ||
+      !Number.isInteger(d.chunkSize)
+    )
+      throw new Error('a disk entry is incomplete');
+  if (!m.stats || typeof m.stats !== 'object') throw new Error('no stats');
+  if (!Array.isArray(m.tags)) m.tags = [];
 }

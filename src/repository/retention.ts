@@ -1,3 +1,5 @@
+import { HavenError } from '../common/index.js';
+
 /** How many snapshots to keep per period; unset periods keep nothing by themselves. */
 export interface RetentionPolicy {
   last?: number;
@@ -57,4 +59,65 @@ function isoWeek(d: Date): string {
   const yearStart = Date.UTC(t.getUTCFullYear(), 0, 1);
   const week = Math.ceil(((t.getTime() - yearStart) / 86400000 + 1) / 7);
   return `${t.getUTCFullYear()}-W${String(week).padStart(2, '0')}`;
+}
+
+export interface Sourced extends Dated {
+  source: { kind: string; name: string };
+}
+
+/** What a prune does, per source: retention applies to each source's snapshots on their own. */
+export interface PrunePlan {
+  sources: { source: string; kept: { id: string; reasons: string[] }[]; removed: string[] }[];
+}
+
+/** "vm:web1": how a source is named in `repo list` and in --source. */
+export const sourceName = (s: Sourced) => `${s.source.kind}:${s.source.name}`;
+
+/**
+ * Applies a policy to each source's snapshots (all sources, or the one `source` names: "kind:name",
+ * or a bare name that only one source has). A policy that would delete every snapshot of a
+ * source is refused unless `deleteAll` says that is meant.
+ */
+export function planPrune<T extends Sourced>(
+  snapshots: T[],
+  policy: RetentionPolicy,
+  opts: { source?: string; deleteAll?: boolean } = {},
+): PrunePlan {
+  const groups = new Map<string, T[]>();
+  for (const s of snapshots) {
+    const k = sourceName(s);
+    groups.set(k, [...(groups.get(k) ?? []), s]);
+  }
+  let names = [...groups.keys()].sort();
+  if (opts.source !== undefined) {
+    const want = opts.source;
+    const hits = names.filter((n) => n === want || n.slice(n.indexOf(':') + 1) === want);
+    if (hits.length === 0)
+      throw new HavenError(
+        'NOT_FOUND',
+        `no snapshots of source ${want}; the sources are: ${names.join(', ') || '(none)'}`,
+      );
+    if (hits.length > 1)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `--source ${want} names several sources (${hits.join(', ')}): give kind:name`,
+      );
+    names = hits;
+  }
+  const out: PrunePlan = { sources: [] };
+  for (const name of names) {
+    const group = groups.get(name)!;
+    const keep = selectRetained(group, policy);
+    if (keep.size === 0 && !opts.deleteAll)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `the policy keeps no snapshot of ${name}: it would delete all ${group.length} of them (give --delete-all if that is meant)`,
+      );
+    out.sources.push({
+      source: name,
+      kept: [...keep].map(([id, reasons]) => ({ id, reasons })),
+      removed: group.filter((s) => !keep.has(s.id)).map((s) => s.id),
+    });
+  }
+  return out;
 }

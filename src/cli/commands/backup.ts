@@ -15,7 +15,7 @@ import { apiOptions, connect, daemonPassphraseFile, type ApiOpts } from '../api.
 import { bytes, parseSize, table } from '../args.js';
 import { runJob } from './compute.js';
 import { stopOnSignal } from './nbd-serve.js';
-import { fields, printResult } from '../output.js';
+import { EXIT_DAMAGE, EXIT_FAILED, failWith, fields, printResult, reportError } from '../output.js';
 import { registerBackupFiles } from './backup-files.js';
 
 export type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
@@ -51,6 +51,11 @@ function progress(label: string): ((done: number, total: number) => void) | unde
       `\r${label} ${pct}% ${bytes(done)}/${bytes(total)}\x1b[K${done >= total ? '\n' : ''}`,
     );
   };
+}
+
+/** Damaged snapshots, on stderr: named with the way out, while the rest is listed as usual. */
+function warnDamaged(damaged: { id: string; reason: string }[]): void {
+  for (const d of damaged) process.stderr.write(`haven: warning: ${d.reason}\n`);
 }
 
 function snapshotRows(list: BackupSnapshot[]): string {
@@ -104,8 +109,9 @@ export function registerBackup(program: Command): void {
     .description('list the snapshots, oldest first')
     .option('--json', 'print JSON')
     .action(async (o: RepoOpts) => {
-      const list = await (await openRepository(access(o))).listSnapshots();
-      printResult(!!o.json, list, () => snapshotRows(list));
+      const scan = await (await openRepository(access(o))).scanSnapshots();
+      printResult(!!o.json, scan.snapshots, () => snapshotRows(scan.snapshots));
+      warnDamaged(scan.damaged);
     });
   repoOptions(repo.command('show'))
     .description("a snapshot's manifest")
@@ -145,41 +151,64 @@ export function registerBackup(program: Command): void {
         !!o.json,
         s,
         () =>
-          `${s.location}: ${s.snapshots} snapshot(s), ${s.chunks} chunks, ${bytes(s.storedBytes)} stored for ${bytes(s.logicalBytes)} of disks (${s.ratio.toFixed(2)}:1)${s.encrypted ? ', encrypted' : ''}`,
+          `${s.location}: ${s.snapshots} snapshot(s), ${s.chunks} chunks, ${bytes(s.storedBytes)} stored for ${bytes(s.dataBytes)} of data (${s.ratio.toFixed(2)}:1) in ${bytes(s.logicalBytes)} of disks${s.encrypted ? ', encrypted' : ''}`,
       );
+      warnDamaged(s.damagedSnapshots);
     });
-  repoOptions(repo.command('verify'))
-    .description('read and check every chunk of the snapshots (all, or those named); exit 1 on damage')
+  const verify = repoOptions(repo.command('verify'))
+    .description(
+      'read and check every chunk of the snapshots (all, or those named); exit 0: sound, 1: damage found, 2: could not check',
+    )
     .argument('[snapshots...]')
     .option('--rolling <n>', 'check the next 1/N of the chunks (by digest): N runs check them all')
     .option('--json', 'print JSON')
     .action(async (ids: string[], o: RepoOpts & { rolling?: string }) => {
-      const r = await (
-        await openRepository(access(o))
-      ).verify(ids.length ? ids : undefined, {
-        ...(progress('verify') ? { onProgress: progress('verify')! } : {}),
-        ...(o.rolling !== undefined ? { rolling: Number(o.rolling) } : {}),
-      });
+      // Exit 1 means damage and nothing else: an error that stops the check is 2.
+      let r;
+      try {
+        r = await (
+          await openRepository(access(o))
+        ).verify(ids.length ? ids : undefined, {
+          ...(progress('verify') ? { onProgress: progress('verify')! } : {}),
+          ...(o.rolling !== undefined ? { rolling: Number(o.rolling) } : {}),
+        });
+      } catch (err) {
+        reportError(err);
+        process.exitCode = EXIT_FAILED;
+        return;
+      }
       printResult(!!o.json, r, () =>
         [
           `verified ${r.snapshots.length} snapshot(s)${r.slice ? ` (slice ${r.slice.index + 1} of ${r.slice.of})` : ''}: ${r.chunks} chunks, ${bytes(r.bytes)}; ${r.damagedChunks} damaged`,
           ...r.damaged.map(
             (d) =>
-              `DAMAGED ${d.snapshot} ${d.disk}: offsets ${d.offsets.join(', ') || '(index)'}: ${d.reason}`,
+              `DAMAGED ${d.snapshot} ${d.disk}: ${d.offsets.length ? `offsets ${d.offsets.join(', ')}` : d.disk === '(manifest)' ? 'unreadable' : '(index)'}: ${d.reason}`,
           ),
+          ...r.chunkDamage.map((c) => `DAMAGED CHUNK ${c.key} (used ${c.uses} time(s)): ${c.reason}`),
         ].join('\n'),
       );
-      if (r.damagedChunks || r.damaged.length) process.exitCode = 1;
+      if (r.damagedChunks || r.damaged.length) process.exitCode = EXIT_DAMAGE;
+      else if (r.cursorError) {
+        reportError(new Error(r.cursorError));
+        process.exitCode = EXIT_FAILED;
+      }
     });
+  failWith(verify, EXIT_FAILED);
   repoOptions(repo.command('prune'))
-    .description('delete the snapshots a retention policy does not keep (protected ones are kept)')
+    .description(
+      "delete the snapshots a retention policy does not keep, each source's on their own (protected ones are kept)",
+    )
     .option('--keep-last <n>', 'the newest N')
     .option('--keep-hourly <n>', 'the newest of each of the last N hours')
     .option('--keep-daily <n>', 'the newest of each of the last N days')
     .option('--keep-weekly <n>', 'the newest of each of the last N weeks')
     .option('--keep-monthly <n>', 'the newest of each of the last N months')
     .option('--keep-yearly <n>', 'the newest of each of the last N years')
-    .option('--source <name>', 'only snapshots of this source')
+    .option(
+      '--source <source>',
+      'only the snapshots of this source (as repo list shows it: vm:web1, image:/…)',
+    )
+    .option('--delete-all', 'allow a policy that keeps no snapshot of a source (otherwise refused)')
     .option('--dry-run', 'say what would go, delete nothing')
     .option('--json', 'print JSON')
     .action(async (o: RepoOpts & Record<string, string | boolean | undefined>) => {
@@ -200,14 +229,20 @@ export function registerBackup(program: Command): void {
         await openRepository(access(o))
       ).prune(policy, {
         ...(o.dryRun ? { dryRun: true } : {}),
+        ...(o.deleteAll ? { deleteAll: true } : {}),
         ...(typeof o.source === 'string' ? { source: o.source } : {}),
       });
       printResult(!!o.json, r, () =>
         [
-          ...r.kept.map((k) => `keep   ${k.id} (${k.reasons.join(', ')})`),
-          ...r.removed.map((id) => `${o.dryRun ? 'would remove' : 'remove'} ${id}`),
+          ...r.sources.flatMap((p) => [
+            `${p.source}:`,
+            ...p.kept.map((k) => `  keep   ${k.id} (${k.reasons.join(', ')})`),
+            ...p.removed.map((id) => `  ${o.dryRun ? 'would remove' : 'remove'} ${id}`),
+          ]),
+          ...r.inUse.map((x) => `kept   ${x.id}: ${x.reason}`),
         ].join('\n'),
       );
+      warnDamaged(r.damaged);
     });
   repoOptions(repo.command('gc'))
     .description('delete chunks no snapshot uses (safe while backups run)')
@@ -222,7 +257,7 @@ export function registerBackup(program: Command): void {
         !!o.json,
         r,
         () =>
-          `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})`,
+          `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})${r.claimedMeanwhile ? `, ${r.claimedMeanwhile} of them claimed by a backup while gc ran` : ''}`,
       );
     });
   repoOptions(repo.command('protect'))

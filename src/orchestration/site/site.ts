@@ -660,6 +660,8 @@ export class Site {
           `DAMAGED ${d.snapshot} ${d.disk}: offsets ${d.offsets.join(', ') || '(index)'}: ${d.reason}`,
           'error',
         );
+      for (const c of report.chunkDamage) ctx.log(`DAMAGED CHUNK ${c.key}: ${c.reason}`, 'error');
+      if (report.cursorError) ctx.log(report.cursorError, 'warning');
       if (report.damaged.length)
         throw new HavenError(
           'CORRUPT',
@@ -775,21 +777,27 @@ export class Site {
     this.storage.pool(pool);
     return this.jobs.start({ kind: 'volume.restore', target: req.name, actor }, async (ctx) => {
       const r = await openRepository(req);
-      const snap = await r.snapshot(req.snapshot);
-      const disk = snap.disks[req.disk ?? 0];
-      if (!disk) throw invalidArgument(`snapshot ${snap.id} has no disk ${req.disk ?? 0}`);
-      this.storage.createVolume(req.name, disk.size, pool);
+      // Forget refuses the snapshot while it is read, so gc keeps its chunks.
+      const use = await r.useSnapshot(req.snapshot);
       try {
-        const res = await restore(r, snap, req.disk ?? 0, this.storage.openDevice(req.name), {
-          fresh: true,
-          signal: ctx.signal,
-          onProgress: (d, t) => ctx.progress(d, t, 'restore'),
-        });
-        this.exports.refresh();
-        return res;
-      } catch (err) {
-        this.storage.deleteVolume(req.name);
-        throw err;
+        const snap = use.snapshot;
+        const disk = snap.disks[req.disk ?? 0];
+        if (!disk) throw invalidArgument(`snapshot ${snap.id} has no disk ${req.disk ?? 0}`);
+        this.storage.createVolume(req.name, disk.size, pool);
+        try {
+          const res = await restore(r, snap, req.disk ?? 0, this.storage.openDevice(req.name), {
+            fresh: true,
+            signal: ctx.signal,
+            onProgress: (d, t) => ctx.progress(d, t, 'restore'),
+          });
+          this.exports.refresh();
+          return res;
+        } catch (err) {
+          this.storage.deleteVolume(req.name);
+          throw err;
+        }
+      } finally {
+        await use.end();
       }
     });
   }

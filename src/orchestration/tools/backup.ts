@@ -155,7 +155,20 @@ export interface RestoreRequest extends RepoAccess {
 /** `haven restore`: writes a snapshot's disk to a new image file, an NBD export or a new volume. */
 export async function restoreSnapshot(req: RestoreRequest): Promise<RestoreResult> {
   const repo = await openRepository(req);
-  const snap = await repo.snapshot(req.snapshot);
+  // Forget refuses the snapshot while it is read, so gc keeps its chunks.
+  const use = await repo.useSnapshot(req.snapshot);
+  try {
+    return await restoreFrom(repo, use.snapshot, req);
+  } finally {
+    await use.end();
+  }
+}
+
+async function restoreFrom(
+  repo: Repository,
+  snap: SnapshotManifest,
+  req: RestoreRequest,
+): Promise<RestoreResult> {
   const diskNo = req.disk ?? 0;
   const disk = snap.disks[diskNo];
   if (!disk)
@@ -233,12 +246,17 @@ export async function rollbackWith(
   volume: string,
   opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
 ): Promise<RollbackResult> {
-  const snap = await repo.snapshot(snapshotId);
-  const { disk, ranges } = changesSinceBackup(storage, volume, snap);
-  const changedBytes = ranges.reduce((n, r) => n + r.length, 0);
-  const device = storage.openDevice(volume);
-  const r = await restore(repo, snap, disk, device, { ...opts, ranges });
-  return { ...r, volume, changedBytes };
+  const use = await repo.useSnapshot(snapshotId);
+  try {
+    const snap = use.snapshot;
+    const { disk, ranges } = changesSinceBackup(storage, volume, snap);
+    const changedBytes = ranges.reduce((n, r) => n + r.length, 0);
+    const device = storage.openDevice(volume);
+    const r = await restore(repo, snap, disk, device, { ...opts, ranges });
+    return { ...r, volume, changedBytes };
+  } finally {
+    await use.end();
+  }
 }
 
 /** `haven restore SNAPSHOT --to volume:NAME --rollback --data DIR`: quick rollback offline. */
@@ -278,21 +296,30 @@ export interface MountRequest extends RepoAccess {
  */
 export async function mountSnapshot(req: MountRequest): Promise<ServingImage & { snapshot: string }> {
   const repo = await openRepository(req);
-  const snap = await repo.snapshot(req.snapshot);
-  const base = await SnapshotDevice.open(repo, snap, req.disk ?? 0);
-  let device: BlockDevice = base;
+  // Forget refuses the snapshot while it is mounted, so gc keeps its chunks.
+  const use = await repo.useSnapshot(req.snapshot);
+  const snap = use.snapshot;
   let overlayDir: string | undefined;
-  if (req.writable) {
-    overlayDir = mkdtempSync(join(tmpdir(), 'haven-mount-'));
-    device = OverlayDevice.create(join(overlayDir, 'overlay'), base);
+  try {
+    const base = await SnapshotDevice.open(repo, snap, req.disk ?? 0);
+    let device: BlockDevice = base;
+    if (req.writable) {
+      overlayDir = mkdtempSync(join(tmpdir(), 'haven-mount-'));
+      device = OverlayDevice.create(join(overlayDir, 'overlay'), base);
+    }
+    const serving = await serveDevice(device, `backup ${snap.id} ${snap.disks[req.disk ?? 0]!.name}`, {
+      name: req.name ?? snap.id,
+      ...(req.listen ? { listen: req.listen } : {}),
+      ...(req.socket ? { socket: req.socket } : {}),
+      onStop: async () => {
+        if (overlayDir) rmSync(overlayDir, { recursive: true, force: true });
+        await use.end();
+      },
+    });
+    return { ...serving, snapshot: snap.id };
+  } catch (err) {
+    if (overlayDir) rmSync(overlayDir, { recursive: true, force: true });
+    await use.end();
+    throw err;
   }
-  const serving = await serveDevice(device, `backup ${snap.id} ${snap.disks[req.disk ?? 0]!.name}`, {
-    name: req.name ?? snap.id,
-    ...(req.listen ? { listen: req.listen } : {}),
-    ...(req.socket ? { socket: req.socket } : {}),
-    onStop: () => {
-      if (overlayDir) rmSync(overlayDir, { recursive: true, force: true });
-    },
-  });
-  return { ...serving, snapshot: snap.id };
 }

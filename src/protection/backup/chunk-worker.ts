@@ -14,8 +14,6 @@ import {
   readSync,
   renameSync,
   rmSync,
-  statSync,
-  utimesSync,
   writeSync,
   writevSync,
 } from 'node:fs';
@@ -26,6 +24,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { nativeIo } from '../../block/native.js';
 import { HavenError, fromSystemError } from '../../common/errors.js';
 import { ChunkCodec } from '../../repository/chunk-codec.js';
+import { claimFileSync } from '../../repository/chunk-claim.js';
 import { TMP_PREFIX, chunkKey } from '../../repository/format.js';
 import type { RepositoryKeys } from '../../repository/keys.js';
 
@@ -63,14 +62,10 @@ const native = nativeIo();
 function storeLocal(root: string, digest: Buffer, plain: Buffer): { existed: boolean; storedBytes: number } {
   const target = join(root, chunkKey(digest));
   try {
-    statSync(target);
-    // Touched so that a garbage collection running now keeps it (see Repository.gc).
-    const now = new Date();
-    utimesSync(target, now, now);
-    return { existed: true, storedBytes: 0 };
+    // Claimed, so that a garbage collection running now or later keeps it (chunk-claim.ts).
+    if (claimFileSync(target)) return { existed: true, storedBytes: 0 };
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-      throw fromSystemError(err, `repository ${root}: cannot stat ${chunkKey(digest)}`);
+    throw fromSystemError(err, `repository ${root}: cannot claim ${chunkKey(digest)}`);
   }
   const [header, payload] = codec.encodeParts(plain, digest);
   const dir = dirname(target);

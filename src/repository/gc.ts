@@ -1,0 +1,153 @@
+import { hostname } from 'node:os';
+import { HavenError, conflict } from '../common/index.js';
+import { DIGEST_BYTES, isTemporaryKey } from './format.js';
+import { isAsideName } from './chunk-claim.js';
+import { pidAlive } from './process.js';
+import type { Repository } from './repository.js';
+
+/** Unreferenced chunks younger than this before the cutoff are kept: clocks of other writers. */
+const GC_GRACE_MS = 5 * 60 * 1000;
+/**
+ * A new file's time comes from the kernel's coarse clock, up to a tick (≤ 10 ms) behind the one
+ * Date.now() reads: the cutoff is taken this much earlier so that no such file looks too old.
+ */
+const CLOCK_SLACK_MS = 20;
+const LOCK = 'locks/gc';
+
+export interface GcOptions {
+  graceMs?: number;
+}
+
+export interface GcReport {
+  removedChunks: number;
+  removedBytes: number;
+  keptChunks: number;
+  keptBytes: number;
+  removedPartial: number;
+  /** Unreferenced chunks a running backup claimed while this gc swept them: kept. */
+  claimedMeanwhile: number;
+  seconds: number;
+}
+
+/**
+ * Mark and sweep, safe while backups run (docs/decisions/0005-gc-and-writers.md):
+ *
+ * 1. Take the start time, then read the sessions of running backups, then list the snapshots —
+ *    in this order: a backup that ends between the two steps has committed its manifest before
+ *    its session went, so it is seen one way or the other.
+ * 2. The cutoff is the earlier of this start and the start of the oldest running backup, less
+ *    the grace period. Every chunk a running backup claims or writes is younger than that, and
+ *    so is everything a backup that begins after step 1 touches.
+ * 3. Mark every chunk of every snapshot. A snapshot that cannot be read stops the gc: its chunks
+ *    are unknown, and deleting them would lose what may still be saved.
+ * 4. Sweep: an unmarked chunk older than the cutoff is deleted with deleteUnclaimed, which
+ *    re-checks its time after moving it away from its name, so a backup's claim that raced the
+ *    sweep either is seen (the chunk stays) or finds the chunk gone (and writes it again).
+ *
+ * One gc at a time (locks/gc; a lock of a dead process on this host is taken over).
+ */
+export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Promise<GcReport> {
+  await takeLock(repo);
+  try {
+    return await sweep(repo, opts);
+  } finally {
+    await repo.backend.delete(LOCK);
+  }
+}
+
+async function takeLock(repo: Repository): Promise<void> {
+  const b = repo.backend;
+  const me = Buffer.from(JSON.stringify({ pid: process.pid, host: hostname() }));
+  for (;;) {
+    try {
+      await b.write(LOCK, me, { exclusive: true });
+      return;
+    } catch (err) {
+      if (!(err instanceof HavenError && err.code === 'CONFLICT')) throw err;
+    }
+    let holder: { pid: number; host: string };
+    try {
+      holder = JSON.parse((await b.read(LOCK)).toString('utf8')) as typeof holder;
+    } catch {
+      continue; // released meanwhile
+    }
+    if (holder.host === hostname() && !pidAlive(holder.pid)) {
+      await b.delete(LOCK);
+      continue;
+    }
+    throw conflict(
+      `garbage collection is already running on repository ${repo.location} (process ${holder.pid} on ${holder.host})`,
+    );
+  }
+}
+
+async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
+  const b = repo.backend;
+  // Chunks a gc that died mid-sweep left aside go back first (they may have been claimed).
+  await b.settleDeletes('chunks/');
+  const started = Date.now();
+  const writers = (await repo.liveSessions()).filter((s) => !s.reads);
+  const cutoff =
+    Math.min(started, ...writers.map((s) => s.startedAt)) - (opts.graceMs ?? GC_GRACE_MS) - CLOCK_SLACK_MS;
+  const scan = await repo.scanSnapshots();
+  const unreadable = scan.damaged.map((d) => `${d.id} (${d.reason})`);
+  const marked = new Set<string>();
+  for (const s of scan.snapshots)
+    for (let d = 0; d < s.disks.length; d++) {
+      let idx;
+      try {
+        idx = await repo.readIndex(s, d);
+      } catch (err) {
+        unreadable.push(`${s.id} ${s.disks[d]!.name} (${(err as Error).message})`);
+        continue;
+      }
+      for (let i = 0; i < idx.count; i++)
+        marked.add(idx.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES).toString('hex'));
+    }
+  if (unreadable.length)
+    throw new HavenError(
+      'CORRUPT',
+      `gc deletes nothing while a snapshot cannot be read, since the chunks it uses are unknown: ${unreadable.join('; ')}. Forget it ("haven repo forget ID") or put its files back, then run gc again`,
+    );
+  const r: GcReport = {
+    removedChunks: 0,
+    removedBytes: 0,
+    keptChunks: 0,
+    keptBytes: 0,
+    removedPartial: 0,
+    claimedMeanwhile: 0,
+    seconds: 0,
+  };
+  for await (const o of b.list('chunks/')) {
+    if (isAsideName(o.key)) continue;
+    if (isTemporaryKey(o.key)) {
+      // A chunk file being written: a running backup's is younger than the cutoff.
+      if (o.mtimeMs < cutoff) await b.delete(o.key);
+      continue;
+    }
+    const hex = o.key.slice(o.key.lastIndexOf('/') + 1);
+    let outcome: 'deleted' | 'kept' | 'absent' = 'kept';
+    if (!marked.has(hex) && o.mtimeMs < cutoff) {
+      outcome = await b.deleteUnclaimed(o.key, cutoff);
+      if (outcome === 'kept') r.claimedMeanwhile++;
+    }
+    if (outcome === 'deleted') {
+      r.removedChunks++;
+      r.removedBytes += o.size;
+    } else if (outcome === 'kept') {
+      r.keptChunks++;
+      r.keptBytes += o.size;
+    }
+  }
+  // The indexes of backups that died before their manifest, what interrupted forgets left, and
+  // temporary files (a running backup's are younger than the cutoff).
+  const live = new Set(scan.snapshots.map((s) => s.id));
+  const partial: string[] = [];
+  for await (const o of b.list('snapshots/'))
+    if (!live.has(o.key.split('/')[1]!) && o.mtimeMs < cutoff) partial.push(o.key);
+  for (const key of partial) await b.delete(key);
+  r.removedPartial = partial.length;
+  for await (const o of b.list('tmp/')) if (o.mtimeMs < cutoff) await b.delete(o.key);
+  r.seconds = (Date.now() - started) / 1000;
+  return r;
+}
