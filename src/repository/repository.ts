@@ -184,13 +184,19 @@ export class Repository {
   static async open(path: string, opts: { passphrase?: string } = {}): Promise<Repository> {
     const dir = resolve(path);
     const backend = new LocalBackend(dir);
-    let config: RepositoryConfig;
+    let data: Buffer;
     try {
-      config = JSON.parse((await backend.read(CONFIG)).toString('utf8')) as RepositoryConfig;
+      data = await backend.read(CONFIG);
     } catch (err) {
       if (err instanceof HavenError && err.code === 'NOT_FOUND')
         throw notFound(`${dir} is not a Haven repository (no ${CONFIG}; create one with "haven repo init")`);
-      throw new HavenError('CORRUPT', `${dir}/${CONFIG} cannot be read: ${errorMessage(err)}`);
+      throw err; // not readable by this user, an I/O error: not damage
+    }
+    let config: RepositoryConfig;
+    try {
+      config = JSON.parse(data.toString('utf8')) as RepositoryConfig;
+    } catch (err) {
+      throw new HavenError('CORRUPT', `${dir}/${CONFIG} is damaged: ${errorMessage(err)}`);
     }
     if (config.format !== 'haven-repository')
       throw new HavenError('CORRUPT', `${dir}/${CONFIG} is not a Haven repository's`);

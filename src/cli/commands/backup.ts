@@ -53,6 +53,11 @@ function progress(label: string): ((done: number, total: number) => void) | unde
   };
 }
 
+function wholeNumber(v: string, what: string): number {
+  if (!/^\d+$/.test(v)) throw invalidArgument(`${what} "${v}" is not a whole number`);
+  return Number(v);
+}
+
 /** Damaged snapshots, on stderr: named with the way out, while the rest is listed as usual. */
 function warnDamaged(damaged: { id: string; reason: string }[]): void {
   for (const d of damaged) process.stderr.write(`haven: warning: ${d.reason}\n`);
@@ -170,7 +175,7 @@ export function registerBackup(program: Command): void {
           await openRepository(access(o))
         ).verify(ids.length ? ids : undefined, {
           ...(progress('verify') ? { onProgress: progress('verify')! } : {}),
-          ...(o.rolling !== undefined ? { rolling: Number(o.rolling) } : {}),
+          ...(o.rolling !== undefined ? { rolling: wholeNumber(o.rolling, '--rolling') } : {}),
         });
       } catch (err) {
         reportError(err);
