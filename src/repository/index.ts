@@ -12,6 +12,7 @@ export type {
 } from './repository.js';
 export type { VerifyReport, VerifyOptions } from './verify.js';
 export type { GcReport, GcOptions } from './gc.js';
+export type { SessionRecord } from './sessions.js';
 export { ChunkCodec } from './chunk-codec.js';
 export { LocalBackend, type RepositoryBackend, type ObjectInfo } from './backend.js';
 export { planPrune, selectRetained, sourceName, type PrunePlan, type RetentionPolicy } from './retention.js';

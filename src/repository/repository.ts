@@ -6,14 +6,13 @@ import { HavenError, conflict, errorMessage, notFound } from '../common/index.js
 import { LocalBackend, type RepositoryBackend } from './backend.js';
 import { ChunkCodec } from './chunk-codec.js';
 import { ASIDE_PREFIX, isAsideName } from './chunk-claim.js';
-import { bootId, pidAlive } from './process.js';
+import { liveSessions, recordSession, type SessionRecord } from './sessions.js';
 import {
   DEFAULT_CHUNK_SIZE,
   FORMAT_VERSION,
   checkChunkSize,
   chunkKey,
   isTemporaryKey,
-  readChunk,
   readIndex,
 } from './format.js';
 import { newEncryption, openEncryption, type EncryptionConfig, type RepositoryKeys } from './keys.js';
@@ -93,19 +92,6 @@ export interface PruneReport {
   inUse: DamagedSnapshot[];
   /** Snapshots whose manifest is damaged: not pruned (forget them by id). */
   damaged: DamagedSnapshot[];
-}
-
-export interface SessionRecord {
-  id: string;
-  pid: number;
-  host: string;
-  /** The kernel's boot id: a record from an earlier boot is dead whatever its pid is now. */
-  boot?: string;
-  startedAt: number;
-  /** A backup: the snapshot it takes unchanged chunks from. */
-  parent?: string;
-  /** A reader (restore, mount), not a writer: the snapshot it reads. */
-  reads?: string;
 }
 
 const CONFIG = 'config.json';
@@ -271,7 +257,7 @@ export class Repository {
     // A backup that died may have left chunk files that never reached the disk whole; they are
     // checked before this backup could deduplicate against them.
     await this.liveSessions();
-    const session = await this.recordSession(parent ? { parent } : {});
+    const session = await recordSession(this.backend, parent ? { parent } : {});
     if (parent)
       await this.usable(parent).catch(async (err: unknown) => {
         await session.end();
@@ -287,7 +273,7 @@ export class Repository {
   async useSnapshot(id: string): Promise<{ snapshot: SnapshotInfo; end: () => Promise<void> }> {
     let session: { end: () => Promise<void> } | undefined;
     try {
-      session = await this.recordSession({ reads: id });
+      session = await recordSession(this.backend, { reads: id });
     } catch (err) {
       if (!(err instanceof HavenError && err.code === 'READ_ONLY')) throw err;
     }
@@ -297,22 +283,6 @@ export class Repository {
       await session?.end();
       throw err;
     }
-  }
-
-  private async recordSession(
-    what: Pick<SessionRecord, 'parent' | 'reads'>,
-  ): Promise<{ id: string; end: () => Promise<void> }> {
-    const rec: SessionRecord = {
-      id: randomUUID(),
-      pid: process.pid,
-      host: hostname(),
-      boot: bootId(),
-      startedAt: Date.now(),
-      ...what,
-    };
-    const key = `sessions/${rec.id}.json`;
-    await this.backend.write(key, Buffer.from(JSON.stringify(rec)));
-    return { id: rec.id, end: () => this.backend.delete(key) };
   }
 
   /** A snapshot that may be used: its manifest reads, and no forget of it is under way. */
@@ -325,54 +295,9 @@ export class Repository {
     return s;
   }
 
-  /**
-   * The sessions of running backups and readers. Sessions of processes that are gone (same host:
-   * the pid is not alive, or the record is from an earlier boot) are removed, after the chunks
-   * they may have left torn are checked: a backup killed with -9 never holds gc back for good.
-   */
-  async liveSessions(): Promise<SessionRecord[]> {
-    const out: SessionRecord[] = [];
-    const dead: { key: string; rec: SessionRecord }[] = [];
-    for await (const o of this.backend.list('sessions/')) {
-      let rec: SessionRecord;
-      try {
-        rec = JSON.parse((await this.backend.read(o.key)).toString('utf8')) as SessionRecord;
-      } catch {
-        continue; // being written or removed
-      }
-      if (rec.host === hostname() && ((rec.boot && rec.boot !== bootId()) || !pidAlive(rec.pid)))
-        dead.push({ key: o.key, rec }); // its process died
-      else out.push(rec);
-    }
-    const deadWriters = dead.filter((d) => !d.rec.reads);
-    if (deadWriters.length)
-      // One pass over the chunks for all of them; their records go once it is done.
-      await this.recoverDeadSessions(Math.min(...deadWriters.map((d) => d.rec.startedAt)));
-    for (const d of dead) await this.backend.delete(d.key);
-    return out;
-  }
-
-  /**
-   * Checks the chunks dead backups may have written (those modified since the first began): a chunk
-   * renamed into place but not yet flushed when the machine went down can be empty or torn after
-   * the reboot, and a later backup must not deduplicate against it. Damaged ones are deleted; no
-   * snapshot refers to them, since a manifest is written only after a filesystem sync.
-   */
-  private async recoverDeadSessions(startedAt: number): Promise<number> {
-    let removed = 0;
-    const since = startedAt - 2000; // mtime granularity and clock steps
-    for await (const o of this.backend.list('chunks/')) {
-      if (o.mtimeMs < since || isTemporaryKey(o.key)) continue; // temporaries: gc()
-      try {
-        readChunk(await this.backend.read(o.key), o.key);
-      } catch (err) {
-        if (err instanceof HavenError && err.code === 'NOT_FOUND') continue;
-        await this.backend.delete(o.key);
-        removed++;
-      }
-    }
-    if (removed) await this.backend.sync();
-    return removed;
+  /** The sessions of running backups and readers; those of dead processes are removed (sessions.ts). */
+  liveSessions(): Promise<SessionRecord[]> {
+    return liveSessions(this.backend);
   }
 
   // ---- snapshots ---------------------------------------------------------------------------

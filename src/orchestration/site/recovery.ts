@@ -78,6 +78,8 @@ export interface RecoveryOptions {
  */
 export class RecoveryService {
   private readonly bases = new Map<string, BlockDevice[]>();
+  /** Ends the reader session that holds each recovered VM's backup (see Repository.useSnapshot). */
+  private readonly uses = new Map<string, () => Promise<void>>();
 
   constructor(
     private readonly db: Db,
@@ -266,20 +268,30 @@ export class RecoveryService {
     disks: RecoveryDisk[],
   ): Promise<void> {
     const repo = await openRepository(access);
-    const snap = await repo.snapshot(snapshot);
+    // Forget refuses the backup while the VM runs from it, so gc keeps its chunks.
+    const use = await repo.useSnapshot(snapshot);
+    const snap = use.snapshot;
     const bases: BlockDevice[] = [];
-    for (const d of disks) {
-      const dev = await SnapshotDevice.open(repo, snap, d.disk);
-      const base = this.opts.limits ? new ThrottledDevice(dev, this.opts.limits) : dev;
-      this.storage.attachBase(d.volume, base);
-      bases.push(base);
+    try {
+      for (const d of disks) {
+        const dev = await SnapshotDevice.open(repo, snap, d.disk);
+        const base = this.opts.limits ? new ThrottledDevice(dev, this.opts.limits) : dev;
+        this.storage.attachBase(d.volume, base);
+        bases.push(base);
+      }
+    } catch (err) {
+      await use.end();
+      throw err;
     }
     this.bases.set(vm, bases);
+    this.uses.set(vm, use.end);
   }
 
   private closeBases(vm: string): void {
     for (const b of this.bases.get(vm) ?? []) void b.close();
     this.bases.delete(vm);
+    void this.uses.get(vm)?.();
+    this.uses.delete(vm);
   }
 
   private rows(): RecoveryRow[] {
