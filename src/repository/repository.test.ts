@@ -419,3 +419,21 @@ test('stats: the ratio is of the data stored, not of zeroes; a failed encrypted 
     mkdirSync(join(enc, d), { recursive: true });
   assert.ok((await Repository.init(enc, { passphrase: 'long enough now' })).encrypted);
 });
+
+test('a writer killed with -9 does not hold gc back: its session is recognised as dead and removed', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'));
+  const codec = repo.codec();
+  const b = randomBytes(1000);
+  const d = codec.digest(b);
+  await repo.putChunk(d, codec.encode(b, d));
+  const old = Date.now() / 1000 - 3600;
+  utimesSync(join(repo.location, chunkKey(d)), old, old);
+  // A session of a process that is gone, begun before the chunk was last used.
+  const dead = { id: 'x', pid: 999999, host: hostname(), startedAt: (old - 60) * 1000 };
+  writeFileSync(join(repo.location, 'sessions', 'x.json'), JSON.stringify(dead));
+  const r = await repo.gc({ graceMs: 0 });
+  assert.equal(r.removedChunks, 1, 'the cutoff was not held back by the dead session');
+  assert.deepEqual(readdirSync(join(repo.location, 'sessions')), []);
+});

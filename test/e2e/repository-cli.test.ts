@@ -16,7 +16,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { HAVEN_BIN } from '../support/proc.js';
+import { HAVEN_BIN, start, waitForListen } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
 
 const run = promisify(execFile);
@@ -180,4 +180,34 @@ test('repo init: a failed encrypted init leaves nothing that blocks the retry; s
     s.ratio > 1.9 && s.ratio < 2.1,
     `ratio ${s.ratio}: two copies of 1 MiB of random data, stored once`,
   );
+});
+
+test('forget ‖ mount: a mounted backup cannot be forgotten (gc keeps it whole); a mount killed with -9 does not hold it', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = join(dir.path, 'repo');
+  const img = join(dir.path, 'a.raw');
+  writeFileSync(img, randomBytes(4 * 1024 * 1024));
+  await haven(['repo', 'init', '--repo', repo]);
+  await haven(['backup', img, '--repo', repo]);
+  const [snap] = JSON.parse((await haven(['repo', 'list', '--repo', repo, '--json'])).stdout) as {
+    id: string;
+  }[];
+  const sock = join(dir.path, 'm.sock');
+  const mount = start(HAVEN_BIN, ['backup', 'mount', snap!.id, '--repo', repo, '--socket', sock]);
+  t.after(() => mount.stop());
+  await waitForListen({ path: sock }, 10000, mount);
+  const f = await haven(['repo', 'forget', '--repo', repo, snap!.id]);
+  assert.equal(f.code, 1);
+  assert.match(f.stderr, /in use: read by a restore or mount running now/);
+  assert.equal((await haven(['repo', 'gc', '--repo', repo, '--grace', '0'])).code, 0);
+  const uri = `nbd+unix:///${snap!.id}?socket=${sock}`;
+  assert.match((await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', img, uri])).stdout, /identical/);
+  // Killed: its session is recognised as dead, and the forget goes through.
+  mount.child.kill('SIGKILL');
+  await mount.stop();
+  const g = await haven(['repo', 'forget', '--repo', repo, snap!.id]);
+  assert.equal(g.code, 0, g.stderr);
+  assert.equal((await haven(['repo', 'gc', '--repo', repo, '--grace', '0', '--json'])).code, 0);
+  assert.deepEqual(readdirSync(join(repo, 'sessions')), []);
 });
