@@ -1,5 +1,6 @@
 // The repository on its own: chunk encoding (compression, encryption, tampering), indexes,
-// retention, and garbage collection that keeps what running backups use.
+// retention, snapshots (damaged manifests, forget against readers), verify, prune per source, and
+// garbage collection racing writers (claims against sweeps, a sweep that died, dead sessions).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -9,6 +10,7 @@ import {
   readFileSync,
   readdirSync,
   renameSync,
+  rmSync,
   utimesSync,
   writeFileSync,
 } from 'node:fs';
@@ -436,4 +438,30 @@ test('a writer killed with -9 does not hold gc back: its session is recognised a
   const r = await repo.gc({ graceMs: 0 });
   assert.equal(r.removedChunks, 1, 'the cutoff was not held back by the dead session');
   assert.deepEqual(readdirSync(join(repo.location, 'sessions')), []);
+});
+
+test('verify beside prune and gc: a snapshot forgotten (and its chunks collected) while it runs is no damage', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'), { chunkSize: 65536 });
+  const codec = repo.codec();
+  const keep = await makeSnapshot(repo, 'vm:a', [randomBytes(65536)], '2026-01-01T00:00:00.000Z');
+  const blocks = Array.from({ length: 8 }, () => randomBytes(65536));
+  const goes = await makeSnapshot(repo, 'vm:a', blocks, '2026-01-02T00:00:00.000Z');
+  let forgotten = false;
+  const v = await repo.verify(undefined, {
+    concurrency: 1,
+    onProgress: () => {
+      if (forgotten) return;
+      forgotten = true;
+      // What a forget and a gc running now do, between two chunk reads of this verify.
+      rmSync(join(repo.location, 'snapshots', goes.id), { recursive: true });
+      for (const b of blocks) rmSync(join(repo.location, chunkKey(codec.digest(b))), { force: true });
+    },
+  });
+  assert.ok(forgotten);
+  assert.deepEqual(v.damaged, []);
+  assert.deepEqual(v.chunkDamage, []);
+  assert.equal(v.damagedChunks, 0);
+  assert.deepEqual(v.snapshots, [keep.id, goes.id]);
 });

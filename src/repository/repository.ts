@@ -352,6 +352,7 @@ export class Repository {
         snapshots.push(await this.snapshot(id));
       } catch (err) {
         if (err instanceof HavenError && err.code === 'NOT_FOUND') continue; // forgotten meanwhile
+        if (!(err instanceof HavenError && err.code === 'CORRUPT')) throw err; // cannot read: not damage
         damaged.push({ id, reason: errorMessage(err) });
       }
     }

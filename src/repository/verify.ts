@@ -117,6 +117,21 @@ export async function verifySnapshots(
     }
   };
   await Promise.all(Array.from({ length: opts.concurrency ?? 4 }, worker));
+  // A snapshot forgotten while this ran (prune and gc beside a verify) is no damage: its chunks
+  // may be gone. Only what still exists is reported.
+  if (bad.size) {
+    const gone = new Set<string>();
+    for (const id of new Set([...bad.keys()].flatMap((hex) => uses.get(hex)!.map((u) => u.snapshot))))
+      if (!(await repo.backend.exists(`snapshots/${id}/manifest.json`))) gone.add(id);
+    for (const [hex, list] of uses) {
+      const kept = list.filter((u) => !gone.has(u.snapshot));
+      if (kept.length) uses.set(hex, kept);
+      else {
+        uses.delete(hex);
+        bad.delete(hex);
+      }
+    }
+  }
   const byDisk = new Map<
     string,
     { snapshot: string; disk: string; offsets: number[]; reasons: Set<string> }
