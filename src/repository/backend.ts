@@ -5,7 +5,7 @@ import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from '
 import { dirname, join, relative, sep } from 'node:path';
 import { promisify } from 'node:util';
 import { HavenError, fromSystemError } from '../common/index.js';
-import { claimFile, isAsideName, putBack, sweepFile } from './chunk-claim.js';
+import { claimFile, putBack, sweepFile } from './chunk-claim.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -41,8 +41,11 @@ export interface RepositoryBackend {
    * claim that returned true is never undone. One caller at a time (garbage collection's lock).
    */
   deleteUnclaimed(key: string, cutoffMs: number): Promise<'deleted' | 'kept' | 'absent'>;
-  /** Puts back the objects under `prefix` that a deleteUnclaimed that died left half done. */
-  settleDeletes(prefix: string): Promise<number>;
+  /**
+   * list() shows an object a deleteUnclaimed that died left half done under its aside key
+   * (chunk-claim.ts: isAsideName); this puts it back under its own key.
+   */
+  putBack(asideKey: string): Promise<void>;
   /** Makes every object written so far durable (before a manifest that refers to them). */
   sync(): Promise<void>;
   /**
@@ -186,14 +189,13 @@ export class LocalBackend implements RepositoryBackend {
     }
   }
 
-  async settleDeletes(prefix: string): Promise<number> {
-    let n = 0;
-    for await (const o of this.list(prefix))
-      if (isAsideName(o.key)) {
-        await putBack(this.path(o.key));
-        n++;
-      }
-    return n;
+  async putBack(asideKey: string): Promise<void> {
+    try {
+      await putBack(this.path(asideKey));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw fromSystemError(err, `repository ${this.location}: cannot put ${asideKey} back`);
+    }
   }
 }
 

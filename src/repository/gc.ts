@@ -16,6 +16,8 @@ const LOCK = 'locks/gc';
 
 export interface GcOptions {
   graceMs?: number;
+  /** Called as the sweep goes, with the number of chunk files looked at so far. */
+  onSweep?: (chunks: number) => void;
 }
 
 export interface GcReport {
@@ -83,8 +85,6 @@ async function takeLock(repo: Repository): Promise<void> {
 
 async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
   const b = repo.backend;
-  // Chunks a gc that died mid-sweep left aside go back first (they may have been claimed).
-  await b.settleDeletes('chunks/');
   const started = Date.now();
   const writers = (await repo.liveSessions()).filter((s) => !s.reads);
   const cutoff =
@@ -118,8 +118,14 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
     claimedMeanwhile: 0,
     seconds: 0,
   };
+  let seen = 0;
   for await (const o of b.list('chunks/')) {
-    if (isAsideName(o.key)) continue;
+    opts.onSweep?.(++seen);
+    if (isAsideName(o.key)) {
+      // Left aside by a gc that died mid-sweep: back under its name (it may have been claimed).
+      await b.putBack(o.key);
+      continue;
+    }
     if (isTemporaryKey(o.key)) {
       // A chunk file being written: a running backup's is younger than the cutoff.
       if (o.mtimeMs < cutoff) await b.delete(o.key);
