@@ -24,7 +24,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { nativeIo } from '../../block/native.js';
 import { HavenError, fromSystemError } from '../../common/errors.js';
 import { ChunkCodec } from '../../repository/chunk-codec.js';
-import { claimFileSync } from '../../repository/chunk-claim.js';
+import { asidePath, claimFileSync } from '../../repository/chunk-claim.js';
 import { TMP_PREFIX, chunkKey } from '../../repository/format.js';
 import type { RepositoryKeys } from '../../repository/keys.js';
 
@@ -100,21 +100,29 @@ function storeLocal(root: string, digest: Buffer, plain: Buffer): { existed: boo
 
 let readBuffer = Buffer.alloc(0);
 
+/** A chunk file opened for reading; undefined if there is none under that name. */
+function openChunk(path: string, key: string): number | undefined {
+  try {
+    return openSync(path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw fromSystemError(err, `repository ${init.chunkRoot}: cannot read ${key}`);
+  }
+}
+
 /** A stored chunk: the one given, or read from the local repository into a reused buffer. */
 function loadStored(digest: Buffer, given?: Uint8Array): Buffer {
   if (given) return Buffer.from(given.buffer, given.byteOffset, given.byteLength);
   const key = chunkKey(digest);
-  let fd: number;
-  try {
-    fd = openSync(join(init.chunkRoot!, key), 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
-      throw new HavenError(
-        'CORRUPT',
-        `chunk ${digest.toString('hex')} is missing from repository ${init.chunkRoot}`,
-      );
-    throw fromSystemError(err, `repository ${init.chunkRoot}: cannot read ${key}`);
-  }
+  const path = join(init.chunkRoot!, key);
+  let fd = openChunk(path, key);
+  // A gc sweep may hold the chunk aside for a moment (chunk-claim.ts), then put it back.
+  fd ??= openChunk(asidePath(path), key) ?? openChunk(path, key);
+  if (fd === undefined)
+    throw new HavenError(
+      'CORRUPT',
+      `chunk ${digest.toString('hex')} is missing from repository ${init.chunkRoot}`,
+    );
   try {
     const size = fstatSync(fd).size;
     if (readBuffer.length < size) readBuffer = Buffer.alloc(Math.max(size, init.slotSize + 4096));
