@@ -1,5 +1,5 @@
 // How a backup reuses a stored chunk, and how garbage collection deletes one, without racing each
-// other (docs/decisions/0005-gc-and-writers.md). Both sides act on a name that the other may
+// other (docs/decisions/0008-gc-and-writers.md). Both sides act on a name that the other may
 // change at any moment, so each re-checks after it acts:
 //
 //   claim (a writer):  utimes(name, now) then stat(name). Both succeed: the chunk is there and

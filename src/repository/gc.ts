@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { HavenError, conflict } from '../common/index.js';
 import { DIGEST_BYTES, isTemporaryKey } from './format.js';
 import { isAsideName } from './chunk-claim.js';
-import { pidAlive } from './process.js';
+import { recordAlive, selfIdentity } from './process.js';
 import type { Repository } from './repository.js';
 
 /** Unreferenced chunks younger than this before the cutoff are kept: clocks of other writers. */
@@ -32,7 +32,7 @@ export interface GcReport {
 }
 
 /**
- * Mark and sweep, safe while backups run (docs/decisions/0005-gc-and-writers.md):
+ * Mark and sweep, safe while backups run (docs/decisions/0008-gc-and-writers.md):
  *
  * 1. Take the start time, then read the sessions of running backups, then list the snapshots —
  *    in this order: a backup that ends between the two steps has committed its manifest before
@@ -59,7 +59,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
 
 async function takeLock(repo: Repository): Promise<void> {
   const b = repo.backend;
-  const me = Buffer.from(JSON.stringify({ pid: process.pid, host: hostname() }));
+  const me = Buffer.from(JSON.stringify({ ...selfIdentity(), host: hostname() }));
   for (;;) {
     try {
       await b.write(LOCK, me, { exclusive: true });
@@ -67,13 +67,13 @@ async function takeLock(repo: Repository): Promise<void> {
     } catch (err) {
       if (!(err instanceof HavenError && err.code === 'CONFLICT')) throw err;
     }
-    let holder: { pid: number; host: string };
+    let holder: { pid: number; host: string; boot?: string; start?: string };
     try {
       holder = JSON.parse((await b.read(LOCK)).toString('utf8')) as typeof holder;
     } catch {
       continue; // released meanwhile
     }
-    if (holder.host === hostname() && !pidAlive(holder.pid)) {
+    if (holder.host === hostname() && !recordAlive(holder)) {
       await b.delete(LOCK);
       continue;
     }

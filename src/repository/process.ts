@@ -1,6 +1,10 @@
 import { readFileSync } from 'node:fs';
+import { processStartTime } from '../common/index.js';
 
-// Whether the process behind a session or lock record (on this host) still runs.
+// Whether the process behind a session or lock record of this host still runs. As for the data
+// directory's lock (decision 0007), a pid alone does not name a process: the record also holds
+// the boot id and the process's start time, so a pid reused after a crash or reboot is not
+// mistaken for the writer that died.
 
 let boot: string | undefined;
 
@@ -14,11 +18,32 @@ export function bootId(): string {
   return boot;
 }
 
-export function pidAlive(pid: number): boolean {
+/** What names this process among all that ran on this host: for session and lock records. */
+export function selfIdentity(): { pid: number; boot: string; start?: string } {
+  const start = processStartTime(process.pid);
+  return { pid: process.pid, boot: bootId(), ...(start ? { start } : {}) };
+}
+
+/** Whether the process a record of this host names is alive (older records: by pid and boot). */
+export function recordAlive(rec: { pid: number; boot?: string; start?: string }): boolean {
+  if (rec.boot && bootId() && rec.boot !== bootId()) return false;
+  if (!pidAlive(rec.pid)) return false;
+  if (!rec.start) return true;
+  const start = processStartTime(rec.pid);
+  // Unreadable here (another pid namespace, no /proc): do not judge what may be alive.
+  return start === undefined || start === rec.start;
+}
+
+function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    // A killed process nobody has reaped yet (a zombie) holds nothing any more.
+    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
   }
 }

@@ -422,7 +422,7 @@ test('stats: the ratio is of the data stored, not of zeroes; a failed encrypted 
   assert.ok((await Repository.init(enc, { passphrase: 'long enough now' })).encrypted);
 });
 
-test('a writer killed with -9 does not hold gc back: its session is recognised as dead and removed', async (t) => {
+test('a writer killed with -9 does not hold gc back: its session (even under a reused pid) is recognised as dead', async (t) => {
   const dir = tempDir();
   t.after(dir.cleanup);
   const repo = await Repository.init(join(dir.path, 'r'));
@@ -435,6 +435,9 @@ test('a writer killed with -9 does not hold gc back: its session is recognised a
   // A session of a process that is gone, begun before the chunk was last used.
   const dead = { id: 'x', pid: 999999, host: hostname(), startedAt: (old - 60) * 1000 };
   writeFileSync(join(repo.location, 'sessions', 'x.json'), JSON.stringify(dead));
+  // And one whose pid was reused since (by this process): its start time tells them apart.
+  const reused = { ...dead, id: 'y', pid: process.pid, start: '1' };
+  writeFileSync(join(repo.location, 'sessions', 'y.json'), JSON.stringify(reused));
   const r = await repo.gc({ graceMs: 0 });
   assert.equal(r.removedChunks, 1, 'the cutoff was not held back by the dead session');
   assert.deepEqual(readdirSync(join(repo.location, 'sessions')), []);

@@ -211,7 +211,7 @@ export class Repository {
 
   /**
    * Stores a chunk unless it is there; a chunk found is claimed (marked used now), so that a
-   * garbage collection running now or later keeps it (docs/decisions/0005-gc-and-writers.md).
+   * garbage collection running now or later keeps it (docs/decisions/0008-gc-and-writers.md).
    * Call it only inside a session (beginSession).
    */
   async putChunk(digest: Buffer, stored: Uint8Array): Promise<boolean> {
@@ -411,7 +411,7 @@ export class Repository {
    * while the snapshot is protected, the parent of a running backup, or read by a restore or
    * mount. A "forgetting" marker is written before the sessions are read a second time, and users
    * record their session before they check for the marker: either this sees the user's session
-   * and backs off, or the user sees the marker and stops (docs/decisions/0005-gc-and-writers.md).
+   * and backs off, or the user sees the marker and stops (docs/decisions/0008-gc-and-writers.md).
    */
   async deleteSnapshot(id: string): Promise<void> {
     checkSnapshotId(id);

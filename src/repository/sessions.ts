@@ -3,11 +3,11 @@ import { hostname } from 'node:os';
 import { HavenError } from '../common/index.js';
 import type { RepositoryBackend } from './backend.js';
 import { isTemporaryKey, readChunk } from './format.js';
-import { bootId, pidAlive } from './process.js';
+import { recordAlive, selfIdentity } from './process.js';
 
 // Sessions: what running backups and readers hold (sessions/<uuid>.json). gc's cutoff is no later
 // than the oldest writer's start; forget refuses a snapshot a session names (a backup's parent, a
-// reader's snapshot). See docs/decisions/0005-gc-and-writers.md.
+// reader's snapshot). See docs/decisions/0008-gc-and-writers.md.
 
 export interface SessionRecord {
   id: string;
@@ -15,6 +15,8 @@ export interface SessionRecord {
   host: string;
   /** The kernel's boot id: a record from an earlier boot is dead whatever its pid is now. */
   boot?: string;
+  /** The process's start time (clock ticks since boot): a reused pid is not this process. */
+  start?: string;
   startedAt: number;
   /** A backup: the snapshot it takes unchanged chunks from. */
   parent?: string;
@@ -28,9 +30,8 @@ export async function recordSession(
 ): Promise<{ id: string; end: () => Promise<void> }> {
   const rec: SessionRecord = {
     id: randomUUID(),
-    pid: process.pid,
+    ...selfIdentity(),
     host: hostname(),
-    boot: bootId(),
     startedAt: Date.now(),
     ...what,
   };
@@ -54,7 +55,7 @@ export async function liveSessions(backend: RepositoryBackend): Promise<SessionR
     } catch {
       continue; // being written or removed
     }
-    if (rec.host === hostname() && ((rec.boot && rec.boot !== bootId()) || !pidAlive(rec.pid)))
+    if (rec.host === hostname() && !recordAlive(rec))
       dead.push({ key: o.key, rec }); // its process died
     else out.push(rec);
   }

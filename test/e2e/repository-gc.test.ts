@@ -1,7 +1,7 @@
 // Garbage collection racing backups: a backup that reuses chunks nothing references any more
 // (their snapshot was forgotten, they are older than any grace) while a gc sweeps them. Every
-// round must end with the new snapshot whole. Before the claim/sweep protocol of decision 0005
-// (docs/decisions/0005-gc-and-writers.md), gc deleted chunks the backup had just found and
+// round must end with the new snapshot whole. Before the claim/sweep protocol of decision 0008
+// (docs/decisions/0008-gc-and-writers.md), gc deleted chunks the backup had just found and
 // touched: 13 or 14 of 16 rounds lost chunks.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
