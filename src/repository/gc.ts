@@ -7,11 +7,6 @@ import type { Repository } from './repository.js';
 
 /** Unreferenced chunks younger than this before the cutoff are kept: clocks of other writers. */
 const GC_GRACE_MS = 5 * 60 * 1000;
-/**
- * A new file's time comes from the kernel's coarse clock, up to a tick (≤ 10 ms) behind the one
- * Date.now() reads: the cutoff is taken this much earlier so that no such file looks too old.
- */
-const CLOCK_SLACK_MS = 20;
 const LOCK = 'locks/gc';
 
 export interface GcOptions {
@@ -86,9 +81,14 @@ async function takeLock(repo: Repository): Promise<void> {
 async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
   const b = repo.backend;
   const started = Date.now();
+  // This gc's start on the clock file times come from: a new file's time is the kernel's coarse
+  // clock (up to a tick behind Date.now()), and every file written after the lock has a time at
+  // or after the lock's. (Sessions' starts are taken the same way: see liveSessions.)
+  const lock = await b.stat(LOCK);
   const writers = (await repo.liveSessions()).filter((s) => !s.reads);
   const cutoff =
-    Math.min(started, ...writers.map((s) => s.startedAt)) - (opts.graceMs ?? GC_GRACE_MS) - CLOCK_SLACK_MS;
+    Math.min(lock?.mtimeMs ?? started, started, ...writers.map((s) => s.startedAt)) -
+    (opts.graceMs ?? GC_GRACE_MS);
   const scan = await repo.scanSnapshots();
   const unreadable = scan.damaged.map((d) => `${d.id} (${d.reason})`);
   const marked = new Set<string>();

@@ -221,9 +221,22 @@ export class Repository {
     return true;
   }
 
-  /** Whether the repository has a chunk; a chunk found is claimed, as putChunk does. */
+  /** Whether the repository has a chunk, for a writer: a chunk found is claimed, as putChunk does. */
   hasChunk(digest: Buffer): Promise<boolean> {
     return this.backend.claim(chunkKey(digest));
+  }
+
+  /**
+   * Whether the repository has a chunk, for a reader (restore checks): nothing is written, and a
+   * chunk a gc sweep holds aside for a moment counts (see getChunk).
+   */
+  async chunkStored(digest: Buffer): Promise<boolean> {
+    const key = chunkKey(digest);
+    return (
+      (await this.backend.exists(key)) ||
+      (await this.backend.exists(asideKey(key))) ||
+      (await this.backend.exists(key))
+    );
   }
 
   async getChunk(digest: Buffer): Promise<Buffer> {
@@ -234,7 +247,7 @@ export class Repository {
       if (!(err instanceof HavenError && err.code === 'NOT_FOUND')) throw err;
     }
     // A gc sweep may hold it aside for a moment (chunk-claim.ts), then put it back.
-    for (const k of [key.replace(/[^/]+$/, (b) => ASIDE_PREFIX + b), key])
+    for (const k of [asideKey(key), key])
       try {
         return await this.backend.read(k);
       } catch (err) {
@@ -539,6 +552,11 @@ export interface RepositoryStats {
   dataBytes: number;
   /** dataBytes per stored byte: what deduplication and compression save together. */
   ratio: number;
+}
+
+/** Where a gc sweep holds a chunk aside (chunk-claim.ts). */
+function asideKey(key: string): string {
+  return key.replace(/[^/]+$/, (b) => ASIDE_PREFIX + b);
 }
 
 /** An empty directory, or one holding only empty folders (what a failed init of old left). */

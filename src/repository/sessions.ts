@@ -55,6 +55,9 @@ export async function liveSessions(backend: RepositoryBackend): Promise<SessionR
     } catch {
       continue; // being written or removed
     }
+    // Its start on the clock of file times too (the file's own time), so that no chunk it writes
+    // has a time before its start.
+    rec.startedAt = Math.min(rec.startedAt, o.mtimeMs);
     if (rec.host === hostname() && !recordAlive(rec))
       dead.push({ key: o.key, rec }); // its process died
     else out.push(rec);

@@ -48,15 +48,21 @@ async function withDisk<T>(
   fn: (device: SnapshotDevice, what: string) => Promise<T>,
 ): Promise<T> {
   const repo = await openRepository(req);
-  const snap = await repo.snapshot(req.snapshot);
-  const disk = req.disk ?? 0;
-  if (!snap.disks[disk])
-    throw invalidArgument(`snapshot ${snap.id} has ${snap.disks.length} disk(s); there is no disk ${disk}`);
-  const device = await SnapshotDevice.open(repo, snap, disk);
+  // Forget refuses the snapshot while its files are read, so gc keeps its chunks.
+  const use = await repo.useSnapshot(req.snapshot);
   try {
-    return await fn(device, `backup ${snap.id} disk ${disk} (${snap.disks[disk]!.name})`);
+    const snap = use.snapshot;
+    const disk = req.disk ?? 0;
+    if (!snap.disks[disk])
+      throw invalidArgument(`snapshot ${snap.id} has ${snap.disks.length} disk(s); there is no disk ${disk}`);
+    const device = await SnapshotDevice.open(repo, snap, disk);
+    try {
+      return await fn(device, `backup ${snap.id} disk ${disk} (${snap.disks[disk]!.name})`);
+    } finally {
+      await device.close();
+    }
   } finally {
-    await device.close();
+    await use.end();
   }
 }
 

@@ -149,7 +149,7 @@ export async function checkRestorable(
   const worker = async () => {
     while (next < wanted.length) {
       const w = wanted[next++]!;
-      if (!(await repo.hasChunk(w.digest))) missing.push(w.chunk);
+      if (!(await repo.chunkStored(w.digest))) missing.push(w.chunk);
     }
   };
   await Promise.all(Array.from({ length: CHECK_PARALLEL }, worker));
