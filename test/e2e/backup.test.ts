@@ -268,15 +268,26 @@ test('kill -9 during a backup: no snapshot appears, the next backup succeeds, gc
   await Repository.init(repo);
   const img = join(dir.path, 'big.raw');
   makeImage(img, 512 * MiB, 3);
-  const killAfter = async (args: string[], delay: number) => {
+  const chunkCount = () =>
+    existsSync(join(repo, 'chunks'))
+      ? readdirSync(join(repo, 'chunks'), { recursive: true, withFileTypes: true }).filter(
+          (e) => e.isFile() && !e.name.startsWith('.'),
+        ).length
+      : 0;
+  // Killed once it has written `more` chunks of its own: at different points of its run, whatever
+  // the machine's speed (a fixed delay kills a slow machine's backup before it wrote anything).
+  const killAfterChunks = async (args: string[], more: number) => {
+    const had = chunkCount();
     const child = spawn(HAVEN_BIN, args, { stdio: 'ignore' });
     const exited = new Promise((r) => child.once('exit', r));
-    await sleep(delay);
-    assert.equal(child.exitCode, null, 'the backup was still running when killed');
+    for (let i = 0; chunkCount() < had + more; i++) {
+      assert.ok(i < 3000 && child.exitCode === null, 'the backup was still running when killed');
+      await sleep(10);
+    }
     child.kill('SIGKILL');
     await exited;
   };
-  for (const delay of [100, 250, 400]) await killAfter(['backup', img, '--repo', repo], delay);
+  for (const more of [1, 40, 120]) await killAfterChunks(['backup', img, '--repo', repo], more);
   const r = await Repository.open(repo);
   const before = await r.listSnapshots();
   assert.equal(before.length, 0, 'a killed backup leaves no visible snapshot');
@@ -301,22 +312,7 @@ test('kill -9 during a backup: no snapshot appears, the next backup succeeds, gc
   // A second image's backup dies; gc then removes exactly what no snapshot uses.
   const other = join(dir.path, 'other.raw');
   makeImage(other, 256 * MiB, 9);
-  {
-    // Killed once it has written chunks of its own (how soon depends on the machine).
-    const chunkCount = () =>
-      readdirSync(join(repo, 'chunks'), { recursive: true, withFileTypes: true }).filter(
-        (e) => e.isFile() && !e.name.startsWith('.'),
-      ).length;
-    const had = chunkCount();
-    const child = spawn(HAVEN_BIN, ['backup', other, '--repo', repo], { stdio: 'ignore' });
-    const exited = new Promise((r) => child.once('exit', r));
-    for (let i = 0; chunkCount() <= had + 5; i++) {
-      assert.ok(i < 2000 && child.exitCode === null, 'the backup wrote chunks before it ended');
-      await sleep(10);
-    }
-    child.kill('SIGKILL');
-    await exited;
-  }
+  await killAfterChunks(['backup', other, '--repo', repo], 6);
   const gc = await r.gc({ graceMs: 0 });
   assert.ok(gc.removedChunks > 0, 'the dead backup left chunks that gc removed');
   const v = await r.verify();
