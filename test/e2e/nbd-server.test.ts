@@ -4,7 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { connectNbd } from '../../src/nbd/index.js';
@@ -14,6 +14,12 @@ import { HAVEN_BIN, freePort, start, waitForListen, type Running } from '../supp
 import { tempDir } from '../support/tmp.js';
 import { makeTestPki } from '../support/tls.js';
 import { ensureGuest, launchGuest, patternBytes } from '../support/guest.js';
+import {
+  interopCases,
+  plainEndpoint,
+  writeInteropSource,
+  type NbdEndpoint,
+} from '../support/nbd-interop.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -274,6 +280,55 @@ print("OK")
         file.subarray(w.offset, w.offset + w.length).equals(patternBytes(3, w.seq, w.offset, w.length)),
       );
   });
+});
+
+describe('haven nbd serve: every peer, named and default export, plain and TLS', () => {
+  const tmp = tempDir('haven-nbd-interop-');
+  const source = join(tmp.path, 'source.raw');
+  const image = join(tmp.path, 'served.raw');
+  const servers: Running[] = [];
+  const eps = new Map<string, NbdEndpoint>();
+
+  before(async () => {
+    writeInteropSource(source);
+    execFileSync('cp', ['--sparse=always', source, image]);
+    mkdirSync(join(tmp.path, 'pki'));
+    const pki = makeTestPki(join(tmp.path, 'pki'));
+    const [plain, tls] = [await freePort(), await freePort()];
+    for (const [port, extra] of [
+      [plain, []],
+      [tls, ['--tls-cert', pki.serverCert, '--tls-key', pki.serverKey]],
+    ] as const) {
+      const s = start(process.execPath, [
+        HAVEN_BIN,
+        ...['nbd', 'serve', image, '--listen', `127.0.0.1:${port}`, '--name', 'd', ...extra],
+      ]);
+      servers.push(s);
+      await waitForListen({ port }, 10000, s);
+    }
+    eps.set('plain, named export', plainEndpoint(`nbd://127.0.0.1:${plain}/d`));
+    // What qemu-img, nbdcopy and nbdinfo send for nbd://host:port: the empty name.
+    eps.set('plain, default export', plainEndpoint(`nbd://127.0.0.1:${plain}`));
+    for (const [what, name] of [
+      ['named', 'd'],
+      ['default', ''],
+    ] as const)
+      eps.set(`TLS, ${what} export`, {
+        uri: `nbds://127.0.0.1:${tls}/${name}?tls-certificates=${pki.dir}`,
+        qemu: {
+          args: ['--object', `tls-creds-x509,id=tls0,dir=${pki.dir},endpoint=client`, '--image-opts'],
+          image: `driver=nbd,host=127.0.0.1,port=${tls},${name ? `export=${name},` : ''}tls-creds=tls0`,
+        },
+        haven: [`nbds://127.0.0.1:${tls}/${name}`, '--tls-ca', pki.caCert],
+      });
+  });
+  after(async () => {
+    await Promise.all(servers.map((s) => s.stop()));
+    tmp.cleanup();
+  });
+
+  for (const way of ['plain, named export', 'plain, default export', 'TLS, named export', 'TLS, default export'])
+    describe(way, () => interopCases(way, () => eps.get(way)!, { scratch: tmp.path, source }));
 });
 
 describe('NbdServer in process', () => {
