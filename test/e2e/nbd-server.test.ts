@@ -14,12 +14,7 @@ import { HAVEN_BIN, freePort, start, waitForListen, type Running } from '../supp
 import { tempDir } from '../support/tmp.js';
 import { makeTestPki } from '../support/tls.js';
 import { ensureGuest, launchGuest, patternBytes } from '../support/guest.js';
-import {
-  interopCases,
-  plainEndpoint,
-  writeInteropSource,
-  type NbdEndpoint,
-} from '../support/nbd-interop.js';
+import { interopCases, plainEndpoint, writeInteropSource, type NbdEndpoint } from '../support/nbd-interop.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -327,7 +322,12 @@ describe('haven nbd serve: every peer, named and default export, plain and TLS',
     tmp.cleanup();
   });
 
-  for (const way of ['plain, named export', 'plain, default export', 'TLS, named export', 'TLS, default export'])
+  for (const way of [
+    'plain, named export',
+    'plain, default export',
+    'TLS, named export',
+    'TLS, default export',
+  ])
     describe(way, () => interopCases(way, () => eps.get(way)!, { scratch: tmp.path, source }));
 });
 
