@@ -332,7 +332,7 @@ describe('haven nbd serve: every peer, named and default export, plain and TLS',
 });
 
 describe('NbdServer in process', () => {
-  it('offers several exports and dirty bitmaps as qemu:dirty-bitmap contexts', async (t) => {
+  it('offers several exports, a default one, and dirty bitmaps as qemu:dirty-bitmap contexts', async (t) => {
     const tmp = tempDir();
     t.after(tmp.cleanup);
     const a = join(tmp.path, 'a.img');
@@ -356,7 +356,7 @@ describe('NbdServer in process', () => {
         return out;
       },
     };
-    const server = new NbdServer();
+    const server = new NbdServer({ defaultExport: 'a' });
     server.addExport({ name: 'a', device: openRawFile(a), bitmaps: [view] });
     server.addExport({ name: 'b', device: openRawFile(a, { readOnly: true }), description: 'second' });
     const sock = join(tmp.path, 's.sock');
@@ -365,18 +365,22 @@ describe('NbdServer in process', () => {
     const list = await run('nbdinfo', ['--list', `nbd+unix:///?socket=${sock}`]);
     assert.match(list, /export="a"/);
     assert.match(list, /export="b"/);
-    const map = await run('nbdinfo', [`--map=qemu:dirty-bitmap:b0`, `nbd+unix:///a?socket=${sock}`]);
-    assert.deepEqual(
-      map
-        .trim()
-        .split('\n')
-        .map((l) => l.trim().split(/\s+/).slice(0, 3).map(Number)),
-      [
-        [0, MiB, 0],
-        [MiB, 128 * 1024, 1],
-        [MiB + 128 * 1024, 4 * MiB - MiB - 128 * 1024, 0],
-      ],
-    );
+    // By name, and as the default export (nbd+unix:///): the same bitmap.
+    for (const name of ['a', '']) {
+      const map = await run('nbdinfo', [`--map=qemu:dirty-bitmap:b0`, `nbd+unix:///${name}?socket=${sock}`]);
+      assert.deepEqual(
+        map
+          .trim()
+          .split('\n')
+          .map((l) => l.trim().split(/\s+/).slice(0, 3).map(Number)),
+        [
+          [0, MiB, 0],
+          [MiB, 128 * 1024, 1],
+          [MiB + 128 * 1024, 4 * MiB - MiB - 128 * 1024, 0],
+        ],
+        `export "${name}"`,
+      );
+    }
   });
 });
 

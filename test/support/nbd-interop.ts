@@ -133,21 +133,33 @@ export function interopCases(label: string, ep: () => NbdEndpoint, opts: Interop
           'read -P 0xa5 1M 64k',
           'write -P 0x5a 1M 64k', // back to the source's bytes
           'read -P 0x5a 1M 2M',
-          'write -z 4M 64k',
+          'write -z -u 4M 64k', // may punch: the map stays as it was
           'discard 5M 64k',
           'read -P 0 3M 4M',
           'flush',
         ];
-    const { stdout, stderr } = await run('qemu-io', [...args, ...cmds.flatMap((c) => ['-c', c]), image]);
+    const ro = opts.readOnly ? ['-r'] : [];
+    const { stdout, stderr } = await run('qemu-io', [
+      ...ro,
+      ...args,
+      ...cmds.flatMap((c) => ['-c', c]),
+      image,
+    ]);
     assert.doesNotMatch(stdout + stderr, /Pattern verification failed|error|fail/i);
   });
 }
 
 /**
- * For servers that have no default export: every peer that names none is refused with the
- * server's message, which says how to name one.
+ * For servers that have no default export: every peer that names none is refused (qemu-img and
+ * Haven's client show the server's message, which says how to name one; libnbd says "no export
+ * named ''"), and `nbdinfo --list` on the same URI shows the names to use.
  */
-export function defaultRefusedCases(label: string, ep: () => NbdEndpoint, message: RegExp): void {
+export function defaultRefusedCases(
+  label: string,
+  ep: () => NbdEndpoint,
+  message: RegExp,
+  lists: string,
+): void {
   const fails = async (cmd: string, args: string[]) => {
     const r = await run(cmd, args).then(
       () => undefined,
@@ -156,12 +168,13 @@ export function defaultRefusedCases(label: string, ep: () => NbdEndpoint, messag
     assert.ok(r !== undefined, `${cmd} ${args.join(' ')} should have been refused`);
     return r;
   };
-  it(`${label}: refused with a message naming the fix`, async () => {
+  it(`${label}: refused with a message naming the fix; nbdinfo --list shows the names`, async () => {
     const { args, image } = ep().qemu;
     assert.match(await fails('qemu-img', ['map', ...args, image]), message);
-    assert.match(await fails('nbdinfo', ['--map', ep().uri]), message);
-    assert.match(await fails('nbdcopy', [ep().uri, 'null:']), message);
     const [uri, ...tls] = ep().haven;
     assert.match(await fails(process.execPath, [HAVEN_BIN, 'nbd', 'info', uri!, '--map', ...tls]), message);
+    assert.match(await fails('nbdinfo', ['--map', ep().uri]), /no export named ''/);
+    assert.match(await fails('nbdcopy', [ep().uri, 'null:']), /no export named ''/);
+    assert.match((await run('nbdinfo', ['--list', ep().uri])).stdout, new RegExp(`export="${lists}"`));
   });
 }
