@@ -179,7 +179,7 @@ function infoOrGo(host: HandshakeHost, st: HandshakeState, option: number, data:
 function unknownExport(host: HandshakeHost, option: number, name: string): OptionOutcome {
   const msg =
     name === ''
-      ? `this server has no default export: name one of its ${host.exports().length} exports (nbd://HOST:PORT/NAME; nbdinfo --list shows them)`
+      ? `this server has no default export: name one in the URI, e.g. nbd://HOST:PORT/NAME (${host.exports().length} exported; nbdinfo --list shows them)`
       : `no export named "${name}"`;
   return { next: 'options', reply: [optionError(option, P.REP_ERR_UNKNOWN, msg)] };
 }
