@@ -7,6 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { connectNbd } from '../../src/nbd/index.js';
 import { NbdServer } from '../../src/nbd/index.js';
 import { openRawFile, type BitmapView, type Extent } from '../../src/block/index.js';
@@ -56,7 +57,10 @@ describe('haven nbd serve with real clients', () => {
     tmp.cleanup();
   });
 
-  it('prints one line saying where it listens', () => {
+  it('prints one line saying where it listens', async () => {
+    // The port may accept before the line has reached us: wait for it, bounded.
+    const deadline = Date.now() + 5000;
+    while (!servers[0]!.output().includes('\n') && Date.now() < deadline) await sleep(20);
     assert.match(servers[0]!.output(), /^haven: serving .*disk\.img as "d" on nbd:\/\/127\.0\.0\.1:\d+\/d\n/);
   });
 
