@@ -206,6 +206,9 @@ print("OK")
     const first = await connectNbd(u);
     const second = spawnSync('nbdinfo', [u], { encoding: 'utf8' });
     assert.notEqual(second.status, 0, 'a second client must be refused');
+    // The default export is the same export, under the same limit.
+    const viaDefault = spawnSync('nbdinfo', [u.replace(/\/d$/, '')], { encoding: 'utf8' });
+    assert.notEqual(viaDefault.status, 0, 'a second client through the default export must be refused');
     await first.close();
     // Many writes in flight, then SIGTERM: the server exits 0 and what was acknowledged is there.
     const dev = await connectNbd(u);
