@@ -48,6 +48,9 @@ test('a mounted backup is identical to its restore; read-only refuses writes; wr
   const map = await run('nbdinfo', ['--map', uri]);
   assert.match(map.stdout, /hole,zero/, 'the zero chunks are reported as holes');
   assert.match(map.stdout, /data/);
+  // The mount's only export is its default one too (nbd+unix:///, as qemu-img and nbdcopy spell it).
+  assert.equal((await run('nbdinfo', ['--map', `nbd+unix:///?socket=${sock}`])).stdout, map.stdout);
+  await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', restored, `nbd+unix:///?socket=${sock}`]);
   await assert.rejects(
     run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 1M 64k', uri]),
     (e: { stdout: string; stderr: string }) =>

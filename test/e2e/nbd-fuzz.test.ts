@@ -48,6 +48,18 @@ function goData(name: string): Buffer {
   return b;
 }
 
+function metaData(name: string, context: string): Buffer {
+  const n = Buffer.from(name);
+  const c = Buffer.from(context);
+  const b = Buffer.alloc(12 + n.length + c.length);
+  b.writeUInt32BE(n.length, 0);
+  n.copy(b, 4);
+  b.writeUInt32BE(1, 4 + n.length);
+  b.writeUInt32BE(c.length, 8 + n.length);
+  c.copy(b, 12 + n.length);
+  return b;
+}
+
 function request(rng: Rng, size: number): Buffer {
   const h = Buffer.alloc(28);
   const type = rng.int(10);
@@ -102,18 +114,26 @@ test('the NBD server survives a protocol fuzzer while serving a well-behaved cli
   const size = 16 * MiB;
   for (const f of ['fuzz.img', 'good.img']) writeFileSync(join(tmp.path, f), Buffer.alloc(size));
   // Hostile clients are logged as warnings; keep the test's output to what it found.
-  const server = new NbdServer({ log: logger('nbd-fuzz').child({}, { level: 'error' }) });
+  const server = new NbdServer({
+    log: logger('nbd-fuzz').child({}, { level: 'error' }),
+    defaultExport: 'fuzz',
+  });
   server.addExport({ name: 'fuzz', device: openRawFile(join(tmp.path, 'fuzz.img')) });
   server.addExport({ name: 'good', device: openRawFile(join(tmp.path, 'good.img')) });
   const sock = join(tmp.path, 'nbd.sock');
   await server.listen({ path: sock });
   t.after(() => server.close());
 
-  const valid = Buffer.concat([
-    Buffer.from([0, 0, 0, 3]),
-    option(P.OPT_STRUCTURED_REPLY),
-    option(P.OPT_GO, goData('fuzz')),
-  ]);
+  // Good handshakes to mutate and to send requests after: by name and as the default export,
+  // both with base:allocation (so BLOCK_STATUS reaches the device, not just the refusal).
+  const handshakes = ['fuzz', ''].map((name) =>
+    Buffer.concat([
+      Buffer.from([0, 0, 0, 3]),
+      option(P.OPT_STRUCTURED_REPLY),
+      option(P.OPT_SET_META_CONTEXT, metaData(name, 'base:allocation')),
+      option(P.OPT_GO, goData(name)),
+    ]),
+  );
   const heap0 = process.memoryUsage().heapUsed;
   const deadline = Date.now() + DURATION_MS;
   let hostileConnections = 0;
@@ -144,6 +164,7 @@ test('the NBD server survives a protocol fuzzer while serving a well-behaved cli
   const fuzzers = Array.from({ length: 6 }, async () => {
     while (Date.now() < deadline) {
       const kind = rng.int(6);
+      const valid = handshakes[rng.int(2)]!;
       let data: Buffer;
       if (kind === 0)
         data = rng.bytes(rng.int(2000)); // noise

@@ -4,9 +4,10 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { connectNbd } from '../../src/nbd/index.js';
 import { NbdServer } from '../../src/nbd/index.js';
 import { openRawFile, type BitmapView, type Extent } from '../../src/block/index.js';
@@ -14,6 +15,7 @@ import { HAVEN_BIN, freePort, start, waitForListen, type Running } from '../supp
 import { tempDir } from '../support/tmp.js';
 import { makeTestPki } from '../support/tls.js';
 import { ensureGuest, launchGuest, patternBytes } from '../support/guest.js';
+import { interopCases, plainEndpoint, writeInteropSource, type NbdEndpoint } from '../support/nbd-interop.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -55,7 +57,10 @@ describe('haven nbd serve with real clients', () => {
     tmp.cleanup();
   });
 
-  it('prints one line saying where it listens', () => {
+  it('prints one line saying where it listens', async () => {
+    // The port may accept before the line has reached us: wait for it, bounded.
+    const deadline = Date.now() + 5000;
+    while (!servers[0]!.output().includes('\n') && Date.now() < deadline) await sleep(20);
     assert.match(servers[0]!.output(), /^haven: serving .*disk\.img as "d" on nbd:\/\/127\.0\.0\.1:\d+\/d\n/);
   });
 
@@ -201,6 +206,9 @@ print("OK")
     const first = await connectNbd(u);
     const second = spawnSync('nbdinfo', [u], { encoding: 'utf8' });
     assert.notEqual(second.status, 0, 'a second client must be refused');
+    // The default export is the same export, under the same limit.
+    const viaDefault = spawnSync('nbdinfo', [u.replace(/\/d$/, '')], { encoding: 'utf8' });
+    assert.notEqual(viaDefault.status, 0, 'a second client through the default export must be refused');
     await first.close();
     // Many writes in flight, then SIGTERM: the server exits 0 and what was acknowledged is there.
     const dev = await connectNbd(u);
@@ -276,8 +284,62 @@ print("OK")
   });
 });
 
+describe('haven nbd serve: every peer, named and default export, plain and TLS', () => {
+  const tmp = tempDir('haven-nbd-interop-');
+  const source = join(tmp.path, 'source.raw');
+  const image = join(tmp.path, 'served.raw');
+  const servers: Running[] = [];
+  const eps = new Map<string, NbdEndpoint>();
+
+  before(async () => {
+    writeInteropSource(source);
+    execFileSync('cp', ['--sparse=always', source, image]);
+    mkdirSync(join(tmp.path, 'pki'));
+    const pki = makeTestPki(join(tmp.path, 'pki'));
+    const [plain, tls] = [await freePort(), await freePort()];
+    for (const [port, extra] of [
+      [plain, []],
+      [tls, ['--tls-cert', pki.serverCert, '--tls-key', pki.serverKey]],
+    ] as const) {
+      const s = start(process.execPath, [
+        HAVEN_BIN,
+        ...['nbd', 'serve', image, '--listen', `127.0.0.1:${port}`, '--name', 'd', ...extra],
+      ]);
+      servers.push(s);
+      await waitForListen({ port }, 10000, s);
+    }
+    eps.set('plain, named export', plainEndpoint(`nbd://127.0.0.1:${plain}/d`));
+    // What qemu-img, nbdcopy and nbdinfo send for nbd://host:port: the empty name.
+    eps.set('plain, default export', plainEndpoint(`nbd://127.0.0.1:${plain}`));
+    for (const [what, name] of [
+      ['named', 'd'],
+      ['default', ''],
+    ] as const)
+      eps.set(`TLS, ${what} export`, {
+        uri: `nbds://127.0.0.1:${tls}/${name}?tls-certificates=${pki.dir}`,
+        qemu: {
+          args: ['--object', `tls-creds-x509,id=tls0,dir=${pki.dir},endpoint=client`, '--image-opts'],
+          image: `driver=nbd,host=127.0.0.1,port=${tls},${name ? `export=${name},` : ''}tls-creds=tls0`,
+        },
+        haven: [`nbds://127.0.0.1:${tls}/${name}`, '--tls-ca', pki.caCert],
+      });
+  });
+  after(async () => {
+    await Promise.all(servers.map((s) => s.stop()));
+    tmp.cleanup();
+  });
+
+  for (const way of [
+    'plain, named export',
+    'plain, default export',
+    'TLS, named export',
+    'TLS, default export',
+  ])
+    describe(way, () => interopCases(way, () => eps.get(way)!, { scratch: tmp.path, source }));
+});
+
 describe('NbdServer in process', () => {
-  it('offers several exports and dirty bitmaps as qemu:dirty-bitmap contexts', async (t) => {
+  it('offers several exports, a default one, and dirty bitmaps as qemu:dirty-bitmap contexts', async (t) => {
     const tmp = tempDir();
     t.after(tmp.cleanup);
     const a = join(tmp.path, 'a.img');
@@ -301,7 +363,7 @@ describe('NbdServer in process', () => {
         return out;
       },
     };
-    const server = new NbdServer();
+    const server = new NbdServer({ defaultExport: 'a' });
     server.addExport({ name: 'a', device: openRawFile(a), bitmaps: [view] });
     server.addExport({ name: 'b', device: openRawFile(a, { readOnly: true }), description: 'second' });
     const sock = join(tmp.path, 's.sock');
@@ -310,18 +372,22 @@ describe('NbdServer in process', () => {
     const list = await run('nbdinfo', ['--list', `nbd+unix:///?socket=${sock}`]);
     assert.match(list, /export="a"/);
     assert.match(list, /export="b"/);
-    const map = await run('nbdinfo', [`--map=qemu:dirty-bitmap:b0`, `nbd+unix:///a?socket=${sock}`]);
-    assert.deepEqual(
-      map
-        .trim()
-        .split('\n')
-        .map((l) => l.trim().split(/\s+/).slice(0, 3).map(Number)),
-      [
-        [0, MiB, 0],
-        [MiB, 128 * 1024, 1],
-        [MiB + 128 * 1024, 4 * MiB - MiB - 128 * 1024, 0],
-      ],
-    );
+    // By name, and as the default export (nbd+unix:///): the same bitmap.
+    for (const name of ['a', '']) {
+      const map = await run('nbdinfo', [`--map=qemu:dirty-bitmap:b0`, `nbd+unix:///${name}?socket=${sock}`]);
+      assert.deepEqual(
+        map
+          .trim()
+          .split('\n')
+          .map((l) => l.trim().split(/\s+/).slice(0, 3).map(Number)),
+        [
+          [0, MiB, 0],
+          [MiB, 128 * 1024, 1],
+          [MiB + 128 * 1024, 4 * MiB - MiB - 128 * 1024, 0],
+        ],
+        `export "${name}"`,
+      );
+    }
   });
 });
 

@@ -10,7 +10,7 @@ export function registerNbdServe(nbd: Command): void {
     .argument('<image>', 'raw image file')
     .option('--listen <host:port>', 'TCP address to listen on (default 127.0.0.1:10809)')
     .option('--socket <path>', 'unix socket to listen on instead of TCP')
-    .option('--name <name>', 'export name', 'disk')
+    .option('--name <name>', 'export name (also the default export: nbd://host:port reaches it)', 'disk')
     .option('--read-only', 'refuse writes')
     .option('--max-connections <n>', 'clients allowed at once')
     .option('--tls-cert <file>', 'server certificate (PEM); makes the server TLS-only')

@@ -48,7 +48,7 @@ export function registerStorage(program: Command): void {
             : {}),
         });
         process.stdout.write(
-          `haven: storage service of ${s.storage.dataDir} serving ${s.exports.names().length} export(s) on ${s.uriOf('')}\n`,
+          `haven: storage service of ${s.storage.dataDir} serving ${s.exports.names().length} export(s) on ${s.uriOf('VOLUME')} (each volume by name, snapshots as VOLUME@SNAPSHOT)\n`,
         );
         const stop = () => void s.stop().then(() => process.exit(0));
         process.once('SIGTERM', stop);

@@ -19,6 +19,7 @@ export type MetaContext = { id: number; name: string } & (
 
 /** What the connection needs from the server during option haggling. */
 export interface HandshakeHost {
+  /** The export a client's name selects; "" is the default export, if the server has one. */
   findExport(name: string): NbdExport | undefined;
   exports(): NbdExport[];
   tlsConfigured: boolean;
@@ -32,9 +33,12 @@ export interface HandshakeState {
   tls: boolean;
   structured: boolean;
   noZeroes: boolean;
-  /** Contexts chosen by the last SET_META_CONTEXT, and the export it named. */
+  /**
+   * Contexts chosen by the last SET_META_CONTEXT, and the export its name selected: compared as
+   * the export, not the name, since "" and the default export's own name are the same export.
+   */
   contexts: MetaContext[];
-  contextsExport: string | undefined;
+  contextsExport: NbdExport | undefined;
 }
 
 /** Outcome of one option: bytes to send, and what happens next. */
@@ -86,7 +90,7 @@ export function handleOption(
       const b = Buffer.alloc(st.noZeroes ? 10 : 134);
       b.writeBigUInt64BE(BigInt(exp.device.size), 0);
       b.writeUInt16BE(transmissionFlags(exp), 8);
-      if (st.contextsExport !== exp.name) st.contexts = [];
+      if (st.contextsExport !== exp) st.contexts = [];
       return { next: 'transmission', reply: [b], export: exp };
     }
 
@@ -112,6 +116,10 @@ export function handleOption(
       if (data.length !== 0) return err(P.REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
       if (st.tls) return err(P.REP_ERR_INVALID, 'TLS is already active');
       if (!host.tlsConfigured) return err(P.REP_ERR_POLICY, 'this server has no TLS configured');
+      // What was negotiated in the clear does not carry over (proto.md: renegotiate after STARTTLS).
+      st.structured = false;
+      st.contexts = [];
+      st.contextsExport = undefined;
       return { next: 'starttls', reply: [optionReply(option, P.REP_ACK)] };
 
     case P.OPT_STRUCTURED_REPLY:
@@ -145,8 +153,7 @@ function infoOrGo(host: HandshakeHost, st: HandshakeState, option: number, data:
   if (data.length !== 6 + nameLen + 2 * nInfo)
     return invalid('information request count does not match the option data');
   const exp = host.findExport(name);
-  if (!exp)
-    return { next: 'options', reply: [optionError(option, P.REP_ERR_UNKNOWN, `no export named "${name}"`)] };
+  if (!exp) return unknownExport(host, option, name);
   if (option === P.OPT_GO && !host.hasRoom(exp))
     return {
       next: 'options',
@@ -165,8 +172,16 @@ function infoOrGo(host: HandshakeHost, st: HandshakeState, option: number, data:
   reply.push(optionReply(option, P.REP_INFO, infoExport(exp.device.size, transmissionFlags(exp))));
   reply.push(optionReply(option, P.REP_ACK));
   if (option === P.OPT_INFO) return { next: 'options', reply };
-  if (st.contextsExport !== exp.name) st.contexts = [];
+  if (st.contextsExport !== exp) st.contexts = [];
   return { next: 'transmission', reply, export: exp };
+}
+
+function unknownExport(host: HandshakeHost, option: number, name: string): OptionOutcome {
+  const msg =
+    name === ''
+      ? `this server has no default export: name one in the URI, e.g. nbd://HOST:PORT/NAME (${host.exports().length} exported; nbdinfo --list shows them)`
+      : `no export named "${name}"`;
+  return { next: 'options', reply: [optionError(option, P.REP_ERR_UNKNOWN, msg)] };
 }
 
 function availableContexts(exp: NbdExport): Omit<MetaContext, 'id'>[] {
@@ -202,8 +217,7 @@ function metaContext(host: HandshakeHost, st: HandshakeState, option: number, da
   }
   if (at !== data.length) return invalid('trailing bytes after the queries');
   const exp = host.findExport(name);
-  if (!exp)
-    return { next: 'options', reply: [optionError(option, P.REP_ERR_UNKNOWN, `no export named "${name}"`)] };
+  if (!exp) return unknownExport(host, option, name);
 
   const available = availableContexts(exp);
   const reply: Buffer[] = [];
@@ -215,7 +229,7 @@ function metaContext(host: HandshakeHost, st: HandshakeState, option: number, da
       if (matches(c)) reply.push(optionReply(option, P.REP_META_CONTEXT, metaContextReply(0, c.name)));
   } else {
     st.contexts = [];
-    st.contextsExport = name;
+    st.contextsExport = exp;
     for (const q of new Set(queries)) {
       const c = available.find((a) => a.name === q);
       if (!c) continue;

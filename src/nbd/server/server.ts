@@ -18,6 +18,11 @@ export interface NbdServerOptions {
   tlsOnly?: boolean;
   /** Milliseconds from accept to the transmission phase, TLS included (default 10 s). */
   handshakeTimeoutMs?: number;
+  /**
+   * The export a client that names none (`nbd://host:port`, the empty name) gets. Without it
+   * such a client is refused: on a server of many exports any choice could be the wrong disk.
+   */
+  defaultExport?: string;
   log?: Logger;
 }
 
@@ -25,8 +30,8 @@ export type ListenAddress = { host: string; port: number } | { path: string };
 
 /**
  * An NBD server (NetworkBlockDevice/nbd doc/proto.md, fixed newstyle) exporting BlockDevices
- * by name over TCP and unix sockets, optionally TLS-only. The empty export name "" means the
- * first export, as qemu and nbdkit do for `nbd://host/`.
+ * by name over TCP and unix sockets, optionally TLS-only. The empty export name "" selects the
+ * export named by `defaultExport`, if any (proto.md: "the default export (if any)").
  */
 export class NbdServer {
   private readonly exportsByName = new Map<string, NbdExport>();
@@ -42,6 +47,7 @@ export class NbdServer {
     if (tls?.clientAuth && !tlsRequired)
       throw invalidArgument('client authentication needs a TLS-only server (tlsOnly must not be false)');
     const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    const defaultExport = opts.defaultExport;
     if (!(handshakeTimeoutMs > 0)) throw invalidArgument('the NBD handshake timeout must be more than 0');
     this.host = {
       tls,
@@ -51,7 +57,7 @@ export class NbdServer {
       log: opts.log ?? logger('nbd-server'),
       buffers: new BufferPool(),
       findExport: (name) =>
-        name === '' ? this.exportsByName.values().next().value : this.exportsByName.get(name),
+        this.exportsByName.get(name === '' && defaultExport !== undefined ? defaultExport : name),
       exports: () => [...this.exportsByName.values()],
       hasRoom: (exp) =>
         exp.maxConnections === undefined || (this.attached.get(exp.name) ?? 0) < exp.maxConnections,

@@ -41,7 +41,12 @@ export async function serveDevice(
 ): Promise<ServingImage> {
   if (opts.listen && opts.socket) throw invalidArgument('give --listen or --socket, not both');
   const name = opts.name ?? 'disk';
-  const server = new NbdServer({ log: logger('nbd-server'), ...(opts.tls ? { tls: opts.tls } : {}) });
+  // Its only export is also the default one: `nbd://host:port` reaches it as qemu-img and nbdcopy spell it.
+  const server = new NbdServer({
+    log: logger('nbd-server'),
+    defaultExport: name,
+    ...(opts.tls ? { tls: opts.tls } : {}),
+  });
   server.addExport({
     name,
     device,

@@ -26,7 +26,8 @@ export async function exposeAsFile(
   workDir: string,
   signal?: AbortSignal,
 ): Promise<DeviceFile> {
-  const server = new NbdServer({ log: logger('files-nbd') });
+  // nbdfuse --unix names no export: the one disk is the default export too.
+  const server = new NbdServer({ log: logger('files-nbd'), defaultExport: 'disk' });
   server.addExport({ name: 'disk', device, description: 'file-level restore' });
   const socket = join(workDir, 'nbd.sock');
   await server.listen({ path: socket });
