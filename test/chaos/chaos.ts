@@ -145,16 +145,13 @@ const operations: Record<string, () => Promise<void>> = {
     await haven('repo', 'gc', '--repo', repo, '--grace', '0');
   },
   prune: async () => {
-    await haven(
-      'repo',
-      'prune',
-      '--repo',
-      repo,
-      '--keep-last',
-      '2',
-      '--source',
-      `volume:${volumes()[rand(ledgers.length)]}`,
-    );
+    // Retention is per source; prune one that has snapshots (a source with none is an error).
+    const list = JSON.parse(await haven('repo', 'list', '--repo', repo, '--json')) as {
+      source: { kind: string; name: string };
+    }[];
+    if (list.length === 0) return;
+    const s = list[rand(list.length)]!.source;
+    await haven('repo', 'prune', '--repo', repo, '--keep-last', '2', '--source', `${s.kind}:${s.name}`);
   },
   restore: async () => {
     const list = JSON.parse(await haven('repo', 'list', '--repo', repo, '--json')) as { id: string }[];
