@@ -3,7 +3,9 @@
 // the site's PSK on its TCP listener), over TCP and the site's unix socket, and a snapshot
 // read-only. These servers export many volumes and so have no default export: a client that
 // names none is refused with a message saying to name one, never handed some volume.
-import { after, before, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { after, before, describe, it } from 'node:test';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Site, importVolume, withStorage } from '../../src/orchestration/index.js';
@@ -26,6 +28,7 @@ describe('storage service and site exports: every peer by name; the default expo
   const servers: Running[] = [];
   let site: Site | undefined;
   const eps = new Map<string, NbdEndpoint>();
+  let pskPort = 0;
 
   /** A data directory holding volume "v" (the source, imported) with snapshot "s". */
   const dataDir = async (name: string) => {
@@ -43,10 +46,17 @@ describe('storage service and site exports: every peer by name; the default expo
     writeInteropSource(source);
     mkdirSync(join(tmp.path, 'pki'));
     const pki = makeTestPki(join(tmp.path, 'pki'));
-    const [plain, tls, siteTcp] = [await freePort(), await freePort(), await freePort()];
+    const [plain, tls, psk, siteTcp] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
+    const pskDir = await dataDir('psk');
     for (const [dir, port, extra] of [
-      [await dataDir('plain'), plain, []],
+      [await dataDir('plain'), plain, ['--plain']],
       [await dataDir('tls'), tls, ['--tls-cert', pki.serverCert, '--tls-key', pki.serverKey]],
+      [pskDir, psk, []], // the default: TLS with the site's key
     ] as const) {
       const s = start(process.execPath, [
         HAVEN_BIN,
@@ -71,6 +81,19 @@ describe('storage service and site exports: every peer by name; the default expo
         },
         haven: [`nbds://127.0.0.1:${tls}/${name}`, '--tls-ca', pki.caCert],
       });
+      const pskKeys = join(pskDir, 'nbd-tls', 'keys.psk');
+      eps.set(`storage serve, TLS-PSK by default, ${what} export`, {
+        uri: `nbds://haven@127.0.0.1:${psk}/${name}?tls-psk-file=${pskKeys}`,
+        qemu: {
+          args: [
+            '--object',
+            `tls-creds-psk,id=tls0,endpoint=client,dir=${join(pskDir, 'nbd-tls')},username=haven`,
+            '--image-opts',
+          ],
+          image: `driver=nbd,host=127.0.0.1,port=${psk},${name ? `export=${name},` : ''}tls-creds=tls0`,
+        },
+        haven: [`nbds://127.0.0.1:${psk}/${name}`, '--tls-psk-file', pskKeys],
+      });
       const keys = join(siteDir, 'nbd-tls', 'keys.psk');
       eps.set(`site, TLS-PSK, ${what} export`, {
         uri: `nbds://haven@127.0.0.1:${siteTcp}/${name}?tls-psk-file=${keys}`,
@@ -90,6 +113,7 @@ describe('storage service and site exports: every peer by name; the default expo
       );
     }
     eps.set('storage serve, plain, snapshot', plainEndpoint(`nbd://127.0.0.1:${plain}/v%40s`));
+    pskPort = psk;
   });
   after(async () => {
     await Promise.all(servers.map((s) => s.stop()));
@@ -98,12 +122,27 @@ describe('storage service and site exports: every peer by name; the default expo
   });
 
   const ep = (way: string) => () => eps.get(way)!;
-  for (const server of ['storage serve, plain', 'storage serve, TLS', 'site, TLS-PSK', 'site, unix socket']) {
+  for (const server of [
+    'storage serve, plain',
+    'storage serve, TLS',
+    'storage serve, TLS-PSK by default',
+    'site, TLS-PSK',
+    'site, unix socket',
+  ]) {
     const named = `${server}, named export`;
     describe(named, () => interopCases(named, ep(named), { scratch: tmp.path, source }));
     const dflt = `${server}, default export`;
     describe(dflt, () => defaultRefusedCases(dflt, ep(dflt), NO_DEFAULT, 'v'));
   }
+  it('storage serve on TCP refuses a client without the key (TLS is the default)', () => {
+    const r = spawnSync('nbdinfo', [`nbd://127.0.0.1:${pskPort}/v`], { encoding: 'utf8', timeout: 30_000 });
+    assert.notEqual(r.status, 0, 'an unauthenticated client was let in');
+    const withTls = spawnSync('nbdinfo', [`nbds://127.0.0.1:${pskPort}/v`], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.notEqual(withTls.status, 0, 'a TLS client without the key was let in');
+  });
   const snap = 'storage serve, plain, snapshot';
   describe(snap, () => interopCases(snap, ep(snap), { scratch: tmp.path, source, readOnly: true }));
 });

@@ -29,20 +29,35 @@ export function registerStorage(program: Command): void {
   const storage = program.command('storage').description("run a site's storage service");
   dataOption(storage.command('serve'))
     .description('export every volume (and snapshot, read-only) over NBD until SIGTERM/SIGINT')
-    .option('--listen <host:port>', 'TCP address (default 127.0.0.1:10809)')
+    .option(
+      '--listen <host:port>',
+      "TCP address (default 127.0.0.1:10809); TLS: clients authenticate with the site's key (DATA/nbd-tls/keys.psk) unless --tls-cert or --plain",
+    )
     .option('--socket <path>', 'unix socket instead of TCP')
     .option('--tls-cert <file>', 'server certificate (PEM); makes the server TLS-only')
     .option('--tls-key <file>', 'server private key (PEM)')
     .option('--tls-ca <file>', 'CA (PEM) client certificates must be signed by')
+    .option(
+      '--plain',
+      'plain TCP WITHOUT AUTHENTICATION: anyone who reaches it reads and writes every volume (warned)',
+    )
     .action(
       async (
-        o: DataOpts & { listen?: string; socket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string },
+        o: DataOpts & {
+          listen?: string;
+          socket?: string;
+          tlsCert?: string;
+          tlsKey?: string;
+          tlsCa?: string;
+          plain?: boolean;
+        },
       ) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
         const s = await serveStorage({
           ...(o.data ? { dataDir: o.data } : {}),
           ...(o.listen ? { listen: o.listen } : {}),
           ...(o.socket ? { socket: o.socket } : {}),
+          ...(o.plain ? { plain: true } : {}),
           ...(o.tlsCert
             ? { tls: { cert: o.tlsCert, key: o.tlsKey!, ...(o.tlsCa ? { ca: o.tlsCa } : {}) } }
             : {}),

@@ -25,6 +25,7 @@ import { StorageExports, StorageService, type VolumeInfo } from '../../storage/i
 import { copyDevice, type CopyOptions, type CopyResult } from './nbd-copy.js';
 import { openDestination, type Endpoint } from './nbd-endpoints.js';
 import { parseHostPort, DEFAULT_NBD_PORT } from './serve-image.js';
+import { sitePsk } from '../site/nbd-access.js';
 
 export { defaultDataDir };
 
@@ -52,6 +53,8 @@ export interface ServeStorageOptions {
   listen?: string;
   socket?: string;
   tls?: NbdTlsOptions;
+  /** TCP without TLS or authentication: anyone who reaches it reads and writes every volume. */
+  plain?: boolean;
 }
 
 export interface ServingStorage {
@@ -66,8 +69,19 @@ export interface ServingStorage {
 /** The storage service of a site: every volume (and snapshot, read-only) over NBD. */
 export async function serveStorage(opts: ServeStorageOptions = {}): Promise<ServingStorage> {
   if (opts.listen && opts.socket) throw invalidArgument('give --listen or --socket, not both');
+  if (opts.plain && (opts.tls || opts.socket))
+    throw invalidArgument('--plain is for a TCP listener without TLS');
   const storage = openStorage(opts.dataDir);
-  const server = new NbdServer({ log: logger('storage-nbd'), ...(opts.tls ? { tls: opts.tls } : {}) });
+  const log = logger('storage-nbd');
+  // TCP is TLS unless the operator says otherwise: by default with the site's own key, as the
+  // daemon's listener (a unix socket is private to the site's user already).
+  const psk = !opts.socket && !opts.tls && !opts.plain ? sitePsk(storage.dataDir, log) : undefined;
+  const tls = opts.tls ?? (psk ? { psk: psk.file } : undefined);
+  if (opts.plain)
+    log.warn(
+      'serving every volume over plain TCP WITHOUT AUTHENTICATION: anyone who reaches the port reads and writes them',
+    );
+  const server = new NbdServer({ log, ...(tls ? { tls } : {}) });
   const exports = new StorageExports(storage, server);
   let address: ListenAddress;
   try {
@@ -81,7 +95,9 @@ export async function serveStorage(opts: ServeStorageOptions = {}): Promise<Serv
     storage.close();
     throw err;
   }
-  const scheme = opts.tls ? 'nbds' : 'nbd';
+  const scheme = tls ? 'nbds' : 'nbd';
+  const user = psk ? `${psk.identity}@` : '';
+  const query = psk ? `?tls-psk-file=${psk.file}` : '';
   return {
     address,
     exports,
@@ -89,7 +105,7 @@ export async function serveStorage(opts: ServeStorageOptions = {}): Promise<Serv
     uriOf: (name) =>
       'path' in address
         ? `${scheme}+unix:///${encodeURIComponent(name)}?socket=${address.path}`
-        : `${scheme}://${address.host}:${address.port}/${encodeURIComponent(name)}`,
+        : `${scheme}://${user}${address.host}:${address.port}/${encodeURIComponent(name)}${query}`,
     async stop() {
       await server.close();
       storage.close();
