@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { ApiClient, type ApiEndpoint } from '../api/client.js';
 import { HavenError, defaultDataDir, processStartTime } from '../common/index.js';
+import { noteConnection } from './hints.js';
 
 export interface ApiOpts {
   api?: string;
@@ -48,6 +49,16 @@ export function connect(o: ApiOpts): ApiClient {
   const token = o.tokenFile
     ? read(tokenFile, 'token')
     : (process.env.HAVEN_TOKEN ?? read(tokenFile, 'token'));
+  noteConnection(
+    url,
+    o.tokenFile
+      ? `--token-file ${tokenFile}`
+      : process.env.HAVEN_TOKEN !== undefined
+        ? '$HAVEN_TOKEN'
+        : process.env.HAVEN_TOKEN_FILE
+          ? `$HAVEN_TOKEN_FILE ${tokenFile}`
+          : tokenFile,
+  );
   const caFile = o.caFile ?? process.env.HAVEN_CA_FILE ?? (fromConfig ? config.caFile : undefined);
   const endpoint: ApiEndpoint = { url, token, ...(caFile ? { ca: read(caFile, 'CA') } : {}) };
   return new ApiClient(endpoint);
