@@ -74,11 +74,8 @@ export type OnProgress = (done: number, total: number, phase?: string) => void;
  */
 export async function runLocal<T>(
   o: { json?: boolean },
-  spec: {
-    kind: string;
-    target: string;
-    /** false: no progress shown (`nbd copy` without --progress) */ progress?: boolean;
-  },
+  // progress false: none shown (`nbd copy` without --progress).
+  spec: { kind: string; target: string; progress?: boolean },
   run: (onProgress: OnProgress) => Promise<T>,
   human: (r: T) => string,
 ): Promise<T> {
