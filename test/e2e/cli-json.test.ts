@@ -136,7 +136,7 @@ test('--json of a command of each group has the shape docs/cli.md documents', as
     () => assert.fail('verify of an unknown snapshot succeeded'),
     (e: { stdout: string; stderr: string; code: number }) => e,
   );
-  assert.equal(failed.code, 1);
+  assert.equal(failed.code, 2, 'verify that could not run exits 2');
   const fj = JSON.parse(failed.stdout) as { state: string; errorCode: string; error: string };
   assert.equal(fj.state, 'failed');
   assert.equal(fj.errorCode, 'NOT_FOUND');
