@@ -203,13 +203,15 @@ async function runBackup(opts: BenchOptions): Promise<BenchResult> {
         }
         await syncAll();
         const b2 = await haven('backup', 'volume:bench', '--data', data, '--repo', repo, '--json');
-        const snap = JSON.parse(b2.out) as { id: string; parent?: string; stats: { readBytes: number } };
+        const { result: snap } = JSON.parse(b2.out) as {
+          result: { snapshot: string; parent?: string; stats: { readBytes: number } };
+        };
         if (!snap.parent) throw new Error('the second Haven backup was not incremental');
         log(`haven: the second backup read ${fmtSize(snap.stats.readBytes)}`);
         const growth = (await du(repo)) - sizeAfterFirst;
         await syncAll();
         const out = join(dir, 'haven-restore.img');
-        const r = await durable(haven('restore', snap.id, '--repo', repo, '--to', out));
+        const r = await durable(haven('restore', snap.snapshot, '--repo', repo, '--to', out));
         if (sha256File(out) !== expected.sha) throw new Error('the Haven restore differs from the image');
         rmSync(out);
         record(HAVEN, {

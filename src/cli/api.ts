@@ -4,8 +4,7 @@ import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { ApiClient, type ApiEndpoint } from '../api/client.js';
 import { HavenError, defaultDataDir, processStartTime } from '../common/index.js';
-import type { Job } from '../orchestration/index.js';
-import { bytes } from './args.js';
+import { noteConnection } from './hints.js';
 
 export interface ApiOpts {
   api?: string;
@@ -50,6 +49,16 @@ export function connect(o: ApiOpts): ApiClient {
   const token = o.tokenFile
     ? read(tokenFile, 'token')
     : (process.env.HAVEN_TOKEN ?? read(tokenFile, 'token'));
+  noteConnection(
+    url,
+    o.tokenFile
+      ? `--token-file ${tokenFile}`
+      : process.env.HAVEN_TOKEN !== undefined
+        ? '$HAVEN_TOKEN'
+        : process.env.HAVEN_TOKEN_FILE
+          ? `$HAVEN_TOKEN_FILE ${tokenFile}`
+          : tokenFile,
+  );
   const caFile = o.caFile ?? process.env.HAVEN_CA_FILE ?? (fromConfig ? config.caFile : undefined);
   const endpoint: ApiEndpoint = { url, token, ...(caFile ? { ca: read(caFile, 'CA') } : {}) };
   return new ApiClient(endpoint);
@@ -113,38 +122,4 @@ function read(path: string, what: string): string {
   } catch (err) {
     throw new HavenError('NOT_FOUND', `cannot read the API ${what} file ${path}: ${(err as Error).message}`);
   }
-}
-
-/**
- * Follows a job to its end, drawing a progress bar on a terminal; returns the finished job, or
- * throws with the job's error when it failed or was cancelled.
- */
-export async function followJob(client: ApiClient, job: Job, o: { quiet?: boolean } = {}): Promise<Job> {
-  const tty = process.stderr.isTTY && !o.quiet;
-  let last = job;
-  await client.stream(`/jobs/${job.id}/watch`, (data) => {
-    last = data as Job;
-    if (tty) process.stderr.write(`\r${progressLine(last)}\x1b[K`);
-  });
-  if (tty) process.stderr.write('\n');
-  if (last.state === 'running') last = await client.get<Job>(`/jobs/${job.id}`);
-  if (last.state !== 'succeeded')
-    // The job's own code: a user's mistake (a volume with snapshots, a path that is no
-    // repository) is reported as that, not as an internal error.
-    throw new HavenError(
-      last.state === 'cancelled' ? 'CANCELLED' : (last.errorCode ?? 'INTERNAL'),
-      `job ${last.id} (${last.kind} ${last.target}) ${last.state}: ${last.error ?? 'no reason given'}`,
-    );
-  return last;
-}
-
-export function progressLine(j: Job): string {
-  const p = j.progress;
-  const frac = p.totalBytes > 0 ? Math.min(p.doneBytes / p.totalBytes, 1) : j.state === 'succeeded' ? 1 : 0;
-  const width = 30;
-  const filled = Math.round(frac * width);
-  const bar = '#'.repeat(filled) + '-'.repeat(width - filled);
-  const rate = p.rateBytesPerSecond ? ` ${bytes(p.rateBytesPerSecond)}/s` : '';
-  const eta = p.etaSeconds !== undefined ? ` ETA ${p.etaSeconds}s` : '';
-  return `${j.kind} ${j.target} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}% ${bytes(p.doneBytes)}/${bytes(p.totalBytes)}${rate}${eta} ${j.state}`;
 }

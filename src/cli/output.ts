@@ -1,11 +1,13 @@
 import type { Command } from 'commander';
 import { HavenError, errorMessage } from '../common/index.js';
+import { withHint } from './hints.js';
 
 /** One line on stderr naming what went wrong; exit status is set by the caller. */
 export function reportError(err: unknown): void {
   const prefix =
     err instanceof HavenError ? `haven: ${err.code.toLowerCase().replace(/_/g, ' ')}: ` : 'haven: ';
-  process.stderr.write(prefix + errorMessage(err).split('\n')[0] + '\n');
+  const code = err instanceof HavenError ? err.code : undefined;
+  process.stderr.write(prefix + withHint(code, errorMessage(err).split('\n')[0]!) + '\n');
 }
 
 /** Prints a result: JSON with --json, otherwise the human form. */

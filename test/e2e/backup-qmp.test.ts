@@ -69,11 +69,13 @@ test('a foreign QEMU VM with a qcow2 disk: incremental backups through QMP read 
   const repo = join(dir.path, 'repo');
   await run(HAVEN_BIN, ['repo', 'init', '--repo', repo]);
   const backup = async () =>
-    JSON.parse((await run(HAVEN_BIN, ['backup', `qemu:${qmp}#drive0`, '--repo', repo, '--json'])).stdout) as {
-      id: string;
-      parent?: string;
-      stats: { readBytes: number };
-    };
+    (
+      JSON.parse(
+        (await run(HAVEN_BIN, ['backup', `qemu:${qmp}#drive0`, '--repo', repo, '--json'])).stdout,
+      ) as {
+        result: { snapshot: string; parent?: string; stats: { readBytes: number } };
+      }
+    ).result;
   const full = await backup();
   assert.equal(full.parent, undefined);
   assert.ok(full.stats.readBytes >= 3 * 1024 * 1024);
@@ -84,11 +86,11 @@ test('a foreign QEMU VM with a qcow2 disk: incremental backups through QMP read 
   console.write('write-pattern disk=vda seed=4 count=10 len=64K step=640K start=4M\n');
   await waitFor(log, /"cmd":"write-pattern","writes":10/);
   const inc = await backup();
-  assert.equal(inc.parent, full.id);
+  assert.equal(inc.parent, full.snapshot);
   assert.equal(inc.stats.readBytes, 10 * 64 * 1024, 'only the dirty extents were read');
   // A backup with nothing written since reads nothing.
   const none = await backup();
-  assert.equal(none.parent, inc.id);
+  assert.equal(none.parent, inc.snapshot);
   assert.equal(none.stats.readBytes, 0);
 
   // Stop the VM cleanly and compare each restore with the disk.
@@ -96,10 +98,10 @@ test('a foreign QEMU VM with a qcow2 disk: incremental backups through QMP read 
   await new Promise((r) => qemu.once('exit', r));
   console.destroy();
   const out = join(dir.path, 'inc.raw');
-  await run(HAVEN_BIN, ['restore', inc.id, '--repo', repo, '--to', out]);
+  await run(HAVEN_BIN, ['restore', inc.snapshot, '--repo', repo, '--to', out]);
   execFileSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', disk, out]);
   const first = join(dir.path, 'full.raw');
-  await run(HAVEN_BIN, ['restore', full.id, '--repo', repo, '--to', first]);
+  await run(HAVEN_BIN, ['restore', full.snapshot, '--repo', repo, '--to', first]);
   const a = readFileSync(first);
   assert.ok(a.subarray(0, 3 * 1024 * 1024).equals(Buffer.alloc(3 * 1024 * 1024, 0x3c)));
   assert.ok(

@@ -398,7 +398,8 @@ test('quick rollback rewrites only what changed since the newest backup, and ref
     repo,
     '--json',
   ]);
-  const r = JSON.parse(stdout) as { changedBytes: number; dataBytes: number; zeroBytes: number };
+  const r = (JSON.parse(stdout) as { result: { changedBytes: number; dataBytes: number; zeroBytes: number } })
+    .result;
   assert.equal(await content(), atBackup, 'the volume is its content at the backup again');
   assert.ok(
     r.changedBytes >= 10 * 64 * 1024 + MiB && r.changedBytes <= 2 * MiB,

@@ -48,7 +48,7 @@ test('instant recovery: boots from the backup in seconds, finalize while writing
   assert.ok(!(await s.haven('volume', 'list')).includes('rec2'));
 
   const t0 = performance.now();
-  const out = JSON.parse(
+  const { result: out } = JSON.parse(
     await s.haven(
       'recover',
       'instant',
@@ -63,7 +63,7 @@ test('instant recovery: boots from the backup in seconds, finalize while writing
         'verify-pattern disk=vda seed=4 count=40 len=64K; stream disk=vda seed=8 len=4K start=8M rate=0 slots=2000',
       ),
     ),
-  ) as { seconds: number };
+  ) as { result: { seconds: number } };
   await waitForConsole(s, 'rec', /"event":"ready"/);
   const firstLine = (performance.now() - t0) / 1000;
   t.diagnostic(

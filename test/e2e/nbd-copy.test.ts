@@ -86,7 +86,8 @@ test('haven nbd copy: file → nbd (qemu-nbd) → file, sparse and identical', a
   const target = emptyFile('q-target.img');
   const uri = await qemuNbd('qt', target);
   const r1 = await ok('nbd', 'copy', source, uri, '--json');
-  const res = JSON.parse(r1.stdout) as { verified: boolean; dataBytes: number; size: number };
+  const res = (JSON.parse(r1.stdout) as { result: { verified: boolean; dataBytes: number; size: number } })
+    .result;
   assert.equal(res.verified, true);
   assert.equal(res.size, SIZE);
   assert.equal(res.dataBytes, 64 * 1024 + MiB + 12 * 1024);
@@ -108,7 +109,7 @@ test('haven nbd copy: nbd → nbd (qemu-nbd → nbdkit), over old content', asyn
   const src = await qemuNbd('nn', a);
   const dst = await nbdkit('nn-k', b);
   const r = await ok('nbd', 'copy', src, dst, '--json', '--connections', '2');
-  const res = JSON.parse(r.stdout) as { verified: boolean; zeroedBytes: number };
+  const res = (JSON.parse(r.stdout) as { result: { verified: boolean; zeroedBytes: number } }).result;
   assert.equal(res.verified, true);
   assert.ok(res.zeroedBytes > 0);
   assert.equal(sha(b), sha(source));

@@ -124,7 +124,10 @@ test('repo prune: per source, --source as repo list prints it, never everything 
   // --keep-last 1 keeps one of each source, not one in all.
   const p = await haven(['repo', 'prune', '--repo', repo, '--keep-last', '1', '--json']);
   assert.equal(p.code, 0, p.stderr);
-  const r = JSON.parse(p.stdout) as { sources: { source: string; kept: unknown[]; removed: string[] }[] };
+  // --json prints the job; what prune did is its result (docs/cli.md).
+  const r = (
+    JSON.parse(p.stdout) as { result: { sources: { source: string; kept: unknown[]; removed: string[] }[] } }
+  ).result;
   assert.deepEqual(
     r.sources.map((s) => [s.source, s.kept.length, s.removed.length]),
     [

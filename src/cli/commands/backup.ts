@@ -13,7 +13,7 @@ const restoreSnapshot = async (...a: Parameters<Orchestration['restoreSnapshot']
   (await orchestration()).restoreSnapshot(...a);
 import { apiOptions, connect, daemonPassphraseFile, type ApiOpts } from '../api.js';
 import { bytes, parseSize, table } from '../args.js';
-import { runJob } from './compute.js';
+import { runJob, runLocal } from '../jobs.js';
 import { stopOnSignal } from './nbd-serve.js';
 import { EXIT_DAMAGE, EXIT_FAILED, failWith, fields, printResult, reportError } from '../output.js';
 import { registerBackupFiles } from './backup-files.js';
@@ -36,21 +36,6 @@ function access(o: RepoOpts): RepoAccess {
     ? readFileSync(o.passphraseFile, 'utf8').replace(/\r?\n$/, '')
     : process.env.HAVEN_PASSPHRASE;
   return { repo, ...(passphrase !== undefined ? { passphrase } : {}) };
-}
-
-/** A progress line on a terminal while a long operation runs. */
-function progress(label: string): ((done: number, total: number) => void) | undefined {
-  if (!process.stderr.isTTY) return undefined;
-  let last = 0;
-  return (done, total) => {
-    const now = Date.now();
-    if (now - last < 200 && done < total) return;
-    last = now;
-    const pct = total ? Math.floor((done / total) * 100) : 100;
-    process.stderr.write(
-      `\r${label} ${pct}% ${bytes(done)}/${bytes(total)}\x1b[K${done >= total ? '\n' : ''}`,
-    );
-  };
 }
 
 function wholeNumber(v: string, what: string): number {
@@ -171,27 +156,34 @@ export function registerBackup(program: Command): void {
       // Exit 1 means damage and nothing else: an error that stops the check is 2.
       let r;
       try {
-        r = await (
-          await openRepository(access(o))
-        ).verify(ids.length ? ids : undefined, {
-          ...(progress('verify') ? { onProgress: progress('verify')! } : {}),
-          ...(o.rolling !== undefined ? { rolling: wholeNumber(o.rolling, '--rolling') } : {}),
-        });
+        const a = access(o);
+        const repository = await openRepository(a);
+        const rolling = o.rolling !== undefined ? wholeNumber(o.rolling, '--rolling') : undefined;
+        // It counts chunks; at most a chunk size of data each, so the bar speaks bytes.
+        const cs = repository.config.chunkSize;
+        r = await runLocal(
+          o,
+          { kind: 'repository.verify', target: a.repo },
+          (onProgress) =>
+            repository.verify(ids.length ? ids : undefined, {
+              onProgress: (d, t) => onProgress(d * cs, t * cs, 'verify'),
+              ...(rolling !== undefined ? { rolling } : {}),
+            }),
+          (r) =>
+            [
+              `verified ${r.snapshots.length} snapshot(s)${r.slice ? ` (slice ${r.slice.index + 1} of ${r.slice.of})` : ''}: ${r.chunks} chunks, ${bytes(r.bytes)}; ${r.damagedChunks} damaged`,
+              ...r.damaged.map(
+                (d) =>
+                  `DAMAGED ${d.snapshot} ${d.disk}: ${d.offsets.length ? `offsets ${d.offsets.join(', ')}` : d.disk === '(manifest)' ? 'unreadable' : '(index)'}: ${d.reason}`,
+              ),
+              ...r.chunkDamage.map((c) => `DAMAGED CHUNK ${c.key} (used ${c.uses} time(s)): ${c.reason}`),
+            ].join('\n'),
+        );
       } catch (err) {
         reportError(err);
         process.exitCode = EXIT_FAILED;
         return;
       }
-      printResult(!!o.json, r, () =>
-        [
-          `verified ${r.snapshots.length} snapshot(s)${r.slice ? ` (slice ${r.slice.index + 1} of ${r.slice.of})` : ''}: ${r.chunks} chunks, ${bytes(r.bytes)}; ${r.damagedChunks} damaged`,
-          ...r.damaged.map(
-            (d) =>
-              `DAMAGED ${d.snapshot} ${d.disk}: ${d.offsets.length ? `offsets ${d.offsets.join(', ')}` : d.disk === '(manifest)' ? 'unreadable' : '(index)'}: ${d.reason}`,
-          ),
-          ...r.chunkDamage.map((c) => `DAMAGED CHUNK ${c.key} (used ${c.uses} time(s)): ${c.reason}`),
-        ].join('\n'),
-      );
       if (r.damagedChunks || r.damaged.length) process.exitCode = EXIT_DAMAGE;
       else if (r.cursorError) {
         reportError(new Error(r.cursorError));
@@ -230,22 +222,26 @@ export function registerBackup(program: Command): void {
         throw invalidArgument(
           'give at least one --keep-… option (prune never deletes everything by default)',
         );
-      const r = await (
-        await openRepository(access(o))
-      ).prune(policy, {
-        ...(o.dryRun ? { dryRun: true } : {}),
-        ...(o.deleteAll ? { deleteAll: true } : {}),
-        ...(typeof o.source === 'string' ? { source: o.source } : {}),
-      });
-      printResult(!!o.json, r, () =>
-        [
-          ...r.sources.flatMap((p) => [
-            `${p.source}:`,
-            ...p.kept.map((k) => `  keep   ${k.id} (${k.reasons.join(', ')})`),
-            ...p.removed.map((id) => `  ${o.dryRun ? 'would remove' : 'remove'} ${id}`),
-          ]),
-          ...r.inUse.map((x) => `kept   ${x.id}: ${x.reason}`),
-        ].join('\n'),
+      const a = access(o);
+      const repository = await openRepository(a);
+      const r = await runLocal(
+        o,
+        { kind: 'repository.prune', target: a.repo },
+        () =>
+          repository.prune(policy, {
+            ...(o.dryRun ? { dryRun: true } : {}),
+            ...(o.deleteAll ? { deleteAll: true } : {}),
+            ...(typeof o.source === 'string' ? { source: o.source } : {}),
+          }),
+        (r) =>
+          [
+            ...r.sources.flatMap((p) => [
+              `${p.source}:`,
+              ...p.kept.map((k) => `  keep   ${k.id} (${k.reasons.join(', ')})`),
+              ...p.removed.map((id) => `  ${o.dryRun ? 'would remove' : 'remove'} ${id}`),
+            ]),
+            ...r.inUse.map((x) => `kept   ${x.id}: ${x.reason}`),
+          ].join('\n'),
       );
       warnDamaged(r.damaged);
     });
@@ -257,11 +253,13 @@ export function registerBackup(program: Command): void {
       const grace = Number(o.grace);
       if (!Number.isFinite(grace) || grace < 0)
         throw invalidArgument(`--grace "${o.grace}" is not a number of seconds`);
-      const r = await (await openRepository(access(o))).gc({ graceMs: grace * 1000 });
-      printResult(
-        !!o.json,
-        r,
-        () =>
+      const a = access(o);
+      const repository = await openRepository(a);
+      await runLocal(
+        o,
+        { kind: 'repository.gc', target: a.repo },
+        () => repository.gc({ graceMs: grace * 1000 }),
+        (r) =>
           `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})${r.claimedMeanwhile ? `, ${r.claimedMeanwhile} of them claimed by a backup while gc ran` : ''}`,
       );
     });
@@ -387,22 +385,24 @@ export function registerBackup(program: Command): void {
         throw invalidArgument(
           `--transport ${o.transport} needs the site daemon (volume:/vm: without --data); offline backups read the pool directly (san), files and NBD URIs carry their own`,
         );
-      const onProgress = progress('backup');
-      const m = await backupSource({
-        ...access(o),
-        source,
-        ...(o.data ? { data: o.data } : {}),
-        ...(o.bitmap ? { bitmap: o.bitmap } : {}),
-        ...(o.format ? { format: o.format } : {}),
-        ...(o.tag ? { tags: o.tag } : {}),
-        ...(o.full ? { full: true } : {}),
-        ...(onProgress ? { onProgress } : {}),
-      });
-      printResult(
-        !!o.json,
-        m,
-        () =>
-          `snapshot ${m.id} of ${m.source.kind}:${m.source.name}${m.parent ? ` (incremental from ${m.parent})` : ''}: read ${bytes(m.stats.readBytes)}, stored ${bytes(m.stats.storedBytes)} new in ${m.stats.seconds.toFixed(2)} s\n${m.consistency}-consistent${m.consistencyReason ? `: ${m.consistencyReason}` : ''}`,
+      await runLocal(
+        o,
+        { kind: source.startsWith('volume:') ? 'volume.backup' : 'backup', target: source },
+        async (onProgress) =>
+          (await orchestration()).backupResult(
+            await backupSource({
+              ...access(o),
+              source,
+              ...(o.data ? { data: o.data } : {}),
+              ...(o.bitmap ? { bitmap: o.bitmap } : {}),
+              ...(o.format ? { format: o.format } : {}),
+              ...(o.tag ? { tags: o.tag } : {}),
+              ...(o.full ? { full: true } : {}),
+              onProgress: (d, t) => onProgress(d, t, 'backup'),
+            }),
+          ),
+        (m) =>
+          `snapshot ${m.snapshot} of ${m.source.kind}:${m.source.name}${m.parent ? ` (incremental from ${m.parent})` : ''}: read ${bytes(m.stats.readBytes)}, stored ${bytes(m.stats.storedBytes)} new in ${m.stats.seconds.toFixed(2)} s\n${m.consistency}-consistent${m.consistencyReason ? `: ${m.consistencyReason}` : ''}`,
       );
     });
 
@@ -442,17 +442,20 @@ export function registerBackup(program: Command): void {
               }),
             (j) => said(j.result as { changedBytes: number; dataBytes: number; zeroBytes: number }),
           );
-        const onProgress = progress('rollback');
-        const r = await (
-          await orchestration()
-        ).rollbackVolume({
-          ...access(o),
-          snapshot: id,
-          volume,
-          data: o.data,
-          ...(onProgress ? { onProgress } : {}),
-        });
-        return printResult(!!o.json, r, () => said(r));
+        const data = o.data;
+        return void (await runLocal(
+          o,
+          { kind: 'volume.rollback', target: volume },
+          async (onProgress) =>
+            (await orchestration()).rollbackVolume({
+              ...access(o),
+              snapshot: id,
+              volume,
+              data,
+              onProgress: (d, t) => onProgress(d, t, 'rollback'),
+            }),
+          said,
+        ));
       }
       if (o.to.startsWith('volume:') && !o.data) {
         const body = {
@@ -468,21 +471,21 @@ export function registerBackup(program: Command): void {
           () => `restored snapshot ${id} into ${o.to}, every chunk verified`,
         );
       }
-      const onProgress = progress('restore');
-      const r = await restoreSnapshot({
-        ...access(o),
-        snapshot: id,
-        to: o.to,
-        disk,
-        pool: o.pool,
-        ...(o.data ? { data: o.data } : {}),
-        ...(o.force ? { force: true } : {}),
-        ...(onProgress ? { onProgress } : {}),
-      });
-      printResult(
-        !!o.json,
-        r,
-        () =>
+      await runLocal(
+        o,
+        { kind: o.to.startsWith('volume:') ? 'volume.restore' : 'restore', target: o.to },
+        (onProgress) =>
+          restoreSnapshot({
+            ...access(o),
+            snapshot: id,
+            to: o.to,
+            disk,
+            pool: o.pool,
+            ...(o.data ? { data: o.data } : {}),
+            ...(o.force ? { force: true } : {}),
+            onProgress: (d, t) => onProgress(d, t, 'restore'),
+          }),
+        (r) =>
           `restored ${r.disk} of snapshot ${r.snapshot} to ${o.to}: ${bytes(r.dataBytes)} of data, every chunk verified`,
       );
     });

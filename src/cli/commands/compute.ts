@@ -2,25 +2,13 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import type { Host, Job, Network, Vm } from '../../orchestration/index.js';
-import { apiOptions, connect, followJob, type ApiOpts } from '../api.js';
+import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { runJob } from '../jobs.js';
 import { bytes, parseSize, table } from '../args.js';
 import { printResult } from '../output.js';
 
 type WaitOpts = ApiOpts & { wait: boolean };
 const enc = encodeURIComponent;
-
-/** Starts a job through the API and, unless --no-wait, follows it to its end. */
-export async function runJob(
-  o: WaitOpts,
-  start: () => Promise<Job>,
-  done: (j: Job) => string,
-): Promise<void> {
-  const client = connect(o);
-  const job = await start.call(null);
-  if (!o.wait) return printResult(!!o.json, job, () => `job ${job.id} (${job.kind} ${job.target}) started`);
-  const end = await followJob(client, job, { quiet: !!o.json });
-  printResult(!!o.json, end, () => done(end));
-}
 
 function vmRows(vms: Vm[]): string {
   return table([
@@ -253,7 +241,7 @@ export function registerHostAndNetwork(program: Command): void {
 }
 
 /** One line per volume a move job moved. */
-export function movedSummary(j: Job): string {
+export function movedSummary(j: Pick<Job, 'result'>): string {
   const r = j.result as { volumes: { volume: string; to: string; copiedBytes: number; pauseMs: number }[] };
   return r.volumes
     .map(

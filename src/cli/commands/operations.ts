@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import type { Job, JobLogLine, SiteEvent, SiteInfo } from '../../orchestration/index.js';
-import { apiOptions, connect, followJob, progressLine, type ApiOpts } from '../api.js';
+import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { followJob, jobFailure, progressLine } from '../jobs.js';
 import { bytes, table } from '../args.js';
 import { printResult } from '../output.js';
 
@@ -98,8 +99,10 @@ export function registerOperations(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (id: string, o: ApiOpts) => {
       const c = connect(o);
-      const j = await followJob(c, await c.get<Job>(`/jobs/${encodeURIComponent(id)}`), { quiet: !!o.json });
-      printResult(!!o.json, j, () => `job ${j.id} (${j.kind} ${j.target}) ${j.state}`);
+      const j = await followJob(c, await c.get<Job>(`/jobs/${encodeURIComponent(id)}`), { json: !!o.json });
+      if (o.json) printResult(true, j, () => '');
+      if (j.state !== 'succeeded') throw jobFailure(j);
+      if (!o.json) printResult(false, j, () => `job ${j.id} (${j.kind} ${j.target}) ${j.state}`);
     });
   apiOptions(job.command('cancel'))
     .description('ask a running job to stop')

@@ -5,7 +5,7 @@ import { apiOptions, connect, daemonPassphraseFile, type ApiOpts } from '../api.
 import { invalidArgument } from '../../common/index.js';
 import { bytes, table } from '../args.js';
 import { printResult } from '../output.js';
-import { runJob } from './compute.js';
+import { runJob, runLocal } from '../jobs.js';
 
 const enc = encodeURIComponent;
 type WaitOpts = ApiOpts & { wait: boolean; json?: boolean };
@@ -55,18 +55,20 @@ export function registerRecover(program: Command): void {
       ) => {
         const repo = o.repo ?? process.env.HAVEN_REPO;
         if (!repo) throw invalidArgument('give --repo DIR (or set HAVEN_REPO)');
-        const r = await connect(o).post<{ vm: Vm; seconds: number }>('/recoveries', {
+        const body = {
           repo: resolve(repo),
           snapshot,
           pool: o.pool,
           ...daemonPassphraseFile(o.passphraseFile),
           ...(o.name ? { name: o.name } : {}),
           ...(o.cmdline !== undefined ? { cmdline: o.cmdline } : {}),
-        });
-        printResult(
-          !!o.json,
-          r,
-          () =>
+        };
+        // The daemon answers once the VM runs (seconds): no site job, but the job shape all the same.
+        await runLocal(
+          o,
+          { kind: 'recovery.instant', target: snapshot },
+          () => connect(o).post<{ vm: Vm; seconds: number }>('/recoveries', body),
+          (r) =>
             `VM ${r.vm.name} is running from backup ${snapshot} (started in ${r.seconds.toFixed(1)} s); finalize it with "haven recover finalize ${r.vm.name}"`,
         );
       },

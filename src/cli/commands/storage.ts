@@ -5,7 +5,8 @@ import type { ApiClient } from '../../api/client.js';
 import type { Job, PoolInfo, SnapshotInfo, StorageService, VolumeInfo } from '../../orchestration/index.js';
 import { orchestration, type Orchestration } from '../lazy.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
-import { movedSummary, runJob } from './compute.js';
+import { movedSummary } from './compute.js';
+import { runJob, runLocal } from '../jobs.js';
 import { bytes, dataOption, parseSize, table } from '../args.js';
 import { fields, printResult } from '../output.js';
 
@@ -288,14 +289,23 @@ export function registerVolume(program: Command): void {
         o: DataOpts & ApiOpts & { pool: string; keepSource?: boolean; wait: boolean; json?: boolean },
       ) => {
         if (o.data)
-          return withStorage(o.data, async (s) => {
-            const r = await s.moveVolume(name, o.pool, o.keepSource ? { keepSource: true } : {});
-            printResult(
-              !!o.json,
-              r,
-              () => `moved volume ${name} to pool ${r.to}: ${bytes(r.copiedBytes)} copied`,
-            );
-          });
+          return withStorage(
+            o.data,
+            async (s) =>
+              void (await runLocal(
+                o,
+                { kind: 'volume.move', target: name },
+                async (onProgress) => ({
+                  volumes: [
+                    await s.moveVolume(name, o.pool, {
+                      ...(o.keepSource ? { keepSource: true } : {}),
+                      onProgress: (d, t) => onProgress(d, t, `copying ${name}`),
+                    }),
+                  ],
+                }),
+                (r) => movedSummary({ result: r }),
+              )),
+          );
         return runJob(
           o,
           () =>
@@ -344,15 +354,28 @@ export function registerVolume(program: Command): void {
           ...(o.format ? { format: o.format } : {}),
         };
         if (o.data)
-          return withStorage(o.data, async (s) => {
-            const r = await importVolume(s, opts);
-            printResult(
-              !!o.json,
-              r,
-              () =>
-                `imported ${image} into volume ${r.volume.name}: ${bytes(r.copy.dataBytes)} of data, verified`,
-            );
-          });
+          return withStorage(
+            o.data,
+            async (s) =>
+              void (await runLocal(
+                o,
+                { kind: 'volume.import', target: o.name },
+                async (onProgress) => {
+                  const r = await importVolume(s, {
+                    ...opts,
+                    onProgress: (p) => onProgress(p.done, p.total, p.phase),
+                  });
+                  return {
+                    volume: r.volume,
+                    digest: r.copy.digest,
+                    dataBytes: r.copy.dataBytes,
+                    zeroBytes: r.copy.zeroBytes,
+                  };
+                },
+                (r) =>
+                  `imported ${image} into volume ${r.volume.name}: ${bytes(r.dataBytes)} of data, verified`,
+              )),
+          );
         return runJob(
           o,
           () => connect(o).post<Job>('/volumes/import', opts),
@@ -377,15 +400,25 @@ export function registerVolume(program: Command): void {
       ) => {
         const out = resolve(image);
         if (o.data)
-          return withStorage(o.data, async (s) => {
-            const r = await exportVolume(s, {
-              source,
-              image: out,
-              format: o.format,
-              ...(o.force ? { force: true } : {}),
-            });
-            printResult(!!o.json, r, () => `exported ${source} to ${image} (${o.format}), verified`);
-          });
+          return withStorage(
+            o.data,
+            async (s) =>
+              void (await runLocal(
+                o,
+                { kind: 'volume.export', target: source },
+                async (onProgress) => {
+                  const r = await exportVolume(s, {
+                    source,
+                    image: out,
+                    format: o.format,
+                    ...(o.force ? { force: true } : {}),
+                    onProgress: (p) => onProgress(p.done, p.total, p.phase),
+                  });
+                  return { image: out, digest: r.digest, dataBytes: r.dataBytes };
+                },
+                () => `exported ${source} to ${image} (${o.format}), verified`,
+              )),
+          );
         const [vol, snap] = source.includes('@') ? splitSnapshot(source) : [source, undefined];
         return runJob(
           o,
@@ -418,10 +451,19 @@ export function registerSnapshot(program: Command): void {
       const said = () =>
         `took snapshot ${volume}@${name}${o.bitmap ? `; bitmap ${o.bitmap} starts a new epoch` : ''}`;
       if (o.data)
-        return withStorage(o.data, (s) => {
-          const r = o.bitmap ? s.checkpoint(volume, name, o.bitmap) : { snapshot: s.snapshot(volume, name) };
-          printResult(!!o.json, r, said);
-        });
+        return withStorage(
+          o.data,
+          async (s) =>
+            void (await runLocal(
+              o,
+              { kind: 'snapshot.create', target: `${volume}@${name}` },
+              () =>
+                Promise.resolve(
+                  o.bitmap ? s.checkpoint(volume, name, o.bitmap).snapshot : s.snapshot(volume, name),
+                ),
+              said,
+            )),
+        );
       return runJob(
         o,
         () =>

@@ -28,7 +28,14 @@ import {
   type VolumeInfo,
 } from '../../storage/index.js';
 import { exportVolume, importVolume } from '../tools/storage.js';
-import { openRepository, repoAccess, rollbackWith, runBackup, type RepoAccess } from '../tools/backup.js';
+import {
+  backupResult,
+  openRepository,
+  repoAccess,
+  rollbackWith,
+  runBackup,
+  type RepoAccess,
+} from '../tools/backup.js';
 import { openVolumeSource, restore } from '../../protection/index.js';
 import { parseHostPort } from '../tools/serve-image.js';
 import { ComputeService, type VmDefinition } from './compute.js';
@@ -592,14 +599,7 @@ export class Site {
           onProgress: (d, t) => ctx.progress(d, t, 'backup'),
         });
         this.exports.refresh();
-        return {
-          snapshot: m.id,
-          parent: m.parent,
-          transport,
-          consistency: m.consistency,
-          ...(m.consistencyReason ? { consistencyReason: m.consistencyReason } : {}),
-          stats: m.stats,
-        };
+        return backupResult(m, transport);
       } finally {
         release();
       }

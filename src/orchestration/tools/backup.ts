@@ -59,6 +59,29 @@ export interface BackupRequest extends RepoAccess {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** What a backup reports when it is done: the site's job result and the CLI's alike (docs/cli.md). */
+export interface BackupResult {
+  snapshot: string;
+  source: SnapshotManifest['source'];
+  parent?: string;
+  transport: string;
+  consistency: SnapshotManifest['consistency'];
+  consistencyReason?: string;
+  stats: SnapshotManifest['stats'];
+}
+
+export function backupResult(m: SnapshotManifest, transport = m.transport ?? 'file'): BackupResult {
+  return {
+    snapshot: m.id,
+    source: m.source,
+    ...(m.parent ? { parent: m.parent } : {}),
+    transport,
+    consistency: m.consistency,
+    ...(m.consistencyReason ? { consistencyReason: m.consistencyReason } : {}),
+    stats: m.stats,
+  };
+}
+
 /** `haven backup`: backs a source up into a repository; returns the new snapshot's manifest. */
 export async function backupSource(req: BackupRequest): Promise<SnapshotManifest> {
   const repo = await openRepository(req);
