@@ -125,3 +125,43 @@ test('cancel leaves the source as it was; a crash mid-move is settled when the s
   assert.equal(svc.volume('w').pool, 'b');
   svc.close();
 });
+
+test('no snapshot is taken during a move; a retired source with snapshots is kept, not in the way of the next open', async (t) => {
+  const dir = tempDir();
+  let svc = StorageService.open(dir.path);
+  t.after(() => {
+    svc.close();
+    dir.cleanup();
+  });
+  svc.createPool('slow');
+  svc.createPool('fast');
+  svc.createVolume('v', 16 * MiB, 'slow');
+  await svc.openDevice('v').write(randomBytes(8 * MiB), 0);
+  // Found by scripts/chaos: a snapshot taken while the copy ran landed on the source, the
+  // source could then not be dropped, and every later start failed on "v.retired has snapshot".
+  const move = svc.moveVolume('v', 'fast');
+  assert.throws(
+    () => svc.snapshot('v', 'during'),
+    (e: HavenError) => e.code === 'CONFLICT' && /being moved/.test(e.message),
+  );
+  const r = await move;
+  assert.equal(r.to, 'fast');
+  assert.deepEqual(
+    svc.listSnapshots('v').map((s) => s.name),
+    [],
+    'no snapshot appeared on the moved volume',
+  );
+  svc.snapshot('v', 'after'); // allowed again once the move has ended
+  // What an older version could leave behind: a retired source with a snapshot.
+  svc.createVolume('w', 4 * MiB, 'slow');
+  svc.snapshot('w', 's1');
+  svc.pool('slow').renameVolume('w', 'w.retired');
+  svc.close();
+  svc = StorageService.open(dir.path); // must not fail
+  const kept = svc.listVolumes().find((v) => v.name.startsWith('w.moved-'));
+  assert.ok(kept, 'the retired source with snapshots is kept under a visible name');
+  assert.deepEqual(
+    svc.listSnapshots(kept.name).map((s) => s.name),
+    ['s1'],
+  );
+});

@@ -190,6 +190,11 @@ export class StorageService {
   }
 
   snapshot(volume: string, snapshot: string): SnapshotInfo {
+    // A snapshot taken during a move would be of the source, which the move then drops.
+    if (this.moving.has(volume))
+      throw conflict(
+        `volume ${volume} is being moved to another pool (snapshots do not move): take snapshot ${snapshot} once the move has ended`,
+      );
     return this.poolOf(volume).snapshot(volume, snapshot);
   }
 
@@ -493,9 +498,23 @@ export class StorageService {
         if (this.findPoolOf(base)) pool.deleteVolume(v.name);
         else pool.renameVolume(v.name, base);
       }
-    // Sources of finished moves whose removal a crash interrupted.
+    // Sources of finished moves whose removal a crash interrupted. One with snapshots (taken
+    // during a move by a version that allowed it) is kept under a visible name, never dropped
+    // with them, and never in the way of the start.
     for (const pool of this.pools.values())
-      for (const v of pool.listVolumes()) if (v.name.endsWith(RETIRED_SUFFIX)) pool.deleteVolume(v.name);
+      for (const v of pool.listVolumes()) {
+        if (!v.name.endsWith(RETIRED_SUFFIX)) continue;
+        if (pool.listSnapshots(v.name).length === 0) {
+          pool.deleteVolume(v.name);
+          continue;
+        }
+        const kept = `${v.name.slice(0, -RETIRED_SUFFIX.length)}.moved-${Date.now().toString(36)}`;
+        pool.renameVolume(v.name, kept);
+        log.warn(
+          { pool: pool.name, volume: kept },
+          `the source of a finished move has snapshots; kept as volume ${kept} in pool ${pool.name}: delete it (and its snapshots) when they are not needed`,
+        );
+      }
   }
 
   private volumeState(name: string): { tap: TapDevice; bitmaps: VolumeBitmaps } {
