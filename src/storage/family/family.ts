@@ -52,6 +52,8 @@ const AUTO_COMMIT_JOURNAL_RECORDS = 65536;
  * tree pages it dirties must fit in the headroom the pool keeps for metadata (see Pool).
  */
 export const TRIM_COMMIT_DIRTY_PAGES = 512;
+/** ... and its journal stays within 512 KiB of that headroom. */
+const TRIM_COMMIT_JOURNAL_RECORDS = 16384;
 
 export interface FamilyOptions {
   clusterSize?: number;
@@ -383,8 +385,7 @@ export class VolumeFamily {
     try {
       this.writeClusters(m, cursor, offset, total);
     } finally {
-      // Before the write is acknowledged: the mapping changes survive this process (see MapJournal).
-      this.journal?.flushBatch();
+      this.flushJournal();
     }
     this.maybeAutoCommit();
   }
@@ -466,9 +467,9 @@ export class VolumeFamily {
         done += len;
       }
     } finally {
-      this.journal?.flushBatch();
+      this.flushJournal();
     }
-    this.maybeAutoCommit(TRIM_COMMIT_DIRTY_PAGES);
+    this.maybeAutoCommit(TRIM_COMMIT_DIRTY_PAGES, TRIM_COMMIT_JOURNAL_RECORDS);
   }
 
   /** Allocation of a member's range, as block-status extents (flags 3: hole and zero; 0: data). */
@@ -668,6 +669,18 @@ export class VolumeFamily {
     this.journalMapping(m, cluster, 0, 0);
   }
 
+  /**
+   * Before a request is answered: its mapping changes into the journal, so that they survive this
+   * process. If the journal cannot take them (a full filesystem), a commit makes them durable.
+   */
+  private flushJournal(): void {
+    try {
+      this.journal?.flushBatch();
+    } catch {
+      this.commit();
+    }
+  }
+
   private journalMapping(m: Member, cluster: number, pointer: number, birth: number): void {
     const index = this.memberIndex.get(m.record.id);
     if (index === undefined || !this.journal)
@@ -736,13 +749,15 @@ export class VolumeFamily {
 
   private maybeOrphaned = 0;
 
-  private maybeAutoCommit(dirtyLimit = AUTO_COMMIT_DIRTY_PAGES): void {
+  private maybeAutoCommit(
+    dirtyLimit = AUTO_COMMIT_DIRTY_PAGES,
+    journalLimit = AUTO_COMMIT_JOURNAL_RECORDS,
+  ): void {
     if (this.maybeOrphaned > 1024 && this.maybeOrphaned * 16 > this.sb.clusterHighWater) {
       this.maybeOrphaned = 0;
       this.collectGarbage();
     }
-    if (this.dirtyPages >= dirtyLimit || (this.journal?.records ?? 0) >= AUTO_COMMIT_JOURNAL_RECORDS)
-      this.commit();
+    if (this.dirtyPages >= dirtyLimit || (this.journal?.records ?? 0) >= journalLimit) this.commit();
   }
 
   // ---- internals: space ------------------------------------------------------------------

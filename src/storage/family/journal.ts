@@ -146,7 +146,7 @@ export class MapJournal {
     this.batched = 0;
     this.records = 0;
     this.seq = seq;
-    if (this.end > HEADER) ftruncateSync(this.fd, HEADER);
+    ftruncateSync(this.fd, HEADER); // also what a failed append may have left beyond the end
     this.end = HEADER;
     const h = this.header.fill(0);
     h.write(HEADER_MAGIC, 0, 'latin1');
