@@ -154,23 +154,9 @@ test("a copy on write still reading when the fill comes by: one copy, the guest'
   assert.equal(svc.baseOf('r'), undefined);
 });
 
-test('a partial write where the base holds zeroes reads nothing from it and completes at once', async (t) => {
-  const { svc, base, dev, expect, check } = setup(t);
-  base.held = true;
-  const data = randomBytes(4 * KiB);
-  data.copy(expect, 40 * CS + 4 * KiB);
-  assert.equal(dev.write(data, 40 * CS + 4 * KiB), undefined, 'no promise: nothing to wait for');
-  assert.equal(base.waiting.length, 0);
-  base.held = false;
-  await svc.absorbBase('r');
-  await check('after the fill');
-});
-
 test('a write waiting for its copy on write at the switch: finalize waits for it, nothing is lost', async (t) => {
   const { svc, base, write, check } = setup(t);
-  // Cluster 40 holds only zeroes in the base: the fill never reads it; a partial write does when
-  // the base cannot say at once that it is zeroes there.
-  base.asyncStatus = true;
+  // Cluster 40 holds only zeroes in the base: the fill never reads it, a partial write does.
   base.held = true;
   const w = write(randomBytes(4 * KiB), 40 * CS + 4 * KiB);
   await base.heldAt(40 * CS);

@@ -159,9 +159,6 @@ export class BackedDevice implements BlockDevice {
       else if (!this.isMapped(c)) {
         // A change covering the whole cluster needs nothing from the base.
         if (offset <= c * cs && offset + length >= Math.min((c + 1) * cs, this.size)) continue;
-        // Nor does one where the base holds only zeroes: the volume fills around it with zeroes.
-        // At once, too, so that once fill() is done every change completes synchronously.
-        if (this.baseIsZero(c)) continue;
         waits.push(this.fillCluster(c));
       }
     }
@@ -186,23 +183,6 @@ export class BackedDevice implements BlockDevice {
     })().finally(() => this.fills.delete(c));
     this.fills.set(c, p);
     return p;
-  }
-
-  /** Whether the base reads cluster c as zeroes, if it can say so at once (else false). */
-  private baseIsZero(c: number): boolean {
-    const at = c * this.clusterSize;
-    const len = Math.min(this.clusterSize, this.size - at);
-    const list = this.base.blockStatus(at, len);
-    if (isPromise(list)) {
-      list.catch(() => undefined);
-      return false;
-    }
-    let covered = 0;
-    for (const e of list) {
-      if (!(e.flags & EXTENT_ZERO)) return false;
-      covered += e.length;
-    }
-    return covered >= len;
   }
 
   private isMapped(c: number): boolean {
