@@ -400,15 +400,22 @@ export class StorageService {
     const b = this.backings.get(volume);
     if (!b) throw invalidArgument(`volume ${volume} has no base`);
     // Until a pass finds nothing left: what a pass misses (listed before a write) the next one gets.
+    // Then the switch, in a turn with no change in flight: one still waiting for its copy on write
+    // from the base lands first (the tap refuses a switch under it).
+    const tap = this.volumeState(volume).tap;
     let copiedBytes = 0;
     for (;;) {
       const n = await b.backed.fill(opts);
-      if (n === 0) break;
       copiedBytes += n;
+      if (n > 0) continue;
+      if (!tap.busy) break;
+      await tap.settled();
+      opts.signal?.throwIfAborted();
+      if (!tap.busy) break;
     }
     this.flush();
     const pool = this.poolOf(volume);
-    this.volumeState(volume).tap.replaceInner(pool.openDevice(volume));
+    tap.replaceInner(pool.openDevice(volume));
     this.backings.delete(volume);
     pool.setVolumeLabel(volume, BASE_LABEL, undefined);
     for (const x of this.listSnapshots(volume)) this.deleteSnapshot(volume, x.name);

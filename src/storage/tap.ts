@@ -90,6 +90,16 @@ export class TapDevice implements BlockDevice {
     return old;
   }
 
+  /** Whether a change is in flight (so replaceInner would refuse). */
+  get busy(): boolean {
+    return this.inflight.length > 0;
+  }
+
+  /** Resolves once the changes in flight now have completed (failed ones too). */
+  async settled(): Promise<void> {
+    await Promise.all(this.inflight.map((e) => e.done));
+  }
+
   /** Subscribes to every change from now on; returns the unsubscribe function. */
   subscribe(fn: TapSubscriber): () => void {
     this.subscribers.add(fn);

@@ -146,7 +146,7 @@ test('trim frees owned space; deleting a snapshot frees what only it held', (t) 
   f.close();
 });
 
-test('a crash before a flush loses only unflushed writes; the flushed state loads intact', (t) => {
+test('a machine crash before a flush loses only unflushed writes; the flushed state loads intact', (t) => {
   const dir = tempDir();
   t.after(dir.cleanup);
   const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 4 * MiB });
@@ -157,13 +157,85 @@ test('a crash before a flush loses only unflushed writes; the flushed state load
   f.snapshot(v, 's');
   f.write(v, randomBytes(3 * MiB), MiB); // never flushed
   f.abandon();
-  const g = VolumeFamily.open(join(dir.path, 'f'));
+  // Another boot: the page cache (and the mapping journal in it) is gone, as after a power cut.
+  const g = VolumeFamily.open(join(dir.path, 'f'), { bootId: 'another boot' });
   const got = readAll(g, v, 0, 2 * MiB);
   // Unflushed writes may or may not be there; clusters that were never committed are not mapped.
   assert.equal(sha(readAll(g, g.find('s')!.id, 0, 2 * MiB)), sha(flushed));
   assert.equal(got.length, 2 * MiB);
   assert.deepEqual(readAll(g, v, 2 * MiB, 2 * MiB), Buffer.alloc(2 * MiB));
   g.close();
+});
+
+test('a killed service loses no acknowledged write: the next open replays its mapping changes', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const path = join(dir.path, 'f');
+  const f = VolumeFamily.create(path, { name: 'v', size: 16 * MiB });
+  const v = f.find('v')!.id;
+  const expect = randomBytes(16 * MiB);
+  f.write(v, expect.subarray(0, 8 * MiB), 0);
+  f.commit();
+  f.snapshot(v, 's');
+  const snap = sha(readAll(f, f.find('s')!.id, 0, 8 * MiB));
+  // Unflushed from here: copy on write of shared clusters (partial and whole), fresh clusters,
+  // a trim (unmapped clusters), zeroes written allocated, in-place writes to a cluster mapped
+  // since the commit, and clusters that a commit freed and that are mapped again.
+  f.write(v, expect.subarray(100, 5000), 100);
+  f.write(v, expect.subarray(MiB, 2 * MiB), MiB);
+  f.write(v, expect.subarray(9 * MiB + 7, 10 * MiB), 9 * MiB + 7);
+  f.write(v, expect.subarray(9 * MiB + 7, 9 * MiB + 4096), 9 * MiB + 7);
+  f.zero(v, 3 * MiB, MiB);
+  expect.fill(0, 3 * MiB, 4 * MiB);
+  f.zero(v, 4 * MiB, 64 * 1024, true);
+  expect.fill(0, 4 * MiB, 4 * MiB + 64 * 1024);
+  f.zero(v, 12 * MiB, 4 * MiB); // never written: stays unmapped
+  expect.fill(0, 12 * MiB, 16 * MiB);
+  f.write(v, expect.subarray(10 * MiB, 12 * MiB), 10 * MiB);
+  f.commit();
+  f.zero(v, 10 * MiB, 2 * MiB); // owned clusters: freed (and punched) by the next commit
+  f.commit();
+  f.write(v, expect.subarray(10 * MiB, 11 * MiB), 10 * MiB); // reuses them, unflushed
+  expect.fill(0, 11 * MiB, 12 * MiB);
+  expect.fill(0, 8 * MiB, 9 * MiB + 7);
+  const allocated = f.allocatedBytes();
+  f.abandon(); // kill -9: no commit, the page cache keeps the data and the journal
+  const g = VolumeFamily.open(path);
+  assert.equal(sha(readAll(g, v, 0, 16 * MiB)), sha(expect), 'every acknowledged write is there');
+  assert.equal(sha(readAll(g, g.find('s')!.id, 0, 8 * MiB)), snap, 'the snapshot is as it was');
+  assert.equal(g.allocatedBytes(), allocated);
+  // Replayed durably: a power cut now (another boot, the journal ignored) keeps it all too.
+  g.abandon();
+  const h = VolumeFamily.open(path, { bootId: 'another boot' });
+  assert.equal(sha(readAll(h, v, 0, 16 * MiB)), sha(expect));
+  h.write(v, expect.subarray(0, MiB), 0);
+  h.close();
+  const k = VolumeFamily.open(path);
+  assert.equal(sha(readAll(k, v, 0, 16 * MiB)), sha(expect));
+  k.close();
+});
+
+test('a journal a later commit covers, or of another boot, is not replayed', (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const path = join(dir.path, 'f');
+  const f = VolumeFamily.create(path, { name: 'v', size: 4 * MiB });
+  const v = f.find('v')!.id;
+  const a = randomBytes(MiB);
+  f.write(v, a, 0);
+  f.commit();
+  f.zero(v, 0, MiB); // unflushed trim, journalled
+  f.abandon();
+  // On another boot the trim is gone with the page cache: the committed data stays.
+  const g = VolumeFamily.open(path, { bootId: 'another boot' });
+  assert.equal(sha(readAll(g, v, 0, MiB)), sha(a));
+  g.write(v, randomBytes(64 * 1024), 2 * MiB);
+  g.commit();
+  g.abandon();
+  // The old journal went with that open; the newer commit is what loads.
+  const h = VolumeFamily.open(path);
+  assert.equal(sha(readAll(h, v, 0, MiB)), sha(a));
+  h.close();
 });
 
 test('grows a volume across a tree-depth boundary and keeps its data', (t) => {

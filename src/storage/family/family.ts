@@ -33,22 +33,27 @@ import {
   type Superblock,
 } from './format.js';
 import { SPANS, TreeNode } from './tree.js';
+import { JOURNAL_FILE, MapJournal, currentBootId, type JournalRecord } from './journal.js';
 import { checkRange } from '../../block/index.js';
 
 export const DEFAULT_CLUSTER_SIZE = 64 * 1024;
 /** The files of a family's directory (all Haven's: a pool's delete removes these and nothing else). */
-export const FAMILY_FILES = ['data', 'meta'];
+export const FAMILY_FILES = ['data', 'meta', JOURNAL_FILE];
 /** A VM's disk is for the storage service's user alone, wherever its pool is. */
 const FILE_MODE = 0o600;
 /** Largest volume: 2^53 bytes would be exact, but 4 PiB keeps every intermediate product exact too. */
 export const MAX_VOLUME_SIZE = 2 ** 52;
 /** Commit on our own once this many tree pages are dirty, so memory between flushes stays bounded. */
 const AUTO_COMMIT_DIRTY_PAGES = 8192;
+/** ... and once the mapping journal holds this many changes (2 MiB of it). */
+const AUTO_COMMIT_JOURNAL_RECORDS = 65536;
 /**
  * A trim commits sooner: its space comes back only at a commit, and on a full filesystem the
  * tree pages it dirties must fit in the headroom the pool keeps for metadata (see Pool).
  */
 export const TRIM_COMMIT_DIRTY_PAGES = 512;
+/** ... and its journal stays within 512 KiB of that headroom. */
+const TRIM_COMMIT_JOURNAL_RECORDS = 16384;
 
 export interface FamilyOptions {
   clusterSize?: number;
@@ -62,6 +67,8 @@ export interface FamilyOptions {
    * that no member references and no durable superblock names.
    */
   punchHole?: (fd: number, offset: number, length: number) => void;
+  /** The boot the mapping journal must come from to be replayed (default: the kernel's; tests). */
+  bootId?: string;
 }
 
 /** Counts of work done, for tests that show an operation's cost does not grow with size. */
@@ -95,6 +102,10 @@ export class VolumeFamily {
   private pendingPages: number[] = [];
   private pendingClusters: number[] = [];
   private dirtyPages = 0;
+  /** Mapping changes since the last commit, kept where a killed process cannot lose them. */
+  private journal: MapJournal | undefined;
+  /** Member id -> its index in the superblock, which names members in the journal. */
+  private memberIndex = new Map<string, number>();
   private readonly scratch: Buffer;
   private readonly pageBuf = Buffer.alloc(PAGE_SIZE);
   private closed = false;
@@ -142,6 +153,7 @@ export class VolumeFamily {
     const metaFd = openSync(join(dir, 'meta'), 'w+', FILE_MODE);
     const fam = new VolumeFamily(dir, dataFd, metaFd, sb, opts);
     fam.writeSuperblock();
+    fam.openJournal();
     return fam;
   }
 
@@ -168,7 +180,11 @@ export class VolumeFamily {
       throw new HavenError('CORRUPT', `volume family ${dir} has no valid superblock`);
     }
     const fam = new VolumeFamily(dir, dataFd, metaFd, sb, opts);
-    fam.rebuildFreeSpace();
+    // A service killed since the last commit: its acknowledged mapping changes are made durable
+    // before anything else (the punch of free clusters below would destroy their data).
+    const replay = MapJournal.replayable(dir, sb.seq, opts.bootId ?? currentBootId());
+    fam.rebuildFreeSpace(replay);
+    fam.openJournal();
     return fam;
   }
 
@@ -365,8 +381,17 @@ export class VolumeFamily {
     let total = 0;
     for (const p of parts) total += p.length;
     this.checkRange(m, offset, total);
-    const cs = this.clusterSize;
     const cursor = new PartsCursor(parts);
+    try {
+      this.writeClusters(m, cursor, offset, total);
+    } finally {
+      this.flushJournal();
+    }
+    this.maybeAutoCommit();
+  }
+
+  private writeClusters(m: Member, cursor: PartsCursor, offset: number, total: number): void {
+    const cs = this.clusterSize;
     let done = 0;
     while (done < total) {
       const pos = offset + done;
@@ -416,9 +441,9 @@ export class VolumeFamily {
       }
       if (ptr !== 0) this.dropCluster(m, ptr, entryBirth(leaf.entries, i));
       setEntry(leaf.entries, i, fresh, m.record.writeGen);
+      this.journalMapping(m, cluster, fresh, m.record.writeGen);
       done += len;
     }
-    this.maybeAutoCommit();
   }
 
   /** Makes a range read as zeroes; whole clusters are unmapped (and their space freed when owned). */
@@ -427,20 +452,24 @@ export class VolumeFamily {
     this.checkRange(m, offset, length);
     const cs = this.clusterSize;
     let done = 0;
-    while (done < length) {
-      const pos = offset + done;
-      const cluster = Math.floor(pos / cs);
-      const within = pos - cluster * cs;
-      const len = Math.min(cs - within, length - done);
-      const mapped = this.lookup(m, cluster) !== 0;
-      if (len === cs && !allocate) {
-        if (mapped) this.unmap(m, cluster);
-      } else if (mapped || allocate) {
-        this.write(id, zeroView(this.zeroes(), len), pos);
+    try {
+      while (done < length) {
+        const pos = offset + done;
+        const cluster = Math.floor(pos / cs);
+        const within = pos - cluster * cs;
+        const len = Math.min(cs - within, length - done);
+        const mapped = this.lookup(m, cluster) !== 0;
+        if (len === cs && !allocate) {
+          if (mapped) this.unmap(m, cluster);
+        } else if (mapped || allocate) {
+          this.write(id, zeroView(this.zeroes(), len), pos);
+        }
+        done += len;
       }
-      done += len;
+    } finally {
+      this.flushJournal();
     }
-    this.maybeAutoCommit(TRIM_COMMIT_DIRTY_PAGES);
+    this.maybeAutoCommit(TRIM_COMMIT_DIRTY_PAGES, TRIM_COMMIT_JOURNAL_RECORDS);
   }
 
   /** Allocation of a member's range, as block-status extents (flags 3: hole and zero; 0: data). */
@@ -483,6 +512,8 @@ export class VolumeFamily {
     if (seen.size > 0) fdatasyncSync(this.metaFd);
     this.writeSuperblock();
     this.dirtyPages = 0;
+    // The new superblock holds every change the journal did: it starts again (before any punch).
+    if (this.journal) this.openJournal();
     // The old superblock is gone: what only it referenced may be reused now.
     for (const p of this.pendingPages) {
       this.usedPages.delete(p);
@@ -511,6 +542,7 @@ export class VolumeFamily {
     this.closed = true;
     closeSync(this.dataFd);
     closeSync(this.metaFd);
+    this.journal?.close();
   }
 
   /** Closes without committing: what a crash would leave (for tests). */
@@ -518,6 +550,7 @@ export class VolumeFamily {
     this.closed = true;
     closeSync(this.dataFd);
     closeSync(this.metaFd);
+    this.journal?.close();
   }
 
   /** The data file's descriptor, for readers that bypass the storage service (the san transport). */
@@ -633,6 +666,33 @@ export class VolumeFamily {
     const ptr = entryPointer(leaf.entries, i);
     if (ptr !== 0) this.dropCluster(m, ptr, entryBirth(leaf.entries, i));
     setEntry(leaf.entries, i, 0, 0);
+    this.journalMapping(m, cluster, 0, 0);
+  }
+
+  /**
+   * Before a request is answered: its mapping changes into the journal, so that they survive this
+   * process. If the journal cannot take them (a full filesystem), a commit makes them durable.
+   */
+  private flushJournal(): void {
+    try {
+      this.journal?.flushBatch();
+    } catch {
+      this.commit();
+    }
+  }
+
+  private journalMapping(m: Member, cluster: number, pointer: number, birth: number): void {
+    const index = this.memberIndex.get(m.record.id);
+    if (index === undefined || !this.journal)
+      throw new HavenError('INTERNAL', `member ${m.record.id} has no journal index`);
+    this.journal.add(index, cluster, pointer, birth);
+  }
+
+  /** (Re)starts the journal after the commit that made its changes durable. */
+  private openJournal(): void {
+    this.memberIndex = new Map([...this.members.keys()].map((id, i) => [id, i]));
+    if (this.journal) this.journal.reset(this.sb.seq);
+    else this.journal = MapJournal.open(this.dir, this.sb.seq, this.opts.bootId ?? currentBootId());
   }
 
   /** Writes a dirty subtree, children first, each node into a fresh page. */
@@ -689,12 +749,15 @@ export class VolumeFamily {
 
   private maybeOrphaned = 0;
 
-  private maybeAutoCommit(dirtyLimit = AUTO_COMMIT_DIRTY_PAGES): void {
+  private maybeAutoCommit(
+    dirtyLimit = AUTO_COMMIT_DIRTY_PAGES,
+    journalLimit = AUTO_COMMIT_JOURNAL_RECORDS,
+  ): void {
     if (this.maybeOrphaned > 1024 && this.maybeOrphaned * 16 > this.sb.clusterHighWater) {
       this.maybeOrphaned = 0;
       this.collectGarbage();
     }
-    if (this.dirtyPages >= dirtyLimit) this.commit();
+    if (this.dirtyPages >= dirtyLimit || (this.journal?.records ?? 0) >= journalLimit) this.commit();
   }
 
   // ---- internals: space ------------------------------------------------------------------
@@ -783,8 +846,11 @@ export class VolumeFamily {
     }
   }
 
-  /** At open: everything below the high-water marks that no tree references is free. */
-  private rebuildFreeSpace(): void {
+  /**
+   * At open: everything below the high-water marks that no tree references is free, once the
+   * journal's mapping changes (a killed service's acknowledged writes) are replayed and committed.
+   */
+  private rebuildFreeSpace(replay: JournalRecord[]): void {
     const seen = new Set<TreeNode>();
     for (const m of this.members.values())
       this.walk(
@@ -799,14 +865,40 @@ export class VolumeFamily {
         },
         seen,
       );
+    const replayed = this.replay(replay);
     for (let p = this.sb.pageHighWater - 1; p >= 1; p--) if (!this.usedPages.has(p)) this.freePages.push(p);
     for (let c = this.sb.clusterHighWater - 1; c >= 1; c--)
       if (!this.usedClusters.has(c)) this.freeClusters.push(c);
+    if (replayed) this.commit();
     // Free clusters still holding blocks: a crash came between a commit and its punches, or an
     // older version never punched. Give them back now (cheap to ask: the file's block count).
     // (A MiB of slack: the filesystem's own blocks for the file's extent tree count there too.)
     if (fstatSync(this.dataFd).blocks * 512 > this.usedClusters.count() * this.clusterSize + 1024 * 1024)
       this.punchRuns(this.freeClusters);
+  }
+
+  /** Applies journal records as the killed service did; returns how many were applied. */
+  private replay(records: JournalRecord[]): number {
+    const ids = [...this.members.keys()];
+    let n = 0;
+    for (const r of records) {
+      const m = this.members.get(ids[r.member] ?? '');
+      const clusters = m ? Math.ceil(m.record.size / this.clusterSize) : 0;
+      // Anything that does not fit this family ends the replay (the journal is only ever appended).
+      if (!m || m.record.kind !== 'volume' || !(r.cluster < clusters) || r.pointer > MAX_POINTER) break;
+      if (r.pointer !== 0 && r.birth !== m.record.writeGen) break;
+      const leaf = this.writableLeaf(m, r.cluster);
+      const i = r.cluster % FANOUT;
+      const old = entryPointer(leaf.entries, i);
+      if (old !== 0 && old !== r.pointer) this.dropCluster(m, old, entryBirth(leaf.entries, i));
+      setEntry(leaf.entries, i, r.pointer, r.birth);
+      if (r.pointer !== 0) {
+        this.usedClusters.add(r.pointer);
+        if (r.pointer >= this.sb.clusterHighWater) this.sb.clusterHighWater = r.pointer + 1;
+      }
+      n++;
+    }
+    return n;
   }
 
   private zeroBuf: Buffer | undefined;
