@@ -125,9 +125,12 @@ type MetricKey =
   | 'randread-qd64'
   | 'randwrite-qd16'
   | 'randwrite-qd64'
+  | 'rss-2x-qd64'
   | 'peak-rss';
 
 const DEPTHS = [16, 64] as const;
+/** The memory phase's request sizes: large requests are what fill a server's buffers. */
+const RSS_BS = '4k-1m';
 
 function newMetrics(subjects: string[], repeat: number, runtime: number): Record<MetricKey, Metric> {
   const values = () => Object.fromEntries(subjects.map((s) => [s, null])) as Record<string, number | null>;
@@ -157,6 +160,15 @@ function newMetrics(subjects: string[], repeat: number, runtime: number): Record
     'randread-qd64': rand('randread-qd64', '4K random read QD64'),
     'randwrite-qd16': rand('randwrite-qd16', '4K random write QD16'),
     'randwrite-qd64': rand('randwrite-qd64', '4K random write QD64'),
+    'rss-2x-qd64': {
+      key: 'rss-2x-qd64',
+      label: 'peak RSS, 2 clients QD64',
+      unit: 'MiB',
+      better: 'lower',
+      values: values(),
+      method: `peak RSS, 2 clients QD64: VmHWM of a fresh server after fio randrw ${RSS_BS} with 2 jobs at QD64 for ${runtime} s`,
+      target: { kind: 'max', value: 64 },
+    },
     'peak-rss': {
       key: 'peak-rss',
       label: 'server peak RSS',
@@ -241,6 +253,17 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
           if (!alive.alive()) throw new Error(`server exited:\n${alive.output().slice(-2000)}`);
         };
 
+        warmFile(target);
+        // Memory first, on the fresh server: its peak over two clients with many large requests in flight.
+        const mem = await fioNbd({ uri, rw: 'randrw', bs: RSS_BS, iodepth: 64, runtime, numjobs: 2 });
+        subjectRaw['rss-2x-qd64'] = mem;
+        const hwm = server.peakRss();
+        if (hwm != null) {
+          metrics['rss-2x-qd64'].values[spec.subject] = hwm / MiB;
+          log(`${spec.subject}: peak RSS after 2 clients at QD64: ${(hwm / MiB).toFixed(1)} MiB`);
+        }
+        await syncAll();
+        check();
         warmFile(target);
         const rd = await medianOf(
           repeat,

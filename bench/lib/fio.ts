@@ -41,24 +41,29 @@ export function parseFioJson(stdout: string, rw: 'read' | 'write'): Omit<FioResu
 /** Runs one time-based fio job against an NBD URI with fio's nbd engine (libnbd). */
 export async function fioNbd(opts: {
   uri: string;
-  rw: 'randread' | 'randwrite' | 'read' | 'write';
+  rw: 'randread' | 'randwrite' | 'randrw' | 'read' | 'write';
+  /** A block size (`4k`) or a range (`4k-1m`). */
   bs: string;
   iodepth: number;
   runtime: number;
+  /** Clients at once, each its own NBD connection (reported as one group). */
+  numjobs?: number;
 }): Promise<FioResult> {
+  const jobs = opts.numjobs ?? 1;
   const args = [
     '--name=bench',
     '--ioengine=nbd',
     `--uri=${opts.uri}`,
     `--rw=${opts.rw}`,
-    `--bs=${opts.bs}`,
+    opts.bs.includes('-') ? `--bsrange=${opts.bs}` : `--bs=${opts.bs}`,
     `--iodepth=${opts.iodepth}`,
     `--runtime=${opts.runtime}`,
     '--time_based',
     '--norandommap',
     '--randrepeat=0',
     '--output-format=json',
+    ...(jobs > 1 ? [`--numjobs=${jobs}`, '--group_reporting'] : []),
   ];
   const { stdout } = await run('fio', args, { timeout: (opts.runtime + 60) * 1000 });
-  return { ...parseFioJson(stdout, opts.rw.endsWith('read') ? 'read' : 'write'), args };
+  return { ...parseFioJson(stdout, opts.rw.endsWith('write') ? 'write' : 'read'), args };
 }
