@@ -4,7 +4,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include <poll.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -93,12 +98,188 @@ static napi_value StartWriteback(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -(double)errno : 0);
 }
 
+// ---- read replies sent from the file (zero copy) ---------------------------------------------
+//
+// sendFile(sockFd, fileFd, headers, headerLength, offsets, lengths, count, callback): on the
+// thread pool, for each of `count` replies, sends its header (headerLength bytes of `headers`)
+// and then `lengths[i]` bytes of the file from `offsets[i]` with sendfile(2): the data goes from
+// the page cache to the socket without passing through user space. A socket that stays full for
+// SEND_WAIT_MS stops the job early (a client that does not read must not hold a pool thread);
+// callback(sent, errno) gets the bytes sent in all (headers included) and 0, or the bytes sent
+// before a failure and its errno. The caller owns the socket's writes until the callback runs.
+
+#define SEND_WAIT_MS 200
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  napi_ref headers_ref;
+  int sock;
+  int file;
+  uint8_t *headers;
+  size_t header_len;
+  double *offsets; // copied: the job must not read JS memory that might move or be reused
+  double *lengths;
+  uint32_t count;
+  double sent;
+  int err;
+} SendJob;
+
+// Waits until the socket can take more; 0 when it can, -1 on timeout or error (errno set).
+static int wait_writable(int fd) {
+  struct pollfd p = {fd, POLLOUT, 0};
+  int r;
+  do r = poll(&p, 1, SEND_WAIT_MS);
+  while (r < 0 && errno == EINTR);
+  if (r == 0) {
+    errno = EAGAIN;
+    return -1;
+  }
+  if (r < 0) return -1;
+  if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) {
+    errno = EPIPE;
+    return -1;
+  }
+  return 0;
+}
+
+static void send_execute(napi_env env, void *data) {
+  (void)env;
+  SendJob *j = data;
+  for (uint32_t i = 0; i < j->count; i++) {
+    const uint8_t *h = j->headers + (size_t)i * j->header_len;
+    size_t done = 0;
+    while (done < j->header_len) {
+      ssize_t n = send(j->sock, h + done, j->header_len - done, MSG_MORE | MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        done += (size_t)n;
+        j->sent += (double)n;
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else if (n < 0 && errno == EAGAIN) {
+        if (wait_writable(j->sock) < 0) goto fail;
+      } else {
+        if (n == 0) errno = EPIPE;
+        goto fail;
+      }
+    }
+    off_t off = (off_t)j->offsets[i];
+    size_t left = (size_t)j->lengths[i];
+    while (left > 0) {
+      ssize_t n = sendfile(j->sock, j->file, &off, left);
+      if (n > 0) {
+        left -= (size_t)n;
+        j->sent += (double)n;
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else if (n < 0 && errno == EAGAIN) {
+        if (wait_writable(j->sock) < 0) goto fail;
+      } else {
+        if (n == 0) errno = EIO; // the file ended before the range did
+        goto fail;
+      }
+    }
+  }
+  j->err = 0;
+  return;
+fail:
+  j->err = errno;
+}
+
+static void send_complete(napi_env env, napi_status status, void *data) {
+  SendJob *j = data;
+  napi_value cb, global, argv[2];
+  napi_get_reference_value(env, j->callback, &cb);
+  napi_get_global(env, &global);
+  argv[0] = num(env, j->sent);
+  argv[1] = num(env, status == napi_ok ? (double)j->err : (double)ECANCELED);
+  napi_delete_reference(env, j->callback);
+  napi_delete_reference(env, j->headers_ref);
+  napi_delete_async_work(env, j->work);
+  free(j->offsets);
+  free(j);
+  napi_call_function(env, global, cb, 2, argv, NULL);
+}
+
+static int float64_array(napi_env env, napi_value v, double **out, size_t *len) {
+  napi_typedarray_type t;
+  void *data;
+  if (napi_get_typedarray_info(env, v, &t, len, &data, NULL, NULL) != napi_ok || t != napi_float64_array)
+    return 0;
+  *out = data;
+  return 1;
+}
+
+static napi_value SendFile(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  if (!get_args(env, info, 8, argv)) return NULL;
+  void *hdata;
+  size_t hlen;
+  double *offsets, *lengths;
+  size_t nofs, nlen;
+  if (napi_get_typedarray_info(env, argv[2], NULL, &hlen, &hdata, NULL, NULL) != napi_ok ||
+      !float64_array(env, argv[4], &offsets, &nofs) || !float64_array(env, argv[5], &lengths, &nlen)) {
+    napi_throw_type_error(env, NULL, "haven_io: sendFile takes a Uint8Array and two Float64Arrays");
+    return NULL;
+  }
+  int64_t header_len = arg_i64(env, argv[3]);
+  int64_t count = arg_i64(env, argv[6]);
+  if (count < 1 || header_len < 0 || (size_t)count > nofs || (size_t)count > nlen ||
+      (size_t)(header_len * count) > hlen) {
+    napi_throw_range_error(env, NULL, "haven_io: sendFile count, header length and arrays disagree");
+    return NULL;
+  }
+  SendJob *j = calloc(1, sizeof(SendJob));
+  double *copy = malloc(sizeof(double) * 2 * (size_t)count);
+  if (!j || !copy) {
+    free(j);
+    free(copy);
+    napi_throw_error(env, NULL, "haven_io: out of memory");
+    return NULL;
+  }
+  memcpy(copy, offsets, sizeof(double) * (size_t)count);
+  memcpy(copy + count, lengths, sizeof(double) * (size_t)count);
+  j->offsets = copy;
+  j->lengths = copy + count;
+  j->sock = (int)arg_i64(env, argv[0]);
+  j->file = (int)arg_i64(env, argv[1]);
+  j->headers = hdata;
+  j->header_len = (size_t)header_len;
+  j->count = (uint32_t)count;
+  napi_create_reference(env, argv[2], 1, &j->headers_ref); // keeps the headers alive for the job
+  napi_create_reference(env, argv[7], 1, &j->callback);
+  napi_value name;
+  napi_create_string_utf8(env, "haven_io.sendFile", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, send_execute, send_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return NULL;
+}
+
+// dup(fd) and close(fd): the fd, or -errno. A connection sends from its own duplicate of the
+// socket's descriptor, so that the number cannot be reused by another file while a job runs.
+static napi_value Dup(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int r = fcntl((int)arg_i64(env, argv[0]), F_DUPFD_CLOEXEC, 0);
+  return num(env, r < 0 ? -(double)errno : (double)r);
+}
+
+static napi_value Close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int r = close((int)arg_i64(env, argv[0]));
+  return num(env, r < 0 ? -(double)errno : 0);
+}
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"seek", NULL, Seek, NULL, NULL, NULL, napi_default, NULL},
       {"fallocate", NULL, Fallocate, NULL, NULL, NULL, napi_default, NULL},
       {"preadNoWait", NULL, PreadNoWait, NULL, NULL, NULL, napi_default, NULL},
       {"startWriteback", NULL, StartWriteback, NULL, NULL, NULL, napi_default, NULL},
+      {"sendFile", NULL, SendFile, NULL, NULL, NULL, napi_default, NULL},
+      {"dup", NULL, Dup, NULL, NULL, NULL, napi_default, NULL},
+      {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -45,6 +45,12 @@ export interface BlockDevice {
    * starting at `offset`, together covering at least one byte and at most `length` bytes.
    */
   blockStatus(offset: number, length: number): MaybePromise<Extent[]>;
+  /**
+   * The open file holding the device's bytes at the same offsets (a raw image), if there is one
+   * and the native addon can send from it: the NBD server then sends large reads straight from
+   * the file to the socket. Undefined for every device whose bytes are not laid out so.
+   */
+  readonly backingFd?: number | undefined;
   /** Advisory: bring the range into a cache, if the device has one. */
   cache?(offset: number, length: number): MaybePromise<void>;
   /** Release the handle; pending writes are flushed. */

@@ -9,6 +9,26 @@ export interface NativeIo {
   preadNoWait(fd: number, buf: Uint8Array, offset: number): number;
   /** Starts writing a range's dirty pages to the disk without waiting (sync_file_range; length 0: to the end). */
   startWriteback(fd: number, offset: number, length: number): number;
+  /**
+   * On the thread pool, sends `count` replies to a socket: each one's header (`headerLength`
+   * bytes of `headers`), then `lengths[i]` bytes of `fileFd` from `offsets[i]` (sendfile, no copy
+   * through user space). `done(sent, errno)`: bytes sent in all and 0, or the bytes sent before
+   * a failure and its errno (EAGAIN: the socket stayed full, the rest is the caller's to send).
+   * Nothing else may write to the socket until `done` runs.
+   */
+  sendFile(
+    sockFd: number,
+    fileFd: number,
+    headers: Uint8Array,
+    headerLength: number,
+    offsets: Float64Array,
+    lengths: Float64Array,
+    count: number,
+    done: (sent: number, errno: number) => void,
+  ): void;
+  /** A duplicate of a descriptor (close-on-exec), or -errno. */
+  dup(fd: number): number;
+  close(fd: number): number;
 }
 
 export const SEEK_DATA = 3;

@@ -79,6 +79,11 @@ export class RawFileDevice implements BlockDevice {
     this.writeBehind = !!opts.writeBehind && this.largeIo !== Infinity;
   }
 
+  /** Only where large I/O may go off the event loop (the owner does not rely on synchronous reads). */
+  get backingFd(): number | undefined {
+    return this.native && !this.closed && this.largeIo !== Infinity ? this.fd : undefined;
+  }
+
   read(buf: Uint8Array, offset: number): MaybePromise<void> {
     this.check(offset, buf.length);
     let done = 0;

@@ -1,10 +1,11 @@
 import type { Socket } from 'node:net';
 import { TLSSocket, type TLSSocketOptions } from 'node:tls';
-import type { Extent } from '../../block/index.js';
+import { nativeIo, type Extent } from '../../block/index.js';
 import { errorMessage, isPromise, type Logger, type MaybePromise } from '../../common/index.js';
 import * as P from '../protocol.js';
 import { BufferPool } from './buffer-pool.js';
 import { ChunkQueue } from './chunk-queue.js';
+import { FileSender, SEND_FILE_MIN } from './file-sender.js';
 import {
   handleOption,
   type HandshakeHost,
@@ -42,6 +43,7 @@ interface PskServerOption {
 }
 
 const REQUEST_HEADER = 28;
+const EMPTY = Buffer.alloc(0);
 /** Replies gathered from one socket read are sent together, but never more than this at once. */
 const BATCH_LIMIT = 2 * 1024 * 1024;
 /** Stop reading requests while this much is waiting to be sent, or this many are in flight. */
@@ -84,6 +86,13 @@ export class Connection {
   private inflight = 0;
   private inflightBytes = 0;
   private waitingForDrain = false;
+  /** Large reads go out from the file through this (plain sockets on file-backed exports). */
+  private sender: FileSender | undefined;
+  /** Socket writes not yet called back; a sender job starts only when none are. */
+  private unsent = 0;
+  /** Replies held while the sender owns the socket (or the rest of one of its replies is read). */
+  private held: Buffer[] = [];
+  private holding = false;
   private optionDiscard = 0;
   private draining: (() => void) | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
@@ -151,6 +160,8 @@ export class Connection {
     clearTimeout(this.handshakeTimer);
     const wasAttached = this.exp && (this.phase === 'transmission' || this.phase === 'closing');
     this.phase = 'closed';
+    this.sender?.close();
+    this.held = [];
     if (wasAttached) this.host.detach(this.exp!);
     this.socket.end();
     this.socket.destroySoon?.();
@@ -229,6 +240,7 @@ export class Connection {
           this.exp = out.export;
           this.host.attach(out.export);
           this.phase = 'transmission';
+          this.sender = this.st.tls ? undefined : this.openSender(out.export);
           return;
       }
     }
@@ -306,6 +318,7 @@ export class Connection {
       if (this.batchBytes >= BATCH_LIMIT) this.sendBatch();
     }
     this.sendBatch();
+    this.kickSender();
   }
 
   private request(
@@ -423,6 +436,18 @@ export class Connection {
         return this.readSplit(cookie, offset, length, ext);
     }
     const hdr = structured ? CHUNK_HEADER + 8 : SIMPLE_HEADER;
+    if (this.sender && length >= SEND_FILE_MIN) {
+      const header = Buffer.allocUnsafe(hdr);
+      if (structured) {
+        writeChunkHeader(header, 0, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, cookie, 8 + length);
+        header.writeBigUInt64BE(BigInt(offset), CHUNK_HEADER);
+      } else writeSimpleHeader(header, 0, 0, cookie);
+      this.sender.add(header, offset, length);
+      this.inflight++;
+      this.inflightBytes += length;
+      if (this.saturated()) this.socket.pause();
+      return;
+    }
     const reply = this.host.buffers.acquire(hdr + length);
     if (structured) {
       writeChunkHeader(reply, 0, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, cookie, 8 + length);
@@ -584,10 +609,98 @@ export class Connection {
   }
 
   private writeOut(b: Buffer): void {
+    if (this.sender?.busy || this.holding) {
+      this.held.push(b);
+      return;
+    }
     const pool = this.host.buffers;
+    this.unsent++;
     this.socket.write(b, (err) => {
+      this.unsent--;
       if (!err) pool.release(b);
+      if (this.unsent === 0) this.kickSender();
     });
+  }
+
+  // ---- large reads sent from the file (file-sender.ts) -----------------------------------
+
+  private openSender(exp: NbdExport): FileSender | undefined {
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    return FileSender.open(nativeIo(), fd, exp.device.backingFd, {
+      resumeWrites: () => {
+        const held = this.held;
+        this.held = [];
+        if (held.length > 1) this.socket.cork();
+        for (const b of held) this.writeOut(b);
+        if (held.length > 1) this.socket.uncork();
+        this.checkBackpressure();
+        this.kickSender();
+      },
+      sendRest: (header, headerDone, offset, length, dataDone) =>
+        this.sendRest(header, headerDone, offset, length, dataDone),
+      finished: (length) => this.untrack(length),
+      failed: (errno) => {
+        this.host.log.debug({ errno }, 'NBD client connection failed while sending from the file');
+        this.socket.destroy();
+        this.close();
+      },
+    });
+  }
+
+  /** Starts a sender job once everything written through the socket itself has gone out. */
+  private kickSender(): void {
+    const s = this.sender;
+    if (!s || s.busy || this.holding || s.pending === 0 || this.phase === 'closed' || this.unsent > 0) return;
+    if (this.socket.writableLength > 0) {
+      // Bytes written before the sender existed (the handshake's): wait until they are out.
+      this.unsent++;
+      this.socket.write(EMPTY, () => {
+        this.unsent--;
+        this.kickSender();
+      });
+      return;
+    }
+    s.start();
+  }
+
+  /** The part of a sender reply the client did not take in time, sent through the socket's own queue. */
+  private sendRest(
+    header: Buffer,
+    headerDone: number,
+    offset: number,
+    length: number,
+    dataDone: number,
+  ): void {
+    this.holding = true;
+    const rest = header.length - headerDone;
+    const buf = this.host.buffers.acquire(rest + length - dataDone);
+    header.copy(buf, 0, headerDone);
+    const send = () => {
+      this.holding = false;
+      if (this.phase === 'closed') return this.untrack(length);
+      this.writeOut(buf);
+      this.untrack(length);
+      const held = this.held;
+      this.held = [];
+      for (const b of held) this.writeOut(b);
+      this.checkBackpressure();
+    };
+    const fail = (err: unknown) => {
+      // Part of the reply is on the wire already: the stream cannot carry an error now.
+      this.holding = false;
+      this.host.log.warn({ err: errorMessage(err) }, 'closing NBD connection: a read failed mid-reply');
+      this.untrack(length);
+      this.socket.destroy();
+      this.close();
+    };
+    let r: MaybePromise<void>;
+    try {
+      r = this.exp!.device.read(buf.subarray(rest), offset + dataDone);
+    } catch (err) {
+      return fail(err);
+    }
+    if (isPromise(r)) r.then(send, fail);
+    else send();
   }
 
   private checkBackpressure(): void {
@@ -602,19 +715,21 @@ export class Connection {
     this.inflight++;
     this.inflightBytes += bytes;
     if (this.saturated()) this.socket.pause();
-    void p.finally(() => {
-      this.inflight--;
-      this.inflightBytes -= bytes;
-      if (this.inflight === 0 && this.draining) {
-        const d = this.draining;
-        this.draining = undefined;
-        return d();
-      }
-      if (!this.saturated() && !this.waitingForDrain && this.phase === 'transmission') {
-        this.socket.resume();
-        this.pump();
-      }
-    });
+    void p.finally(() => this.untrack(bytes));
+  }
+
+  private untrack(bytes: number): void {
+    this.inflight--;
+    this.inflightBytes -= bytes;
+    if (this.inflight === 0 && this.draining) {
+      const d = this.draining;
+      this.draining = undefined;
+      return d();
+    }
+    if (!this.saturated() && !this.waitingForDrain && this.phase === 'transmission') {
+      this.socket.resume();
+      this.pump();
+    }
   }
 
   private saturated(): boolean {
