@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
-import { orchestration } from '../lazy.js';
+import { serveImageTool } from '../lazy.js';
 
 /** `haven nbd serve <image>`: serve an image file in the foreground until SIGTERM/SIGINT. */
 export function registerNbdServe(nbd: Command): void {
@@ -40,7 +40,7 @@ export function registerNbdServe(nbd: Command): void {
           throw invalidArgument(
             `--max-connections must be a positive whole number, not "${o.maxConnections}"`,
           );
-        const { serveImage } = await orchestration();
+        const { serveImage } = await serveImageTool();
         const serving = await serveImage({
           image,
           name: o.name,

@@ -6,6 +6,7 @@ import * as P from '../protocol.js';
 import { BufferPool } from './buffer-pool.js';
 import { ChunkQueue } from './chunk-queue.js';
 import { FileSender, SEND_FILE_MIN } from './file-sender.js';
+import type { MemoryBudget } from './memory-budget.js';
 import {
   handleOption,
   type HandshakeHost,
@@ -35,6 +36,7 @@ export interface ConnectionHost extends HandshakeHost {
   detach(exp: NbdExport): void;
   log: Logger;
   buffers: BufferPool;
+  memory: MemoryBudget;
 }
 
 /** Node takes it on a server TLSSocket too, but its types only know it for tls.Server. */
@@ -93,6 +95,17 @@ export class Connection {
   /** Replies held while the sender owns the socket (or the rest of one of its replies is read). */
   private held: Buffer[] = [];
   private holding = false;
+  /** Bytes of the request being handled taken from the server's memory budget, not yet owned. */
+  private charge = 0;
+  /** Reply buffers and the budget bytes each holds until the socket has sent it. */
+  private readonly charged = new Map<Buffer, number>();
+  private waitingForMemory = false;
+  private readonly wakeForMemory = () => {
+    this.waitingForMemory = false;
+    if (this.phase !== 'transmission' || this.waitingForDrain || this.saturated()) return;
+    this.socket.resume();
+    this.pump();
+  };
   private optionDiscard = 0;
   private draining: (() => void) | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
@@ -146,7 +159,7 @@ export class Connection {
     socket.on('drain', () => {
       if (!this.waitingForDrain) return;
       this.waitingForDrain = false;
-      if (this.phase === 'transmission') {
+      if (this.phase === 'transmission' && !this.waitingForMemory) {
         this.socket.resume();
         this.pump();
       }
@@ -162,6 +175,9 @@ export class Connection {
     this.phase = 'closed';
     this.sender?.close();
     this.held = [];
+    this.host.memory.forget(this.wakeForMemory);
+    for (const c of this.charged.values()) this.host.memory.give(c);
+    this.charged.clear();
     if (wasAttached) this.host.detach(this.exp!);
     this.socket.end();
     this.socket.destroySoon?.();
@@ -296,6 +312,7 @@ export class Connection {
     while (
       this.phase === 'transmission' &&
       !this.waitingForDrain &&
+      !this.waitingForMemory &&
       !this.saturated() &&
       q.length >= REQUEST_HEADER
     ) {
@@ -309,12 +326,31 @@ export class Connection {
         if (length > P.MAX_PAYLOAD)
           return this.protocolError(`write of ${length} bytes exceeds the ${P.MAX_PAYLOAD}-byte limit`);
         if (q.length < REQUEST_HEADER + length) break;
+      }
+      // Data this request will hold: a write's payload, a read's reply buffer (none when sent from the file).
+      const cost =
+        type === P.CMD_WRITE
+          ? length
+          : type === P.CMD_READ && length <= P.MAX_PAYLOAD && !(this.sender && length >= SEND_FILE_MIN)
+            ? length
+            : 0;
+      if (!this.host.memory.tryTake(cost)) {
+        this.waitingForMemory = true;
+        this.socket.pause();
+        this.host.memory.wait(this.wakeForMemory);
+        break;
+      }
+      if (type === P.CMD_WRITE) {
         q.skip(REQUEST_HEADER);
         payload = q.take(length);
       } else q.skip(REQUEST_HEADER);
       const cookie = Buffer.from(h.subarray(8, 16));
       const offset = readOffset(h, 16);
+      this.charge = cost;
       this.request(type, flags, cookie, offset, length, payload);
+      // Whatever the request did not keep (it failed, or completed at once) is given back now.
+      if (this.charge) this.host.memory.give(this.charge);
+      this.charge = 0;
       if (this.batchBytes >= BATCH_LIMIT) this.sendBatch();
     }
     this.sendBatch();
@@ -405,6 +441,7 @@ export class Connection {
       return this.replyError(type, cookie, errnoFor(err, isWriteCommand(type)), errorMessage(err));
     }
     if (!isPromise(r)) return this.queueReply(simpleReply(0, cookie));
+    const held = this.claim();
     this.track(
       r.then(
         () => this.sendNow(simpleReply(0, cookie)),
@@ -412,6 +449,7 @@ export class Connection {
           this.sendNow(this.errorReply(type, cookie, errnoFor(err, isWriteCommand(type)), errorMessage(err))),
       ),
       bytes,
+      held,
     );
   }
 
@@ -459,12 +497,19 @@ export class Connection {
     } catch (err) {
       return this.replyError(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err));
     }
-    if (!isPromise(r)) return this.queueReply(reply);
+    if (!isPromise(r)) return this.queueReply(this.chargeTo(reply));
+    const held = this.claim();
     this.track(
       r.then(
-        () => this.sendNow(reply),
-        (err: unknown) =>
-          this.sendNow(this.errorReply(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err))),
+        () => {
+          if (this.phase === 'closed') return this.host.memory.give(held);
+          this.charged.set(reply, held);
+          this.sendNow(reply);
+        },
+        (err: unknown) => {
+          this.host.memory.give(held);
+          this.sendNow(this.errorReply(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err)));
+        },
       ),
       length,
     );
@@ -521,7 +566,7 @@ export class Connection {
     } catch (err) {
       return this.replyError(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err));
     }
-    this.queueReply(reply);
+    this.queueReply(this.chargeTo(reply));
   }
 
   private blockStatus(cookie: Buffer, offset: number, length: number, reqOne: boolean): void {
@@ -617,6 +662,11 @@ export class Connection {
     this.unsent++;
     this.socket.write(b, (err) => {
       this.unsent--;
+      const c = this.charged.get(b);
+      if (c !== undefined) {
+        this.charged.delete(b);
+        this.host.memory.give(c);
+      }
       if (!err) pool.release(b);
       if (this.unsent === 0) this.kickSender();
     });
@@ -711,11 +761,28 @@ export class Connection {
   }
 
   /** Counts an asynchronous request until it is answered; stops reading while too much is in flight. */
-  private track(p: Promise<void>, bytes: number): void {
+  private track(p: Promise<void>, bytes: number, held = 0): void {
     this.inflight++;
     this.inflightBytes += bytes;
     if (this.saturated()) this.socket.pause();
-    void p.finally(() => this.untrack(bytes));
+    void p.finally(() => {
+      this.host.memory.give(held);
+      this.untrack(bytes);
+    });
+  }
+
+  /** Takes over the current request's budget bytes (the caller gives them back when done). */
+  private claim(): number {
+    const c = this.charge;
+    this.charge = 0;
+    return c;
+  }
+
+  /** The current request's budget bytes stay with this reply buffer until the socket has sent it. */
+  private chargeTo(reply: Buffer): Buffer {
+    const c = this.claim();
+    if (c) this.charged.set(reply, c);
+    return reply;
   }
 
   private untrack(bytes: number): void {
@@ -726,7 +793,12 @@ export class Connection {
       this.draining = undefined;
       return d();
     }
-    if (!this.saturated() && !this.waitingForDrain && this.phase === 'transmission') {
+    if (
+      !this.saturated() &&
+      !this.waitingForDrain &&
+      !this.waitingForMemory &&
+      this.phase === 'transmission'
+    ) {
       this.socket.resume();
       this.pump();
     }

@@ -1,6 +1,8 @@
 export {
   NbdServer,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_MAX_BYTES_IN_FLIGHT,
+  type NbdMemoryStats,
   type NbdServerOptions,
   type NbdTlsOptions,
   type ListenAddress,

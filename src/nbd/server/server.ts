@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import { chmodSync, lstatSync, rmSync } from 'node:fs';
 import { conflict, invalidArgument, logger, type Logger } from '../../common/index.js';
 import { BufferPool } from './buffer-pool.js';
+import { MemoryBudget } from './memory-budget.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import type { NbdExport } from './handshake.js';
 import { TlsAuth, type NbdTlsOptions } from './tls-auth.js';
@@ -23,8 +24,22 @@ export interface NbdServerOptions {
    * such a client is refused: on a server of many exports any choice could be the wrong disk.
    */
   defaultExport?: string;
+  /**
+   * Request data (write payloads, read reply buffers) the server holds at once across all its
+   * connections (default 16 MiB); clients wait while it is used up.
+   */
+  maxBytesInFlight?: number;
   log?: Logger;
 }
+
+/** What the server's memory budget holds now and held at most. */
+export interface NbdMemoryStats {
+  bytesInFlight: number;
+  peakBytesInFlight: number;
+  limit: number;
+}
+
+export const DEFAULT_MAX_BYTES_IN_FLIGHT = 16 * 1024 * 1024;
 
 export type ListenAddress = { host: string; port: number } | { path: string };
 
@@ -40,6 +55,7 @@ export class NbdServer {
   private readonly servers: { server: Server; address: ListenAddress }[] = [];
   private readonly host: ConnectionHost;
   private closing = false;
+  private readonly memory: MemoryBudget;
 
   constructor(opts: NbdServerOptions = {}) {
     const tls = opts.tls ? new TlsAuth(opts.tls) : undefined;
@@ -49,13 +65,18 @@ export class NbdServer {
     const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     const defaultExport = opts.defaultExport;
     if (!(handshakeTimeoutMs > 0)) throw invalidArgument('the NBD handshake timeout must be more than 0');
+    const budget = opts.maxBytesInFlight ?? DEFAULT_MAX_BYTES_IN_FLIGHT;
+    if (!(budget > 0)) throw invalidArgument('maxBytesInFlight of an NBD server must be more than 0');
+    this.memory = new MemoryBudget(budget);
     this.host = {
       tls,
       handshakeTimeoutMs,
       tlsConfigured: !!tls,
       tlsRequired,
       log: opts.log ?? logger('nbd-server'),
-      buffers: new BufferPool(),
+      // Free buffers kept for reuse count towards the process's memory too: a quarter of the budget.
+      buffers: new BufferPool(64 * 1024, budget / 4),
+      memory: this.memory,
       findExport: (name) =>
         this.exportsByName.get(name === '' && defaultExport !== undefined ? defaultExport : name),
       exports: () => [...this.exportsByName.values()],
@@ -74,6 +95,11 @@ export class NbdServer {
 
   removeExport(name: string): void {
     this.exportsByName.delete(name);
+  }
+
+  /** The request data held now and at most, against the budget (`maxBytesInFlight`). */
+  memoryStats(): NbdMemoryStats {
+    return { bytesInFlight: this.memory.used, peakBytesInFlight: this.memory.peak, limit: this.memory.limit };
   }
 
   /** Connections in the transmission phase of an export. */
