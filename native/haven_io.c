@@ -255,6 +255,114 @@ static napi_value SendFile(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// ---- write payloads received straight into the file ------------------------------------------
+//
+// recvToFile(sockFd, fileFd, offset, length, callback): on the thread pool, receives the next
+// `length` bytes of the socket and writes them to the file at `offset` (recv into a private
+// buffer, pwrite): a write's payload never reaches JavaScript. A socket that stays empty for
+// SEND_WAIT_MS stops the job early. callback(received, sockErrno, fileErrno): the bytes taken
+// off the socket (all written unless fileErrno; after a file error the rest of the payload is
+// still received, and dropped, so that the stream stays in step), 0 or the socket's errno
+// (EAGAIN: the client paused, the rest is the caller's to receive).
+
+#define RECV_BUF (1024 * 1024)
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  int sock;
+  int file;
+  double offset;
+  double length;
+  double received;
+  int sock_err;
+  int file_err;
+} RecvJob;
+
+static int wait_readable(int fd) {
+  struct pollfd p = {fd, POLLIN, 0};
+  int r;
+  do r = poll(&p, 1, SEND_WAIT_MS);
+  while (r < 0 && errno == EINTR);
+  if (r == 0) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return r < 0 ? -1 : 0;
+}
+
+static void recv_execute(napi_env env, void *data) {
+  (void)env;
+  RecvJob *j = data;
+  size_t left = (size_t)j->length;
+  size_t cap = left < RECV_BUF ? left : RECV_BUF;
+  uint8_t *buf = malloc(cap);
+  if (!buf) {
+    j->sock_err = ENOMEM;
+    return;
+  }
+  off_t off = (off_t)j->offset;
+  while (left > 0) {
+    ssize_t n = recv(j->sock, buf, left < cap ? left : cap, MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      if (wait_readable(j->sock) < 0) {
+        j->sock_err = errno;
+        break;
+      }
+      continue;
+    }
+    if (n <= 0) {
+      j->sock_err = n == 0 ? EPIPE : errno;
+      break;
+    }
+    left -= (size_t)n;
+    j->received += (double)n;
+    for (ssize_t w = 0; w < n && !j->file_err;) {
+      ssize_t m = pwrite(j->file, buf + w, (size_t)(n - w), off + w);
+      if (m < 0 && errno == EINTR) continue;
+      if (m <= 0) j->file_err = m == 0 ? EIO : errno;
+      else w += m;
+    }
+    off += n;
+  }
+  free(buf);
+}
+
+static void recv_complete(napi_env env, napi_status status, void *data) {
+  RecvJob *j = data;
+  napi_value cb, global, argv[3];
+  napi_get_reference_value(env, j->callback, &cb);
+  napi_get_global(env, &global);
+  argv[0] = num(env, j->received);
+  argv[1] = num(env, status == napi_ok ? (double)j->sock_err : (double)ECANCELED);
+  argv[2] = num(env, (double)j->file_err);
+  napi_delete_reference(env, j->callback);
+  napi_delete_async_work(env, j->work);
+  free(j);
+  napi_call_function(env, global, cb, 3, argv, NULL);
+}
+
+static napi_value RecvToFile(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!get_args(env, info, 5, argv)) return NULL;
+  RecvJob *j = calloc(1, sizeof(RecvJob));
+  if (!j) {
+    napi_throw_error(env, NULL, "haven_io: out of memory");
+    return NULL;
+  }
+  j->sock = (int)arg_i64(env, argv[0]);
+  j->file = (int)arg_i64(env, argv[1]);
+  j->offset = (double)arg_i64(env, argv[2]);
+  j->length = (double)arg_i64(env, argv[3]);
+  napi_create_reference(env, argv[4], 1, &j->callback);
+  napi_value name;
+  napi_create_string_utf8(env, "haven_io.recvToFile", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, recv_execute, recv_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return NULL;
+}
+
 // dup(fd) and close(fd): the fd, or -errno. A connection sends from its own duplicate of the
 // socket's descriptor, so that the number cannot be reused by another file while a job runs.
 static napi_value Dup(napi_env env, napi_callback_info info) {
@@ -278,6 +386,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"preadNoWait", NULL, PreadNoWait, NULL, NULL, NULL, napi_default, NULL},
       {"startWriteback", NULL, StartWriteback, NULL, NULL, NULL, napi_default, NULL},
       {"sendFile", NULL, SendFile, NULL, NULL, NULL, napi_default, NULL},
+      {"recvToFile", NULL, RecvToFile, NULL, NULL, NULL, napi_default, NULL},
       {"dup", NULL, Dup, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
   };

@@ -26,6 +26,19 @@ export interface NativeIo {
     count: number,
     done: (sent: number, errno: number) => void,
   ): void;
+  /**
+   * On the thread pool, receives the socket's next `length` bytes into the file at `offset`.
+   * `done(received, sockErrno, fileErrno)`: bytes taken off the socket (after a file error the
+   * rest is still received and dropped); sockErrno EAGAIN: the client paused, the rest is the
+   * caller's to receive. Nothing else may read the socket until `done` runs.
+   */
+  recvToFile(
+    sockFd: number,
+    fileFd: number,
+    offset: number,
+    length: number,
+    done: (received: number, sockErrno: number, fileErrno: number) => void,
+  ): void;
   /** A duplicate of a descriptor (close-on-exec), or -errno. */
   dup(fd: number): number;
   close(fd: number): number;

@@ -46,6 +46,27 @@ interface PskServerOption {
 
 const REQUEST_HEADER = 28;
 const EMPTY = Buffer.alloc(0);
+/** Writes at least this long whose payload is still arriving are received by the native side. */
+const RECEIVE_MIN = 128 * 1024;
+const EAGAIN = 11;
+
+/** The part of a write's payload the native side did not receive in time (the client paused). */
+interface RestOfWrite {
+  cookie: Buffer;
+  offset: number;
+  remaining: number;
+  length: number;
+  fua: boolean;
+  done: MaybePromise<void>[];
+  fileErrno: number;
+}
+
+/** The parts of libuv's stream handle the native receive needs (Node keeps them stable). */
+interface StreamHandle {
+  reading: boolean;
+  readStop(): number;
+  readStart(): number;
+}
 /** Replies gathered from one socket read are sent together, but never more than this at once. */
 const BATCH_LIMIT = 2 * 1024 * 1024;
 /** Stop reading requests while this much is waiting to be sent, or this many are in flight. */
@@ -100,6 +121,9 @@ export class Connection {
   /** Reply buffers and the budget bytes each holds until the socket has sent it. */
   private readonly charged = new Map<Buffer, number>();
   private waitingForMemory = false;
+  /** The native side is reading a write's payload off the socket. */
+  private receiving = false;
+  private rest: RestOfWrite | undefined;
   private readonly wakeForMemory = () => {
     this.waitingForMemory = false;
     if (this.phase !== 'transmission' || this.waitingForDrain || this.saturated()) return;
@@ -309,10 +333,12 @@ export class Connection {
   private transmit(): void {
     const q = this.queue;
     const h = this.header;
+    if (this.rest && !this.finishRest()) return;
     while (
       this.phase === 'transmission' &&
       !this.waitingForDrain &&
       !this.waitingForMemory &&
+      !this.receiving &&
       !this.saturated() &&
       q.length >= REQUEST_HEADER
     ) {
@@ -325,7 +351,10 @@ export class Connection {
       if (type === P.CMD_WRITE) {
         if (length > P.MAX_PAYLOAD)
           return this.protocolError(`write of ${length} bytes exceeds the ${P.MAX_PAYLOAD}-byte limit`);
-        if (q.length < REQUEST_HEADER + length) break;
+        if (q.length < REQUEST_HEADER + length) {
+          if (length >= RECEIVE_MIN) this.receiveWrite(h, flags, length);
+          break;
+        }
       }
       // Data this request will hold: a write's payload, a read's reply buffer (none when sent from the file).
       const cost =
@@ -670,6 +699,116 @@ export class Connection {
       if (!err) pool.release(b);
       if (this.unsent === 0) this.kickSender();
     });
+  }
+
+  // ---- large write payloads received by the native side -----------------------------------
+
+  /**
+   * A large write whose payload is still arriving: what is here is written as usual, the rest is
+   * received by the native side straight into the file (file-sender.ts), off the event loop and
+   * without a JavaScript buffer. Only when everything received so far belongs to this payload.
+   */
+  private receiveWrite(h: Buffer, flags: number, length: number): void {
+    const sender = this.sender;
+    const handle = (this.socket as unknown as { _handle?: StreamHandle })._handle;
+    const dev = this.exp!.device;
+    const offset = readOffset(h, 16);
+    if (
+      !sender ||
+      !handle ||
+      typeof handle.readStop !== 'function' ||
+      this.socket.readableLength > 0 ||
+      offset === undefined ||
+      dev.readOnly ||
+      offset + length > dev.size ||
+      (flags & ~WRITE_FLAGS) !== 0 ||
+      !this.host.memory.tryTake(length)
+    )
+      return; // the usual path, once the whole payload is here
+    const q = this.queue;
+    q.skip(REQUEST_HEADER);
+    const head = q.take(q.length);
+    let headLength = 0;
+    for (const b of head) headLength += b.length;
+    const cookie = Buffer.from(h.subarray(8, 16));
+    const fua = (flags & P.CMD_FLAG_FUA) !== 0;
+    // Node must not start reading again on its own while the native side reads.
+    handle.reading = true;
+    handle.readStop();
+    this.receiving = true;
+    this.inflight++;
+    this.inflightBytes += length;
+    const done: MaybePromise<void>[] = [];
+    let fileErrno = 0;
+    try {
+      if (headLength > 0) done.push(dev.write(head, offset));
+    } catch (err) {
+      fileErrno = errnoFor(err, true);
+    }
+    sender.receive(offset + headLength, length - headLength, (received, sockErrno, fileErr) => {
+      this.receiving = false;
+      const remaining = length - headLength - received;
+      if (fileErr) fileErrno ||= fileErr === 28 ? P.ENOSPC : P.EIO;
+      if (
+        this.phase === 'closed' ||
+        (sockErrno && sockErrno !== EAGAIN) ||
+        (remaining > 0 && this.phase !== 'transmission')
+      ) {
+        this.host.memory.give(length);
+        this.untrack(length);
+        if (this.phase !== 'closed') {
+          this.socket.destroy();
+          this.close();
+        }
+        return;
+      }
+      handle.readStart();
+      if (remaining > 0) {
+        // The client paused mid-payload: the rest comes through the socket as usual.
+        this.rest = { cookie, offset: offset + length - remaining, remaining, length, fua, done, fileErrno };
+        return this.pump();
+      }
+      this.finishWrite({ cookie, offset, remaining: 0, length, fua, done, fileErrno });
+      this.pump();
+    });
+  }
+
+  /** Takes the rest of a natively received write once it is here; false while it is not. */
+  private finishRest(): boolean {
+    const r = this.rest!;
+    if (this.queue.length < r.remaining) return false;
+    this.rest = undefined;
+    try {
+      r.done.push(this.exp!.device.write(this.queue.take(r.remaining), r.offset));
+    } catch (err) {
+      r.fileErrno ||= errnoFor(err, true);
+    }
+    this.finishWrite(r);
+    return true;
+  }
+
+  private finishWrite(r: RestOfWrite): void {
+    const dev = this.exp!.device;
+    const reply = (errno: number) => {
+      this.host.memory.give(r.length);
+      if (this.phase !== 'closed') this.sendNow(simpleReply(errno, r.cookie));
+      this.untrack(r.length);
+    };
+    const fail = (err: unknown) => reply(errnoFor(err, true));
+    const settle = () => {
+      if (r.fileErrno) return reply(r.fileErrno);
+      if (!r.fua) return reply(0);
+      try {
+        const f = dev.flush();
+        if (isPromise(f)) f.then(() => reply(0), fail);
+        else reply(0);
+      } catch (err) {
+        fail(err);
+      }
+    };
+    const pending = r.done.filter(isPromise);
+    if (pending.length) Promise.all(pending).then(settle, fail);
+    else settle();
   }
 
   // ---- large reads sent from the file (file-sender.ts) -----------------------------------

@@ -39,6 +39,7 @@ export class FileSender {
   private running = false;
   private closed = false;
   private released = false;
+  private receiving = false;
 
   private constructor(
     private readonly native: NativeIo,
@@ -97,12 +98,29 @@ export class FileSender {
     );
   }
 
+  /**
+   * Receives the socket's next `length` bytes into the file at `offset` on the thread pool (the
+   * caller has stopped reading the socket). `done` as native recvToFile's.
+   */
+  receive(
+    offset: number,
+    length: number,
+    done: (received: number, sockErrno: number, fileErrno: number) => void,
+  ): void {
+    this.receiving = true;
+    this.native.recvToFile(this.sock, this.file, offset, length, (received, sockErrno, fileErrno) => {
+      this.receiving = false;
+      if (this.closed) this.release();
+      done(received, sockErrno, fileErrno);
+    });
+  }
+
   /** Drops what is queued; the descriptors close once no job runs. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     for (const it of this.queue.splice(0)) this.host.finished(it.length);
-    if (!this.running) this.release();
+    if (!this.running && !this.receiving) this.release();
   }
 
   private done(items: Item[], sent: number, errno: number): void {
@@ -135,7 +153,7 @@ export class FileSender {
   }
 
   private release(): void {
-    if (this.released) return;
+    if (this.released || this.running || this.receiving) return;
     this.released = true;
     this.native.close(this.sock);
     this.native.close(this.file);
