@@ -90,7 +90,8 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
     Math.min(lock?.mtimeMs ?? started, started, ...writers.map((s) => s.startedAt)) -
     (opts.graceMs ?? GC_GRACE_MS);
   const scan = await repo.scanSnapshots();
-  const unreadable = scan.damaged.map((d) => `${d.id} (${d.reason})`);
+  const unreadable: string[] = [];
+  for (const d of scan.damaged) if (await repo.hasSnapshot(d.id)) unreadable.push(`${d.id} (${d.reason})`);
   const marked = new Set<string>();
   for (const s of scan.snapshots)
     for (let d = 0; d < s.disks.length; d++) {
@@ -98,6 +99,9 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
       try {
         idx = await repo.readIndex(s, d);
       } catch (err) {
+        // Forgotten (pruned) while gc read it — the manifest goes first —: not damage, and its
+        // chunks are not needed.
+        if (!(await repo.hasSnapshot(s.id))) break;
         unreadable.push(`${s.id} ${s.disks[d]!.name} (${(err as Error).message})`);
         continue;
       }

@@ -468,3 +468,29 @@ test('verify beside prune and gc: a snapshot forgotten (and its chunks collected
   assert.equal(v.damagedChunks, 0);
   assert.deepEqual(v.snapshots, [keep.id, goes.id]);
 });
+
+test('gc beside prune: a snapshot forgotten between gc listing it and reading its index is no damage', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const repo = await Repository.init(join(dir.path, 'r'), { chunkSize: 65536 });
+  const keep = await makeSnapshot(repo, 'vm:a', [randomBytes(65536)], '2026-01-01T00:00:00.000Z');
+  const goes = await makeSnapshot(
+    repo,
+    'vm:a',
+    [randomBytes(65536), randomBytes(65536)],
+    '2026-01-02T00:00:00.000Z',
+  );
+  // Found by scripts/chaos: gc refused as "corrupt" when a prune removed a snapshot it had listed.
+  const readIndex = repo.readIndex.bind(repo);
+  repo.readIndex = async (s, d) => {
+    if (s.id === goes.id) await repo.deleteSnapshot(goes.id); // what a concurrent prune does now
+    return readIndex(s, d);
+  };
+  const r = await repo.gc({ graceMs: 0 });
+  assert.equal(r.removedChunks, 2, "the forgotten snapshot's chunks were collected");
+  assert.deepEqual(
+    (await repo.listSnapshots()).map((s) => s.id),
+    [keep.id],
+  );
+  assert.deepEqual((await repo.verify()).damaged, []);
+});

@@ -426,6 +426,11 @@ export class Repository {
    * record their session before they check for the marker: either this sees the user's session
    * and backs off, or the user sees the marker and stops (docs/decisions/0008-gc-and-writers.md).
    */
+  /** Whether snapshot `id` exists now (its manifest does: a forget deletes that first). */
+  async hasSnapshot(id: string): Promise<boolean> {
+    return this.backend.exists(`snapshots/${id}/${MANIFEST}`);
+  }
+
   async deleteSnapshot(id: string): Promise<void> {
     checkSnapshotId(id);
     const dir = `snapshots/${id}/`;

@@ -60,6 +60,7 @@ const stats = {
   ops: {} as Record<string, { ok: number; failed: number }>,
   acked: 0,
   issued: 0,
+  reflushed: 0,
   failures: [] as string[],
 };
 
@@ -91,14 +92,29 @@ const ledgers: Ledger[] = [];
 async function writer(l: Ledger): Promise<void> {
   let dev: NbdClientDevice | undefined;
   const buf = Buffer.alloc(BLOCK);
+  // Writes the server answered whose flush has not been answered yet. After a reconnect they are
+  // flushed on the new connection, as QEMU's NBD client does (reconnect-delay): a flush the new
+  // daemon answers must cover writes the old one answered before it was killed.
+  let unflushed: [number, number][] = [];
+  const flushed = () => {
+    for (const [slot, seq] of unflushed) if ((l.acked.get(slot) ?? 0) < seq) l.acked.set(slot, seq);
+    stats.acked += unflushed.length;
+    unflushed = [];
+  };
   while (Date.now() < endAt) {
     try {
       if (!up) {
         await sleep(100);
         continue;
       }
-      dev ??= await connectNbd(`nbd+unix:///${l.name}?socket=${socket}`, { timeoutMs: 5000 });
-      const batch: [number, number][] = [];
+      if (!dev) {
+        dev = await connectNbd(`nbd+unix:///${l.name}?socket=${socket}`, { timeoutMs: 5000 });
+        if (unflushed.length) {
+          await dev.flush();
+          stats.reflushed += unflushed.length;
+          flushed();
+        }
+      }
       for (let i = 0; i < 16; i++) {
         const slot = rand(SLOTS);
         const seq = ++l.seq;
@@ -108,11 +124,10 @@ async function writer(l: Ledger): Promise<void> {
         stats.issued++;
         buf.set(patternBytes(seed, seq, slot * BLOCK, BLOCK));
         await dev.write(buf, slot * BLOCK);
-        batch.push([slot, seq]);
+        unflushed.push([slot, seq]);
       }
       await dev.flush();
-      for (const [slot, seq] of batch) if ((l.acked.get(slot) ?? 0) < seq) l.acked.set(slot, seq);
-      stats.acked += batch.length;
+      flushed();
     } catch {
       // the daemon went away (or a move switched under us): reconnect once it is back
       await dev?.close().catch(() => undefined);
@@ -296,7 +311,9 @@ async function main(): Promise<number> {
   await daemon.stop();
 
   console.log(`chaos: ${seconds.toFixed(0)} s, ${stats.kills} kill -9 of the daemon`);
-  console.log(`chaos: ${stats.acked} flushed writes of ${stats.issued} issued (${ledgers.length} volumes)`);
+  console.log(
+    `chaos: ${stats.acked} flushed writes of ${stats.issued} issued (${ledgers.length} volumes); ${stats.reflushed} answered by a killed daemon and flushed by the next`,
+  );
   for (const [k, v] of Object.entries(stats.ops).sort())
     console.log(`chaos: ${k}: ${v.ok} ok, ${v.failed} failed`);
   console.log(`chaos: ${snaps.length} snapshots in the repository, verify ${verify.ok ? 'clean' : 'FAILED'}`);
