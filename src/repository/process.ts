@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { processStartTime } from '../common/index.js';
+import { isAlive, processStartTime } from '../common/index.js';
 
 // Whether the process behind a session or lock record of this host still runs. As for the data
 // directory's lock (decision 0007), a pid alone does not name a process: the record also holds
@@ -27,23 +27,9 @@ export function selfIdentity(): { pid: number; boot: string; start?: string } {
 /** Whether the process a record of this host names is alive (older records: by pid and boot). */
 export function recordAlive(rec: { pid: number; boot?: string; start?: string }): boolean {
   if (rec.boot && bootId() && rec.boot !== bootId()) return false;
-  if (!pidAlive(rec.pid)) return false;
+  if (!isAlive(rec.pid)) return false;
   if (!rec.start) return true;
   const start = processStartTime(rec.pid);
   // Unreadable here (another pid namespace, no /proc): do not judge what may be alive.
   return start === undefined || start === rec.start;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  try {
-    // A killed process nobody has reaped yet (a zombie) holds nothing any more.
-    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
 }
