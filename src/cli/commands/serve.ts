@@ -117,6 +117,28 @@ export function registerServe(program: Command): void {
         );
         const { startSiteDaemon } = await apiServer();
         const dataDir = o.data ?? defaultDataDir();
+        // The handlers go in before the start: a signal that comes while the daemon starts (or
+        // just after it wrote api.json) must stop it cleanly too, once it can be stopped.
+        // SIGHUP too (the terminal closed, `make start`'s shell went away): its default action
+        // would end the process without removing api.json, and the CLI would find a dead site.
+        // A second signal while stopping takes the default action: the operator insists.
+        const running: { daemon?: Awaited<ReturnType<typeof startSiteDaemon>>; pending?: NodeJS.Signals } =
+          {};
+        const stop = (signal: NodeJS.Signals) => {
+          if (!running.daemon) {
+            running.pending = signal;
+            return;
+          }
+          log.info({ signal }, 'stopping');
+          void running.daemon.stop().then(
+            () => process.exit(0),
+            (err: unknown) => {
+              log.error({ err: errorMessage(err) }, 'the site daemon did not stop cleanly');
+              process.exit(1);
+            },
+          );
+        };
+        for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(signal, stop);
         const d = await startSiteDaemon(
           {
             dataDir,
@@ -162,20 +184,8 @@ export function registerServe(program: Command): void {
             (info.nbd.plain ? ` and ${info.nbd.plain} (plain TCP, NO AUTHENTICATION)` : '') +
             '\n',
         );
-        // SIGHUP too (the terminal closed, `make start`'s shell went away): its default action
-        // would end the process without removing api.json, and the CLI would find a dead site.
-        // A second signal while stopping takes the default action: the operator insists.
-        const stop = (signal: NodeJS.Signals) => {
-          log.info({ signal }, 'stopping');
-          void d.stop().then(
-            () => process.exit(0),
-            (err: unknown) => {
-              log.error({ err: errorMessage(err) }, 'the site daemon did not stop cleanly');
-              process.exit(1);
-            },
-          );
-        };
-        for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(signal, stop);
+        running.daemon = d;
+        if (running.pending) stop(running.pending);
       },
     );
 }
