@@ -41,7 +41,11 @@ export function progressView(label: string, o: { json?: boolean } = {}): Progres
     const frac = p.total > 0 ? Math.min(p.done / p.total, 1) : 0;
     const secs = (Date.now() - started) / 1000;
     const rate = p.rate ?? (secs > 0.5 ? p.done / secs : 0);
-    const eta = p.eta ?? (rate > 0 && p.total > p.done ? (p.total - p.done) / rate : undefined);
+    // A rate over the first few KiB says nothing about the rest ("ETA 19m40s" at 0%): no ETA yet.
+    const early = frac < 0.02 && secs < 2;
+    const eta = early
+      ? undefined
+      : (p.eta ?? (rate > 0 && p.total > p.done ? (p.total - p.done) / rate : undefined));
     return { frac, rate, eta, phase: p.phase ?? label };
   };
   return {
