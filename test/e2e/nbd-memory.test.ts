@@ -1,4 +1,7 @@
 import { describe, it } from 'node:test';
+import { once } from 'node:events';
+import { createConnection, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -17,7 +20,8 @@ const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('
  * server's own counter, not from timing or RSS.
  */
 describe('NBD server memory budget', () => {
-  it('holds no more than maxBytesInFlight with many clients writing and reading large requests', async (t) => {
+  const BOUND = (limit: number) => limit + 12 * MiB; // + one 1 MiB request for each of 12 connections
+  it('holds no more than maxBytesInFlight (plus one request a connection) with many clients writing and reading large requests', async (t) => {
     const tmp = tempDir();
     t.after(tmp.cleanup);
     const SIZE = 32 * MiB;
@@ -36,7 +40,8 @@ describe('NBD server memory budget', () => {
     t.after(() => server.close());
     const uri = `nbd+unix:///disk?socket=${sock}`;
     // Three nbdcopy processes of 4 connections each, 16 requests of 1 MiB in flight per
-    // connection: 192 MiB asked for at once, against a 4 MiB budget.
+    // connection: 192 MiB asked for at once, against a 4 MiB budget. Each connection may always
+    // hold one request (so that none can starve the others): the bound is the budget plus that.
     const copy = (from: string, to: string) =>
       run('nbdcopy', ['--connections=4', '--requests=16', '--request-size=1048576', from, to], {
         timeout: 120000,
@@ -45,8 +50,8 @@ describe('NBD server memory budget', () => {
     const afterWrites = server.memoryStats();
     assert.ok(afterWrites.peakBytesInFlight > 0, 'the writes were counted');
     assert.ok(
-      afterWrites.peakBytesInFlight <= LIMIT,
-      `peak ${afterWrites.peakBytesInFlight} bytes held, over the ${LIMIT}-byte budget`,
+      afterWrites.peakBytesInFlight <= BOUND(LIMIT),
+      `peak ${afterWrites.peakBytesInFlight} bytes held, over the ${LIMIT}-byte budget and a request a connection`,
     );
     // The image holds one of the sources whole (each copy wrote all of it; the last one's blocks win per request).
     const outs = [0, 1, 2].map((i) => join(tmp.path, `out${i}.img`));
@@ -55,7 +60,72 @@ describe('NBD server memory budget', () => {
     for (const o of outs) assert.equal(sha(o), first, 'every reader saw the same image');
     assert.equal(sha(image), first, 'the readers saw the image as it is on disk');
     const stats = server.memoryStats();
-    assert.ok(stats.peakBytesInFlight <= LIMIT, `peak ${stats.peakBytesInFlight} over ${LIMIT}`);
+    assert.ok(
+      stats.peakBytesInFlight <= BOUND(LIMIT),
+      `peak ${stats.peakBytesInFlight} over ${BOUND(LIMIT)}`,
+    );
     assert.equal(stats.bytesInFlight, 0, 'everything was given back once the clients were done');
   });
+
+  it('a client that never reads its replies holds up only itself: another is served meanwhile', async (t) => {
+    const tmp = tempDir();
+    t.after(tmp.cleanup);
+    const image = join(tmp.path, 'disk.img');
+    writeFileSync(image, randomBytes(16 * MiB));
+    // A budget far smaller than what the stuck client asks for.
+    const raw = openRawFile(image);
+    // The same file without its descriptor, so that replies go through buffers (no sendfile).
+    const device = Object.create(raw, { backingFd: { value: undefined } }) as typeof raw;
+    const server = new NbdServer({ maxBytesInFlight: 2 * MiB });
+    server.addExport({ name: 'disk', device });
+    const sock = join(tmp.path, 's.sock');
+    await server.listen({ path: sock });
+    t.after(() => server.close());
+    // The stuck client: fixed newstyle, NBD_OPT_EXPORT_NAME, then 64 reads of 1 MiB it never reads.
+    const stuck = createConnection(sock);
+    t.after(() => stuck.destroy());
+    await once(stuck, 'connect');
+    stuck.pause();
+    const hello = await readExactly(stuck, 18);
+    assert.equal(hello.subarray(0, 8).toString('latin1'), 'NBDMAGIC');
+    stuck.write(Buffer.from([0, 0, 0, 3])); // FIXED_NEWSTYLE | NO_ZEROES
+    const opt = Buffer.alloc(16 + 4);
+    opt.write('IHAVEOPT', 0, 'latin1');
+    opt.writeUInt32BE(1, 8); // NBD_OPT_EXPORT_NAME
+    opt.writeUInt32BE(4, 12);
+    opt.write('disk', 16, 'latin1');
+    stuck.write(opt);
+    await readExactly(stuck, 10); // size and flags
+    for (let i = 0; i < 64; i++) {
+      const req = Buffer.alloc(28);
+      req.writeUInt32BE(0x25609513, 0);
+      req.writeUInt16BE(0, 6); // NBD_CMD_READ
+      req.writeBigUInt64BE(BigInt(i), 8);
+      req.writeBigUInt64BE(BigInt((i % 16) * MiB), 16);
+      req.writeUInt32BE(MiB, 24);
+      stuck.write(req);
+    }
+    // Wait until the stuck client holds the whole budget (its replies are not being read).
+    const deadline = Date.now() + 20_000;
+    while (server.memoryStats().bytesInFlight < 2 * MiB) {
+      assert.ok(
+        Date.now() < deadline,
+        `the stuck client never filled the budget: ${JSON.stringify(server.memoryStats())}`,
+      );
+      await sleep(20);
+    }
+    // Another client reads the whole disk meanwhile.
+    const out = join(tmp.path, 'out.img');
+    await run('nbdcopy', [`nbd+unix:///disk?socket=${sock}`, out], { timeout: 60000 });
+    assert.equal(sha(out), sha(image), 'the other client was served, and correctly');
+  });
 });
+
+/** Reads exactly `n` bytes from a paused socket. */
+async function readExactly(s: Socket, n: number): Promise<Buffer> {
+  for (;;) {
+    const b = s.read(n) as Buffer | null;
+    if (b) return b;
+    await once(s, 'readable');
+  }
+}

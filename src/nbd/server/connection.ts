@@ -200,7 +200,7 @@ export class Connection {
     this.sender?.close();
     this.held = [];
     this.host.memory.forget(this.wakeForMemory);
-    for (const c of this.charged.values()) this.host.memory.give(c);
+    for (const c of this.charged.values()) this.host.memory.give(c, this);
     this.charged.clear();
     if (wasAttached) this.host.detach(this.exp!);
     this.socket.end();
@@ -363,7 +363,7 @@ export class Connection {
           : type === P.CMD_READ && length <= P.MAX_PAYLOAD && !(this.sender && length >= SEND_FILE_MIN)
             ? length
             : 0;
-      if (!this.host.memory.tryTake(cost)) {
+      if (!this.host.memory.tryTake(cost, this)) {
         this.waitingForMemory = true;
         this.socket.pause();
         this.host.memory.wait(this.wakeForMemory);
@@ -378,7 +378,7 @@ export class Connection {
       this.charge = cost;
       this.request(type, flags, cookie, offset, length, payload);
       // Whatever the request did not keep (it failed, or completed at once) is given back now.
-      if (this.charge) this.host.memory.give(this.charge);
+      if (this.charge) this.host.memory.give(this.charge, this);
       this.charge = 0;
       if (this.batchBytes >= BATCH_LIMIT) this.sendBatch();
     }
@@ -531,12 +531,12 @@ export class Connection {
     this.track(
       r.then(
         () => {
-          if (this.phase === 'closed') return this.host.memory.give(held);
+          if (this.phase === 'closed') return this.host.memory.give(held, this);
           this.charged.set(reply, held);
           this.sendNow(reply);
         },
         (err: unknown) => {
-          this.host.memory.give(held);
+          this.host.memory.give(held, this);
           this.sendNow(this.errorReply(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err)));
         },
       ),
@@ -694,7 +694,7 @@ export class Connection {
       const c = this.charged.get(b);
       if (c !== undefined) {
         this.charged.delete(b);
-        this.host.memory.give(c);
+        this.host.memory.give(c, this);
       }
       if (!err) pool.release(b);
       if (this.unsent === 0) this.kickSender();
@@ -722,7 +722,7 @@ export class Connection {
       dev.readOnly ||
       offset + length > dev.size ||
       (flags & ~WRITE_FLAGS) !== 0 ||
-      !this.host.memory.tryTake(length)
+      !this.host.memory.tryTake(length, this)
     )
       return; // the usual path, once the whole payload is here
     const q = this.queue;
@@ -754,7 +754,7 @@ export class Connection {
         (sockErrno && sockErrno !== EAGAIN) ||
         (remaining > 0 && this.phase !== 'transmission')
       ) {
-        this.host.memory.give(length);
+        this.host.memory.give(length, this);
         this.untrack(length);
         if (this.phase !== 'closed') {
           this.socket.destroy();
@@ -790,7 +790,7 @@ export class Connection {
   private finishWrite(r: RestOfWrite): void {
     const dev = this.exp!.device;
     const reply = (errno: number) => {
-      this.host.memory.give(r.length);
+      this.host.memory.give(r.length, this);
       if (this.phase !== 'closed') this.sendNow(simpleReply(errno, r.cookie));
       this.untrack(r.length);
     };
@@ -905,7 +905,7 @@ export class Connection {
     this.inflightBytes += bytes;
     if (this.saturated()) this.socket.pause();
     void p.finally(() => {
-      this.host.memory.give(held);
+      this.host.memory.give(held, this);
       this.untrack(bytes);
     });
   }

@@ -9,6 +9,8 @@ export class MemoryBudget {
   private usedBytes = 0;
   private peakBytes = 0;
   private readonly waiting = new Set<() => void>();
+  /** What each holder (a connection) holds now. */
+  private readonly held = new Map<object, number>();
 
   constructor(readonly limit: number) {}
 
@@ -21,18 +23,28 @@ export class MemoryBudget {
     return this.peakBytes;
   }
 
-  /** Takes `bytes` if they fit; a request larger than the whole budget fits when nothing else is held. */
-  tryTake(bytes: number): boolean {
+  /**
+   * Takes `bytes` for `holder` if they fit. A holder that holds nothing may always take one
+   * request, whatever the others hold: a client that stops reading its replies then holds up only
+   * itself, never the other clients (a VM beside a stuck backup). So the most held is the limit
+   * plus one request per connection, still bounded.
+   */
+  tryTake(bytes: number, holder: object): boolean {
     if (bytes === 0) return true;
-    if (this.usedBytes > 0 && this.usedBytes + bytes > this.limit) return false;
+    const mine = this.held.get(holder) ?? 0;
+    if (mine > 0 && this.usedBytes + bytes > this.limit) return false;
     this.usedBytes += bytes;
+    this.held.set(holder, mine + bytes);
     if (this.usedBytes > this.peakBytes) this.peakBytes = this.usedBytes;
     return true;
   }
 
-  give(bytes: number): void {
+  give(bytes: number, holder: object): void {
     if (bytes === 0) return;
     this.usedBytes -= bytes;
+    const left = (this.held.get(holder) ?? 0) - bytes;
+    if (left > 0) this.held.set(holder, left);
+    else this.held.delete(holder);
     if (this.waiting.size === 0) return;
     const wake = [...this.waiting];
     this.waiting.clear();
