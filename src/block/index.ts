@@ -4,3 +4,4 @@ export { nativeIo, EOPNOTSUPP, type NativeIo } from './native.js';
 export { DirtyBitmap } from './dirty-bitmap.js';
 export { OverlayDevice } from './overlay.js';
 export { ThrottledDevice, type ThrottleLimits } from './throttle.js';
+export { PassThroughDevice } from './pass-through.js';

@@ -1,5 +1,6 @@
 import { invalidArgument, isPromise, type MaybePromise } from '../common/index.js';
-import type { BlockDevice, Extent, WriteFlags, ZeroFlags } from './device.js';
+import type { BlockDevice, WriteFlags, ZeroFlags } from './device.js';
+import { PassThroughDevice } from './pass-through.js';
 
 export interface ThrottleLimits {
   /** Operations per second (reads, writes, trims, zeroes); unlimited when unset. */
@@ -15,7 +16,7 @@ export interface ThrottleLimits {
  * backup storage do not starve the backups. Requests wait in one FIFO queue (no starvation); a
  * request within budget passes synchronously. Flush and block status are not limited.
  */
-export class ThrottledDevice implements BlockDevice {
+export class ThrottledDevice extends PassThroughDevice {
   private ops: number;
   private bytes: number;
   private last = performance.now();
@@ -24,9 +25,10 @@ export class ThrottledDevice implements BlockDevice {
   private readonly burst: number;
 
   constructor(
-    private readonly inner: BlockDevice,
+    inner: BlockDevice,
     private readonly limits: ThrottleLimits,
   ) {
+    super(inner);
     for (const [k, v] of Object.entries(limits))
       if (v !== undefined && (!Number.isFinite(v) || v <= 0))
         throw invalidArgument(`throttle ${k} must be a positive number, not ${v}`);
@@ -35,53 +37,37 @@ export class ThrottledDevice implements BlockDevice {
     this.bytes = this.bytesCapacity;
   }
 
-  get size(): number {
-    return this.inner.size;
-  }
-  get readOnly(): boolean {
-    return this.inner.readOnly;
-  }
-  get blockSizes() {
-    return this.inner.blockSizes;
-  }
-  get flushCoversAll(): boolean {
-    return this.inner.flushCoversAll;
+  /** Never: reads sent straight from the file would pass the budget. */
+  override get backingFd(): undefined {
+    return undefined;
   }
 
-  read(buf: Uint8Array, offset: number): MaybePromise<void> {
+  override read(buf: Uint8Array, offset: number): MaybePromise<void> {
     return this.after(buf.length, () => this.inner.read(buf, offset));
   }
 
-  write(data: Uint8Array | readonly Uint8Array[], offset: number, flags?: WriteFlags): MaybePromise<void> {
+  override write(
+    data: Uint8Array | readonly Uint8Array[],
+    offset: number,
+    flags?: WriteFlags,
+  ): MaybePromise<void> {
     let n = 0;
     for (const p of Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array])
       n += p.length;
     return this.after(n, () => this.inner.write(data, offset, flags));
   }
 
-  trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
+  override trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
     return this.after(0, () => this.inner.trim(offset, length, flags));
   }
 
-  writeZeroes(offset: number, length: number, flags?: ZeroFlags): MaybePromise<void> {
+  override writeZeroes(offset: number, length: number, flags?: ZeroFlags): MaybePromise<void> {
     return this.after(0, () => this.inner.writeZeroes(offset, length, flags));
   }
 
-  flush(): MaybePromise<void> {
-    return this.inner.flush();
-  }
-
-  blockStatus(offset: number, length: number): MaybePromise<Extent[]> {
-    return this.inner.blockStatus(offset, length);
-  }
-
-  cache(offset: number, length: number): MaybePromise<void> {
-    return this.inner.cache?.(offset, length);
-  }
-
-  close(): MaybePromise<void> {
+  override close(): MaybePromise<void> {
     if (this.timer) clearTimeout(this.timer);
-    return this.inner.close();
+    return super.close();
   }
 
   private get opsCapacity(): number {

@@ -1,8 +1,8 @@
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import {
   EXTENT_ZERO,
+  PassThroughDevice,
   type BlockDevice,
-  type BlockSizes,
   type Extent,
   type WriteFlags,
   type ZeroFlags,
@@ -19,17 +19,20 @@ import { HavenError, isPromise, type MaybePromise } from '../common/index.js';
  * "Mapped" is the volume's own allocation, so snapshots of the volume (backup checkpoints) work
  * over the same base with the same rule. Zeroes written by the guest are written allocated, so
  * that a zeroed cluster never falls through to the base again.
+ *
+ * The inner device (of the pass-through) is the volume: size, flags, flush and close are its.
  */
-export class BackedDevice implements BlockDevice {
+export class BackedDevice extends PassThroughDevice {
   private readonly fills = new Map<number, Promise<void>>();
   /** Bytes filled from the base (copy on write and fill()). */
   filledBytes = 0;
 
   constructor(
-    private readonly volume: BlockDevice,
+    volume: BlockDevice,
     private readonly base: BlockDevice,
     readonly clusterSize: number,
   ) {
+    super(volume);
     if (base.size < volume.size)
       throw new HavenError(
         'INVALID_ARGUMENT',
@@ -37,54 +40,49 @@ export class BackedDevice implements BlockDevice {
       );
   }
 
-  get size(): number {
-    return this.volume.size;
-  }
-  get readOnly(): boolean {
-    return this.volume.readOnly;
-  }
-  get blockSizes(): BlockSizes {
-    return this.volume.blockSizes;
-  }
-  get flushCoversAll(): boolean {
-    return this.volume.flushCoversAll;
+  /** Never: clusters the volume has not mapped read from the base. */
+  override get backingFd(): undefined {
+    return undefined;
   }
 
-  read(buf: Uint8Array, offset: number): MaybePromise<void> {
+  /** Advisory only, and the base is where unmapped clusters are: none rather than the volume's. */
+  override cache = undefined;
+
+  override read(buf: Uint8Array, offset: number): MaybePromise<void> {
     const pending: Promise<void>[] = [];
     this.runs(offset, buf.length, (mapped, at, len) => {
       const part = buf.subarray(at - offset, at - offset + len);
-      const r = mapped ? this.volume.read(part, at) : this.base.read(part, at);
+      const r = mapped ? this.inner.read(part, at) : this.base.read(part, at);
       if (isPromise(r)) pending.push(r);
     });
     if (pending.length) return Promise.all(pending).then(() => undefined);
   }
 
-  write(data: Uint8Array | readonly Uint8Array[], offset: number, flags?: WriteFlags): MaybePromise<void> {
+  override write(
+    data: Uint8Array | readonly Uint8Array[],
+    offset: number,
+    flags?: WriteFlags,
+  ): MaybePromise<void> {
     const parts = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array];
     let length = 0;
     for (const p of parts) length += p.length;
     const ready = this.prepare(offset, length);
-    if (!ready) return this.volume.write(data, offset, flags);
-    return ready.then(() => this.volume.write(data, offset, flags));
+    if (!ready) return this.inner.write(data, offset, flags);
+    return ready.then(() => this.inner.write(data, offset, flags));
   }
 
-  writeZeroes(offset: number, length: number, flags?: ZeroFlags): MaybePromise<void> {
+  override writeZeroes(offset: number, length: number, flags?: ZeroFlags): MaybePromise<void> {
     // Allocated zeroes: an unmapped cluster would read the base again.
-    const zero = () => this.volume.writeZeroes(offset, length, { ...flags, noHole: true });
+    const zero = () => this.inner.writeZeroes(offset, length, { ...flags, noHole: true });
     const ready = this.prepare(offset, length);
     return ready ? ready.then(zero) : zero();
   }
 
-  trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
+  override trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
     return this.writeZeroes(offset, length, flags?.fua ? { fua: true } : {});
   }
 
-  flush(): MaybePromise<void> {
-    return this.volume.flush();
-  }
-
-  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+  override async blockStatus(offset: number, length: number): Promise<Extent[]> {
     const out: Extent[] = [];
     const parts: { mapped: boolean; at: number; len: number }[] = [];
     this.runs(offset, Math.min(length, this.size - offset), (mapped, at, len) =>
@@ -92,7 +90,7 @@ export class BackedDevice implements BlockDevice {
     );
     for (const p of parts) {
       const list = p.mapped
-        ? await this.volume.blockStatus(p.at, p.len)
+        ? await this.inner.blockStatus(p.at, p.len)
         : await this.base.blockStatus(p.at, p.len);
       for (const e of list) {
         const prev = out[out.length - 1];
@@ -101,10 +99,6 @@ export class BackedDevice implements BlockDevice {
       }
     }
     return out;
-  }
-
-  close(): MaybePromise<void> {
-    return this.volume.close();
   }
 
   /**
@@ -176,7 +170,7 @@ export class BackedDevice implements BlockDevice {
       await this.base.read(buf, at);
       // Checked again: nothing else fills this cluster (the lock), and a guest write to it waits.
       if (!this.isMapped(c)) {
-        const r = this.volume.write(buf, at);
+        const r = this.inner.write(buf, at);
         if (isPromise(r)) await r;
         this.filledBytes += len;
       }
@@ -186,7 +180,7 @@ export class BackedDevice implements BlockDevice {
   }
 
   private isMapped(c: number): boolean {
-    const list = this.volume.blockStatus(c * this.clusterSize, 1);
+    const list = this.inner.blockStatus(c * this.clusterSize, 1);
     if (isPromise(list)) throw new HavenError('INTERNAL', 'the volume must answer block status at once');
     return list.length > 0 && (list[0]!.flags & EXTENT_ZERO) === 0;
   }
@@ -195,7 +189,7 @@ export class BackedDevice implements BlockDevice {
   private runs(offset: number, length: number, fn: (mapped: boolean, at: number, len: number) => void): void {
     const end = Math.min(offset + length, this.size);
     for (let at = offset; at < end;) {
-      const list = this.volume.blockStatus(at, end - at);
+      const list = this.inner.blockStatus(at, end - at);
       if (isPromise(list)) throw new HavenError('INTERNAL', 'the volume must answer block status at once');
       if (!list.length) break;
       for (const e of list) {

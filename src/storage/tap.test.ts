@@ -33,9 +33,12 @@ test('numbers every change, marks trackers and tells subscribers in order', (t) 
   tap.addTracker({ markDirty: (o, l) => marked.push([o, l]) });
   const events: TapEvent[] = [];
   tap.subscribe((e) => events.push({ ...e, data: e.data?.map((d) => Buffer.from(d)) }));
-  tap.write(Buffer.alloc(4 * KiB, 1), 0);
-  tap.writeZeroes(64 * KiB, 64 * KiB);
-  tap.trim(0, 512);
+  // Over a pool volume every change completes synchronously: no promise per request.
+  assert.equal(tap.write(Buffer.alloc(4 * KiB, 1), 0), undefined);
+  assert.equal(tap.writeZeroes(64 * KiB, 64 * KiB), undefined);
+  assert.equal(tap.trim(0, 512), undefined);
+  assert.equal(tap.read(Buffer.alloc(512), 0), undefined);
+  assert.equal(tap.backingFd, undefined, 'never: the volume behind a tap may move');
   assert.throws(() => tap.write(Buffer.alloc(1), 1024 * KiB), /outside/);
   assert.deepEqual(
     events.map((e) => [e.seq, e.op, e.offset, e.length]),

@@ -1,4 +1,4 @@
-import type { BlockDevice, BlockSizes, Extent, WriteFlags, ZeroFlags } from '../block/index.js';
+import { PassThroughDevice, type BlockDevice, type WriteFlags, type ZeroFlags } from '../block/index.js';
 import { HavenError, isPromise, type MaybePromise } from '../common/index.js';
 
 /** One change to a volume, as the tap saw it. */
@@ -36,16 +36,14 @@ export type TapSubscriber = (event: TapEvent) => void;
  * change that is already on the volume. Subscribers are told after it is applied and before it
  * is acknowledged.
  */
-export class TapDevice implements BlockDevice {
+export class TapDevice extends PassThroughDevice {
   private nextSeq: number;
   private readonly trackers = new Set<ChangeTracker>();
   private readonly subscribers = new Set<TapSubscriber>();
   private inflight: { start: number; end: number; done: Promise<void> }[] = [];
 
-  constructor(
-    private inner: BlockDevice,
-    opts: { firstSeq?: number; shared?: boolean } = {},
-  ) {
+  constructor(inner: BlockDevice, opts: { firstSeq?: number; shared?: boolean } = {}) {
+    super(inner);
     this.nextSeq = opts.firstSeq ?? 1;
     this.shared = opts.shared ?? false;
   }
@@ -53,17 +51,9 @@ export class TapDevice implements BlockDevice {
   /** A shared tap (the one of a volume, used by every writer) ignores close: its owner closes the volume. */
   private readonly shared: boolean;
 
-  get size(): number {
-    return this.inner.size;
-  }
-  get readOnly(): boolean {
-    return this.inner.readOnly;
-  }
-  get blockSizes(): BlockSizes {
-    return this.inner.blockSizes;
-  }
-  get flushCoversAll(): boolean {
-    return this.inner.flushCoversAll;
+  /** Never: the inner device may be replaced under a connection that would keep reading its file. */
+  override get backingFd(): undefined {
+    return undefined;
   }
   /** The number the next change will get. */
   get sequence(): number {
@@ -85,9 +75,7 @@ export class TapDevice implements BlockDevice {
    */
   replaceInner(next: BlockDevice): BlockDevice {
     if (this.inflight.length) throw new HavenError('CONFLICT', 'the volume has changes in flight');
-    const old = this.inner;
-    this.inner = next;
-    return old;
+    return this.setInner(next);
   }
 
   /** Whether a change is in flight (so replaceInner would refuse). */
@@ -106,37 +94,29 @@ export class TapDevice implements BlockDevice {
     return () => this.subscribers.delete(fn);
   }
 
-  read(buf: Uint8Array, offset: number): MaybePromise<void> {
-    return this.inner.read(buf, offset);
-  }
-
-  write(data: Uint8Array | readonly Uint8Array[], offset: number, flags?: WriteFlags): MaybePromise<void> {
+  override write(
+    data: Uint8Array | readonly Uint8Array[],
+    offset: number,
+    flags?: WriteFlags,
+  ): MaybePromise<void> {
     const parts = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array];
     let length = 0;
     for (const p of parts) length += p.length;
     return this.change('write', offset, length, parts, () => this.inner.write(data, offset, flags));
   }
 
-  trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
+  override trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
     return this.change('zero', offset, length, undefined, () => this.inner.trim(offset, length, flags));
   }
 
-  writeZeroes(offset: number, length: number, flags?: ZeroFlags): MaybePromise<void> {
+  override writeZeroes(offset: number, length: number, flags?: ZeroFlags): MaybePromise<void> {
     return this.change('zero', offset, length, undefined, () =>
       this.inner.writeZeroes(offset, length, flags),
     );
   }
 
-  flush(): MaybePromise<void> {
-    return this.inner.flush();
-  }
-
-  blockStatus(offset: number, length: number): MaybePromise<Extent[]> {
-    return this.inner.blockStatus(offset, length);
-  }
-
-  close(): MaybePromise<void> {
-    if (!this.shared) return this.inner.close();
+  override close(): MaybePromise<void> {
+    if (!this.shared) return super.close();
   }
 
   private change(
