@@ -58,7 +58,7 @@ export class PassThroughDevice implements BlockDevice {
     return this.inner.close();
   }
 
-  /** Puts `next` behind this device (the optional methods follow it); returns the old one. */
+  /** Puts `next` behind this device (`cache` follows it); returns the old one. */
   protected setInner(next: BlockDevice): BlockDevice {
     const old = this.inner;
     (this as unknown as { inner: BlockDevice }).inner = next;
@@ -68,6 +68,7 @@ export class PassThroughDevice implements BlockDevice {
 
   private adopt(inner: BlockDevice): void {
     if (inner.cache) this.cache = (offset, length) => this.inner.cache!(offset, length);
-    else delete this.cache;
+    // Set to undefined rather than deleted: a delete would slow every property access after it.
+    else if (this.cache) this.cache = undefined;
   }
 }
