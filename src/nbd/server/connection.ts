@@ -544,7 +544,7 @@ export class Connection {
     );
   }
 
-  /** A structured read answered as data chunks and hole chunks (synchronous devices only). */
+  /** A structured read answered as data chunks and hole chunks (blockStatus must answer at once; reads may go to the thread pool). */
   private readSplit(cookie: Buffer, offset: number, length: number, first: Extent[]): void {
     const dev = this.exp!.device;
     const parts: { offset: number; length: number; zero: boolean }[] = [];
@@ -573,6 +573,8 @@ export class Connection {
     for (const p of parts) size += CHUNK_HEADER + 8 + (p.zero ? 4 : p.length);
     const reply = Buffer.allocUnsafe(size);
     let at = 0;
+    // A data part may go to the thread pool (large, or not in the page cache): await those.
+    const pending: Promise<void>[] = [];
     try {
       parts.forEach((p, i) => {
         const done = i === parts.length - 1 ? P.REPLY_FLAG_DONE : 0;
@@ -588,14 +590,31 @@ export class Connection {
             reply.subarray(at + CHUNK_HEADER + 8, at + CHUNK_HEADER + 8 + p.length),
             p.offset,
           );
-          if (isPromise(r)) throw new Error('device turned asynchronous mid-read');
+          if (isPromise(r)) pending.push(r);
           at += CHUNK_HEADER + 8 + p.length;
         }
       });
     } catch (err) {
-      return this.replyError(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err));
+      if (pending.length === 0)
+        return this.replyError(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err));
+      pending.push(Promise.reject(err));
     }
-    this.queueReply(this.chargeTo(reply));
+    if (pending.length === 0) return this.queueReply(this.chargeTo(reply));
+    const held = this.claim();
+    this.track(
+      Promise.all(pending).then(
+        () => {
+          if (this.phase === 'closed') return this.host.memory.give(held, this);
+          this.charged.set(reply, held);
+          this.sendNow(reply);
+        },
+        (err: unknown) => {
+          this.host.memory.give(held, this);
+          this.sendNow(this.errorReply(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err)));
+        },
+      ),
+      length,
+    );
   }
 
   private blockStatus(cookie: Buffer, offset: number, length: number, reqOne: boolean): void {
