@@ -527,9 +527,14 @@ export class Connection {
       return this.replyError(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err));
     }
     if (!isPromise(r)) return this.queueReply(this.chargeTo(reply));
+    this.replyWhenRead(r, reply, cookie, length);
+  }
+
+  /** Sends a read's reply once its reads (on the thread pool) are done, or its error. */
+  private replyWhenRead(done: Promise<unknown>, reply: Buffer, cookie: Buffer, length: number): void {
     const held = this.claim();
     this.track(
-      r.then(
+      done.then(
         () => {
           if (this.phase === 'closed') return this.host.memory.give(held, this);
           this.charged.set(reply, held);
@@ -600,21 +605,7 @@ export class Connection {
       pending.push(Promise.reject(err));
     }
     if (pending.length === 0) return this.queueReply(this.chargeTo(reply));
-    const held = this.claim();
-    this.track(
-      Promise.all(pending).then(
-        () => {
-          if (this.phase === 'closed') return this.host.memory.give(held, this);
-          this.charged.set(reply, held);
-          this.sendNow(reply);
-        },
-        (err: unknown) => {
-          this.host.memory.give(held, this);
-          this.sendNow(this.errorReply(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err)));
-        },
-      ),
-      length,
-    );
+    this.replyWhenRead(Promise.all(pending), reply, cookie, length);
   }
 
   private blockStatus(cookie: Buffer, offset: number, length: number, reqOne: boolean): void {
