@@ -4,12 +4,13 @@
 // forgets what was negotiated in the clear; a server without a default export refuses "".
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createConnection, type Socket } from 'node:net';
+import { createConnection } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openRawFile, type BitmapView } from '../../block/index.js';
 import { tempDir } from '../../../test/support/tmp.js';
+import { RawNbd } from '../../../test/support/nbd-raw.js';
 import { makeTestPki } from '../../../test/support/tls.js';
 import * as P from '../protocol.js';
 import { NbdServer, type NbdServerOptions } from './server.js';
@@ -17,49 +18,7 @@ import { NbdServer, type NbdServerOptions } from './server.js';
 const MiB = 1024 * 1024;
 
 /** Bytes of a socket as they come, read by length. */
-class Raw {
-  private buf = Buffer.alloc(0);
-  private want: (() => void) | undefined;
-  private ended = false;
-  constructor(public socket: Socket) {
-    this.listen(socket);
-  }
-  listen(s: Socket) {
-    s.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.want?.();
-    });
-    s.on('close', () => ((this.ended = true), this.want?.()));
-    s.on('error', () => undefined);
-  }
-  async read(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.ended) throw new Error('connection closed');
-      await new Promise<void>((r) => (this.want = r));
-    }
-    const b = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return b;
-  }
-  async closed(): Promise<boolean> {
-    while (!this.ended) await new Promise<void>((r) => (this.want = r));
-    return true;
-  }
-  /** Sends an option; resolves with its replies up to the final one: [type, data][]. */
-  async option(opt: number, data: Buffer = Buffer.alloc(0)): Promise<[number, Buffer][]> {
-    const h = Buffer.alloc(16);
-    h.writeBigUInt64BE(P.IHAVEOPT, 0);
-    h.writeUInt32BE(opt, 8);
-    h.writeUInt32BE(data.length, 12);
-    this.socket.write(Buffer.concat([h, data]));
-    const out: [number, Buffer][] = [];
-    for (;;) {
-      const r = await this.read(20);
-      const type = r.readUInt32BE(12);
-      out.push([type, await this.read(r.readUInt32BE(16))]);
-      if (type !== P.REP_META_CONTEXT && type !== P.REP_INFO && type !== P.REP_SERVER) return out;
-    }
-  }
+class Raw extends RawNbd {
   /** One BLOCK_STATUS of the first MiB: the reply's type (structured) or error (simple). */
   async blockStatus(): Promise<{ structuredType?: number; simpleError?: number }> {
     const h = Buffer.alloc(28);

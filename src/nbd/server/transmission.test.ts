@@ -5,52 +5,19 @@
 // leaves the server serving others.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createConnection, type Socket } from 'node:net';
+import { createConnection } from 'node:net';
 import { openSync, closeSync, writeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { openRawFile } from '../../block/index.js';
 import { tempDir } from '../../../test/support/tmp.js';
+import { RawNbd } from '../../../test/support/nbd-raw.js';
 import * as P from '../protocol.js';
 import { NbdServer } from './server.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 4 * MiB;
 
-class Raw {
-  private buf = Buffer.alloc(0);
-  private want: (() => void) | undefined;
-  ended = false;
-  constructor(readonly socket: Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.want?.();
-    });
-    socket.on('close', () => ((this.ended = true), this.want?.()));
-    socket.on('error', () => undefined);
-  }
-  async read(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.ended) throw new Error('connection closed');
-      await new Promise<void>((r) => (this.want = r));
-    }
-    const b = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return b;
-  }
-  async option(opt: number, data: Buffer = Buffer.alloc(0)): Promise<[number, Buffer][]> {
-    const h = Buffer.alloc(16);
-    h.writeBigUInt64BE(P.IHAVEOPT, 0);
-    h.writeUInt32BE(opt, 8);
-    h.writeUInt32BE(data.length, 12);
-    this.socket.write(Buffer.concat([h, data]));
-    const out: [number, Buffer][] = [];
-    for (;;) {
-      const r = await this.read(20);
-      const type = r.readUInt32BE(12);
-      out.push([type, await this.read(r.readUInt32BE(16))]);
-      if (type !== P.REP_META_CONTEXT && type !== P.REP_INFO && type !== P.REP_SERVER) return out;
-    }
-  }
+class Raw extends RawNbd {
   request(type: number, cookie: number, offset: number, length: number, payload?: Buffer, flags = 0) {
     const h = Buffer.alloc(28);
     h.writeUInt32BE(P.REQUEST_MAGIC, 0);
