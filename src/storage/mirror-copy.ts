@@ -3,9 +3,15 @@ import { EXTENT_ZERO, type BlockDevice } from '../block/index.js';
 import { HavenError, errorMessage, isPromise } from '../common/index.js';
 import type { TapDevice, TapEvent } from './tap.js';
 
-const STEP = 1024 * 1024;
+/**
+ * Bytes copied per turn of the event loop. A guest request that arrives during a step waits for
+ * it, so steps are small: 64 KiB (one cluster) takes ~0.1 ms warm and ~0.5 ms from the disk,
+ * where 1 MiB took 1–3 ms and tripled the guest's write latency during a move, for no copy speed
+ * gained (the copy is bound by the disk, not by the turns; see docs/decisions/0010-migrate-*).
+ */
+const STEP = 64 * 1024;
 /** Copied bytes per write-behind batch: small, so a guest flush meets little of the copy. */
-const SYNC_EVERY = 4 * STEP;
+const SYNC_EVERY = 4 * 1024 * 1024;
 
 export interface MirrorCopy {
   copiedBytes: number;

@@ -1,4 +1,5 @@
 import { existsSync, fdatasync, mkdirSync, readFileSync } from 'node:fs';
+import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/index.js';
 import {
@@ -316,6 +317,12 @@ export class StorageService {
           ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         });
         await sync();
+        // Before the hold, in a turn of its own: the copy becomes durable, its mapping tree
+        // included, so that the commit inside the hold covers only the writes mirrored since (most
+        // of the pause was this tree: every page of a new volume is dirty until its first commit).
+        copy.check();
+        target.flush();
+        await yieldToIo(); // guest requests waiting for that commit go first
         opts.signal?.throwIfAborted();
         // The switch: synchronous from here to the end, so no request can come in between.
         const t0 = performance.now();
