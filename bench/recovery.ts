@@ -310,8 +310,13 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
       };
       moves.push(m);
       const switched = from + moved.copySeconds * 1000;
+      const meanMs = (a: number, b: number) => {
+        const xs = w.writes().filter((x) => x.at >= a && x.at <= b);
+        return xs.reduce((n, x) => n + x.us, 0) / Math.max(1, xs.length) / 1000;
+      };
       log(
-        `  guest writes/s until the switch ${writeRate(w.writes(), from, switched).toFixed(1)}, while the source is removed ${writeRate(w.writes(), switched, to).toFixed(1)}`,
+        `  guest writes/s until the switch ${writeRate(w.writes(), from, switched).toFixed(1)}, while the source is removed ${writeRate(w.writes(), switched, to).toFixed(1)}; ` +
+          `mean write latency ${meanMs(quiet0, from).toFixed(1)} ms before, ${meanMs(from, switched).toFixed(1)} ms until the switch, ${meanMs(switched, to).toFixed(1)} ms after`,
       );
       log(
         `move ${r + 1}: ${(moved.copiedBytes / MiB).toFixed(0)} MiB durable in ${moved.copySeconds.toFixed(1)} s = ${m.copy.toFixed(0)} MiB/s (${moved.seconds.toFixed(1)} s with the source removed); ` +
