@@ -180,6 +180,15 @@ test('cancel leaves the source as it was; a crash mid-move is settled when the s
   svc = StorageService.open(dir.path);
   assert.deepEqual(svc.listVolumes('b'), [], 'the unfinished copy was removed');
   assert.equal(contentOf(svc, 'v'), before);
+  // A crash inside the switch, after the source stepped aside but before the copy took the name
+  // (the commit that makes the copy the volume): the source comes back, the copy goes.
+  svc.pool('b').createVolume(`v${MOVING_SUFFIX}`, 64 * MiB);
+  svc.pool('a').renameVolume('v', 'v.retired');
+  svc.close();
+  svc = StorageService.open(dir.path);
+  assert.deepEqual(svc.listVolumes('b'), [], 'the copy that never took over was removed');
+  assert.equal(svc.volume('v').pool, 'a');
+  assert.equal(contentOf(svc, 'v'), before);
   // A crash after the switch deleted the source: the copy takes the volume's name.
   svc.pool('b').createVolume(`w${MOVING_SUFFIX}`, MiB);
   svc.close();

@@ -262,10 +262,10 @@ export class StorageService {
   /**
    * Live storage migration: moves a volume to another pool while it is in use. Its allocated
    * data is copied under a temporary name on the target pool while every write is mirrored
-   * there; then, in one turn of the event loop (no request can fall in between), the target is
-   * flushed, the source deleted (or kept under another name), the target renamed and put behind
-   * the volume's tap — writers and NBD clients keep their handles and see nothing but a short
-   * pause, which is measured. Snapshots do not move: a volume with snapshots of its own is
+   * there; the copy is committed; then, in one turn of the event loop (no request can fall in
+   * between), the source steps aside, the target takes its name (committing what was mirrored
+   * since) and its place behind the volume's tap — writers and NBD clients keep their handles
+   * and see nothing but a short pause, which is measured. Snapshots do not move: a volume with snapshots of its own is
    * refused; backup checkpoints are dropped (the next backup reads everything). Cancel or a
    * failure before the switch leaves the source as it was and removes the copy; a crash is
    * settled when the storage opens next (see recoverMoves).
@@ -295,6 +295,13 @@ export class StorageService {
     const tmp = `${name}${MOVING_SUFFIX}`;
     if (to.hasVolume(tmp))
       throw conflict(`pool ${toPool} holds ${tmp} from an earlier move; restart the storage to settle it`);
+    const retired = `${name}${RETIRED_SUFFIX}`;
+    // Recovery tells a retired source by its name alone: never two of them.
+    const stale = this.findPoolOf(retired);
+    if (stale)
+      throw conflict(
+        `pool ${stale.name} holds ${retired} from an earlier move; restart the storage to settle it`,
+      );
     this.moving.add(name);
     try {
       for (const x of from.listSnapshots(name)) this.deleteSnapshot(name, x.name);
@@ -324,17 +331,19 @@ export class StorageService {
         target.flush();
         await yieldToIo(); // guest requests waiting for that commit go first
         opts.signal?.throwIfAborted();
-        // The switch: synchronous from here to the end, so no request can come in between.
+        // The switch: synchronous from here to the end, so no request can come in between. Two
+        // commits: the source steps aside as retired, then the copy takes the name — that commit,
+        // which also makes everything mirrored since the one above durable, is the moment the copy
+        // becomes the volume. A crash between them finds the retired source beside the copy still
+        // under its temporary name, and the source comes back (see recoverMoves).
         const t0 = performance.now();
         copy.check();
         if (target.size !== info.size)
           throw new HavenError('INTERNAL', `the copy of ${name} has the wrong size`);
-        target.flush();
-        // The source leaves under another name (durably: from here on the copy is the volume,
-        // see recoverMoves), then the copy takes the volume's name and its place behind the tap.
-        const aside = opts.keepSource
-          ? `${name}.moved-${Date.now().toString(36)}`
-          : `${name}${RETIRED_SUFFIX}`;
+        // A source kept under a name of its own is no retired source to come back: the copy is then
+        // made durable first, and a crash after the source stepped aside gives the copy the name.
+        const aside = opts.keepSource ? `${name}.moved-${Date.now().toString(36)}` : retired;
+        if (opts.keepSource) target.flush();
         from.renameVolume(name, aside);
         to.renameVolume(tmp, name);
         state.tap.replaceInner(target);
@@ -499,18 +508,25 @@ export class StorageService {
   // ---- internals -------------------------------------------------------------------------
 
   /**
-   * Settles moves a crash interrupted. A copy under its temporary name whose source still exists
-   * never took over: it is removed (the source has every acknowledged write). One whose source is
-   * gone had taken over (the source is deleted only once the copy is complete and flushed): it
-   * gets the volume's name. Never two volumes claiming one disk.
+   * Settles moves a crash interrupted. A copy under its temporary name whose source still exists,
+   * under its name or retired, never took over: it is removed and the source keeps (or gets back)
+   * the name (it has every acknowledged write). One whose source is gone or kept under a name of
+   * its own had taken over (the copy was durable before that): it gets the volume's name. Never
+   * two volumes claiming one disk.
    */
   private recoverMoves(): void {
     for (const pool of this.pools.values())
       for (const v of pool.listVolumes()) {
         if (!v.name.endsWith(MOVING_SUFFIX)) continue;
         const base = v.name.slice(0, -MOVING_SUFFIX.length);
+        const retired = this.findPoolOf(`${base}${RETIRED_SUFFIX}`);
         if (this.findPoolOf(base)) pool.deleteVolume(v.name);
-        else pool.renameVolume(v.name, base);
+        else if (retired) {
+          // The source had stepped aside, but the copy never took the name: the switch did not
+          // happen, and the source (which has every acknowledged write) is the volume again.
+          retired.renameVolume(`${base}${RETIRED_SUFFIX}`, base);
+          pool.deleteVolume(v.name);
+        } else pool.renameVolume(v.name, base);
       }
     // Sources of finished moves whose removal a crash interrupted. One with snapshots (taken
     // during a move by a version that allowed it) is kept under a visible name, never dropped
