@@ -152,20 +152,21 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     label: 'guest 4 KiB durable writes while migrating',
     unit: 'writes/s',
     better: 'higher',
-    target: { kind: 'ratio', peer: STILL, min: 0.7 },
+    target: { kind: 'ratio', peer: STILL, min: 0.9 },
   });
   const pause = metric({
     key: 'switchover-pause',
     label: 'switchover pause',
     unit: 'ms',
     better: 'lower',
-    target: { kind: 'max', value: 50 },
+    target: { kind: 'max', value: 10 },
   });
   const maxLatency = metric({
     key: 'guest-max-write-latency',
     label: 'guest max write latency while migrating',
     unit: 'ms',
     better: 'lower',
+    target: { kind: 'max', value: 20 },
   });
   const errors: Record<string, string> = {};
   const raw: Record<string, unknown> = {};
