@@ -315,9 +315,18 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
         const xs = w.writes().filter((x) => x.at >= a && x.at <= b);
         return xs.reduce((n, x) => n + x.us, 0) / Math.max(1, xs.length) / 1000;
       };
+      const maxMs = (a: number, b: number) =>
+        Math.max(
+          0,
+          ...w
+            .writes()
+            .filter((x) => x.at >= a && x.at <= b)
+            .map((x) => x.us / 1000),
+        );
       log(
         `  guest writes/s until the switch ${writeRate(w.writes(), from, switched).toFixed(1)}, while the source is removed ${writeRate(w.writes(), switched, to).toFixed(1)}; ` +
-          `mean write latency ${meanMs(quiet0, from).toFixed(1)} ms before, ${meanMs(from, switched).toFixed(1)} ms until the switch, ${meanMs(switched, to).toFixed(1)} ms after`,
+          `mean write latency ${meanMs(quiet0, from).toFixed(1)} ms before, ${meanMs(from, switched).toFixed(1)} ms until the switch, ${meanMs(switched, to).toFixed(1)} ms after; ` +
+          `max ${maxMs(quiet0, from).toFixed(0)} ms before`,
       );
       log(
         `move ${r + 1}: ${(moved.copiedBytes / MiB).toFixed(0)} MiB durable in ${moved.copySeconds.toFixed(1)} s = ${m.copy.toFixed(0)} MiB/s (${moved.seconds.toFixed(1)} s with the source removed); ` +

@@ -189,6 +189,13 @@ test('cancel leaves the source as it was; a crash mid-move is settled when the s
   assert.deepEqual(svc.listVolumes('b'), [], 'the copy that never took over was removed');
   assert.equal(svc.volume('v').pool, 'a');
   assert.equal(contentOf(svc, 'v'), before);
+  // Recovery tells a retired source by its name: a move that would make a second one is refused.
+  svc.pool('b').createVolume('v.retired', MiB);
+  await assert.rejects(
+    svc.moveVolume('v', 'b'),
+    (e: HavenError) => e.code === 'CONFLICT' && /pool b holds v\.retired/.test(e.message),
+  );
+  svc.pool('b').deleteVolume('v.retired');
   // A crash after the switch deleted the source: the copy takes the volume's name.
   svc.pool('b').createVolume(`w${MOVING_SUFFIX}`, MiB);
   svc.close();
