@@ -530,7 +530,8 @@ function markerId(dir: string): string | undefined {
   }
 }
 
-const FREE_STEP = 32 * 1024 * 1024;
+/** 8 MiB: at 32 MiB a guest writing during a moved source's removal lost ~10% of its rate (decision 0010). */
+const FREE_STEP = 8 * 1024 * 1024;
 const FREE_PAUSE_MS = 10;
 
 /**
