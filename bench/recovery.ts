@@ -95,9 +95,13 @@ class ConsoleWatch {
   }
 }
 
+function writesIn<W extends { at: number }>(writes: W[], from: number, to: number): W[] {
+  return writes.filter((w) => w.at >= from && w.at <= to);
+}
+
 /** Writes per second between the first and the last write seen within [from, to]. */
 function writeRate(writes: { at: number }[], from: number, to: number): number {
-  const inside = writes.filter((w) => w.at >= from && w.at <= to);
+  const inside = writesIn(writes, from, to);
   if (inside.length < 2) return 0;
   return ((inside.length - 1) / (inside.at(-1)!.at - inside[0]!.at)) * 1000;
 }
@@ -301,30 +305,23 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
       const from = Date.parse(job.startedAt);
       const to = Date.parse(job.endedAt);
       w.poll();
-      const during = w.writes().filter((x) => x.at >= from && x.at <= to + 100);
+      const writes = w.writes(); // parsed once: every line of the guest's log
+      const maxMs = (a: number, b: number) => Math.max(0, ...writesIn(writes, a, b).map((x) => x.us / 1000));
+      const meanMs = (a: number, b: number) => {
+        const xs = writesIn(writes, a, b);
+        return xs.reduce((n, x) => n + x.us, 0) / Math.max(1, xs.length) / 1000;
+      };
       const m = {
         copy: moved.copiedBytes / MiB / moved.copySeconds,
         still,
-        during: writeRate(w.writes(), from, to),
+        during: writeRate(writes, from, to),
         pause: moved.pauseMs,
-        maxMs: Math.max(0, ...during.map((x) => x.us / 1000)),
+        maxMs: maxMs(from, to + 100),
       };
       moves.push(m);
       const switched = from + moved.copySeconds * 1000;
-      const meanMs = (a: number, b: number) => {
-        const xs = w.writes().filter((x) => x.at >= a && x.at <= b);
-        return xs.reduce((n, x) => n + x.us, 0) / Math.max(1, xs.length) / 1000;
-      };
-      const maxMs = (a: number, b: number) =>
-        Math.max(
-          0,
-          ...w
-            .writes()
-            .filter((x) => x.at >= a && x.at <= b)
-            .map((x) => x.us / 1000),
-        );
       log(
-        `  guest writes/s until the switch ${writeRate(w.writes(), from, switched).toFixed(1)}, while the source is removed ${writeRate(w.writes(), switched, to).toFixed(1)}; ` +
+        `  guest writes/s until the switch ${writeRate(writes, from, switched).toFixed(1)}, while the source is removed ${writeRate(writes, switched, to).toFixed(1)}; ` +
           `mean write latency ${meanMs(quiet0, from).toFixed(1)} ms before, ${meanMs(from, switched).toFixed(1)} ms until the switch, ${meanMs(switched, to).toFixed(1)} ms after; ` +
           `max ${maxMs(quiet0, from).toFixed(0)} ms before`,
       );
