@@ -265,10 +265,10 @@ export class StorageService {
    * there; the copy is committed; then, in one turn of the event loop (no request can fall in
    * between), the source steps aside, the target takes its name (committing what was mirrored
    * since) and its place behind the volume's tap — writers and NBD clients keep their handles
-   * and see nothing but a short pause, which is measured. Snapshots do not move: a volume with snapshots of its own is
-   * refused; backup checkpoints are dropped (the next backup reads everything). Cancel or a
-   * failure before the switch leaves the source as it was and removes the copy; a crash is
-   * settled when the storage opens next (see recoverMoves).
+   * and see nothing but a short pause, which is measured. Snapshots do not move: a volume with
+   * snapshots of its own is refused; backup checkpoints are dropped (the next backup reads
+   * everything). Cancel or a failure before the switch leaves the source as it was and removes
+   * the copy; a crash is settled when the storage opens next (see recoverMoves).
    */
   async moveVolume(
     name: string,
@@ -519,9 +519,12 @@ export class StorageService {
       for (const v of pool.listVolumes()) {
         if (!v.name.endsWith(MOVING_SUFFIX)) continue;
         const base = v.name.slice(0, -MOVING_SUFFIX.length);
+        if (this.findPoolOf(base)) {
+          pool.deleteVolume(v.name);
+          continue;
+        }
         const retired = this.findPoolOf(`${base}${RETIRED_SUFFIX}`);
-        if (this.findPoolOf(base)) pool.deleteVolume(v.name);
-        else if (retired) {
+        if (retired) {
           // The source had stepped aside, but the copy never took the name: the switch did not
           // happen, and the source (which has every acknowledged write) is the volume again.
           retired.renameVolume(`${base}${RETIRED_SUFFIX}`, base);
