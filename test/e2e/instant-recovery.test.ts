@@ -111,7 +111,7 @@ test('instant recovery: boots from the backup in seconds, finalize while writing
   cpSync(repo, elsewhere, { recursive: true });
   await s.haven('recover', 'instant', snap!.id, '--repo', elsewhere, '--name', 'lost');
   s.daemon.child.kill('SIGKILL');
-  await new Promise((r) => s.daemon.child.once('exit', r));
+  await s.daemon.exited;
   renameSync(elsewhere, `${elsewhere}.gone`);
   s.daemon = await startDaemon(s.dir);
   const states = JSON.parse(await s.haven('recover', 'list', '--json')) as { vm: string; state: string }[];

@@ -123,7 +123,7 @@ test('cancel and kill -9 mid-move leave the source intact and no orphan copy', a
   };
   await sleep(150);
   s.daemon.child.kill('SIGKILL');
-  await new Promise((r) => s.daemon.child.once('exit', r));
+  await s.daemon.exited;
   s.daemon = await startDaemon(s.dir);
   const after = JSON.parse(await s.haven('job', 'show', job2.id, '--json')) as { state: string };
   t.diagnostic(`the move killed mid-way ended ${after.state}`);

@@ -101,7 +101,7 @@ test('kill -9 of the daemon: the VM keeps running and is found again, its disk r
   };
   await sleep(300);
   s.daemon.child.kill('SIGKILL');
-  await new Promise((r) => s.daemon.child.once('exit', r));
+  await s.daemon.exited;
   process.kill(vm.pid, 0); // QEMU is still there
 
   s.daemon = await startDaemon(s.dir);

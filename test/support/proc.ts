@@ -14,6 +14,8 @@ export interface Running {
   output(): string;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process is gone. */
   stop(graceMs?: number): Promise<void>;
+  /** Resolves when the process is gone, however it went (also if that was before the call). */
+  exited: Promise<void>;
 }
 
 /** Starts a long-running peer (qemu-nbd, nbdkit, haven nbd serve …), capturing its output. */
@@ -23,9 +25,13 @@ export function start(cmd: string, args: string[], opts: SpawnOptions = {}): Run
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
   child.on('error', (e) => (out += `\nspawn error: ${e.message}`));
-  const exited = once(child, 'exit').catch(() => undefined);
+  const exited = once(child, 'exit').then(
+    () => undefined,
+    () => undefined,
+  );
   return {
     child,
+    exited,
     output: () => out,
     async stop(graceMs = 5000) {
       if (child.exitCode !== null || child.signalCode !== null) return;
@@ -45,8 +51,10 @@ export async function waitForListen(
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (running && running.child.exitCode !== null)
-      throw new Error(`process exited (${running.child.exitCode}) before listening:\n${running.output()}`);
+    if (running && (running.child.exitCode !== null || running.child.signalCode !== null))
+      throw new Error(
+        `process exited (${running.child.exitCode ?? running.child.signalCode}) before listening:\n${running.output()}`,
+      );
     if ('path' in target && !existsSync(target.path)) {
       await sleep(25);
       continue;

@@ -37,7 +37,7 @@ export async function startDaemon(dir: string, extra: string[] = []): Promise<Ru
   );
   const deadline = Date.now() + 20_000;
   while (!existsSync(join(dir, 'api.json'))) {
-    if (daemon.child.exitCode !== null || Date.now() > deadline)
+    if (daemon.child.exitCode !== null || daemon.child.signalCode !== null || Date.now() > deadline)
       throw new Error(`the site daemon did not start:\n${daemon.output()}`);
     await sleep(50);
   }
