@@ -1,5 +1,5 @@
 import { HavenError, errorMessage } from '../common/index.js';
-import { DIGEST_BYTES, ZERO_DIGEST, chunkKey } from './format.js';
+import { chunkKey } from './format.js';
 import type { Repository, SnapshotInfo } from './repository.js';
 
 /** Where a rolling verify is up to. */
@@ -38,6 +38,8 @@ interface Use {
   snapshot: string;
   disk: string;
   offset: number;
+  /** Where on the disk the chunk's start would be (runs of one use share it). */
+  chunkAt: number;
 }
 
 /**
@@ -48,7 +50,7 @@ interface Use {
  */
 export async function verifySnapshots(
   repo: Repository,
-  ids: string[] | undefined,
+  ids?: string[],
   opts: VerifyOptions = {},
 ): Promise<VerifyReport> {
   let slice: { index: number; of: number } | undefined;
@@ -80,21 +82,24 @@ export async function verifySnapshots(
   const uses = new Map<string, Use[]>();
   for (const s of snaps)
     for (let d = 0; d < s.disks.length; d++) {
-      let idx;
+      const disk = s.disks[d]!.name;
       try {
-        idx = await repo.readIndex(s, d);
+        const idx = await repo.openIndex(s, d);
+        for await (const r of idx.runs()) {
+          if (r.zero) continue;
+          const dg = r.digest;
+          if (slice && Math.floor((dg.readUInt16BE(0) * slice.of) / 65536) !== slice.index) continue;
+          const hex = dg.toString('hex');
+          let list = uses.get(hex);
+          if (!list) uses.set(hex, (list = []));
+          const last = list[list.length - 1];
+          // A chunk's runs on one disk (a full backup's chunk is one run) are one use, at its first.
+          if (!(last && last.snapshot === s.id && last.disk === disk && last.chunkAt === r.offset - r.at))
+            list.push({ snapshot: s.id, disk, offset: r.offset, chunkAt: r.offset - r.at });
+        }
       } catch (err) {
-        damaged.push({ snapshot: s.id, disk: s.disks[d]!.name, offsets: [], reason: errorMessage(err) });
+        damaged.push({ snapshot: s.id, disk, offsets: [], reason: errorMessage(err) });
         continue;
-      }
-      for (let i = 0; i < idx.count; i++) {
-        const dg = idx.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
-        if (dg.equals(ZERO_DIGEST)) continue;
-        if (slice && Math.floor((dg.readUInt16BE(0) * slice.of) / 65536) !== slice.index) continue;
-        const hex = dg.toString('hex');
-        let list = uses.get(hex);
-        if (!list) uses.set(hex, (list = []));
-        list.push({ snapshot: s.id, disk: s.disks[d]!.name, offset: i * idx.chunkSize });
       }
     }
   const codec = repo.codec();

@@ -164,8 +164,8 @@ export function registerBackup(program: Command): void {
         r = await runLocal(
           o,
           { kind: 'repository.verify', target: a.repo },
-          (onProgress) =>
-            repository.verify(ids.length ? ids : undefined, {
+          async (onProgress) =>
+            (await orchestration()).verifyRepository(repository, ids.length ? ids : undefined, {
               onProgress: (d, t) => onProgress(d * cs, t * cs, 'verify'),
               ...(rolling !== undefined ? { rolling } : {}),
             }),
@@ -227,8 +227,8 @@ export function registerBackup(program: Command): void {
       const r = await runLocal(
         o,
         { kind: 'repository.prune', target: a.repo },
-        () =>
-          repository.prune(policy, {
+        async () =>
+          (await orchestration()).pruneRepository(repository, policy, {
             ...(o.dryRun ? { dryRun: true } : {}),
             ...(o.deleteAll ? { deleteAll: true } : {}),
             ...(typeof o.source === 'string' ? { source: o.source } : {}),
@@ -258,7 +258,7 @@ export function registerBackup(program: Command): void {
       await runLocal(
         o,
         { kind: 'repository.gc', target: a.repo },
-        () => repository.gc({ graceMs: grace * 1000 }),
+        async () => (await orchestration()).collectRepositoryGarbage(repository, { graceMs: grace * 1000 }),
         (r) =>
           `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})${r.claimedMeanwhile ? `, ${r.claimedMeanwhile} of them claimed by a backup while gc ran` : ''}`,
       );
