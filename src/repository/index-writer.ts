@@ -8,6 +8,13 @@ export interface IndexPiece {
   granules: number;
 }
 
+/**
+ * Stores a page's plaintext as a chunk under `digest` (claimed if there): whether it was new, and
+ * its stored bytes. A backup passes its chunk workers' (off the main thread); default: the
+ * repository's putChunk, encoded here.
+ */
+export type PageStore = (plain: Buffer, digest: Buffer) => Promise<{ isNew: boolean; storedBytes: number }>;
+
 /** Pages stored at once while finishing (a first incremental over a version-1 parent stores all). */
 const STORE_PARALLEL = 16;
 
@@ -30,16 +37,24 @@ export class IndexWriter {
   private readonly stores: Promise<void>[] = [];
   private failure: unknown;
   private readonly codec;
+  private readonly storePage: PageStore;
 
   constructor(
-    private readonly repo: Repository,
+    repo: Repository,
     readonly size: number,
     readonly chunkSize: number,
     pieces: Iterable<IndexPiece>,
     /** The parent's index (an incremental), and the granules both have whole. */
     private readonly base?: DiskIndex,
     private readonly common = 0,
+    storePage?: PageStore,
   ) {
+    this.storePage =
+      storePage ??
+      (async (plain, digest) => {
+        const stored = this.codec.encode(plain, digest);
+        return { isNew: await repo.putChunk(digest, stored), storedBytes: stored.length };
+      });
     this.granules = Math.ceil(size / GRANULE);
     this.pages = Math.ceil(this.granules / PAGE_GRANULES);
     this.codec = repo.codec();
@@ -47,6 +62,14 @@ export class IndexWriter {
       const page = Math.floor(p.granule / PAGE_GRANULES);
       this.pending.set(page, (this.pending.get(page) ?? 0) + 1);
     }
+  }
+
+  /**
+   * Builds the page `piece` falls in, ahead of storing it (the parent's page is read now): call it
+   * before taking the resources the piece is stored with, since reading a page may need them.
+   */
+  async prepare(piece: IndexPiece): Promise<void> {
+    await this.pageFor(Math.floor(piece.granule / PAGE_GRANULES));
   }
 
   /** Records a stored piece (ZERO_DIGEST: it reads as zeroes): granule i of it is part i of the chunk. */
@@ -137,10 +160,10 @@ export class IndexWriter {
       }
       const plain = pg.serialise();
       const digest = this.codec.digest(plain);
-      const stored = this.codec.encode(plain, digest);
-      if (await this.repo.putChunk(digest, stored)) {
+      const r = await this.storePage(plain, digest);
+      if (r.isNew) {
         this.newPages++;
-        this.storedBytes += stored.length;
+        this.storedBytes += r.storedBytes;
       }
       this.done.set(p, { digest, data });
     } catch (err) {

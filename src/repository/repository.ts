@@ -388,12 +388,18 @@ export class Repository {
    * A disk's index (disk-index.ts: the one view every reader uses), its object checked against
    * the hash the manifest recorded; its pages are read as they are needed.
    */
-  async openIndex(m: SnapshotManifest, disk: number): Promise<DiskIndex> {
+  async openIndex(
+    m: SnapshotManifest,
+    disk: number,
+    /** Reads and decodes a page (a chunk) by digest, e.g. through a backup's chunk workers. */
+    readPage?: (digest: Buffer) => Promise<Buffer>,
+  ): Promise<DiskIndex> {
     const d = m.disks[disk];
     if (!d) throw notFound(`snapshot ${m.id} has no disk ${disk}`);
     const data = await this.backend.read(d.index);
     if (createHash('sha256').update(data).digest('hex') !== d.indexSha256)
       throw new HavenError('CORRUPT', `snapshot ${m.id}: index of ${d.name} does not match its manifest`);
+    if (readPage) return DiskIndex.parse(data, `snapshot ${m.id} ${d.name}`, readPage);
     const codec = this.codec();
     return DiskIndex.parse(data, `snapshot ${m.id} ${d.name}`, async (digest) =>
       codec.decode(await this.getChunk(digest), digest),

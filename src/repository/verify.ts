@@ -1,5 +1,5 @@
 import { HavenError, errorMessage } from '../common/index.js';
-import { chunkKey } from './format.js';
+import { ZERO_DIGEST, chunkKey } from './format.js';
 import type { Repository, SnapshotInfo } from './repository.js';
 
 /** Where a rolling verify is up to. */
@@ -20,6 +20,7 @@ export interface VerifyReport {
   slice?: { index: number; of: number };
   /** The snapshots checked (those whose manifest reads). */
   snapshots: string[];
+  /** Chunks checked: the data chunks the snapshots use, and their index pages. */
   chunks: number;
   bytes: number;
   damagedChunks: number;
@@ -80,11 +81,17 @@ export async function verifySnapshots(
   }
   // digest → where it is used
   const uses = new Map<string, Use[]>();
+  const pages = new Set<string>();
   for (const s of snaps)
     for (let d = 0; d < s.disks.length; d++) {
       const disk = s.disks[d]!.name;
       try {
         const idx = await repo.openIndex(s, d);
+        // Its pages are chunks too, read and checked against their digests as the runs are.
+        for (let p = 0; p < idx.pages; p++) {
+          const pd = idx.pageDigest(p);
+          if (pd && !pd.equals(ZERO_DIGEST)) pages.add(pd.toString('hex'));
+        }
         for await (const r of idx.runs()) {
           if (r.zero) continue;
           const dg = r.digest;
@@ -162,7 +169,7 @@ export async function verifySnapshots(
   const report: VerifyReport = {
     ...(slice ? { slice } : {}),
     snapshots: snaps.map((s) => s.id),
-    chunks: digests.length,
+    chunks: digests.length + pages.size,
     bytes,
     damagedChunks: bad.size,
     damaged,

@@ -64,15 +64,39 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
   const known = new KnownChunks();
   const stats: BackupStats = { readBytes: 0, newChunks: 0, storedBytes: 0, reusedChunks: 0, seconds: 0 };
   try {
-    const plans = await Promise.all(opts.disks.map((d, i) => plan(repo, d, i, opts.parent, chunkSize)));
+    const plans = await Promise.all(opts.disks.map((d, i) => plan(repo, pool, d, i, opts.parent, chunkSize)));
     const total = plans.reduce((n, p) => n + p.bytes, 0);
     let done = 0;
     const disks: SnapshotManifest['disks'] = [];
     for (let i = 0; i < opts.disks.length; i++) {
       const disk = opts.disks[i]!;
       const p = plans[i]!;
-      const index = new IndexWriter(repo, disk.device.size, chunkSize, p.pieces, p.base, p.common);
-      await runChunks(p.pieces, pool, async (slot, piece) => {
+      const index = new IndexWriter(
+        repo,
+        disk.device.size,
+        chunkSize,
+        p.pieces,
+        p.base,
+        p.common,
+        (plain, d) => storeThroughPool(repo, pool, plain, d),
+      );
+      // Each piece's index page is ready before the piece takes a slot (reading the parent's page
+      // takes one: a piece holding its slot while it waited for one could starve them all).
+      // Pages are read a few pages ahead, so the pipeline does not stop at each.
+      const prepared = async function* () {
+        const ahead: Promise<void>[] = [];
+        let next = 0;
+        for (const piece of p.pieces) {
+          while (next < p.pieces.length && ahead.length < PAGES_AHEAD) {
+            const at = index.prepare(p.pieces[next++]!);
+            at.catch(() => undefined); // seen when awaited
+            ahead.push(at);
+          }
+          await ahead.shift();
+          yield piece;
+        }
+      };
+      await runChunks(prepared(), pool, async (slot, piece) => {
         opts.signal?.throwIfAborted();
         const buf = pool.buffer(slot, piece.length);
         await disk.device.read(buf, piece.offset);
@@ -137,6 +161,38 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
   }
 }
 
+/** Pieces whose pages are being read ahead of the one stored now. */
+const PAGES_AHEAD = 32;
+
+/** Stores an index page as the chunks are stored: by a worker (its backend), off the main thread. */
+async function storeThroughPool(
+  repo: Repository,
+  pool: ChunkPool,
+  plain: Buffer,
+  digest: Buffer,
+): Promise<{ isNew: boolean; storedBytes: number }> {
+  const slot = await pool.acquire();
+  try {
+    plain.copy(pool.buffer(slot));
+    const s = await pool.store(slot, plain.length, digest);
+    const isNew = s.stored ? await repo.putChunk(digest, s.stored) : !s.existed;
+    return { isNew, storedBytes: s.storedBytes };
+  } finally {
+    pool.release(slot);
+  }
+}
+
+/** A stored page (any chunk) read and decoded by a worker: a copy of its plaintext. */
+async function loadThroughPool(repo: Repository, pool: ChunkPool, digest: Buffer): Promise<Buffer> {
+  const slot = await pool.acquire();
+  try {
+    const n = await pool.load(slot, digest, pool.ownBackend ? undefined : await repo.getChunk(digest));
+    return Buffer.from(pool.buffer(slot, n));
+  } finally {
+    pool.release(slot);
+  }
+}
+
 export function openChunkPool(repo: Repository, chunkSize: number, workers?: number): ChunkPool {
   const backend = repo.backend.describe?.();
   return new ChunkPool(repo.keys, chunkSize, {
@@ -188,6 +244,7 @@ interface Plan {
  */
 async function plan(
   repo: Repository,
+  pool: ChunkPool,
   disk: BackupDisk,
   diskNo: number,
   parent: SnapshotManifest | undefined,
@@ -212,7 +269,8 @@ async function plan(
     }
     return { pieces, bytes, common: 0 };
   }
-  const base = await repo.openIndex(parent, diskNo);
+  // The parent's pages are read by the chunk workers, as chunks are: off the main thread.
+  const base = await repo.openIndex(parent, diskNo, (d) => loadThroughPool(repo, pool, d));
   // A disk resized since the parent (a volume grown): what both have in whole granules comes from
   // the parent where unchanged; past it, block status says what to read (as in a full backup):
   // the bitmap marks all the new space changed, most of it never written.
