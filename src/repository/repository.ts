@@ -63,10 +63,13 @@ export interface SnapshotManifest {
 export interface BackupStats {
   /** Bytes read from the source. */
   readBytes: number;
-  /** Chunks of this snapshot that were not in the repository yet, and their stored bytes. */
+  /** Chunks of this snapshot (data and index pages) that were not in the repository yet, and their stored bytes. */
   newChunks: number;
   storedBytes: number;
-  /** Chunks found in the repository already (deduplicated) or taken from the parent. */
+  /**
+   * Chunks found in the repository already (deduplicated). An incremental's unchanged data, taken
+   * from its parent's index without being looked at, is not counted.
+   */
   reusedChunks: number;
   seconds: number;
 }
