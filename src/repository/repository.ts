@@ -345,17 +345,25 @@ export class Repository {
   async scanSnapshots(): Promise<{ snapshots: SnapshotInfo[]; damaged: DamagedSnapshot[] }> {
     const snapshots: SnapshotInfo[] = [];
     const damaged: DamagedSnapshot[] = [];
-    for await (const o of this.backend.list('snapshots/')) {
-      if (!o.key.endsWith(`/${MANIFEST}`)) continue;
-      const id = o.key.split('/')[1]!;
-      try {
-        snapshots.push(await this.snapshot(id));
-      } catch (err) {
-        if (err instanceof HavenError && err.code === 'NOT_FOUND') continue; // forgotten meanwhile
-        if (!(err instanceof HavenError && err.code === 'CORRUPT')) throw err; // cannot read: not damage
-        damaged.push({ id, reason: errorMessage(err) });
+    const ids: string[] = [];
+    for await (const o of this.backend.list('snapshots/'))
+      if (o.key.endsWith(`/${MANIFEST}`)) ids.push(o.key.split('/')[1]!);
+    // Read side by side: each is a round trip to the backend (a few on a local disk, one
+    // request each on object storage), and every backup lists them to find its parent.
+    let next = 0;
+    const reader = async () => {
+      while (next < ids.length) {
+        const id = ids[next++]!;
+        try {
+          snapshots.push(await this.snapshot(id));
+        } catch (err) {
+          if (err instanceof HavenError && err.code === 'NOT_FOUND') continue; // forgotten meanwhile
+          if (!(err instanceof HavenError && err.code === 'CORRUPT')) throw err; // cannot read: not damage
+          damaged.push({ id, reason: errorMessage(err) });
+        }
       }
-    }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, ids.length) }, reader));
     snapshots.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
     return { snapshots, damaged: damaged.sort((a, b) => a.id.localeCompare(b.id)) };
   }

@@ -126,8 +126,13 @@ export function registerBackup(program: Command): void {
             ...(s.vm ? [['vm', 'its configuration is in the manifest (--json)'] as [string, string]] : []),
           ]),
           table([
-            ['DISK', 'SIZE', 'CHUNK', 'DATA CHUNKS', 'ZERO CHUNKS'],
-            ...s.disks.map((d) => [d.name, bytes(d.size), bytes(d.chunkSize), d.dataChunks, d.zeroChunks]),
+            // Index version 2 counts 64 KiB granules, version 1 chunks: both shown as bytes.
+            ['DISK', 'SIZE', 'CHUNK', 'DATA', 'ZEROES'],
+            ...s.disks.map((d) => {
+              const unit = d.granule ?? d.chunkSize;
+              const data = Math.min(d.size, d.dataChunks * unit);
+              return [d.name, bytes(d.size), bytes(d.chunkSize), bytes(data), bytes(d.size - data)];
+            }),
           ]),
         ].join('\n'),
       );

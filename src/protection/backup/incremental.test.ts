@@ -14,6 +14,7 @@ import {
   readdirSync,
   readFileSync,
   statSync,
+  writeFileSync,
   writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -235,4 +236,26 @@ test('the repository runs on a second backend: every byte through it (in memory,
   assert.ok(swept.removedChunks > 0, 'the chunks only the forgotten snapshot used were collected');
   assert.equal(await restoredHash(repo, inc, dir.path), sha(image));
   assert.equal((await repo.stats()).snapshots, 1);
+});
+
+test('a damaged index page is named by verify like a damaged chunk, and a restore refuses it', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const image = join(dir.path, 'disk.img');
+  makeDisk(image, 4 * MiB);
+  const repoDir = join(dir.path, 'repo');
+  const repo = await Repository.init(repoDir);
+  const snap = await backUp(repo, image);
+  const page = (await repo.openIndex(snap, 0)).pageDigest(0)!.toString('hex');
+  writeFileSync(join(repoDir, 'chunks', page.slice(0, 2), page), 'torn');
+  const v = await verify(repo);
+  assert.deepEqual(
+    v.chunkDamage.map((c) => c.key),
+    [`chunks/${page.slice(0, 2)}/${page}`],
+  );
+  assert.deepEqual(
+    v.damaged.map((d) => [d.snapshot, d.disk, d.offsets]),
+    [[snap.id, 'disk0', [0]]],
+  );
+  await assert.rejects(restoredHash(repo, snap, dir.path), /index page 0 .*cannot be read/);
 });
