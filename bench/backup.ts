@@ -42,6 +42,11 @@ function changes(size: number): { offset: number; data: Buffer }[] {
   return [...picked].sort((a, b) => a - b).map((s) => ({ offset: s * CHANGE, data: rnd(CHANGE) }));
 }
 
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
 async function du(path: string): Promise<number> {
   return Number((await run('du', ['-sb', path])).stdout.split('\t')[0]);
 }
@@ -128,6 +133,19 @@ async function runBackup(opts: BenchOptions): Promise<BenchResult> {
       peer: RESTIC,
       min: 1.05,
     }),
+    growthRatio: metric('growth-ratio', 'repository growth per changed byte (second backup)', '×', 'lower', {
+      kind: 'max',
+      value: 1.5,
+    }),
+    incSmall: metric('incremental', 'incremental of 1% in 64 KiB blocks, whole process', 's', 'lower', {
+      kind: 'max',
+      value: 0.35,
+    }),
+    incLarge: metric('incremental-16x', 'the same change on a volume 16× as large (thin)', 's', 'lower'),
+    incRatio: metric('incremental-scaling', 'incremental time, 16× volume / 1× volume', '×', 'lower', {
+      kind: 'max',
+      value: 1.1,
+    }),
     rss: metric('peak-rss', 'peak RSS of the tool (any step)', 'MiB', 'lower', { kind: 'max', value: 300 }),
   };
   const errors: Record<string, string> = {};
@@ -170,6 +188,7 @@ async function runBackup(opts: BenchOptions): Promise<BenchResult> {
       m.second.values[s] = r.second;
       m.size.values[s] = r.sizeAfterFirst / MiB;
       m.growth.values[s] = r.growth / MiB;
+      m.growthRatio.values[s] = r.growth / (change.length * CHANGE);
       m.restore.values[s] = size / MiB / r.restore;
       m.rss.values[s] = r.peak / MiB;
       log(
@@ -222,6 +241,38 @@ async function runBackup(opts: BenchOptions): Promise<BenchResult> {
           restore: r.seconds,
           peak: Math.max(b1.peak, b2.peak, r.peak),
         });
+        // Scaling: the same 1% change (fresh data each round) on this volume, then on the volume
+        // grown to 16× (thin: the new space is never written). An incremental must cost what
+        // changed, not what the disk or its index holds.
+        const rounds = Math.max(1, opts.repeat);
+        const incremental = async (seed: number) => {
+          const rnd = stream(seed);
+          const storage = StorageService.open(data);
+          try {
+            const dev = storage.openDevice('bench');
+            for (const c of change) await dev.write(rnd(CHANGE), c.offset);
+            await dev.flush();
+          } finally {
+            storage.close();
+          }
+          await syncAll();
+          return (await haven('backup', 'volume:bench', '--data', data, '--repo', repo, '--json')).seconds;
+        };
+        const small: number[] = [];
+        for (let i = 0; i < rounds; i++) small.push(await incremental(100 + i));
+        await haven('volume', 'resize', 'bench', '--size', String(16 * size), '--data', data);
+        await haven('backup', 'volume:bench', '--data', data, '--repo', repo, '--json');
+        const large: number[] = [];
+        for (let i = 0; i < rounds; i++) large.push(await incremental(200 + i));
+        m.incSmall.values[HAVEN] = median(small);
+        m.incLarge.values[HAVEN] = median(large);
+        m.incRatio.values[HAVEN] = median(large) / median(small);
+        m.incSmall.samples = { [HAVEN]: small };
+        m.incLarge.samples = { [HAVEN]: large };
+        m.incSmall.method = m.incLarge.method = `median of ${rounds}`;
+        log(
+          `haven: incremental ${median(small).toFixed(3)} s at ${fmtSize(size)}, ${median(large).toFixed(3)} s at ${fmtSize(16 * size)}`,
+        );
       },
       [RESTIC]: async () => {
         const repo = join(dir, 'restic-repo');

@@ -10,6 +10,9 @@ export * from './tools/backup.js';
 export * from './tools/backup-files.js';
 export {
   Repository,
+  verify as verifyRepository,
+  prune as pruneRepository,
+  gc as collectRepositoryGarbage,
   selectRetained,
   DEFAULT_CHUNK_SIZE,
   type RetentionPolicy,

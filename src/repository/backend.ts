@@ -1,11 +1,26 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
+import {
+  closeSync,
+  constants as fsc,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmSync,
+  writeSync,
+  writevSync,
+} from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
 import { promisify } from 'node:util';
-import { HavenError, fromSystemError } from '../common/index.js';
-import { claimFile, putBack, sweepFile } from './chunk-claim.js';
+// Narrow imports, past the layers' index files: chunk worker threads load this module, and
+// their start-up is on the critical path of every backup and restore.
+import { nativeIo } from '../block/native.js';
+import { HavenError, fromSystemError } from '../common/errors.js';
+import { claimFile, claimFileSync, putBack, sweepFile } from './chunk-claim.js';
+import { TMP_PREFIX } from './format.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -22,9 +37,13 @@ export interface ObjectInfo {
  */
 export interface RepositoryBackend {
   readonly location: string;
-  read(key: string): Promise<Buffer>;
-  /** Atomic; `exclusive`: fail with CONFLICT if the object exists (a lock, a new repository). */
-  write(key: string, data: Uint8Array, opts?: { exclusive?: boolean }): Promise<void>;
+  /** The object; NOT_FOUND if there is none. May return a view of `scratch` when it is large enough. */
+  read(key: string, scratch?: Buffer): Promise<Buffer>;
+  /**
+   * Atomic; `exclusive`: fail with CONFLICT if the object exists (a lock, a new repository).
+   * `data` may come in parts (a chunk's header and payload), written as one object.
+   */
+  write(key: string, data: Uint8Array | readonly Uint8Array[], opts?: { exclusive?: boolean }): Promise<void>;
   exists(key: string): Promise<boolean>;
   stat(key: string): Promise<ObjectInfo | undefined>;
   delete(key: string): Promise<void>;
@@ -46,14 +65,35 @@ export interface RepositoryBackend {
    * (chunk-claim.ts: isAsideName); this puts it back under its own key.
    */
   putBack(asideKey: string): Promise<void>;
-  /** Makes every object written so far durable (before a manifest that refers to them). */
+  /**
+   * Makes every object written so far durable (before a manifest that refers to them), also those
+   * written by other instances of this backend in this process (the chunk workers').
+   */
   sync(): Promise<void>;
   /**
-   * A local directory holding the objects under their keys, when there is one: chunk files may
-   * then be written there directly (by worker threads), made durable by sync().
+   * How another thread opens this same backend (openBackend): the backup's worker threads then
+   * read and write chunks themselves, off the main thread. Undefined: workers only encode and
+   * decode, and this instance moves the bytes.
    */
-  readonly directory?: string;
+  describe?(): BackendDescription | undefined;
 }
+
+/** A backend as plain data, for a worker thread to open its own instance of (openBackend). */
+export type BackendDescription = { kind: 'local'; location: string };
+
+/**
+ * Opens a described backend. `blocking`: for a worker thread, whose own time it is — I/O is done
+ * with synchronous calls, without a hop through libuv's thread pool per call.
+ */
+export function openBackend(d: BackendDescription, opts: { blocking?: boolean } = {}): RepositoryBackend {
+  if (d.kind === 'local') return new LocalBackend(d.location, opts);
+  throw new HavenError('INVALID_ARGUMENT', `unknown repository backend ${(d as { kind: string }).kind}`);
+}
+
+/** Objects a list looks up at once. */
+const LIST_BATCH = 64;
+
+const isChunkKey = (key: string) => key.startsWith('chunks/');
 
 /**
  * A repository in a local directory. Every object is written to a unique temporary name,
@@ -61,10 +101,18 @@ export interface RepositoryBackend {
  * nothing under its name (never a torn chunk that a later backup would deduplicate against).
  */
 export class LocalBackend implements RepositoryBackend {
-  constructor(readonly location: string) {}
+  private readonly blocking: boolean;
+  private readonly madeDirs = new Set<string>();
 
-  get directory(): string {
-    return this.location;
+  constructor(
+    readonly location: string,
+    opts: { blocking?: boolean } = {},
+  ) {
+    this.blocking = !!opts.blocking;
+  }
+
+  describe(): BackendDescription {
+    return { kind: 'local', location: this.location };
   }
 
   /**
@@ -90,15 +138,43 @@ export class LocalBackend implements RepositoryBackend {
     return join(this.location, key);
   }
 
-  async read(key: string): Promise<Buffer> {
+  async read(key: string, scratch?: Buffer): Promise<Buffer> {
     try {
+      if (this.blocking) return this.readSync(this.path(key), scratch);
       return await readFile(this.path(key));
     } catch (err) {
       throw fromSystemError(err, `repository ${this.location}: cannot read ${key}`);
     }
   }
 
-  async write(key: string, data: Uint8Array, opts: { exclusive?: boolean } = {}): Promise<void> {
+  private readSync(path: string, scratch?: Buffer): Buffer {
+    const fd = openSync(path, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      const buf = scratch && scratch.length >= size ? scratch : Buffer.allocUnsafe(size);
+      let at = 0;
+      while (at < size) {
+        const n = readSync(fd, buf, at, size - at, at);
+        if (n === 0) break;
+        at += n;
+      }
+      return buf.subarray(0, at);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  async write(
+    key: string,
+    data: Uint8Array | readonly Uint8Array[],
+    opts: { exclusive?: boolean } = {},
+  ): Promise<void> {
+    const parts = data instanceof Uint8Array ? [data] : data;
+    if (isChunkKey(key) && !opts.exclusive) {
+      if (this.blocking) return this.writeChunkSync(key, parts);
+      return this.writeChunk(key, parts);
+    }
+    const whole = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
     const target = this.path(key);
     const dir = dirname(target);
     const tmp = join(this.location, 'tmp', `${randomBytes(8).toString('hex')}.tmp`);
@@ -106,9 +182,8 @@ export class LocalBackend implements RepositoryBackend {
       await mkdir(dir, { recursive: true });
       const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
       try {
-        await fh.writeFile(data);
-        // Chunks are made durable together by sync(), everything else one by one.
-        if (!key.startsWith('chunks/')) await fh.datasync();
+        await fh.writeFile(whole);
+        await fh.datasync();
       } finally {
         await fh.close();
       }
@@ -124,11 +199,67 @@ export class LocalBackend implements RepositoryBackend {
           await unlink(tmp).catch(() => undefined);
         }
       } else await rename(tmp, target);
-      // A chunk's directory entry is made durable by sync() before the manifest that needs it.
-      if (!key.startsWith('chunks/')) await syncDir(dir);
+      await syncDir(dir);
     } catch (err) {
       await rm(tmp, { force: true }).catch(() => undefined);
       if (err instanceof HavenError) throw err;
+      throw fromSystemError(err, `repository ${this.location}: cannot write ${key}`);
+    }
+  }
+
+  /**
+   * A chunk: written to a temporary name in its own folder (new inodes spread over the
+   * filesystem's groups instead of contending for one), not flushed one by one — the disk is
+   * asked to start on it at once, and sync() makes all durable before a manifest needs them —
+   * then renamed into place.
+   */
+  private writeChunkSync(key: string, parts: readonly Uint8Array[]): void {
+    const target = this.path(key);
+    const dir = dirname(target);
+    const tmp = join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const total = parts.reduce((n, p) => n + p.length, 0);
+    try {
+      if (!this.madeDirs.has(dir)) {
+        mkdirSync(dir, { recursive: true });
+        this.madeDirs.add(dir);
+      }
+      const fd = openSync(tmp, 'wx', 0o600);
+      try {
+        let at = writevSync(fd, parts as Uint8Array[]);
+        if (at < total) {
+          const rest = Buffer.concat(parts);
+          while (at < total) at += writeSync(fd, rest, at);
+        }
+        nativeIo()?.startWriteback(fd, 0, 0);
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(tmp, target);
+    } catch (err) {
+      rmSync(tmp, { force: true });
+      throw fromSystemError(err, `repository ${this.location}: cannot write ${key}`);
+    }
+  }
+
+  private async writeChunk(key: string, parts: readonly Uint8Array[]): Promise<void> {
+    const target = this.path(key);
+    const dir = dirname(target);
+    const tmp = join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    try {
+      if (!this.madeDirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        this.madeDirs.add(dir);
+      }
+      const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+      try {
+        await fh.writev(parts as Uint8Array[]);
+        nativeIo()?.startWriteback(fh.fd, 0, 0);
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, target);
+    } catch (err) {
+      await rm(tmp, { force: true }).catch(() => undefined);
       throw fromSystemError(err, `repository ${this.location}: cannot write ${key}`);
     }
   }
@@ -160,21 +291,32 @@ export class LocalBackend implements RepositoryBackend {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw fromSystemError(err, `repository ${this.location}: cannot list ${prefix}`);
     }
-    for (const e of entries) {
-      if (!e.isFile()) continue;
-      const full = join(e.parentPath, e.name);
-      const key = relative(this.location, full).split(sep).join('/');
-      try {
-        const s = await stat(full);
-        yield { key, size: s.size, mtimeMs: s.mtimeMs };
-      } catch {
-        // deleted meanwhile
-      }
+    const files = entries.filter((e) => e.isFile());
+    // Looked up side by side, a batch at a time: one by one, a round trip through libuv's pool
+    // each, listing the snapshots (every backup does, to find its parent) took tens of ms.
+    for (let i = 0; i < files.length; i += LIST_BATCH) {
+      const batch = await Promise.all(
+        files.slice(i, i + LIST_BATCH).map(async (e) => {
+          const full = join(e.parentPath, e.name);
+          try {
+            const s = await stat(full);
+            return {
+              key: relative(this.location, full).split(sep).join('/'),
+              size: s.size,
+              mtimeMs: s.mtimeMs,
+            };
+          } catch {
+            return undefined; // deleted meanwhile
+          }
+        }),
+      );
+      for (const o of batch) if (o) yield o;
     }
   }
 
   async claim(key: string): Promise<boolean> {
     try {
+      if (this.blocking) return claimFileSync(this.path(key));
       return await claimFile(this.path(key));
     } catch (err) {
       throw fromSystemError(err, `repository ${this.location}: cannot claim ${key}`);

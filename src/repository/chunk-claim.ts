@@ -40,6 +40,9 @@ const gone = (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENOENT';
 
 /** Claims the chunk file at `path` for a writer: true if it is there and now kept by gc. */
 export function claimFileSync(path: string): boolean {
+  // Looked up first: most chunks a backup stores are new, and a failed utimes costs an exception
+  // (its stack trace) per chunk. Absent now is what a failed utimes would say: write it.
+  if (!statSync(path, { throwIfNoEntry: false })) return false;
   const now = new Date();
   try {
     utimesSync(path, now, now);

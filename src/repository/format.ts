@@ -14,7 +14,23 @@ import { HavenError } from '../common/index.js';
  *  16  CRC-32 of the payload u32 LE (catches media damage without decrypting or decompressing)
  *  20  payload: the (compressed) data; when encrypted: 12-byte nonce, ciphertext, 16-byte tag
  *
- * Index (`snapshots/<id>/disk<N>.idx`), one per disk of a snapshot:
+ * Index (`snapshots/<id>/disk<N>.idx`), one per disk of a snapshot. Version 2 (written now; see
+ * disk-index.ts and docs/decisions/0010-repo-incremental-index.md), the root of a tree of pages:
+ *   0  magic "HVIX"          4 bytes
+ *   4  index version (2)     u8, then 3 reserved bytes
+ *   8  chunk size            u32 LE (the largest chunk; a full backup's chunks)
+ *  12  granule size          u32 LE (65536)
+ *  16  disk size in bytes    u64 LE
+ *  24  page count            u64 LE (ceil(granules / 256))
+ *  32  granules per page     u32 LE (256), then a reserved u32
+ *  40  per page: its digest (32 bytes; all zero: every granule reads as zeroes, no page stored)
+ *      and how many of its granules hold data (u32 LE)
+ * Page (stored as a chunk, `chunks/…`, encoded like any chunk), plaintext:
+ *   0  magic "HVPG", version (2) u8, 3 reserved, granule count u32 LE, reserved u32
+ *  16  one 32-byte chunk digest per granule (all zero: reads as zeroes), then one byte per granule:
+ *      which 64 KiB part of that chunk the granule is
+ *
+ * Index version 1 (read, no longer written): a flat list of one digest per chunk:
  *   0  magic "HVIX"          4 bytes
  *   4  format version (1)    u8, then 3 reserved bytes
  *   8  chunk size            u32 LE
@@ -24,6 +40,15 @@ import { HavenError } from '../common/index.js';
  *  32  one 32-byte digest per chunk, in disk order; all zero bytes: the chunk reads as zeroes
  */
 export const FORMAT_VERSION = 1;
+export const INDEX_V1 = 1;
+export const INDEX_V2 = 2;
+/** The unit an index addresses (version 2): a change costs whole granules, not whole chunks. */
+export const GRANULE = 64 * 1024;
+export const PAGE_GRANULES = 256;
+export const PAGE_MAGIC = Buffer.from('HVPG');
+export const PAGE_HEADER = 16;
+export const ROOT_HEADER = 40;
+export const ROOT_ENTRY = 36;
 export const CHUNK_MAGIC = Buffer.from('HVCK');
 export const INDEX_MAGIC = Buffer.from('HVIX');
 export const CHUNK_HEADER = 20;
@@ -112,7 +137,7 @@ export function writeIndexHeader(out: Buffer, h: IndexHeader): void {
 export function readIndex(data: Buffer, what: string): IndexHeader & { digests: Buffer } {
   if (data.length < INDEX_HEADER || !data.subarray(0, 4).equals(INDEX_MAGIC))
     throw new HavenError('CORRUPT', `${what}: not a Haven index`);
-  if (data.readUInt8(4) !== FORMAT_VERSION)
+  if (data.readUInt8(4) !== INDEX_V1)
     throw new HavenError(
       'UNSUPPORTED',
       `${what}: index format version ${data.readUInt8(4)} is not supported`,

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { HavenError, conflict } from '../common/index.js';
-import { DIGEST_BYTES, isTemporaryKey } from './format.js';
+import type { DiskIndex } from './disk-index.js';
+import { ZERO_DIGEST, isTemporaryKey } from './format.js';
 import { isAsideName } from './chunk-claim.js';
 import { recordAlive, selfIdentity } from './process.js';
 import type { Repository } from './repository.js';
@@ -95,9 +96,8 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
   const marked = new Set<string>();
   for (const s of scan.snapshots)
     for (let d = 0; d < s.disks.length; d++) {
-      let idx;
       try {
-        idx = await repo.readIndex(s, d);
+        await mark(await repo.openIndex(s, d), marked);
       } catch (err) {
         // Forgotten (pruned) while gc read it — the manifest goes first —: not damage, and its
         // chunks are not needed.
@@ -105,8 +105,6 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
         unreadable.push(`${s.id} ${s.disks[d]!.name} (${(err as Error).message})`);
         continue;
       }
-      for (let i = 0; i < idx.count; i++)
-        marked.add(idx.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES).toString('hex'));
     }
   if (unreadable.length)
     throw new HavenError(
@@ -160,4 +158,24 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
   for await (const o of b.list('tmp/')) if (o.mtimeMs < cutoff) await b.delete(o.key);
   r.seconds = (Date.now() - started) / 1000;
   return r;
+}
+
+/**
+ * Marks the chunks an index uses, and its pages (stored as chunks). A page marked already (shared
+ * with a snapshot marked before: an incremental's unchanged pages) is not read again.
+ */
+async function mark(idx: DiskIndex, marked: Set<string>): Promise<void> {
+  for (let p = 0; p < idx.pages; p++) {
+    const pd = idx.pageDigest(p);
+    if (pd && !pd.equals(ZERO_DIGEST)) {
+      const hex = pd.toString('hex');
+      if (marked.has(hex)) continue;
+      marked.add(hex);
+    }
+    const pg = await idx.page(p);
+    for (let i = 0; i < pg.count; i++) {
+      const dg = pg.digest(i);
+      if (!dg.equals(ZERO_DIGEST)) marked.add(dg.toString('hex'));
+    }
+  }
 }

@@ -7,14 +7,22 @@ export type {
   DiskManifest,
   BackupStats,
   DamagedSnapshot,
-  PruneReport,
   RepositoryStats,
 } from './repository.js';
-export type { VerifyReport, VerifyOptions } from './verify.js';
-export type { GcReport, GcOptions } from './gc.js';
+export { verifySnapshots as verify, type VerifyReport, type VerifyOptions } from './verify.js';
+export { collectGarbage as gc, type GcReport, type GcOptions } from './gc.js';
+export { prune, type PruneReport, type PruneOptions } from './prune.js';
+export { DiskIndex, Page, type Run } from './disk-index.js';
+export { IndexWriter, type IndexPiece } from './index-writer.js';
 export type { SessionRecord } from './sessions.js';
 export { ChunkCodec } from './chunk-codec.js';
-export { LocalBackend, type RepositoryBackend, type ObjectInfo } from './backend.js';
+export {
+  LocalBackend,
+  openBackend,
+  type BackendDescription,
+  type RepositoryBackend,
+  type ObjectInfo,
+} from './backend.js';
 export { planPrune, selectRetained, sourceName, type PrunePlan, type RetentionPolicy } from './retention.js';
 export type { RepositoryKeys } from './keys.js';
 export * from './format.js';

@@ -25,7 +25,10 @@ import {
   Repository,
   ZERO_DIGEST,
   chunkKey,
+  gc,
   indexBytes,
+  prune,
+  verify,
   readIndex,
   selectRetained,
   writeIndexHeader,
@@ -123,7 +126,7 @@ test('gc keeps chunks a running backup touched and removes what nothing uses', a
   // A backup running now finds `reused` already stored: it touches it.
   const session = await repo.beginSession();
   assert.equal(await repo.putChunk(reused, Buffer.alloc(0)), false);
-  const r = await repo.gc({ graceMs: 1000 });
+  const r = await gc(repo, { graceMs: 1000 });
   assert.equal(r.removedChunks, 1);
   assert.equal(await repo.hasChunk(orphan), false);
   assert.equal(await repo.hasChunk(reused), true);
@@ -131,12 +134,12 @@ test('gc keeps chunks a running backup touched and removes what nothing uses', a
   await assert.rejects(repo.snapshot('nope'), (e: HavenError) => e.code === 'NOT_FOUND');
   // A GC lock left by a dead process is taken over; one held by a live process is respected.
   writeFileSync(join(repo.location, 'locks', 'gc'), JSON.stringify({ pid: 999999, host: hostname() }));
-  await repo.gc();
+  await gc(repo);
   writeFileSync(
     join(repo.location, 'locks', 'gc'),
     JSON.stringify({ pid: process.pid, host: 'another-host' }),
   );
-  await assert.rejects(repo.gc(), /already running/);
+  await assert.rejects(gc(repo), /already running/);
   assert.ok(readFileSync(join(repo.location, 'config.json'), 'utf8').includes('haven-repository'));
 });
 
@@ -166,7 +169,7 @@ test('claims racing a gc sweep: a chunk a writer found stays, one gc took first 
     const writer = (async () => {
       for (const c of order) await repo.putChunk(c.d, c.stored);
     })();
-    const [w, g] = await Promise.allSettled([writer, repo.gc({ graceMs: 0 })]);
+    const [w, g] = await Promise.allSettled([writer, gc(repo, { graceMs: 0 })]);
     await session.end();
     if (w.status === 'rejected') failures.push(`round ${round}: the writer failed: ${String(w.reason)}`);
     if (g.status === 'rejected') failures.push(`round ${round}: gc failed: ${String(g.reason)}`);
@@ -192,7 +195,7 @@ test('a sweep that died with a chunk moved aside: the next gc puts it back first
   const s = await repo.beginSession();
   assert.equal(await repo.hasChunk(d), false, 'not under its name while it is aside');
   await repo.putChunk(d, codec.encode(b, d));
-  const r = await repo.gc({ graceMs: 0 });
+  const r = await gc(repo, { graceMs: 0 });
   await s.end();
   assert.equal(r.removedChunks, 0);
   assert.ok(existsSync(path));
@@ -298,29 +301,29 @@ test('a damaged manifest is reported and forgettable; the other snapshots go on 
   assert.equal(st.snapshots, 2);
   assert.equal(st.damagedSnapshots[0]!.id, bad.id);
   // Verify checks the rest and names the damaged manifest.
-  const v = await repo.verify();
+  const v = await verify(repo);
   assert.deepEqual(v.snapshots, [good.id, other.id]);
   assert.deepEqual(
     v.damaged.map((d) => [d.snapshot, d.disk]),
     [[bad.id, '(manifest)']],
   );
-  assert.equal((await repo.verify([bad.id])).damaged[0]!.disk, '(manifest)');
+  assert.equal((await verify(repo, [bad.id])).damaged[0]!.disk, '(manifest)');
   // gc deletes nothing while a snapshot's chunks are unknown.
   await assert.rejects(
-    repo.gc({ graceMs: 0 }),
+    gc(repo, { graceMs: 0 }),
     new RegExp(`gc deletes nothing while a snapshot cannot be read.*${bad.id}`),
   );
   // Prune leaves it alone (its date and source are unknown) and says so; forget removes it.
-  const p = await repo.prune({ last: 1 });
+  const p = await prune(repo, { last: 1 });
   assert.deepEqual(
     p.damaged.map((d) => d.id),
     [bad.id],
   );
   await repo.deleteSnapshot(bad.id);
   assert.equal((await repo.scanSnapshots()).damaged.length, 0);
-  const g = await repo.gc({ graceMs: 0 });
+  const g = await gc(repo, { graceMs: 0 });
   assert.equal(g.removedChunks, 1, "the forgotten snapshot's own chunk");
-  assert.equal((await repo.verify()).damaged.length, 0);
+  assert.equal((await verify(repo)).damaged.length, 0);
 });
 
 test('verify names every damaged chunk file with its own reason', async (t) => {
@@ -335,7 +338,7 @@ test('verify names every damaged chunk file with its own reason', async (t) => {
   const flipped = readFileSync(paths[1]!);
   flipped[flipped.length - 1]! ^= 1;
   writeFileSync(paths[1]!, flipped); // content does not match
-  const v = await repo.verify();
+  const v = await verify(repo);
   assert.equal(v.damagedChunks, 2);
   assert.deepEqual(
     v.damaged.map((d) => [d.snapshot, d.offsets]),
@@ -359,7 +362,7 @@ test('prune applies retention per source, names sources as repo list does, refus
   const a2 = await makeSnapshot(repo, 'vm:demo', [block], '2026-01-02T00:00:00.000Z');
   const b1 = await makeSnapshot(repo, 'volume:data', [block], '2026-01-01T12:00:00.000Z');
   // One of each source is kept, not one in all.
-  const dry = await repo.prune({ last: 1 }, { dryRun: true });
+  const dry = await prune(repo, { last: 1 }, { dryRun: true });
   assert.deepEqual(
     dry.sources.map((s) => [s.source, s.kept.map((k) => k.id), s.removed]),
     [
@@ -368,28 +371,28 @@ test('prune applies retention per source, names sources as repo list does, refus
     ],
   );
   assert.deepEqual(
-    (await repo.prune({ last: 1 }, { dryRun: true, source: 'vm:demo' })).sources.map((s) => s.source),
+    (await prune(repo, { last: 1 }, { dryRun: true, source: 'vm:demo' })).sources.map((s) => s.source),
     ['vm:demo'],
   );
   assert.deepEqual(
-    (await repo.prune({ last: 1 }, { dryRun: true, source: 'demo' })).sources.map((s) => s.source),
+    (await prune(repo, { last: 1 }, { dryRun: true, source: 'demo' })).sources.map((s) => s.source),
     ['vm:demo'],
   );
   await assert.rejects(
-    repo.prune({ last: 1 }, { source: 'vm:nothing' }),
+    prune(repo, { last: 1 }, { source: 'vm:nothing' }),
     (e: HavenError) => e.code === 'NOT_FOUND' && /sources are: vm:demo, volume:data/.test(e.message),
   );
   await assert.rejects(
-    repo.prune({ last: 0 }),
+    prune(repo, { last: 0 }),
     (e: HavenError) =>
       e.code === 'INVALID_ARGUMENT' && /keeps no snapshot of vm:demo.*--delete-all/.test(e.message),
   );
   assert.equal((await repo.listSnapshots()).length, 3, 'a refused prune deletes nothing');
-  const all = await repo.prune({ last: 0 }, { source: 'volume:data', deleteAll: true });
+  const all = await prune(repo, { last: 0 }, { source: 'volume:data', deleteAll: true });
   assert.deepEqual(all.sources[0]!.removed, [b1.id]);
   // A snapshot in use is kept this time, and named.
   const use = await repo.useSnapshot(a1.id);
-  const p = await repo.prune({ last: 1 });
+  const p = await prune(repo, { last: 1 });
   await use.end();
   assert.deepEqual(
     p.inUse.map((x) => x.id),
@@ -438,7 +441,7 @@ test('a writer killed with -9 does not hold gc back: its session (even under a r
   // And one whose pid was reused since (by this process): its start time tells them apart.
   const reused = { ...dead, id: 'y', pid: process.pid, start: '1' };
   writeFileSync(join(repo.location, 'sessions', 'y.json'), JSON.stringify(reused));
-  const r = await repo.gc({ graceMs: 0 });
+  const r = await gc(repo, { graceMs: 0 });
   assert.equal(r.removedChunks, 1, 'the cutoff was not held back by the dead session');
   assert.deepEqual(readdirSync(join(repo.location, 'sessions')), []);
 });
@@ -452,7 +455,7 @@ test('verify beside prune and gc: a snapshot forgotten (and its chunks collected
   const blocks = Array.from({ length: 8 }, () => randomBytes(65536));
   const goes = await makeSnapshot(repo, 'vm:a', blocks, '2026-01-02T00:00:00.000Z');
   let forgotten = false;
-  const v = await repo.verify(undefined, {
+  const v = await verify(repo, undefined, {
     concurrency: 1,
     onProgress: () => {
       if (forgotten) return;
@@ -481,16 +484,16 @@ test('gc beside prune: a snapshot forgotten between gc listing it and reading it
     '2026-01-02T00:00:00.000Z',
   );
   // Found by scripts/chaos: gc refused as "corrupt" when a prune removed a snapshot it had listed.
-  const readIndex = repo.readIndex.bind(repo);
-  repo.readIndex = async (s, d) => {
+  const openIndex = repo.openIndex.bind(repo);
+  repo.openIndex = async (s, d) => {
     if (s.id === goes.id) await repo.deleteSnapshot(goes.id); // what a concurrent prune does now
-    return readIndex(s, d);
+    return openIndex(s, d);
   };
-  const r = await repo.gc({ graceMs: 0 });
+  const r = await gc(repo, { graceMs: 0 });
   assert.equal(r.removedChunks, 2, "the forgotten snapshot's chunks were collected");
   assert.deepEqual(
     (await repo.listSnapshots()).map((s) => s.id),
     [keep.id],
   );
-  assert.deepEqual((await repo.verify()).damaged, []);
+  assert.deepEqual((await verify(repo)).damaged, []);
 });

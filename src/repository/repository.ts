@@ -5,20 +5,12 @@ import { resolve } from 'node:path';
 import { HavenError, conflict, errorMessage, notFound } from '../common/index.js';
 import { LocalBackend, type RepositoryBackend } from './backend.js';
 import { ChunkCodec } from './chunk-codec.js';
-import { ASIDE_PREFIX, isAsideName } from './chunk-claim.js';
+import { isAsideName } from './chunk-claim.js';
+import { asideKey, readStoredChunk } from './chunks.js';
 import { liveSessions, recordSession, type SessionRecord } from './sessions.js';
-import {
-  DEFAULT_CHUNK_SIZE,
-  FORMAT_VERSION,
-  checkChunkSize,
-  chunkKey,
-  isTemporaryKey,
-  readIndex,
-} from './format.js';
+import { DEFAULT_CHUNK_SIZE, FORMAT_VERSION, checkChunkSize, chunkKey, isTemporaryKey } from './format.js';
+import { DiskIndex } from './disk-index.js';
 import { newEncryption, openEncryption, type EncryptionConfig, type RepositoryKeys } from './keys.js';
-import { collectGarbage, type GcOptions, type GcReport } from './gc.js';
-import { verifySnapshots, type VerifyOptions, type VerifyReport } from './verify.js';
-import { planPrune, type PrunePlan, type RetentionPolicy } from './retention.js';
 
 export interface RepositoryConfig {
   format: 'haven-repository';
@@ -34,6 +26,8 @@ export interface DiskManifest {
   name: string;
   size: number;
   chunkSize: number;
+  /** Index version 2: the unit the index addresses (64 KiB); dataChunks and zeroChunks count these. */
+  granule?: number;
   /** Object key of the index. */
   index: string;
   indexSha256: string;
@@ -69,10 +63,13 @@ export interface SnapshotManifest {
 export interface BackupStats {
   /** Bytes read from the source. */
   readBytes: number;
-  /** Chunks of this snapshot that were not in the repository yet, and their stored bytes. */
+  /** Chunks of this snapshot (data and index pages) that were not in the repository yet, and their stored bytes. */
   newChunks: number;
   storedBytes: number;
-  /** Chunks found in the repository already (deduplicated) or taken from the parent. */
+  /**
+   * Chunks found in the repository already (deduplicated). An incremental's unchanged data, taken
+   * from its parent's index without being looked at, is not counted.
+   */
   reusedChunks: number;
   seconds: number;
 }
@@ -84,14 +81,6 @@ export interface SnapshotInfo extends SnapshotManifest {
 export interface DamagedSnapshot {
   id: string;
   reason: string;
-}
-
-export interface PruneReport {
-  sources: PrunePlan['sources'];
-  /** Snapshots the policy drops that are in use now: kept this time. */
-  inUse: DamagedSnapshot[];
-  /** Snapshots whose manifest is damaged: not pruned (forget them by id). */
-  damaged: DamagedSnapshot[];
 }
 
 const CONFIG = 'config.json';
@@ -118,30 +107,27 @@ export class Repository {
     return this.backend.location;
   }
 
-  /** The local directory chunk files live in, when the repository has one (see ChunkPool). */
-  get chunkDirectory(): string | undefined {
-    return this.backend.directory;
-  }
-
   get encrypted(): boolean {
     return !!this.config.encryption;
   }
 
   /**
-   * Creates a repository in `path` (new, empty, or holding only the empty folders an earlier
-   * init that failed left). Everything is checked before anything is created, and a failure
-   * removes what this init made, so that a retry finds the directory as it was.
+   * Creates a repository: in a local directory `path` (new, empty, or holding only the empty
+   * folders an earlier init that failed left; everything is checked before anything is created,
+   * and a failure removes what this init made, so that a retry finds the directory as it was),
+   * or in any backend (its config object is created exclusively: an existing repository is refused).
    */
   static async init(
-    path: string,
+    where: string | RepositoryBackend,
     opts: { chunkSize?: number; passphrase?: string } = {},
   ): Promise<Repository> {
-    const dir = resolve(path);
-    const existed = existsSync(dir);
-    if (existed && !existsSync(`${dir}/${CONFIG}`) && !onlyEmptyFolders(dir))
-      throw conflict(`${dir} is not empty and not a Haven repository`);
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     checkChunkSize(chunkSize);
+    if (typeof where === 'string') {
+      const dir = resolve(where);
+      if (existsSync(dir) && !existsSync(`${dir}/${CONFIG}`) && !onlyEmptyFolders(dir))
+        throw conflict(`${dir} is not empty and not a Haven repository`);
+    }
     const enc = opts.passphrase !== undefined ? newEncryption(opts.passphrase) : undefined;
     const config: RepositoryConfig = {
       format: 'haven-repository',
@@ -151,11 +137,24 @@ export class Repository {
       chunkSize,
       ...(enc ? { encryption: enc.config } : {}),
     };
+    const body = Buffer.from(JSON.stringify(config, null, 2) + '\n');
+    if (typeof where !== 'string') {
+      try {
+        await where.write(CONFIG, body, { exclusive: true });
+      } catch (err) {
+        if (err instanceof HavenError && err.code === 'CONFLICT')
+          throw conflict(`${where.location} is already a Haven repository`);
+        throw err;
+      }
+      return new Repository(where, config, enc?.keys);
+    }
+    const dir = resolve(where);
+    const existed = existsSync(dir);
     const backend = new LocalBackend(dir);
     const made = LAYOUT.filter((d) => !existsSync(`${dir}/${d}`));
     try {
       for (const d of LAYOUT) mkdirSync(`${dir}/${d}`, { recursive: true, mode: 0o700 });
-      await backend.write(CONFIG, Buffer.from(JSON.stringify(config, null, 2) + '\n'), { exclusive: true });
+      await backend.write(CONFIG, body, { exclusive: true });
     } catch (err) {
       if (err instanceof HavenError && err.code === 'CONFLICT')
         throw conflict(`${dir} is already a Haven repository`);
@@ -167,9 +166,13 @@ export class Repository {
     return new Repository(backend, config, enc?.keys);
   }
 
-  static async open(path: string, opts: { passphrase?: string } = {}): Promise<Repository> {
-    const dir = resolve(path);
-    const backend = new LocalBackend(dir);
+  /** Opens a repository: a local directory `path`, or one in any backend. */
+  static async open(
+    where: string | RepositoryBackend,
+    opts: { passphrase?: string } = {},
+  ): Promise<Repository> {
+    const backend = typeof where === 'string' ? new LocalBackend(resolve(where)) : where;
+    const dir = backend.location;
     let data: Buffer;
     try {
       data = await backend.read(CONFIG);
@@ -239,24 +242,8 @@ export class Repository {
     );
   }
 
-  async getChunk(digest: Buffer): Promise<Buffer> {
-    const key = chunkKey(digest);
-    try {
-      return await this.backend.read(key);
-    } catch (err) {
-      if (!(err instanceof HavenError && err.code === 'NOT_FOUND')) throw err;
-    }
-    // A gc sweep may hold it aside for a moment (chunk-claim.ts), then put it back.
-    for (const k of [asideKey(key), key])
-      try {
-        return await this.backend.read(k);
-      } catch (err) {
-        if (!(err instanceof HavenError && err.code === 'NOT_FOUND')) throw err;
-      }
-    throw new HavenError(
-      'CORRUPT',
-      `chunk ${digest.toString('hex')} is missing from repository ${this.location}`,
-    );
+  getChunk(digest: Buffer): Promise<Buffer> {
+    return readStoredChunk(this.backend, digest);
   }
 
   // ---- sessions: what a running backup holds ------------------------------------------------
@@ -358,17 +345,25 @@ export class Repository {
   async scanSnapshots(): Promise<{ snapshots: SnapshotInfo[]; damaged: DamagedSnapshot[] }> {
     const snapshots: SnapshotInfo[] = [];
     const damaged: DamagedSnapshot[] = [];
-    for await (const o of this.backend.list('snapshots/')) {
-      if (!o.key.endsWith(`/${MANIFEST}`)) continue;
-      const id = o.key.split('/')[1]!;
-      try {
-        snapshots.push(await this.snapshot(id));
-      } catch (err) {
-        if (err instanceof HavenError && err.code === 'NOT_FOUND') continue; // forgotten meanwhile
-        if (!(err instanceof HavenError && err.code === 'CORRUPT')) throw err; // cannot read: not damage
-        damaged.push({ id, reason: errorMessage(err) });
+    const ids: string[] = [];
+    for await (const o of this.backend.list('snapshots/'))
+      if (o.key.endsWith(`/${MANIFEST}`)) ids.push(o.key.split('/')[1]!);
+    // Read side by side: each is a round trip to the backend (a few on a local disk, one
+    // request each on object storage), and every backup lists them to find its parent.
+    let next = 0;
+    const reader = async () => {
+      while (next < ids.length) {
+        const id = ids[next++]!;
+        try {
+          snapshots.push(await this.snapshot(id));
+        } catch (err) {
+          if (err instanceof HavenError && err.code === 'NOT_FOUND') continue; // forgotten meanwhile
+          if (!(err instanceof HavenError && err.code === 'CORRUPT')) throw err; // cannot read: not damage
+          damaged.push({ id, reason: errorMessage(err) });
+        }
       }
-    }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, ids.length) }, reader));
     snapshots.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
     return { snapshots, damaged: damaged.sort((a, b) => a.id.localeCompare(b.id)) };
   }
@@ -400,17 +395,26 @@ export class Repository {
     return { ...m, protected: await this.backend.exists(`snapshots/${id}/protected`) };
   }
 
-  /** A disk's chunk digests, checked against the hash the manifest recorded. */
-  async readIndex(
+  /**
+   * A disk's index (disk-index.ts: the one view every reader uses), its object checked against
+   * the hash the manifest recorded; its pages are read as they are needed.
+   */
+  async openIndex(
     m: SnapshotManifest,
     disk: number,
-  ): Promise<{ chunkSize: number; size: number; count: number; digests: Buffer }> {
+    /** Reads and decodes a page (a chunk) by digest, e.g. through a backup's chunk workers. */
+    readPage?: (digest: Buffer) => Promise<Buffer>,
+  ): Promise<DiskIndex> {
     const d = m.disks[disk];
     if (!d) throw notFound(`snapshot ${m.id} has no disk ${disk}`);
     const data = await this.backend.read(d.index);
     if (createHash('sha256').update(data).digest('hex') !== d.indexSha256)
       throw new HavenError('CORRUPT', `snapshot ${m.id}: index of ${d.name} does not match its manifest`);
-    return readIndex(data, `snapshot ${m.id} ${d.name}`);
+    if (readPage) return DiskIndex.parse(data, `snapshot ${m.id} ${d.name}`, readPage);
+    const codec = this.codec();
+    return DiskIndex.parse(data, `snapshot ${m.id} ${d.name}`, async (digest) =>
+      codec.decode(await this.getChunk(digest), digest),
+    );
   }
 
   async setProtected(id: string, on: boolean): Promise<void> {
@@ -462,51 +466,6 @@ export class Repository {
   }
 
   /**
-   * Applies a retention policy to each source's snapshots and deletes what it does not keep.
-   * Snapshots in use (the base of a running backup, being read) are kept this time and named;
-   * damaged ones are left alone (their date and source are unknown) and named.
-   */
-  async prune(
-    policy: RetentionPolicy,
-    opts: { dryRun?: boolean; source?: string; deleteAll?: boolean } = {},
-  ): Promise<PruneReport> {
-    const scan = await this.scanSnapshots();
-    const plan = planPrune(scan.snapshots, policy, {
-      ...(opts.source !== undefined ? { source: opts.source } : {}),
-      ...(opts.deleteAll ? { deleteAll: true } : {}),
-    });
-    const report: PruneReport = { sources: [], inUse: [], damaged: scan.damaged };
-    for (const p of plan.sources) {
-      const removed: string[] = [];
-      for (const id of p.removed) {
-        if (!opts.dryRun)
-          try {
-            await this.deleteSnapshot(id);
-          } catch (err) {
-            if (!(err instanceof HavenError && err.code === 'CONFLICT')) throw err;
-            report.inUse.push({ id, reason: errorMessage(err) });
-            continue;
-          }
-        removed.push(id);
-      }
-      report.sources.push({ ...p, removed });
-    }
-    return report;
-  }
-
-  // ---- verify and garbage collection (verify.ts, gc.ts) ------------------------------------
-
-  /** Reads and checks the chunks and indexes of the snapshots (all, or those named): verify.ts. */
-  verify(ids?: string[], opts: VerifyOptions = {}): Promise<VerifyReport> {
-    return verifySnapshots(this, ids, opts);
-  }
-
-  /** Deletes the chunks no snapshot uses, safely while backups run: gc.ts. */
-  gc(opts: GcOptions = {}): Promise<GcReport> {
-    return collectGarbage(this, opts);
-  }
-
-  /**
    * What the repository holds. The deduplication ratio compares the data the snapshots refer to
    * (their non-zero chunks: zero chunks and holes are never stored) with the bytes stored.
    */
@@ -524,8 +483,8 @@ export class Repository {
     for (const s of scan.snapshots)
       for (const d of s.disks) {
         logicalBytes += d.size;
-        // The last chunk may be short; counted whole, the error is under a chunk per disk.
-        dataBytes += Math.min(d.size, (d.dataChunks ?? 0) * d.chunkSize);
+        // The last entry may be short; counted whole, the error is under one entry per disk.
+        dataBytes += Math.min(d.size, (d.dataChunks ?? 0) * (d.granule ?? d.chunkSize));
       }
     return {
       location: this.location,
@@ -557,11 +516,6 @@ export interface RepositoryStats {
   dataBytes: number;
   /** dataBytes per stored byte: what deduplication and compression save together. */
   ratio: number;
-}
-
-/** Where a gc sweep holds a chunk aside (chunk-claim.ts). */
-function asideKey(key: string): string {
-  return key.replace(/[^/]+$/, (b) => ASIDE_PREFIX + b);
 }
 
 /** An empty directory, or one holding only empty folders (what a failed init of old left). */

@@ -1,5 +1,5 @@
 import { HavenError, errorMessage } from '../common/index.js';
-import { DIGEST_BYTES, ZERO_DIGEST, chunkKey } from './format.js';
+import { GRANULE, PAGE_GRANULES, ZERO_DIGEST, chunkKey } from './format.js';
 import type { Repository, SnapshotInfo } from './repository.js';
 
 /** Where a rolling verify is up to. */
@@ -20,6 +20,7 @@ export interface VerifyReport {
   slice?: { index: number; of: number };
   /** The snapshots checked (those whose manifest reads). */
   snapshots: string[];
+  /** Chunks checked: the data chunks the snapshots use, and their index pages. */
   chunks: number;
   bytes: number;
   damagedChunks: number;
@@ -38,6 +39,8 @@ interface Use {
   snapshot: string;
   disk: string;
   offset: number;
+  /** Where on the disk the chunk's start would be (runs of one use share it). */
+  chunkAt: number;
 }
 
 /**
@@ -48,7 +51,7 @@ interface Use {
  */
 export async function verifySnapshots(
   repo: Repository,
-  ids: string[] | undefined,
+  ids?: string[],
   opts: VerifyOptions = {},
 ): Promise<VerifyReport> {
   let slice: { index: number; of: number } | undefined;
@@ -78,23 +81,52 @@ export async function verifySnapshots(
   }
   // digest → where it is used
   const uses = new Map<string, Use[]>();
+  const pages = new Set<string>();
+  /** Damaged index pages (chunks too): reason, and where each is used. */
+  const badPages = new Map<string, string>();
   for (const s of snaps)
     for (let d = 0; d < s.disks.length; d++) {
+      const disk = s.disks[d]!.name;
       let idx;
       try {
-        idx = await repo.readIndex(s, d);
+        idx = await repo.openIndex(s, d);
       } catch (err) {
-        damaged.push({ snapshot: s.id, disk: s.disks[d]!.name, offsets: [], reason: errorMessage(err) });
+        damaged.push({ snapshot: s.id, disk, offsets: [], reason: errorMessage(err) });
         continue;
       }
-      for (let i = 0; i < idx.count; i++) {
-        const dg = idx.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
-        if (dg.equals(ZERO_DIGEST)) continue;
-        if (slice && Math.floor((dg.readUInt16BE(0) * slice.of) / 65536) !== slice.index) continue;
-        const hex = dg.toString('hex');
-        let list = uses.get(hex);
-        if (!list) uses.set(hex, (list = []));
-        list.push({ snapshot: s.id, disk: s.disks[d]!.name, offset: i * idx.chunkSize });
+      // Page by page: a page is a chunk, read and checked against its digest here; a damaged one
+      // is reported as damaged chunks are (its file, and the disk offsets that depend on it).
+      const span = PAGE_GRANULES * GRANULE;
+      for (let p = 0; p < idx.pages; p++) {
+        const pd = idx.pageDigest(p);
+        const pageHex = pd && !pd.equals(ZERO_DIGEST) ? pd.toString('hex') : undefined;
+        // (counted in their slice, so that a rolling verify's runs add up to a whole one)
+        const counted = pageHex !== undefined && (!slice || inSlice(pd!, slice));
+        if (counted) pages.add(pageHex);
+        try {
+          for await (const r of idx.runs(p * span, (p + 1) * span)) {
+            if (r.zero) continue;
+            const dg = r.digest;
+            if (slice && !inSlice(dg, slice)) continue;
+            const hex = dg.toString('hex');
+            let list = uses.get(hex);
+            if (!list) uses.set(hex, (list = []));
+            const last = list[list.length - 1];
+            // A chunk's runs on one disk (a full backup's chunk is one run) are one use, at its first.
+            if (!(last && last.snapshot === s.id && last.disk === disk && last.chunkAt === r.offset - r.at))
+              list.push({ snapshot: s.id, disk, offset: r.offset, chunkAt: r.offset - r.at });
+          }
+        } catch (err) {
+          if (!pageHex || !counted) {
+            if (!pageHex)
+              damaged.push({ snapshot: s.id, disk, offsets: [p * span], reason: errorMessage(err) });
+            continue;
+          }
+          badPages.set(pageHex, errorMessage(err));
+          let list = uses.get(pageHex);
+          if (!list) uses.set(pageHex, (list = []));
+          list.push({ snapshot: s.id, disk, offset: p * span, chunkAt: p * span });
+        }
       }
     }
   const codec = repo.codec();
@@ -106,6 +138,7 @@ export async function verifySnapshots(
   const worker = async () => {
     while (next < digests.length) {
       const hex = digests[next++]!;
+      if (badPages.has(hex)) continue; // read already: damaged
       const digest = Buffer.from(hex, 'hex');
       try {
         const stored = await repo.getChunk(digest);
@@ -117,6 +150,7 @@ export async function verifySnapshots(
     }
   };
   await Promise.all(Array.from({ length: opts.concurrency ?? 4 }, worker));
+  for (const [hex, reason] of badPages) bad.set(hex, reason);
   // A snapshot forgotten while this ran (prune and gc beside a verify) is no damage: its chunks
   // may be gone. Only what still exists is reported.
   if (bad.size) {
@@ -157,7 +191,7 @@ export async function verifySnapshots(
   const report: VerifyReport = {
     ...(slice ? { slice } : {}),
     snapshots: snaps.map((s) => s.id),
-    chunks: digests.length,
+    chunks: digests.length - badPages.size + pages.size,
     bytes,
     damagedChunks: bad.size,
     damaged,
@@ -189,4 +223,9 @@ async function rollingCursor(repo: Repository, of: number): Promise<number> {
   } catch {
     return 0;
   }
+}
+
+/** Whether a digest falls in a rolling verify's slice. */
+function inSlice(digest: Buffer, slice: { index: number; of: number }): boolean {
+  return Math.floor((digest.readUInt16BE(0) * slice.of) / 65536) === slice.index;
 }

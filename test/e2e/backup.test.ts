@@ -21,7 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { HavenError } from '../../src/common/index.js';
 import { backupSource, restoreSnapshot, withStorage } from '../../src/orchestration/index.js';
-import { Repository } from '../../src/repository/index.js';
+import { Repository, gc, verify } from '../../src/repository/index.js';
 import { HAVEN_BIN } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -81,7 +81,7 @@ test('raw and qcow2 images round-trip bit-identically; a second backup of the sa
   await restoreSnapshot({ repo, snapshot: m3.id, to: out2 });
   execFileSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', qcow, out2]);
   // The independent check of the repository: every chunk reads back and matches its digest.
-  const v = await (await Repository.open(repo)).verify();
+  const v = await verify(await Repository.open(repo));
   assert.equal(v.damaged.length, 0);
   assert.equal(v.snapshots.length, 3);
 });
@@ -166,34 +166,25 @@ test('bit flips: verify names exactly the damaged snapshots; restore fails loudl
   const mb = await backupSource({ repo, source: imgB });
   const r = await Repository.open(repo);
   // A chunk only A uses: flip one byte in the middle of its file.
-  const idxA = await r.readIndex(ma, 0);
-  const idxB = await r.readIndex(mb, 0);
-  const inB = new Set<string>();
-  for (let i = 0; i < idxB.count; i++) inB.add(idxB.digests.subarray(i * 32, i * 32 + 32).toString('hex'));
-  let victim = -1;
-  for (let i = 0; i < idxA.count; i++) {
-    const hex = idxA.digests.subarray(i * 32, i * 32 + 32).toString('hex');
-    if (!/^0+$/.test(hex) && !inB.has(hex)) {
-      victim = i;
-      break;
-    }
-  }
-  assert.ok(victim >= 0);
-  const hex = idxA.digests.subarray(victim * 32, victim * 32 + 32).toString('hex');
+  const chunksA = await (await r.openIndex(ma, 0)).chunks();
+  const inB = new Set((await (await r.openIndex(mb, 0)).chunks()).map((c) => c.digest.toString('hex')));
+  const victim = chunksA.find((c) => !inB.has(c.digest.toString('hex')));
+  assert.ok(victim);
+  const hex = victim.digest.toString('hex');
   const file = join(repo, 'chunks', hex.slice(0, 2), hex);
   const bytes = readFileSync(file);
   bytes[bytes.length >> 1]! ^= 0x40;
   writeFileSync(file, bytes);
 
-  const v = await r.verify();
+  const v = await verify(r);
   assert.equal(v.damagedChunks, 1);
   assert.deepEqual(
     v.damaged.map((d) => [d.snapshot, d.offsets]),
-    [[ma.id, [victim * r.config.chunkSize]]],
+    [[ma.id, [victim.offset]]],
   );
   // A rolling verify in four runs checks every chunk once, and finds the damage in its slice.
   const runs = [];
-  for (let i = 0; i < 4; i++) runs.push(await r.verify(undefined, { rolling: 4 }));
+  for (let i = 0; i < 4; i++) runs.push(await verify(r, undefined, { rolling: 4 }));
   assert.deepEqual(
     runs.map((x) => x.slice?.index),
     [0, 1, 2, 3],
@@ -208,10 +199,10 @@ test('bit flips: verify names exactly the damaged snapshots; restore fails loudl
     [0, 1, 2, 3].map((k) => (k === expectSlice ? 1 : 0)),
   );
   assert.equal(runs[expectSlice]!.damaged[0]!.snapshot, ma.id);
-  assert.equal((await r.verify(undefined, { rolling: 4 })).slice?.index, 0, 'the fifth run starts over');
+  assert.equal((await verify(r, undefined, { rolling: 4 })).slice?.index, 0, 'the fifth run starts over');
   await assert.rejects(
     restoreSnapshot({ repo, snapshot: ma.id, to: join(dir.path, 'out.raw') }),
-    (e: HavenError) => e.code === 'CORRUPT' && e.message.includes(`offset ${victim * r.config.chunkSize}`),
+    (e: HavenError) => e.code === 'CORRUPT' && e.message.includes(`offset ${victim.offset}`),
   );
   await restoreSnapshot({ repo, snapshot: mb.id, to: join(dir.path, 'outb.raw') });
   assert.equal(sha(join(dir.path, 'outb.raw')), sha(imgB));
@@ -221,7 +212,7 @@ test('bit flips: verify names exactly the damaged snapshots; restore fails loudl
     (e: { code: number; stdout: string }) => e,
   );
   assert.equal(cli.code, 1);
-  assert.match(cli.stdout, new RegExp(`DAMAGED ${ma.id} disk0: offsets ${victim * r.config.chunkSize}:`));
+  assert.match(cli.stdout, new RegExp(`DAMAGED ${ma.id} disk0: offsets ${victim.offset}:`));
 });
 
 test('encrypted repository: no plaintext in its files; a wrong passphrase is a clear error', async (t) => {
@@ -313,9 +304,9 @@ test('kill -9 during a backup: no snapshot appears, the next backup succeeds, gc
   const other = join(dir.path, 'other.raw');
   makeImage(other, 256 * MiB, 9);
   await killAfterChunks(['backup', other, '--repo', repo], 6);
-  const gc = await r.gc({ graceMs: 0 });
-  assert.ok(gc.removedChunks > 0, 'the dead backup left chunks that gc removed');
-  const v = await r.verify();
+  const swept = await gc(r, { graceMs: 0 });
+  assert.ok(swept.removedChunks > 0, 'the dead backup left chunks that gc removed');
+  const v = await verify(r);
   assert.equal(v.damaged.length, 0);
   assert.equal((await r.stats()).chunks, v.chunks, 'every chunk left is used by a snapshot');
   await restoreSnapshot({ repo, snapshot: m.id, to: out, force: true });
@@ -344,8 +335,8 @@ test('a full target disk fails the backup cleanly and leaves the repository unha
     (await r.listSnapshots()).map((s) => s.id),
     [ok.id],
   );
-  assert.equal((await r.verify()).damaged.length, 0);
-  await r.gc({ graceMs: 0 });
+  assert.equal((await verify(r)).damaged.length, 0);
+  await gc(r, { graceMs: 0 });
   assert.ok(statSync(mnt).isDirectory());
   const out = join(dir.path, 'out.raw');
   await restoreSnapshot({ repo, snapshot: ok.id, to: out });

@@ -12,7 +12,7 @@ import { openRawFile } from '../../src/block/index.js';
 import { errorMessage } from '../../src/common/index.js';
 import { backupSource, restoreSnapshot } from '../../src/orchestration/index.js';
 import { backup, openChunkPool } from '../../src/protection/index.js';
-import { Repository, chunkKey, type SnapshotManifest } from '../../src/repository/index.js';
+import { Repository, chunkKey, gc, verify, type SnapshotManifest } from '../../src/repository/index.js';
 import { tempDir } from '../support/tmp.js';
 
 const MiB = 1024 * 1024;
@@ -73,8 +73,8 @@ test('backup ‖ gc: a backup reusing unreferenced chunks while gc sweeps them n
     // The backup starts as the sweep does (its worker threads and source are ready), and they
     // come towards each other.
     let started: Promise<SnapshotManifest> | undefined;
-    const gc = repo.gc({ graceMs: 0, onSweep: () => void (started ??= backupImage()) });
-    const [g] = await Promise.allSettled([gc]);
+    const sweep = gc(repo, { graceMs: 0, onSweep: () => void (started ??= backupImage()) });
+    const [g] = await Promise.allSettled([sweep]);
     const [b] = await Promise.allSettled([started ?? backupImage()]);
     if (g.status === 'rejected') failures.push(`round ${round}: gc failed: ${errorMessage(g.reason)}`);
     else {
@@ -85,17 +85,16 @@ test('backup ‖ gc: a backup reusing unreferenced chunks while gc sweeps them n
       failures.push(`round ${round}: the backup failed: ${errorMessage(b.reason)}`);
       continue;
     }
-    const idx = await repo.readIndex(b.value, 0);
     let missing = 0;
-    for (let i = 0; i < idx.count; i++)
-      if (!existsSync(join(repo.location, chunkKey(idx.digests.subarray(i * 32, i * 32 + 32))))) missing++;
+    for (const c of await (await repo.openIndex(b.value, 0)).chunks())
+      if (!existsSync(join(repo.location, chunkKey(c.digest)))) missing++;
     if (missing) failures.push(`round ${round}: snapshot ${b.value.id} names ${missing} chunk(s) gc deleted`);
   }
   t.diagnostic(
     `${rounds} rounds: gc removed ${removed} chunks the backup had not reached yet and kept ${claimed} it claimed during the sweep; ${failures.length} failure(s)`,
   );
   assert.deepEqual(failures, []);
-  assert.equal((await repo.verify()).damaged.length, 0);
+  assert.equal((await verify(repo)).damaged.length, 0);
 });
 
 test('a chunk a sweep holds aside (or left aside when it died) is still read by restore and verify', async (t) => {
@@ -107,14 +106,13 @@ test('a chunk a sweep holds aside (or left aside when it died) is still read by 
   writeFileSync(img, randomBytes(2 * MiB));
   const m = await backupSource({ repo, source: img });
   const r = await Repository.open(repo);
-  const idx = await r.readIndex(m, 0);
-  const key = chunkKey(idx.digests.subarray(32 * 5, 32 * 6));
+  const key = chunkKey((await (await r.openIndex(m, 0)).chunks())[5]!.digest);
   renameSync(join(repo, key), join(repo, dirname(key), `.gc-${basename(key)}`));
   const out = join(dir.path, 'out.raw');
   await restoreSnapshot({ repo, snapshot: m.id, to: out });
   assert.ok(readFileSync(out).equals(readFileSync(img)));
-  assert.equal((await r.verify()).damaged.length, 0);
+  assert.equal((await verify(r)).damaged.length, 0);
   // The next gc puts it back under its name.
-  await r.gc({ graceMs: 0 });
+  await gc(r, { graceMs: 0 });
   assert.ok(existsSync(join(repo, key)));
 });

@@ -126,8 +126,13 @@ export function registerBackup(program: Command): void {
             ...(s.vm ? [['vm', 'its configuration is in the manifest (--json)'] as [string, string]] : []),
           ]),
           table([
-            ['DISK', 'SIZE', 'CHUNK', 'DATA CHUNKS', 'ZERO CHUNKS'],
-            ...s.disks.map((d) => [d.name, bytes(d.size), bytes(d.chunkSize), d.dataChunks, d.zeroChunks]),
+            // Index version 2 counts 64 KiB granules, version 1 chunks: both shown as bytes.
+            ['DISK', 'SIZE', 'CHUNK', 'DATA', 'ZEROES'],
+            ...s.disks.map((d) => {
+              const unit = d.granule ?? d.chunkSize;
+              const data = Math.min(d.size, d.dataChunks * unit);
+              return [d.name, bytes(d.size), bytes(d.chunkSize), bytes(data), bytes(d.size - data)];
+            }),
           ]),
         ].join('\n'),
       );
@@ -164,8 +169,8 @@ export function registerBackup(program: Command): void {
         r = await runLocal(
           o,
           { kind: 'repository.verify', target: a.repo },
-          (onProgress) =>
-            repository.verify(ids.length ? ids : undefined, {
+          async (onProgress) =>
+            (await orchestration()).verifyRepository(repository, ids.length ? ids : undefined, {
               onProgress: (d, t) => onProgress(d * cs, t * cs, 'verify'),
               ...(rolling !== undefined ? { rolling } : {}),
             }),
@@ -227,8 +232,8 @@ export function registerBackup(program: Command): void {
       const r = await runLocal(
         o,
         { kind: 'repository.prune', target: a.repo },
-        () =>
-          repository.prune(policy, {
+        async () =>
+          (await orchestration()).pruneRepository(repository, policy, {
             ...(o.dryRun ? { dryRun: true } : {}),
             ...(o.deleteAll ? { deleteAll: true } : {}),
             ...(typeof o.source === 'string' ? { source: o.source } : {}),
@@ -258,7 +263,7 @@ export function registerBackup(program: Command): void {
       await runLocal(
         o,
         { kind: 'repository.gc', target: a.repo },
-        () => repository.gc({ graceMs: grace * 1000 }),
+        async () => (await orchestration()).collectRepositoryGarbage(repository, { graceMs: grace * 1000 }),
         (r) =>
           `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})${r.claimedMeanwhile ? `, ${r.claimedMeanwhile} of them claimed by a backup while gc ran` : ''}`,
       );

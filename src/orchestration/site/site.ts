@@ -37,6 +37,7 @@ import {
   type RepoAccess,
 } from '../tools/backup.js';
 import { openVolumeSource, restore } from '../../protection/index.js';
+import { gc as collectGarbage, verify as verifyRepository } from '../../repository/index.js';
 import { parseHostPort } from '../tools/serve-image.js';
 import { ComputeService, type VmDefinition } from './compute.js';
 import { resolveConsistencyOptions, vmQuiesce, type ConsistencyOptions } from './backup-consistency.js';
@@ -651,7 +652,7 @@ export class Site {
   verifyRepository(actor: Actor, req: RepoAccess & { snapshots?: string[]; rolling?: number }): Job {
     return this.jobs.start({ kind: 'repository.verify', target: req.repo, actor }, async (ctx) => {
       const r = await openRepository(req);
-      const report = await r.verify(req.snapshots, {
+      const report = await verifyRepository(r, req.snapshots, {
         onProgress: (d, t) => ctx.progress(d, t, 'verify'),
         ...(req.rolling !== undefined ? { rolling: req.rolling } : {}),
       });
@@ -675,7 +676,7 @@ export class Site {
   gcRepository(actor: Actor, req: RepoAccess & { graceMs?: number }): Job {
     return this.jobs.start({ kind: 'repository.gc', target: req.repo, actor }, async () => {
       const r = await openRepository(req);
-      return r.gc(req.graceMs !== undefined ? { graceMs: req.graceMs } : {});
+      return collectGarbage(r, req.graceMs !== undefined ? { graceMs: req.graceMs } : {});
     });
   }
 

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { HavenError, type HavenErrorCode } from '../../common/index.js';
-import type { RepositoryKeys } from '../../repository/index.js';
+import type { BackendDescription, RepositoryKeys } from '../../repository/index.js';
 import type { WorkerReply, WorkerRequest } from './chunk-worker.js';
 
 export type Hashed = { zero: true } | { zero: false; digest: Buffer };
@@ -9,15 +9,18 @@ export interface Stored {
   /** The chunk was in the repository already (it was touched, not written). */
   existed: boolean;
   storedBytes: number;
-  /** The stored form, when the repository is not a local directory (the caller writes it). */
+  /** The stored form, when the workers have no backend of their own (the caller writes it). */
   stored?: Buffer;
 }
 
 export interface ChunkPoolOptions {
   workers?: number;
   slots?: number;
-  /** The repository's directory: workers read and write chunk files there themselves. */
-  chunkRoot?: string;
+  /**
+   * The repository's backend, as a worker can open it (RepositoryBackend.describe): workers then
+   * read and write chunks through their own instance. Absent: they only encode and decode.
+   */
+  backend?: BackendDescription;
 }
 
 interface Pending {
@@ -43,11 +46,15 @@ export class ChunkPool {
   private seq = 0;
   private failed: Error | undefined;
 
+  /** Whether the workers read and write the repository themselves (through their own backend). */
+  readonly ownBackend: boolean;
+
   constructor(
     keys: RepositoryKeys | undefined,
     readonly slotSize: number,
     opts: ChunkPoolOptions = {},
   ) {
+    this.ownBackend = !!opts.backend;
     const n = opts.workers ?? Math.max(1, availableParallelism());
     const slots = opts.slots ?? n * 6;
     this.arena = new SharedArrayBuffer(slotSize * slots);
@@ -59,7 +66,7 @@ export class ChunkPool {
           arena: this.arena,
           slotSize,
           ...(keys ? { keys: { id: keys.id, data: keys.data } } : {}),
-          ...(opts.chunkRoot ? { chunkRoot: opts.chunkRoot } : {}),
+          ...(opts.backend ? { backend: opts.backend } : {}),
         },
       });
       w.on('message', (r: WorkerReply) => this.onReply(i, r));
@@ -94,7 +101,7 @@ export class ChunkPool {
     return r.zero ? r : { zero: false, digest: toBuffer(r.digest) };
   }
 
-  /** Compresses, encrypts and (local repository) writes the chunk in `slot` unless it exists. */
+  /** Compresses, encrypts and (ownBackend) writes the chunk in `slot` unless it exists. */
   async store(slot: number, length: number, digest: Buffer): Promise<Stored> {
     const r = await this.send({ op: 'store', seq: 0, slot, length, digest: small(digest) });
     if (!('existed' in r)) throw new HavenError('INTERNAL', 'chunk worker did not store');
@@ -107,7 +114,7 @@ export class ChunkPool {
 
   /**
    * Decodes a chunk into `slot`, checked against `digest`; returns its length. The worker reads
-   * it from the local repository unless `stored` is given.
+   * it through its backend unless `stored` is given.
    */
   async load(slot: number, digest: Buffer, stored?: Buffer): Promise<number> {
     const r = await this.send({

@@ -1,39 +1,26 @@
 // A worker thread of the backup pipeline, working on chunks in a shared arena that the main
 // thread reads sources into and writes targets from. hash: the chunk's digest (or that it is all
-// zeroes); store: compress, encrypt and, for a repository in a local directory, write the chunk
-// file here with synchronous calls (this thread's time, not the event loop's; no copy of the
-// stored bytes back to the main thread; the repository makes them durable with one filesystem
-// sync before the manifest that needs them); load: read a chunk, check it and decode it into a slot.
+// zeroes); store: compress, encrypt and, when the repository's backend can be opened here
+// (RepositoryBackend.describe), write the chunk through this thread's own instance of it (its
+// I/O is this thread's time, not the event loop's; no copy of the stored bytes back to the main
+// thread; the repository makes them durable with one sync before the manifest that needs them);
+// load: read a chunk, check it and decode it into a slot.
 // Keeps one zstd context per direction for its whole life.
-import { randomBytes } from 'node:crypto';
-import {
-  closeSync,
-  fstatSync,
-  mkdirSync,
-  openSync,
-  readSync,
-  renameSync,
-  rmSync,
-  writeSync,
-  writevSync,
-} from 'node:fs';
-import { dirname, join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 // Narrow imports, past the layers' index files: a worker's start-up is on the critical path of
 // every backup and restore, and the full surfaces cost it tens of milliseconds.
-import { nativeIo } from '../../block/native.js';
-import { HavenError, fromSystemError } from '../../common/errors.js';
+import { openBackend, type BackendDescription } from '../../repository/backend.js';
 import { ChunkCodec } from '../../repository/chunk-codec.js';
-import { asidePath, claimFileSync } from '../../repository/chunk-claim.js';
-import { TMP_PREFIX, chunkKey } from '../../repository/format.js';
+import { readStoredChunk } from '../../repository/chunks.js';
+import { chunkKey } from '../../repository/format.js';
 import type { RepositoryKeys } from '../../repository/keys.js';
 
 interface Init {
   keys?: { id: Uint8Array; data: Uint8Array };
   arena: SharedArrayBuffer;
   slotSize: number;
-  /** The repository's directory when chunks are files there (the worker reads and writes them). */
-  chunkRoot?: string;
+  /** The repository's backend, when this thread may open its own (it reads and writes chunks). */
+  backend?: BackendDescription;
 }
 
 export type WorkerRequest =
@@ -56,91 +43,12 @@ const keys: RepositoryKeys | undefined = init.keys
 const codec = new ChunkCodec(keys);
 const arena = Buffer.from(init.arena);
 const zeroes = Buffer.alloc(init.slotSize);
-const madeDirs = new Set<string>();
-const native = nativeIo();
+// Blocking I/O: this thread has nothing else to do meanwhile.
+const backend = init.backend ? openBackend(init.backend, { blocking: true }) : undefined;
+/** Reused for every chunk read (no allocation per chunk). */
+let readBuffer = Buffer.alloc(init.slotSize + 4096);
 
-function storeLocal(root: string, digest: Buffer, plain: Buffer): { existed: boolean; storedBytes: number } {
-  const target = join(root, chunkKey(digest));
-  try {
-    // Claimed, so that a garbage collection running now or later keeps it (chunk-claim.ts).
-    if (claimFileSync(target)) return { existed: true, storedBytes: 0 };
-  } catch (err) {
-    throw fromSystemError(err, `repository ${root}: cannot claim ${chunkKey(digest)}`);
-  }
-  const [header, payload] = codec.encodeParts(plain, digest);
-  const dir = dirname(target);
-  if (!madeDirs.has(dir)) {
-    mkdirSync(dir, { recursive: true });
-    madeDirs.add(dir);
-  }
-  // The temporary name is in the chunk's own folder: new inodes spread over the filesystem's
-  // groups instead of contending for one (see docs/repository-format.md).
-  const tmp = join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
-  const storedBytes = header.length + payload.length;
-  try {
-    const fd = openSync(tmp, 'wx', 0o600);
-    try {
-      let at = writevSync(fd, [header, payload]);
-      if (at < storedBytes) {
-        const rest = Buffer.concat([header, payload]);
-        while (at < storedBytes) at += writeSync(fd, rest, at);
-      }
-      // The disk starts on it now, beside the CPUs, so the sync before the manifest is short.
-      native?.startWriteback(fd, 0, 0);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, target);
-  } catch (err) {
-    rmSync(tmp, { force: true });
-    throw fromSystemError(err, `repository ${root}: cannot write ${chunkKey(digest)}`);
-  }
-  return { existed: false, storedBytes };
-}
-
-let readBuffer = Buffer.alloc(0);
-
-/** A chunk file opened for reading; undefined if there is none under that name. */
-function openChunk(path: string, key: string): number | undefined {
-  try {
-    return openSync(path, 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw fromSystemError(err, `repository ${init.chunkRoot}: cannot read ${key}`);
-  }
-}
-
-/** A stored chunk: the one given, or read from the local repository into a reused buffer. */
-function loadStored(digest: Buffer, given?: Uint8Array): Buffer {
-  if (given) return Buffer.from(given.buffer, given.byteOffset, given.byteLength);
-  const key = chunkKey(digest);
-  const path = join(init.chunkRoot!, key);
-  let fd = openChunk(path, key);
-  // A gc sweep may hold the chunk aside for a moment (chunk-claim.ts), then put it back.
-  fd ??= openChunk(asidePath(path), key) ?? openChunk(path, key);
-  if (fd === undefined)
-    throw new HavenError(
-      'CORRUPT',
-      `chunk ${digest.toString('hex')} is missing from repository ${init.chunkRoot}`,
-    );
-  try {
-    const size = fstatSync(fd).size;
-    if (readBuffer.length < size) readBuffer = Buffer.alloc(Math.max(size, init.slotSize + 4096));
-    let at = 0;
-    while (at < size) {
-      const n = readSync(fd, readBuffer, at, size - at, at);
-      if (n === 0) break;
-      at += n;
-    }
-    return readBuffer.subarray(0, at);
-  } catch (err) {
-    throw fromSystemError(err, `repository ${init.chunkRoot}: cannot read ${key}`);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function handle(m: WorkerRequest): WorkerReply {
+async function handle(m: WorkerRequest): Promise<WorkerReply> {
   const slot = arena.subarray(m.slot * init.slotSize, (m.slot + 1) * init.slotSize);
   switch (m.op) {
     case 'hash': {
@@ -152,21 +60,35 @@ function handle(m: WorkerRequest): WorkerReply {
     case 'store': {
       const plain = slot.subarray(0, m.length);
       const digest = Buffer.from(m.digest.buffer, m.digest.byteOffset, m.digest.byteLength);
-      if (init.chunkRoot) return { seq: m.seq, ...storeLocal(init.chunkRoot, digest, plain) };
+      if (backend) {
+        const key = chunkKey(digest);
+        // Claimed, so that a garbage collection running now or later keeps it (chunk-claim.ts).
+        if (await backend.claim(key)) return { seq: m.seq, existed: true, storedBytes: 0 };
+        const [header, payload] = codec.encodeParts(plain, digest);
+        await backend.write(key, [header, payload]);
+        return { seq: m.seq, existed: false, storedBytes: header.length + payload.length };
+      }
       const stored = codec.encode(plain, digest);
       return { seq: m.seq, existed: false, storedBytes: stored.length, stored };
     }
     case 'load': {
       const digest = Buffer.from(m.digest.buffer, m.digest.byteOffset, m.digest.byteLength);
-      return { seq: m.seq, loaded: codec.decodeInto(loadStored(digest, m.stored), digest, slot) };
+      let stored: Buffer;
+      if (m.stored) stored = Buffer.from(m.stored.buffer, m.stored.byteOffset, m.stored.byteLength);
+      else {
+        stored = await readStoredChunk(backend!, digest, readBuffer);
+        if (stored.buffer !== readBuffer.buffer && stored.length > readBuffer.length)
+          readBuffer = Buffer.alloc(stored.length); // a bigger chunk than any before: keep room for it
+      }
+      return { seq: m.seq, loaded: codec.decodeInto(stored, digest, slot) };
     }
   }
 }
 
-parentPort!.on('message', (m: WorkerRequest) => {
+parentPort!.on('message', async (m: WorkerRequest) => {
   let reply: WorkerReply;
   try {
-    reply = handle(m);
+    reply = await handle(m);
   } catch (err) {
     reply = { seq: m.seq, error: (err as Error).message, code: (err as { code?: string }).code };
   }

@@ -1,12 +1,11 @@
 import { EXTENT_ZERO, type BlockDevice } from '../../block/index.js';
 import { HavenError } from '../../common/index.js';
 import {
-  DIGEST_BYTES,
-  INDEX_HEADER,
+  GRANULE,
   ZERO_DIGEST,
-  indexBytes,
-  writeIndexHeader,
   type BackupStats,
+  IndexWriter,
+  type DiskIndex,
   type Repository,
   type SnapshotManifest,
 } from '../../repository/index.js';
@@ -51,8 +50,8 @@ export interface BackupOptions {
 
 /**
  * Backs disks up into a repository as one snapshot. A full backup reads only allocated,
- * non-zero extents (block status); an incremental reads only the changed ranges and takes the
- * rest from the parent's index. Chunks are read straight into a shared arena, encoded by worker
+ * non-zero extents (block status); an incremental reads only the changed granules and takes the
+ * rest from the parent's index, writing only the index pages the change touched. Chunks are read straight into a shared arena, encoded by worker
  * threads (hash, zstd, AES-GCM), and written with bounded concurrency; memory is bounded by the
  * arena whatever the disk size. The snapshot becomes visible only once everything is durable.
  */
@@ -65,83 +64,75 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
   const known = new KnownChunks();
   const stats: BackupStats = { readBytes: 0, newChunks: 0, storedBytes: 0, reusedChunks: 0, seconds: 0 };
   try {
-    const plans = await Promise.all(opts.disks.map((d, i) => plan(repo, d, i, opts.parent, chunkSize)));
+    const plans = await Promise.all(opts.disks.map((d, i) => plan(repo, pool, d, i, opts.parent, chunkSize)));
     const total = plans.reduce((n, p) => n + p.bytes, 0);
     let done = 0;
     const disks: SnapshotManifest['disks'] = [];
     for (let i = 0; i < opts.disks.length; i++) {
       const disk = opts.disks[i]!;
       const p = plans[i]!;
-      await runChunks(p.chunks, chunkSize, disk.device.size, pool, async (slot, chunk, offset, length) => {
-        opts.signal?.throwIfAborted();
-        const buf = pool.buffer(slot, length);
-        const parts = p.partial?.get(chunk);
-        if (parts) {
-          // Only part of the chunk changed: the rest comes from the parent's copy in the
-          // repository, and only the changed bytes are read from the source.
-          const base = p.index.subarray(
-            INDEX_HEADER + chunk * DIGEST_BYTES,
-            INDEX_HEADER + (chunk + 1) * DIGEST_BYTES,
-          );
-          if (base.equals(ZERO_DIGEST)) buf.fill(0);
-          else {
-            const digest = Buffer.from(base);
-            const n = await pool.load(
-              slot,
-              digest,
-              repo.chunkDirectory ? undefined : await repo.getChunk(digest),
-            );
-            if (n !== length)
-              throw new HavenError(
-                'CORRUPT',
-                `parent chunk ${chunk} of ${disk.name} has ${n} bytes, not ${length}`,
-              );
+      const index = new IndexWriter(
+        repo,
+        disk.device.size,
+        chunkSize,
+        p.pieces,
+        p.base,
+        p.common,
+        (plain, d) => storeThroughPool(repo, pool, plain, d),
+      );
+      // Each piece's index page is ready before the piece takes a slot (reading the parent's page
+      // takes one: a piece holding its slot while it waited for one could starve them all).
+      // Pages are read a few pages ahead, so the pipeline does not stop at each.
+      const prepared = async function* () {
+        const ahead: Promise<void>[] = [];
+        let next = 0;
+        for (const piece of p.pieces) {
+          while (next < p.pieces.length && ahead.length < PAGES_AHEAD) {
+            const at = index.prepare(p.pieces[next++]!);
+            at.catch(() => undefined); // seen when awaited
+            ahead.push(at);
           }
-          for (const [start, len] of parts) {
-            await disk.device.read(buf.subarray(start, start + len), offset + start);
-            stats.readBytes += len;
-          }
-        } else {
-          await disk.device.read(buf, offset);
-          stats.readBytes += length;
+          await ahead.shift();
+          yield piece;
         }
+      };
+      await runChunks(prepared(), pool, async (slot, piece) => {
+        opts.signal?.throwIfAborted();
+        const buf = pool.buffer(slot, piece.length);
+        await disk.device.read(buf, piece.offset);
+        stats.readBytes += piece.length;
         // Hashed first: a chunk the repository has is never compressed or encrypted.
-        const h = await pool.hash(slot, length);
-        const at = INDEX_HEADER + chunk * DIGEST_BYTES;
-        if (h.zero) ZERO_DIGEST.copy(p.index, at);
+        const h = await pool.hash(slot, piece.length);
+        if (h.zero) await index.set(piece, ZERO_DIGEST);
         else {
-          h.digest.copy(p.index, at);
           if (!known.add(h.digest)) stats.reusedChunks++;
           else {
-            const s = await pool.store(slot, length, h.digest);
+            const s = await pool.store(slot, piece.length, h.digest);
             const isNew = s.stored ? await repo.putChunk(h.digest, s.stored) : !s.existed;
             if (isNew) {
               stats.newChunks++;
               stats.storedBytes += s.storedBytes;
             } else stats.reusedChunks++;
           }
+          await index.set(piece, h.digest);
         }
-        done += length;
+        done += piece.length;
         opts.onProgress?.(done, total);
       });
-      stats.reusedChunks += p.count - p.chunks.length;
-      const { key, sha256 } = await repo.writeIndex(id, i, p.index);
-      let dataChunks = 0;
-      for (let c = 0; c < p.count; c++)
-        if (
-          !p.index
-            .subarray(INDEX_HEADER + c * DIGEST_BYTES, INDEX_HEADER + (c + 1) * DIGEST_BYTES)
-            .equals(ZERO_DIGEST)
-        )
-          dataChunks++;
+      const root = await index.finish();
+      stats.newChunks += index.newPages;
+      stats.storedBytes += index.storedBytes;
+      const { key, sha256 } = await repo.writeIndex(id, i, root.data);
+      const granules = Math.ceil(disk.device.size / GRANULE);
       disks.push({
         name: disk.name,
         size: disk.device.size,
         chunkSize,
+        granule: GRANULE,
         index: key,
         indexSha256: sha256,
-        dataChunks,
-        zeroChunks: p.count - dataChunks,
+        dataChunks: root.dataGranules,
+        zeroChunks: granules - root.dataGranules,
       });
     }
     stats.seconds = (performance.now() - started) / 1000;
@@ -170,10 +161,43 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
   }
 }
 
+/** Pieces whose pages are being read ahead of the one stored now. */
+const PAGES_AHEAD = 32;
+
+/** Stores an index page as the chunks are stored: by a worker (its backend), off the main thread. */
+async function storeThroughPool(
+  repo: Repository,
+  pool: ChunkPool,
+  plain: Buffer,
+  digest: Buffer,
+): Promise<{ isNew: boolean; storedBytes: number }> {
+  const slot = await pool.acquire();
+  try {
+    plain.copy(pool.buffer(slot));
+    const s = await pool.store(slot, plain.length, digest);
+    const isNew = s.stored ? await repo.putChunk(digest, s.stored) : !s.existed;
+    return { isNew, storedBytes: s.storedBytes };
+  } finally {
+    pool.release(slot);
+  }
+}
+
+/** A stored page (any chunk) read and decoded by a worker: a copy of its plaintext. */
+async function loadThroughPool(repo: Repository, pool: ChunkPool, digest: Buffer): Promise<Buffer> {
+  const slot = await pool.acquire();
+  try {
+    const n = await pool.load(slot, digest, pool.ownBackend ? undefined : await repo.getChunk(digest));
+    return Buffer.from(pool.buffer(slot, n));
+  } finally {
+    pool.release(slot);
+  }
+}
+
 export function openChunkPool(repo: Repository, chunkSize: number, workers?: number): ChunkPool {
+  const backend = repo.backend.describe?.();
   return new ChunkPool(repo.keys, chunkSize, {
     ...(workers ? { workers } : {}),
-    ...(repo.chunkDirectory ? { chunkRoot: repo.chunkDirectory } : {}),
+    ...(backend ? { backend } : {}),
   });
 }
 
@@ -194,84 +218,92 @@ class KnownChunks {
   }
 }
 
-interface Plan {
-  index: Buffer;
-  count: number;
-  /** Chunk numbers to read, ascending. */
-  chunks: number[];
-  bytes: number;
-  /** Incremental: chunks of which only these [start, length] parts changed. */
-  partial?: Map<number, [number, number][]>;
+/** What one chunk of the new snapshot covers: whole granules, within one chunk-aligned span. */
+export interface Piece {
+  offset: number;
+  length: number;
+  /** Its first granule and how many. */
+  granule: number;
+  granules: number;
 }
 
+interface Plan {
+  /** What to read and store, ascending. */
+  pieces: Piece[];
+  bytes: number;
+  /** Incremental: the parent's index, and the granules both have whole (taken from it unless changed). */
+  base?: DiskIndex;
+  common: number;
+}
+
+/**
+ * What a backup reads. A full backup: every allocated chunk, whole (the repository's chunk size:
+ * few objects, full throughput). An incremental: only the granules (64 KiB) that changed, stored as
+ * chunks of just those granules (a run of changed granules is one chunk up to a chunk-aligned
+ * boundary), so the repository grows by about what changed; the rest stays the parent's.
+ */
 async function plan(
   repo: Repository,
+  pool: ChunkPool,
   disk: BackupDisk,
   diskNo: number,
   parent: SnapshotManifest | undefined,
   chunkSize: number,
 ): Promise<Plan> {
   const size = disk.device.size;
-  const count = Math.ceil(size / chunkSize);
-  const index = Buffer.alloc(indexBytes({ chunkSize, size, count }));
-  writeIndexHeader(index, { chunkSize, size, count });
-  let ranges: Range[];
-  let incremental = false;
-  /** Incremental: chunks below this are whole in both the parent and the disk, and taken from the parent. */
-  let common = 0;
-  const base = parent?.disks[diskNo];
-  if (disk.changed && parent && base && base.chunkSize === chunkSize) {
-    // A disk resized since the parent (a volume grown): what both have in whole chunks comes from
-    // the parent where unchanged; the rest (the old last chunk, the new space) is read as in a full.
-    common = Math.floor(Math.min(base.size, size) / chunkSize);
-    const prev = await repo.readIndex(parent, diskNo);
-    prev.digests.copy(index, INDEX_HEADER, 0, common * DIGEST_BYTES);
-    ranges = disk.changed;
-    if (common < count) {
-      // Past the common chunks, block status says what to read (as in a full backup): the bitmap
-      // marks all the new space changed, most of it never written.
-      const edge = common * chunkSize;
-      ranges = ranges
-        .filter((r) => r.offset < edge)
-        .map((r) => ({ offset: r.offset, length: Math.min(r.length, edge - r.offset) }))
-        .concat(await allocated(disk.device, edge));
+  const k = chunkSize / GRANULE;
+  const granules = Math.ceil(size / GRANULE);
+  const baseDisk = parent?.disks[diskNo];
+  if (!(disk.changed && parent && baseDisk)) {
+    const pieces: Piece[] = [];
+    let bytes = 0;
+    for (const r of disjoint(await allocated(disk.device))) {
+      const end = Math.min(r.offset + r.length, size);
+      for (let c = Math.floor(r.offset / chunkSize); c * chunkSize < end; c++) {
+        if (pieces.length && pieces[pieces.length - 1]!.granule === c * k) continue;
+        const offset = c * chunkSize;
+        const length = Math.min(chunkSize, size - offset);
+        pieces.push({ offset, length, granule: c * k, granules: Math.ceil(length / GRANULE) });
+        bytes += length;
+      }
     }
-    incremental = true;
-  } else ranges = await allocated(disk.device);
-  const chunks: number[] = [];
-  // Incremental: the changed parts of chunks that did not change whole, relative to the chunk.
-  const partial = incremental ? new Map<number, [number, number][]>() : undefined;
+    return { pieces, bytes, common: 0 };
+  }
+  // The parent's pages are read by the chunk workers, as chunks are: off the main thread.
+  const base = await repo.openIndex(parent, diskNo, (d) => loadThroughPool(repo, pool, d));
+  // A disk resized since the parent (a volume grown): what both have in whole granules comes from
+  // the parent where unchanged; past it, block status says what to read (as in a full backup):
+  // the bitmap marks all the new space changed, most of it never written.
+  const common = base.size === size ? granules : Math.floor(Math.min(base.size, size) / GRANULE);
+  const edge = Math.min(common * GRANULE, size);
+  let ranges = disk.changed
+    .filter((r) => r.offset < edge)
+    .map((r) => ({ offset: r.offset, length: Math.min(r.length, edge - r.offset) }));
+  if (edge < size) ranges = ranges.concat(await allocated(disk.device, edge));
+  const pieces: Piece[] = [];
   let bytes = 0;
   for (const r of disjoint(ranges)) {
     const end = Math.min(r.offset + r.length, size);
     if (end <= r.offset) continue;
-    for (let c = Math.floor(r.offset / chunkSize); c <= Math.floor((end - 1) / chunkSize); c++) {
-      const cStart = c * chunkSize;
-      const cLen = Math.min(chunkSize, size - cStart);
-      if (chunks[chunks.length - 1] !== c) {
-        chunks.push(c);
-        bytes += cLen;
-      }
-      if (partial) {
-        const from = Math.max(r.offset, cStart) - cStart;
-        const to = Math.min(end, cStart + cLen) - cStart;
-        const list = partial.get(c) ?? [];
-        const last = list[list.length - 1];
-        if (last && last[0] + last[1] === from) last[1] += to - from;
-        else list.push([from, to - from]);
-        partial.set(c, list);
-      }
+    let g = Math.floor(r.offset / GRANULE);
+    const last = Math.ceil(end / GRANULE);
+    const prev = pieces[pieces.length - 1];
+    if (prev && prev.granule + prev.granules > g) g = prev.granule + prev.granules;
+    while (g < last) {
+      // A piece ends where the chunk-aligned span does, so a page never splits it.
+      const n = Math.min(last, (Math.floor(g / k) + 1) * k) - g;
+      const offset = g * GRANULE;
+      const length = Math.min(n * GRANULE, size - offset);
+      const p = pieces[pieces.length - 1];
+      if (p && p.granule + p.granules === g && Math.floor(p.granule / k) === Math.floor(g / k)) {
+        p.granules += n;
+        p.length += length;
+      } else pieces.push({ offset, length, granule: g, granules: n });
+      bytes += length;
+      g += n;
     }
   }
-  // A chunk changed whole is read whole; so is one the parent does not have whole.
-  if (partial)
-    for (const [c, list] of partial)
-      if (
-        c >= common ||
-        (list.length === 1 && list[0]![0] === 0 && list[0]![1] === Math.min(chunkSize, size - c * chunkSize))
-      )
-        partial.delete(c);
-  return { index, count, chunks, bytes, ...(partial ? { partial } : {}) };
+  return { pieces, bytes, base, common };
 }
 
 /** Ranges sorted and merged where they overlap or touch (a chunk is then planned once). */
@@ -305,25 +337,22 @@ export async function allocated(device: BlockDevice, from = 0): Promise<Range[]>
   return out;
 }
 
-/** Runs `fn` for each chunk with as many in flight as the pool has slots; fails on the first error. */
-export async function runChunks(
-  chunks: Iterable<number>,
-  chunkSize: number,
-  size: number,
+/** Runs `fn` for each item with as many in flight as the pool has slots; fails on the first error. */
+export async function runChunks<T>(
+  items: Iterable<T> | AsyncIterable<T>,
   pool: ChunkPool,
-  fn: (slot: number, chunk: number, offset: number, length: number) => Promise<void>,
+  fn: (slot: number, item: T) => Promise<void>,
 ): Promise<void> {
   let failure: unknown;
   const running = new Set<Promise<void>>();
-  for (const c of chunks) {
+  for await (const item of items) {
     if (failure) break;
     const slot = await pool.acquire();
     if (failure) {
       pool.release(slot);
       break;
     }
-    const offset = c * chunkSize;
-    const p = fn(slot, c, offset, Math.min(chunkSize, size - offset))
+    const p = fn(slot, item)
       .catch((err: unknown) => {
         failure ??= err;
       })

@@ -1,7 +1,6 @@
-import { createHash } from 'node:crypto';
 import type { BlockDevice } from '../../block/index.js';
 import { HavenError, errorMessage } from '../../common/index.js';
-import { DIGEST_BYTES, ZERO_DIGEST, type Repository, type SnapshotManifest } from '../../repository/index.js';
+import type { DiskIndex, Repository, Run, SnapshotManifest } from '../../repository/index.js';
 import { openChunkPool, runChunks, type Range } from './engine.js';
 
 export interface RestoreOptions {
@@ -20,7 +19,7 @@ export interface RestoreResult {
   size: number;
   dataBytes: number;
   zeroBytes: number;
-  /** SHA-256 over the chunk digests in disk order: equal for equal disks. */
+  /** SHA-256 over the index's granules (chunk digest and part) in disk order: equal for equally stored disks. */
   digest: string;
   seconds: number;
 }
@@ -43,7 +42,7 @@ export async function restore(
   opts: RestoreOptions = {},
 ): Promise<RestoreResult> {
   const started = performance.now();
-  const { idx, chunks } = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
+  const { idx } = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
   const name = snapshot.disks[diskNo]!.name;
   if (target.size < idx.size)
     throw new HavenError(
@@ -52,34 +51,35 @@ export async function restore(
     );
   opts.signal?.throwIfAborted();
   const pool = openChunkPool(repo, idx.chunkSize, opts.workers);
-  const digestOf = (c: number) => idx.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES);
-  const total = chunks.reduce((n, c) => n + Math.min(idx.chunkSize, idx.size - c * idx.chunkSize), 0);
+  const spans = opts.ranges ? disjointRanges(opts.ranges) : [{ offset: 0, length: idx.size }];
+  const total = spans.reduce((n, r) => n + Math.min(r.length, idx.size - r.offset), 0);
   let done = 0;
   let dataBytes = 0;
   let zeroBytes = 0;
   try {
-    await runChunks(chunks, idx.chunkSize, idx.size, pool, async (slot, c, offset, length) => {
+    await runChunks(runsOf(idx, spans), pool, async (slot, run) => {
       opts.signal?.throwIfAborted();
-      const digest = digestOf(c);
-      if (digest.equals(ZERO_DIGEST)) {
+      const { offset, length } = run;
+      if (run.zero) {
         if (!opts.fresh) await target.writeZeroes(offset, length);
         zeroBytes += length;
       } else {
+        const digest = run.digest;
         let n: number;
         try {
-          n = await pool.load(slot, digest, repo.chunkDirectory ? undefined : await repo.getChunk(digest));
+          n = await pool.load(slot, digest, pool.ownBackend ? undefined : await repo.getChunk(digest));
         } catch (err) {
           throw new HavenError(
             'CORRUPT',
             `snapshot ${snapshot.id} ${name}: the data at offset ${offset} (${length} bytes) is damaged: ${errorMessage(err)}`,
           );
         }
-        if (n !== length)
+        if (n < run.at + length)
           throw new HavenError(
             'CORRUPT',
-            `snapshot ${snapshot.id} ${name}: chunk at offset ${offset} has ${n} bytes, not ${length}`,
+            `snapshot ${snapshot.id} ${name}: chunk at offset ${offset} has ${n} bytes, not ${run.at + length}`,
           );
-        await target.write(pool.buffer(slot, length), offset);
+        await target.write(pool.buffer(slot, run.at + length).subarray(run.at), offset);
         dataBytes += length;
       }
       done += length;
@@ -95,16 +95,21 @@ export async function restore(
     size: idx.size,
     dataBytes,
     zeroBytes,
-    digest: createHash('sha256').update(idx.digests).digest('hex'),
+    digest: await idx.fingerprint(),
     seconds: (performance.now() - started) / 1000,
   };
+}
+
+/** The index's runs within `spans` (sorted, disjoint), each whole granules. */
+async function* runsOf(idx: DiskIndex, spans: Range[]): AsyncGenerator<Run> {
+  for (const r of spans) yield* idx.runs(r.offset, r.offset + r.length);
 }
 
 /** Stat calls in flight while checking that a snapshot's chunks are there. */
 const CHECK_PARALLEL = 32;
 
 /**
- * Reads a disk's index (checked against the manifest's hash, which readIndex does) and checks
+ * Opens a disk's index (checked against the manifest's hash, which openIndex does) and checks
  * that it describes the disk the manifest names and that every chunk the restore needs exists.
  * Chunks are not read: a damaged one is found, and refused, as it is restored.
  */
@@ -113,14 +118,14 @@ export async function checkRestorable(
   snapshot: SnapshotManifest,
   diskNo: number,
   ranges?: Range[],
-): Promise<{ idx: Awaited<ReturnType<Repository['readIndex']>>; chunks: number[] }> {
+): Promise<{ idx: DiskIndex }> {
   const disk = snapshot.disks[diskNo];
   if (!disk)
     throw new HavenError(
       'INVALID_ARGUMENT',
       `snapshot ${snapshot.id} has ${snapshot.disks.length} disk(s); there is no disk ${diskNo}`,
     );
-  const idx = await repo.readIndex(snapshot, diskNo).catch((err: unknown) => {
+  const idx = await repo.openIndex(snapshot, diskNo).catch((err: unknown) => {
     if (err instanceof HavenError && err.code === 'NOT_FOUND')
       throw new HavenError(
         'CORRUPT',
@@ -133,45 +138,43 @@ export async function checkRestorable(
       'CORRUPT',
       `snapshot ${snapshot.id} ${disk.name}: its index describes ${idx.size} bytes, its manifest ${disk.size}: nothing was restored`,
     );
-  const chunks = chunkList(idx.count, idx.chunkSize, idx.size, ranges);
   const seen = new Set<string>();
-  const wanted: { digest: Buffer; chunk: number }[] = [];
-  for (const c of chunks) {
-    const digest = idx.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES);
-    if (digest.equals(ZERO_DIGEST)) continue;
-    const hex = digest.toString('hex');
+  const wanted: { digest: Buffer; offset: number }[] = [];
+  const spans = ranges ? disjointRanges(ranges) : [{ offset: 0, length: idx.size }];
+  for await (const r of runsOf(idx, spans)) {
+    if (r.zero) continue;
+    const hex = r.digest.toString('hex');
     if (seen.has(hex)) continue;
     seen.add(hex);
-    wanted.push({ digest, chunk: c });
+    wanted.push({ digest: r.digest, offset: r.offset });
   }
   const missing: number[] = [];
   let next = 0;
   const worker = async () => {
     while (next < wanted.length) {
       const w = wanted[next++]!;
-      if (!(await repo.chunkStored(w.digest))) missing.push(w.chunk);
+      if (!(await repo.chunkStored(w.digest))) missing.push(w.offset);
     }
   };
   await Promise.all(Array.from({ length: CHECK_PARALLEL }, worker));
   if (missing.length) {
     missing.sort((a, b) => a - b);
-    const offsets = missing.slice(0, 5).map((c) => c * idx.chunkSize);
     throw new HavenError(
       'CORRUPT',
-      `snapshot ${snapshot.id} ${disk.name}: ${missing.length} chunk(s) are missing from repository ${repo.location} (at offset(s) ${offsets.join(', ')}${missing.length > 5 ? ', …' : ''}): nothing was restored`,
+      `snapshot ${snapshot.id} ${disk.name}: ${missing.length} chunk(s) are missing from repository ${repo.location} (at offset(s) ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}): nothing was restored`,
     );
   }
-  return { idx, chunks };
+  return { idx };
 }
 
-function chunkList(count: number, chunkSize: number, size: number, ranges?: Range[]): number[] {
-  if (!ranges) return Array.from({ length: count }, (_, i) => i);
-  const out: number[] = [];
-  for (const r of [...ranges].sort((a, b) => a.offset - b.offset)) {
-    if (r.length <= 0) continue;
-    const first = Math.floor(r.offset / chunkSize);
-    const last = Math.floor((Math.min(r.offset + r.length, size) - 1) / chunkSize);
-    for (let c = Math.max(first, out.length ? out[out.length - 1]! + 1 : 0); c <= last; c++) out.push(c);
+/** Ranges sorted and merged where they overlap or touch. */
+function disjointRanges(ranges: Range[]): Range[] {
+  const out: Range[] = [];
+  for (const r of [...ranges].filter((x) => x.length > 0).sort((a, b) => a.offset - b.offset)) {
+    const last = out[out.length - 1];
+    if (last && r.offset <= last.offset + last.length)
+      last.length = Math.max(last.length, r.offset + r.length - last.offset);
+    else out.push({ offset: r.offset, length: r.length });
   }
   return out;
 }

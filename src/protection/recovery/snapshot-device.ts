@@ -8,9 +8,11 @@ import {
 } from '../../block/index.js';
 import { HavenError, errorMessage } from '../../common/index.js';
 import {
-  DIGEST_BYTES,
+  GRANULE,
+  PAGE_GRANULES,
   ZERO_DIGEST,
   type ChunkCodec,
+  type DiskIndex,
   type Repository,
   type SnapshotManifest,
 } from '../../repository/index.js';
@@ -25,31 +27,32 @@ export interface SnapshotDeviceOptions {
 /**
  * One disk of a backup as a read-only block device, reading chunks straight from the repository:
  * each checked against its digest when it is fetched, kept in a small cache of decoded chunks,
- * and fetched ahead of a sequential reader. Zero chunks cost nothing and report as holes. The
- * repository is only ever read. Memory is the cache, whatever the disk size.
+ * and fetched ahead of a sequential reader. Zero granules cost nothing and report as holes. The
+ * repository is only ever read. Memory is the cache (and a few index pages), whatever the disk size.
  */
 export class SnapshotDevice implements BlockDevice {
   readonly readOnly = true;
   readonly flushCoversAll = true;
   readonly blockSizes = DEFAULT_BLOCK_SIZES;
   readonly chunkSize: number;
-  private readonly decoded = new Map<number, Buffer>(); // chunk → plaintext, in LRU order
-  private readonly loading = new Map<number, Promise<Buffer>>();
+  readonly size: number;
+  private readonly decoded = new Map<string, Buffer>(); // chunk digest → plaintext, in LRU order
+  private readonly loading = new Map<string, Promise<Buffer>>();
   private readonly free: Buffer[] = [];
   private readonly cacheChunks: number;
   private readonly readAhead: number;
-  private lastChunk = -2;
+  private lastGranule = -2;
 
   private constructor(
     private readonly repo: Repository,
     readonly snapshot: SnapshotManifest,
     readonly disk: number,
-    private readonly digests: Buffer,
-    readonly size: number,
+    private readonly index: DiskIndex,
     private readonly codec: ChunkCodec,
     opts: SnapshotDeviceOptions,
   ) {
-    this.chunkSize = snapshot.disks[disk]!.chunkSize;
+    this.chunkSize = index.chunkSize;
+    this.size = index.size;
     this.cacheChunks = Math.max(2, opts.cacheChunks ?? 64);
     this.readAhead = Math.max(0, opts.readAhead ?? 4);
   }
@@ -62,38 +65,42 @@ export class SnapshotDevice implements BlockDevice {
   ): Promise<SnapshotDevice> {
     if (!snapshot.disks[disk])
       throw new HavenError('NOT_FOUND', `snapshot ${snapshot.id} has no disk ${disk}`);
-    const idx = await repo.readIndex(snapshot, disk);
-    return new SnapshotDevice(repo, snapshot, disk, idx.digests, idx.size, repo.codec(), opts);
+    const idx = await repo.openIndex(snapshot, disk);
+    return new SnapshotDevice(repo, snapshot, disk, idx, repo.codec(), opts);
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
     checkRange(offset, buf.length, this.size, `backup ${this.snapshot.id}`);
     const out = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-    const cs = this.chunkSize;
     let done = 0;
     while (done < out.length) {
       const at = offset + done;
-      const c = Math.floor(at / cs);
-      const within = at - c * cs;
-      const n = Math.min(out.length - done, Math.min(cs, this.size - c * cs) - within);
-      if (this.isZero(c)) out.fill(0, done, done + n);
-      else (await this.chunk(c)).copy(out, done, within, within + n);
+      const g = Math.floor(at / GRANULE);
+      const within = at - g * GRANULE;
+      const n = Math.min(out.length - done, Math.min(GRANULE, this.size - g * GRANULE) - within);
+      const e = await this.entry(g);
+      if (e.zero) out.fill(0, done, done + n);
+      else {
+        const from = e.part * GRANULE + within;
+        const plain = await this.chunk(e.digest, g);
+        if (plain.length < from + n) throw this.damaged(g, new Error(`chunk has ${plain.length} bytes`));
+        plain.copy(out, done, from, from + n);
+      }
       done += n;
     }
-    const last = Math.floor((offset + out.length - 1) / cs);
-    if (Math.floor(offset / cs) <= this.lastChunk + 1) this.prefetch(last + 1);
-    this.lastChunk = last;
+    const last = Math.floor((offset + out.length - 1) / GRANULE);
+    if (Math.floor(offset / GRANULE) <= this.lastGranule + 1) this.prefetch(last + 1);
+    this.lastGranule = last;
   }
 
-  blockStatus(offset: number, length: number): Extent[] {
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
     checkRange(offset, length, this.size, `backup ${this.snapshot.id}`);
-    const cs = this.chunkSize;
     const end = Math.min(this.size, offset + length);
     const out: Extent[] = [];
     for (let at = offset; at < end;) {
-      const c = Math.floor(at / cs);
-      const next = Math.min(end, (c + 1) * cs);
-      const flags = this.isZero(c) ? EXTENT_ZERO | EXTENT_HOLE : 0;
+      const g = Math.floor(at / GRANULE);
+      const next = Math.min(end, (g + 1) * GRANULE);
+      const flags = (await this.entry(g)).zero ? EXTENT_ZERO | EXTENT_HOLE : 0;
       const prev = out[out.length - 1];
       if (prev && prev.flags === flags) prev.length += next - at;
       else out.push({ offset: at, length: next - at, flags });
@@ -120,58 +127,65 @@ export class SnapshotDevice implements BlockDevice {
     return new HavenError('READ_ONLY', `backup ${this.snapshot.id} is read-only`);
   }
 
-  private digest(c: number): Buffer {
-    return this.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES);
-  }
-
-  private isZero(c: number): boolean {
-    return this.digest(c).equals(ZERO_DIGEST);
+  /** Granule `g`: the chunk that holds it and which part of it. */
+  private async entry(g: number): Promise<{ zero: boolean; digest: Buffer; part: number }> {
+    const p = Math.floor(g / PAGE_GRANULES);
+    const pg = await this.index.page(p);
+    const i = g - p * PAGE_GRANULES;
+    const digest = pg.digest(i);
+    return { zero: digest.equals(ZERO_DIGEST), digest, part: pg.part(i) };
   }
 
   private prefetch(from: number): void {
-    const count = Math.ceil(this.size / this.chunkSize);
-    for (let c = from; c < Math.min(count, from + this.readAhead); c++)
-      if (!this.isZero(c) && !this.decoded.has(c)) this.chunk(c).catch(() => undefined); // a reader will see the error
+    const count = this.index.granules;
+    for (let g = from; g < Math.min(count, from + this.readAhead * (this.chunkSize / GRANULE)); g++)
+      void this.entry(g)
+        .then((e) => {
+          if (!e.zero) return this.chunk(e.digest, g);
+        })
+        .catch(() => undefined); // a reader will see the error
   }
 
-  /** The plaintext of chunk `c`, from the cache or fetched and checked. */
-  private chunk(c: number): Promise<Buffer> {
-    const hit = this.decoded.get(c);
+  /** The plaintext of a chunk, from the cache or fetched and checked. */
+  private chunk(digest: Buffer, g: number): Promise<Buffer> {
+    const key = digest.toString('latin1');
+    const hit = this.decoded.get(key);
     if (hit) {
-      this.decoded.delete(c);
-      this.decoded.set(c, hit); // most recently used
+      this.decoded.delete(key);
+      this.decoded.set(key, hit); // most recently used
       return Promise.resolve(hit);
     }
-    let p = this.loading.get(c);
+    let p = this.loading.get(key);
     if (!p) {
-      p = this.fetch(c).finally(() => this.loading.delete(c));
-      this.loading.set(c, p);
+      p = this.fetch(Buffer.from(digest), key, g).finally(() => this.loading.delete(key));
+      this.loading.set(key, p);
     }
     return p;
   }
 
-  private async fetch(c: number): Promise<Buffer> {
-    const digest = Buffer.from(this.digest(c));
+  private async fetch(digest: Buffer, key: string, g: number): Promise<Buffer> {
     let plain: Buffer;
     try {
       const stored = await this.repo.getChunk(digest);
-      plain = this.take();
-      const n = this.codec.decodeInto(stored, digest, plain);
-      if (n !== Math.min(this.chunkSize, this.size - c * this.chunkSize))
-        throw new HavenError('CORRUPT', `chunk has ${n} bytes`);
+      const buf = this.take();
+      plain = buf.subarray(0, this.codec.decodeInto(stored, digest, buf));
     } catch (err) {
-      throw new HavenError(
-        'CORRUPT',
-        `backup ${this.snapshot.id} ${this.snapshot.disks[this.disk]!.name}: the data at offset ${c * this.chunkSize} is damaged: ${errorMessage(err)}`,
-      );
+      throw this.damaged(g, err);
     }
-    this.decoded.set(c, plain);
+    this.decoded.set(key, plain);
     while (this.decoded.size > this.cacheChunks) {
-      const [old, buf] = this.decoded.entries().next().value as [number, Buffer];
+      const [old, buf] = this.decoded.entries().next().value as [string, Buffer];
       this.decoded.delete(old);
-      this.free.push(buf);
+      this.free.push(Buffer.from(buf.buffer, buf.byteOffset, this.chunkSize));
     }
     return plain;
+  }
+
+  private damaged(g: number, err: unknown): HavenError {
+    return new HavenError(
+      'CORRUPT',
+      `backup ${this.snapshot.id} ${this.snapshot.disks[this.disk]!.name}: the data at offset ${g * GRANULE} is damaged: ${errorMessage(err)}`,
+    );
   }
 
   /** A chunk-sized buffer: one evicted from the cache, or a new one while the cache fills. */
