@@ -15,7 +15,7 @@ import { HavenError } from '../common/index.js';
  *  20  payload: the (compressed) data; when encrypted: 12-byte nonce, ciphertext, 16-byte tag
  *
  * Index (`snapshots/<id>/disk<N>.idx`), one per disk of a snapshot. Version 2 (written now; see
- * disk-index.ts and docs/decisions/0010-repo-incremental-index.md), the root of a tree of pages:
+ * disk-index.ts and docs/decisions/0011-repository-incremental-index.md), the root of a tree of pages:
  *   0  magic "HVIX"          4 bytes
  *   4  index version (2)     u8, then 3 reserved bytes
  *   8  chunk size            u32 LE (the largest chunk; a full backup's chunks)

@@ -1,4 +1,4 @@
-// Incrementals proportional to the change (docs/decisions/0010-repo-incremental-index.md): after
+// Incrementals proportional to the change (docs/decisions/0011-repository-incremental-index.md): after
 // scattered 64 KiB changes the repository grows by about the changed bytes (not a chunk per
 // change), the incremental restores byte for byte, its parent still does, and an incremental over
 // a snapshot of index version 1 (an older Haven's) works. And the repository's seam: the same
