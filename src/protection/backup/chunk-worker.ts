@@ -12,6 +12,7 @@ import {
   mkdirSync,
   openSync,
   readSync,
+  readvSync,
   renameSync,
   rmSync,
   writeSync,
@@ -25,7 +26,7 @@ import { nativeIo } from '../../block/native.js';
 import { HavenError, fromSystemError } from '../../common/errors.js';
 import { ChunkCodec } from '../../repository/chunk-codec.js';
 import { asidePath, claimFileSync } from '../../repository/chunk-claim.js';
-import { TMP_PREFIX, chunkKey } from '../../repository/format.js';
+import { CHUNK_HEADER, TMP_PREFIX, chunkKey, readChunkHeader } from '../../repository/format.js';
 import type { RepositoryKeys } from '../../repository/keys.js';
 
 interface Init {
@@ -67,7 +68,7 @@ function storeLocal(root: string, digest: Buffer, plain: Buffer): { existed: boo
   } catch (err) {
     throw fromSystemError(err, `repository ${root}: cannot claim ${chunkKey(digest)}`);
   }
-  const [header, payload] = codec.encodeParts(plain, digest);
+  const parts = codec.encodeParts(plain, digest);
   const dir = dirname(target);
   if (!madeDirs.has(dir)) {
     mkdirSync(dir, { recursive: true });
@@ -76,13 +77,13 @@ function storeLocal(root: string, digest: Buffer, plain: Buffer): { existed: boo
   // The temporary name is in the chunk's own folder: new inodes spread over the filesystem's
   // groups instead of contending for one (see docs/repository-format.md).
   const tmp = join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
-  const storedBytes = header.length + payload.length;
+  const storedBytes = parts.reduce((n, p) => n + p.length, 0);
   try {
     const fd = openSync(tmp, 'wx', 0o600);
     try {
-      let at = writevSync(fd, [header, payload]);
+      let at = writevSync(fd, parts);
       if (at < storedBytes) {
-        const rest = Buffer.concat([header, payload]);
+        const rest = Buffer.concat(parts);
         while (at < storedBytes) at += writeSync(fd, rest, at);
       }
       // The disk starts on it now, beside the CPUs, so the sync before the manifest is short.
@@ -110,9 +111,8 @@ function openChunk(path: string, key: string): number | undefined {
   }
 }
 
-/** A stored chunk: the one given, or read from the local repository into a reused buffer. */
-function loadStored(digest: Buffer, given?: Uint8Array): Buffer {
-  if (given) return Buffer.from(given.buffer, given.byteOffset, given.byteLength);
+/** The local repository's chunk file of `digest`, opened for reading. */
+function openStored(digest: Buffer): number {
   const key = chunkKey(digest);
   const path = join(init.chunkRoot!, key);
   let fd = openChunk(path, key);
@@ -123,22 +123,70 @@ function loadStored(digest: Buffer, given?: Uint8Array): Buffer {
       'CORRUPT',
       `chunk ${digest.toString('hex')} is missing from repository ${init.chunkRoot}`,
     );
+  return fd;
+}
+
+/** Reads from `fd` at `at` until `buffers` are full or the file ends; returns the bytes read. */
+function readFully(fd: number, buffers: Buffer[], at: number): number {
+  let done = 0;
+  for (const b of buffers) {
+    let got = 0;
+    while (got < b.length) {
+      const n = readSync(fd, b, got, b.length - got, at + done + got);
+      if (n === 0) return done + got;
+      got += n;
+    }
+    done += got;
+  }
+  return done;
+}
+
+/**
+ * Reads a chunk of the local repository and decodes it into `slot`, checked against its digest;
+ * returns its length. A chunk stored as it is (neither compressed nor encrypted) is read straight
+ * into the slot and checked there: no copy. Any other is read whole into a reused buffer and
+ * decoded from there (its payload read into the slot first, when it fits, then moved out).
+ */
+function loadLocal(digest: Buffer, slot: Buffer): number {
+  const what = `chunk ${chunkKey(digest)}`;
+  const fd = openStored(digest);
   try {
     const size = fstatSync(fd).size;
-    if (readBuffer.length < size) readBuffer = Buffer.alloc(Math.max(size, init.slotSize + 4096));
-    let at = 0;
-    while (at < size) {
-      const n = readSync(fd, readBuffer, at, size - at, at);
-      if (n === 0) break;
-      at += n;
+    const payloadBytes = size - CHUNK_HEADER;
+    if (payloadBytes >= 0 && payloadBytes <= slot.length) {
+      // One readv: the header apart, the payload where a raw chunk's plaintext belongs.
+      const payload = slot.subarray(0, payloadBytes);
+      const n = readvSync(fd, [header, payload], 0);
+      const got = n === size ? n : readFully(fd, [header, payload], 0);
+      if (got !== size)
+        throw new HavenError('CORRUPT', `${what}: truncated (${got} of ${size} bytes could be read)`);
+      const h = readChunkHeader(header, size, what);
+      if (h.flags === 0) return codec.decodePayloadInto(0, h.plainLength, payload, digest, slot);
+      // Compressed or encrypted: the payload moves out of the slot it decodes into.
+      if (readBuffer.length < payloadBytes)
+        readBuffer = Buffer.alloc(Math.max(payloadBytes, init.slotSize + 4096));
+      payload.copy(readBuffer);
+      return codec.decodePayloadInto(
+        h.flags,
+        h.plainLength,
+        readBuffer.subarray(0, payloadBytes),
+        digest,
+        slot,
+      );
     }
-    return readBuffer.subarray(0, at);
+    // Larger than a slot (an encrypted chunk that did not compress): read whole.
+    if (readBuffer.length < size) readBuffer = Buffer.alloc(Math.max(size, init.slotSize + 4096));
+    const got = readFully(fd, [readBuffer.subarray(0, size)], 0);
+    return codec.decodeInto(readBuffer.subarray(0, got), digest, slot);
   } catch (err) {
-    throw fromSystemError(err, `repository ${init.chunkRoot}: cannot read ${key}`);
+    if (err instanceof HavenError) throw err;
+    throw fromSystemError(err, `repository ${init.chunkRoot}: cannot read ${chunkKey(digest)}`);
   } finally {
     closeSync(fd);
   }
 }
+
+const header = Buffer.alloc(CHUNK_HEADER);
 
 function handle(m: WorkerRequest): WorkerReply {
   const slot = arena.subarray(m.slot * init.slotSize, (m.slot + 1) * init.slotSize);
@@ -158,7 +206,9 @@ function handle(m: WorkerRequest): WorkerReply {
     }
     case 'load': {
       const digest = Buffer.from(m.digest.buffer, m.digest.byteOffset, m.digest.byteLength);
-      return { seq: m.seq, loaded: codec.decodeInto(loadStored(digest, m.stored), digest, slot) };
+      if (!m.stored) return { seq: m.seq, loaded: loadLocal(digest, slot) };
+      const stored = Buffer.from(m.stored.buffer, m.stored.byteOffset, m.stored.byteLength);
+      return { seq: m.seq, loaded: codec.decodeInto(stored, digest, slot) };
     }
   }
 }

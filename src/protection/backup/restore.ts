@@ -12,6 +12,8 @@ export interface RestoreOptions {
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
   workers?: number;
+  /** Memory for chunks the disk holds more than once, kept between their uses (default 32 MiB). */
+  repeatCacheBytes?: number;
 }
 
 export interface RestoreResult {
@@ -43,7 +45,7 @@ export async function restore(
   opts: RestoreOptions = {},
 ): Promise<RestoreResult> {
   const started = performance.now();
-  const { idx, chunks } = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
+  const { idx, chunks, repeats } = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
   const name = snapshot.disks[diskNo]!.name;
   if (target.size < idx.size)
     throw new HavenError(
@@ -57,6 +59,7 @@ export async function restore(
   let done = 0;
   let dataBytes = 0;
   let zeroBytes = 0;
+  const copies = new RepeatedChunks(repeats, (opts.repeatCacheBytes ?? REPEAT_CACHE_BYTES) / idx.chunkSize);
   try {
     await runChunks(chunks, idx.chunkSize, idx.size, pool, async (slot, c, offset, length) => {
       opts.signal?.throwIfAborted();
@@ -65,21 +68,32 @@ export async function restore(
         if (!opts.fresh) await target.writeZeroes(offset, length);
         zeroBytes += length;
       } else {
-        let n: number;
-        try {
-          n = await pool.load(slot, digest, repo.chunkDirectory ? undefined : await repo.getChunk(digest));
-        } catch (err) {
-          throw new HavenError(
-            'CORRUPT',
-            `snapshot ${snapshot.id} ${name}: the data at offset ${offset} (${length} bytes) is damaged: ${errorMessage(err)}`,
-          );
+        const key = digest.toString('latin1');
+        // A chunk the disk holds more than once is read and checked once, then written from memory.
+        const copy = await copies.take(key);
+        if (copy && copy.length === length) await target.write(copy, offset);
+        else {
+          let n: number;
+          try {
+            n = await pool.load(slot, digest, repo.chunkDirectory ? undefined : await repo.getChunk(digest));
+          } catch (err) {
+            copies.failed(key);
+            throw new HavenError(
+              'CORRUPT',
+              `snapshot ${snapshot.id} ${name}: the data at offset ${offset} (${length} bytes) is damaged: ${errorMessage(err)}`,
+            );
+          }
+          if (n !== length) {
+            copies.failed(key);
+            throw new HavenError(
+              'CORRUPT',
+              `snapshot ${snapshot.id} ${name}: chunk at offset ${offset} has ${n} bytes, not ${length}`,
+            );
+          }
+          const buf = pool.buffer(slot, length);
+          copies.loaded(key, buf);
+          await target.write(buf, offset);
         }
-        if (n !== length)
-          throw new HavenError(
-            'CORRUPT',
-            `snapshot ${snapshot.id} ${name}: chunk at offset ${offset} has ${n} bytes, not ${length}`,
-          );
-        await target.write(pool.buffer(slot, length), offset);
         dataBytes += length;
       }
       done += length;
@@ -100,6 +114,75 @@ export async function restore(
   };
 }
 
+/** Memory for chunks a disk holds more than once, kept between their uses (see RepeatedChunks). */
+const REPEAT_CACHE_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Chunks a restore writes more than once (a disk's repeated blocks; deduplicated in the
+ * repository), kept in memory after their first read, which checked them against their digest,
+ * until their last use: each is read, decrypted, decompressed and hashed once, not once per copy.
+ * Bounded: past `max` chunks held, the others are read each time as any chunk is. A use that
+ * comes while the first read is under way waits for it.
+ */
+class RepeatedChunks {
+  private readonly held = new Map<
+    string,
+    { data?: Buffer; loading?: Promise<Buffer | undefined>; done?: (b: Buffer | undefined) => void }
+  >();
+
+  /** `left`: how many times each repeated chunk (latin1 digest) is still to be written. */
+  constructor(
+    private readonly left: Map<string, number>,
+    private readonly max: number,
+  ) {}
+
+  /**
+   * The chunk's bytes if a first read holds them (waiting for one under way); undefined when the
+   * caller is to read it (and then say `loaded` or `failed`).
+   */
+  async take(key: string): Promise<Buffer | undefined> {
+    const n = this.left.get(key);
+    if (n === undefined) return undefined;
+    const h = this.held.get(key);
+    if (!h) {
+      if (this.held.size >= this.max) return undefined;
+      let done!: (b: Buffer | undefined) => void;
+      const loading = new Promise<Buffer | undefined>((r) => (done = r));
+      this.held.set(key, { loading, done });
+      return undefined;
+    }
+    const data = h.data ?? (await h.loading);
+    if (data) this.use(key);
+    return data;
+  }
+
+  loaded(key: string, data: Buffer): void {
+    const h = this.held.get(key);
+    if (!h?.done) return;
+    h.data = Buffer.from(data); // the slot goes back to the pool
+    h.done(h.data);
+    delete h.done;
+    delete h.loading;
+    this.use(key);
+  }
+
+  failed(key: string): void {
+    const h = this.held.get(key);
+    if (!h?.done) return;
+    this.held.delete(key);
+    h.done(undefined);
+  }
+
+  private use(key: string): void {
+    const n = this.left.get(key)! - 1;
+    if (n > 0) this.left.set(key, n);
+    else {
+      this.left.delete(key);
+      this.held.delete(key);
+    }
+  }
+}
+
 /** Stat calls in flight while checking that a snapshot's chunks are there. */
 const CHECK_PARALLEL = 32;
 
@@ -113,7 +196,12 @@ export async function checkRestorable(
   snapshot: SnapshotManifest,
   diskNo: number,
   ranges?: Range[],
-): Promise<{ idx: Awaited<ReturnType<Repository['readIndex']>>; chunks: number[] }> {
+): Promise<{
+  idx: Awaited<ReturnType<Repository['readIndex']>>;
+  chunks: number[];
+  /** Digests (latin1) the chunks to restore hold more than once, and how many times. */
+  repeats: Map<string, number>;
+}> {
   const disk = snapshot.disks[diskNo];
   if (!disk)
     throw new HavenError(
@@ -134,16 +222,18 @@ export async function checkRestorable(
       `snapshot ${snapshot.id} ${disk.name}: its index describes ${idx.size} bytes, its manifest ${disk.size}: nothing was restored`,
     );
   const chunks = chunkList(idx.count, idx.chunkSize, idx.size, ranges);
-  const seen = new Set<string>();
+  const seen = new Map<string, number>();
   const wanted: { digest: Buffer; chunk: number }[] = [];
   for (const c of chunks) {
     const digest = idx.digests.subarray(c * DIGEST_BYTES, (c + 1) * DIGEST_BYTES);
     if (digest.equals(ZERO_DIGEST)) continue;
-    const hex = digest.toString('hex');
-    if (seen.has(hex)) continue;
-    seen.add(hex);
-    wanted.push({ digest, chunk: c });
+    const key = digest.toString('latin1');
+    const n = seen.get(key);
+    seen.set(key, (n ?? 0) + 1);
+    if (n === undefined) wanted.push({ digest, chunk: c });
   }
+  const repeats = new Map<string, number>();
+  for (const [key, n] of seen) if (n > 1) repeats.set(key, n);
   const missing: number[] = [];
   let next = 0;
   const worker = async () => {
@@ -161,7 +251,7 @@ export async function checkRestorable(
       `snapshot ${snapshot.id} ${disk.name}: ${missing.length} chunk(s) are missing from repository ${repo.location} (at offset(s) ${offsets.join(', ')}${missing.length > 5 ? ', …' : ''}): nothing was restored`,
     );
   }
-  return { idx, chunks };
+  return { idx, chunks, repeats };
 }
 
 function chunkList(count: number, chunkSize: number, size: number, ranges?: Range[]): number[] {
