@@ -39,12 +39,14 @@ interface Init {
 
 export type WorkerRequest =
   | { op: 'hash'; seq: number; slot: number; length: number }
+  /** hash, then (local repository) store unless this worker stored or found it already: one hand-off. */
+  | { op: 'put'; seq: number; slot: number; length: number; backup: number }
   | { op: 'store'; seq: number; slot: number; length: number; digest: Uint8Array }
   | { op: 'load'; seq: number; slot: number; digest: Uint8Array; stored?: Uint8Array };
 
 export type WorkerReply =
   | { seq: number; zero: true }
-  | { seq: number; zero: false; digest: Uint8Array }
+  | { seq: number; zero: false; digest: Uint8Array; existed?: boolean; storedBytes?: number }
   /** store: `existed` when the chunk was in the repository already (it was touched, not written). */
   | { seq: number; existed: boolean; storedBytes: number; stored?: Uint8Array }
   | { seq: number; loaded: number }
@@ -98,6 +100,26 @@ function storeLocal(root: string, digest: Buffer, plain: Buffer): { existed: boo
   }
   return { existed: false, storedBytes };
 }
+
+/**
+ * Digests this worker stored or found stored (and claimed) during one backup, so that a chunk it
+ * meets again costs no file-system call. Forgotten when the next backup starts: each claims what
+ * it reuses. Bounded: past the limit, a chunk is claimed again.
+ */
+const known = {
+  set: new Set<string>(),
+  backup: 0,
+  add(digest: Buffer, backup: number): boolean {
+    if (backup !== this.backup) {
+      this.set.clear();
+      this.backup = backup;
+    }
+    const k = digest.toString('latin1');
+    if (this.set.has(k)) return false;
+    if (this.set.size < 1 << 18) this.set.add(k);
+    return true;
+  },
+};
 
 let readBuffer = Buffer.alloc(0);
 
@@ -196,6 +218,16 @@ function handle(m: WorkerRequest): WorkerReply {
       // equals() is a memcmp: far faster than any loop in JavaScript.
       if (plain.equals(zeroes.subarray(0, m.length))) return { seq: m.seq, zero: true };
       return { seq: m.seq, zero: false, digest: codec.digest(plain) };
+    }
+    case 'put': {
+      const plain = slot.subarray(0, m.length);
+      if (plain.equals(zeroes.subarray(0, m.length))) return { seq: m.seq, zero: true };
+      const digest = codec.digest(plain);
+      // Not local: the caller stores it (its repository's own calls); the digest says what.
+      if (!init.chunkRoot) return { seq: m.seq, zero: false, digest };
+      if (!known.add(digest, m.backup))
+        return { seq: m.seq, zero: false, digest, existed: true, storedBytes: 0 };
+      return { seq: m.seq, zero: false, digest, ...storeLocal(init.chunkRoot, digest, plain) };
     }
     case 'store': {
       const plain = slot.subarray(0, m.length);

@@ -63,6 +63,7 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
   const session = await repo.beginSession(opts.parent?.id);
   const pool = opts.pool ?? openChunkPool(repo, chunkSize, opts.workers);
   const known = new KnownChunks();
+  const run = pool.newBackup();
   const stats: BackupStats = { readBytes: 0, newChunks: 0, storedBytes: 0, reusedChunks: 0, seconds: 0 };
   try {
     const plans = await Promise.all(opts.disks.map((d, i) => plan(repo, d, i, opts.parent, chunkSize)));
@@ -105,13 +106,21 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
           await disk.device.read(buf, offset);
           stats.readBytes += length;
         }
-        // Hashed first: a chunk the repository has is never compressed or encrypted.
-        const h = await pool.hash(slot, length);
+        // Hashed first: a chunk the repository has is never compressed or encrypted. A local
+        // repository's worker stores it in the same hand-off (its own calls see if it exists).
+        const h = await pool.put(slot, length, run);
         const at = INDEX_HEADER + chunk * DIGEST_BYTES;
         if (h.zero) ZERO_DIGEST.copy(p.index, at);
         else {
           h.digest.copy(p.index, at);
-          if (!known.add(h.digest)) stats.reusedChunks++;
+          const first = known.add(h.digest);
+          if (h.stored) {
+            // Stored by two workers at once (the same bytes under the same name): counted once.
+            if (first && !h.stored.existed) {
+              stats.newChunks++;
+              stats.storedBytes += h.stored.storedBytes;
+            } else stats.reusedChunks++;
+          } else if (!first) stats.reusedChunks++;
           else {
             const s = await pool.store(slot, length, h.digest);
             const isNew = s.stored ? await repo.putChunk(h.digest, s.stored) : !s.existed;
