@@ -113,14 +113,17 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
         if (h.zero) ZERO_DIGEST.copy(p.index, at);
         else {
           h.digest.copy(p.index, at);
-          const first = known.add(h.digest);
           if (h.stored) {
-            // Stored by two workers at once (the same bytes under the same name): counted once.
-            if (first && !h.stored.existed) {
+            // Workers store at once what they meet at once: whichever reply comes first, the
+            // chunk counts as new once if one of them wrote it.
+            const n = known.note(h.digest, !h.stored.existed);
+            if (n === 'reused') stats.reusedChunks++;
+            else {
               stats.newChunks++;
               stats.storedBytes += h.stored.storedBytes;
-            } else stats.reusedChunks++;
-          } else if (!first) stats.reusedChunks++;
+              if (n === 'late') stats.reusedChunks--;
+            }
+          } else if (!known.add(h.digest)) stats.reusedChunks++;
           else {
             const s = await pool.store(slot, length, h.digest);
             const isNew = s.stored ? await repo.putChunk(h.digest, s.stored) : !s.existed;
@@ -191,15 +194,33 @@ export function openChunkPool(repo: Repository, chunkSize: number, workers?: num
  * looked up once. Bounded: past the limit, lookups go to the repository (a stat per chunk).
  */
 class KnownChunks {
-  private readonly set = new Set<string>();
+  /** Digest (latin1) → whether this backup wrote it (else it was in the repository). */
+  private readonly map = new Map<string, boolean>();
   constructor(private readonly limit = 1 << 18) {}
 
-  /** Adds a digest; false if it was known. */
+  /** Adds a digest (to be written); false if it was known. */
   add(digest: Buffer): boolean {
     const k = digest.toString('latin1');
-    if (this.set.has(k)) return false;
-    if (this.set.size < this.limit) this.set.add(k);
+    if (this.map.has(k)) return false;
+    if (this.map.size < this.limit) this.map.set(k, true);
     return true;
+  }
+
+  /**
+   * Notes a digest a worker wrote (`wrote`) or found stored; how to count it: `new`, `reused`,
+   * or `late`: counted as reused before (a worker found it just written by another), written
+   * by this backup after all.
+   */
+  note(digest: Buffer, wrote: boolean): 'new' | 'reused' | 'late' {
+    const k = digest.toString('latin1');
+    const was = this.map.get(k);
+    if (was === undefined) {
+      if (this.map.size < this.limit) this.map.set(k, wrote);
+      return wrote ? 'new' : 'reused';
+    }
+    if (!wrote || was) return 'reused';
+    this.map.set(k, true);
+    return 'late';
   }
 }
 
