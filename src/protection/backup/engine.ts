@@ -115,13 +115,12 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
           h.digest.copy(p.index, at);
           if (h.stored) {
             // Workers store at once what they meet at once: whichever reply comes first, the
-            // chunk counts as new once if one of them wrote it.
+            // chunk counts as new once if one of them wrote it (each reply counts one chunk).
             const n = known.note(h.digest, !h.stored.existed);
             if (n === 'reused') stats.reusedChunks++;
             else {
               stats.newChunks++;
               stats.storedBytes += h.stored.storedBytes;
-              if (n === 'late') stats.reusedChunks--;
             }
           } else if (!known.add(h.digest)) stats.reusedChunks++;
           else {
@@ -208,8 +207,8 @@ class KnownChunks {
 
   /**
    * Notes a digest a worker wrote (`wrote`) or found stored; how to count it: `new`, `reused`,
-   * or `late`: counted as reused before (a worker found it just written by another), written
-   * by this backup after all.
+   * or `late`: new after all (the writer's reply came after that of a worker that found the
+   * chunk just written, which counted as reused).
    */
   note(digest: Buffer, wrote: boolean): 'new' | 'reused' | 'late' {
     const k = digest.toString('latin1');
