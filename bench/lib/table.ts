@@ -8,10 +8,24 @@ export function ratio(m: Metric, haven: string, peer: string): number | null {
   return h / p;
 }
 
-/** Whether Haven meets the metric's target: true, false, or null (no target, or no value). */
+/** The metric's targets, none, one or several. */
+function targetsOf(m: Metric): Target[] {
+  return m.target === undefined ? [] : Array.isArray(m.target) ? m.target : [m.target];
+}
+
+/**
+ * Whether Haven meets the metric's targets (all of them): true, false, or null (no target, or
+ * no value for one of them).
+ */
 export function targetMet(m: Metric, haven: string): boolean | null {
-  const t = m.target;
-  if (!t) return null;
+  const ts = targetsOf(m);
+  if (ts.length === 0) return null;
+  const met = ts.map((t) => oneTargetMet(m, t, haven));
+  if (met.includes(false)) return false;
+  return met.includes(null) ? null : true;
+}
+
+function oneTargetMet(m: Metric, t: Target, haven: string): boolean | null {
   if (t.kind === 'ratio') {
     const r = ratio(m, haven, t.peer);
     if (r == null) return null;
@@ -22,7 +36,13 @@ export function targetMet(m: Metric, haven: string): boolean | null {
   return t.kind === 'max' ? h <= t.value : h >= t.value;
 }
 
-export function describeTarget(t: Target | undefined, unit: string, better: 'higher' | 'lower'): string {
+export function describeTarget(
+  target: Target | Target[] | undefined,
+  unit: string,
+  better: 'higher' | 'lower',
+): string {
+  if (Array.isArray(target)) return target.map((t) => describeTarget(t, unit, better)).join(', ');
+  const t = target;
   if (!t) return '';
   if (t.kind === 'ratio')
     return `${better === 'higher' ? '≥' : '≤'} ${t.min < 0.1 ? String(+t.min.toFixed(3)) : t.min.toFixed(1)}× ${t.peer}`;

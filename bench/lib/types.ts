@@ -55,7 +55,8 @@ export interface Metric {
   samples?: Record<string, number[]>;
   /** How the value was obtained, e.g. `median of 3`. */
   method?: string;
-  target?: Target;
+  /** What Haven must reach; several: all of them (e.g. a ratio to each of two peers). */
+  target?: Target | Target[];
 }
 
 export interface BenchResult {

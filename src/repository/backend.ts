@@ -7,6 +7,7 @@ import {
   mkdirSync,
   openSync,
   readSync,
+  readvSync,
   renameSync,
   rmSync,
   writeSync,
@@ -39,6 +40,13 @@ export interface RepositoryBackend {
   readonly location: string;
   /** The object; NOT_FOUND if there is none. May return a view of `scratch` when it is large enough. */
   read(key: string, scratch?: Buffer): Promise<Buffer>;
+  /**
+   * Reads the object into `buffers` in turn (one readv where the store allows it, so a chunk's
+   * payload lands where it belongs, uncopied) and returns the object's size: larger than the
+   * buffers when they could not hold it all (then only its beginning was read). NOT_FOUND if none.
+   * Optional: without it, callers read() and copy.
+   */
+  readInto?(key: string, buffers: readonly Buffer[]): Promise<number>;
   /**
    * Atomic; `exclusive`: fail with CONFLICT if the object exists (a lock, a new repository).
    * `data` may come in parts (a chunk's header and payload), written as one object.
@@ -143,6 +151,17 @@ export class LocalBackend implements RepositoryBackend {
       if (this.blocking) return this.readSync(this.path(key), scratch);
       return await readFile(this.path(key));
     } catch (err) {
+      throw fromSystemError(err, `repository ${this.location}: cannot read ${key}`);
+    }
+  }
+
+  async readInto(key: string, buffers: readonly Buffer[]): Promise<number> {
+    try {
+      return this.blocking
+        ? readIntoSync(this.path(key), buffers)
+        : await readIntoAsync(this.path(key), buffers);
+    } catch (err) {
+      if (err instanceof HavenError) throw err;
       throw fromSystemError(err, `repository ${this.location}: cannot read ${key}`);
     }
   }
@@ -338,6 +357,55 @@ export class LocalBackend implements RepositoryBackend {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw fromSystemError(err, `repository ${this.location}: cannot put ${asideKey} back`);
     }
+  }
+}
+
+/** The byte ranges of `buffers` still to fill after `got` bytes (a short readv's rest). */
+function rest(buffers: readonly Buffer[], got: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of buffers) {
+    if (got >= b.length) got -= b.length;
+    else {
+      out.push(b.subarray(got));
+      got = 0;
+    }
+  }
+  return out;
+}
+
+const capacity = (buffers: readonly Buffer[]) => buffers.reduce((n, b) => n + b.length, 0);
+
+function readIntoSync(path: string, buffers: readonly Buffer[]): number {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const want = Math.min(size, capacity(buffers));
+    let got = 0;
+    while (got < want) {
+      const n = readvSync(fd, rest(buffers, got), got);
+      if (n === 0) throw new HavenError('CORRUPT', `${path} shrank while it was read`);
+      got += n;
+    }
+    return size;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function readIntoAsync(path: string, buffers: readonly Buffer[]): Promise<number> {
+  const fh = await open(path, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const want = Math.min(size, capacity(buffers));
+    let got = 0;
+    while (got < want) {
+      const { bytesRead } = await fh.readv(rest(buffers, got), got);
+      if (bytesRead === 0) throw new HavenError('CORRUPT', `${path} shrank while it was read`);
+      got += bytesRead;
+    }
+    return size;
+  } finally {
+    await fh.close();
   }
 }
 

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type * as Zstd from 'zstd-napi/binding.js';
 import { HavenError } from '../common/index.js';
 import { CHUNK_HEADER, FLAG_ENCRYPTED, FLAG_ZSTD, chunkKey, readChunk, writeChunkHeader } from './format.js';
-import { chunkDigest, decrypt, encrypt, type RepositoryKeys } from './keys.js';
+import { chunkDigest, decrypt, encryptParts, type RepositoryKeys } from './keys.js';
 
 // zstd-napi's low-level binding: (de)compression into buffers we own, no allocation per chunk.
 const zstd = createRequire(import.meta.url)('zstd-napi/binding') as typeof Zstd;
@@ -30,30 +30,29 @@ export class ChunkCodec {
 
   /** The stored form of a chunk: compressed when that saves space, encrypted when keyed. */
   encode(plain: Uint8Array, digest: Buffer): Buffer {
-    const [header, payload] = this.encodeParts(plain, digest);
-    return Buffer.concat([header, payload]);
+    return Buffer.concat(this.encodeParts(plain, digest));
   }
 
   /**
-   * The stored form as header and payload, to be written together without joining them. Both are
-   * views of this codec's buffers, valid until its next call.
+   * The stored form as its parts (header first), to be written one after the other without
+   * joining them. Views of this codec's buffers, valid until its next call.
    */
-  encodeParts(plain: Uint8Array, digest: Buffer): [Buffer, Uint8Array] {
+  encodeParts(plain: Uint8Array, digest: Buffer): Uint8Array[] {
     const bound = zstd.compressBound(plain.length);
     if (this.scratch.length < bound) this.scratch = Buffer.alloc(bound);
     const n = this.cctx.compress2(this.scratch, plain);
     let flags = 0;
-    let payload: Uint8Array = plain;
+    let payload: Uint8Array[] = [plain];
     if (n < plain.length) {
-      payload = this.scratch.subarray(0, n);
+      payload = [this.scratch.subarray(0, n)];
       flags |= FLAG_ZSTD;
     }
     if (this.keys) {
-      payload = encrypt(this.keys, digest, payload);
+      payload = encryptParts(this.keys, digest, payload[0]!);
       flags |= FLAG_ENCRYPTED;
     }
     writeChunkHeader(this.header, flags, plain.length, payload);
-    return [this.header, payload];
+    return [this.header, ...payload];
   }
 
   /** The plaintext of a stored chunk, checked against its digest; errors name the chunk. */
@@ -69,27 +68,43 @@ export class ChunkCodec {
    * returns the plain length. Nothing else is allocated for an unencrypted chunk.
    */
   decodeInto(stored: Buffer, digest: Buffer, out: Buffer): number {
-    const what = `chunk ${chunkKey(digest)}`;
     // No CRC: the digest check below covers every byte (and the GCM tag when encrypted).
-    const h = readChunk(stored, what, { crc: false });
-    if (h.plainLength > out.length)
-      throw new HavenError('CORRUPT', `${what}: ${h.plainLength} bytes is more than a chunk holds`);
-    let payload = h.payload;
-    if (h.flags & FLAG_ENCRYPTED) {
+    const h = readChunk(stored, `chunk ${chunkKey(digest)}`, { crc: false });
+    return this.decodePayloadInto(h.flags, h.plainLength, h.payload, digest, out);
+  }
+
+  /**
+   * Decodes a chunk's payload (its header parsed apart, see readChunkHeader) into `out`, checked
+   * against its digest; returns the plain length. A payload stored as it is may already be where
+   * it belongs: a view of the start of `out`, then it is checked in place, not copied.
+   */
+  decodePayloadInto(
+    flags: number,
+    plainLength: number,
+    payload: Buffer,
+    digest: Buffer,
+    out: Buffer,
+  ): number {
+    const what = `chunk ${chunkKey(digest)}`;
+    if (plainLength > out.length)
+      throw new HavenError('CORRUPT', `${what}: ${plainLength} bytes is more than a chunk holds`);
+    if (flags & FLAG_ENCRYPTED) {
       if (!this.keys) throw new HavenError('CORRUPT', `${what} is encrypted in an unencrypted repository`);
       payload = decrypt(this.keys, digest, payload, what);
     } else if (this.keys)
       throw new HavenError('CORRUPT', `${what} is not encrypted in an encrypted repository`);
     let n: number;
-    if (h.flags & FLAG_ZSTD) {
+    if (flags & FLAG_ZSTD) {
       try {
-        n = this.dctx.decompress(out.subarray(0, h.plainLength), payload);
+        n = this.dctx.decompress(out.subarray(0, plainLength), payload);
       } catch (err) {
         throw new HavenError('CORRUPT', `${what}: cannot decompress: ${(err as Error).message}`);
       }
-    } else n = payload.length <= h.plainLength ? payload.copy(out) : -1;
-    if (n !== h.plainLength)
-      throw new HavenError('CORRUPT', `${what}: ${n} bytes where ${h.plainLength} were stored`);
+    } else if (payload.length > plainLength) n = -1;
+    else if (payload.buffer === out.buffer && payload.byteOffset === out.byteOffset) n = payload.length;
+    else n = payload.copy(out);
+    if (n !== plainLength)
+      throw new HavenError('CORRUPT', `${what}: ${n} bytes where ${plainLength} were stored`);
     if (!this.digest(out.subarray(0, n)).equals(digest))
       throw new HavenError('CORRUPT', `${what}: content does not match its digest`);
     return n;

@@ -74,14 +74,27 @@ export function chunkKey(digest: Buffer | string): string {
   return `chunks/${hex.slice(0, 2)}/${hex}`;
 }
 
-export function writeChunkHeader(out: Buffer, flags: number, plainLength: number, payload: Uint8Array): void {
+/** Writes a chunk's header for a payload given whole or in parts (stored one after the other). */
+export function writeChunkHeader(
+  out: Buffer,
+  flags: number,
+  plainLength: number,
+  payload: Uint8Array | readonly Uint8Array[],
+): void {
+  const parts = payload instanceof Uint8Array ? [payload] : payload;
+  let length = 0;
+  let crc = 0;
+  for (const p of parts) {
+    length += p.length;
+    crc = crc32(p, crc);
+  }
   CHUNK_MAGIC.copy(out, 0);
   out.writeUInt8(FORMAT_VERSION, 4);
   out.writeUInt8(flags, 5);
   out.writeUInt16LE(0, 6);
   out.writeUInt32LE(plainLength, 8);
-  out.writeUInt32LE(payload.length, 12);
-  out.writeUInt32LE(crc32(payload), 16);
+  out.writeUInt32LE(length, 12);
+  out.writeUInt32LE(crc, 16);
 }
 
 export interface ChunkHeader {
@@ -91,27 +104,47 @@ export interface ChunkHeader {
 }
 
 /**
+ * Parses the header (the first CHUNK_HEADER bytes) of a stored chunk of `storedLength` bytes, so
+ * that a reader can take the payload into a buffer of its own (e.g. straight into its target).
+ */
+export function readChunkHeader(
+  header: Buffer,
+  storedLength: number,
+  what: string,
+): { flags: number; plainLength: number; payloadLength: number; crc: number } {
+  if (
+    storedLength < CHUNK_HEADER ||
+    header.length < CHUNK_HEADER ||
+    !header.subarray(0, 4).equals(CHUNK_MAGIC)
+  )
+    throw new HavenError('CORRUPT', `${what}: not a Haven chunk (bad magic or truncated)`);
+  const version = header.readUInt8(4);
+  if (version !== FORMAT_VERSION)
+    throw new HavenError('UNSUPPORTED', `${what}: chunk format version ${version} is not supported`);
+  const payloadLength = header.readUInt32LE(12);
+  if (storedLength !== CHUNK_HEADER + payloadLength)
+    throw new HavenError(
+      'CORRUPT',
+      `${what}: truncated (${storedLength - CHUNK_HEADER} of ${payloadLength} payload bytes)`,
+    );
+  return {
+    flags: header.readUInt8(5),
+    plainLength: header.readUInt32LE(8),
+    payloadLength,
+    crc: header.readUInt32LE(16),
+  };
+}
+
+/**
  * Parses a stored chunk and checks its CRC; `what` names it in errors. Readers that check the
  * plaintext against its digest anyway (a stronger check) may skip the CRC.
  */
 export function readChunk(stored: Buffer, what: string, opts: { crc?: boolean } = {}): ChunkHeader {
-  if (stored.length < CHUNK_HEADER || !stored.subarray(0, 4).equals(CHUNK_MAGIC))
-    throw new HavenError('CORRUPT', `${what}: not a Haven chunk (bad magic or truncated)`);
-  const version = stored.readUInt8(4);
-  if (version !== FORMAT_VERSION)
-    throw new HavenError('UNSUPPORTED', `${what}: chunk format version ${version} is not supported`);
-  const flags = stored.readUInt8(5);
-  const plainLength = stored.readUInt32LE(8);
-  const payloadLength = stored.readUInt32LE(12);
-  if (stored.length !== CHUNK_HEADER + payloadLength)
-    throw new HavenError(
-      'CORRUPT',
-      `${what}: truncated (${stored.length - CHUNK_HEADER} of ${payloadLength} payload bytes)`,
-    );
+  const h = readChunkHeader(stored, stored.length, what);
   const payload = stored.subarray(CHUNK_HEADER);
-  if (opts.crc !== false && crc32(payload) !== stored.readUInt32LE(16))
+  if (opts.crc !== false && crc32(payload) !== h.crc)
     throw new HavenError('CORRUPT', `${what}: checksum mismatch`);
-  return { flags, plainLength, payload };
+  return { flags: h.flags, plainLength: h.plainLength, payload };
 }
 
 export interface IndexHeader {

@@ -79,10 +79,20 @@ export function chunkDigest(data: Uint8Array, keys: RepositoryKeys | undefined):
 }
 
 export function encrypt(keys: RepositoryKeys, digest: Buffer, data: Uint8Array): Buffer {
+  return Buffer.concat(encryptParts(keys, digest, data));
+}
+
+/**
+ * The encrypted payload as its parts (nonce, ciphertext, tag), to be stored one after the other:
+ * joining them would copy the whole chunk once more.
+ */
+export function encryptParts(keys: RepositoryKeys, digest: Buffer, data: Uint8Array): Buffer[] {
   const nonce = randomBytes(12);
   const c = createCipheriv('aes-256-gcm', keys.data, nonce);
   c.setAAD(digest); // a payload moved to another chunk's name fails authentication
-  return Buffer.concat([nonce, c.update(data), c.final(), c.getAuthTag()]);
+  const body = c.update(data);
+  const last = c.final(); // empty for GCM
+  return last.length ? [nonce, body, last, c.getAuthTag()] : [nonce, body, c.getAuthTag()];
 }
 
 export function decrypt(keys: RepositoryKeys, digest: Buffer, payload: Buffer, what: string): Buffer {
@@ -90,7 +100,9 @@ export function decrypt(keys: RepositoryKeys, digest: Buffer, payload: Buffer, w
   d.setAAD(digest);
   d.setAuthTag(payload.subarray(payload.length - 16));
   try {
-    return Buffer.concat([d.update(payload.subarray(12, payload.length - 16)), d.final()]);
+    const body = d.update(payload.subarray(12, payload.length - 16));
+    const last = d.final(); // empty for GCM: no second copy of the chunk to join them
+    return last.length ? Buffer.concat([body, last]) : body;
   } catch {
     throw new HavenError('CORRUPT', `${what}: authentication failed (damaged, or not this repository's)`);
   }

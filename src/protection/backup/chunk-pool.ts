@@ -76,6 +76,13 @@ export class ChunkPool {
     }
   }
 
+  private backups = 0;
+
+  /** A number for a backup starting on this pool: what `put` remembered for another is forgotten. */
+  newBackup(): number {
+    return ++this.backups;
+  }
+
   /** A free slot; waits while all are in use. */
   acquire(): Promise<number> {
     if (this.failed) return Promise.reject(this.failed);
@@ -101,10 +108,25 @@ export class ChunkPool {
     return r.zero ? r : { zero: false, digest: toBuffer(r.digest) };
   }
 
+  /**
+   * The digest of the chunk in `slot` (or that it is all zeroes) and, when the workers reach the repository's backend (ownBackend),
+   * the chunk stored unless it was there already: `stored` says which. Without `stored` the caller stores it (see `store`). `backup` (see newBackup) scopes what
+   * the workers remember having stored.
+   */
+  async put(slot: number, length: number, backup: number): Promise<Hashed & { stored?: Stored }> {
+    const r = await this.send({ op: 'put', seq: 0, slot, length, backup });
+    if (!('zero' in r)) throw new HavenError('INTERNAL', 'chunk worker gave no digest');
+    if (r.zero) return r;
+    const digest = toBuffer(r.digest);
+    return r.existed === undefined
+      ? { zero: false, digest }
+      : { zero: false, digest, stored: { existed: r.existed, storedBytes: r.storedBytes ?? 0 } };
+  }
+
   /** Compresses, encrypts and (ownBackend) writes the chunk in `slot` unless it exists. */
   async store(slot: number, length: number, digest: Buffer): Promise<Stored> {
     const r = await this.send({ op: 'store', seq: 0, slot, length, digest: small(digest) });
-    if (!('existed' in r)) throw new HavenError('INTERNAL', 'chunk worker did not store');
+    if (!('existed' in r) || 'zero' in r) throw new HavenError('INTERNAL', 'chunk worker did not store');
     return {
       existed: r.existed,
       storedBytes: r.storedBytes,

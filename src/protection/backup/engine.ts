@@ -62,6 +62,7 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
   const session = await repo.beginSession(opts.parent?.id);
   const pool = opts.pool ?? openChunkPool(repo, chunkSize, opts.workers);
   const known = new KnownChunks();
+  const run = pool.newBackup();
   const stats: BackupStats = { readBytes: 0, newChunks: 0, storedBytes: 0, reusedChunks: 0, seconds: 0 };
   try {
     const plans = await Promise.all(opts.disks.map((d, i) => plan(repo, pool, d, i, opts.parent, chunkSize)));
@@ -101,11 +102,21 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
         const buf = pool.buffer(slot, piece.length);
         await disk.device.read(buf, piece.offset);
         stats.readBytes += piece.length;
-        // Hashed first: a chunk the repository has is never compressed or encrypted.
-        const h = await pool.hash(slot, piece.length);
+        // Hashed first: a chunk the repository has is never compressed or encrypted. A worker
+        // with its own backend stores it in the same hand-off (its own calls see if it exists).
+        const h = await pool.put(slot, piece.length, run);
         if (h.zero) await index.set(piece, ZERO_DIGEST);
         else {
-          if (!known.add(h.digest)) stats.reusedChunks++;
+          if (h.stored) {
+            // Workers store at once what they meet at once: whichever reply comes first, the
+            // chunk counts as new once if one of them wrote it (each reply counts one chunk).
+            const n = known.note(h.digest, !h.stored.existed);
+            if (n === 'reused') stats.reusedChunks++;
+            else {
+              stats.newChunks++;
+              stats.storedBytes += h.stored.storedBytes;
+            }
+          } else if (!known.add(h.digest)) stats.reusedChunks++;
           else {
             const s = await pool.store(slot, piece.length, h.digest);
             const isNew = s.stored ? await repo.putChunk(h.digest, s.stored) : !s.existed;
@@ -206,15 +217,33 @@ export function openChunkPool(repo: Repository, chunkSize: number, workers?: num
  * looked up once. Bounded: past the limit, lookups go to the repository (a stat per chunk).
  */
 class KnownChunks {
-  private readonly set = new Set<string>();
+  /** Digest (latin1) → whether this backup wrote it (else it was in the repository). */
+  private readonly map = new Map<string, boolean>();
   constructor(private readonly limit = 1 << 18) {}
 
-  /** Adds a digest; false if it was known. */
+  /** Adds a digest (to be written); false if it was known. */
   add(digest: Buffer): boolean {
     const k = digest.toString('latin1');
-    if (this.set.has(k)) return false;
-    if (this.set.size < this.limit) this.set.add(k);
+    if (this.map.has(k)) return false;
+    if (this.map.size < this.limit) this.map.set(k, true);
     return true;
+  }
+
+  /**
+   * Notes a digest a worker wrote (`wrote`) or found stored; how to count it: `new`, `reused`,
+   * or `late`: new after all (the writer's reply came after that of a worker that found the
+   * chunk just written, which counted as reused).
+   */
+  note(digest: Buffer, wrote: boolean): 'new' | 'reused' | 'late' {
+    const k = digest.toString('latin1');
+    const was = this.map.get(k);
+    if (was === undefined) {
+      if (this.map.size < this.limit) this.map.set(k, wrote);
+      return wrote ? 'new' : 'reused';
+    }
+    if (!wrote || was) return 'reused';
+    this.map.set(k, true);
+    return 'late';
   }
 }
 

@@ -14,9 +14,11 @@ import {
   writeFileSync,
   writeSync,
 } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { openRawFile } from '../../block/index.js';
 import { Repository } from '../../repository/index.js';
+import { chunkDigest } from '../../repository/keys.js';
 import { tempDir } from '../../../test/support/tmp.js';
 import { backup } from './engine.js';
 import { restore } from './restore.js';
@@ -96,4 +98,79 @@ test('a chunk gone from the repository fails the restore before the first write'
   );
   await dev.close();
   assert.ok(readFileSync(p).equals(Buffer.alloc(4 * MiB, 0x77)), 'the target is untouched');
+});
+
+/**
+ * A disk of 64 KiB chunks stored every way there is: raw (random), compressed (a pattern),
+ * the same random chunk many times over (stored once), and holes.
+ */
+function mixedDisk(path: string): Buffer {
+  const K64 = 64 * 1024;
+  const repeated = randomBytes(K64);
+  const parts: Buffer[] = [];
+  for (let i = 0; i < 48; i++) {
+    if (i % 4 === 0) parts.push(repeated);
+    else if (i % 4 === 1) parts.push(randomBytes(K64));
+    else if (i % 4 === 2) parts.push(Buffer.alloc(K64, `block ${i} `));
+    else parts.push(Buffer.alloc(K64));
+  }
+  const disk = Buffer.concat(parts);
+  writeFileSync(path, disk);
+  return disk;
+}
+
+for (const encrypted of [false, true])
+  for (const cache of [undefined, 64 * 1024])
+    test(`a restore reproduces raw, compressed and repeated chunks${encrypted ? ', encrypted' : ''}${cache ? ', the repeated-chunk memory full' : ''}`, async (t) => {
+      const tmp = tempDir();
+      t.after(tmp.cleanup);
+      const disk = mixedDisk(join(tmp.path, 'src.img'));
+      const repo = await Repository.init(join(tmp.path, 'repo'), {
+        chunkSize: 64 * 1024,
+        ...(encrypted ? { passphrase: 'restore-test' } : {}),
+      });
+      const device = openRawFile(join(tmp.path, 'src.img'), { readOnly: true });
+      const snap = await backup(repo, {
+        source: { kind: 'volume', name: 'v' },
+        disks: [{ name: 'd0', device }],
+      });
+      await device.close();
+      // Not fresh: every chunk is written, the holes as zeroes, over a target full of 0x77.
+      const p = join(tmp.path, 'target.img');
+      writeFileSync(p, Buffer.alloc(disk.length, 0x77));
+      const dev = openRawFile(p);
+      const r = await restore(repo, snap, 0, dev, cache ? { repeatCacheBytes: cache } : {});
+      await dev.close();
+      assert.equal(r.dataBytes, 36 * 64 * 1024);
+      assert.ok(readFileSync(p).equals(disk), 'the restored disk equals the source');
+    });
+
+test('a damaged chunk the disk holds many times fails the restore: no copy is written from memory unchecked', async (t) => {
+  const tmp = tempDir();
+  t.after(tmp.cleanup);
+  const K64 = 64 * 1024;
+  const repeated = randomBytes(K64);
+  writeFileSync(join(tmp.path, 'src.img'), Buffer.concat(Array.from({ length: 16 }, () => repeated)));
+  const repo = await Repository.init(join(tmp.path, 'repo'), { chunkSize: K64 });
+  const device = openRawFile(join(tmp.path, 'src.img'), { readOnly: true });
+  const snap = await backup(repo, { source: { kind: 'volume', name: 'v' }, disks: [{ name: 'd0', device }] });
+  await device.close();
+  // One data chunk for the 16 copies (beside the index page, also stored as a chunk), by its digest.
+  const id = chunkDigest(repeated, undefined).toString('hex');
+  const chunks = files(join(tmp.path, 'repo')).filter((f) => f.endsWith(`/${id}`));
+  assert.equal(chunks.length, 1, 'one chunk stored for 16 copies');
+  assert.equal(snap.stats.newChunks, 2, 'the data chunk and the index page');
+  const fd = openSync(chunks[0]!, 'r+');
+  writeSync(fd, Buffer.from([0xff ^ readFileSync(chunks[0]!)[100]!]), 0, 1, 100); // a payload byte
+  closeSync(fd);
+  const p = join(tmp.path, 'target.img');
+  writeFileSync(p, Buffer.alloc(16 * K64));
+  const dev = openRawFile(p);
+  await assert.rejects(restore(repo, snap, 0, dev, { fresh: true }), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'CORRUPT');
+    assert.match(e.message, /the data at offset \d+ \(65536 bytes\) is damaged: .*does not match its digest/);
+    return true;
+  });
+  await dev.close();
+  assert.ok(readFileSync(p).equals(Buffer.alloc(16 * K64)), 'nothing of the damaged chunk was written');
 });

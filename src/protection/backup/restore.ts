@@ -11,6 +11,8 @@ export interface RestoreOptions {
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
   workers?: number;
+  /** Memory for chunks the disk holds more than once, kept between their uses (default 32 MiB). */
+  repeatCacheBytes?: number;
 }
 
 export interface RestoreResult {
@@ -42,7 +44,7 @@ export async function restore(
   opts: RestoreOptions = {},
 ): Promise<RestoreResult> {
   const started = performance.now();
-  const { idx } = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
+  const { idx, spans, repeats } = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
   const name = snapshot.disks[diskNo]!.name;
   if (target.size < idx.size)
     throw new HavenError(
@@ -51,11 +53,11 @@ export async function restore(
     );
   opts.signal?.throwIfAborted();
   const pool = openChunkPool(repo, idx.chunkSize, opts.workers);
-  const spans = opts.ranges ? disjointRanges(opts.ranges) : [{ offset: 0, length: idx.size }];
   const total = spans.reduce((n, r) => n + Math.min(r.length, idx.size - r.offset), 0);
   let done = 0;
   let dataBytes = 0;
   let zeroBytes = 0;
+  const copies = new RepeatedChunks(repeats, (opts.repeatCacheBytes ?? REPEAT_CACHE_BYTES) / idx.chunkSize);
   try {
     await runChunks(runsOf(idx, spans), pool, async (slot, run) => {
       opts.signal?.throwIfAborted();
@@ -65,21 +67,33 @@ export async function restore(
         zeroBytes += length;
       } else {
         const digest = run.digest;
-        let n: number;
-        try {
-          n = await pool.load(slot, digest, pool.ownBackend ? undefined : await repo.getChunk(digest));
-        } catch (err) {
-          throw new HavenError(
-            'CORRUPT',
-            `snapshot ${snapshot.id} ${name}: the data at offset ${offset} (${length} bytes) is damaged: ${errorMessage(err)}`,
-          );
+        const key = digest.toString('latin1');
+        // A chunk the disk holds more than once is read and checked once, then written from memory.
+        const copy = await copies.take(key);
+        if (copy && copy.length >= run.at + length)
+          await target.write(copy.subarray(run.at, run.at + length), offset);
+        else {
+          let n: number;
+          try {
+            n = await pool.load(slot, digest, pool.ownBackend ? undefined : await repo.getChunk(digest));
+          } catch (err) {
+            copies.failed(key);
+            throw new HavenError(
+              'CORRUPT',
+              `snapshot ${snapshot.id} ${name}: the data at offset ${offset} (${length} bytes) is damaged: ${errorMessage(err)}`,
+            );
+          }
+          if (n < run.at + length) {
+            copies.failed(key);
+            throw new HavenError(
+              'CORRUPT',
+              `snapshot ${snapshot.id} ${name}: chunk at offset ${offset} has ${n} bytes, not ${run.at + length}`,
+            );
+          }
+          const buf = pool.buffer(slot, n);
+          copies.loaded(key, buf);
+          await target.write(buf.subarray(run.at, run.at + length), offset);
         }
-        if (n < run.at + length)
-          throw new HavenError(
-            'CORRUPT',
-            `snapshot ${snapshot.id} ${name}: chunk at offset ${offset} has ${n} bytes, not ${run.at + length}`,
-          );
-        await target.write(pool.buffer(slot, run.at + length).subarray(run.at), offset);
         dataBytes += length;
       }
       done += length;
@@ -105,6 +119,75 @@ async function* runsOf(idx: DiskIndex, spans: Range[]): AsyncGenerator<Run> {
   for (const r of spans) yield* idx.runs(r.offset, r.offset + r.length);
 }
 
+/** Memory for chunks a disk holds more than once, kept between their uses (see RepeatedChunks). */
+const REPEAT_CACHE_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Chunks a restore writes more than once (a disk's repeated blocks; deduplicated in the
+ * repository), kept in memory after their first read, which checked them against their digest,
+ * until their last use: each is read, decrypted, decompressed and hashed once, not once per copy.
+ * Bounded: past `max` chunks held, the others are read each time as any chunk is. A use that
+ * comes while the first read is under way waits for it.
+ */
+class RepeatedChunks {
+  private readonly held = new Map<
+    string,
+    { data?: Buffer; loading?: Promise<Buffer | undefined>; done?: (b: Buffer | undefined) => void }
+  >();
+
+  /** `left`: how many times each repeated chunk (latin1 digest) is still to be written. */
+  constructor(
+    private readonly left: Map<string, number>,
+    private readonly max: number,
+  ) {}
+
+  /**
+   * The chunk's bytes if a first read holds them (waiting for one under way); undefined when the
+   * caller is to read it (and then say `loaded` or `failed`).
+   */
+  async take(key: string): Promise<Buffer | undefined> {
+    const n = this.left.get(key);
+    if (n === undefined) return undefined;
+    const h = this.held.get(key);
+    if (!h) {
+      if (this.held.size >= this.max) return undefined;
+      let done!: (b: Buffer | undefined) => void;
+      const loading = new Promise<Buffer | undefined>((r) => (done = r));
+      this.held.set(key, { loading, done });
+      return undefined;
+    }
+    const data = h.data ?? (await h.loading);
+    if (data) this.use(key);
+    return data;
+  }
+
+  loaded(key: string, data: Buffer): void {
+    const h = this.held.get(key);
+    if (!h?.done) return;
+    h.data = Buffer.from(data); // the slot goes back to the pool
+    h.done(h.data);
+    delete h.done;
+    delete h.loading;
+    this.use(key);
+  }
+
+  failed(key: string): void {
+    const h = this.held.get(key);
+    if (!h?.done) return;
+    this.held.delete(key);
+    h.done(undefined);
+  }
+
+  private use(key: string): void {
+    const n = this.left.get(key)! - 1;
+    if (n > 0) this.left.set(key, n);
+    else {
+      this.left.delete(key);
+      this.held.delete(key);
+    }
+  }
+}
+
 /** Stat calls in flight while checking that a snapshot's chunks are there. */
 const CHECK_PARALLEL = 32;
 
@@ -118,7 +201,13 @@ export async function checkRestorable(
   snapshot: SnapshotManifest,
   diskNo: number,
   ranges?: Range[],
-): Promise<{ idx: DiskIndex }> {
+): Promise<{
+  idx: DiskIndex;
+  /** The ranges to restore, sorted and disjoint. */
+  spans: Range[];
+  /** Digests (latin1) of chunks the runs to restore use more than once, and how many times. */
+  repeats: Map<string, number>;
+}> {
   const disk = snapshot.disks[diskNo];
   if (!disk)
     throw new HavenError(
@@ -138,16 +227,18 @@ export async function checkRestorable(
       'CORRUPT',
       `snapshot ${snapshot.id} ${disk.name}: its index describes ${idx.size} bytes, its manifest ${disk.size}: nothing was restored`,
     );
-  const seen = new Set<string>();
+  const seen = new Map<string, number>();
   const wanted: { digest: Buffer; offset: number }[] = [];
   const spans = ranges ? disjointRanges(ranges) : [{ offset: 0, length: idx.size }];
   for await (const r of runsOf(idx, spans)) {
     if (r.zero) continue;
-    const hex = r.digest.toString('hex');
-    if (seen.has(hex)) continue;
-    seen.add(hex);
-    wanted.push({ digest: r.digest, offset: r.offset });
+    const key = r.digest.toString('latin1');
+    const n = seen.get(key);
+    seen.set(key, (n ?? 0) + 1);
+    if (n === undefined) wanted.push({ digest: r.digest, offset: r.offset });
   }
+  const repeats = new Map<string, number>();
+  for (const [key, n] of seen) if (n > 1) repeats.set(key, n);
   const missing: number[] = [];
   let next = 0;
   const worker = async () => {
@@ -164,7 +255,7 @@ export async function checkRestorable(
       `snapshot ${snapshot.id} ${disk.name}: ${missing.length} chunk(s) are missing from repository ${repo.location} (at offset(s) ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}): nothing was restored`,
     );
   }
-  return { idx };
+  return { idx, spans, repeats };
 }
 
 /** Ranges sorted and merged where they overlap or touch. */
