@@ -1,11 +1,11 @@
 // A worker thread of the backup pipeline, working on chunks in a shared arena that the main
 // thread reads sources into and writes targets from. hash: the chunk's digest (or that it is all
-// zeroes); put: hash, then store unless stored already, in one hand-off; store: compress, encrypt and, when the repository's backend can be opened here
-// (RepositoryBackend.describe), write the chunk through this thread's own instance of it (its
-// I/O is this thread's time, not the event loop's; no copy of the stored bytes back to the main
-// thread; the repository makes them durable with one sync before the manifest that needs them);
-// load: read a chunk, check it and decode it into a slot.
-// Keeps one zstd context per direction for its whole life.
+// zeroes); put: hash, then store unless stored already, in one hand-off; store: compress, encrypt
+// and, when the repository's backend can be opened here (RepositoryBackend.describe), write the
+// chunk through this thread's own instance of it (its I/O is this thread's time, not the event
+// loop's; no copy of the stored bytes back to the main thread; the repository makes them durable
+// with one sync before the manifest that needs them); load: read a chunk, check it and decode it
+// into a slot. Keeps one zstd context per direction for its whole life.
 import { parentPort, workerData } from 'node:worker_threads';
 // Narrow imports, past the layers' index files: a worker's start-up is on the critical path of
 // every backup and restore, and the full surfaces cost it tens of milliseconds.
