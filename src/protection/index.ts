@@ -1,4 +1,4 @@
-/** Layer 5 — backup and restore (instant recovery, live migration and replication come next). */
+/** Layer 5 — backup and restore, instant recovery, replication (its journal so far: decision 0012). */
 export {
   backup,
   allocated,
@@ -30,3 +30,5 @@ export {
 export { startQmpPull, type QmpPullOptions, type QmpPullSession } from './backup/qmp-pull.js';
 export { SnapshotDevice, type SnapshotDeviceOptions } from './recovery/snapshot-device.js';
 export * from './recovery/files/index.js';
+export { ReplicationJournal, type JournalEntry, type JournalOptions } from './replication/journal.js';
+export { RecordKind, type CheckpointInfo } from './replication/journal-format.js';

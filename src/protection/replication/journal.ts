@@ -1,0 +1,335 @@
+import {
+  closeSync,
+  fdatasync,
+  fdatasyncSync,
+  fstatSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readSync,
+  rmSync,
+  writevSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { HavenError, fromSystemError, syncDirectory } from '../../common/index.js';
+import {
+  RECORD_HEADER,
+  RecordKind,
+  decodeHeader,
+  encodeHeader,
+  recordIntact,
+  type RecordHeader,
+} from './journal-format.js';
+
+const fdatasyncAsync = promisify(fdatasync);
+
+export interface JournalOptions {
+  /** A segment file is closed and a new one begun past this size. */
+  segmentBytes?: number;
+  /** The journal's bound: an append that would pass it is refused (the gateway goes to bitmap mode). */
+  maxBytes?: number;
+}
+
+interface Segment {
+  path: string;
+  firstSeq: number;
+  /** The sequence after its last record (firstSeq when empty). */
+  endSeq: number;
+  bytes: number;
+}
+
+const SUFFIX = '.seg';
+const segmentName = (firstSeq: number) => `${String(firstSeq).padStart(16, '0')}${SUFFIX}`;
+
+/** A record read back: its header and payload (a view valid until the reader's next call). */
+export interface JournalEntry extends RecordHeader {
+  payload: Buffer;
+}
+
+/**
+ * A replication journal: the ordered records of one consistency group in segment files
+ * (`DIR/0000000000000001.seg` …, named by their first sequence). Appends are synchronous
+ * `writev`s of a header and the caller's own buffers (no copy): once `append` returns, a kill -9
+ * of the process loses nothing (the page cache holds it); `sync` makes everything appended so far
+ * durable against a power loss. Opening replays the segments, checks every record and cuts a torn
+ * tail (a crash mid-append) off the last one. Bounded: `maxBytes` (decision 0012).
+ */
+export class ReplicationJournal {
+  private readonly segments: Segment[] = [];
+  private fd = -1;
+  private readonly header = Buffer.alloc(RECORD_HEADER);
+  private unsynced = false;
+  private syncing: Promise<void> | undefined;
+  private readonly segmentBytes: number;
+  readonly maxBytes: number;
+
+  private constructor(
+    readonly dir: string,
+    opts: JournalOptions,
+  ) {
+    this.segmentBytes = opts.segmentBytes ?? 64 * 1024 * 1024;
+    this.maxBytes = opts.maxBytes ?? 1024 * 1024 * 1024;
+  }
+
+  /**
+   * Opens (creating) the journal in `dir`. `firstSeq`: the sequence of its first record when it
+   * has none yet. A record that fails its check before the last segment's tail is CORRUPT.
+   */
+  static open(dir: string, opts: JournalOptions & { firstSeq?: number } = {}): ReplicationJournal {
+    const j = new ReplicationJournal(dir, opts);
+    try {
+      mkdirSync(dir, { recursive: true });
+      const names = readdirSync(dir)
+        .filter((n) => n.endsWith(SUFFIX))
+        .sort();
+      for (const [i, name] of names.entries()) j.replay(join(dir, name), i === names.length - 1);
+    } catch (err) {
+      if (err instanceof HavenError) throw err;
+      throw fromSystemError(err, `replication journal ${dir}`);
+    }
+    const last = j.segments[j.segments.length - 1];
+    if (last) j.fd = openSync(last.path, 'r+');
+    else j.begin(opts.firstSeq ?? 1);
+    return j;
+  }
+
+  /** The sequence the next record gets. */
+  get nextSeq(): number {
+    return this.segments[this.segments.length - 1]!.endSeq;
+  }
+
+  /** The sequence of the oldest record held (nextSeq when it holds none). */
+  get firstSeq(): number {
+    const s = this.segments.find((x) => x.endSeq > x.firstSeq);
+    return s ? s.firstSeq : this.nextSeq;
+  }
+
+  /** Bytes held in all segments. */
+  get bytes(): number {
+    return this.segments.reduce((n, s) => n + s.bytes, 0);
+  }
+
+  /**
+   * Appends a record; returns its sequence, or undefined when the journal is full (nothing was
+   * written). `payload`: the bytes written (kept by reference only for this call).
+   */
+  append(
+    kind: RecordKind,
+    volume: number,
+    offset: number,
+    length: number,
+    payload: readonly Uint8Array[] = [],
+  ): number | undefined {
+    let size = RECORD_HEADER;
+    for (const p of payload) size += p.length;
+    if (this.bytes + size > this.maxBytes) return undefined;
+    let seg = this.segments[this.segments.length - 1]!;
+    if (seg.bytes > 0 && seg.bytes + size > this.segmentBytes) seg = this.seal();
+    const seq = seg.endSeq;
+    encodeHeader(this.header, { kind, volume, seq, offset, length }, payload);
+    this.writeAll(seg, [this.header, ...payload], size);
+    seg.endSeq = seq + 1;
+    this.unsynced = true;
+    return seq;
+  }
+
+  /** Makes every record appended so far durable (fdatasync on the thread pool; calls coalesce). */
+  async sync(): Promise<void> {
+    while (this.unsynced) {
+      if (!this.syncing) {
+        this.unsynced = false;
+        const fd = this.fd;
+        this.syncing = fdatasyncAsync(fd).finally(() => (this.syncing = undefined));
+      }
+      await this.syncing;
+    }
+    await this.syncing;
+  }
+
+  /** Deletes the segments whose every record has a sequence below `seq` (the target holds them). */
+  trim(seq: number): void {
+    while (this.segments.length > 1 && this.segments[0]!.endSeq <= seq) {
+      rmSync(this.segments.shift()!.path, { force: true });
+    }
+  }
+
+  /**
+   * The records from `fromSeq` on, in order, read into `scratch` (as many as fit, at least one:
+   * a record larger than `scratch` comes in a buffer of its own): the transceiver's batch. The
+   * entries' payloads are views of that buffer, valid until it is reused. Empty: nothing from
+   * `fromSeq` on yet. Before the oldest record held: NOT_FOUND.
+   */
+  read(fromSeq: number, scratch: Buffer): JournalEntry[] {
+    if (fromSeq < this.firstSeq)
+      throw new HavenError(
+        'NOT_FOUND',
+        `replication journal ${this.dir}: record ${fromSeq} was trimmed (the oldest held is ${this.firstSeq})`,
+      );
+    const seg = this.segments.find((s) => fromSeq >= s.firstSeq && fromSeq < s.endSeq);
+    if (!seg) return [];
+    const fd = openSync(seg.path, 'r');
+    try {
+      const start = this.locate(fd, seg, fromSeq);
+      const end = Math.min(seg.bytes, start + scratch.length);
+      let buf = scratch;
+      let len = readUpTo(fd, buf, start, end - start);
+      const first = decodeHeader(buf.subarray(0, len));
+      if (first && first.recordLength > len) {
+        // One record larger than the scratch: on its own.
+        buf = Buffer.allocUnsafe(first.recordLength);
+        len = readUpTo(fd, buf, start, first.recordLength);
+      }
+      const out: JournalEntry[] = [];
+      let at = 0;
+      for (let seq = fromSeq; seq < seg.endSeq && at + RECORD_HEADER <= len; seq++) {
+        const h = decodeHeader(buf.subarray(at, at + RECORD_HEADER));
+        if (!h || h.seq !== seq)
+          throw new HavenError('CORRUPT', `replication journal ${seg.path}: record ${seq} is damaged`);
+        if (at + h.recordLength > len) break;
+        const rec = buf.subarray(at, at + h.recordLength);
+        if (!recordIntact(rec))
+          throw new HavenError('CORRUPT', `replication journal ${seg.path}: record ${seq} is damaged`);
+        out.push({ ...h, payload: rec.subarray(RECORD_HEADER) });
+        at += h.recordLength;
+      }
+      this.cursor = { seg, seq: fromSeq + out.length, offset: start + at };
+      return out;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Where the last read ended: the next one, reading on, starts there without a search. */
+  private cursor: { seg: Segment; seq: number; offset: number } | undefined;
+
+  /** The byte offset of record `seq` in `seg`: from the cursor, or by hopping over headers. */
+  private locate(fd: number, seg: Segment, seq: number): number {
+    const c = this.cursor;
+    let at = 0;
+    let n = seg.firstSeq;
+    if (c && c.seg === seg && c.seq <= seq) {
+      at = c.offset;
+      n = c.seq;
+    }
+    const head = Buffer.alloc(RECORD_HEADER);
+    for (; n < seq; n++) {
+      readExactly(fd, head, at);
+      const h = decodeHeader(head);
+      if (!h) throw new HavenError('CORRUPT', `replication journal ${seg.path}: record ${n} is damaged`);
+      at += h.recordLength;
+    }
+    return at;
+  }
+
+  /** Waits for a sync under way, then closes the current segment (not synced: call sync first). */
+  async close(): Promise<void> {
+    await this.syncing?.catch(() => undefined);
+    if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  private writeAll(seg: Segment, parts: Uint8Array[], size: number): void {
+    try {
+      let done = writevSync(this.fd, parts, seg.bytes);
+      // A short write (rare: a signal, a full disk): the rest, then the record counts.
+      while (done < size) {
+        const rest = Buffer.concat(parts).subarray(done);
+        const n = writevSync(this.fd, [rest], seg.bytes + done);
+        if (n === 0) throw new HavenError('IO', `replication journal ${seg.path}: short write`);
+        done += n;
+      }
+    } catch (err) {
+      // Nothing half-written may stay behind the records that count.
+      ftruncateSync(this.fd, seg.bytes);
+      if (err instanceof HavenError) throw err;
+      throw fromSystemError(err, `replication journal ${seg.path}: cannot append`);
+    }
+    seg.bytes += size;
+  }
+
+  /** Closes the current segment durably and begins the next. */
+  private seal(): Segment {
+    const fd = this.fd;
+    fdatasyncSync(fd);
+    // A sync under way on the thread pool still uses it: closed after that.
+    if (this.syncing) void this.syncing.catch(() => undefined).then(() => closeSync(fd));
+    else closeSync(fd);
+    return this.begin(this.nextSeq);
+  }
+
+  private begin(firstSeq: number): Segment {
+    const path = join(this.dir, segmentName(firstSeq));
+    this.fd = openSync(path, 'w+', 0o600);
+    syncDirectory(this.dir);
+    const seg = { path, firstSeq, endSeq: firstSeq, bytes: 0 };
+    this.segments.push(seg);
+    return seg;
+  }
+
+  /** Reads one segment's records, checking each; the last segment's torn tail is cut off. */
+  private replay(path: string, last: boolean): void {
+    const name = path.slice(path.lastIndexOf('/') + 1);
+    const firstSeq = Number(name.slice(0, -SUFFIX.length));
+    const prev = this.segments[this.segments.length - 1];
+    if (!Number.isSafeInteger(firstSeq) || (prev && prev.endSeq !== firstSeq))
+      throw new HavenError(
+        'CORRUPT',
+        `replication journal ${this.dir}: segment ${name} does not follow the one before it (records are missing)`,
+      );
+    const fd = openSync(path, last ? 'r+' : 'r');
+    try {
+      const size = fstatSync(fd).size;
+      const head = Buffer.alloc(RECORD_HEADER);
+      let rec = Buffer.alloc(0);
+      let at = 0;
+      let seq = firstSeq;
+      while (at < size) {
+        const h = size - at >= RECORD_HEADER && (readExactly(fd, head, at), decodeHeader(head));
+        let intact = !!h && h.seq === seq && at + h.recordLength <= size;
+        if (h && intact) {
+          if (rec.length < h.recordLength) rec = Buffer.alloc(Math.max(h.recordLength, 2 * rec.length));
+          readExactly(fd, rec.subarray(0, h.recordLength), at);
+          intact = recordIntact(rec.subarray(0, h.recordLength));
+        }
+        if (!h || !intact) {
+          if (!last)
+            throw new HavenError(
+              'CORRUPT',
+              `replication journal ${path}: the record at byte ${at} (sequence ${seq}) is damaged`,
+            );
+          // A crash mid-append: what follows was never acknowledged.
+          ftruncateSync(fd, at);
+          fdatasyncSync(fd);
+          break;
+        }
+        at += h.recordLength;
+        seq++;
+      }
+      this.segments.push({ path, firstSeq, endSeq: seq, bytes: at });
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+/** Reads up to `length` bytes at `at` (fewer only at the end of the file); returns how many. */
+function readUpTo(fd: number, b: Buffer, at: number, length: number): number {
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, b, got, length - got, at + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
+
+function readExactly(fd: number, b: Buffer, at: number): void {
+  let got = 0;
+  while (got < b.length) {
+    const n = readSync(fd, b, got, b.length - got, at + got);
+    if (n === 0) throw new HavenError('CORRUPT', 'replication journal: a record ends past its file');
+    got += n;
+  }
+}
