@@ -40,6 +40,7 @@ export class TapDevice extends PassThroughDevice {
   private nextSeq: number;
   private readonly trackers = new Set<ChangeTracker>();
   private readonly subscribers = new Set<TapSubscriber>();
+  private readonly flushBarriers = new Set<() => MaybePromise<void>>();
   private inflight: { start: number; end: number; done: Promise<void> }[] = [];
 
   constructor(inner: BlockDevice, opts: { firstSeq?: number; shared?: boolean } = {}) {
@@ -94,6 +95,27 @@ export class TapDevice extends PassThroughDevice {
     return () => this.subscribers.delete(fn);
   }
 
+  /**
+   * Adds what a FLUSH must also wait for (a replication journal: a flushed write is never on the
+   * volume without being in the journal too); returns the removal function.
+   */
+  addFlushBarrier(fn: () => MaybePromise<void>): () => void {
+    this.flushBarriers.add(fn);
+    return () => this.flushBarriers.delete(fn);
+  }
+
+  override flush(): MaybePromise<void> {
+    if (!this.flushBarriers.size) return this.inner.flush();
+    return all([this.inner.flush(), ...[...this.flushBarriers].map((f) => f())]);
+  }
+
+  /** A FUA change is durable once applied: what the barriers hold of it too. */
+  private fua(flags: WriteFlags | undefined, r: MaybePromise<void>): MaybePromise<void> {
+    if (!flags?.fua || !this.flushBarriers.size) return r;
+    const barriers = () => all([...this.flushBarriers].map((f) => f()));
+    return isPromise(r) ? r.then(barriers) : barriers();
+  }
+
   override write(
     data: Uint8Array | readonly Uint8Array[],
     offset: number,
@@ -102,16 +124,23 @@ export class TapDevice extends PassThroughDevice {
     const parts = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array];
     let length = 0;
     for (const p of parts) length += p.length;
-    return this.change('write', offset, length, parts, () => this.inner.write(data, offset, flags));
+    return this.fua(
+      flags,
+      this.change('write', offset, length, parts, () => this.inner.write(data, offset, flags)),
+    );
   }
 
   override trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
-    return this.change('zero', offset, length, undefined, () => this.inner.trim(offset, length, flags));
+    return this.fua(
+      flags,
+      this.change('zero', offset, length, undefined, () => this.inner.trim(offset, length, flags)),
+    );
   }
 
   override writeZeroes(offset: number, length: number, flags?: ZeroFlags): MaybePromise<void> {
-    return this.change('zero', offset, length, undefined, () =>
-      this.inner.writeZeroes(offset, length, flags),
+    return this.fua(
+      flags,
+      this.change('zero', offset, length, undefined, () => this.inner.writeZeroes(offset, length, flags)),
     );
   }
 
@@ -156,4 +185,10 @@ export class TapDevice extends PassThroughDevice {
   private publish(ev: TapEvent): void {
     for (const s of this.subscribers) s(ev);
   }
+}
+
+/** Waits for those of `waits` that are promises; synchronous when none is. */
+function all(waits: MaybePromise<void>[]): MaybePromise<void> {
+  const pending = waits.filter(isPromise);
+  if (pending.length) return Promise.all(pending).then(() => undefined);
 }

@@ -106,6 +106,11 @@ export class ReplicationJournal {
     return s ? s.firstSeq : this.nextSeq;
   }
 
+  /** Whether every record appended so far is durable (synced). */
+  get durable(): boolean {
+    return !this.unsynced && !this.syncing;
+  }
+
   /** Bytes held in all segments. */
   get bytes(): number {
     return this.segments.reduce((n, s) => n + s.bytes, 0);
