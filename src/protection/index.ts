@@ -32,3 +32,5 @@ export { SnapshotDevice, type SnapshotDeviceOptions } from './recovery/snapshot-
 export * from './recovery/files/index.js';
 export { ReplicationJournal, type JournalEntry, type JournalOptions } from './replication/journal.js';
 export { RecordKind, type CheckpointInfo } from './replication/journal-format.js';
+export { GroupRecorder, type RecordedVolume, type RecorderOptions } from './replication/recorder.js';
+export { ReplicaApplier, type AppliedCheckpoint, type ApplierOptions } from './replication/applier.js';

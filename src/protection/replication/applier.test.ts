@@ -1,0 +1,265 @@
+// Source recorder → journal → (shipped in-process) → target journal → applier, on two real
+// StorageServices: every checkpoint snapshot of the replica equals the source's state at that
+// checkpoint (the replay of the journal's prefix), on both volumes at once; the newest equals the
+// source; a kill -9 of the applying process at random moments loses no checkpoint and leaves none
+// torn; expired checkpoints go, the newest stays.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DirtyBitmap } from '../../block/index.js';
+import { StorageService } from '../../storage/index.js';
+import { tempDir } from '../../../test/support/tmp.js';
+import { ReplicaApplier } from './applier.js';
+import { RecordKind } from './journal-format.js';
+import { ReplicationJournal } from './journal.js';
+import { GroupRecorder } from './recorder.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 4 * MiB;
+const BLOCK = 4096;
+const VOLUMES = ['a', 'b'];
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/** Copies what `to` lacks from `from`, record for record (the transceiver's job, in-process). */
+function ship(from: ReplicationJournal, to: ReplicationJournal): void {
+  const scratch = Buffer.alloc(MiB);
+  for (let batch = from.read(to.nextSeq, scratch); batch.length; batch = from.read(to.nextSeq, scratch))
+    for (const r of batch) assert.equal(to.append(r.kind, r.volume, r.offset, r.length, [r.payload]), r.seq);
+}
+
+/** The source: two volumes written by a seeded random writer, with checkpoints between. */
+async function source(t: { after: (fn: () => unknown) => void }, dir: string, writes: number) {
+  const storage = StorageService.open(join(dir, 'source'));
+  storage.createPool('p', {});
+  for (const v of VOLUMES) storage.createVolume(v, SIZE, 'p');
+  const journal = ReplicationJournal.open(join(dir, 'source-journal'), { segmentBytes: MiB });
+  const taps = VOLUMES.map((v) => storage.tap(v));
+  const recorder = new GroupRecorder(
+    journal,
+    taps.map((tap) => ({ tap, overflow: new DirtyBitmap('x', SIZE, BLOCK) })),
+  );
+  recorder.start();
+  t.after(async () => {
+    recorder.stop();
+    await journal.close();
+    storage.close();
+  });
+  let seed = 11;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff), (seed >>> 4) % n);
+  // The expected image at each checkpoint: what the journal's prefix holds, hashed per volume.
+  const images = VOLUMES.map(() => Buffer.alloc(SIZE));
+  const expected = new Map<number, string[]>();
+  for (let k = 0; k < writes; k++) {
+    const v = rnd(2);
+    const off = rnd(SIZE / BLOCK) * BLOCK;
+    const len = BLOCK * (1 + rnd(8));
+    const end = Math.min(SIZE, off + len);
+    if (rnd(8) === 0) {
+      await taps[v]!.writeZeroes(off, end - off);
+      images[v]!.fill(0, off, end);
+    } else {
+      const data = Buffer.alloc(end - off, (k % 251) + 1);
+      data.writeUInt32LE(k, 0);
+      await taps[v]!.write(data, off);
+      data.copy(images[v]!, off);
+    }
+    if (k % 25 === 24) {
+      const seq = recorder.checkpoint(k === writes - 1 ? 'last' : undefined)!;
+      expected.set(seq, images.map(sha));
+    }
+  }
+  return { storage, journal, expected };
+}
+
+function target(dir: string) {
+  const storage = StorageService.open(join(dir, 'target'));
+  if (!storage.listPools().length) {
+    storage.createPool('p', {});
+    for (const v of VOLUMES) storage.createVolume(`r${v}`, SIZE, 'p');
+  }
+  return storage;
+}
+
+async function snapshotHashes(storage: StorageService, snapshot: string): Promise<string[]> {
+  return Promise.all(
+    VOLUMES.map(async (v) => {
+      const b = Buffer.alloc(SIZE);
+      await storage.openDevice(`r${v}@${snapshot}`).read(b, 0);
+      return sha(b);
+    }),
+  );
+}
+
+test('every checkpoint of the replica equals the source at that checkpoint, both volumes; the newest is the source', async (t) => {
+  const dir = tempDir();
+  const src = await source(t, dir.path, 400);
+  const storage = target(dir.path);
+  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'), {
+    firstSeq: src.journal.firstSeq,
+  });
+  t.after(async () => {
+    await journal.close();
+    storage.close();
+    dir.cleanup();
+  });
+  const applied: number[] = [];
+  const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path, {
+    onCheckpoint: (c) => applied.push(c.seq),
+    batchBytes: 64 * 1024,
+  });
+  ship(src.journal, journal);
+  await applier.apply();
+  assert.deepEqual(applied, [...src.expected.keys()]);
+  for (const cp of applier.history)
+    assert.deepEqual(
+      await snapshotHashes(storage, cp.snapshot),
+      src.expected.get(cp.seq),
+      `checkpoint ${cp.seq}`,
+    );
+  assert.equal(applier.newest!.name, 'last');
+  for (const v of VOLUMES) {
+    const a = Buffer.alloc(SIZE);
+    const b = Buffer.alloc(SIZE);
+    await src.storage.openDevice(v, { readOnly: true }).read(a, 0);
+    await storage.openDevice(`r${v}@${applier.newest!.snapshot}`).read(b, 0);
+    assert.ok(a.equals(b), `replica of ${v} at the last checkpoint equals the source`);
+  }
+});
+
+test('kill -9 of the applying process, 6 times at random moments: no applied checkpoint lost, none torn, the end equals the source', async (t) => {
+  const dir = tempDir();
+  const src = await source(t, dir.path, 1500);
+  // The target journal, shipped whole before the first run: the applier is what gets killed.
+  const tj = ReplicationJournal.open(join(dir.path, 'target-journal'), { firstSeq: src.journal.firstSeq });
+  ship(src.journal, tj);
+  await tj.sync();
+  await tj.close();
+  target(dir.path).close();
+  t.after(dir.cleanup);
+
+  const applierJs = fileURLToPath(new URL('./applier.js', import.meta.url));
+  const journalJs = fileURLToPath(new URL('./journal.js', import.meta.url));
+  const storageJs = fileURLToPath(new URL('../../storage/index.js', import.meta.url));
+  const child = `
+    import { ReplicaApplier } from ${JSON.stringify(applierJs)};
+    import { ReplicationJournal } from ${JSON.stringify(journalJs)};
+    import { StorageService } from ${JSON.stringify(storageJs)};
+    const storage = StorageService.open(${JSON.stringify(join(dir.path, 'target'))});
+    const journal = ReplicationJournal.open(${JSON.stringify(join(dir.path, 'target-journal'))});
+    const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], ${JSON.stringify(dir.path)}, {
+      batchBytes: 16 * 1024,
+      onCheckpoint: (c) => process.stdout.write(c.seq + '\\n'),
+    });
+    await applier.apply();
+    process.stdout.write('done\\n');`;
+  let seed = 5;
+  let told = 0;
+  let finished = false;
+  for (let round = 0; round < 6 && !finished; round++) {
+    const proc = spawn(process.execPath, ['--input-type=module', '-e', child], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise((r) => proc.once('exit', r));
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    // Killed after one to three more checkpoints were reported, a few ms past the report.
+    const more = 1 + (seed % 3);
+    const deadline = Date.now() + 30_000;
+    while (out.split('\n').filter((l) => /^\d+$/.test(l)).length < more && !out.includes('done')) {
+      if (Date.now() > deadline || proc.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await new Promise((r) => setTimeout(r, seed % 7));
+    proc.kill('SIGKILL');
+    await exited;
+    if (proc.exitCode !== null && proc.exitCode !== 0 && !out.includes('done'))
+      throw new Error(`the applier failed: ${err}`);
+    finished = out.includes('done');
+    const reported = out
+      .split('\n')
+      .filter((l) => /^\d+$/.test(l))
+      .map(Number);
+    if (reported.length) told = reported[reported.length - 1]!;
+    // What a restarted applier holds: every checkpoint it reported, each equal to the source's.
+    const storage = StorageService.open(join(dir.path, 'target'));
+    const journal = ReplicationJournal.open(join(dir.path, 'target-journal'));
+    try {
+      const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path);
+      assert.ok(
+        (applier.newest?.seq ?? 0) >= told,
+        `round ${round}: checkpoint ${told} was applied, the newest is ${applier.newest?.seq}`,
+      );
+      const cp = applier.newest;
+      if (cp)
+        assert.deepEqual(
+          await snapshotHashes(storage, cp.snapshot),
+          src.expected.get(cp.seq),
+          `round ${round}: checkpoint ${cp.seq} is whole`,
+        );
+    } finally {
+      await journal.close();
+      storage.close();
+    }
+  }
+  // Then to the end, in-process.
+  const storage = StorageService.open(join(dir.path, 'target'));
+  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'));
+  try {
+    const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path);
+    await applier.apply();
+    const last = [...src.expected.keys()].pop()!;
+    assert.equal(applier.newest!.seq, last);
+    assert.deepEqual(await snapshotHashes(storage, applier.newest!.snapshot), src.expected.get(last));
+    assert.ok(told > 0 && told < last, `the applier was killed after reporting checkpoints (up to ${told} of ${last})`);
+    t.diagnostic(`killed while applying, last reported checkpoint ${told} of ${last}`);
+  } finally {
+    await journal.close();
+    storage.close();
+  }
+});
+
+test('checkpoints past the window are deleted with their snapshots; the newest always stays; the journal is trimmed', async (t) => {
+  const dir = tempDir();
+  const storage = target(dir.path);
+  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'), { segmentBytes: 8 * 1024 });
+  t.after(async () => {
+    await journal.close();
+    storage.close();
+    dir.cleanup();
+  });
+  const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path, { keepMs: 10_000 });
+  // Checkpoints 5 s apart (their recorded times), a write before each.
+  for (let i = 0; i < 6; i++) {
+    journal.append(RecordKind.write, i % 2, i * BLOCK, BLOCK, [Buffer.alloc(BLOCK, i + 1)]);
+    journal.append(RecordKind.checkpoint, 0, 0, 0, [
+      Buffer.from(JSON.stringify({ time: 1_000_000 + i * 5000 })),
+    ]);
+  }
+  await applier.apply();
+  // The newest at 1 025 000: those before 1 015 000 are gone.
+  assert.deepEqual(
+    applier.history.map((c) => c.time),
+    [1_015_000, 1_020_000, 1_025_000],
+  );
+  const snaps = storage
+    .listSnapshots('ra')
+    .map((s) => s.name.replace(/^.*@/, ''))
+    .sort();
+  assert.deepEqual(snaps, applier.history.map((c) => c.snapshot).sort());
+  assert.ok(journal.firstSeq > 1, `the journal was trimmed (first ${journal.firstSeq})`);
+  // A long gap: only the newest stays.
+  journal.append(RecordKind.checkpoint, 0, 0, 0, [Buffer.from(JSON.stringify({ time: 9_000_000 }))]);
+  await applier.apply();
+  assert.deepEqual(
+    applier.history.map((c) => c.time),
+    [9_000_000],
+  );
+  // Reopened: the same history.
+  assert.deepEqual(new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path).history, applier.history);
+});

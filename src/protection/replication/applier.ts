@@ -1,0 +1,162 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { HavenError, writeFileAtomic } from '../../common/index.js';
+import type { StorageService } from '../../storage/index.js';
+import { RecordKind, type CheckpointInfo } from './journal-format.js';
+import type { ReplicationJournal } from './journal.js';
+
+/** A checkpoint the replica holds: a snapshot `cp-SEQ` of every replica volume. */
+export interface AppliedCheckpoint extends CheckpointInfo {
+  seq: number;
+  snapshot: string;
+}
+
+export interface ApplierOptions {
+  /** Checkpoints older than this (by their time) are deleted; the newest is always kept. Default 1 h. */
+  keepMs?: number;
+  /** Told after each checkpoint is applied. */
+  onCheckpoint?: (cp: AppliedCheckpoint) => void;
+  /** Bytes read from the journal at a time. */
+  batchBytes?: number;
+}
+
+const STATE_FILE = 'checkpoints.json';
+const snapshotName = (seq: number) => `cp-${seq}`;
+
+/**
+ * The target gateway's applier (decision 0012): applies the target journal's records to the
+ * replica volumes strictly in sequence and, at each checkpoint record, flushes them and takes a
+ * snapshot `cp-SEQ` of every one. The replica's consistent image is its newest checkpoint; the
+ * live volumes between two may be torn and are never handed out. After a crash it re-applies from
+ * the newest checkpoint: writes and zeroes re-applied in order over a state at or after it give
+ * the same state, so the replica advances atomically from checkpoint to checkpoint. The list of
+ * checkpoints (with their times and names) is `DIR/checkpoints.json`; one whose snapshots are not
+ * all there (a crash while taking them) does not count.
+ */
+export class ReplicaApplier {
+  private checkpoints: AppliedCheckpoint[] = [];
+  private applied: number;
+  private readonly scratch: Buffer;
+  private running: Promise<void> | undefined;
+
+  constructor(
+    private readonly storage: StorageService,
+    private readonly journal: ReplicationJournal,
+    /** The replica volumes, by the group's volume number. */
+    private readonly volumes: readonly string[],
+    private readonly dir: string,
+    private readonly opts: ApplierOptions = {},
+  ) {
+    this.scratch = Buffer.alloc(opts.batchBytes ?? 4 * 1024 * 1024);
+    this.checkpoints = this.load();
+    const newest = this.checkpoints[this.checkpoints.length - 1];
+    this.dropOrphans(newest?.seq ?? 0);
+    // Re-applied from the newest checkpoint on (the live volumes may be torn past it).
+    this.applied = newest ? newest.seq : journal.firstSeq - 1;
+  }
+
+  /** The checkpoints held, oldest first. */
+  get history(): readonly AppliedCheckpoint[] {
+    return this.checkpoints;
+  }
+
+  /** The newest checkpoint held: the replica's consistent image. */
+  get newest(): AppliedCheckpoint | undefined {
+    return this.checkpoints[this.checkpoints.length - 1];
+  }
+
+  /** The sequence of the last record applied to the live volumes. */
+  get appliedSeq(): number {
+    return this.applied;
+  }
+
+  /**
+   * Applies what the journal holds past what was applied (the journal is made durable first:
+   * nothing reaches a volume that a crash could take out of the journal). Calls coalesce.
+   */
+  apply(): Promise<void> {
+    this.running ??= this.applyAll().finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  private async applyAll(): Promise<void> {
+    await this.journal.sync();
+    const end = this.journal.nextSeq;
+    const devices = this.volumes.map((v) => this.storage.openDevice(v));
+    while (this.applied + 1 < end) {
+      const batch = this.journal.read(this.applied + 1, this.scratch);
+      if (!batch.length) break;
+      for (const r of batch) {
+        if (r.seq >= end) break;
+        const dev = devices[r.volume];
+        if (r.kind !== RecordKind.checkpoint && r.kind !== RecordKind.mark && !dev)
+          throw new HavenError(
+            'CORRUPT',
+            `replication record ${r.seq} is for volume ${r.volume}, which the group does not have`,
+          );
+        if (r.kind === RecordKind.write || (r.kind === RecordKind.resync && r.payloadLength))
+          await dev!.write(r.payload, r.offset);
+        else if (r.kind === RecordKind.zero) await dev!.writeZeroes(r.offset, r.length);
+        else if (r.kind === RecordKind.checkpoint) {
+          await Promise.all(devices.map((d) => d.flush()));
+          this.take(r.seq, JSON.parse(r.payload.toString('utf8')) as CheckpointInfo);
+        }
+        this.applied = r.seq;
+      }
+    }
+  }
+
+  /** Snapshots every replica volume at checkpoint `seq`, records it, and drops the expired ones. */
+  private take(seq: number, info: CheckpointInfo): void {
+    const snapshot = snapshotName(seq);
+    for (const v of this.volumes)
+      if (!this.storage.listSnapshots(v).some((s) => s.name === snapshot)) this.storage.snapshot(v, snapshot);
+    const cp: AppliedCheckpoint = {
+      seq,
+      snapshot,
+      time: info.time,
+      ...(info.name ? { name: info.name } : {}),
+    };
+    this.checkpoints.push(cp);
+    const cutoff = cp.time - (this.opts.keepMs ?? 3_600_000);
+    const expired = this.checkpoints.filter((c) => c !== cp && c.time < cutoff);
+    this.checkpoints = this.checkpoints.filter((c) => !expired.includes(c));
+    this.save();
+    // Deleted after the list no longer names them: a crash in between leaves only orphans.
+    for (const c of expired) for (const v of this.volumes) this.storage.deleteSnapshot(v, c.snapshot);
+    // Records before the newest checkpoint are never needed again.
+    this.journal.trim(seq);
+    this.opts.onCheckpoint?.(cp);
+  }
+
+  private load(): AppliedCheckpoint[] {
+    const path = join(this.dir, STATE_FILE);
+    if (!existsSync(path)) return [];
+    let list: AppliedCheckpoint[];
+    try {
+      list = JSON.parse(readFileSync(path, 'utf8')) as AppliedCheckpoint[];
+    } catch (err) {
+      throw new HavenError('CORRUPT', `replica checkpoints ${path}: ${(err as Error).message}`);
+    }
+    const has = this.volumes.map((v) => new Set(this.storage.listSnapshots(v).map((s) => s.name)));
+    return list.filter((c) => has.every((names) => names.has(c.snapshot)));
+  }
+
+  /**
+   * Deletes `cp-N` snapshots the list does not name, up to `upTo` (a crash after the list dropped
+   * them, or before it named them and the applier went on past them); later ones are taken again
+   * when their checkpoint is re-applied, and kept.
+   */
+  private dropOrphans(upTo: number): void {
+    const named = new Set(this.checkpoints.map((c) => c.snapshot));
+    for (const v of this.volumes)
+      for (const s of this.storage.listSnapshots(v)) {
+        const m = /^cp-(\d+)$/.exec(s.name);
+        if (m && Number(m[1]) <= upTo && !named.has(s.name)) this.storage.deleteSnapshot(v, s.name);
+      }
+  }
+
+  private save(): void {
+    writeFileAtomic(join(this.dir, STATE_FILE), JSON.stringify(this.checkpoints));
+  }
+}
