@@ -34,3 +34,10 @@ export { ReplicationJournal, type JournalEntry, type JournalOptions } from './re
 export { RecordKind, type CheckpointInfo } from './replication/journal-format.js';
 export { GroupRecorder, type RecordedVolume, type RecorderOptions } from './replication/recorder.js';
 export { ReplicaApplier, type AppliedCheckpoint, type ApplierOptions } from './replication/applier.js';
+export {
+  JournalReceiver,
+  JournalSender,
+  TokenBucket,
+  type ReceiverOptions,
+  type SenderOptions,
+} from './replication/transceiver.js';

@@ -6,22 +6,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DirtyBitmap } from '../../block/index.js';
 import { StorageService } from '../../storage/index.js';
+import { SourceGroup, snapshotHashes } from '../../../test/support/replication.js';
 import { tempDir } from '../../../test/support/tmp.js';
 import { ReplicaApplier } from './applier.js';
 import { RecordKind } from './journal-format.js';
 import { ReplicationJournal } from './journal.js';
-import { GroupRecorder } from './recorder.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 4 * MiB;
 const BLOCK = 4096;
 const VOLUMES = ['a', 'b'];
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+const REPLICAS = ['ra', 'rb'];
 
 /** Copies what `to` lacks from `from`, record for record (the transceiver's job, in-process). */
 function ship(from: ReplicationJournal, to: ReplicationJournal): void {
@@ -30,48 +28,15 @@ function ship(from: ReplicationJournal, to: ReplicationJournal): void {
     for (const r of batch) assert.equal(to.append(r.kind, r.volume, r.offset, r.length, [r.payload]), r.seq);
 }
 
-/** The source: two volumes written by a seeded random writer, with checkpoints between. */
+/** The source: two volumes written by a seeded random writer, a checkpoint every 25 writes. */
 async function source(t: { after: (fn: () => unknown) => void }, dir: string, writes: number) {
-  const storage = StorageService.open(join(dir, 'source'));
-  storage.createPool('p', {});
-  for (const v of VOLUMES) storage.createVolume(v, SIZE, 'p');
-  const journal = ReplicationJournal.open(join(dir, 'source-journal'), { segmentBytes: MiB });
-  const taps = VOLUMES.map((v) => storage.tap(v));
-  const recorder = new GroupRecorder(
-    journal,
-    taps.map((tap) => ({ tap, overflow: new DirtyBitmap('x', SIZE, BLOCK) })),
-  );
-  recorder.start();
-  t.after(async () => {
-    recorder.stop();
-    await journal.close();
-    storage.close();
-  });
-  let seed = 11;
-  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff), (seed >>> 4) % n);
-  // The expected image at each checkpoint: what the journal's prefix holds, hashed per volume.
-  const images = VOLUMES.map(() => Buffer.alloc(SIZE));
-  const expected = new Map<number, string[]>();
-  for (let k = 0; k < writes; k++) {
-    const v = rnd(2);
-    const off = rnd(SIZE / BLOCK) * BLOCK;
-    const len = BLOCK * (1 + rnd(8));
-    const end = Math.min(SIZE, off + len);
-    if (rnd(8) === 0) {
-      await taps[v]!.writeZeroes(off, end - off);
-      images[v]!.fill(0, off, end);
-    } else {
-      const data = Buffer.alloc(end - off, (k % 251) + 1);
-      data.writeUInt32LE(k, 0);
-      await taps[v]!.write(data, off);
-      data.copy(images[v]!, off);
-    }
-    if (k % 25 === 24) {
-      const seq = recorder.checkpoint(k === writes - 1 ? 'last' : undefined)!;
-      expected.set(seq, images.map(sha));
-    }
+  const src = new SourceGroup(dir, VOLUMES, SIZE);
+  t.after(() => src.close());
+  for (let k = 25; k <= writes; k += 25) {
+    await src.write(25);
+    src.checkpoint(k + 25 > writes ? 'last' : undefined);
   }
-  return { storage, journal, expected };
+  return src;
 }
 
 function target(dir: string) {
@@ -81,16 +46,6 @@ function target(dir: string) {
     for (const v of VOLUMES) storage.createVolume(`r${v}`, SIZE, 'p');
   }
   return storage;
-}
-
-async function snapshotHashes(storage: StorageService, snapshot: string): Promise<string[]> {
-  return Promise.all(
-    VOLUMES.map(async (v) => {
-      const b = Buffer.alloc(SIZE);
-      await storage.openDevice(`r${v}@${snapshot}`).read(b, 0);
-      return sha(b);
-    }),
-  );
 }
 
 test('every checkpoint of the replica equals the source at that checkpoint, both volumes; the newest is the source', async (t) => {
@@ -115,7 +70,7 @@ test('every checkpoint of the replica equals the source at that checkpoint, both
   assert.deepEqual(applied, [...src.expected.keys()]);
   for (const cp of applier.history)
     assert.deepEqual(
-      await snapshotHashes(storage, cp.snapshot),
+      await snapshotHashes(storage, REPLICAS, cp.snapshot, SIZE),
       src.expected.get(cp.seq),
       `checkpoint ${cp.seq}`,
     );
@@ -198,7 +153,7 @@ test('kill -9 of the applying process, 6 times at random moments: no applied che
       const cp = applier.newest;
       if (cp)
         assert.deepEqual(
-          await snapshotHashes(storage, cp.snapshot),
+          await snapshotHashes(storage, REPLICAS, cp.snapshot, SIZE),
           src.expected.get(cp.seq),
           `round ${round}: checkpoint ${cp.seq} is whole`,
         );
@@ -215,8 +170,14 @@ test('kill -9 of the applying process, 6 times at random moments: no applied che
     await applier.apply();
     const last = [...src.expected.keys()].pop()!;
     assert.equal(applier.newest!.seq, last);
-    assert.deepEqual(await snapshotHashes(storage, applier.newest!.snapshot), src.expected.get(last));
-    assert.ok(told > 0 && told < last, `the applier was killed after reporting checkpoints (up to ${told} of ${last})`);
+    assert.deepEqual(
+      await snapshotHashes(storage, REPLICAS, applier.newest!.snapshot, SIZE),
+      src.expected.get(last),
+    );
+    assert.ok(
+      told > 0 && told < last,
+      `the applier was killed after reporting checkpoints (up to ${told} of ${last})`,
+    );
     t.diagnostic(`killed while applying, last reported checkpoint ${told} of ${last}`);
   } finally {
     await journal.close();

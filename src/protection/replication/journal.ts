@@ -140,6 +140,28 @@ export class ReplicationJournal {
     return seq;
   }
 
+  /**
+   * Appends a record as another journal holds it (header and payload, checked: intact, and the
+   * next sequence); returns its sequence, or undefined when the journal is full.
+   */
+  appendEncoded(record: Buffer): number | undefined {
+    const h = decodeHeader(record);
+    if (!h || h.recordLength !== record.length || !recordIntact(record))
+      throw new HavenError('CORRUPT', `replication record (${record.length} bytes) is damaged`);
+    if (h.seq !== this.nextSeq)
+      throw new HavenError(
+        'CONFLICT',
+        `replication record ${h.seq} does not follow the journal's last (${this.nextSeq - 1})`,
+      );
+    if (this.bytes + record.length > this.maxBytes) return undefined;
+    let seg = this.segments[this.segments.length - 1]!;
+    if (seg.bytes > 0 && seg.bytes + record.length > this.segmentBytes) seg = this.seal();
+    this.writeAll(seg, [record], record.length);
+    seg.endSeq = h.seq + 1;
+    this.unsynced = true;
+    return h.seq;
+  }
+
   /** Makes every record appended so far durable (fdatasync on the thread pool; calls coalesce). */
   async sync(): Promise<void> {
     while (this.unsynced) {

@@ -1,0 +1,171 @@
+import type { Duplex } from 'node:stream';
+import { HavenError } from '../../common/index.js';
+
+/**
+ * The gateways' wire format: frames of an 8-byte header (type, flags, 2 reserved, body length
+ * u32 LE) and a body. A batch's body is journal records as the journal holds them (each with
+ * its own CRC), zstd-compressed when the flag says so.
+ */
+export const Frame = {
+  /** source → target: { group, version } */
+  hello: 1,
+  /** target → source: { held }: the highest sequence the target holds durably */
+  welcome: 2,
+  /** source → target: records */
+  batch: 3,
+  /** target → source: { held } after a batch is durable */
+  ack: 4,
+  /** either way: { message }, then the connection closes */
+  error: 5,
+} as const;
+export type FrameType = (typeof Frame)[keyof typeof Frame];
+
+export const FLAG_ZSTD = 1;
+const HEADER = 8;
+/** Larger frames are refused (a batch is a few MiB). */
+export const MAX_FRAME = 64 * 1024 * 1024;
+
+export interface ReceivedFrame {
+  type: FrameType;
+  flags: number;
+  body: Buffer;
+}
+
+export function frameHeader(type: FrameType, flags: number, length: number): Buffer {
+  const h = Buffer.alloc(HEADER);
+  h[0] = type;
+  h[1] = flags;
+  h.writeUInt32LE(length, 4);
+  return h;
+}
+
+/**
+ * Writes a frame; resolves once the socket has taken it (the body may then be reused) and the
+ * socket can take more (backpressure).
+ */
+export function writeFrame(socket: Duplex, type: FrameType, body: Uint8Array, flags = 0): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let written = false;
+    let drained = true;
+    const closed = () => reject(new HavenError('IO', 'the replication link closed'));
+    const done = () => {
+      if (!written || !drained) return;
+      socket.off('close', closed);
+      resolve();
+    };
+    socket.once('close', closed);
+    socket.cork();
+    socket.write(frameHeader(type, flags, body.length));
+    const more = socket.write(body, (err) => {
+      if (err) return reject(err);
+      written = true;
+      done();
+    });
+    socket.uncork();
+    if (!more) {
+      drained = false;
+      socket.once('drain', () => {
+        drained = true;
+        done();
+      });
+    }
+  });
+}
+
+export const jsonFrame = (socket: Duplex, type: FrameType, value: unknown) =>
+  writeFrame(socket, type, Buffer.from(JSON.stringify(value)));
+
+/**
+ * The frames arriving on a socket, one at a time: `next()` resolves with the next frame, or
+ * undefined once the socket has ended. The socket is paused while a frame waits to be taken.
+ */
+export class FrameReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private readonly frames: ReceivedFrame[] = [];
+  private waiter: ((f: ReceivedFrame | undefined) => void) | undefined;
+  private ended = false;
+  private failure: Error | undefined;
+
+  constructor(
+    private readonly socket: Duplex,
+    private readonly peer: string,
+  ) {
+    socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('end', () => this.end());
+    socket.on('close', () => this.end());
+    socket.on('error', (e) => this.end(e));
+  }
+
+  next(): Promise<ReceivedFrame | undefined> {
+    const f = this.frames.shift();
+    if (f) {
+      if (!this.frames.length) this.socket.resume();
+      return Promise.resolve(f);
+    }
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.ended) return Promise.resolve(undefined);
+    return new Promise((resolve) => (this.waiter = resolve));
+  }
+
+  private onData(d: Buffer): void {
+    this.chunks.push(d);
+    this.buffered += d.length;
+    for (;;) {
+      if (this.buffered < HEADER) return;
+      const head = this.peek(HEADER);
+      const length = head.readUInt32LE(4);
+      if (length > MAX_FRAME) {
+        this.end(
+          new HavenError('PROTOCOL', `${this.peer} sent a frame of ${length} bytes (at most ${MAX_FRAME})`),
+        );
+        this.socket.destroy();
+        return;
+      }
+      if (this.buffered < HEADER + length) return;
+      const all = this.take(HEADER + length);
+      this.push({ type: all[0] as FrameType, flags: all[1]!, body: all.subarray(HEADER) });
+    }
+  }
+
+  private push(f: ReceivedFrame): void {
+    const w = this.waiter;
+    if (w) {
+      this.waiter = undefined;
+      w(f);
+    } else {
+      this.frames.push(f);
+      this.socket.pause();
+    }
+  }
+
+  private end(err?: Error): void {
+    if (err && !this.failure) this.failure = err;
+    this.ended = true;
+    const w = this.waiter;
+    this.waiter = undefined;
+    if (w) w(undefined);
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks[0]!.length >= n) return this.chunks[0]!;
+    this.chunks = [Buffer.concat(this.chunks)];
+    return this.chunks[0]!;
+  }
+
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      const all = Buffer.concat(this.chunks);
+      out = all.subarray(0, n);
+      this.chunks = all.length > n ? [all.subarray(n)] : [];
+    }
+    this.buffered -= n;
+    return out;
+  }
+}
