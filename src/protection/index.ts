@@ -41,3 +41,4 @@ export {
   type ReceiverOptions,
   type SenderOptions,
 } from './replication/transceiver.js';
+export { scanGroup, type ScanOptions, type ScanResult, type ScanSource } from './replication/scan.js';

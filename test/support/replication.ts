@@ -28,7 +28,7 @@ export class SourceGroup {
     dir: string,
     readonly names: string[],
     readonly size: number,
-    opts: { seed?: number; segmentBytes?: number; maxBytes?: number } = {},
+    opts: { seed?: number; segmentBytes?: number; maxBytes?: number; recording?: boolean } = {},
   ) {
     this.storage = StorageService.open(join(dir, 'source'));
     this.storage.createPool('p', {});
@@ -42,7 +42,7 @@ export class SourceGroup {
       this.journal,
       this.taps.map((tap) => ({ tap, overflow: new DirtyBitmap('overflow', size, BLOCK) })),
     );
-    this.recorder.start();
+    if (opts.recording !== false) this.recorder.start();
     this.images = names.map(() => Buffer.alloc(size));
     this.seed = opts.seed ?? 11;
   }
@@ -71,6 +71,19 @@ export class SourceGroup {
         data.copy(this.images[v]!, off);
       }
     }
+  }
+
+  /** Starts the recorder (made with `recording: false`: the writes before went unjournaled). */
+  startRecording(): void {
+    this.recorder.start();
+  }
+
+  /** One 4 KiB write at `offset` of volume `v` (a guest write aimed at a range). */
+  async writeAt(v: number, offset: number): Promise<void> {
+    const data = Buffer.alloc(BLOCK, 0xee);
+    data.writeUInt32LE(this.written++, 0);
+    await this.taps[v]!.write(data, offset);
+    data.copy(this.images[v]!, offset);
   }
 
   /** A checkpoint; remembers what the volumes hold at it. */
