@@ -42,3 +42,10 @@ export {
   type SenderOptions,
 } from './replication/transceiver.js';
 export { scanGroup, type ScanOptions, type ScanResult, type ScanSource } from './replication/scan.js';
+export {
+  SourceGateway,
+  type ReplicationMode,
+  type SourceGatewayOptions,
+  type SourceStatus,
+} from './replication/source-gateway.js';
+export { TargetGateway, type TargetGatewayOptions } from './replication/target-gateway.js';

@@ -48,7 +48,7 @@ export class SourceGroup {
   }
 
   private rnd(n: number): number {
-    this.seed = (this.seed * 1103515245 + 12345) & 0x7fffffff;
+    this.seed = (Math.imul(this.seed, 1103515245) + 12345) & 0x7fffffff;
     return (this.seed >>> 4) % n;
   }
 

@@ -122,7 +122,7 @@ test('kill -9 of the applying process, 6 times at random moments: no applied che
     proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const exited = new Promise((r) => proc.once('exit', r));
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
     // Killed after one to three more checkpoints were reported, a few ms past the report.
     const more = 1 + (seed % 3);
     const deadline = Date.now() + 30_000;

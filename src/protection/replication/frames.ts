@@ -94,7 +94,8 @@ export class FrameReader {
     socket.on('data', (d: Buffer) => this.onData(d));
     socket.on('end', () => this.end());
     socket.on('close', () => this.end());
-    socket.on('error', (e) => this.end(e));
+    // A link that fails (reset, cut) just ends: the gateways reconnect; only a broken protocol is an error.
+    socket.on('error', () => this.end());
   }
 
   next(): Promise<ReceivedFrame | undefined> {

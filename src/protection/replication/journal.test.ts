@@ -205,7 +205,7 @@ test('kill -9 of a process appending: no record it was told had been appended is
     proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const exited = new Promise((r) => proc.once('exit', r));
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
     const target = acknowledged + 200 + (seed % 3000);
     const deadline = Date.now() + 20_000;
     while (!out.endsWith('\n') || Number(out.slice(out.lastIndexOf('\n', out.length - 2) + 1, -1)) < target) {

@@ -69,8 +69,9 @@ export class ReplicationJournal {
     readonly dir: string,
     opts: JournalOptions,
   ) {
-    this.segmentBytes = opts.segmentBytes ?? 64 * 1024 * 1024;
     this.maxBytes = opts.maxBytes ?? 1024 * 1024 * 1024;
+    // Trimming frees whole segments: an eighth of the bound each, so that it can make room.
+    this.segmentBytes = opts.segmentBytes ?? Math.min(64 * 1024 * 1024, Math.ceil(this.maxBytes / 8));
   }
 
   /**

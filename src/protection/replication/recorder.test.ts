@@ -58,7 +58,7 @@ test('writes on two volumes, each issued after others completed, come in the jou
   const completed: string[] = [];
   const issuedAfter = new Map<string, number>();
   let seed = 7;
-  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff), (seed >>> 4) % n);
+  const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff), (seed >>> 4) % n);
   const writer = async (w: number) => {
     for (let k = 0; k < 150; k++) {
       const id = `${w}:${k}`;

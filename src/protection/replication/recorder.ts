@@ -33,6 +33,8 @@ export class GroupRecorder {
   private readonly undo: (() => void)[] = [];
   private timer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
+  /** While a scan runs the group has no consistent point: no checkpoint is taken. */
+  suspended = false;
 
   constructor(
     private readonly journal: ReplicationJournal,
@@ -54,6 +56,19 @@ export class GroupRecorder {
         v.tap.addFlushBarrier(() => (this.mode === 'journal' ? this.journal.sync() : undefined)),
       );
     });
+    this.startTimer();
+  }
+
+  /** Back to journal mode after bitmap mode (the journal has room again; a resync follows). */
+  resume(): void {
+    if (this.mode === 'journal') return;
+    this.mode = 'journal';
+    this.reason = undefined;
+    this.startTimer();
+  }
+
+  private startTimer(): void {
+    clearInterval(this.timer);
     if (this.opts.checkpointMs) {
       this.timer = setInterval(() => this.checkpoint(), this.opts.checkpointMs);
       this.timer.unref();
@@ -62,10 +77,10 @@ export class GroupRecorder {
 
   /**
    * Appends a checkpoint: a consistent point of the whole group (everything before it). Returns
-   * its sequence; undefined in bitmap mode (there is no consistent point to mark).
+   * its sequence; undefined in bitmap mode or while suspended (there is no consistent point).
    */
   checkpoint(name?: string): number | undefined {
-    if (this.mode !== 'journal') return undefined;
+    if (this.mode !== 'journal' || this.suspended) return undefined;
     const info = JSON.stringify(name ? { time: this.now(), name } : { time: this.now() });
     return this.append(RecordKind.checkpoint, 0, 0, 0, [Buffer.from(info)]);
   }

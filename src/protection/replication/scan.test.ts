@@ -76,7 +76,7 @@ async function syncWhileWriting(
 ) {
   const dir = tempDir();
   const src = new SourceGroup(dir.path, ['a', 'b'], SIZE, { segmentBytes: 4 * MiB, recording: false });
-  await src.write(300);
+  await src.write(100);
   src.startRecording();
   const sources = src.taps.map((tap, i) => ({
     tap,

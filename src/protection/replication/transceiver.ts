@@ -81,6 +81,9 @@ export class JournalSender {
     }
   }
 
+  /** The newest checkpoint the target reported applied. */
+  applied: AppliedPoint | undefined;
+
   /** The highest sequence the target holds (as last acknowledged). */
   get acknowledged(): number {
     return this.held;
@@ -107,7 +110,9 @@ export class JournalSender {
     if (welcome.type === Frame.error) throw peerError(welcome.body);
     if (welcome.type !== Frame.welcome)
       throw new HavenError('PROTOCOL', 'the replication target did not welcome');
-    this.held = (JSON.parse(welcome.body.toString()) as { held: number }).held;
+    const hello = JSON.parse(welcome.body.toString()) as { held: number; applied?: AppliedPoint };
+    this.held = hello.held;
+    if (hello.applied) this.applied = hello.applied;
     let next = this.held + 1;
     if (next < this.journal.firstSeq)
       throw new HavenError(
@@ -160,18 +165,30 @@ export class JournalSender {
         throw peerError(f.body);
       }
       if (f.type !== Frame.ack) continue;
-      this.held = (JSON.parse(f.body.toString()) as { held: number }).held;
+      const ack = JSON.parse(f.body.toString()) as { held: number; applied?: AppliedPoint };
+      this.held = ack.held;
+      if (ack.applied) this.applied = ack.applied;
       // The target holds them durably: the journal lets go of them.
       if (this.opts.trim !== false) this.journal.trim(this.held + 1);
       this.opts.onAck?.(this.held);
     }
     this.stopped = true;
     this.wake();
+    this.socket.destroy();
   }
+}
+
+/** The newest checkpoint the target has applied, as it reports it. */
+export interface AppliedPoint {
+  seq: number;
+  time: number;
+  name?: string;
 }
 
 export interface ReceiverOptions {
   group: string;
+  /** The newest checkpoint applied, sent with every acknowledgement (the source's RPO). */
+  applied?: () => AppliedPoint | undefined;
   /** Told after a batch is durable in the journal (the applier's cue). */
   onRecords?: (held: number) => void;
 }
@@ -207,7 +224,12 @@ export class JournalReceiver {
           'PROTOCOL',
           `the replication source asked for group ${h.group ?? '(none)'} (protocol ${h.version ?? '?'}); this link is for ${this.opts.group} (protocol ${PROTOCOL_VERSION})`,
         );
-      await jsonFrame(this.socket, Frame.welcome, { held: this.journal.nextSeq - 1 });
+      const applied = this.opts.applied?.();
+      await jsonFrame(this.socket, Frame.welcome, {
+        held: this.journal.nextSeq - 1,
+        ...(applied ? { applied } : {}),
+      });
+      this.welcomed = true;
       for (let f = await reader.next(); f; f = await reader.next()) {
         if (f.type !== Frame.batch)
           throw new HavenError('PROTOCOL', `the replication source sent frame ${f.type}`);
@@ -215,16 +237,31 @@ export class JournalReceiver {
         this.take(f.flags & FLAG_ZSTD ? this.unpack(f.body) : f.body);
         await this.journal.sync();
         const held = this.journal.nextSeq - 1;
-        await jsonFrame(this.socket, Frame.ack, { held });
+        await this.acknowledge();
         this.opts.onRecords?.(held);
       }
+      // The source ended the link: so does this side.
+      this.socket.end();
     } catch (err) {
       if (!this.socket.destroyed)
         await jsonFrame(this.socket, Frame.error, { message: (err as Error).message }).catch(() => undefined);
       this.socket.destroy();
-      throw err;
+      // The link failing (reset, cut) is not the receiver's error: the source reconnects.
+      if (err instanceof HavenError && err.code !== 'IO') throw err;
     }
   }
+
+  /** Tells the source what the target holds and has applied (also after a checkpoint is applied). */
+  async acknowledge(): Promise<void> {
+    if (this.socket.destroyed || !this.welcomed) return;
+    const applied = this.opts.applied?.();
+    await jsonFrame(this.socket, Frame.ack, {
+      held: this.journal.nextSeq - 1,
+      ...(applied ? { applied } : {}),
+    });
+  }
+
+  private welcomed = false;
 
   private unpack(body: Buffer): Buffer {
     const size = zstd.getFrameContentSize(body);

@@ -1,0 +1,186 @@
+// The two gateways of one group on two StorageServices, over mutual TLS through a proxy that cuts
+// the link: the initial sync sends about the data written (not the volume size); checkpoints
+// reach the target; a cut long enough to fill the journal turns the source to bitmap mode
+// without failing a guest write, while the target keeps its last consistent image; after the
+// link heals the resync brings the replica level; a clean restart in bitmap mode resyncs from the
+// saved bitmaps.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { connect, createServer } from 'node:tls';
+import { EXTENT_ZERO } from '../../block/index.js';
+import { StorageService } from '../../storage/index.js';
+import { FaultProxy } from '../../../test/support/fault-proxy.js';
+import { MiB, SourceGroup, sha, snapshotHashes } from '../../../test/support/replication.js';
+import { makeTestPki, type TestPki } from '../../../test/support/tls.js';
+import { tempDir } from '../../../test/support/tmp.js';
+import { SourceGateway, type SourceGatewayOptions } from './source-gateway.js';
+import { TargetGateway } from './target-gateway.js';
+
+const SIZE = 16 * MiB;
+
+async function until(what: string, ok: () => boolean, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+async function volumeHashes(storage: StorageService, names: string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const v of names) {
+    const b = Buffer.alloc(SIZE);
+    await storage.openDevice(v, { readOnly: true }).read(b, 0);
+    out.push(sha(b));
+  }
+  return out;
+}
+
+async function twoSites(dir: string, pki: TestPki) {
+  // The source's volumes and its writer (the SourceGroup's own recorder stays off: the gateway records).
+  const src = new SourceGroup(dir, ['a', 'b'], SIZE, { recording: false });
+  const storage = StorageService.open(join(dir, 'target'));
+  storage.createPool('p', {});
+  for (const v of ['ra', 'rb']) storage.createVolume(v, SIZE, 'p');
+  const errors: Error[] = [];
+  const target = new TargetGateway({
+    group: 'g',
+    dir: join(dir, 'target-gw'),
+    storage,
+    volumes: ['ra', 'rb'],
+    onError: (e) => errors.push(e),
+  });
+  const server = createServer(
+    {
+      key: readFileSync(pki.serverKey),
+      cert: readFileSync(pki.serverCert),
+      ca: readFileSync(pki.caCert),
+      requestCert: true,
+      rejectUnauthorized: true,
+    },
+    (socket) => void target.accept(socket),
+  );
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const proxy = await FaultProxy.start({ port: (server.address() as AddressInfo).port });
+  const dial: SourceGatewayOptions['connect'] = () =>
+    new Promise((resolve, reject) => {
+      const s = connect({
+        host: '127.0.0.1',
+        port: proxy.port,
+        servername: 'localhost',
+        key: readFileSync(pki.clientKey),
+        cert: readFileSync(pki.clientCert),
+        ca: readFileSync(pki.caCert),
+      });
+      s.once('secureConnect', () => resolve(s));
+      s.once('error', reject);
+    });
+  const gateway = (opts: Partial<SourceGatewayOptions> = {}) =>
+    new SourceGateway({
+      group: 'g',
+      dir: join(dir, 'source-gw'),
+      taps: src.taps,
+      connect: dial,
+      retryMs: 50,
+      journalBytes: 2 * MiB,
+      ...opts,
+    });
+  return {
+    src,
+    storage,
+    target,
+    proxy,
+    errors,
+    gateway,
+    async close() {
+      await proxy.close();
+      await new Promise((r) => server.close(r));
+      await target.close();
+      storage.close();
+      await src.close();
+    },
+  };
+}
+
+test('initial sync, checkpoints, a cut that fills the journal (bitmap mode), the resync after it; a clean restart resyncs from saved bitmaps', async (t) => {
+  const dir = tempDir();
+  const pki = makeTestPki(dir.path);
+  const s = await twoSites(dir.path, pki);
+  let gw = s.gateway();
+  const modes: string[] = [];
+  t.after(async () => {
+    await gw.stop();
+    await s.close();
+    dir.cleanup();
+  });
+  // Data before replication: ~3.6 MiB of 32 MiB, not compressible.
+  await s.src.write(300);
+  gw = s.gateway({ onChange: (st) => modes.push(st.mode) });
+  gw.start();
+  await until('the initial sync at the target', () => s.target.newest?.name === 'initial-sync');
+  assert.deepEqual(
+    await snapshotHashes(s.storage, ['ra', 'rb'], s.target.newest!.snapshot, SIZE),
+    await volumeHashes(s.src.storage, ['a', 'b']),
+  );
+  let dataBytes = 0;
+  for (const tap of s.src.taps)
+    for (const e of await tap.blockStatus(0, SIZE)) if (!(e.flags & EXTENT_ZERO)) dataBytes += e.length;
+  t.diagnostic(`initial sync: ${s.proxy.upBytes} bytes on the wire for ${dataBytes} bytes of data`);
+  assert.ok(
+    s.proxy.upBytes <= dataBytes * 1.1,
+    `the initial sync sent ${s.proxy.upBytes} bytes for ${dataBytes} of data`,
+  );
+
+  // Replicating: a checkpoint after more writes reaches the target, equal to the source.
+  await s.src.write(50);
+  const c1 = gw.checkpoint('c1');
+  assert.ok(c1 !== undefined);
+  await until('c1 at the target', () => s.target.newest?.name === 'c1');
+  const atC1 = await volumeHashes(s.src.storage, ['a', 'b']);
+  assert.deepEqual(await snapshotHashes(s.storage, ['ra', 'rb'], s.target.newest!.snapshot, SIZE), atC1);
+  assert.ok(gw.status().rpoMs! >= 0);
+
+  // The link cut: writes go on and fill the 2 MiB journal: bitmap mode, no write fails.
+  s.proxy.cut();
+  await s.src.write(400);
+  await until('bitmap mode', () => gw.status().mode === 'bitmap');
+  assert.equal(gw.checkpoint('during-the-cut'), undefined, 'no consistent point in bitmap mode');
+  // The target's consistent image is still c1, readable.
+  assert.equal(s.target.newest?.name, 'c1');
+  assert.deepEqual(await snapshotHashes(s.storage, ['ra', 'rb'], s.target.newest!.snapshot, SIZE), atC1);
+
+  // Healed: the journal drains, the resync runs, a checkpoint follows it.
+  s.proxy.heal();
+  await until('the resync at the target', () => s.target.newest?.name === 'resync');
+  assert.deepEqual(
+    await snapshotHashes(s.storage, ['ra', 'rb'], s.target.newest!.snapshot, SIZE),
+    await volumeHashes(s.src.storage, ['a', 'b']),
+  );
+  assert.equal(gw.status().mode, 'replicating');
+  for (const m of ['initial-sync', 'replicating', 'bitmap', 'resyncing'])
+    assert.ok(modes.includes(m), `went through ${m}`);
+
+  // Bitmap mode again, then a clean stop and a start: the saved bitmaps drive the resync.
+  s.proxy.cut();
+  await s.src.write(400);
+  await until('bitmap mode again', () => gw.status().mode === 'bitmap');
+  await gw.stop();
+  const resynced = s.target.newest!.seq;
+  gw = s.gateway();
+  s.proxy.heal();
+  gw.start();
+  const cp = gw.checkpoint('after-restart');
+  assert.equal(cp, undefined, 'no checkpoint before the resync');
+  await until(
+    'the resync after the restart',
+    () => s.target.newest?.name === 'resync' && s.target.newest.seq > resynced,
+  );
+  assert.deepEqual(
+    await snapshotHashes(s.storage, ['ra', 'rb'], s.target.newest!.snapshot, SIZE),
+    await volumeHashes(s.src.storage, ['a', 'b']),
+  );
+  assert.deepEqual(s.errors, []);
+});

@@ -1,0 +1,353 @@
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { DirtyBitmap } from '../../block/index.js';
+import { HavenError, writeFileAtomic } from '../../common/index.js';
+import type { TapDevice } from '../../storage/index.js';
+import { ReplicationJournal } from './journal.js';
+import { GroupRecorder } from './recorder.js';
+import { scanGroup, type ScanSource } from './scan.js';
+import { JournalSender, TokenBucket, type AppliedPoint } from './transceiver.js';
+
+export type ReplicationMode = 'initial-sync' | 'replicating' | 'bitmap' | 'resyncing' | 'paused';
+
+export interface SourceStatus {
+  group: string;
+  mode: ReplicationMode;
+  link: 'up' | 'down';
+  /** Why the link is down, or what failed last. */
+  error?: string;
+  /** The highest sequence the target holds durably. */
+  acknowledged: number;
+  /** The newest checkpoint the target has applied. */
+  applied?: AppliedPoint;
+  /** Now minus the time of `applied`. */
+  rpoMs?: number;
+  journal: { bytes: number; maxBytes: number; firstSeq: number; nextSeq: number };
+  /** A scan under way (initial sync or resync): where it is. */
+  scan?: { volume: number; offset: number; readBytes: number };
+  sentBytes: number;
+}
+
+export interface SourceGatewayOptions {
+  group: string;
+  /** Journal, state and bitmaps of the group. */
+  dir: string;
+  /** The taps of the group's volumes, in the group's volume order. */
+  taps: readonly TapDevice[];
+  /** Dials the target gateway (mutual TLS): a fresh link each time. */
+  connect: () => Promise<Duplex>;
+  checkpointMs?: number;
+  compress?: boolean;
+  /** Bytes per second on the link (0: unlimited); `setLimit` changes it. */
+  bytesPerSecond?: number;
+  journalBytes?: number;
+  /** Wait between attempts to reach the target. */
+  retryMs?: number;
+  /** Told on every change of mode or link. */
+  onChange?: (s: SourceStatus) => void;
+}
+
+/** What the gateway keeps across restarts (DIR/state.json). */
+interface State {
+  /** The initial sync completed. */
+  synced: boolean;
+  /** Set while the gateway runs, cleared by a clean stop: set at start means it crashed. */
+  running: boolean;
+  /** A scan to finish: its kind and where it goes on from. */
+  scan?: { kind: 'initial' | 'resync' | 'full'; from?: { volume: number; offset: number } };
+}
+
+/** The overflow bitmaps' grain: what a resync sends for a small write. */
+const GRANULARITY = 16 * 1024;
+
+/**
+ * The source side of one consistency group (decision 0012): the recorder journaling every change
+ * of the group's volumes, the link to the target (reconnected while the gateway runs), and the
+ * scans that bring the replica level — the initial sync, the resync of what bitmap mode marked
+ * (the journal full, e.g. through a long outage), and after a crash of this daemon a full one.
+ * No checkpoint is taken while a scan runs: the target's newest checkpoint stays its consistent
+ * image until the first one after the scan. Guest writes never wait for the network.
+ */
+export class SourceGateway {
+  readonly journal: ReplicationJournal;
+  private readonly recorder: GroupRecorder;
+  private readonly bitmaps: DirtyBitmap[];
+  private readonly limit: TokenBucket;
+  private state: State;
+  private mode: ReplicationMode = 'replicating';
+  private paused = false;
+  private stopped = false;
+  private sender: JournalSender | undefined;
+  private error: string | undefined;
+  private scanAt: SourceStatus['scan'];
+  private acked = 0;
+  private applied: AppliedPoint | undefined;
+  private sent = 0;
+  private wakeLink: (() => void) | undefined;
+  private roomWaiters: (() => void)[] = [];
+  private overflowed = false;
+  private loops: Promise<void>[] = [];
+  private readonly stopping = new AbortController();
+
+  constructor(private readonly opts: SourceGatewayOptions) {
+    mkdirSync(opts.dir, { recursive: true });
+    this.journal = ReplicationJournal.open(join(opts.dir, 'journal'), {
+      ...(opts.journalBytes ? { maxBytes: opts.journalBytes } : {}),
+    });
+    this.limit = new TokenBucket(opts.bytesPerSecond ?? 0);
+    this.bitmaps = opts.taps.map((tap, i) => this.loadBitmap(i, tap.size));
+    this.recorder = new GroupRecorder(
+      this.journal,
+      opts.taps.map((tap, i) => ({ tap, overflow: this.bitmaps[i]! })),
+      {
+        ...(opts.checkpointMs ? { checkpointMs: opts.checkpointMs } : {}),
+        onOverflow: (reason) => {
+          this.overflowed = true;
+          this.error = reason;
+          this.setMode('bitmap');
+        },
+      },
+    );
+    this.state = this.loadState();
+  }
+
+  start(): void {
+    const crashed = this.state.running;
+    this.state.running = true;
+    // After a crash the bitmaps are gone and the journal's tail may lack a write the volume has
+    // (decision 0012, 6): everything is scanned again. An initial sync goes on where it was.
+    if (crashed && this.state.synced) this.state.scan = { kind: 'full' };
+    this.saveState();
+    // No consistent point until the scans the state calls for have run.
+    this.recorder.suspended = this.overflowed || !!this.state.scan || !this.state.synced;
+    this.recorder.start();
+    this.loops = [this.linkLoop(), this.syncLoop()];
+  }
+
+  /** Stops cleanly: the journal durable, the bitmaps saved; the next start resumes without a full resync. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.stopping.abort();
+    this.recorder.stop();
+    this.sender?.stop();
+    this.wakeLink?.();
+    for (const w of this.roomWaiters.splice(0)) w();
+    await Promise.allSettled(this.loops);
+    await this.journal.sync();
+    await this.journal.close();
+    this.bitmaps.forEach((b, i) => b.save(this.bitmapPath(i)));
+    this.state.running = false;
+    this.saveState();
+  }
+
+  pause(): void {
+    this.paused = true;
+    this.sender?.stop();
+    this.setMode('paused');
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.wakeLink?.();
+    this.setMode(this.overflowed ? 'bitmap' : this.state.scan ? 'resyncing' : 'replicating');
+  }
+
+  /** A checkpoint now (named); undefined while there is no consistent point (a scan, bitmap mode). */
+  checkpoint(name?: string): number | undefined {
+    const seq = this.recorder.checkpoint(name);
+    this.sender?.wake();
+    return seq;
+  }
+
+  setLimit(bytesPerSecond: number): void {
+    this.limit.bytesPerSecond = bytesPerSecond;
+  }
+
+  status(): SourceStatus {
+    return {
+      group: this.opts.group,
+      mode: this.mode,
+      link: this.sender ? 'up' : 'down',
+      ...(this.error ? { error: this.error } : {}),
+      acknowledged: this.acked,
+      ...(this.applied ? { applied: this.applied, rpoMs: Date.now() - this.applied.time } : {}),
+      journal: {
+        bytes: this.journal.bytes,
+        maxBytes: this.journal.maxBytes,
+        firstSeq: this.journal.firstSeq,
+        nextSeq: this.journal.nextSeq,
+      },
+      ...(this.scanAt ? { scan: this.scanAt } : {}),
+      sentBytes: this.sent + (this.sender?.sentBytes ?? 0),
+    };
+  }
+
+  /** Connects, ships until the link fails, waits, again — until stopped. */
+  private async linkLoop(): Promise<void> {
+    while (!this.stopped) {
+      if (!this.paused) {
+        let sender: JournalSender | undefined;
+        try {
+          const socket = await this.opts.connect();
+          // Stopped or paused while connecting: this link is not wanted.
+          if (this.stopped || this.paused) {
+            socket.destroy();
+            continue;
+          }
+          sender = new JournalSender(this.journal, socket, {
+            group: this.opts.group,
+            ...(this.opts.compress ? { compress: true } : {}),
+            limit: this.limit,
+            onAck: (held) => {
+              this.acked = held;
+              this.applied = sender!.applied ?? this.applied;
+              for (const w of this.roomWaiters.splice(0)) w();
+            },
+          });
+          this.sender = sender;
+          this.error = undefined;
+          this.changed();
+          await sender.run();
+        } catch (err) {
+          this.error = (err as Error).message;
+        } finally {
+          if (sender) this.sent += sender.sentBytes;
+          this.sender = undefined;
+          this.changed();
+        }
+      }
+      if (this.stopped) break;
+      await new Promise<void>((r) => {
+        this.wakeLink = r;
+        setTimeout(r, this.opts.retryMs ?? 1000).unref();
+      });
+    }
+  }
+
+  /** Runs the scans the state calls for, and after bitmap mode the resync. */
+  private async syncLoop(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        if (!this.state.synced || this.state.scan) await this.runScan();
+        else if (this.overflowed) {
+          // Back to journal mode once the link drained half the journal, then resync.
+          while (this.journal.bytes > this.journal.maxBytes / 2) await this.waitForRoom();
+          this.overflowed = false;
+          this.recorder.suspended = true;
+          this.recorder.resume();
+          this.state.scan = { kind: 'resync' };
+          this.saveState();
+        } else await this.waitForRoom();
+      } catch (err) {
+        if (this.stopped) return;
+        // A scan that failed (a read error, say) is tried again; the state shows why.
+        this.error = (err as Error).message;
+        this.changed();
+        await new Promise((r) => setTimeout(r, this.opts.retryMs ?? 1000).unref());
+      }
+    }
+  }
+
+  private async runScan(): Promise<void> {
+    const kind = this.state.scan?.kind ?? 'initial';
+    this.state.scan = { kind, ...(this.state.scan?.from ? { from: this.state.scan.from } : {}) };
+    this.saveState();
+    this.setMode(kind === 'initial' ? 'initial-sync' : 'resyncing');
+    this.recorder.suspended = true;
+    // A resync covers what bitmap mode marked; the bits are cleared before the scan (a change
+    // meanwhile is journaled again) and marked back if it fails.
+    const sources: ScanSource[] = this.opts.taps.map((tap, i) => {
+      if (kind !== 'resync') return { tap };
+      const ranges = [...this.bitmaps[i]!.dirtyExtents()];
+      return { tap, ranges };
+    });
+    const marked = kind === 'resync' ? sources.map((s) => s.ranges ?? []) : [];
+    if (kind === 'resync') for (const b of this.bitmaps) b.clear();
+    let savedAt = Date.now();
+    try {
+      await scanGroup(this.journal, sources, {
+        zeroes: kind !== 'initial',
+        signal: this.stopping.signal,
+        ...(this.state.scan.from ? { from: this.state.scan.from } : {}),
+        waitForRoom: () => this.waitForRoom(),
+        onProgress: (at) => {
+          this.scanAt = at;
+          this.sender?.wake();
+          // Where to resume, at most once a second, once the journal holds what was scanned.
+          if (Date.now() - savedAt < 1000) return;
+          savedAt = Date.now();
+          const from = { volume: at.volume, offset: at.offset };
+          void this.journal.sync().then(() => {
+            if (this.state.scan?.kind !== kind || this.stopped) return;
+            this.state.scan = { kind, from };
+            this.saveState();
+          });
+        },
+      });
+    } catch (err) {
+      marked.forEach((ranges, i) => ranges.forEach((r) => this.bitmaps[i]!.markDirty(r.offset, r.length)));
+      if (this.stopped) return;
+      throw err;
+    }
+    if (this.stopped) return;
+    this.recorder.suspended = false;
+    this.scanAt = undefined;
+    delete this.state.scan;
+    this.state.synced = true;
+    this.saveState();
+    // The journal overflowed during the scan: bitmap mode, and another resync follows.
+    if (this.overflowed) return this.setMode('bitmap');
+    this.checkpoint(kind === 'initial' ? 'initial-sync' : 'resync');
+    this.setMode('replicating');
+  }
+
+  /** Resolves at the next acknowledgement from the target; rejects once stopping. */
+  private waitForRoom(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const signal = this.stopping.signal;
+      if (signal.aborted) return reject(signal.reason as Error);
+      this.roomWaiters.push(() => (signal.aborted ? reject(signal.reason as Error) : resolve()));
+    });
+  }
+
+  private setMode(mode: ReplicationMode): void {
+    if (this.paused && mode !== 'paused') return;
+    if (mode === this.mode) return;
+    this.mode = mode;
+    this.changed();
+  }
+
+  private changed(): void {
+    this.opts.onChange?.(this.status());
+  }
+
+  private bitmapPath(i: number): string {
+    return join(this.opts.dir, 'bitmaps', `${i}.bitmap`);
+  }
+
+  private loadBitmap(i: number, size: number): DirtyBitmap {
+    const path = this.bitmapPath(i);
+    mkdirSync(join(this.opts.dir, 'bitmaps'), { recursive: true });
+    if (!existsSync(path)) return new DirtyBitmap(`volume-${i}`, size, GRANULARITY);
+    const b = DirtyBitmap.load(path);
+    // Loaded once: a crash from now on must not find it looking clean.
+    rmSync(path);
+    if (b.dirtyBytes() > 0) this.overflowed = true;
+    return b;
+  }
+
+  private loadState(): State {
+    const path = join(this.opts.dir, 'state.json');
+    if (!existsSync(path)) return { synced: false, running: false };
+    try {
+      return JSON.parse(readFileSync(path, 'utf8')) as State;
+    } catch (err) {
+      throw new HavenError('CORRUPT', `replication state ${path}: ${(err as Error).message}`);
+    }
+  }
+
+  private saveState(): void {
+    writeFileAtomic(join(this.opts.dir, 'state.json'), JSON.stringify(this.state));
+  }
+}
