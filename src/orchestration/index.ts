@@ -1,13 +1,57 @@
-export * from './tools/nbd-info.js';
-export * from './tools/nbd-copy.js';
-export { openSource, openDestination, type Endpoint, type EndpointOptions } from './tools/nbd-endpoints.js';
-export * from './tools/serve-image.js';
-export * from './tools/storage.js';
 export * from './site/index.js';
-export { readPskFile, type TlsCredentials } from '../nbd/index.js';
+// What the faces use of the layers below, as the orchestration layer's surface.
+export {
+  nbdInfo,
+  formatNbdInfo,
+  human,
+  nbdCopy,
+  serveImage,
+  serveDevice,
+  parseHostPort,
+  DEFAULT_NBD_PORT,
+  readPskFile,
+  type NbdInfoOptions,
+  type NbdInfoResult,
+  type MapEntry,
+  type NbdCopyOptions,
+  type ServeImageOptions,
+  type ServingImage,
+  type TlsCredentials,
+} from '../nbd/index.js';
+export type { CopyOptions, CopyProgress, CopyResult } from '../block/index.js';
+export {
+  openStorage,
+  withStorage,
+  serveStorage,
+  importVolume,
+  exportVolume,
+  type ServeStorageOptions,
+  type ServingStorage,
+} from '../storage/index.js';
 export type { PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';
-export * from './tools/backup.js';
-export * from './tools/backup-files.js';
+export {
+  repoAccess,
+  openRepository,
+  backupResult,
+  backupSource,
+  runBackup,
+  restoreSnapshot,
+  rollbackWith,
+  rollbackVolume,
+  mountSnapshot,
+  listBackupFilesystems,
+  listBackupFiles,
+  extractBackupFiles,
+  type RepoAccess,
+  type BackupRequest,
+  type BackupResult,
+  type RestoreRequest,
+  type RollbackResult,
+  type MountRequest,
+  type BackupFilesRequest,
+  type BackupFilesystems,
+  type BackupListing,
+} from '../protection/index.js';
 export {
   Repository,
   verify as verifyRepository,
@@ -18,3 +62,4 @@ export {
   type RetentionPolicy,
   type BackupSnapshot,
 } from '../repository/index.js';
+export { defaultDataDir } from '../common/index.js';

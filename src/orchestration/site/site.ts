@@ -16,6 +16,7 @@ import {
   NbdServer,
   checkReadable,
   connectNbd,
+  parseHostPort,
   type ListenAddress,
 } from '../../nbd/index.js';
 import type { BlockDevice, ThrottleLimits } from '../../block/index.js';
@@ -23,29 +24,32 @@ import {
   StorageExports,
   StorageService,
   checkName,
+  exportVolume,
+  importVolume,
+  makePrivate,
+  sitePsk,
+  type SitePsk,
   type PoolInfo,
   type SnapshotInfo,
   type VolumeInfo,
 } from '../../storage/index.js';
-import { exportVolume, importVolume } from '../tools/storage.js';
 import {
   backupResult,
   openRepository,
+  openVolumeSource,
   repoAccess,
+  restore,
   rollbackWith,
   runBackup,
   type RepoAccess,
-} from '../tools/backup.js';
-import { openVolumeSource, restore } from '../../protection/index.js';
+} from '../../protection/index.js';
 import { gc as collectGarbage, verify as verifyRepository } from '../../repository/index.js';
-import { parseHostPort } from '../tools/serve-image.js';
 import { ComputeService, type VmDefinition } from './compute.js';
 import { resolveConsistencyOptions, vmQuiesce, type ConsistencyOptions } from './backup-consistency.js';
 import { openDatabase, schemaVersion, type Db } from './database.js';
 import { EventLog } from './events.js';
 import { JobManager, type Job } from './jobs.js';
 import { TRANSPORTS, TransferSlots, chooseTransport, isTransport, type Transport } from './transports.js';
-import { makePrivate, sitePsk, type SitePsk } from './nbd-access.js';
 import { RecoveryService, type InstantRecoveryRequest, type RecoveryOptions } from './recovery.js';
 
 const log = logger('site');

@@ -1,5 +1,11 @@
 import { resolve } from 'node:path';
-import { openRawFile, type BitmapView, type BlockDevice } from '../../block/index.js';
+import {
+  collectRanges,
+  openRawFile,
+  walkExtents,
+  type BitmapView,
+  type BlockDevice,
+} from '../../block/index.js';
 import { HavenError, invalidArgument } from '../../common/index.js';
 import { connectNbd, inspectImage, startQemuNbd, type TlsCredentials } from '../../nbd/index.js';
 import type { Repository, SnapshotManifest } from '../../repository/index.js';
@@ -79,14 +85,8 @@ export async function openNbdSource(
   });
   let changed: Range[] | undefined;
   if (opts.bitmap && opts.parent) {
-    changed = [];
-    for (let at = 0; at < device.size;) {
-      const extents = await device.dirtyStatus(at, Math.min(device.size - at, 2 ** 30));
-      for (const e of extents) {
-        if (e.flags & 1) changed.push({ offset: e.offset, length: e.length });
-        at = e.offset + e.length;
-      }
-    }
+    const dirty = walkExtents((o, l) => device.dirtyStatus(o, l), device.size);
+    changed = await collectRanges(dirty, (flags) => (flags & 1) !== 0);
   }
   return {
     source: { kind: 'nbd', name: uri.replace(/\?.*$/, '') },
