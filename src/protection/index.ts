@@ -65,3 +65,14 @@ export {
   type RollbackResult,
 } from './backup/requests.js';
 export { mountSnapshot, type MountRequest } from './recovery/mount.js';
+export {
+  TRANSPORTS,
+  TransferSlots,
+  attachSnapshot,
+  chooseTransport,
+  isTransport,
+  offeredTransports,
+  type SiteEndpoints,
+  type TcpEndpoint,
+  type Transport,
+} from './backup/transports.js';

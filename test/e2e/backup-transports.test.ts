@@ -11,7 +11,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { HavenError } from '../../src/common/index.js';
 import { Site, type Job } from '../../src/orchestration/index.js';
-import { chooseTransport } from '../../src/orchestration/site/transports.js';
+import { chooseTransport } from '../../src/protection/index.js';
 import { Repository } from '../../src/repository/index.js';
 import { makeTestPki } from '../support/tls.js';
 import { tempDir } from '../support/tmp.js';

@@ -3,4 +3,4 @@ export type { Job, JobState, JobProgress, JobLogLine } from './jobs.js';
 export type { SiteEvent, EventQuery } from './events.js';
 export type { Host, Network, Vm, VmDefinition, VmState } from './compute.js';
 export type { Recovery, RecoveryDisk } from './recovery.js';
-export { TRANSPORTS, type Transport } from './transports.js';
+export { TRANSPORTS, type Transport } from '../../protection/index.js';

@@ -15,11 +15,10 @@ import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   NbdServer,
   checkReadable,
-  connectNbd,
   parseHostPort,
   type ListenAddress,
 } from '../../nbd/index.js';
-import type { BlockDevice, ThrottleLimits } from '../../block/index.js';
+import type { ThrottleLimits } from '../../block/index.js';
 import {
   StorageExports,
   StorageService,
@@ -41,7 +40,14 @@ import {
   restore,
   rollbackWith,
   runBackup,
+  TRANSPORTS,
+  TransferSlots,
+  chooseTransport,
+  isTransport,
+  offeredTransports,
   type RepoAccess,
+  type SiteEndpoints,
+  type Transport,
 } from '../../protection/index.js';
 import { gc as collectGarbage, verify as verifyRepository } from '../../repository/index.js';
 import { ComputeService, type VmDefinition } from './compute.js';
@@ -49,7 +55,6 @@ import { resolveConsistencyOptions, vmQuiesce, type ConsistencyOptions } from '.
 import { openDatabase, schemaVersion, type Db } from './database.js';
 import { EventLog } from './events.js';
 import { JobManager, type Job } from './jobs.js';
-import { TRANSPORTS, TransferSlots, chooseTransport, isTransport, type Transport } from './transports.js';
 import { RecoveryService, type InstantRecoveryRequest, type RecoveryOptions } from './recovery.js';
 
 const log = logger('site');
@@ -162,6 +167,7 @@ export class Site {
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
+    // A misspelt transport is refused before anything is opened.
     for (const t of opts.transports ?? [])
       if (!isTransport(t)) throw invalidArgument(`unknown transport ${t}: use ${TRANSPORTS.join(', ')}`);
     const dataDir = resolve(opts.dataDir);
@@ -216,19 +222,7 @@ export class Site {
           `NBD listener ${opts.nbdListenPlain} is plain TCP WITHOUT AUTHENTICATION: anyone who reaches it can read and write every volume of site ${name}`,
         );
       }
-      const possible: Transport[] = [
-        'san',
-        'hotadd',
-        ...(site.nbds ? ['nbds' as const] : []),
-        ...(site.nbdPlain ? ['nbd' as const] : []),
-      ];
-      const wanted = (opts.transports as Transport[] | undefined) ?? possible;
-      for (const t of wanted)
-        if (!possible.includes(t))
-          throw invalidArgument(
-            `transport ${t} cannot be offered: ${t === 'nbds' ? 'no NBD TCP listener (--nbd-listen is none)' : 'no plain NBD listener (--nbd-listen-plain)'} is configured`,
-          );
-      site.offered = wanted;
+      site.offered = offeredTransports(site.endpoints(), opts.transports);
       site.recover();
       const { attached, lost } = await site.compute.reattach();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
@@ -581,7 +575,7 @@ export class Site {
           vm,
           {
             transport,
-            ...(transport !== 'san' ? { open: (snapshot: string) => this.attach(transport, snapshot) } : {}),
+            ...(transport !== 'san' ? { site: this.endpoints() } : {}),
             ...(vm
               ? { quiesce: vmQuiesce(this.compute, vm.name, consistency, (m, l) => ctx.log(m, l)) }
               : {}),
@@ -611,23 +605,18 @@ export class Site {
     });
   }
 
-  /** A volume snapshot read over NBD: the local socket (hotadd) or a TCP listener (nbd, nbds). */
-  private async attach(transport: Transport, snapshot: string): Promise<BlockDevice> {
-    this.exports.refresh();
-    const name = encodeURIComponent(snapshot);
-    const tcp = (a: ListenAddress | undefined) => {
-      if (!a || !('port' in a)) throw invalidArgument(`transport ${transport} needs an NBD TCP listener`);
-      return `${a.host === '0.0.0.0' || a.host === '::' ? '127.0.0.1' : a.host}:${a.port}`;
+  /** The site's NBD listeners, as the backup transports reach them. */
+  private endpoints(): SiteEndpoints {
+    const tcp = (a: ListenAddress | undefined) =>
+      a && 'port' in a ? { host: a.host, port: a.port } : undefined;
+    const nbd = tcp(this.nbdPlain);
+    const nbds = tcp(this.nbds?.address);
+    return {
+      exports: this.exports,
+      socket: this.nbdSocket,
+      ...(nbd ? { nbd } : {}),
+      ...(nbds ? { nbds: { ...nbds, psk: { identity: this.psk.identity, key: this.psk.key } } } : {}),
     };
-    if (transport === 'hotadd')
-      return connectNbd(`nbd+unix:///${name}?socket=${this.nbdSocket}`, { connections: 2 });
-    if (transport === 'nbd') return connectNbd(`nbd://${tcp(this.nbdPlain)}/${name}`, { connections: 2 });
-    if (transport === 'nbds')
-      return connectNbd(`nbds://${tcp(this.nbds?.address)}/${name}`, {
-        connections: 2,
-        tls: { psk: { identity: this.psk.identity, key: this.psk.key } },
-      });
-    throw invalidArgument(`transport ${transport} does not attach over NBD`);
   }
 
   /**
