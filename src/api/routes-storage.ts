@@ -289,4 +289,51 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       return reply.code(204).send();
     },
   );
+  const bitmapParam = {
+    type: 'object',
+    required: ['name', 'bitmap'],
+    properties: { name: { type: 'string' }, bitmap: { type: 'string' } },
+  } as const;
+  type Bitmap = { name: string; bitmap: string };
+  api.get(
+    '/volumes/:name/bitmaps',
+    { schema: { tags, params: volumeParam, response: { 200: s.list(s.bitmapAnswer) } } },
+    async (req) => site.listBitmaps((req.params as Name).name),
+  );
+  api.post(
+    '/volumes/:name/bitmaps',
+    {
+      schema: {
+        tags,
+        summary: "start tracking a volume's changes",
+        params: volumeParam,
+        body: s.addBitmapBody,
+        response: { 201: s.bitmapAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { name: string; granularity?: number };
+      return reply
+        .code(201)
+        .send(site.addBitmap(req.actor, (req.params as Name).name, b.name, b.granularity));
+    },
+  );
+  api.delete(
+    '/volumes/:name/bitmaps/:bitmap',
+    { schema: { tags, params: bitmapParam } },
+    async (req, reply) => {
+      const p = req.params as Bitmap;
+      site.removeBitmap(req.actor, p.name, p.bitmap);
+      return reply.code(204).send();
+    },
+  );
+  api.post(
+    '/volumes/:name/bitmaps/:bitmap/clear',
+    { schema: { tags, summary: 'mark everything clean (and trusted again)', params: bitmapParam } },
+    async (req, reply) => {
+      const p = req.params as Bitmap;
+      site.clearBitmap(req.actor, p.name, p.bitmap);
+      return reply.code(204).send();
+    },
+  );
 }

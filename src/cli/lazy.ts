@@ -8,3 +8,5 @@ export const orchestration = (): Promise<Orchestration> => import('../orchestrat
 export const apiServer = () => import('../api/daemon.js');
 /** Only what `haven nbd serve` needs: the whole orchestration layer would cost it ~10 MiB of RSS. */
 export const serveImageTool = () => import('../orchestration/nbd-tools.js');
+/** A site opened in this process for a command with --data. */
+export const localSiteModule = () => import('../api/local.js');

@@ -28,7 +28,7 @@ export {
   type ServeStorageOptions,
   type ServingStorage,
 } from '../storage/index.js';
-export type { PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';
+export type { BitmapInfo, PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';
 export {
   repoAccess,
   openRepository,

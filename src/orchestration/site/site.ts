@@ -28,6 +28,7 @@ import {
   makePrivate,
   sitePsk,
   type SitePsk,
+  type BitmapInfo,
   type PoolInfo,
   type SnapshotInfo,
   type VolumeInfo,
@@ -478,6 +479,33 @@ export class Site {
       this.refuseIfRunning(volume, 'revert');
       this.storage.revert(volume, name);
     });
+  }
+
+  // ---- dirty bitmaps ---------------------------------------------------------------------
+
+  listBitmaps(volume: string): BitmapInfo[] {
+    return this.storage.listBitmaps(volume);
+  }
+
+  /** Starts tracking a volume's changes; its NBD exports offer the bitmap at once. */
+  addBitmap(actor: Actor, volume: string, name: string, granularity?: number): BitmapInfo {
+    return this.audited(actor, 'bitmap.add', `${volume}#${name}`, () => {
+      const b = this.storage.addBitmap(volume, name, granularity);
+      this.exports.refresh();
+      return b;
+    });
+  }
+
+  removeBitmap(actor: Actor, volume: string, name: string): void {
+    this.audited(actor, 'bitmap.remove', `${volume}#${name}`, () => {
+      this.storage.removeBitmap(volume, name);
+      this.exports.refresh();
+    });
+  }
+
+  /** Marks everything clean (and trusted again). */
+  clearBitmap(actor: Actor, volume: string, name: string): void {
+    this.audited(actor, 'bitmap.clear', `${volume}#${name}`, () => this.storage.clearBitmap(volume, name));
   }
 
   private refuseIfRunning(volume: string, what: string): void {
