@@ -5,7 +5,15 @@ import { join } from 'node:path';
 import { tempDir } from '../../test/support/tmp.js';
 import { HavenError } from '../common/index.js';
 import { EXTENT_ZERO, type Extent } from './device.js';
-import { allocatedRanges, collectRanges, deviceExtents, walkExtents } from './extents.js';
+import { DirtyBitmap } from './dirty-bitmap.js';
+import {
+  allocatedRanges,
+  collectRanges,
+  collectRangesSync,
+  deviceExtents,
+  walkExtents,
+  walkExtentsSync,
+} from './extents.js';
 import { openRawFile } from './raw-file.js';
 
 const KiB = 1024;
@@ -98,4 +106,19 @@ test('an aborted walk stops before its next block status call', async () => {
   };
   await assert.rejects(all(walkExtents(status, MiB, { window: KiB, signal: ac.signal })), code('CANCELLED'));
   assert.equal(calls, 2);
+});
+
+test('the synchronous walk over a dirty bitmap gives the ranges it marks, merged across answers', () => {
+  const bitmap = new DirtyBitmap('b', 512 * MiB, 64 * KiB);
+  for (let i = 0; i < 2000; i++) bitmap.markDirty(i * 128 * KiB, 64 * KiB); // 2000 runs: past one answer
+  bitmap.markDirty(300 * MiB, 3 * MiB);
+  const runs = collectRangesSync(
+    walkExtentsSync((o, l) => bitmap.status(o, l), 512 * MiB),
+    (f) => f === 1,
+  );
+  let marked = 0;
+  for (const r of runs) marked += r.length;
+  assert.equal(marked, bitmap.dirtyBytes());
+  assert.equal(runs.length, 2001);
+  assert.throws(() => [...walkExtentsSync(() => [], MiB)], code('PROTOCOL'));
 });

@@ -33,19 +33,40 @@ export async function* walkExtents(
   for (let at = opts.from ?? 0; at < end;) {
     opts.signal?.throwIfAborted();
     const r = status(at, Math.min(window, end - at));
-    const list = isPromise(r) ? await r : r;
-    if (!list.length) throw new HavenError('PROTOCOL', `block status at offset ${at} returned no extent`);
-    for (const e of list) {
-      if (e.offset !== at || e.length <= 0)
-        throw new HavenError(
-          'PROTOCOL',
-          `block status at offset ${at} returned an extent at ${e.offset}+${e.length}: not contiguous`,
-        );
-      const len = Math.min(e.length, end - at);
-      yield { offset: at, length: len, flags: e.flags };
-      at += len;
-      if (at >= end) break;
+    for (const e of checked(isPromise(r) ? await r : r, at, end)) {
+      yield e;
+      at = e.offset + e.length;
     }
+  }
+}
+
+/** The same walk over a source that answers at once (a BitmapView, a local volume). */
+export function* walkExtentsSync(
+  status: (offset: number, length: number) => Extent[],
+  end: number,
+  opts: Omit<WalkOptions, 'end' | 'signal'> = {},
+): Generator<Extent> {
+  const window = opts.window ?? GiB;
+  for (let at = opts.from ?? 0; at < end;)
+    for (const e of checked(status(at, Math.min(window, end - at)), at, end)) {
+      yield e;
+      at = e.offset + e.length;
+    }
+}
+
+/** One answer's extents from `at`, clipped at `end`; a protocol error unless contiguous and non-empty. */
+function* checked(list: Extent[], at: number, end: number): Generator<Extent> {
+  if (!list.length) throw new HavenError('PROTOCOL', `block status at offset ${at} returned no extent`);
+  for (const e of list) {
+    if (e.offset !== at || e.length <= 0)
+      throw new HavenError(
+        'PROTOCOL',
+        `block status at offset ${at} returned an extent at ${e.offset}+${e.length}: not contiguous`,
+      );
+    const len = Math.min(e.length, end - at);
+    yield { offset: at, length: len, flags: e.flags };
+    at += len;
+    if (at >= end) return;
   }
 }
 
@@ -68,13 +89,21 @@ export async function collectRanges(
   keep: (flags: number) => boolean,
 ): Promise<ByteRange[]> {
   const out: ByteRange[] = [];
-  for await (const e of extents) {
-    if (!keep(e.flags)) continue;
-    const last = out[out.length - 1];
-    if (last && last.offset + last.length === e.offset) last.length += e.length;
-    else out.push({ offset: e.offset, length: e.length });
-  }
+  for await (const e of extents) if (keep(e.flags)) merge(out, e);
   return out;
+}
+
+/** collectRanges over a synchronous walk. */
+export function collectRangesSync(extents: Iterable<Extent>, keep: (flags: number) => boolean): ByteRange[] {
+  const out: ByteRange[] = [];
+  for (const e of extents) if (keep(e.flags)) merge(out, e);
+  return out;
+}
+
+function merge(out: ByteRange[], e: Extent): void {
+  const last = out[out.length - 1];
+  if (last && last.offset + last.length === e.offset) last.length += e.length;
+  else out.push({ offset: e.offset, length: e.length });
 }
 
 /** The ranges of a device that may hold data (not known to read as zeroes), merged. */

@@ -1,6 +1,8 @@
 import { resolve } from 'node:path';
 import {
   collectRanges,
+  collectRangesSync,
+  walkExtentsSync,
   openRawFile,
   walkExtents,
   type BitmapView,
@@ -241,17 +243,14 @@ function openSnapshot(
   return attachSnapshot(transport, snapshot, site);
 }
 
+/** The ranges a bitmap marks dirty, merged. */
 export function dirtyRanges(view: BitmapView, size: number): Range[] {
-  const out: Range[] = [];
-  for (let at = 0; at < size;) {
-    const extents = view.status(at, size - at);
-    if (extents.length === 0) break;
-    for (const e of extents) {
-      if (e.flags & 1) out.push({ offset: e.offset, length: e.length });
-      at = e.offset + e.length;
-    }
-  }
-  return out;
+  // Past a bitmap's own size (a volume grown since) it answers nothing: that is clean, as before.
+  const status = (o: number, l: number) => {
+    const r = view.status(o, l);
+    return r.length ? r : [{ offset: o, length: l, flags: 0 }];
+  };
+  return collectRangesSync(walkExtentsSync(status, size), (flags) => (flags & 1) !== 0);
 }
 
 /** Which kind of source a command-line argument names. */
