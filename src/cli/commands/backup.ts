@@ -16,9 +16,7 @@ import { bytes, parseSize, table } from '../args.js';
 import { runJob, runLocal } from '../jobs.js';
 import { stopOnSignal } from './nbd-serve.js';
 import { EXIT_DAMAGE, EXIT_FAILED, failWith, fields, printResult, reportError } from '../output.js';
-import { registerBackupFiles } from './backup-files.js';
-
-export type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
+import { registerBackupFiles, type RepoOpts } from './backup-files.js';
 
 function repoOptions(cmd: Command): Command {
   return cmd
