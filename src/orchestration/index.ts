@@ -1,14 +1,13 @@
 export * from './site/index.js';
-// What the faces use of the layers below, as the orchestration layer's surface.
+// What the faces run without a site (nbd …, storage serve, repository commands, backups of files
+// and NBD URIs), as the orchestration layer's surface: the faces import nothing below it.
 export {
   nbdInfo,
   formatNbdInfo,
   human,
   nbdCopy,
   serveImage,
-  serveDevice,
   parseHostPort,
-  DEFAULT_NBD_PORT,
   readPskFile,
   type NbdInfoOptions,
   type NbdInfoResult,
@@ -18,26 +17,15 @@ export {
   type ServingImage,
   type TlsCredentials,
 } from '../nbd/index.js';
-export type { CopyOptions, CopyProgress, CopyResult } from '../block/index.js';
-export {
-  openStorage,
-  withStorage,
-  serveStorage,
-  importVolume,
-  exportVolume,
-  type ServeStorageOptions,
-  type ServingStorage,
-} from '../storage/index.js';
-export type { BitmapInfo, PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';
+export type { CopyProgress, CopyResult } from '../block/index.js';
+export { serveStorage, type ServeStorageOptions, type ServingStorage } from '../storage/index.js';
+export type { BitmapInfo, PoolInfo, SnapshotInfo, VolumeInfo } from '../storage/index.js';
 export {
   repoAccess,
   openRepository,
   backupResult,
   backupSource,
-  runBackup,
   restoreSnapshot,
-  rollbackWith,
-  rollbackVolume,
   mountSnapshot,
   listBackupFilesystems,
   listBackupFiles,
@@ -46,7 +34,6 @@ export {
   type BackupRequest,
   type BackupResult,
   type RestoreRequest,
-  type RollbackResult,
   type MountRequest,
   type BackupFilesRequest,
   type BackupFilesystems,
