@@ -33,7 +33,7 @@ export function registerBackupRoute(
       const target = route.kind === 'vm' ? { vm: name } : { volume: name };
       return reply
         .code(202)
-        .send(site.backup(req.actor, target, Site.repoAccess(repo, passphraseFile), opts));
+        .send(site.backups.backup(req.actor, target, Site.repoAccess(repo, passphraseFile), opts));
     },
   );
 }

@@ -12,6 +12,8 @@ export interface ApiEndpoint {
   token: string;
   /** PEM of the CA that signed an https API's certificate (default: the system's). */
   ca?: string;
+  /** A unix socket to send the requests over instead of `url`'s host and port (a site in this process). */
+  socketPath?: string;
 }
 
 const CODES = new Set<string>([
@@ -105,6 +107,8 @@ export class ApiClient {
             ...headers,
           },
           ...(this.endpoint.ca ? { ca: this.endpoint.ca } : {}),
+          // A connection per request: nothing to race against an idle socket the server is closing.
+          ...(this.endpoint.socketPath ? { socketPath: this.endpoint.socketPath, agent: false } : {}),
         },
         resolve,
       );

@@ -26,7 +26,7 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
     { schema: { tags, body: s.createNetworkBody, response: { 201: s.networkAnswer } } },
     async (req, reply) => {
       const b = req.body as { name: string; kind: 'nat' | 'isolated' };
-      return reply.code(201).send(site.createNetwork(req.actor, b.name, b.kind));
+      return reply.code(201).send(site.vms.createNetwork(req.actor, b.name, b.kind));
     },
   );
   api.get(
@@ -35,7 +35,7 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
     async (req) => site.compute.network((req.params as Name).name),
   );
   api.delete('/networks/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
-    site.deleteNetwork(req.actor, (req.params as Name).name);
+    site.vms.deleteNetwork(req.actor, (req.params as Name).name);
     return reply.code(204).send();
   });
 
@@ -47,7 +47,7 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
     { schema: { tags, body: s.createVmBody, response: { 201: s.vmAnswer } } },
     async (req, reply) => {
       const { name, ...def } = req.body as VmDefinition & Name;
-      return reply.code(201).send(site.createVm(req.actor, name, def));
+      return reply.code(201).send(site.vms.createVm(req.actor, name, def));
     },
   );
   api.get(
@@ -56,13 +56,13 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
     async (req) => site.compute.vm((req.params as Name).name),
   );
   api.delete('/vms/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
-    site.deleteVm(req.actor, (req.params as Name).name);
+    site.vms.deleteVm(req.actor, (req.params as Name).name);
     return reply.code(204).send();
   });
   api.post(
     '/vms/:name/start',
     { schema: { tags, summary: 'start a VM (a job)', params: s.nameParam, response: { 202: s.jobAnswer } } },
-    async (req, reply) => reply.code(202).send(site.startVm(req.actor, (req.params as Name).name)),
+    async (req, reply) => reply.code(202).send(site.vms.startVm(req.actor, (req.params as Name).name)),
   );
   api.post(
     '/vms/:name/stop',
@@ -79,7 +79,7 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
       reply
         .code(202)
         .send(
-          site.stopVm(
+          site.vms.stopVm(
             req.actor,
             (req.params as Name).name,
             (req.body ?? {}) as { force?: boolean; graceSeconds?: number },
@@ -110,7 +110,7 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
       const name = (req.params as Name).name;
       return reply
         .code(202)
-        .send(site.moveVmStorage(req.actor, name, b.pool, b.keepSource ? { keepSource: true } : {}));
+        .send(site.volumes.moveVmStorage(req.actor, name, b.pool, b.keepSource ? { keepSource: true } : {}));
     },
   );
   api.post(
@@ -133,7 +133,7 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
         pool?: string;
         cmdline?: string;
       };
-      const r = await site.recoverInstant(req.actor, {
+      const r = await site.vms.recoverInstant(req.actor, {
         ...Site.repoAccess(b.repo, b.passphraseFile),
         ...(b.passphraseFile ? { passphraseFile: b.passphraseFile } : {}),
         snapshot: b.snapshot,

@@ -22,7 +22,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
   const tags = ['storage'];
 
   api.get('/pools', { schema: { tags, response: { 200: s.list(s.poolAnswer) } } }, async () =>
-    site.listPools(),
+    site.volumes.listPools(),
   );
   api.post(
     '/pools',
@@ -30,16 +30,16 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     async (req, reply) => {
       const b = req.body as { name: string; path?: string; tier?: string; capacityBytes?: number };
       const { name, ...opts } = b;
-      return reply.code(201).send(site.createPool(req.actor, name, opts));
+      return reply.code(201).send(site.volumes.createPool(req.actor, name, opts));
     },
   );
   api.get(
     '/pools/:name',
     { schema: { tags, params: s.nameParam, response: { 200: s.poolAnswer } } },
-    async (req) => site.pool((req.params as Name).name),
+    async (req) => site.volumes.pool((req.params as Name).name),
   );
   api.delete('/pools/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
-    site.deletePool(req.actor, (req.params as Name).name);
+    site.volumes.deletePool(req.actor, (req.params as Name).name);
     return reply.code(204).send();
   });
 
@@ -56,14 +56,14 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
         response: { 200: s.list(s.volumeAnswer) },
       },
     },
-    async (req) => site.listVolumes((req.query as { pool?: string }).pool),
+    async (req) => site.volumes.listVolumes((req.query as { pool?: string }).pool),
   );
   api.post(
     '/volumes',
     { schema: { tags, body: s.createVolumeBody, response: { 201: s.volumeAnswer } } },
     async (req, reply) => {
       const b = req.body as { name: string; sizeBytes: number; pool?: string };
-      return reply.code(201).send(site.createVolume(req.actor, b.name, b.sizeBytes, b.pool));
+      return reply.code(201).send(site.volumes.createVolume(req.actor, b.name, b.sizeBytes, b.pool));
     },
   );
   api.post(
@@ -77,29 +77,39 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       },
     },
     async (req, reply) =>
-      reply.code(202).send(site.importVolume(req.actor, req.body as Parameters<Site['importVolume']>[1])),
+      reply
+        .code(202)
+        .send(
+          site.volumes.importVolume(req.actor, req.body as Parameters<Site['volumes']['importVolume']>[1]),
+        ),
   );
   api.get(
     '/volumes/:name',
     { schema: { tags, params: volumeParam, response: { 200: s.volumeAnswer } } },
-    async (req) => site.volume((req.params as Name).name),
+    async (req) => site.volumes.volume((req.params as Name).name),
   );
   api.delete('/volumes/:name', { schema: { tags, params: volumeParam } }, async (req, reply) => {
-    site.deleteVolume(req.actor, (req.params as Name).name);
+    site.volumes.deleteVolume(req.actor, (req.params as Name).name);
     return reply.code(204).send();
   });
   api.post(
     '/volumes/:name/resize',
     { schema: { tags, params: volumeParam, body: s.resizeVolumeBody, response: { 200: s.volumeAnswer } } },
     async (req) =>
-      site.resizeVolume(req.actor, (req.params as Name).name, (req.body as { sizeBytes: number }).sizeBytes),
+      site.volumes.resizeVolume(
+        req.actor,
+        (req.params as Name).name,
+        (req.body as { sizeBytes: number }).sizeBytes,
+      ),
   );
   api.post(
     '/volumes/:name/clone',
     { schema: { tags, params: volumeParam, body: s.cloneVolumeBody, response: { 201: s.volumeAnswer } } },
     async (req, reply) => {
       const b = req.body as { snapshot: string; name: string };
-      return reply.code(201).send(site.cloneVolume(req.actor, (req.params as Name).name, b.snapshot, b.name));
+      return reply
+        .code(201)
+        .send(site.volumes.cloneVolume(req.actor, (req.params as Name).name, b.snapshot, b.name));
     },
   );
   api.post(
@@ -117,7 +127,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       const b = req.body as { image: string; snapshot?: string; format?: string; force?: boolean };
       const source = b.snapshot ? `${(req.params as Name).name}@${b.snapshot}` : (req.params as Name).name;
       return reply.code(202).send(
-        site.exportVolume(req.actor, {
+        site.volumes.exportVolume(req.actor, {
           source,
           image: b.image,
           ...(b.format ? { format: b.format } : {}),
@@ -150,7 +160,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       const name = (req.params as Name).name;
       return reply
         .code(202)
-        .send(site.moveVolume(req.actor, name, b.pool, b.keepSource ? { keepSource: true } : {}));
+        .send(site.volumes.moveVolume(req.actor, name, b.pool, b.keepSource ? { keepSource: true } : {}));
     },
   );
   api.post(
@@ -167,7 +177,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     async (req, reply) => {
       const b = req.body as { repo: string; passphraseFile?: string; snapshots?: string[]; rolling?: number };
       return reply.code(202).send(
-        site.verifyRepository(req.actor, {
+        site.backups.verifyRepository(req.actor, {
           ...Site.repoAccess(b.repo, b.passphraseFile),
           ...(b.snapshots ? { snapshots: b.snapshots } : {}),
           ...(b.rolling !== undefined ? { rolling: b.rolling } : {}),
@@ -188,7 +198,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     async (req, reply) => {
       const b = req.body as { repo: string; passphraseFile?: string; graceSeconds?: number };
       return reply.code(202).send(
-        site.gcRepository(req.actor, {
+        site.backups.gcRepository(req.actor, {
           ...Site.repoAccess(b.repo, b.passphraseFile),
           ...(b.graceSeconds !== undefined ? { graceMs: b.graceSeconds * 1000 } : {}),
         }),
@@ -210,7 +220,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     async (req, reply) => {
       const b = req.body as { repo: string; passphraseFile?: string; snapshot: string };
       return reply.code(202).send(
-        site.rollback(req.actor, {
+        site.backups.rollback(req.actor, {
           ...Site.repoAccess(b.repo, b.passphraseFile),
           snapshot: b.snapshot,
           volume: (req.params as Name).name,
@@ -238,7 +248,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
         pool?: string;
       };
       return reply.code(202).send(
-        site.restoreToVolume(req.actor, {
+        site.backups.restoreToVolume(req.actor, {
           ...Site.repoAccess(b.repo, b.passphraseFile),
           snapshot: b.snapshot,
           name: b.name,
@@ -251,7 +261,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
   api.get(
     '/volumes/:name/snapshots',
     { schema: { tags, params: volumeParam, response: { 200: s.list(s.snapshotAnswer) } } },
-    async (req) => site.listSnapshots((req.params as Name).name),
+    async (req) => site.volumes.listSnapshots((req.params as Name).name),
   );
   api.post(
     '/volumes/:name/snapshots',
@@ -268,7 +278,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       const b = req.body as { name: string; bitmap?: string };
       return reply
         .code(202)
-        .send(site.createSnapshot(req.actor, (req.params as Name).name, b.name, b.bitmap));
+        .send(site.volumes.createSnapshot(req.actor, (req.params as Name).name, b.name, b.bitmap));
     },
   );
   api.delete(
@@ -276,7 +286,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     { schema: { tags, params: snapshotParam } },
     async (req, reply) => {
       const p = req.params as Snap;
-      site.deleteSnapshot(req.actor, p.name, p.snapshot);
+      site.volumes.deleteSnapshot(req.actor, p.name, p.snapshot);
       return reply.code(204).send();
     },
   );
@@ -285,7 +295,54 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     { schema: { tags, params: snapshotParam } },
     async (req, reply) => {
       const p = req.params as Snap;
-      site.revertSnapshot(req.actor, p.name, p.snapshot);
+      site.volumes.revertSnapshot(req.actor, p.name, p.snapshot);
+      return reply.code(204).send();
+    },
+  );
+  const bitmapParam = {
+    type: 'object',
+    required: ['name', 'bitmap'],
+    properties: { name: { type: 'string' }, bitmap: { type: 'string' } },
+  } as const;
+  type Bitmap = { name: string; bitmap: string };
+  api.get(
+    '/volumes/:name/bitmaps',
+    { schema: { tags, params: volumeParam, response: { 200: s.list(s.bitmapAnswer) } } },
+    async (req) => site.volumes.listBitmaps((req.params as Name).name),
+  );
+  api.post(
+    '/volumes/:name/bitmaps',
+    {
+      schema: {
+        tags,
+        summary: "start tracking a volume's changes",
+        params: volumeParam,
+        body: s.addBitmapBody,
+        response: { 201: s.bitmapAnswer },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { name: string; granularity?: number };
+      return reply
+        .code(201)
+        .send(site.volumes.addBitmap(req.actor, (req.params as Name).name, b.name, b.granularity));
+    },
+  );
+  api.delete(
+    '/volumes/:name/bitmaps/:bitmap',
+    { schema: { tags, params: bitmapParam } },
+    async (req, reply) => {
+      const p = req.params as Bitmap;
+      site.volumes.removeBitmap(req.actor, p.name, p.bitmap);
+      return reply.code(204).send();
+    },
+  );
+  api.post(
+    '/volumes/:name/bitmaps/:bitmap/clear',
+    { schema: { tags, summary: 'mark everything clean (and trusted again)', params: bitmapParam } },
+    async (req, reply) => {
+      const p = req.params as Bitmap;
+      site.volumes.clearBitmap(req.actor, p.name, p.bitmap);
       return reply.code(204).send();
     },
   );

@@ -157,6 +157,24 @@ export const createSnapshotBody = {
   },
 } as const;
 
+export const bitmapAnswer = open("a volume's dirty bitmap (changed-block tracking)", {
+  name: { type: 'string' },
+  granularity: { type: 'integer' },
+  enabled: { type: 'boolean' },
+  inconsistent: { type: 'boolean' },
+  dirtyBytes: { type: 'integer' },
+});
+
+export const addBitmapBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name'],
+  properties: {
+    name,
+    granularity: { type: 'integer', minimum: 512, description: 'bytes per bit (default 64 KiB)' },
+  },
+} as const;
+
 export const createNetworkBody = {
   type: 'object',
   additionalProperties: false,

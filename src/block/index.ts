@@ -5,3 +5,13 @@ export { DirtyBitmap } from './dirty-bitmap.js';
 export { OverlayDevice } from './overlay.js';
 export { ThrottledDevice, type ThrottleLimits } from './throttle.js';
 export { PassThroughDevice } from './pass-through.js';
+export { NullDevice } from './null.js';
+export * from './extents.js';
+export {
+  copyBlocks,
+  runBounded,
+  zeroRuns,
+  type CopyOptions,
+  type CopyProgress,
+  type CopyResult,
+} from './copy.js';

@@ -3,8 +3,9 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { ApiClient, type ApiEndpoint } from '../api/client.js';
-import { HavenError, defaultDataDir, processStartTime } from '../common/index.js';
+import { HavenError, defaultDataDir, processStartTime, setDefaultLogLevel } from '../common/index.js';
 import { noteConnection } from './hints.js';
+import { localSiteModule } from './lazy.js';
 
 export interface ApiOpts {
   api?: string;
@@ -62,6 +63,25 @@ export function connect(o: ApiOpts): ApiClient {
   const caFile = o.caFile ?? process.env.HAVEN_CA_FILE ?? (fromConfig ? config.caFile : undefined);
   const endpoint: ApiEndpoint = { url, token, ...(caFile ? { ca: read(caFile, 'CA') } : {}) };
   return new ApiClient(endpoint);
+}
+
+/**
+ * The one path of every site command: with `--data DIR` the site of DIR opened in this process
+ * (no daemon may hold it; closed when `fn` ends), else the daemon `connect` finds. Either way the
+ * command speaks the same API, so offline work gets the daemon's checks, jobs and audit.
+ */
+export async function withSite<T>(
+  o: ApiOpts & { data?: string },
+  fn: (c: ApiClient) => Promise<T>,
+): Promise<T> {
+  if (!o.data) return fn(connect(o));
+  setDefaultLogLevel('warn'); // the site's "open" and "listening" lines are not the command's output
+  const local = await (await localSiteModule()).openLocalSite(o.data);
+  try {
+    return await fn(local.client);
+  } finally {
+    await local.close();
+  }
 }
 
 /**

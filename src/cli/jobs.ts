@@ -1,14 +1,15 @@
 import type { ApiClient } from '../api/client.js';
-import { HavenError, errorMessage } from '../common/index.js';
+import { HavenError, errorMessage, invalidArgument } from '../common/index.js';
 import type { Job } from '../orchestration/index.js';
-import { connect, type ApiOpts } from './api.js';
+import { withSite, type ApiOpts } from './api.js';
 import { printResult } from './output.js';
 import { barLine, progressView } from './progress.js';
 
 /**
  * What every job-starting command prints with --json (docs/cli.md): the job, with its `result`
- * once it succeeded. A job the site daemon ran has its `id` (and `actor`); an operation this
- * process ran itself (offline with --data, image files, NBD URIs, repositories) has no id.
+ * once it succeeded. A job a site ran (its daemon, or the site opened here with --data) has its
+ * `id` (and `actor`); an operation this process ran itself (image files, NBD URIs, repositories)
+ * has no id.
  */
 export type JobView = Omit<Job, 'id' | 'actor'> & { id?: string; actor?: string };
 
@@ -47,22 +48,28 @@ export function jobFailure(j: JobView): HavenError {
 /**
  * Starts a job through the API and, unless --no-wait, follows it to its end. --json prints the
  * job (running, with --no-wait; else finished, with its result or error); a job that did not
- * succeed also ends the command with its error.
+ * succeed also ends the command with its error. With --data the site runs in this process
+ * (withSite), so the command always waits: its job cannot outlive it.
  */
 export async function runJob(
-  o: ApiOpts & { wait: boolean },
-  start: () => Promise<Job>,
+  o: ApiOpts & { wait: boolean; data?: string },
+  start: (client: ApiClient) => Promise<Job>,
   done: (j: Job) => string,
 ): Promise<void> {
-  const client = connect(o);
-  const job = await start.call(null);
-  if (!o.wait) return printResult(!!o.json, job, () => `job ${job.id} (${job.kind} ${job.target}) started`);
-  const end = await followJob(client, job, { json: !!o.json });
-  if (end.state !== 'succeeded') {
-    if (o.json) printResult(true, end, () => '');
-    throw jobFailure(end);
-  }
-  printResult(!!o.json, end, () => done(end));
+  if (o.data && !o.wait)
+    throw invalidArgument(
+      `--no-wait needs the site daemon: with --data ${o.data} the job runs in this command's process and ends with it`,
+    );
+  return withSite(o, async (client) => {
+    const job = await start(client);
+    if (!o.wait) return printResult(!!o.json, job, () => `job ${job.id} (${job.kind} ${job.target}) started`);
+    const end = await followJob(client, job, { json: !!o.json });
+    if (end.state !== 'succeeded') {
+      if (o.json) printResult(true, end, () => '');
+      throw jobFailure(end);
+    }
+    printResult(!!o.json, end, () => done(end));
+  });
 }
 
 /** Reports progress of an in-process operation: (bytes done, bytes in all, phase). */

@@ -7,4 +7,6 @@ export type Orchestration = typeof import('../orchestration/index.js');
 export const orchestration = (): Promise<Orchestration> => import('../orchestration/index.js');
 export const apiServer = () => import('../api/daemon.js');
 /** Only what `haven nbd serve` needs: the whole orchestration layer would cost it ~10 MiB of RSS. */
-export const serveImageTool = () => import('../orchestration/tools/serve-image.js');
+export const serveImageTool = () => import('../orchestration/nbd-tools.js');
+/** A site opened in this process for a command with --data. */
+export const localSiteModule = () => import('../api/local.js');

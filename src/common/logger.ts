@@ -6,9 +6,20 @@ import { prettyLogLine } from './log-format.js';
 export type { Logger };
 
 let root: Logger | undefined;
+let defaultLevel = 'info';
 
 /**
- * The structured logger on stderr, level from HAVEN_LOG_LEVEL (default "info"): human-readable
+ * The level when HAVEN_LOG_LEVEL does not say: a one-shot command that opens a site in its own
+ * process (the CLI with --data) keeps the site's info lines off the user's terminal ("warn").
+ */
+export function setDefaultLogLevel(level: string): void {
+  defaultLevel = level;
+  if (root && process.env.HAVEN_LOG_LEVEL === undefined) root.level = level;
+}
+
+/**
+ * The structured logger on stderr, level from HAVEN_LOG_LEVEL (default "info", see
+ * setDefaultLogLevel): human-readable
  * lines when stderr is a terminal, JSON lines (for journald, log shippers, tests) when it is not;
  * HAVEN_LOG_FORMAT=json|pretty decides instead.
  * Secrets never go into log fields; `redact` is a second line of defence for the usual names.
@@ -21,7 +32,7 @@ export function rootLogger(): Logger {
     root = pino.pino(
       {
         name: 'haven',
-        level: process.env.HAVEN_LOG_LEVEL ?? 'info',
+        level: process.env.HAVEN_LOG_LEVEL ?? defaultLevel,
         redact: {
           paths: ['token', '*.token', 'passphrase', '*.passphrase', 'key', '*.key', 'authorization'],
           censor: '[secret]',

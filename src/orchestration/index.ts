@@ -1,13 +1,44 @@
-export * from './tools/nbd-info.js';
-export * from './tools/nbd-copy.js';
-export { openSource, openDestination, type Endpoint, type EndpointOptions } from './tools/nbd-endpoints.js';
-export * from './tools/serve-image.js';
-export * from './tools/storage.js';
 export * from './site/index.js';
-export { readPskFile, type TlsCredentials } from '../nbd/index.js';
-export type { PoolInfo, SnapshotInfo, VolumeInfo, StorageService } from '../storage/index.js';
-export * from './tools/backup.js';
-export * from './tools/backup-files.js';
+// What the faces run without a site (nbd …, storage serve, repository commands, backups of files
+// and NBD URIs), as the orchestration layer's surface: the faces import nothing below it.
+export {
+  nbdInfo,
+  formatNbdInfo,
+  human,
+  nbdCopy,
+  serveImage,
+  parseHostPort,
+  readPskFile,
+  type NbdInfoOptions,
+  type NbdInfoResult,
+  type MapEntry,
+  type NbdCopyOptions,
+  type ServeImageOptions,
+  type ServingImage,
+  type TlsCredentials,
+} from '../nbd/index.js';
+export type { CopyProgress, CopyResult } from '../block/index.js';
+export { serveStorage, type ServeStorageOptions, type ServingStorage } from '../storage/index.js';
+export type { BitmapInfo, PoolInfo, SnapshotInfo, VolumeInfo } from '../storage/index.js';
+export {
+  repoAccess,
+  openRepository,
+  backupResult,
+  backupSource,
+  restoreSnapshot,
+  mountSnapshot,
+  listBackupFilesystems,
+  listBackupFiles,
+  extractBackupFiles,
+  type RepoAccess,
+  type BackupRequest,
+  type BackupResult,
+  type RestoreRequest,
+  type MountRequest,
+  type BackupFilesRequest,
+  type BackupFilesystems,
+  type BackupListing,
+} from '../protection/index.js';
 export {
   Repository,
   verify as verifyRepository,
@@ -18,3 +49,4 @@ export {
   type RetentionPolicy,
   type BackupSnapshot,
 } from '../repository/index.js';
+export { defaultDataDir } from '../common/index.js';

@@ -49,3 +49,30 @@ export {
   type SourceStatus,
 } from './replication/source-gateway.js';
 export { TargetGateway, type TargetGatewayOptions } from './replication/target-gateway.js';
+export {
+  repoAccess,
+  openRepository,
+  backupResult,
+  backupSource,
+  runBackup,
+  restoreSnapshot,
+  rollbackWith,
+  rollbackVolume,
+  type RepoAccess,
+  type BackupRequest,
+  type BackupResult,
+  type RestoreRequest,
+  type RollbackResult,
+} from './backup/requests.js';
+export { mountSnapshot, type MountRequest } from './recovery/mount.js';
+export {
+  TRANSPORTS,
+  TransferSlots,
+  attachSnapshot,
+  chooseTransport,
+  isTransport,
+  offeredTransports,
+  type SiteEndpoints,
+  type TcpEndpoint,
+  type Transport,
+} from './backup/transports.js';

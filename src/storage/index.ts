@@ -7,3 +7,8 @@ export { StorageService, MOVING_SUFFIX, BASE_LABEL, type MoveResult } from './se
 export { TapDevice } from './tap.js';
 export type { TapEvent, TapSubscriber, ChangeTracker } from './tap.js';
 export { StorageExports } from './exports.js';
+export type { BitmapInfo } from './bitmaps.js';
+export { openStorage, withStorage } from './open.js';
+export { serveStorage, type ServeStorageOptions, type ServingStorage } from './serve.js';
+export { importVolume, exportVolume } from './image-transfer.js';
+export { sitePsk, makePrivate, PSK_IDENTITY, type SitePsk } from './nbd-access.js';

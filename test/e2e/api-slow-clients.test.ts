@@ -91,7 +91,7 @@ test('API: stalled headers, a body that never completes and a trickling body are
     assert.doesNotMatch(c.answer, /^HTTP\/1\.1 20/, `${what} was not served: ${c.answer}`);
   }
   assert.match(b.answer, /^HTTP\/1\.1 408/);
-  assert.equal(d.site.listVolumes().length, 0, 'the half-sent POST created nothing');
+  assert.equal(d.site.volumes.listVolumes().length, 0, 'the half-sent POST created nothing');
   assert.equal((await fetch(`${d.url}/api/v1/site`, { headers: auth })).status, 200);
 });
 

@@ -20,7 +20,8 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { backupSource, Repository } from '../../src/orchestration/index.js';
+import { Repository } from '../../src/orchestration/index.js';
+import { backupSource } from '../../src/protection/index.js';
 import { tempDir } from '../support/tmp.js';
 import { HAVEN_BIN, run } from '../support/proc.js';
 import { ensureGuest, fileBytes, launchGuest, makeBlankDisk, makeExt4Disk } from '../support/guest.js';

@@ -10,7 +10,7 @@ import { closeSync, openSync, readdirSync, truncateSync, writeSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { backupSource, restoreSnapshot } from '../../src/orchestration/index.js';
+import { backupSource, restoreSnapshot } from '../../src/protection/index.js';
 import { Repository } from '../../src/repository/index.js';
 import { HAVEN_BIN, start, waitForListen } from '../support/proc.js';
 import { tempDir, treeHash } from '../support/tmp.js';

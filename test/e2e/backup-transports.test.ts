@@ -11,7 +11,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { HavenError } from '../../src/common/index.js';
 import { Site, type Job } from '../../src/orchestration/index.js';
-import { chooseTransport } from '../../src/orchestration/site/transports.js';
+import { chooseTransport } from '../../src/protection/index.js';
 import { Repository } from '../../src/repository/index.js';
 import { makeTestPki } from '../support/tls.js';
 import { tempDir } from '../support/tmp.js';
@@ -35,7 +35,7 @@ test('every transport gives the same snapshot; auto prefers san', async (t) => {
     nbdListenPlain: '127.0.0.1:0',
   });
   t.after(() => site.close());
-  assert.deepEqual(site.transports(), ['san', 'hotadd', 'nbds', 'nbd']);
+  assert.deepEqual(site.backups.transports(), ['san', 'hotadd', 'nbds', 'nbd']);
   await fill(site, 'v', 24 * MiB);
 
   const results: Record<string, { index: string; readBytes: number; transport?: string }> = {};
@@ -43,7 +43,7 @@ test('every transport gives the same snapshot; auto prefers san', async (t) => {
     // A repository each: every backup is a full read through its transport.
     const repo = join(dir.path, `repo-${transport}`);
     await Repository.init(repo);
-    const job = site.backup('test', { volume: 'v' }, { repo }, { transport });
+    const job = site.backups.backup('test', { volume: 'v' }, { repo }, { transport });
     const done = await site.jobs.wait(job.id);
     assert.equal(done.state, 'succeeded', `${transport}: ${done.error}`);
     const r = done.result as { snapshot: string; transport: string };
@@ -67,7 +67,7 @@ test('every transport gives the same snapshot; auto prefers san', async (t) => {
   await dev.write(randomBytes(MiB), 5 * MiB);
   const newest = (await (await Repository.open(join(dir.path, 'repo-auto'))).listSnapshots()).pop()!;
   const rb = await site.jobs.wait(
-    site.rollback('test', { repo: join(dir.path, 'repo-auto'), snapshot: newest.id, volume: 'v' }).id,
+    site.backups.rollback('test', { repo: join(dir.path, 'repo-auto'), snapshot: newest.id, volume: 'v' }).id,
   );
   assert.equal(rb.state, 'succeeded', rb.error);
   const after = Buffer.alloc(24 * MiB);
@@ -81,7 +81,13 @@ test('every transport gives the same snapshot; auto prefers san', async (t) => {
   const indexes = new Set(Object.values(results).map((r) => r.index));
   assert.equal(indexes.size, 1, `the same data gives the same snapshot: ${JSON.stringify(results)}`);
   assert.throws(
-    () => site.backup('test', { volume: 'v' }, { repo: join(dir.path, 'repo-san') }, { transport: 'fibre' }),
+    () =>
+      site.backups.backup(
+        'test',
+        { volume: 'v' },
+        { repo: join(dir.path, 'repo-san') },
+        { transport: 'fibre' },
+      ),
     (e: HavenError) => e.code === 'INVALID_ARGUMENT' && /fibre/.test(e.message),
   );
   // The order auto tries, and a transport the site does not offer.
@@ -104,22 +110,22 @@ test('nbds with X.509 credentials beside the PSK; the limit per host makes jobs 
     maxTransfersPerHost: 1,
   });
   t.after(() => site.close());
-  assert.deepEqual(site.transports(), ['san', 'hotadd', 'nbds']);
+  assert.deepEqual(site.backups.transports(), ['san', 'hotadd', 'nbds']);
   await fill(site, 'a', 64 * MiB);
   await fill(site, 'b', 16 * MiB);
 
   const repoTls = join(dir.path, 'repo-tls');
   await Repository.init(repoTls);
   const overTls = await site.jobs.wait(
-    site.backup('test', { volume: 'b' }, { repo: repoTls }, { transport: 'nbds' }).id,
+    site.backups.backup('test', { volume: 'b' }, { repo: repoTls }, { transport: 'nbds' }).id,
   );
   assert.equal(overTls.state, 'succeeded', overTls.error);
 
   // One slot: the second job waits for the first, then runs; both succeed.
   const repos = [join(dir.path, 'repo-a'), join(dir.path, 'repo-b')];
   for (const r of repos) await Repository.init(r);
-  const first = site.backup('test', { volume: 'a' }, { repo: repos[0]! }, { transport: 'hotadd' });
-  const second = site.backup('test', { volume: 'b' }, { repo: repos[1]! }, { transport: 'san' });
+  const first = site.backups.backup('test', { volume: 'a' }, { repo: repos[0]! }, { transport: 'hotadd' });
+  const second = site.backups.backup('test', { volume: 'b' }, { repo: repos[1]! }, { transport: 'san' });
   const [j1, j2] = (await Promise.all([site.jobs.wait(first.id), site.jobs.wait(second.id)])) as [Job, Job];
   assert.equal(j1.state, 'succeeded', j1.error);
   assert.equal(j2.state, 'succeeded', j2.error);

@@ -10,7 +10,7 @@ import { existsSync, readFileSync, readdirSync, renameSync, utimesSync, writeFil
 import { basename, dirname, join } from 'node:path';
 import { openRawFile } from '../../src/block/index.js';
 import { errorMessage } from '../../src/common/index.js';
-import { backupSource, restoreSnapshot } from '../../src/orchestration/index.js';
+import { backupSource, restoreSnapshot } from '../../src/protection/index.js';
 import { backup, openChunkPool } from '../../src/protection/index.js';
 import { Repository, chunkKey, gc, verify, type SnapshotManifest } from '../../src/repository/index.js';
 import { tempDir } from '../support/tmp.js';

@@ -11,13 +11,9 @@ import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync }
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { HavenError } from '../../src/common/index.js';
-import {
-  backupSource,
-  exportVolume,
-  nbdCopy,
-  restoreSnapshot,
-  withStorage,
-} from '../../src/orchestration/index.js';
+import { nbdCopy } from '../../src/orchestration/index.js';
+import { exportVolume, withStorage } from '../../src/storage/index.js';
+import { backupSource, restoreSnapshot } from '../../src/protection/index.js';
 import { Repository, type SnapshotManifest } from '../../src/repository/index.js';
 import { HAVEN_BIN, start, waitForListen } from '../support/proc.js';
 import { site } from '../support/site.js';

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { withStorage } from '../../src/orchestration/index.js';
+import { withStorage } from '../../src/storage/index.js';
 import { HAVEN_BIN, run, start, waitForListen } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
 

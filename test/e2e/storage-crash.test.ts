@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { connectNbd } from '../../src/nbd/index.js';
-import { withStorage } from '../../src/orchestration/index.js';
+import { withStorage } from '../../src/storage/index.js';
 import { HAVEN_BIN, start, waitForListen, type Running } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
 

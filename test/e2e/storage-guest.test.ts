@@ -4,12 +4,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import {
-  serveStorage,
-  importVolume,
-  exportVolume,
-  type ServingStorage,
-} from '../../src/orchestration/index.js';
+import { type ServingStorage } from '../../src/orchestration/index.js';
+import { serveStorage, importVolume, exportVolume } from '../../src/storage/index.js';
 import { tempDir } from '../support/tmp.js';
 import {
   ensureGuest,

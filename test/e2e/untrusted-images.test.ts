@@ -13,14 +13,9 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { HavenError } from '../../src/common/index.js';
-import {
-  backupSource,
-  importVolume,
-  nbdCopy,
-  restoreSnapshot,
-  serveStorage,
-  withStorage,
-} from '../../src/orchestration/index.js';
+import { nbdCopy } from '../../src/orchestration/index.js';
+import { importVolume, serveStorage, withStorage } from '../../src/storage/index.js';
+import { backupSource, restoreSnapshot } from '../../src/protection/index.js';
 import { Repository } from '../../src/repository/index.js';
 import { HAVEN_BIN } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';

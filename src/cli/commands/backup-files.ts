@@ -4,7 +4,9 @@ import type { RepoAccess } from '../../orchestration/index.js';
 import { bytes, table } from '../args.js';
 import { orchestration } from '../lazy.js';
 import { printResult } from '../output.js';
-import type { RepoOpts } from './backup.js';
+
+/** Where the repository is, as every repository command takes it. */
+export type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
 
 type FilesOpts = RepoOpts & {
   disk: string;

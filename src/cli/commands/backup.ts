@@ -11,14 +11,12 @@ const backupSource = async (...a: Parameters<Orchestration['backupSource']>) =>
   (await orchestration()).backupSource(...a);
 const restoreSnapshot = async (...a: Parameters<Orchestration['restoreSnapshot']>) =>
   (await orchestration()).restoreSnapshot(...a);
-import { apiOptions, connect, daemonPassphraseFile, type ApiOpts } from '../api.js';
+import { apiOptions, daemonPassphraseFile, type ApiOpts } from '../api.js';
 import { bytes, parseSize, table } from '../args.js';
 import { runJob, runLocal } from '../jobs.js';
 import { stopOnSignal } from './nbd-serve.js';
 import { EXIT_DAMAGE, EXIT_FAILED, failWith, fields, printResult, reportError } from '../output.js';
-import { registerBackupFiles } from './backup-files.js';
-
-export type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
+import { registerBackupFiles, type RepoOpts } from './backup-files.js';
 
 function repoOptions(cmd: Command): Command {
   return cmd
@@ -355,13 +353,14 @@ export function registerBackup(program: Command): void {
     .option('--no-wait', 'through the daemon: return once the job has started')
     .option('--json', 'print JSON')
     .action(async (source: string, o: BackupOpts) => {
-      const daemon = /^vm:/.test(source) ? 'vms' : /^volume:/.test(source) && !o.data ? 'volumes' : undefined;
+      // A site's VMs and volumes: through its daemon, or with --data its site opened here.
+      const daemon = /^vm:/.test(source) ? 'vms' : /^volume:/.test(source) ? 'volumes' : undefined;
       if (daemon) {
         const name = source.slice(source.indexOf(':') + 1);
         return runJob(
           o,
-          () =>
-            connect(o).post<Job>(`/${daemon}/${encodeURIComponent(name)}/backup`, {
+          (c) =>
+            c.post<Job>(`/${daemon}/${encodeURIComponent(name)}/backup`, {
               ...daemonRepo(o),
               ...(o.transport ? { transport: o.transport } : {}),
               ...(o.preFreezeHook ? { preFreezeHook: o.preFreezeHook } : {}),
@@ -388,7 +387,7 @@ export function registerBackup(program: Command): void {
         );
       if (o.transport && o.transport !== 'auto' && o.transport !== 'san')
         throw invalidArgument(
-          `--transport ${o.transport} needs the site daemon (volume:/vm: without --data); offline backups read the pool directly (san), files and NBD URIs carry their own`,
+          `--transport ${o.transport} is for the volumes and VMs of a site (volume:NAME, vm:NAME); files and NBD URIs carry their own`,
         );
       await runLocal(
         o,
@@ -398,7 +397,6 @@ export function registerBackup(program: Command): void {
             await backupSource({
               ...access(o),
               source,
-              ...(o.data ? { data: o.data } : {}),
               ...(o.bitmap ? { bitmap: o.bitmap } : {}),
               ...(o.format ? { format: o.format } : {}),
               ...(o.tag ? { tags: o.tag } : {}),
@@ -437,32 +435,17 @@ export function registerBackup(program: Command): void {
         const volume = o.to.slice('volume:'.length);
         const said = (r: { changedBytes: number; dataBytes: number; zeroBytes: number }) =>
           `rolled volume ${volume} back to snapshot ${id}: ${bytes(r.changedBytes)} had changed, ${bytes(r.dataBytes + r.zeroBytes)} rewritten, every chunk verified`;
-        if (!o.data)
-          return runJob(
-            o,
-            () =>
-              connect(o).post<Job>(`/volumes/${encodeURIComponent(volume)}/rollback`, {
-                ...daemonRepo(o),
-                snapshot: id,
-              }),
-            (j) => said(j.result as { changedBytes: number; dataBytes: number; zeroBytes: number }),
-          );
-        const data = o.data;
-        return void (await runLocal(
+        return runJob(
           o,
-          { kind: 'volume.rollback', target: volume },
-          async (onProgress) =>
-            (await orchestration()).rollbackVolume({
-              ...access(o),
+          (c) =>
+            c.post<Job>(`/volumes/${encodeURIComponent(volume)}/rollback`, {
+              ...daemonRepo(o),
               snapshot: id,
-              volume,
-              data,
-              onProgress: (d, t) => onProgress(d, t, 'rollback'),
             }),
-          said,
-        ));
+          (j) => said(j.result as { changedBytes: number; dataBytes: number; zeroBytes: number }),
+        );
       }
-      if (o.to.startsWith('volume:') && !o.data) {
+      if (o.to.startsWith('volume:')) {
         const body = {
           ...daemonRepo(o),
           snapshot: id,
@@ -472,7 +455,7 @@ export function registerBackup(program: Command): void {
         };
         return runJob(
           o,
-          () => connect(o).post<Job>('/volumes/restore', body),
+          (c) => c.post<Job>('/volumes/restore', body),
           () => `restored snapshot ${id} into ${o.to}, every chunk verified`,
         );
       }
@@ -486,7 +469,6 @@ export function registerBackup(program: Command): void {
             to: o.to,
             disk,
             pool: o.pool,
-            ...(o.data ? { data: o.data } : {}),
             ...(o.force ? { force: true } : {}),
             onProgress: (d, t) => onProgress(d, t, 'restore'),
           }),
@@ -520,9 +502,17 @@ type RestoreOpts = RepoOpts &
     wait: boolean;
   };
 
-/** The repository as the daemon needs it: absolute paths; the passphrase stays in its file. */
-function daemonRepo(o: RepoOpts): { repo: string; passphraseFile?: string } {
+/**
+ * The repository as the site needs it: absolute paths; the passphrase stays in its file. A site
+ * opened here (--data) reads this process's $HAVEN_PASSPHRASE itself.
+ */
+function daemonRepo(o: RepoOpts & { data?: string }): { repo: string; passphraseFile?: string } {
   const repo = o.repo ?? process.env.HAVEN_REPO;
   if (!repo) throw invalidArgument('give --repo DIR (or set HAVEN_REPO)');
+  if (o.data)
+    return {
+      repo: resolve(repo),
+      ...(o.passphraseFile ? { passphraseFile: resolve(o.passphraseFile) } : {}),
+    };
   return { repo: resolve(repo), ...daemonPassphraseFile(o.passphraseFile) };
 }

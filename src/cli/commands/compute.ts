@@ -126,7 +126,7 @@ export function registerVm(program: Command): void {
     .action((name: string, o: WaitOpts) =>
       runJob(
         o,
-        () => connect(o).post<Job>(`/vms/${enc(name)}/start`),
+        (c) => c.post<Job>(`/vms/${enc(name)}/start`),
         () => `VM ${name} is running`,
       ),
     );
@@ -144,8 +144,8 @@ export function registerVm(program: Command): void {
         throw invalidArgument(`--grace "${o.grace}" is not a whole number of seconds`);
       return runJob(
         o,
-        () =>
-          connect(o).post<Job>(`/vms/${enc(name)}/stop`, {
+        (c) =>
+          c.post<Job>(`/vms/${enc(name)}/stop`, {
             ...(o.force ? { force: true } : {}),
             graceSeconds: grace,
           }),
@@ -163,8 +163,8 @@ export function registerVm(program: Command): void {
     .action((name: string, o: WaitOpts & { pool: string; keepSource?: boolean }) =>
       runJob(
         o,
-        () =>
-          connect(o).post<Job>(`/vms/${enc(name)}/move-storage`, {
+        (c) =>
+          c.post<Job>(`/vms/${enc(name)}/move-storage`, {
             pool: o.pool,
             ...(o.keepSource ? { keepSource: true } : {}),
           }),

@@ -2,26 +2,16 @@ import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import { resolve } from 'node:path';
 import type { ApiClient } from '../../api/client.js';
-import type { Job, PoolInfo, SnapshotInfo, StorageService, VolumeInfo } from '../../orchestration/index.js';
+import type { BitmapInfo, Job, PoolInfo, SnapshotInfo, VolumeInfo } from '../../orchestration/index.js';
 import { orchestration, type Orchestration } from '../lazy.js';
-import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { apiOptions, withSite, type ApiOpts } from '../api.js';
 import { movedSummary } from './compute.js';
-import { runJob, runLocal } from '../jobs.js';
+import { runJob } from '../jobs.js';
 import { bytes, dataOption, parseSize, table } from '../args.js';
 import { fields, printResult } from '../output.js';
 
 type DataOpts = { data?: string; json?: boolean };
 
-async function withStorage<T>(
-  dir: string | undefined,
-  fn: (s: StorageService) => T | Promise<T>,
-): Promise<T> {
-  return (await orchestration()).withStorage(dir, fn);
-}
-const importVolume = async (...a: Parameters<Orchestration['importVolume']>) =>
-  (await orchestration()).importVolume(...a);
-const exportVolume = async (...a: Parameters<Orchestration['exportVolume']>) =>
-  (await orchestration()).exportVolume(...a);
 const serveStorage = async (...a: Parameters<Orchestration['serveStorage']>) =>
   (await orchestration()).serveStorage(...a);
 
@@ -73,13 +63,9 @@ export function registerStorage(program: Command): void {
     );
 }
 
-/** Offline on a data directory (--data), or through the site daemon (the default). */
-function via<T>(
-  o: DataOpts & ApiOpts,
-  offline: (s: StorageService) => T | Promise<T>,
-  online: (c: ApiClient) => Promise<T>,
-): Promise<T> {
-  return o.data ? withStorage(o.data, offline) : online(connect(o));
+/** Through the site daemon (the default), or the site of a data directory opened here (--data). */
+function via<T>(o: DataOpts & ApiOpts, online: (c: ApiClient) => Promise<T>): Promise<T> {
+  return withSite(o, online);
 }
 
 function both(cmd: Command): Command {
@@ -126,11 +112,7 @@ export function registerPool(program: Command): void {
           ...(o.path ? { path: resolve(o.path) } : {}),
           ...(o.capacity ? { capacityBytes: parseSize(o.capacity, '--capacity') } : {}),
         };
-        const p = await via(
-          o,
-          (s) => s.createPool(name, opts),
-          (c) => c.post<PoolInfo>('/pools', { name, ...opts }),
-        );
+        const p = await via(o, (c) => c.post<PoolInfo>('/pools', { name, ...opts }));
         printResult(!!o.json, p, () => `created pool ${p.name} at ${p.path}`);
       },
     );
@@ -138,11 +120,7 @@ export function registerPool(program: Command): void {
     .description('list pools with capacity and capabilities')
     .option('--json', 'print JSON')
     .action(async (o: DataOpts & ApiOpts) => {
-      const pools = await via(
-        o,
-        (s) => s.listPools(),
-        (c) => c.get<PoolInfo[]>('/pools'),
-      );
+      const pools = await via(o, (c) => c.get<PoolInfo[]>('/pools'));
       printResult(!!o.json, pools, () => poolRows(pools));
     });
   both(pool.command('show'))
@@ -150,11 +128,7 @@ export function registerPool(program: Command): void {
     .argument('<name>')
     .option('--json', 'print JSON')
     .action(async (name: string, o: DataOpts & ApiOpts) => {
-      const p = await via(
-        o,
-        (s) => s.pool(name).info(),
-        (c) => c.get<PoolInfo>(`/pools/${enc(name)}`),
-      );
+      const p = await via(o, (c) => c.get<PoolInfo>(`/pools/${enc(name)}`));
       const c = p.capabilities;
       printResult(!!o.json, p, () =>
         fields([
@@ -176,13 +150,7 @@ export function registerPool(program: Command): void {
   both(pool.command('delete'))
     .description('delete an empty pool')
     .argument('<name>')
-    .action((name: string, o: DataOpts & ApiOpts) =>
-      via(
-        o,
-        (s) => void s.deletePool(name),
-        (c) => c.delete(`/pools/${enc(name)}`),
-      ),
-    );
+    .action((name: string, o: DataOpts & ApiOpts) => via(o, (c) => c.delete(`/pools/${enc(name)}`)));
 }
 
 /** `haven volume …` */
@@ -198,11 +166,7 @@ export function registerVolume(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (name: string, o: DataOpts & ApiOpts & { size: string; pool: string }) => {
       const size = parseSize(o.size, '--size');
-      const v = await via(
-        o,
-        (s) => s.createVolume(name, size, o.pool),
-        (c) => c.post<VolumeInfo>('/volumes', { name, sizeBytes: size, pool: o.pool }),
-      );
+      const v = await via(o, (c) => c.post<VolumeInfo>('/volumes', { name, sizeBytes: size, pool: o.pool }));
       printResult(!!o.json, v, () => `created volume ${v.name} (${bytes(v.size)}) in pool ${v.pool}`);
     });
   both(volume.command('list'))
@@ -210,10 +174,8 @@ export function registerVolume(program: Command): void {
     .option('--pool <pool>', 'only this pool')
     .option('--json', 'print JSON')
     .action(async (o: DataOpts & ApiOpts & { pool?: string }) => {
-      const vols = await via(
-        o,
-        (s) => s.listVolumes(o.pool),
-        (c) => c.get<VolumeInfo[]>(`/volumes${o.pool ? `?pool=${enc(o.pool)}` : ''}`),
+      const vols = await via(o, (c) =>
+        c.get<VolumeInfo[]>(`/volumes${o.pool ? `?pool=${enc(o.pool)}` : ''}`),
       );
       printResult(!!o.json, vols, () =>
         table([
@@ -227,14 +189,10 @@ export function registerVolume(program: Command): void {
     .argument('<name>')
     .option('--json', 'print JSON')
     .action(async (name: string, o: DataOpts & ApiOpts) => {
-      const v = await via(
-        o,
-        (s) => ({ ...s.volume(name), snapshots: s.listSnapshots(name) }),
-        async (c) => ({
-          ...(await c.get<VolumeInfo>(`/volumes/${enc(name)}`)),
-          snapshots: await c.get<SnapshotInfo[]>(`/volumes/${enc(name)}/snapshots`),
-        }),
-      );
+      const v = await via(o, async (c) => ({
+        ...(await c.get<VolumeInfo>(`/volumes/${enc(name)}`)),
+        snapshots: await c.get<SnapshotInfo[]>(`/volumes/${enc(name)}/snapshots`),
+      }));
       const labels = Object.entries(v.labels);
       printResult(!!o.json, v, () =>
         [
@@ -257,24 +215,14 @@ export function registerVolume(program: Command): void {
   both(volume.command('delete'))
     .description('delete a volume (refused while it has snapshots or a VM uses it)')
     .argument('<name>')
-    .action((name: string, o: DataOpts & ApiOpts) =>
-      via(
-        o,
-        (s) => s.deleteVolume(name),
-        (c) => c.delete(`/volumes/${enc(name)}`),
-      ),
-    );
+    .action((name: string, o: DataOpts & ApiOpts) => via(o, (c) => c.delete(`/volumes/${enc(name)}`)));
   both(volume.command('resize'))
     .description('grow a volume')
     .argument('<name>')
     .requiredOption('--size <size>', 'new logical size')
     .action(async (name: string, o: DataOpts & ApiOpts & { size: string }) => {
       const size = parseSize(o.size, '--size');
-      await via(
-        o,
-        (s) => s.resizeVolume(name, size),
-        (c) => c.post<VolumeInfo>(`/volumes/${enc(name)}/resize`, { sizeBytes: size }),
-      );
+      await via(o, (c) => c.post<VolumeInfo>(`/volumes/${enc(name)}/resize`, { sizeBytes: size }));
     });
   both(volume.command('move'))
     .description('live storage migration: move a volume to another pool, in use or not (a job)')
@@ -288,28 +236,10 @@ export function registerVolume(program: Command): void {
         name: string,
         o: DataOpts & ApiOpts & { pool: string; keepSource?: boolean; wait: boolean; json?: boolean },
       ) => {
-        if (o.data)
-          return withStorage(
-            o.data,
-            async (s) =>
-              void (await runLocal(
-                o,
-                { kind: 'volume.move', target: name },
-                async (onProgress) => ({
-                  volumes: [
-                    await s.moveVolume(name, o.pool, {
-                      ...(o.keepSource ? { keepSource: true } : {}),
-                      onProgress: (d, t) => onProgress(d, t, `copying ${name}`),
-                    }),
-                  ],
-                }),
-                (r) => movedSummary({ result: r }),
-              )),
-          );
         return runJob(
           o,
-          () =>
-            connect(o).post<Job>(`/volumes/${enc(name)}/move`, {
+          (c) =>
+            c.post<Job>(`/volumes/${enc(name)}/move`, {
               pool: o.pool,
               ...(o.keepSource ? { keepSource: true } : {}),
             }),
@@ -324,11 +254,7 @@ export function registerVolume(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (snap: string, name: string, o: DataOpts & ApiOpts) => {
       const [vol, sn] = splitSnapshot(snap);
-      const v = await via(
-        o,
-        (s) => s.clone(vol, sn, name),
-        (c) => c.post<VolumeInfo>(`/volumes/${enc(vol)}/clone`, { snapshot: sn, name }),
-      );
+      const v = await via(o, (c) => c.post<VolumeInfo>(`/volumes/${enc(vol)}/clone`, { snapshot: sn, name }));
       printResult(!!o.json, v, () => `created volume ${v.name} from ${snap}`);
     });
   both(volume.command('import'))
@@ -353,32 +279,9 @@ export function registerVolume(program: Command): void {
           pool: o.pool,
           ...(o.format ? { format: o.format } : {}),
         };
-        if (o.data)
-          return withStorage(
-            o.data,
-            async (s) =>
-              void (await runLocal(
-                o,
-                { kind: 'volume.import', target: o.name },
-                async (onProgress) => {
-                  const r = await importVolume(s, {
-                    ...opts,
-                    onProgress: (p) => onProgress(p.done, p.total, p.phase),
-                  });
-                  return {
-                    volume: r.volume,
-                    digest: r.copy.digest,
-                    dataBytes: r.copy.dataBytes,
-                    zeroBytes: r.copy.zeroBytes,
-                  };
-                },
-                (r) =>
-                  `imported ${image} into volume ${r.volume.name}: ${bytes(r.dataBytes)} of data, verified`,
-              )),
-          );
         return runJob(
           o,
-          () => connect(o).post<Job>('/volumes/import', opts),
+          (c) => c.post<Job>('/volumes/import', opts),
           (j) =>
             `imported ${image} into volume ${o.name}: ${bytes((j.result as { dataBytes: number }).dataBytes)} of data, verified`,
         );
@@ -399,31 +302,11 @@ export function registerVolume(program: Command): void {
         o: DataOpts & ApiOpts & { format: string; force?: boolean; wait: boolean },
       ) => {
         const out = resolve(image);
-        if (o.data)
-          return withStorage(
-            o.data,
-            async (s) =>
-              void (await runLocal(
-                o,
-                { kind: 'volume.export', target: source },
-                async (onProgress) => {
-                  const r = await exportVolume(s, {
-                    source,
-                    image: out,
-                    format: o.format,
-                    ...(o.force ? { force: true } : {}),
-                    onProgress: (p) => onProgress(p.done, p.total, p.phase),
-                  });
-                  return { image: out, digest: r.digest, dataBytes: r.dataBytes };
-                },
-                () => `exported ${source} to ${image} (${o.format}), verified`,
-              )),
-          );
         const [vol, snap] = source.includes('@') ? splitSnapshot(source) : [source, undefined];
         return runJob(
           o,
-          () =>
-            connect(o).post<Job>(`/volumes/${enc(vol)}/export`, {
+          (c) =>
+            c.post<Job>(`/volumes/${enc(vol)}/export`, {
               image: out,
               format: o.format,
               ...(snap ? { snapshot: snap } : {}),
@@ -450,24 +333,10 @@ export function registerSnapshot(program: Command): void {
     .action((volume: string, name: string, o: DataOpts & ApiOpts & { bitmap?: string; wait: boolean }) => {
       const said = () =>
         `took snapshot ${volume}@${name}${o.bitmap ? `; bitmap ${o.bitmap} starts a new epoch` : ''}`;
-      if (o.data)
-        return withStorage(
-          o.data,
-          async (s) =>
-            void (await runLocal(
-              o,
-              { kind: 'snapshot.create', target: `${volume}@${name}` },
-              () =>
-                Promise.resolve(
-                  o.bitmap ? s.checkpoint(volume, name, o.bitmap).snapshot : s.snapshot(volume, name),
-                ),
-              said,
-            )),
-        );
       return runJob(
         o,
-        () =>
-          connect(o).post<Job>(`/volumes/${enc(volume)}/snapshots`, {
+        (c) =>
+          c.post<Job>(`/volumes/${enc(volume)}/snapshots`, {
             name,
             ...(o.bitmap ? { bitmap: o.bitmap } : {}),
           }),
@@ -479,11 +348,7 @@ export function registerSnapshot(program: Command): void {
     .argument('<volume>')
     .option('--json', 'print JSON')
     .action(async (volume: string, o: DataOpts & ApiOpts) => {
-      const list = await via(
-        o,
-        (s) => s.listSnapshots(volume),
-        (c) => c.get<SnapshotInfo[]>(`/volumes/${enc(volume)}/snapshots`),
-      );
+      const list = await via(o, (c) => c.get<SnapshotInfo[]>(`/volumes/${enc(volume)}/snapshots`));
       printResult(!!o.json, list, () =>
         table([
           ['NAME', 'SIZE', 'CREATED'],
@@ -496,22 +361,14 @@ export function registerSnapshot(program: Command): void {
     .argument('<volume>')
     .argument('<name>')
     .action((volume: string, name: string, o: DataOpts & ApiOpts) =>
-      via(
-        o,
-        (s) => s.deleteSnapshot(volume, name),
-        (c) => c.delete(`/volumes/${enc(volume)}/snapshots/${enc(name)}`),
-      ),
+      via(o, (c) => c.delete(`/volumes/${enc(volume)}/snapshots/${enc(name)}`)),
     );
   both(snapshot.command('revert'))
     .description('make a volume what it was at a snapshot')
     .argument('<volume>')
     .argument('<name>')
     .action((volume: string, name: string, o: DataOpts & ApiOpts) =>
-      via(
-        o,
-        (s) => s.revert(volume, name),
-        (c) => c.post(`/volumes/${enc(volume)}/snapshots/${enc(name)}/revert`),
-      ),
+      via(o, (c) => c.post(`/volumes/${enc(volume)}/snapshots/${enc(name)}/revert`)),
     );
 }
 
@@ -524,54 +381,49 @@ function splitSnapshot(s: string): [string, string] {
 /** `haven bitmap …` */
 export function registerBitmap(program: Command): void {
   const bitmap = program.command('bitmap').description("dirty bitmaps: a volume's changed-block tracking");
-  dataOption(bitmap.command('add'))
+  both(bitmap.command('add'))
     .description('start tracking changes to a volume')
     .argument('<volume>')
     .argument('<name>')
     .option('--granularity <size>', 'bytes per bit', '64K')
     .option('--json', 'print JSON')
-    .action((volume: string, name: string, o: DataOpts & { granularity: string }) =>
-      withStorage(o.data, (s) => {
-        const b = s.addBitmap(volume, name, parseSize(o.granularity, '--granularity'));
-        printResult(
-          !!o.json,
-          b,
-          () => `bitmap ${name} tracks changes to ${volume} at ${bytes(b.granularity)}`,
-        );
-      }),
-    );
-  dataOption(bitmap.command('list'))
+    .action(async (volume: string, name: string, o: DataOpts & ApiOpts & { granularity: string }) => {
+      const granularity = parseSize(o.granularity, '--granularity');
+      const b = await via(o, (c) =>
+        c.post<BitmapInfo>(`/volumes/${enc(volume)}/bitmaps`, { name, granularity }),
+      );
+      printResult(!!o.json, b, () => `bitmap ${name} tracks changes to ${volume} at ${bytes(b.granularity)}`);
+    });
+  both(bitmap.command('list'))
     .description("list a volume's bitmaps")
     .argument('<volume>')
     .option('--json', 'print JSON')
-    .action((volume: string, o: DataOpts) =>
-      withStorage(o.data, (s) => {
-        const list = s.listBitmaps(volume);
-        printResult(!!o.json, list, () =>
-          table([
-            ['NAME', 'GRANULARITY', 'DIRTY', 'STATE'],
-            ...list.map((b) => [
-              b.name,
-              bytes(b.granularity),
-              bytes(b.dirtyBytes),
-              b.inconsistent ? 'inconsistent' : b.enabled ? 'enabled' : 'frozen',
-            ]),
+    .action(async (volume: string, o: DataOpts & ApiOpts) => {
+      const list = await via(o, (c) => c.get<BitmapInfo[]>(`/volumes/${enc(volume)}/bitmaps`));
+      printResult(!!o.json, list, () =>
+        table([
+          ['NAME', 'GRANULARITY', 'DIRTY', 'STATE'],
+          ...list.map((b) => [
+            b.name,
+            bytes(b.granularity),
+            bytes(b.dirtyBytes),
+            b.inconsistent ? 'inconsistent' : b.enabled ? 'enabled' : 'frozen',
           ]),
-        );
-      }),
-    );
-  dataOption(bitmap.command('remove'))
+        ]),
+      );
+    });
+  both(bitmap.command('remove'))
     .description('stop tracking and delete a bitmap')
     .argument('<volume>')
     .argument('<name>')
-    .action((volume: string, name: string, o: DataOpts) =>
-      withStorage(o.data, (s) => s.removeBitmap(volume, name)),
+    .action((volume: string, name: string, o: DataOpts & ApiOpts) =>
+      via(o, (c) => c.delete(`/volumes/${enc(volume)}/bitmaps/${enc(name)}`)),
     );
-  dataOption(bitmap.command('clear'))
+  both(bitmap.command('clear'))
     .description('mark everything clean (and trusted again)')
     .argument('<volume>')
     .argument('<name>')
-    .action((volume: string, name: string, o: DataOpts) =>
-      withStorage(o.data, (s) => s.clearBitmap(volume, name)),
+    .action((volume: string, name: string, o: DataOpts & ApiOpts) =>
+      via(o, (c) => c.post(`/volumes/${enc(volume)}/bitmaps/${enc(name)}/clear`)),
     );
 }

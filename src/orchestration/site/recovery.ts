@@ -1,8 +1,7 @@
 import { ThrottledDevice, type BlockDevice, type ThrottleLimits } from '../../block/index.js';
 import { conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
-import { SnapshotDevice } from '../../protection/index.js';
+import { SnapshotDevice, openRepository, repoAccess, type RepoAccess } from '../../protection/index.js';
 import { BASE_LABEL, type StorageExports, type StorageService } from '../../storage/index.js';
-import { openRepository, repoAccess, type RepoAccess } from '../tools/backup.js';
 import type { ComputeService, Vm, VmDefinition } from './compute.js';
 import type { Db } from './database.js';
 import type { Job, JobManager } from './jobs.js';

@@ -1,5 +1,13 @@
 import { resolve } from 'node:path';
-import { openRawFile, type BitmapView, type BlockDevice } from '../../block/index.js';
+import {
+  collectRanges,
+  collectRangesSync,
+  walkExtentsSync,
+  openRawFile,
+  walkExtents,
+  type BitmapView,
+  type BlockDevice,
+} from '../../block/index.js';
 import { HavenError, invalidArgument } from '../../common/index.js';
 import { connectNbd, inspectImage, startQemuNbd, type TlsCredentials } from '../../nbd/index.js';
 import type { Repository, SnapshotManifest } from '../../repository/index.js';
@@ -7,6 +15,7 @@ import type { StorageService } from '../../storage/index.js';
 import type { BackupDisk, Range } from './engine.js';
 import { startQmpPull } from './qmp-pull.js';
 import type { ConsistencyRecord } from './quiesce.js';
+import { attachSnapshot, type SiteEndpoints, type Transport } from './transports.js';
 import { lockVolumes } from './volume-lock.js';
 
 /** What a backup reads, ready for the engine, and how to end it. */
@@ -79,14 +88,8 @@ export async function openNbdSource(
   });
   let changed: Range[] | undefined;
   if (opts.bitmap && opts.parent) {
-    changed = [];
-    for (let at = 0; at < device.size;) {
-      const extents = await device.dirtyStatus(at, Math.min(device.size - at, 2 ** 30));
-      for (const e of extents) {
-        if (e.flags & 1) changed.push({ offset: e.offset, length: e.length });
-        at = e.offset + e.length;
-      }
-    }
+    const dirty = walkExtents((o, l) => device.dirtyStatus(o, l), device.size);
+    changed = await collectRanges(dirty, (flags) => (flags & 1) !== 0);
   }
   return {
     source: { kind: 'nbd', name: uri.replace(/\?.*$/, '') },
@@ -114,10 +117,10 @@ export async function openVolumeSource(
   source: { kind: string; name: string } = { kind: 'volume', name: String(volume) },
   vm?: unknown,
   opts: {
-    /** Recorded in the snapshot (default "san": read from the pool directly). */
-    transport?: string;
-    /** Opens "volume@snapshot" another way than straight from the pool (NBD transports). */
-    open?: (snapshot: string) => Promise<BlockDevice>;
+    /** How to read (default "san": from the pool directly); recorded in the snapshot. */
+    transport?: Transport;
+    /** The site's NBD listeners, for the transports that attach the snapshot over NBD (hotadd, nbd, nbds). */
+    site?: SiteEndpoints;
     /**
      * Runs `snapshot` (synchronous: the point in time) with the guest quiesced around it, e.g.
      * quiescedSnapshot; without it the snapshot is crash-consistent.
@@ -158,8 +161,8 @@ async function openLockedVolumes(
   source: { kind: string; name: string },
   vm: unknown,
   opts: {
-    transport?: string;
-    open?: (snapshot: string) => Promise<BlockDevice>;
+    transport?: Transport;
+    site?: SiteEndpoints;
     quiesce?: (snapshot: () => void) => Promise<ConsistencyRecord>;
     full?: boolean;
   },
@@ -199,9 +202,7 @@ async function openLockedVolumes(
     : (snapshot(), { consistency: 'crash', reason: `${source.kind} backup: no guest was asked to freeze` });
   const disks: BackupDisk[] = [];
   for (const v of volumes) {
-    const device = opts.open
-      ? await opts.open(`${v}@${epoch}`)
-      : storage.openDevice(`${v}@${epoch}`, { readOnly: true });
+    const device = await openSnapshot(storage, `${v}@${epoch}`, opts.transport ?? 'san', opts.site);
     const frozen = storage.bitmapViews(`${v}@${epoch}`).find((x) => x.name === BACKUP_BITMAP);
     if (!frozen) trustBitmaps = false;
     disks.push({ name: v, device, ...(frozen ? { changed: dirtyRanges(frozen, device.size) } : {}) });
@@ -229,17 +230,27 @@ async function openLockedVolumes(
   };
 }
 
+/** A snapshot of the backup, read through its transport: from the pool (san), or attached over NBD. */
+function openSnapshot(
+  storage: StorageService,
+  snapshot: string,
+  transport: Transport,
+  site: SiteEndpoints | undefined,
+): BlockDevice | Promise<BlockDevice> {
+  if (transport === 'san') return storage.openDevice(snapshot, { readOnly: true });
+  if (!site)
+    throw invalidArgument(`transport ${transport} reads through the site's NBD listeners: run it on a site`);
+  return attachSnapshot(transport, snapshot, site);
+}
+
+/** The ranges a bitmap marks dirty, merged. */
 export function dirtyRanges(view: BitmapView, size: number): Range[] {
-  const out: Range[] = [];
-  for (let at = 0; at < size;) {
-    const extents = view.status(at, size - at);
-    if (extents.length === 0) break;
-    for (const e of extents) {
-      if (e.flags & 1) out.push({ offset: e.offset, length: e.length });
-      at = e.offset + e.length;
-    }
-  }
-  return out;
+  // Past a bitmap's own size (a volume grown since) it answers nothing: that is clean, as before.
+  const status = (o: number, l: number) => {
+    const r = view.status(o, l);
+    return r.length ? r : [{ offset: o, length: l, flags: 0 }];
+  };
+  return collectRangesSync(walkExtentsSync(status, size), (flags) => (flags & 1) !== 0);
 }
 
 /** Which kind of source a command-line argument names. */

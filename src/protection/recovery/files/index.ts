@@ -11,3 +11,11 @@ export {
 export { readPartitionTable, type Partition, type PartitionTable } from './partitions.js';
 export { probeFilesystem, READABLE_FILESYSTEMS } from './fs-probe.js';
 export type { Debugfs, FileType } from './debugfs.js';
+export {
+  listBackupFilesystems,
+  listBackupFiles,
+  extractBackupFiles,
+  type BackupFilesRequest,
+  type BackupFilesystems,
+  type BackupListing,
+} from './backup-files.js';

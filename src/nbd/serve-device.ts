@@ -1,7 +1,8 @@
 import { resolve } from 'node:path';
-import { openRawFile, type BlockDevice } from '../../block/index.js';
-import { invalidArgument, logger } from '../../common/index.js';
-import { NbdServer, checkReadable, type ListenAddress, type NbdTlsOptions } from '../../nbd/index.js';
+import { openRawFile, type BlockDevice } from '../block/index.js';
+import { invalidArgument, logger } from '../common/index.js';
+import { checkReadable } from './image-file.js';
+import { NbdServer, type ListenAddress, type NbdTlsOptions } from './server/index.js';
 
 export interface ServeImageOptions {
   image: string;

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { fromSystemError, writeFileAtomic, type Logger } from '../../common/index.js';
-import { readPskFile } from '../../nbd/index.js';
+import { fromSystemError, writeFileAtomic, type Logger } from '../common/index.js';
+import { readPskFile } from '../nbd/index.js';
 
 /** The PSK identity of the site's own key (libnbd: the user of an nbds:// URI; QEMU: username=). */
 export const PSK_IDENTITY = 'haven';

@@ -1,12 +1,7 @@
-import { HavenError } from '../../common/index.js';
-import type { Extent } from '../../block/index.js';
-import {
-  connectNbd,
-  parseNbdUri,
-  protocol as P,
-  type NbdExportInfo,
-  type TlsCredentials,
-} from '../../nbd/index.js';
+import { HavenError } from '../common/index.js';
+import { walkExtents, type Extent } from '../block/index.js';
+import { connectNbd, parseNbdUri, type NbdExportInfo, type TlsCredentials } from './client/index.js';
+import * as P from './protocol.js';
 
 /**
  * `haven nbd info URI`: what an NBD server says about an export — size, transmission flags,
@@ -52,19 +47,13 @@ export async function nbdInfo(uri: string, opts: NbdInfoOptions = {}): Promise<N
     const result: NbdInfoResult = { ...dev.info };
     if (context) {
       const extents: MapEntry[] = [];
-      for (let at = 0; at < dev.size;) {
-        const es = bitmap
-          ? await dev.dirtyStatus(at, dev.size - at)
-          : await dev.blockStatus(at, dev.size - at);
-        for (const e of es) {
-          const last = extents.at(-1);
-          if (last && last.flags === e.flags && last.offset + last.length === e.offset)
-            last.length += e.length;
-          else extents.push({ ...e, description: describe(e.flags, !!bitmap) });
-        }
-        const tail = es.at(-1);
-        if (!tail) break;
-        at = tail.offset + tail.length;
+      const status = bitmap
+        ? (o: number, l: number) => dev.dirtyStatus(o, l)
+        : (o: number, l: number) => dev.blockStatus(o, l);
+      for await (const e of walkExtents(status, dev.size)) {
+        const last = extents.at(-1);
+        if (last && last.flags === e.flags && last.offset + last.length === e.offset) last.length += e.length;
+        else extents.push({ ...e, description: describe(e.flags, !!bitmap) });
       }
       result.map = { context, extents };
     }

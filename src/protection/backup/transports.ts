@@ -1,4 +1,7 @@
+import type { BlockDevice } from '../../block/index.js';
 import { invalidArgument } from '../../common/index.js';
+import { connectNbd } from '../../nbd/index.js';
+import type { StorageExports } from '../../storage/index.js';
 
 /**
  * How a backup reads a volume's data. san: straight from the pool's files, past the storage
@@ -31,6 +34,78 @@ export function chooseTransport(wanted: string | undefined, offered: readonly Tr
       `transport ${wanted} is not available on this site (available: ${offered.join(', ') || 'none'})`,
     );
   return wanted;
+}
+
+/** A TCP listener of the site's storage service, as a client reaches it. */
+export interface TcpEndpoint {
+  host: string;
+  port: number;
+}
+
+/**
+ * What a site offers for reading its volumes' snapshots: its exports (refreshed so that a new
+ * snapshot is served before a client asks for it), the local unix socket (hotadd), a plain TCP
+ * listener (nbd) and the TLS one with the site's PSK (nbds). The site passes this down; the
+ * backup never calls back up into it.
+ */
+export interface SiteEndpoints {
+  exports: StorageExports;
+  socket: string;
+  nbd?: TcpEndpoint;
+  nbds?: TcpEndpoint & { psk: { identity: string; key: Buffer } };
+}
+
+/**
+ * The transports a site may offer with these listeners (san and hotadd always; nbds and nbd with
+ * their listener), narrowed to `wanted` when the operator names them; a wanted transport without
+ * its listener is an error naming the option that is missing.
+ */
+export function offeredTransports(
+  endpoints: Pick<SiteEndpoints, 'nbd' | 'nbds'>,
+  wanted?: readonly string[],
+): Transport[] {
+  for (const t of wanted ?? [])
+    if (!isTransport(t)) throw invalidArgument(`unknown transport ${t}: use ${TRANSPORTS.join(', ')}`);
+  const possible: Transport[] = [
+    'san',
+    'hotadd',
+    ...(endpoints.nbds ? ['nbds' as const] : []),
+    ...(endpoints.nbd ? ['nbd' as const] : []),
+  ];
+  for (const t of (wanted as Transport[] | undefined) ?? [])
+    if (!possible.includes(t))
+      throw invalidArgument(
+        `transport ${t} cannot be offered: ${t === 'nbds' ? 'no NBD TCP listener (--nbd-listen is none)' : 'no plain NBD listener (--nbd-listen-plain)'} is configured`,
+      );
+  return [...((wanted as Transport[] | undefined) ?? possible)];
+}
+
+/**
+ * A snapshot ("volume@snapshot") of the site read over NBD the way `transport` says: the local
+ * socket (hotadd) or a TCP listener (nbd, nbds with the site's PSK). A listener bound to every
+ * address is reached on the loopback one. san does not attach (it reads the pool directly).
+ */
+export async function attachSnapshot(
+  transport: Transport,
+  snapshot: string,
+  site: SiteEndpoints,
+): Promise<BlockDevice> {
+  site.exports.refresh();
+  const name = encodeURIComponent(snapshot);
+  const tcp = (a: TcpEndpoint | undefined) => {
+    if (!a) throw invalidArgument(`transport ${transport} needs an NBD TCP listener`);
+    const host = a.host === '0.0.0.0' || a.host === '::' ? '127.0.0.1' : a.host;
+    return `${host.includes(':') ? `[${host}]` : host}:${a.port}`;
+  };
+  if (transport === 'hotadd')
+    return connectNbd(`nbd+unix:///${name}?socket=${site.socket}`, { connections: 2 });
+  if (transport === 'nbd') return connectNbd(`nbd://${tcp(site.nbd)}/${name}`, { connections: 2 });
+  if (transport === 'nbds')
+    return connectNbd(`nbds://${tcp(site.nbds)}/${name}`, {
+      connections: 2,
+      tls: { psk: { identity: site.nbds!.psk.identity, key: site.nbds!.psk.key } },
+    });
+  throw invalidArgument(`transport ${transport} does not attach over NBD`);
 }
 
 /**

@@ -2,118 +2,21 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { openRawFile } from '../../block/index.js';
-import {
-  HavenError,
-  defaultDataDir,
-  invalidArgument,
-  logger,
-  outputTarget,
-  stageFile,
-} from '../../common/index.js';
+import { copyBlocks, openRawFile, type CopyOptions, type CopyResult } from '../block/index.js';
+import { HavenError, invalidArgument, logger, outputTarget, stageFile } from '../common/index.js';
 import {
   IMAGE_FORMATS,
   NbdServer,
   connectNbd,
+  copyEndpoints,
   inspectImage,
+  openDestination,
   startQemuNbd,
+  type Endpoint,
   type InspectedImage,
-  type ListenAddress,
-  type NbdTlsOptions,
-} from '../../nbd/index.js';
-import { StorageExports, StorageService, type VolumeInfo } from '../../storage/index.js';
-import { copyDevice, type CopyOptions, type CopyResult } from './nbd-copy.js';
-import { openDestination, type Endpoint } from './nbd-endpoints.js';
-import { parseHostPort, DEFAULT_NBD_PORT } from './serve-image.js';
-import { sitePsk } from '../site/nbd-access.js';
-
-export { defaultDataDir };
-
-/** Opens a site's storage for one administrative operation (the data directory is locked meanwhile). */
-export function openStorage(dataDir = defaultDataDir()): StorageService {
-  return StorageService.open(dataDir);
-}
-
-export async function withStorage<T>(
-  dataDir: string | undefined,
-  fn: (s: StorageService) => T | Promise<T>,
-): Promise<T> {
-  const s = openStorage(dataDir);
-  try {
-    return await fn(s);
-  } finally {
-    s.close();
-  }
-}
-
-// ---- serving -----------------------------------------------------------------------------
-
-export interface ServeStorageOptions {
-  dataDir?: string;
-  listen?: string;
-  socket?: string;
-  tls?: NbdTlsOptions;
-  /** TCP without TLS or authentication: anyone who reaches it reads and writes every volume. */
-  plain?: boolean;
-}
-
-export interface ServingStorage {
-  address: ListenAddress;
-  /** NBD URI of an export on this server. */
-  uriOf(exportName: string): string;
-  exports: StorageExports;
-  storage: StorageService;
-  stop(): Promise<void>;
-}
-
-/** The storage service of a site: every volume (and snapshot, read-only) over NBD. */
-export async function serveStorage(opts: ServeStorageOptions = {}): Promise<ServingStorage> {
-  if (opts.listen && opts.socket) throw invalidArgument('give --listen or --socket, not both');
-  if (opts.plain && (opts.tls || opts.socket))
-    throw invalidArgument('--plain is for a TCP listener without TLS');
-  const storage = openStorage(opts.dataDir);
-  const log = logger('storage-nbd');
-  // TCP is TLS unless the operator says otherwise: by default with the site's own key, as the
-  // daemon's listener (a unix socket is private to the site's user already).
-  const psk = !opts.socket && !opts.tls && !opts.plain ? sitePsk(storage.dataDir, log) : undefined;
-  const tls = opts.tls ?? (psk ? { psk: psk.file } : undefined);
-  if (opts.plain)
-    log.warn(
-      'serving every volume over plain TCP WITHOUT AUTHENTICATION: anyone who reaches the port reads and writes them',
-    );
-  const server = new NbdServer({ log, ...(tls ? { tls } : {}) });
-  const exports = new StorageExports(storage, server);
-  let address: ListenAddress;
-  try {
-    exports.refresh();
-    address = await server.listen(
-      opts.socket
-        ? { path: resolve(opts.socket) }
-        : parseHostPort(opts.listen ?? `127.0.0.1:${DEFAULT_NBD_PORT}`),
-    );
-  } catch (err) {
-    storage.close();
-    throw err;
-  }
-  const scheme = tls ? 'nbds' : 'nbd';
-  const user = psk ? `${psk.identity}@` : '';
-  const query = psk ? `?tls-psk-file=${psk.file}` : '';
-  return {
-    address,
-    exports,
-    storage,
-    uriOf: (name) =>
-      'path' in address
-        ? `${scheme}+unix:///${encodeURIComponent(name)}?socket=${address.path}`
-        : `${scheme}://${user}${address.host}:${address.port}/${encodeURIComponent(name)}${query}`,
-    async stop() {
-      await server.close();
-      storage.close();
-    },
-  };
-}
-
-// ---- import and export -------------------------------------------------------------------
+} from '../nbd/index.js';
+import type { VolumeInfo } from './pool.js';
+import type { StorageService } from './service.js';
 
 /** Serves a non-raw image read-only through qemu-nbd for the copy engine. */
 async function withQemuNbd<T>(image: InspectedImage, fn: (uri: string) => Promise<T>): Promise<T> {
@@ -143,33 +46,25 @@ export async function importVolume(
   const size = Math.ceil(info.virtualSize / 512) * 512;
   storage.createVolume(opts.name, size, opts.pool);
   try {
-    const dst = {
-      device: storage.openDevice(opts.name),
-      name: `volume ${opts.name}`,
-      kind: 'file' as const,
-      fresh: true,
-    };
+    // The new volume reads as zeroes: zero ranges of the image need no write.
+    const target = storage.openDevice(opts.name);
+    const into = { ...copyOpts, fresh: true, sourceName: path, targetName: `volume ${opts.name}` };
     const copy =
       format === 'raw'
         ? await (async () => {
-            const src = {
-              device: openRawFile(path, { readOnly: true }),
-              name: path,
-              kind: 'file' as const,
-              fresh: false,
-            };
+            const source = openRawFile(path, { readOnly: true });
             try {
-              return await copyDevice(src, dst, copyOpts);
+              return await copyBlocks(source, target, into);
             } finally {
-              src.device.close();
+              source.close();
             }
           })()
         : await withQemuNbd(info, async (uri) => {
-            const device = await connectNbd(uri, { readOnly: true, connections: 4 });
+            const source = await connectNbd(uri, { readOnly: true, connections: 4 });
             try {
-              return await copyDevice({ device, name: path, kind: 'nbd', fresh: false }, dst, copyOpts);
+              return await copyBlocks(source, target, into);
             } finally {
-              await device.close();
+              await source.close();
             }
           });
     return { volume: storage.volume(opts.name), copy };
@@ -206,7 +101,7 @@ export async function exportVolume(
     let dst: Endpoint | undefined;
     try {
       dst = await openDestination(out, device.size, { force: opts.force });
-      const r = await copyDevice(src, dst, copyOptions(opts));
+      const r = await copyEndpoints(src, dst, copyOptions(opts));
       ok = true;
       return r;
     } finally {

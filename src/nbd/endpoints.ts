@@ -1,13 +1,8 @@
 import { resolve } from 'node:path';
-import { HavenError, invalidArgument, outOfRange, outputTarget, stageFile } from '../../common/index.js';
-import {
-  DEFAULT_BLOCK_SIZES,
-  openRawFile,
-  type BlockDevice,
-  type BlockSizes,
-  type Extent,
-} from '../../block/index.js';
-import { checkReadable, connectNbd, isNbdUri, type TlsCredentials } from '../../nbd/index.js';
+import { HavenError, invalidArgument, outOfRange, outputTarget, stageFile } from '../common/index.js';
+import { NullDevice, openRawFile, type BlockDevice } from '../block/index.js';
+import { connectNbd, isNbdUri, type TlsCredentials } from './client/index.js';
+import { checkReadable } from './image-file.js';
 
 /**
  * The ends of `haven nbd copy` and `haven nbd info`: an NBD URI, a local file (raw) or `null:`
@@ -100,23 +95,4 @@ export async function openDestination(
     fresh: true,
     finish: (ok) => (ok ? staged.commit() : staged.abort()),
   };
-}
-
-/** A destination that drops everything (`null:`), for measuring a source. */
-export class NullDevice implements BlockDevice {
-  readonly readOnly = false;
-  readonly blockSizes: BlockSizes = { ...DEFAULT_BLOCK_SIZES };
-  readonly flushCoversAll = true;
-  constructor(readonly size: number) {}
-  read(buf: Uint8Array): void {
-    buf.fill(0);
-  }
-  write(): void {}
-  flush(): void {}
-  trim(): void {}
-  writeZeroes(): void {}
-  blockStatus(offset: number, length: number): Extent[] {
-    return length ? [{ offset, length, flags: 3 }] : [];
-  }
-  close(): void {}
 }

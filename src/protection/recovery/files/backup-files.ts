@@ -1,21 +1,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { invalidArgument } from '../../common/index.js';
-import {
-  diskLayout,
-  extractFiles,
-  listFiles,
-  normalisePath,
-  pickFilesystem,
-  SnapshotDevice,
-  withFilesystem,
-  type Debugfs,
-  type DiskFilesystem,
-  type ExtractResult,
-  type FileEntry,
-} from '../../protection/index.js';
-import { openRepository, type RepoAccess } from './backup.js';
+import { invalidArgument } from '../../../common/index.js';
+import { openRepository, type RepoAccess } from '../../backup/requests.js';
+import { SnapshotDevice } from '../snapshot-device.js';
+import { diskLayout, pickFilesystem, withFilesystem, type DiskFilesystem } from './disk.js';
+import { extractFiles, listFiles, normalisePath, type ExtractResult, type FileEntry } from './browse.js';
+import type { Debugfs } from './debugfs.js';
 
 export interface BackupFilesRequest extends RepoAccess {
   snapshot: string;

@@ -1,0 +1,74 @@
+import { HavenError, conflict } from '../../common/index.js';
+import type { StorageExports, StorageService } from '../../storage/index.js';
+import type { ComputeService } from './compute.js';
+import type { EventLog } from './events.js';
+import type { JobManager } from './jobs.js';
+
+/** Who asks: recorded in jobs and events. */
+export type Actor = string;
+
+/** What the domains of a site share: its storage and exports, its jobs, event log and VMs. */
+export interface SiteParts {
+  storage: StorageService;
+  exports: StorageExports;
+  jobs: JobManager;
+  events: EventLog;
+  compute: ComputeService;
+}
+
+/**
+ * One domain of a site (volumes, backups, VMs): its operations over the shared parts, each
+ * change audited in the event log. The Site is a thin facade holding one of each.
+ */
+export abstract class SiteDomain {
+  protected readonly storage: StorageService;
+  protected readonly exports: StorageExports;
+  protected readonly jobs: JobManager;
+  protected readonly events: EventLog;
+  protected readonly compute: ComputeService;
+
+  constructor(parts: SiteParts) {
+    this.storage = parts.storage;
+    this.exports = parts.exports;
+    this.jobs = parts.jobs;
+    this.events = parts.events;
+    this.compute = parts.compute;
+  }
+
+  protected audited<T>(
+    actor: Actor,
+    action: string,
+    target: string,
+    fn: () => T,
+    describe?: (r: T) => string,
+  ): T {
+    try {
+      const r = fn();
+      this.events.append({
+        actor,
+        action,
+        target,
+        outcome: 'ok',
+        message: describe?.(r) ?? `${action} ${target}`,
+      });
+      return r;
+    } catch (err) {
+      if (err instanceof HavenError && err.code !== 'INTERNAL' && err.code !== 'IO')
+        this.events.append({
+          actor,
+          action,
+          target,
+          outcome: 'failed',
+          message: `${action} ${target}: ${err.message}`,
+        });
+      throw err;
+    }
+  }
+
+  protected refuseIfRunning(volume: string, what: string): void {
+    const user = this.compute
+      .usersOf(volume)
+      .find((v) => v.state !== 'stopped' && v.state !== 'defined' && v.state !== 'crashed');
+    if (user) throw conflict(`cannot ${what} volume ${volume}: VM ${user.name} is ${user.state}`);
+  }
+}
