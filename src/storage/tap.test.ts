@@ -32,7 +32,7 @@ test('numbers every change, marks trackers and tells subscribers in order', (t) 
   const marked: [number, number][] = [];
   tap.addTracker({ markDirty: (o, l) => marked.push([o, l]) });
   const events: TapEvent[] = [];
-  tap.subscribe((e) => events.push({ ...e, data: e.data?.map((d) => Buffer.from(d)) }));
+  tap.subscribe((e) => void events.push({ ...e, data: e.data?.map((d) => Buffer.from(d)) }));
   // Over a pool volume every change completes synchronously: no promise per request.
   assert.equal(tap.write(Buffer.alloc(4 * KiB, 1), 0), undefined);
   assert.equal(tap.writeZeroes(64 * KiB, 64 * KiB), undefined);
@@ -66,7 +66,7 @@ test('overlapping writes in flight land in sequence order whatever order they co
   const rnd = () => ((seed = (seed * 48271) % 2147483647), seed % 15);
   const tap = new TapDevice(slow(pool.openDevice('v'), rnd));
   const seen: number[] = [];
-  tap.subscribe((e) => seen.push(e.seq));
+  tap.subscribe((e) => void seen.push(e.seq));
   // 200 writes of 8 KiB at 16 overlapping places, all issued at once.
   const writes = Array.from({ length: 200 }, (_, i) => ({ fill: (i % 250) + 1, off: (i % 16) * 4 * KiB }));
   await Promise.all(writes.map((w) => tap.write(Buffer.alloc(8 * KiB, w.fill), w.off)));
@@ -89,7 +89,7 @@ test('a change that fails part-way is published as resync, keeping the sequence 
   pool.createVolume('v', 1024 * KiB);
   const tap = new TapDevice(pool.openDevice('v'));
   const events: TapEvent[] = [];
-  tap.subscribe((e) => events.push(e));
+  tap.subscribe((e) => void events.push(e));
   assert.throws(() => tap.write(Buffer.alloc(256 * KiB, 1), 0), /full/);
   tap.write(Buffer.alloc(512, 2), 0);
   assert.deepEqual(

@@ -21,7 +21,11 @@ export interface ChangeTracker {
   markDirty(offset: number, length: number): void;
 }
 
-export type TapSubscriber = (event: TapEvent) => void;
+/**
+ * Told of each change after it is applied and before it is acknowledged. A promise returned
+ * holds the acknowledgement until it settles (synchronous replication); most return nothing.
+ */
+export type TapSubscriber = (event: TapEvent) => void | Promise<void>;
 
 /**
  * The I/O tap: every write, trim and write-zeroes of a volume passes through here. It numbers
@@ -161,7 +165,8 @@ export class TapDevice extends PassThroughDevice {
     const blockers = this.inflight.filter((r) => r.start < end && offset < r.end).map((r) => r.done);
     const done = () => this.publish({ seq, op, offset, length, ...(data ? { data } : {}) });
     const failed = (err: unknown) => {
-      this.publish({ seq, op: 'resync', offset, length });
+      const told = this.publish({ seq, op: 'resync', offset, length });
+      if (isPromise(told)) told.catch(() => undefined);
       throw err;
     };
     const run = (): MaybePromise<void> => {
@@ -173,7 +178,7 @@ export class TapDevice extends PassThroughDevice {
         return failed(err);
       }
       if (isPromise(r)) return r.then(done, failed);
-      done();
+      return done();
     };
     const result = blockers.length ? Promise.all(blockers).then(run) : run();
     if (!isPromise(result)) return;
@@ -182,8 +187,13 @@ export class TapDevice extends PassThroughDevice {
     return result.finally(() => (this.inflight = this.inflight.filter((e) => e !== entry)));
   }
 
-  private publish(ev: TapEvent): void {
-    for (const s of this.subscribers) s(ev);
+  private publish(ev: TapEvent): MaybePromise<void> {
+    let waits: Promise<void>[] | undefined;
+    for (const s of this.subscribers) {
+      const w = s(ev);
+      if (isPromise(w)) (waits ??= []).push(w);
+    }
+    if (waits) return Promise.all(waits).then(() => undefined);
   }
 }
 

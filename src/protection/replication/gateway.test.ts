@@ -184,3 +184,36 @@ test('initial sync, checkpoints, a cut that fills the journal (bitmap mode), the
   );
   assert.deepEqual(s.errors, []);
 });
+
+test('synchronous mode: a write is acknowledged once the target holds it; with the link cut writes go on, degraded, then synchronous again', async (t) => {
+  const dir = tempDir();
+  const pki = makeTestPki(dir.path);
+  const s = await twoSites(dir.path, pki);
+  const gw = s.gateway({ sync: true, syncTimeoutMs: 2000 });
+  t.after(async () => {
+    await gw.stop();
+    await s.close();
+    dir.cleanup();
+  });
+  gw.start();
+  await until('the initial sync', () => s.target.newest?.name === 'initial-sync');
+  await until('synchronous', () => gw.status().sync?.degraded === false && gw.status().link === 'up');
+  // Each write, once acknowledged, is in the target's journal already.
+  for (let i = 0; i < 40; i++) {
+    await s.src.write(1);
+    assert.ok(
+      s.target.journal.nextSeq >= gw.journal.nextSeq,
+      `write ${i}: the target holds up to ${s.target.journal.nextSeq - 1}, the source journaled ${gw.journal.nextSeq - 1}`,
+    );
+  }
+  // The link cut: writes still complete (within the timeout), and the mode says so.
+  s.proxy.cut();
+  const started = performance.now();
+  await s.src.write(20);
+  assert.ok(performance.now() - started < 5000, 'writes went on without the link');
+  assert.equal(gw.status().sync?.degraded, true);
+  s.proxy.heal();
+  await until('synchronous again', () => gw.status().sync?.degraded === false);
+  await s.src.write(5);
+  assert.ok(s.target.journal.nextSeq >= gw.journal.nextSeq, 'synchronous again after catching up');
+});

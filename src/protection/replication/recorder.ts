@@ -15,6 +15,13 @@ export interface RecorderOptions {
   /** Told once when the recorder leaves journal mode (the journal full, or failing). */
   onOverflow?: (reason: string) => void;
   now?: () => number;
+  /**
+   * Synchronous replication: what the guest's acknowledgement of the change journaled as `seq`
+   * waits for (the target holding it); undefined: nothing.
+   */
+  hold?: (seq: number) => Promise<void> | undefined;
+  /** Told after each record is appended (the sender's cue). */
+  onRecord?: () => void;
 }
 
 /**
@@ -90,14 +97,15 @@ export class GroupRecorder {
     for (const u of this.undo.splice(0)) u();
   }
 
-  private record(volume: number, ev: TapEvent): void {
+  private record(volume: number, ev: TapEvent): Promise<void> | undefined {
     if (this.mode === 'journal') {
       const kind =
         ev.op === 'write' ? RecordKind.write : ev.op === 'zero' ? RecordKind.zero : RecordKind.resync;
       const seq = this.append(kind, volume, ev.offset, ev.length, ev.op === 'write' ? ev.data : undefined);
-      if (seq !== undefined) return;
+      if (seq !== undefined) return this.opts.hold?.(seq);
     }
     this.volumes[volume]!.overflow.markDirty(ev.offset, ev.length);
+    return undefined;
   }
 
   private append(
@@ -115,6 +123,7 @@ export class GroupRecorder {
       why = `the journal failed: ${(err as Error).message}`;
     }
     if (seq === undefined) this.overflow(why);
+    else this.opts.onRecord?.();
     return seq;
   }
 

@@ -27,6 +27,8 @@ export interface SourceStatus {
   /** A scan under way (initial sync or resync): where it is. */
   scan?: { volume: number; offset: number; readBytes: number };
   sentBytes: number;
+  /** Synchronous mode, and whether it is running asynchronously for now (link down or slow). */
+  sync?: { degraded: boolean };
 }
 
 export interface SourceGatewayOptions {
@@ -46,6 +48,14 @@ export interface SourceGatewayOptions {
   retryMs?: number;
   /** Told on every change of mode or link. */
   onChange?: (s: SourceStatus) => void;
+  /**
+   * Synchronous: a guest write is acknowledged once the target's journal holds it (no loss on a
+   * site failure). When the link is down, or the target takes longer than `syncTimeoutMs`
+   * (default 2 s), writes go on asynchronously (`degraded` in the status) until it catches up:
+   * the network never stops the guests.
+   */
+  sync?: boolean;
+  syncTimeoutMs?: number;
 }
 
 /** What the gateway keeps across restarts (DIR/state.json). */
@@ -89,6 +99,10 @@ export class SourceGateway {
   private overflowed = false;
   private loops: Promise<void>[] = [];
   private readonly stopping = new AbortController();
+  /** Synchronous mode: writes waiting for the target, oldest first. */
+  private held: { seq: number; since: number; release: () => void }[] = [];
+  private holdTimer: NodeJS.Timeout | undefined;
+  private degraded = false;
 
   constructor(private readonly opts: SourceGatewayOptions) {
     mkdirSync(opts.dir, { recursive: true });
@@ -102,6 +116,8 @@ export class SourceGateway {
       opts.taps.map((tap, i) => ({ tap, overflow: this.bitmaps[i]! })),
       {
         ...(opts.checkpointMs ? { checkpointMs: opts.checkpointMs } : {}),
+        ...(opts.sync ? { hold: (seq: number) => this.hold(seq) } : {}),
+        onRecord: () => this.sender?.wake(),
         onOverflow: (reason) => {
           this.overflowed = true;
           this.error = reason;
@@ -129,6 +145,7 @@ export class SourceGateway {
   async stop(): Promise<void> {
     this.stopped = true;
     this.stopping.abort();
+    this.releaseHeld(Infinity, true);
     this.recorder.stop();
     this.sender?.stop();
     this.wakeLink?.();
@@ -180,7 +197,55 @@ export class SourceGateway {
       },
       ...(this.scanAt ? { scan: this.scanAt } : {}),
       sentBytes: this.sent + (this.sender?.sentBytes ?? 0),
+      ...(this.opts.sync ? { sync: { degraded: this.degraded } } : {}),
     };
+  }
+
+  /**
+   * What the guest's acknowledgement of record `seq` waits for in synchronous mode: the target
+   * holding it — or nothing while the link is down or slow (degraded; back once it caught up).
+   */
+  private hold(seq: number): Promise<void> | undefined {
+    if (this.stopped) return undefined;
+    if (!this.sender || this.degraded) {
+      if (!this.degraded) {
+        this.degraded = true;
+        this.changed();
+      }
+      return undefined;
+    }
+    return new Promise((release) => {
+      this.held.push({ seq, since: performance.now(), release });
+      this.holdTimer ??= setInterval(() => this.checkHeld(), Math.max(10, this.syncTimeout / 4));
+    });
+  }
+
+  private get syncTimeout(): number {
+    return this.opts.syncTimeoutMs ?? 2000;
+  }
+
+  /** Releases the writes the target holds; all of them (degraded) when it takes too long or the link is gone. */
+  private releaseHeld(upTo: number, all = false): void {
+    let n = 0;
+    while (n < this.held.length && (all || this.held[n]!.seq <= upTo)) this.held[n++]!.release();
+    if (n) this.held = this.held.slice(n);
+    if (!this.held.length) {
+      clearInterval(this.holdTimer);
+      this.holdTimer = undefined;
+    }
+  }
+
+  private checkHeld(): void {
+    const oldest = this.held[0];
+    if (oldest && performance.now() - oldest.since > this.syncTimeout) this.degrade();
+  }
+
+  private degrade(): void {
+    if (!this.degraded) {
+      this.degraded = true;
+      this.changed();
+    }
+    this.releaseHeld(Infinity, true);
   }
 
   /** Connects, ships until the link fails, waits, again — until stopped. */
@@ -201,6 +266,12 @@ export class SourceGateway {
             limit: this.limit,
             onAck: (held) => {
               this.acked = held;
+              this.releaseHeld(held);
+              // Caught up after running asynchronously: synchronous again.
+              if (this.degraded && held >= this.journal.nextSeq - 1) {
+                this.degraded = false;
+                this.changed();
+              }
               this.applied = sender!.applied ?? this.applied;
               for (const w of this.roomWaiters.splice(0)) w();
             },
@@ -214,6 +285,8 @@ export class SourceGateway {
         } finally {
           if (sender) this.sent += sender.sentBytes;
           this.sender = undefined;
+          // No link: held writes go on (degraded) rather than wait for it.
+          if (this.held.length) this.degrade();
           this.changed();
         }
       }
