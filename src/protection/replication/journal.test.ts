@@ -240,3 +240,23 @@ test('kill -9 of a process appending: no record it was told had been appended is
   }
   assert.ok(acknowledged > 1000, `only ${acknowledged} records appended`);
 });
+
+test('when the target holds everything, trimming frees the current segment too, and the sequence goes on after a reopening', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  let j = ReplicationJournal.open(dir.path, { segmentBytes: 1024 * 1024 });
+  for (let n = 0; n < 20; n++) j.append(RecordKind.write, 0, n * 4096, 4096, [payload(n)]);
+  assert.ok(j.bytes > 0);
+  j.trim(j.nextSeq);
+  assert.equal(j.bytes, 0, 'nothing held');
+  assert.equal(j.firstSeq, 21);
+  await j.close();
+  j = ReplicationJournal.open(dir.path, { segmentBytes: 1024 * 1024 });
+  t.after(() => j.close());
+  assert.equal(j.nextSeq, 21);
+  assert.equal(j.append(RecordKind.write, 0, 0, 4096, [payload(1)]), 21);
+  assert.deepEqual(
+    readAll(j).map((r) => r.seq),
+    [21],
+  );
+});

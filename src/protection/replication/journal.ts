@@ -178,6 +178,9 @@ export class ReplicationJournal {
 
   /** Deletes the segments whose every record has a sequence below `seq` (the target holds them). */
   trim(seq: number): void {
+    // All of the current segment is held too: begin a new one, so this one can go as well.
+    const last = this.segments[this.segments.length - 1]!;
+    if (last.bytes > 0 && last.endSeq <= seq) this.seal();
     while (this.segments.length > 1 && this.segments[0]!.endSeq <= seq) {
       rmSync(this.segments.shift()!.path, { force: true });
     }
