@@ -306,6 +306,9 @@ typedef struct {
   size_t replies_cap;
   size_t replies_len;
   size_t replies_sent;
+  int pipe[2]; // for splice; -1 when the job copies instead
+  size_t pipe_size;
+  int file_splice; // 0 once the file refused splice: read from the pipe and pwrite
   int sock_err;
 } RecvJob;
 
@@ -366,13 +369,86 @@ static void queue_reply(RecvJob *j, int nbd_errno) {
   j->replies_len += REPLY_LEN;
 }
 
+// Moves what the pipe holds (n bytes, spliced from the socket) into the file at the write's
+// offset. A file that cannot splice (EINVAL) gets the bytes read out of the pipe and pwritten;
+// after a file error they are read out and dropped. 0, or -1 on a pipe error.
+static int drain_pipe(RecvJob *j, uint8_t *buf, size_t n) {
+  double *s = j->state;
+  off_t off = (off_t)s[S_OFFSET];
+  while (n > 0) {
+    ssize_t m;
+    if (!s[S_ERRNO] && j->file_splice) {
+      m = splice(j->pipe[0], NULL, j->file, &off, n, SPLICE_F_MOVE);
+      if (m < 0 && errno == EINTR) continue;
+      if (m < 0 && errno == EINVAL) {
+        j->file_splice = 0;
+        continue;
+      }
+      if (m <= 0) {
+        s[S_ERRNO] = (m < 0 && errno == ENOSPC) ? 28 : 5;
+        continue;
+      }
+    } else {
+      m = read(j->pipe[0], buf, n < RECV_BUF ? n : RECV_BUF);
+      if (m < 0 && errno == EINTR) continue;
+      if (m <= 0) return -1;
+      for (ssize_t w = 0; w < m && !s[S_ERRNO];) {
+        ssize_t k = pwrite(j->file, buf + w, (size_t)(m - w), off + w);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) s[S_ERRNO] = (k < 0 && errno == ENOSPC) ? 28 : 5;
+        else w += k;
+      }
+      off += m;
+    }
+    n -= (size_t)m;
+  }
+  return 0;
+}
+
+// Takes up to `want` bytes off the socket into the file: through the pipe (splice: the socket's
+// pages go to the page cache with one copy, none through user space) or, where splice does not
+// apply, recv into `buf` and pwrite. The bytes taken, or -1 with errno (EAGAIN: none there yet).
+static ssize_t take_some(RecvJob *j, uint8_t *buf, size_t want) {
+  double *s = j->state;
+  if (j->pipe[0] >= 0) {
+    ssize_t n = splice(j->sock, NULL, j->pipe[1], NULL, want < j->pipe_size ? want : j->pipe_size,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      if (drain_pipe(j, buf, (size_t)n) < 0) {
+        errno = EIO;
+        return -1;
+      }
+      return n;
+    }
+    if (n == 0) {
+      errno = EPIPE;
+      return -1;
+    }
+    if (errno != EINVAL) return -1;
+    // This socket or file cannot splice: the copying path from now on.
+    close(j->pipe[0]);
+    close(j->pipe[1]);
+    j->pipe[0] = j->pipe[1] = -1;
+  }
+  ssize_t n = recv(j->sock, buf, want < RECV_BUF ? want : RECV_BUF, MSG_DONTWAIT);
+  if (n == 0) errno = EPIPE;
+  if (n <= 0) return -1;
+  off_t off = (off_t)s[S_OFFSET];
+  for (ssize_t w = 0; w < n && !s[S_ERRNO];) {
+    ssize_t m = pwrite(j->file, buf + w, (size_t)(n - w), off + w);
+    if (m < 0 && errno == EINTR) continue;
+    if (m <= 0) s[S_ERRNO] = (m < 0 && errno == ENOSPC) ? 28 : 5;
+    else w += m;
+  }
+  return n;
+}
+
 // Receives the current write's remaining payload into the file. 0 when all of it is here;
 // -1 with j->sock_err set (EAGAIN: the client paused, the state says what is left).
 static int receive_payload(RecvJob *j, uint8_t *buf) {
   double *s = j->state;
   while (s[S_REMAINING] > 0) {
-    size_t want = s[S_REMAINING] < RECV_BUF ? (size_t)s[S_REMAINING] : RECV_BUF;
-    ssize_t n = recv(j->sock, buf, want, MSG_DONTWAIT);
+    ssize_t n = take_some(j, buf, (size_t)s[S_REMAINING]);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) {
       // Replies waiting for a full socket go out while we wait for the client anyway.
@@ -382,16 +458,9 @@ static int receive_payload(RecvJob *j, uint8_t *buf) {
       }
       continue;
     }
-    if (n <= 0) {
-      j->sock_err = n == 0 ? EPIPE : errno;
+    if (n < 0) {
+      j->sock_err = errno;
       return -1;
-    }
-    off_t off = (off_t)s[S_OFFSET];
-    for (ssize_t w = 0; w < n && !s[S_ERRNO];) {
-      ssize_t m = pwrite(j->file, buf + w, (size_t)(n - w), off + w);
-      if (m < 0 && errno == EINTR) continue;
-      if (m <= 0) s[S_ERRNO] = (m < 0 && errno == ENOSPC) ? 28 : 5;
-      else w += m;
     }
     s[S_OFFSET] += (double)n;
     s[S_REMAINING] -= (double)n;
@@ -452,6 +521,12 @@ static void recv_execute(napi_env env, void *data) {
     j->sock_err = ENOMEM;
     return;
   }
+  j->pipe[0] = j->pipe[1] = -1;
+  j->file_splice = 1;
+  if (pipe2(j->pipe, O_CLOEXEC) == 0) {
+    int sz = fcntl(j->pipe[1], F_SETPIPE_SZ, RECV_BUF);
+    j->pipe_size = sz > 0 ? (size_t)sz : 65536;
+  } else j->pipe[0] = j->pipe[1] = -1;
   long long until = now_ns() + JOB_NS;
   if (receive_payload(j, buf) < 0) goto out;
   if (!s[S_LOOP]) goto out;
@@ -473,6 +548,10 @@ out:
   s[S_UNSENT] = (double)(j->replies_len - j->replies_sent);
   if (j->replies_sent > 0 && j->replies_len > j->replies_sent)
     memmove(j->replies, j->replies + j->replies_sent, j->replies_len - j->replies_sent);
+  if (j->pipe[0] >= 0) {
+    close(j->pipe[0]);
+    close(j->pipe[1]);
+  }
   free(buf);
 }
 
