@@ -1,6 +1,6 @@
 export * from './device.js';
 export { openRawFile, RawFileDevice, type RawFileOptions } from './raw-file.js';
-export { nativeIo, EOPNOTSUPP, type NativeIo } from './native.js';
+export { nativeIo, EOPNOTSUPP, RECV, type NativeIo } from './native.js';
 export { DirtyBitmap } from './dirty-bitmap.js';
 export { OverlayDevice } from './overlay.js';
 export { ThrottledDevice, type ThrottleLimits } from './throttle.js';

@@ -27,22 +27,41 @@ export interface NativeIo {
     done: (sent: number, errno: number) => void,
   ): void;
   /**
-   * On the thread pool, receives the socket's next `length` bytes into the file at `offset`.
-   * `done(received, sockErrno, fileErrno)`: bytes taken off the socket (after a file error the
-   * rest is still received and dropped); sockErrno EAGAIN: the client paused, the rest is the
-   * caller's to receive. Nothing else may read the socket until `done` runs.
+   * On the thread pool, receives write payloads from the socket straight into the file (see
+   * native/haven_io.c recvWrites): first the rest of the write `state` names; with
+   * `state[RECV.LOOP]` set the job also sends that write's reply and goes on with the following
+   * large writes, leaving unsent reply bytes at the start of `replies`. `done(sockErrno)`: 0, or
+   * the socket's errno (EAGAIN: the client paused mid-payload, `state` says what is left).
+   * Nothing else may read the socket (nor, in loop mode, write it) until `done` runs.
    */
-  recvToFile(
+  recvWrites(
     sockFd: number,
     fileFd: number,
-    offset: number,
-    length: number,
-    done: (received: number, sockErrno: number, fileErrno: number) => void,
+    size: number,
+    state: Float64Array,
+    replies: Uint8Array,
+    done: (sockErrno: number) => void,
   ): void;
   /** A duplicate of a descriptor (close-on-exec), or -errno. */
   dup(fd: number): number;
   close(fd: number): number;
 }
+
+/** Indexes of recvWrites' state array (native/haven_io.c's S_ enum). */
+export const RECV = {
+  OFFSET: 0,
+  REMAINING: 1,
+  COOKIE_HI: 2,
+  COOKIE_LO: 3,
+  FUA: 4,
+  ERRNO: 5,
+  LOOP: 6,
+  REPLIED: 7,
+  WRITES: 8,
+  BYTES: 9,
+  UNSENT: 10,
+  COUNT: 11,
+} as const;
 
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;

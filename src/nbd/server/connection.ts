@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import { TLSSocket, type TLSSocketOptions } from 'node:tls';
-import { nativeIo, type Extent } from '../../block/index.js';
+import { nativeIo, RECV, type Extent } from '../../block/index.js';
 import { errorMessage, isPromise, type Logger, type MaybePromise } from '../../common/index.js';
 import * as P from '../protocol.js';
 import { BufferPool } from './buffer-pool.js';
@@ -49,6 +49,8 @@ const EMPTY = Buffer.alloc(0);
 /** Writes at least this long whose payload is still arriving are received by the native side. */
 const RECEIVE_MIN = 128 * 1024;
 const EAGAIN = 11;
+/** Replies one native receive job may queue (it stops when they are all unsent). */
+const REPLIES_MAX = 256;
 
 /** The part of a write's payload the native side did not receive in time (the client paused). */
 interface RestOfWrite {
@@ -124,6 +126,11 @@ export class Connection {
   /** The native side is reading a write's payload off the socket. */
   private receiving = false;
   private rest: RestOfWrite | undefined;
+  /** The native job owns the socket's writes too (it answers the writes it receives). */
+  private nativeWrites = false;
+  /** The native receive's state and the replies it could not send (reused, one job at a time). */
+  private readonly recvState = new Float64Array(RECV.COUNT);
+  private readonly recvReplies = Buffer.allocUnsafeSlow(REPLIES_MAX * SIMPLE_HEADER);
   private readonly wakeForMemory = () => {
     this.waitingForMemory = false;
     if (this.phase !== 'transmission' || this.waitingForDrain || this.saturated()) return;
@@ -693,7 +700,7 @@ export class Connection {
   }
 
   private writeOut(b: Buffer): void {
-    if (this.sender?.busy || this.holding) {
+    if (this.sender?.busy || this.holding || this.nativeWrites) {
       this.held.push(b);
       return;
     }
@@ -715,8 +722,12 @@ export class Connection {
 
   /**
    * A large write whose payload is still arriving: what is here is written as usual, the rest is
-   * received by the native side straight into the file (file-sender.ts), off the event loop and
-   * without a JavaScript buffer. Only when everything received so far belongs to this payload.
+   * received by the native side straight into the file (native recvWrites), off the event loop
+   * and without a JavaScript buffer. Only when everything received so far belongs to this payload.
+   * When the head went to the file at once and nothing of ours is unsent, the native side also
+   * owns the socket's writes for the job: it answers this write and goes on with the following
+   * large writes itself (a copy's stream of writes then never comes back to JavaScript), and our
+   * own replies are held until it is done.
    */
   private receiveWrite(h: Buffer, flags: number, length: number): void {
     const sender = this.sender;
@@ -751,36 +762,93 @@ export class Connection {
     const done: MaybePromise<void>[] = [];
     let fileErrno = 0;
     try {
+      // Not FUA: the native side flushes once the whole payload is in.
       if (headLength > 0) done.push(dev.write(head, offset));
     } catch (err) {
       fileErrno = errnoFor(err, true);
     }
-    sender.receive(offset + headLength, length - headLength, (received, sockErrno, fileErr) => {
+    const st = this.recvState;
+    st[RECV.OFFSET] = offset + headLength;
+    st[RECV.REMAINING] = length - headLength;
+    st[RECV.COOKIE_HI] = cookie.readUInt32BE(0);
+    st[RECV.COOKIE_LO] = cookie.readUInt32BE(4);
+    st[RECV.FUA] = fua ? 1 : 0;
+    st[RECV.ERRNO] = fileErrno;
+    const loop =
+      !done.some(isPromise) &&
+      this.unsent === 0 &&
+      !sender.busy &&
+      !this.holding &&
+      this.held.length === 0 &&
+      this.socket.writableLength === 0;
+    st[RECV.LOOP] = loop ? 1 : 0;
+    this.nativeWrites = loop;
+    sender.receive(dev.size, st, this.recvReplies, (sockErrno) => {
       this.receiving = false;
-      const remaining = length - headLength - received;
-      if (fileErr) fileErrno ||= fileErr === 28 ? P.ENOSPC : P.EIO;
+      this.nativeWrites = false;
+      const replied = st[RECV.REPLIED] === 1;
+      const unsent = st[RECV.UNSENT]!;
+      const remaining = st[RECV.REMAINING]!;
       if (
         this.phase === 'closed' ||
         (sockErrno && sockErrno !== EAGAIN) ||
         (remaining > 0 && this.phase !== 'transmission')
       ) {
         this.host.memory.give(length, this);
-        this.untrack(length);
         if (this.phase !== 'closed') {
           this.socket.destroy();
           this.close();
         }
-        return;
+        return this.untrack(length);
       }
+      // Replies the socket did not take go first, then whatever we held meanwhile.
+      if (unsent > 0) this.writeOut(Buffer.from(this.recvReplies.subarray(0, unsent)));
+      this.releaseHeld();
       handle.readStart();
-      if (remaining > 0) {
+      if (!replied) {
+        const r: RestOfWrite = {
+          cookie,
+          offset: st[RECV.OFFSET]!,
+          remaining,
+          length,
+          fua,
+          done,
+          fileErrno: st[RECV.ERRNO]!,
+        };
         // The client paused mid-payload: the rest comes through the socket as usual.
-        this.rest = { cookie, offset: offset + length - remaining, remaining, length, fua, done, fileErrno };
+        if (remaining > 0) this.rest = r;
+        else this.finishWrite(r);
         return this.pump();
       }
-      this.finishWrite({ cookie, offset, remaining: 0, length, fua, done, fileErrno });
+      // The first write is answered (its reply sent, or among the unsent bytes above).
+      this.host.memory.give(length, this);
+      if (remaining > 0) {
+        // A later write the client paused in: finished as usual; it holds no budget bytes.
+        this.inflight++;
+        this.rest = {
+          cookie: cookieOf(st),
+          offset: st[RECV.OFFSET]!,
+          remaining,
+          length: 0,
+          fua: st[RECV.FUA] === 1,
+          done: [],
+          fileErrno: st[RECV.ERRNO]!,
+        };
+      }
+      this.untrack(length);
       this.pump();
     });
+  }
+
+  /** Our replies held while a native job owned the socket's writes, sent now in order. */
+  private releaseHeld(): void {
+    const held = this.held;
+    this.held = [];
+    if (held.length > 1) this.socket.cork();
+    for (const b of held) this.writeOut(b);
+    if (held.length > 1) this.socket.uncork();
+    this.checkBackpressure();
+    this.kickSender();
   }
 
   /** Takes the rest of a natively received write once it is here; false while it is not. */
@@ -826,15 +894,7 @@ export class Connection {
   private openSender(exp: NbdExport): FileSender | undefined {
     const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     return FileSender.open(nativeIo(), fd, exp.device.backingFd, {
-      resumeWrites: () => {
-        const held = this.held;
-        this.held = [];
-        if (held.length > 1) this.socket.cork();
-        for (const b of held) this.writeOut(b);
-        if (held.length > 1) this.socket.uncork();
-        this.checkBackpressure();
-        this.kickSender();
-      },
+      resumeWrites: () => this.releaseHeld(),
       sendRest: (header, headerDone, offset, length, dataDone) =>
         this.sendRest(header, headerDone, offset, length, dataDone),
       finished: (length) => this.untrack(length),
@@ -849,7 +909,16 @@ export class Connection {
   /** Starts a sender job once everything written through the socket itself has gone out. */
   private kickSender(): void {
     const s = this.sender;
-    if (!s || s.busy || this.holding || s.pending === 0 || this.phase === 'closed' || this.unsent > 0) return;
+    if (
+      !s ||
+      s.busy ||
+      this.holding ||
+      this.nativeWrites ||
+      s.pending === 0 ||
+      this.phase === 'closed' ||
+      this.unsent > 0
+    )
+      return;
     if (this.socket.writableLength > 0) {
       // Bytes written before the sender existed (the handshake's): wait until they are out.
       this.unsent++;
@@ -956,6 +1025,14 @@ export class Connection {
   private saturated(): boolean {
     return this.inflight >= MAX_INFLIGHT || this.inflightBytes >= MAX_INFLIGHT_BYTES;
   }
+}
+
+/** The cookie a native receive job stored in its state. */
+function cookieOf(st: Float64Array): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeUInt32BE(st[RECV.COOKIE_HI]!, 0);
+  b.writeUInt32BE(st[RECV.COOKIE_LO]!, 4);
+  return b;
 }
 
 function isWriteCommand(type: number): boolean {

@@ -99,19 +99,15 @@ export class FileSender {
   }
 
   /**
-   * Receives the socket's next `length` bytes into the file at `offset` on the thread pool (the
-   * caller has stopped reading the socket). `done` as native recvToFile's.
+   * Receives write payloads from the socket into the file on the thread pool (the caller has
+   * stopped reading the socket, and in loop mode holds its own writes): native recvWrites.
    */
-  receive(
-    offset: number,
-    length: number,
-    done: (received: number, sockErrno: number, fileErrno: number) => void,
-  ): void {
+  receive(size: number, state: Float64Array, replies: Uint8Array, done: (sockErrno: number) => void): void {
     this.receiving = true;
-    this.native.recvToFile(this.sock, this.file, offset, length, (received, sockErrno, fileErrno) => {
+    this.native.recvWrites(this.sock, this.file, size, state, replies, (sockErrno) => {
       this.receiving = false;
       if (this.closed) this.release();
-      done(received, sockErrno, fileErrno);
+      done(sockErrno);
     });
   }
 

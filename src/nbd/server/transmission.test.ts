@@ -218,3 +218,46 @@ test(
     assert.equal(b.ended, true);
   },
 );
+
+test(
+  'a stream of large writes (received by the native side): one FUA, one past the end, one paused mid-payload; each answered once, a flush and reads see every byte',
+  { timeout: 20_000 },
+  async (t) => {
+    const sock = await serving(t);
+    const r = await attach(t, sock, 'rw', false);
+    const len = 256 * 1024;
+    const fill = (i: number) => Buffer.alloc(len, 0x10 + i);
+    for (let i = 0; i < 8; i++)
+      r.request(P.CMD_WRITE, 10 + i, i * len, len, fill(i), i === 3 ? P.CMD_FLAG_FUA : 0);
+    // Between large writes, one the native side must leave to the usual path: past the end.
+    r.request(P.CMD_WRITE, 30, SIZE - len / 2, len, fill(0));
+    r.request(P.CMD_WRITE, 18, 8 * len, len, fill(8));
+    // A client that stops mid-payload for longer than the native side waits (200 ms): the
+    // pause is the stimulus here, not a wait for a state.
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(P.REQUEST_MAGIC, 0);
+    h.writeUInt16BE(P.CMD_WRITE, 6);
+    h.writeBigUInt64BE(19n, 8);
+    h.writeBigUInt64BE(BigInt(9 * len), 16);
+    h.writeUInt32BE(len, 24);
+    r.socket.write(Buffer.concat([h, fill(9).subarray(0, len / 2)]));
+    await new Promise((res) => setTimeout(res, 400));
+    r.socket.write(fill(9).subarray(len / 2));
+    r.request(P.CMD_FLUSH, 40, 0, 0);
+    const errors = new Map<number, number>();
+    for (let i = 0; i < 12; i++) {
+      const { cookie, error } = await r.simple();
+      assert.ok(!errors.has(cookie), `cookie ${cookie} answered once`);
+      errors.set(cookie, error);
+    }
+    for (let i = 0; i < 10; i++) assert.equal(errors.get(10 + i), 0, `write ${i}`);
+    assert.equal(errors.get(30), P.ENOSPC);
+    assert.equal(errors.get(40), 0);
+    r.request(P.CMD_READ, 50, 0, 10 * len);
+    assert.deepEqual(await r.simple(), { cookie: 50, error: 0 });
+    const back = await r.read(10 * len);
+    for (let i = 0; i < 10; i++)
+      assert.ok(back.subarray(i * len, (i + 1) * len).equals(fill(i)), `block ${i}`);
+    r.socket.destroy();
+  },
+);
