@@ -7,15 +7,13 @@
  * resync sends after 1% of the disks changed during an outage.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { connect, createServer, type Server } from 'node:tls';
 import { StorageService, type TapDevice } from '../src/storage/index.js';
 import { SourceGateway, TargetGateway, type SourceGatewayOptions } from '../src/protection/index.js';
 import { FaultProxy } from '../test/support/fault-proxy.js';
 import { HAVEN_BIN, run } from '../test/support/proc.js';
-import { makeTestPki, type TestPki } from '../test/support/tls.js';
+import { dialMutualTls, listenMutualTls, makeTestPki, type TestPki } from '../test/support/tls.js';
 import { onInterrupt } from './lib/cleanup.js';
 import { environment } from './lib/env.js';
 import { fmtSize, keystream } from './lib/image.js';
@@ -103,31 +101,9 @@ async function sites(dir: string, pki: TestPki, size: number) {
     storage: dst,
     volumes: VOLUMES.map((v) => `r${v}`),
   });
-  const server: Server = createServer(
-    {
-      key: readFileSync(pki.serverKey),
-      cert: readFileSync(pki.serverCert),
-      ca: readFileSync(pki.caCert),
-      requestCert: true,
-      rejectUnauthorized: true,
-    },
-    (socket) => void target.accept(socket),
-  );
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const proxy = await FaultProxy.start({ port: (server.address() as AddressInfo).port });
-  const dial: SourceGatewayOptions['connect'] = () =>
-    new Promise((resolve, reject) => {
-      const s = connect({
-        host: '127.0.0.1',
-        port: proxy.port,
-        servername: 'localhost',
-        key: readFileSync(pki.clientKey),
-        cert: readFileSync(pki.clientCert),
-        ca: readFileSync(pki.caCert),
-      });
-      s.once('secureConnect', () => resolve(s));
-      s.once('error', reject);
-    });
+  const listener = await listenMutualTls(pki, (socket) => void target.accept(socket));
+  const proxy = await FaultProxy.start({ port: listener.port });
+  const dial: SourceGatewayOptions['connect'] = () => dialMutualTls(proxy.port, pki);
   const taps = VOLUMES.map((v) => src.tap(v));
   const gateway = (opts: Partial<SourceGatewayOptions> = {}) =>
     new SourceGateway({
@@ -148,7 +124,7 @@ async function sites(dir: string, pki: TestPki, size: number) {
     gateway,
     async close() {
       await proxy.close();
-      await new Promise((r) => server.close(r));
+      await listener.close();
       await target.close();
       dst.close();
       src.close();

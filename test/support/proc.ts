@@ -100,3 +100,12 @@ export async function run(cmd: string, args: string[], opts: SpawnOptions & { in
   if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code ?? signal}\n${stdout}\n${stderr}`);
   return { stdout, stderr };
 }
+
+/** Polls `ok` until it holds; fails naming `what` after `ms`. */
+export async function until(what: string, ok: () => boolean, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

@@ -1,6 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { connect, createServer, type Server, type TLSSocket } from 'node:tls';
 
 export interface TestPki {
   dir: string;
@@ -72,4 +74,47 @@ export function makeTestPki(dir: string): TestPki {
     clientCert: f('client-cert.pem'),
     clientKey: f('client-key.pem'),
   };
+}
+
+/** A mutual-TLS listener on 127.0.0.1 with the PKI's server certificate; clients must show one its CA signed. */
+export async function listenMutualTls(
+  pki: TestPki,
+  onSocket: (socket: TLSSocket) => void,
+): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+  const server = createServer(
+    {
+      key: readFileSync(pki.serverKey),
+      cert: readFileSync(pki.serverCert),
+      ca: readFileSync(pki.caCert),
+      requestCert: true,
+      rejectUnauthorized: true,
+    },
+    onSocket,
+  );
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    server,
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise((r) => server.close(() => r())),
+  };
+}
+
+/** Dials a mutual-TLS listener on 127.0.0.1 with the PKI's client certificate (or another). */
+export async function dialMutualTls(
+  port: number,
+  pki: TestPki,
+  cert: { key: string; cert: string } = { key: pki.clientKey, cert: pki.clientCert },
+): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({
+      host: '127.0.0.1',
+      port,
+      servername: 'localhost',
+      key: readFileSync(cert.key),
+      cert: readFileSync(cert.cert),
+      ca: readFileSync(pki.caCert),
+    });
+    s.once('secureConnect', () => resolve(s));
+    s.once('error', reject);
+  });
 }

@@ -6,28 +6,18 @@
 // saved bitmaps.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { connect, createServer } from 'node:tls';
 import { EXTENT_ZERO } from '../../block/index.js';
 import { StorageService } from '../../storage/index.js';
 import { FaultProxy } from '../../../test/support/fault-proxy.js';
 import { MiB, SourceGroup, sha, snapshotHashes } from '../../../test/support/replication.js';
-import { makeTestPki, type TestPki } from '../../../test/support/tls.js';
+import { dialMutualTls, listenMutualTls, makeTestPki, type TestPki } from '../../../test/support/tls.js';
+import { until } from '../../../test/support/proc.js';
 import { tempDir } from '../../../test/support/tmp.js';
 import { SourceGateway, type SourceGatewayOptions } from './source-gateway.js';
 import { TargetGateway } from './target-gateway.js';
 
 const SIZE = 16 * MiB;
-
-async function until(what: string, ok: () => boolean, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 async function volumeHashes(storage: StorageService, names: string[]): Promise<string[]> {
   const out: string[] = [];
@@ -53,31 +43,9 @@ async function twoSites(dir: string, pki: TestPki) {
     volumes: ['ra', 'rb'],
     onError: (e) => errors.push(e),
   });
-  const server = createServer(
-    {
-      key: readFileSync(pki.serverKey),
-      cert: readFileSync(pki.serverCert),
-      ca: readFileSync(pki.caCert),
-      requestCert: true,
-      rejectUnauthorized: true,
-    },
-    (socket) => void target.accept(socket),
-  );
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const proxy = await FaultProxy.start({ port: (server.address() as AddressInfo).port });
-  const dial: SourceGatewayOptions['connect'] = () =>
-    new Promise((resolve, reject) => {
-      const s = connect({
-        host: '127.0.0.1',
-        port: proxy.port,
-        servername: 'localhost',
-        key: readFileSync(pki.clientKey),
-        cert: readFileSync(pki.clientCert),
-        ca: readFileSync(pki.caCert),
-      });
-      s.once('secureConnect', () => resolve(s));
-      s.once('error', reject);
-    });
+  const listener = await listenMutualTls(pki, (socket) => void target.accept(socket));
+  const proxy = await FaultProxy.start({ port: listener.port });
+  const dial: SourceGatewayOptions['connect'] = () => dialMutualTls(proxy.port, pki);
   const gateway = (opts: Partial<SourceGatewayOptions> = {}) =>
     new SourceGateway({
       group: 'g',
@@ -97,7 +65,7 @@ async function twoSites(dir: string, pki: TestPki) {
     gateway,
     async close() {
       await proxy.close();
-      await new Promise((r) => server.close(r));
+      await listener.close();
       await target.close();
       storage.close();
       await src.close();

@@ -5,28 +5,18 @@
 // limit do what they say; a wrong group or a certificate of another CA is refused.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, createServer, type TLSSocket } from 'node:tls';
-import type { AddressInfo } from 'node:net';
 import { StorageService } from '../../storage/index.js';
 import { FaultProxy } from '../../../test/support/fault-proxy.js';
 import { MiB, SourceGroup, snapshotHashes } from '../../../test/support/replication.js';
-import { makeTestPki, type TestPki } from '../../../test/support/tls.js';
+import { dialMutualTls, listenMutualTls, makeTestPki, type TestPki } from '../../../test/support/tls.js';
+import { until } from '../../../test/support/proc.js';
 import { tempDir } from '../../../test/support/tmp.js';
 import { ReplicaApplier } from './applier.js';
 import { ReplicationJournal } from './journal.js';
 import { JournalReceiver, JournalSender, TokenBucket } from './transceiver.js';
 
 const SIZE = 4 * MiB;
-
-async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** The target site: replica volumes, its journal and applier, a mutual-TLS listener of receivers. */
 async function targetSite(dir: string, pki: TestPki, firstSeq: number, group = 'g') {
@@ -36,28 +26,21 @@ async function targetSite(dir: string, pki: TestPki, firstSeq: number, group = '
   const journal = ReplicationJournal.open(join(dir, 'target-journal'), { firstSeq });
   const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir);
   const errors: Error[] = [];
-  const server = createServer(
-    {
-      key: readFileSync(pki.serverKey),
-      cert: readFileSync(pki.serverCert),
-      ca: readFileSync(pki.caCert),
-      requestCert: true,
-      rejectUnauthorized: true,
-    },
+  const listener = await listenMutualTls(
+    pki,
     (socket) =>
       void new JournalReceiver(journal, socket, { group, onRecords: () => void applier.apply() })
         .run()
         .catch((e: Error) => errors.push(e)),
   );
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
     storage,
     journal,
     applier,
     errors,
-    port: (server.address() as AddressInfo).port,
+    port: listener.port,
     async close() {
-      await new Promise((r) => server.close(r));
+      await listener.close();
       await applier.apply();
       await journal.close();
       storage.close();
@@ -65,24 +48,7 @@ async function targetSite(dir: string, pki: TestPki, firstSeq: number, group = '
   };
 }
 
-function dial(
-  port: number,
-  pki: TestPki,
-  cert: { key: string; cert: string } = { key: pki.clientKey, cert: pki.clientCert },
-): Promise<TLSSocket> {
-  return new Promise((resolve, reject) => {
-    const s = connect({
-      host: '127.0.0.1',
-      port,
-      servername: 'localhost',
-      key: readFileSync(cert.key),
-      cert: readFileSync(cert.cert),
-      ca: readFileSync(pki.caCert),
-    });
-    s.once('secureConnect', () => resolve(s));
-    s.once('error', reject);
-  });
-}
+const dial = dialMutualTls;
 
 test('through cuts of the link and reconnects, every applied checkpoint equals the source at it; the last equals the source', async (t) => {
   const dir = tempDir();
