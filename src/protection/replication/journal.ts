@@ -61,6 +61,7 @@ export class ReplicationJournal {
   private fd = -1;
   private readonly header = Buffer.alloc(RECORD_HEADER);
   private unsynced = false;
+  private held = 0;
   private syncing: Promise<void> | undefined;
   private readonly segmentBytes: number;
   readonly maxBytes: number;
@@ -112,9 +113,9 @@ export class ReplicationJournal {
     return !this.unsynced && !this.syncing;
   }
 
-  /** Bytes held in all segments. */
+  /** Bytes held in all segments (kept as they change: every append asks). */
   get bytes(): number {
-    return this.segments.reduce((n, s) => n + s.bytes, 0);
+    return this.held;
   }
 
   /**
@@ -130,14 +131,11 @@ export class ReplicationJournal {
   ): number | undefined {
     let size = RECORD_HEADER;
     for (const p of payload) size += p.length;
-    if (this.bytes + size > this.maxBytes) return undefined;
-    let seg = this.segments[this.segments.length - 1]!;
-    if (seg.bytes > 0 && seg.bytes + size > this.segmentBytes) seg = this.seal();
+    const seg = this.segmentFor(size);
+    if (!seg) return undefined;
     const seq = seg.endSeq;
     encodeHeader(this.header, { kind, volume, seq, offset, length }, payload);
-    this.writeAll(seg, [this.header, ...payload], size);
-    seg.endSeq = seq + 1;
-    this.unsynced = true;
+    this.put(seg, [this.header, ...payload], size);
     return seq;
   }
 
@@ -154,13 +152,24 @@ export class ReplicationJournal {
         'CONFLICT',
         `replication record ${h.seq} does not follow the journal's last (${this.nextSeq - 1})`,
       );
-    if (this.bytes + record.length > this.maxBytes) return undefined;
-    let seg = this.segments[this.segments.length - 1]!;
-    if (seg.bytes > 0 && seg.bytes + record.length > this.segmentBytes) seg = this.seal();
-    this.writeAll(seg, [record], record.length);
-    seg.endSeq = h.seq + 1;
-    this.unsynced = true;
+    const seg = this.segmentFor(record.length);
+    if (!seg) return undefined;
+    this.put(seg, [record], record.length);
     return h.seq;
+  }
+
+  /** The segment a record of `size` bytes goes into (a new one past segmentBytes); undefined: full. */
+  private segmentFor(size: number): Segment | undefined {
+    if (this.held + size > this.maxBytes) return undefined;
+    const seg = this.segments[this.segments.length - 1]!;
+    return seg.bytes > 0 && seg.bytes + size > this.segmentBytes ? this.seal() : seg;
+  }
+
+  /** Writes the next record of `seg`. */
+  private put(seg: Segment, parts: Uint8Array[], size: number): void {
+    this.writeAll(seg, parts, size);
+    seg.endSeq++;
+    this.unsynced = true;
   }
 
   /** Makes every record appended so far durable (fdatasync on the thread pool; calls coalesce). */
@@ -182,7 +191,9 @@ export class ReplicationJournal {
     const last = this.segments[this.segments.length - 1]!;
     if (last.bytes > 0 && last.endSeq <= seq) this.seal();
     while (this.segments.length > 1 && this.segments[0]!.endSeq <= seq) {
-      rmSync(this.segments.shift()!.path, { force: true });
+      const gone = this.segments.shift()!;
+      rmSync(gone.path, { force: true });
+      this.held -= gone.bytes;
     }
   }
 
@@ -278,6 +289,7 @@ export class ReplicationJournal {
       throw fromSystemError(err, `replication journal ${seg.path}: cannot append`);
     }
     seg.bytes += size;
+    this.held += size;
   }
 
   /** Closes the current segment durably and begins the next. */
@@ -339,6 +351,7 @@ export class ReplicationJournal {
         seq++;
       }
       this.segments.push({ path, firstSeq, endSeq: seq, bytes: at });
+      this.held += at;
     } finally {
       closeSync(fd);
     }

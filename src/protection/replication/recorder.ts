@@ -116,13 +116,13 @@ export class GroupRecorder {
     payload?: readonly Uint8Array[],
   ): number | undefined {
     let seq: number | undefined;
-    let why = `the journal is full (${this.journal.maxBytes} bytes)`;
     try {
       seq = this.journal.append(kind, volume, offset, length, payload);
     } catch (err) {
-      why = `the journal failed: ${(err as Error).message}`;
+      this.overflow(`the journal failed: ${(err as Error).message}`);
+      return undefined;
     }
-    if (seq === undefined) this.overflow(why);
+    if (seq === undefined) this.overflow(`the journal is full (${this.journal.maxBytes} bytes)`);
     else this.opts.onRecord?.();
     return seq;
   }

@@ -351,11 +351,15 @@ export class SourceGateway {
           if (Date.now() - savedAt < 1000) return;
           savedAt = Date.now();
           const from = { volume: at.volume, offset: at.offset };
-          void this.journal.sync().then(() => {
-            if (this.state.scan?.kind !== kind || this.stopped) return;
-            this.state.scan = { kind, from };
-            this.saveState();
-          });
+          // A failed sync only means the resume point stays where it was.
+          this.journal.sync().then(
+            () => {
+              if (this.state.scan?.kind !== kind || this.stopped) return;
+              this.state.scan = { kind, from };
+              this.saveState();
+            },
+            () => undefined,
+          );
         },
       });
     } catch (err) {
