@@ -1,3 +1,4 @@
+import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { DirtyBitmap } from '../../src/block/index.js';
@@ -114,4 +115,11 @@ export async function snapshotHashes(
     out.push(sha(b));
   }
   return out;
+}
+
+/** Copies what `to` lacks from `from`, record for record, with the same sequences (the transceiver's job, in-process). */
+export function ship(from: ReplicationJournal, to: ReplicationJournal): void {
+  const scratch = Buffer.alloc(MiB);
+  for (let batch = from.read(to.nextSeq, scratch); batch.length; batch = from.read(to.nextSeq, scratch))
+    for (const r of batch) assert.equal(to.append(r.kind, r.volume, r.offset, r.length, [r.payload]), r.seq);
 }

@@ -5,11 +5,11 @@
 // torn; expired checkpoints go, the newest stays.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { StorageService } from '../../storage/index.js';
-import { SourceGroup, snapshotHashes } from '../../../test/support/replication.js';
+import { SourceGroup, ship, snapshotHashes } from '../../../test/support/replication.js';
+import { start } from '../../../test/support/proc.js';
 import { tempDir } from '../../../test/support/tmp.js';
 import { ReplicaApplier } from './applier.js';
 import { RecordKind } from './journal-format.js';
@@ -20,13 +20,6 @@ const SIZE = 4 * MiB;
 const BLOCK = 4096;
 const VOLUMES = ['a', 'b'];
 const REPLICAS = ['ra', 'rb'];
-
-/** Copies what `to` lacks from `from`, record for record (the transceiver's job, in-process). */
-function ship(from: ReplicationJournal, to: ReplicationJournal): void {
-  const scratch = Buffer.alloc(MiB);
-  for (let batch = from.read(to.nextSeq, scratch); batch.length; batch = from.read(to.nextSeq, scratch))
-    for (const r of batch) assert.equal(to.append(r.kind, r.volume, r.offset, r.length, [r.payload]), r.seq);
-}
 
 /** The source: two volumes written by a seeded random writer, a checkpoint every 25 writes. */
 async function source(t: { after: (fn: () => unknown) => void }, dir: string, writes: number) {
@@ -114,32 +107,28 @@ test('kill -9 of the applying process, 6 times at random moments: no applied che
   let told = 0;
   let finished = false;
   for (let round = 0; round < 6 && !finished; round++) {
-    const proc = spawn(process.execPath, ['--input-type=module', '-e', child], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const exited = new Promise((r) => proc.once('exit', r));
+    const proc = start(process.execPath, ['--input-type=module', '-e', child]);
+    t.after(() => proc.stop(0));
+    const reports = () =>
+      proc
+        .output()
+        .split('\n')
+        .filter((l) => /^\d+$/.test(l));
     seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
     // Killed after one to three more checkpoints were reported, a few ms past the report.
     const more = 1 + (seed % 3);
     const deadline = Date.now() + 30_000;
-    while (out.split('\n').filter((l) => /^\d+$/.test(l)).length < more && !out.includes('done')) {
-      if (Date.now() > deadline || proc.exitCode !== null) break;
+    while (reports().length < more && !proc.output().includes('done')) {
+      if (Date.now() > deadline || proc.child.exitCode !== null) break;
       await new Promise((r) => setTimeout(r, 2));
     }
     await new Promise((r) => setTimeout(r, seed % 7));
-    proc.kill('SIGKILL');
-    await exited;
-    if (proc.exitCode !== null && proc.exitCode !== 0 && !out.includes('done'))
-      throw new Error(`the applier failed: ${err}`);
-    finished = out.includes('done');
-    const reported = out
-      .split('\n')
-      .filter((l) => /^\d+$/.test(l))
-      .map(Number);
+    proc.child.kill('SIGKILL');
+    await proc.exited;
+    if (proc.child.exitCode !== null && proc.child.exitCode !== 0 && !proc.output().includes('done'))
+      throw new Error(`the applier failed: ${proc.output()}`);
+    finished = proc.output().includes('done');
+    const reported = reports().map(Number);
     if (reported.length) told = reported[reported.length - 1]!;
     // What a restarted applier holds: every checkpoint it reported, each equal to the source's.
     const storage = StorageService.open(join(dir.path, 'target'));

@@ -3,11 +3,11 @@
 // a process appending at full speed losing no acknowledged record.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { appendFileSync, readdirSync, statSync, truncateSync, openSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { start } from '../../../test/support/proc.js';
 import { tempDir } from '../../../test/support/tmp.js';
 import { RECORD_HEADER, RecordKind } from './journal-format.js';
 import { ReplicationJournal } from './journal.js';
@@ -197,25 +197,24 @@ test('kill -9 of a process appending: no record it was told had been appended is
   let acknowledged = 0;
   let seed = 42;
   for (let round = 0; round < 5; round++) {
-    const proc = spawn(process.execPath, ['--input-type=module', '-e', child], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const exited = new Promise((r) => proc.once('exit', r));
+    const proc = start(process.execPath, ['--input-type=module', '-e', child]);
+    t.after(() => proc.stop(0));
+    // The last sequence reported (a whole line).
+    const last = () => {
+      const lines = proc.output().split('\n');
+      return Number(lines[lines.length - 2] ?? 0);
+    };
     seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
     const target = acknowledged + 200 + (seed % 3000);
     const deadline = Date.now() + 20_000;
-    while (!out.endsWith('\n') || Number(out.slice(out.lastIndexOf('\n', out.length - 2) + 1, -1)) < target) {
-      if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`the appender stopped: ${err}`);
+    while (!(last() >= target)) {
+      if (Date.now() > deadline || proc.child.exitCode !== null)
+        throw new Error(`the appender stopped: ${proc.output().slice(-2000)}`);
       await new Promise((r) => setTimeout(r, 5));
     }
-    proc.kill('SIGKILL');
-    await exited;
-    const lines = out.trim().split('\n');
-    acknowledged = Number(lines[lines.length - 1]);
+    proc.child.kill('SIGKILL');
+    await proc.exited;
+    acknowledged = last();
     const j = ReplicationJournal.open(dir.path, { segmentBytes: 256 * 1024 });
     try {
       assert.ok(

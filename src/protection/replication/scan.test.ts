@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { PassThroughDevice, type BlockDevice } from '../../block/index.js';
 import { StorageService } from '../../storage/index.js';
-import { MiB, SourceGroup, snapshotHashes } from '../../../test/support/replication.js';
+import { MiB, SourceGroup, ship, snapshotHashes } from '../../../test/support/replication.js';
 import { tempDir } from '../../../test/support/tmp.js';
 import { ReplicaApplier } from './applier.js';
 import { ReplicationJournal } from './journal.js';
@@ -44,13 +44,7 @@ async function replicate(dir: string, src: SourceGroup) {
   storage.createPool('p', {});
   for (const v of src.names) storage.createVolume(`r${v}`, SIZE, 'p');
   const journal = ReplicationJournal.open(join(dir, 'target-journal'), { firstSeq: src.journal.firstSeq });
-  const scratch = Buffer.alloc(MiB);
-  for (
-    let b = src.journal.read(journal.nextSeq, scratch);
-    b.length;
-    b = src.journal.read(journal.nextSeq, scratch)
-  )
-    for (const r of b) journal.append(r.kind, r.volume, r.offset, r.length, [r.payload]);
+  ship(src.journal, journal);
   const applier = new ReplicaApplier(
     storage,
     journal,
