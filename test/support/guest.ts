@@ -140,6 +140,30 @@ export interface GuestWrite extends GuestResult {
   sha256: string;
 }
 
+/** The `started` result of `stream`: `disks` in the order writes cycle through them. */
+export interface GuestStreamStarted extends GuestResult {
+  event: 'started';
+  cmd: 'stream';
+  /** The disks, comma-separated (one disk: its name, as before multi-disk streams). */
+  disk: string;
+  disks: string[];
+}
+
+/**
+ * Where a stream puts its write number `k` (counted from its first seq), as the agent computes it:
+ * disk k mod n of its n disks, at start + (floor(k / n) mod slots) · len.
+ */
+export function streamTarget(
+  stream: { disks: readonly string[]; len: number; start?: number; slots: number },
+  k: number,
+): { disk: string; offset: number } {
+  const n = stream.disks.length;
+  return {
+    disk: stream.disks[k % n]!,
+    offset: (stream.start ?? 0) + (Math.floor(k / n) % stream.slots) * stream.len,
+  };
+}
+
 /** A failure of the guest or of waiting for it; `console` is everything the guest printed. */
 export class GuestError extends Error {
   constructor(
