@@ -72,8 +72,7 @@ export type Violation =
   | { kind: 'constraint'; constraint: Constraint };
 
 export type Consistency =
-  | { ok: true; cuts: Record<string, Cut> }
-  | { ok: false; violation: Violation; message: string };
+  { ok: true; cuts: Record<string, Cut> } | { ok: false; violation: Violation; message: string };
 
 interface Slot {
   disk: string;
@@ -92,7 +91,8 @@ function slotsOf(w: Writer): Slot[] {
   w.writes.forEach((x, i) => {
     if (seqs.has(x.seq)) throw new Error(`writer ${w.name}: seq ${x.seq} appears twice in its writes`);
     seqs.add(x.seq);
-    if (!w.disks[x.disk]) throw new Error(`writer ${w.name}: write ${x.seq} is to ${x.disk}, which has no reader`);
+    if (!w.disks[x.disk])
+      throw new Error(`writer ${w.name}: write ${x.seq} is to ${x.disk}, which has no reader`);
     if (!(x.length > 0)) throw new Error(`writer ${w.name}: write ${x.seq} has length ${x.length}`);
     const key = `${x.disk}\0${x.offset}`;
     const s = byKey.get(key);
@@ -103,7 +103,9 @@ function slotsOf(w: Writer): Slot[] {
       );
     else s.positions.push(i);
   });
-  const slots = [...byKey.values()].sort((a, b) => (a.disk < b.disk ? -1 : a.disk > b.disk ? 1 : a.offset - b.offset));
+  const slots = [...byKey.values()].sort((a, b) =>
+    a.disk < b.disk ? -1 : a.disk > b.disk ? 1 : a.offset - b.offset,
+  );
   for (let i = 1; i < slots.length; i++) {
     const [a, b] = [slots[i - 1]!, slots[i]!];
     if (a.disk === b.disk && a.offset + a.length > b.offset)
@@ -120,7 +122,12 @@ async function identify(w: Writer, slot: Slot, buf: Buffer, initial: Buffer): Pr
   await w.disks[slot.disk]!(buf, slot.offset);
   const nl = buf.indexOf(10);
   const firstLine = buf.subarray(0, nl < 0 ? Math.min(buf.length, 80) : nl).toString('latin1');
-  const ref = (seq: number | undefined): SlotRef => ({ writer: w.name, disk: slot.disk, offset: slot.offset, seq });
+  const ref = (seq: number | undefined): SlotRef => ({
+    writer: w.name,
+    disk: slot.disk,
+    offset: slot.offset,
+    seq,
+  });
   const m = LINE.exec(firstLine);
   if (m && m[1] === String(w.seed) && Number(m[3]) === slot.offset) {
     const seq = Number(m[2]);
@@ -137,9 +144,10 @@ async function identify(w: Writer, slot: Slot, buf: Buffer, initial: Buffer): Pr
   // A slot shorter than its pattern line has no whole line to parse: compare with each write.
   for (const p of slot.positions)
     if (buf.equals(patternBytes(w.seed, w.writes[p]!.seq, slot.offset, slot.length))) return p;
-  // Starting like the initial content (its first 512 bytes or line) but not all of it: torn too.
-  const head = Math.min(buf.length, nl < 0 ? 512 : nl + 1);
-  if (buf.subarray(0, head).equals(initial.subarray(0, head))) return { kind: 'torn', slot: ref(undefined), firstLine };
+  // Starting like the initial content (its first 512 bytes) but not all of it: torn too.
+  const head = Math.min(buf.length, 512);
+  if (buf.subarray(0, head).equals(initial.subarray(0, head)))
+    return { kind: 'torn', slot: ref(undefined), firstLine };
   return { kind: 'foreign', slot: ref(undefined), firstLine };
 }
 
