@@ -43,6 +43,7 @@ export async function startSiteDaemon(site: SiteOptions, api: ApiOptions): Promi
     await s.close();
     throw err;
   }
+  s.peers.setApiUrl(url);
   const endpointFile = join(s.dataDir, 'api.json');
   // The pid with its start time names this process, so the CLI can tell a live daemon from a
   // dead one's leftover file even once the pid has been reused.

@@ -372,3 +372,60 @@ export const restoreVolumeBody = {
     pool: name,
   },
 } as const;
+
+// ---- paired sites -----------------------------------------------------------------------------
+
+export const peerAnswer = open('a paired site: its pinned certificate and addresses', {
+  name: { type: 'string' },
+  fingerprint: { type: 'string', description: 'SHA-256 of its certificate (AB:CD:…)' },
+  certificate: { type: 'string', description: 'PEM' },
+  link: { type: 'string', description: 'HOST:PORT of its peer link' },
+  api: { type: 'string' },
+  pairedAt: { type: 'string' },
+});
+export const peerOfferAnswer = open("a site's identity as it offers it at pairing", {
+  name: { type: 'string' },
+  certificate: { type: 'string' },
+  link: { type: 'string' },
+  api: { type: 'string' },
+});
+export const pairingTokenAnswer = open('a one-time pairing token: shown once, stored hashed', {
+  token: { type: 'string' },
+  expiresAt: { type: 'string' },
+});
+
+export const pairBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['api', 'token'],
+  properties: {
+    api: { type: 'string', minLength: 1, maxLength: 2048, description: "the peer site's API URL" },
+    token: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 4096,
+      description: "the peer's API token, or a one-time token it made (POST /peers/tokens there)",
+    },
+  },
+} as const;
+
+export const acceptPeerBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'certificate'],
+  properties: {
+    name,
+    certificate: { type: 'string', minLength: 1, maxLength: 16384, description: 'PEM, self-signed' },
+    link: { type: 'string', minLength: 1, maxLength: 300, description: 'HOST:PORT of its peer link' },
+    api: { type: 'string', minLength: 1, maxLength: 2048 },
+    dryRun: { type: 'boolean', description: 'only check; store nothing, spend no token' },
+  },
+} as const;
+
+export const pairingTokenBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    ttlSeconds: { type: 'integer', minimum: 1, maximum: 86400, description: 'default 900 (15 min)' },
+  },
+} as const;

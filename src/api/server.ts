@@ -13,6 +13,7 @@ import { havenVersion, type Site } from '../orchestration/index.js';
 import { API_PREFIX } from './client.js';
 import { registerComputeRoutes } from './routes-compute.js';
 import { registerOperationRoutes } from './routes-operations.js';
+import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
 import { registerStorageRoutes } from './routes-storage.js';
 
 export interface ApiOptions {
@@ -87,10 +88,26 @@ export async function buildApi(
   const expected = digest(site.apiToken());
 
   app.decorateRequest('actor', '');
+  app.decorateRequest('pairingToken', '');
   app.addHook('onRequest', async (req, reply) => {
     const header = req.headers.authorization ?? '';
     const m = /^Bearer\s+(\S+)$/i.exec(header);
     if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
+      // The one exception: a site pairing with this one may show a one-time pairing token
+      // instead, on this one route; the handler spends it.
+      if (m && req.method === 'POST' && req.routeOptions.url === API_PREFIX + ACCEPT_PEER_PATH) {
+        const problem = site.peers.pairingTokenProblem(m[1]!);
+        if (problem === undefined) {
+          req.actor = `pairing-token@${req.ip}`;
+          req.pairingToken = m[1]!;
+          return;
+        }
+        void reply
+          .code(401)
+          .header('www-authenticate', 'Bearer realm="haven"')
+          .send({ error: { code: 'UNAUTHENTICATED', message: problem } });
+        return reply;
+      }
       void reply
         .code(401)
         .header('www-authenticate', 'Bearer realm="haven"')
@@ -138,6 +155,7 @@ export async function buildApi(
       registerOperationRoutes(api, site);
       registerStorageRoutes(api, site);
       registerComputeRoutes(api, site);
+      registerPeerRoutes(api, site);
       api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },

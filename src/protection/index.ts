@@ -50,6 +50,14 @@ export {
 } from './replication/source-gateway.js';
 export { TargetGateway, type TargetGatewayOptions } from './replication/target-gateway.js';
 export {
+  Frame,
+  FRAME_HEADER,
+  jsonFrame,
+  writeFrame,
+  type FrameType,
+  type ReceivedFrame,
+} from './replication/frames.js';
+export {
   repoAccess,
   openRepository,
   backupResult,

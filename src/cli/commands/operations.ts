@@ -5,6 +5,7 @@ import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { followJob, jobFailure, progressLine } from '../jobs.js';
 import { bytes, table } from '../args.js';
 import { printResult } from '../output.js';
+import { registerPeerCommands } from './peers.js';
 
 function query(params: Record<string, string | undefined>): string {
   const q = new URLSearchParams();
@@ -18,7 +19,7 @@ function limitOf(s: string): string {
   return s;
 }
 
-/** `haven site show`, `haven job …`, `haven event list` */
+/** `haven site show` (and the peer commands), `haven job …`, `haven event list` */
 export function registerOperations(program: Command): void {
   const site = program.command('site').description('the site a daemon runs');
   apiOptions(site.command('show'))
@@ -45,9 +46,12 @@ export function registerOperations(program: Command): void {
               : `${bytes(s.recovery.maxBytesPerSecond)}/s`
           }; warn after ${s.recovery.warnAfterSeconds / 3600} h from backup`,
           `pools ${s.pools}, volumes ${s.volumes}, VMs ${s.vms} (${s.runningVms} running), jobs running ${s.runningJobs}`,
+          `identity: certificate ${s.peer.fingerprint}`,
+          `peer link: ${s.peer.link ?? 'none (--peer-listen none)'}`,
         ].join('\n'),
       );
     });
+  registerPeerCommands(site);
 
   const job = program.command('job').description('long operations: progress, log, result, cancel');
   apiOptions(job.command('list'))

@@ -23,6 +23,11 @@ export function registerServe(program: Command): void {
       'TCP address of the NBD exports, TLS only: clients authenticate with the site\'s PSK (DATA/nbd-tls/keys.psk) or a client certificate; or "none"',
       '127.0.0.1:10809',
     )
+    .option(
+      '--peer-listen <host:port>',
+      'TCP address where paired sites connect (mutual TLS with the site certificates pinned at pairing; port 0 picks a free one); or "none"',
+      '127.0.0.1:10810',
+    )
     .option('--tls-cert <file>', 'certificate (PEM) for an https API')
     .option('--tls-key <file>', 'private key (PEM) for an https API')
     .option('--nbd-tls-cert <file>', 'certificate (PEM) of the NBD TCP listener, for X.509 clients')
@@ -62,6 +67,7 @@ export function registerServe(program: Command): void {
         listen?: string;
         site?: string;
         nbdListen: string;
+        peerListen: string;
         tlsCert?: string;
         tlsKey?: string;
         nbdTlsCert?: string;
@@ -143,6 +149,7 @@ export function registerServe(program: Command): void {
           {
             dataDir,
             nbdListen: o.nbdListen,
+            peerListen: o.peerListen,
             maxTransfersPerHost: maxTransfers,
             ...(o.site ? { name: o.site } : {}),
             ...(transports ? { transports } : {}),
@@ -182,6 +189,7 @@ export function registerServe(program: Command): void {
               ? ` and ${info.nbd.tcp} (TLS; PSK ${info.nbd.pskIdentity} in ${info.nbd.pskFile})`
               : '') +
             (info.nbd.plain ? ` and ${info.nbd.plain} (plain TCP, NO AUTHENTICATION)` : '') +
+            (info.peer.link ? `; peer link on ${info.peer.link}` : '') +
             '\n',
         );
         running.daemon = d;

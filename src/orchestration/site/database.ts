@@ -46,6 +46,12 @@ const MIGRATIONS: string[] = [
      state TEXT NOT NULL CHECK (state IN ('running', 'finalizing', 'broken')));`,
   // 3: why a job failed, as a stable code (a user's mistake is not an internal error)
   `ALTER TABLE jobs ADD COLUMN error_code TEXT;`,
+  // 4: paired sites (their pinned certificates) and one-time pairing tokens (hashed)
+  `CREATE TABLE peers (
+     name TEXT PRIMARY KEY, certificate TEXT NOT NULL, fingerprint TEXT NOT NULL UNIQUE,
+     link_address TEXT, api_url TEXT, paired_at TEXT NOT NULL);
+   CREATE TABLE pairing_tokens (
+     hash TEXT PRIMARY KEY, created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT);`,
 ];
 
 export function openDatabase(path: string): Db {

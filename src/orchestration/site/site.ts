@@ -35,6 +35,8 @@ import { RecoveryService, type RecoveryOptions } from './recovery.js';
 import { SiteBackups } from './backups.js';
 import { SiteVms } from './vms.js';
 import { SiteVolumes } from './volumes.js';
+import { siteIdentity, type SiteIdentity } from './identity.js';
+import { SitePeers } from './peers.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -63,6 +65,12 @@ export interface SiteOptions {
   maxTransfersPerHost?: number;
   /** The transports backups may use (default: every one this site can offer). */
   transports?: string[];
+  /**
+   * HOST:PORT of the peer link listener, where paired sites connect (mutual TLS with the site
+   * identity; port 0 picks a free one); "none" or absent: none (`haven serve` defaults to
+   * 127.0.0.1:10810).
+   */
+  peerListen?: string;
 }
 
 export interface NbdTlsCertificates {
@@ -100,6 +108,8 @@ export interface SiteInfo {
   vms: number;
   runningVms: number;
   runningJobs: number;
+  /** This site to its paired sites: its link address (HOST:PORT, when it listens) and certificate fingerprint. */
+  peer: { link?: string; fingerprint: string };
 }
 
 /**
@@ -125,6 +135,8 @@ export class Site {
   readonly volumes: SiteVolumes;
   readonly backups: SiteBackups;
   readonly vms: SiteVms;
+  /** Paired sites, the peer links to them and the calls over those. */
+  readonly peers: SitePeers;
 
   private constructor(
     readonly name: string,
@@ -136,6 +148,7 @@ export class Site {
     readonly nbdSocket: string,
     maxTransfersPerHost: number,
     recoveryOptions: RecoveryOptions,
+    identity: SiteIdentity,
   ) {
     this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
@@ -149,6 +162,7 @@ export class Site {
     this.volumes = new SiteVolumes(parts);
     this.backups = new SiteBackups(parts, this.transfers, dataDir, () => this.endpoints());
     this.vms = new SiteVms(parts, this.recovery);
+    this.peers = new SitePeers(db, this.events, name, identity);
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
@@ -164,6 +178,7 @@ export class Site {
     const handshakeTimeoutMs = opts.nbdHandshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     const nbd = new NbdServer({ log: logger('site-nbd'), handshakeTimeoutMs });
     let nbds: NbdServer | undefined;
+    let opened: Site | undefined;
     try {
       db = openDatabase(join(dataDir, 'site.db'));
       const name = siteName(db, opts.name);
@@ -174,12 +189,25 @@ export class Site {
       mkdirSync(run, { recursive: true, mode: 0o700 });
       makePrivate(run, 0o700, log);
       const socket = join(run, 'nbd.sock');
-      const site = new Site(name, dataDir, storage, db, nbd, exports, socket, opts.maxTransfersPerHost ?? 4, {
-        ...(opts.recoveryLimits ? { limits: opts.recoveryLimits } : {}),
-        ...(opts.recoveryWarnAfterSeconds !== undefined
-          ? { warnAfterSeconds: opts.recoveryWarnAfterSeconds }
-          : {}),
-      });
+      const identity = await siteIdentity(dataDir, name);
+      const site = new Site(
+        name,
+        dataDir,
+        storage,
+        db,
+        nbd,
+        exports,
+        socket,
+        opts.maxTransfersPerHost ?? 4,
+        {
+          ...(opts.recoveryLimits ? { limits: opts.recoveryLimits } : {}),
+          ...(opts.recoveryWarnAfterSeconds !== undefined
+            ? { warnAfterSeconds: opts.recoveryWarnAfterSeconds }
+            : {}),
+        },
+        identity,
+      );
+      opened = site;
       site.psk = sitePsk(dataDir, log);
       site.nbdHandshakeTimeoutMs = handshakeTimeoutMs;
       // VMs running from backups get their backups back before any client can read their disks.
@@ -207,6 +235,8 @@ export class Site {
           `NBD listener ${opts.nbdListenPlain} is plain TCP WITHOUT AUTHENTICATION: anyone who reaches it can read and write every volume of site ${name}`,
         );
       }
+      if (opts.peerListen && opts.peerListen !== 'none')
+        await site.peers.listen(parseHostPort(opts.peerListen));
       site.backups.offer(offeredTransports(site.endpoints(), opts.transports));
       site.recover();
       const { attached, lost } = await site.compute.reattach();
@@ -215,6 +245,7 @@ export class Site {
     } catch (err) {
       await nbd.close().catch(() => undefined);
       await nbds?.close().catch(() => undefined);
+      await opened?.peers.close().catch(() => undefined);
       db?.close();
       storage.close();
       throw err;
@@ -263,6 +294,7 @@ export class Site {
       vms: vms.length,
       runningVms: vms.filter((v) => v.state === 'running').length,
       runningJobs: this.jobs.list({ state: 'running' }).length,
+      peer: this.peers.info(),
     };
   }
 
@@ -297,6 +329,7 @@ export class Site {
     this.recovery.close();
     await this.nbd.close();
     await this.nbds?.server.close();
+    await this.peers.close();
     this.db.close();
     this.storage.close();
   }

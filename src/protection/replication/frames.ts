@@ -17,11 +17,18 @@ export const Frame = {
   ack: 4,
   /** either way: { message }, then the connection closes */
   error: 5,
+  /** dialer → listener, first on a peer link: { channel, … }; the listener answers with one too ({ site }) or an error */
+  open: 6,
+  /** the rpc channel: { op, args } */
+  request: 7,
+  /** the rpc channel: { ok: true, result } or { ok: false, code, message } */
+  response: 8,
 } as const;
 export type FrameType = (typeof Frame)[keyof typeof Frame];
 
 export const FLAG_ZSTD = 1;
-const HEADER = 8;
+export const FRAME_HEADER = 8;
+const HEADER = FRAME_HEADER;
 /** Larger frames are refused (a batch is a few MiB). */
 export const MAX_FRAME = 64 * 1024 * 1024;
 
