@@ -1,11 +1,11 @@
 /**
  * A site daemon for end-to-end tests: `haven serve` as a child process on a fresh data directory
- * (API on a free port, no NBD TCP port), the CLI pointed at it through HAVEN_DATA, and a cleanup
+ * (API and peer link on free ports, no NBD TCP port), the CLI pointed at it through HAVEN_DATA, and a cleanup
  * that stops its VMs (they outlive the daemon by design), the daemon, and any QEMU left behind.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -22,6 +22,16 @@ export interface Site {
   haven(...args: string[]): Promise<string>;
   /** Runs a command that must fail; returns its stderr. */
   havenFails(...args: string[]): Promise<string>;
+  /** The running daemon's API URL, API token, peer link address (HOST:PORT) and certificate fingerprint. */
+  info(): Promise<DaemonInfo>;
+}
+
+export interface DaemonInfo {
+  name: string;
+  url: string;
+  token: string;
+  link?: string;
+  fingerprint: string;
 }
 
 /** `haven serve` on `dir`, with `extra` options; resolves once its API listens. */
@@ -30,7 +40,18 @@ export async function startDaemon(dir: string, extra: string[] = []): Promise<Ru
   rmSync(join(dir, 'api.json'), { force: true });
   const daemon = start(
     HAVEN_BIN,
-    ['serve', '--data', dir, '--listen', '127.0.0.1:0', '--nbd-listen', 'none', ...extra],
+    [
+      'serve',
+      '--data',
+      dir,
+      '--listen',
+      '127.0.0.1:0',
+      '--nbd-listen',
+      'none',
+      '--peer-listen',
+      '127.0.0.1:0',
+      ...extra,
+    ],
     {
       env: { ...process.env, HAVEN_LOG_LEVEL: 'debug' },
     },
@@ -68,6 +89,19 @@ export async function site(t: { after: (fn: () => unknown) => void }, extra: str
         return (e as { stderr: string }).stderr;
       }
       throw new Error(`haven ${args.join(' ')} succeeded but should have failed`);
+    },
+    info: async () => {
+      const show = JSON.parse(await s.haven('site', 'show', '--json')) as {
+        name: string;
+        peer: { link?: string; fingerprint: string };
+      };
+      return {
+        name: show.name,
+        url: (JSON.parse(readFileSync(join(dir, 'api.json'), 'utf8')) as { url: string }).url,
+        token: readFileSync(join(dir, 'api-token'), 'utf8').trim(),
+        ...(show.peer.link ? { link: show.peer.link } : {}),
+        fingerprint: show.peer.fingerprint,
+      };
     },
   };
   t.after(async () => {

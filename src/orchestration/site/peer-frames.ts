@@ -49,6 +49,7 @@ export function readOneFrame(
       if (body.length < length) return onEnd();
       finish(undefined, frameOf(head, body));
     };
+    if (socket.destroyed) return onEnd();
     socket.on('readable', onReadable);
     socket.on('end', onEnd);
     socket.on('close', onEnd);

@@ -46,7 +46,9 @@ export class PeerLinks {
 
   async listen(at: { host: string; port: number }): Promise<void> {
     const server = createServer(
-      { ...this.context(), requestCert: true, rejectUnauthorized: true, handshakeTimeout: HANDSHAKE_MS },
+      // Unauthorized clients are refused in accept(), before a byte is read from them, rather
+      // than by rejectUnauthorized: Node would drop them without their address or the reason.
+      { ...this.context(), requestCert: true, rejectUnauthorized: false, handshakeTimeout: HANDSHAKE_MS },
       (socket) => this.accept(socket),
     );
     server.on('tlsClientError', (err, socket) =>
@@ -148,26 +150,27 @@ export class PeerLinks {
       });
     });
     this.track(socket, peer.name);
+    let answer;
     try {
       await jsonFrame(socket, Frame.open, open);
+      answer = await readOneFrame(socket, who, { maxBytes: MAX_OPEN, timeoutMs: HANDSHAKE_MS });
+    } catch (err) {
+      socket.destroy();
       // TLS 1.3: the peer checks our certificate after our side of the handshake is done, so
-      // its refusal shows here, as the link closing before its answer.
-      const answer = await readOneFrame(socket, who, { maxBytes: MAX_OPEN, timeoutMs: HANDSHAKE_MS }).catch(
-        (err: HavenError) => {
-          throw err.code === 'IO'
-            ? new HavenError(
-                'PROTOCOL',
-                `${who} refused the link: it does not trust this site's certificate (${this.identity.fingerprint}); pair again (haven site pair) — ${err.message}`,
-              )
-            : err;
-        },
+      // its refusal shows here, as the link failing or closing before its answer.
+      if (err instanceof HavenError && err.code !== 'IO') throw err;
+      throw new HavenError(
+        'PROTOCOL',
+        `${who} refused the link: it does not trust this site's certificate (${this.identity.fingerprint}); pair again (haven site pair): ${errorMessage(err)}`,
       );
+    }
+    try {
       jsonBody(answer, Frame.open, who);
-      return socket;
     } catch (err) {
       socket.destroy();
       throw err;
     }
+    return socket;
   }
 
   async close(): Promise<void> {
@@ -190,11 +193,15 @@ export class PeerLinks {
   private accept(socket: TLSSocket): void {
     socket.on('error', (err) => log.debug({ err: errorMessage(err) }, 'peer link error'));
     const cert = socket.getPeerCertificate();
-    const peer = cert?.fingerprint256 ? this.store.byFingerprint(cert.fingerprint256) : undefined;
+    const fingerprint = cert?.fingerprint256;
+    const peer = fingerprint ? this.store.byFingerprint(fingerprint) : undefined;
     if (!socket.authorized || !peer) {
+      const shown = fingerprint ? `${cert.subject?.CN ?? 'no CN'}, ${fingerprint}` : 'none';
       this.refused(
         socket.remoteAddress,
-        `its certificate (${cert?.subject?.CN ?? 'no CN'}, ${cert?.fingerprint256 ?? 'none'}) is not a paired site's`,
+        socket.authorized
+          ? `its certificate (${shown}) is not a paired site's`
+          : `its certificate (${shown}) is not trusted: ${String(socket.authorizationError)}`,
       );
       socket.destroy();
       return;
