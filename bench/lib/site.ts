@@ -25,7 +25,18 @@ export class BenchSite {
   async start(): Promise<Running> {
     const daemon = start(
       process.execPath,
-      [HAVEN_BIN, 'serve', '--data', this.data, '--listen', '127.0.0.1:0', '--nbd-listen', 'none'],
+      [
+        HAVEN_BIN,
+        'serve',
+        '--data',
+        this.data,
+        '--listen',
+        '127.0.0.1:0',
+        '--nbd-listen',
+        'none',
+        '--peer-listen',
+        '127.0.0.1:0',
+      ],
       { env: this.env },
     );
     this.daemon = daemon;

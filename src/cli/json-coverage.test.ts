@@ -25,6 +25,7 @@ const WITHOUT_JSON: Record<string, string> = {
   'haven repo protect': 'only changes',
   'haven repo forget': 'only deletes',
   'haven job cancel': 'only asks',
+  'haven site unpair': 'only deletes',
 };
 
 /** Every command that runs (has an action), with its full name. */

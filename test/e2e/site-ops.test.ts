@@ -143,9 +143,13 @@ test('two sites on one machine, each found by the CLI through its HAVEN_DATA; no
     tmp.cleanup();
   });
   const serve = async (dir: string, site: string, env: NodeJS.ProcessEnv, args: string[]) => {
-    const d = start(HAVEN_BIN, ['serve', '--site', site, '--nbd-listen', 'none', ...args], {
-      env: { ...process.env, ...env },
-    });
+    const d = start(
+      HAVEN_BIN,
+      ['serve', '--site', site, '--nbd-listen', 'none', '--peer-listen', 'none', ...args],
+      {
+        env: { ...process.env, ...env },
+      },
+    );
     daemons.push(d);
     await until(`site ${site} to serve`, () => {
       if (d.child.exitCode !== null) throw new Error(`site ${site} did not start:\n${d.output()}`);
@@ -160,7 +164,17 @@ test('two sites on one machine, each found by the CLI through its HAVEN_DATA; no
   // A third on a port in use: refused, naming the listener and how to choose another.
   const clash = await run(
     HAVEN_BIN,
-    ['serve', '--data', join(tmp.path, 'c'), '--listen', `127.0.0.1:${portA}`, '--nbd-listen', 'none'],
+    [
+      'serve',
+      '--data',
+      join(tmp.path, 'c'),
+      '--listen',
+      `127.0.0.1:${portA}`,
+      '--nbd-listen',
+      'none',
+      '--peer-listen',
+      'none',
+    ],
     {
       env: { ...process.env, HAVEN_LOG_LEVEL: 'warn' },
     },
