@@ -96,7 +96,7 @@ test('on a terminal the daemon logs readable lines; closing the terminal (SIGHUP
   const dir = join(tmp.path, 'data');
   const out = join(tmp.path, 'terminal.txt');
   // script(1) gives the daemon a pseudo-terminal; what it shows goes to `out`.
-  const cmd = `${process.execPath} ${HAVEN_BIN} serve --data ${dir} --listen 127.0.0.1:0 --nbd-listen none`;
+  const cmd = `${process.execPath} ${HAVEN_BIN} serve --data ${dir} --listen 127.0.0.1:0 --nbd-listen none --peer-listen none`;
   const terminal = spawn('script', ['-qfec', cmd, out], { stdio: 'ignore' });
   let daemonPid = 0;
   t.after(() => {

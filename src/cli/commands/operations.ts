@@ -23,7 +23,9 @@ function limitOf(s: string): string {
 export function registerOperations(program: Command): void {
   const site = program.command('site').description('the site a daemon runs');
   apiOptions(site.command('show'))
-    .description("the site's name, data directory, NBD addresses and counts")
+    .description(
+      "the site's name, data directory, NBD addresses, identity (certificate fingerprint), peer link and counts",
+    )
     .option('--json', 'print JSON')
     .action(async (o: ApiOpts) => {
       const s = await connect(o).get<SiteInfo>('/site');
