@@ -191,7 +191,7 @@ export class PeerLinks {
   }
 
   private accept(socket: TLSSocket): void {
-    socket.on('error', (err) => log.debug({ err: errorMessage(err) }, 'peer link error'));
+    socket.on('error', () => undefined); // until it is tracked, or destroyed below
     const cert = socket.getPeerCertificate();
     const fingerprint = cert?.fingerprint256;
     const peer = fingerprint ? this.store.byFingerprint(fingerprint) : undefined;
@@ -216,7 +216,16 @@ export class PeerLinks {
         if (!handler) throw notFound(`site ${this.site} has no peer link channel ${String(open.channel)}`);
         await jsonFrame(socket, Frame.open, { site: this.site });
         log.debug({ peer: peer.name, channel: open.channel }, 'peer link open');
-        handler(socket, peer, open);
+        try {
+          handler(socket, peer, open);
+        } catch (err) {
+          // The link is the channel's now: no frame of ours may go into it.
+          log.error(
+            { peer: peer.name, channel: open.channel, err: errorMessage(err) },
+            'peer link channel failed',
+          );
+          socket.destroy();
+        }
       } catch (err) {
         log.warn({ peer: peer.name, err: errorMessage(err) }, 'peer link not opened');
         const code = err instanceof HavenError ? err.code : 'INTERNAL';
@@ -229,6 +238,9 @@ export class PeerLinks {
   }
 
   private track(socket: TLSSocket, peer: string): void {
+    // A link that fails is the channel's to notice (by its close); this keeps the failure from
+    // being an unhandled 'error' whatever the channel listens to.
+    socket.on('error', (err) => log.debug({ peer, err: errorMessage(err) }, 'peer link error'));
     this.sockets.set(socket, peer);
     socket.once('close', () => this.sockets.delete(socket));
   }
