@@ -72,6 +72,11 @@ test('--json of a command of each group has the shape docs/cli.md documents', as
   assertShape(await json('vm', 'create', 'vm1', '--disk', 'v1'), 'vm');
   assertShape(await json('host', 'list'), 'hosts');
   assertShape(await json('event', 'list'), 'events');
+  // Paired with a second site.
+  const other = await site(t, ['--site', 'other']);
+  const token = (JSON.parse(await other.haven('site', 'pair-token', '--json')) as { token: string }).token;
+  await s.haven('site', 'pair', '--peer-api', (await other.info()).url, '--peer-token', token);
+  assertShape(await json('site', 'peers'), 'peers');
 
   await s.haven('repo', 'init', '--repo', repo);
   // A site job: the job, its result naming the snapshot the backup made.
