@@ -18,6 +18,26 @@ export type HavenErrorCode =
   | 'UNAUTHENTICATED' // no valid credentials
   | 'INTERNAL';
 
+const CODES = new Set<string>([
+  'INVALID_ARGUMENT',
+  'NOT_FOUND',
+  'CONFLICT',
+  'READ_ONLY',
+  'OUT_OF_RANGE',
+  'NO_SPACE',
+  'UNSUPPORTED',
+  'PROTOCOL',
+  'IO',
+  'CORRUPT',
+  'TIMEOUT',
+  'CANCELLED',
+  'UNAUTHENTICATED',
+  'INTERNAL',
+] satisfies HavenErrorCode[]);
+
+/** A code that came over a wire (a peer's answer) is one of ours. */
+export const isHavenErrorCode = (c: string): c is HavenErrorCode => CODES.has(c);
+
 export class HavenError extends Error {
   readonly code: HavenErrorCode;
   constructor(code: HavenErrorCode, message: string, options?: { cause?: unknown }) {

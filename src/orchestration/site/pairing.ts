@@ -1,8 +1,7 @@
-import { HavenError, invalidArgument } from '../../common/index.js';
+import { HavenError, invalidArgument, isHavenErrorCode } from '../../common/index.js';
 import { checkName } from '../../storage/index.js';
 import { parseHostPort } from '../../nbd/index.js';
 import { parseCertificate } from './identity.js';
-import { isCode } from './peer-frames.js';
 
 /** What a site tells another at pairing: who it is and where to reach it. */
 export interface PeerOffer {
@@ -90,7 +89,7 @@ export async function offerTo(
     );
   if (!res.ok) {
     throw new HavenError(
-      e?.code && isCode(e.code) ? e.code : 'PROTOCOL',
+      e?.code && isHavenErrorCode(e.code) ? e.code : 'PROTOCOL',
       `the site at ${api} refused the pairing: ${e?.message ?? `HTTP ${res.status}`}`,
     );
   }

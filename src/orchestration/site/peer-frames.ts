@@ -1,5 +1,5 @@
 import type { Duplex } from 'node:stream';
-import { HavenError, protocolError } from '../../common/index.js';
+import { HavenError, isHavenErrorCode, protocolError } from '../../common/index.js';
 import { FRAME_HEADER, Frame, type FrameType, type ReceivedFrame } from '../../protection/index.js';
 
 /**
@@ -80,27 +80,9 @@ export function jsonBody(f: ReceivedFrame, want: FrameType, peer: string): Recor
   const o = v as Record<string, unknown>;
   if (f.type === Frame.error && want !== Frame.error)
     throw new HavenError(
-      typeof o.code === 'string' && isCode(o.code) ? o.code : 'PROTOCOL',
+      typeof o.code === 'string' && isHavenErrorCode(o.code) ? o.code : 'PROTOCOL',
       `${peer}: ${typeof o.message === 'string' ? o.message : 'error'}`,
     );
   if (f.type !== want) throw protocolError(`${peer} sent a frame of type ${f.type}, expected ${want}`);
   return o;
 }
-
-const CODES = new Set<string>([
-  'INVALID_ARGUMENT',
-  'NOT_FOUND',
-  'CONFLICT',
-  'READ_ONLY',
-  'OUT_OF_RANGE',
-  'NO_SPACE',
-  'UNSUPPORTED',
-  'PROTOCOL',
-  'IO',
-  'CORRUPT',
-  'TIMEOUT',
-  'CANCELLED',
-  'UNAUTHENTICATED',
-  'INTERNAL',
-]);
-export const isCode = (c: string): c is HavenError['code'] => CODES.has(c);

@@ -1,7 +1,14 @@
 import type { TLSSocket } from 'node:tls';
-import { HavenError, conflict, errorMessage, logger, notFound } from '../../common/index.js';
+import {
+  HavenError,
+  conflict,
+  errorMessage,
+  isHavenErrorCode,
+  logger,
+  notFound,
+} from '../../common/index.js';
 import { Frame, jsonFrame } from '../../protection/index.js';
-import { isCode, jsonBody, readOneFrame } from './peer-frames.js';
+import { jsonBody, readOneFrame } from './peer-frames.js';
 import type { PeerLinks } from './peer-link.js';
 import type { Peer } from './peer-store.js';
 
@@ -56,7 +63,8 @@ export class PeerRpc {
       );
       const answer = jsonBody(f, Frame.response, who);
       if (answer.ok === true) return answer.result;
-      const code = typeof answer.code === 'string' && isCode(answer.code) ? answer.code : 'INTERNAL';
+      const code =
+        typeof answer.code === 'string' && isHavenErrorCode(answer.code) ? answer.code : 'INTERNAL';
       throw new HavenError(code, `${who}: ${op}: ${String(answer.message)}`);
     } finally {
       socket.destroy();
