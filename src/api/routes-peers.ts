@@ -36,7 +36,11 @@ export function registerPeerRoutes(api: FastifyInstance, site: Site): void {
       },
     },
     async (req, reply) =>
-      reply.code(201).send(await site.peers.pair(req.actor, req.body as { api: string; token: string })),
+      reply
+        .code(201)
+        .send(
+          await site.peers.pair(req.actor, req.body as { api: string; token: string; fingerprint?: string }),
+        ),
   );
   api.post(
     ACCEPT_PEER_PATH,

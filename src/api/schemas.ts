@@ -406,6 +406,12 @@ export const pairBody = {
       maxLength: 4096,
       description: "the peer's API token, or a one-time token it made (POST /peers/tokens there)",
     },
+    fingerprint: {
+      type: 'string',
+      pattern: '^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$',
+      description:
+        "the peer certificate's SHA-256 fingerprint as its `site show` prints it: pair only if it matches",
+    },
   },
 } as const;
 

@@ -274,6 +274,35 @@ test('bad input: a bad URL, a wrong token, the site itself, a rebuilt site under
   );
   assert.match(await pair(ia.url, ia.token), /site north itself: a site cannot pair with itself/);
   assert.match(await a.havenFails('site', 'pair', '--peer-api', ib.url), /--peer-token or --peer-token-file/);
+  // A fingerprint told out of band that the answer does not match: refused before anything is stored.
+  const wrongFp = ia.fingerprint; // north's own, certainly not south's
+  const expected = await a.havenFails(
+    'site',
+    'pair',
+    '--peer-api',
+    ib.url,
+    '--peer-token',
+    ib.token,
+    '--peer-fingerprint',
+    wrongFp,
+  );
+  assert.match(
+    expected,
+    new RegExp(`presents the certificate ${ib.fingerprint}, not ${wrongFp} as expected`),
+  );
+  assert.match(
+    await a.havenFails(
+      'site',
+      'pair',
+      '--peer-api',
+      ib.url,
+      '--peer-token',
+      ib.token,
+      '--peer-fingerprint',
+      'AB:CD',
+    ),
+    /body\.fingerprint must match pattern/,
+  );
   assert.match(
     await a.havenFails(
       'site',
@@ -293,6 +322,20 @@ test('bad input: a bad URL, a wrong token, the site itself, a rebuilt site under
   const ib2 = await b.info();
   assert.deepEqual(await peersOf(b), []);
   assert.ok((await eventsOf(a, 'peer.pair')).every((e) => e.outcome === 'failed'));
+
+  // The right fingerprint, in lower case too.
+  await a.haven(
+    'site',
+    'pair',
+    '--peer-api',
+    ib2.url,
+    '--peer-token',
+    ib2.token,
+    '--peer-fingerprint',
+    ib2.fingerprint.toLowerCase(),
+  );
+  await a.haven('site', 'unpair', 'south');
+  await b.haven('site', 'unpair', 'north');
 
   // Paired, then "south" is rebuilt (a new data directory, a new certificate): both ends refuse.
   await pairWithToken(a, b, ib2.token);

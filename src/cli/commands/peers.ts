@@ -6,6 +6,13 @@ import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { table } from '../args.js';
 import { printResult } from '../output.js';
 
+interface PairOpts {
+  peerApi: string;
+  peerToken?: string;
+  peerTokenFile?: string;
+  peerFingerprint?: string;
+}
+
 /** `haven site pair|pair-token|peers|unpair|ping`: paired sites. */
 export function registerPeerCommands(site: Command): void {
   apiOptions(site.command('pair'))
@@ -18,14 +25,22 @@ export function registerPeerCommands(site: Command): void {
       'its API token or a one-time token from "haven site pair-token" there (better: --peer-token-file)',
     )
     .option('--peer-token-file <file>', 'a file holding that token (keeps it out of the shell history)')
+    .option(
+      '--peer-fingerprint <sha256>',
+      'pair only if its certificate has this fingerprint ("haven site show" there prints it)',
+    )
     .option('--json', 'print JSON')
-    .action(async (o: ApiOpts & { peerApi: string; peerToken?: string; peerTokenFile?: string }) => {
+    .action(async (o: ApiOpts & PairOpts) => {
       if ((o.peerToken === undefined) === (o.peerTokenFile === undefined))
         throw invalidArgument(
           "give the other site's token with --peer-token or --peer-token-file (one of them)",
         );
       const token = o.peerTokenFile ? readToken(o.peerTokenFile) : o.peerToken!;
-      const p = await connect(o).post<Peer>('/peers', { api: o.peerApi, token });
+      const p = await connect(o).post<Peer>('/peers', {
+        api: o.peerApi,
+        token,
+        ...(o.peerFingerprint ? { fingerprint: o.peerFingerprint } : {}),
+      });
       printResult(
         !!o.json,
         p,

@@ -106,13 +106,19 @@ export class SitePeers {
    * stores it. It is asked first to only check (so that nothing is stored on either side when
    * either would refuse), then to pair.
    */
-  async pair(actor: Actor, req: { api: string; token: string }): Promise<Peer> {
+  async pair(actor: Actor, req: { api: string; token: string; fingerprint?: string }): Promise<Peer> {
     const api = apiUrl(req.api);
     if (!req.token.trim()) throw invalidArgument('the peer token is empty');
     const token = req.token.trim();
     try {
       const checked = await offerTo(api, token, this.offer(), true);
       const { fingerprint } = this.check(checked, `the site at ${api}`);
+      // Told out of band (haven site show there): an API reached over plain http could be
+      // answered by someone else.
+      if (req.fingerprint !== undefined && req.fingerprint.toUpperCase() !== fingerprint)
+        throw conflict(
+          `the site at ${api} (${checked.name}) presents the certificate ${fingerprint}, not ${req.fingerprint} as expected: nothing was paired`,
+        );
       const answer = await offerTo(api, token, this.offer(), false);
       const again = this.check(answer, `the site at ${api}`);
       if (again.fingerprint !== fingerprint)
