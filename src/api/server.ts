@@ -14,6 +14,7 @@ import { API_PREFIX } from './client.js';
 import { registerComputeRoutes } from './routes-compute.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
+import { registerReplicationRoutes } from './routes-replication.js';
 import { registerStorageRoutes } from './routes-storage.js';
 
 export interface ApiOptions {
@@ -156,6 +157,7 @@ export async function buildApi(
       registerStorageRoutes(api, site);
       registerComputeRoutes(api, site);
       registerPeerRoutes(api, site);
+      registerReplicationRoutes(api, site);
       api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },

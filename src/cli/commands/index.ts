@@ -5,6 +5,7 @@ import { registerNbd } from './nbd.js';
 import { registerOperations } from './operations.js';
 import { registerServe } from './serve.js';
 import { registerRecover } from './recover.js';
+import { registerReplication } from './replication.js';
 import {
   registerBitmap,
   registerPool,
@@ -27,6 +28,7 @@ export const commandFamilies: Register[] = [
   registerBitmap,
   registerBackup,
   registerRecover,
+  registerReplication,
   registerStorage,
   registerNbd,
 ];

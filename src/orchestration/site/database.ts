@@ -52,6 +52,11 @@ const MIGRATIONS: string[] = [
      link_address TEXT, api_url TEXT, paired_at TEXT NOT NULL);
    CREATE TABLE pairing_tokens (
      hash TEXT PRIMARY KEY, created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT);`,
+  // 5: replication groups this site is the source or the target of (issue 15)
+  `CREATE TABLE replication_groups (
+     name TEXT PRIMARY KEY, role TEXT NOT NULL CHECK (role IN ('source', 'target')),
+     peer TEXT NOT NULL, config TEXT NOT NULL, paused INTEGER NOT NULL DEFAULT 0,
+     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
 ];
 
 export function openDatabase(path: string): Db {

@@ -14,6 +14,8 @@ export interface SiteParts {
   jobs: JobManager;
   events: EventLog;
   compute: ComputeService;
+  /** The replication group holding a volume or VM, if any (such a one is not deleted). */
+  replicatedBy?: (kind: 'volume' | 'vm', name: string) => string | undefined;
 }
 
 /**
@@ -26,6 +28,7 @@ export abstract class SiteDomain {
   protected readonly jobs: JobManager;
   protected readonly events: EventLog;
   protected readonly compute: ComputeService;
+  private readonly replicatedBy: SiteParts['replicatedBy'];
 
   constructor(parts: SiteParts) {
     this.storage = parts.storage;
@@ -33,6 +36,16 @@ export abstract class SiteDomain {
     this.jobs = parts.jobs;
     this.events = parts.events;
     this.compute = parts.compute;
+    this.replicatedBy = parts.replicatedBy;
+  }
+
+  /** Refuses to delete (resize, revert) a volume or VM that a replication group holds: the replica would not follow. */
+  protected refuseIfReplicated(kind: 'volume' | 'vm', name: string): void {
+    const group = this.replicatedBy?.(kind, name);
+    if (group)
+      throw conflict(
+        `${kind === 'vm' ? 'VM' : 'volume'} ${name} is in replication group ${group}: disable the group first (haven replication disable ${group})`,
+      );
   }
 
   protected audited<T>(

@@ -12,3 +12,5 @@ export type { Peer } from './peer-store.js';
 export type { PeerOffer } from './pairing.js';
 export type { ChannelHandler } from './peer-link.js';
 export type { PeerOperation } from './peer-rpc.js';
+export type { EnableReplicationRequest, ReplicationGroupAnswer, SiteReplication } from './replication.js';
+export type { CheckpointAnswer, SourceGroupStatus, TargetGroupStatus } from './replication-runners.js';

@@ -26,7 +26,10 @@ export class SiteVms extends SiteDomain {
   }
 
   deleteVm(actor: Actor, name: string): void {
-    this.audited(actor, 'vm.delete', name, () => this.compute.deleteVm(name));
+    this.audited(actor, 'vm.delete', name, () => {
+      this.refuseIfReplicated('vm', name);
+      this.compute.deleteVm(name);
+    });
   }
 
   startVm(actor: Actor, name: string): Job {

@@ -55,6 +55,7 @@ export class SiteVolumes extends SiteDomain {
   resizeVolume(actor: Actor, name: string, sizeBytes: number): VolumeInfo {
     return this.audited(actor, 'volume.resize', name, () => {
       this.refuseIfRunning(name, 'resize');
+      this.refuseIfReplicated('volume', name);
       return this.storage.resizeVolume(name, sizeBytes);
     });
   }
@@ -62,6 +63,7 @@ export class SiteVolumes extends SiteDomain {
   deleteVolume(actor: Actor, name: string): void {
     this.audited(actor, 'volume.delete', name, () => {
       this.storage.volume(name);
+      this.refuseIfReplicated('volume', name);
       const users = this.compute.usersOf(name);
       if (users.length)
         throw conflict(
@@ -168,6 +170,7 @@ export class SiteVolumes extends SiteDomain {
   revertSnapshot(actor: Actor, volume: string, name: string): void {
     this.audited(actor, 'snapshot.revert', `${volume}@${name}`, () => {
       this.refuseIfRunning(volume, 'revert');
+      this.refuseIfReplicated('volume', volume);
       this.storage.revert(volume, name);
     });
   }

@@ -1,0 +1,541 @@
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { HavenError, conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
+import { checkName } from '../../storage/index.js';
+import type { Db } from './database.js';
+import { now } from './database.js';
+import { SiteDomain, type Actor, type SiteParts } from './domain.js';
+import type { LinkPeer, PeerLinks } from './peer-links.js';
+import {
+  ReplicationGroups,
+  type GroupRow,
+  type SourceConfig,
+  type TargetConfig,
+} from './replication-groups.js';
+import {
+  SourceRunner,
+  TargetRunner,
+  type CheckpointAnswer,
+  type SourceGroupStatus,
+  type TargetGroupStatus,
+} from './replication-runners.js';
+
+const log = logger('replication');
+
+export interface EnableReplicationRequest {
+  group: string;
+  vms: string[];
+  /** The paired site holding the replica. */
+  to: string;
+  /** The pool of that site for the replica volumes. */
+  pool: string;
+  rpoSeconds?: number;
+  checkpointSeconds?: number;
+  keepSeconds?: number;
+  sync?: boolean;
+  compress?: boolean;
+  bytesPerSecond?: number;
+  journalBytes?: number;
+}
+
+/** A replication group as the API shows it, from either side. */
+export interface ReplicationGroupAnswer {
+  name: string;
+  role: 'source' | 'target';
+  /** The other site. */
+  peer: string;
+  vms?: string[];
+  volumes: { source: string; replica: string }[];
+  pool: string;
+  rpoObjectiveSeconds?: number;
+  checkpointSeconds?: number;
+  keepSeconds: number;
+  sync?: boolean;
+  compress?: boolean;
+  bytesPerSecond?: number;
+  journalBytes: number;
+  paused: boolean;
+  createdAt: string;
+  source?: SourceGroupStatus;
+  target?: TargetGroupStatus;
+}
+
+const DEFAULTS = {
+  rpoSeconds: 15,
+  keepSeconds: 3600,
+  journalBytes: 256 * 1024 * 1024,
+};
+/** Checkpoints come often enough that the RPO holds with room to spare. */
+const checkpointFor = (rpoSeconds: number) => Math.max(1, Math.min(5, Math.floor(rpoSeconds / 3)));
+
+/** What the source asks the target to make ready (RPC replication.prepare). */
+interface PrepareArgs {
+  group: string;
+  pool: string;
+  keepSeconds: number;
+  journalBytes: number;
+  volumes: { name: string; size: number; allocatedBytes: number }[];
+}
+
+/**
+ * Continuous replication of consistency groups between paired sites (issue 15, decision 0012):
+ * the source side of groups whose VMs run here, the target side of groups replicated here. The
+ * configuration is in the site database and the gateways' state in DATA/replication/GROUP, so
+ * both sides go on by themselves after a restart. Between the sites there are only the peer
+ * links (mutual TLS with pinned certificates): a `replication` channel per group for the journal,
+ * and calls (`replication.prepare`, …) for what the source asks of the target.
+ */
+export class SiteReplication extends SiteDomain {
+  private readonly groups: ReplicationGroups;
+  private readonly sources = new Map<string, SourceRunner>();
+  private readonly targets = new Map<string, TargetRunner>();
+  /** VMs of enables under way (they wait for the target): not in two groups at once. */
+  private readonly enabling = new Set<string>();
+
+  constructor(
+    parts: SiteParts,
+    db: Db,
+    private readonly links: PeerLinks,
+    private readonly dataDir: string,
+    private readonly siteName: string,
+  ) {
+    super(parts);
+    this.groups = new ReplicationGroups(db);
+    links.onChannel('replication', (socket, peer, open) => {
+      const group = typeof open.group === 'string' ? open.group : '';
+      const runner = this.targets.get(group);
+      if (!runner || runner.peer !== peer.name) {
+        log.warn({ group, peer: peer.name }, 'replication link for a group this site is not the target of');
+        socket.destroy();
+        return;
+      }
+      runner.accept(socket);
+    });
+    links.handle('replication.prepare', (peer, args) => this.prepare(peer, args));
+    links.handle('replication.disable', (peer, args) => this.disableTarget(peer, groupArg(args)));
+    links.handle('replication.checkpoints', async (peer, args) =>
+      this.ownTarget(peer, groupArg(args)).checkpoints(),
+    );
+  }
+
+  /** Starts every group's gateway (at site start). */
+  startAll(): void {
+    for (const g of this.groups.list()) {
+      try {
+        this.run(g);
+      } catch (err) {
+        log.error({ group: g.name, err: errorMessage(err) }, 'replication group could not start');
+        this.events.append({
+          actor: 'system',
+          action: 'replication.start',
+          target: g.name,
+          outcome: 'failed',
+          message: `replication group ${g.name} could not start: ${errorMessage(err)}`,
+        });
+      }
+    }
+  }
+
+  list(): ReplicationGroupAnswer[] {
+    return this.groups.list().map((g) => this.answer(g));
+  }
+
+  show(name: string): ReplicationGroupAnswer {
+    return this.answer(this.groups.get(name));
+  }
+
+  /** The group a volume belongs to (either side), if any: such a volume is not deleted. */
+  groupOf(volume: string): string | undefined {
+    for (const g of this.groups.list())
+      if (g.role === 'source' ? g.config.volumes.includes(volume) : g.config.volumes.includes(volume))
+        return g.name;
+    return undefined;
+  }
+
+  /** The group a VM is replicated by, if any. */
+  groupOfVm(vm: string): string | undefined {
+    return this.groups.list().find((g) => g.role === 'source' && g.config.vms.includes(vm))?.name;
+  }
+
+  /** Replicates the VMs' disks as one consistency group to a paired site (the target makes its replicas first). */
+  async enable(actor: Actor, req: EnableReplicationRequest): Promise<ReplicationGroupAnswer> {
+    let config: SourceConfig | undefined;
+    try {
+      config = this.checkEnable(req);
+      for (const vm of config.vms) this.enabling.add(vm);
+      const prepare: PrepareArgs = {
+        group: req.group,
+        pool: req.pool,
+        keepSeconds: config.keepSeconds,
+        journalBytes: config.journalBytes,
+        volumes: config.volumes.map((v) => {
+          const info = this.storage.volume(v);
+          return { name: v, size: info.size, allocatedBytes: info.allocatedBytes };
+        }),
+      };
+      const made = (await this.links.call(req.to, 'replication.prepare', prepare)) as { volumes: string[] };
+      config.replicas = made.volumes;
+      const row: GroupRow = {
+        name: req.group,
+        role: 'source',
+        peer: req.to,
+        config,
+        paused: false,
+        createdAt: now(),
+      };
+      this.groups.insert(row);
+      this.run(row);
+      this.events.append({
+        actor,
+        action: 'replication.enable',
+        target: req.group,
+        outcome: 'ok',
+        message: `replication group ${req.group}: VM(s) ${config.vms.join(', ')} (${config.volumes.length} volume(s)) to site ${req.to}, pool ${req.pool}${config.sync ? ', synchronous' : ''}`,
+      });
+      return this.answer(row);
+    } catch (err) {
+      this.failed(actor, 'replication.enable', req.group, err);
+      throw err;
+    } finally {
+      for (const vm of config?.vms ?? []) this.enabling.delete(vm);
+    }
+  }
+
+  /** Stops replicating. At the target the replica volumes stay, with their checkpoints. */
+  async disable(actor: Actor, name: string): Promise<{ group: string; target?: string }> {
+    const g = this.groups.get(name);
+    let targetNote: string | undefined;
+    if (g.role === 'source') {
+      await this.stop(name);
+      try {
+        await this.links.call(g.peer, 'replication.disable', { group: name });
+      } catch (err) {
+        // The source stops regardless: the target's side goes with its own `disable`.
+        targetNote = `site ${g.peer} was not told (${errorMessage(err)}); disable the group there too`;
+      }
+    } else await this.stop(name);
+    rmSync(join(this.dataDir, 'replication', name), { recursive: true, force: true });
+    this.groups.delete(name);
+    this.events.append({
+      actor,
+      action: 'replication.disable',
+      target: name,
+      outcome: targetNote ? 'warning' : 'ok',
+      message: `replication group ${name} disabled${
+        g.role === 'target' ? `; replica volumes ${g.config.volumes.join(', ')} kept` : ''
+      }${targetNote ? `; ${targetNote}` : ''}`,
+    });
+    return { group: name, ...(targetNote ? { target: targetNote } : {}) };
+  }
+
+  pause(actor: Actor, name: string): ReplicationGroupAnswer {
+    return this.audited(actor, 'replication.pause', name, () => {
+      this.source(name).gateway.pause();
+      this.groups.setPaused(name, true);
+      return this.show(name);
+    });
+  }
+
+  resume(actor: Actor, name: string): ReplicationGroupAnswer {
+    return this.audited(actor, 'replication.resume', name, () => {
+      this.source(name).gateway.resume();
+      this.groups.setPaused(name, false);
+      return this.show(name);
+    });
+  }
+
+  /** Changes the link's bandwidth limit while it runs (0: unlimited). */
+  setLimit(actor: Actor, name: string, bytesPerSecond: number): ReplicationGroupAnswer {
+    return this.audited(actor, 'replication.limit', name, () => {
+      if (!Number.isSafeInteger(bytesPerSecond) || bytesPerSecond < 0)
+        throw invalidArgument(`bandwidth limit ${bytesPerSecond} is not a whole number of bytes per second`);
+      const runner = this.source(name);
+      runner.gateway.setLimit(bytesPerSecond);
+      this.groups.setConfig(name, { ...runner.config, bytesPerSecond });
+      runner.config.bytesPerSecond = bytesPerSecond;
+      return this.show(name);
+    });
+  }
+
+  /** Marks a group-wide consistent point now (named, e.g. "before-upgrade"). */
+  checkpoint(actor: Actor, name: string, label?: string): { group: string; seq: number; name?: string } {
+    return this.audited(
+      actor,
+      'replication.checkpoint',
+      name,
+      () => {
+        if (label !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/.test(label))
+          throw invalidArgument(
+            `checkpoint name "${label}": use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit`,
+          );
+        const runner = this.source(name);
+        const seq = runner.gateway.checkpoint(label);
+        if (seq === undefined)
+          throw conflict(
+            `replication group ${name} is ${runner.gateway.status().mode}: no consistent point to mark until it is replicating`,
+          );
+        return { group: name, seq, ...(label ? { name: label } : {}) };
+      },
+      (r) => `replication group ${name}: checkpoint ${r.name ?? r.seq} taken`,
+    );
+  }
+
+  /** The checkpoints the replica holds (any of them can be recovered), oldest first. */
+  async checkpoints(name: string): Promise<CheckpointAnswer[]> {
+    const g = this.groups.get(name);
+    if (g.role === 'target') return this.target(name).checkpoints();
+    return (await this.links.call(g.peer, 'replication.checkpoints', { group: name })) as CheckpointAnswer[];
+  }
+
+  async close(): Promise<void> {
+    for (const name of [...this.sources.keys(), ...this.targets.keys()]) await this.stop(name);
+  }
+
+  private checkEnable(req: EnableReplicationRequest): SourceConfig {
+    checkName('replication group', req.group);
+    if (this.groups.find(req.group)) throw conflict(`replication group ${req.group} exists already`);
+    this.links.get(req.to); // a paired site, or NOT_FOUND naming it
+    if (!req.vms.length) throw invalidArgument('a replication group needs at least one VM');
+    const vms = [...new Set(req.vms)];
+    const volumes: string[] = [];
+    for (const name of vms) {
+      const vm = this.compute.vm(name); // NOT_FOUND for an unknown VM
+      if (this.enabling.has(name)) throw conflict(`VM ${name} is being added to another replication group`);
+      const other = this.groupOfVm(name);
+      if (other) throw conflict(`VM ${name} is replicated by group ${other} already`);
+      for (const d of vm.disks) {
+        if (d.readOnly || volumes.includes(d.volume)) continue;
+        const inGroup = this.groupOf(d.volume);
+        if (inGroup)
+          throw conflict(`volume ${d.volume} of VM ${name} is in replication group ${inGroup} already`);
+        volumes.push(d.volume);
+      }
+    }
+    if (!volumes.length) throw invalidArgument(`VM(s) ${vms.join(', ')} have no writable disk to replicate`);
+    const rpoSeconds = positive('RPO', req.rpoSeconds ?? DEFAULTS.rpoSeconds);
+    const checkpointSeconds = positive(
+      'checkpoint interval',
+      req.checkpointSeconds ?? checkpointFor(rpoSeconds),
+    );
+    if (checkpointSeconds > rpoSeconds)
+      throw invalidArgument(
+        `a checkpoint every ${checkpointSeconds} s cannot meet an RPO of ${rpoSeconds} s: take them more often`,
+      );
+    const bytesPerSecond = req.bytesPerSecond ?? 0;
+    if (!Number.isSafeInteger(bytesPerSecond) || bytesPerSecond < 0)
+      throw invalidArgument(`bandwidth limit ${bytesPerSecond} is not a whole number of bytes per second`);
+    const journalBytes = req.journalBytes ?? DEFAULTS.journalBytes;
+    if (!Number.isSafeInteger(journalBytes) || journalBytes < 1024 * 1024)
+      throw invalidArgument(`journal size ${journalBytes}: at least 1 MiB`);
+    return {
+      vms,
+      volumes,
+      replicas: [],
+      pool: req.pool,
+      rpoSeconds,
+      checkpointSeconds,
+      keepSeconds: positive('checkpoint history', req.keepSeconds ?? DEFAULTS.keepSeconds),
+      sync: req.sync ?? false,
+      compress: req.compress ?? true,
+      bytesPerSecond,
+      journalBytes,
+    };
+  }
+
+  /** The target side: makes the replica volumes and starts taking the source's journal. */
+  private async prepare(peer: LinkPeer, raw: unknown): Promise<{ volumes: string[] }> {
+    const args = prepareArgs(raw);
+    const existing = this.groups.find(args.group);
+    if (existing) {
+      // The source asking again (it crashed before it stored the group): the same answer.
+      if (
+        existing.role === 'target' &&
+        existing.peer === peer.name &&
+        existing.config.sourceVolumes.join('\n') === args.volumes.map((v) => v.name).join('\n')
+      )
+        return { volumes: existing.config.volumes };
+      throw conflict(`replication group ${args.group} exists already at site ${this.siteName}`);
+    }
+    const pool = this.storage.pool(args.pool).info(); // NOT_FOUND names the pool
+    for (const v of args.volumes)
+      if (this.storage.listVolumes().some((x) => x.name === v.name))
+        throw conflict(
+          `volume ${v.name} exists already at site ${this.siteName}: no replica can take its name`,
+        );
+    const needed = args.volumes.reduce((n, v) => n + v.allocatedBytes, 0);
+    if (needed > pool.freeBytes)
+      throw new HavenError(
+        'NO_SPACE',
+        `pool ${args.pool} at site ${this.siteName} has ${pool.freeBytes} bytes free; the replicas need ${needed}`,
+      );
+    const made: string[] = [];
+    try {
+      for (const v of args.volumes) {
+        this.storage.createVolume(v.name, v.size, args.pool, {
+          'haven.replica-of': `${peer.name}/${args.group}`,
+        });
+        made.push(v.name);
+      }
+      const config: TargetConfig = {
+        sourceVolumes: args.volumes.map((v) => v.name),
+        volumes: made,
+        pool: args.pool,
+        keepSeconds: args.keepSeconds,
+        journalBytes: args.journalBytes,
+      };
+      const row: GroupRow = {
+        name: args.group,
+        role: 'target',
+        peer: peer.name,
+        config,
+        paused: false,
+        createdAt: now(),
+      };
+      this.groups.insert(row);
+      this.run(row);
+    } catch (err) {
+      for (const v of made) this.storage.deleteVolume(v);
+      throw err;
+    }
+    this.exports.refresh();
+    this.events.append({
+      actor: `site:${peer.name}`,
+      action: 'replication.target',
+      target: args.group,
+      outcome: 'ok',
+      message: `replication group ${args.group} from site ${peer.name}: replica volume(s) ${made.join(', ')} on pool ${args.pool}`,
+    });
+    return { volumes: made };
+  }
+
+  private async disableTarget(peer: LinkPeer, group: string): Promise<{ group: string }> {
+    this.ownTarget(peer, group);
+    await this.disable(`site:${peer.name}`, group);
+    return { group };
+  }
+
+  private ownTarget(peer: LinkPeer, group: string): TargetRunner {
+    const runner = this.targets.get(group);
+    if (!runner || runner.peer !== peer.name)
+      throw notFound(`site ${this.siteName} holds no replica of group ${group} for site ${peer.name}`);
+    return runner;
+  }
+
+  private run(g: GroupRow): void {
+    const dir = join(this.dataDir, 'replication', g.name);
+    if (g.role === 'source')
+      this.sources.set(
+        g.name,
+        new SourceRunner(g.name, g.peer, g.config, dir, this.storage, this.links, this.events, g.paused),
+      );
+    else this.targets.set(g.name, new TargetRunner(g.name, g.peer, g.config, dir, this.storage, this.events));
+  }
+
+  private async stop(name: string): Promise<void> {
+    const s = this.sources.get(name);
+    this.sources.delete(name);
+    await s?.stop();
+    const t = this.targets.get(name);
+    this.targets.delete(name);
+    await t?.stop();
+  }
+
+  private source(name: string): SourceRunner {
+    const g = this.groups.get(name);
+    const runner = this.sources.get(name);
+    if (g.role !== 'source' || !runner)
+      throw conflict(
+        `replication group ${name} is replicated to this site from ${g.peer}: ask the source site`,
+      );
+    return runner;
+  }
+
+  private target(name: string): TargetRunner {
+    const runner = this.targets.get(name);
+    if (!runner) throw notFound(`replication group ${name} has no target here`);
+    return runner;
+  }
+
+  private answer(g: GroupRow): ReplicationGroupAnswer {
+    if (g.role === 'source') {
+      const c = g.config;
+      const runner = this.sources.get(g.name);
+      return {
+        name: g.name,
+        role: 'source',
+        peer: g.peer,
+        vms: c.vms,
+        volumes: c.volumes.map((v, i) => ({ source: v, replica: c.replicas[i] ?? v })),
+        pool: c.pool,
+        rpoObjectiveSeconds: c.rpoSeconds,
+        checkpointSeconds: c.checkpointSeconds,
+        keepSeconds: c.keepSeconds,
+        sync: c.sync,
+        compress: c.compress,
+        bytesPerSecond: c.bytesPerSecond,
+        journalBytes: c.journalBytes,
+        paused: g.paused,
+        createdAt: g.createdAt,
+        ...(runner ? { source: runner.status() } : {}),
+      };
+    }
+    const c = g.config;
+    const runner = this.targets.get(g.name);
+    return {
+      name: g.name,
+      role: 'target',
+      peer: g.peer,
+      volumes: c.volumes.map((v, i) => ({ source: c.sourceVolumes[i] ?? v, replica: v })),
+      pool: c.pool,
+      keepSeconds: c.keepSeconds,
+      journalBytes: c.journalBytes,
+      paused: g.paused,
+      createdAt: g.createdAt,
+      ...(runner ? { target: runner.status() } : {}),
+    };
+  }
+
+  private failed(actor: Actor, action: string, target: string, err: unknown): void {
+    if (err instanceof HavenError && err.code !== 'INTERNAL')
+      this.events.append({
+        actor,
+        action,
+        target,
+        outcome: 'failed',
+        message: `${action} ${target}: ${err.message}`,
+      });
+  }
+}
+
+function positive(what: string, n: number): number {
+  if (!Number.isFinite(n) || n <= 0) throw invalidArgument(`${what} ${n}: must be more than 0 seconds`);
+  return n;
+}
+
+function groupArg(args: unknown): string {
+  const g = (args as { group?: unknown } | null)?.group;
+  if (typeof g !== 'string') throw invalidArgument('the request names no group');
+  return g;
+}
+
+/** A peer is authenticated, not trusted to send well-formed requests. */
+function prepareArgs(raw: unknown): PrepareArgs {
+  const a = raw as Partial<PrepareArgs> | null;
+  const bad = (what: string) => invalidArgument(`replication.prepare: ${what}`);
+  if (!a || typeof a !== 'object') throw bad('no arguments');
+  if (typeof a.group !== 'string') throw bad('no group');
+  checkName('replication group', a.group);
+  if (typeof a.pool !== 'string') throw bad('no pool');
+  if (!Number.isFinite(a.keepSeconds) || (a.keepSeconds ?? 0) <= 0) throw bad('bad keepSeconds');
+  if (!Number.isSafeInteger(a.journalBytes) || (a.journalBytes ?? 0) < 1024 * 1024)
+    throw bad('bad journalBytes');
+  if (!Array.isArray(a.volumes) || !a.volumes.length) throw bad('no volumes');
+  for (const v of a.volumes) {
+    if (!v || typeof v.name !== 'string') throw bad('a volume without a name');
+    checkName('volume', v.name);
+    if (!Number.isSafeInteger(v.size) || v.size <= 0) throw bad(`volume ${v.name}: bad size`);
+    if (!Number.isSafeInteger(v.allocatedBytes) || v.allocatedBytes < 0)
+      throw bad(`volume ${v.name}: bad allocatedBytes`);
+  }
+  return a as PrepareArgs;
+}
