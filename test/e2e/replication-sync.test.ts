@@ -63,7 +63,9 @@ test('initial sync of a 4 GiB thin volume holding 100 MiB sends at most 110 MiB;
     /pool nosuch/,
   );
   assert.match(
-    await a.havenFails(...enable('db', '--group', 'g', '--to', 'site-b', '--pool', 'default', '--rpo', 'soon')),
+    await a.havenFails(
+      ...enable('db', '--group', 'g', '--to', 'site-b', '--pool', 'default', '--rpo', 'soon'),
+    ),
     /--rpo "soon" is not a duration/,
   );
   assert.deepEqual(await a.api('GET', '/replication/groups'), []);
@@ -75,7 +77,19 @@ test('initial sync of a 4 GiB thin volume holding 100 MiB sends at most 110 MiB;
   );
 
   const before = proxy!.upBytes;
-  await a.haven('replication', 'enable', 'db', '--group', 'g', '--to', 'site-b', '--pool', 'default', '--rpo', '5s');
+  await a.haven(
+    'replication',
+    'enable',
+    'db',
+    '--group',
+    'g',
+    '--to',
+    'site-b',
+    '--pool',
+    'default',
+    '--rpo',
+    '5s',
+  );
   const g = await eventually('the initial sync to complete', () => group(a, 'g'), replicating, 120_000);
   const sent = proxy!.upBytes - before;
   t.diagnostic(`initial sync of 4 GiB holding 100 MiB: ${(sent / MiB).toFixed(1)} MiB on the wire`);
@@ -152,11 +166,22 @@ test('compression shrinks compressible data on the link; the bandwidth limit hol
     '4M',
   );
   // Sample the rate over the middle of the transfer (the start and end are partial).
-  await eventually('the transfer to get going', async () => proxy!.upBytes - at, (n) => n > 4 * MiB);
+  await eventually(
+    'the transfer to get going',
+    async () => proxy!.upBytes - at,
+    (n) => n > 4 * MiB,
+  );
   const from = { bytes: proxy!.upBytes, time: performance.now() };
-  await eventually('8 MiB more', async () => proxy!.upBytes - from.bytes, (n) => n >= 8 * MiB, 60_000);
+  await eventually(
+    '8 MiB more',
+    async () => proxy!.upBytes - from.bytes,
+    (n) => n >= 8 * MiB,
+    60_000,
+  );
   const rate = ((proxy!.upBytes - from.bytes) * 1000) / (performance.now() - from.time);
-  t.diagnostic(`limit ${limit} B/s: ${rate.toFixed(0)} B/s on the wire (${((rate / limit - 1) * 100).toFixed(1)}%)`);
+  t.diagnostic(
+    `limit ${limit} B/s: ${rate.toFixed(0)} B/s on the wire (${((rate / limit - 1) * 100).toFixed(1)}%)`,
+  );
   assert.ok(Math.abs(rate / limit - 1) <= 0.1, `rate ${rate} B/s is not within 10% of ${limit}`);
 
   // Lifted while running: the rest goes at once.

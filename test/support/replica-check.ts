@@ -1,0 +1,96 @@
+/**
+ * Guests that stream ordered writes over two disks at a source site, and the check of a replica
+ * checkpoint at the target: its disks (the checkpoint's snapshots, read over the target's NBD
+ * socket) must hold a prefix of each guest's writes (test/support/write-order.ts).
+ */
+import { join } from 'node:path';
+import type { BlockDevice } from '../../src/block/index.js';
+import { connectNbd } from '../../src/nbd/index.js';
+import { ensureGuest } from './guest.js';
+import { writesIn } from './site.js';
+import type { TestSite } from './sites.js';
+import { checkPrefixConsistency, type Consistency, type OrderedWrite } from './write-order.js';
+
+export const DISKS = ['/dev/vda', '/dev/vdb'] as const;
+
+/** A VM of the test guest with two 16 MiB disks (`NAME-a`, `NAME-b`) streaming 4 KiB writes over both. */
+export async function streamingVm(
+  s: TestSite,
+  name: string,
+  seed: number,
+  opts: { len?: string; slots?: number } = {},
+) {
+  for (const d of ['a', 'b']) await s.haven('volume', 'create', `${name}-${d}`, '--size', '16M');
+  const g = ensureGuest();
+  const cmd = `stream disk=vda,vdb seed=${seed} len=${opts.len ?? '4K'} rate=0 slots=${opts.slots ?? 64}`;
+  await s.haven(
+    'vm',
+    'create',
+    name,
+    '--disk',
+    `${name}-a`,
+    '--disk',
+    `${name}-b`,
+    '--kernel',
+    g.kernel,
+    '--initrd',
+    g.initrd,
+    '--memory',
+    '192M',
+    '--cmdline',
+    `console=ttyS0 quiet panic=-1 haven.disks=2 haven.cmd="${cmd}"`,
+  );
+  return { name, seed, volumes: [`${name}-a`, `${name}-b`] };
+}
+
+export type StreamingVm = Awaited<ReturnType<typeof streamingVm>>;
+
+/** The writes a VM's guest reported durable so far, in its order. */
+export async function guestWrites(s: TestSite, vm: string): Promise<OrderedWrite[]> {
+  return writesIn(await s.haven('vm', 'console-log', vm)) as unknown as OrderedWrite[];
+}
+
+/** What a guest must never have said while its disks were replicated. */
+export const GUEST_IO_ERROR = /"event":"error"|I\/O error|blk_update_request|Buffer I\/O/;
+
+/**
+ * Checks that the replica at checkpoint `snapshot` (at target `b`) holds a prefix of each VM's
+ * writes; resolves with the checker's answer. `volume` maps a source volume to its replica.
+ */
+export function checkReplica(
+  b: TestSite,
+  vms: readonly StreamingVm[],
+  writes: Readonly<Record<string, readonly OrderedWrite[]>>,
+  snapshot: string,
+): Promise<Consistency> {
+  return checkExports(b, vms, writes, (volume) => `${volume}@${snapshot}`);
+}
+
+/** The same over any exports of site `b`: `exportOf` names the one holding each VM volume. */
+export async function checkExports(
+  b: TestSite,
+  vms: readonly StreamingVm[],
+  writes: Readonly<Record<string, readonly OrderedWrite[]>>,
+  exportOf: (volume: string) => string,
+): Promise<Consistency> {
+  const socket = join(b.dir, 'run', 'nbd.sock');
+  const devices: BlockDevice[] = [];
+  try {
+    const writers = [];
+    for (const vm of vms) {
+      const disks: Record<string, (buf: Uint8Array, offset: number) => Promise<void>> = {};
+      for (const [i, disk] of DISKS.entries()) {
+        const exp = exportOf(vm.volumes[i]!);
+        const dev = await connectNbd(`nbd+unix:///${encodeURIComponent(exp)}?socket=${socket}`, {
+          readOnly: true,
+        });
+        devices.push(dev);
+        disks[disk] = async (buf, offset) => void (await dev.read(buf, offset));
+      }
+      writers.push({ name: vm.name, seed: vm.seed, writes: writes[vm.name] ?? [], disks });
+    }
+    return await checkPrefixConsistency(writers);
+  } finally {
+    for (const d of devices) await d.close();
+  }
+}
