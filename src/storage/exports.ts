@@ -3,6 +3,12 @@ import type { NbdExport, NbdServer } from '../nbd/index.js';
 import type { StorageService } from './service.js';
 
 /**
+ * A volume a replication target writes (value: "SOURCE-SITE/GROUP"): never exported, since
+ * between two checkpoints its live state may be torn; a checkpoint is read through a clone.
+ */
+export const REPLICA_LABEL = 'haven.replica-of';
+
+/**
  * The storage service's data path: every volume is exported over NBD by its name through its
  * I/O tap, with its live dirty bitmaps; every snapshot read-only as "volume@snapshot", with the
  * bitmaps frozen at it.
@@ -31,6 +37,8 @@ export class StorageExports {
     for (const v of this.storage.listVolumes()) {
       if (isMoveInternal(v.name)) continue; // a copy in the making, or a source on its way out
       if (this.storage.missingBase(v.name)) continue; // would serve zeroes for its base's data
+      // A replica is torn between checkpoints; its checkpoints are read through clones.
+      if (v.labels[REPLICA_LABEL] !== undefined) continue;
       want.add(v.name);
       this.ensure(v.name, `volume ${v.name} (pool ${v.pool})`);
       for (const s of this.storage.listSnapshots(v.name)) {

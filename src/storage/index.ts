@@ -6,7 +6,7 @@ export { MemberDevice } from './family/member-device.js';
 export { StorageService, MOVING_SUFFIX, BASE_LABEL, type MoveResult } from './service.js';
 export { TapDevice } from './tap.js';
 export type { TapEvent, TapSubscriber, ChangeTracker } from './tap.js';
-export { StorageExports } from './exports.js';
+export { StorageExports, REPLICA_LABEL } from './exports.js';
 export type { BitmapInfo } from './bitmaps.js';
 export { openStorage, withStorage } from './open.js';
 export { serveStorage, type ServeStorageOptions, type ServingStorage } from './serve.js';

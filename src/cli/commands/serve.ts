@@ -28,6 +28,10 @@ export function registerServe(program: Command): void {
       'TCP address where paired sites connect (mutual TLS with the site certificates pinned at pairing; port 0 picks a free one); or "none"',
       '127.0.0.1:10810',
     )
+    .option(
+      '--peer-advertise <host:port>',
+      'the address paired sites are told to dial, when it is not --peer-listen (a proxy or NAT in front of it)',
+    )
     .option('--tls-cert <file>', 'certificate (PEM) for an https API')
     .option('--tls-key <file>', 'private key (PEM) for an https API')
     .option('--nbd-tls-cert <file>', 'certificate (PEM) of the NBD TCP listener, for X.509 clients')
@@ -68,6 +72,7 @@ export function registerServe(program: Command): void {
         site?: string;
         nbdListen: string;
         peerListen: string;
+        peerAdvertise?: string;
         tlsCert?: string;
         tlsKey?: string;
         nbdTlsCert?: string;
@@ -150,6 +155,7 @@ export function registerServe(program: Command): void {
             dataDir,
             nbdListen: o.nbdListen,
             peerListen: o.peerListen,
+            ...(o.peerAdvertise ? { peerAdvertise: o.peerAdvertise } : {}),
             maxTransfersPerHost: maxTransfers,
             ...(o.site ? { name: o.site } : {}),
             ...(transports ? { transports } : {}),

@@ -72,8 +72,12 @@ export class PeerLinks {
   }
 
   /** Where peers dial this site (HOST:PORT), when it listens; a wildcard address is told as the host name. */
+  /** The address paired sites are told to dial (e.g. a NAT or proxy in front of the listener). */
+  advertise: string | undefined;
+
   link(): string | undefined {
     if (!this.address) return undefined;
+    if (this.advertise) return this.advertise;
     const { host, port } = this.address;
     const h = host === '0.0.0.0' || host === '::' || host === '' ? hostname() : host;
     return `${h.includes(':') ? `[${h}]` : h}:${port}`;

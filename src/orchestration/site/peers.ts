@@ -45,7 +45,8 @@ export class SitePeers {
   // ---- links -------------------------------------------------------------------------------
 
   /** Starts the peer link listener. */
-  listen(at: { host: string; port: number }): Promise<void> {
+  listen(at: { host: string; port: number }, advertise?: string): Promise<void> {
+    this.links.advertise = advertise;
     return this.links.listen(at);
   }
 

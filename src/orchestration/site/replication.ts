@@ -1,7 +1,7 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { HavenError, conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
-import { checkName } from '../../storage/index.js';
+import { REPLICA_LABEL, checkName } from '../../storage/index.js';
 import type { Db } from './database.js';
 import { now } from './database.js';
 import { SiteDomain, type Actor, type SiteParts } from './domain.js';
@@ -372,7 +372,7 @@ export class SiteReplication extends SiteDomain {
     try {
       for (const v of args.volumes) {
         this.storage.createVolume(v.name, v.size, args.pool, {
-          'haven.replica-of': `${peer.name}/${args.group}`,
+          [REPLICA_LABEL]: `${peer.name}/${args.group}`,
         });
         made.push(v.name);
       }

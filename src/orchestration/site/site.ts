@@ -37,6 +37,7 @@ import { SiteVms } from './vms.js';
 import { SiteVolumes } from './volumes.js';
 import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
+import { SiteReplication } from './replication.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -71,6 +72,8 @@ export interface SiteOptions {
    * 127.0.0.1:10810).
    */
   peerListen?: string;
+  /** HOST:PORT paired sites are told to dial instead of `peerListen` (a proxy or NAT in front of it). */
+  peerAdvertise?: string;
 }
 
 export interface NbdTlsCertificates {
@@ -137,6 +140,8 @@ export class Site {
   readonly vms: SiteVms;
   /** Paired sites, the peer links to them and the calls over those. */
   readonly peers: SitePeers;
+  /** Consistency groups replicated to and from paired sites. */
+  readonly replication: SiteReplication;
 
   private constructor(
     readonly name: string,
@@ -158,11 +163,20 @@ export class Site {
       check: (v) => void storage.volume(v),
     });
     this.recovery = new RecoveryService(db, storage, this.compute, this.jobs, exports, recoveryOptions);
-    const parts = { storage, exports, jobs: this.jobs, events: this.events, compute: this.compute };
+    const parts = {
+      storage,
+      exports,
+      jobs: this.jobs,
+      events: this.events,
+      compute: this.compute,
+      replicatedBy: (kind: 'volume' | 'vm', n: string) =>
+        kind === 'vm' ? this.replication.groupOfVm(n) : this.replication.groupOf(n),
+    };
     this.volumes = new SiteVolumes(parts);
     this.backups = new SiteBackups(parts, this.transfers, dataDir, () => this.endpoints());
     this.vms = new SiteVms(parts, this.recovery);
     this.peers = new SitePeers(db, this.events, name, identity);
+    this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
@@ -236,10 +250,12 @@ export class Site {
         );
       }
       if (opts.peerListen && opts.peerListen !== 'none')
-        await site.peers.listen(parseHostPort(opts.peerListen));
+        await site.peers.listen(parseHostPort(opts.peerListen), opts.peerAdvertise);
       site.backups.offer(offeredTransports(site.endpoints(), opts.transports));
       site.recover();
       const { attached, lost } = await site.compute.reattach();
+      // Both sides of every group go on where they were (a crashed source rescans).
+      site.replication.startAll();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
     } catch (err) {
@@ -325,6 +341,7 @@ export class Site {
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
     await this.jobs.cancelAll();
+    await this.replication.close();
     this.compute.detachAll();
     this.recovery.close();
     await this.nbd.close();

@@ -61,7 +61,7 @@ export class JournalSender {
   private wakeUp: (() => void) | undefined;
   private held = 0;
   private readonly scratch: Buffer[];
-  private readonly packed: Buffer | undefined;
+  private packed: Buffer | undefined;
   private readonly cctx: InstanceType<typeof zstd.CCtx> | undefined;
   /** Bytes put on the wire (frame bodies), for the counters and the tests. */
   sentBytes = 0;
@@ -139,7 +139,10 @@ export class JournalSender {
         );
         let body: Buffer = raw;
         let flags = 0;
-        if (this.cctx && raw.length <= scratch.length) {
+        if (this.cctx) {
+          // A record larger than the scratch comes on its own: room to pack it too (at most a frame).
+          const bound = zstd.compressBound(raw.length);
+          if (this.packed!.length < bound) this.packed = Buffer.alloc(bound);
           const n = this.cctx.compress2(this.packed!, raw);
           if (n < raw.length) {
             body = this.packed!.subarray(0, n);
