@@ -56,6 +56,10 @@ export async function testSite(
     if (res.status >= 400) throw new Error(`${method} ${path} at site ${name}: ${res.status} ${text}`);
     return (text ? JSON.parse(text) : undefined) as T;
   };
+  // What the daemon said, with HAVEN_TEST_DAEMON_OUTPUT set (debugging a test).
+  t.after(() => {
+    if (process.env.HAVEN_TEST_DAEMON_OUTPUT) process.stderr.write(`--- site ${name} daemon output (tail) ---\n${s.daemon.output().slice(-6000)}\n`);
+  });
   s.kill = async () => {
     s.daemon.child.kill('SIGKILL');
     await s.daemon.exited;
@@ -109,7 +113,7 @@ export async function eventually<T>(
     }
     if (Date.now() > deadline)
       throw new Error(
-        `timed out waiting for ${what}; last seen: ${error ? String(error) : JSON.stringify(last)}`,
+        `timed out waiting for ${what}; last seen: ${(error ? String(error) : JSON.stringify(last)).slice(-600)}`,
       );
     await sleep(100);
   }

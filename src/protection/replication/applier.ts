@@ -51,8 +51,10 @@ export class ReplicaApplier {
     this.checkpoints = this.load();
     const newest = this.checkpoints[this.checkpoints.length - 1];
     this.dropOrphans(newest?.seq ?? 0);
-    // Re-applied from the newest checkpoint on (the live volumes may be torn past it).
-    this.applied = newest ? newest.seq : journal.firstSeq - 1;
+    // Re-applied from the newest checkpoint on (the live volumes may be torn past it) — or from
+    // the oldest record held, when the journal let go of records past it (release: they are
+    // durable on the volumes, and re-applying the rest in order over that state is idempotent).
+    this.applied = Math.max(newest?.seq ?? 0, journal.firstSeq - 1);
   }
 
   /** The checkpoints held, oldest first. */
@@ -77,6 +79,17 @@ export class ReplicaApplier {
   apply(): Promise<void> {
     this.running ??= this.applyAll().finally(() => (this.running = undefined));
     return this.running;
+  }
+
+  /**
+   * Applies what the journal holds, makes the replica volumes durable and lets the journal go of
+   * what they now hold: room for more when no checkpoint comes for a long while (a resync).
+   */
+  async release(): Promise<void> {
+    await this.apply();
+    const upTo = this.applied; // what the flush covers (an apply meanwhile goes further)
+    await Promise.all(this.volumes.map((v) => this.storage.openDevice(v).flush()));
+    this.journal.trim(upTo + 1);
   }
 
   private async applyAll(): Promise<void> {

@@ -29,7 +29,7 @@ async function volumeHashes(storage: StorageService, names: string[]): Promise<s
   return out;
 }
 
-async function twoSites(dir: string, pki: TestPki) {
+async function twoSites(dir: string, pki: TestPki, opts: { targetJournalBytes?: number } = {}) {
   // The source's volumes and its writer (the SourceGroup's own recorder stays off: the gateway records).
   const src = new SourceGroup(dir, ['a', 'b'], SIZE, { recording: false });
   const storage = StorageService.open(join(dir, 'target'));
@@ -41,6 +41,7 @@ async function twoSites(dir: string, pki: TestPki) {
     dir: join(dir, 'target-gw'),
     storage,
     volumes: ['ra', 'rb'],
+    ...(opts.targetJournalBytes ? { journalBytes: opts.targetJournalBytes } : {}),
     onError: (e) => errors.push(e),
   });
   const listener = await listenMutualTls(pki, (socket) => void target.accept(socket));
@@ -186,4 +187,26 @@ test('synchronous mode: a write is acknowledged once the target holds it; with t
   await until('synchronous again', () => gw.status().sync?.degraded === false);
   await s.src.write(5);
   assert.ok(s.target.journal.nextSeq >= gw.journal.nextSeq, 'synchronous again after catching up');
+});
+
+test('a target journal smaller than the initial sync: the applier lets go of what the replica holds, the sync completes', async (t) => {
+  const dir = tempDir();
+  const pki = makeTestPki(dir.path);
+  // 1 MiB at the target, ~3.6 MiB to sync and no checkpoint until the end: it used to refuse as full.
+  const s = await twoSites(dir.path, pki, { targetJournalBytes: 1 * MiB });
+  await s.src.write(300);
+  const gw = s.gateway();
+  t.after(async () => {
+    await gw.stop();
+    await s.close();
+    dir.cleanup();
+  });
+  gw.start();
+  await until('the initial sync at the target', () => s.target.newest?.name === 'initial-sync', 60_000);
+  assert.deepEqual(
+    await snapshotHashes(s.storage, ['ra', 'rb'], s.target.newest!.snapshot, SIZE),
+    await volumeHashes(s.src.storage, ['a', 'b']),
+  );
+  assert.deepEqual(s.errors, []);
+  assert.ok(s.target.journal.bytes <= 1 * MiB);
 });

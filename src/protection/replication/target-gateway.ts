@@ -55,6 +55,7 @@ export class TargetGateway {
       group: this.opts.group,
       applied: () => point(this.applier.newest),
       onRecords: () => this.apply(),
+      makeRoom: () => this.applier.release(),
     });
     this.receiver = receiver;
     try {

@@ -119,7 +119,13 @@ export class JournalSender {
         'CONFLICT',
         `the target holds up to ${this.held}, the journal begins at ${this.journal.firstSeq}: records are gone, a resync is needed`,
       );
-    const acks = this.readAcks(reader);
+    const acks = this.readAcks(reader).catch((err: unknown) => {
+      // The target refused (an error frame): the loop stops, run() rejects with the reason.
+      this.stopped = true;
+      this.wake();
+      throw err;
+    });
+    acks.catch(() => undefined); // handled where run() awaits it
     let turn = 0;
     try {
       while (!this.stopped) {
@@ -194,6 +200,8 @@ export interface ReceiverOptions {
   applied?: () => AppliedPoint | undefined;
   /** Told after a batch is durable in the journal (the applier's cue). */
   onRecords?: (held: number) => void;
+  /** The journal is full: resolves once it has let go of what it can (the applier released it). */
+  makeRoom?: () => Promise<void>;
 }
 
 /**
@@ -237,7 +245,7 @@ export class JournalReceiver {
         if (f.type !== Frame.batch)
           throw new HavenError('PROTOCOL', `the replication source sent frame ${f.type}`);
         this.receivedBytes += f.body.length;
-        this.take(f.flags & FLAG_ZSTD ? this.unpack(f.body) : f.body);
+        await this.take(f.flags & FLAG_ZSTD ? this.unpack(f.body) : f.body);
         await this.journal.sync();
         const held = this.journal.nextSeq - 1;
         await this.acknowledge();
@@ -275,8 +283,8 @@ export class JournalReceiver {
     return this.unpacked.subarray(0, n);
   }
 
-  /** Appends the batch's records the journal does not hold yet. */
-  private take(records: Buffer): void {
+  /** Appends the batch's records the journal does not hold yet (waiting for room when it is full). */
+  private async take(records: Buffer): Promise<void> {
     let at = 0;
     while (at < records.length) {
       const h = decodeHeader(records.subarray(at, at + RECORD_HEADER));
@@ -285,10 +293,14 @@ export class JournalReceiver {
       const rec = records.subarray(at, at + h.recordLength);
       at += h.recordLength;
       if (h.seq < this.journal.nextSeq) continue; // held already (resent after a reconnect)
+      if (this.journal.appendEncoded(rec) !== undefined) continue;
+      // Full: the source waits (backpressure) while the applier frees what the volumes hold.
+      await this.journal.sync();
+      await this.opts.makeRoom?.();
       if (this.journal.appendEncoded(rec) === undefined)
         throw new HavenError(
           'NO_SPACE',
-          `the target's replication journal is full (${this.journal.maxBytes} bytes)`,
+          `the target's replication journal (${this.journal.maxBytes} bytes) has no room for record ${h.seq} (${h.recordLength} bytes)`,
         );
     }
   }
