@@ -47,7 +47,8 @@ export type StreamingVm = Awaited<ReturnType<typeof streamingVm>>;
 
 /** The writes a VM's guest reported durable so far, in its order. */
 export async function guestWrites(s: TestSite, vm: string): Promise<OrderedWrite[]> {
-  return writesIn(await s.haven('vm', 'console-log', vm)) as unknown as OrderedWrite[];
+  // All of the log (the CLI shows its last 64 KiB): every write since the guest started.
+  return writesIn(await s.text(`/vms/${vm}/console-log?bytes=999999999`)) as unknown as OrderedWrite[];
 }
 
 /** What a guest must never have said while its disks were replicated. */

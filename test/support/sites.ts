@@ -18,6 +18,8 @@ export interface TestSite extends Site {
   linkPort: number;
   /** The API, straight (JSON; throws with the server's message on an error status). */
   api<T>(method: string, path: string, body?: unknown): Promise<T>;
+  /** A text answer of the API (a console log). */
+  text(path: string): Promise<string>;
   /** kill -9 of the daemon (its VMs go on), and a new one on the same directory and ports. */
   kill(): Promise<void>;
   restart(): Promise<void>;
@@ -41,6 +43,14 @@ export async function testSite(
   const s = (await site(t, args)) as TestSite;
   s.name = name;
   s.linkPort = linkPort;
+  s.text = async (path: string) => {
+    const { url } = JSON.parse(readFileSync(join(s.dir, 'api.json'), 'utf8')) as { url: string };
+    const token = readFileSync(join(s.dir, 'api-token'), 'utf8').trim();
+    const res = await fetch(`${url}/api/v1${path}`, { headers: { authorization: `Bearer ${token}` } });
+    const text = await res.text();
+    if (res.status >= 400) throw new Error(`GET ${path} at site ${name}: ${res.status} ${text}`);
+    return text;
+  };
   s.api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
     const { url } = JSON.parse(readFileSync(join(s.dir, 'api.json'), 'utf8')) as { url: string };
     const token = readFileSync(join(s.dir, 'api-token'), 'utf8').trim();
