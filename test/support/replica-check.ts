@@ -18,11 +18,11 @@ export async function streamingVm(
   s: TestSite,
   name: string,
   seed: number,
-  opts: { len?: string; slots?: number } = {},
+  opts: { len?: string; slots?: number; rate?: number } = {},
 ) {
   for (const d of ['a', 'b']) await s.haven('volume', 'create', `${name}-${d}`, '--size', '16M');
   const g = ensureGuest();
-  const cmd = `stream disk=vda,vdb seed=${seed} len=${opts.len ?? '4K'} rate=0 slots=${opts.slots ?? 64}`;
+  const cmd = `stream disk=vda,vdb seed=${seed} len=${opts.len ?? '4K'} rate=${opts.rate ?? 0} slots=${opts.slots ?? 64}`;
   await s.haven(
     'vm',
     'create',
