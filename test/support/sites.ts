@@ -68,7 +68,8 @@ export async function testSite(
   };
   // What the daemon said, with HAVEN_TEST_DAEMON_OUTPUT set (debugging a test).
   t.after(() => {
-    if (process.env.HAVEN_TEST_DAEMON_OUTPUT) process.stderr.write(`--- site ${name} daemon output (tail) ---\n${s.daemon.output().slice(-6000)}\n`);
+    if (process.env.HAVEN_TEST_DAEMON_OUTPUT)
+      process.stderr.write(`--- site ${name} daemon output (tail) ---\n${s.daemon.output().slice(-6000)}\n`);
   });
   s.kill = async () => {
     s.daemon.child.kill('SIGKILL');
