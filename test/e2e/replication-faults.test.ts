@@ -117,7 +117,8 @@ test(`kill -9 of the source daemon, the target daemon and both, ${ROUNDS} times 
 
 test('the link cut for 30 s: bitmap mode, a resync on reconnect during which the last consistent image is usable, consistent again', async (t) => {
   const { a, b, proxy } = await pairedSites(t, { proxied: true });
-  const vm = await streamingVm(a, 'cv', 55);
+  // 10 writes/s of 8 KiB: 30 s of them overflow the 1 MiB journal; a 160 KiB/s link carries them.
+  const vm = await streamingVm(a, 'cv', 55, { len: '8K', rate: 10 });
   // Uncompressed: the guest's pattern lines would make the slow link below fast again.
   await enable(a, vm, 'gc', '--journal', '1M', '--no-compress');
   await a.haven('vm', 'start', vm.name);
@@ -137,7 +138,7 @@ test('the link cut for 30 s: bitmap mode, a resync on reconnect during which the
     60_000,
   );
   // A slow link once it heals, so the resync lasts long enough to look at the replica meanwhile.
-  await a.haven('replication', 'limit', 'gc', '64K');
+  await a.haven('replication', 'limit', 'gc', '160K');
   await eventually(
     '30 s of outage',
     async () => Date.now() - cutAt,
@@ -154,10 +155,11 @@ test('the link cut for 30 s: bitmap mode, a resync on reconnect during which the
     60_000,
   );
   // During the resync: the newest checkpoint is the consistent image; a clone of it is a prefix.
+  // (Checkpoints journaled before the journal filled may have arrived since: as consistent.)
   const during = (await checkpoints(b, 'gc')).at(-1)!;
-  assert.equal(during.seq, stable.seq, 'no checkpoint while the resync runs');
+  assert.ok(during.seq >= stable.seq);
   for (const d of ['a', 'b'])
-    await b.haven('volume', 'clone', `${vm.name}-${d}`, during.snapshot, `copy-${d}`);
+    await b.haven('volume', 'clone', `${vm.name}-${d}@${during.snapshot}`, `copy-${d}`);
   await reportedPast(a, vm.name);
   const soFar = { [vm.name]: await guestWrites(a, vm.name) };
   const copy = await checkExports(b, [vm], soFar, (volume) => `copy-${volume.slice(-1)}`);
