@@ -4,7 +4,7 @@ import * as s from './schemas.js';
 
 type Name = { name: string };
 const tags = ['replication'];
-const seconds = { type: 'number', exclusiveMinimum: 0, description: 'seconds' } as const;
+const seconds = { type: 'number', minimum: 0.001, description: 'seconds' } as const;
 
 const enableBody = {
   type: 'object',
