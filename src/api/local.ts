@@ -22,7 +22,8 @@ export async function openLocalSite(dataDir: string): Promise<LocalSite> {
   const site = await Site.open({ dataDir, nbdListen: 'none' });
   const socketPath = join(site.dataDir, 'run', `cli-${process.pid}.sock`);
   try {
-    const app = await buildApi(site);
+    // Two or three of the routes serve one command: compile their schemas when asked (decision 0013).
+    const app = await buildApi(site, { lazySchemas: true, openapi: false });
     rmSync(socketPath, { force: true });
     await app.listen({ path: socketPath });
     let closing: Promise<void> | undefined;
