@@ -11,6 +11,7 @@ import { HavenError, eagerLogger, type HavenErrorCode } from '../common/index.js
 import { havenVersion, type Site } from '../orchestration/index.js';
 import { API_PREFIX } from './client.js';
 import { lazySchemaCompilers } from './lazy-schemas.js';
+import type { SchemaCodeCache } from './schema-code-cache.js';
 import { registerComputeRoutes } from './routes-compute.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { registerStorageRoutes } from './routes-storage.js';
@@ -27,9 +28,10 @@ export interface ApiOptions {
 export interface BuildOptions extends Pick<ApiOptions, 'tls' | 'requestTimeoutMs'> {
   /**
    * Compile each route's schemas on its first request, not at startup (default false: a bad
-   * schema then stops the daemon at once). The validation is the same either way.
+   * schema then stops the daemon at once). The validation is the same either way. With a cache,
+   * the generated code of each route's schemas is kept there for the next process.
    */
-  lazySchemas?: boolean;
+  lazySchemas?: boolean | SchemaCodeCache;
   /** Serve the OpenAPI document at /api/v1/openapi.json (default true). */
   openapi?: boolean;
 }
@@ -85,7 +87,13 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
     requestTimeout,
     keepAliveTimeout: 5_000, // an idle keep-alive connection
     forceCloseConnections: true,
-    ...(opts.lazySchemas ? { schemaController: { compilersFactory: lazySchemaCompilers() } } : {}),
+    ...(opts.lazySchemas
+      ? {
+          schemaController: {
+            compilersFactory: lazySchemaCompilers(opts.lazySchemas === true ? undefined : opts.lazySchemas),
+          },
+        }
+      : {}),
     ajv: {
       customOptions: {
         removeAdditional: false,
