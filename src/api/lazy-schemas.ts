@@ -92,7 +92,7 @@ const AJV = Symbol.for('fastify.ajv-compiler.reference');
 /** Runs generated CommonJS code (a module.exports of one function) with `req` as its require. */
 function load<T>(code: string, req: NodeJS.Require): T {
   const module = { exports: {} as unknown };
-  // eslint-disable-next-line @typescript-eslint/no-implied-eval -- code Ajv or fast-json-stringify generated (see SchemaCodeCache)
+  // Code Ajv or fast-json-stringify generated (SchemaCodeCache runs only the user's own files).
   new Function('module', 'exports', 'require', code)(module, module.exports, req);
   return module.exports as T;
 }
