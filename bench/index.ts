@@ -29,6 +29,11 @@ export const registry: RegistryEntry[] = [
     load: async () => (await import('./backup.js')).backupBenchmark,
   },
   {
+    name: 'cli',
+    summary: 'whole-process time of haven pool list and a no-change incremental backup, --data and --api',
+    load: async () => (await import('./cli.js')).cliBenchmark,
+  },
+  {
     name: 'site',
     summary: 'site daemon: haven vm start vs the same QEMU by hand; idle RSS and CPU with 10 VMs',
     load: async () => (await import('./site.js')).siteBenchmark,

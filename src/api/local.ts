@@ -2,6 +2,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Site } from '../orchestration/index.js';
 import { ApiClient } from './client.js';
+import { userSchemaCodeCache } from './schema-code-cache.js';
 import { buildApi } from './server.js';
 
 /** A site opened in this process for one command, and a client of its API. */
@@ -22,7 +23,8 @@ export async function openLocalSite(dataDir: string): Promise<LocalSite> {
   const site = await Site.open({ dataDir, nbdListen: 'none' });
   const socketPath = join(site.dataDir, 'run', `cli-${process.pid}.sock`);
   try {
-    const app = await buildApi(site);
+    // Two or three of the routes serve one command: compile their schemas when asked (decision 0013).
+    const app = await buildApi(site, { lazySchemas: userSchemaCodeCache(), openapi: false });
     rmSync(socketPath, { force: true });
     await app.listen({ path: socketPath });
     let closing: Promise<void> | undefined;

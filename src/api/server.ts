@@ -1,6 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import swagger from '@fastify/swagger';
 import Fastify, {
   LogController,
   type FastifyBaseLogger,
@@ -11,6 +10,8 @@ import Fastify, {
 import { HavenError, eagerLogger, type HavenErrorCode } from '../common/index.js';
 import { havenVersion, type Site } from '../orchestration/index.js';
 import { API_PREFIX } from './client.js';
+import { lazySchemaCompilers } from './lazy-schemas.js';
+import type { SchemaCodeCache } from './schema-code-cache.js';
 import { registerComputeRoutes } from './routes-compute.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
@@ -23,6 +24,18 @@ export interface ApiOptions {
   tls?: { cert: string; key: string };
   /** A request's headers and body must all arrive within this (default 30 s); headers within 10 s. */
   requestTimeoutMs?: number;
+}
+
+/** How the API is built: the daemon's way by default; a one-command local site asks for less. */
+export interface BuildOptions extends Pick<ApiOptions, 'tls' | 'requestTimeoutMs'> {
+  /**
+   * Compile each route's schemas on its first request, not at startup (default false: a bad
+   * schema then stops the daemon at once). The validation is the same either way. With a cache,
+   * the generated code of each route's schemas is kept there for the next process.
+   */
+  lazySchemas?: boolean | SchemaCodeCache;
+  /** Serve the OpenAPI document at /api/v1/openapi.json (default true). */
+  openapi?: boolean;
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
@@ -60,10 +73,7 @@ const STATUS: Record<HavenErrorCode, number> = {
  * `{ error: { code, message, field? } }`, and the OpenAPI document at /api/v1/openapi.json.
  * Handlers only translate between HTTP and the Site's methods.
  */
-export async function buildApi(
-  site: Site,
-  opts: Pick<ApiOptions, 'tls' | 'requestTimeoutMs'> = {},
-): Promise<FastifyInstance> {
+export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<FastifyInstance> {
   // Slow clients: a request that trickles in (headers or body) is answered 408 and closed once
   // its bound passes, so it cannot hold a socket forever. Responses (job watch streams, long
   // handlers) are not bounded: the bounds are on what the client sends.
@@ -79,8 +89,22 @@ export async function buildApi(
     requestTimeout,
     keepAliveTimeout: 5_000, // an idle keep-alive connection
     forceCloseConnections: true,
+    ...(opts.lazySchemas
+      ? {
+          schemaController: {
+            compilersFactory: lazySchemaCompilers(opts.lazySchemas === true ? undefined : opts.lazySchemas),
+          },
+        }
+      : {}),
     ajv: {
-      customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false },
+      customOptions: {
+        removeAdditional: false,
+        coerceTypes: false,
+        useDefaults: true,
+        allErrors: false,
+        // Checking the schemas against JSON Schema's own (~30 ms) is the daemon's, at its start.
+        ...(opts.lazySchemas ? { validateSchema: false } : {}),
+      },
     },
     ...(opts.tls
       ? { https: { cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ...bounds } }
@@ -139,18 +163,21 @@ export async function buildApi(
       .send({ error: { code: 'NOT_FOUND', message: `no such API path: ${req.method} ${req.url}` } });
   });
 
-  await app.register(swagger, {
-    openapi: {
-      openapi: '3.0.3',
-      info: {
-        title: 'Haven site API',
-        version: havenVersion(),
-        description: 'Storage, compute, jobs and events of one Haven site.',
+  const openapi = opts.openapi ?? true;
+  // Loaded only when served: the swagger plugin and its YAML parser are ~30 ms of a CLI command.
+  if (openapi)
+    await app.register((await import('@fastify/swagger')).default, {
+      openapi: {
+        openapi: '3.0.3',
+        info: {
+          title: 'Haven site API',
+          version: havenVersion(),
+          description: 'Storage, compute, jobs and events of one Haven site.',
+        },
+        components: { securitySchemes: { token: { type: 'http', scheme: 'bearer' } } },
+        security: [{ token: [] }],
       },
-      components: { securitySchemes: { token: { type: 'http', scheme: 'bearer' } } },
-      security: [{ token: [] }],
-    },
-  });
+    });
   await app.register(
     async (api) => {
       registerOperationRoutes(api, site);
@@ -158,7 +185,7 @@ export async function buildApi(
       registerComputeRoutes(api, site);
       registerPeerRoutes(api, site);
       registerReplicationRoutes(api, site);
-      api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+      if (openapi) api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },
   );

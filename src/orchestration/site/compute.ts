@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { randomInt, randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, hostname, totalmem } from 'node:os';
@@ -15,6 +14,7 @@ import {
 import { checkName } from '../../storage/index.js';
 import { now, type Db } from './database.js';
 import type { EventLog } from './events.js';
+import { hypervisorName } from './hypervisor.js';
 
 const log = logger('compute');
 
@@ -114,13 +114,7 @@ export class ComputeService {
   // ---- hosts -----------------------------------------------------------------------------
 
   private registerLocalHost(): void {
-    let hypervisor = 'QEMU';
-    try {
-      const v = execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' });
-      hypervisor = /version ([\d.]+)/.exec(v)?.[0].replace('version', 'QEMU') ?? hypervisor;
-    } catch {
-      hypervisor = 'QEMU (qemu-system-x86_64 not found)';
-    }
+    const hypervisor = hypervisorName(join(this.runDir, 'hypervisor.json'));
     this.db
       .prepare(
         `INSERT INTO hosts (name, address, cpus, memory_mib, accelerator, hypervisor, created_at)
