@@ -1,6 +1,6 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { HavenError, type HavenErrorCode } from '../common/index.js';
+import { HavenError, isHavenErrorCode, type HavenErrorCode } from '../common/index.js';
 
 /** Every path of the site API starts here. */
 export const API_PREFIX = '/api/v1';
@@ -15,23 +15,6 @@ export interface ApiEndpoint {
   /** A unix socket to send the requests over instead of `url`'s host and port (a site in this process). */
   socketPath?: string;
 }
-
-const CODES = new Set<string>([
-  'INVALID_ARGUMENT',
-  'NOT_FOUND',
-  'CONFLICT',
-  'READ_ONLY',
-  'OUT_OF_RANGE',
-  'NO_SPACE',
-  'UNSUPPORTED',
-  'PROTOCOL',
-  'IO',
-  'CORRUPT',
-  'TIMEOUT',
-  'CANCELLED',
-  'UNAUTHENTICATED',
-  'INTERNAL',
-]);
 
 /** A client of a site's REST API: JSON in and out, errors as HavenError with the server's code. */
 export class ApiClient {
@@ -132,7 +115,7 @@ function toError(status: number, text: string, path: string): HavenError {
   try {
     const e = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
     if (e?.message) {
-      const code = (CODES.has(e.code ?? '') ? e.code : 'INTERNAL') as HavenErrorCode;
+      const code: HavenErrorCode = e.code && isHavenErrorCode(e.code) ? e.code : 'INTERNAL';
       return new HavenError(code, e.message);
     }
   } catch {

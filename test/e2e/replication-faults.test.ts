@@ -16,30 +16,16 @@ import {
   streamingVm,
   type StreamingVm,
 } from '../support/replica-check.js';
+import {
+  type CheckpointView,
+  replicaCheckpoints,
+  replicationGroup,
+  reportedPast,
+} from '../support/replica-check.js';
 import { eventually, pairedSites, type TestSite } from '../support/sites.js';
 
-interface Group {
-  source?: { state: string; link: string; appliedCheckpoint?: { seq: number } };
-}
-interface Checkpoint {
-  seq: number;
-  time: string;
-  name?: string;
-  snapshot: string;
-}
-
-const group = (s: TestSite, name: string) => s.api<Group>('GET', `/replication/groups/${name}`);
-const checkpoints = (s: TestSite, name: string) =>
-  s.api<Checkpoint[]>('GET', `/replication/groups/${name}/checkpoints`);
-
-async function reportedPast(s: TestSite, vm: string): Promise<void> {
-  const now = (await guestWrites(s, vm)).length;
-  await eventually(
-    `guest ${vm} to report 2 more writes`,
-    () => guestWrites(s, vm),
-    (w) => w.length >= now + 2,
-  );
-}
+const group = replicationGroup;
+const checkpoints = replicaCheckpoints;
 
 async function enable(a: TestSite, vm: StreamingVm, groupName: string, ...extra: string[]) {
   await a.haven(
@@ -71,7 +57,7 @@ test(`kill -9 of the source daemon, the target daemon and both, ${ROUNDS} times 
     (g) => !!g.source?.appliedCheckpoint,
     120_000,
   );
-  const seen = new Map<number, Checkpoint>();
+  const seen = new Map<number, CheckpointView>();
   const victims = ['source', 'target', 'both'] as const;
   for (let round = 0; round < ROUNDS; round++) {
     const victim = victims[round % 3]!;

@@ -7,37 +7,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { checkReplica, guestWrites, GUEST_IO_ERROR, streamingVm } from '../support/replica-check.js';
-import { eventually, pairedSites, type TestSite } from '../support/sites.js';
+import { replicaCheckpoints, replicationGroup, reportedPast } from '../support/replica-check.js';
+import { eventually, pairedSites } from '../support/sites.js';
 import type { OrderedWrite } from '../support/write-order.js';
 
-interface Group {
-  paused: boolean;
-  source?: { state: string; link: string; appliedCheckpoint?: { seq: number }; journal: { fill: number } };
-}
-interface Checkpoint {
-  seq: number;
-  time: string;
-  name?: string;
-  snapshot: string;
-}
-
-const group = (s: TestSite, name: string) => s.api<Group>('GET', `/replication/groups/${name}`);
-const checkpoints = (s: TestSite, name: string) =>
-  s.api<Checkpoint[]>('GET', `/replication/groups/${name}/checkpoints`);
-
-/**
- * Waits until the guest has reported two more writes than it had now: each write is issued after
- * the one before completed, so every write issued before now (the one in flight at most) is then
- * in its log — the writes any checkpoint taken before now can hold.
- */
-async function reportedPast(s: TestSite, vm: string): Promise<void> {
-  const now = (await guestWrites(s, vm)).length;
-  await eventually(
-    `guest ${vm} to report 2 more writes`,
-    () => guestWrites(s, vm),
-    (w) => w.length >= now + 2,
-  );
-}
+const group = replicationGroup;
+const checkpoints = replicaCheckpoints;
 
 function pick<T>(items: readonly T[], n: number): T[] {
   const copy = [...items];

@@ -8,7 +8,7 @@ import type { BlockDevice } from '../../src/block/index.js';
 import { connectNbd } from '../../src/nbd/index.js';
 import { ensureGuest } from './guest.js';
 import { writesIn } from './site.js';
-import type { TestSite } from './sites.js';
+import { eventually, type TestSite } from './sites.js';
 import { checkPrefixConsistency, type Consistency, type OrderedWrite } from './write-order.js';
 
 export const DISKS = ['/dev/vda', '/dev/vdb'] as const;
@@ -105,4 +105,35 @@ export async function checkExports(
   } finally {
     for (const d of devices) await d.close();
   }
+}
+
+/** A replication group as the API shows it (what the tests look at). */
+export interface GroupView {
+  paused?: boolean;
+  source?: { state: string; link: string; appliedCheckpoint?: { seq: number }; journal?: { fill: number } };
+}
+export interface CheckpointView {
+  seq: number;
+  time: string;
+  name?: string;
+  snapshot: string;
+}
+
+export const replicationGroup = (s: TestSite, name: string) =>
+  s.api<GroupView>('GET', `/replication/groups/${name}`);
+export const replicaCheckpoints = (s: TestSite, name: string) =>
+  s.api<CheckpointView[]>('GET', `/replication/groups/${name}/checkpoints`);
+
+/**
+ * Waits until the guest has reported two more writes than it had now: each write is issued after
+ * the one before completed, so every write issued before now (the one in flight at most) is then
+ * in its log — the writes any checkpoint taken before now can hold.
+ */
+export async function reportedPast(s: TestSite, vm: string): Promise<void> {
+  const now = (await guestWrites(s, vm)).length;
+  await eventually(
+    `guest ${vm} to report 2 more writes`,
+    () => guestWrites(s, vm),
+    (w) => w.length >= now + 2,
+  );
 }
