@@ -3,11 +3,20 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { DirtyBitmap } from '../../block/index.js';
 import { HavenError, writeFileAtomic } from '../../common/index.js';
-import type { TapDevice } from '../../storage/index.js';
+import type { StorageService, TapDevice } from '../../storage/index.js';
+import {
+  DEFAULT_EXTENT_BYTES,
+  checkExtentBytes,
+  checksumDevice,
+  decodeChecksums,
+  type ChecksumList,
+  type ChecksumRequest,
+} from './checksums.js';
 import { ReplicationJournal } from './journal.js';
 import { GroupRecorder } from './recorder.js';
 import { scanGroup, type ScanSource } from './scan.js';
 import { JournalSender, TokenBucket, type AppliedPoint } from './transceiver.js';
+import { diffSums, type ExtentDifference, type VerifyOptions, type VerifyReport } from './verify.js';
 
 export type ReplicationMode = 'initial-sync' | 'replicating' | 'bitmap' | 'resyncing' | 'paused';
 
@@ -56,6 +65,26 @@ export interface SourceGatewayOptions {
    */
   sync?: boolean;
   syncTimeoutMs?: number;
+  /**
+   * The source volumes' storage and names, in the taps' order: verify snapshots them at its
+   * checkpoint (the stable image it compares with the replica's).
+   */
+  storage?: StorageService;
+  volumes?: readonly string[];
+  /**
+   * The target's checksums per extent: at the target, `checksumReplica` (or
+   * `TargetGateway.checksums`), called over the site's RPC channel. Needed by verify and by the
+   * compare syncs; given, the full resync after a crash of this daemon is a compare sync too.
+   */
+  remoteChecksums?: (req: ChecksumRequest) => Promise<ChecksumList>;
+  /**
+   * 'compare': the replica volumes already hold a similar copy (a restored backup), so the
+   * initial sync sends only the extents whose checksums differ; 'copy' (default): the replica is
+   * empty, every allocated extent is sent.
+   */
+  initialSync?: 'copy' | 'compare';
+  /** Extent size of the checksums (default 1 MiB). */
+  extentBytes?: number;
 }
 
 /** What the gateway keeps across restarts (DIR/state.json). */
@@ -103,8 +132,20 @@ export class SourceGateway {
   private held: { seq: number; since: number; release: () => void }[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
   private degraded = false;
+  private verifying = false;
 
   constructor(private readonly opts: SourceGatewayOptions) {
+    if (opts.volumes && opts.volumes.length !== opts.taps.length)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `replication group ${opts.group}: ${opts.volumes.length} volume names for ${opts.taps.length} taps`,
+      );
+    if (opts.initialSync === 'compare' && !opts.remoteChecksums)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `replication group ${opts.group}: a compare initial sync needs the target's checksums (remoteChecksums)`,
+      );
+    checkExtentBytes(opts.extentBytes ?? DEFAULT_EXTENT_BYTES);
     mkdirSync(opts.dir, { recursive: true });
     this.journal = ReplicationJournal.open(join(opts.dir, 'journal'), {
       ...(opts.journalBytes ? { maxBytes: opts.journalBytes } : {}),
@@ -135,6 +176,7 @@ export class SourceGateway {
     // (decision 0012, 6): everything is scanned again. An initial sync goes on where it was.
     if (crashed && this.state.synced) this.state.scan = { kind: 'full' };
     this.saveState();
+    this.dropVerifySnapshots();
     // No consistent point until the scans the state calls for have run.
     this.recorder.suspended = this.overflowed || !!this.state.scan || !this.state.synced;
     this.recorder.start();
@@ -339,7 +381,14 @@ export class SourceGateway {
     if (kind === 'resync') for (const b of this.bitmaps) b.clear();
     let savedAt = Date.now();
     try {
+      // What the target holds, compared extent by extent: a seeded replica, or after a crash here.
+      const compare =
+        (kind === 'initial' && this.opts.initialSync === 'compare') ||
+        (kind === 'full' && this.opts.remoteChecksums)
+          ? await this.remoteSums()
+          : undefined;
       await scanGroup(this.journal, sources, {
+        ...(compare ? { compare } : {}),
         zeroes: kind !== 'initial',
         signal: this.stopping.signal,
         ...(this.state.scan.from ? { from: this.state.scan.from } : {}),
@@ -377,6 +426,195 @@ export class SourceGateway {
     if (this.overflowed) return this.setMode('bitmap');
     this.checkpoint(kind === 'initial' ? 'initial-sync' : 'resync');
     this.setMode('replicating');
+  }
+
+  /**
+   * Verify (decision 0014): a checkpoint `verify`, with a snapshot `verify-SEQ` of every source
+   * volume taken in the same synchronous stretch (no change can fall between them); once the
+   * target has applied it, both sides sum their image at it per extent (the replica's is its
+   * snapshot `cp-SEQ`) and the sums are compared. With `repair`, the differing extents' current
+   * content goes through the journal like a resync (so the next checkpoint has it right), and a
+   * checkpoint `repair` follows. Only while replicating: in any other mode the replica is not
+   * meant to equal a checkpoint of the source yet.
+   */
+  async verify(opts: VerifyOptions = {}): Promise<VerifyReport> {
+    const { storage, volumes, remoteChecksums, group } = this.opts;
+    if (!storage || !volumes || !remoteChecksums)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `replication group ${group} cannot be verified: its gateway was made without the source storage, the volume names and the target's checksums`,
+      );
+    const extentBytes = opts.extentBytes ?? this.opts.extentBytes ?? DEFAULT_EXTENT_BYTES;
+    checkExtentBytes(extentBytes);
+    if (this.verifying)
+      throw new HavenError(
+        'CONFLICT',
+        `replication group ${group} is being verified already: wait for that verify to end`,
+      );
+    this.refuseUnlessReplicating('verified');
+    this.verifying = true;
+    let report: VerifyReport;
+    try {
+      const started = performance.now();
+      const sizes = this.opts.taps.map((t) => t.size);
+      const seq = await this.stableCheckpoint();
+      const snapshot = `verify-${seq}`;
+      const abort = new AbortController();
+      let differences: ExtentDifference[];
+      try {
+        const local = Promise.all(
+          volumes.map(async (v) => {
+            const dev = storage.openDevice(`${v}@${snapshot}`, { readOnly: true });
+            try {
+              return await checksumDevice(dev, extentBytes, { signal: abort.signal });
+            } finally {
+              await dev.close();
+            }
+          }),
+        );
+        const remote = this.waitApplied(seq, opts.timeoutMs ?? 600_000).then(async () =>
+          decodeChecksums(await remoteChecksums({ checkpoint: seq, extentBytes }), sizes, extentBytes),
+        );
+        const [ours, theirs] = await Promise.all([local, remote]);
+        differences = diffSums(ours, theirs, sizes, extentBytes, volumes);
+      } finally {
+        abort.abort();
+        for (const v of volumes) storage.deleteSnapshot(v, snapshot);
+      }
+      report = {
+        group,
+        checkpoint: seq,
+        extentBytes,
+        comparedBytes: sizes.reduce((a, b) => a + b, 0),
+        differences,
+        elapsedMs: Math.round(performance.now() - started),
+      };
+      if (opts.repair && differences.length) report.repair = await this.repair(differences);
+    } finally {
+      this.verifying = false;
+    }
+    if (opts.recheck && report.repair)
+      report.recheck = await this.verify({
+        extentBytes,
+        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+      });
+    return report;
+  }
+
+  /** Resends the differing ranges' current content (a resync scan of them), then a checkpoint. */
+  private async repair(
+    differences: readonly ExtentDifference[],
+  ): Promise<NonNullable<VerifyReport['repair']>> {
+    this.refuseUnlessReplicating('repaired');
+    const result = await scanGroup(
+      this.journal,
+      this.opts.taps.map((tap, i) => ({ tap, ranges: differences.filter((d) => d.volume === i) })),
+      {
+        zeroes: true,
+        signal: this.stopping.signal,
+        waitForRoom: () => this.waitForRoom(),
+        onProgress: () => this.sender?.wake(),
+      },
+    );
+    const checkpoint = this.checkpoint('repair');
+    return {
+      bytes: result.readBytes + result.zeroBytes,
+      ...(checkpoint !== undefined ? { checkpoint } : {}),
+    };
+  }
+
+  private refuseUnlessReplicating(what: string): void {
+    const g = `replication group ${this.opts.group}`;
+    if (this.paused) throw new HavenError('CONFLICT', `${g} is paused: resume it, then it can be ${what}`);
+    if (this.mode === 'initial-sync')
+      throw new HavenError(
+        'CONFLICT',
+        `${g} is in its initial sync: the replica has no checkpoint to compare until it completes; it can be ${what} once it is replicating`,
+      );
+    if (this.mode === 'bitmap' || this.mode === 'resyncing' || this.overflowed || this.state.scan)
+      throw new HavenError(
+        'CONFLICT',
+        `${g} is ${this.mode === 'resyncing' ? 'resyncing' : 'in bitmap mode'}: the replica lags by what the bitmaps mark; it can be ${what} once the resync has completed and it is replicating`,
+      );
+  }
+
+  /**
+   * A checkpoint `verify` and a snapshot `verify-SEQ` of every source volume at it. The pool
+   * devices complete synchronously, so between two changes nothing is in flight and the
+   * checkpoint record and the snapshots, taken in one synchronous stretch, see the same image. A
+   * change in flight (an asynchronous device below a tap) could be in a snapshot and after the
+   * checkpoint at once: wait until none is.
+   */
+  private async stableCheckpoint(): Promise<number> {
+    const { storage, volumes, taps, group } = this.opts;
+    for (let busy = taps.filter((t) => t.busy); busy.length; busy = taps.filter((t) => t.busy))
+      await Promise.all(busy.map((t) => t.settled()));
+    // From here to the return nothing awaits.
+    const seq = this.checkpoint('verify');
+    if (seq === undefined)
+      throw new HavenError(
+        'CONFLICT',
+        `replication group ${group} has no consistent point now (${this.recorder.state.reason ?? this.mode}): verify once it is replicating`,
+      );
+    const taken: string[] = [];
+    try {
+      for (const v of volumes!) {
+        storage!.snapshot(v, `verify-${seq}`);
+        taken.push(v);
+      }
+    } catch (err) {
+      for (const v of taken) storage!.deleteSnapshot(v, `verify-${seq}`);
+      throw new HavenError(
+        'CONFLICT',
+        `replication group ${group}: verify could not snapshot its volumes: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
+    }
+    return seq;
+  }
+
+  /** Resolves once the target has applied checkpoint `seq` (or a later one). */
+  private async waitApplied(seq: number, timeoutMs: number): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while ((this.applied?.seq ?? 0) < seq) {
+      const left = deadline - performance.now();
+      if (left <= 0)
+        throw new HavenError(
+          'TIMEOUT',
+          `replication group ${this.opts.group}: the target has not applied checkpoint ${seq} within ${Math.round(timeoutMs / 1000)} s (link ${this.sender ? 'up' : `down${this.error ? `: ${this.error}` : ''}`}); verify again once it has caught up`,
+        );
+      let timer: NodeJS.Timeout | undefined;
+      const ack = this.waitForRoom();
+      ack.catch(() => undefined); // rejected at a stop after the timer won: handled by the race or not at all
+      await Promise.race([ack, new Promise<void>((r) => (timer = setTimeout(r, left)))]).finally(() =>
+        clearTimeout(timer),
+      );
+    }
+  }
+
+  /** The target's sums of its live replica volumes (a compare sync). */
+  private async remoteSums(): Promise<{ extentBytes: number; sums: Buffer[] }> {
+    const extentBytes = this.opts.extentBytes ?? DEFAULT_EXTENT_BYTES;
+    const list = await this.opts.remoteChecksums!({ extentBytes });
+    return {
+      extentBytes,
+      sums: decodeChecksums(
+        list,
+        this.opts.taps.map((t) => t.size),
+        extentBytes,
+      ),
+    };
+  }
+
+  /** Snapshots a verify left behind (this daemon stopped during one). */
+  private dropVerifySnapshots(): void {
+    const { storage, volumes } = this.opts;
+    if (!storage || !volumes) return;
+    for (const v of volumes)
+      for (const s of storage.listSnapshots(v))
+        if (/^verify-\d+$/.test(s.name)) storage.deleteSnapshot(v, s.name);
   }
 
   /** Resolves at the next acknowledgement from the target; rejects once stopping. */
