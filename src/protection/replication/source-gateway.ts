@@ -7,7 +7,6 @@ import type { StorageService, TapDevice } from '../../storage/index.js';
 import {
   DEFAULT_EXTENT_BYTES,
   checkExtentBytes,
-  checksumDevice,
   decodeChecksums,
   type ChecksumList,
   type ChecksumRequest,
@@ -16,7 +15,7 @@ import { ReplicationJournal } from './journal.js';
 import { GroupRecorder } from './recorder.js';
 import { scanGroup, type ScanSource } from './scan.js';
 import { JournalSender, TokenBucket, type AppliedPoint } from './transceiver.js';
-import { diffSums, type ExtentDifference, type VerifyOptions, type VerifyReport } from './verify.js';
+import { verifyGroup, type ExtentDifference, type VerifyOptions, type VerifyReport } from './verify.js';
 
 export type ReplicationMode = 'initial-sync' | 'replicating' | 'bitmap' | 'resyncing' | 'paused';
 
@@ -429,23 +428,17 @@ export class SourceGateway {
   }
 
   /**
-   * Verify (decision 0014): a checkpoint `verify`, with a snapshot `verify-SEQ` of every source
-   * volume taken in the same synchronous stretch (no change can fall between them); once the
-   * target has applied it, both sides sum their image at it per extent (the replica's is its
-   * snapshot `cp-SEQ`) and the sums are compared. With `repair`, the differing extents' current
-   * content goes through the journal like a resync (so the next checkpoint has it right), and a
-   * checkpoint `repair` follows. Only while replicating: in any other mode the replica is not
-   * meant to equal a checkpoint of the source yet.
+   * Verify (decision 0014, verify.ts): compares the replica with this source at a checkpoint
+   * taken now, per extent; with `repair` resends what differs through the journal. Only while
+   * replicating: in any other mode the replica is not meant to equal a checkpoint yet.
    */
   async verify(opts: VerifyOptions = {}): Promise<VerifyReport> {
-    const { storage, volumes, remoteChecksums, group } = this.opts;
+    const { storage, volumes, remoteChecksums, group, taps } = this.opts;
     if (!storage || !volumes || !remoteChecksums)
       throw new HavenError(
         'INVALID_ARGUMENT',
         `replication group ${group} cannot be verified: its gateway was made without the source storage, the volume names and the target's checksums`,
       );
-    const extentBytes = opts.extentBytes ?? this.opts.extentBytes ?? DEFAULT_EXTENT_BYTES;
-    checkExtentBytes(extentBytes);
     if (this.verifying)
       throw new HavenError(
         'CONFLICT',
@@ -453,62 +446,38 @@ export class SourceGateway {
       );
     this.refuseUnlessReplicating('verified');
     this.verifying = true;
-    let report: VerifyReport;
     try {
-      const started = performance.now();
-      const sizes = this.opts.taps.map((t) => t.size);
-      const seq = await this.stableCheckpoint();
-      const snapshot = `verify-${seq}`;
-      const abort = new AbortController();
-      let differences: ExtentDifference[];
-      try {
-        const local = Promise.all(
-          volumes.map(async (v) => {
-            const dev = storage.openDevice(`${v}@${snapshot}`, { readOnly: true });
-            try {
-              return await checksumDevice(dev, extentBytes, { signal: abort.signal });
-            } finally {
-              await dev.close();
-            }
-          }),
-        );
-        const remote = this.waitApplied(seq, opts.timeoutMs ?? 600_000).then(async () =>
-          decodeChecksums(await remoteChecksums({ checkpoint: seq, extentBytes }), sizes, extentBytes),
-        );
-        const [ours, theirs] = await Promise.all([local, remote]);
-        differences = diffSums(ours, theirs, sizes, extentBytes, volumes);
-      } finally {
-        abort.abort();
-        for (const v of volumes) storage.deleteSnapshot(v, snapshot);
-      }
-      report = {
-        group,
-        checkpoint: seq,
-        extentBytes,
-        comparedBytes: sizes.reduce((a, b) => a + b, 0),
-        differences,
-        elapsedMs: Math.round(performance.now() - started),
-      };
-      if (opts.repair && differences.length) report.repair = await this.repair(differences);
+      return await verifyGroup(
+        {
+          group,
+          storage,
+          volumes,
+          taps,
+          remoteChecksums,
+          refuse: (what) => this.refuseUnlessReplicating(what),
+          checkpoint: (name) => this.checkpoint(name),
+          why: () => this.recorder.state.reason ?? this.mode,
+          waitApplied: (seq, ms) => this.waitApplied(seq, ms),
+          resend: (ranges) => this.resend(ranges),
+        },
+        { ...opts, extentBytes: opts.extentBytes ?? this.opts.extentBytes ?? DEFAULT_EXTENT_BYTES },
+      );
+    } catch (err) {
+      if (this.stopped)
+        throw new HavenError('CANCELLED', `replication group ${group} stopped during its verify`, {
+          cause: err,
+        });
+      throw err;
     } finally {
       this.verifying = false;
     }
-    if (opts.recheck && report.repair)
-      report.recheck = await this.verify({
-        extentBytes,
-        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-      });
-    return report;
   }
 
-  /** Resends the differing ranges' current content (a resync scan of them), then a checkpoint. */
-  private async repair(
-    differences: readonly ExtentDifference[],
-  ): Promise<NonNullable<VerifyReport['repair']>> {
-    this.refuseUnlessReplicating('repaired');
+  /** Resends ranges' current content through the journal (a resync scan of them). */
+  private async resend(ranges: readonly ExtentDifference[]): Promise<number> {
     const result = await scanGroup(
       this.journal,
-      this.opts.taps.map((tap, i) => ({ tap, ranges: differences.filter((d) => d.volume === i) })),
+      this.opts.taps.map((tap, i) => ({ tap, ranges: ranges.filter((d) => d.volume === i) })),
       {
         zeroes: true,
         signal: this.stopping.signal,
@@ -516,11 +485,7 @@ export class SourceGateway {
         onProgress: () => this.sender?.wake(),
       },
     );
-    const checkpoint = this.checkpoint('repair');
-    return {
-      bytes: result.readBytes + result.zeroBytes,
-      ...(checkpoint !== undefined ? { checkpoint } : {}),
-    };
+    return result.readBytes + result.zeroBytes;
   }
 
   private refuseUnlessReplicating(what: string): void {
@@ -536,43 +501,6 @@ export class SourceGateway {
         'CONFLICT',
         `${g} is ${this.mode === 'resyncing' ? 'resyncing' : 'in bitmap mode'}: the replica lags by what the bitmaps mark; it can be ${what} once the resync has completed and it is replicating`,
       );
-  }
-
-  /**
-   * A checkpoint `verify` and a snapshot `verify-SEQ` of every source volume at it. The pool
-   * devices complete synchronously, so between two changes nothing is in flight and the
-   * checkpoint record and the snapshots, taken in one synchronous stretch, see the same image. A
-   * change in flight (an asynchronous device below a tap) could be in a snapshot and after the
-   * checkpoint at once: wait until none is.
-   */
-  private async stableCheckpoint(): Promise<number> {
-    const { storage, volumes, taps, group } = this.opts;
-    for (let busy = taps.filter((t) => t.busy); busy.length; busy = taps.filter((t) => t.busy))
-      await Promise.all(busy.map((t) => t.settled()));
-    // From here to the return nothing awaits.
-    const seq = this.checkpoint('verify');
-    if (seq === undefined)
-      throw new HavenError(
-        'CONFLICT',
-        `replication group ${group} has no consistent point now (${this.recorder.state.reason ?? this.mode}): verify once it is replicating`,
-      );
-    const taken: string[] = [];
-    try {
-      for (const v of volumes!) {
-        storage!.snapshot(v, `verify-${seq}`);
-        taken.push(v);
-      }
-    } catch (err) {
-      for (const v of taken) storage!.deleteSnapshot(v, `verify-${seq}`);
-      throw new HavenError(
-        'CONFLICT',
-        `replication group ${group}: verify could not snapshot its volumes: ${(err as Error).message}`,
-        {
-          cause: err,
-        },
-      );
-    }
-    return seq;
   }
 
   /** Resolves once the target has applied checkpoint `seq` (or a later one). */
