@@ -51,7 +51,8 @@ export interface ScanResult {
 /**
  * A scan of a group's volumes into its journal (decision 0012, 5): reads ranges of the source
  * and appends them as resync records with their bytes — the initial sync, a resync of a dirty
- * bitmap's ranges, a repair. Each step's bytes are appended in the same synchronous stretch that
+ * bitmap's ranges, a repair; with `compare`, only the extents whose sums differ from the
+ * target's (decision 0014, 5). Each step's bytes are appended in the same synchronous stretch that
  * follows their read, and a change to the range that came while the read was under way (an
  * asynchronous device) makes the step read again: so a guest write to the range always gets a
  * later sequence than the scan's copy of it, and wins. Holes and zeroes are not read (block
