@@ -135,7 +135,9 @@ export async function scanGroup(
       const src = sources[v]!;
       const device = src.device ?? src.tap;
       const ranges = src.ranges ?? [{ offset: 0, length: device.size }];
-      const startAt = opts.from && v === opts.from.volume ? opts.from.offset : 0;
+      const resumeAt = opts.from && v === opts.from.volume ? opts.from.offset : 0;
+      // A compare goes in whole extents (a resume point saved by another kind of scan may not be on one).
+      const startAt = compare ? Math.floor(resumeAt / step) * step : resumeAt;
       for (const r of compare ? ranges.map((x) => alignRange(x, step, device.size)) : ranges) {
         for (let at = Math.max(r.offset, startAt); at < r.offset + r.length;) {
           opts.signal?.throwIfAborted();
