@@ -542,7 +542,7 @@ export class SourceGateway {
     if (!storage || !volumes) return;
     for (const v of volumes)
       for (const s of storage.listSnapshots(v))
-        if (/^verify-\d+$/.test(s.name)) storage.deleteSnapshot(v, s.name);
+        if (/^replication-verify-\d+$/.test(s.name)) storage.deleteSnapshot(v, s.name);
   }
 
   /** Resolves at the next acknowledgement from the target; rejects once stopping. */

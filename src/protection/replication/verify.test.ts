@@ -272,7 +272,7 @@ test('compare initial sync: a replica seeded with an older copy of the source re
   assert.deepEqual(s.errors, []);
 });
 
-test('after a crash of the source daemon the full resync compares: a replica that is level receives almost nothing, a corrupt extent is sent', async (t) => {
+test('after a crash of the source daemon the full resync compares: a replica that is level receives almost nothing, a corrupt extent is sent; a verify snapshot left behind goes', async (t) => {
   const dir = tempDir();
   const s = await twoSites(dir.path);
   t.after(async () => {
@@ -289,9 +289,16 @@ test('after a crash of the source daemon the full resync compares: a replica tha
   const statePath = join(dir.path, 'source-gw', 'state.json');
   writeFileSync(statePath, JSON.stringify({ ...JSON.parse(readFileSync(statePath, 'utf8')), running: true }));
   await s.storage.openDevice('ra').write(Buffer.alloc(4096, 0x77), 3 * MiB);
+  // A verify the crash interrupted left its snapshot; a user's own snapshot stays.
+  s.src.storage.snapshot('a', 'replication-verify-9');
+  s.src.storage.snapshot('a', 'verify-9');
   const before = s.proxy.upBytes;
   gw = s.gateway();
   gw.start();
+  assert.deepEqual(
+    s.src.storage.listSnapshots('a').map((x) => x.name),
+    ['verify-9'],
+  );
   await until('the full resync at the target', () => s.target.newest?.name === 'resync');
   const sent = s.proxy.upBytes - before;
   t.diagnostic(`full compare resync: ${sent} bytes on the wire for one corrupt extent of ${2 * SIZE} bytes`);

@@ -103,7 +103,7 @@ export interface VerifyHost {
 }
 
 /**
- * Verify (decision 0014): a checkpoint `verify`, with a snapshot `verify-SEQ` of every source
+ * Verify (decision 0014): a checkpoint `verify`, with a snapshot `replication-verify-SEQ` of every source
  * volume taken in the same synchronous stretch; the source sums its snapshots while the target
  * applies the checkpoint, then the target sums its `cp-SEQ` snapshots, and the sums are compared.
  * With `repair`, the differing extents' current content goes through the journal like a resync,
@@ -119,7 +119,7 @@ export async function verifyGroup(
   const started = performance.now();
   const sizes = host.taps.map((t) => t.size);
   const seq = await stableCheckpoint(host);
-  const snapshot = `verify-${seq}`;
+  const snapshot = `replication-verify-${seq}`;
   const abort = new AbortController();
   let differences: ExtentDifference[];
   try {
@@ -172,7 +172,7 @@ export async function verifyGroup(
 }
 
 /**
- * A checkpoint `verify` and a snapshot `verify-SEQ` of every source volume at it. The pool
+ * A checkpoint `verify` and a snapshot `replication-verify-SEQ` of every source volume at it. The pool
  * devices complete synchronously, so between two changes nothing is in flight, and the
  * checkpoint record and the snapshots, taken in one synchronous stretch, see the same image. A
  * change in flight (an asynchronous device below a tap) could be in a snapshot and after the
@@ -192,11 +192,11 @@ async function stableCheckpoint(host: VerifyHost): Promise<number> {
   const taken: string[] = [];
   try {
     for (const v of volumes) {
-      storage.snapshot(v, `verify-${seq}`);
+      storage.snapshot(v, `replication-verify-${seq}`);
       taken.push(v);
     }
   } catch (err) {
-    for (const v of taken) storage.deleteSnapshot(v, `verify-${seq}`);
+    for (const v of taken) storage.deleteSnapshot(v, `replication-verify-${seq}`);
     throw new HavenError(
       'CONFLICT',
       `replication group ${group}: verify could not snapshot its volumes: ${(err as Error).message}`,
