@@ -120,7 +120,7 @@ export function registerReplication(program: Command): void {
     .option('--journal <size>', "the source journal's bound (e.g. 1G)", '256M')
     .option(
       '--seeded',
-      "the target site holds copies already (volumes of the same names on --pool, e.g. restored from a backup): send only what differs",
+      'the target site holds copies already (volumes of the same names on --pool, e.g. restored from a backup): send only what differs',
     )
     .option('--json', 'print JSON')
     .action(

@@ -465,7 +465,8 @@ export class SiteReplication extends SiteDomain {
       if (info.labels[REPLICA_LABEL])
         throw conflict(`volume ${v.name} ${where} is a replica of ${info.labels[REPLICA_LABEL]} already`);
       const user = this.compute.listVms().find((vm) => vm.disks.some((d) => d.volume === v.name));
-      if (user) throw conflict(`volume ${v.name} ${where} is a disk of VM ${user.name}: a replica is nobody's disk`);
+      if (user)
+        throw conflict(`volume ${v.name} ${where} is a disk of VM ${user.name}: a replica is nobody's disk`);
     }
     try {
       for (const v of args.volumes) {
