@@ -30,6 +30,11 @@ const enableBody = {
     compress: { type: 'boolean', description: 'zstd on the link (default true)' },
     bytesPerSecond: { type: 'integer', minimum: 0, description: 'bandwidth limit (0: none)' },
     journalBytes: { type: 'integer', minimum: 1048576, description: "the journal's bound (default 256 MiB)" },
+    seeded: {
+      type: 'boolean',
+      description:
+        "the target holds copies already (volumes of the source volumes' names on the pool): only what differs is sent",
+    },
   },
 } as const;
 
@@ -44,6 +49,14 @@ const limitBody = {
   additionalProperties: false,
   required: ['bytesPerSecond'],
   properties: { bytesPerSecond: { type: 'integer', minimum: 0, description: '0: unlimited' } },
+} as const;
+
+const verifyBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    repair: { type: 'boolean', description: 'resend what differs through the journal, then verify again' },
+  },
 } as const;
 
 const groupAnswer = s.open('a replication group, from the side of this site', {
@@ -132,5 +145,28 @@ export function registerReplicationRoutes(api: FastifyInstance, site: Site): voi
     '/replication/groups/:name/checkpoints',
     { schema: { tags, summary: 'the checkpoints the replica holds, oldest first', params: s.nameParam } },
     async (req) => r.checkpoints((req.params as Name).name),
+  );
+  api.post(
+    '/replication/groups/:name/verify',
+    {
+      schema: {
+        tags,
+        summary:
+          'compare the replica with the source at a checkpoint, SHA-256 per extent on both sides (a job; differences fail it unless repaired)',
+        params: s.nameParam,
+        body: verifyBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply
+        .code(202)
+        .send(
+          r.verify(
+            req.actor,
+            (req.params as Name).name,
+            (req.body as { repair?: boolean } | undefined)?.repair ? { repair: true } : {},
+          ),
+        ),
   );
 }

@@ -38,6 +38,7 @@ export {
   type BackupFilesRequest,
   type BackupFilesystems,
   type BackupListing,
+  type VerifyReport,
 } from '../protection/index.js';
 export {
   Repository,

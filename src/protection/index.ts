@@ -58,6 +58,19 @@ export {
   type ReceivedFrame,
 } from './replication/frames.js';
 export {
+  checksumReplica,
+  checksumDevice,
+  DEFAULT_EXTENT_BYTES,
+  type ChecksumList,
+  type ChecksumRequest,
+} from './replication/checksums.js';
+export {
+  diffSums,
+  type ExtentDifference,
+  type VerifyOptions,
+  type VerifyReport,
+} from './replication/verify.js';
+export {
   repoAccess,
   openRepository,
   backupResult,

@@ -172,6 +172,11 @@ export class StorageService {
     return pools.flatMap((p) => p.listVolumes()).sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /** Sets (or, with undefined, removes) one label of a volume, durably. */
+  setVolumeLabel(name: string, key: string, value: string | undefined): void {
+    this.poolOf(name).setVolumeLabel(name, key, value);
+  }
+
   volume(name: string): VolumeInfo {
     return this.poolOf(name).volume(name);
   }

@@ -4,11 +4,27 @@ import type {
   EnableReplicationRequest,
   ReplicationGroupAnswer,
 } from '../../orchestration/index.js';
+import type { Job, VerifyReport } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { runJob } from '../jobs.js';
 import { bytes, parseDuration, parseSize, table } from '../args.js';
 import { fields, printResult } from '../output.js';
 
 type JsonOpts = ApiOpts & { json?: boolean };
+
+function verifyLine(r: VerifyReport): string {
+  const head = `group ${r.group}: ${bytes(r.comparedBytes)} compared at checkpoint ${r.checkpoint} in ${(r.elapsedMs / 1000).toFixed(1)} s`;
+  if (!r.differences.length) return `${head}: the replica equals the source`;
+  const ranges = r.differences.map(
+    (d) => `  ${d.name ?? `volume ${d.volume}`} at ${d.offset}: ${bytes(d.length)}`,
+  );
+  const repaired = r.repair
+    ? `repaired: ${bytes(r.repair.bytes)} resent, checkpoint ${r.repair.checkpoint ?? '-'}; ${r.recheck && !r.recheck.differences.length ? 'verified again: equal' : 'verified again: still differs'}`
+    : '';
+  return [`${head}: ${r.differences.length} range(s) differed`, ...ranges, repaired]
+    .filter(Boolean)
+    .join('\n');
+}
 const enc = encodeURIComponent;
 const group = (name: string) => `/replication/groups/${enc(name)}`;
 
@@ -102,6 +118,10 @@ export function registerReplication(program: Command): void {
     .option('--no-compress', 'no zstd on the link')
     .option('--limit <size>', 'bandwidth limit per second (e.g. 50M)')
     .option('--journal <size>', "the source journal's bound (e.g. 1G)", '256M')
+    .option(
+      '--seeded',
+      'the target site holds copies already (volumes of the same names on --pool, e.g. restored from a backup): send only what differs',
+    )
     .option('--json', 'print JSON')
     .action(
       async (
@@ -117,6 +137,7 @@ export function registerReplication(program: Command): void {
           compress: boolean;
           limit?: string;
           journal: string;
+          seeded?: boolean;
         },
       ) => {
         const body: EnableReplicationRequest = {
@@ -132,6 +153,7 @@ export function registerReplication(program: Command): void {
             ? { checkpointSeconds: parseDuration(o.checkpointEvery, '--checkpoint-every') }
             : {}),
           ...(o.sync ? { sync: true } : {}),
+          ...(o.seeded ? { seeded: true } : {}),
           ...(o.limit ? { bytesPerSecond: parseSize(o.limit, '--limit') } : {}),
         };
         const g = await connect(o).post<ReplicationGroupAnswer>('/replication/groups', body);
@@ -185,6 +207,22 @@ export function registerReplication(program: Command): void {
       });
       printResult(!!o.json, g, () => showGroup(g));
     });
+
+  apiOptions(r.command('verify'))
+    .description(
+      'compare the replica with the source at a checkpoint (SHA-256 per extent on both sides); differences fail it, or are repaired with --repair',
+    )
+    .argument('<group>')
+    .option('--repair', 'resend what differs through the journal, then verify again')
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: JsonOpts & { repair?: boolean; wait: boolean }) =>
+      runJob(
+        o,
+        (c) => c.post<Job>(`${group(name)}/verify`, o.repair ? { repair: true } : {}),
+        (j) => verifyLine(j.result as VerifyReport),
+      ),
+    );
 
   apiOptions(r.command('checkpoint'))
     .description('mark a consistent point of the whole group now')

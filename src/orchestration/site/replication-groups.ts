@@ -20,6 +20,8 @@ export interface SourceConfig {
   /** 0: unlimited. */
   bytesPerSecond: number;
   journalBytes: number;
+  /** The replicas held a copy already (a restored backup): the initial sync compares checksums. */
+  seeded?: boolean;
 }
 
 /** The target side of a group: its replica volumes. */

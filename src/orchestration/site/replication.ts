@@ -12,9 +12,11 @@ import {
   type SourceConfig,
   type TargetConfig,
 } from './replication-groups.js';
+import type { Job } from './jobs.js';
 import {
   SourceRunner,
   TargetRunner,
+  checksumArgs,
   type CheckpointAnswer,
   type SourceGroupStatus,
   type TargetGroupStatus,
@@ -36,6 +38,12 @@ export interface EnableReplicationRequest {
   compress?: boolean;
   bytesPerSecond?: number;
   journalBytes?: number;
+  /**
+   * The target site holds a copy already: volumes of the source volumes' names on `pool` (a
+   * restored backup, say). They become the replicas and the initial sync sends only the extents
+   * whose checksums differ.
+   */
+  seeded?: boolean;
 }
 
 /** A replication group as the API shows it, from either side. */
@@ -54,6 +62,7 @@ export interface ReplicationGroupAnswer {
   compress?: boolean;
   bytesPerSecond?: number;
   journalBytes: number;
+  seeded?: boolean;
   paused: boolean;
   createdAt: string;
   source?: SourceGroupStatus;
@@ -75,6 +84,8 @@ interface PrepareArgs {
   keepSeconds: number;
   journalBytes: number;
   volumes: { name: string; size: number; allocatedBytes: number }[];
+  /** Use the target's volumes of these names (a restored copy) as the replicas. */
+  seeded?: boolean;
 }
 
 /**
@@ -115,6 +126,9 @@ export class SiteReplication extends SiteDomain {
     links.handle('replication.disable', (peer, args) => this.disableTarget(peer, groupArg(args)));
     links.handle('replication.checkpoints', async (peer, args) =>
       this.ownTarget(peer, groupArg(args)).checkpoints(),
+    );
+    links.handle('replication.checksums', (peer, args) =>
+      this.ownTarget(peer, groupArg(args)).gateway.checksums(checksumArgs(args)),
     );
   }
 
@@ -164,6 +178,7 @@ export class SiteReplication extends SiteDomain {
       config = this.checkEnable(req);
       for (const vm of config.vms) this.enabling.add(vm);
       const prepare: PrepareArgs = {
+        ...(config.seeded ? { seeded: true } : {}),
         group: req.group,
         pool: req.pool,
         keepSeconds: config.keepSeconds,
@@ -280,6 +295,31 @@ export class SiteReplication extends SiteDomain {
     );
   }
 
+  /**
+   * Verify (decision 0014) as a job: the replica compared with the source at a checkpoint, SHA-256
+   * per extent on both sides. Differences fail the job (CORRUPT, naming the ranges) unless
+   * `repair` resends them through the journal; a repair is checked by a second verify after it.
+   */
+  verify(actor: Actor, name: string, opts: { repair?: boolean } = {}): Job {
+    const runner = this.source(name);
+    return this.jobs.start({ kind: 'replication.verify', target: name, actor }, async (ctx) => {
+      ctx.progress(0, 0, opts.repair ? 'verify and repair' : 'verify');
+      const report = await runner.gateway.verify(opts.repair ? { repair: true, recheck: true } : {});
+      const ranges = report.differences.map(
+        (d) => `${d.name ?? `volume ${d.volume}`} at ${d.offset} (${d.length} bytes)`,
+      );
+      for (const r of ranges) ctx.log(`DIFFERS ${r}`, opts.repair ? 'warning' : 'error');
+      const left = report.recheck?.differences.length ?? report.differences.length;
+      if (report.repair?.skipped) ctx.log(`repair skipped: ${report.repair.skipped}`, 'error');
+      if (left && (!opts.repair || report.repair?.skipped || report.recheck))
+        throw new HavenError(
+          'CORRUPT',
+          `replication group ${name}: the replica differs from the source at checkpoint ${report.checkpoint} in ${report.differences.length} range(s): ${ranges.slice(0, 8).join(', ')}${ranges.length > 8 ? ', …' : ''}${opts.repair ? (report.repair?.skipped ? `; not repaired: ${report.repair.skipped}` : '; still after the repair') : '; repair with --repair'}`,
+        );
+      return report;
+    });
+  }
+
   /** The checkpoints the replica holds (any of them can be recovered), oldest first. */
   async checkpoints(name: string): Promise<CheckpointAnswer[]> {
     const g = this.groups.get(name);
@@ -339,6 +379,7 @@ export class SiteReplication extends SiteDomain {
       compress: req.compress ?? true,
       bytesPerSecond,
       journalBytes,
+      ...(req.seeded ? { seeded: true } : {}),
     };
   }
 
@@ -357,6 +398,7 @@ export class SiteReplication extends SiteDomain {
       throw conflict(`replication group ${args.group} exists already at site ${this.siteName}`);
     }
     const pool = this.storage.pool(args.pool).info(); // NOT_FOUND names the pool
+    if (args.seeded) return this.prepareSeeded(peer, args);
     for (const v of args.volumes)
       if (this.storage.listVolumes().some((x) => x.name === v.name))
         throw conflict(
@@ -383,16 +425,7 @@ export class SiteReplication extends SiteDomain {
         keepSeconds: args.keepSeconds,
         journalBytes: args.journalBytes,
       };
-      const row: GroupRow = {
-        name: args.group,
-        role: 'target',
-        peer: peer.name,
-        config,
-        paused: false,
-        createdAt: now(),
-      };
-      this.groups.insert(row);
-      this.run(row);
+      this.startTarget(peer, args, config);
     } catch (err) {
       for (const v of made) this.storage.deleteVolume(v);
       throw err;
@@ -406,6 +439,75 @@ export class SiteReplication extends SiteDomain {
       message: `replication group ${args.group} from site ${peer.name}: replica volume(s) ${made.join(', ')} on pool ${args.pool}`,
     });
     return { volumes: made };
+  }
+
+  /**
+   * A seeded target: the volumes of the source's names on the pool (restored from a backup, say)
+   * become the replicas as they are, withdrawn from NBD clients; the source's initial sync then
+   * sends only the extents whose checksums differ. Each must be the source volume's size and
+   * nobody's disk, and no replica already.
+   */
+  private prepareSeeded(peer: LinkPeer, args: PrepareArgs): { volumes: string[] } {
+    const labelled: string[] = [];
+    for (const v of args.volumes) {
+      const info = this.storage.listVolumes().find((x) => x.name === v.name);
+      const where = `at site ${this.siteName}`;
+      if (!info)
+        throw notFound(
+          `a seeded replica needs volume ${v.name} ${where} (restore a backup of it onto pool ${args.pool} first)`,
+        );
+      if (info.pool !== args.pool)
+        throw conflict(`volume ${v.name} ${where} is on pool ${info.pool}, not ${args.pool}`);
+      if (info.size !== v.size)
+        throw conflict(
+          `volume ${v.name} ${where} has ${info.size} bytes; the source volume has ${v.size}: a seed must be the same size`,
+        );
+      if (info.labels[REPLICA_LABEL])
+        throw conflict(`volume ${v.name} ${where} is a replica of ${info.labels[REPLICA_LABEL]} already`);
+      const user = this.compute.listVms().find((vm) => vm.disks.some((d) => d.volume === v.name));
+      if (user)
+        throw conflict(`volume ${v.name} ${where} is a disk of VM ${user.name}: a replica is nobody's disk`);
+    }
+    try {
+      for (const v of args.volumes) {
+        this.storage.setVolumeLabel(v.name, REPLICA_LABEL, `${peer.name}/${args.group}`);
+        labelled.push(v.name);
+      }
+      this.exports.refresh(); // replicas are not exported: NBD clients of the seed are cut off now
+      const volumes = args.volumes.map((v) => v.name);
+      this.startTarget(peer, args, {
+        sourceVolumes: volumes,
+        volumes,
+        pool: args.pool,
+        keepSeconds: args.keepSeconds,
+        journalBytes: args.journalBytes,
+      });
+    } catch (err) {
+      for (const v of labelled) this.storage.setVolumeLabel(v, REPLICA_LABEL, undefined);
+      this.exports.refresh();
+      throw err;
+    }
+    this.events.append({
+      actor: `site:${peer.name}`,
+      action: 'replication.target',
+      target: args.group,
+      outcome: 'ok',
+      message: `replication group ${args.group} from site ${peer.name}: seeded replica volume(s) ${args.volumes.map((v) => v.name).join(', ')} on pool ${args.pool}`,
+    });
+    return { volumes: args.volumes.map((v) => v.name) };
+  }
+
+  private startTarget(peer: LinkPeer, args: PrepareArgs, config: TargetConfig): void {
+    const row: GroupRow = {
+      name: args.group,
+      role: 'target',
+      peer: peer.name,
+      config,
+      paused: false,
+      createdAt: now(),
+    };
+    this.groups.insert(row);
+    this.run(row);
   }
 
   private async disableTarget(peer: LinkPeer, group: string): Promise<{ group: string }> {
@@ -474,6 +576,7 @@ export class SiteReplication extends SiteDomain {
         compress: c.compress,
         bytesPerSecond: c.bytesPerSecond,
         journalBytes: c.journalBytes,
+        ...(c.seeded ? { seeded: true } : {}),
         paused: g.paused,
         createdAt: g.createdAt,
         ...(runner ? { source: runner.status() } : {}),
@@ -529,6 +632,7 @@ function prepareArgs(raw: unknown): PrepareArgs {
   if (!Number.isFinite(a.keepSeconds) || (a.keepSeconds ?? 0) <= 0) throw bad('bad keepSeconds');
   if (!Number.isSafeInteger(a.journalBytes) || (a.journalBytes ?? 0) < 1024 * 1024)
     throw bad('bad journalBytes');
+  if (a.seeded !== undefined && typeof a.seeded !== 'boolean') throw bad('bad seeded');
   if (!Array.isArray(a.volumes) || !a.volumes.length) throw bad('no volumes');
   for (const v of a.volumes) {
     if (!v || typeof v.name !== 'string') throw bad('a volume without a name');

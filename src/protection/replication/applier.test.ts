@@ -213,3 +213,67 @@ test('checkpoints past the window are deleted with their snapshots; the newest a
   // Reopened: the same history.
   assert.deepEqual(new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path).history, applier.history);
 });
+
+test('a stretch without a checkpoint larger than the target journal: release lets go of what the replicas hold; a restart re-applies from the oldest record held; the next checkpoint equals the source', async (t) => {
+  const dir = tempDir();
+  const src = new SourceGroup(dir.path, VOLUMES, SIZE);
+  t.after(() => src.close());
+  await src.write(25);
+  const c1 = src.checkpoint('c1');
+  // ~5 MiB of writes and no checkpoint (as during an initial sync), into a target journal of 1 MiB.
+  await src.write(300);
+  const c2 = src.checkpoint('c2');
+  const storage = target(dir.path);
+  const open = () =>
+    ReplicationJournal.open(join(dir.path, 'target-journal'), {
+      firstSeq: src.journal.firstSeq,
+      maxBytes: MiB,
+      segmentBytes: 128 * 1024,
+    });
+  let journal = open();
+  let applier = new ReplicaApplier(storage, journal, REPLICAS, dir.path, { batchBytes: 64 * 1024 });
+  t.after(async () => {
+    await journal.close();
+    storage.close();
+    dir.cleanup();
+  });
+  const scratch = Buffer.alloc(MiB);
+  let restarted = false;
+  for (let round = 0; journal.nextSeq < src.journal.nextSeq; round++) {
+    assert.ok(
+      round < 1000,
+      `stuck at ${journal.nextSeq}: the target journal is full and nothing lets go of it`,
+    );
+    let full = false;
+    for (const r of src.journal.read(journal.nextSeq, scratch))
+      if (journal.append(r.kind, r.volume, r.offset, r.length, [r.payload]) === undefined) {
+        full = true;
+        break;
+      }
+    // Full: what the target gateway does before taking more.
+    if (full) await applier.release();
+    else await applier.apply();
+    assert.ok(journal.bytes <= MiB);
+    if (!restarted && applier.appliedSeq > c1 + 150) {
+      // A restart past c1 with c1's records trimmed: it goes on from what the journal holds.
+      restarted = true;
+      assert.ok(journal.firstSeq > c1 + 1, 'records after the newest checkpoint were trimmed');
+      await journal.close();
+      journal = open();
+      applier = new ReplicaApplier(storage, journal, REPLICAS, dir.path, { batchBytes: 64 * 1024 });
+      assert.equal(applier.newest?.seq, c1);
+      assert.equal(applier.appliedSeq, journal.firstSeq - 1);
+    }
+  }
+  assert.ok(restarted);
+  assert.deepEqual(
+    applier.history.map((c) => c.seq),
+    [c1, c2],
+  );
+  for (const seq of [c1, c2])
+    assert.deepEqual(
+      await snapshotHashes(storage, REPLICAS, `cp-${seq}`, SIZE),
+      src.expected.get(seq),
+      `cp-${seq}`,
+    );
+});

@@ -3,11 +3,19 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { DirtyBitmap } from '../../block/index.js';
 import { HavenError, writeFileAtomic } from '../../common/index.js';
-import type { TapDevice } from '../../storage/index.js';
+import type { StorageService, TapDevice } from '../../storage/index.js';
+import {
+  DEFAULT_EXTENT_BYTES,
+  checkExtentBytes,
+  decodeChecksums,
+  type ChecksumList,
+  type ChecksumRequest,
+} from './checksums.js';
 import { ReplicationJournal } from './journal.js';
 import { GroupRecorder } from './recorder.js';
 import { scanGroup, type ScanSource } from './scan.js';
 import { JournalSender, TokenBucket, type AppliedPoint } from './transceiver.js';
+import { verifyGroup, type ExtentDifference, type VerifyOptions, type VerifyReport } from './verify.js';
 
 export type ReplicationMode = 'initial-sync' | 'replicating' | 'bitmap' | 'resyncing' | 'paused';
 
@@ -56,6 +64,26 @@ export interface SourceGatewayOptions {
    */
   sync?: boolean;
   syncTimeoutMs?: number;
+  /**
+   * The source volumes' storage and names, in the taps' order: verify snapshots them at its
+   * checkpoint (the stable image it compares with the replica's).
+   */
+  storage?: StorageService;
+  volumes?: readonly string[];
+  /**
+   * The target's checksums per extent: at the target, `checksumReplica` (or
+   * `TargetGateway.checksums`), called over the site's RPC channel. Needed by verify and by the
+   * compare syncs; given, the full resync after a crash of this daemon is a compare sync too.
+   */
+  remoteChecksums?: (req: ChecksumRequest) => Promise<ChecksumList>;
+  /**
+   * 'compare': the replica volumes already hold a similar copy (a restored backup), so the
+   * initial sync sends only the extents whose checksums differ; 'copy' (default): the replica is
+   * empty, every allocated extent is sent.
+   */
+  initialSync?: 'copy' | 'compare';
+  /** Extent size of the checksums (default 1 MiB). */
+  extentBytes?: number;
 }
 
 /** What the gateway keeps across restarts (DIR/state.json). */
@@ -103,8 +131,20 @@ export class SourceGateway {
   private held: { seq: number; since: number; release: () => void }[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
   private degraded = false;
+  private verifying = false;
 
   constructor(private readonly opts: SourceGatewayOptions) {
+    if (opts.volumes && opts.volumes.length !== opts.taps.length)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `replication group ${opts.group}: ${opts.volumes.length} volume names for ${opts.taps.length} taps`,
+      );
+    if (opts.initialSync === 'compare' && !opts.remoteChecksums)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `replication group ${opts.group}: a compare initial sync needs the target's checksums (remoteChecksums)`,
+      );
+    checkExtentBytes(opts.extentBytes ?? DEFAULT_EXTENT_BYTES);
     mkdirSync(opts.dir, { recursive: true });
     this.journal = ReplicationJournal.open(join(opts.dir, 'journal'), {
       ...(opts.journalBytes ? { maxBytes: opts.journalBytes } : {}),
@@ -135,6 +175,7 @@ export class SourceGateway {
     // (decision 0012, 6): everything is scanned again. An initial sync goes on where it was.
     if (crashed && this.state.synced) this.state.scan = { kind: 'full' };
     this.saveState();
+    this.dropVerifySnapshots();
     // No consistent point until the scans the state calls for have run.
     this.recorder.suspended = this.overflowed || !!this.state.scan || !this.state.synced;
     this.recorder.start();
@@ -339,7 +380,14 @@ export class SourceGateway {
     if (kind === 'resync') for (const b of this.bitmaps) b.clear();
     let savedAt = Date.now();
     try {
+      // What the target holds, compared extent by extent: a seeded replica, or after a crash here.
+      const compare =
+        (kind === 'initial' && this.opts.initialSync === 'compare') ||
+        (kind === 'full' && this.opts.remoteChecksums)
+          ? await this.remoteSums()
+          : undefined;
       await scanGroup(this.journal, sources, {
+        ...(compare ? { compare } : {}),
         zeroes: kind !== 'initial',
         signal: this.stopping.signal,
         ...(this.state.scan.from ? { from: this.state.scan.from } : {}),
@@ -377,6 +425,124 @@ export class SourceGateway {
     if (this.overflowed) return this.setMode('bitmap');
     this.checkpoint(kind === 'initial' ? 'initial-sync' : 'resync');
     this.setMode('replicating');
+  }
+
+  /**
+   * Verify (decision 0014, verify.ts): compares the replica with this source at a checkpoint
+   * taken now, per extent; with `repair` resends what differs through the journal. Only while
+   * replicating: in any other mode the replica is not meant to equal a checkpoint yet.
+   */
+  async verify(opts: VerifyOptions = {}): Promise<VerifyReport> {
+    const { storage, volumes, remoteChecksums, group, taps } = this.opts;
+    if (!storage || !volumes || !remoteChecksums)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `replication group ${group} cannot be verified: its gateway was made without the source storage, the volume names and the target's checksums`,
+      );
+    if (this.verifying)
+      throw new HavenError(
+        'CONFLICT',
+        `replication group ${group} is being verified already: wait for that verify to end`,
+      );
+    this.refuseUnlessReplicating('verified');
+    this.verifying = true;
+    try {
+      return await verifyGroup(
+        {
+          group,
+          storage,
+          volumes,
+          taps,
+          remoteChecksums,
+          refuse: (what) => this.refuseUnlessReplicating(what),
+          checkpoint: (name) => this.checkpoint(name),
+          why: () => this.recorder.state.reason ?? this.mode,
+          waitApplied: (seq, ms) => this.waitApplied(seq, ms),
+          resend: (ranges) => this.resend(ranges),
+        },
+        { ...opts, extentBytes: opts.extentBytes ?? this.opts.extentBytes ?? DEFAULT_EXTENT_BYTES },
+      );
+    } catch (err) {
+      if (this.stopped)
+        throw new HavenError('CANCELLED', `replication group ${group} stopped during its verify`, {
+          cause: err,
+        });
+      throw err;
+    } finally {
+      this.verifying = false;
+    }
+  }
+
+  /** Resends ranges' current content through the journal (a resync scan of them). */
+  private async resend(ranges: readonly ExtentDifference[]): Promise<number> {
+    const result = await scanGroup(
+      this.journal,
+      this.opts.taps.map((tap, i) => ({ tap, ranges: ranges.filter((d) => d.volume === i) })),
+      {
+        zeroes: true,
+        signal: this.stopping.signal,
+        waitForRoom: () => this.waitForRoom(),
+        onProgress: () => this.sender?.wake(),
+      },
+    );
+    return result.readBytes + result.zeroBytes;
+  }
+
+  private refuseUnlessReplicating(what: string): void {
+    const g = `replication group ${this.opts.group}`;
+    if (this.paused) throw new HavenError('CONFLICT', `${g} is paused: resume it, then it can be ${what}`);
+    if (this.mode === 'initial-sync')
+      throw new HavenError(
+        'CONFLICT',
+        `${g} is in its initial sync: the replica has no checkpoint to compare until it completes; it can be ${what} once it is replicating`,
+      );
+    if (this.mode === 'bitmap' || this.mode === 'resyncing' || this.overflowed || this.state.scan)
+      throw new HavenError(
+        'CONFLICT',
+        `${g} is ${this.mode === 'resyncing' ? 'resyncing' : 'in bitmap mode'}: the replica lags by what the bitmaps mark; it can be ${what} once the resync has completed and it is replicating`,
+      );
+  }
+
+  /** Resolves once the target has applied checkpoint `seq` (or a later one). */
+  private async waitApplied(seq: number, timeoutMs: number): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while ((this.applied?.seq ?? 0) < seq) {
+      const left = deadline - performance.now();
+      if (left <= 0)
+        throw new HavenError(
+          'TIMEOUT',
+          `replication group ${this.opts.group}: the target has not applied checkpoint ${seq} within ${Math.round(timeoutMs / 1000)} s (link ${this.sender ? 'up' : `down${this.error ? `: ${this.error}` : ''}`}); verify again once it has caught up`,
+        );
+      let timer: NodeJS.Timeout | undefined;
+      const ack = this.waitForRoom();
+      ack.catch(() => undefined); // rejected at a stop after the timer won: handled by the race or not at all
+      await Promise.race([ack, new Promise<void>((r) => (timer = setTimeout(r, left)))]).finally(() =>
+        clearTimeout(timer),
+      );
+    }
+  }
+
+  /** The target's sums of its live replica volumes (a compare sync). */
+  private async remoteSums(): Promise<{ extentBytes: number; sums: Buffer[] }> {
+    const extentBytes = this.opts.extentBytes ?? DEFAULT_EXTENT_BYTES;
+    const list = await this.opts.remoteChecksums!({ extentBytes });
+    return {
+      extentBytes,
+      sums: decodeChecksums(
+        list,
+        this.opts.taps.map((t) => t.size),
+        extentBytes,
+      ),
+    };
+  }
+
+  /** Snapshots a verify left behind (this daemon stopped during one). */
+  private dropVerifySnapshots(): void {
+    const { storage, volumes } = this.opts;
+    if (!storage || !volumes) return;
+    for (const v of volumes)
+      for (const s of storage.listSnapshots(v))
+        if (/^replication-verify-\d+$/.test(s.name)) storage.deleteSnapshot(v, s.name);
   }
 
   /** Resolves at the next acknowledgement from the target; rejects once stopping. */

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import type { StorageService } from '../../storage/index.js';
 import { ReplicaApplier, type AppliedCheckpoint } from './applier.js';
+import { checksumReplica, type ChecksumList, type ChecksumRequest } from './checksums.js';
 import { ReplicationJournal } from './journal.js';
 import { JournalReceiver, type AppliedPoint } from './transceiver.js';
 
@@ -47,6 +48,14 @@ export class TargetGateway {
   /** The newest checkpoint applied: the replica's consistent image. */
   get newest(): AppliedCheckpoint | undefined {
     return this.applier.newest;
+  }
+
+  /**
+   * The replica's checksums per extent, for the source's verify or compare sync (the site answers
+   * the source's RPC with this): at checkpoint `req.checkpoint`, or of the live volumes.
+   */
+  checksums(req: ChecksumRequest, signal?: AbortSignal): Promise<ChecksumList> {
+    return checksumReplica(this.opts.storage, this.opts.volumes, req.checkpoint, req.extentBytes, signal);
   }
 
   /** Takes the source's link (a new one replaces the old); resolves when it closes. */

@@ -181,3 +181,40 @@ test('a source asking for another group, and a client certificate of another CA,
   );
   assert.equal(dst.journal.nextSeq, 1, 'nothing was taken');
 });
+
+test(
+  "a target whose journal is full refuses the batch: the sender fails with the target's reason",
+  { timeout: 30_000 },
+  async (t) => {
+    const dir = tempDir();
+    const pki = makeTestPki(dir.path);
+    const src = new SourceGroup(dir.path, ['a', 'b'], SIZE);
+    // Nothing applies or trims this journal: it fills.
+    const journal = ReplicationJournal.open(join(dir.path, 'small'), {
+      maxBytes: 256 * 1024,
+      segmentBytes: 64 * 1024,
+    });
+    const received: Promise<unknown>[] = [];
+    const listener = await listenMutualTls(pki, (socket) => {
+      received.push(new JournalReceiver(journal, socket, { group: 'g' }).run().catch((e: Error) => e));
+    });
+    t.after(async () => {
+      await listener.close();
+      await journal.close();
+      await src.close();
+      dir.cleanup();
+    });
+    // One batch, more than the journal holds (the sender then waits for more records).
+    await src.write(40);
+    const sender = new JournalSender(src.journal, await dial(listener.port, pki), {
+      group: 'g',
+      batchBytes: 4 * MiB,
+    });
+    await assert.rejects(
+      sender.run(),
+      /refused: the target's replication journal \(262144 bytes\) has no room/,
+    );
+    const [why] = await Promise.all(received);
+    assert.match(String(why), /has no room/);
+  },
+);
