@@ -172,6 +172,11 @@ export class StorageService {
     return pools.flatMap((p) => p.listVolumes()).sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /** A volume's labels (cheaper than volume(), which counts its mapped bytes). */
+  volumeLabels(name: string): Record<string, string> {
+    return this.poolOf(name).volumeLabels(name);
+  }
+
   /** Sets (or, with undefined, removes) one label of a volume, durably. */
   setVolumeLabel(name: string, key: string, value: string | undefined): void {
     this.poolOf(name).setVolumeLabel(name, key, value);

@@ -76,6 +76,12 @@ test('verify finds a block corrupted at the target, names it, repairs it; the re
     (g) => g.source?.state === 'replicating' && !!g.source.appliedCheckpoint,
   );
 
+  // The replica is nobody's disk: a VM at the target gets a clone of a checkpoint instead.
+  assert.match(
+    await b.havenFails('vm', 'create', 'thief', '--disk', 'data', ...guestArgs('ping')),
+    /volume data is the replica of replication group g from site site-a: clone one of its checkpoints/,
+  );
+
   const clean = await verifyJob(a, {});
   assert.equal(clean.state, 'succeeded', clean.error);
   assert.equal(clean.result?.comparedBytes, SIZE);

@@ -11,6 +11,7 @@ import {
 } from '../../nbd/index.js';
 import type { ThrottleLimits } from '../../block/index.js';
 import {
+  REPLICA_LABEL,
   StorageExports,
   StorageService,
   checkName,
@@ -160,7 +161,15 @@ export class Site {
     this.jobs = new JobManager(db, this.events);
     this.compute = new ComputeService(db, this.events, join(dataDir, 'vms'), {
       uriOf: (v) => `nbd+unix:///${encodeURIComponent(v)}?socket=${nbdSocket}`,
-      check: (v) => void storage.volume(v),
+      check: (v) => {
+        storage.volume(v); // NOT_FOUND names it
+        // A replica changes under the applier and is torn between checkpoints: never a VM's disk.
+        const of = storage.volumeLabels(v)[REPLICA_LABEL];
+        if (of !== undefined)
+          throw conflict(
+            `volume ${v} is the replica of replication group ${of.split('/')[1] ?? of} from site ${of.split('/')[0]}: clone one of its checkpoints (haven replication checkpoints) and give the VM the clone`,
+          );
+      },
     });
     this.recovery = new RecoveryService(db, storage, this.compute, this.jobs, exports, recoveryOptions);
     const parts = {
