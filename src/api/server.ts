@@ -13,6 +13,7 @@ import { API_PREFIX } from './client.js';
 import { lazySchemaCompilers } from './lazy-schemas.js';
 import type { SchemaCodeCache } from './schema-code-cache.js';
 import { registerComputeRoutes } from './routes-compute.js';
+import { registerDrRoutes } from './routes-dr.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
 import { registerReplicationRoutes } from './routes-replication.js';
@@ -185,6 +186,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerComputeRoutes(api, site);
       registerPeerRoutes(api, site);
       registerReplicationRoutes(api, site);
+      registerDrRoutes(api, site);
       if (openapi) api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },

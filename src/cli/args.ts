@@ -52,3 +52,8 @@ export function parseDuration(s: string, what = 'duration'): number {
   if (!m || !(n > 0)) throw invalidArgument(`${what} "${s}" is not a duration (e.g. 5s, 500ms, 15m, 1h, 7d)`);
   return n;
 }
+
+/** A commander option parser for an option given more than once: every value, in order. */
+export function repeatable(v: string, all: string[] = []): string[] {
+  return [...all, v];
+}

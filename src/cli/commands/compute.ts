@@ -4,7 +4,7 @@ import { invalidArgument } from '../../common/index.js';
 import type { Host, Job, Network, Vm } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { runJob } from '../jobs.js';
-import { bytes, parseSize, table } from '../args.js';
+import { bytes, parseSize, repeatable, table } from '../args.js';
 import { printResult } from '../output.js';
 
 type WaitOpts = ApiOpts & { wait: boolean };
@@ -25,10 +25,6 @@ function vmRows(vms: Vm[]): string {
   ]);
 }
 
-function list(v: string, all: string[] = []): string[] {
-  return [...all, v];
-}
-
 /** `haven vm …` */
 export function registerVm(program: Command): void {
   const vm = program.command('vm').description('virtual machines of a site (through its daemon)');
@@ -38,8 +34,8 @@ export function registerVm(program: Command): void {
     .argument('<name>')
     .option('--cpus <n>', 'virtual CPUs', '1')
     .option('--memory <size>', 'memory (e.g. 512M, 2G)', '512M')
-    .option('--disk <volume>', 'a volume as the next disk (repeat; the first is the boot disk)', list)
-    .option('--nic <network>', 'a NIC on this network (repeat; "nat" is built in)', list)
+    .option('--disk <volume>', 'a volume as the next disk (repeat; the first is the boot disk)', repeatable)
+    .option('--nic <network>', 'a NIC on this network (repeat; "nat" is built in)', repeatable)
     .option('--kernel <file>', 'boot this kernel (on the host) instead of the first disk')
     .option('--initrd <file>', 'initial ramdisk for --kernel')
     .option('--cmdline <text>', 'kernel command line for --kernel')

@@ -6,6 +6,7 @@ import { registerOperations } from './operations.js';
 import { registerServe } from './serve.js';
 import { registerRecover } from './recover.js';
 import { registerReplication } from './replication.js';
+import { registerDr } from './dr.js';
 import {
   registerBitmap,
   registerPool,
@@ -29,6 +30,7 @@ export const commandFamilies: Register[] = [
   registerBackup,
   registerRecover,
   registerReplication,
+  registerDr,
   registerStorage,
   registerNbd,
 ];

@@ -29,6 +29,8 @@ const enc = encodeURIComponent;
 const group = (name: string) => `/replication/groups/${enc(name)}`;
 
 function state(g: ReplicationGroupAnswer): string {
+  if (g.takenOver) return `taken over at ${g.takenOver.at} (checkpoint ${g.takenOver.checkpoint.seq})`;
+  if (g.fenced) return `fenced: taken over by site ${g.fenced.by} at ${g.fenced.takenOverAt}`;
   if (g.source) return g.paused ? 'paused' : g.source.state;
   return g.target?.newestCheckpoint ? 'replica' : 'replica (no checkpoint yet)';
 }

@@ -16,6 +16,8 @@ export interface SiteParts {
   compute: ComputeService;
   /** The replication group holding a volume or VM, if any (such a one is not deleted). */
   replicatedBy?: (kind: 'volume' | 'vm', name: string) => string | undefined;
+  /** Why a VM must not start here (its group was taken over by another site), if it must not. */
+  fencedBy?: (vm: string) => string | undefined;
 }
 
 /**
@@ -29,6 +31,7 @@ export abstract class SiteDomain {
   protected readonly events: EventLog;
   protected readonly compute: ComputeService;
   private readonly replicatedBy: SiteParts['replicatedBy'];
+  protected readonly fencedBy: SiteParts['fencedBy'];
 
   constructor(parts: SiteParts) {
     this.storage = parts.storage;
@@ -37,6 +40,7 @@ export abstract class SiteDomain {
     this.events = parts.events;
     this.compute = parts.compute;
     this.replicatedBy = parts.replicatedBy;
+    this.fencedBy = parts.fencedBy;
   }
 
   /** Refuses to delete (resize, revert) a volume or VM that a replication group holds: the replica would not follow. */

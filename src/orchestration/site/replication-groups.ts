@@ -1,5 +1,20 @@
 import { conflict, notFound } from '../../common/index.js';
+import type { VmDefinition } from './compute.js';
 import { now, type Db } from './database.js';
+
+/** A VM of a group as its source site described it: what a takeover defines and starts at the target. */
+export interface ReplicatedVm {
+  name: string;
+  definition: VmDefinition;
+}
+
+/** The checkpoint a takeover recovered (as the API shows checkpoints). */
+export interface RecoveredCheckpoint {
+  seq: number;
+  time: string;
+  name?: string;
+  snapshot: string;
+}
 
 /** The source side of a group: what it replicates, where to, and how. */
 export interface SourceConfig {
@@ -22,6 +37,11 @@ export interface SourceConfig {
   journalBytes: number;
   /** The replicas held a copy already (a restored backup): the initial sync compares checksums. */
   seeded?: boolean;
+  /**
+   * The target site took the group over (this site was lost, or cut off): its VMs stay stopped
+   * here and nothing is shipped, so that the group never runs at two sites (no split brain).
+   */
+  fenced?: { at: string; by: string; takenOverAt: string; checkpoint: number };
 }
 
 /** The target side of a group: its replica volumes. */
@@ -32,6 +52,10 @@ export interface TargetConfig {
   pool: string;
   keepSeconds: number;
   journalBytes: number;
+  /** The source's VMs, their disks named by the source's volume names. */
+  vms?: ReplicatedVm[];
+  /** This site took the group over: the replica volumes hold that checkpoint and are its own now. */
+  takenOver?: { at: string; checkpoint: RecoveredCheckpoint };
 }
 
 export type GroupRow =

@@ -9,9 +9,20 @@ import type { LinkPeer, PeerLinks } from './peer-links.js';
 import {
   ReplicationGroups,
   type GroupRow,
+  type RecoveredCheckpoint,
+  type ReplicatedVm,
   type SourceConfig,
   type TargetConfig,
 } from './replication-groups.js';
+import {
+  FenceWatch,
+  finishPromotions,
+  pickCheckpoint,
+  promote,
+  roleOf,
+  type FailoverHost,
+} from './replication-failover.js';
+import { describeVm, replicatedVms } from './replicated-vms.js';
 import type { Job } from './jobs.js';
 import {
   SourceRunner,
@@ -65,6 +76,10 @@ export interface ReplicationGroupAnswer {
   seeded?: boolean;
   paused: boolean;
   createdAt: string;
+  /** At the target: this site took the group over (its replicas are its own VMs' disks now). */
+  takenOver?: { at: string; checkpoint: RecoveredCheckpoint };
+  /** At the source: the target took the group over; its VMs stay stopped here. */
+  fenced?: NonNullable<SourceConfig['fenced']>;
   source?: SourceGroupStatus;
   target?: TargetGroupStatus;
 }
@@ -86,6 +101,8 @@ interface PrepareArgs {
   volumes: { name: string; size: number; allocatedBytes: number }[];
   /** Use the target's volumes of these names (a restored copy) as the replicas. */
   seeded?: boolean;
+  /** The group's VMs (what a takeover defines and starts at the target). */
+  vms?: ReplicatedVm[];
 }
 
 /**
@@ -102,6 +119,8 @@ export class SiteReplication extends SiteDomain {
   private readonly targets = new Map<string, TargetRunner>();
   /** VMs of enables under way (they wait for the target): not in two groups at once. */
   private readonly enabling = new Set<string>();
+  private readonly failover: FailoverHost;
+  private readonly fences: FenceWatch;
 
   constructor(
     parts: SiteParts,
@@ -130,13 +149,32 @@ export class SiteReplication extends SiteDomain {
     links.handle('replication.checksums', (peer, args) =>
       this.ownTarget(peer, groupArg(args)).gateway.checksums(checksumArgs(args)),
     );
+    links.handle('replication.describe', async (peer, args) => this.described(peer, args));
+    links.handle('replication.role', async (peer, args) => roleOf(this.failover, peer, groupArg(args)));
+    this.failover = {
+      groups: this.groups,
+      storage: this.storage,
+      exports: this.exports,
+      compute: this.compute,
+      events: this.events,
+      links,
+      targetRunner: (n) => this.targets.get(n),
+      sourceRunner: (n) => this.sources.get(n),
+      stopRunner: (n) => this.stop(n),
+    };
+    this.fences = new FenceWatch(this.failover);
   }
 
   /** Starts every group's gateway (at site start). */
   startAll(): void {
+    // A takeover that a crash interrupted is finished before anything else touches its volumes.
+    finishPromotions(this.failover, this.groups.list());
     for (const g of this.groups.list()) {
+      if (g.role === 'target' ? g.config.takenOver : g.config.fenced) continue; // never to run again
       try {
         this.run(g);
+        // The target learns the VMs as they are now (for a takeover); best effort, told again at the next start.
+        if (g.role === 'source') void this.describe(g);
       } catch (err) {
         log.error({ group: g.name, err: errorMessage(err) }, 'replication group could not start');
         this.events.append({
@@ -148,10 +186,50 @@ export class SiteReplication extends SiteDomain {
         });
       }
     }
+    // A site that comes back after its groups were taken over learns it before its VMs start.
+    void this.fences.checkAll();
   }
 
   list(): ReplicationGroupAnswer[] {
     return this.groups.list().map((g) => this.answer(g));
+  }
+
+  /** The group whose takeover fenced this VM here, if any (such a VM is not started). */
+  fencedGroupOfVm(vm: string): { group: string; by: string; at: string } | undefined {
+    for (const g of this.groups.list())
+      if (g.role === 'source' && g.config.fenced && g.config.vms.includes(vm))
+        return { group: g.name, by: g.config.fenced.by, at: g.config.fenced.takenOverAt };
+    return undefined;
+  }
+
+  /** Asks every source group's target whether it took the group over (fencing); tests call it to not wait. */
+  checkFences(): Promise<void> {
+    return this.fences.checkAll();
+  }
+
+  /** A group replicated to this site, as a takeover needs it (its VMs, volumes and checkpoints). */
+  replicaOf(name: string): { peer: string; config: TargetConfig; checkpoints: CheckpointAnswer[] } {
+    const g = this.groups.get(name);
+    if (g.role !== 'target')
+      throw conflict(
+        `replication group ${name} is replicated from this site to ${g.peer}: a takeover is run at the site holding the replica`,
+      );
+    if (g.config.takenOver)
+      throw conflict(
+        `replication group ${name} was taken over already, at ${g.config.takenOver.at} (checkpoint ${g.config.takenOver.checkpoint.seq})`,
+      );
+    const runner = this.targets.get(name);
+    return { peer: g.peer, config: g.config, checkpoints: runner ? runner.checkpoints() : [] };
+  }
+
+  /** The chosen checkpoint (newest, a sequence number or a name) of a group replicated here. */
+  checkpointOf(name: string, which?: string): CheckpointAnswer {
+    return pickCheckpoint(name, this.replicaOf(name).checkpoints, which);
+  }
+
+  /** Promotes the replica of a group at `cp` (a takeover): see replication-failover.ts. */
+  promote(name: string, cp: CheckpointAnswer): Promise<TargetConfig> {
+    return promote(this.failover, name, cp);
   }
 
   show(name: string): ReplicationGroupAnswer {
@@ -179,6 +257,7 @@ export class SiteReplication extends SiteDomain {
       for (const vm of config.vms) this.enabling.add(vm);
       const prepare: PrepareArgs = {
         ...(config.seeded ? { seeded: true } : {}),
+        vms: config.vms.map((v) => describeVm(this.compute.vm(v))),
         group: req.group,
         pool: req.pool,
         keepSeconds: config.keepSeconds,
@@ -328,6 +407,7 @@ export class SiteReplication extends SiteDomain {
   }
 
   async close(): Promise<void> {
+    this.fences.close();
     for (const name of [...this.sources.keys(), ...this.targets.keys()]) await this.stop(name);
   }
 
@@ -424,6 +504,7 @@ export class SiteReplication extends SiteDomain {
         pool: args.pool,
         keepSeconds: args.keepSeconds,
         journalBytes: args.journalBytes,
+        ...(args.vms ? { vms: args.vms } : {}),
       };
       this.startTarget(peer, args, config);
     } catch (err) {
@@ -481,6 +562,7 @@ export class SiteReplication extends SiteDomain {
         pool: args.pool,
         keepSeconds: args.keepSeconds,
         journalBytes: args.journalBytes,
+        ...(args.vms ? { vms: args.vms } : {}),
       });
     } catch (err) {
       for (const v of labelled) this.storage.setVolumeLabel(v, REPLICA_LABEL, undefined);
@@ -514,6 +596,32 @@ export class SiteReplication extends SiteDomain {
     this.ownTarget(peer, group);
     await this.disable(`site:${peer.name}`, group);
     return { group };
+  }
+
+  /** Tells the target the group's VMs as they are defined now. */
+  private async describe(g: GroupRow): Promise<void> {
+    if (g.role !== 'source') return;
+    try {
+      const vms = g.config.vms.map((v) => describeVm(this.compute.vm(v)));
+      await this.links.call(g.peer, 'replication.describe', { group: g.name, vms });
+    } catch (err) {
+      log.info(
+        { group: g.name, err: errorMessage(err) },
+        'the target was not told the VMs (told at the next start)',
+      );
+    }
+  }
+
+  /** The source told its VMs: kept for a takeover (until the group is taken over). */
+  private described(peer: LinkPeer, args: unknown): { group: string } {
+    const name = groupArg(args);
+    const g = this.groups.find(name);
+    if (!g || g.role !== 'target' || g.peer !== peer.name)
+      throw notFound(`site ${this.siteName} holds no replica of group ${name} for site ${peer.name}`);
+    if (g.config.takenOver) return { group: name }; // what was taken over stays as it was
+    const vms = replicatedVms((args as { vms?: unknown }).vms, 'replication.describe');
+    this.groups.setConfig(name, { ...g.config, vms });
+    return { group: name };
   }
 
   private ownTarget(peer: LinkPeer, group: string): TargetRunner {
@@ -577,6 +685,7 @@ export class SiteReplication extends SiteDomain {
         bytesPerSecond: c.bytesPerSecond,
         journalBytes: c.journalBytes,
         ...(c.seeded ? { seeded: true } : {}),
+        ...(c.fenced ? { fenced: c.fenced } : {}),
         paused: g.paused,
         createdAt: g.createdAt,
         ...(runner ? { source: runner.status() } : {}),
@@ -594,6 +703,7 @@ export class SiteReplication extends SiteDomain {
       journalBytes: c.journalBytes,
       paused: g.paused,
       createdAt: g.createdAt,
+      ...(c.takenOver ? { takenOver: c.takenOver } : {}),
       ...(runner ? { target: runner.status() } : {}),
     };
   }
@@ -633,6 +743,7 @@ function prepareArgs(raw: unknown): PrepareArgs {
   if (!Number.isSafeInteger(a.journalBytes) || (a.journalBytes ?? 0) < 1024 * 1024)
     throw bad('bad journalBytes');
   if (a.seeded !== undefined && typeof a.seeded !== 'boolean') throw bad('bad seeded');
+  if (a.vms !== undefined) a.vms = replicatedVms(a.vms, 'replication.prepare');
   if (!Array.isArray(a.volumes) || !a.volumes.length) throw bad('no volumes');
   for (const v of a.volumes) {
     if (!v || typeof v.name !== 'string') throw bad('a volume without a name');

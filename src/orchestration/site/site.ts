@@ -39,6 +39,7 @@ import { SiteVolumes } from './volumes.js';
 import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
 import { SiteReplication } from './replication.js';
+import { SiteDr } from './dr.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -143,6 +144,8 @@ export class Site {
   readonly peers: SitePeers;
   /** Consistency groups replicated to and from paired sites. */
   readonly replication: SiteReplication;
+  /** Disaster recovery over those groups: takeover. */
+  readonly dr: SiteDr;
 
   private constructor(
     readonly name: string,
@@ -180,12 +183,19 @@ export class Site {
       compute: this.compute,
       replicatedBy: (kind: 'volume' | 'vm', n: string) =>
         kind === 'vm' ? this.replication.groupOfVm(n) : this.replication.groupOf(n),
+      fencedBy: (vm: string) => {
+        const f = this.replication.fencedGroupOfVm(vm);
+        return f
+          ? `VM ${vm} is in replication group ${f.group}, which site ${f.by} took over at ${f.at}: it runs there now (fenced here, so that it never runs at two sites)`
+          : undefined;
+      },
     };
     this.volumes = new SiteVolumes(parts);
     this.backups = new SiteBackups(parts, this.transfers, dataDir, () => this.endpoints());
     this.vms = new SiteVms(parts, this.recovery);
     this.peers = new SitePeers(db, this.events, name, identity);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
+    this.dr = new SiteDr(parts, this.replication, this.peers);
   }
 
   static async open(opts: SiteOptions): Promise<Site> {

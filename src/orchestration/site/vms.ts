@@ -33,6 +33,8 @@ export class SiteVms extends SiteDomain {
   }
 
   startVm(actor: Actor, name: string): Job {
+    const fenced = this.fencedBy?.(name);
+    if (fenced) throw conflict(fenced);
     this.compute.beginStart(name); // conflicts are answered now, not in the job
     return this.jobs.start({ kind: 'vm.start', target: name, actor }, async (ctx) => {
       const vm = await this.compute.launch(name);

@@ -1,0 +1,49 @@
+import type { FastifyInstance } from 'fastify';
+import type { Site, TakeoverRequest } from '../orchestration/index.js';
+import * as s from './schemas.js';
+
+type Name = { name: string };
+const tags = ['dr'];
+
+const takeoverBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    checkpoint: {
+      type: 'string',
+      minLength: 1,
+      description: 'the checkpoint to recover: newest (default), its sequence number or its name',
+    },
+    force: { type: 'boolean', description: 'take over although the source site answers' },
+    networkMap: {
+      type: 'object',
+      additionalProperties: s.name,
+      description: 'source network → network of this site (default: the same name)',
+    },
+    start: { type: 'boolean', description: 'start the VMs (default true)' },
+  },
+} as const;
+
+/** Disaster recovery operations over the replication groups held at this site. */
+export function registerDrRoutes(api: FastifyInstance, site: Site): void {
+  api.post(
+    '/dr/groups/:name/takeover',
+    {
+      schema: {
+        tags,
+        summary:
+          "take over a group replicated to this site (its source is lost): the checkpoint's volumes become this site's, its VMs start here (a job)",
+        params: s.nameParam,
+        body: takeoverBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply.code(202).send(
+        await site.dr.takeover(req.actor, {
+          ...((req.body as Omit<TakeoverRequest, 'group'> | undefined) ?? {}),
+          group: (req.params as Name).name,
+        }),
+      ),
+  );
+}

@@ -1,0 +1,76 @@
+import type { Command } from 'commander';
+import { invalidArgument } from '../../common/index.js';
+import type { Job, TakeoverReport } from '../../orchestration/index.js';
+import { apiOptions, type ApiOpts } from '../api.js';
+import { repeatable } from '../args.js';
+import { runJob } from '../jobs.js';
+import { fields } from '../output.js';
+
+function networkMap(pairs: string[] | undefined): Record<string, string> | undefined {
+  if (!pairs?.length) return undefined;
+  const map: Record<string, string> = {};
+  for (const p of pairs) {
+    const m = /^([^=]+)=([^=]+)$/.exec(p);
+    if (!m) throw invalidArgument(`--network-map ${p}: use SOURCE=TARGET (a network of each site)`);
+    map[m[1]!] = m[2]!;
+  }
+  return map;
+}
+
+function takeoverLines(r: TakeoverReport): string {
+  return fields([
+    [
+      'group',
+      `${r.group}, taken over from site ${r.from}${r.peerReachable ? ' (which answered: forced)' : ''}`,
+    ],
+    [
+      'checkpoint',
+      `${r.checkpoint.seq}${r.checkpoint.name ? ` (${r.checkpoint.name})` : ''} of ${r.checkpoint.time}: data ${r.dataAgeSeconds.toFixed(1)} s old`,
+    ],
+    ['vms', r.vms.map((v) => `${v.name} ${v.state}`).join(', ')],
+    ['took', `${r.elapsedSeconds.toFixed(1)} s`],
+  ]);
+}
+
+/** `haven dr …` */
+export function registerDr(program: Command): void {
+  const dr = program.command('dr').description('disaster recovery across paired sites');
+
+  apiOptions(dr.command('takeover'))
+    .description(
+      "run a replicated group here, its source site being lost: a checkpoint's volumes become this site's and the group's VMs start here; the old source keeps them stopped once back",
+    )
+    .argument('<group>', 'a replication group whose replica this site holds')
+    .option('--checkpoint <which>', 'newest (default), a sequence number, or a checkpoint name')
+    .option('--force', 'take over although the source site answers')
+    .option('--network-map <src=dst>', 'a source network to a network of this site (repeat)', repeatable)
+    .option('--no-start', 'define the VMs over the recovered volumes, start none')
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        group: string,
+        o: ApiOpts & {
+          json?: boolean;
+          wait: boolean;
+          checkpoint?: string;
+          force?: boolean;
+          networkMap?: string[];
+          start: boolean;
+        },
+      ) => {
+        const map = networkMap(o.networkMap);
+        await runJob(
+          o,
+          (c) =>
+            c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/takeover`, {
+              ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
+              ...(o.force ? { force: true } : {}),
+              ...(map ? { networkMap: map } : {}),
+              ...(o.start ? {} : { start: false }),
+            }),
+          (j) => takeoverLines(j.result as TakeoverReport),
+        );
+      },
+    );
+}
