@@ -40,6 +40,11 @@ export function registerRecover(program: Command): void {
     .option('--name <vm>', 'name of the recovered VM (default: NAME-recovered)')
     .option('--pool <pool>', "pool of the VM's new volumes", 'default')
     .option('--cmdline <text>', 'kernel command line instead of the backed-up one (kernel boot)')
+    .option(
+      '--network <net>',
+      "where its NICs go: a network (e.g. an isolated one), none, or OLD=NEW,… per backed-up network (default: the backed-up VM's own networks, beside the original)",
+    )
+    .option('--no-start', 'define the VM and serve its disks, but do not start it')
     .option('--json', 'print JSON')
     .action(
       async (
@@ -50,6 +55,8 @@ export function registerRecover(program: Command): void {
           name?: string;
           pool: string;
           cmdline?: string;
+          network?: string;
+          start: boolean;
           json?: boolean;
         },
       ) => {
@@ -62,6 +69,8 @@ export function registerRecover(program: Command): void {
           ...daemonPassphraseFile(o.passphraseFile),
           ...(o.name ? { name: o.name } : {}),
           ...(o.cmdline !== undefined ? { cmdline: o.cmdline } : {}),
+          ...(o.network !== undefined ? { network: o.network } : {}),
+          ...(o.start ? {} : { noStart: true }),
         };
         // The daemon answers once the VM runs (seconds): no site job, but the job shape all the same.
         await runLocal(
@@ -69,7 +78,9 @@ export function registerRecover(program: Command): void {
           { kind: 'recovery.instant', target: snapshot },
           () => connect(o).post<{ vm: Vm; seconds: number }>('/recoveries', body),
           (r) =>
-            `VM ${r.vm.name} is running from backup ${snapshot} (started in ${r.seconds.toFixed(1)} s); finalize it with "haven recover finalize ${r.vm.name}"`,
+            o.start
+              ? `VM ${r.vm.name} is running from backup ${snapshot} (started in ${r.seconds.toFixed(1)} s); finalize it with "haven recover finalize ${r.vm.name}"`
+              : `VM ${r.vm.name} is defined over backup ${snapshot}, its disks served, not started: "haven vm start ${r.vm.name}", then finalize or discard it`,
         );
       },
     );
