@@ -250,7 +250,7 @@ export const stopVmBody = {
   },
 } as const;
 
-const repoFields = {
+export const repoFields = {
   repo: { type: 'string', minLength: 1, description: "the repository's directory on the site's host" },
   passphraseFile: {
     type: 'string',

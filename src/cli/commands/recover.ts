@@ -1,9 +1,9 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import type { Recovery, Vm } from '../../orchestration/index.js';
+import type { Job, Recovery, RecoveryCheck, Vm } from '../../orchestration/index.js';
 import { apiOptions, connect, daemonPassphraseFile, type ApiOpts } from '../api.js';
 import { invalidArgument } from '../../common/index.js';
-import { bytes, table } from '../args.js';
+import { bytes, parseDuration, table } from '../args.js';
 import { printResult } from '../output.js';
 import { runJob, runLocal } from '../jobs.js';
 
@@ -20,6 +20,21 @@ function rows(list: Recovery[]): string {
       `${Math.floor(r.runningFromBackupSeconds / 60)} min`,
       bytes(r.disks.reduce((n, d) => n + d.filledBytes, 0)),
       r.warning ?? '',
+    ]),
+  ]);
+}
+
+function checkRows(list: RecoveryCheck[]): string {
+  return table([
+    ['STARTED', 'VM', 'BACKUP', 'RESULT', 'SECONDS', 'REASON', 'CONSOLE LOG'],
+    ...list.map((c) => [
+      c.startedAt,
+      c.vm,
+      c.snapshot ?? '',
+      c.state,
+      c.durationSeconds === undefined ? '' : c.durationSeconds.toFixed(1),
+      c.reason ?? '',
+      c.consoleLog ?? '',
     ]),
   ]);
 }
@@ -120,4 +135,73 @@ export function registerRecover(program: Command): void {
         () => `discarded VM ${vm} and its volumes`,
       ),
     );
+
+  apiOptions(recover.command('check'))
+    .description(
+      "recoverability check: boot the VM's newest (or named) backup on an isolated network made for it, check a heartbeat (and a script), tear everything down, record pass or fail (a job)",
+    )
+    .argument('<vm>')
+    .option('--repo <dir>', 'the backup repository (default: $HAVEN_REPO)')
+    .option('--passphrase-file <file>', "file holding an encrypted repository's passphrase")
+    .option('--snapshot <id>', 'the backup to check (default: the newest of the VM)')
+    .option(
+      '--heartbeat <how>',
+      'agent (its guest agent answers), console:REGEX (its serial console matches) or tcp:HOST:PORT (a network the host is on)',
+      'agent',
+    )
+    .option(
+      '--script <file>',
+      'run on the site host after the heartbeat; exit 0 passes (env HAVEN_CHECK_VM, HAVEN_CHECK_CONSOLE_LOG, …)',
+    )
+    .option('--timeout <duration>', 'for the heartbeat, and again for the script', '120s')
+    .option(
+      '--network <net>',
+      'an existing network for its NICs, or none (default: an isolated network made for the check)',
+    )
+    .option('--no-wait', 'return once the job has started')
+    .option('--json', 'print JSON')
+    .action(
+      (
+        vm: string,
+        o: WaitOpts & {
+          repo?: string;
+          passphraseFile?: string;
+          snapshot?: string;
+          heartbeat: string;
+          script?: string;
+          timeout: string;
+          network?: string;
+        },
+      ) => {
+        const repo = o.repo ?? process.env.HAVEN_REPO;
+        if (!repo) throw invalidArgument('give --repo DIR (or set HAVEN_REPO)');
+        const body = {
+          vm,
+          repo: resolve(repo),
+          ...daemonPassphraseFile(o.passphraseFile),
+          ...(o.snapshot ? { snapshot: o.snapshot } : {}),
+          heartbeat: o.heartbeat,
+          ...(o.script ? { script: resolve(o.script) } : {}),
+          timeoutSeconds: parseDuration(o.timeout, '--timeout'),
+          ...(o.network ? { network: o.network } : {}),
+        };
+        return runJob(
+          o,
+          (client) => client.post<Job>('/recovery-checks', body),
+          (j) => {
+            const c = j.result as RecoveryCheck;
+            return `backup ${c.snapshot} of VM ${vm} passed its recoverability check in ${c.durationSeconds?.toFixed(1)} s (console log: ${c.consoleLog ?? 'none'})`;
+          },
+        );
+      },
+    );
+
+  apiOptions(recover.command('checks'))
+    .description('recoverability checks, newest first: result, reason, console log')
+    .option('--vm <vm>', 'only those of this VM')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts & { vm?: string; json?: boolean }) => {
+      const list = await connect(o).get<RecoveryCheck[]>(`/recovery-checks${o.vm ? `?vm=${enc(o.vm)}` : ''}`);
+      printResult(!!o.json, list, () => checkRows(list));
+    });
 }
