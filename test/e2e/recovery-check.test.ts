@@ -78,6 +78,17 @@ async function firstChunkFile(repo: string, m: SnapshotManifest): Promise<string
   return join(repo, 'chunks', hex.slice(0, 2), hex);
 }
 
+/** A throw-away VM writes on disk d and powers off; then it is deleted. */
+async function writeWith(s: Site, name: string, cmd: string): Promise<void> {
+  await s.haven('vm', 'create', name, '--disk', 'd', ...guestArgs(`${cmd}; poweroff`));
+  await s.haven('vm', 'start', name);
+  for (let i = 0; !/state:\s+stopped/.test(await s.haven('vm', 'show', name)); i++) {
+    assert.ok(i < 300, `${name} powered off`);
+    await sleep(200);
+  }
+  await s.haven('vm', 'delete', name);
+}
+
 async function prepare(t: {
   after: (fn: () => unknown) => void;
 }): Promise<{ s: Site; repo: string; snap: string }> {
@@ -85,20 +96,7 @@ async function prepare(t: {
   await s.haven('volume', 'create', 'd', '--size', '32M');
   // A writer puts the data on the disk; the VM that is backed up (on the nat network, as in
   // production) reads it back at boot and goes on running.
-  await s.haven(
-    'vm',
-    'create',
-    'writer',
-    '--disk',
-    'd',
-    ...guestArgs(`write-pattern disk=vda seed=4 count=8 len=64K; poweroff`),
-  );
-  await s.haven('vm', 'start', 'writer');
-  for (let i = 0; !/state:\s+stopped/.test(await s.haven('vm', 'show', 'writer')); i++) {
-    assert.ok(i < 300, 'the writer powered off');
-    await sleep(200);
-  }
-  await s.haven('vm', 'delete', 'writer');
+  await writeWith(s, 'writer', 'write-pattern disk=vda seed=4 count=8 len=64K');
   await s.haven('vm', 'create', 'app', '--disk', 'd', '--nic', 'nat', ...guestArgs(VERIFY));
   const repo = join(s.dir, '..', 'repo');
   await s.haven('repo', 'init', '--repo', repo);
@@ -108,10 +106,17 @@ async function prepare(t: {
 }
 
 test(
-  'recoverability check: a good backup passes on an isolated network; all is torn down',
+  'recoverability check: a good backup passes on an isolated network, a damaged disk fails its script; all is torn down',
   { timeout: 120_000 },
   async (t) => {
     const { s, repo, snap } = await prepare(t);
+    // The script sees the check's VM and its console log.
+    const script = join(s.dir, '..', 'check.sh');
+    writeFileSync(
+      script,
+      `#!/bin/sh\ngrep -q '"mismatches":0' "$HAVEN_CHECK_CONSOLE_LOG" || { echo "the guest found damaged data in $HAVEN_CHECK_VM"; exit 1; }\necho "all read back in $HAVEN_CHECK_VM"\n`,
+      { mode: 0o755 },
+    );
     const t0 = performance.now();
     const started = JSON.parse(
       await s.haven(
@@ -122,6 +127,8 @@ test(
         repo,
         '--heartbeat',
         READ_BACK,
+        '--script',
+        script,
         '--timeout',
         '60s',
         '--no-wait',
@@ -201,6 +208,29 @@ test(
       /network nowhere does not exist/,
     );
     await s.haven('recover', 'discard', 'lab');
+    await assertTornDown(s, repo);
+
+    // A newer backup of a disk damaged before it was backed up (its first write overwritten): it
+    // reads without error, the guest boots and verifies, and the script finds the damage.
+    await writeWith(s, 'vandal', 'write-pattern disk=vda seed=9 count=1 len=64K');
+    await s.haven('backup', 'vm:app', '--repo', repo);
+    const heartbeat = String.raw`console:"cmd":"verify-pattern"`;
+    const err = await s.havenFails(
+      'recover',
+      'check',
+      'app',
+      '--repo',
+      repo,
+      '--heartbeat',
+      heartbeat,
+      '--script',
+      script,
+    );
+    assert.match(err, /script .*check.sh failed \(exit 1\): the guest found damaged data in app-check-/);
+    const [d] = JSON.parse(await s.haven('recover', 'checks', '--vm', 'app', '--json')) as Check[];
+    assert.equal(d!.state, 'failed');
+    assert.notEqual(d!.snapshot, snap, 'the newest backup was checked');
+    assert.match(readFileSync(d!.consoleLog!, 'utf8'), /"mismatches":1/);
     await assertTornDown(s, repo);
   },
 );
