@@ -43,7 +43,9 @@ function checkRows(list: RecoveryCheck[]): string {
 export function registerRecover(program: Command): void {
   const recover = program
     .command('recover')
-    .description('instant recovery: run VMs straight from their backups, then finalize or discard');
+    .description(
+      'instant recovery: run VMs straight from their backups, then finalize or discard; recoverability checks of backups',
+    );
 
   apiOptions(recover.command('instant'))
     .description(

@@ -394,6 +394,13 @@ export class SiteChecks extends SiteDomain {
   /** Everything the check made goes, whatever state it is in; each step skipped when done already. */
   private async teardown(r: CheckRow): Promise<void> {
     await this.recovery.drop(r.check_vm);
+    // A daemon killed inside the instant recovery may have made volumes before it recorded them.
+    for (const v of this.storage.listVolumes())
+      if (v.name.startsWith(`${r.check_vm}-`) && !v.name.includes('@')) {
+        this.exports.withdraw(v.name);
+        this.storage.deleteVolume(v.name);
+      }
+    this.exports.refresh();
     if (r.made_network && r.network && this.compute.listNetworks().some((n) => n.name === r.network))
       this.compute.deleteNetwork(r.network);
   }
