@@ -4,7 +4,15 @@ import { accessSync, constants, mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HavenError, conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
+import {
+  HavenError,
+  conflict,
+  type HavenErrorCode,
+  errorMessage,
+  invalidArgument,
+  logger,
+  notFound,
+} from '../../common/index.js';
 import { openRepository, repoAccess } from '../../protection/index.js';
 import { checkName } from '../../storage/index.js';
 import { parseHeartbeat, type Heartbeat } from './check-heartbeat.js';
@@ -205,6 +213,7 @@ export class SiteChecks extends SiteDomain {
   ): Promise<RecoveryCheck> {
     const row = () => this.db.prepare('SELECT * FROM recovery_checks WHERE id = ?').get(id) as CheckRow;
     let reason: string | undefined;
+    let code: HavenErrorCode = 'CORRUPT';
     try {
       const access = repoAccess(req.repo, req.passphraseFile);
       const snapshot = req.snapshot ?? (await this.newestBackup(req.vm, access));
@@ -235,6 +244,7 @@ export class SiteChecks extends SiteDomain {
       }
     } catch (err) {
       reason = errorMessage(err);
+      code = err instanceof HavenError ? err.code : 'INTERNAL';
       if (ctx.signal.aborted) reason = `cancelled: ${reason}`;
     }
     const r = row();
@@ -248,7 +258,8 @@ export class SiteChecks extends SiteDomain {
       ctx.log(`tearing down failed: ${errorMessage(err)}`, 'error');
     }
     this.finish(r, reason === undefined ? 'passed' : 'failed', reason, kept);
-    if (reason !== undefined) throw failed(reason);
+    // The job fails with the check (event recovery.check failed), with the code of what failed it.
+    if (reason !== undefined) throw new HavenError(code, reason);
     return this.get(id);
   }
 
