@@ -127,7 +127,8 @@ export class SiteChecks extends SiteDomain {
         `a recoverability check of ${req.vm} is running already (haven recover checks --vm ${req.vm})`,
       );
     const id = randomUUID();
-    const checkVm = `${req.vm.slice(0, 48)}-check-${id.slice(0, 8)}`;
+    // Short enough that its volumes (NAME-DISK) stay within the 64 characters of a name.
+    const checkVm = `${req.vm.slice(0, 32)}-check-${id.slice(0, 8)}`;
     const madeNetwork = req.network === undefined;
     const network = madeNetwork ? checkVm : req.network === 'none' ? undefined : req.network;
     this.db
