@@ -132,6 +132,8 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
         name?: string;
         pool?: string;
         cmdline?: string;
+        network?: string;
+        noStart?: boolean;
       };
       const r = await site.vms.recoverInstant(req.actor, {
         ...Site.repoAccess(b.repo, b.passphraseFile),
@@ -140,6 +142,8 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
         ...(b.name ? { name: b.name } : {}),
         ...(b.pool ? { pool: b.pool } : {}),
         ...(b.cmdline !== undefined ? { cmdline: b.cmdline } : {}),
+        ...(b.network !== undefined ? { network: b.network } : {}),
+        ...(b.noStart ? { noStart: true } : {}),
       });
       return reply.code(201).send(r);
     },

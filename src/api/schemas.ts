@@ -250,7 +250,7 @@ export const stopVmBody = {
   },
 } as const;
 
-const repoFields = {
+export const repoFields = {
   repo: { type: 'string', minLength: 1, description: "the repository's directory on the site's host" },
   passphraseFile: {
     type: 'string',
@@ -340,6 +340,17 @@ export const recoverBody = {
     cmdline: {
       type: 'string',
       description: 'kernel command line instead of the backed-up one (kernel boot)',
+    },
+    network: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 1000,
+      description:
+        "where the VM's NICs go: a network of this site (every NIC on it), none (no NIC), or OLD=NEW,… per backed-up network (NEW may be none); default: the backed-up VM's own networks",
+    },
+    noStart: {
+      type: 'boolean',
+      description: 'define the VM and serve its disks, but do not start it',
     },
   },
 } as const;

@@ -13,6 +13,7 @@ import { API_PREFIX } from './client.js';
 import { lazySchemaCompilers } from './lazy-schemas.js';
 import type { SchemaCodeCache } from './schema-code-cache.js';
 import { registerComputeRoutes } from './routes-compute.js';
+import { registerCheckRoutes } from './routes-checks.js';
 import { registerDrRoutes } from './routes-dr.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
@@ -184,6 +185,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerOperationRoutes(api, site);
       registerStorageRoutes(api, site);
       registerComputeRoutes(api, site);
+      registerCheckRoutes(api, site);
       registerPeerRoutes(api, site);
       registerReplicationRoutes(api, site);
       registerDrRoutes(api, site);

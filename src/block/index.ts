@@ -5,6 +5,7 @@ export { DirtyBitmap } from './dirty-bitmap.js';
 export { OverlayDevice } from './overlay.js';
 export { ThrottledDevice, type ThrottleLimits } from './throttle.js';
 export { PassThroughDevice } from './pass-through.js';
+export { ReadWatchDevice } from './read-watch.js';
 export { NullDevice } from './null.js';
 export * from './extents.js';
 export {

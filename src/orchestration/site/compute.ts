@@ -274,9 +274,13 @@ export class ComputeService {
     return this.vm(name);
   }
 
+  /** Where QEMU writes a VM's serial console (the file goes with the VM when it is deleted). */
+  consoleLogPath(name: string): string {
+    return join(this.runDir, this.vm(name).id, 'console.log');
+  }
+
   consoleLog(name: string, maxBytes = 64 * 1024): string {
-    const vm = this.vm(name);
-    const path = join(this.runDir, vm.id, 'console.log');
+    const path = this.consoleLogPath(name);
     if (!existsSync(path)) return '';
     const data = readFileSync(path);
     return data.subarray(Math.max(0, data.length - maxBytes)).toString('utf8');

@@ -57,6 +57,14 @@ const MIGRATIONS: string[] = [
      name TEXT PRIMARY KEY, role TEXT NOT NULL CHECK (role IN ('source', 'target')),
      peer TEXT NOT NULL, config TEXT NOT NULL, paused INTEGER NOT NULL DEFAULT 0,
      created_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
+  // issue 16: recoverability checks
+  `CREATE TABLE recovery_checks (
+     id TEXT PRIMARY KEY, vm TEXT NOT NULL, repo TEXT NOT NULL, snapshot TEXT, check_vm TEXT NOT NULL,
+     network TEXT, made_network INTEGER NOT NULL DEFAULT 0, heartbeat TEXT NOT NULL, script TEXT,
+     job TEXT, actor TEXT NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('running', 'passed', 'failed')), reason TEXT,
+     started_at TEXT NOT NULL, ended_at TEXT, duration_seconds REAL, console_log TEXT);
+   CREATE INDEX recovery_checks_vm ON recovery_checks(vm, started_at);`,
 ];
 
 export function openDatabase(path: string): Db {

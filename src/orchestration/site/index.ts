@@ -2,6 +2,7 @@ export { Site, apiToken, havenVersion, type SiteInfo, type SiteOptions, type Act
 export type { SiteVolumes } from './volumes.js';
 export type { SiteBackups } from './backups.js';
 export type { SiteVms } from './vms.js';
+export type { SiteChecks, CheckRequest, RecoveryCheck } from './checks.js';
 export type { Job, JobState, JobProgress, JobLogLine } from './jobs.js';
 export type { SiteEvent, EventQuery } from './events.js';
 export type { Host, Network, Vm, VmDefinition, VmState } from './compute.js';

@@ -1,10 +1,16 @@
-import { ThrottledDevice, type BlockDevice, type ThrottleLimits } from '../../block/index.js';
+import {
+  ReadWatchDevice,
+  ThrottledDevice,
+  type BlockDevice,
+  type ThrottleLimits,
+} from '../../block/index.js';
 import { conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
 import { SnapshotDevice, openRepository, repoAccess, type RepoAccess } from '../../protection/index.js';
 import { BASE_LABEL, type StorageExports, type StorageService } from '../../storage/index.js';
 import type { ComputeService, Vm, VmDefinition } from './compute.js';
 import type { Db } from './database.js';
 import type { Job, JobManager } from './jobs.js';
+import { recoveredNics } from './recovery-networks.js';
 
 const log = logger('recovery');
 const DEFAULT_WARN_AFTER_SECONDS = 24 * 3600;
@@ -58,6 +64,13 @@ export interface InstantRecoveryRequest extends RepoAccess {
   pool?: string;
   /** Kernel command line instead of the backed-up one (kernel boot). */
   cmdline?: string;
+  /**
+   * Where its NICs go: a network of this site (every NIC on it), `none` (no NIC), or `OLD=NEW,…`
+   * per backed-up network (see recoveredNics). Default: the backed-up VM's own networks.
+   */
+  network?: string;
+  /** Define the VM and serve its disks, but do not start it (haven vm start, later). */
+  noStart?: boolean;
 }
 
 export interface RecoveryOptions {
@@ -77,6 +90,8 @@ export interface RecoveryOptions {
  */
 export class RecoveryService {
   private readonly bases = new Map<string, BlockDevice[]>();
+  /** Per recovered VM, its backup's disks as its volumes read them: read errors are recorded. */
+  private readonly watches = new Map<string, ReadWatchDevice[]>();
   /** Ends the reader session that holds each recovered VM's backup (see Repository.useSnapshot). */
   private readonly uses = new Map<string, () => Promise<void>>();
 
@@ -108,7 +123,7 @@ export class RecoveryService {
     }
   }
 
-  /** Starts a VM from a VM backup; returns once QEMU runs. */
+  /** Starts a VM from a VM backup; returns once QEMU runs (or, with noStart, once it is defined). */
   async instant(req: InstantRecoveryRequest): Promise<{ vm: Vm; recovery: Recovery; seconds: number }> {
     const started = performance.now();
     const repo = await openRepository(req);
@@ -130,6 +145,17 @@ export class RecoveryService {
     for (const d of disks)
       if (this.storage.listVolumes().some((v) => v.name === d.volume))
         throw conflict(`volume ${d.volume} already exists`);
+    // Refused before anything is made.
+    const { nics, leftOut } = recoveredNics(
+      original.nics,
+      req.network,
+      this.compute.listNetworks().map((n) => n.name),
+    );
+    if (leftOut.length)
+      log.warn(
+        { vm: name, networks: leftOut },
+        'networks of the backed-up VM that this site lacks are left out',
+      );
     const created: string[] = [];
     try {
       for (const d of disks) {
@@ -139,10 +165,6 @@ export class RecoveryService {
         created.push(d.volume);
       }
       await this.attach(name, req, snap.id, disks);
-      const networks = new Set(this.compute.listNetworks().map((n) => n.name));
-      const nics = original.nics.filter((n) => networks.has(n.network));
-      if (nics.length < original.nics.length)
-        log.warn({ vm: name }, 'networks of the backed-up VM that this site lacks are left out');
       const boot =
         req.cmdline !== undefined && original.boot.kind === 'kernel'
           ? { ...original.boot, cmdline: req.cmdline }
@@ -167,6 +189,12 @@ export class RecoveryService {
           new Date().toISOString(),
         );
       this.exports.refresh();
+      if (req.noStart)
+        return {
+          vm: this.compute.vm(name),
+          recovery: this.get(name),
+          seconds: (performance.now() - started) / 1000,
+        };
       this.compute.beginStart(name);
       const vm = await this.compute.launch(name);
       return { vm, recovery: this.get(name), seconds: (performance.now() - started) / 1000 };
@@ -229,21 +257,55 @@ export class RecoveryService {
   discard(actor: string, vm: string): Job {
     const r = this.row(vm);
     if (r.state === 'finalizing') throw conflict(`the recovery of ${vm} is being finalized`);
-    const disks = JSON.parse(r.disks) as RecoveryDisk[];
     return this.jobs.start({ kind: 'recovery.discard', target: vm, actor }, async (ctx) => {
-      const v = this.compute.vm(vm);
-      if (v.state === 'running' || v.state === 'starting') await this.compute.stop(vm, { force: true });
-      this.compute.deleteVm(vm);
-      for (const d of disks) {
-        this.exports.withdraw(d.volume);
-        this.storage.deleteVolume(d.volume);
-      }
-      this.closeBases(vm);
-      this.db.prepare('DELETE FROM recoveries WHERE vm = ?').run(vm);
-      this.exports.refresh();
-      ctx.log(`discarded ${vm} and its volumes ${disks.map((d) => d.volume).join(', ')}`);
+      const volumes = await this.drop(vm);
+      ctx.log(`discarded ${vm} and its volumes ${volumes.join(', ')}`);
       return { vm, snapshot: r.snapshot };
     });
+  }
+
+  /**
+   * What discard does, for a caller that is a job already (a recoverability check): the VM
+   * killed and deleted, its volumes deleted, the backup released. Each step is skipped when done
+   * already, so that it also finishes what an interrupted one left. Returns the volumes.
+   */
+  async drop(vm: string): Promise<string[]> {
+    const r = this.db.prepare('SELECT * FROM recoveries WHERE vm = ?').get(vm) as RecoveryRow | undefined;
+    const disks = r ? (JSON.parse(r.disks) as RecoveryDisk[]) : [];
+    const v = this.compute.listVms().find((x) => x.name === vm);
+    if (v) {
+      if (v.state === 'running' || v.state === 'starting') await this.compute.stop(vm, { force: true });
+      this.compute.deleteVm(vm);
+    }
+    const volumes = new Set(this.storage.listVolumes().map((x) => x.name));
+    for (const d of disks) {
+      for (const e of [
+        d.volume,
+        ...(volumes.has(d.volume)
+          ? this.storage.listSnapshots(d.volume).map((s) => `${d.volume}@${s.name}`)
+          : []),
+      ])
+        this.exports.withdraw(e);
+      if (volumes.has(d.volume)) this.storage.deleteVolume(d.volume);
+    }
+    this.closeBases(vm);
+    this.db.prepare('DELETE FROM recoveries WHERE vm = ?').run(vm);
+    this.exports.refresh();
+    return disks.map((d) => d.volume);
+  }
+
+  /** The first read of a recovered VM's backup that failed, if any (which disk, where, why). */
+  readError(vm: string): { disk: number; offset: number; message: string; failedReads: number } | undefined {
+    const watches = this.watches.get(vm) ?? [];
+    for (const [disk, w] of watches.entries())
+      if (w.firstError)
+        return {
+          disk,
+          offset: w.firstError.offset,
+          message: w.firstError.message,
+          failedReads: w.failedReads,
+        };
+    return undefined;
   }
 
   /** The limits on reads from backups, and when a VM running from one gets a warning. */
@@ -271,9 +333,11 @@ export class RecoveryService {
     const use = await repo.useSnapshot(snapshot);
     const snap = use.snapshot;
     const bases: BlockDevice[] = [];
+    const watches: ReadWatchDevice[] = [];
     try {
       for (const d of disks) {
-        const dev = await SnapshotDevice.open(repo, snap, d.disk);
+        const dev = new ReadWatchDevice(await SnapshotDevice.open(repo, snap, d.disk));
+        watches.push(dev);
         const base = this.opts.limits ? new ThrottledDevice(dev, this.opts.limits) : dev;
         this.storage.attachBase(d.volume, base);
         bases.push(base);
@@ -283,12 +347,14 @@ export class RecoveryService {
       throw err;
     }
     this.bases.set(vm, bases);
+    this.watches.set(vm, watches);
     this.uses.set(vm, use.end);
   }
 
   private closeBases(vm: string): void {
     for (const b of this.bases.get(vm) ?? []) void b.close();
     this.bases.delete(vm);
+    this.watches.delete(vm);
     void this.uses.get(vm)?.();
     this.uses.delete(vm);
   }

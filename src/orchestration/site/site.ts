@@ -35,6 +35,7 @@ import { JobManager } from './jobs.js';
 import { RecoveryService, type RecoveryOptions } from './recovery.js';
 import { SiteBackups } from './backups.js';
 import { SiteVms } from './vms.js';
+import { SiteChecks } from './checks.js';
 import { SiteVolumes } from './volumes.js';
 import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
@@ -140,6 +141,8 @@ export class Site {
   readonly volumes: SiteVolumes;
   readonly backups: SiteBackups;
   readonly vms: SiteVms;
+  /** Recoverability checks: a VM's backup booted on an isolated network, checked, torn down. */
+  readonly checks: SiteChecks;
   /** Paired sites, the peer links to them and the calls over those. */
   readonly peers: SitePeers;
   /** Consistency groups replicated to and from paired sites. */
@@ -193,6 +196,7 @@ export class Site {
     this.volumes = new SiteVolumes(parts);
     this.backups = new SiteBackups(parts, this.transfers, dataDir, () => this.endpoints());
     this.vms = new SiteVms(parts, this.recovery);
+    this.checks = new SiteChecks(parts, db, this.recovery, dataDir);
     this.peers = new SitePeers(db, this.events, name, identity);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
     this.dr = new SiteDr(parts, this.replication, this.peers);
@@ -273,6 +277,8 @@ export class Site {
       site.backups.offer(offeredTransports(site.endpoints(), opts.transports));
       site.recover();
       const { attached, lost } = await site.compute.reattach();
+      // Checks the previous daemon did not finish: their VMs (reattached just now) and all go.
+      await site.checks.cleanupInterrupted();
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
