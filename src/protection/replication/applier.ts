@@ -4,6 +4,7 @@ import { HavenError, writeFileAtomic } from '../../common/index.js';
 import type { StorageService } from '../../storage/index.js';
 import { RecordKind, type CheckpointInfo } from './journal-format.js';
 import type { ReplicationJournal } from './journal.js';
+import { thinCheckpoints } from './checkpoint-thinning.js';
 
 /** A checkpoint the replica holds: a snapshot `cp-SEQ` of every replica volume. */
 export interface AppliedCheckpoint extends CheckpointInfo {
@@ -14,6 +15,8 @@ export interface AppliedCheckpoint extends CheckpointInfo {
 export interface ApplierOptions {
   /** Checkpoints older than this (by their time) are deleted; the newest is always kept. Default 1 h. */
   keepMs?: number;
+  /** Every checkpoint of this last stretch is kept; older ones are thinned (checkpoint-thinning.ts). Default 10 min. */
+  denseMs?: number;
   /** Told after each checkpoint is applied. */
   onCheckpoint?: (cp: AppliedCheckpoint) => void;
   /** Bytes read from the journal at a time. */
@@ -119,7 +122,7 @@ export class ReplicaApplier {
     }
   }
 
-  /** Snapshots every replica volume at checkpoint `seq`, records it, and drops the expired ones. */
+  /** Snapshots every replica volume at checkpoint `seq`, records it, and drops the expired and thinned ones. */
   private take(seq: number, info: CheckpointInfo): void {
     const snapshot = snapshotName(seq);
     for (const v of this.volumes)
@@ -131,9 +134,12 @@ export class ReplicaApplier {
       ...(info.name ? { name: info.name } : {}),
     };
     this.checkpoints.push(cp);
-    const cutoff = cp.time - (this.opts.keepMs ?? 3_600_000);
-    const expired = this.checkpoints.filter((c) => c !== cp && c.time < cutoff);
-    this.checkpoints = this.checkpoints.filter((c) => !expired.includes(c));
+    const expired = thinCheckpoints(this.checkpoints, {
+      keepMs: this.opts.keepMs ?? 3_600_000,
+      ...(this.opts.denseMs !== undefined ? { denseMs: this.opts.denseMs } : {}),
+    });
+    const gone = new Set(expired);
+    this.checkpoints = this.checkpoints.filter((c) => !gone.has(c));
     this.save();
     // Deleted after the list no longer names them: a crash in between leaves only orphans.
     for (const c of expired) for (const v of this.volumes) this.storage.deleteSnapshot(v, c.snapshot);
