@@ -24,6 +24,18 @@ const takeoverBody = {
   },
 } as const;
 
+const resyncBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    rpoSeconds: {
+      type: 'number',
+      minimum: 0.001,
+      description: 'the recovery point objective of the reversed group (default 15 s)',
+    },
+  },
+} as const;
+
 /** Disaster recovery operations over the replication groups held at this site. */
 export function registerDrRoutes(api: FastifyInstance, site: Site): void {
   api.post(
@@ -44,6 +56,24 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
           ...((req.body as Omit<TakeoverRequest, 'group'> | undefined) ?? {}),
           group: (req.params as Name).name,
         }),
+      ),
+  );
+  api.post(
+    '/dr/groups/:name/resync',
+    {
+      schema: {
+        tags,
+        summary:
+          'replicate a group taken over here back to its old source, sending only what differs (the replication goes on from there)',
+        params: s.nameParam,
+        body: resyncBody,
+      },
+    },
+    async (req) =>
+      site.dr.resync(
+        req.actor,
+        (req.params as Name).name,
+        (req.body as { rpoSeconds?: number } | undefined) ?? {},
       ),
   );
 }

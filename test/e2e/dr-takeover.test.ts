@@ -2,18 +2,25 @@
 // replicated to site B. A's daemon and the guest's QEMU are killed with -9; `haven dr takeover`
 // at B promotes the newest checkpoint (no older than the RPO objective when A was lost), whose
 // disks hold a prefix of the guest's writes, defines the VM there and starts it. A, restarted,
-// learns it was taken over and keeps the VM stopped (fenced). Bad input first: nothing changes.
+// learns it was taken over and keeps the VM stopped (fenced). `haven dr resync` at B then
+// replicates the group back to A's diverged volumes, sending only what differs (2 MiB written at B
+// after the takeover: 2.0 MiB sent), and A's newest checkpoint equals B. Bad input first: nothing
+// changes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { connectNbd } from '../../src/nbd/index.js';
 import { writesIn } from '../support/site.js';
 import { eventually, pairedSites, type TestSite } from '../support/sites.js';
 import {
   checkExports,
   replicaCheckpoints,
   replicationGroup,
+  guestWrites,
   reportedPast,
+  sha256OfExport,
   streamingVm,
 } from '../support/replica-check.js';
 import type { OrderedWrite } from '../support/write-order.js';
@@ -38,6 +45,9 @@ interface TakeoverJob {
 }
 
 const RPO = 5;
+const MiB = 1024 * 1024;
+const nbdUri = (s: TestSite, exp: string) =>
+  `nbd+unix:///${encodeURIComponent(exp)}?socket=${join(s.dir, 'run', 'nbd.sock')}`;
 const vmsAt = (s: TestSite) => s.api<VmView[]>('GET', '/vms');
 
 test('takeover after kill -9 of the source site and its QEMU: the replica holds a prefix of the writes, the VM runs at the target; the old source is fenced', async (t) => {
@@ -64,7 +74,34 @@ test('takeover after kill -9 of the source site and its QEMU: the replica holds 
     () => replicationGroup(a, 'g'),
     (g) => g.source?.state === 'replicating' && !!g.source.appliedCheckpoint,
   );
+  // Data beyond the guest's slots (6 MiB per disk), replicated before the loss: what a resync back must not resend.
+  const dev = await Promise.all(vm.volumes.map((v) => connectNbd(nbdUri(a, v))));
+  for (const d of dev) {
+    for (let at = 8 * MiB; at < 14 * MiB; at += MiB) await d.write(randomBytes(MiB), at);
+    await d.flush();
+    await d.close();
+  }
+  const seqNow = (await replicationGroup(a, 'g')).source?.appliedCheckpoint?.seq ?? 0;
+  await eventually(
+    'a checkpoint after the data',
+    () => replicationGroup(a, 'g'),
+    (g) => (g.source?.appliedCheckpoint?.seq ?? 0) > seqNow + 1,
+  );
+  // The guest streams; every write it reported before a checkpoint was taken must survive the loss.
+  await eventually(
+    'the guest streaming',
+    () => guestWrites(a, 'app'),
+    (w) => w.length >= 10,
+    90_000,
+  );
   await reportedPast(a, 'app');
+  const reported = (await guestWrites(a, 'app')).length;
+  const seqReported = (await replicationGroup(a, 'g')).source?.appliedCheckpoint?.seq ?? 0;
+  await eventually(
+    'a checkpoint after those writes applied',
+    () => replicationGroup(a, 'g'),
+    (g) => (g.source?.appliedCheckpoint?.seq ?? 0) > seqReported + 1,
+  );
 
   // Refused, each naming what is wrong; nothing changes.
   assert.match(
@@ -115,7 +152,11 @@ test('takeover after kill -9 of the source site and its QEMU: the replica holds 
   // The promoted volumes are ordinary volumes now, exported, holding a prefix of the guest's writes.
   const c = await checkExports(b, [vm], { app: writes }, (v) => v);
   assert.ok(c.ok, `the taken-over disks are not a prefix of the writes: ${JSON.stringify(c).slice(0, 400)}`);
-  if (c.ok) assert.ok((c.cuts.app?.prefix ?? 0) >= 1, 'the replica holds writes of the guest');
+  if (c.ok)
+    assert.ok(
+      (c.cuts.app?.prefix ?? 0) >= reported,
+      `the replica holds ${c.cuts.app?.prefix} writes; the guest had reported ${reported} before a checkpoint applied`,
+    );
   const defined = (await vmsAt(b)).find((v) => v.name === 'app')!;
   assert.deepEqual(
     defined.disks.map((d) => d.volume),
@@ -148,4 +189,45 @@ test('takeover after kill -9 of the source site and its QEMU: the replica holds 
     /VM app is in replication group g, which site site-b took over at .*fenced here/,
   );
   assert.notEqual((await vmsAt(a)).find((v) => v.name === 'app')?.state, 'running');
+
+  // Resync back: B replicates the group to A's diverged volumes, sending only what differs.
+  assert.match(await a.havenFails('dr', 'resync', 'g'), /was not taken over by this site/);
+  await b.haven('vm', 'stop', 'app', '--force');
+  // New data at B after the takeover: 1 MiB per disk that A does not have.
+  for (const v of vm.volumes) {
+    const d = await connectNbd(nbdUri(b, v));
+    await d.write(randomBytes(MiB), 4 * MiB);
+    await d.flush();
+    await d.close();
+  }
+  await b.haven('dr', 'resync', 'g');
+  const back = await eventually(
+    'the group replicating back to site A',
+    () =>
+      b.api<{
+        role: string;
+        source?: { state: string; sentBytes: number; appliedCheckpoint?: { seq: number } };
+      }>('GET', '/replication/groups/g'),
+    (g) => g.source?.state === 'replicating' && !!g.source.appliedCheckpoint,
+  );
+  const sent = back.source!.sentBytes;
+  t.diagnostic(`resync back: ${sent} bytes sent for 2 × 16 MiB volumes holding more than 12 MiB of data`);
+  assert.ok(
+    sent >= 2 * MiB && sent <= 4 * MiB,
+    `the resync sent ${sent} bytes: B changed 2 MiB, the guests a few extents`,
+  );
+  const cps = await replicaCheckpoints(a, 'g');
+  for (const v of vm.volumes) {
+    await a.api('POST', `/volumes/${v}/clone`, { snapshot: cps.at(-1)!.snapshot, name: `check-${v}` });
+    assert.equal(
+      await sha256OfExport(a, `check-${v}`),
+      await sha256OfExport(b, v),
+      `volume ${v} at A equals B`,
+    );
+    await a.api('DELETE', `/volumes/check-${v}`);
+  }
+  assert.match(
+    await a.havenFails('vm', 'start', 'app'),
+    /disk app-a is the replica of replication group g from site site-b/,
+  );
 });

@@ -5,13 +5,13 @@
 // checkpoint equals the source byte for byte (SHA-256 over NBD on both sides).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { connectNbd } from '../../src/nbd/index.js';
 import { StorageService } from '../../src/storage/index.js';
 import { guestArgs } from '../support/site.js';
 import { eventually, pairedSites, type TestSite } from '../support/sites.js';
-import { replicaCheckpoints, replicationGroup } from '../support/replica-check.js';
+import { replicaCheckpoints, replicationGroup, sha256OfExport } from '../support/replica-check.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -34,21 +34,6 @@ interface VerifyView {
 
 const nbd = (s: TestSite, exp: string) =>
   `nbd+unix:///${encodeURIComponent(exp)}?socket=${join(s.dir, 'run', 'nbd.sock')}`;
-
-async function sha256Of(s: TestSite, exp: string): Promise<string> {
-  const dev = await connectNbd(nbd(s, exp), { readOnly: true });
-  try {
-    const h = createHash('sha256');
-    const buf = Buffer.alloc(MiB);
-    for (let at = 0; at < dev.size; at += MiB) {
-      await dev.read(buf, at);
-      h.update(buf);
-    }
-    return h.digest('hex');
-  } finally {
-    await dev.close();
-  }
-}
 
 async function verifyJob(a: TestSite, body: object): Promise<JobView> {
   const job = await a.api<JobView>('POST', '/replication/groups/g/verify', body);
@@ -135,7 +120,7 @@ test('verify finds a block corrupted at the target, names it, repairs it; the re
   );
   await b.api('POST', '/volumes/data/clone', { snapshot: cp.at(-1)!.snapshot, name: 'check' });
   t.after(() => b.api('DELETE', '/volumes/check').catch(() => undefined));
-  assert.equal(await sha256Of(b, 'check'), await sha256Of(a, 'data'));
+  assert.equal(await sha256OfExport(b, 'check'), await sha256OfExport(a, 'data'));
 });
 
 test('a seeded replica (a backup restored at the target): the initial sync sends only what changed since; the replica then equals the source', async (t) => {
@@ -196,10 +181,10 @@ test('a seeded replica (a backup restored at the target): the initial sync sends
   t.diagnostic(`seeded initial sync: ${sent} bytes on the link for 2 MiB changed of 6 MiB allocated`);
   assert.ok(sent >= 2 * MiB && sent <= 2.2 * MiB, `sent ${sent} bytes; 2 MiB changed since the seed`);
   // The seed is a replica now: not exported at the target.
-  await assert.rejects(sha256Of(b, 'data'));
+  await assert.rejects(sha256OfExport(b, 'data'));
 
   const cps = await replicaCheckpoints(b, 'g');
   await b.api('POST', '/volumes/data/clone', { snapshot: cps.at(-1)!.snapshot, name: 'check' });
   t.after(() => b.api('DELETE', '/volumes/check').catch(() => undefined));
-  assert.equal(await sha256Of(b, 'check'), await sha256Of(a, 'data'));
+  assert.equal(await sha256OfExport(b, 'check'), await sha256OfExport(a, 'data'));
 });

@@ -3,6 +3,7 @@
  * checkpoint at the target: its disks (the checkpoint's snapshots, read over the target's NBD
  * socket) must hold a prefix of each guest's writes (test/support/write-order.ts).
  */
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { BlockDevice } from '../../src/block/index.js';
 import { connectNbd } from '../../src/nbd/index.js';
@@ -136,4 +137,26 @@ export async function reportedPast(s: TestSite, vm: string): Promise<void> {
     () => guestWrites(s, vm),
     (w) => w.length >= now + 2,
   );
+}
+
+/** SHA-256 of the whole of export `exp` of site `s`, read over its NBD socket. */
+export async function sha256OfExport(s: TestSite, exp: string): Promise<string> {
+  const dev = await connectNbd(
+    `nbd+unix:///${encodeURIComponent(exp)}?socket=${join(s.dir, 'run', 'nbd.sock')}`,
+    {
+      readOnly: true,
+    },
+  );
+  try {
+    const h = createHash('sha256');
+    const buf = Buffer.alloc(1024 * 1024);
+    for (let at = 0; at < dev.size; at += buf.length) {
+      const n = Math.min(buf.length, dev.size - at);
+      await dev.read(buf.subarray(0, n), at);
+      h.update(buf.subarray(0, n));
+    }
+    return h.digest('hex');
+  } finally {
+    await dev.close();
+  }
 }

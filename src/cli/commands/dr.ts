@@ -1,10 +1,10 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
-import type { Job, TakeoverReport } from '../../orchestration/index.js';
-import { apiOptions, type ApiOpts } from '../api.js';
-import { repeatable } from '../args.js';
+import type { Job, ReplicationGroupAnswer, TakeoverReport } from '../../orchestration/index.js';
+import { apiOptions, connect, type ApiOpts } from '../api.js';
+import { parseDuration, repeatable } from '../args.js';
 import { runJob } from '../jobs.js';
-import { fields } from '../output.js';
+import { fields, printResult } from '../output.js';
 
 function networkMap(pairs: string[] | undefined): Record<string, string> | undefined {
   if (!pairs?.length) return undefined;
@@ -73,4 +73,23 @@ export function registerDr(program: Command): void {
         );
       },
     );
+
+  apiOptions(dr.command('resync'))
+    .description(
+      'after a takeover: replicate the group back from this site to its old source, sending only what differs (follow it with haven replication show)',
+    )
+    .argument('<group>', 'a group this site took over')
+    .option('--rpo <duration>', 'recovery point objective of the reversed group (e.g. 5s)')
+    .option('--json', 'print JSON')
+    .action(async (group: string, o: ApiOpts & { json?: boolean; rpo?: string }) => {
+      const g = await connect(o).post<ReplicationGroupAnswer>(
+        `/dr/groups/${encodeURIComponent(group)}/resync`,
+        o.rpo ? { rpoSeconds: parseDuration(o.rpo, '--rpo') } : {},
+      );
+      printResult(
+        !!o.json,
+        g,
+        () => `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
+      );
+    });
 }

@@ -4,7 +4,7 @@ import { SiteDomain, type Actor, type SiteParts } from './domain.js';
 import type { Job } from './jobs.js';
 import type { PeerLinks } from './peer-links.js';
 import type { RecoveredCheckpoint } from './replication-groups.js';
-import type { SiteReplication } from './replication.js';
+import type { ReplicationGroupAnswer, SiteReplication } from './replication.js';
 
 export interface TakeoverRequest {
   group: string;
@@ -108,6 +108,15 @@ export class SiteDr extends SiteDomain {
       };
       return result;
     });
+  }
+
+  /**
+   * Resync after a takeover: the group replicates back from this site to its old source (which
+   * must answer), sending only the extents whose checksums differ; it runs as replication does,
+   * `haven replication show` follows it. Failback is then a migrate back.
+   */
+  resync(actor: Actor, group: string, opts: { rpoSeconds?: number } = {}): Promise<ReplicationGroupAnswer> {
+    return this.replication.reverse(actor, group, opts);
   }
 
   /** The source's definition at this site: disks on the replica volumes, NICs on mapped networks. */

@@ -101,6 +101,8 @@ interface PrepareArgs {
   volumes: { name: string; size: number; allocatedBytes: number }[];
   /** Use the target's volumes of these names (a restored copy) as the replicas. */
   seeded?: boolean;
+  /** A resync after a takeover: the target is the group's old, fenced source; its volumes become the replicas. */
+  reverse?: boolean;
   /** The group's VMs (what a takeover defines and starts at the target). */
   vms?: ReplicatedVm[];
 }
@@ -227,6 +229,37 @@ export class SiteReplication extends SiteDomain {
     return pickCheckpoint(name, this.replicaOf(name).checkpoints, which);
   }
 
+  /**
+   * Resync after a takeover: the group, taken over here, replicates back to its old source,
+   * which holds a diverged copy; only what differs is sent (a seeded, checksum-compared sync).
+   */
+  async reverse(
+    actor: Actor,
+    name: string,
+    opts: Pick<EnableReplicationRequest, 'rpoSeconds' | 'checkpointSeconds' | 'bytesPerSecond'> = {},
+  ): Promise<ReplicationGroupAnswer> {
+    const g = this.groups.get(name);
+    if (g.role !== 'target' || !g.config.takenOver)
+      throw conflict(
+        `replication group ${name} was not taken over by this site: a resync replicates a taken-over group back to its old source`,
+      );
+    const vms = (g.config.vms ?? []).map((v) => v.name);
+    return this.enable(
+      actor,
+      {
+        group: name,
+        vms,
+        to: g.peer,
+        pool: g.config.pool,
+        keepSeconds: g.config.keepSeconds,
+        journalBytes: g.config.journalBytes,
+        seeded: true,
+        ...opts,
+      },
+      { reverse: true },
+    );
+  }
+
   /** Promotes the replica of a group at `cp` (a takeover): see replication-failover.ts. */
   promote(name: string, cp: CheckpointAnswer): Promise<TargetConfig> {
     return promote(this.failover, name, cp);
@@ -250,13 +283,19 @@ export class SiteReplication extends SiteDomain {
   }
 
   /** Replicates the VMs' disks as one consistency group to a paired site (the target makes its replicas first). */
-  async enable(actor: Actor, req: EnableReplicationRequest): Promise<ReplicationGroupAnswer> {
+  async enable(
+    actor: Actor,
+    req: EnableReplicationRequest,
+    /** Resync after a takeover (`reverse`): the taken-over record of the group is replaced. */
+    internal: { reverse?: boolean } = {},
+  ): Promise<ReplicationGroupAnswer> {
     let config: SourceConfig | undefined;
     try {
-      config = this.checkEnable(req);
+      config = this.checkEnable(req, internal.reverse ? req.group : undefined);
       for (const vm of config.vms) this.enabling.add(vm);
       const prepare: PrepareArgs = {
         ...(config.seeded ? { seeded: true } : {}),
+        ...(internal.reverse ? { reverse: true } : {}),
         vms: config.vms.map((v) => describeVm(this.compute.vm(v))),
         group: req.group,
         pool: req.pool,
@@ -267,8 +306,16 @@ export class SiteReplication extends SiteDomain {
           return { name: v, size: info.size, allocatedBytes: info.allocatedBytes };
         }),
       };
-      const made = (await this.links.call(req.to, 'replication.prepare', prepare)) as { volumes: string[] };
+      const made = (await this.links.call(req.to, 'replication.prepare', prepare)) as {
+        volumes: string[];
+        pool?: string;
+      };
       config.replicas = made.volumes;
+      if (made.pool) config.pool = made.pool; // a reverse keeps the volumes where they are
+      if (internal.reverse) {
+        rmSync(join(this.dataDir, 'replication', req.group), { recursive: true, force: true });
+        this.groups.delete(req.group); // the taken-over record: this site is the source now
+      }
       const row: GroupRow = {
         name: req.group,
         role: 'source',
@@ -411,9 +458,10 @@ export class SiteReplication extends SiteDomain {
     for (const name of [...this.sources.keys(), ...this.targets.keys()]) await this.stop(name);
   }
 
-  private checkEnable(req: EnableReplicationRequest): SourceConfig {
+  private checkEnable(req: EnableReplicationRequest, replacing?: string): SourceConfig {
     checkName('replication group', req.group);
-    if (this.groups.find(req.group)) throw conflict(`replication group ${req.group} exists already`);
+    if (replacing === undefined && this.groups.find(req.group))
+      throw conflict(`replication group ${req.group} exists already`);
     this.links.get(req.to); // a paired site, or NOT_FOUND naming it
     if (!req.vms.length) throw invalidArgument('a replication group needs at least one VM');
     const vms = [...new Set(req.vms)];
@@ -426,7 +474,7 @@ export class SiteReplication extends SiteDomain {
       for (const d of vm.disks) {
         if (d.readOnly || volumes.includes(d.volume)) continue;
         const inGroup = this.groupOf(d.volume);
-        if (inGroup)
+        if (inGroup && inGroup !== replacing)
           throw conflict(`volume ${d.volume} of VM ${name} is in replication group ${inGroup} already`);
         volumes.push(d.volume);
       }
@@ -467,6 +515,7 @@ export class SiteReplication extends SiteDomain {
   private async prepare(peer: LinkPeer, raw: unknown): Promise<{ volumes: string[] }> {
     const args = prepareArgs(raw);
     const existing = this.groups.find(args.group);
+    if (args.reverse) return this.prepareReverse(peer, args, existing);
     if (existing) {
       // The source asking again (it crashed before it stored the group): the same answer.
       if (
@@ -577,6 +626,62 @@ export class SiteReplication extends SiteDomain {
       message: `replication group ${args.group} from site ${peer.name}: seeded replica volume(s) ${args.volumes.map((v) => v.name).join(', ')} on pool ${args.pool}`,
     });
     return { volumes: args.volumes.map((v) => v.name) };
+  }
+
+  /**
+   * A resync asked by the site that took the group over: this site's own volumes of the group
+   * (fenced, their VMs stopped) become the replicas as they are, and the new source sends only
+   * the extents whose checksums differ — the union of both sides' changes since the takeover's
+   * checkpoint. The fenced source record is replaced by a target one.
+   */
+  private prepareReverse(
+    peer: LinkPeer,
+    args: PrepareArgs,
+    existing: GroupRow | undefined,
+  ): { volumes: string[]; pool: string } {
+    const g = existing;
+    if (!g || g.role !== 'source' || g.peer !== peer.name || !g.config.fenced)
+      throw conflict(
+        `replication group ${args.group} is not a group of this site taken over by site ${peer.name}: nothing to resync back to`,
+      );
+    const c = g.config;
+    if (args.volumes.length !== c.volumes.length || args.volumes.some((v, i) => v.name !== c.replicas[i]))
+      throw conflict(
+        `replication group ${args.group}: site ${peer.name} sends volumes ${args.volumes.map((v) => v.name).join(', ')}, this site replicated ${c.volumes.join(', ')} to ${c.replicas.join(', ')}`,
+      );
+    for (const [i, v] of c.volumes.entries()) {
+      const info = this.storage.volume(v);
+      if (info.size !== args.volumes[i]!.size)
+        throw conflict(
+          `volume ${v} has ${info.size} bytes; ${args.volumes[i]!.name} at site ${peer.name} has ${args.volumes[i]!.size}`,
+        );
+    }
+    const running = c.vms.filter(
+      (vm) => this.compute.listVms().find((x) => x.name === vm)?.state === 'running',
+    );
+    if (running.length) throw conflict(`VM(s) ${running.join(', ')} of group ${args.group} run at this site`);
+    const pool = this.storage.volume(c.volumes[0]!).pool;
+    const label = `${peer.name}/${args.group}`;
+    for (const v of c.volumes) this.storage.setVolumeLabel(v, REPLICA_LABEL, label);
+    this.exports.refresh();
+    rmSync(join(this.dataDir, 'replication', args.group), { recursive: true, force: true });
+    this.groups.delete(args.group);
+    this.startTarget(peer, args, {
+      sourceVolumes: args.volumes.map((v) => v.name),
+      volumes: [...c.volumes],
+      pool,
+      keepSeconds: args.keepSeconds,
+      journalBytes: args.journalBytes,
+      ...(args.vms ? { vms: args.vms } : {}),
+    });
+    this.events.append({
+      actor: `site:${peer.name}`,
+      action: 'replication.target',
+      target: args.group,
+      outcome: 'ok',
+      message: `replication group ${args.group} reversed: site ${peer.name} (which took it over) replicates back to this site's volumes ${c.volumes.join(', ')}, sending only what differs`,
+    });
+    return { volumes: [...c.volumes], pool };
   }
 
   private startTarget(peer: LinkPeer, args: PrepareArgs, config: TargetConfig): void {
@@ -743,6 +848,7 @@ function prepareArgs(raw: unknown): PrepareArgs {
   if (!Number.isSafeInteger(a.journalBytes) || (a.journalBytes ?? 0) < 1024 * 1024)
     throw bad('bad journalBytes');
   if (a.seeded !== undefined && typeof a.seeded !== 'boolean') throw bad('bad seeded');
+  if (a.reverse !== undefined && (a.reverse !== true || a.seeded !== true)) throw bad('bad reverse');
   if (a.vms !== undefined) a.vms = replicatedVms(a.vms, 'replication.prepare');
   if (!Array.isArray(a.volumes) || !a.volumes.length) throw bad('no volumes');
   for (const v of a.volumes) {

@@ -188,9 +188,15 @@ export class Site {
         kind === 'vm' ? this.replication.groupOfVm(n) : this.replication.groupOf(n),
       fencedBy: (vm: string) => {
         const f = this.replication.fencedGroupOfVm(vm);
-        return f
-          ? `VM ${vm} is in replication group ${f.group}, which site ${f.by} took over at ${f.at}: it runs there now (fenced here, so that it never runs at two sites)`
-          : undefined;
+        if (f)
+          return `VM ${vm} is in replication group ${f.group}, which site ${f.by} took over at ${f.at}: it runs there now (fenced here, so that it never runs at two sites)`;
+        // After a resync back, its disks are replicas of the group running at the other site.
+        for (const d of this.compute.vm(vm).disks) {
+          const of = storage.volumeLabels(d.volume)[REPLICA_LABEL];
+          if (of !== undefined)
+            return `VM ${vm}'s disk ${d.volume} is the replica of replication group ${of.split('/')[1] ?? of} from site ${of.split('/')[0]}: the VM runs there (migrate it back to run it here)`;
+        }
+        return undefined;
       },
     };
     this.volumes = new SiteVolumes(parts);
