@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import type { Site, TakeoverRequest } from '../orchestration/index.js';
+import type { MigrateRequest, Site, TakeoverRequest } from '../orchestration/index.js';
 import * as s from './schemas.js';
 
 type Name = { name: string };
@@ -21,6 +21,23 @@ const takeoverBody = {
       description: 'source network → network of this site (default: the same name)',
     },
     start: { type: 'boolean', description: 'start the VMs (default true)' },
+  },
+} as const;
+
+const migrateBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    graceSeconds: {
+      type: 'number',
+      minimum: 0,
+      description: 'seconds each guest has to power off before it is stopped hard (default 60)',
+    },
+    verify: {
+      type: 'boolean',
+      description: 'verify the replica at the final checkpoint first (default true)',
+    },
+    networkMap: takeoverBody.properties.networkMap,
   },
 } as const;
 
@@ -74,6 +91,26 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
         req.actor,
         (req.params as Name).name,
         (req.body as { rpoSeconds?: number } | undefined) ?? {},
+      ),
+  );
+  api.post(
+    '/dr/groups/:name/migrate',
+    {
+      schema: {
+        tags,
+        summary:
+          'move a group replicated from this site to its target with no data lost: stop the guests, drain to a final checkpoint, verify, promote and start there, replicate back (a job)',
+        params: s.nameParam,
+        body: migrateBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply.code(202).send(
+        await site.dr.migrate(req.actor, {
+          ...((req.body as Omit<MigrateRequest, 'group'> | undefined) ?? {}),
+          group: (req.params as Name).name,
+        }),
       ),
   );
 }

@@ -85,6 +85,8 @@ export async function checkExports(
   vms: readonly StreamingVm[],
   writes: Readonly<Record<string, readonly OrderedWrite[]>>,
   exportOf: (volume: string) => string,
+  /** The site and export holding each VM volume's content before the writes (default: zeroes). */
+  initialOf?: (volume: string) => { site: TestSite; exp: string },
 ): Promise<Consistency> {
   const socket = join(b.dir, 'run', 'nbd.sock');
   const devices: BlockDevice[] = [];
@@ -92,15 +94,28 @@ export async function checkExports(
     const writers = [];
     for (const vm of vms) {
       const disks: Record<string, (buf: Uint8Array, offset: number) => Promise<void>> = {};
-      for (const [i, disk] of DISKS.entries()) {
-        const exp = exportOf(vm.volumes[i]!);
-        const dev = await connectNbd(`nbd+unix:///${encodeURIComponent(exp)}?socket=${socket}`, {
+      const initial: Record<string, (buf: Uint8Array, offset: number) => Promise<void>> = {};
+      const reader = async (exp: string, at = socket) => {
+        const dev = await connectNbd(`nbd+unix:///${encodeURIComponent(exp)}?socket=${at}`, {
           readOnly: true,
         });
         devices.push(dev);
-        disks[disk] = async (buf, offset) => void (await dev.read(buf, offset));
+        return async (buf: Uint8Array, offset: number) => void (await dev.read(buf, offset));
+      };
+      for (const [i, disk] of DISKS.entries()) {
+        disks[disk] = await reader(exportOf(vm.volumes[i]!));
+        if (initialOf) {
+          const from = initialOf(vm.volumes[i]!);
+          initial[disk] = await reader(from.exp, join(from.site.dir, 'run', 'nbd.sock'));
+        }
       }
-      writers.push({ name: vm.name, seed: vm.seed, writes: writes[vm.name] ?? [], disks });
+      writers.push({
+        name: vm.name,
+        seed: vm.seed,
+        writes: writes[vm.name] ?? [],
+        disks,
+        ...(initialOf ? { initial } : {}),
+      });
     }
     return await checkPrefixConsistency(writers);
   } finally {

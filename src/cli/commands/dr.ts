@@ -1,6 +1,11 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
-import type { Job, ReplicationGroupAnswer, TakeoverReport } from '../../orchestration/index.js';
+import type {
+  Job,
+  MigrateReport,
+  ReplicationGroupAnswer,
+  TakeoverReport,
+} from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { parseDuration, repeatable } from '../args.js';
 import { runJob } from '../jobs.js';
@@ -29,6 +34,17 @@ function takeoverLines(r: TakeoverReport): string {
     ],
     ['vms', r.vms.map((v) => `${v.name} ${v.state}`).join(', ')],
     ['took', `${r.elapsedSeconds.toFixed(1)} s`],
+  ]);
+}
+
+function migrateLines(r: MigrateReport): string {
+  return fields([
+    ['group', `${r.group}: from site ${r.from} to site ${r.to}`],
+    ['checkpoint', `${r.checkpoint.seq} (${r.verified ? 'verified equal' : 'not verified'})`],
+    ['stopped', r.stopped.map((v) => `${v.name}${v.forced ? ' (hard)' : ''}`).join(', ') || '-'],
+    ['started', r.started.map((v) => `${v.name} at ${v.startedAt ?? '-'}`).join(', ')],
+    ['downtime', `${r.downtimeSeconds.toFixed(1)} s`],
+    ['replication', r.reversed ? `from ${r.to} back to ${r.from}` : `not reversed: ${r.reverseError}`],
   ]);
 }
 
@@ -92,4 +108,37 @@ export function registerDr(program: Command): void {
         () => `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
       );
     });
+
+  apiOptions(dr.command('migrate'))
+    .description(
+      'move a group replicated from this site to its target with no data lost: stop the guests (reverse order), drain to a final checkpoint, verify, promote and start there, replicate back; run at the target again to fail back',
+    )
+    .argument('<group>', 'a group this site replicates')
+    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
+    .option('--no-verify', 'promote without comparing the replica with the source first')
+    .option(
+      '--network-map <src=dst>',
+      'a network of this site to a network of the target (repeat)',
+      repeatable,
+    )
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        group: string,
+        o: ApiOpts & { json?: boolean; wait: boolean; grace: string; verify: boolean; networkMap?: string[] },
+      ) => {
+        const map = networkMap(o.networkMap);
+        await runJob(
+          o,
+          (c) =>
+            c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/migrate`, {
+              graceSeconds: parseDuration(o.grace, '--grace'),
+              ...(o.verify ? {} : { verify: false }),
+              ...(map ? { networkMap: map } : {}),
+            }),
+          (j) => migrateLines(j.result as MigrateReport),
+        );
+      },
+    );
 }

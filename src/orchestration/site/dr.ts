@@ -1,148 +1,266 @@
-import { conflict, errorMessage, invalidArgument } from '../../common/index.js';
-import type { VmDefinition } from './compute.js';
+import { HavenError, conflict, errorMessage, invalidArgument, logger } from '../../common/index.js';
 import { SiteDomain, type Actor, type SiteParts } from './domain.js';
-import type { Job } from './jobs.js';
-import type { PeerLinks } from './peer-links.js';
+import type { Job, JobContext } from './jobs.js';
+import type { LinkPeer, PeerLinks } from './peer-links.js';
 import type { RecoveredCheckpoint } from './replication-groups.js';
 import type { ReplicationGroupAnswer, SiteReplication } from './replication.js';
+import {
+  planTakeover,
+  round,
+  runTakeover,
+  type TakeoverHost,
+  type TakeoverReport,
+  type TakeoverRequest,
+} from './dr-takeover.js';
 
-export interface TakeoverRequest {
+export type { TakeoverReport, TakeoverRequest } from './dr-takeover.js';
+
+const log = logger('dr');
+
+export interface MigrateRequest {
   group: string;
-  /** The checkpoint to recover: "newest" (default), its sequence number, or its name. */
-  checkpoint?: string;
-  /** Take over although the source site answers (it would run the VMs too unless stopped there). */
-  force?: boolean;
-  /** Source network → network of this site, for the VMs' NICs (default: the same name). */
+  /** Seconds each guest has to power off (ACPI) before it is stopped hard (default 60). */
+  graceSeconds?: number;
+  /** Compare the replica with the source at the final checkpoint before promoting it (default true). */
+  verify?: boolean;
+  /** Source network → network of the target site. */
   networkMap?: Record<string, string>;
-  /** Define the VMs but start none (default: start them, in the group's order). */
-  start?: boolean;
 }
 
-/** What a takeover did: the report an operator reads after the disaster. */
-export interface TakeoverReport {
+/** What a migrate did. */
+export interface MigrateReport {
   group: string;
-  /** The site that was lost (the group's source). */
   from: string;
-  /** Whether that site answered when the takeover began (then only with `force`). */
-  peerReachable: boolean;
+  to: string;
+  /** The final checkpoint: every write the guests completed before they stopped. */
   checkpoint: RecoveredCheckpoint;
-  /** How old the recovered data was when the takeover began (the RPO achieved). */
-  dataAgeSeconds: number;
-  vms: { name: string; state: string; startedAt?: string }[];
-  startedAt: string;
-  endedAt: string;
-  /** From the command to the last VM running (the RTO achieved, to QEMU running). */
-  elapsedSeconds: number;
+  verified: boolean;
+  stopped: { name: string; stoppedAt: string; forced: boolean }[];
+  started: TakeoverReport['vms'];
+  /** From the first guest stopping to the last running at the target. */
+  downtimeSeconds: number;
+  /** Replication runs the other way now (else `haven dr resync` at the target, and why). */
+  reversed: boolean;
+  reverseError?: string;
 }
 
 /**
- * Disaster recovery operations of a site over its replication groups (issue 17). A takeover runs
- * at the site holding a replica when the source site is lost: the chosen checkpoint becomes the
- * site's own volumes (the group's gateway stops for good), the group's VMs — as the source
- * described them — are defined here over those volumes with the networks mapped, and started in
- * the group's order. The source, once back, learns it was taken over and keeps its VMs stopped
- * (replication-failover.ts: fencing).
+ * Disaster recovery operations of a site over its replication groups (issue 17; decision 0015):
+ * a takeover at the site holding a replica when the source is lost, the resync back after it,
+ * and the planned migrate (run at the source: stop the guests, drain to a final checkpoint,
+ * verify, promote at the target, start there, replicate back) — failback is a migrate back.
  */
 export class SiteDr extends SiteDomain {
+  private readonly host: TakeoverHost;
+
   constructor(
     parts: SiteParts,
     private readonly replication: SiteReplication,
     private readonly links: PeerLinks,
   ) {
     super(parts);
+    this.host = { replication, compute: this.compute, storage: this.storage };
+    links.handle('dr.promote', (peer, args) => this.promoteFor(peer, args));
+    links.handle('dr.reverse', (peer, args) => this.reverseFor(peer, args));
   }
 
   /** Checks everything first (nothing changes on a refusal), then runs the takeover as a job. */
   async takeover(actor: Actor, req: TakeoverRequest): Promise<Job> {
-    const { peer, config } = this.replication.replicaOf(req.group);
-    const cp = this.replication.checkpointOf(req.group, req.checkpoint);
-    if (!config.vms?.length)
-      throw conflict(
-        `replication group ${req.group}: site ${peer} never described its VMs to this site (an older Haven, or not since); start its daemon once, or define the VMs by hand over clones of a checkpoint`,
-      );
-    const vms = config.vms.map((v) => ({ name: v.name, definition: this.mapped(v.definition, config, req) }));
-    for (const v of vms)
-      if (this.compute.listVms().some((x) => x.name === v.name))
-        throw conflict(`a VM named ${v.name} exists at this site already: delete or rename it first`);
-    const peerReachable = await this.reachable(peer);
+    const plan = planTakeover(this.host, req);
+    const peerReachable = await this.reachable(plan.peer);
     if (peerReachable && !req.force)
       throw conflict(
-        `site ${peer} answers: a takeover now would let group ${req.group} run at both sites; stop its VMs there and migrate, or take over with --force (the source then fences itself as soon as it asks)`,
+        `site ${plan.peer} answers: a takeover now would let group ${req.group} run at both sites; stop its VMs there and migrate, or take over with --force (the source then fences itself as soon as it asks)`,
       );
-    const startedAt = new Date();
-    return this.jobs.start({ kind: 'dr.takeover', target: req.group, actor }, async (ctx) => {
-      ctx.log(
-        `taking over group ${req.group} from site ${peer} (${peerReachable ? 'reachable, forced' : 'unreachable'}) at checkpoint ${cp.seq}${cp.name ? ` (${cp.name})` : ''} of ${cp.time}`,
-      );
-      await this.replication.promote(req.group, cp);
-      ctx.log(`replica volumes ${config.volumes.join(', ')} promoted to checkpoint ${cp.seq}`);
-      const report: TakeoverReport['vms'] = [];
-      for (const v of vms) {
-        this.compute.createVm(v.name, v.definition);
-        ctx.log(`VM ${v.name} defined`);
-        if (req.start === false) {
-          report.push({ name: v.name, state: 'defined' });
-          continue;
-        }
-        ctx.signal.throwIfAborted();
-        this.compute.beginStart(v.name);
-        try {
-          const vm = await this.compute.launch(v.name);
-          ctx.log(`VM ${v.name} running (QEMU pid ${vm.pid})`);
-          report.push({ name: v.name, state: vm.state, startedAt: new Date().toISOString() });
-        } catch (err) {
-          throw new Error(`VM ${v.name} did not start: ${errorMessage(err)}`, { cause: err });
-        }
-      }
-      const endedAt = new Date();
-      const result: TakeoverReport = {
-        group: req.group,
-        from: peer,
-        peerReachable,
-        checkpoint: cp,
-        dataAgeSeconds: round((startedAt.getTime() - Date.parse(cp.time)) / 1000),
-        vms: report,
-        startedAt: startedAt.toISOString(),
-        endedAt: endedAt.toISOString(),
-        elapsedSeconds: round((endedAt.getTime() - startedAt.getTime()) / 1000),
-      };
-      return result;
-    });
+    return this.jobs.start({ kind: 'dr.takeover', target: req.group, actor }, (ctx) =>
+      runTakeover(this.host, plan, { start: req.start !== false, peerReachable }, ctx),
+    );
   }
 
   /**
    * Resync after a takeover: the group replicates back from this site to its old source (which
    * must answer), sending only the extents whose checksums differ; it runs as replication does,
-   * `haven replication show` follows it. Failback is then a migrate back.
+   * `haven replication show` follows it.
    */
   resync(actor: Actor, group: string, opts: { rpoSeconds?: number } = {}): Promise<ReplicationGroupAnswer> {
     return this.replication.reverse(actor, group, opts);
   }
 
-  /** The source's definition at this site: disks on the replica volumes, NICs on mapped networks. */
-  private mapped(
-    def: VmDefinition,
-    config: { sourceVolumes: string[]; volumes: string[] },
-    req: TakeoverRequest,
-  ): VmDefinition {
-    const disks = def.disks.map((d) => {
-      const i = config.sourceVolumes.indexOf(d.volume);
-      const volume = i >= 0 ? config.volumes[i]! : d.volume;
-      if (i < 0 && !this.storage.listVolumes().some((v) => v.name === volume))
-        throw conflict(
-          `disk ${d.volume} is not replicated (read-only at the source) and no volume of that name is at this site: import it first`,
+  /** A planned migrate of a group replicated from this site to its target, with no data lost. */
+  async migrate(actor: Actor, req: MigrateRequest): Promise<Job> {
+    const { peer, config, runner } = this.replication.sourceOf(req.group);
+    const state = runner.gateway.status();
+    if (state.mode !== 'replicating' || state.link !== 'up')
+      throw conflict(
+        `replication group ${req.group} is ${state.mode === 'replicating' ? 'replicating but its link is down' : state.mode}: a migrate needs the replica current and the link up${state.mode === 'initial-sync' || state.mode === 'resyncing' ? ' (wait for the sync to complete)' : ''}`,
+      );
+    if (!(await this.reachable(peer)))
+      throw conflict(
+        `site ${peer} does not answer: a migrate needs both sites; if this site is being lost, take over at ${peer}`,
+      );
+    const grace = req.graceSeconds ?? 60;
+    if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
+    return this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, (ctx) =>
+      this.runMigrate(req, peer, config.vms, grace, ctx),
+    );
+  }
+
+  private async runMigrate(
+    req: MigrateRequest,
+    peer: string,
+    vms: string[],
+    grace: number,
+    ctx: JobContext,
+  ): Promise<MigrateReport> {
+    const group = req.group;
+    const stopped: MigrateReport['stopped'] = [];
+    const firstStop = Date.now();
+    // Stopped in reverse order (the last to start, the first to stop).
+    for (const vm of [...vms].reverse()) {
+      if (this.compute.vm(vm).state !== 'running') continue;
+      ctx.log(`stopping VM ${vm} (ACPI power-off, hard after ${grace} s)`);
+      const before = Date.now();
+      await this.compute.stop(vm, { graceMs: grace * 1000 });
+      stopped.push({
+        name: vm,
+        stoppedAt: new Date().toISOString(),
+        forced: Date.now() - before >= grace * 1000,
+      });
+    }
+    const restart = async (why: string) => {
+      for (const s of [...stopped].reverse())
+        try {
+          this.compute.beginStart(s.name);
+          await this.compute.launch(s.name);
+        } catch (err) {
+          ctx.log(`VM ${s.name} could not be started again here: ${errorMessage(err)}`, 'error');
+        }
+      ctx.log(`migrate stopped before the switch (${why}); the VMs run here again`, 'error');
+    };
+    let switched = false;
+    try {
+      const { runner } = this.replication.sourceOf(group);
+      const seq = runner.gateway.checkpoint('migrate');
+      if (seq === undefined)
+        throw conflict(`replication group ${group} stopped replicating during the migrate`);
+      ctx.log(`final checkpoint ${seq}: waiting for site ${peer} to apply it`);
+      await runner.gateway.waitApplied(seq, 10 * 60_000);
+      let at = seq;
+      if (req.verify !== false) {
+        const report = await runner.gateway.verify();
+        if (report.differences.length)
+          throw new HavenError(
+            'CORRUPT',
+            `the replica differs from the source at the final checkpoint in ${report.differences.length} range(s): repair it (haven replication verify ${group} --repair) and migrate again`,
+          );
+        ctx.log(`replica verified equal at checkpoint ${report.checkpoint} (${report.comparedBytes} bytes)`);
+        at = report.checkpoint;
+      }
+      ctx.progress(0, 0, 'promote at the target');
+      let started: TakeoverReport;
+      try {
+        started = (await this.links.call(
+          peer,
+          'dr.promote',
+          { group, checkpoint: String(at), ...(req.networkMap ? { networkMap: req.networkMap } : {}) },
+          { timeoutMs: 10 * 60_000 },
+        )) as TakeoverReport;
+      } catch (err) {
+        // Did the target switch before the answer was lost? Then restarting here would be split brain.
+        const role = (await this.links
+          .call(peer, 'replication.role', { group }, { timeoutMs: 5000 })
+          .catch(() => undefined)) as { takenOver?: { checkpoint: number } } | undefined;
+        if (role?.takenOver) {
+          await this.replication.fenceForMigrate(group, role.takenOver.checkpoint);
+          throw new HavenError(
+            'TIMEOUT',
+            `site ${peer} took group ${group} over but its answer was lost (${errorMessage(err)}): the VMs run there; this site is fenced; run haven dr resync ${group} at ${peer}`,
+          );
+        }
+        if (!role) {
+          switched = true; // unknown: never restart here blindly
+          throw new HavenError(
+            'TIMEOUT',
+            `site ${peer} stopped answering during the switch (${errorMessage(err)}): the VMs are stopped here; if ${peer} runs group ${group} (haven replication show ${group} there), leave them stopped, else start them here again`,
+          );
+        }
+        throw err; // the target refused: nothing changed there
+      }
+      switched = true;
+      const downtimeSeconds = round((Date.parse(started.endedAt) - firstStop) / 1000);
+      ctx.log(`site ${peer} runs ${started.vms.map((v) => v.name).join(', ')} from checkpoint ${at}`);
+      // From here the group is the target's: this site must never run it again unasked.
+      await this.replication.fenceForMigrate(group, at);
+      let reverseError: string | undefined;
+      try {
+        await this.links.call(peer, 'dr.reverse', { group }, { timeoutMs: 60_000 });
+        ctx.log(`replication runs from site ${peer} to this site now`);
+      } catch (err) {
+        reverseError = errorMessage(err);
+        ctx.log(
+          `replication back was not started (${reverseError}): run haven dr resync ${group} at ${peer}`,
+          'warning',
         );
-      return { ...d, volume };
-    });
-    const nics = def.nics.map((n) => {
-      const network = req.networkMap?.[n.network] ?? n.network;
-      if (!this.compute.listNetworks().some((x) => x.name === network))
-        throw invalidArgument(
-          `network ${network}${network !== n.network ? ` (mapped from ${n.network})` : ''} does not exist at this site: create it or map ${n.network} to one with --network-map ${n.network}=NAME`,
-        );
-      return { network };
-    });
-    return { ...def, disks, nics };
+      }
+      return {
+        group,
+        from: started.from,
+        to: peer,
+        checkpoint: started.checkpoint,
+        verified: req.verify !== false,
+        stopped,
+        started: started.vms,
+        downtimeSeconds,
+        reversed: reverseError === undefined,
+        ...(reverseError ? { reverseError } : {}),
+      };
+    } catch (err) {
+      if (!switched && !this.replication.fencedGroupOfVm(vms[0]!)) await restart(errorMessage(err));
+      throw err;
+    }
+  }
+
+  /** The source of a group asks this site (its target) to promote and start it: a migrate's switch. */
+  private async promoteFor(peer: LinkPeer, raw: unknown): Promise<TakeoverReport> {
+    const a = raw as { group?: unknown; checkpoint?: unknown; networkMap?: unknown } | null;
+    if (typeof a?.group !== 'string' || typeof a.checkpoint !== 'string')
+      throw invalidArgument('dr.promote: a group and a checkpoint');
+    const map = a.networkMap;
+    if (
+      map !== undefined &&
+      (typeof map !== 'object' || map === null || Object.values(map).some((v) => typeof v !== 'string'))
+    )
+      throw invalidArgument('dr.promote: networkMap');
+    const req: TakeoverRequest = {
+      group: a.group,
+      checkpoint: a.checkpoint,
+      ...(map ? { networkMap: map as Record<string, string> } : {}),
+    };
+    const plan = planTakeover(this.host, req);
+    if (plan.peer !== peer.name)
+      throw conflict(`replication group ${req.group} is replicated here from ${plan.peer}, not ${peer.name}`);
+    const job = this.jobs.start(
+      { kind: 'dr.takeover', target: req.group, actor: `site:${peer.name}` },
+      (ctx) => runTakeover(this.host, plan, { start: true, peerReachable: true }, ctx),
+    );
+    const end = await this.jobs.wait(job.id);
+    if (end.state !== 'succeeded')
+      throw new HavenError(
+        end.errorCode ?? 'INTERNAL',
+        `the takeover at this site failed: ${end.error ?? end.state}`,
+      );
+    return end.result as TakeoverReport;
+  }
+
+  /** After a migrate's switch, the old source asks this site to replicate back to it. */
+  private async reverseFor(peer: LinkPeer, raw: unknown): Promise<{ group: string }> {
+    const group = (raw as { group?: unknown } | null)?.group;
+    if (typeof group !== 'string') throw invalidArgument('dr.reverse: a group');
+    const { peer: from } = this.replication.show(group);
+    if (from !== peer.name) throw conflict(`replication group ${group} is not shared with site ${peer.name}`);
+    await this.replication.reverse(`site:${peer.name}`, group);
+    log.info({ group, to: peer.name }, 'replicating back after a migrate');
+    return { group };
   }
 
   private async reachable(peer: string): Promise<boolean> {
@@ -154,5 +272,3 @@ export class SiteDr extends SiteDomain {
     }
   }
 }
-
-const round = (n: number) => Math.round(n * 1000) / 1000;

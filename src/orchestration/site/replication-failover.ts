@@ -144,13 +144,16 @@ export class FenceWatch {
     clearInterval(this.timer);
   }
 
-  private async fence(
+  /** Fences group `name` (its target `peer` took it over): see the class. */
+  async fence(
     name: string,
     peer: string,
     config: SourceConfig,
     takenOver: NonNullable<RoleAnswer['takenOver']>,
   ): Promise<void> {
     await this.host.stopRunner(name);
+    const g = this.host.groups.find(name);
+    if (g?.role === 'source') config = g.config; // the newest record
     this.host.groups.setConfig(name, {
       ...config,
       fenced: { at: now(), by: peer, takenOverAt: takenOver.at, checkpoint: takenOver.checkpoint },

@@ -260,6 +260,25 @@ export class SiteReplication extends SiteDomain {
     );
   }
 
+  /** A group replicated from this site, as a migrate needs it: its config and running gateway. */
+  sourceOf(name: string): { peer: string; config: SourceConfig; runner: SourceRunner } {
+    const g = this.groups.get(name);
+    if (g.role !== 'source')
+      throw conflict(
+        `replication group ${name} is replicated to this site from ${g.peer}: migrate it from there`,
+      );
+    if (g.config.fenced)
+      throw conflict(`replication group ${name} was taken over by site ${g.config.fenced.by}: it runs there`);
+    return { peer: g.peer, config: g.config, runner: this.source(name) };
+  }
+
+  /** A planned switch: this site gave the group to its target, which promoted `checkpoint`. */
+  fenceForMigrate(name: string, checkpoint: number): Promise<void> {
+    const g = this.groups.get(name);
+    if (g.role !== 'source') throw conflict(`replication group ${name} is not replicated from this site`);
+    return this.fences.fence(name, g.peer, g.config, { at: now(), checkpoint });
+  }
+
   /** Promotes the replica of a group at `cp` (a takeover): see replication-failover.ts. */
   promote(name: string, cp: CheckpointAnswer): Promise<TargetConfig> {
     return promote(this.failover, name, cp);

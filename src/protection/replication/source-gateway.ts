@@ -504,7 +504,7 @@ export class SourceGateway {
   }
 
   /** Resolves once the target has applied checkpoint `seq` (or a later one). */
-  private async waitApplied(seq: number, timeoutMs: number): Promise<void> {
+  async waitApplied(seq: number, timeoutMs: number): Promise<void> {
     const deadline = performance.now() + timeoutMs;
     while ((this.applied?.seq ?? 0) < seq) {
       const left = deadline - performance.now();
