@@ -214,6 +214,38 @@ test('checkpoints past the window are deleted with their snapshots; the newest a
   assert.deepEqual(new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path).history, applier.history);
 });
 
+test('a checkpoint with a clone stays past the window (no failed apply) and goes once the clone is deleted; a restart keeps it too', async (t) => {
+  const dir = tempDir();
+  const storage = target(dir.path);
+  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'), { segmentBytes: 8 * 1024 });
+  t.after(async () => {
+    await journal.close();
+    storage.close();
+    dir.cleanup();
+  });
+  const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path, { keepMs: 10_000 });
+  const checkpointAt = (time: number) =>
+    journal.append(RecordKind.checkpoint, 0, 0, 0, [Buffer.from(JSON.stringify({ time }))]);
+  journal.append(RecordKind.write, 0, 0, BLOCK, [Buffer.alloc(BLOCK, 7)]);
+  checkpointAt(1_000_000);
+  await applier.apply();
+  const first = applier.history[0]!;
+  // Someone reads the first checkpoint through a clone (checkReplica, a rehearsal, a recovery).
+  storage.clone('ra', first.snapshot, 'reader');
+  checkpointAt(2_000_000);
+  await applier.apply(); // past the window: without the pin, deleting cp-1 of ra throws here
+  assert.deepEqual(
+    applier.history.map((c) => c.seq),
+    [first.seq, applier.history.at(-1)!.seq],
+  );
+  assert.deepEqual(new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path).history, applier.history);
+  storage.deleteVolume('reader');
+  checkpointAt(3_000_000);
+  await applier.apply();
+  assert.equal(applier.history.length, 1);
+  assert.ok(!storage.listSnapshots('ra').some((s) => s.name.endsWith(first.snapshot)), 'its snapshot went');
+});
+
 test('a stretch without a checkpoint larger than the target journal: release lets go of what the replicas hold; a restart re-applies from the oldest record held; the next checkpoint equals the source', async (t) => {
   const dir = tempDir();
   const src = new SourceGroup(dir.path, VOLUMES, SIZE);

@@ -134,10 +134,15 @@ export class ReplicaApplier {
       ...(info.name ? { name: info.name } : {}),
     };
     this.checkpoints.push(cp);
-    const expired = thinCheckpoints(this.checkpoints, {
+    let expired = thinCheckpoints(this.checkpoints, {
       keepMs: this.opts.keepMs ?? 3_600_000,
       ...(this.opts.denseMs !== undefined ? { denseMs: this.opts.denseMs } : {}),
     });
+    if (expired.length) {
+      // A checkpoint someone cloned (to read it, rehearse, recover) stays until its clones go.
+      const pinned = this.pinned();
+      expired = expired.filter((c) => !this.volumes.some((v) => pinned.has(`${v}@${c.snapshot}`)));
+    }
     const gone = new Set(expired);
     this.checkpoints = this.checkpoints.filter((c) => !gone.has(c));
     this.save();
@@ -168,11 +173,20 @@ export class ReplicaApplier {
    */
   private dropOrphans(upTo: number): void {
     const named = new Set(this.checkpoints.map((c) => c.snapshot));
+    const pinned = this.pinned();
     for (const v of this.volumes)
       for (const s of this.storage.listSnapshots(v)) {
         const m = /^cp-(\d+)$/.exec(s.name);
-        if (m && Number(m[1]) <= upTo && !named.has(s.name)) this.storage.deleteSnapshot(v, s.name);
+        if (m && Number(m[1]) <= upTo && !named.has(s.name) && !pinned.has(`${v}@${s.name}`))
+          this.storage.deleteSnapshot(v, s.name);
       }
+  }
+
+  /** Snapshots that clones were made from ("volume@snapshot"): they cannot be deleted yet. */
+  private pinned(): Set<string> {
+    const out = new Set<string>();
+    for (const v of this.storage.listVolumes()) if (v.origin) out.add(v.origin);
+    return out;
   }
 
   private save(): void {
