@@ -1,4 +1,7 @@
-import { invalidArgument } from '../../common/index.js';
+import { connect } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { HavenError, invalidArgument } from '../../common/index.js';
+import type { ComputeService } from './compute.js';
 
 /**
  * How a recoverability check knows the recovered guest is up:
@@ -38,4 +41,77 @@ export function parseHeartbeat(spec: string | undefined): Heartbeat {
     return { kind: 'tcp', host: m[1].replace(/^\[|\]$/g, ''), port };
   }
   throw invalidArgument(`heartbeat "${s}" is not agent, console:REGEX or tcp:HOST:PORT`);
+}
+
+const POLL_MS = 250;
+const CONSOLE_BYTES = 256 * 1024;
+
+export function describeHeartbeat(hb: Heartbeat): string {
+  return hb.kind === 'agent'
+    ? 'guest agent ping'
+    : hb.kind === 'console'
+      ? `console /${hb.source}/`
+      : `tcp ${hb.host}:${hb.port}`;
+}
+
+/**
+ * Resolves with what was seen once VM `vm` shows heartbeat `hb`; rejects with why not as soon as
+ * it is clear — the VM stopped, `failIf` names a reason (CORRUPT), or the time ran out (TIMEOUT).
+ */
+export async function waitForHeartbeat(
+  compute: ComputeService,
+  vm: string,
+  hb: Heartbeat,
+  opts: { timeoutSeconds: number; signal: AbortSignal; failIf?: () => string | undefined },
+): Promise<string> {
+  const started = Date.now();
+  const deadline = started + opts.timeoutSeconds * 1000;
+  const since = () => `${((Date.now() - started) / 1000).toFixed(1)} s`;
+  for (;;) {
+    opts.signal.throwIfAborted();
+    const reason = opts.failIf?.();
+    if (reason) throw new HavenError('CORRUPT', reason);
+    const v = compute.vm(vm);
+    if (v.state !== 'running' && v.state !== 'starting')
+      throw new HavenError(
+        'CORRUPT',
+        `VM ${vm} ${v.state} before the heartbeat${v.stateReason ? `: ${v.stateReason}` : ''}`,
+      );
+    if (await beat(compute, vm, hb)) return `heartbeat ${describeHeartbeat(hb)} after ${since()}`;
+    if (Date.now() >= deadline)
+      throw new HavenError(
+        'TIMEOUT',
+        `no heartbeat (${describeHeartbeat(hb)}) of VM ${vm} within ${opts.timeoutSeconds} s`,
+      );
+    await sleep(POLL_MS, undefined, { signal: opts.signal }).catch(() => undefined);
+  }
+}
+
+async function beat(compute: ComputeService, vm: string, hb: Heartbeat): Promise<boolean> {
+  if (hb.kind === 'console') return hb.pattern.test(compute.consoleLog(vm, CONSOLE_BYTES));
+  if (hb.kind === 'agent') {
+    try {
+      const agent = await compute.guestAgent(vm, 2000);
+      try {
+        await agent.execute('guest-ping', undefined, 2000);
+        return true;
+      } finally {
+        agent.close();
+      }
+    } catch (err) {
+      if (err instanceof HavenError && err.code === 'UNSUPPORTED')
+        throw new HavenError('CORRUPT', err.message);
+      return false;
+    }
+  }
+  return new Promise((resolve) => {
+    const s = connect({ host: hb.host, port: hb.port, timeout: 2000 });
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.once('connect', () => done(true));
+    s.once('timeout', () => done(false));
+    s.once('error', () => done(false));
+  });
 }

@@ -1,9 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { accessSync, constants, mkdirSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   HavenError,
   conflict,
@@ -15,7 +13,7 @@ import {
 } from '../../common/index.js';
 import { openRepository, repoAccess } from '../../protection/index.js';
 import { checkName } from '../../storage/index.js';
-import { parseHeartbeat, type Heartbeat } from './check-heartbeat.js';
+import { parseHeartbeat, waitForHeartbeat, type Heartbeat } from './check-heartbeat.js';
 import { now, selectNewest, type Db } from './database.js';
 import { SiteDomain, type Actor, type SiteParts } from './domain.js';
 import type { Job, JobContext } from './jobs.js';
@@ -25,7 +23,6 @@ const log = logger('checks');
 /** The console log kept per check: its last 256 KiB. */
 const KEPT_CONSOLE_BYTES = 256 * 1024;
 const DEFAULT_TIMEOUT_SECONDS = 120;
-const POLL_MS = 250;
 
 /** What a recoverability check is asked to do (the scheduler's spec: target = vm, params = the rest). */
 export interface CheckRequest {
@@ -275,60 +272,17 @@ export class SiteChecks extends SiteDomain {
   }
 
   /** Resolves with what was seen; rejects with why not, as soon as it is clear. */
-  private async heartbeat(
-    vm: string,
-    hb: Heartbeat,
-    timeoutSeconds: number,
-    signal: AbortSignal,
-  ): Promise<string> {
-    const started = Date.now();
-    const deadline = started + timeoutSeconds * 1000;
-    const since = () => `${((Date.now() - started) / 1000).toFixed(1)} s`;
-    for (;;) {
-      signal.throwIfAborted();
+  private heartbeat(vm: string, hb: Heartbeat, timeoutSeconds: number, signal: AbortSignal): Promise<string> {
+    return waitForHeartbeat(this.compute, vm, hb, {
+      timeoutSeconds,
+      signal,
       // The backup itself failing to read is the clearest reason there is.
-      const re = this.recovery.readError(vm);
-      if (re)
-        throw failed(
-          `the backup could not be read: disk ${re.disk} at offset ${re.offset}: ${re.message} (${re.failedReads} failed read${re.failedReads === 1 ? '' : 's'})`,
-        );
-      const v = this.compute.vm(vm);
-      if (v.state !== 'running' && v.state !== 'starting')
-        throw failed(
-          `the recovered VM ${v.state} before the heartbeat${v.stateReason ? `: ${v.stateReason}` : ''}`,
-        );
-      if (await this.beat(vm, hb)) return `heartbeat ${describe(hb)} after ${since()}`;
-      if (Date.now() >= deadline)
-        throw failed(`no heartbeat (${describe(hb)}) within ${timeoutSeconds} s`, 'TIMEOUT');
-      await sleep(POLL_MS, undefined, { signal }).catch(() => undefined);
-    }
-  }
-
-  private async beat(vm: string, hb: Heartbeat): Promise<boolean> {
-    if (hb.kind === 'console') return hb.pattern.test(this.compute.consoleLog(vm, KEPT_CONSOLE_BYTES));
-    if (hb.kind === 'agent') {
-      try {
-        const agent = await this.compute.guestAgent(vm, 2000);
-        try {
-          await agent.execute('guest-ping', undefined, 2000);
-          return true;
-        } finally {
-          agent.close();
-        }
-      } catch (err) {
-        if (err instanceof HavenError && err.code === 'UNSUPPORTED') throw failed(err.message);
-        return false;
-      }
-    }
-    return new Promise((resolve) => {
-      const s = connect({ host: hb.host, port: hb.port, timeout: 2000 });
-      const done = (ok: boolean) => {
-        s.destroy();
-        resolve(ok);
-      };
-      s.once('connect', () => done(true));
-      s.once('timeout', () => done(false));
-      s.once('error', () => done(false));
+      failIf: () => {
+        const re = this.recovery.readError(vm);
+        return re
+          ? `the backup could not be read: disk ${re.disk} at offset ${re.offset}: ${re.message} (${re.failedReads} failed read${re.failedReads === 1 ? '' : 's'})`
+          : undefined;
+      },
     });
   }
 
@@ -441,14 +395,6 @@ export class SiteChecks extends SiteDomain {
   private runningFor(vm: string): boolean {
     return !!this.db.prepare("SELECT 1 FROM recovery_checks WHERE vm = ? AND state = 'running'").get(vm);
   }
-}
-
-function describe(hb: Heartbeat): string {
-  return hb.kind === 'agent'
-    ? 'guest agent ping'
-    : hb.kind === 'console'
-      ? `console /${hb.source}/`
-      : `tcp ${hb.host}:${hb.port}`;
 }
 
 function toCheck(r: CheckRow): RecoveryCheck {
