@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import type { MigrateRequest, Site, TakeoverRequest } from '../orchestration/index.js';
+import type { MigrateRequest, RehearsalRequest, Site, TakeoverRequest } from '../orchestration/index.js';
 import * as s from './schemas.js';
 
 type Name = { name: string };
@@ -38,6 +38,17 @@ const migrateBody = {
       description: 'verify the replica at the final checkpoint first (default true)',
     },
     networkMap: takeoverBody.properties.networkMap,
+  },
+} as const;
+
+const rehearseBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    checkpoint: takeoverBody.properties.checkpoint,
+    heartbeat: { type: 'string', description: 'agent (default), console:REGEX or tcp:HOST:PORT' },
+    timeoutSeconds: { type: 'number', minimum: 1, description: 'for each heartbeat (default 120)' },
+    network: { ...s.name, description: 'an existing network for every NIC (default: an isolated one made)' },
   },
 } as const;
 
@@ -112,5 +123,32 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
           group: (req.params as Name).name,
         }),
       ),
+  );
+  api.post(
+    '/dr/groups/:name/rehearse',
+    {
+      schema: {
+        tags,
+        summary:
+          'rehearse a failover of a group replicated here: clones of a checkpoint, its VMs started on an isolated network and checked, production and replication untouched (a job; they stay up until cleanup)',
+        params: s.nameParam,
+        body: rehearseBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply.code(202).send(
+        site.dr.rehearse(req.actor, {
+          ...((req.body as Omit<RehearsalRequest, 'group'> | undefined) ?? {}),
+          group: (req.params as Name).name,
+        }),
+      ),
+  );
+  api.post(
+    '/dr/groups/:name/cleanup',
+    {
+      schema: { tags, summary: "remove every trace of a group's rehearsal", params: s.nameParam },
+    },
+    async (req) => site.dr.cleanup(req.actor, (req.params as Name).name),
   );
 }

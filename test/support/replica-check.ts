@@ -19,7 +19,7 @@ export async function streamingVm(
   s: TestSite,
   name: string,
   seed: number,
-  opts: { len?: string; slots?: number; rate?: number } = {},
+  opts: { len?: string; slots?: number; rate?: number; nics?: string[] } = {},
 ) {
   for (const d of ['a', 'b']) await s.haven('volume', 'create', `${name}-${d}`, '--size', '16M');
   const g = ensureGuest();
@@ -32,6 +32,7 @@ export async function streamingVm(
     `${name}-a`,
     '--disk',
     `${name}-b`,
+    ...(opts.nics ?? []).flatMap((n) => ['--nic', n]),
     '--kernel',
     g.kernel,
     '--initrd',

@@ -3,6 +3,7 @@ import { invalidArgument } from '../../common/index.js';
 import type {
   Job,
   MigrateReport,
+  RehearsalReport,
   ReplicationGroupAnswer,
   TakeoverReport,
 } from '../../orchestration/index.js';
@@ -141,4 +142,66 @@ export function registerDr(program: Command): void {
         );
       },
     );
+
+  apiOptions(dr.command('rehearse'))
+    .description(
+      "rehearse a failover at this site (holding the replica): clones of a checkpoint, the group's VMs as NAME-rehearsal on an isolated network, each checked; replication and production go on; they stay up until dr cleanup",
+    )
+    .argument('<group>', 'a group replicated to this site')
+    .option('--checkpoint <which>', 'newest (default), a sequence number, or a checkpoint name')
+    .option('--heartbeat <how>', 'agent, console:REGEX or tcp:HOST:PORT', 'agent')
+    .option('--timeout <duration>', 'for each heartbeat', '120s')
+    .option('--network <name>', 'an existing network for every NIC (default: an isolated one made)')
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        group: string,
+        o: ApiOpts & {
+          json?: boolean;
+          wait: boolean;
+          checkpoint?: string;
+          heartbeat: string;
+          timeout: string;
+          network?: string;
+        },
+      ) =>
+        runJob(
+          o,
+          (c) =>
+            c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/rehearse`, {
+              heartbeat: o.heartbeat,
+              timeoutSeconds: parseDuration(o.timeout, '--timeout'),
+              ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
+              ...(o.network ? { network: o.network } : {}),
+            }),
+          (j) => {
+            const r = j.result as RehearsalReport;
+            return fields([
+              ['group', `${r.group}: rehearsal at checkpoint ${r.checkpoint.seq} of ${r.checkpoint.time}`],
+              ['network', r.network ?? 'none'],
+              ...r.vms.map((v): [string, string] => [
+                v.name,
+                `${v.passed ? 'passed' : 'FAILED'}: ${v.detail}`,
+              ]),
+              ['next', `haven dr cleanup ${r.group}`],
+            ]);
+          },
+        ),
+    );
+
+  apiOptions(dr.command('cleanup'))
+    .description("remove every trace of a group's rehearsal (VMs, clones, its network)")
+    .argument('<group>')
+    .option('--json', 'print JSON')
+    .action(async (group: string, o: ApiOpts & { json?: boolean }) => {
+      const r = await connect(o).post<{ group: string; removed: string[] }>(
+        `/dr/groups/${encodeURIComponent(group)}/cleanup`,
+      );
+      printResult(
+        !!o.json,
+        r,
+        () => `rehearsal of ${r.group} cleaned up: ${r.removed.join(', ') || 'nothing was left'}`,
+      );
+    });
 }

@@ -13,7 +13,16 @@ import {
   type TakeoverRequest,
 } from './dr-takeover.js';
 
+import {
+  cleanupRehearsal,
+  planRehearsal,
+  runRehearsal,
+  type RehearsalHost,
+  type RehearsalRequest,
+} from './dr-rehearsal.js';
+
 export type { TakeoverReport, TakeoverRequest } from './dr-takeover.js';
+export type { RehearsalReport, RehearsalRequest } from './dr-rehearsal.js';
 
 const log = logger('dr');
 
@@ -51,7 +60,7 @@ export interface MigrateReport {
  * verify, promote at the target, start there, replicate back) — failback is a migrate back.
  */
 export class SiteDr extends SiteDomain {
-  private readonly host: TakeoverHost;
+  private readonly host: TakeoverHost & RehearsalHost;
 
   constructor(
     parts: SiteParts,
@@ -59,7 +68,7 @@ export class SiteDr extends SiteDomain {
     private readonly links: PeerLinks,
   ) {
     super(parts);
-    this.host = { replication, compute: this.compute, storage: this.storage };
+    this.host = { replication, compute: this.compute, storage: this.storage, exports: this.exports };
     links.handle('dr.promote', (peer, args) => this.promoteFor(peer, args));
     links.handle('dr.reverse', (peer, args) => this.reverseFor(peer, args));
   }
@@ -75,6 +84,39 @@ export class SiteDr extends SiteDomain {
     return this.jobs.start({ kind: 'dr.takeover', target: req.group, actor }, (ctx) =>
       runTakeover(this.host, plan, { start: req.start !== false, peerReachable }, ctx),
     );
+  }
+
+  /**
+   * A rehearsal at the site holding the replica (dr-rehearsal.ts), as a job: a heartbeat that
+   * fails fails it (the VMs stay up to look at); replication and production go on untouched.
+   */
+  rehearse(actor: Actor, req: RehearsalRequest): Job {
+    const record = planRehearsal(this.host, req);
+    return this.jobs.start({ kind: 'dr.rehearse', target: req.group, actor }, async (ctx) => {
+      const report = await runRehearsal(this.host, req, record, ctx);
+      if (!report.passed)
+        throw new HavenError(
+          'CORRUPT',
+          `rehearsal of group ${req.group} failed: ${report.vms
+            .filter((v) => !v.passed)
+            .map((v) => `${v.name}: ${v.detail}`)
+            .join('; ')} (its VMs stay up until haven dr cleanup ${req.group})`,
+        );
+      return report;
+    });
+  }
+
+  /** Removes every trace of a group's rehearsal. */
+  async cleanup(actor: Actor, group: string): Promise<{ group: string; removed: string[] }> {
+    const r = await cleanupRehearsal(this.host, group);
+    this.events.append({
+      actor,
+      action: 'dr.cleanup',
+      target: group,
+      outcome: 'ok',
+      message: `rehearsal of group ${group} cleaned up: ${r.removed.join(', ') || 'nothing was left'}`,
+    });
+    return r;
   }
 
   /**

@@ -15,4 +15,12 @@ export type { ChannelHandler } from './peer-link.js';
 export type { PeerOperation } from './peer-rpc.js';
 export type { EnableReplicationRequest, ReplicationGroupAnswer, SiteReplication } from './replication.js';
 export type { CheckpointAnswer, SourceGroupStatus, TargetGroupStatus } from './replication-runners.js';
-export type { SiteDr, MigrateReport, MigrateRequest, TakeoverRequest, TakeoverReport } from './dr.js';
+export type {
+  SiteDr,
+  MigrateReport,
+  MigrateRequest,
+  RehearsalReport,
+  RehearsalRequest,
+  TakeoverRequest,
+  TakeoverReport,
+} from './dr.js';

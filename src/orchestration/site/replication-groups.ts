@@ -56,6 +56,19 @@ export interface TargetConfig {
   vms?: ReplicatedVm[];
   /** This site took the group over: the replica volumes hold that checkpoint and are its own now. */
   takenOver?: { at: string; checkpoint: RecoveredCheckpoint };
+  /** A rehearsal's VMs, clones and network at this site, until its cleanup. */
+  rehearsal?: RehearsalRecord;
+}
+
+/** What a rehearsal made (recorded before it is made, so that a cleanup finds a half-made one). */
+export interface RehearsalRecord {
+  startedAt: string;
+  checkpoint: RecoveredCheckpoint;
+  vms: { name: string; of: string }[];
+  volumes: string[];
+  network?: string;
+  /** The network was made for the rehearsal (and goes with its cleanup). */
+  madeNetwork: boolean;
 }
 
 export type GroupRow =

@@ -10,6 +10,7 @@ import {
   ReplicationGroups,
   type GroupRow,
   type RecoveredCheckpoint,
+  type RehearsalRecord,
   type ReplicatedVm,
   type SourceConfig,
   type TargetConfig,
@@ -220,6 +221,10 @@ export class SiteReplication extends SiteDomain {
       throw conflict(
         `replication group ${name} was taken over already, at ${g.config.takenOver.at} (checkpoint ${g.config.takenOver.checkpoint.seq})`,
       );
+    if (g.config.rehearsal)
+      throw conflict(
+        `replication group ${name} has a rehearsal running since ${g.config.rehearsal.startedAt}: clean it up first (haven dr cleanup ${name})`,
+      );
     const runner = this.targets.get(name);
     return { peer: g.peer, config: g.config, checkpoints: runner ? runner.checkpoints() : [] };
   }
@@ -277,6 +282,20 @@ export class SiteReplication extends SiteDomain {
     const g = this.groups.get(name);
     if (g.role !== 'source') throw conflict(`replication group ${name} is not replicated from this site`);
     return this.fences.fence(name, g.peer, g.config, { at: now(), checkpoint });
+  }
+
+  /** Records (or, with undefined, forgets) the rehearsal of a group replicated here. */
+  setRehearsal(name: string, rehearsal: RehearsalRecord | undefined): void {
+    const g = this.groups.get(name);
+    if (g.role !== 'target') throw conflict(`replication group ${name} is not replicated to this site`);
+    const { rehearsal: _old, ...rest } = g.config;
+    this.groups.setConfig(name, rehearsal ? { ...rest, rehearsal } : rest);
+  }
+
+  /** The rehearsal of a group replicated here, if one was made and not cleaned up. */
+  rehearsalOf(name: string): RehearsalRecord | undefined {
+    const g = this.groups.get(name);
+    return g.role === 'target' ? g.config.rehearsal : undefined;
   }
 
   /** Promotes the replica of a group at `cp` (a takeover): see replication-failover.ts. */

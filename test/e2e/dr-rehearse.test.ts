@@ -1,0 +1,155 @@
+// A rehearsal at the site holding the replica, while production goes on: site A's guest streams
+// writes over two disks, replicated to B. `haven dr rehearse` at B boots the group's VM from
+// clones of a checkpoint on an isolated network made for it and checks its heartbeat (its console
+// shows it writing again); meanwhile A's guest keeps writing and the RPO stays within its
+// objective. `haven dr cleanup` then leaves no VM, volume or network behind, and replication goes
+// on (a checkpoint the clones came from is released with them).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { eventually, pairedSites, type TestSite } from '../support/sites.js';
+import { guestWrites, replicationGroup, streamingVm } from '../support/replica-check.js';
+
+interface Named {
+  name: string;
+}
+interface RehearseJob {
+  state: string;
+  error?: string;
+  result: {
+    checkpoint: { seq: number };
+    network?: string;
+    vms: { name: string; of: string; passed: boolean; detail: string }[];
+    passed: boolean;
+  };
+}
+interface VmView extends Named {
+  state: string;
+  nics: { network: string }[];
+  disks: { volume: string }[];
+}
+interface NetworkView extends Named {
+  kind: string;
+}
+
+const RPO = 5;
+const names = async (s: TestSite, path: string) =>
+  (await s.api<Named[]>('GET', path)).map((x) => x.name).sort();
+const inventory = async (s: TestSite) => ({
+  vms: await names(s, '/vms'),
+  volumes: await names(s, '/volumes'),
+  networks: await names(s, '/networks'),
+});
+
+test('rehearsal: the VM boots from a checkpoint on an isolated network and passes its heartbeat while production writes within its RPO; cleanup leaves nothing', async (t) => {
+  const { a, b } = await pairedSites(t);
+  // On a production network of A's, which B does not have: the rehearsal puts the NIC on its own.
+  await a.haven('network', 'create', 'prod', '--kind', 'isolated');
+  await streamingVm(a, 'app', 3, { rate: 20, nics: ['prod'] });
+  await a.haven('vm', 'start', 'app');
+  await a.haven(
+    'replication',
+    'enable',
+    'app',
+    '--group',
+    'g',
+    '--to',
+    'site-b',
+    '--pool',
+    'default',
+    '--rpo',
+    `${RPO}s`,
+  );
+  await eventually(
+    'the group replicating',
+    () => replicationGroup(a, 'g'),
+    (g) => g.source?.state === 'replicating' && !!g.source.appliedCheckpoint,
+  );
+  await eventually(
+    'the guest streaming',
+    () => guestWrites(a, 'app'),
+    (w) => w.length >= 5,
+    90_000,
+  );
+  const before = await inventory(b);
+
+  // Refused, changing nothing: at the source, a bad heartbeat, an unknown network.
+  assert.match(await a.havenFails('dr', 'rehearse', 'g'), /replicated from this site to site-b/);
+  assert.match(
+    await b.havenFails('dr', 'rehearse', 'g', '--heartbeat', 'ping'),
+    /heartbeat "ping" is not agent/,
+  );
+  assert.match(await b.havenFails('dr', 'rehearse', 'g', '--network', 'nosuch'), /network nosuch/);
+  assert.match(await b.havenFails('dr', 'cleanup', 'g'), /no rehearsal to clean up/);
+  assert.deepEqual(await inventory(b), before);
+
+  // Production's pace during the rehearsal: RPO samples and the guest's writes.
+  const rpo: number[] = [];
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      const g = await a.api<{ source?: { rpoSeconds?: number } }>('GET', '/replication/groups/g');
+      if (g.source?.rpoSeconds !== undefined) rpo.push(g.source.rpoSeconds);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  })();
+  const writesBefore = (await guestWrites(a, 'app')).length;
+  const out = await b.haven(
+    'dr',
+    'rehearse',
+    'g',
+    '--heartbeat',
+    'console:"event":"write"',
+    '--timeout',
+    '90s',
+    '--json',
+  );
+  const job = JSON.parse(out) as RehearseJob;
+  sampling = false;
+  await sampler;
+  assert.equal(job.state, 'succeeded', job.error);
+  const r = job.result;
+  assert.equal(r.passed, true);
+  assert.deepEqual(
+    r.vms.map((v) => [v.name, v.of, v.passed]),
+    [['app-rehearsal', 'app', true]],
+  );
+  t.diagnostic(
+    `rehearsal: ${r.vms[0]!.detail}; RPO at A during it: max ${Math.max(...rpo).toFixed(2)} s over ${rpo.length} samples`,
+  );
+  const vm = (await b.api<VmView[]>('GET', '/vms')).find((v) => v.name === 'app-rehearsal')!;
+  assert.equal(vm.state, 'running');
+  assert.deepEqual(
+    vm.disks.map((d) => d.volume),
+    ['app-a-rehearsal', 'app-b-rehearsal'],
+  );
+  const net = (await b.api<NetworkView[]>('GET', '/networks')).find((n) => n.name === r.network)!;
+  assert.equal(net.kind, 'isolated');
+  assert.deepEqual(
+    vm.nics.map((n) => n.network),
+    [net.name],
+  );
+  assert.ok(rpo.length >= 3 && Math.max(...rpo) <= RPO, `RPO during the rehearsal: ${rpo.join(', ')}`);
+  assert.ok((await guestWrites(a, 'app')).length > writesBefore, 'production went on writing');
+  assert.equal((await a.api<VmView[]>('GET', '/vms')).find((v) => v.name === 'app')?.state, 'running');
+  // A takeover waits for the cleanup (one copy of the group at a time at this site).
+  assert.match(
+    await b.havenFails('dr', 'takeover', 'g', '--force'),
+    /rehearsal running since .*haven dr cleanup g/,
+  );
+
+  const cleaned = JSON.parse(await b.haven('dr', 'cleanup', 'g', '--json')) as { removed: string[] };
+  assert.deepEqual(cleaned.removed.sort(), [
+    'VM app-rehearsal',
+    `network ${r.network}`,
+    'volume app-a-rehearsal',
+    'volume app-b-rehearsal',
+  ]);
+  assert.deepEqual(await inventory(b), before);
+  // Replication went on, and goes on.
+  const seq = (await replicationGroup(a, 'g')).source?.appliedCheckpoint?.seq ?? 0;
+  await eventually(
+    'a checkpoint after the cleanup',
+    () => replicationGroup(a, 'g'),
+    (g) => g.source?.state === 'replicating' && (g.source.appliedCheckpoint?.seq ?? 0) > seq + 1,
+  );
+});
