@@ -52,6 +52,22 @@ const rehearseBody = {
   },
 } as const;
 
+const serviceBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'tiers'],
+  properties: {
+    name: s.name,
+    tiers: {
+      type: 'array',
+      minItems: 1,
+      items: { type: 'array', minItems: 1, items: s.name },
+      description: 'replication groups per tier, tier 1 first',
+    },
+    bootDelaySeconds: { type: 'number', minimum: 0, maximum: 3600 },
+  },
+} as const;
+
 const resyncBody = {
   type: 'object',
   additionalProperties: false,
@@ -150,5 +166,25 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
       schema: { tags, summary: "remove every trace of a group's rehearsal", params: s.nameParam },
     },
     async (req) => site.dr.cleanup(req.actor, (req.params as Name).name),
+  );
+  api.get('/services', { schema: { tags } }, async () => site.dr.services.list());
+  api.get('/services/:name', { schema: { tags, params: s.nameParam } }, async (req) =>
+    site.dr.services.get((req.params as Name).name),
+  );
+  api.post(
+    '/services',
+    { schema: { tags, summary: 'define a business service here and at its peers', body: serviceBody } },
+    async (req, reply) =>
+      reply
+        .code(201)
+        .send(
+          await site.dr.createService(
+            req.actor,
+            req.body as { name: string; tiers: string[][]; bootDelaySeconds?: number },
+          ),
+        ),
+  );
+  api.delete('/services/:name', { schema: { tags, params: s.nameParam } }, async (req) =>
+    site.dr.deleteService(req.actor, (req.params as Name).name),
   );
 }

@@ -46,10 +46,11 @@ export function bytes(n: number): string {
 const SECONDS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
 
 /** "5s", "500ms", "15m", "1h", "30d", "10" (seconds) → seconds. */
-export function parseDuration(s: string, what = 'duration'): number {
+export function parseDuration(s: string, what = 'duration', opts: { zero?: boolean } = {}): number {
   const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$/i.exec(s.trim());
   const n = m ? Number(m[1]) * SECONDS[(m[2] ?? 's').toLowerCase()]! : NaN;
-  if (!m || !(n > 0)) throw invalidArgument(`${what} "${s}" is not a duration (e.g. 5s, 500ms, 15m, 1h, 7d)`);
+  if (!m || !(n > 0 || (opts.zero && n === 0)))
+    throw invalidArgument(`${what} "${s}" is not a duration (e.g. 5s, 500ms, 15m, 1h, 7d)`);
   return n;
 }
 

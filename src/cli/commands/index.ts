@@ -7,6 +7,7 @@ import { registerServe } from './serve.js';
 import { registerRecover } from './recover.js';
 import { registerReplication } from './replication.js';
 import { registerDr } from './dr.js';
+import { registerService } from './service.js';
 import {
   registerBitmap,
   registerPool,
@@ -30,6 +31,7 @@ export const commandFamilies: Register[] = [
   registerBackup,
   registerRecover,
   registerReplication,
+  registerService,
   registerDr,
   registerStorage,
   registerNbd,

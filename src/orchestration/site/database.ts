@@ -57,7 +57,7 @@ const MIGRATIONS: string[] = [
      name TEXT PRIMARY KEY, role TEXT NOT NULL CHECK (role IN ('source', 'target')),
      peer TEXT NOT NULL, config TEXT NOT NULL, paused INTEGER NOT NULL DEFAULT 0,
      created_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
-  // issue 16: recoverability checks
+  // 6: recoverability checks (issue 16)
   `CREATE TABLE recovery_checks (
      id TEXT PRIMARY KEY, vm TEXT NOT NULL, repo TEXT NOT NULL, snapshot TEXT, check_vm TEXT NOT NULL,
      network TEXT, made_network INTEGER NOT NULL DEFAULT 0, heartbeat TEXT NOT NULL, script TEXT,
@@ -65,6 +65,10 @@ const MIGRATIONS: string[] = [
      state TEXT NOT NULL CHECK (state IN ('running', 'passed', 'failed')), reason TEXT,
      started_at TEXT NOT NULL, ended_at TEXT, duration_seconds REAL, console_log TEXT);
    CREATE INDEX recovery_checks_vm ON recovery_checks(vm, started_at);`,
+  // 7: business services (issue 17): replication groups in tiers, started in order
+  `CREATE TABLE services (
+     name TEXT PRIMARY KEY, tiers TEXT NOT NULL, boot_delay_seconds REAL NOT NULL DEFAULT 0,
+     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
 ];
 
 export function openDatabase(path: string): Db {

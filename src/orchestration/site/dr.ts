@@ -21,7 +21,19 @@ import {
   type RehearsalRequest,
 } from './dr-rehearsal.js';
 
+import {
+  cleanupService,
+  planServiceRehearsal,
+  planServiceTakeover,
+  runServiceRehearsal,
+  runServiceTakeover,
+} from './dr-services.js';
+import { BusinessServices, type BusinessService } from './services.js';
+import type { Db } from './database.js';
+
 export type { TakeoverReport, TakeoverRequest } from './dr-takeover.js';
+export type { ServiceReport } from './dr-services.js';
+export type { BusinessService } from './services.js';
 export type { RehearsalReport, RehearsalRequest } from './dr-rehearsal.js';
 
 const log = logger('dr');
@@ -61,20 +73,66 @@ export interface MigrateReport {
  */
 export class SiteDr extends SiteDomain {
   private readonly host: TakeoverHost & RehearsalHost;
+  /** Business services: groups in tiers (each site holds the definitions of both sides). */
+  readonly services: BusinessServices;
 
   constructor(
     parts: SiteParts,
     private readonly replication: SiteReplication,
     private readonly links: PeerLinks,
+    db: Db,
   ) {
     super(parts);
+    this.services = new BusinessServices(db, (n) => replication.hasGroup(n));
+    links.handle('dr.service.put', async (_peer, args) =>
+      this.services.put(serviceArgs(args), { replace: true }),
+    );
+    links.handle('dr.service.delete', async (_peer, args) => {
+      const name = (args as { name?: unknown } | null)?.name;
+      if (typeof name === 'string' && this.services.find(name)) this.services.delete(name);
+      return { name };
+    });
     this.host = { replication, compute: this.compute, storage: this.storage, exports: this.exports };
     links.handle('dr.promote', (peer, args) => this.promoteFor(peer, args));
     links.handle('dr.reverse', (peer, args) => this.reverseFor(peer, args));
   }
 
+  /**
+   * Defines a business service here and at the sites its groups replicate with (so that it can
+   * be taken over where the replicas are when this site is lost); a site that does not answer is
+   * named in `notTold`.
+   */
+  async createService(
+    actor: Actor,
+    req: { name: string; tiers: string[][]; bootDelaySeconds?: number },
+  ): Promise<BusinessService & { notTold?: string[] }> {
+    const s = this.audited(actor, 'service.create', req.name, () => this.services.put(req));
+    const notTold: string[] = [];
+    for (const peer of this.peersOf(s))
+      try {
+        await this.links.call(peer, 'dr.service.put', s, { timeoutMs: 5000 });
+      } catch (err) {
+        notTold.push(`${peer}: ${errorMessage(err)}`);
+      }
+    return { ...s, ...(notTold.length ? { notTold } : {}) };
+  }
+
+  async deleteService(actor: Actor, name: string): Promise<{ name: string }> {
+    const s = this.services.get(name);
+    this.audited(actor, 'service.delete', name, () => this.services.delete(name));
+    for (const peer of this.peersOf(s))
+      await this.links.call(peer, 'dr.service.delete', { name }, { timeoutMs: 5000 }).catch(() => undefined);
+    return { name };
+  }
+
+  private peersOf(s: BusinessService): string[] {
+    return [...new Set(s.tiers.flat().map((g) => this.replication.show(g).peer))];
+  }
+
   /** Checks everything first (nothing changes on a refusal), then runs the takeover as a job. */
   async takeover(actor: Actor, req: TakeoverRequest): Promise<Job> {
+    const service = this.services.find(req.group);
+    if (service) return this.takeoverService(actor, service, req);
     const plan = planTakeover(this.host, req);
     const peerReachable = await this.reachable(plan.peer);
     if (peerReachable && !req.force)
@@ -91,6 +149,13 @@ export class SiteDr extends SiteDomain {
    * fails fails it (the VMs stay up to look at); replication and production go on untouched.
    */
   rehearse(actor: Actor, req: RehearsalRequest): Job {
+    const service = this.services.find(req.group);
+    if (service) {
+      const plans = planServiceRehearsal(this.host, service, req);
+      return this.jobs.start({ kind: 'dr.rehearse', target: service.name, actor }, (ctx) =>
+        runServiceRehearsal(this.host, service, plans, ctx),
+      );
+    }
     const record = planRehearsal(this.host, req);
     return this.jobs.start({ kind: 'dr.rehearse', target: req.group, actor }, async (ctx) => {
       const report = await runRehearsal(this.host, req, record, ctx);
@@ -108,7 +173,10 @@ export class SiteDr extends SiteDomain {
 
   /** Removes every trace of a group's rehearsal. */
   async cleanup(actor: Actor, group: string): Promise<{ group: string; removed: string[] }> {
-    const r = await cleanupRehearsal(this.host, group);
+    const service = this.services.find(group);
+    const r = service
+      ? { group, removed: (await cleanupService(this.host, service)).removed }
+      : await cleanupRehearsal(this.host, group);
     this.events.append({
       actor,
       action: 'dr.cleanup',
@@ -305,6 +373,27 @@ export class SiteDr extends SiteDomain {
     return { group };
   }
 
+  /** A takeover of every group of a service, tier by tier; all are checked before any starts. */
+  private async takeoverService(actor: Actor, s: BusinessService, req: TakeoverRequest): Promise<Job> {
+    const plans = planServiceTakeover(this.host, s, req);
+    const peers = [...new Set(plans.flat().map((p) => p.peer))];
+    const answering: string[] = [];
+    for (const p of peers) if (await this.reachable(p)) answering.push(p);
+    if (answering.length && !req.force)
+      throw conflict(
+        `site(s) ${answering.join(', ')} answer: a takeover now would let business service ${s.name} run at two sites; migrate its groups, or take over with --force`,
+      );
+    return this.jobs.start({ kind: 'dr.takeover', target: s.name, actor }, (ctx) =>
+      runServiceTakeover(
+        this.host,
+        s,
+        plans,
+        { start: req.start !== false, peerReachable: answering.length > 0 },
+        ctx,
+      ),
+    );
+  }
+
   private async reachable(peer: string): Promise<boolean> {
     try {
       await this.links.call(peer, 'ping', {}, { timeoutMs: 3000 });
@@ -313,4 +402,16 @@ export class SiteDr extends SiteDomain {
       return false;
     }
   }
+}
+
+/** A service as a peer sends it: authenticated, not trusted to be well formed (put checks the rest). */
+function serviceArgs(raw: unknown): { name: string; tiers: string[][]; bootDelaySeconds?: number } {
+  const a = raw as { name?: unknown; tiers?: unknown; bootDelaySeconds?: unknown } | null;
+  if (typeof a?.name !== 'string' || !Array.isArray(a.tiers))
+    throw invalidArgument('dr.service.put: a name and tiers');
+  return {
+    name: a.name,
+    tiers: a.tiers as string[][],
+    ...(typeof a.bootDelaySeconds === 'number' ? { bootDelaySeconds: a.bootDelaySeconds } : {}),
+  };
 }

@@ -21,6 +21,8 @@ export type {
   MigrateRequest,
   RehearsalReport,
   RehearsalRequest,
+  BusinessService,
+  ServiceReport,
   TakeoverRequest,
   TakeoverReport,
 } from './dr.js';

@@ -193,6 +193,11 @@ export class SiteReplication extends SiteDomain {
     void this.fences.checkAll();
   }
 
+  /** Whether a group of that name is at this site (either side). */
+  hasGroup(name: string): boolean {
+    return this.groups.find(name) !== undefined;
+  }
+
   list(): ReplicationGroupAnswer[] {
     return this.groups.list().map((g) => this.answer(g));
   }

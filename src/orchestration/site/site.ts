@@ -205,7 +205,7 @@ export class Site {
     this.checks = new SiteChecks(parts, db, this.recovery, dataDir);
     this.peers = new SitePeers(db, this.events, name, identity);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
-    this.dr = new SiteDr(parts, this.replication, this.peers);
+    this.dr = new SiteDr(parts, this.replication, this.peers, db);
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
