@@ -50,6 +50,18 @@ export function registerOperationRoutes(api: FastifyInstance, site: Site): void 
     async (req, reply) =>
       reply.code(202).send(site.jobs.cancel((req.params as { id: string }).id, req.actor)),
   );
+  api.post(
+    '/jobs/:id/resume',
+    {
+      schema: {
+        tags,
+        summary: 'resume a job that waits for an operator (a plan step)',
+        params: idParam,
+        response: { 200: s.jobAnswer },
+      },
+    },
+    async (req) => site.jobs.resume((req.params as { id: string }).id, req.actor),
+  );
   api.get(
     '/jobs/:id/watch',
     {

@@ -15,6 +15,7 @@ import type { SchemaCodeCache } from './schema-code-cache.js';
 import { registerComputeRoutes } from './routes-compute.js';
 import { registerCheckRoutes } from './routes-checks.js';
 import { registerDrRoutes } from './routes-dr.js';
+import { registerPlanRoutes } from './routes-plans.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
 import { registerReplicationRoutes } from './routes-replication.js';
@@ -189,6 +190,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerPeerRoutes(api, site);
       registerReplicationRoutes(api, site);
       registerDrRoutes(api, site);
+      registerPlanRoutes(api, site);
       if (openapi) api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },

@@ -8,6 +8,7 @@ import { registerRecover } from './recover.js';
 import { registerReplication } from './replication.js';
 import { registerDr } from './dr.js';
 import { registerService } from './service.js';
+import { registerPlan } from './plan.js';
 import {
   registerBitmap,
   registerPool,
@@ -33,6 +34,7 @@ export const commandFamilies: Register[] = [
   registerReplication,
   registerService,
   registerDr,
+  registerPlan,
   registerStorage,
   registerNbd,
 ];

@@ -118,6 +118,15 @@ export function registerOperations(program: Command): void {
       process.stdout.write(`cancel requested for job ${id}\n`);
     });
 
+  apiOptions(job.command('resume'))
+    .description('resume a job that waits for an operator (a plan step: haven plan …)')
+    .argument('<id>')
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: ApiOpts & { json?: boolean }) => {
+      const j = await connect(o).post<Job>(`/jobs/${encodeURIComponent(id)}/resume`);
+      printResult(!!o.json, j, () => `job ${id} resumed`);
+    });
+
   const event = program.command('event').description('the event and audit log');
   apiOptions(event.command('list'))
     .description('list events, newest first')

@@ -69,6 +69,12 @@ const MIGRATIONS: string[] = [
   `CREATE TABLE services (
      name TEXT PRIMARY KEY, tiers TEXT NOT NULL, boot_delay_seconds REAL NOT NULL DEFAULT 0,
      created_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
+  // 8: DR plans (ordered steps) and their runs, retried from the step that failed
+  `CREATE TABLE plans (name TEXT PRIMARY KEY, steps TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+   CREATE TABLE plan_runs (
+     id TEXT PRIMARY KEY, plan TEXT NOT NULL, steps TEXT NOT NULL, next_step INTEGER NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('running', 'waiting', 'failed', 'succeeded', 'aborted')),
+     job TEXT, error TEXT, started_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
 ];
 
 export function openDatabase(path: string): Db {

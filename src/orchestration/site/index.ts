@@ -26,3 +26,6 @@ export type {
   TakeoverRequest,
   TakeoverReport,
 } from './dr.js';
+export type { SitePlans } from './site-plans.js';
+export type { Plan, PlanRun, PlanStep } from './plans.js';
+export type { PlanRunReport } from './plan-runner.js';

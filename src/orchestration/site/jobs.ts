@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { HavenError, errorMessage, logger, type HavenErrorCode } from '../../common/index.js';
+import { HavenError, conflict, errorMessage, logger, type HavenErrorCode } from '../../common/index.js';
 import { now, selectNewest, type Db } from './database.js';
 import type { EventLog } from './events.js';
 
@@ -46,6 +46,8 @@ export interface JobContext {
   signal: AbortSignal;
   progress(doneBytes: number, totalBytes: number, phase?: string): void;
   log(message: string, level?: JobLogLine['level']): void;
+  /** Blocks until an operator resumes the job (`resume`), saying what they are to do; rejects on cancel. */
+  waitForOperator(message: string): Promise<{ actor: string }>;
 }
 
 interface JobRow {
@@ -75,7 +77,10 @@ const log = logger('jobs');
  * whenever a job changes, for live followers (the API streams them).
  */
 export class JobManager extends EventEmitter {
-  private readonly running = new Map<string, { abort: AbortController; lastWrite: number }>();
+  private readonly running = new Map<
+    string,
+    { abort: AbortController; lastWrite: number; resume?: (actor: string) => void }
+  >();
 
   constructor(
     private readonly db: Db,
@@ -130,7 +135,10 @@ export class JobManager extends EventEmitter {
       )
       .run(id, spec.kind, spec.target, spec.actor, t, t);
     const abort = new AbortController();
-    const entry = { abort, lastWrite: 0 };
+    const entry: { abort: AbortController; lastWrite: number; resume?: (actor: string) => void } = {
+      abort,
+      lastWrite: 0,
+    };
     this.running.set(id, entry);
     const ctx: JobContext = {
       signal: abort.signal,
@@ -146,6 +154,22 @@ export class JobManager extends EventEmitter {
         }
       },
       log: (message, level = 'info') => this.appendLog(id, level, message),
+      waitForOperator: (message) =>
+        new Promise((resolve, reject) => {
+          this.appendLog(id, 'warning', `waiting for an operator: ${message} (haven job resume ${id})`);
+          this.db.prepare('UPDATE jobs SET phase = ? WHERE id = ?').run(`waiting: ${message}`, id);
+          this.emit('update', this.get(id));
+          const onAbort = () =>
+            reject(new HavenError('CANCELLED', 'cancelled while waiting for an operator'));
+          abort.signal.addEventListener('abort', onAbort, { once: true });
+          entry.resume = (actor) => {
+            entry.resume = undefined;
+            abort.signal.removeEventListener('abort', onAbort);
+            this.appendLog(id, 'info', `resumed by ${actor}`);
+            this.db.prepare('UPDATE jobs SET phase = NULL WHERE id = ?').run(id);
+            resolve({ actor });
+          };
+        }),
     };
     ctx.log(`${spec.kind} ${spec.target} started by ${spec.actor}`);
     // The job runs on its own; its outcome is recorded, never thrown at the caller.
@@ -166,6 +190,18 @@ export class JobManager extends EventEmitter {
     const job = this.get(id);
     this.emit('update', job);
     return job;
+  }
+
+  /** Resumes a job that waits for an operator. */
+  resume(id: string, actor: string): Job {
+    const job = this.get(id);
+    const entry = this.running.get(id);
+    if (!entry?.resume)
+      throw conflict(
+        `job ${id} (${job.kind} ${job.target}) is ${job.state}${job.state === 'running' ? ', not waiting for an operator' : ''}`,
+      );
+    entry.resume(actor);
+    return this.get(id);
   }
 
   /** Asks a running job to stop; its state becomes cancelled once it has. */

@@ -41,6 +41,7 @@ import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
 import { SiteReplication } from './replication.js';
 import { SiteDr } from './dr.js';
+import { SitePlans } from './site-plans.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -147,8 +148,10 @@ export class Site {
   readonly peers: SitePeers;
   /** Consistency groups replicated to and from paired sites. */
   readonly replication: SiteReplication;
-  /** Disaster recovery over those groups: takeover. */
+  /** Disaster recovery over those groups: takeover, resync, migrate, rehearsal, services. */
   readonly dr: SiteDr;
+  /** DR plans: steps run as jobs, retried from the one that failed. */
+  readonly plans: SitePlans;
 
   private constructor(
     readonly name: string,
@@ -206,6 +209,7 @@ export class Site {
     this.peers = new SitePeers(db, this.events, name, identity);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
     this.dr = new SiteDr(parts, this.replication, this.peers, db);
+    this.plans = new SitePlans(parts, db, this.dr, this.vms, name);
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
