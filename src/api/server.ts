@@ -17,6 +17,7 @@ import { registerCheckRoutes } from './routes-checks.js';
 import { registerDrRoutes } from './routes-dr.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
+import { registerPolicyRoutes } from './routes-policies.js';
 import { registerReplicationRoutes } from './routes-replication.js';
 import { registerStorageRoutes } from './routes-storage.js';
 
@@ -189,6 +190,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerPeerRoutes(api, site);
       registerReplicationRoutes(api, site);
       registerDrRoutes(api, site);
+      registerPolicyRoutes(api, site);
       if (openapi) api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },

@@ -26,3 +26,8 @@ export type {
   TakeoverRequest,
   TakeoverReport,
 } from './dr.js';
+export type { SitePolicies, PolicyAssignment, PolicyObject } from './policies.js';
+export type { Policy, PolicySpec, PolicyTiming } from './policy-spec.js';
+export type { Compliance, ComplianceReason } from './compliance.js';
+export type { PoolAnswer } from './volumes.js';
+export type { ScheduleSpec, ScheduleOwnerSink } from './schedule-spec.js';

@@ -41,6 +41,9 @@ import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
 import { SiteReplication } from './replication.js';
 import { SiteDr } from './dr.js';
+import { SitePolicies } from './policies.js';
+import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
+import type { ScheduleOwnerSink } from './schedule-spec.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -77,6 +80,8 @@ export interface SiteOptions {
   peerListen?: string;
   /** HOST:PORT paired sites are told to dial instead of `peerListen` (a proxy or NAT in front of it). */
   peerAdvertise?: string;
+  /** Where policies put their schedules (the site's scheduler); absent: policies make none run. */
+  schedules?: ScheduleOwnerSink;
 }
 
 export interface NbdTlsCertificates {
@@ -149,6 +154,8 @@ export class Site {
   readonly replication: SiteReplication;
   /** Disaster recovery over those groups: takeover. */
   readonly dr: SiteDr;
+  /** Storage policies: placement, compliance, remediation; and the pools' declared capabilities. */
+  readonly policies: SitePolicies;
 
   private constructor(
     readonly name: string,
@@ -161,6 +168,7 @@ export class Site {
     maxTransfersPerHost: number,
     recoveryOptions: RecoveryOptions,
     identity: SiteIdentity,
+    schedules?: ScheduleOwnerSink,
   ) {
     this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
@@ -178,6 +186,7 @@ export class Site {
       },
     });
     this.recovery = new RecoveryService(db, storage, this.compute, this.jobs, exports, recoveryOptions);
+    const capabilities = new PoolCapabilities(db, storage);
     const parts = {
       storage,
       exports,
@@ -198,6 +207,14 @@ export class Site {
         }
         return undefined;
       },
+      policy: {
+        place: (req: Parameters<SitePolicies['place']>[0]) => this.policies.place(req),
+        adopt: (actor: string, volume: string, policy: string) =>
+          void this.policies.assign(actor, policy, { volume }),
+        declare: (pool: string, caps: string[]) => capabilities.declare(pool, parseCapabilities(caps)),
+        forget: (pool: string) => capabilities.forget(pool),
+        advertised: (pool: string) => capabilities.of(pool),
+      },
     };
     this.volumes = new SiteVolumes(parts);
     this.backups = new SiteBackups(parts, this.transfers, dataDir, () => this.endpoints());
@@ -206,6 +223,7 @@ export class Site {
     this.peers = new SitePeers(db, this.events, name, identity);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
     this.dr = new SiteDr(parts, this.replication, this.peers, db);
+    this.policies = new SitePolicies(parts, db, capabilities, this.volumes, this.replication, schedules);
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
@@ -249,6 +267,7 @@ export class Site {
             : {}),
         },
         identity,
+        opts.schedules,
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
