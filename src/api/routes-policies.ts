@@ -54,7 +54,7 @@ const createBody = {
       type: 'object',
       additionalProperties: false,
       required: ['to', 'rpoSeconds'],
-      properties: { to: s.name, rpoSeconds: { type: 'number', exclusiveMinimum: 0 } },
+      properties: { to: s.name, rpoSeconds: { type: 'number', minimum: 0.001, description: 'seconds' } },
     },
   },
 } as const;
