@@ -311,7 +311,8 @@ export function registerVolume(program: Command): void {
     .description('import an image (raw, qcow2, vmdk, vhdx) into a new volume, verified (a job)')
     .argument('<image>', "an image file (on the site's host)")
     .requiredOption('--name <name>', 'name of the new volume')
-    .option('--pool <pool>', 'pool to create it in', 'default')
+    .option('--pool <pool>', 'pool to create it in (default: by its policy, else default)')
+    .option('--policy <policy>', 'place it on a pool that satisfies this policy, and assign the policy to it')
     .option(
       '--format <format>',
       'image format (default: probed, and an image naming other files, e.g. a backing file, is refused)',
@@ -321,12 +322,14 @@ export function registerVolume(program: Command): void {
     .action(
       (
         image: string,
-        o: DataOpts & ApiOpts & { name: string; pool: string; format?: string; wait: boolean },
+        o: DataOpts &
+          ApiOpts & { name: string; pool?: string; policy?: string; format?: string; wait: boolean },
       ) => {
         const opts = {
           image: resolve(image),
           name: o.name,
-          pool: o.pool,
+          ...(o.pool ? { pool: o.pool } : {}),
+          ...(o.policy ? { policy: o.policy } : {}),
           ...(o.format ? { format: o.format } : {}),
         };
         return runJob(
