@@ -30,6 +30,8 @@ export interface PolicyHooks {
   /** Operator-declared capabilities of a pool: replaced, or forgotten with the pool. */
   declare(pool: string, capabilities: string[]): void;
   forget(pool: string): void;
+  /** A deleted VM or volume loses its policy. */
+  forgetObject(kind: 'vm' | 'volume', name: string): void;
   /** Everything a pool advertises (its provider's and the declared). */
   advertised(pool: string): CapabilitySet;
 }

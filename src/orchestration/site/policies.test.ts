@@ -275,6 +275,9 @@ test('a site: declared capabilities, placement of new volumes, assignment hands 
   assert.equal(events.length, 1, 'an unchanged compliance is not a new event');
   assert.equal(events[0]!.outcome, 'warning');
 
+  site.volumes.deleteVolume('a', 'v1');
+  assert.equal(p.policyOf('volume', 'v1'), undefined, 'a deleted volume loses its policy');
+  assert.deepEqual(calls.at(-1), ['policy:gold:v1', []]);
   p.unassign('a', { vm: 'web' });
   assert.deepEqual(calls.at(-1), ['policy:gold:web', []]);
   await assert.rejects(p.compliance({ vm: 'web' }), code('NOT_FOUND', /VM web has no policy/));

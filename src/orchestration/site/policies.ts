@@ -1,4 +1,4 @@
-import { HavenError, conflict, notFound } from '../../common/index.js';
+import { HavenError, conflict, errorMessage, logger, notFound } from '../../common/index.js';
 import { openRepository, repoAccess } from '../../protection/index.js';
 import { factError, judge, type Compliance, type ComplianceFacts } from './compliance.js';
 import { now, type Db } from './database.js';
@@ -15,6 +15,8 @@ import {
 import type { PoolCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
 import type { SiteVolumes } from './volumes.js';
+
+const log = logger('policies');
 
 export type PolicyObject = { vm: string } | { volume: string };
 
@@ -63,6 +65,30 @@ export class SitePolicies extends SiteDomain {
     private readonly sink?: ScheduleOwnerSink,
   ) {
     super(parts);
+  }
+
+  private watcher: NodeJS.Timeout | undefined;
+  private checking = false;
+
+  /**
+   * Judges every assigned object every `intervalMs`, so that a change of compliance (a backup
+   * getting overdue, an RPO missed) becomes a `policy.compliance` event without anyone asking.
+   */
+  watch(intervalMs: number): void {
+    this.unwatch();
+    this.watcher = setInterval(() => {
+      if (this.checking) return; // one round at a time, however slow the repositories
+      this.checking = true;
+      this.compliance()
+        .catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'judging compliance failed'))
+        .finally(() => (this.checking = false));
+    }, intervalMs);
+    this.watcher.unref();
+  }
+
+  unwatch(): void {
+    clearInterval(this.watcher);
+    this.watcher = undefined;
   }
 
   create(actor: Actor, name: string, spec: PolicySpec): Policy {
@@ -152,6 +178,15 @@ export class SitePolicies extends SiteDomain {
     );
   }
 
+  /** A deleted VM or volume loses its assignment and schedules (no event: the deletion is one). */
+  forgetObject(kind: 'vm' | 'volume', object: string): void {
+    const p = this.policyOf(kind, object);
+    if (!p) return;
+    this.db.prepare('DELETE FROM policy_assignments WHERE kind = ? AND object = ?').run(kind, object);
+    this.db.prepare('DELETE FROM policy_compliance WHERE kind = ? AND object = ?').run(kind, object);
+    this.sink?.replaceOwned(scheduleOwner(p.name, object), []);
+  }
+
   unassign(actor: Actor, target: PolicyObject): void {
     const { kind, object } = this.objectOf(target, false);
     this.audited(actor, 'policy.unassign', `${kind}:${object}`, () => {
@@ -195,7 +230,13 @@ export class SitePolicies extends SiteDomain {
     if (only && !list.length)
       throw notFound(`${only.kind === 'vm' ? 'VM' : 'volume'} ${only.object} has no policy`);
     const out: Compliance[] = [];
-    for (const a of list) out.push(await this.evaluate(a));
+    for (const a of list)
+      try {
+        out.push(await this.evaluate(a));
+      } catch (err) {
+        // An object deleted under its assignment (by an older daemon): nothing left to judge.
+        if (!(err instanceof HavenError && err.code === 'NOT_FOUND') || only) throw err;
+      }
     return out;
   }
 

@@ -47,6 +47,8 @@ import type { ScheduleOwnerSink } from './schedule-spec.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
+/** How often every object's compliance with its policy is judged again (changes are events). */
+const COMPLIANCE_INTERVAL_MS = 60_000;
 
 export interface SiteOptions {
   dataDir: string;
@@ -214,6 +216,7 @@ export class Site {
         declare: (pool: string, caps: string[]) => capabilities.declare(pool, parseCapabilities(caps)),
         forget: (pool: string) => capabilities.forget(pool),
         advertised: (pool: string) => capabilities.of(pool),
+        forgetObject: (kind: 'vm' | 'volume', n: string) => this.policies.forgetObject(kind, n),
       },
     };
     this.volumes = new SiteVolumes(parts);
@@ -306,6 +309,7 @@ export class Site {
       await site.checks.cleanupInterrupted();
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
+      site.policies.watch(COMPLIANCE_INTERVAL_MS);
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
     } catch (err) {
@@ -390,6 +394,7 @@ export class Site {
 
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
+    this.policies.unwatch();
     await this.jobs.cancelAll();
     await this.replication.close();
     this.compute.detachAll();

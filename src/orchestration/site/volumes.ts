@@ -125,6 +125,7 @@ export class SiteVolumes extends SiteDomain {
         throw conflict(`volume ${name} has a job running`);
       this.exports.withdraw(name);
       this.storage.deleteVolume(name);
+      this.policy?.forgetObject('volume', name);
     });
   }
 
