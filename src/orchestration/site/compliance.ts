@@ -5,7 +5,7 @@ import { allowedBackupAgeSeconds, type PolicySpec } from './policy-spec.js';
 
 /** Why an object is not compliant; `fixable`: `policy remediate` can put it right. */
 export interface ComplianceReason {
-  code: 'capability' | 'backup' | 'replication' | 'rpo' | 'verify';
+  code: 'capability' | 'backup' | 'replication' | 'rpo' | 'verify' | 'check';
   message: string;
   fixable: boolean;
   /** For capability reasons: the volume and its pool. */
@@ -32,6 +32,8 @@ export interface ComplianceFacts {
   replication?: { group: string; peer: string; rpoSeconds?: number; state?: string };
   /** The newest verify job of the policy's repository. */
   lastVerify?: { id: string; state: string; errorCode?: string; error?: string; endedAt?: string };
+  /** The newest finished recoverability check of a VM. */
+  lastCheck?: { id: string; state: string; reason?: string; endedAt?: string };
 }
 
 /** Compliance of one object with its policy: a pure function of the facts and the time. */
@@ -102,6 +104,13 @@ export function judge(policy: PolicySpec, facts: ComplianceFacts, now: Date): Co
       code: 'verify',
       message:
         `the last verify of ${policy.backup.repo} (job ${v.id}${v.endedAt ? `, ${v.endedAt}` : ''}) found damage: ${v.error ?? ''}`.trim(),
+      fixable: false,
+    });
+  const c = facts.lastCheck;
+  if (c && c.state === 'failed')
+    reasons.push({
+      code: 'check',
+      message: `the last recoverability check (${c.id}${c.endedAt ? `, ${c.endedAt}` : ''}) failed${c.reason ? `: ${c.reason}` : ''}`,
       fixable: false,
     });
   return reasons;

@@ -173,6 +173,15 @@ test('compliance reasons: capability, backup age, replication, RPO, verify damag
     ok.map((x) => x.message),
     ['RPO 40 s of group g is above the target 15 s'],
   );
+  const failedCheck = judge(
+    { requires: [] },
+    { volumes: [], lastCheck: { id: 'c1', state: 'failed', reason: 'no heartbeat within 60 s' } },
+    now,
+  );
+  assert.deepEqual(
+    failedCheck.map((x) => x.message),
+    ['the last recoverability check (c1) failed: no heartbeat within 60 s'],
+  );
 });
 
 test('a site: declared capabilities, placement of new volumes, assignment hands schedules to the sink, compliance events', async (t) => {

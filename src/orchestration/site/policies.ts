@@ -34,6 +34,11 @@ export interface ReplicationView {
   show(group: string): { peer: string; source?: { rpoSeconds?: number; state: string } };
 }
 
+/** What policies need of recoverability checks: a VM's newest finished one. */
+export interface CheckView {
+  last(vm: string): { id: string; state: string; reason?: string; endedAt?: string } | undefined;
+}
+
 interface AssignmentRow {
   kind: 'vm' | 'volume';
   object: string;
@@ -56,15 +61,31 @@ const toAssignment = (r: AssignmentRow): PolicyAssignment => ({
  * policy wants, and `remediate` fixes what it can.
  */
 export class SitePolicies extends SiteDomain {
+  readonly capabilities: PoolCapabilities;
+  private readonly volumes: SiteVolumes;
+  private readonly replication: ReplicationView;
+  private readonly checks: CheckView | undefined;
+  private readonly sink: ScheduleOwnerSink | undefined;
+
   constructor(
     parts: SiteParts,
     private readonly db: Db,
-    readonly capabilities: PoolCapabilities,
-    private readonly volumes: SiteVolumes,
-    private readonly replication: ReplicationView,
-    private readonly sink?: ScheduleOwnerSink,
+    deps: {
+      capabilities: PoolCapabilities;
+      volumes: SiteVolumes;
+      replication: ReplicationView;
+      /** Recoverability checks: compliance reads the last one of a VM. */
+      checks?: CheckView;
+      /** Where assignments put their schedules (the site's scheduler). */
+      sink?: ScheduleOwnerSink;
+    },
   ) {
     super(parts);
+    this.capabilities = deps.capabilities;
+    this.volumes = deps.volumes;
+    this.replication = deps.replication;
+    this.checks = deps.checks;
+    this.sink = deps.sink;
   }
 
   private watcher: NodeJS.Timeout | undefined;
@@ -343,6 +364,14 @@ export class SitePolicies extends SiteDomain {
           ...(v.endedAt ? { endedAt: v.endedAt } : {}),
         };
     }
+    const check = a.kind === 'vm' ? this.checks?.last(a.object) : undefined;
+    if (check)
+      facts.lastCheck = {
+        id: check.id,
+        state: check.state,
+        ...(check.reason ? { reason: check.reason } : {}),
+        ...(check.endedAt ? { endedAt: check.endedAt } : {}),
+      };
     const group = a.kind === 'vm' ? this.replication.groupOfVm(a.object) : this.replication.groupOf(a.object);
     if (group) {
       const g = this.replication.show(group);

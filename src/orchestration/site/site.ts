@@ -226,7 +226,13 @@ export class Site {
     this.peers = new SitePeers(db, this.events, name, identity);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
     this.dr = new SiteDr(parts, this.replication, this.peers, db);
-    this.policies = new SitePolicies(parts, db, capabilities, this.volumes, this.replication, schedules);
+    this.policies = new SitePolicies(parts, db, {
+      capabilities,
+      volumes: this.volumes,
+      replication: this.replication,
+      checks: this.checks,
+      ...(schedules ? { sink: schedules } : {}),
+    });
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
