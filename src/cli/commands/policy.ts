@@ -160,7 +160,7 @@ export function registerPolicy(program: Command): void {
   for (const k of KEEPS)
     create = create.option(
       `--keep-${k} <n>`,
-      `backups: keep ${k === 'last' ? 'the newest N' : `one per ${k.replace(/ly$/, '').replace(/dai$/, 'day')} for N`}`,
+      `backups: keep ${k === 'last' ? 'the newest N' : `the newest of each of the last N ${k.replace(/ly$/, '').replace(/dai$/, 'day')}s`}`,
     );
   create
     .option('--verify-cron <cron>', 'verify the repository on this cron schedule')
