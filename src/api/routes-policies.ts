@@ -26,38 +26,41 @@ const timing = {
   },
 } as const;
 
+const specProperties = {
+  requires: {
+    type: 'array',
+    items: { type: 'string', minLength: 1 },
+    description: 'capabilities a pool must advertise: NAME or NAME=VALUE',
+  },
+  snapshot: { type: 'object', additionalProperties: false, properties: { ...timing, keep } },
+  backup: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['repo'],
+    properties: {
+      ...timing,
+      keep,
+      repo: { type: 'string', minLength: 1, description: "the repository's directory on the site's host" },
+      passphraseFile: { type: 'string', minLength: 1 },
+    },
+  },
+  verify: { type: 'object', additionalProperties: false, properties: timing },
+  replication: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['to', 'rpoSeconds'],
+    properties: { to: s.name, rpoSeconds: { type: 'number', minimum: 0.001, description: 'seconds' } },
+  },
+} as const;
+
 const createBody = {
   type: 'object',
   additionalProperties: false,
   required: ['name'],
-  properties: {
-    name: s.name,
-    requires: {
-      type: 'array',
-      items: { type: 'string', minLength: 1 },
-      description: 'capabilities a pool must advertise: NAME or NAME=VALUE',
-    },
-    snapshot: { type: 'object', additionalProperties: false, properties: { ...timing, keep } },
-    backup: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['repo'],
-      properties: {
-        ...timing,
-        keep,
-        repo: { type: 'string', minLength: 1, description: "the repository's directory on the site's host" },
-        passphraseFile: { type: 'string', minLength: 1 },
-      },
-    },
-    verify: { type: 'object', additionalProperties: false, properties: timing },
-    replication: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['to', 'rpoSeconds'],
-      properties: { to: s.name, rpoSeconds: { type: 'number', minimum: 0.001, description: 'seconds' } },
-    },
-  },
+  properties: { name: s.name, ...specProperties },
 } as const;
+
+const updateBody = { type: 'object', additionalProperties: false, properties: specProperties } as const;
 
 const objectBody = {
   type: 'object',
@@ -96,6 +99,22 @@ export function registerPolicyRoutes(api: FastifyInstance, site: Site): void {
     '/policies/:name',
     { schema: { tags, params: s.nameParam, response: { 200: policyAnswer } } },
     async (req) => p.show((req.params as Name).name),
+  );
+  api.put(
+    '/policies/:name',
+    {
+      schema: {
+        tags,
+        summary: "replace a policy's contents (its assignments get the new schedules)",
+        params: s.nameParam,
+        body: updateBody,
+        response: { 200: policyAnswer },
+      },
+    },
+    async (req) => {
+      const spec = req.body as PolicySpec;
+      return p.update(req.actor, (req.params as Name).name, { ...spec, requires: spec.requires ?? [] });
+    },
   );
   api.delete('/policies/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
     p.delete(req.actor, (req.params as Name).name);

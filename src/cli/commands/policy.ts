@@ -141,37 +141,46 @@ export function registerPolicy(program: Command): void {
       'storage policies: what a VM or volume needs (placement, schedules, replication) and compliance',
     );
 
-  let create = apiOptions(policy.command('create'))
-    .description('create a policy')
-    .argument('<name>')
-    .option(
-      '--require <capability>',
-      'a capability pools must advertise: NAME or NAME=VALUE (repeat)',
-      repeat,
-    )
-    .option('--timezone <tz>', 'IANA time zone of the cron expressions (default UTC)')
-    .option('--snapshot-cron <cron>', 'take snapshots on this cron schedule')
-    .option('--snapshot-every <duration>', 'take snapshots this often (e.g. 1h)')
-    .option('--snapshot-keep <n>', 'keep the newest N snapshots')
-    .option('--backup-cron <cron>', 'back up on this cron schedule')
-    .option('--backup-every <duration>', 'back up this often')
-    .option('--repo <dir>', "the backups' repository")
-    .option('--passphrase-file <file>', "file holding the repository's passphrase");
-  for (const k of KEEPS)
-    create = create.option(
-      `--keep-${k} <n>`,
-      `backups: keep ${k === 'last' ? 'the newest N' : `the newest of each of the last N ${k.replace(/ly$/, '').replace(/dai$/, 'day')}s`}`,
-    );
-  create
-    .option('--verify-cron <cron>', 'verify the repository on this cron schedule')
-    .option('--verify-every <duration>', 'verify the repository this often')
-    .option('--replicate-to <site>', 'the paired site that must hold a replica')
-    .option('--rpo <duration>', 'the RPO that replication must meet (default 15s)')
-    .option('--json', 'print JSON')
-    .action(async (name: string, o: CreateOpts) => {
-      const p = await connect(o).post<Policy>('/policies', { name, ...specOf(o) });
-      printResult(!!o.json, p, () => showPolicy(p));
-    });
+  for (const verb of ['create', 'update'] as const) {
+    let cmd = apiOptions(policy.command(verb))
+      .description(
+        verb === 'create'
+          ? 'create a policy'
+          : "replace a policy's contents with these (its VMs and volumes get the new schedules)",
+      )
+      .argument('<name>')
+      .option(
+        '--require <capability>',
+        'a capability pools must advertise: NAME or NAME=VALUE (repeat)',
+        repeat,
+      )
+      .option('--timezone <tz>', 'IANA time zone of the cron expressions (default UTC)')
+      .option('--snapshot-cron <cron>', 'take snapshots on this cron schedule')
+      .option('--snapshot-every <duration>', 'take snapshots this often (e.g. 1h)')
+      .option('--snapshot-keep <n>', 'keep the newest N snapshots')
+      .option('--backup-cron <cron>', 'back up on this cron schedule')
+      .option('--backup-every <duration>', 'back up this often')
+      .option('--repo <dir>', "the backups' repository")
+      .option('--passphrase-file <file>', "file holding the repository's passphrase");
+    for (const k of KEEPS)
+      cmd = cmd.option(
+        `--keep-${k} <n>`,
+        `backups: keep ${k === 'last' ? 'the newest N' : `the newest of each of the last N ${k.replace(/ly$/, '').replace(/dai$/, 'day')}s`}`,
+      );
+    cmd
+      .option('--verify-cron <cron>', 'verify the repository on this cron schedule')
+      .option('--verify-every <duration>', 'verify the repository this often')
+      .option('--replicate-to <site>', 'the paired site that must hold a replica')
+      .option('--rpo <duration>', 'the RPO that replication must meet (default 15s)')
+      .option('--json', 'print JSON')
+      .action(async (name: string, o: CreateOpts) => {
+        const p =
+          verb === 'create'
+            ? await connect(o).post<Policy>('/policies', { name, ...specOf(o) })
+            : await connect(o).call<Policy>('PUT', `/policies/${enc(name)}`, specOf(o));
+        printResult(!!o.json, p, () => showPolicy(p));
+      });
+  }
 
   apiOptions(policy.command('list'))
     .description('list policies')

@@ -262,6 +262,21 @@ test('a site: declared capabilities, placement of new volumes, assignment hands 
     ],
   ]);
   p.assign('a', 'gold', { vm: 'web' });
+  const n = calls.length;
+  assert.throws(
+    () => p.update('a', 'gold', { requires: ['replication'], snapshot: { cron: 'not a cron' } }),
+    code('INVALID_ARGUMENT', /snapshot cron expression "not a cron" is not valid/),
+  );
+  assert.equal(calls.length, n, 'a refused update hands nothing to the scheduler');
+  p.update('a', 'gold', { requires: ['replication', 'tier=gold'], snapshot: { everySeconds: 60 } });
+  assert.deepEqual(
+    calls.slice(n).sort((x, y) => x[0].localeCompare(y[0])),
+    [
+      ['policy:gold:v1', [{ kind: 'snapshot', target: 'v1', everySeconds: 60 }]],
+      ['policy:gold:web', [{ kind: 'snapshot', target: 'web', everySeconds: 60 }]],
+    ],
+    'every object of an updated policy gets its new schedules',
+  );
   assert.equal(
     site.volumes.createVolume('a', 'v3', 8 * MiB, undefined, { vm: 'web' }).pool,
     'repl',
@@ -275,8 +290,12 @@ test('a site: declared capabilities, placement of new volumes, assignment hands 
   const [c] = await p.compliance({ vm: 'web' });
   assert.equal(c!.compliant, false);
   assert.deepEqual(
-    c!.reasons.map((r) => r.code),
-    ['capability', 'capability', 'backup'],
+    c!.reasons.map((r) => r.message),
+    [
+      'pool default of volume plain lacks capability replication',
+      'pool default of volume plain lacks capability tier=gold (it has tier=standard)',
+    ],
+    'the updated policy backs nothing up: no backup reason',
   );
   assert.match(c!.reasons[0]!.message, /pool default of volume plain lacks capability replication/);
   await p.compliance({ vm: 'web' });

@@ -124,6 +124,23 @@ export class SitePolicies extends SiteDomain {
     });
   }
 
+  /**
+   * Replaces a policy's contents (validated as at creation; nothing changes on bad input) and
+   * hands the new schedules of every object it is assigned to to the scheduler.
+   */
+  update(actor: Actor, name: string, spec: PolicySpec): Policy {
+    return this.audited(actor, 'policy.update', name, () => {
+      this.get(name);
+      const checked = validatePolicy(name, spec, this.capabilities.known());
+      this.db
+        .prepare('UPDATE policies SET spec = ?, updated_at = ? WHERE name = ?')
+        .run(JSON.stringify(checked), now(), name);
+      const p = this.get(name);
+      for (const a of this.assignments(name)) this.applySchedules(p, a.object);
+      return p;
+    });
+  }
+
   list(): Policy[] {
     const rows = this.db.prepare('SELECT name FROM policies ORDER BY name').all() as { name: string }[];
     return rows.map((r) => this.get(r.name));
