@@ -86,14 +86,14 @@ function both(cmd: Command): Command {
 
 const enc = encodeURIComponent;
 
-/** What a pool advertises to policies: "thin snapshots clones tier=fast replication". */
+/** What a pool offers policies besides its tier: "thin snapshots clones replication site=x". */
 function advertised(p: PoolAnswer): string {
   const a = p.advertised ?? {};
-  return (
-    Object.entries(a)
-      .map(([k, v]) => (v === true ? k : `${k}=${v}`))
-      .join(' ') || '-'
-  );
+  const order = ['thin', 'snapshots', 'clones', 'replication', 'encryption'];
+  const keys = Object.keys(a)
+    .filter((k) => k !== 'tier')
+    .sort((x, y) => (order.indexOf(x) + 1 || 99) - (order.indexOf(y) + 1 || 99) || x.localeCompare(y));
+  return keys.map((k) => (a[k] === true ? k : `${k}=${a[k]}`)).join(' ') || '-';
 }
 
 function poolRows(pools: PoolInfo[]): string {
@@ -160,11 +160,11 @@ export function registerPool(program: Command): void {
         fields([
           ['pool', `${p.name} (${p.id})`],
           ['path', p.path],
-          ['tier', c.tier],
+          ['tier', String(p.advertised?.tier ?? c.tier)],
           ['capacity', bytes(p.capacityBytes)],
           ['allocated', bytes(p.allocatedBytes)],
           ['free', bytes(p.freeBytes)],
-          ['advertises', advertised(p)],
+          ['offers', advertised(p)],
         ]),
       );
     });
