@@ -28,7 +28,13 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     '/pools',
     { schema: { tags, body: s.createPoolBody, response: { 201: s.poolAnswer } } },
     async (req, reply) => {
-      const b = req.body as { name: string; path?: string; tier?: string; capacityBytes?: number };
+      const b = req.body as {
+        name: string;
+        path?: string;
+        tier?: string;
+        capacityBytes?: number;
+        capabilities?: string[];
+      };
       const { name, ...opts } = b;
       return reply.code(201).send(site.volumes.createPool(req.actor, name, opts));
     },
@@ -37,6 +43,24 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     '/pools/:name',
     { schema: { tags, params: s.nameParam, response: { 200: s.poolAnswer } } },
     async (req) => site.volumes.pool((req.params as Name).name),
+  );
+  api.put(
+    '/pools/:name/capabilities',
+    {
+      schema: {
+        tags,
+        summary: 'replace the capabilities the operator declares for a pool',
+        params: s.nameParam,
+        body: s.poolCapabilitiesBody,
+        response: { 200: s.poolAnswer },
+      },
+    },
+    async (req) =>
+      site.volumes.setPoolCapabilities(
+        req.actor,
+        (req.params as Name).name,
+        (req.body as { capabilities: string[] }).capabilities,
+      ),
   );
   api.delete('/pools/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
     site.volumes.deletePool(req.actor, (req.params as Name).name);
@@ -62,8 +86,11 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     '/volumes',
     { schema: { tags, body: s.createVolumeBody, response: { 201: s.volumeAnswer } } },
     async (req, reply) => {
-      const b = req.body as { name: string; sizeBytes: number; pool?: string };
-      return reply.code(201).send(site.volumes.createVolume(req.actor, b.name, b.sizeBytes, b.pool));
+      const b = req.body as { name: string; sizeBytes: number; pool?: string; policy?: string; vm?: string };
+      const placement = { ...(b.policy ? { policy: b.policy } : {}), ...(b.vm ? { vm: b.vm } : {}) };
+      return reply
+        .code(201)
+        .send(site.volumes.createVolume(req.actor, b.name, b.sizeBytes, b.pool, placement));
     },
   );
   api.post(

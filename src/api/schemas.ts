@@ -82,6 +82,12 @@ export const list = (item: unknown) => ({ type: 'array', items: item }) as const
 
 // ---- bodies -----------------------------------------------------------------------------------
 
+const capabilities = {
+  type: 'array',
+  items: { type: 'string', minLength: 1 },
+  description: 'capabilities the operator declares for the pool: NAME or NAME=VALUE (tier=gold, replication)',
+} as const;
+
 export const createPoolBody = {
   type: 'object',
   additionalProperties: false,
@@ -91,14 +97,28 @@ export const createPoolBody = {
     path: { type: 'string', minLength: 1, description: 'directory (default: inside the data directory)' },
     tier: { type: 'string', minLength: 1 },
     capacityBytes: sizeBytes,
+    capabilities,
   },
+} as const;
+
+export const poolCapabilitiesBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['capabilities'],
+  properties: { capabilities },
 } as const;
 
 export const createVolumeBody = {
   type: 'object',
   additionalProperties: false,
   required: ['name', 'sizeBytes'],
-  properties: { name, sizeBytes, pool: name },
+  properties: {
+    name,
+    sizeBytes,
+    pool: name,
+    policy: { ...name, description: 'place it by this policy (and assign the policy to it)' },
+    vm: { ...name, description: "a VM the volume is for: placed by that VM's policy" },
+  },
 } as const;
 
 export const resizeVolumeBody = {
@@ -116,6 +136,7 @@ export const importVolumeBody = {
     name,
     image: { type: 'string', minLength: 1, description: "an image file on the site's host" },
     pool: name,
+    policy: { ...name, description: 'place it by this policy (and assign the policy to it)' },
     format: {
       type: 'string',
       enum: ['raw', 'qcow2', 'vmdk', 'vhdx', 'vpc', 'vdi'],

@@ -18,6 +18,7 @@ import { registerDrRoutes } from './routes-dr.js';
 import { registerPlanRoutes } from './routes-plans.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
+import { registerPolicyRoutes } from './routes-policies.js';
 import { registerReplicationRoutes } from './routes-replication.js';
 import { registerStorageRoutes } from './routes-storage.js';
 
@@ -191,6 +192,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerReplicationRoutes(api, site);
       registerDrRoutes(api, site);
       registerPlanRoutes(api, site);
+      registerPolicyRoutes(api, site);
       if (openapi) api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },

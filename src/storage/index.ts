@@ -12,3 +12,12 @@ export { openStorage, withStorage } from './open.js';
 export { serveStorage, type ServeStorageOptions, type ServingStorage } from './serve.js';
 export { importVolume, exportVolume } from './image-transfer.js';
 export { sitePsk, makePrivate, PSK_IDENTITY, type SitePsk } from './nbd-access.js';
+export {
+  STORAGE_PROVIDER_API_VERSION,
+  BUILTIN_CAPABILITIES,
+  poolProvider,
+  type StorageProvider,
+  type CapabilitySet,
+  type ProviderCapacity,
+  type ProviderHealth,
+} from './provider.js';

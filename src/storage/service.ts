@@ -13,6 +13,7 @@ import {
 } from '../common/index.js';
 import { Pool, checkName, type PoolInfo, type SnapshotInfo, type VolumeInfo } from './pool.js';
 import { checkPoolPath } from './pool-path.js';
+import { poolProvider, type StorageProvider } from './provider.js';
 import { VolumeBitmaps, markBitmapsInUse, type BitmapInfo } from './bitmaps.js';
 import { TapDevice } from './tap.js';
 import { mirrorCopy, type MirrorCopy } from './mirror-copy.js';
@@ -129,6 +130,11 @@ export class StorageService {
     const p = this.pools.get(name);
     if (!p) throw notFound(`no pool ${name}`);
     return p;
+  }
+
+  /** The provider of a pool (storage provider contract, provider.ts). */
+  provider(name: string): StorageProvider {
+    return poolProvider(this.pool(name));
   }
 
   /**

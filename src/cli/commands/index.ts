@@ -5,6 +5,7 @@ import { registerNbd } from './nbd.js';
 import { registerOperations } from './operations.js';
 import { registerServe } from './serve.js';
 import { registerRecover } from './recover.js';
+import { registerPolicy } from './policy.js';
 import { registerReplication } from './replication.js';
 import { registerDr } from './dr.js';
 import { registerService } from './service.js';
@@ -35,6 +36,7 @@ export const commandFamilies: Register[] = [
   registerService,
   registerDr,
   registerPlan,
+  registerPolicy,
   registerStorage,
   registerNbd,
 ];

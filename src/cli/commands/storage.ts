@@ -2,7 +2,14 @@ import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import { resolve } from 'node:path';
 import type { ApiClient } from '../../api/client.js';
-import type { BitmapInfo, Job, PoolInfo, SnapshotInfo, VolumeInfo } from '../../orchestration/index.js';
+import type {
+  BitmapInfo,
+  Job,
+  PoolAnswer,
+  PoolInfo,
+  SnapshotInfo,
+  VolumeInfo,
+} from '../../orchestration/index.js';
 import { orchestration, type Orchestration } from '../lazy.js';
 import { apiOptions, withSite, type ApiOpts } from '../api.js';
 import { movedSummary } from './compute.js';
@@ -79,6 +86,16 @@ function both(cmd: Command): Command {
 
 const enc = encodeURIComponent;
 
+/** What a pool offers policies besides its tier: "thin snapshots clones replication site=x". */
+function advertised(p: PoolAnswer): string {
+  const a = p.advertised ?? {};
+  const order = ['thin', 'snapshots', 'clones', 'replication', 'encryption'];
+  const keys = Object.keys(a)
+    .filter((k) => k !== 'tier')
+    .sort((x, y) => (order.indexOf(x) + 1 || 99) - (order.indexOf(y) + 1 || 99) || x.localeCompare(y));
+  return keys.map((k) => (a[k] === true ? k : `${k}=${a[k]}`)).join(' ') || '-';
+}
+
 function poolRows(pools: PoolInfo[]): string {
   return table([
     ['NAME', 'TIER', 'CAPACITY', 'ALLOCATED', 'FREE', 'PATH'],
@@ -104,11 +121,20 @@ export function registerPool(program: Command): void {
     .option('--path <dir>', 'directory for the pool (default: inside the data directory)')
     .option('--tier <tier>', 'media tier advertised to policies', 'standard')
     .option('--capacity <size>', 'most data the pool may hold (default: its filesystem)')
+    .option(
+      '--capability <cap>',
+      'a capability the operator declares (NAME or NAME=VALUE, e.g. replication, tier=gold; repeat)',
+      (v: string, all: string[] = []) => [...all, v],
+    )
     .option('--json', 'print JSON')
     .action(
-      async (name: string, o: DataOpts & ApiOpts & { path?: string; tier: string; capacity?: string }) => {
+      async (
+        name: string,
+        o: DataOpts & ApiOpts & { path?: string; tier: string; capacity?: string; capability?: string[] },
+      ) => {
         const opts = {
           tier: o.tier,
+          ...(o.capability ? { capabilities: o.capability } : {}),
           ...(o.path ? { path: resolve(o.path) } : {}),
           ...(o.capacity ? { capacityBytes: parseSize(o.capacity, '--capacity') } : {}),
         };
@@ -128,24 +154,33 @@ export function registerPool(program: Command): void {
     .argument('<name>')
     .option('--json', 'print JSON')
     .action(async (name: string, o: DataOpts & ApiOpts) => {
-      const p = await via(o, (c) => c.get<PoolInfo>(`/pools/${enc(name)}`));
+      const p = await via(o, (c) => c.get<PoolAnswer>(`/pools/${enc(name)}`));
       const c = p.capabilities;
       printResult(!!o.json, p, () =>
         fields([
           ['pool', `${p.name} (${p.id})`],
           ['path', p.path],
-          ['tier', c.tier],
+          ['tier', String(p.advertised?.tier ?? c.tier)],
           ['capacity', bytes(p.capacityBytes)],
           ['allocated', bytes(p.allocatedBytes)],
           ['free', bytes(p.freeBytes)],
-          [
-            'offers',
-            (['thin', 'snapshots', 'clones', 'replication', 'encryption'] as const)
-              .filter((k) => c[k])
-              .join(' ') || '-',
-          ],
+          ['offers', advertised(p)],
         ]),
       );
+    });
+  both(pool.command('set-capabilities'))
+    .description('replace the capabilities declared for a pool (none: --capability given no times)')
+    .argument('<name>')
+    .option('--capability <cap>', 'NAME or NAME=VALUE (repeat)', (v: string, all: string[] = []) => [
+      ...all,
+      v,
+    ])
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: DataOpts & ApiOpts & { capability?: string[] }) => {
+      const p = await via(o, (c) =>
+        c.call<PoolAnswer>('PUT', `/pools/${enc(name)}/capabilities`, { capabilities: o.capability ?? [] }),
+      );
+      printResult(!!o.json, p, () => `pool ${p.name} advertises ${advertised(p)}`);
     });
   both(pool.command('delete'))
     .description('delete an empty pool')
@@ -162,13 +197,28 @@ export function registerVolume(program: Command): void {
     .description('create a thin volume')
     .argument('<name>')
     .requiredOption('--size <size>', 'logical size, e.g. 10G')
-    .option('--pool <pool>', 'pool to create it in', 'default')
+    .option('--pool <pool>', 'pool to create it in (default: by its policy, else default)')
+    .option('--policy <policy>', 'place it on a pool that satisfies this policy, and assign the policy to it')
+    .option('--for-vm <vm>', "place it by this VM's policy")
     .option('--json', 'print JSON')
-    .action(async (name: string, o: DataOpts & ApiOpts & { size: string; pool: string }) => {
-      const size = parseSize(o.size, '--size');
-      const v = await via(o, (c) => c.post<VolumeInfo>('/volumes', { name, sizeBytes: size, pool: o.pool }));
-      printResult(!!o.json, v, () => `created volume ${v.name} (${bytes(v.size)}) in pool ${v.pool}`);
-    });
+    .action(
+      async (
+        name: string,
+        o: DataOpts & ApiOpts & { size: string; pool?: string; policy?: string; forVm?: string },
+      ) => {
+        const size = parseSize(o.size, '--size');
+        const v = await via(o, (c) =>
+          c.post<VolumeInfo>('/volumes', {
+            name,
+            sizeBytes: size,
+            ...(o.pool ? { pool: o.pool } : {}),
+            ...(o.policy ? { policy: o.policy } : {}),
+            ...(o.forVm ? { vm: o.forVm } : {}),
+          }),
+        );
+        printResult(!!o.json, v, () => `created volume ${v.name} (${bytes(v.size)}) in pool ${v.pool}`);
+      },
+    );
   both(volume.command('list'))
     .description('list volumes with logical and allocated size')
     .option('--pool <pool>', 'only this pool')
@@ -261,7 +311,8 @@ export function registerVolume(program: Command): void {
     .description('import an image (raw, qcow2, vmdk, vhdx) into a new volume, verified (a job)')
     .argument('<image>', "an image file (on the site's host)")
     .requiredOption('--name <name>', 'name of the new volume')
-    .option('--pool <pool>', 'pool to create it in', 'default')
+    .option('--pool <pool>', 'pool to create it in (default: by its policy, else default)')
+    .option('--policy <policy>', 'place it on a pool that satisfies this policy, and assign the policy to it')
     .option(
       '--format <format>',
       'image format (default: probed, and an image naming other files, e.g. a backing file, is refused)',
@@ -271,12 +322,14 @@ export function registerVolume(program: Command): void {
     .action(
       (
         image: string,
-        o: DataOpts & ApiOpts & { name: string; pool: string; format?: string; wait: boolean },
+        o: DataOpts &
+          ApiOpts & { name: string; pool?: string; policy?: string; format?: string; wait: boolean },
       ) => {
         const opts = {
           image: resolve(image),
           name: o.name,
-          pool: o.pool,
+          ...(o.pool ? { pool: o.pool } : {}),
+          ...(o.policy ? { policy: o.policy } : {}),
           ...(o.format ? { format: o.format } : {}),
         };
         return runJob(

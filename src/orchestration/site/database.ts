@@ -75,6 +75,18 @@ const MIGRATIONS: string[] = [
      id TEXT PRIMARY KEY, plan TEXT NOT NULL, steps TEXT NOT NULL, next_step INTEGER NOT NULL,
      state TEXT NOT NULL CHECK (state IN ('running', 'waiting', 'failed', 'succeeded', 'aborted')),
      job TEXT, error TEXT, started_at TEXT NOT NULL, updated_at TEXT NOT NULL);`,
+  // 9: policies (issue 16; operator-declared pool capabilities, policies, their assignments, and
+  // each object's last compliance, so that a change of it is an event)
+  `CREATE TABLE pool_capabilities (pool TEXT PRIMARY KEY, declared TEXT NOT NULL);
+   CREATE TABLE policies (
+     name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+   CREATE TABLE policy_assignments (
+     kind TEXT NOT NULL CHECK (kind IN ('vm', 'volume')), object TEXT NOT NULL,
+     policy TEXT NOT NULL REFERENCES policies(name), assigned_at TEXT NOT NULL,
+     PRIMARY KEY (kind, object));
+   CREATE TABLE policy_compliance (
+     kind TEXT NOT NULL, object TEXT NOT NULL, compliant INTEGER NOT NULL, reasons TEXT NOT NULL,
+     checked_at TEXT NOT NULL, PRIMARY KEY (kind, object));`,
 ];
 
 export function openDatabase(path: string): Db {

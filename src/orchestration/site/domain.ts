@@ -1,5 +1,5 @@
 import { HavenError, conflict } from '../../common/index.js';
-import type { StorageExports, StorageService } from '../../storage/index.js';
+import type { CapabilitySet, StorageExports, StorageService } from '../../storage/index.js';
 import type { ComputeService } from './compute.js';
 import type { EventLog } from './events.js';
 import type { JobManager } from './jobs.js';
@@ -18,6 +18,22 @@ export interface SiteParts {
   replicatedBy?: (kind: 'volume' | 'vm', name: string) => string | undefined;
   /** Why a VM must not start here (its group was taken over by another site), if it must not. */
   fencedBy?: (vm: string) => string | undefined;
+  /** Policies, as storage needs them: where a new volume goes, declared capabilities, adopting a volume. */
+  policy?: PolicyHooks;
+}
+
+export interface PolicyHooks {
+  /** The pool for a new volume (by the policy named or that of the VM it is for); refuses one that does not satisfy it. */
+  place(req: { pool?: string; policy?: string; vm?: string; needBytes?: number }): string;
+  /** A volume created under a policy gets it assigned. */
+  adopt(actor: Actor, volume: string, policy: string): void;
+  /** Operator-declared capabilities of a pool: replaced, or forgotten with the pool. */
+  declare(pool: string, capabilities: string[]): void;
+  forget(pool: string): void;
+  /** A deleted VM or volume loses its policy. */
+  forgetObject(kind: 'vm' | 'volume', name: string): void;
+  /** Everything a pool advertises (its provider's and the declared). */
+  advertised(pool: string): CapabilitySet;
 }
 
 /**
@@ -32,6 +48,7 @@ export abstract class SiteDomain {
   protected readonly compute: ComputeService;
   private readonly replicatedBy: SiteParts['replicatedBy'];
   protected readonly fencedBy: SiteParts['fencedBy'];
+  protected readonly policy: PolicyHooks | undefined;
 
   constructor(parts: SiteParts) {
     this.storage = parts.storage;
@@ -41,6 +58,7 @@ export abstract class SiteDomain {
     this.compute = parts.compute;
     this.replicatedBy = parts.replicatedBy;
     this.fencedBy = parts.fencedBy;
+    this.policy = parts.policy;
   }
 
   /** Refuses to delete (resize, revert) a volume or VM that a replication group holds: the replica would not follow. */

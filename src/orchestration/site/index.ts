@@ -29,3 +29,8 @@ export type {
 export type { SitePlans } from './site-plans.js';
 export type { Plan, PlanRun, PlanStep } from './plans.js';
 export type { PlanRunReport } from './plan-runner.js';
+export type { SitePolicies, PolicyAssignment, PolicyObject } from './policies.js';
+export type { Policy, PolicySpec, PolicyTiming } from './policy-spec.js';
+export type { Compliance, ComplianceReason } from './compliance.js';
+export type { PoolAnswer } from './volumes.js';
+export type { ScheduleSpec, ScheduleOwnerSink } from './schedule-spec.js';

@@ -42,9 +42,14 @@ import { SitePeers } from './peers.js';
 import { SiteReplication } from './replication.js';
 import { SiteDr } from './dr.js';
 import { SitePlans } from './site-plans.js';
+import { SitePolicies } from './policies.js';
+import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
+import type { ScheduleOwnerSink } from './schedule-spec.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
+/** How often every object's compliance with its policy is judged again (changes are events). */
+const COMPLIANCE_INTERVAL_MS = 60_000;
 
 export interface SiteOptions {
   dataDir: string;
@@ -78,6 +83,8 @@ export interface SiteOptions {
   peerListen?: string;
   /** HOST:PORT paired sites are told to dial instead of `peerListen` (a proxy or NAT in front of it). */
   peerAdvertise?: string;
+  /** Where policies put their schedules (the site's scheduler); absent: policies make none run. */
+  schedules?: ScheduleOwnerSink;
 }
 
 export interface NbdTlsCertificates {
@@ -152,6 +159,8 @@ export class Site {
   readonly dr: SiteDr;
   /** DR plans: steps run as jobs, retried from the one that failed. */
   readonly plans: SitePlans;
+  /** Storage policies: placement, compliance, remediation; and the pools' declared capabilities. */
+  readonly policies: SitePolicies;
 
   private constructor(
     readonly name: string,
@@ -164,6 +173,7 @@ export class Site {
     maxTransfersPerHost: number,
     recoveryOptions: RecoveryOptions,
     identity: SiteIdentity,
+    schedules?: ScheduleOwnerSink,
   ) {
     this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
@@ -181,6 +191,7 @@ export class Site {
       },
     });
     this.recovery = new RecoveryService(db, storage, this.compute, this.jobs, exports, recoveryOptions);
+    const capabilities = new PoolCapabilities(db, storage);
     const parts = {
       storage,
       exports,
@@ -201,6 +212,15 @@ export class Site {
         }
         return undefined;
       },
+      policy: {
+        place: (req: Parameters<SitePolicies['place']>[0]) => this.policies.place(req),
+        adopt: (actor: string, volume: string, policy: string) =>
+          void this.policies.assign(actor, policy, { volume }),
+        declare: (pool: string, caps: string[]) => capabilities.declare(pool, parseCapabilities(caps)),
+        forget: (pool: string) => capabilities.forget(pool),
+        advertised: (pool: string) => capabilities.of(pool),
+        forgetObject: (kind: 'vm' | 'volume', n: string) => this.policies.forgetObject(kind, n),
+      },
     };
     this.volumes = new SiteVolumes(parts);
     this.backups = new SiteBackups(parts, this.transfers, dataDir, () => this.endpoints());
@@ -210,6 +230,13 @@ export class Site {
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
     this.dr = new SiteDr(parts, this.replication, this.peers, db);
     this.plans = new SitePlans(parts, db, this.dr, this.vms, name);
+    this.policies = new SitePolicies(parts, db, {
+      capabilities,
+      volumes: this.volumes,
+      replication: this.replication,
+      checks: this.checks,
+      ...(schedules ? { sink: schedules } : {}),
+    });
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
@@ -253,6 +280,7 @@ export class Site {
             : {}),
         },
         identity,
+        opts.schedules,
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
@@ -291,6 +319,7 @@ export class Site {
       await site.checks.cleanupInterrupted();
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
+      site.policies.watch(COMPLIANCE_INTERVAL_MS);
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
     } catch (err) {
@@ -375,6 +404,7 @@ export class Site {
 
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
+    this.policies.unwatch();
     await this.jobs.cancelAll();
     await this.replication.close();
     this.compute.detachAll();

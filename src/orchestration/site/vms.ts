@@ -29,6 +29,7 @@ export class SiteVms extends SiteDomain {
     this.audited(actor, 'vm.delete', name, () => {
       this.refuseIfReplicated('vm', name);
       this.compute.deleteVm(name);
+      this.policy?.forgetObject('vm', name);
     });
   }
 

@@ -6,34 +6,67 @@ import {
   exportVolume,
   importVolume,
   type BitmapInfo,
+  type CapabilitySet,
   type PoolInfo,
   type SnapshotInfo,
   type VolumeInfo,
 } from '../../storage/index.js';
 import { existsSync } from 'node:fs';
 import { SiteDomain, type Actor } from './domain.js';
+import { parseCapabilities as parseCapabilitiesOrThrow } from './pool-capabilities.js';
 import type { Job } from './jobs.js';
+
+export type PoolAnswer = PoolInfo & { advertised?: CapabilitySet };
 
 /** Pools, volumes, snapshots, bitmaps, import, export and moves of a site's volumes. */
 export class SiteVolumes extends SiteDomain {
-  listPools(): PoolInfo[] {
-    return this.storage.listPools();
+  listPools(): PoolAnswer[] {
+    return this.storage.listPools().map((p) => this.withAdvertised(p));
   }
 
-  pool(name: string): PoolInfo {
-    return this.storage.pool(name).info();
+  pool(name: string): PoolAnswer {
+    return this.withAdvertised(this.storage.pool(name).info());
+  }
+
+  /** A pool with everything it advertises to policies (its provider's and the declared). */
+  private withAdvertised(p: PoolInfo): PoolAnswer {
+    return this.policy ? { ...p, advertised: this.policy.advertised(p.name) } : p;
   }
 
   createPool(
     actor: Actor,
     name: string,
-    opts: { path?: string; tier?: string; capacityBytes?: number },
-  ): PoolInfo {
-    return this.audited(actor, 'pool.create', name, () => this.storage.createPool(name, opts));
+    opts: { path?: string; tier?: string; capacityBytes?: number; capabilities?: string[] },
+  ): PoolAnswer {
+    return this.audited(actor, 'pool.create', name, () => {
+      const { capabilities, ...rest } = opts;
+      if (capabilities?.length) parseCapabilitiesOrThrow(capabilities); // before the pool exists
+      const p = this.storage.createPool(name, rest);
+      if (capabilities?.length) this.policy?.declare(name, capabilities);
+      return this.withAdvertised(p);
+    });
+  }
+
+  /** Replaces the capabilities an operator declares for a pool (what Haven cannot see itself). */
+  setPoolCapabilities(actor: Actor, name: string, capabilities: string[]): PoolAnswer {
+    return this.audited(
+      actor,
+      'pool.set-capabilities',
+      name,
+      () => {
+        this.storage.pool(name);
+        this.policy?.declare(name, capabilities);
+        return this.pool(name);
+      },
+      () => `pool ${name} declares ${capabilities.join(', ') || 'no capabilities'}`,
+    );
   }
 
   deletePool(actor: Actor, name: string): void {
-    this.audited(actor, 'pool.delete', name, () => this.storage.deletePool(name));
+    this.audited(actor, 'pool.delete', name, () => {
+      this.storage.deletePool(name);
+      this.policy?.forget(name);
+    });
   }
 
   listVolumes(pool?: string): VolumeInfo[] {
@@ -44,12 +77,29 @@ export class SiteVolumes extends SiteDomain {
     return this.storage.volume(name);
   }
 
-  createVolume(actor: Actor, name: string, sizeBytes: number, pool = 'default'): VolumeInfo {
+  /**
+   * Creates a volume: on `pool`, or where its policy places it (`policy`, or the policy of the VM
+   * it is `for`); a pool that does not satisfy the policy is refused with what it lacks.
+   */
+  createVolume(
+    actor: Actor,
+    name: string,
+    sizeBytes: number,
+    pool?: string,
+    placement: { policy?: string; vm?: string } = {},
+  ): VolumeInfo {
     return this.audited(actor, 'volume.create', name, () => {
-      const v = this.storage.createVolume(name, sizeBytes, pool);
+      const where = this.placeVolume({ ...placement, ...(pool ? { pool } : {}) });
+      const v = this.storage.createVolume(name, sizeBytes, where);
+      if (placement.policy) this.policy?.adopt(actor, name, placement.policy);
       this.exports.refresh();
       return v;
     });
+  }
+
+  private placeVolume(req: { pool?: string; policy?: string; vm?: string }): string {
+    if (!this.policy) return req.pool ?? 'default';
+    return this.policy.place(req);
   }
 
   resizeVolume(actor: Actor, name: string, sizeBytes: number): VolumeInfo {
@@ -75,6 +125,7 @@ export class SiteVolumes extends SiteDomain {
         throw conflict(`volume ${name} has a job running`);
       this.exports.withdraw(name);
       this.storage.deleteVolume(name);
+      this.policy?.forgetObject('volume', name);
     });
   }
 
@@ -87,13 +138,19 @@ export class SiteVolumes extends SiteDomain {
   }
 
   /** Imports an image file of this host into a new volume, as a job. */
-  importVolume(actor: Actor, opts: { image: string; name: string; pool?: string; format?: string }): Job {
+  importVolume(
+    actor: Actor,
+    opts: { image: string; name: string; pool?: string; format?: string; policy?: string },
+  ): Job {
     checkName('volume', opts.name);
     if (this.storage.listVolumes().some((v) => v.name === opts.name))
       throw conflict(`volume ${opts.name} already exists`);
     if (!existsSync(opts.image)) throw invalidArgument(`image ${opts.image} does not exist on this site`);
     checkReadable(opts.image); // a FIFO or a directory is refused now, not by the job
-    const pool = opts.pool ?? 'default';
+    const pool = this.placeVolume({
+      ...(opts.pool ? { pool: opts.pool } : {}),
+      ...(opts.policy ? { policy: opts.policy } : {}),
+    });
     this.storage.pool(pool);
     return this.jobs.start({ kind: 'volume.import', target: opts.name, actor }, async (ctx) => {
       ctx.log(`importing ${opts.image} into pool ${pool}`);
@@ -105,6 +162,7 @@ export class SiteVolumes extends SiteDomain {
         signal: ctx.signal,
         onProgress: (p) => ctx.progress(p.done, p.total, p.phase),
       });
+      if (opts.policy) this.policy?.adopt(actor, opts.name, opts.policy);
       this.exports.refresh();
       ctx.log(`copied ${r.copy.dataBytes} data bytes, ${r.copy.zeroBytes} zero bytes; verified`);
       return {
