@@ -15,6 +15,7 @@ import type { SchemaCodeCache } from './schema-code-cache.js';
 import { registerComputeRoutes } from './routes-compute.js';
 import { registerCheckRoutes } from './routes-checks.js';
 import { registerDrRoutes } from './routes-dr.js';
+import { registerMetricsRoute } from './routes-metrics.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
 import { registerReplicationRoutes } from './routes-replication.js';
@@ -193,6 +194,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
     },
     { prefix: API_PREFIX },
   );
+  registerMetricsRoute(app, site);
   return app;
 }
 

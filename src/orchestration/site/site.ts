@@ -41,6 +41,7 @@ import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
 import { SiteReplication } from './replication.js';
 import { SiteDr } from './dr.js';
+import { SiteMetrics } from './metrics.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -149,6 +150,8 @@ export class Site {
   readonly replication: SiteReplication;
   /** Disaster recovery over those groups: takeover. */
   readonly dr: SiteDr;
+  /** The site's Prometheus metrics (docs/metrics.md), served by the API at /metrics. */
+  readonly metrics: SiteMetrics;
 
   private constructor(
     readonly name: string,
@@ -161,7 +164,9 @@ export class Site {
     maxTransfersPerHost: number,
     recoveryOptions: RecoveryOptions,
     identity: SiteIdentity,
+    metrics: SiteMetrics,
   ) {
+    this.metrics = metrics;
     this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
     this.jobs = new JobManager(db, this.events);
@@ -200,12 +205,28 @@ export class Site {
       },
     };
     this.volumes = new SiteVolumes(parts);
-    this.backups = new SiteBackups(parts, this.transfers, dataDir, () => this.endpoints());
+    this.backups = new SiteBackups(
+      parts,
+      this.transfers,
+      dataDir,
+      () => this.endpoints(),
+      (repo, result) => metrics.backedUp(repo, result),
+    );
     this.vms = new SiteVms(parts, this.recovery);
     this.checks = new SiteChecks(parts, db, this.recovery, dataDir);
     this.peers = new SitePeers(db, this.events, name, identity);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
     this.dr = new SiteDr(parts, this.replication, this.peers, db);
+    metrics.bind({
+      jobs: this.jobs,
+      storage,
+      exports,
+      replication: this.replication,
+      nbdServers: () => [
+        { server: 'nbd', nbd },
+        ...(this.nbds ? [{ server: 'nbds', nbd: this.nbds.server }] : []),
+      ],
+    });
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
@@ -219,7 +240,13 @@ export class Site {
     const storage = StorageService.open(dataDir); // takes the data directory's lock
     let db: Db | undefined;
     const handshakeTimeoutMs = opts.nbdHandshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
-    const nbd = new NbdServer({ log: logger('site-nbd'), handshakeTimeoutMs });
+    // Made first: the NBD servers time their requests into it.
+    const metrics = new SiteMetrics();
+    const nbd = new NbdServer({
+      log: logger('site-nbd'),
+      handshakeTimeoutMs,
+      observer: metrics.nbdLatency.observer('nbd'),
+    });
     let nbds: NbdServer | undefined;
     let opened: Site | undefined;
     try {
@@ -249,6 +276,7 @@ export class Site {
             : {}),
         },
         identity,
+        metrics,
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
@@ -264,6 +292,7 @@ export class Site {
           log: logger('site-nbds'),
           handshakeTimeoutMs,
           tls: { psk: site.psk.file, ...(x509 ?? {}) },
+          observer: metrics.nbdLatency.observer('nbds'),
         });
         const address = await nbds.listen(parseHostPort(nbdListen));
         site.nbds = { server: nbds, address };
