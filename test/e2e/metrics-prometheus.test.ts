@@ -54,7 +54,15 @@ async function prometheus(
     tmp.cleanup();
   });
   await waitForListen({ port }, 30_000, proc);
-  return { url: `http://127.0.0.1:${port}`, proc };
+  const url = `http://127.0.0.1:${port}`;
+  // It listens before its storage is open, answering 503 until then.
+  const deadline = Date.now() + 30_000;
+  while ((await fetch(`${url}/-/ready`)).status !== 200) {
+    if (Date.now() > deadline || proc.child.exitCode !== null)
+      assert.fail(`Prometheus never became ready:\n${proc.output()}`);
+    await sleep(100);
+  }
+  return { url, proc };
 }
 
 async function getJson<T>(url: string): Promise<T> {
