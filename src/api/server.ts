@@ -16,6 +16,7 @@ import { registerComputeRoutes } from './routes-compute.js';
 import { registerCheckRoutes } from './routes-checks.js';
 import { registerDrRoutes } from './routes-dr.js';
 import { registerPlanRoutes } from './routes-plans.js';
+import { registerMetricsRoute } from './routes-metrics.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
 import { registerPolicyRoutes } from './routes-policies.js';
@@ -197,6 +198,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
     },
     { prefix: API_PREFIX },
   );
+  registerMetricsRoute(app, site);
   return app;
 }
 

@@ -38,6 +38,6 @@ test('haven serve --help says where each address and the data directory come fro
   const r = run('serve', '--help');
   assert.equal(r.status, 0, r.stderr);
   const help = r.stdout.replace(/\s+/g, ' ');
-  for (const said of ['$HAVEN_LISTEN', '--nbd-listen', '--nbd-listen-plain', '--data'])
+  for (const said of ['$HAVEN_LISTEN', '--nbd-listen', '--nbd-listen-plain', '--data', '/metrics'])
     assert.ok(help.includes(said), `${said} in: ${help}`);
 });

@@ -29,6 +29,8 @@ export class IndexWriter {
   /** Pages this index stored that the repository did not have, and their stored bytes. */
   newPages = 0;
   storedBytes = 0;
+  /** Those pages' bytes before compression. */
+  plainBytes = 0;
   private readonly granules: number;
   private readonly pages: number;
   private readonly pending = new Map<number, number>();
@@ -164,6 +166,7 @@ export class IndexWriter {
       if (r.isNew) {
         this.newPages++;
         this.storedBytes += r.storedBytes;
+        this.plainBytes += plain.length;
       }
       this.done.set(p, { digest, data });
     } catch (err) {

@@ -66,6 +66,8 @@ export interface BackupStats {
   /** Chunks of this snapshot (data and index pages) that were not in the repository yet, and their stored bytes. */
   newChunks: number;
   storedBytes: number;
+  /** Those new chunks' bytes before compression (storedBytes / newBytes: what compression left); absent before Haven recorded it. */
+  newBytes?: number;
   /**
    * Chunks found in the repository already (deduplicated). An incremental's unchanged data, taken
    * from its parent's index without being looked at, is not counted.

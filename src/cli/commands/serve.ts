@@ -15,7 +15,7 @@ export function registerServe(program: Command): void {
     )
     .option(
       '--listen <host:port>',
-      `address of the REST API (default: $HAVEN_LISTEN, else 127.0.0.1:${DEFAULT_API_PORT}; ":0" picks a free port)`,
+      `address of the REST API and of Prometheus metrics at /metrics, both with the API token (default: $HAVEN_LISTEN, else 127.0.0.1:${DEFAULT_API_PORT}; ":0" picks a free port)`,
     )
     .option('--site <name>', "the site's name, fixed at the first start (default: the host name)")
     .option(

@@ -26,6 +26,7 @@ import {
   writeSimpleHeader,
 } from './wire.js';
 import type { TlsAuth } from './tls-auth.js';
+import type { NbdRequestObserver, NbdRequestRecorder } from './observer.js';
 
 export interface ConnectionHost extends HandshakeHost {
   tls: TlsAuth | undefined;
@@ -37,6 +38,7 @@ export interface ConnectionHost extends HandshakeHost {
   log: Logger;
   buffers: BufferPool;
   memory: MemoryBudget;
+  observer: NbdRequestObserver | undefined;
 }
 
 /** Node takes it on a server TLSSocket too, but its types only know it for tls.Server. */
@@ -131,6 +133,11 @@ export class Connection {
   /** The native receive's state and the replies it could not send (reused, one job at a time). */
   private readonly recvState = new Float64Array(RECV.COUNT);
   private readonly recvReplies = Buffer.allocUnsafeSlow(REPLIES_MAX * SIMPLE_HEADER);
+  /** Request timing (metrics), resolved once for the export; absent: nothing is timed. */
+  private rec: NbdRequestRecorder | undefined;
+  /** The request being handled: its command and when it was taken (performance.now(), with `rec`). */
+  private reqType = 0;
+  private reqStart = 0;
   private readonly wakeForMemory = () => {
     this.waitingForMemory = false;
     if (this.phase !== 'transmission' || this.waitingForDrain || this.saturated()) return;
@@ -286,6 +293,7 @@ export class Connection {
           clearTimeout(this.handshakeTimer);
           this.exp = out.export;
           this.host.attach(out.export);
+          this.rec = this.host.observer?.forExport(out.export.name);
           this.phase = 'transmission';
           this.sender = this.st.tls ? undefined : this.openSender(out.export);
           return;
@@ -402,6 +410,10 @@ export class Connection {
     payload?: Buffer[],
   ): void {
     const dev = this.exp!.device;
+    if (this.rec) {
+      this.reqType = type;
+      this.reqStart = performance.now();
+    }
     const fail = (errno: number, msg: string) => this.replyError(type, cookie, errno, msg);
     const allowed = (mask: number) => (flags & ~mask) === 0;
 
@@ -478,11 +490,17 @@ export class Connection {
     }
     if (!isPromise(r)) return this.queueReply(simpleReply(0, cookie));
     const held = this.claim();
+    const start = this.reqStart;
     this.track(
       r.then(
-        () => this.sendNow(simpleReply(0, cookie)),
-        (err: unknown) =>
-          this.sendNow(this.errorReply(type, cookie, errnoFor(err, isWriteCommand(type)), errorMessage(err))),
+        () => {
+          this.timed(type, start);
+          this.sendNow(simpleReply(0, cookie));
+        },
+        (err: unknown) => {
+          this.timed(type, start);
+          this.sendNow(this.errorReply(type, cookie, errnoFor(err, isWriteCommand(type)), errorMessage(err)));
+        },
       ),
       bytes,
       held,
@@ -540,15 +558,18 @@ export class Connection {
   /** Sends a read's reply once its reads (on the thread pool) are done, or its error. */
   private replyWhenRead(done: Promise<unknown>, reply: Buffer, cookie: Buffer, length: number): void {
     const held = this.claim();
+    const start = this.reqStart;
     this.track(
       done.then(
         () => {
           if (this.phase === 'closed') return this.host.memory.give(held, this);
           this.charged.set(reply, held);
+          this.timed(P.CMD_READ, start);
           this.sendNow(reply);
         },
         (err: unknown) => {
           this.host.memory.give(held, this);
+          this.timed(P.CMD_READ, start);
           this.sendNow(this.errorReply(P.CMD_READ, cookie, errnoFor(err, false), errorMessage(err)));
         },
       ),
@@ -648,10 +669,17 @@ export class Connection {
     const onError = (err: unknown) =>
       this.errorReply(P.CMD_BLOCK_STATUS, cookie, errnoFor(err, false), errorMessage(err));
     if (results.some(isPromise)) {
+      const start = this.reqStart;
       this.track(
         Promise.all(results).then(
-          (all) => this.sendNow(build(all)),
-          (err: unknown) => this.sendNow(onError(err)),
+          (all) => {
+            this.timed(P.CMD_BLOCK_STATUS, start);
+            this.sendNow(build(all));
+          },
+          (err: unknown) => {
+            this.timed(P.CMD_BLOCK_STATUS, start);
+            this.sendNow(onError(err));
+          },
         ),
         0,
       );
@@ -674,9 +702,15 @@ export class Connection {
     this.queueReply(this.errorReply(type, cookie, errno, message));
   }
 
+  /** Replies queued here answer the request being handled, synchronously: timed now. */
   private queueReply(b: Buffer): void {
+    if (this.rec) this.timed(this.reqType, this.reqStart);
     this.batch.push(b);
     this.batchBytes += b.length;
+  }
+
+  private timed(type: number, start: number): void {
+    this.rec?.record(type, (performance.now() - start) / 1000);
   }
 
   private sendBatch(): void {

@@ -4,6 +4,8 @@ export {
   DEFAULT_MAX_BYTES_IN_FLIGHT,
   type NbdMemoryStats,
   type NbdServerOptions,
+  type NbdRequestObserver,
+  type NbdRequestRecorder,
   type NbdTlsOptions,
   type ListenAddress,
 } from './server.js';

@@ -7,8 +7,10 @@ import { MemoryBudget } from './memory-budget.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import type { NbdExport } from './handshake.js';
 import { TlsAuth, type NbdTlsOptions } from './tls-auth.js';
+import type { NbdRequestObserver } from './observer.js';
 
 export type { NbdTlsOptions } from './tls-auth.js';
+export type { NbdRequestObserver, NbdRequestRecorder } from './observer.js';
 
 /** A client that has not reached the transmission phase by then is dropped (slow-client bound). */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -29,6 +31,8 @@ export interface NbdServerOptions {
    * connections (default 16 MiB); clients wait while it is used up.
    */
   maxBytesInFlight?: number;
+  /** Told of the requests served, for metrics (the server knows nothing of how they are kept). */
+  observer?: NbdRequestObserver;
   log?: Logger;
 }
 
@@ -77,6 +81,7 @@ export class NbdServer {
       // Free buffers kept for reuse count towards the process's memory too: a quarter of the budget.
       buffers: new BufferPool(64 * 1024, budget / 4),
       memory: this.memory,
+      observer: opts.observer,
       findExport: (name) =>
         this.exportsByName.get(name === '' && defaultExport !== undefined ? defaultExport : name),
       exports: () => [...this.exportsByName.values()],
@@ -105,6 +110,11 @@ export class NbdServer {
   /** Connections in the transmission phase of an export. */
   clientsOf(name: string): number {
     return this.attached.get(name) ?? 0;
+  }
+
+  /** Connections in the transmission phase, per export that had any since the server started. */
+  clientCounts(): ReadonlyMap<string, number> {
+    return this.attached;
   }
 
   async listen(address: ListenAddress): Promise<ListenAddress> {

@@ -13,8 +13,9 @@ import {
   type SiteEndpoints,
   type TransferSlots,
   type Transport,
+  type BackupResult,
 } from '../../protection/index.js';
-import { gc as collectGarbage, verify as verifyRepository } from '../../repository/index.js';
+import { gc as collectGarbage, verify as verifyRepository, type Repository } from '../../repository/index.js';
 import { checkName } from '../../storage/index.js';
 import { resolveConsistencyOptions, vmQuiesce, type ConsistencyOptions } from './backup-consistency.js';
 import { SiteDomain, type Actor, type SiteParts } from './domain.js';
@@ -30,6 +31,8 @@ export class SiteBackups extends SiteDomain {
     private readonly dataDir: string,
     /** The site's NBD listeners, as the backup transports reach them. */
     private readonly endpoints: () => SiteEndpoints,
+    /** Told of every backup that succeeded (metrics). */
+    private readonly backedUp: (repo: Repository, result: BackupResult) => void = () => undefined,
   ) {
     super(parts);
   }
@@ -104,7 +107,9 @@ export class SiteBackups extends SiteDomain {
           onProgress: (d, t) => ctx.progress(d, t, 'backup'),
         });
         this.exports.refresh();
-        return backupResult(m, transport);
+        const result = backupResult(m, transport);
+        this.backedUp(r, result);
+        return result;
       } finally {
         release();
       }

@@ -45,6 +45,7 @@ import { SitePlans } from './site-plans.js';
 import { SitePolicies } from './policies.js';
 import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
+import { SiteMetrics } from './metrics.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -161,6 +162,8 @@ export class Site {
   readonly plans: SitePlans;
   /** Storage policies: placement, compliance, remediation; and the pools' declared capabilities. */
   readonly policies: SitePolicies;
+  /** The site's Prometheus metrics (docs/metrics.md), served by the API at /metrics. */
+  readonly metrics: SiteMetrics;
 
   private constructor(
     readonly name: string,
@@ -173,8 +176,10 @@ export class Site {
     maxTransfersPerHost: number,
     recoveryOptions: RecoveryOptions,
     identity: SiteIdentity,
+    metrics: SiteMetrics,
     schedules?: ScheduleOwnerSink,
   ) {
+    this.metrics = metrics;
     this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
     this.jobs = new JobManager(db, this.events);
@@ -223,7 +228,13 @@ export class Site {
       },
     };
     this.volumes = new SiteVolumes(parts);
-    this.backups = new SiteBackups(parts, this.transfers, dataDir, () => this.endpoints());
+    this.backups = new SiteBackups(
+      parts,
+      this.transfers,
+      dataDir,
+      () => this.endpoints(),
+      (repo, result) => metrics.backedUp(repo, result),
+    );
     this.vms = new SiteVms(parts, this.recovery);
     this.checks = new SiteChecks(parts, db, this.recovery, dataDir);
     this.peers = new SitePeers(db, this.events, name, identity);
@@ -236,6 +247,16 @@ export class Site {
       replication: this.replication,
       checks: this.checks,
       ...(schedules ? { sink: schedules } : {}),
+    });
+    metrics.bind({
+      jobs: this.jobs,
+      storage,
+      exports,
+      replication: this.replication,
+      nbdServers: () => [
+        { server: 'nbd', nbd },
+        ...(this.nbds ? [{ server: 'nbds', nbd: this.nbds.server }] : []),
+      ],
     });
   }
 
@@ -250,7 +271,13 @@ export class Site {
     const storage = StorageService.open(dataDir); // takes the data directory's lock
     let db: Db | undefined;
     const handshakeTimeoutMs = opts.nbdHandshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
-    const nbd = new NbdServer({ log: logger('site-nbd'), handshakeTimeoutMs });
+    // Made first: the NBD servers time their requests into it.
+    const metrics = new SiteMetrics();
+    const nbd = new NbdServer({
+      log: logger('site-nbd'),
+      handshakeTimeoutMs,
+      observer: metrics.nbdLatency.observer('nbd'),
+    });
     let nbds: NbdServer | undefined;
     let opened: Site | undefined;
     try {
@@ -280,6 +307,7 @@ export class Site {
             : {}),
         },
         identity,
+        metrics,
         opts.schedules,
       );
       opened = site;
@@ -296,6 +324,7 @@ export class Site {
           log: logger('site-nbds'),
           handshakeTimeoutMs,
           tls: { psk: site.psk.file, ...(x509 ?? {}) },
+          observer: metrics.nbdLatency.observer('nbds'),
         });
         const address = await nbds.listen(parseHostPort(nbdListen));
         site.nbds = { server: nbds, address };

@@ -63,7 +63,15 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
   const pool = opts.pool ?? openChunkPool(repo, chunkSize, opts.workers);
   const known = new KnownChunks();
   const run = pool.newBackup();
-  const stats: BackupStats = { readBytes: 0, newChunks: 0, storedBytes: 0, reusedChunks: 0, seconds: 0 };
+  const stats: BackupStats = {
+    readBytes: 0,
+    newChunks: 0,
+    storedBytes: 0,
+    newBytes: 0,
+    reusedChunks: 0,
+    seconds: 0,
+  };
+  let newBytes = 0;
   try {
     const plans = await Promise.all(opts.disks.map((d, i) => plan(repo, pool, d, i, opts.parent, chunkSize)));
     const total = plans.reduce((n, p) => n + p.bytes, 0);
@@ -115,6 +123,7 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
             else {
               stats.newChunks++;
               stats.storedBytes += h.stored.storedBytes;
+              newBytes += piece.length;
             }
           } else if (!known.add(h.digest)) stats.reusedChunks++;
           else {
@@ -123,6 +132,7 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
             if (isNew) {
               stats.newChunks++;
               stats.storedBytes += s.storedBytes;
+              newBytes += piece.length;
             } else stats.reusedChunks++;
           }
           await index.set(piece, h.digest);
@@ -133,6 +143,7 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
       const root = await index.finish();
       stats.newChunks += index.newPages;
       stats.storedBytes += index.storedBytes;
+      newBytes += index.plainBytes;
       const { key, sha256 } = await repo.writeIndex(id, i, root.data);
       const granules = Math.ceil(disk.device.size / GRANULE);
       disks.push({
@@ -146,6 +157,7 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
         zeroChunks: granules - root.dataGranules,
       });
     }
+    stats.newBytes = newBytes;
     stats.seconds = (performance.now() - started) / 1000;
     const manifest: SnapshotManifest = {
       id,
