@@ -45,6 +45,7 @@ import { SitePlans } from './site-plans.js';
 import { SitePolicies } from './policies.js';
 import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
+import { SiteAlerts, type AlertOptions } from '../alerts/index.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -85,6 +86,8 @@ export interface SiteOptions {
   peerAdvertise?: string;
   /** Where policies put their schedules (the site's scheduler); absent: policies make none run. */
   schedules?: ScheduleOwnerSink;
+  /** The alert state check's interval and thresholds, and how notifications are retried. */
+  alerts?: AlertOptions;
 }
 
 export interface NbdTlsCertificates {
@@ -161,6 +164,8 @@ export class Site {
   readonly plans: SitePlans;
   /** Storage policies: placement, compliance, remediation; and the pools' declared capabilities. */
   readonly policies: SitePolicies;
+  /** Alerts, their silences and notification channels. */
+  readonly alerts: SiteAlerts;
 
   private constructor(
     readonly name: string,
@@ -174,6 +179,7 @@ export class Site {
     recoveryOptions: RecoveryOptions,
     identity: SiteIdentity,
     schedules?: ScheduleOwnerSink,
+    alertOptions: AlertOptions = {},
   ) {
     this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
@@ -237,6 +243,22 @@ export class Site {
       checks: this.checks,
       ...(schedules ? { sink: schedules } : {}),
     });
+    this.alerts = new SiteAlerts(
+      {
+        site: name,
+        version: havenVersion(),
+        db,
+        events: this.events,
+        job: (id) => {
+          const code = this.jobs.get(id).errorCode;
+          return code ? { errorCode: code } : {};
+        },
+        pools: () => storage.listPools(),
+        replication: () => this.replication.list(),
+        recoveries: () => this.recovery.list(),
+      },
+      alertOptions,
+    );
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
@@ -281,6 +303,7 @@ export class Site {
         },
         identity,
         opts.schedules,
+        opts.alerts ?? {},
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
@@ -320,6 +343,7 @@ export class Site {
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
       site.policies.watch(COMPLIANCE_INTERVAL_MS);
+      site.alerts.start();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
     } catch (err) {
@@ -405,6 +429,7 @@ export class Site {
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
     this.policies.unwatch();
+    await this.alerts.close(); // before the jobs are cancelled: a stopping daemon is no alert
     await this.jobs.cancelAll();
     await this.replication.close();
     this.compute.detachAll();
