@@ -253,10 +253,18 @@ export class SiteAlerts {
     // Called inside whoever appended the event: a problem here is logged, never thrown into it.
     try {
       const id = e.details?.job;
-      const facts = typeof id === 'string' ? this.p.job(id) : undefined;
+      const facts = typeof id === 'string' ? this.jobFacts(id) : undefined;
       for (const s of eventSignals(e, facts)) this.apply(s, true);
     } catch (err) {
       log.error({ err: errorMessage(err), action: e.action, target: e.target }, 'alert rules failed on an event');
+    }
+  }
+
+  private jobFacts(id: string): JobFacts | undefined {
+    try {
+      return this.p.job(id);
+    } catch {
+      return undefined; // an event naming a job this site does not have
     }
   }
 

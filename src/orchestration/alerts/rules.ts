@@ -123,7 +123,8 @@ const jobKind = /^[a-z]+(\.[a-z-]+)+$/;
 export function eventSignals(e: RuleEvent, job?: JobFacts): Signal[] {
   if (e.action.startsWith('alert.')) return [];
   const out: Signal[] = [];
-  const isJob = typeof e.details?.job === 'string' && jobKind.test(e.action);
+  // A recoverability check (a job or not) has its own rule, not job.failed besides.
+  const isJob = typeof e.details?.job === 'string' && jobKind.test(e.action) && e.action !== 'recovery.check';
   if (isJob && (e.outcome === 'ok' || e.outcome === 'failed')) {
     const object = `${e.action}:${e.target}`;
     const details = { job: e.details!.job, kind: e.action, target: e.target };
