@@ -69,13 +69,16 @@ export function registerAlertRoutes(api: FastifyInstance, site: Site): void {
           properties: {
             state: { type: 'string', enum: ['open', 'resolved'] },
             rule: { type: 'string' },
-            limit: { type: 'integer', minimum: 1, maximum: 1000 },
+            limit: { type: 'string', pattern: '^[0-9]{1,4}$' },
           },
         },
         response: { 200: s.list(alertAnswer) },
       },
     },
-    async (req) => a.list(req.query as { state?: 'open' | 'resolved'; rule?: string; limit?: number }),
+    async (req) => {
+      const { limit, ...q } = req.query as { state?: 'open' | 'resolved'; rule?: string; limit?: string };
+      return a.list({ ...q, ...(limit ? { limit: Number(limit) } : {}) });
+    },
   );
   api.get('/alerts/rules', { schema: { tags, response: { 200: s.list(s.open('an alert rule')) } } }, async () =>
     a.rules(),

@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { invalidArgument } from '../../common/index.js';
 import type { AddChannelRequest, Alert, Channel, RuleInfo, Silence } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { parseDuration, table } from '../args.js';
@@ -38,6 +39,7 @@ export function registerAlert(program: Command): void {
     .option('--limit <n>', 'at most this many', '100')
     .option('--json', 'print JSON')
     .action(async (o: JsonOpts & { state?: string; rule?: string; limit: string }) => {
+      if (!/^\d{1,4}$/.test(o.limit)) throw invalidArgument(`--limit "${o.limit}" is not a number`);
       const q = new URLSearchParams({ limit: o.limit });
       if (o.state) q.set('state', o.state);
       if (o.rule) q.set('rule', o.rule);
