@@ -15,7 +15,13 @@ import { site } from '../support/site.js';
 
 interface Hit {
   body: string;
-  json: { type: string; site: string; timestamp: number; summary: string; alert?: { id: number; rule: string; object: string; state: string } };
+  json: {
+    type: string;
+    site: string;
+    timestamp: number;
+    summary: string;
+    alert?: { id: number; rule: string; object: string; state: string };
+  };
   headers: IncomingMessage['headers'];
 }
 
@@ -44,7 +50,8 @@ async function webhookReceiver(t: { after: (fn: () => unknown) => void }, status
         const h = hits.find(pred);
         if (h) return h;
         const left = deadline - Date.now();
-        if (left <= 0) throw new Error(`the webhook never got ${what}; it got: ${hits.map((x) => x.body).join('\n')}`);
+        if (left <= 0)
+          throw new Error(`the webhook never got ${what}; it got: ${hits.map((x) => x.body).join('\n')}`);
         await new Promise<void>((r) => {
           const timer = setTimeout(r, left);
           wake = () => (clearTimeout(timer), r());
@@ -80,7 +87,8 @@ async function smtpReceiver(t: { after: (fn: () => unknown) => void }) {
         const m = mails.find((x) => re.test(x.data));
         if (m) return m.data;
         const left = deadline - Date.now();
-        if (left <= 0) throw new Error(`no mail matched ${re}; got:\n${mails.map((x) => x.data).join('\n---\n')}`);
+        if (left <= 0)
+          throw new Error(`no mail matched ${re}; got:\n${mails.map((x) => x.data).join('\n---\n')}`);
         await new Promise<void>((r) => {
           const timer = setTimeout(r, left);
           wake = () => (clearTimeout(timer), r());
@@ -116,15 +124,32 @@ test('a failed backup fires an alert to a webhook and by mail; the next good bac
   const secretFile = join(work, 'webhook-secret');
   writeFileSync(secretFile, 'correct horse battery staple\n', { mode: 0o600 });
 
-  const wh = JSON.parse(await s.haven('alert', 'notify', 'add', 'webhook', hook.url, '--secret-file', secretFile, '--json')) as { id: number };
+  const wh = JSON.parse(
+    await s.haven('alert', 'notify', 'add', 'webhook', hook.url, '--secret-file', secretFile, '--json'),
+  ) as { id: number };
   const mail = JSON.parse(
-    await s.haven('alert', 'notify', 'add', 'email', '--smtp', smtp.address, '--from', 'haven@example.com', '--to', 'ops@example.com', '--json'),
+    await s.haven(
+      'alert',
+      'notify',
+      'add',
+      'email',
+      '--smtp',
+      smtp.address,
+      '--from',
+      'haven@example.com',
+      '--to',
+      'ops@example.com',
+      '--json',
+    ),
   ) as { id: number };
   assert.match(await s.haven('alert', 'notify', 'list'), new RegExp(`${wh.id}\\s+webhook\\s+${hook.url}`));
 
   // The test notification: both channels, at once.
   await s.haven('alert', 'notify', 'test', String(wh.id));
-  assertSigned(await hook.until((h) => h.json.type === 'alert.test', 'the test'), 'correct horse battery staple');
+  assertSigned(
+    await hook.until((h) => h.json.type === 'alert.test', 'the test'),
+    'correct horse battery staple',
+  );
   await s.haven('alert', 'notify', 'test', String(mail.id));
   await smtp.until(/test notification/);
 
@@ -180,30 +205,73 @@ test('a failed backup fires an alert to a webhook and by mail; the next good bac
   await s.haven('volume', 'create', 'v3', '--size', '8M');
   await s.havenFails('backup', 'volume:v3', '--repo', join(work, 'nowhere'));
   await hook.until((h) => h.json.alert?.object === 'volume.backup:v3', "v3's fire");
-  const third = await flaky.until((h) => h.json.alert?.object === 'volume.backup:v3' && flaky.hits.length >= 3, 'the third try');
+  const third = await flaky.until(
+    (h) => h.json.alert?.object === 'volume.backup:v3' && flaky.hits.length >= 3,
+    'the third try',
+  );
   assert.equal(flaky.hits.length, 3);
   assertSigned(third, 'correct horse battery staple');
-  assert.equal(new Set(flaky.hits.map((h) => h.headers['x-haven-delivery'])).size, 1, 'one delivery, three attempts');
-  assert.ok(!hook.hits.some((h) => h.json.alert?.object === 'volume.backup:v2'), 'the silenced alert was not sent');
+  assert.equal(
+    new Set(flaky.hits.map((h) => h.headers['x-haven-delivery'])).size,
+    1,
+    'one delivery, three attempts',
+  );
+  assert.ok(
+    !hook.hits.some((h) => h.json.alert?.object === 'volume.backup:v2'),
+    'the silenced alert was not sent',
+  );
   await smtp.until(/FIRING: job\.failed volume\.backup:v3/);
   assert.ok(!smtp.mails.some((m) => m.data.includes('volume.backup:v2')));
 
   // Bad input: clear errors, nothing stored.
   const channels = await s.haven('alert', 'notify', 'list', '--json');
   assert.match(
-    await s.havenFails('alert', 'notify', 'add', 'webhook', 'hooks.example.com/x', '--secret-file', secretFile),
+    await s.havenFails(
+      'alert',
+      'notify',
+      'add',
+      'webhook',
+      'hooks.example.com/x',
+      '--secret-file',
+      secretFile,
+    ),
     /invalid argument: webhook URL hooks\.example\.com\/x is not a URL: give e\.g\. https:/,
   );
   assert.match(
-    await s.havenFails('alert', 'notify', 'add', 'webhook', 'https://hooks.example.com/x', '--secret-file', join(work, 'no-such-secret')),
+    await s.havenFails(
+      'alert',
+      'notify',
+      'add',
+      'webhook',
+      'https://hooks.example.com/x',
+      '--secret-file',
+      join(work, 'no-such-secret'),
+    ),
     /webhook secret file .*no-such-secret cannot be read by the site daemon .*ENOENT/,
   );
   assert.match(
-    await s.havenFails('alert', 'notify', 'add', 'email', '--smtp', 'mail.example.com', '--from', 'a@example.com', '--to', 'b@example.com'),
+    await s.havenFails(
+      'alert',
+      'notify',
+      'add',
+      'email',
+      '--smtp',
+      'mail.example.com',
+      '--from',
+      'a@example.com',
+      '--to',
+      'b@example.com',
+    ),
     /SMTP server mail\.example\.com is not HOST:PORT/,
   );
-  assert.match(await s.havenFails('alert', 'silence', 'job.faild', '--for', '1h'), /unknown alert rule job\.faild: give an alert's id or one of .*job\.failed/);
-  assert.match(await s.havenFails('alert', 'silence', 'job.failed', '--for', 'soon'), /--for "soon" is not a duration/);
+  assert.match(
+    await s.havenFails('alert', 'silence', 'job.faild', '--for', '1h'),
+    /unknown alert rule job\.faild: give an alert's id or one of .*job\.failed/,
+  );
+  assert.match(
+    await s.havenFails('alert', 'silence', 'job.failed', '--for', 'soon'),
+    /--for "soon" is not a duration/,
+  );
   assert.match(await s.havenFails('alert', 'silence', '9999', '--for', '1h'), /not found: no alert 9999/);
   assert.match(await s.havenFails('alert', 'notify', 'remove', '9999'), /no notification channel 9999/);
   assert.equal(await s.haven('alert', 'notify', 'list', '--json'), channels);

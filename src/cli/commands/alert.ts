@@ -30,7 +30,9 @@ function showAlert(a: Alert): string {
 export function registerAlert(program: Command): void {
   const alert = program
     .command('alert')
-    .description('alerts of the site (failed jobs, missed backups, RPO, full pools …), silences and notifications');
+    .description(
+      'alerts of the site (failed jobs, missed backups, RPO, full pools …), silences and notifications',
+    );
 
   apiOptions(alert.command('list'))
     .description('the alerts, newest first')
@@ -77,12 +79,17 @@ export function registerAlert(program: Command): void {
     .action(async (o: JsonOpts) => {
       const rules = await connect(o).get<RuleInfo[]>('/alerts/rules');
       printResult(!!o.json, rules, () =>
-        table([['RULE', 'SEVERITY', 'DESCRIPTION'], ...rules.map((r) => [r.name, r.severity, r.description])]),
+        table([
+          ['RULE', 'SEVERITY', 'DESCRIPTION'],
+          ...rules.map((r) => [r.name, r.severity, r.description]),
+        ]),
       );
     });
 
   apiOptions(alert.command('silence'))
-    .description("hold back the notifications of a rule's alerts (or one alert's) for a while; they still record")
+    .description(
+      "hold back the notifications of a rule's alerts (or one alert's) for a while; they still record",
+    )
     .argument('<rule|alert-id>', 'a rule name (see haven alert rules) or an alert id')
     .requiredOption('--for <duration>', 'how long (e.g. 2h, 30m, 7d)')
     .option('--comment <text>', 'why')
@@ -123,9 +130,14 @@ export function registerAlert(program: Command): void {
   const notify = alert.command('notify').description('where alerts are sent: webhooks and e-mail');
   const add = notify.command('add').description('send alerts to a webhook or by e-mail');
   apiOptions(add.command('webhook'))
-    .description('POST each alert as JSON, signed with HMAC-SHA256 (header x-haven-signature over "TIMESTAMP.BODY")')
+    .description(
+      'POST each alert as JSON, signed with HMAC-SHA256 (header x-haven-signature over "TIMESTAMP.BODY")',
+    )
     .argument('<url>', 'http(s) URL')
-    .requiredOption('--secret-file <file>', 'the shared secret, in a file the site daemon can read (mode 0600)')
+    .requiredOption(
+      '--secret-file <file>',
+      'the shared secret, in a file the site daemon can read (mode 0600)',
+    )
     .option('--json', 'print JSON')
     .action(async (url: string, o: JsonOpts & { secretFile: string }) => {
       const body: AddChannelRequest = { kind: 'webhook', url, secretFile: resolve(o.secretFile) };
@@ -139,11 +151,21 @@ export function registerAlert(program: Command): void {
     .requiredOption('--to <address...>', 'the recipients')
     .option('--user <user>', 'SMTP user (with --password-file)')
     .option('--password-file <file>', "the SMTP user's password, in a file the site daemon can read")
-    .option('--tls', 'require TLS: implicit TLS on port 465, STARTTLS on others (default: STARTTLS when offered)')
+    .option(
+      '--tls',
+      'require TLS: implicit TLS on port 465, STARTTLS on others (default: STARTTLS when offered)',
+    )
     .option('--json', 'print JSON')
     .action(
       async (
-        o: JsonOpts & { smtp: string; from: string; to: string[]; user?: string; passwordFile?: string; tls?: boolean },
+        o: JsonOpts & {
+          smtp: string;
+          from: string;
+          to: string[];
+          user?: string;
+          passwordFile?: string;
+          tls?: boolean;
+        },
       ) => {
         const body: AddChannelRequest = {
           kind: 'email',

@@ -65,8 +65,16 @@ export function registerServe(program: Command): void {
       'bytes per second each such disk may read from its backup, e.g. 200M (default: unlimited)',
     )
     .option('--recovery-warn-after <hours>', 'warn about a VM that runs from a backup longer than this', '24')
-    .option('--alert-check-every <duration>', 'how often the alert rules look at pools, repositories, replication and recoveries', '60s')
-    .option('--alert-full-percent <n>', 'a pool or repository file system this full (percent) fires an alert', '90')
+    .option(
+      '--alert-check-every <duration>',
+      'how often the alert rules look at pools, repositories, replication and recoveries',
+      '60s',
+    )
+    .option(
+      '--alert-full-percent <n>',
+      'a pool or repository file system this full (percent) fires an alert',
+      '90',
+    )
     .action(
       async (o: {
         data?: string;

@@ -87,7 +87,11 @@ test('a failed job fires once per kind and target, counts repeats, resolves on t
   await runJob(s.jobs, 'vm.backup', 'app2', new HavenError('IO', 'no'));
   await runJob(s.jobs, 'volume.backup', 'app1', new HavenError('IO', 'no'));
   const open1 = s.alerts.list({ state: 'open' });
-  assert.deepEqual(open1.map((a) => a.object).sort(), ['vm.backup:app1', 'vm.backup:app2', 'volume.backup:app1']);
+  assert.deepEqual(open1.map((a) => a.object).sort(), [
+    'vm.backup:app1',
+    'vm.backup:app2',
+    'volume.backup:app1',
+  ]);
   const a1 = open1.find((a) => a.object === 'vm.backup:app1')!;
   assert.equal(a1.rule, 'job.failed');
   assert.equal(a1.count, 2);
@@ -96,7 +100,9 @@ test('a failed job fires once per kind and target, counts repeats, resolves on t
 
   // A cancelled job is no failure.
   const j = s.jobs.start({ kind: 'vm.backup', target: 'app3', actor: 'tester' }, (ctx) => {
-    return new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)));
+    return new Promise((_, reject) =>
+      ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)),
+    );
   });
   const done = ended(s.jobs, j.id);
   s.jobs.cancel(j.id, 'tester');
@@ -131,8 +137,20 @@ test('events of schedules, policies, recoverability checks and verify fire and r
   t.after(dir.cleanup);
   const s = open(dir.path, empty());
   t.after(() => s.close());
-  const e = (action: string, target: string, outcome: 'ok' | 'failed' | 'info' | 'warning', details?: Record<string, unknown>) =>
-    s.events.append({ actor: 'system', action, target, outcome, message: `${action} ${target} ${outcome}`, ...(details ? { details } : {}) });
+  const e = (
+    action: string,
+    target: string,
+    outcome: 'ok' | 'failed' | 'info' | 'warning',
+    details?: Record<string, unknown>,
+  ) =>
+    s.events.append({
+      actor: 'system',
+      action,
+      target,
+      outcome,
+      message: `${action} ${target} ${outcome}`,
+      ...(details ? { details } : {}),
+    });
 
   e('schedule.missed', 'app1', 'warning', { kind: 'vm.backup' });
   e('schedule.skipped', 'db1', 'warning');
@@ -156,7 +174,12 @@ test('events of schedules, policies, recoverability checks and verify fire and r
   assert.deepEqual(rules(), []);
 
   // Verify: damage (the job fails CORRUPT) is its own rule; a clean verify resolves it.
-  await runJob(s.jobs, 'repository.verify', '/r', new HavenError('CORRUPT', 'verify found 1 damaged chunk(s)'));
+  await runJob(
+    s.jobs,
+    'repository.verify',
+    '/r',
+    new HavenError('CORRUPT', 'verify found 1 damaged chunk(s)'),
+  );
   await runJob(s.jobs, 'repository.verify', '/q', new HavenError('IO', 'cannot read'));
   assert.deepEqual(rules(), ['job.failed repository.verify:/q', 'verify.damage /r']);
   await runJob(s.jobs, 'repository.verify', '/r');
@@ -165,7 +188,11 @@ test('events of schedules, policies, recoverability checks and verify fire and r
   // The replication events fire early what the state check also sees.
   e('replication.state', 'g1', 'warning', { state: 'bitmap', link: 'down' });
   e('replication.rpo', 'g1', 'warning');
-  assert.deepEqual(rules(), ['job.failed repository.verify:/q', 'replication.bitmap g1', 'replication.rpo g1']);
+  assert.deepEqual(rules(), [
+    'job.failed repository.verify:/q',
+    'replication.bitmap g1',
+    'replication.rpo g1',
+  ]);
   e('replication.state', 'g1', 'info', { state: 'replicating', link: 'up' });
   e('replication.rpo', 'g1', 'info');
   assert.deepEqual(rules(), ['job.failed repository.verify:/q']);
@@ -187,8 +214,20 @@ test('the state check: full pools (with hysteresis), RPO, bitmap, paused, recove
     { name: 'slow', capacityBytes: 100, allocatedBytes: 10 },
   ];
   w.replication = [
-    { name: 'g1', role: 'source', paused: false, rpoObjectiveSeconds: 15, source: { state: 'bitmap', rpoSeconds: 40 } },
-    { name: 'g2', role: 'source', paused: true, rpoObjectiveSeconds: 15, source: { state: 'paused', rpoSeconds: 400 } },
+    {
+      name: 'g1',
+      role: 'source',
+      paused: false,
+      rpoObjectiveSeconds: 15,
+      source: { state: 'bitmap', rpoSeconds: 40 },
+    },
+    {
+      name: 'g2',
+      role: 'source',
+      paused: true,
+      rpoObjectiveSeconds: 15,
+      source: { state: 'paused', rpoSeconds: 400 },
+    },
     { name: 'g3', role: 'target', paused: false },
   ];
   w.recoveries = [{ vm: 'old', warning: 'running from backup x for 2 d' }, { vm: 'new' }];
@@ -208,7 +247,15 @@ test('the state check: full pools (with hysteresis), RPO, bitmap, paused, recove
   await s.alerts.check();
   assert.ok(rules().includes('pool.full fast'));
   w.pools[0]!.allocatedBytes = 70;
-  w.replication = [{ name: 'g1', role: 'source', paused: false, rpoObjectiveSeconds: 15, source: { state: 'replicating', rpoSeconds: 2 } }];
+  w.replication = [
+    {
+      name: 'g1',
+      role: 'source',
+      paused: false,
+      rpoObjectiveSeconds: 15,
+      source: { state: 'replicating', rpoSeconds: 2 },
+    },
+  ];
   w.recoveries = [];
   await s.alerts.check();
   assert.deepEqual(rules(), []);
@@ -220,7 +267,10 @@ test('bad input: an unknown rule, a silence of no time, a missing alert; nothing
   t.after(dir.cleanup);
   const s = open(dir.path, empty());
   t.after(() => s.close());
-  assert.throws(() => s.alerts.silence('tester', 'job.failes', 3600), /unknown alert rule job\.failes: give .*job\.failed/);
+  assert.throws(
+    () => s.alerts.silence('tester', 'job.failes', 3600),
+    /unknown alert rule job\.failes: give .*job\.failed/,
+  );
   assert.throws(() => s.alerts.silence('tester', 'job.failed', 0), /more than 0 s/);
   assert.throws(() => s.alerts.silence('tester', '42', 60), /no alert 42/);
   assert.throws(() => s.alerts.list({ rule: 'nope' }), /unknown alert rule nope/);

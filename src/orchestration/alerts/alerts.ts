@@ -1,4 +1,3 @@
-import type { Database } from 'better-sqlite3';
 import type { EventEmitter } from 'node:events';
 import { errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
 import { Channels, describeChannel, type AddChannelRequest, type Channel } from './channels.js';
@@ -82,7 +81,8 @@ export class SiteAlerts {
     const interval = opts.checkIntervalSeconds ?? 60;
     if (!(interval > 0)) throw invalidArgument(`the alert check interval must be above 0 s, not ${interval}`);
     const full = opts.fullPercent ?? 90;
-    if (!(full > 0 && full <= 100)) throw invalidArgument(`the "near full" threshold is a percentage in (0, 100], not ${full}`);
+    if (!(full > 0 && full <= 100))
+      throw invalidArgument(`the "near full" threshold is a percentage in (0, 100], not ${full}`);
     this.intervalMs = interval * 1000;
     this.fullPercent = full;
     this.store = new AlertStore(p.db);
@@ -256,7 +256,10 @@ export class SiteAlerts {
       const facts = typeof id === 'string' ? this.jobFacts(id) : undefined;
       for (const s of eventSignals(e, facts)) this.apply(s, true);
     } catch (err) {
-      log.error({ err: errorMessage(err), action: e.action, target: e.target }, 'alert rules failed on an event');
+      log.error(
+        { err: errorMessage(err), action: e.action, target: e.target },
+        'alert rules failed on an event',
+      );
     }
   }
 
@@ -277,7 +280,10 @@ export class SiteAlerts {
       const looked = stateObjects(state);
       for (const a of this.store.openAll())
         if ((STATE_RULES as string[]).includes(a.rule) && !looked.has(alertKey(a.rule, a.object)))
-          this.apply({ rule: a.rule, object: a.object, firing: false, message: `${a.object} is gone` }, false);
+          this.apply(
+            { rule: a.rule, object: a.object, firing: false, message: `${a.object} is gone` },
+            false,
+          );
     } catch (err) {
       log.error({ err: errorMessage(err) }, 'alert state check failed');
     }
@@ -307,7 +313,12 @@ export class SiteAlerts {
         target: s.object,
         outcome: 'warning',
         message: `alert ${a.id} (${s.rule}) fired: ${s.message}${silence ? ` [silenced by silence ${silence.id}]` : ''}`,
-        details: { alert: a.id, rule: s.rule, severity: a.severity, ...(silence ? { silence: silence.id } : {}) },
+        details: {
+          alert: a.id,
+          rule: s.rule,
+          severity: a.severity,
+          ...(silence ? { silence: silence.id } : {}),
+        },
       });
       if (!silence) {
         this.store.markNotified(a.id);

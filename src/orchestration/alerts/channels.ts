@@ -43,7 +43,8 @@ export type AddChannelRequest =
 
 /** Reads a secret from a file: trimmed, not empty. Errors name the file, never its content. */
 export function readSecretFile(path: string, what: string): string {
-  if (!isAbsolute(path)) throw invalidArgument(`${what} ${path} must be an absolute path (the daemon reads it)`);
+  if (!isAbsolute(path))
+    throw invalidArgument(`${what} ${path} must be an absolute path (the daemon reads it)`);
   let s: string;
   try {
     s = readFileSync(path, 'utf8').trim();
@@ -67,7 +68,8 @@ export function checkChannel(req: AddChannelRequest): ChannelConfig {
     for (const f of other)
       if (given[f] !== undefined) throw invalidArgument(`${f} is not an option of a ${req.kind} channel`);
   };
-  if (req.kind === 'webhook') need(['url', 'secretFile'], ['smtp', 'from', 'to', 'user', 'passwordFile', 'tls']);
+  if (req.kind === 'webhook')
+    need(['url', 'secretFile'], ['smtp', 'from', 'to', 'user', 'passwordFile', 'tls']);
   else if (req.kind === 'email') need(['smtp', 'from', 'to'], ['url', 'secretFile']);
   else throw invalidArgument(`unknown channel kind ${String(given.kind)}: use webhook or email`);
   if (req.kind === 'webhook') {
@@ -78,9 +80,13 @@ export function checkChannel(req: AddChannelRequest): ChannelConfig {
       throw invalidArgument(`webhook URL ${req.url} is not a URL: give e.g. https://hooks.example.com/haven`);
     }
     if (url.protocol !== 'https:' && url.protocol !== 'http:')
-      throw invalidArgument(`webhook URL ${req.url} is not http(s): give e.g. https://hooks.example.com/haven`);
+      throw invalidArgument(
+        `webhook URL ${req.url} is not http(s): give e.g. https://hooks.example.com/haven`,
+      );
     if (url.username || url.password)
-      throw invalidArgument(`webhook URL ${url.host}: put no credentials in the URL (it is listed); the signature authenticates`);
+      throw invalidArgument(
+        `webhook URL ${url.host}: put no credentials in the URL (it is listed); the signature authenticates`,
+      );
     readSecretFile(req.secretFile, 'webhook secret file');
     return { kind: 'webhook', url: url.toString(), secretFile: req.secretFile };
   }

@@ -93,7 +93,11 @@ export class Deliveries {
       .all(over) as DeliveryRow[];
     for (const r of oldest) {
       this.db.prepare('DELETE FROM alert_deliveries WHERE id = ?').run(r.id);
-      this.lost(this.channelOr(r.channel, c), JSON.parse(r.payload) as Notification, `dropped: more than ${this.o.maxPending} deliveries waiting`);
+      this.lost(
+        this.channelOr(r.channel, c),
+        JSON.parse(r.payload) as Notification,
+        `dropped: more than ${this.o.maxPending} deliveries waiting`,
+      );
     }
   }
 
@@ -156,7 +160,10 @@ export class Deliveries {
     try {
       await this.send(c, n, r.id);
       this.db.prepare('DELETE FROM alert_deliveries WHERE id = ?').run(r.id);
-      log.debug({ delivery: r.id, channel: c.id, type: n.type, attempts: r.attempts + 1 }, 'notification sent');
+      log.debug(
+        { delivery: r.id, channel: c.id, type: n.type, attempts: r.attempts + 1 },
+        'notification sent',
+      );
     } catch (err) {
       if (this.closed) return; // the next daemon tries again
       const attempts = r.attempts + 1;
@@ -170,7 +177,10 @@ export class Deliveries {
       this.db
         .prepare('UPDATE alert_deliveries SET attempts = ?, next_at = ?, last_error = ? WHERE id = ?')
         .run(attempts, Date.now() + delay, why, r.id);
-      log.warn({ delivery: r.id, channel: c.id, attempts, retryInMs: delay, err: why }, 'notification failed; retrying');
+      log.warn(
+        { delivery: r.id, channel: c.id, attempts, retryInMs: delay, err: why },
+        'notification failed; retrying',
+      );
     }
   }
 }

@@ -55,7 +55,9 @@ function failJob(jobs: JobManager, kind: string, target: string, ok = false): Pr
       return {};
     });
     const on = (u: { id: string; state: string }) => {
-      if (u.id === j.id && u.state !== 'running') (jobs.off('update', on), resolve());
+      if (u.id !== j.id || u.state === 'running') return;
+      jobs.off('update', on);
+      resolve();
     };
     jobs.on('update', on);
   });
@@ -127,7 +129,11 @@ test('a webhook that answers 500 twice gets the delivery on the third try, signe
     assert.equal(h.json.alert?.object, 'vm.backup:app1');
   }
   assert.ok(Date.now() - t0 >= 150, 'backoff: 50 ms, then 100 ms');
-  assert.equal(new Set(hits.map((h) => h.headers['x-haven-delivery'])).size, 1, 'one delivery, three attempts');
+  assert.equal(
+    new Set(hits.map((h) => h.headers['x-haven-delivery'])).size,
+    1,
+    'one delivery, three attempts',
+  );
   await drained(s.alerts);
   // The secret is nowhere in what the site keeps.
   assert.ok(!JSON.stringify(s.events.query({ limit: 1000 })).includes('sesame'));
@@ -256,7 +262,10 @@ test('bad channels: a bad URL, a missing or empty secret file, a bad SMTP addres
     [{ kind: 'webhook', url: 'not a url', secretFile }, /webhook URL not a url is not a URL/],
     [{ kind: 'webhook', url: 'ftp://x/', secretFile }, /is not http\(s\)/],
     [{ kind: 'webhook', url: 'https://u:p@x/', secretFile }, /no credentials in the URL/],
-    [{ kind: 'webhook', url: 'https://x/', secretFile: join(dir.path, 'nope') }, /webhook secret file .*nope cannot be read .*ENOENT/],
+    [
+      { kind: 'webhook', url: 'https://x/', secretFile: join(dir.path, 'nope') },
+      /webhook secret file .*nope cannot be read .*ENOENT/,
+    ],
     [{ kind: 'webhook', url: 'https://x/', secretFile: empty }, /is empty/],
     [{ kind: 'webhook', url: 'https://x/', secretFile: 'relative' }, /must be an absolute path/],
     [{ kind: 'email', smtp: 'mail.example.com', from: 'a@b', to: ['c@d'] }, /is not HOST:PORT/],

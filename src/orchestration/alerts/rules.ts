@@ -178,7 +178,9 @@ export function eventSignals(e: RuleEvent, job?: JobFacts): Signal[] {
         },
       ];
     case 'replication.rpo':
-      return [{ rule: 'replication.rpo', object: e.target, firing: e.outcome === 'warning', message: e.message }];
+      return [
+        { rule: 'replication.rpo', object: e.target, firing: e.outcome === 'warning', message: e.message },
+      ];
     case 'replication.state': {
       const state = e.details?.state;
       if (typeof state !== 'string') return [];
@@ -239,13 +241,20 @@ const FULL_HYSTERESIS = 5;
  */
 export function stateSignals(s: SiteState, t: Thresholds): Signal[] {
   const out: Signal[] = [];
-  const full = (rule: 'pool.full' | 'repository.full', object: string, what: string, used: number, total: number) => {
+  const full = (
+    rule: 'pool.full' | 'repository.full',
+    object: string,
+    what: string,
+    used: number,
+    total: number,
+  ) => {
     if (total <= 0) return;
     const pct = (used / total) * 100;
     const details = { usedBytes: used, totalBytes: total, percent: Math.round(pct * 10) / 10 };
     const message = `${what} is ${details.percent}% full (${used} of ${total} bytes; threshold ${t.fullPercent}%)`;
     if (pct >= t.fullPercent) out.push({ rule, object, firing: true, message, details });
-    else if (pct < t.fullPercent - FULL_HYSTERESIS) out.push({ rule, object, firing: false, message, details });
+    else if (pct < t.fullPercent - FULL_HYSTERESIS)
+      out.push({ rule, object, firing: false, message, details });
   };
   for (const p of s.pools) full('pool.full', p.name, `pool ${p.name}`, p.allocatedBytes, p.capacityBytes);
   for (const r of s.repositories)
@@ -259,7 +268,10 @@ export function stateSignals(s: SiteState, t: Thresholds): Signal[] {
       );
   for (const g of s.replication) {
     const late =
-      !g.paused && g.rpoSeconds !== undefined && g.rpoObjectiveSeconds !== undefined && g.rpoSeconds > g.rpoObjectiveSeconds;
+      !g.paused &&
+      g.rpoSeconds !== undefined &&
+      g.rpoObjectiveSeconds !== undefined &&
+      g.rpoSeconds > g.rpoObjectiveSeconds;
     out.push({
       rule: 'replication.rpo',
       object: g.name,
@@ -267,7 +279,9 @@ export function stateSignals(s: SiteState, t: Thresholds): Signal[] {
       message: late
         ? `replication group ${g.name}: the replica is ${g.rpoSeconds!.toFixed(1)} s old, more than its RPO of ${g.rpoObjectiveSeconds} s`
         : `replication group ${g.name}: within its RPO`,
-      ...(g.rpoSeconds !== undefined ? { details: { rpoSeconds: g.rpoSeconds, objective: g.rpoObjectiveSeconds } } : {}),
+      ...(g.rpoSeconds !== undefined
+        ? { details: { rpoSeconds: g.rpoSeconds, objective: g.rpoObjectiveSeconds } }
+        : {}),
     });
     out.push({
       rule: 'replication.bitmap',
@@ -279,7 +293,9 @@ export function stateSignals(s: SiteState, t: Thresholds): Signal[] {
       rule: 'replication.paused',
       object: g.name,
       firing: g.paused,
-      message: g.paused ? `replication group ${g.name} is paused: resume it with haven replication resume ${g.name}` : `replication group ${g.name} runs`,
+      message: g.paused
+        ? `replication group ${g.name} is paused: resume it with haven replication resume ${g.name}`
+        : `replication group ${g.name} runs`,
     });
   }
   for (const r of s.recoveries)
@@ -287,7 +303,9 @@ export function stateSignals(s: SiteState, t: Thresholds): Signal[] {
       rule: 'recovery.overdue',
       object: r.vm,
       firing: r.warning !== undefined,
-      message: r.warning ? `VM ${r.vm} is ${r.warning}` : `VM ${r.vm} runs from a backup within the allowed time`,
+      message: r.warning
+        ? `VM ${r.vm} is ${r.warning}`
+        : `VM ${r.vm} runs from a backup within the allowed time`,
     });
   return out;
 }

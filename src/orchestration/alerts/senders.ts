@@ -29,7 +29,12 @@ export function webhookSignature(secret: string, timestamp: number, body: string
 }
 
 /** One POST; signed afresh at each attempt (a retry carries a new timestamp). */
-export async function sendWebhook(c: WebhookConfig, n: Notification, delivery: number, version: string): Promise<void> {
+export async function sendWebhook(
+  c: WebhookConfig,
+  n: Notification,
+  delivery: number,
+  version: string,
+): Promise<void> {
   const secret = readSecretFile(c.secretFile, 'webhook secret file');
   const timestamp = Math.floor(Date.now() / 1000);
   const body = JSON.stringify({ ...n, delivery, timestamp });
@@ -50,7 +55,10 @@ export async function sendWebhook(c: WebhookConfig, n: Notification, delivery: n
     });
   } catch (err) {
     const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    throw new HavenError('IO', `webhook ${originOf(c.url)}: ${cause?.code ?? cause?.message ?? (err as Error).message}`);
+    throw new HavenError(
+      'IO',
+      `webhook ${originOf(c.url)}: ${cause?.code ?? cause?.message ?? (err as Error).message}`,
+    );
   }
   await res.body?.cancel().catch(() => undefined);
   if (res.status < 200 || res.status > 299)
@@ -82,7 +90,10 @@ export async function sendEmail(c: EmailConfig, n: Notification): Promise<void> 
   } catch (err) {
     const e = err as { code?: string; responseCode?: number; message?: string };
     // nodemailer's messages name the server and the reply, never the password.
-    throw new HavenError('IO', `SMTP ${c.host}:${c.port}: ${e.responseCode ?? e.code ?? ''} ${e.message ?? ''}`.trim());
+    throw new HavenError(
+      'IO',
+      `SMTP ${c.host}:${c.port}: ${e.responseCode ?? e.code ?? ''} ${e.message ?? ''}`.trim(),
+    );
   } finally {
     transport.close();
   }

@@ -44,9 +44,17 @@ export class Silences {
   ) {}
 
   /** `target`: a rule name or an alert's id (digits). */
-  add(actor: string, target: string, forSeconds: number, comment: string | undefined, nowMs: number): Silence {
+  add(
+    actor: string,
+    target: string,
+    forSeconds: number,
+    comment: string | undefined,
+    nowMs: number,
+  ): Silence {
     if (!Number.isFinite(forSeconds) || forSeconds <= 0 || forSeconds > MAX_SILENCE_SECONDS)
-      throw invalidArgument(`a silence lasts more than 0 s and at most 366 days, not ${forSeconds} s: give e.g. --for 2h`);
+      throw invalidArgument(
+        `a silence lasts more than 0 s and at most 366 days, not ${forSeconds} s: give e.g. --for 2h`,
+      );
     let rule: string | null = null;
     let alert: number | null = null;
     if (/^\d+$/.test(target)) {

@@ -23,7 +23,9 @@ export interface StateParts {
  */
 function repositories(db: Database): string[] {
   return (
-    db.prepare("SELECT DISTINCT target FROM jobs WHERE kind LIKE 'repository.%'").all() as { target: string }[]
+    db.prepare("SELECT DISTINCT target FROM jobs WHERE kind LIKE 'repository.%'").all() as {
+      target: string;
+    }[]
   ).map((r) => r.target);
 }
 
@@ -40,7 +42,9 @@ export async function gatherState(p: StateParts): Promise<SiteState> {
     }),
   );
   return {
-    pools: p.pools().map((x) => ({ name: x.name, capacityBytes: x.capacityBytes, allocatedBytes: x.allocatedBytes })),
+    pools: p
+      .pools()
+      .map((x) => ({ name: x.name, capacityBytes: x.capacityBytes, allocatedBytes: x.allocatedBytes })),
     repositories: repos,
     replication: p
       .replication()

@@ -76,8 +76,12 @@ export class AlertStore {
   list(q: { state?: 'open' | 'resolved'; rule?: string; limit?: number }): Alert[] {
     const where: string[] = [];
     const args: string[] = [];
-    if (q.state) (where.push('state = ?'), args.push(q.state));
-    if (q.rule) (where.push('rule = ?'), args.push(q.rule));
+    for (const k of ['state', 'rule'] as const) {
+      const v = q[k];
+      if (v === undefined) continue;
+      where.push(`${k} = ?`);
+      args.push(v);
+    }
     const limit = Math.min(Math.max(q.limit ?? 100, 1), 1000);
     return (
       this.db
@@ -100,12 +104,26 @@ export class AlertStore {
       .prepare(
         "INSERT INTO alerts (rule, object, state, severity, message, details, count, first_seen, last_seen) VALUES (?, ?, 'open', ?, ?, ?, 1, ?, ?)",
       )
-      .run(a.rule, a.object, a.severity, a.message, a.details ? JSON.stringify(a.details) : null, a.time, a.time);
+      .run(
+        a.rule,
+        a.object,
+        a.severity,
+        a.message,
+        a.details ? JSON.stringify(a.details) : null,
+        a.time,
+        a.time,
+      );
     return this.get(Number(r.lastInsertRowid))!;
   }
 
   /** Seen again while open: the newest message, and one more in the count when `counts`. */
-  seen(id: number, message: string, details: Record<string, unknown> | undefined, time: string, counts: boolean): void {
+  seen(
+    id: number,
+    message: string,
+    details: Record<string, unknown> | undefined,
+    time: string,
+    counts: boolean,
+  ): void {
     this.db
       .prepare(
         'UPDATE alerts SET message = ?, details = COALESCE(?, details), last_seen = ?, count = count + ? WHERE id = ?',
