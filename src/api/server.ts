@@ -12,6 +12,7 @@ import { havenVersion, type Site } from '../orchestration/index.js';
 import { API_PREFIX } from './client.js';
 import { lazySchemaCompilers } from './lazy-schemas.js';
 import type { SchemaCodeCache } from './schema-code-cache.js';
+import { registerAlertRoutes } from './routes-alerts.js';
 import { registerComputeRoutes } from './routes-compute.js';
 import { registerCheckRoutes } from './routes-checks.js';
 import { registerDrRoutes } from './routes-dr.js';
@@ -194,6 +195,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerDrRoutes(api, site);
       registerPlanRoutes(api, site);
       registerPolicyRoutes(api, site);
+      registerAlertRoutes(api, site);
       if (openapi) api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { registerAlert } from './alert.js';
 import { registerBackup } from './backup.js';
 import { registerHostAndNetwork, registerVm } from './compute.js';
 import { registerNbd } from './nbd.js';
@@ -37,6 +38,7 @@ export const commandFamilies: Register[] = [
   registerDr,
   registerPlan,
   registerPolicy,
+  registerAlert,
   registerStorage,
   registerNbd,
 ];

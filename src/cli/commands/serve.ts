@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { defaultDataDir, errorMessage, invalidArgument, logger } from '../../common/index.js';
 import { apiServer, orchestration } from '../lazy.js';
-import { dataOption, parseSize } from '../args.js';
+import { dataOption, parseDuration, parseSize } from '../args.js';
 
 export const DEFAULT_API_PORT = 8710;
 const log = logger('daemon');
@@ -65,6 +65,16 @@ export function registerServe(program: Command): void {
       'bytes per second each such disk may read from its backup, e.g. 200M (default: unlimited)',
     )
     .option('--recovery-warn-after <hours>', 'warn about a VM that runs from a backup longer than this', '24')
+    .option(
+      '--alert-check-every <duration>',
+      'how often the alert rules look at pools, repositories, replication and recoveries',
+      '60s',
+    )
+    .option(
+      '--alert-full-percent <n>',
+      'a pool or repository file system this full (percent) fires an alert',
+      '90',
+    )
     .action(
       async (o: {
         data?: string;
@@ -86,6 +96,8 @@ export function registerServe(program: Command): void {
         recoveryMaxIops?: string;
         recoveryMaxBandwidth?: string;
         recoveryWarnAfter: string;
+        alertCheckEvery: string;
+        alertFullPercent: string;
       }) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
         if (!!o.nbdTlsCert !== !!o.nbdTlsKey)
@@ -168,6 +180,10 @@ export function registerServe(program: Command): void {
                 }
               : {}),
             recoveryWarnAfterSeconds: warnHours * 3600,
+            alerts: {
+              checkIntervalSeconds: parseDuration(o.alertCheckEvery, '--alert-check-every'),
+              fullPercent: Number(o.alertFullPercent),
+            },
             nbdHandshakeTimeoutMs: handshakeSeconds * 1000,
             ...(o.nbdListenPlain ? { nbdListenPlain: o.nbdListenPlain } : {}),
             ...(o.nbdTlsCert

@@ -87,6 +87,24 @@ const MIGRATIONS: string[] = [
    CREATE TABLE policy_compliance (
      kind TEXT NOT NULL, object TEXT NOT NULL, compliant INTEGER NOT NULL, reasons TEXT NOT NULL,
      checked_at TEXT NOT NULL, PRIMARY KEY (kind, object));`,
+  // issue 16: alerts (one open alert per rule and object), silences, notification channels and
+  // the deliveries still to make (so a restart does not lose them)
+  `CREATE TABLE alerts (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, rule TEXT NOT NULL, object TEXT NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('open', 'resolved')), severity TEXT NOT NULL,
+     message TEXT NOT NULL, details TEXT, count INTEGER NOT NULL, first_seen TEXT NOT NULL,
+     last_seen TEXT NOT NULL, resolved_at TEXT, notified INTEGER NOT NULL DEFAULT 0);
+   CREATE UNIQUE INDEX alerts_open ON alerts(rule, object) WHERE state = 'open';
+   CREATE TABLE alert_silences (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, rule TEXT, alert INTEGER, comment TEXT,
+     actor TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL);
+   CREATE TABLE alert_channels (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL CHECK (kind IN ('webhook', 'email')),
+     config TEXT NOT NULL, created_at TEXT NOT NULL);
+   CREATE TABLE alert_deliveries (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, channel INTEGER NOT NULL REFERENCES alert_channels(id) ON DELETE CASCADE,
+     payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL,
+     last_error TEXT, created_at TEXT NOT NULL);`,
 ];
 
 export function openDatabase(path: string): Db {

@@ -34,3 +34,4 @@ export type { Policy, PolicySpec, PolicyTiming } from './policy-spec.js';
 export type { Compliance, ComplianceReason } from './compliance.js';
 export type { PoolAnswer } from './volumes.js';
 export type { ScheduleSpec, ScheduleOwnerSink } from './schedule-spec.js';
+export type { SiteAlerts, Alert, Silence, Channel, AddChannelRequest, RuleInfo } from '../alerts/index.js';

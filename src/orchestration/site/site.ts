@@ -46,6 +46,7 @@ import { SitePolicies } from './policies.js';
 import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
 import { SiteMetrics } from './metrics.js';
+import { SiteAlerts, type AlertOptions } from '../alerts/index.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -86,6 +87,8 @@ export interface SiteOptions {
   peerAdvertise?: string;
   /** Where policies put their schedules (the site's scheduler); absent: policies make none run. */
   schedules?: ScheduleOwnerSink;
+  /** The alert state check's interval and thresholds, and how notifications are retried. */
+  alerts?: AlertOptions;
 }
 
 export interface NbdTlsCertificates {
@@ -164,6 +167,8 @@ export class Site {
   readonly policies: SitePolicies;
   /** The site's Prometheus metrics (docs/metrics.md), served by the API at /metrics. */
   readonly metrics: SiteMetrics;
+  /** Alerts, their silences and notification channels. */
+  readonly alerts: SiteAlerts;
 
   private constructor(
     readonly name: string,
@@ -178,6 +183,7 @@ export class Site {
     identity: SiteIdentity,
     metrics: SiteMetrics,
     schedules?: ScheduleOwnerSink,
+    alertOptions: AlertOptions = {},
   ) {
     this.metrics = metrics;
     this.transfers = new TransferSlots(maxTransfersPerHost);
@@ -258,6 +264,22 @@ export class Site {
         ...(this.nbds ? [{ server: 'nbds', nbd: this.nbds.server }] : []),
       ],
     });
+    this.alerts = new SiteAlerts(
+      {
+        site: name,
+        version: havenVersion(),
+        db,
+        events: this.events,
+        job: (id) => {
+          const code = this.jobs.get(id).errorCode;
+          return code ? { errorCode: code } : {};
+        },
+        pools: () => storage.listPools(),
+        replication: () => this.replication.list(),
+        recoveries: () => this.recovery.list(),
+      },
+      alertOptions,
+    );
   }
 
   static async open(opts: SiteOptions): Promise<Site> {
@@ -309,6 +331,7 @@ export class Site {
         identity,
         metrics,
         opts.schedules,
+        opts.alerts ?? {},
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
@@ -349,6 +372,7 @@ export class Site {
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
       site.policies.watch(COMPLIANCE_INTERVAL_MS);
+      site.alerts.start();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
     } catch (err) {
@@ -434,6 +458,7 @@ export class Site {
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
     this.policies.unwatch();
+    await this.alerts.close(); // before the jobs are cancelled: a stopping daemon is no alert
     await this.jobs.cancelAll();
     await this.replication.close();
     this.compute.detachAll();
