@@ -65,9 +65,10 @@ export function registerPlan(program: Command): void {
 
   apiOptions(plan.command('delete'))
     .argument('<name>')
-    .action(async (name: string, o: ApiOpts) => {
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: JsonOpts) => {
       await connect(o).call('DELETE', `/plans/${enc(name)}`);
-      process.stdout.write(`plan ${name} deleted\n`);
+      printResult(!!o.json, { deleted: name }, () => `plan ${name} deleted`);
     });
 
   for (const [verb, what, path] of [
