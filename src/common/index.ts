@@ -5,3 +5,4 @@ export * from './atomic-file.js';
 export * from './dir-lock.js';
 export { defaultDataDir } from './paths.js';
 export * from './staged-file.js';
+export * from './clock.js';

@@ -51,3 +51,4 @@ export {
   type BackupSnapshot,
 } from '../repository/index.js';
 export { defaultDataDir } from '../common/index.js';
+export { ManualClock, wallClock, type Clock } from '../common/index.js';

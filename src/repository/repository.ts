@@ -304,8 +304,9 @@ export class Repository {
 
   // ---- snapshots ---------------------------------------------------------------------------
 
-  newSnapshotId(): string {
-    const t = new Date()
+  /** A new snapshot's id: its time (`at`, default now) and a random suffix. */
+  newSnapshotId(at = new Date()): string {
+    const t = at
       .toISOString()
       .replace(/[-:]/g, '')
       .replace(/\.\d+Z$/, 'Z');

@@ -15,7 +15,14 @@ import {
   type Transport,
   type BackupResult,
 } from '../../protection/index.js';
-import { gc as collectGarbage, verify as verifyRepository, type Repository } from '../../repository/index.js';
+import {
+  gc as collectGarbage,
+  prune,
+  verify as verifyRepository,
+  type PruneReport,
+  type Repository,
+  type RetentionPolicy,
+} from '../../repository/index.js';
 import { checkName } from '../../storage/index.js';
 import { resolveConsistencyOptions, vmQuiesce, type ConsistencyOptions } from './backup-consistency.js';
 import { SiteDomain, type Actor, type SiteParts } from './domain.js';
@@ -52,13 +59,21 @@ export class SiteBackups extends SiteDomain {
    * through the transport asked for (default: auto). A VM's file systems are frozen through its
    * guest agent around the snapshot when it answers (application-consistent), else the backup
    * is crash-consistent and says why (see backup-consistency.ts). The job waits for a transfer
-   * slot on the host the data lives on when that host is at its limit.
+   * slot on the host the data lives on when that host is at its limit. With `retain`, the
+   * source's snapshots the retention does not keep are forgotten once the backup is in (in the
+   * same job; never the new one, never a protected one).
    */
   backup(
     actor: Actor,
     target: { vm: string } | { volume: string },
     repo: RepoAccess,
-    opts: { transport?: string; full?: boolean } & ConsistencyOptions = {},
+    opts: {
+      transport?: string;
+      full?: boolean;
+      /** The new snapshot's time (default now): scheduled backups follow the scheduler's clock. */
+      at?: Date;
+      retain?: RetentionPolicy;
+    } & ConsistencyOptions = {},
   ): Job {
     const vm = 'vm' in target ? this.compute.vm(target.vm) : undefined;
     const consistency = resolveConsistencyOptions(opts, !!vm, join(this.dataDir, 'hooks'));
@@ -105,11 +120,17 @@ export class SiteBackups extends SiteDomain {
         const m = await runBackup(r, src, {
           signal: ctx.signal,
           onProgress: (d, t) => ctx.progress(d, t, 'backup'),
+          ...(opts.at ? { createdAt: opts.at } : {}),
         });
         this.exports.refresh();
         const result = backupResult(m, transport);
         this.backedUp(r, result);
-        return result;
+        if (!opts.retain) return result;
+        const pruned = await retain(r, `${m.source.kind}:${m.source.name}`, opts.retain);
+        ctx.log(
+          `retention: kept ${pruned.kept}, forgot ${pruned.removed.length}${pruned.removed.length ? ` (${pruned.removed.join(', ')})` : ''}${pruned.inUse.length ? `; kept ${pruned.inUse.length} in use` : ''}`,
+        );
+        return { ...result, retention: pruned };
       } finally {
         release();
       }
@@ -206,4 +227,22 @@ export class SiteBackups extends SiteDomain {
       }
     });
   }
+}
+
+/** What the retention after a backup did. */
+export interface RetentionResult {
+  kept: number;
+  removed: string[];
+  inUse: string[];
+}
+
+/** Applies a retention to one source's snapshots (prune.ts: protected and in-use ones stay). */
+async function retain(r: Repository, source: string, keep: RetentionPolicy): Promise<RetentionResult> {
+  const report: PruneReport = await prune(r, keep, { source });
+  const p = report.sources[0];
+  return {
+    kept: p?.kept.length ?? 0,
+    removed: p?.removed ?? [],
+    inUse: report.inUse.map((x) => x.id),
+  };
 }

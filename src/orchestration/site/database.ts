@@ -105,6 +105,14 @@ const MIGRATIONS: string[] = [
      id INTEGER PRIMARY KEY AUTOINCREMENT, channel INTEGER NOT NULL REFERENCES alert_channels(id) ON DELETE CASCADE,
      payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL,
      last_error TEXT, created_at TEXT NOT NULL);`,
+  // 11: schedules (issue 16): each with its owner (a person, or a policy for one object), its
+  // spec, the next slot and what its last run did; times of the scheduler's clock, in ms
+  `CREATE TABLE schedules (
+     id TEXT PRIMARY KEY, owner TEXT NOT NULL, spec TEXT NOT NULL, anchor_ms INTEGER NOT NULL,
+     next_slot_ms INTEGER, running_job TEXT, last_run_at TEXT,
+     last_outcome TEXT CHECK (last_outcome IN ('succeeded', 'failed', 'cancelled', 'skipped')),
+     last_message TEXT, last_job TEXT, created_at TEXT NOT NULL);
+   CREATE INDEX schedules_owner ON schedules(owner);`,
 ];
 
 export function openDatabase(path: string): Db {

@@ -33,5 +33,8 @@ export type { SitePolicies, PolicyAssignment, PolicyObject } from './policies.js
 export type { Policy, PolicySpec, PolicyTiming } from './policy-spec.js';
 export type { Compliance, ComplianceReason } from './compliance.js';
 export type { PoolAnswer } from './volumes.js';
-export type { ScheduleSpec, ScheduleOwnerSink } from './schedule-spec.js';
+export type { ScheduleSpec, ScheduleOwnerSink, ScheduleKind, ScheduleParams } from './schedule-spec.js';
 export type { SiteAlerts, Alert, Silence, Channel, AddChannelRequest, RuleInfo } from '../alerts/index.js';
+export type { Scheduler, Schedule, SchedulerOptions } from './scheduler.js';
+export { SCHEDULE_KINDS } from './scheduler.js';
+export type { RunOutcome } from './schedule-store.js';

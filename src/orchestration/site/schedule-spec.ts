@@ -19,7 +19,12 @@ export interface ScheduleSpec {
   timezone?: string;
   /** At most this many seconds of random delay per run, so that many schedules do not start at once. */
   jitterSeconds?: number;
-  /** What the run needs: for backups `repo`, `passphraseFile`; for prunes `keep`. */
+  /** Runs missed while the daemon was down: run once when it is back (default), or skip them. */
+  catchUp?: 'once' | 'skip';
+  /**
+   * What the run needs: for backups `repo`, `passphraseFile`, `keep`; for snapshots `keep`; for
+   * prunes `keep`; for verify and gc `passphraseFile`; for checks `repo` and the check's options.
+   */
   params?: ScheduleParams;
 }
 

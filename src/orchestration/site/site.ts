@@ -45,6 +45,8 @@ import { SitePlans } from './site-plans.js';
 import { SitePolicies } from './policies.js';
 import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
+import { Scheduler, type SchedulerOptions } from './scheduler.js';
+import { ScheduledRuns } from './schedule-runs.js';
 import { SiteMetrics } from './metrics.js';
 import { SiteAlerts, type AlertOptions } from '../alerts/index.js';
 export type { Actor } from './domain.js';
@@ -85,8 +87,10 @@ export interface SiteOptions {
   peerListen?: string;
   /** HOST:PORT paired sites are told to dial instead of `peerListen` (a proxy or NAT in front of it). */
   peerAdvertise?: string;
-  /** Where policies put their schedules (the site's scheduler); absent: policies make none run. */
+  /** Where policies put their schedules (default: the site's scheduler; tests may record them instead). */
   schedules?: ScheduleOwnerSink;
+  /** The scheduler's clock (default the wall clock; tests drive a ManualClock) and run limits. */
+  scheduler?: SchedulerOptions;
   /** The alert state check's interval and thresholds, and how notifications are retried. */
   alerts?: AlertOptions;
 }
@@ -169,6 +173,8 @@ export class Site {
   readonly metrics: SiteMetrics;
   /** Alerts, their silences and notification channels. */
   readonly alerts: SiteAlerts;
+  /** Schedules of backups, snapshots, prunes, verifies, gcs and checks, and their runs (docs/schedules.md). */
+  readonly scheduler: Scheduler;
 
   private constructor(
     readonly name: string,
@@ -184,6 +190,7 @@ export class Site {
     metrics: SiteMetrics,
     schedules?: ScheduleOwnerSink,
     alertOptions: AlertOptions = {},
+    schedulerOptions: SchedulerOptions = {},
   ) {
     this.metrics = metrics;
     this.transfers = new TransferSlots(maxTransfersPerHost);
@@ -247,12 +254,18 @@ export class Site {
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
     this.dr = new SiteDr(parts, this.replication, this.peers, db);
     this.plans = new SitePlans(parts, db, this.dr, this.vms, name);
+    this.scheduler = new Scheduler(
+      db,
+      this.events,
+      new ScheduledRuns(parts, this.backups, this.checks),
+      schedulerOptions,
+    );
     this.policies = new SitePolicies(parts, db, {
       capabilities,
       volumes: this.volumes,
       replication: this.replication,
       checks: this.checks,
-      ...(schedules ? { sink: schedules } : {}),
+      sink: schedules ?? this.scheduler,
     });
     metrics.bind({
       jobs: this.jobs,
@@ -332,6 +345,7 @@ export class Site {
         metrics,
         opts.schedules,
         opts.alerts ?? {},
+        opts.scheduler ?? {},
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
@@ -373,11 +387,14 @@ export class Site {
       site.replication.startAll();
       site.policies.watch(COMPLIANCE_INTERVAL_MS);
       site.alerts.start();
+      // Last: a run missed while the daemon was down may start at once.
+      site.scheduler.start();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
     } catch (err) {
       await nbd.close().catch(() => undefined);
       await nbds?.close().catch(() => undefined);
+      opened?.scheduler.close();
       await opened?.peers.close().catch(() => undefined);
       db?.close();
       storage.close();
@@ -458,6 +475,7 @@ export class Site {
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
     this.policies.unwatch();
+    this.scheduler.close();
     await this.alerts.close(); // before the jobs are cancelled: a stopping daemon is no alert
     await this.jobs.cancelAll();
     await this.replication.close();

@@ -40,6 +40,8 @@ export interface BackupOptions {
   consistency?: ConsistencyRecord;
   vm?: unknown;
   tags?: string[];
+  /** The snapshot's time (default now): a scheduled backup is dated by the scheduler's clock. */
+  createdAt?: Date;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
   /** Worker threads (default: one per core). */
@@ -58,7 +60,7 @@ export interface BackupOptions {
 export async function backup(repo: Repository, opts: BackupOptions): Promise<SnapshotManifest> {
   const started = performance.now();
   const chunkSize = repo.config.chunkSize;
-  const id = repo.newSnapshotId();
+  const id = repo.newSnapshotId(opts.createdAt);
   const session = await repo.beginSession(opts.parent?.id);
   const pool = opts.pool ?? openChunkPool(repo, chunkSize, opts.workers);
   const known = new KnownChunks();
@@ -162,7 +164,7 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
     const manifest: SnapshotManifest = {
       id,
       version: 1,
-      createdAt: new Date().toISOString(),
+      createdAt: (opts.createdAt ?? new Date()).toISOString(),
       source: opts.source,
       disks,
       ...(opts.parent && opts.disks.every((d) => d.changed) ? { parent: opts.parent.id } : {}),

@@ -134,7 +134,7 @@ async function backupOpened(
 export async function runBackup(
   repo: Repository,
   src: OpenedSource,
-  req: Pick<BackupRequest, 'tags' | 'signal' | 'onProgress'> & { pool?: ChunkPool } = {},
+  req: Pick<BackupRequest, 'tags' | 'signal' | 'onProgress'> & { pool?: ChunkPool; createdAt?: Date } = {},
 ): Promise<SnapshotManifest> {
   let manifest: SnapshotManifest | undefined;
   try {
@@ -147,6 +147,7 @@ export async function runBackup(
       ...(src.consistency ? { consistency: src.consistency } : {}),
       ...(src.vm !== undefined ? { vm: src.vm } : {}),
       ...(req.tags ? { tags: req.tags } : {}),
+      ...(req.createdAt ? { createdAt: req.createdAt } : {}),
       ...(req.signal ? { signal: req.signal } : {}),
       ...(req.onProgress ? { onProgress: req.onProgress } : {}),
       ...(req.pool ? { pool: req.pool } : {}),
