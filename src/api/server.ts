@@ -22,6 +22,7 @@ import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
 import { registerPolicyRoutes } from './routes-policies.js';
 import { registerReplicationRoutes } from './routes-replication.js';
+import { registerScheduleRoutes } from './routes-schedules.js';
 import { registerStorageRoutes } from './routes-storage.js';
 
 export interface ApiOptions {
@@ -196,6 +197,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerPlanRoutes(api, site);
       registerPolicyRoutes(api, site);
       registerAlertRoutes(api, site);
+      registerScheduleRoutes(api, site);
       if (openapi) api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: API_PREFIX },

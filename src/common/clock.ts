@@ -77,7 +77,8 @@ export class ManualClock implements Clock {
 
   /** Moves the clock to `ms` (at least its time now), firing the timers it passes. */
   set(ms: number): number {
-    if (ms < this.t) throw new RangeError(`a clock only moves forward: ${new Date(ms).toISOString()} is before now`);
+    if (ms < this.t)
+      throw new RangeError(`a clock only moves forward: ${new Date(ms).toISOString()} is before now`);
     this.fire(ms);
     this.t = ms;
     return this.t;

@@ -70,6 +70,8 @@ export function registerServe(program: Command): void {
       'how often the alert rules look at pools, repositories, replication and recoveries',
       '60s',
     )
+    .option('--schedule-max-runs <n>', 'scheduled runs at a time on the site; more wait their turn', '4')
+    .option('--schedule-max-runs-per-repo <n>', 'scheduled runs at a time on one repository', '2')
     .option(
       '--alert-full-percent <n>',
       'a pool or repository file system this full (percent) fires an alert',
@@ -98,6 +100,8 @@ export function registerServe(program: Command): void {
         recoveryWarnAfter: string;
         alertCheckEvery: string;
         alertFullPercent: string;
+        scheduleMaxRuns: string;
+        scheduleMaxRunsPerRepo: string;
       }) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
         if (!!o.nbdTlsCert !== !!o.nbdTlsKey)
@@ -134,6 +138,23 @@ export function registerServe(program: Command): void {
         if (!(warnHours > 0))
           throw invalidArgument(
             `--recovery-warn-after must be a positive number of hours, not ${o.recoveryWarnAfter}`,
+          );
+        const limit = (v: string, flag: string) => {
+          if (!/^\d{1,4}$/.test(v) || Number(v) < 1)
+            throw invalidArgument(`${flag} must be a whole number from 1, not ${v}`);
+          return Number(v);
+        };
+        const maxRuns = limit(o.scheduleMaxRuns, '--schedule-max-runs');
+        const maxRunsPerRepository = limit(o.scheduleMaxRunsPerRepo, '--schedule-max-runs-per-repo');
+        // Tests and the scheduler benchmark: a clock that stands still until POST /test/clock moves it.
+        const testClock = process.env.HAVEN_TEST_CLOCK;
+        const testStart = testClock !== undefined ? Date.parse(testClock) : undefined;
+        if (testStart !== undefined && !Number.isFinite(testStart))
+          throw invalidArgument(`$HAVEN_TEST_CLOCK must be an ISO 8601 time, not ${testClock}`);
+        if (testStart !== undefined)
+          log.warn(
+            { clock: new Date(testStart).toISOString() },
+            'schedules run on a TEST CLOCK ($HAVEN_TEST_CLOCK) that moves only through POST /api/v1/test/clock',
           );
         const listen = (await orchestration()).parseHostPort(
           o.listen ?? process.env.HAVEN_LISTEN ?? `127.0.0.1:${DEFAULT_API_PORT}`,
@@ -180,6 +201,13 @@ export function registerServe(program: Command): void {
                 }
               : {}),
             recoveryWarnAfterSeconds: warnHours * 3600,
+            scheduler: {
+              maxRuns,
+              maxRunsPerRepository,
+              ...(testStart !== undefined
+                ? { clock: new (await orchestration()).ManualClock(testStart) }
+                : {}),
+            },
             alerts: {
               checkIntervalSeconds: parseDuration(o.alertCheckEvery, '--alert-check-every'),
               fullPercent: Number(o.alertFullPercent),

@@ -116,7 +116,10 @@ export class ScheduledRuns extends SiteDomain implements ScheduleRunner {
    */
   private snapshot(actor: string, target: string, at: Date, keep: RetentionPolicy | undefined): Job {
     const volumes = this.isVm(target) ? this.compute.vm(target).disks.map((d) => d.volume) : [target];
-    const name = `${SCHEDULED_SNAPSHOT_PREFIX}${at.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}`;
+    const name = `${SCHEDULED_SNAPSHOT_PREFIX}${at
+      .toISOString()
+      .replace(/[-:]/g, '')
+      .replace(/\.\d+Z$/, 'Z')}`;
     for (const v of volumes)
       if (this.storage.listSnapshots(v).some((s) => s.name === name))
         throw new HavenError('CONFLICT', `volume ${v} already has a snapshot ${name}`);
@@ -147,7 +150,12 @@ export class ScheduledRuns extends SiteDomain implements ScheduleRunner {
     });
   }
 
-  private prune(actor: string, repo: string, access: ReturnType<typeof repoAccess>, keep: RetentionPolicy): Job {
+  private prune(
+    actor: string,
+    repo: string,
+    access: ReturnType<typeof repoAccess>,
+    keep: RetentionPolicy,
+  ): Job {
     return this.jobs.start({ kind: 'repository.prune', target: resolve(repo), actor }, async (ctx) => {
       const r = await openRepository(access);
       const report = await prune(r, keep);

@@ -56,7 +56,9 @@ export class ScheduleStore {
   }
 
   all(): StoredSchedule[] {
-    return (this.db.prepare('SELECT * FROM schedules ORDER BY created_at, id').all() as Row[]).map(toSchedule);
+    return (this.db.prepare('SELECT * FROM schedules ORDER BY created_at, id').all() as Row[]).map(
+      toSchedule,
+    );
   }
 
   get(id: string): StoredSchedule {
@@ -65,7 +67,12 @@ export class ScheduleStore {
     return toSchedule(row);
   }
 
-  insert(owner: string, spec: ScheduleSpec, anchorMs: number, nextSlotMs: number | undefined): StoredSchedule {
+  insert(
+    owner: string,
+    spec: ScheduleSpec,
+    anchorMs: number,
+    nextSlotMs: number | undefined,
+  ): StoredSchedule {
     const id = `s-${randomBytes(4).toString('hex')}`;
     this.db
       .prepare(

@@ -35,7 +35,9 @@ export function cronOf(t: Timing): Cron | undefined {
 /** Throws INVALID_ARGUMENT naming what is wrong with a timing (`what`: "schedule s-1", …). */
 export function checkTiming(what: string, t: Timing): void {
   if ((t.cron === undefined) === (t.everySeconds === undefined))
-    throw invalidArgument(`${what}: give exactly one of a cron expression (--cron) and an interval (--every)`);
+    throw invalidArgument(
+      `${what}: give exactly one of a cron expression (--cron) and an interval (--every)`,
+    );
   if (t.everySeconds !== undefined && (!Number.isSafeInteger(t.everySeconds) || t.everySeconds <= 0))
     throw invalidArgument(`${what}: interval ${t.everySeconds}: must be a whole number of seconds above 0`);
   if (t.jitterSeconds !== undefined && (!Number.isSafeInteger(t.jitterSeconds) || t.jitterSeconds < 0))
@@ -71,7 +73,12 @@ export function checkKeep(what: string, keep: RetentionPolicy): void {
  * The first slot strictly after `afterMs`: the cron expression's next time, or the interval's
  * next multiple from `anchorMs`. Undefined: a cron expression that never runs again.
  */
-export function slotAfter(t: Timing, anchorMs: number, afterMs: number, cron = cronOf(t)): number | undefined {
+export function slotAfter(
+  t: Timing,
+  anchorMs: number,
+  afterMs: number,
+  cron = cronOf(t),
+): number | undefined {
   if (t.everySeconds !== undefined) {
     const every = t.everySeconds * 1000;
     if (afterMs < anchorMs) return anchorMs;
@@ -113,7 +120,7 @@ export function decide(
   const nextSlot = slotAfter(t, anchorMs, nowMs, cron);
   if (nowMs - due <= MISSED_AFTER_MS) return { run: true, nextSlot, missed: 0 };
   let missed = 1;
-  for (let s = slotAfter(t, anchorMs, slotMs, cron); s !== undefined && s <= nowMs && missed < 1000; )
+  for (let s = slotAfter(t, anchorMs, slotMs, cron); s !== undefined && s <= nowMs && missed < 1000;)
     (missed++, (s = slotAfter(t, anchorMs, s, cron)));
   if (catchUp === 'skip')
     return {

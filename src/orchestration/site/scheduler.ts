@@ -1,5 +1,12 @@
 import type { Cron } from 'croner';
-import { HavenError, errorMessage, invalidArgument, logger, wallClock, type Clock } from '../../common/index.js';
+import {
+  HavenError,
+  errorMessage,
+  invalidArgument,
+  logger,
+  wallClock,
+  type Clock,
+} from '../../common/index.js';
 import type { Db } from './database.js';
 import type { EventLog } from './events.js';
 import type { ScheduleKind, ScheduleOwnerSink, ScheduleSpec } from './schedule-spec.js';
@@ -8,7 +15,14 @@ import { checkKeep, checkTiming, cronOf, decide, jitterMs, slotAfter } from './s
 
 const log = logger('scheduler');
 
-export const SCHEDULE_KINDS: readonly ScheduleKind[] = ['backup', 'snapshot', 'prune', 'verify', 'gc', 'check'];
+export const SCHEDULE_KINDS: readonly ScheduleKind[] = [
+  'backup',
+  'snapshot',
+  'prune',
+  'verify',
+  'gc',
+  'check',
+];
 /** The owner of schedules made by people (through the CLI or API). */
 export const PERSON_OWNER = 'person';
 
@@ -97,7 +111,8 @@ export class Scheduler implements ScheduleOwnerSink {
       [this.maxRuns, 'maxRuns'],
       [this.maxPerRepository, 'maxRunsPerRepository'],
     ] as const)
-      if (!Number.isSafeInteger(n) || n < 1) throw invalidArgument(`scheduler ${flag} ${n}: must be 1 or more`);
+      if (!Number.isSafeInteger(n) || n < 1)
+        throw invalidArgument(`scheduler ${flag} ${n}: must be 1 or more`);
     this.store = new ScheduleStore(db);
   }
 
@@ -179,7 +194,10 @@ export class Scheduler implements ScheduleOwnerSink {
         const clean = this.validate(spec, false);
         wanted.set(JSON.stringify(clean), clean);
       } catch (err) {
-        log.warn({ owner, spec, err: errorMessage(err) }, 'a schedule of a policy is not valid: not scheduled');
+        log.warn(
+          { owner, spec, err: errorMessage(err) },
+          'a schedule of a policy is not valid: not scheduled',
+        );
       }
     for (const e of old) {
       const key = JSON.stringify(e.s.spec);
@@ -216,7 +234,9 @@ export class Scheduler implements ScheduleOwnerSink {
     const params = spec.params ?? {};
     if (params.keep !== undefined) {
       if (spec.kind !== 'backup' && spec.kind !== 'snapshot' && spec.kind !== 'prune')
-        throw invalidArgument(`${what}: a retention (--keep-…) belongs to backup, snapshot and prune schedules`);
+        throw invalidArgument(
+          `${what}: a retention (--keep-…) belongs to backup, snapshot and prune schedules`,
+        );
       checkKeep(what, params.keep);
     } else if (spec.kind === 'prune')
       throw invalidArgument(`${what}: a prune schedule needs a retention (e.g. --keep-daily 7)`);
@@ -287,7 +307,8 @@ export class Scheduler implements ScheduleOwnerSink {
   private arm(): void {
     if (this.closed) return;
     let min: number | undefined;
-    for (const e of this.entries.values()) if (e.due !== undefined && (min === undefined || e.due < min)) min = e.due;
+    for (const e of this.entries.values())
+      if (e.due !== undefined && (min === undefined || e.due < min)) min = e.due;
     if (min === this.armedAt && this.cancelTimer) return;
     this.cancelTimer?.();
     this.cancelTimer = undefined;
@@ -328,7 +349,8 @@ export class Scheduler implements ScheduleOwnerSink {
       );
     }
     this.store.setNext(s.id, s.nextSlotMs);
-    if (d.missed) log.info({ schedule: s.id, missed: d.missed }, 'runs missed while the daemon was down: running once');
+    if (d.missed)
+      log.info({ schedule: s.id, missed: d.missed }, 'runs missed while the daemon was down: running once');
     e.state = 'queued';
     this.busy.set(keyOf(s.spec), s.id);
     this.queue.push(e);
@@ -351,7 +373,7 @@ export class Scheduler implements ScheduleOwnerSink {
 
   /** Starts queued runs while the limits allow, oldest first (one held by its repository waits). */
   private pump(): void {
-    for (let i = 0; i < this.queue.length && this.running < this.maxRuns && !this.closed; ) {
+    for (let i = 0; i < this.queue.length && this.running < this.maxRuns && !this.closed;) {
       const e = this.queue[i]!;
       const repo = this.runner.repository(e.s.spec);
       if (repo !== undefined && (this.perRepository.get(repo) ?? 0) >= this.maxPerRepository) {
