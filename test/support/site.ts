@@ -35,7 +35,11 @@ export interface DaemonInfo {
 }
 
 /** `haven serve` on `dir`, with `extra` options; resolves once its API listens. */
-export async function startDaemon(dir: string, extra: string[] = []): Promise<Running> {
+export async function startDaemon(
+  dir: string,
+  extra: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): Promise<Running> {
   // A daemon killed with -9 leaves its api.json behind; the next one writes it once listening.
   rmSync(join(dir, 'api.json'), { force: true });
   const daemon = start(
@@ -53,7 +57,7 @@ export async function startDaemon(dir: string, extra: string[] = []): Promise<Ru
       ...extra,
     ],
     {
-      env: { ...process.env, HAVEN_LOG_LEVEL: 'debug' },
+      env: { ...process.env, HAVEN_LOG_LEVEL: 'debug', ...env },
     },
   );
   const deadline = Date.now() + 20_000;
@@ -66,7 +70,11 @@ export async function startDaemon(dir: string, extra: string[] = []): Promise<Ru
 }
 
 /** A daemon on a fresh data directory; `extra` are more `haven serve` options (the last of a repeated one wins). */
-export async function site(t: { after: (fn: () => unknown) => void }, extra: string[] = []): Promise<Site> {
+export async function site(
+  t: { after: (fn: () => unknown) => void },
+  extra: string[] = [],
+  daemonEnv: NodeJS.ProcessEnv = {},
+): Promise<Site> {
   const tmp = tempDir('haven-site-');
   const dir = join(tmp.path, 'data');
   /** Scratch space beside the data directory. */
@@ -79,7 +87,7 @@ export async function site(t: { after: (fn: () => unknown) => void }, extra: str
   delete env.HAVEN_TOKEN;
   const s: Site = {
     dir,
-    daemon: await startDaemon(dir, extra),
+    daemon: await startDaemon(dir, extra, daemonEnv),
     env,
     haven: async (...args) => (await run(HAVEN_BIN, args, { env, timeout: 120_000 })).stdout,
     havenFails: async (...args) => {

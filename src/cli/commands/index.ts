@@ -7,6 +7,7 @@ import { registerOperations } from './operations.js';
 import { registerServe } from './serve.js';
 import { registerRecover } from './recover.js';
 import { registerPolicy } from './policy.js';
+import { registerSchedule } from './schedule.js';
 import { registerReplication } from './replication.js';
 import { registerDr } from './dr.js';
 import { registerService } from './service.js';
@@ -38,6 +39,7 @@ export const commandFamilies: Register[] = [
   registerDr,
   registerPlan,
   registerPolicy,
+  registerSchedule,
   registerAlert,
   registerStorage,
   registerNbd,
