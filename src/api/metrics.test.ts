@@ -87,7 +87,7 @@ test('/metrics: 401 without the API token, the text format with it, every docume
   }
 
   // Two backups into one repository (the second finds every chunk there), and NBD reads.
-  site.volumes.createVolume('a', 'v', 4 * MiB);
+  await site.volumes.createVolume('a', 'v', 4 * MiB);
   const client = await connectNbd(`nbd+unix:///v?socket=${site.nbdSocket}`);
   await client.write(Buffer.alloc(MiB, 7), 0);
   await client.flush();
@@ -151,7 +151,7 @@ test('/metrics: 401 without the API token, the text format with it, every docume
 test('two sites in one process keep their own metrics', async (t) => {
   const a = await openSite(t, 'ma');
   const b = await openSite(t, 'mb');
-  a.site.volumes.createVolume('x', 'v', MiB);
+  await a.site.volumes.createVolume('x', 'v', MiB);
   const repoPath = join(a.tmp.path, 'repo');
   await Repository.init(repoPath);
   await a.site.jobs.wait(a.site.backups.backup('x', { volume: 'v' }, { repo: repoPath }).id);

@@ -101,6 +101,26 @@ export const createPoolBody = {
   },
 } as const;
 
+export const registerPoolBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'providerUrl', 'tokenFile'],
+  properties: {
+    name,
+    providerUrl: {
+      type: 'string',
+      minLength: 1,
+      description: "the storage provider's base URL (http:// or https://; the contract is docs/provider-api.yaml)",
+    },
+    tokenFile: {
+      type: 'string',
+      minLength: 1,
+      description: "absolute path on the site's host of a file holding the bearer token (the token is never stored or logged)",
+    },
+    capabilities,
+  },
+} as const;
+
 export const poolCapabilitiesBody = {
   type: 'object',
   additionalProperties: false,

@@ -1,7 +1,7 @@
 import type { BlockDevice, BlockSizes, Extent, WriteFlags, ZeroFlags } from '../block/index.js';
 import { HavenError, errorMessage } from '../common/index.js';
 import { connectNbd, type NbdClientDevice } from '../nbd/index.js';
-import type { PoolInfo, SnapshotInfo, VolumeInfo } from './pool.js';
+import type { PoolInfo, ProviderPoolInfo, SnapshotInfo, VolumeInfo } from './pool.js';
 import type {
   CapabilitySet,
   ProviderDescription,
@@ -11,15 +11,7 @@ import type {
   StorageProvider,
 } from './provider.js';
 
-/** What `pool show` says of a pool whose provider is out of process. */
-export interface ProviderPoolInfo {
-  url: string;
-  apiVersion?: string;
-  vendor?: string;
-  health: ProviderHealth;
-  /** When the provider last answered `describe` (ISO time). */
-  checkedAt?: string;
-}
+export type { ProviderPoolInfo };
 
 /**
  * A pool whose volumes live on a storage provider reached through the contract (provider.ts),

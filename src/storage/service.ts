@@ -750,7 +750,7 @@ export class StorageService {
       const pp = this.providerPoolOf(volume);
       if (pp)
         throw conflict(
-          `volume ${volume} is on pool ${pp.name}, served by the storage provider at ${pp.url}: the storage provider API (version 1) does not offer this operation`,
+          `volume ${volume} is on pool ${pp.name}, served by the storage provider at ${pp.url}: this operation is for volumes of Haven's own pools only`,
         );
       throw notFound(`no volume ${volume}`);
     }

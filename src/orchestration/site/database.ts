@@ -105,6 +105,9 @@ const MIGRATIONS: string[] = [
      id INTEGER PRIMARY KEY AUTOINCREMENT, channel INTEGER NOT NULL REFERENCES alert_channels(id) ON DELETE CASCADE,
      payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL,
      last_error TEXT, created_at TEXT NOT NULL);`,
+  // issue 16: pools served by out-of-process storage providers (the token stays in its file)
+  `CREATE TABLE provider_pools (
+     name TEXT PRIMARY KEY, url TEXT NOT NULL, token_file TEXT NOT NULL, registered_at TEXT NOT NULL);`,
 ];
 
 export function openDatabase(path: string): Db {

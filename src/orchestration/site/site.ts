@@ -46,12 +46,15 @@ import { SitePolicies } from './policies.js';
 import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
 import { SiteMetrics } from './metrics.js';
+import { ProviderPools } from './provider-pools.js';
 import { SiteAlerts, type AlertOptions } from '../alerts/index.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
 /** How often every object's compliance with its policy is judged again (changes are events). */
 const COMPLIANCE_INTERVAL_MS = 60_000;
+/** How often out-of-process storage providers are asked for their health, capacity and volumes. */
+const PROVIDER_REFRESH_INTERVAL_MS = 60_000;
 
 export interface SiteOptions {
   dataDir: string;
@@ -169,6 +172,8 @@ export class Site {
   readonly metrics: SiteMetrics;
   /** Alerts, their silences and notification channels. */
   readonly alerts: SiteAlerts;
+  /** Pools of out-of-process storage providers (docs/provider-api.md). */
+  readonly providerPools: ProviderPools;
 
   private constructor(
     readonly name: string,
@@ -203,7 +208,9 @@ export class Site {
     });
     this.recovery = new RecoveryService(db, storage, this.compute, this.jobs, exports, recoveryOptions);
     const capabilities = new PoolCapabilities(db, storage);
+    this.providerPools = new ProviderPools(db, storage);
     const parts = {
+      providerPools: this.providerPools,
       storage,
       exports,
       jobs: this.jobs,
@@ -306,12 +313,16 @@ export class Site {
       db = openDatabase(join(dataDir, 'site.db'));
       const name = siteName(db, opts.name);
       if (storage.listPools().length === 0) storage.createPool('default');
+      // Volumes on out-of-process providers are served like any other: known before the exports.
+      const providers = new ProviderPools(db, storage);
+      await providers.loadAll();
       const exports = new StorageExports(storage, nbd);
       exports.refresh();
       const run = join(dataDir, 'run');
       mkdirSync(run, { recursive: true, mode: 0o700 });
       makePrivate(run, 0o700, log);
       const socket = join(run, 'nbd.sock');
+      storage.setLocalAccess((t) => `nbd+unix:///${encodeURIComponent(t)}?socket=${socket}`);
       const identity = await siteIdentity(dataDir, name);
       const site = new Site(
         name,
@@ -372,6 +383,7 @@ export class Site {
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
       site.policies.watch(COMPLIANCE_INTERVAL_MS);
+      site.providerPools.watch(PROVIDER_REFRESH_INTERVAL_MS, () => site.exports.refresh());
       site.alerts.start();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
@@ -458,6 +470,7 @@ export class Site {
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
     this.policies.unwatch();
+    this.providerPools.close();
     await this.alerts.close(); // before the jobs are cancelled: a stopping daemon is no alert
     await this.jobs.cancelAll();
     await this.replication.close();
