@@ -149,8 +149,8 @@ export function registerPool(program: Command): void {
     .argument('<name>')
     .requiredOption('--provider-url <url>', "the provider's base URL, http:// or https://")
     .requiredOption(
-      '--token-file <file>',
-      "a file holding the provider's bearer token, readable by the daemon (its path is stored, never the token)",
+      '--provider-token-file <file>',
+      "a file holding the provider's bearer token, readable by the daemon (its path is stored, never the token; --token-file is the Haven API's own)",
     )
     .option(
       '--capability <cap>',
@@ -159,12 +159,15 @@ export function registerPool(program: Command): void {
     )
     .option('--json', 'print JSON')
     .action(
-      async (name: string, o: DataOpts & ApiOpts & { providerUrl: string; tokenFile: string; capability?: string[] }) => {
+      async (
+        name: string,
+        o: DataOpts & ApiOpts & { providerUrl: string; providerTokenFile: string; capability?: string[] },
+      ) => {
         const p = await via(o, (c) =>
           c.post<PoolAnswer>('/pools/register', {
             name,
             providerUrl: o.providerUrl,
-            tokenFile: resolve(o.tokenFile),
+            tokenFile: resolve(o.providerTokenFile),
             ...(o.capability ? { capabilities: o.capability } : {}),
           }),
         );
@@ -201,8 +204,14 @@ export function registerPool(program: Command): void {
           ['offers', advertised(p)],
           ...(p.provider
             ? ([
-                ['provider', `${p.provider.url} (API ${p.provider.apiVersion ?? '?'}${p.provider.vendor ? `, ${p.provider.vendor}` : ''})`],
-                ['health', `${p.provider.health.state}${p.provider.health.message ? `: ${p.provider.health.message}` : ''}`],
+                [
+                  'provider',
+                  `${p.provider.url} (API ${p.provider.apiVersion ?? '?'}${p.provider.vendor ? `, ${p.provider.vendor}` : ''})`,
+                ],
+                [
+                  'health',
+                  `${p.provider.health.state}${p.provider.health.message ? `: ${p.provider.health.message}` : ''}`,
+                ],
               ] as [string, string][])
             : []),
         ]),
