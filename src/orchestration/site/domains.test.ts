@@ -24,8 +24,8 @@ async function openSite(t: { after: (fn: () => unknown) => void }): Promise<Site
 test('volumes: conflicts and bad input are refused before a job starts, and audited', async (t) => {
   const site = await openSite(t);
   const v = site.volumes;
-  v.createVolume('alice', 'v', 8 * MiB);
-  assert.throws(() => v.createVolume('alice', 'v', 8 * MiB), code('CONFLICT'));
+  await v.createVolume('alice', 'v', 8 * MiB);
+  await assert.rejects(() => v.createVolume('alice', 'v', 8 * MiB), code('CONFLICT'));
   assert.throws(
     () => v.importVolume('alice', { image: '/nonexistent.img', name: 'w' }),
     code('INVALID_ARGUMENT', /image \/nonexistent\.img does not exist on this site/),
@@ -34,7 +34,7 @@ test('volumes: conflicts and bad input are refused before a job starts, and audi
   const job = v.createSnapshot('alice', 'v', 's1');
   assert.equal((await site.jobs.wait(job.id)).state, 'succeeded');
   assert.throws(() => v.createSnapshot('alice', 'v', 's1'), code('CONFLICT', /already has a snapshot s1/));
-  assert.throws(() => v.deleteVolume('alice', 'nope'), code('NOT_FOUND'));
+  await assert.rejects(() => v.deleteVolume('alice', 'nope'), code('NOT_FOUND'));
   v.addBitmap('bob', 'v', 'b');
   assert.deepEqual(
     v.listBitmaps('v').map((b) => b.name),
