@@ -110,12 +110,14 @@ export const registerPoolBody = {
     providerUrl: {
       type: 'string',
       minLength: 1,
-      description: "the storage provider's base URL (http:// or https://; the contract is docs/provider-api.yaml)",
+      description:
+        "the storage provider's base URL (http:// or https://; the contract is docs/provider-api.yaml)",
     },
     tokenFile: {
       type: 'string',
       minLength: 1,
-      description: "absolute path on the site's host of a file holding the bearer token (the token is never stored or logged)",
+      description:
+        "absolute path on the site's host of a file holding the bearer token (the token is never stored or logged)",
     },
     capabilities,
   },

@@ -58,7 +58,10 @@ export class HttpProvider implements StorageProvider {
     const cap = obj(d.capacity, 'describe: capacity');
     const health = obj(d.health, 'describe: health');
     if (health.state !== 'ok' && health.state !== 'degraded' && health.state !== 'failed')
-      throw this.bad('describe', `health.state ${JSON.stringify(health.state)} is not ok, degraded or failed`);
+      throw this.bad(
+        'describe',
+        `health.state ${JSON.stringify(health.state)} is not ok, degraded or failed`,
+      );
     return {
       apiVersion: d.apiVersion as string,
       ...(typeof d.vendor === 'string' ? { vendor: d.vendor } : {}),
@@ -76,7 +79,9 @@ export class HttpProvider implements StorageProvider {
   }
 
   async listVolumes(): Promise<ProviderVolume[]> {
-    return this.list(await this.call('GET', '/volumes'), 'list volumes').map((v) => this.volume(v, 'list volumes'));
+    return this.list(await this.call('GET', '/volumes'), 'list volumes').map((v) =>
+      this.volume(v, 'list volumes'),
+    );
   }
 
   async createVolume(name: string, sizeBytes: number): Promise<ProviderVolume> {
@@ -88,7 +93,10 @@ export class HttpProvider implements StorageProvider {
   }
 
   async resizeVolume(name: string, sizeBytes: number): Promise<ProviderVolume> {
-    return this.volume(await this.call('POST', `/volumes/${enc(name)}/resize`, { sizeBytes }), 'resize volume');
+    return this.volume(
+      await this.call('POST', `/volumes/${enc(name)}/resize`, { sizeBytes }),
+      'resize volume',
+    );
   }
 
   async listSnapshots(volume: string): Promise<ProviderSnapshot[]> {
@@ -98,7 +106,10 @@ export class HttpProvider implements StorageProvider {
   }
 
   async createSnapshot(volume: string, name: string): Promise<ProviderSnapshot> {
-    return this.snapshot(await this.call('POST', `/volumes/${enc(volume)}/snapshots`, { name }), 'create snapshot');
+    return this.snapshot(
+      await this.call('POST', `/volumes/${enc(volume)}/snapshots`, { name }),
+      'create snapshot',
+    );
   }
 
   async deleteSnapshot(volume: string, name: string): Promise<void> {
@@ -114,11 +125,18 @@ export class HttpProvider implements StorageProvider {
 
   async access(volume: string, opts: { snapshot?: string } = {}): Promise<DataAccess> {
     const a = obj(
-      await this.call('POST', `/volumes/${enc(volume)}/access`, opts.snapshot ? { snapshot: opts.snapshot } : {}),
+      await this.call(
+        'POST',
+        `/volumes/${enc(volume)}/access`,
+        opts.snapshot ? { snapshot: opts.snapshot } : {},
+      ),
       'access',
     );
     if (typeof a.uri !== 'string' || !/^nbds?(\+unix)?:\/\//.test(a.uri))
-      throw this.bad('access', `uri ${JSON.stringify(a.uri)} is not an nbd://, nbds://, nbd+unix:// or nbds+unix:// URI`);
+      throw this.bad(
+        'access',
+        `uri ${JSON.stringify(a.uri)} is not an nbd://, nbds://, nbd+unix:// or nbds+unix:// URI`,
+      );
     return { uri: a.uri, ...(typeof a.tlsCa === 'string' ? { tlsCa: a.tlsCa } : {}) };
   }
 
@@ -186,7 +204,10 @@ export class HttpProvider implements StorageProvider {
 
   private bytes(v: unknown, what: string): number {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
-      throw this.bad(what.split(':')[0]!, `${what.split(': ')[1] ?? what} is ${JSON.stringify(v)}, not a number of bytes`);
+      throw this.bad(
+        what.split(':')[0]!,
+        `${what.split(': ')[1] ?? what} is ${JSON.stringify(v)}, not a number of bytes`,
+      );
     return v;
   }
 
@@ -230,12 +251,16 @@ export function checkProviderUrl(url: string): string {
   try {
     u = new URL(url);
   } catch {
-    throw invalidArgument(`provider URL "${url}" is not a URL (http://HOST:PORT or https://HOST:PORT[/PATH])`);
+    throw invalidArgument(
+      `provider URL "${url}" is not a URL (http://HOST:PORT or https://HOST:PORT[/PATH])`,
+    );
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:')
     throw invalidArgument(`provider URL "${url}" must be http:// or https://`);
   if (u.username || u.password)
-    throw invalidArgument(`provider URL "${url}" must not hold credentials (give the token with --token-file)`);
+    throw invalidArgument(
+      `provider URL "${url}" must not hold credentials (give the token with --token-file)`,
+    );
   if (u.search || u.hash) throw invalidArgument(`provider URL "${url}" must not have a query or fragment`);
   return `${u.origin}${u.pathname}`.replace(/\/+$/, '');
 }

@@ -129,7 +129,11 @@ export class ProviderPool {
 
   async createVolume(name: string, size: number): Promise<VolumeInfo> {
     const v = await this.provider.createVolume(name, size);
-    this.answered('create volume', v.name === name && v.sizeBytes >= size, `volume ${v.name} of ${v.sizeBytes} bytes`);
+    this.answered(
+      'create volume',
+      v.name === name && v.sizeBytes >= size,
+      `volume ${v.name} of ${v.sizeBytes} bytes`,
+    );
     this.inventory.set(name, { volume: v, snapshots: [] });
     await this.redescribe();
     return this.volumeInfo(v);
@@ -153,7 +157,11 @@ export class ProviderPool {
   async snapshot(volume: string, name: string): Promise<SnapshotInfo> {
     const e = this.entry(volume);
     const s = await this.provider.createSnapshot(volume, name);
-    this.answered('create snapshot', s.name === name && s.volume === volume, `snapshot ${s.volume}@${s.name}`);
+    this.answered(
+      'create snapshot',
+      s.name === name && s.volume === volume,
+      `snapshot ${s.volume}@${s.name}`,
+    );
     e.snapshots.push(s);
     await this.redescribe();
     return this.listSnapshots(volume).find((x) => x.name === name)!;
@@ -201,7 +209,10 @@ export class ProviderPool {
 
   private answered(call: string, ok: boolean, got: string): void {
     if (!ok)
-      throw new HavenError('PROTOCOL', `storage provider ${this.url}: ${call}: it answered with ${got}, not what was asked`);
+      throw new HavenError(
+        'PROTOCOL',
+        `storage provider ${this.url}: ${call}: it answered with ${got}, not what was asked`,
+      );
   }
 
   private volumeInfo(v: ProviderVolume): VolumeInfo {
@@ -247,7 +258,10 @@ class ProviderDevice implements BlockDevice {
       (d) => {
         if (d.size < this.size) {
           void d.close();
-          throw new HavenError('IO', `${this.label}: the provider's export has ${d.size} bytes, the volume ${this.size}`);
+          throw new HavenError(
+            'IO',
+            `${this.label}: the provider's export has ${d.size} bytes, the volume ${this.size}`,
+          );
         }
         return d;
       },

@@ -118,7 +118,8 @@ export interface StorageProvider {
 export function poolCapabilities(info: PoolInfo): CapabilitySet {
   const c = info.capabilities;
   const set: CapabilitySet = c.tier ? { tier: c.tier } : {};
-  for (const k of ['thin', 'snapshots', 'clones', 'encryption', 'replication'] as const) if (c[k]) set[k] = true;
+  for (const k of ['thin', 'snapshots', 'clones', 'encryption', 'replication'] as const)
+    if (c[k]) set[k] = true;
   return set;
 }
 
@@ -173,7 +174,11 @@ export function localProvider(
         apiVersion: STORAGE_PROVIDER_API_VERSION,
         vendor: 'Haven',
         capabilities: poolCapabilities(i),
-        capacity: { capacityBytes: i.capacityBytes, allocatedBytes: i.allocatedBytes, freeBytes: i.freeBytes },
+        capacity: {
+          capacityBytes: i.capacityBytes,
+          allocatedBytes: i.allocatedBytes,
+          freeBytes: i.freeBytes,
+        },
         health: { state: 'ok' },
       };
     },

@@ -194,7 +194,9 @@ export class StorageService {
       throw conflict(`pool ${pool.name} already exists`);
     for (const v of pool.volumeNames())
       if (this.findPoolOf(v) || this.providerPoolOf(v))
-        throw conflict(`the provider at ${pool.url} holds a volume ${v}, and this site has one of that name already`);
+        throw conflict(
+          `the provider at ${pool.url} holds a volume ${v}, and this site has one of that name already`,
+        );
     this.providerPools.set(pool.name, pool);
   }
 
@@ -203,8 +205,7 @@ export class StorageService {
     const pp = this.providerPools.get(name);
     if (!pp) throw notFound(`no provider pool ${name}`);
     const vols = pp.volumeNames();
-    if (vols.length)
-      throw conflict(`pool ${name} still holds ${vols.length} volume(s): ${vols.join(', ')}`);
+    if (vols.length) throw conflict(`pool ${name} still holds ${vols.length} volume(s): ${vols.join(', ')}`);
     this.providerPools.delete(name);
   }
 
@@ -218,7 +219,8 @@ export class StorageService {
     if (!pp) return this.createVolume(name, size, pool);
     checkName('volume', name);
     this.refuseTaken(name);
-    if (!Number.isSafeInteger(size) || size <= 0) throw invalidArgument(`volume size ${size} must be a positive number of bytes`);
+    if (!Number.isSafeInteger(size) || size <= 0)
+      throw invalidArgument(`volume size ${size} must be a positive number of bytes`);
     return pp.createVolume(name, size);
   }
 
@@ -306,7 +308,11 @@ export class StorageService {
 
   listVolumes(pool?: string): VolumeInfo[] {
     const pp = pool ? this.providerPools.get(pool) : undefined;
-    const pools = pp ? [pp] : pool ? [this.pool(pool)] : [...this.pools.values(), ...this.providerPools.values()];
+    const pools = pp
+      ? [pp]
+      : pool
+        ? [this.pool(pool)]
+        : [...this.pools.values(), ...this.providerPools.values()];
     return pools.flatMap((p) => p.listVolumes()).sort((a, b) => a.name.localeCompare(b.name));
   }
 
@@ -646,7 +652,10 @@ export class StorageService {
   openDevice(target: string, opts: { readOnly?: boolean } = {}): BlockDevice {
     const volume = target.split('@')[0]!;
     const pp = this.providerPoolOf(volume);
-    if (pp) return !target.includes('@') && !opts.readOnly ? this.providerTap(volume)! : pp.openDevice(target, opts);
+    if (pp)
+      return !target.includes('@') && !opts.readOnly
+        ? this.providerTap(volume)!
+        : pp.openDevice(target, opts);
     const missing = this.missingBase(volume);
     if (missing) throw conflict(missing);
     // Every writer goes through the volume's one tap, so no change escapes tracking.

@@ -118,10 +118,22 @@ export abstract class SiteDomain {
       r = await fn();
     } catch (err) {
       if (err instanceof HavenError && err.code !== 'INTERNAL')
-        this.events.append({ actor, action, target, outcome: 'failed', message: `${action} ${target}: ${err.message}` });
+        this.events.append({
+          actor,
+          action,
+          target,
+          outcome: 'failed',
+          message: `${action} ${target}: ${err.message}`,
+        });
       throw err;
     }
-    this.events.append({ actor, action, target, outcome: 'ok', message: describe?.(r) ?? `${action} ${target}` });
+    this.events.append({
+      actor,
+      action,
+      target,
+      outcome: 'ok',
+      message: describe?.(r) ?? `${action} ${target}`,
+    });
     return r;
   }
 

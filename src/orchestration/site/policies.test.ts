@@ -222,7 +222,10 @@ test('a site: declared capabilities, placement of new volumes, assignment hands 
   });
   assert.deepEqual(rpo.requires, ['replication', 'tier=gold']);
 
-  assert.equal((await site.volumes.createVolume('a', 'v1', 8 * MiB, undefined, { policy: 'gold' })).pool, 'repl');
+  assert.equal(
+    (await site.volumes.createVolume('a', 'v1', 8 * MiB, undefined, { policy: 'gold' })).pool,
+    'repl',
+  );
   await assert.rejects(
     () => site.volumes.createVolume('a', 'v2', 8 * MiB, 'default', { policy: 'gold' }),
     code('CONFLICT', /pool default does not satisfy policy gold: it lacks replication, tier=gold/),

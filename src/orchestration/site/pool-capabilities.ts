@@ -61,7 +61,8 @@ export class PoolCapabilities {
   known(): string[] {
     const names = new Set<string>(BUILTIN_CAPABILITIES);
     // What providers advertise may be required too (a vendor's own capability).
-    for (const p of this.storage.listPools()) for (const k of Object.keys(this.storage.capabilitiesOf(p.name))) names.add(k);
+    for (const p of this.storage.listPools())
+      for (const k of Object.keys(this.storage.capabilitiesOf(p.name))) names.add(k);
     const rows = this.db.prepare('SELECT declared FROM pool_capabilities').all() as { declared: string }[];
     for (const r of rows) for (const k of Object.keys(JSON.parse(r.declared) as CapabilitySet)) names.add(k);
     return [...names].sort();

@@ -40,14 +40,24 @@ export class ProviderPools {
       rows.map(async (r) => {
         let pool: ProviderPool;
         try {
-          pool = new ProviderPool(r.name, new HttpProvider(r.url, readToken(r.token_file)), r.url, r.registered_at);
+          pool = new ProviderPool(
+            r.name,
+            new HttpProvider(r.url, readToken(r.token_file)),
+            r.url,
+            r.registered_at,
+          );
         } catch (err) {
           log.error({ pool: r.name, url: r.url, err: errorMessage(err) }, 'provider pool cannot be opened');
           return;
         }
         await pool
           .refresh()
-          .catch((err) => log.warn({ pool: r.name, url: r.url, err: errorMessage(err) }, 'storage provider does not answer'));
+          .catch((err) =>
+            log.warn(
+              { pool: r.name, url: r.url, err: errorMessage(err) },
+              'storage provider does not answer',
+            ),
+          );
         try {
           this.storage.addProviderPool(pool);
         } catch (err) {
@@ -65,9 +75,12 @@ export class ProviderPools {
     checkName('pool', name);
     const url = checkProviderUrl(opts.url);
     if (!isAbsolute(opts.tokenFile))
-      throw invalidArgument(`token file ${opts.tokenFile} must be an absolute path (the CLI resolves a relative one)`);
+      throw invalidArgument(
+        `token file ${opts.tokenFile} must be an absolute path (the CLI resolves a relative one)`,
+      );
     const token = readToken(opts.tokenFile);
-    if (this.storage.listPools().some((p) => p.name === name)) throw new HavenError('CONFLICT', `pool ${name} already exists`);
+    if (this.storage.listPools().some((p) => p.name === name))
+      throw new HavenError('CONFLICT', `pool ${name} already exists`);
     const registeredAt = now();
     const pool = new ProviderPool(name, new HttpProvider(url, token), url, registeredAt);
     try {
@@ -109,7 +122,9 @@ export class ProviderPools {
         this.storage
           .providerPool(r.name)
           ?.refresh()
-          .catch((err) => log.warn({ pool: r.name, err: errorMessage(err) }, 'storage provider does not answer')),
+          .catch((err) =>
+            log.warn({ pool: r.name, err: errorMessage(err) }, 'storage provider does not answer'),
+          ),
       ),
     );
   }
@@ -130,7 +145,9 @@ function readToken(file: string): string {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw invalidArgument(`token file ${file} cannot be read: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`);
+    throw invalidArgument(
+      `token file ${file} cannot be read: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`,
+    );
   }
   if (!text.trim()) throw invalidArgument(`token file ${file} is empty`);
   return text;
