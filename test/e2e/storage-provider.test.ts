@@ -5,7 +5,8 @@
 // that provider advertises places a volume on it (created through the contract); data written
 // through the site's NBD export lands in the provider's file; a snapshot taken through Haven is
 // the provider's (it received the call) and holds exactly the data of that moment, read back
-// through the site. Bad registrations (unreachable, wrong token, another API version, no token
+// through the site, and a VM whose disk it is writes there through the site's NBD socket and tap (a snapshot
+// taken while it runs holds its writes). Bad registrations (unreachable, wrong token, another API version, no token
 // file) are refused with clear errors and register nothing; the token is never logged.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,8 +15,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { site, startDaemon } from '../support/site.js';
+import { guestArgs, site, startDaemon, waitForConsole } from '../support/site.js';
+import { patternBytes } from '../support/guest.js';
 import { start, waitForListen, freePort, type Running } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -369,6 +372,40 @@ test('an out-of-process storage provider serves placement and snapshots through 
   );
   assert.equal(await read('db@s1', 'snap2.out'), sha(first), 'the snapshot reads the same after the restart');
 
+  // ---- a VM's disk on the provider: QEMU reaches it through the site's NBD socket and tap ----
+  await s.haven(
+    'vm',
+    'create',
+    'pv',
+    '--disk',
+    'db',
+    ...guestArgs('write-pattern disk=vda seed=9 count=4 len=64K start=1M step=1M; hash disk=vda; poweroff'),
+  );
+  await s.haven('vm', 'start', 'pv');
+  const out = await waitForConsole(s, 'pv', /"event":"done","cmd":"hash"/);
+  assert.ok(!/"event":"error"/.test(out), `the guest reported no error:\n${out}`);
+  const onProvider = readFileSync(provider.file('db'));
+  for (let k = 0; k < 4; k++) {
+    const off = (k + 1) * MiB;
+    assert.ok(
+      onProvider.subarray(off, off + 64 * 1024).equals(patternBytes(9, k, off, 64 * 1024)),
+      `the guest's write ${k} is in the provider's file`,
+    );
+  }
+  const guestHash = /"cmd":"hash".*"sha256":"([0-9a-f]{64})"/.exec(out)![1];
+  assert.equal(guestHash, sha(onProvider), 'the guest read the disk the provider holds');
+  await s.haven('snapshot', 'create', 'db', 's2');
+  assert.ok(
+    readFileSync(provider.file('db', 's2')).equals(onProvider),
+    "the provider's snapshot holds the guest's writes",
+  );
+  for (const deadline = Date.now() + 30_000; ; await sleep(200)) {
+    const vm = JSON.parse(await s.haven('vm', 'show', 'pv', '--json')) as { state: string };
+    if (vm.state === 'stopped') break;
+    assert.ok(Date.now() < deadline, `the guest powered off (it is ${vm.state})`);
+  }
+  await s.haven('vm', 'delete', 'pv');
+
   // ---- what is not offered on a provider pool is refused, naming it ----
   assert.match(
     await s.havenFails('snapshot', 'revert', 'db', 's1'),
@@ -378,6 +415,7 @@ test('an out-of-process storage provider serves placement and snapshots through 
   // ---- deletes go through the contract; an empty provider pool is forgotten ----
   assert.match(await s.havenFails('pool', 'delete', 'vendor'), /pool vendor still holds 1 volume\(s\): db/);
   await s.haven('snapshot', 'delete', 'db', 's1');
+  await s.haven('snapshot', 'delete', 'db', 's2');
   assert.ok(!existsSync(provider.file('db', 's1')), 'the provider deleted the snapshot');
   await s.haven('volume', 'delete', 'db');
   assert.ok(
