@@ -5,9 +5,10 @@
 // that provider advertises places a volume on it (created through the contract); data written
 // through the site's NBD export lands in the provider's file; a snapshot taken through Haven is
 // the provider's (it received the call) and holds exactly the data of that moment, read back
-// through the site, and a VM whose disk it is writes there through the site's NBD socket and tap (a snapshot
-// taken while it runs holds its writes). Bad registrations (unreachable, wrong token, another API version, no token
-// file) are refused with clear errors and register nothing; the token is never logged.
+// through the site; a VM whose disk it is writes there through the site's NBD socket and tap (a
+// snapshot taken then holds its writes). Bad registrations (unreachable, wrong token, another API
+// version, no token file) are refused with clear errors and register nothing; the token is never
+// logged.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
