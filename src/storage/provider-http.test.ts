@@ -11,7 +11,13 @@ import SwaggerParser from '@apidevtools/swagger-parser';
 import { tempDir } from '../../test/support/tmp.js';
 import { HavenError } from '../common/index.js';
 import { HttpProvider } from './provider-http.js';
-import { STORAGE_PROVIDER_API_VERSION, speaksProviderApi } from './provider.js';
+import {
+  STORAGE_PROVIDER_API_VERSION,
+  speaksProviderApi,
+  type ProviderDescription,
+  type StorageProvider,
+} from './provider.js';
+import { ProviderPool } from './provider-pool.js';
 import { StorageService } from './service.js';
 
 const DOC = fileURLToPath(new URL('../../../docs/provider-api.yaml', import.meta.url));
@@ -205,4 +211,67 @@ test("Haven's own pools implement the contract in process", async (t) => {
     (await p.listVolumes()).map((v) => v.name),
     ['v'],
   );
+});
+
+test("a provider pool in the storage service: Haven's own volume wins a name, a refresh during a change keeps it", async (t) => {
+  const dir = tempDir();
+  const svc = StorageService.open(join(dir.path, 'data'));
+  t.after(() => {
+    svc.close();
+    dir.cleanup();
+  });
+  svc.createPool('local');
+  svc.createVolume('disk', MiB, 'local');
+  const held = new Map<string, number>([['disk', MiB]]); // the provider has a "disk" too
+  let release: (() => void) | undefined;
+  const fake: StorageProvider = {
+    describe: async () => ({ ...description, apiVersion: '1.0' }) as ProviderDescription,
+    listVolumes: async () => {
+      const list = [...held].map(([name, sizeBytes]) => ({ name, sizeBytes }));
+      if (release === undefined) return list;
+      await new Promise<void>((r) => (release = r)); // held until the test lets it go
+      return list;
+    },
+    createVolume: async (name, sizeBytes) => (held.set(name, sizeBytes), { name, sizeBytes }),
+    deleteVolume: async (name) => void held.delete(name),
+    resizeVolume: async (name, sizeBytes) => ({ name, sizeBytes }),
+    listSnapshots: async () => [],
+    createSnapshot: async (volume, name) => ({ name, volume, sizeBytes: held.get(volume)! }),
+    deleteSnapshot: async () => undefined,
+    clone: async (_v, _s, name) => ({ name, sizeBytes: MiB }),
+    access: async () => ({ uri: 'nbd+unix:///x?socket=/nonexistent' }),
+  };
+  const pool = new ProviderPool('acme', fake, 'http://acme', new Date().toISOString());
+  await pool.refresh();
+  assert.throws(
+    () => svc.addProviderPool(pool),
+    /holds a volume disk, and this site has one of that name already/,
+  );
+  held.delete('disk');
+  await pool.refresh();
+  svc.addProviderPool(pool);
+  held.set('disk', MiB); // made behind Haven's back, under a name the site uses
+  await pool.refresh();
+  assert.equal(svc.volume('disk').pool, 'local', "Haven's own volume keeps its name");
+  assert.deepEqual(
+    svc.listVolumes().map((v) => `${v.pool}/${v.name}`),
+    ['local/disk'],
+  );
+  // A refresh that listed the volumes before a create answered does not forget the new volume.
+  release = () => undefined;
+  const slow = pool.refresh();
+  await new Promise((r) => setImmediate(r));
+  await svc.provisionVolume('v', 2 * MiB, 'acme');
+  release();
+  await slow;
+  assert.equal(svc.volume('v').pool, 'acme');
+  assert.match(svc.poolInfo('acme').provider!.url, /acme/);
+  assert.throws(() => svc.pool('acme'), /pool acme is served by the storage provider at http:\/\/acme/);
+  assert.throws(
+    () => svc.addBitmap('v', 'b'),
+    /volume v is on pool acme, served by the storage provider at http:\/\/acme/,
+  );
+  await svc.removeVolume('v');
+  assert.ok(!held.has('v'));
+  svc.removeProviderPool('acme');
 });

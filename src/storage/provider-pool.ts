@@ -26,6 +26,8 @@ export class ProviderPool {
   private described: ProviderDescription | undefined;
   private checkedAt: string | undefined;
   private error: string | undefined;
+  /** Bumped by every change Haven makes: a refresh that overlapped one keeps the inventory it had. */
+  private changes = 0;
   private readonly inventory = new Map<string, { volume: ProviderVolume; snapshots: ProviderSnapshot[] }>();
 
   constructor(
@@ -38,12 +40,15 @@ export class ProviderPool {
   /** Asks the provider for everything again; on failure the pool reports it as its health and keeps what it knew. */
   async refresh(): Promise<void> {
     try {
+      const at = this.changes;
       const d = await this.provider.describe();
       const vols = await this.provider.listVolumes();
       const snaps = await Promise.all(vols.map((v) => this.provider.listSnapshots(v.name)));
       this.described = d;
-      this.inventory.clear();
-      vols.forEach((v, i) => this.inventory.set(v.name, { volume: v, snapshots: snaps[i]! }));
+      if (at === this.changes) {
+        this.inventory.clear();
+        vols.forEach((v, i) => this.inventory.set(v.name, { volume: v, snapshots: snaps[i]! }));
+      }
       this.checkedAt = new Date().toISOString();
       this.error = undefined;
     } catch (err) {
@@ -128,6 +133,7 @@ export class ProviderPool {
   }
 
   async createVolume(name: string, size: number): Promise<VolumeInfo> {
+    this.changes++;
     const v = await this.provider.createVolume(name, size);
     this.answered(
       'create volume',
@@ -141,6 +147,7 @@ export class ProviderPool {
 
   async deleteVolume(name: string): Promise<void> {
     this.entry(name);
+    this.changes++;
     await this.provider.deleteVolume(name);
     this.inventory.delete(name);
     await this.redescribe();
@@ -148,6 +155,7 @@ export class ProviderPool {
 
   async resizeVolume(name: string, size: number): Promise<VolumeInfo> {
     const e = this.entry(name);
+    this.changes++;
     const v = await this.provider.resizeVolume(name, size);
     this.answered('resize', v.sizeBytes === size, `size ${v.sizeBytes}`);
     e.volume = v;
@@ -156,6 +164,7 @@ export class ProviderPool {
 
   async snapshot(volume: string, name: string): Promise<SnapshotInfo> {
     const e = this.entry(volume);
+    this.changes++;
     const s = await this.provider.createSnapshot(volume, name);
     this.answered(
       'create snapshot',
@@ -169,12 +178,14 @@ export class ProviderPool {
 
   async deleteSnapshot(volume: string, name: string): Promise<void> {
     const e = this.entry(volume);
+    this.changes++;
     await this.provider.deleteSnapshot(volume, name);
     e.snapshots = e.snapshots.filter((s) => s.name !== name);
   }
 
   async clone(volume: string, snapshot: string, name: string): Promise<VolumeInfo> {
     this.entry(volume);
+    this.changes++;
     const v = await this.provider.clone(volume, snapshot, name);
     this.answered('clone', v.name === name, `volume ${v.name}`);
     this.inventory.set(name, { volume: { origin: `${volume}@${snapshot}`, ...v }, snapshots: [] });

@@ -174,8 +174,12 @@ export class StorageService {
 
   // ---- provider pools ----------------------------------------------------------------------
 
-  /** The provider pool a volume is on, if it is on one. */
+  /**
+   * The provider pool a volume is on, if it is on one. A volume of Haven's own pools always wins:
+   * one a provider lists later under the same name (made behind Haven's back) is not the site's.
+   */
   providerPoolOf(volume: string): ProviderPool | undefined {
+    if (this.providerPools.size === 0 || this.findPoolOf(volume)) return undefined;
     for (const p of this.providerPools.values()) if (p.hasVolume(volume)) return p;
     return undefined;
   }
@@ -204,7 +208,7 @@ export class StorageService {
   removeProviderPool(name: string): void {
     const pp = this.providerPools.get(name);
     if (!pp) throw notFound(`no provider pool ${name}`);
-    const vols = pp.volumeNames();
+    const vols = this.listVolumes(name).map((v) => v.name);
     if (vols.length) throw conflict(`pool ${name} still holds ${vols.length} volume(s): ${vols.join(', ')}`);
     this.providerPools.delete(name);
   }
@@ -313,7 +317,13 @@ export class StorageService {
       : pool
         ? [this.pool(pool)]
         : [...this.pools.values(), ...this.providerPools.values()];
-    return pools.flatMap((p) => p.listVolumes()).sort((a, b) => a.name.localeCompare(b.name));
+    return (
+      pools
+        .flatMap((p) => p.listVolumes())
+        // A provider's volume named like one of Haven's own pools' is not the site's (providerPoolOf).
+        .filter((v) => !this.providerPools.has(v.pool) || !this.findPoolOf(v.name))
+        .sort((a, b) => a.name.localeCompare(b.name))
+    );
   }
 
   /** A volume's labels (cheaper than volume(), which counts its mapped bytes). */
