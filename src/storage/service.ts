@@ -214,9 +214,9 @@ export class StorageService {
   }
 
   /**
-   * Creates a volume on any pool: Haven's own at once, a provider's through the contract. The
-   * operations below are the same for both kinds; the synchronous ones above them are Haven's
-   * own pools' only.
+   * Creates a volume on any pool: Haven's own at once, a provider's through the contract. These
+   * asynchronous operations work on both kinds; the synchronous createVolume, deleteVolume,
+   * snapshot, deleteSnapshot and clone further down are for Haven's own pools only.
    */
   async provisionVolume(name: string, size: number, pool: string): Promise<VolumeInfo> {
     const pp = this.providerPools.get(pool);
