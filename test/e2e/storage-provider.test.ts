@@ -270,6 +270,10 @@ test('an out-of-process storage provider serves placement and snapshots through 
   assert.equal(shown.advertised.tier, 'vendor-gold');
   assert.equal(shown.advertised.dedup, true, "the provider's own capability is advertised");
   assert.equal(shown.freeBytes, 1024 * MiB);
+  const human = await s.haven('pool', 'show', 'vendor');
+  assert.match(human, /provider: +http:\/\/127\.0\.0\.1:\d+ \(API 1\.0, Test Array 1\.0\)/);
+  assert.match(human, /health: +ok/);
+  assert.match(human, /offers: +thin snapshots clones dedup/);
   assert.match(
     await s.havenFails(
       'pool',
