@@ -394,13 +394,9 @@ export class SiteDr extends SiteDomain {
     );
   }
 
+  /** The peer's health settled now: its heartbeats answered, or missed up to the limit (peer-health.ts). */
   private async reachable(peer: string): Promise<boolean> {
-    try {
-      await this.links.call(peer, 'ping', {}, { timeoutMs: 3000 });
-      return true;
-    } catch {
-      return false;
-    }
+    return (await this.links.settle(peer)) === 'reachable';
   }
 }
 

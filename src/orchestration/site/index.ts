@@ -10,6 +10,7 @@ export type { Recovery, RecoveryDisk } from './recovery.js';
 export { TRANSPORTS, type Transport } from '../../protection/index.js';
 export type { SitePeers, AcceptCredential } from './peers.js';
 export type { Peer } from './peer-store.js';
+export type { PeerHealth, PeerState } from './peer-health.js';
 export type { PeerOffer } from './pairing.js';
 export type { ChannelHandler } from './peer-link.js';
 export type { PeerOperation } from './peer-rpc.js';

@@ -39,6 +39,7 @@ import { SiteChecks } from './checks.js';
 import { SiteVolumes } from './volumes.js';
 import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
+import type { HeartbeatOptions } from './peer-health.js';
 import { SiteReplication } from './replication.js';
 import { SiteDr } from './dr.js';
 import { SitePlans } from './site-plans.js';
@@ -89,6 +90,8 @@ export interface SiteOptions {
   schedules?: ScheduleOwnerSink;
   /** The alert state check's interval and thresholds, and how notifications are retried. */
   alerts?: AlertOptions;
+  /** Heartbeats to paired sites: their interval, and how many missed make a peer unreachable. */
+  peerHeartbeat?: HeartbeatOptions;
 }
 
 export interface NbdTlsCertificates {
@@ -184,6 +187,7 @@ export class Site {
     metrics: SiteMetrics,
     schedules?: ScheduleOwnerSink,
     alertOptions: AlertOptions = {},
+    heartbeat: HeartbeatOptions = {},
   ) {
     this.metrics = metrics;
     this.transfers = new TransferSlots(maxTransfersPerHost);
@@ -243,8 +247,13 @@ export class Site {
     );
     this.vms = new SiteVms(parts, this.recovery);
     this.checks = new SiteChecks(parts, db, this.recovery, dataDir);
-    this.peers = new SitePeers(db, this.events, name, identity);
+    this.peers = new SitePeers(db, this.events, name, identity, heartbeat);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
+    this.peers.health.takenOver = (peer) =>
+      this.replication
+        .list()
+        .filter((g) => g.role === 'target' && g.peer === peer && g.takenOver)
+        .map((g) => g.name);
     this.dr = new SiteDr(parts, this.replication, this.peers, db);
     this.plans = new SitePlans(parts, db, this.dr, this.vms, name);
     this.policies = new SitePolicies(parts, db, {
@@ -332,6 +341,7 @@ export class Site {
         metrics,
         opts.schedules,
         opts.alerts ?? {},
+        opts.peerHeartbeat ?? {},
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
@@ -371,6 +381,7 @@ export class Site {
       await site.checks.cleanupInterrupted();
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
+      site.peers.health.start();
       site.policies.watch(COMPLIANCE_INTERVAL_MS);
       site.alerts.start();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
