@@ -13,6 +13,7 @@ interface Named {
   name: string;
 }
 interface RehearseJob {
+  id: string;
   state: string;
   error?: string;
   result: {
@@ -21,6 +22,19 @@ interface RehearseJob {
     vms: { name: string; of: string; passed: boolean; detail: string }[];
     passed: boolean;
   };
+}
+interface Objective {
+  compliance: { compliant: boolean; reasons: { code: string; message: string }[] }[];
+}
+interface Report {
+  id: string;
+  outcome: string;
+  groups: string[];
+  checkpoints: { seq: number }[];
+  rpoSeconds?: number;
+  rtoSeconds?: number;
+  objective?: { name: string; rpoMet?: boolean; rtoMet?: boolean };
+  steps: { time: string; level: string; message: string }[];
 }
 interface VmView extends Named {
   state: string;
@@ -71,6 +85,47 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
     90_000,
   );
   const before = await inventory(b);
+
+  // A service objective for the group, applied at A and told to B: the RPO is met, but the
+  // group was never rehearsed, so neither the rehearsal cadence nor the RTO is.
+  assert.match(await a.havenFails('objective', 'create', 'bad'), /give at least one target/);
+  await a.haven(
+    'objective',
+    'create',
+    'gold',
+    '--rpo',
+    `${RPO}s`,
+    '--history',
+    '30m',
+    '--rehearse-every',
+    '1h',
+    '--rto',
+    '2m',
+  );
+  assert.match(
+    await a.havenFails('objective', 'apply', 'gold', '--group', 'nosuch'),
+    /replication group nosuch does not exist/,
+  );
+  const applied = JSON.parse(await a.haven('objective', 'apply', 'gold', '--group', 'g', '--json')) as {
+    notTold?: string[];
+  };
+  assert.equal(applied.notTold, undefined);
+  assert.deepEqual(
+    (await b.api<{ name: string; appliedTo: unknown[] }[]>('GET', '/objectives')).map((o) => [
+      o.name,
+      o.appliedTo,
+    ]),
+    [['gold', [{ kind: 'group', target: 'g' }]]],
+  );
+  const unmet = await a.api<Objective>('GET', '/objectives/gold');
+  assert.equal(unmet.compliance[0]?.compliant, false);
+  assert.deepEqual(unmet.compliance[0]?.reasons.map((x) => x.code).sort(), ['rehearsal', 'rto']);
+  assert.match(await a.haven('objective', 'show', 'gold'), /never rehearsed successfully/);
+  await eventually(
+    'an objective alert at A',
+    () => a.api<{ rule: string; object: string }[]>('GET', '/alerts?state=open&rule=objective.noncompliant'),
+    (al) => al.some((x) => x.object === 'group:g'),
+  );
 
   // Refused, changing nothing: at the source, a bad heartbeat, an unknown network.
   assert.match(await a.havenFails('dr', 'rehearse', 'g'), /replicated from this site to site-b/);
@@ -135,6 +190,42 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
   assert.match(
     await b.havenFails('dr', 'takeover', 'g', '--force'),
     /rehearsal running since .*haven dr cleanup g/,
+  );
+
+  // The rehearsal's report is kept at B: RPO and RTO achieved against the objective, and steps.
+  const report = await eventually(
+    'the rehearsal report at B',
+    () => b.api<Report[]>('GET', '/dr/reports?kind=rehearse'),
+    (rs) => rs.some((x) => x.id === job.id),
+  ).then(() => b.haven('dr', 'report', job.id, '--json').then((o) => JSON.parse(o) as Report));
+  assert.equal(report.outcome, 'succeeded');
+  assert.deepEqual(report.groups, ['g']);
+  assert.equal(report.checkpoints[0]?.seq, r.checkpoint.seq);
+  assert.equal(report.objective?.name, 'gold');
+  assert.equal(report.objective?.rpoMet, true);
+  assert.equal(report.objective?.rtoMet, true);
+  assert.ok(report.steps.length >= 3 && report.steps.every((x) => !!x.time && !!x.level));
+  const text = await b.haven('dr', 'report', job.id);
+  assert.match(text, /Rehearsal of g at site site-b: SUCCEEDED/);
+  assert.match(text, /RPO achieved: .* — objective 5 s: met/);
+  assert.match(text, /app-rehearsal \(group g\).*heartbeat passed/);
+  t.diagnostic(`rehearsal report: RPO ${report.rpoSeconds} s, RTO ${report.rtoSeconds} s`);
+  assert.match(await b.havenFails('dr', 'report', 'nosuch'), /no DR report nosuch/);
+  // A asks B for its reports: the group meets its objective now; the alert resolves.
+  const met = await a.api<Objective>('GET', '/objectives/gold');
+  assert.equal(met.compliance[0]?.compliant, true, JSON.stringify(met.compliance));
+  const changes = await a.api<{ outcome: string }[]>(
+    'GET',
+    '/events?action=objective.compliance&target=group:g',
+  );
+  assert.deepEqual(
+    changes.map((e) => e.outcome),
+    ['ok', 'warning'],
+  );
+  await eventually(
+    'the objective alert resolved at A',
+    () => a.api<{ object: string }[]>('GET', '/alerts?state=open&rule=objective.noncompliant'),
+    (al) => !al.some((x) => x.object === 'group:g'),
   );
 
   const cleaned = JSON.parse(await b.haven('dr', 'cleanup', 'g', '--json')) as { removed: string[] };

@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import type {
+  DrReport,
+  ReportSummary,
   Job,
   MigrateReport,
   RehearsalReport,
@@ -8,7 +10,7 @@ import type {
   TakeoverReport,
 } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
-import { parseDuration, repeatable } from '../args.js';
+import { parseDuration, repeatable, table } from '../args.js';
 import { runJob } from '../jobs.js';
 import { fields, printResult } from '../output.js';
 
@@ -202,6 +204,49 @@ export function registerDr(program: Command): void {
         !!o.json,
         r,
         () => `rehearsal of ${r.group} cleaned up: ${r.removed.join(', ') || 'nothing was left'}`,
+      );
+    });
+
+  apiOptions(dr.command('report'))
+    .description(
+      "a DR operation's kept report (its job's id): steps with times and outcomes, checkpoint, RPO and RTO achieved against the objective",
+    )
+    .argument('<id>')
+    .option('--json', 'print JSON')
+    .option('--text', 'print the readable form (the default)')
+    .action(async (id: string, o: ApiOpts & { json?: boolean; text?: boolean }) => {
+      if (o.json && o.text) throw invalidArgument('give --json or --text, not both');
+      const path = `/dr/reports/${encodeURIComponent(id)}`;
+      if (o.json) printResult(true, await connect(o).get<DrReport>(path), () => '');
+      else process.stdout.write(await connect(o).text(`${path}?format=text`));
+    });
+
+  apiOptions(dr.command('reports'))
+    .description('the kept reports of DR operations at this site, newest first')
+    .option('--kind <kind>', 'takeover, rehearse or migrate')
+    .option('--target <name>', 'a group or service')
+    .option('--limit <n>', 'at most this many', '50')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts & { json?: boolean; kind?: string; target?: string; limit: string }) => {
+      const q = new URLSearchParams({ limit: o.limit });
+      if (o.kind) q.set('kind', o.kind);
+      if (o.target) q.set('target', o.target);
+      const rs = await connect(o).get<ReportSummary[]>(`/dr/reports?${q.toString()}`);
+      const s = (n: number | undefined) => (n === undefined ? '-' : `${n.toFixed(2)} s`);
+      printResult(!!o.json, rs, () =>
+        table([
+          ['REPORT', 'KIND', 'TARGET', 'OUTCOME', 'ENDED', 'RPO', 'RTO', 'OBJECTIVE'],
+          ...rs.map((r) => [
+            r.id,
+            r.kind,
+            r.target,
+            r.outcome,
+            r.endedAt,
+            s(r.rpoSeconds),
+            s(r.rtoSeconds),
+            r.objectiveMet === undefined ? '-' : r.objectiveMet ? 'met' : 'NOT MET',
+          ]),
+        ]),
       );
     });
 }

@@ -30,6 +30,8 @@ import {
 } from './dr-services.js';
 import { BusinessServices, type BusinessService } from './services.js';
 import type { Db } from './database.js';
+import { DrReports } from './dr-reports.js';
+import type { Objective } from './objectives.js';
 
 export type { TakeoverReport, TakeoverRequest } from './dr-takeover.js';
 export type { ServiceReport } from './dr-services.js';
@@ -75,15 +77,21 @@ export class SiteDr extends SiteDomain {
   private readonly host: TakeoverHost & RehearsalHost;
   /** Business services: groups in tiers (each site holds the definitions of both sides). */
   readonly services: BusinessServices;
+  /** The reports of DR operations, kept when their jobs end (dr-reports.ts). */
+  readonly reports: DrReports;
+  /** The service objective that applies to a group or service (set by the site: site-objectives.ts). */
+  objectiveFor: (target: string) => Objective | undefined = () => undefined;
 
   constructor(
     parts: SiteParts,
     private readonly replication: SiteReplication,
     private readonly links: PeerLinks,
     db: Db,
+    site: string,
   ) {
     super(parts);
     this.services = new BusinessServices(db, (n) => replication.hasGroup(n));
+    this.reports = new DrReports(db, site);
     links.handle('dr.service.put', async (_peer, args) =>
       this.services.put(serviceArgs(args), { replace: true }),
     );
@@ -139,8 +147,10 @@ export class SiteDr extends SiteDomain {
       throw conflict(
         `site ${plan.peer} answers: a takeover now would let group ${req.group} run at both sites; stop its VMs there and migrate, or take over with --force (the source then fences itself as soon as it asks)`,
       );
-    return this.jobs.start({ kind: 'dr.takeover', target: req.group, actor }, (ctx) =>
-      runTakeover(this.host, plan, { start: req.start !== false, peerReachable }, ctx),
+    return this.reported(
+      this.jobs.start({ kind: 'dr.takeover', target: req.group, actor }, (ctx) =>
+        runTakeover(this.host, plan, { start: req.start !== false, peerReachable }, ctx),
+      ),
     );
   }
 
@@ -152,23 +162,42 @@ export class SiteDr extends SiteDomain {
     const service = this.services.find(req.group);
     if (service) {
       const plans = planServiceRehearsal(this.host, service, req);
-      return this.jobs.start({ kind: 'dr.rehearse', target: service.name, actor }, (ctx) =>
-        runServiceRehearsal(this.host, service, plans, ctx),
+      return this.reported(
+        this.jobs.start({ kind: 'dr.rehearse', target: service.name, actor }, (ctx) =>
+          runServiceRehearsal(this.host, service, plans, ctx),
+        ),
       );
     }
     const record = planRehearsal(this.host, req);
-    return this.jobs.start({ kind: 'dr.rehearse', target: req.group, actor }, async (ctx) => {
-      const report = await runRehearsal(this.host, req, record, ctx);
-      if (!report.passed)
-        throw new HavenError(
-          'CORRUPT',
-          `rehearsal of group ${req.group} failed: ${report.vms
-            .filter((v) => !v.passed)
-            .map((v) => `${v.name}: ${v.detail}`)
-            .join('; ')} (its VMs stay up until haven dr cleanup ${req.group})`,
-        );
-      return report;
+    return this.reported(
+      this.jobs.start({ kind: 'dr.rehearse', target: req.group, actor }, async (ctx) => {
+        const report = await runRehearsal(this.host, req, record, ctx);
+        if (!report.passed)
+          throw new HavenError(
+            'CORRUPT',
+            `rehearsal of group ${req.group} failed: ${report.vms
+              .filter((v) => !v.passed)
+              .map((v) => `${v.name}: ${v.detail}`)
+              .join('; ')} (its VMs stay up until haven dr cleanup ${req.group})`,
+          );
+        return report;
+      }),
+    );
+  }
+
+  /** Keeps the job's report when it ends, whatever the end (dr-reports.ts). */
+  private reported(job: Job): Job {
+    const service = this.services.find(job.target);
+    const groups = service ? service.tiers.flat() : [job.target];
+    void this.jobs.wait(job.id).then((end) => {
+      try {
+        const o = this.objectiveFor(job.target);
+        this.reports.record(end, this.jobs.logOf(job.id), groups, o);
+      } catch (err) {
+        log.error({ job: job.id, err: errorMessage(err) }, 'the DR report could not be kept');
+      }
     });
+    return job;
   }
 
   /** Removes every trace of a group's rehearsal. */
@@ -210,8 +239,10 @@ export class SiteDr extends SiteDomain {
       );
     const grace = req.graceSeconds ?? 60;
     if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
-    return this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, (ctx) =>
-      this.runMigrate(req, peer, config.vms, grace, ctx),
+    return this.reported(
+      this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, (ctx) =>
+        this.runMigrate(req, peer, config.vms, grace, ctx),
+      ),
     );
   }
 
@@ -349,9 +380,10 @@ export class SiteDr extends SiteDomain {
     const plan = planTakeover(this.host, req);
     if (plan.peer !== peer.name)
       throw conflict(`replication group ${req.group} is replicated here from ${plan.peer}, not ${peer.name}`);
-    const job = this.jobs.start(
-      { kind: 'dr.takeover', target: req.group, actor: `site:${peer.name}` },
-      (ctx) => runTakeover(this.host, plan, { start: true, peerReachable: true }, ctx),
+    const job = this.reported(
+      this.jobs.start({ kind: 'dr.takeover', target: req.group, actor: `site:${peer.name}` }, (ctx) =>
+        runTakeover(this.host, plan, { start: true, peerReachable: true }, ctx),
+      ),
     );
     const end = await this.jobs.wait(job.id);
     if (end.state !== 'succeeded')
@@ -383,13 +415,15 @@ export class SiteDr extends SiteDomain {
       throw conflict(
         `site(s) ${answering.join(', ')} answer: a takeover now would let business service ${s.name} run at two sites; migrate its groups, or take over with --force`,
       );
-    return this.jobs.start({ kind: 'dr.takeover', target: s.name, actor }, (ctx) =>
-      runServiceTakeover(
-        this.host,
-        s,
-        plans,
-        { start: req.start !== false, peerReachable: answering.length > 0 },
-        ctx,
+    return this.reported(
+      this.jobs.start({ kind: 'dr.takeover', target: s.name, actor }, (ctx) =>
+        runServiceTakeover(
+          this.host,
+          s,
+          plans,
+          { start: req.start !== false, peerReachable: answering.length > 0 },
+          ctx,
+        ),
       ),
     );
   }

@@ -36,3 +36,6 @@ export type { Compliance, ComplianceReason } from './compliance.js';
 export type { PoolAnswer } from './volumes.js';
 export type { ScheduleSpec, ScheduleOwnerSink } from './schedule-spec.js';
 export type { SiteAlerts, Alert, Silence, Channel, AddChannelRequest, RuleInfo } from '../alerts/index.js';
+export { reportText, type DrReport, type ReportSummary } from './dr-reports.js';
+export type { Objective, ObjectiveSpec, ObjectiveReason } from './objectives.js';
+export type { ObjectiveAnswer, ObjectiveCompliance } from './site-objectives.js';

@@ -43,6 +43,7 @@ import type { HeartbeatOptions } from './peer-health.js';
 import { SiteReplication } from './replication.js';
 import { SiteDr } from './dr.js';
 import { SitePlans } from './site-plans.js';
+import { SiteObjectives } from './site-objectives.js';
 import { SitePolicies } from './policies.js';
 import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
@@ -90,6 +91,8 @@ export interface SiteOptions {
   schedules?: ScheduleOwnerSink;
   /** The alert state check's interval and thresholds, and how notifications are retried. */
   alerts?: AlertOptions;
+  /** How often every service objective's compliance is judged again (default 60 s). */
+  objectiveCheckMs?: number;
   /** Heartbeats to paired sites: their interval, and how many missed make a peer unreachable. */
   peerHeartbeat?: HeartbeatOptions;
 }
@@ -164,6 +167,8 @@ export class Site {
   readonly replication: SiteReplication;
   /** Disaster recovery over those groups: takeover, resync, migrate, rehearsal, services. */
   readonly dr: SiteDr;
+  /** Service objectives applied to groups and services, and their compliance. */
+  readonly objectives: SiteObjectives;
   /** DR plans: steps run as jobs, retried from the one that failed. */
   readonly plans: SitePlans;
   /** Storage policies: placement, compliance, remediation; and the pools' declared capabilities. */
@@ -254,7 +259,16 @@ export class Site {
         .list()
         .filter((g) => g.role === 'target' && g.peer === peer && g.takenOver)
         .map((g) => g.name);
-    this.dr = new SiteDr(parts, this.replication, this.peers, db);
+    this.dr = new SiteDr(parts, this.replication, this.peers, db, name);
+    this.objectives = new SiteObjectives(
+      db,
+      this.events,
+      this.replication,
+      this.dr.services,
+      this.dr.reports,
+      this.peers,
+    );
+    this.dr.objectiveFor = (t) => this.objectives.objectiveFor(t);
     this.plans = new SitePlans(parts, db, this.dr, this.vms, name);
     this.policies = new SitePolicies(parts, db, {
       capabilities,
@@ -383,6 +397,7 @@ export class Site {
       site.replication.startAll();
       site.peers.health.start();
       site.policies.watch(COMPLIANCE_INTERVAL_MS);
+      site.objectives.watch(opts.objectiveCheckMs ?? COMPLIANCE_INTERVAL_MS);
       site.alerts.start();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
@@ -469,6 +484,7 @@ export class Site {
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
     this.policies.unwatch();
+    this.objectives.unwatch();
     await this.alerts.close(); // before the jobs are cancelled: a stopping daemon is no alert
     await this.jobs.cancelAll();
     await this.replication.close();
