@@ -151,8 +151,9 @@ export function registerObjective(program: Command): void {
   apiOptions(obj.command('delete'))
     .description('forget an objective that applies to nothing')
     .argument('<name>')
-    .action(async (name: string, o: ApiOpts) => {
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: JsonOpts) => {
       await connect(o).delete(`/objectives/${encodeURIComponent(name)}`);
-      process.stdout.write(`service objective ${name} deleted\n`);
+      printResult(!!o.json, { name }, () => `service objective ${name} deleted`);
     });
 }

@@ -126,7 +126,10 @@ export class SitePeers {
    * stores it. It is asked first to only check (so that nothing is stored on either side when
    * either would refuse), then to pair.
    */
-  async pair(actor: Actor, req: { api: string; token: string; fingerprint?: string }): Promise<Peer> {
+  async pair(
+    actor: Actor,
+    req: { api: string; token: string; fingerprint?: string },
+  ): Promise<Peer & { health: PeerHealth }> {
     const api = apiUrl(req.api);
     if (!req.token.trim()) throw invalidArgument('the peer token is empty');
     const token = req.token.trim();
@@ -154,7 +157,7 @@ export class SitePeers {
         outcome: 'ok',
         message: `paired with site ${peer.name} (${fingerprint}) at ${api}`,
       });
-      return peer;
+      return { ...peer, health: this.health.health(peer.name) };
     } catch (err) {
       this.failed(actor, 'peer.pair', api, err);
       throw err;
