@@ -1,5 +1,11 @@
 import type { FastifyInstance } from 'fastify';
-import type { MigrateRequest, RehearsalRequest, Site, TakeoverRequest } from '../orchestration/index.js';
+import type {
+  EvacuateRequest,
+  MigrateRequest,
+  RehearsalRequest,
+  Site,
+  TakeoverRequest,
+} from '../orchestration/index.js';
 import * as s from './schemas.js';
 
 type Name = { name: string };
@@ -139,6 +145,30 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
           group: (req.params as Name).name,
         }),
       ),
+  );
+  api.post(
+    '/dr/evacuate',
+    {
+      schema: {
+        tags,
+        summary:
+          'move every business service (and lone group) replicated from this site, or with a VM on one of its hosts, to its target: each stopped last tier first, then migrated tier by tier (a job)',
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            site: { ...s.name, description: 'this site' },
+            host: { ...s.name, description: 'a host of this site' },
+            ...migrateBody.properties,
+          },
+        },
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply
+        .code(202)
+        .send(await site.dr.evacuate(req.actor, (req.body as EvacuateRequest | undefined) ?? {})),
   );
   api.post(
     '/dr/groups/:name/rehearse',

@@ -101,7 +101,7 @@ export function registerObjectiveRoutes(api: FastifyInstance, site: Site): void 
     type: 'object',
     additionalProperties: false,
     properties: {
-      kind: { type: 'string', enum: ['takeover', 'rehearse', 'migrate'] },
+      kind: { type: 'string', enum: ['takeover', 'rehearse', 'migrate', 'evacuate'] },
       target: { type: 'string' },
       outcome: { type: 'string', enum: ['succeeded', 'failed', 'cancelled'] },
       limit: { type: 'integer', minimum: 1, maximum: 1000 },

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import type {
   DrReport,
+  EvacuateReport,
   ReportSummary,
   Job,
   MigrateReport,
@@ -111,6 +112,62 @@ export function registerDr(program: Command): void {
         () => `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
       );
     });
+
+  apiOptions(dr.command('evacuate'))
+    .description(
+      'move every business service off this site (--site) or off one of its hosts (--host), in order: each service stops last tier first, then its groups migrate tier by tier (as dr migrate, no data lost)',
+    )
+    .option('--site <name>', 'this site')
+    .option('--host <name>', 'a host of this site')
+    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
+    .option('--no-verify', 'promote without comparing the replicas with the source first')
+    .option(
+      '--network-map <src=dst>',
+      'a network of this site to a network of the target (repeat)',
+      repeatable,
+    )
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        o: ApiOpts & {
+          json?: boolean;
+          wait: boolean;
+          site?: string;
+          host?: string;
+          grace: string;
+          verify: boolean;
+          networkMap?: string[];
+        },
+      ) => {
+        if ((o.site === undefined) === (o.host === undefined))
+          throw invalidArgument('give --site (this site) or --host (one of its hosts), one of them');
+        const map = networkMap(o.networkMap);
+        await runJob(
+          o,
+          (c) =>
+            c.post<Job>('/dr/evacuate', {
+              ...(o.site !== undefined ? { site: o.site } : { host: o.host }),
+              graceSeconds: parseDuration(o.grace, '--grace'),
+              ...(o.verify ? {} : { verify: false }),
+              ...(map ? { networkMap: map } : {}),
+            }),
+          (j) => {
+            const r = j.result as EvacuateReport;
+            return r.services
+              .map(
+                (x) =>
+                  `${x.service ? `service ${x.service}` : `group ${x.tiers[0]?.groups[0]?.group ?? '?'}`} → site ${x.to}: ` +
+                  x.tiers
+                    .map((t) => `tier ${t.tier} (${t.groups.map((g) => g.group).join(', ')})`)
+                    .join(', ') +
+                  `; downtime ${x.downtimeSeconds.toFixed(1)} s`,
+              )
+              .join('\n');
+          },
+        );
+      },
+    );
 
   apiOptions(dr.command('migrate'))
     .description(
@@ -223,7 +280,7 @@ export function registerDr(program: Command): void {
 
   apiOptions(dr.command('reports'))
     .description('the kept reports of DR operations at this site, newest first')
-    .option('--kind <kind>', 'takeover, rehearse or migrate')
+    .option('--kind <kind>', 'takeover, rehearse, migrate or evacuate')
     .option('--target <name>', 'a group or service')
     .option('--limit <n>', 'at most this many', '50')
     .option('--json', 'print JSON')

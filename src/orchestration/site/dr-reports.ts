@@ -11,7 +11,7 @@ import { dur, type ObjectiveSpec } from './objectives.js';
 export interface DrReport {
   /** The job's id. */
   id: string;
-  /** takeover, rehearse or migrate. */
+  /** takeover, rehearse, migrate or evacuate. */
   kind: string;
   /** The group or business service. */
   target: string;
@@ -58,6 +58,7 @@ type GroupResult = {
   started?: { name: string; startedAt?: string; passed?: boolean; detail?: string }[];
   downtimeSeconds?: number;
   tiers?: { groups: GroupResult[] }[];
+  services?: { tiers: { groups: GroupResult[] }[] }[];
 };
 
 /** What a job's result says (a group's report, or a service's with its tiers): a pure function. */
@@ -70,7 +71,11 @@ export function measure(
   groups: string[];
 } {
   const r = (result ?? {}) as GroupResult;
-  const parts: GroupResult[] = r.tiers ? r.tiers.flatMap((t) => t.groups) : [r];
+  const parts: GroupResult[] = r.services
+    ? r.services.flatMap((s) => s.tiers.flatMap((t) => t.groups))
+    : r.tiers
+      ? r.tiers.flatMap((t) => t.groups)
+      : [r];
   const checkpoints = parts.flatMap((p) =>
     p.group && p.checkpoint
       ? [
@@ -95,7 +100,7 @@ export function measure(
   const groups = parts.flatMap((p) => (p.group ? [p.group] : []));
   let rpo: number | undefined;
   let rto: number | undefined;
-  if (kind === 'migrate') {
+  if (kind === 'migrate' || kind === 'evacuate') {
     rpo = checkpoints.length ? 0 : undefined; // the final checkpoint holds every completed write
     rto = r.downtimeSeconds;
   } else {
@@ -248,7 +253,9 @@ export class DrReports {
 
 /** A report as people read it (haven dr report ID --text). */
 export function reportText(r: DrReport): string {
-  const what = { takeover: 'Takeover', rehearse: 'Rehearsal', migrate: 'Migrate' }[r.kind] ?? r.kind;
+  const what =
+    { takeover: 'Takeover', rehearse: 'Rehearsal', migrate: 'Migrate', evacuate: 'Evacuation' }[r.kind] ??
+    r.kind;
   const lines = [
     `${what} of ${r.target} at site ${r.site}: ${r.outcome.toUpperCase()}`,
     `report ${r.id}, by ${r.actor}`,

@@ -29,6 +29,7 @@ import {
   runServiceTakeover,
 } from './dr-services.js';
 import { BusinessServices, type BusinessService } from './services.js';
+import { planEvacuation, runEvacuation, type EvacuateHost, type EvacuateRequest } from './dr-evacuate.js';
 import type { Db } from './database.js';
 import { DrReports } from './dr-reports.js';
 import type { Objective } from './objectives.js';
@@ -37,6 +38,7 @@ export type { TakeoverReport, TakeoverRequest } from './dr-takeover.js';
 export type { ServiceReport } from './dr-services.js';
 export type { BusinessService } from './services.js';
 export type { RehearsalReport, RehearsalRequest } from './dr-rehearsal.js';
+export type { EvacuateReport, EvacuateRequest } from './dr-evacuate.js';
 
 const log = logger('dr');
 
@@ -87,7 +89,7 @@ export class SiteDr extends SiteDomain {
     private readonly replication: SiteReplication,
     private readonly links: PeerLinks,
     db: Db,
-    site: string,
+    private readonly site: string,
   ) {
     super(parts);
     this.services = new BusinessServices(db, (n) => replication.hasGroup(n));
@@ -186,9 +188,9 @@ export class SiteDr extends SiteDomain {
   }
 
   /** Keeps the job's report when it ends, whatever the end (dr-reports.ts). */
-  private reported(job: Job): Job {
+  private reported(job: Job, groupsOf?: string[]): Job {
     const service = this.services.find(job.target);
-    const groups = service ? service.tiers.flat() : [job.target];
+    const groups = groupsOf ?? (service ? service.tiers.flat() : [job.target]);
     void this.jobs.wait(job.id).then((end) => {
       try {
         const o = this.objectiveFor(job.target);
@@ -227,23 +229,66 @@ export class SiteDr extends SiteDomain {
 
   /** A planned migrate of a group replicated from this site to its target, with no data lost. */
   async migrate(actor: Actor, req: MigrateRequest): Promise<Job> {
-    const { peer, config, runner } = this.replication.sourceOf(req.group);
+    const { peer, vms } = await this.migratable(req.group);
+    const grace = req.graceSeconds ?? 60;
+    if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
+    return this.reported(
+      this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, (ctx) =>
+        this.runMigrate(req, peer, vms, grace, ctx),
+      ),
+    );
+  }
+
+  /**
+   * Evacuate (dr-evacuate.ts): every business service (and lone group) replicated from this site,
+   * or with a VM on one of its hosts, migrates to its target in order; all checked first.
+   */
+  async evacuate(actor: Actor, req: EvacuateRequest): Promise<Job> {
+    const grace = req.graceSeconds ?? 60;
+    const h: EvacuateHost = {
+      site: this.site,
+      compute: this.compute,
+      replication: this.replication,
+      services: this.services,
+      checkMigratable: async (g) => void (await this.migratable(g)),
+      migrate: async (g, ctx) => {
+        const { peer, config } = this.replication.sourceOf(g);
+        return this.runMigrate(
+          {
+            group: g,
+            ...(req.verify !== undefined ? { verify: req.verify } : {}),
+            ...(req.networkMap ? { networkMap: req.networkMap } : {}),
+          },
+          peer,
+          config.vms,
+          grace,
+          ctx,
+        );
+      },
+    };
+    const units = await planEvacuation(h, req);
+    return this.reported(
+      this.jobs.start(
+        { kind: 'dr.evacuate', target: req.host !== undefined ? `host:${req.host}` : this.site, actor },
+        (ctx) => runEvacuation(h, req, units, ctx),
+      ),
+      units.flatMap((u) => u.tiers.flat()),
+    );
+  }
+
+  /** A group this site can migrate now: replicating with its link up, its target answering. */
+  private async migratable(group: string): Promise<{ peer: string; vms: string[] }> {
+    const { peer, config, runner } = this.replication.sourceOf(group);
     const state = runner.gateway.status();
     if (state.mode !== 'replicating' || state.link !== 'up')
       throw conflict(
-        `replication group ${req.group} is ${state.mode === 'replicating' ? 'replicating but its link is down' : state.mode}: a migrate needs the replica current and the link up${state.mode === 'initial-sync' || state.mode === 'resyncing' ? ' (wait for the sync to complete)' : ''}`,
+        `replication group ${group} is ${state.mode === 'replicating' ? 'replicating but its link is down' : state.mode}: a migrate needs the replica current and the link up${state.mode === 'initial-sync' || state.mode === 'resyncing' ? ' (wait for the sync to complete)' : ''}`,
       );
     if (!(await this.reachable(peer)))
       throw conflict(
         `site ${peer} does not answer: a migrate needs both sites; if this site is being lost, take over at ${peer}`,
       );
-    const grace = req.graceSeconds ?? 60;
-    if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
-    return this.reported(
-      this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, (ctx) =>
-        this.runMigrate(req, peer, config.vms, grace, ctx),
-      ),
-    );
+    return { peer, vms: config.vms };
   }
 
   private async runMigrate(

@@ -20,6 +20,8 @@ export type {
   SiteDr,
   MigrateReport,
   MigrateRequest,
+  EvacuateReport,
+  EvacuateRequest,
   RehearsalReport,
   RehearsalRequest,
   BusinessService,
