@@ -7,7 +7,7 @@ import * as s from './schemas.js';
 type Name = { name: string };
 
 const seconds = (description: string) =>
-  ({ type: 'number', exclusiveMinimum: 0, maximum: 366 * 86400, description }) as const;
+  ({ type: 'number', minimum: 0.001, maximum: 366 * 86400, description }) as const;
 
 const objectiveBody = {
   type: 'object',
