@@ -1,16 +1,11 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
-import type {
-  Job,
-  MigrateReport,
-  RehearsalReport,
-  ReplicationGroupAnswer,
-  TakeoverReport,
-} from '../../orchestration/index.js';
+import type { Job, MigrateReport, ReplicationGroupAnswer } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { parseDuration, repeatable } from '../args.js';
 import { runJob } from '../jobs.js';
-import { fields, printResult } from '../output.js';
+import { printResult } from '../output.js';
+import { migrateLines, rehearsalLines, reportLines, takeoverLines } from './dr-lines.js';
 
 function networkMap(pairs: string[] | undefined): Record<string, string> | undefined {
   if (!pairs?.length) return undefined;
@@ -21,32 +16,6 @@ function networkMap(pairs: string[] | undefined): Record<string, string> | undef
     map[m[1]!] = m[2]!;
   }
   return map;
-}
-
-function takeoverLines(r: TakeoverReport): string {
-  return fields([
-    [
-      'group',
-      `${r.group}, taken over from site ${r.from}${r.peerReachable ? ' (which answered: forced)' : ''}`,
-    ],
-    [
-      'checkpoint',
-      `${r.checkpoint.seq}${r.checkpoint.name ? ` (${r.checkpoint.name})` : ''} of ${r.checkpoint.time}: data ${r.dataAgeSeconds.toFixed(1)} s old`,
-    ],
-    ['vms', r.vms.map((v) => `${v.name} ${v.state}`).join(', ')],
-    ['took', `${r.elapsedSeconds.toFixed(1)} s`],
-  ]);
-}
-
-function migrateLines(r: MigrateReport): string {
-  return fields([
-    ['group', `${r.group}: from site ${r.from} to site ${r.to}`],
-    ['checkpoint', `${r.checkpoint.seq} (${r.verified ? 'verified equal' : 'not verified'})`],
-    ['stopped', r.stopped.map((v) => `${v.name}${v.forced ? ' (hard)' : ''}`).join(', ') || '-'],
-    ['started', r.started.map((v) => `${v.name} at ${v.startedAt ?? '-'}`).join(', ')],
-    ['downtime', `${r.downtimeSeconds.toFixed(1)} s`],
-    ['replication', r.reversed ? `from ${r.to} back to ${r.from}` : `not reversed: ${r.reverseError}`],
-  ]);
 }
 
 /** `haven dr …` */
@@ -86,7 +55,7 @@ export function registerDr(program: Command): void {
               ...(map ? { networkMap: map } : {}),
               ...(o.start ? {} : { start: false }),
             }),
-          (j) => takeoverLines(j.result as TakeoverReport),
+          (j) => reportLines(j.result, takeoverLines),
         );
       },
     );
@@ -175,18 +144,7 @@ export function registerDr(program: Command): void {
               ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
               ...(o.network ? { network: o.network } : {}),
             }),
-          (j) => {
-            const r = j.result as RehearsalReport;
-            return fields([
-              ['group', `${r.group}: rehearsal at checkpoint ${r.checkpoint.seq} of ${r.checkpoint.time}`],
-              ['network', r.network ?? 'none'],
-              ...r.vms.map((v): [string, string] => [
-                v.name,
-                `${v.passed ? 'passed' : 'FAILED'}: ${v.detail}`,
-              ]),
-              ['next', `haven dr cleanup ${r.group}`],
-            ]);
-          },
+          (j) => reportLines(j.result, rehearsalLines),
         ),
     );
 
