@@ -108,7 +108,7 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
       schema: {
         tags,
         summary:
-          'replicate a group taken over here back to its old source, sending only what differs (the replication goes on from there)',
+          'replicate a group (or every group of a business service) taken over here back to its old source, sending only what differs (the replication goes on from there)',
         params: s.nameParam,
         body: resyncBody,
       },
@@ -126,7 +126,7 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
       schema: {
         tags,
         summary:
-          'move a group replicated from this site to its target with no data lost: stop the guests, drain to a final checkpoint, verify, promote and start there, replicate back (a job)',
+          'move a group (or a business service, tier by tier) replicated from this site to its target with no data lost: stop the guests, drain to a final checkpoint, verify, promote and start there, replicate back (a job)',
         params: s.nameParam,
         body: migrateBody,
         response: { 202: s.jobAnswer },

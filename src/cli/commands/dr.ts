@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
-import type { Job, MigrateReport, ReplicationGroupAnswer } from '../../orchestration/index.js';
+import type { Job, ReplicationGroupAnswer, ServiceResync } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { parseDuration, repeatable } from '../args.js';
 import { runJob } from '../jobs.js';
@@ -64,26 +64,32 @@ export function registerDr(program: Command): void {
     .description(
       'after a takeover: replicate the group back from this site to its old source, sending only what differs (follow it with haven replication show)',
     )
-    .argument('<group>', 'a group this site took over')
+    .argument('<group>', 'a group this site took over, or a business service (each of its groups)')
     .option('--rpo <duration>', 'recovery point objective of the reversed group (e.g. 5s)')
     .option('--json', 'print JSON')
     .action(async (group: string, o: ApiOpts & { json?: boolean; rpo?: string }) => {
-      const g = await connect(o).post<ReplicationGroupAnswer>(
+      const r = await connect(o).post<ReplicationGroupAnswer | ServiceResync>(
         `/dr/groups/${encodeURIComponent(group)}/resync`,
         o.rpo ? { rpoSeconds: parseDuration(o.rpo, '--rpo') } : {},
       );
-      printResult(
-        !!o.json,
-        g,
-        () => `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
+      printResult(!!o.json, r, () =>
+        ('service' in r ? r.groups : [r])
+          .map(
+            (g) =>
+              `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
+          )
+          .join('\n'),
       );
     });
 
   apiOptions(dr.command('migrate'))
     .description(
-      'move a group replicated from this site to its target with no data lost: stop the guests (reverse order), drain to a final checkpoint, verify, promote and start there, replicate back; run at the target again to fail back',
+      'move a group (or business service) replicated from this site to its target with no data lost: stop the guests (reverse order), drain to a final checkpoint, verify, promote and start there, replicate back; run at the target again to fail back',
     )
-    .argument('<group>', 'a group this site replicates')
+    .argument(
+      '<group>',
+      'a group this site replicates, or a business service (stopped last tier first, started tier by tier)',
+    )
     .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
     .option('--no-verify', 'promote without comparing the replica with the source first')
     .option(
@@ -107,7 +113,7 @@ export function registerDr(program: Command): void {
               ...(o.verify ? {} : { verify: false }),
               ...(map ? { networkMap: map } : {}),
             }),
-          (j) => migrateLines(j.result as MigrateReport),
+          (j) => reportLines(j.result, migrateLines),
         );
       },
     );

@@ -27,6 +27,8 @@ import {
   planServiceTakeover,
   runServiceRehearsal,
   runServiceTakeover,
+  tierByTier,
+  type ServiceReport,
 } from './dr-services.js';
 import { BusinessServices, type BusinessService } from './services.js';
 import type { Db } from './database.js';
@@ -46,6 +48,12 @@ export interface MigrateRequest {
   verify?: boolean;
   /** Source network → network of the target site. */
   networkMap?: Record<string, string>;
+}
+
+/** A business service's resync: each group's answer, in tier order. */
+export interface ServiceResync {
+  service: string;
+  groups: ReplicationGroupAnswer[];
 }
 
 /** What a migrate did. */
@@ -192,40 +200,77 @@ export class SiteDr extends SiteDomain {
    * must answer), sending only the extents whose checksums differ; it runs as replication does,
    * `haven replication show` follows it.
    */
-  resync(actor: Actor, group: string, opts: { rpoSeconds?: number } = {}): Promise<ReplicationGroupAnswer> {
+  resync(
+    actor: Actor,
+    group: string,
+    opts: { rpoSeconds?: number } = {},
+  ): Promise<ReplicationGroupAnswer | ServiceResync> {
+    const service = this.services.find(group);
+    if (service) return this.resyncService(actor, service, opts);
     return this.replication.reverse(actor, group, opts);
   }
 
-  /** A planned migrate of a group replicated from this site to its target, with no data lost. */
+  /**
+   * The resync of every group of a business service taken over here, in tier order; every group
+   * is checked first (taken over by this site), so that a refusal changes nothing.
+   */
+  private async resyncService(
+    actor: Actor,
+    s: BusinessService,
+    opts: { rpoSeconds?: number },
+  ): Promise<ServiceResync> {
+    for (const g of s.tiers.flat()) this.replication.checkReversible(g);
+    const groups: ReplicationGroupAnswer[] = [];
+    for (const g of s.tiers.flat()) groups.push(await this.replication.reverse(actor, g, opts));
+    return { service: s.name, groups };
+  }
+
+  /**
+   * A planned migrate, with no data lost, of a group replicated from this site to its target —
+   * or of a business service: every group checked first, the VMs stopped last tier first, then
+   * each group switched and its VMs started at the target tier by tier.
+   */
   async migrate(actor: Actor, req: MigrateRequest): Promise<Job> {
-    const { peer, config, runner } = this.replication.sourceOf(req.group);
+    const grace = req.graceSeconds ?? 60;
+    if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
+    const service = this.services.find(req.group);
+    const groups = service ? service.tiers.flat() : [req.group];
+    const plans = new Map<string, { peer: string; vms: string[] }>();
+    for (const group of groups) plans.set(group, await this.checkMigrate(group));
+    if (!service)
+      return this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, async (ctx) => {
+        const plan = plans.get(req.group)!;
+        const firstStop = Date.now();
+        const stopped = await this.stopForMigrate(plan.vms, grace, ctx);
+        return this.switchGroup(req, plan, stopped, firstStop, ctx, true);
+      });
+    return this.jobs.start({ kind: 'dr.migrate', target: service.name, actor }, (ctx) =>
+      this.runServiceMigrate(service, req, plans, grace, ctx),
+    );
+  }
+
+  /** Refuses a migrate of `group` unless it replicates current with its link up and its target answers. */
+  private async checkMigrate(group: string): Promise<{ peer: string; vms: string[] }> {
+    const { peer, config, runner } = this.replication.sourceOf(group);
     const state = runner.gateway.status();
     if (state.mode !== 'replicating' || state.link !== 'up')
       throw conflict(
-        `replication group ${req.group} is ${state.mode === 'replicating' ? 'replicating but its link is down' : state.mode}: a migrate needs the replica current and the link up${state.mode === 'initial-sync' || state.mode === 'resyncing' ? ' (wait for the sync to complete)' : ''}`,
+        `replication group ${group} is ${state.mode === 'replicating' ? 'replicating but its link is down' : state.mode}: a migrate needs the replica current and the link up${state.mode === 'initial-sync' || state.mode === 'resyncing' ? ' (wait for the sync to complete)' : ''}`,
       );
     if (!(await this.reachable(peer)))
       throw conflict(
         `site ${peer} does not answer: a migrate needs both sites; if this site is being lost, take over at ${peer}`,
       );
-    const grace = req.graceSeconds ?? 60;
-    if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
-    return this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, (ctx) =>
-      this.runMigrate(req, peer, config.vms, grace, ctx),
-    );
+    return { peer, vms: config.vms };
   }
 
-  private async runMigrate(
-    req: MigrateRequest,
-    peer: string,
+  /** Stops the VMs in reverse order (the last to start, the first to stop): ACPI, hard after `grace`. */
+  private async stopForMigrate(
     vms: string[],
     grace: number,
     ctx: JobContext,
-  ): Promise<MigrateReport> {
-    const group = req.group;
+  ): Promise<MigrateReport['stopped']> {
     const stopped: MigrateReport['stopped'] = [];
-    const firstStop = Date.now();
-    // Stopped in reverse order (the last to start, the first to stop).
     for (const vm of [...vms].reverse()) {
       if (this.compute.vm(vm).state !== 'running') continue;
       ctx.log(`stopping VM ${vm} (ACPI power-off, hard after ${grace} s)`);
@@ -237,16 +282,35 @@ export class SiteDr extends SiteDomain {
         forced: Date.now() - before >= grace * 1000,
       });
     }
-    const restart = async (why: string) => {
-      for (const s of [...stopped].reverse())
-        try {
-          this.compute.beginStart(s.name);
-          await this.compute.launch(s.name);
-        } catch (err) {
-          ctx.log(`VM ${s.name} could not be started again here: ${errorMessage(err)}`, 'error');
-        }
-      ctx.log(`migrate stopped before the switch (${why}); the VMs run here again`, 'error');
-    };
+    return stopped;
+  }
+
+  /** Starts again here the VMs a migrate stopped (in their start order), after it stopped before the switch. */
+  private async restartHere(stopped: MigrateReport['stopped'], why: string, ctx: JobContext): Promise<void> {
+    for (const s of [...stopped].reverse())
+      try {
+        this.compute.beginStart(s.name);
+        await this.compute.launch(s.name);
+      } catch (err) {
+        ctx.log(`VM ${s.name} could not be started again here: ${errorMessage(err)}`, 'error');
+      }
+    ctx.log(`migrate stopped before the switch (${why}); the VMs run here again`, 'error');
+  }
+
+  /**
+   * The switch of one group whose VMs are stopped: drain to a final checkpoint, verify, promote
+   * and start at the target, fence here, replicate back. Before the switch, a failure restarts
+   * the VMs here when `restartOnFailure`.
+   */
+  private async switchGroup(
+    req: MigrateRequest,
+    { peer, vms }: { peer: string; vms: string[] },
+    stopped: MigrateReport['stopped'],
+    firstStop: number,
+    ctx: JobContext,
+    restartOnFailure: boolean,
+  ): Promise<MigrateReport> {
+    const group = req.group;
     let switched = false;
     try {
       const { runner } = this.replication.sourceOf(group);
@@ -325,8 +389,59 @@ export class SiteDr extends SiteDomain {
         ...(reverseError ? { reverseError } : {}),
       };
     } catch (err) {
-      if (!switched && !this.replication.fencedGroupOfVm(vms[0]!)) await restart(errorMessage(err));
+      if (restartOnFailure && !switched && !this.replication.fencedGroupOfVm(vms[0]!))
+        await this.restartHere(stopped, errorMessage(err), ctx);
       throw err;
+    }
+  }
+
+  /**
+   * A business service's migrate: every VM of it stopped last tier first (the whole service is
+   * down from there, as it must be for no data to be lost across its tiers), then its groups
+   * switched tier by tier, so that the target starts them in order. A group that fails to switch
+   * stops the migrate: the groups before it run at their targets, it and the rest start here
+   * again, and the error names which moved.
+   */
+  private async runServiceMigrate(
+    s: BusinessService,
+    req: MigrateRequest,
+    plans: Map<string, { peer: string; vms: string[] }>,
+    grace: number,
+    ctx: JobContext,
+  ): Promise<ServiceReport<MigrateReport>> {
+    const firstStop = Date.now();
+    const stopped = new Map<string, MigrateReport['stopped']>();
+    for (const tier of [...s.tiers].reverse())
+      for (const g of [...tier].reverse())
+        stopped.set(g, await this.stopForMigrate(plans.get(g)!.vms, grace, ctx));
+    const moved: string[] = [];
+    try {
+      return await tierByTier(s, ctx, async (i) => {
+        const out: MigrateReport[] = [];
+        for (const g of s.tiers[i]!) {
+          out.push(
+            await this.switchGroup(
+              { ...req, group: g },
+              plans.get(g)!,
+              stopped.get(g)!,
+              firstStop,
+              ctx,
+              false,
+            ),
+          );
+          moved.push(g);
+        }
+        return out;
+      });
+    } catch (err) {
+      const rest = s.tiers.flat().filter((g) => !moved.includes(g));
+      for (const g of rest)
+        if (!this.replication.fencedGroupOfVm(plans.get(g)!.vms[0]!))
+          await this.restartHere(stopped.get(g)!, errorMessage(err), ctx);
+      throw new HavenError(
+        'CONFLICT',
+        `migrate of business service ${s.name} stopped: ${errorMessage(err)}; ${moved.length ? `groups ${moved.join(', ')} run at their target now` : 'no group moved'}${rest.length ? `, groups ${rest.join(', ')} were started here again where they were not fenced` : ''}`,
+      );
     }
   }
 

@@ -18,6 +18,7 @@ export type { CheckpointAnswer, SourceGroupStatus, TargetGroupStatus } from './r
 export type {
   SiteDr,
   MigrateReport,
+  ServiceResync,
   MigrateRequest,
   RehearsalReport,
   RehearsalRequest,
