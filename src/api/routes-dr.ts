@@ -187,4 +187,50 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
   api.delete('/services/:name', { schema: { tags, params: s.nameParam } }, async (req) =>
     site.dr.deleteService(req.actor, (req.params as Name).name),
   );
+  const mapParams = {
+    type: 'object',
+    required: ['peer', 'source'],
+    properties: { peer: { type: 'string' }, source: { type: 'string' } },
+  } as const;
+  type MapParams = { peer: string; source: string };
+  api.get(
+    '/network-maps',
+    { schema: { tags, summary: "where each paired site's networks go here on a recovery and a rehearsal" } },
+    async () => site.dr.networkMaps.list(),
+  );
+  api.put(
+    '/network-maps/:peer/:source',
+    {
+      schema: {
+        tags,
+        summary:
+          "map a paired site's network to a network here for takeovers and migrates, and optionally to an isolated one for rehearsals",
+        params: mapParams,
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['recovery'],
+          properties: {
+            recovery: {
+              ...s.name,
+              description: 'the network here that its NICs join on a takeover or migrate',
+            },
+            rehearsal: {
+              ...s.name,
+              description: 'an isolated network here that its NICs join in a rehearsal',
+            },
+          },
+        },
+      },
+    },
+    async (req) =>
+      site.dr.mapNetwork(req.actor, {
+        ...(req.params as MapParams),
+        ...(req.body as { recovery: string; rehearsal?: string }),
+      }),
+  );
+  api.delete('/network-maps/:peer/:source', { schema: { tags, params: mapParams } }, async (req) => {
+    const p = req.params as MapParams;
+    return site.dr.unmapNetwork(req.actor, p.peer, p.source);
+  });
 }

@@ -31,11 +31,13 @@ import {
   type ServiceReport,
 } from './dr-services.js';
 import { BusinessServices, type BusinessService } from './services.js';
+import { NetworkMaps, type NetworkMapEntry } from './network-maps.js';
 import type { Db } from './database.js';
 
 export type { TakeoverReport, TakeoverRequest } from './dr-takeover.js';
 export type { ServiceReport } from './dr-services.js';
 export type { BusinessService } from './services.js';
+export type { NetworkMapEntry } from './network-maps.js';
 export type { RehearsalReport, RehearsalRequest } from './dr-rehearsal.js';
 
 const log = logger('dr');
@@ -83,6 +85,8 @@ export class SiteDr extends SiteDomain {
   private readonly host: TakeoverHost & RehearsalHost;
   /** Business services: groups in tiers (each site holds the definitions of both sides). */
   readonly services: BusinessServices;
+  /** Where each paired site's networks go here on a recovery and a rehearsal. */
+  readonly networkMaps: NetworkMaps;
 
   constructor(
     parts: SiteParts,
@@ -100,9 +104,42 @@ export class SiteDr extends SiteDomain {
       if (typeof name === 'string' && this.services.find(name)) this.services.delete(name);
       return { name };
     });
-    this.host = { replication, compute: this.compute, storage: this.storage, exports: this.exports };
+    this.networkMaps = new NetworkMaps(
+      db,
+      (n) => links.get(n),
+      (n) => this.compute.network(n),
+    );
+    this.host = {
+      replication,
+      compute: this.compute,
+      storage: this.storage,
+      exports: this.exports,
+      networkMaps: this.networkMaps,
+    };
     links.handle('dr.promote', (peer, args) => this.promoteFor(peer, args));
     links.handle('dr.reverse', (peer, args) => this.reverseFor(peer, args));
+  }
+
+  /** Stores where a paired site's network goes here on a recovery (and a rehearsal). */
+  mapNetwork(
+    actor: Actor,
+    e: { peer: string; source: string; recovery: string; rehearsal?: string },
+  ): NetworkMapEntry {
+    return this.audited(
+      actor,
+      'network.map',
+      `${e.peer}/${e.source}`,
+      () => this.networkMaps.put(e),
+      (m) =>
+        `network ${m.source} of site ${m.peer} maps to ${m.recovery} here${m.rehearsal ? `, to ${m.rehearsal} in rehearsals` : ''}`,
+    );
+  }
+
+  unmapNetwork(actor: Actor, peer: string, source: string): { peer: string; source: string } {
+    return this.audited(actor, 'network.unmap', `${peer}/${source}`, () => {
+      this.networkMaps.delete(peer, source);
+      return { peer, source };
+    });
   }
 
   /**

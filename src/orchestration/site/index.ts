@@ -19,6 +19,7 @@ export type {
   SiteDr,
   MigrateReport,
   ServiceResync,
+  NetworkMapEntry,
   MigrateRequest,
   RehearsalReport,
   RehearsalRequest,
