@@ -141,6 +141,26 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
       ),
   );
   api.post(
+    '/dr/groups/:name/failback',
+    {
+      schema: {
+        tags,
+        summary:
+          'fail a group (or business service) that runs here after a takeover or migrate back to its original site: resync what differs, wait until current, migrate back (a job)',
+        params: s.nameParam,
+        body: migrateBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply.code(202).send(
+        site.dr.failback(req.actor, {
+          ...((req.body as Omit<MigrateRequest, 'group'> | undefined) ?? {}),
+          group: (req.params as Name).name,
+        }),
+      ),
+  );
+  api.post(
     '/dr/groups/:name/rehearse',
     {
       schema: {

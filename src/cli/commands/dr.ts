@@ -118,6 +118,39 @@ export function registerDr(program: Command): void {
       },
     );
 
+  apiOptions(dr.command('failback'))
+    .description(
+      'at the site running a group (or business service) after a takeover or migrate: resync back what differs, wait until the replica is current, then migrate back to the original site',
+    )
+    .argument('<group>', 'a group or business service that runs here now')
+    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
+    .option('--no-verify', 'promote without comparing the replica with the source first')
+    .option(
+      '--network-map <src=dst>',
+      'a network of this site to a network of the original site (repeat)',
+      repeatable,
+    )
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        group: string,
+        o: ApiOpts & { json?: boolean; wait: boolean; grace: string; verify: boolean; networkMap?: string[] },
+      ) => {
+        const map = networkMap(o.networkMap);
+        await runJob(
+          o,
+          (c) =>
+            c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/failback`, {
+              graceSeconds: parseDuration(o.grace, '--grace'),
+              ...(o.verify ? {} : { verify: false }),
+              ...(map ? { networkMap: map } : {}),
+            }),
+          (j) => reportLines(j.result, migrateLines),
+        );
+      },
+    );
+
   apiOptions(dr.command('rehearse'))
     .description(
       "rehearse a failover at this site (holding the replica): clones of a checkpoint, the group's VMs as NAME-rehearsal on an isolated network, each checked; replication and production go on; they stay up until dr cleanup",

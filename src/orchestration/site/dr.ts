@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { HavenError, conflict, errorMessage, invalidArgument, logger } from '../../common/index.js';
 import { SiteDomain, type Actor, type SiteParts } from './domain.js';
 import type { Job, JobContext } from './jobs.js';
@@ -284,6 +285,57 @@ export class SiteDr extends SiteDomain {
     return this.jobs.start({ kind: 'dr.migrate', target: service.name, actor }, (ctx) =>
       this.runServiceMigrate(service, req, plans, grace, ctx),
     );
+  }
+
+  /**
+   * Failback of a group or service that runs here after a takeover or a migrate: the groups not
+   * yet replicating back are resynced (only what differs is sent), the job waits until every one
+   * replicates current, then migrates back (its own `dr.migrate` job, whose report it returns).
+   */
+  failback(actor: Actor, req: MigrateRequest): Job {
+    const service = this.services.find(req.group);
+    const groups = service ? service.tiers.flat() : [req.group];
+    const toResync: string[] = [];
+    const roles = new Map(this.replication.list().map((x) => [x.name, x.role]));
+    for (const g of groups) {
+      if (!roles.has(g)) this.replication.checkReversible(g); // NOT_FOUND names it
+      if (roles.get(g) === 'source') {
+        this.replication.sourceOf(g); // a fenced one is refused, naming who runs it
+        continue;
+      }
+      try {
+        this.replication.checkReversible(g);
+      } catch {
+        throw conflict(
+          `replication group ${g} neither replicates from this site nor was taken over here: nothing to fail back (run it where the group runs now)`,
+        );
+      }
+      toResync.push(g);
+    }
+    return this.jobs.start({ kind: 'dr.failback', target: req.group, actor }, async (ctx) => {
+      for (const g of toResync) {
+        const r = await this.replication.reverse(actor, g, {});
+        ctx.log(`group ${g} resyncs back to site ${r.peer}, sending only what differs`);
+      }
+      ctx.progress(0, 0, 'waiting for the replicas to be current');
+      for (const g of groups)
+        for (;;) {
+          const st = this.replication.sourceOf(g).runner.gateway.status();
+          if (st.mode === 'replicating' && st.link === 'up' && st.applied) break;
+          if (ctx.signal.aborted) throw new HavenError('CANCELLED', 'failback cancelled');
+          await sleep(500, undefined, { signal: ctx.signal }).catch(() => undefined);
+        }
+      ctx.log(`every group replicates current: migrating ${req.group} back`);
+      const job = await this.migrate(actor, req);
+      ctx.log(`migrate job ${job.id}`);
+      const done = await this.jobs.wait(job.id);
+      if (done.state !== 'succeeded')
+        throw new HavenError(
+          done.errorCode ?? 'INTERNAL',
+          `the migrate back (job ${job.id}) failed: ${done.error ?? done.state}`,
+        );
+      return done.result;
+    });
   }
 
   /** Refuses a migrate of `group` unless it replicates current with its link up and its target answers. */
