@@ -243,4 +243,69 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
     () => replicationGroup(a, 'g'),
     (g) => g.source?.state === 'replicating' && (g.source.appliedCheckpoint?.seq ?? 0) > seq + 1,
   );
+  // Stored network maps (per paired site): bad input first, nothing stored.
+  await b.haven('network', 'create', 'lab', '--kind', 'isolated');
+  await b.haven('network', 'create', 'prod-b', '--kind', 'nat');
+  assert.match(await b.havenFails('network', 'map', 'add', 'site-x', 'prod', 'prod-b'), /site-x/);
+  assert.match(await b.havenFails('network', 'map', 'add', 'site-a', 'prod', 'nosuch'), /network nosuch/);
+  assert.match(
+    await b.havenFails('network', 'map', 'add', 'site-a', 'prod', 'prod-b', '--rehearsal', 'prod-b'),
+    /prod-b is a nat network: a rehearsal network must be isolated/,
+  );
+  assert.deepEqual(await b.api('GET', '/network-maps'), []);
+  await b.haven('network', 'map', 'add', 'site-a', 'prod', 'prod-b', '--rehearsal', 'lab');
+  const maps = JSON.parse(await b.haven('network', 'map', 'list', '--json')) as unknown[];
+  assert.deepEqual(
+    maps.map((m) => {
+      const { updatedAt, ...rest } = m as { updatedAt: string };
+      assert.ok(Date.parse(updatedAt) > 0);
+      return rest;
+    }),
+    [{ peer: 'site-a', source: 'prod', recovery: 'prod-b', rehearsal: 'lab' }],
+  );
+  // A rehearsal puts the NIC on the stored isolated network and makes none; cleanup keeps it.
+  const mapped = JSON.parse(
+    await b.haven(
+      'dr',
+      'rehearse',
+      'g',
+      '--heartbeat',
+      'console:"event":"write"',
+      '--timeout',
+      '90s',
+      '--json',
+    ),
+  ) as RehearseJob & { result: { networkMap?: Record<string, string> } };
+  assert.equal(mapped.state, 'succeeded', mapped.error);
+  assert.equal(mapped.result.network, undefined);
+  assert.deepEqual(mapped.result.networkMap, { prod: 'lab' });
+  const onLab = (await b.api<VmView[]>('GET', '/vms')).find((v) => v.name === 'app-rehearsal')!;
+  assert.deepEqual(
+    onLab.nics.map((n) => n.network),
+    ['lab'],
+  );
+  const again = JSON.parse(await b.haven('dr', 'cleanup', 'g', '--json')) as { removed: string[] };
+  assert.deepEqual(again.removed.sort(), [
+    'VM app-rehearsal',
+    'volume app-a-rehearsal',
+    'volume app-b-rehearsal',
+  ]);
+  assert.ok((await names(b, '/networks')).includes('lab'));
+  // A takeover joins the stored recovery network.
+  const to = JSON.parse(await b.haven('dr', 'takeover', 'g', '--force', '--no-start', '--json')) as {
+    state: string;
+    error?: string;
+  };
+  assert.equal(to.state, 'succeeded', to.error);
+  const taken = (await b.api<VmView[]>('GET', '/vms')).find((v) => v.name === 'app')!;
+  assert.deepEqual(
+    taken.nics.map((n) => n.network),
+    ['prod-b'],
+  );
+  await b.haven('network', 'map', 'remove', 'site-a', 'prod');
+  assert.deepEqual(await b.api('GET', '/network-maps'), []);
+  assert.match(
+    await b.havenFails('network', 'map', 'remove', 'site-a', 'prod'),
+    /no network map for network prod/,
+  );
 });

@@ -275,4 +275,21 @@ test('takeover after kill -9 of the source site and its QEMU: the replica holds 
     await a.havenFails('vm', 'start', 'app'),
     /disk app-a is the replica of replication group g from site site-b/,
   );
+  // Failback: B (replicating back, current) migrates the group home; A runs its own VM again.
+  assert.match(
+    await a.havenFails('dr', 'failback', 'g'),
+    /neither replicates from this site nor was taken over here/,
+  );
+  assert.match(await b.havenFails('dr', 'failback', 'nosuch'), /nosuch/);
+  const fb = JSON.parse(await b.haven('dr', 'failback', 'g', '--grace', '2s', '--json')) as {
+    state: string;
+    error?: string;
+    kind: string;
+    result: { from: string; to: string; reversed: boolean };
+  };
+  assert.equal(fb.state, 'succeeded', fb.error);
+  assert.equal(fb.kind, 'dr.failback');
+  assert.deepEqual([fb.result.from, fb.result.to, fb.result.reversed], ['site-b', 'site-a', true]);
+  assert.equal((await vmsAt(a)).find((v) => v.name === 'app')?.state, 'running');
+  assert.notEqual((await vmsAt(b)).find((v) => v.name === 'app')?.state, 'running');
 });

@@ -5,15 +5,14 @@ import type {
   EvacuateReport,
   ReportSummary,
   Job,
-  MigrateReport,
-  RehearsalReport,
   ReplicationGroupAnswer,
-  TakeoverReport,
+  ServiceResync,
 } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { parseDuration, repeatable, table } from '../args.js';
 import { runJob } from '../jobs.js';
-import { fields, printResult } from '../output.js';
+import { printResult } from '../output.js';
+import { migrateLines, rehearsalLines, reportLines, takeoverLines } from './dr-lines.js';
 
 function networkMap(pairs: string[] | undefined): Record<string, string> | undefined {
   if (!pairs?.length) return undefined;
@@ -24,32 +23,6 @@ function networkMap(pairs: string[] | undefined): Record<string, string> | undef
     map[m[1]!] = m[2]!;
   }
   return map;
-}
-
-function takeoverLines(r: TakeoverReport): string {
-  return fields([
-    [
-      'group',
-      `${r.group}, taken over from site ${r.from}${r.peerReachable ? ' (which answered: forced)' : ''}`,
-    ],
-    [
-      'checkpoint',
-      `${r.checkpoint.seq}${r.checkpoint.name ? ` (${r.checkpoint.name})` : ''} of ${r.checkpoint.time}: data ${r.dataAgeSeconds.toFixed(1)} s old`,
-    ],
-    ['vms', r.vms.map((v) => `${v.name} ${v.state}`).join(', ')],
-    ['took', `${r.elapsedSeconds.toFixed(1)} s`],
-  ]);
-}
-
-function migrateLines(r: MigrateReport): string {
-  return fields([
-    ['group', `${r.group}: from site ${r.from} to site ${r.to}`],
-    ['checkpoint', `${r.checkpoint.seq} (${r.verified ? 'verified equal' : 'not verified'})`],
-    ['stopped', r.stopped.map((v) => `${v.name}${v.forced ? ' (hard)' : ''}`).join(', ') || '-'],
-    ['started', r.started.map((v) => `${v.name} at ${v.startedAt ?? '-'}`).join(', ')],
-    ['downtime', `${r.downtimeSeconds.toFixed(1)} s`],
-    ['replication', r.reversed ? `from ${r.to} back to ${r.from}` : `not reversed: ${r.reverseError}`],
-  ]);
 }
 
 /** `haven dr …` */
@@ -89,7 +62,7 @@ export function registerDr(program: Command): void {
               ...(map ? { networkMap: map } : {}),
               ...(o.start ? {} : { start: false }),
             }),
-          (j) => takeoverLines(j.result as TakeoverReport),
+          (j) => reportLines(j.result, takeoverLines),
         );
       },
     );
@@ -98,18 +71,21 @@ export function registerDr(program: Command): void {
     .description(
       'after a takeover: replicate the group back from this site to its old source, sending only what differs (follow it with haven replication show)',
     )
-    .argument('<group>', 'a group this site took over')
+    .argument('<group>', 'a group this site took over, or a business service (each of its groups)')
     .option('--rpo <duration>', 'recovery point objective of the reversed group (e.g. 5s)')
     .option('--json', 'print JSON')
     .action(async (group: string, o: ApiOpts & { json?: boolean; rpo?: string }) => {
-      const g = await connect(o).post<ReplicationGroupAnswer>(
+      const r = await connect(o).post<ReplicationGroupAnswer | ServiceResync>(
         `/dr/groups/${encodeURIComponent(group)}/resync`,
         o.rpo ? { rpoSeconds: parseDuration(o.rpo, '--rpo') } : {},
       );
-      printResult(
-        !!o.json,
-        g,
-        () => `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
+      printResult(!!o.json, r, () =>
+        ('service' in r ? r.groups : [r])
+          .map(
+            (g) =>
+              `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
+          )
+          .join('\n'),
       );
     });
 
@@ -171,9 +147,12 @@ export function registerDr(program: Command): void {
 
   apiOptions(dr.command('migrate'))
     .description(
-      'move a group replicated from this site to its target with no data lost: stop the guests (reverse order), drain to a final checkpoint, verify, promote and start there, replicate back; run at the target again to fail back',
+      'move a group (or business service) replicated from this site to its target with no data lost: stop the guests (reverse order), drain to a final checkpoint, verify, promote and start there, replicate back; run at the target again to fail back',
     )
-    .argument('<group>', 'a group this site replicates')
+    .argument(
+      '<group>',
+      'a group this site replicates, or a business service (stopped last tier first, started tier by tier)',
+    )
     .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
     .option('--no-verify', 'promote without comparing the replica with the source first')
     .option(
@@ -197,7 +176,40 @@ export function registerDr(program: Command): void {
               ...(o.verify ? {} : { verify: false }),
               ...(map ? { networkMap: map } : {}),
             }),
-          (j) => migrateLines(j.result as MigrateReport),
+          (j) => reportLines(j.result, migrateLines),
+        );
+      },
+    );
+
+  apiOptions(dr.command('failback'))
+    .description(
+      'at the site running a group (or business service) after a takeover or migrate: resync back what differs, wait until the replica is current, then migrate back to the original site',
+    )
+    .argument('<group>', 'a group or business service that runs here now')
+    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
+    .option('--no-verify', 'promote without comparing the replica with the source first')
+    .option(
+      '--network-map <src=dst>',
+      'a network of this site to a network of the original site (repeat)',
+      repeatable,
+    )
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        group: string,
+        o: ApiOpts & { json?: boolean; wait: boolean; grace: string; verify: boolean; networkMap?: string[] },
+      ) => {
+        const map = networkMap(o.networkMap);
+        await runJob(
+          o,
+          (c) =>
+            c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/failback`, {
+              graceSeconds: parseDuration(o.grace, '--grace'),
+              ...(o.verify ? {} : { verify: false }),
+              ...(map ? { networkMap: map } : {}),
+            }),
+          (j) => reportLines(j.result, migrateLines),
         );
       },
     );
@@ -234,18 +246,7 @@ export function registerDr(program: Command): void {
               ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
               ...(o.network ? { network: o.network } : {}),
             }),
-          (j) => {
-            const r = j.result as RehearsalReport;
-            return fields([
-              ['group', `${r.group}: rehearsal at checkpoint ${r.checkpoint.seq} of ${r.checkpoint.time}`],
-              ['network', r.network ?? 'none'],
-              ...r.vms.map((v): [string, string] => [
-                v.name,
-                `${v.passed ? 'passed' : 'FAILED'}: ${v.detail}`,
-              ]),
-              ['next', `haven dr cleanup ${r.group}`],
-            ]);
-          },
+          (j) => reportLines(j.result, rehearsalLines),
         ),
     );
 

@@ -105,6 +105,10 @@ const MIGRATIONS: string[] = [
      id INTEGER PRIMARY KEY AUTOINCREMENT, channel INTEGER NOT NULL REFERENCES alert_channels(id) ON DELETE CASCADE,
      payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL,
      last_error TEXT, created_at TEXT NOT NULL);`,
+  // issue 17: per paired site, where each of its networks goes on a recovery and a rehearsal
+  `CREATE TABLE network_maps (
+     peer TEXT NOT NULL, source TEXT NOT NULL, recovery TEXT NOT NULL, rehearsal TEXT,
+     updated_at TEXT NOT NULL, PRIMARY KEY (peer, source));`,
   // issue 17: the reports of DR operations (kept beyond their jobs), service objectives, where
   // they are applied (a group or a business service), and the last compliance judged of each
   `CREATE TABLE dr_reports (

@@ -254,8 +254,13 @@ export class DrReports {
 /** A report as people read it (haven dr report ID --text). */
 export function reportText(r: DrReport): string {
   const what =
-    { takeover: 'Takeover', rehearse: 'Rehearsal', migrate: 'Migrate', evacuate: 'Evacuation' }[r.kind] ??
-    r.kind;
+    {
+      takeover: 'Takeover',
+      rehearse: 'Rehearsal',
+      migrate: 'Migrate',
+      evacuate: 'Evacuation',
+      failback: 'Failback',
+    }[r.kind] ?? r.kind;
   const lines = [
     `${what} of ${r.target} at site ${r.site}: ${r.outcome.toUpperCase()}`,
     `report ${r.id}, by ${r.actor}`,

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { HavenError, conflict, errorMessage, invalidArgument, logger } from '../../common/index.js';
 import { SiteDomain, type Actor, type SiteParts } from './domain.js';
 import type { Job, JobContext } from './jobs.js';
@@ -27,9 +28,12 @@ import {
   planServiceTakeover,
   runServiceRehearsal,
   runServiceTakeover,
+  tierByTier,
+  type ServiceReport,
 } from './dr-services.js';
 import { BusinessServices, type BusinessService } from './services.js';
 import { planEvacuation, runEvacuation, type EvacuateHost, type EvacuateRequest } from './dr-evacuate.js';
+import { NetworkMaps, type NetworkMapEntry } from './network-maps.js';
 import type { Db } from './database.js';
 import { DrReports } from './dr-reports.js';
 import type { Objective } from './objectives.js';
@@ -37,6 +41,7 @@ import type { Objective } from './objectives.js';
 export type { TakeoverReport, TakeoverRequest } from './dr-takeover.js';
 export type { ServiceReport } from './dr-services.js';
 export type { BusinessService } from './services.js';
+export type { NetworkMapEntry } from './network-maps.js';
 export type { RehearsalReport, RehearsalRequest } from './dr-rehearsal.js';
 export type { EvacuateReport, EvacuateRequest } from './dr-evacuate.js';
 
@@ -50,6 +55,12 @@ export interface MigrateRequest {
   verify?: boolean;
   /** Source network → network of the target site. */
   networkMap?: Record<string, string>;
+}
+
+/** A business service's resync: each group's answer, in tier order. */
+export interface ServiceResync {
+  service: string;
+  groups: ReplicationGroupAnswer[];
 }
 
 /** What a migrate did. */
@@ -83,6 +94,8 @@ export class SiteDr extends SiteDomain {
   readonly reports: DrReports;
   /** The service objective that applies to a group or service (set by the site: site-objectives.ts). */
   objectiveFor: (target: string) => Objective | undefined = () => undefined;
+  /** Where each paired site's networks go here on a recovery and a rehearsal. */
+  readonly networkMaps: NetworkMaps;
 
   constructor(
     parts: SiteParts,
@@ -102,9 +115,42 @@ export class SiteDr extends SiteDomain {
       if (typeof name === 'string' && this.services.find(name)) this.services.delete(name);
       return { name };
     });
-    this.host = { replication, compute: this.compute, storage: this.storage, exports: this.exports };
+    this.networkMaps = new NetworkMaps(
+      db,
+      (n) => links.get(n),
+      (n) => this.compute.network(n),
+    );
+    this.host = {
+      replication,
+      compute: this.compute,
+      storage: this.storage,
+      exports: this.exports,
+      networkMaps: this.networkMaps,
+    };
     links.handle('dr.promote', (peer, args) => this.promoteFor(peer, args));
     links.handle('dr.reverse', (peer, args) => this.reverseFor(peer, args));
+  }
+
+  /** Stores where a paired site's network goes here on a recovery (and a rehearsal). */
+  mapNetwork(
+    actor: Actor,
+    e: { peer: string; source: string; recovery: string; rehearsal?: string },
+  ): NetworkMapEntry {
+    return this.audited(
+      actor,
+      'network.map',
+      `${e.peer}/${e.source}`,
+      () => this.networkMaps.put(e),
+      (m) =>
+        `network ${m.source} of site ${m.peer} maps to ${m.recovery} here${m.rehearsal ? `, to ${m.rehearsal} in rehearsals` : ''}`,
+    );
+  }
+
+  unmapNetwork(actor: Actor, peer: string, source: string): { peer: string; source: string } {
+    return this.audited(actor, 'network.unmap', `${peer}/${source}`, () => {
+      this.networkMaps.delete(peer, source);
+      return { peer, source };
+    });
   }
 
   /**
@@ -223,18 +269,55 @@ export class SiteDr extends SiteDomain {
    * must answer), sending only the extents whose checksums differ; it runs as replication does,
    * `haven replication show` follows it.
    */
-  resync(actor: Actor, group: string, opts: { rpoSeconds?: number } = {}): Promise<ReplicationGroupAnswer> {
+  resync(
+    actor: Actor,
+    group: string,
+    opts: { rpoSeconds?: number } = {},
+  ): Promise<ReplicationGroupAnswer | ServiceResync> {
+    const service = this.services.find(group);
+    if (service) return this.resyncService(actor, service, opts);
     return this.replication.reverse(actor, group, opts);
   }
 
-  /** A planned migrate of a group replicated from this site to its target, with no data lost. */
+  /**
+   * The resync of every group of a business service taken over here, in tier order; every group
+   * is checked first (taken over by this site), so that a refusal changes nothing.
+   */
+  private async resyncService(
+    actor: Actor,
+    s: BusinessService,
+    opts: { rpoSeconds?: number },
+  ): Promise<ServiceResync> {
+    for (const g of s.tiers.flat()) this.replication.checkReversible(g);
+    const groups: ReplicationGroupAnswer[] = [];
+    for (const g of s.tiers.flat()) groups.push(await this.replication.reverse(actor, g, opts));
+    return { service: s.name, groups };
+  }
+
+  /**
+   * A planned migrate, with no data lost, of a group replicated from this site to its target —
+   * or of a business service: every group checked first, the VMs stopped last tier first, then
+   * each group switched and its VMs started at the target tier by tier.
+   */
   async migrate(actor: Actor, req: MigrateRequest): Promise<Job> {
-    const { peer, vms } = await this.migratable(req.group);
     const grace = req.graceSeconds ?? 60;
     if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
+    const service = this.services.find(req.group);
+    const groups = service ? service.tiers.flat() : [req.group];
+    const plans = new Map<string, { peer: string; vms: string[] }>();
+    for (const group of groups) plans.set(group, await this.checkMigrate(group));
+    if (!service)
+      return this.reported(
+        this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, async (ctx) => {
+          const plan = plans.get(req.group)!;
+          const firstStop = Date.now();
+          const stopped = await this.stopForMigrate(plan.vms, grace, ctx);
+          return this.switchGroup(req, plan, stopped, firstStop, ctx, true);
+        }),
+      );
     return this.reported(
-      this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, (ctx) =>
-        this.runMigrate(req, peer, vms, grace, ctx),
+      this.jobs.start({ kind: 'dr.migrate', target: service.name, actor }, (ctx) =>
+        this.runServiceMigrate(service, req, plans, grace, ctx),
       ),
     );
   }
@@ -244,25 +327,26 @@ export class SiteDr extends SiteDomain {
    * or with a VM on one of its hosts, migrates to its target in order; all checked first.
    */
   async evacuate(actor: Actor, req: EvacuateRequest): Promise<Job> {
-    const grace = req.graceSeconds ?? 60;
     const h: EvacuateHost = {
       site: this.site,
       compute: this.compute,
       replication: this.replication,
       services: this.services,
-      checkMigratable: async (g) => void (await this.migratable(g)),
+      checkMigratable: async (g) => void (await this.checkMigrate(g)),
+      // The evacuation stopped the VMs (and starts them again on a failure): the switch only.
       migrate: async (g, ctx) => {
         const { peer, config } = this.replication.sourceOf(g);
-        return this.runMigrate(
+        return this.switchGroup(
           {
             group: g,
             ...(req.verify !== undefined ? { verify: req.verify } : {}),
             ...(req.networkMap ? { networkMap: req.networkMap } : {}),
           },
-          peer,
-          config.vms,
-          grace,
+          { peer, vms: config.vms },
+          [],
+          Date.now(),
           ctx,
+          false,
         );
       },
     };
@@ -276,8 +360,61 @@ export class SiteDr extends SiteDomain {
     );
   }
 
-  /** A group this site can migrate now: replicating with its link up, its target answering. */
-  private async migratable(group: string): Promise<{ peer: string; vms: string[] }> {
+  /**
+   * Failback of a group or service that runs here after a takeover or a migrate: the groups not
+   * yet replicating back are resynced (only what differs is sent), the job waits until every one
+   * replicates current, then migrates back (its own `dr.migrate` job, whose report it returns).
+   */
+  failback(actor: Actor, req: MigrateRequest): Job {
+    const service = this.services.find(req.group);
+    const groups = service ? service.tiers.flat() : [req.group];
+    const toResync: string[] = [];
+    const roles = new Map(this.replication.list().map((x) => [x.name, x.role]));
+    for (const g of groups) {
+      if (!roles.has(g)) this.replication.checkReversible(g); // NOT_FOUND names it
+      if (roles.get(g) === 'source') {
+        this.replication.sourceOf(g); // a fenced one is refused, naming who runs it
+        continue;
+      }
+      try {
+        this.replication.checkReversible(g);
+      } catch {
+        throw conflict(
+          `replication group ${g} neither replicates from this site nor was taken over here: nothing to fail back (run it where the group runs now)`,
+        );
+      }
+      toResync.push(g);
+    }
+    return this.reported(
+      this.jobs.start({ kind: 'dr.failback', target: req.group, actor }, async (ctx) => {
+        for (const g of toResync) {
+          const r = await this.replication.reverse(actor, g, {});
+          ctx.log(`group ${g} resyncs back to site ${r.peer}, sending only what differs`);
+        }
+        ctx.progress(0, 0, 'waiting for the replicas to be current');
+        for (const g of groups)
+          for (;;) {
+            const st = this.replication.sourceOf(g).runner.gateway.status();
+            if (st.mode === 'replicating' && st.link === 'up' && st.applied) break;
+            if (ctx.signal.aborted) throw new HavenError('CANCELLED', 'failback cancelled');
+            await sleep(500, undefined, { signal: ctx.signal }).catch(() => undefined);
+          }
+        ctx.log(`every group replicates current: migrating ${req.group} back`);
+        const job = await this.migrate(actor, req);
+        ctx.log(`migrate job ${job.id}`);
+        const done = await this.jobs.wait(job.id);
+        if (done.state !== 'succeeded')
+          throw new HavenError(
+            done.errorCode ?? 'INTERNAL',
+            `the migrate back (job ${job.id}) failed: ${done.error ?? done.state}`,
+          );
+        return done.result;
+      }),
+    );
+  }
+
+  /** Refuses a migrate of `group` unless it replicates current with its link up and its target answers. */
+  private async checkMigrate(group: string): Promise<{ peer: string; vms: string[] }> {
     const { peer, config, runner } = this.replication.sourceOf(group);
     const state = runner.gateway.status();
     if (state.mode !== 'replicating' || state.link !== 'up')
@@ -291,17 +428,13 @@ export class SiteDr extends SiteDomain {
     return { peer, vms: config.vms };
   }
 
-  private async runMigrate(
-    req: MigrateRequest,
-    peer: string,
+  /** Stops the VMs in reverse order (the last to start, the first to stop): ACPI, hard after `grace`. */
+  private async stopForMigrate(
     vms: string[],
     grace: number,
     ctx: JobContext,
-  ): Promise<MigrateReport> {
-    const group = req.group;
+  ): Promise<MigrateReport['stopped']> {
     const stopped: MigrateReport['stopped'] = [];
-    const firstStop = Date.now();
-    // Stopped in reverse order (the last to start, the first to stop).
     for (const vm of [...vms].reverse()) {
       if (this.compute.vm(vm).state !== 'running') continue;
       ctx.log(`stopping VM ${vm} (ACPI power-off, hard after ${grace} s)`);
@@ -313,16 +446,35 @@ export class SiteDr extends SiteDomain {
         forced: Date.now() - before >= grace * 1000,
       });
     }
-    const restart = async (why: string) => {
-      for (const s of [...stopped].reverse())
-        try {
-          this.compute.beginStart(s.name);
-          await this.compute.launch(s.name);
-        } catch (err) {
-          ctx.log(`VM ${s.name} could not be started again here: ${errorMessage(err)}`, 'error');
-        }
-      ctx.log(`migrate stopped before the switch (${why}); the VMs run here again`, 'error');
-    };
+    return stopped;
+  }
+
+  /** Starts again here the VMs a migrate stopped (in their start order), after it stopped before the switch. */
+  private async restartHere(stopped: MigrateReport['stopped'], why: string, ctx: JobContext): Promise<void> {
+    for (const s of [...stopped].reverse())
+      try {
+        this.compute.beginStart(s.name);
+        await this.compute.launch(s.name);
+      } catch (err) {
+        ctx.log(`VM ${s.name} could not be started again here: ${errorMessage(err)}`, 'error');
+      }
+    ctx.log(`migrate stopped before the switch (${why}); the VMs run here again`, 'error');
+  }
+
+  /**
+   * The switch of one group whose VMs are stopped: drain to a final checkpoint, verify, promote
+   * and start at the target, fence here, replicate back. Before the switch, a failure restarts
+   * the VMs here when `restartOnFailure`.
+   */
+  private async switchGroup(
+    req: MigrateRequest,
+    { peer, vms }: { peer: string; vms: string[] },
+    stopped: MigrateReport['stopped'],
+    firstStop: number,
+    ctx: JobContext,
+    restartOnFailure: boolean,
+  ): Promise<MigrateReport> {
+    const group = req.group;
     let switched = false;
     try {
       const { runner } = this.replication.sourceOf(group);
@@ -401,8 +553,59 @@ export class SiteDr extends SiteDomain {
         ...(reverseError ? { reverseError } : {}),
       };
     } catch (err) {
-      if (!switched && !this.replication.fencedGroupOfVm(vms[0]!)) await restart(errorMessage(err));
+      if (restartOnFailure && !switched && !this.replication.fencedGroupOfVm(vms[0]!))
+        await this.restartHere(stopped, errorMessage(err), ctx);
       throw err;
+    }
+  }
+
+  /**
+   * A business service's migrate: every VM of it stopped last tier first (the whole service is
+   * down from there, as it must be for no data to be lost across its tiers), then its groups
+   * switched tier by tier, so that the target starts them in order. A group that fails to switch
+   * stops the migrate: the groups before it run at their targets, it and the rest start here
+   * again, and the error names which moved.
+   */
+  private async runServiceMigrate(
+    s: BusinessService,
+    req: MigrateRequest,
+    plans: Map<string, { peer: string; vms: string[] }>,
+    grace: number,
+    ctx: JobContext,
+  ): Promise<ServiceReport<MigrateReport>> {
+    const firstStop = Date.now();
+    const stopped = new Map<string, MigrateReport['stopped']>();
+    for (const tier of [...s.tiers].reverse())
+      for (const g of [...tier].reverse())
+        stopped.set(g, await this.stopForMigrate(plans.get(g)!.vms, grace, ctx));
+    const moved: string[] = [];
+    try {
+      return await tierByTier(s, ctx, async (i) => {
+        const out: MigrateReport[] = [];
+        for (const g of s.tiers[i]!) {
+          out.push(
+            await this.switchGroup(
+              { ...req, group: g },
+              plans.get(g)!,
+              stopped.get(g)!,
+              firstStop,
+              ctx,
+              false,
+            ),
+          );
+          moved.push(g);
+        }
+        return out;
+      });
+    } catch (err) {
+      const rest = s.tiers.flat().filter((g) => !moved.includes(g));
+      for (const g of rest)
+        if (!this.replication.fencedGroupOfVm(plans.get(g)!.vms[0]!))
+          await this.restartHere(stopped.get(g)!, errorMessage(err), ctx);
+      throw new HavenError(
+        'CONFLICT',
+        `migrate of business service ${s.name} stopped: ${errorMessage(err)}; ${moved.length ? `groups ${moved.join(', ')} run at their target now` : 'no group moved'}${rest.length ? `, groups ${rest.join(', ')} were started here again where they were not fenced` : ''}`,
+      );
     }
   }
 

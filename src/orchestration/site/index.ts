@@ -19,6 +19,8 @@ export type { CheckpointAnswer, SourceGroupStatus, TargetGroupStatus } from './r
 export type {
   SiteDr,
   MigrateReport,
+  ServiceResync,
+  NetworkMapEntry,
   MigrateRequest,
   EvacuateReport,
   EvacuateRequest,

@@ -282,6 +282,8 @@ export class Site {
       storage,
       exports,
       replication: this.replication,
+      // The alerts are made below; the gauge reads them only when scraped.
+      openAlerts: () => this.alerts.openCounts(),
       nbdServers: () => [
         { server: 'nbd', nbd },
         ...(this.nbds ? [{ server: 'nbds', nbd: this.nbds.server }] : []),
