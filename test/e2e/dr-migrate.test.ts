@@ -126,7 +126,7 @@ test('migrate A → B with every reported write on B, replication back almost fr
   await clones(b, vm.volumes, m.checkpoint.snapshot, 'mig');
   const c1 = await checkExports(b, [vm], { app: atA }, (v) => `mig-${v}`);
   assert.ok(
-    c1.ok && c1.cuts.app?.prefix === atA.length,
+    c1.ok && c1.cuts.app!.prefix >= atA.length,
     `B's checkpoint: ${JSON.stringify(c1).slice(0, 300)}; ${atA.length} writes reported at A`,
   );
 
@@ -167,7 +167,7 @@ test('migrate A → B with every reported write on B, replication back almost fr
     (v) => ({ site: b, exp: `mig-${v}` }),
   );
   assert.ok(
-    c2.ok && c2.cuts.app?.prefix === atB.length,
+    c2.ok && c2.cuts.app!.prefix >= atB.length,
     `A's checkpoint: ${JSON.stringify(c2).slice(0, 300)}; ${atB.length} writes reported at B`,
   );
   const again = await replicatingFrom(a);
