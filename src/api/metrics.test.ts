@@ -144,6 +144,15 @@ test('/metrics: 401 without the API token, the text format with it, every docume
     'haven_nbd_request_duration_seconds_count{server="nbd",export="v",op="read"}',
   );
   assert.equal(reads, 10);
+  // The failed backup opened a job.failed alert; other rules are present at 0.
+  assert.equal(
+    value(s('haven_alerts_firing'), 'haven_alerts_firing{rule="job.failed",severity="critical"}'),
+    1,
+  );
+  assert.equal(
+    value(s('haven_alerts_firing'), 'haven_alerts_firing{rule="pool.full",severity="warning"}'),
+    0,
+  );
   assert.ok(metrics.has('process_cpu_seconds_total') && metrics.has('nodejs_eventloop_lag_seconds'));
   await client.close();
 });

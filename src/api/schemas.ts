@@ -436,6 +436,20 @@ export const peerAnswer = open('a paired site: its pinned certificate and addres
   link: { type: 'string', description: 'HOST:PORT of its peer link' },
   api: { type: 'string' },
   pairedAt: { type: 'string' },
+  health: open('what the heartbeats over the peer link say', {
+    state: { type: 'string', enum: ['unknown', 'reachable', 'unreachable', 'taken-over'] },
+    link: { type: 'string', enum: ['unknown', 'reachable', 'unreachable'] },
+    missed: { type: 'integer', description: 'heartbeats missed in a row' },
+    since: { type: 'string', description: 'when the state last changed' },
+    lastSeenAt: { type: 'string' },
+    rttMs: { type: 'number' },
+    error: { type: 'string' },
+    takenOver: {
+      type: 'array',
+      items: { type: 'string' },
+      description: 'groups this site took over from it',
+    },
+  }),
 });
 export const peerOfferAnswer = open("a site's identity as it offers it at pairing", {
   name: { type: 'string' },

@@ -39,9 +39,11 @@ import { SiteChecks } from './checks.js';
 import { SiteVolumes } from './volumes.js';
 import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
+import type { HeartbeatOptions } from './peer-health.js';
 import { SiteReplication } from './replication.js';
 import { SiteDr } from './dr.js';
 import { SitePlans } from './site-plans.js';
+import { SiteObjectives } from './site-objectives.js';
 import { SitePolicies } from './policies.js';
 import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
@@ -92,6 +94,10 @@ export interface SiteOptions {
   schedules?: ScheduleOwnerSink;
   /** The alert state check's interval and thresholds, and how notifications are retried. */
   alerts?: AlertOptions;
+  /** How often every service objective's compliance is judged again (default 60 s). */
+  objectiveCheckMs?: number;
+  /** Heartbeats to paired sites: their interval, and how many missed make a peer unreachable. */
+  peerHeartbeat?: HeartbeatOptions;
 }
 
 export interface NbdTlsCertificates {
@@ -164,6 +170,8 @@ export class Site {
   readonly replication: SiteReplication;
   /** Disaster recovery over those groups: takeover, resync, migrate, rehearsal, services. */
   readonly dr: SiteDr;
+  /** Service objectives applied to groups and services, and their compliance. */
+  readonly objectives: SiteObjectives;
   /** DR plans: steps run as jobs, retried from the one that failed. */
   readonly plans: SitePlans;
   /** Storage policies: placement, compliance, remediation; and the pools' declared capabilities. */
@@ -189,6 +197,7 @@ export class Site {
     metrics: SiteMetrics,
     schedules?: ScheduleOwnerSink,
     alertOptions: AlertOptions = {},
+    heartbeat: HeartbeatOptions = {},
   ) {
     this.metrics = metrics;
     this.transfers = new TransferSlots(maxTransfersPerHost);
@@ -250,9 +259,23 @@ export class Site {
     );
     this.vms = new SiteVms(parts, this.recovery);
     this.checks = new SiteChecks(parts, db, this.recovery, dataDir);
-    this.peers = new SitePeers(db, this.events, name, identity);
+    this.peers = new SitePeers(db, this.events, name, identity, heartbeat);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
-    this.dr = new SiteDr(parts, this.replication, this.peers, db);
+    this.peers.health.takenOver = (peer) =>
+      this.replication
+        .list()
+        .filter((g) => g.role === 'target' && g.peer === peer && g.takenOver)
+        .map((g) => g.name);
+    this.dr = new SiteDr(parts, this.replication, this.peers, db, name);
+    this.objectives = new SiteObjectives(
+      db,
+      this.events,
+      this.replication,
+      this.dr.services,
+      this.dr.reports,
+      this.peers,
+    );
+    this.dr.objectiveFor = (t) => this.objectives.objectiveFor(t);
     this.plans = new SitePlans(parts, db, this.dr, this.vms, name);
     this.policies = new SitePolicies(parts, db, {
       capabilities,
@@ -266,6 +289,8 @@ export class Site {
       storage,
       exports,
       replication: this.replication,
+      // The alerts are made below; the gauge reads them only when scraped.
+      openAlerts: () => this.alerts.openCounts(),
       nbdServers: () => [
         { server: 'nbd', nbd },
         ...(this.nbds ? [{ server: 'nbds', nbd: this.nbds.server }] : []),
@@ -343,6 +368,7 @@ export class Site {
         metrics,
         opts.schedules,
         opts.alerts ?? {},
+        opts.peerHeartbeat ?? {},
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
@@ -382,8 +408,10 @@ export class Site {
       await site.checks.cleanupInterrupted();
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
+      site.peers.health.start();
       site.policies.watch(COMPLIANCE_INTERVAL_MS);
       site.providerPools.watch(PROVIDER_REFRESH_INTERVAL_MS, () => site.exports.refresh());
+      site.objectives.watch(opts.objectiveCheckMs ?? COMPLIANCE_INTERVAL_MS);
       site.alerts.start();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
@@ -471,6 +499,7 @@ export class Site {
   async close(): Promise<void> {
     this.policies.unwatch();
     this.providerPools.close();
+    this.objectives.unwatch();
     await this.alerts.close(); // before the jobs are cancelled: a stopping daemon is no alert
     await this.jobs.cancelAll();
     await this.replication.close();
