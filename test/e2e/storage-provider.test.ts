@@ -151,6 +151,15 @@ class TestProvider {
         await this.drop(name, s);
         return send(204);
       }
+      if (sub === 'snapshots' && snap && clone && req.method === 'POST') {
+        const s = decodeURIComponent(snap);
+        const n = String(body?.name);
+        if (!v.snapshots.has(s)) return fail(404, 'NOT_FOUND', `no snapshot ${s}`);
+        if (this.volumes.has(n)) return fail(409, 'CONFLICT', `volume ${n} exists`);
+        await execp('cp', ['--reflink=auto', '--sparse=always', this.file(name, s), this.file(n)]);
+        this.volumes.set(n, { size: v.size, createdAt: new Date().toISOString(), snapshots: new Map() });
+        return send(201, { ...volAnswer(n), origin: `${name}@${s}` });
+      }
       if (sub === 'access' && req.method === 'POST') {
         const s = typeof body?.snapshot === 'string' ? body.snapshot : undefined;
         if (s && !v.snapshots.has(s)) return fail(404, 'NOT_FOUND', `no snapshot ${s}`);
@@ -365,6 +374,18 @@ test('an out-of-process storage provider serves placement and snapshots through 
     "and the provider's snapshot file is that data",
   );
   assert.equal(await read('db', 'vol.out'), sha(second), 'the volume has the newer data');
+
+  // ---- a clone of the snapshot is made by the provider, and reads the snapshot's data ----
+  const cl = JSON.parse(await s.haven('volume', 'clone', 'db@s1', 'db-copy', '--json')) as {
+    pool: string;
+    origin: string;
+  };
+  assert.deepEqual([cl.pool, cl.origin], ['vendor', 'db@s1']);
+  assert.ok(
+    provider.calls.some((c) => c.method === 'POST' && c.path === '/v1/volumes/db/snapshots/s1/clone'),
+  );
+  assert.equal(await read('db-copy', 'clone.out'), sha(first), 'the clone holds the snapshot data');
+  await s.haven('volume', 'delete', 'db-copy');
 
   // ---- a restart: the registration is in the site database, the volume and snapshot come back ----
   const firstLog = s.daemon.output();
