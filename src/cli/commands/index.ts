@@ -11,6 +11,7 @@ import { registerSchedule } from './schedule.js';
 import { registerReplication } from './replication.js';
 import { registerDr } from './dr.js';
 import { registerService } from './service.js';
+import { registerObjective } from './objective.js';
 import { registerPlan } from './plan.js';
 import {
   registerBitmap,
@@ -36,6 +37,7 @@ export const commandFamilies: Register[] = [
   registerRecover,
   registerReplication,
   registerService,
+  registerObjective,
   registerDr,
   registerPlan,
   registerPolicy,

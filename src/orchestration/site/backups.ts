@@ -125,12 +125,14 @@ export class SiteBackups extends SiteDomain {
         this.exports.refresh();
         const result = backupResult(m, transport);
         this.backedUp(r, result);
-        if (!opts.retain) return result;
+        // The repository is named so that the alerts watch its file system (alerts/state.ts).
+        const named = { ...result, repository: r.location };
+        if (!opts.retain) return named;
         const pruned = await retain(r, `${m.source.kind}:${m.source.name}`, opts.retain);
         ctx.log(
           `retention: kept ${pruned.kept}, forgot ${pruned.removed.length}${pruned.removed.length ? ` (${pruned.removed.join(', ')})` : ''}${pruned.inUse.length ? `; kept ${pruned.inUse.length} in use` : ''}`,
         );
-        return { ...result, retention: pruned };
+        return { ...named, retention: pruned };
       } finally {
         release();
       }
