@@ -74,8 +74,10 @@ export async function site(
   t: { after: (fn: () => unknown) => void },
   extra: string[] = [],
   daemonEnv: NodeJS.ProcessEnv = {},
+  /** Where the data directory goes (default the system's temporary directory). */
+  tmpRoot?: string,
 ): Promise<Site> {
-  const tmp = tempDir('haven-site-');
+  const tmp = tempDir('haven-site-', tmpRoot);
   const dir = join(tmp.path, 'data');
   /** Scratch space beside the data directory. */
   const env: NodeJS.ProcessEnv = {

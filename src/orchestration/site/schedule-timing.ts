@@ -120,8 +120,10 @@ export function decide(
   const nextSlot = slotAfter(t, anchorMs, nowMs, cron);
   if (nowMs - due <= MISSED_AFTER_MS) return { run: true, nextSlot, missed: 0 };
   let missed = 1;
-  for (let s = slotAfter(t, anchorMs, slotMs, cron); s !== undefined && s <= nowMs && missed < 1000;)
-    (missed++, (s = slotAfter(t, anchorMs, s, cron)));
+  for (let s = slotAfter(t, anchorMs, slotMs, cron); s !== undefined && s <= nowMs && missed < 1000;) {
+    missed++;
+    s = slotAfter(t, anchorMs, s, cron);
+  }
   if (catchUp === 'skip')
     return {
       run: false,
