@@ -50,4 +50,10 @@ export const registry: RegistryEntry[] = [
       'instant recovery vs restore + boot (2 sizes), boot from backup vs local; live migration vs qemu-img convert',
     load: async () => (await import('./recovery.js')).recoveryBenchmark,
   },
+  {
+    name: 'dr',
+    summary:
+      'two sites, a 3-VM service: rehearsal, migrate downtime, takeover RTO vs a local start, failback bytes',
+    load: async () => (await import('./dr.js')).drBenchmark,
+  },
 ];

@@ -26,6 +26,9 @@ export class ApiClient {
   post<T>(path: string, body: unknown = {}): Promise<T> {
     return this.call<T>('POST', path, body);
   }
+  put<T>(path: string, body: unknown = {}): Promise<T> {
+    return this.call<T>('PUT', path, body);
+  }
   delete(path: string): Promise<void> {
     return this.call<void>('DELETE', path);
   }

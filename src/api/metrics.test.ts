@@ -87,7 +87,7 @@ test('/metrics: 401 without the API token, the text format with it, every docume
   }
 
   // Two backups into one repository (the second finds every chunk there), and NBD reads.
-  site.volumes.createVolume('a', 'v', 4 * MiB);
+  await site.volumes.createVolume('a', 'v', 4 * MiB);
   const client = await connectNbd(`nbd+unix:///v?socket=${site.nbdSocket}`);
   await client.write(Buffer.alloc(MiB, 7), 0);
   await client.flush();
@@ -144,6 +144,15 @@ test('/metrics: 401 without the API token, the text format with it, every docume
     'haven_nbd_request_duration_seconds_count{server="nbd",export="v",op="read"}',
   );
   assert.equal(reads, 10);
+  // The failed backup opened a job.failed alert; other rules are present at 0.
+  assert.equal(
+    value(s('haven_alerts_firing'), 'haven_alerts_firing{rule="job.failed",severity="critical"}'),
+    1,
+  );
+  assert.equal(
+    value(s('haven_alerts_firing'), 'haven_alerts_firing{rule="pool.full",severity="warning"}'),
+    0,
+  );
   assert.ok(metrics.has('process_cpu_seconds_total') && metrics.has('nodejs_eventloop_lag_seconds'));
   await client.close();
 });
@@ -151,7 +160,7 @@ test('/metrics: 401 without the API token, the text format with it, every docume
 test('two sites in one process keep their own metrics', async (t) => {
   const a = await openSite(t, 'ma');
   const b = await openSite(t, 'mb');
-  a.site.volumes.createVolume('x', 'v', MiB);
+  await a.site.volumes.createVolume('x', 'v', MiB);
   const repoPath = join(a.tmp.path, 'repo');
   await Repository.init(repoPath);
   await a.site.jobs.wait(a.site.backups.backup('x', { volume: 'v' }, { repo: repoPath }).id);

@@ -1,5 +1,11 @@
 import type { FastifyInstance } from 'fastify';
-import type { MigrateRequest, RehearsalRequest, Site, TakeoverRequest } from '../orchestration/index.js';
+import type {
+  EvacuateRequest,
+  MigrateRequest,
+  RehearsalRequest,
+  Site,
+  TakeoverRequest,
+} from '../orchestration/index.js';
 import * as s from './schemas.js';
 
 type Name = { name: string };
@@ -108,7 +114,7 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
       schema: {
         tags,
         summary:
-          'replicate a group taken over here back to its old source, sending only what differs (the replication goes on from there)',
+          'replicate a group (or every group of a business service) taken over here back to its old source, sending only what differs (the replication goes on from there)',
         params: s.nameParam,
         body: resyncBody,
       },
@@ -126,7 +132,7 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
       schema: {
         tags,
         summary:
-          'move a group replicated from this site to its target with no data lost: stop the guests, drain to a final checkpoint, verify, promote and start there, replicate back (a job)',
+          'move a group (or a business service, tier by tier) replicated from this site to its target with no data lost: stop the guests, drain to a final checkpoint, verify, promote and start there, replicate back (a job)',
         params: s.nameParam,
         body: migrateBody,
         response: { 202: s.jobAnswer },
@@ -135,6 +141,50 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
     async (req, reply) =>
       reply.code(202).send(
         await site.dr.migrate(req.actor, {
+          ...((req.body as Omit<MigrateRequest, 'group'> | undefined) ?? {}),
+          group: (req.params as Name).name,
+        }),
+      ),
+  );
+  api.post(
+    '/dr/evacuate',
+    {
+      schema: {
+        tags,
+        summary:
+          'move every business service (and lone group) replicated from this site, or with a VM on one of its hosts, to its target: each stopped last tier first, then migrated tier by tier (a job)',
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            site: { ...s.name, description: 'this site' },
+            host: { ...s.name, description: 'a host of this site' },
+            ...migrateBody.properties,
+          },
+        },
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply
+        .code(202)
+        .send(await site.dr.evacuate(req.actor, (req.body as EvacuateRequest | undefined) ?? {})),
+  );
+  api.post(
+    '/dr/groups/:name/failback',
+    {
+      schema: {
+        tags,
+        summary:
+          'fail a group (or business service) that runs here after a takeover or migrate back to its original site: resync what differs, wait until current, migrate back (a job)',
+        params: s.nameParam,
+        body: migrateBody,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply.code(202).send(
+        site.dr.failback(req.actor, {
           ...((req.body as Omit<MigrateRequest, 'group'> | undefined) ?? {}),
           group: (req.params as Name).name,
         }),
@@ -187,4 +237,50 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
   api.delete('/services/:name', { schema: { tags, params: s.nameParam } }, async (req) =>
     site.dr.deleteService(req.actor, (req.params as Name).name),
   );
+  const mapParams = {
+    type: 'object',
+    required: ['peer', 'source'],
+    properties: { peer: { type: 'string' }, source: { type: 'string' } },
+  } as const;
+  type MapParams = { peer: string; source: string };
+  api.get(
+    '/network-maps',
+    { schema: { tags, summary: "where each paired site's networks go here on a recovery and a rehearsal" } },
+    async () => site.dr.networkMaps.list(),
+  );
+  api.put(
+    '/network-maps/:peer/:source',
+    {
+      schema: {
+        tags,
+        summary:
+          "map a paired site's network to a network here for takeovers and migrates, and optionally to an isolated one for rehearsals",
+        params: mapParams,
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['recovery'],
+          properties: {
+            recovery: {
+              ...s.name,
+              description: 'the network here that its NICs join on a takeover or migrate',
+            },
+            rehearsal: {
+              ...s.name,
+              description: 'an isolated network here that its NICs join in a rehearsal',
+            },
+          },
+        },
+      },
+    },
+    async (req) =>
+      site.dr.mapNetwork(req.actor, {
+        ...(req.params as MapParams),
+        ...(req.body as { recovery: string; rehearsal?: string }),
+      }),
+  );
+  api.delete('/network-maps/:peer/:source', { schema: { tags, params: mapParams } }, async (req) => {
+    const p = req.params as MapParams;
+    return site.dr.unmapNetwork(req.actor, p.peer, p.source);
+  });
 }

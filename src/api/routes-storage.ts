@@ -39,6 +39,26 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       return reply.code(201).send(site.volumes.createPool(req.actor, name, opts));
     },
   );
+  api.post(
+    '/pools/register',
+    {
+      schema: {
+        tags,
+        summary: 'register a pool served by an out-of-process storage provider (HTTP)',
+        body: s.registerPoolBody,
+        response: { 201: s.poolAnswer },
+      },
+    },
+    async (req, reply) => {
+      const { name, ...opts } = req.body as {
+        name: string;
+        providerUrl: string;
+        tokenFile: string;
+        capabilities?: string[];
+      };
+      return reply.code(201).send(await site.volumes.registerPool(req.actor, name, opts));
+    },
+  );
   api.get(
     '/pools/:name',
     { schema: { tags, params: s.nameParam, response: { 200: s.poolAnswer } } },
@@ -90,7 +110,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       const placement = { ...(b.policy ? { policy: b.policy } : {}), ...(b.vm ? { vm: b.vm } : {}) };
       return reply
         .code(201)
-        .send(site.volumes.createVolume(req.actor, b.name, b.sizeBytes, b.pool, placement));
+        .send(await site.volumes.createVolume(req.actor, b.name, b.sizeBytes, b.pool, placement));
     },
   );
   api.post(
@@ -116,7 +136,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     async (req) => site.volumes.volume((req.params as Name).name),
   );
   api.delete('/volumes/:name', { schema: { tags, params: volumeParam } }, async (req, reply) => {
-    site.volumes.deleteVolume(req.actor, (req.params as Name).name);
+    await site.volumes.deleteVolume(req.actor, (req.params as Name).name);
     return reply.code(204).send();
   });
   api.post(
@@ -136,7 +156,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
       const b = req.body as { snapshot: string; name: string };
       return reply
         .code(201)
-        .send(site.volumes.cloneVolume(req.actor, (req.params as Name).name, b.snapshot, b.name));
+        .send(await site.volumes.cloneVolume(req.actor, (req.params as Name).name, b.snapshot, b.name));
     },
   );
   api.post(
@@ -313,7 +333,7 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
     { schema: { tags, params: snapshotParam } },
     async (req, reply) => {
       const p = req.params as Snap;
-      site.volumes.deleteSnapshot(req.actor, p.name, p.snapshot);
+      await site.volumes.deleteSnapshot(req.actor, p.name, p.snapshot);
       return reply.code(204).send();
     },
   );

@@ -101,6 +101,28 @@ export const createPoolBody = {
   },
 } as const;
 
+export const registerPoolBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'providerUrl', 'tokenFile'],
+  properties: {
+    name,
+    providerUrl: {
+      type: 'string',
+      minLength: 1,
+      description:
+        "the storage provider's base URL (http:// or https://; the contract is docs/provider-api.yaml)",
+    },
+    tokenFile: {
+      type: 'string',
+      minLength: 1,
+      description:
+        "absolute path on the site's host of a file holding the bearer token (the token is never stored or logged)",
+    },
+    capabilities,
+  },
+} as const;
+
 export const poolCapabilitiesBody = {
   type: 'object',
   additionalProperties: false,
@@ -414,6 +436,20 @@ export const peerAnswer = open('a paired site: its pinned certificate and addres
   link: { type: 'string', description: 'HOST:PORT of its peer link' },
   api: { type: 'string' },
   pairedAt: { type: 'string' },
+  health: open('what the heartbeats over the peer link say', {
+    state: { type: 'string', enum: ['unknown', 'reachable', 'unreachable', 'taken-over'] },
+    link: { type: 'string', enum: ['unknown', 'reachable', 'unreachable'] },
+    missed: { type: 'integer', description: 'heartbeats missed in a row' },
+    since: { type: 'string', description: 'when the state last changed' },
+    lastSeenAt: { type: 'string' },
+    rttMs: { type: 'number' },
+    error: { type: 'string' },
+    takenOver: {
+      type: 'array',
+      items: { type: 'string' },
+      description: 'groups this site took over from it',
+    },
+  }),
 });
 export const peerOfferAnswer = open("a site's identity as it offers it at pairing", {
   name: { type: 'string' },

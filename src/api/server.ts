@@ -17,6 +17,7 @@ import { registerComputeRoutes } from './routes-compute.js';
 import { registerCheckRoutes } from './routes-checks.js';
 import { registerDrRoutes } from './routes-dr.js';
 import { registerPlanRoutes } from './routes-plans.js';
+import { registerObjectiveRoutes } from './routes-objectives.js';
 import { registerMetricsRoute } from './routes-metrics.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
@@ -194,6 +195,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerReplicationRoutes(api, site);
       registerDrRoutes(api, site);
       registerPlanRoutes(api, site);
+      registerObjectiveRoutes(api, site);
       registerPolicyRoutes(api, site);
       registerAlertRoutes(api, site);
       if (openapi) api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

@@ -15,6 +15,7 @@ const WITHOUT_JSON: Record<string, string> = {
   'haven vm console-log': 'prints the raw console',
   'haven vm delete': 'only deletes',
   'haven network delete': 'only deletes',
+  'haven network map remove': 'only deletes',
   'haven pool delete': 'only deletes',
   'haven volume delete': 'only deletes',
   'haven volume resize': 'only changes',

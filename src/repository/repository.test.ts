@@ -132,6 +132,15 @@ test('gc keeps chunks a running backup touched and removes what nothing uses', a
   assert.equal(await repo.hasChunk(reused), true);
   await session.end();
   await assert.rejects(repo.snapshot('nope'), (e: HavenError) => e.code === 'NOT_FOUND');
+  // An empty id (e.g. `haven restore ''`) names what is wrong rather than "no snapshot ".
+  await assert.rejects(
+    repo.snapshot(''),
+    (e: HavenError) => e.code === 'INVALID_ARGUMENT' && /no snapshot id given/.test(e.message),
+  );
+  await assert.rejects(
+    repo.snapshot('../x'),
+    (e: HavenError) => e.code === 'NOT_FOUND' && e.message.includes('"../x"'),
+  );
   // A GC lock left by a dead process is taken over; one held by a live process is respected.
   writeFileSync(join(repo.location, 'locks', 'gc'), JSON.stringify({ pid: 999999, host: hostname() }));
   await gc(repo);

@@ -2,7 +2,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
-import { HavenError, conflict, errorMessage, notFound } from '../common/index.js';
+import { HavenError, conflict, errorMessage, invalidArgument, notFound } from '../common/index.js';
 import { LocalBackend, type RepositoryBackend } from './backend.js';
 import { ChunkCodec } from './chunk-codec.js';
 import { isAsideName } from './chunk-claim.js';
@@ -528,7 +528,8 @@ function onlyEmptyFolders(dir: string): boolean {
 }
 
 function checkSnapshotId(id: string): void {
-  if (!/^[A-Za-z0-9-]+$/.test(id)) throw notFound(`no snapshot ${id}`);
+  if (id.trim() === '') throw invalidArgument('no snapshot id given: see haven repo list');
+  if (!/^[A-Za-z0-9-]+$/.test(id)) throw notFound(`no snapshot ${JSON.stringify(id)}: see haven repo list`);
 }
 
 /** The fields a reader relies on; anything else wrong is found when it is used. */

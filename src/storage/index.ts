@@ -15,9 +15,17 @@ export { sitePsk, makePrivate, PSK_IDENTITY, type SitePsk } from './nbd-access.j
 export {
   STORAGE_PROVIDER_API_VERSION,
   BUILTIN_CAPABILITIES,
-  poolProvider,
+  speaksProviderApi,
+  localProvider,
+  poolCapabilities,
   type StorageProvider,
   type CapabilitySet,
+  type DataAccess,
   type ProviderCapacity,
+  type ProviderDescription,
   type ProviderHealth,
+  type ProviderSnapshot,
+  type ProviderVolume,
 } from './provider.js';
+export { HttpProvider, checkProviderUrl, PROVIDER_CALL_TIMEOUT_MS } from './provider-http.js';
+export { ProviderPool, type ProviderPoolInfo } from './provider-pool.js';

@@ -67,10 +67,23 @@ export interface PoolConfig {
   createdAt: string;
 }
 
+/** What `pool show` says of a pool whose provider is out of process (provider-pool.ts). */
+export interface ProviderPoolInfo {
+  url: string;
+  apiVersion?: string;
+  vendor?: string;
+  health: { state: 'ok' | 'degraded' | 'failed'; message?: string };
+  /** When the provider last answered `describe` (ISO time). */
+  checkedAt?: string;
+}
+
 export interface PoolInfo {
   name: string;
   id: string;
+  /** The directory; for a provider's pool, the provider's URL. */
   path: string;
+  /** Set for a pool served by an out-of-process storage provider. */
+  provider?: ProviderPoolInfo;
   capabilities: PoolCapabilities;
   capacityBytes: number;
   allocatedBytes: number;

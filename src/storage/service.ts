@@ -13,7 +13,8 @@ import {
 } from '../common/index.js';
 import { Pool, checkName, type PoolInfo, type SnapshotInfo, type VolumeInfo } from './pool.js';
 import { checkPoolPath } from './pool-path.js';
-import { poolProvider, type StorageProvider } from './provider.js';
+import { localProvider, poolCapabilities, type CapabilitySet, type StorageProvider } from './provider.js';
+import type { ProviderPool } from './provider-pool.js';
 import { VolumeBitmaps, markBitmapsInUse, type BitmapInfo } from './bitmaps.js';
 import { TapDevice } from './tap.js';
 import { mirrorCopy, type MirrorCopy } from './mirror-copy.js';
@@ -71,6 +72,12 @@ export class StorageService {
   private readonly moving = new Set<string>();
   private readonly backings = new Map<string, { base: BlockDevice; backed: BackedDevice }>();
   private readonly pools = new Map<string, Pool>();
+  /** Pools whose provider is another program (provider-pool.ts), registered by the site. */
+  private readonly providerPools = new Map<string, ProviderPool>();
+  /** The tap of each provider volume opened for writing (no dirty bitmaps: see docs/provider-api.md). */
+  private readonly providerTaps = new Map<string, TapDevice>();
+  /** The site's NBD address of a target, for local providers' `access`. */
+  private localUri: ((target: string) => string) | undefined;
   private readonly lock: { release: () => void };
   /** Per pool: whether its bitmaps were in use when a service died, and the marker's release. */
   private readonly inUse = new Map<string, { crashed: boolean; release: () => void }>();
@@ -106,7 +113,7 @@ export class StorageService {
 
   createPool(name: string, opts: { path?: string; tier?: string; capacityBytes?: number } = {}): PoolInfo {
     checkName('pool', name);
-    if (this.pools.has(name)) throw conflict(`pool ${name} already exists`);
+    if (this.pools.has(name) || this.providerPools.has(name)) throw conflict(`pool ${name} already exists`);
     const path = checkPoolPath(opts.path ?? join(this.dataDir, 'pools', name), {
       dataDir: this.dataDir,
       otherPools: [...this.pools.values()].map((p) => p.path),
@@ -123,18 +130,148 @@ export class StorageService {
   }
 
   listPools(): PoolInfo[] {
-    return [...this.pools.values()].map((p) => p.info()).sort((a, b) => a.name.localeCompare(b.name));
+    return [...this.pools.values(), ...this.providerPools.values()]
+      .map((p) => p.info())
+      .sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /** One of Haven's own pools; a provider pool is refused, naming it (use poolInfo to ask about any pool). */
   pool(name: string): Pool {
     const p = this.pools.get(name);
-    if (!p) throw notFound(`no pool ${name}`);
+    if (!p) {
+      const pp = this.providerPools.get(name);
+      if (pp)
+        throw conflict(
+          `pool ${name} is served by the storage provider at ${pp.url}: this works on Haven's own pools only (volumes there are created, deleted and snapshotted through the provider)`,
+        );
+      throw notFound(`no pool ${name}`);
+    }
     return p;
+  }
+
+  /** Any pool's description, Haven's own or a provider's. */
+  poolInfo(name: string): PoolInfo {
+    return this.providerPools.get(name)?.info() ?? this.pool(name).info();
   }
 
   /** The provider of a pool (storage provider contract, provider.ts). */
   provider(name: string): StorageProvider {
-    return poolProvider(this.pool(name));
+    const pp = this.providerPools.get(name);
+    if (pp) return pp.provider;
+    this.pool(name);
+    return localProvider(this, name, this.localUri);
+  }
+
+  /** What a pool's provider advertises (without the operator's declarations); never waits on a provider. */
+  capabilitiesOf(name: string): CapabilitySet {
+    return this.providerPools.get(name)?.capabilities() ?? poolCapabilities(this.pool(name).info());
+  }
+
+  /** Where the site serves a target over NBD (for local providers' `access`). */
+  setLocalAccess(uriOf: (target: string) => string): void {
+    this.localUri = uriOf;
+  }
+
+  // ---- provider pools ----------------------------------------------------------------------
+
+  /**
+   * The provider pool a volume is on, if it is on one. A volume of Haven's own pools always wins:
+   * one a provider lists later under the same name (made behind Haven's back) is not the site's.
+   */
+  providerPoolOf(volume: string): ProviderPool | undefined {
+    if (this.providerPools.size === 0 || this.findPoolOf(volume)) return undefined;
+    for (const p of this.providerPools.values()) if (p.hasVolume(volume)) return p;
+    return undefined;
+  }
+
+  providerPool(name: string): ProviderPool | undefined {
+    return this.providerPools.get(name);
+  }
+
+  /**
+   * Adds a pool served by a provider (the site keeps the registration). Refused when its name is
+   * taken, or a volume the provider holds has the name of another volume of the site.
+   */
+  addProviderPool(pool: ProviderPool): void {
+    checkName('pool', pool.name);
+    if (this.pools.has(pool.name) || this.providerPools.has(pool.name))
+      throw conflict(`pool ${pool.name} already exists`);
+    for (const v of pool.volumeNames())
+      if (this.findPoolOf(v) || this.providerPoolOf(v))
+        throw conflict(
+          `the provider at ${pool.url} holds a volume ${v}, and this site has one of that name already`,
+        );
+    this.providerPools.set(pool.name, pool);
+  }
+
+  /** Forgets a provider pool that holds no volumes (its provider is not told: it is the operator's). */
+  removeProviderPool(name: string): void {
+    const pp = this.providerPools.get(name);
+    if (!pp) throw notFound(`no provider pool ${name}`);
+    const vols = this.listVolumes(name).map((v) => v.name);
+    if (vols.length) throw conflict(`pool ${name} still holds ${vols.length} volume(s): ${vols.join(', ')}`);
+    this.providerPools.delete(name);
+  }
+
+  /**
+   * Creates a volume on any pool: Haven's own at once, a provider's through the contract. These
+   * asynchronous operations work on both kinds; the synchronous createVolume, deleteVolume,
+   * snapshot, deleteSnapshot and clone further down are for Haven's own pools only.
+   */
+  async provisionVolume(name: string, size: number, pool: string): Promise<VolumeInfo> {
+    const pp = this.providerPools.get(pool);
+    if (!pp) return this.createVolume(name, size, pool);
+    checkName('volume', name);
+    this.refuseTaken(name);
+    if (!Number.isSafeInteger(size) || size <= 0)
+      throw invalidArgument(`volume size ${size} must be a positive number of bytes`);
+    return pp.createVolume(name, size);
+  }
+
+  /** Deletes a volume of any pool. */
+  async removeVolume(name: string): Promise<void> {
+    const pp = this.providerPoolOf(name);
+    if (!pp) return this.deleteVolume(name);
+    const tap = this.providerTaps.get(name);
+    this.providerTaps.delete(name);
+    await tap?.close();
+    await pp.deleteVolume(name);
+  }
+
+  /**
+   * A snapshot on any pool. On a provider's, every write completed through the site is flushed
+   * to the provider first, so the provider's snapshot holds it (the contract's promise).
+   */
+  async takeSnapshot(volume: string, snapshot: string): Promise<SnapshotInfo> {
+    const pp = this.providerPoolOf(volume);
+    if (!pp) return this.snapshot(volume, snapshot);
+    checkName('snapshot', snapshot);
+    if (pp.listSnapshots(volume).some((s) => s.name === snapshot))
+      throw conflict(`volume ${volume} already has a snapshot ${snapshot}`);
+    await this.providerTaps.get(volume)?.flush();
+    return pp.snapshot(volume, snapshot);
+  }
+
+  async removeSnapshot(volume: string, snapshot: string): Promise<void> {
+    const pp = this.providerPoolOf(volume);
+    if (!pp) return this.deleteSnapshot(volume, snapshot);
+    if (!pp.listSnapshots(volume).some((s) => s.name === snapshot))
+      throw notFound(`volume ${volume} has no snapshot ${snapshot}`);
+    await pp.deleteSnapshot(volume, snapshot);
+  }
+
+  async cloneSnapshot(volume: string, snapshot: string, name: string): Promise<VolumeInfo> {
+    const pp = this.providerPoolOf(volume);
+    if (!pp) return this.clone(volume, snapshot, name);
+    checkName('volume', name);
+    this.refuseTaken(name);
+    if (!pp.listSnapshots(volume).some((s) => s.name === snapshot))
+      throw notFound(`volume ${volume} has no snapshot ${snapshot}`);
+    return pp.clone(volume, snapshot, name);
+  }
+
+  private refuseTaken(name: string): void {
+    if (this.findPoolOf(name) || this.providerPoolOf(name)) throw conflict(`volume ${name} already exists`);
   }
 
   /**
@@ -165,7 +302,7 @@ export class StorageService {
   // ---- volumes ---------------------------------------------------------------------------
 
   createVolume(name: string, size: number, pool: string, labels?: Record<string, string>): VolumeInfo {
-    if (this.findPoolOf(name)) throw conflict(`volume ${name} already exists`);
+    this.refuseTaken(name);
     if (name.endsWith(MOVING_SUFFIX) || name.endsWith(RETIRED_SUFFIX))
       throw invalidArgument(
         `volume names ending in "${MOVING_SUFFIX}" or "${RETIRED_SUFFIX}" are reserved for volumes being moved`,
@@ -174,12 +311,24 @@ export class StorageService {
   }
 
   listVolumes(pool?: string): VolumeInfo[] {
-    const pools = pool ? [this.pool(pool)] : [...this.pools.values()];
-    return pools.flatMap((p) => p.listVolumes()).sort((a, b) => a.name.localeCompare(b.name));
+    const pp = pool ? this.providerPools.get(pool) : undefined;
+    const pools = pp
+      ? [pp]
+      : pool
+        ? [this.pool(pool)]
+        : [...this.pools.values(), ...this.providerPools.values()];
+    return (
+      pools
+        .flatMap((p) => p.listVolumes())
+        // A provider's volume named like one of Haven's own pools' is not the site's (providerPoolOf).
+        .filter((v) => !this.providerPools.has(v.pool) || !this.findPoolOf(v.name))
+        .sort((a, b) => a.name.localeCompare(b.name))
+    );
   }
 
   /** A volume's labels (cheaper than volume(), which counts its mapped bytes). */
   volumeLabels(name: string): Record<string, string> {
+    if (this.providerPoolOf(name)) return {};
     return this.poolOf(name).volumeLabels(name);
   }
 
@@ -189,7 +338,7 @@ export class StorageService {
   }
 
   volume(name: string): VolumeInfo {
-    return this.poolOf(name).volume(name);
+    return this.providerPoolOf(name)?.volume(name) ?? this.poolOf(name).volume(name);
   }
 
   resizeVolume(name: string, size: number): VolumeInfo {
@@ -216,7 +365,7 @@ export class StorageService {
   }
 
   listSnapshots(volume: string): SnapshotInfo[] {
-    return this.poolOf(volume).listSnapshots(volume);
+    return this.providerPoolOf(volume)?.listSnapshots(volume) ?? this.poolOf(volume).listSnapshots(volume);
   }
 
   deleteSnapshot(volume: string, snapshot: string): void {
@@ -257,6 +406,7 @@ export class StorageService {
   }
 
   listBitmaps(volume: string): BitmapInfo[] {
+    if (this.providerPoolOf(volume)) return [];
     return this.volumeState(volume).bitmaps.list();
   }
 
@@ -270,6 +420,7 @@ export class StorageService {
 
   /** Bitmaps to offer over NBD on "volume" (live ones) or "volume@snapshot" (frozen at it). */
   bitmapViews(target: string): BitmapView[] {
+    if (this.providerPoolOf(target.split('@')[0]!)) return [];
     const at = target.indexOf('@');
     if (at < 0) return this.volumeState(target).bitmaps.liveViews();
     return this.volumeState(target.slice(0, at)).bitmaps.frozenViews(target.slice(at + 1));
@@ -459,7 +610,7 @@ export class StorageService {
    * BASE_LABEL) that is not attached (its backup could not be reached at start-up).
    */
   missingBase(volume: string): string | undefined {
-    if (this.backings.has(volume)) return undefined;
+    if (this.backings.has(volume) || this.providerPoolOf(volume)) return undefined;
     const base = this.poolOf(volume).volumeLabels(volume)[BASE_LABEL];
     return base === undefined
       ? undefined
@@ -480,7 +631,19 @@ export class StorageService {
 
   /** The tap of a volume: subscribe to its changes (replication). */
   tap(volume: string): TapDevice {
-    return this.volumeState(volume).tap;
+    return this.providerTap(volume) ?? this.volumeState(volume).tap;
+  }
+
+  /** A provider volume's one tap (every writer's device), made on first use. */
+  private providerTap(volume: string): TapDevice | undefined {
+    const pp = this.providerPoolOf(volume);
+    if (!pp) return undefined;
+    let tap = this.providerTaps.get(volume);
+    if (!tap) {
+      tap = new TapDevice(pp.openDevice(volume), { shared: true });
+      this.providerTaps.set(volume, tap);
+    }
+    return tap;
   }
 
   revert(volume: string, snapshot: string): void {
@@ -491,13 +654,18 @@ export class StorageService {
   }
 
   clone(volume: string, snapshot: string, name: string): VolumeInfo {
-    if (this.findPoolOf(name)) throw conflict(`volume ${name} already exists`);
+    this.refuseTaken(name);
     return this.poolOf(volume).clone(volume, snapshot, name);
   }
 
   /** The data path: "volume" or "volume@snapshot" as a BlockDevice. */
   openDevice(target: string, opts: { readOnly?: boolean } = {}): BlockDevice {
     const volume = target.split('@')[0]!;
+    const pp = this.providerPoolOf(volume);
+    if (pp)
+      return !target.includes('@') && !opts.readOnly
+        ? this.providerTap(volume)!
+        : pp.openDevice(target, opts);
     const missing = this.missingBase(volume);
     if (missing) throw conflict(missing);
     // Every writer goes through the volume's one tap, so no change escapes tracking.
@@ -513,6 +681,9 @@ export class StorageService {
   }
 
   close(): void {
+    for (const t of this.providerTaps.values()) void Promise.resolve(t.close()).catch(() => undefined);
+    this.providerTaps.clear();
+    this.providerPools.clear();
     for (const v of this.volumes.values()) v.bitmaps.save();
     for (const p of this.pools.values()) p.close();
     for (const m of this.inUse.values()) m.release(); // bitmaps saved and volumes flushed: clean
@@ -590,10 +761,18 @@ export class StorageService {
     return undefined;
   }
 
+  /** The pool of Haven's own a volume is on; a provider's volume is refused, naming its pool. */
   private poolOf(volume: string): Pool {
     if (!volume) throw invalidArgument('a volume name is required');
     const p = this.findPoolOf(volume);
-    if (!p) throw notFound(`no volume ${volume}`);
+    if (!p) {
+      const pp = this.providerPoolOf(volume);
+      if (pp)
+        throw conflict(
+          `volume ${volume} is on pool ${pp.name}, served by the storage provider at ${pp.url}: this operation is for volumes of Haven's own pools only`,
+        );
+      throw notFound(`no volume ${volume}`);
+    }
     return p;
   }
 

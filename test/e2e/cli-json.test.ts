@@ -110,7 +110,7 @@ test('--json of a command of each group has the shape docs/cli.md documents', as
   const local = (await json('backup', image, '--repo', repo)) as { kind: string; result: unknown };
   assertJob(local, ['id', 'actor']);
   assert.equal(local.kind, 'backup');
-  assertShape(local.result, 'backup-result', ['consistencyReason']);
+  assertShape(local.result, 'backup-result', ['consistencyReason', 'repository']);
   const verify = (await json('repo', 'verify', '--repo', repo)) as {
     kind: string;
     result: { chunks: number };

@@ -13,6 +13,7 @@ interface Named {
   name: string;
 }
 interface RehearseJob {
+  id: string;
   state: string;
   error?: string;
   result: {
@@ -21,6 +22,19 @@ interface RehearseJob {
     vms: { name: string; of: string; passed: boolean; detail: string }[];
     passed: boolean;
   };
+}
+interface Objective {
+  compliance: { compliant: boolean; reasons: { code: string; message: string }[] }[];
+}
+interface Report {
+  id: string;
+  outcome: string;
+  groups: string[];
+  checkpoints: { seq: number }[];
+  rpoSeconds?: number;
+  rtoSeconds?: number;
+  objective?: { name: string; rpoMet?: boolean; rtoMet?: boolean };
+  steps: { time: string; level: string; message: string }[];
 }
 interface VmView extends Named {
   state: string;
@@ -71,6 +85,47 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
     90_000,
   );
   const before = await inventory(b);
+
+  // A service objective for the group, applied at A and told to B: the RPO is met, but the
+  // group was never rehearsed, so neither the rehearsal cadence nor the RTO is.
+  assert.match(await a.havenFails('objective', 'create', 'bad'), /give at least one target/);
+  await a.haven(
+    'objective',
+    'create',
+    'gold',
+    '--rpo',
+    `${RPO}s`,
+    '--history',
+    '30m',
+    '--rehearse-every',
+    '1h',
+    '--rto',
+    '2m',
+  );
+  assert.match(
+    await a.havenFails('objective', 'apply', 'gold', '--group', 'nosuch'),
+    /replication group nosuch does not exist/,
+  );
+  const applied = JSON.parse(await a.haven('objective', 'apply', 'gold', '--group', 'g', '--json')) as {
+    notTold?: string[];
+  };
+  assert.equal(applied.notTold, undefined);
+  assert.deepEqual(
+    (await b.api<{ name: string; appliedTo: unknown[] }[]>('GET', '/objectives')).map((o) => [
+      o.name,
+      o.appliedTo,
+    ]),
+    [['gold', [{ kind: 'group', target: 'g' }]]],
+  );
+  const unmet = await a.api<Objective>('GET', '/objectives/gold');
+  assert.equal(unmet.compliance[0]?.compliant, false);
+  assert.deepEqual(unmet.compliance[0]?.reasons.map((x) => x.code).sort(), ['rehearsal', 'rto']);
+  assert.match(await a.haven('objective', 'show', 'gold'), /never rehearsed successfully/);
+  await eventually(
+    'an objective alert at A',
+    () => a.api<{ rule: string; object: string }[]>('GET', '/alerts?state=open&rule=objective.noncompliant'),
+    (al) => al.some((x) => x.object === 'group:g'),
+  );
 
   // Refused, changing nothing: at the source, a bad heartbeat, an unknown network.
   assert.match(await a.havenFails('dr', 'rehearse', 'g'), /replicated from this site to site-b/);
@@ -137,6 +192,42 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
     /rehearsal running since .*haven dr cleanup g/,
   );
 
+  // The rehearsal's report is kept at B: RPO and RTO achieved against the objective, and steps.
+  const report = await eventually(
+    'the rehearsal report at B',
+    () => b.api<Report[]>('GET', '/dr/reports?kind=rehearse'),
+    (rs) => rs.some((x) => x.id === job.id),
+  ).then(() => b.haven('dr', 'report', job.id, '--json').then((o) => JSON.parse(o) as Report));
+  assert.equal(report.outcome, 'succeeded');
+  assert.deepEqual(report.groups, ['g']);
+  assert.equal(report.checkpoints[0]?.seq, r.checkpoint.seq);
+  assert.equal(report.objective?.name, 'gold');
+  assert.equal(report.objective?.rpoMet, true);
+  assert.equal(report.objective?.rtoMet, true);
+  assert.ok(report.steps.length >= 3 && report.steps.every((x) => !!x.time && !!x.level));
+  const text = await b.haven('dr', 'report', job.id);
+  assert.match(text, /Rehearsal of g at site site-b: SUCCEEDED/);
+  assert.match(text, /RPO achieved: .* — objective 5 s: met/);
+  assert.match(text, /app-rehearsal \(group g\).*heartbeat passed/);
+  t.diagnostic(`rehearsal report: RPO ${report.rpoSeconds} s, RTO ${report.rtoSeconds} s`);
+  assert.match(await b.havenFails('dr', 'report', 'nosuch'), /no DR report nosuch/);
+  // A asks B for its reports: the group meets its objective now; the alert resolves.
+  const met = await a.api<Objective>('GET', '/objectives/gold');
+  assert.equal(met.compliance[0]?.compliant, true, JSON.stringify(met.compliance));
+  const changes = await a.api<{ outcome: string }[]>(
+    'GET',
+    '/events?action=objective.compliance&target=group:g',
+  );
+  assert.deepEqual(
+    changes.map((e) => e.outcome),
+    ['ok', 'warning'],
+  );
+  await eventually(
+    'the objective alert resolved at A',
+    () => a.api<{ object: string }[]>('GET', '/alerts?state=open&rule=objective.noncompliant'),
+    (al) => !al.some((x) => x.object === 'group:g'),
+  );
+
   const cleaned = JSON.parse(await b.haven('dr', 'cleanup', 'g', '--json')) as { removed: string[] };
   assert.deepEqual(cleaned.removed.sort(), [
     'VM app-rehearsal',
@@ -151,5 +242,70 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
     'a checkpoint after the cleanup',
     () => replicationGroup(a, 'g'),
     (g) => g.source?.state === 'replicating' && (g.source.appliedCheckpoint?.seq ?? 0) > seq + 1,
+  );
+  // Stored network maps (per paired site): bad input first, nothing stored.
+  await b.haven('network', 'create', 'lab', '--kind', 'isolated');
+  await b.haven('network', 'create', 'prod-b', '--kind', 'nat');
+  assert.match(await b.havenFails('network', 'map', 'add', 'site-x', 'prod', 'prod-b'), /site-x/);
+  assert.match(await b.havenFails('network', 'map', 'add', 'site-a', 'prod', 'nosuch'), /network nosuch/);
+  assert.match(
+    await b.havenFails('network', 'map', 'add', 'site-a', 'prod', 'prod-b', '--rehearsal', 'prod-b'),
+    /prod-b is a nat network: a rehearsal network must be isolated/,
+  );
+  assert.deepEqual(await b.api('GET', '/network-maps'), []);
+  await b.haven('network', 'map', 'add', 'site-a', 'prod', 'prod-b', '--rehearsal', 'lab');
+  const maps = JSON.parse(await b.haven('network', 'map', 'list', '--json')) as unknown[];
+  assert.deepEqual(
+    maps.map((m) => {
+      const { updatedAt, ...rest } = m as { updatedAt: string };
+      assert.ok(Date.parse(updatedAt) > 0);
+      return rest;
+    }),
+    [{ peer: 'site-a', source: 'prod', recovery: 'prod-b', rehearsal: 'lab' }],
+  );
+  // A rehearsal puts the NIC on the stored isolated network and makes none; cleanup keeps it.
+  const mapped = JSON.parse(
+    await b.haven(
+      'dr',
+      'rehearse',
+      'g',
+      '--heartbeat',
+      'console:"event":"write"',
+      '--timeout',
+      '90s',
+      '--json',
+    ),
+  ) as RehearseJob & { result: { networkMap?: Record<string, string> } };
+  assert.equal(mapped.state, 'succeeded', mapped.error);
+  assert.equal(mapped.result.network, undefined);
+  assert.deepEqual(mapped.result.networkMap, { prod: 'lab' });
+  const onLab = (await b.api<VmView[]>('GET', '/vms')).find((v) => v.name === 'app-rehearsal')!;
+  assert.deepEqual(
+    onLab.nics.map((n) => n.network),
+    ['lab'],
+  );
+  const again = JSON.parse(await b.haven('dr', 'cleanup', 'g', '--json')) as { removed: string[] };
+  assert.deepEqual(again.removed.sort(), [
+    'VM app-rehearsal',
+    'volume app-a-rehearsal',
+    'volume app-b-rehearsal',
+  ]);
+  assert.ok((await names(b, '/networks')).includes('lab'));
+  // A takeover joins the stored recovery network.
+  const to = JSON.parse(await b.haven('dr', 'takeover', 'g', '--force', '--no-start', '--json')) as {
+    state: string;
+    error?: string;
+  };
+  assert.equal(to.state, 'succeeded', to.error);
+  const taken = (await b.api<VmView[]>('GET', '/vms')).find((v) => v.name === 'app')!;
+  assert.deepEqual(
+    taken.nics.map((n) => n.network),
+    ['prod-b'],
+  );
+  await b.haven('network', 'map', 'remove', 'site-a', 'prod');
+  assert.deepEqual(await b.api('GET', '/network-maps'), []);
+  assert.match(
+    await b.havenFails('network', 'map', 'remove', 'site-a', 'prod'),
+    /no network map for network prod/,
   );
 });

@@ -25,6 +25,11 @@ import {
 } from '../support/replica-check.js';
 import type { OrderedWrite } from '../support/write-order.js';
 
+interface PeerRow {
+  name: string;
+  health: { state: string; link: string; missed: number; since: string; takenOver?: string[] };
+}
+
 interface VmView {
   id: string;
   name: string;
@@ -124,11 +129,36 @@ test('takeover after kill -9 of the source site and its QEMU: the replica holds 
   assert.equal((await replicationGroup(b, 'g')).source, undefined);
   assert.ok(!(await b.api<{ takenOver?: unknown }>('GET', '/replication/groups/g')).takenOver);
 
+  // Peer health: each site sees the other reachable by its heartbeats.
+  const peerAt = async (s: TestSite, name: string) =>
+    (JSON.parse(await s.haven('site', 'peers', '--json')) as PeerRow[]).find((p) => p.name === name)!;
+  assert.equal((await peerAt(b, 'site-a')).health.state, 'reachable');
+  assert.equal((await b.api<PeerRow>('GET', '/peers/site-a')).health.state, 'reachable');
+
   // Site A is lost: its daemon and the guest's QEMU, both with -9.
   const running = (await vmsAt(a)).find((v) => v.name === 'app')!;
   await a.kill();
   const lostAt = Date.now();
   process.kill(running.pid!, 'SIGKILL');
+  // B's heartbeats go unanswered: A is unreachable after 3 missed (1 s apart), an event says so.
+  const gone = await eventually(
+    'site A unreachable at B',
+    () => b.api<PeerRow>('GET', '/peers/site-a'),
+    (p) => p.health.state === 'unreachable',
+    20_000,
+  );
+  t.diagnostic(
+    `site A unreachable at B ${((Date.parse(gone.health.since) - lostAt) / 1000).toFixed(2)} s after kill -9`,
+  );
+  assert.equal(gone.health.missed >= 3, true);
+  assert.ok(
+    (
+      await b.api<{ action: string; target: string; outcome: string }[]>(
+        'GET',
+        '/events?action=peer.health&target=site-a',
+      )
+    ).some((e) => e.outcome === 'warning'),
+  );
   const log = readFileSync(join(a.dir, 'vms', running.id, 'console.log'), 'utf8');
   const writes = writesIn(log) as unknown as OrderedWrite[];
   assert.ok(writes.length >= 3, `the guest wrote before the loss (${writes.length} writes)`);
@@ -175,8 +205,23 @@ test('takeover after kill -9 of the source site and its QEMU: the replica holds 
     (await b.api<{ takenOver?: { checkpoint: { seq: number } } }>('GET', '/replication/groups/g')).takenOver,
   );
 
+  // B took A's group over: A is taken-over at B (its link still down).
+  await eventually(
+    'site A taken-over at B',
+    () => peerAt(b, 'site-a'),
+    (p) => p.health.state === 'taken-over' && p.health.link === 'unreachable',
+  );
+
   // A comes back: it asks B, learns the takeover, and keeps the VM stopped.
   await a.restart();
+  // B's heartbeats are answered again; A stays taken-over there (B runs its group).
+  const answering = await eventually(
+    'site A answering B again',
+    () => b.api<PeerRow>('GET', '/peers/site-a'),
+    (p) => p.health.link === 'reachable',
+  );
+  assert.equal(answering.health.state, 'taken-over');
+  assert.deepEqual(answering.health.takenOver, ['g']);
   const fenced = await eventually(
     'site A fenced',
     () => a.api<{ fenced?: { by: string; checkpoint: number } }>('GET', '/replication/groups/g'),
@@ -230,4 +275,21 @@ test('takeover after kill -9 of the source site and its QEMU: the replica holds 
     await a.havenFails('vm', 'start', 'app'),
     /disk app-a is the replica of replication group g from site site-b/,
   );
+  // Failback: B (replicating back, current) migrates the group home; A runs its own VM again.
+  assert.match(
+    await a.havenFails('dr', 'failback', 'g'),
+    /neither replicates from this site nor was taken over here/,
+  );
+  assert.match(await b.havenFails('dr', 'failback', 'nosuch'), /nosuch/);
+  const fb = JSON.parse(await b.haven('dr', 'failback', 'g', '--grace', '2s', '--json')) as {
+    state: string;
+    error?: string;
+    kind: string;
+    result: { from: string; to: string; reversed: boolean };
+  };
+  assert.equal(fb.state, 'succeeded', fb.error);
+  assert.equal(fb.kind, 'dr.failback');
+  assert.deepEqual([fb.result.from, fb.result.to, fb.result.reversed], ['site-b', 'site-a', true]);
+  assert.equal((await vmsAt(a)).find((v) => v.name === 'app')?.state, 'running');
+  assert.notEqual((await vmsAt(b)).find((v) => v.name === 'app')?.state, 'running');
 });

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
-import type { Host, Job, Network, Vm } from '../../orchestration/index.js';
+import type { Host, Job, Network, NetworkMapEntry, Vm } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { runJob } from '../jobs.js';
 import { bytes, parseSize, repeatable, table } from '../args.js';
@@ -226,6 +226,59 @@ export function registerHostAndNetwork(program: Command): void {
     .action(async (o: ApiOpts) => {
       const nets = await connect(o).get<Network[]>('/networks');
       printResult(!!o.json, nets, () => table([['NAME', 'KIND'], ...nets.map((n) => [n.name, n.kind])]));
+    });
+  const map = net
+    .command('map')
+    .description(
+      "where a paired site's networks go here: on a takeover or migrate, and (isolated) in rehearsals",
+    );
+  apiOptions(map.command('add'))
+    .description(
+      'map network SOURCE of paired site PEER to network RECOVERY here (replaces an earlier map of it); --network-map of an operation wins over it',
+    )
+    .argument('<peer>', 'a paired site')
+    .argument('<source>', 'a network of that site')
+    .argument('<recovery>', 'the network here its NICs join on a takeover or migrate')
+    .option('--rehearsal <network>', 'an isolated network here its NICs join in a rehearsal')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        peer: string,
+        source: string,
+        recovery: string,
+        o: ApiOpts & { rehearsal?: string; json?: boolean },
+      ) => {
+        const m = await connect(o).put<NetworkMapEntry>(`/network-maps/${enc(peer)}/${enc(source)}`, {
+          recovery,
+          ...(o.rehearsal ? { rehearsal: o.rehearsal } : {}),
+        });
+        printResult(
+          !!o.json,
+          m,
+          () =>
+            `network ${m.source} of site ${m.peer} maps to ${m.recovery} here${m.rehearsal ? `, to ${m.rehearsal} in rehearsals` : ''}`,
+        );
+      },
+    );
+  apiOptions(map.command('list'))
+    .description('list the network maps')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts & { json?: boolean }) => {
+      const maps = await connect(o).get<NetworkMapEntry[]>('/network-maps');
+      printResult(!!o.json, maps, () =>
+        table([
+          ['PEER', 'SOURCE', 'RECOVERY', 'REHEARSAL'],
+          ...maps.map((m) => [m.peer, m.source, m.recovery, m.rehearsal ?? '(made per rehearsal)']),
+        ]),
+      );
+    });
+  apiOptions(map.command('remove'))
+    .description('remove the map of a network of a paired site')
+    .argument('<peer>')
+    .argument('<source>')
+    .action(async (peer: string, source: string, o: ApiOpts) => {
+      await connect(o).delete(`/network-maps/${enc(peer)}/${enc(source)}`);
+      process.stdout.write(`network ${source} of site ${peer} is no longer mapped\n`);
     });
   apiOptions(net.command('delete'))
     .description('delete a network no VM uses')

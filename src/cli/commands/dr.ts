@@ -1,16 +1,18 @@
 import type { Command } from 'commander';
 import { invalidArgument } from '../../common/index.js';
 import type {
+  DrReport,
+  EvacuateReport,
+  ReportSummary,
   Job,
-  MigrateReport,
-  RehearsalReport,
   ReplicationGroupAnswer,
-  TakeoverReport,
+  ServiceResync,
 } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
-import { parseDuration, repeatable } from '../args.js';
+import { parseDuration, repeatable, table } from '../args.js';
 import { runJob } from '../jobs.js';
-import { fields, printResult } from '../output.js';
+import { printResult } from '../output.js';
+import { migrateLines, rehearsalLines, reportLines, takeoverLines } from './dr-lines.js';
 
 function networkMap(pairs: string[] | undefined): Record<string, string> | undefined {
   if (!pairs?.length) return undefined;
@@ -21,32 +23,6 @@ function networkMap(pairs: string[] | undefined): Record<string, string> | undef
     map[m[1]!] = m[2]!;
   }
   return map;
-}
-
-function takeoverLines(r: TakeoverReport): string {
-  return fields([
-    [
-      'group',
-      `${r.group}, taken over from site ${r.from}${r.peerReachable ? ' (which answered: forced)' : ''}`,
-    ],
-    [
-      'checkpoint',
-      `${r.checkpoint.seq}${r.checkpoint.name ? ` (${r.checkpoint.name})` : ''} of ${r.checkpoint.time}: data ${r.dataAgeSeconds.toFixed(1)} s old`,
-    ],
-    ['vms', r.vms.map((v) => `${v.name} ${v.state}`).join(', ')],
-    ['took', `${r.elapsedSeconds.toFixed(1)} s`],
-  ]);
-}
-
-function migrateLines(r: MigrateReport): string {
-  return fields([
-    ['group', `${r.group}: from site ${r.from} to site ${r.to}`],
-    ['checkpoint', `${r.checkpoint.seq} (${r.verified ? 'verified equal' : 'not verified'})`],
-    ['stopped', r.stopped.map((v) => `${v.name}${v.forced ? ' (hard)' : ''}`).join(', ') || '-'],
-    ['started', r.started.map((v) => `${v.name} at ${v.startedAt ?? '-'}`).join(', ')],
-    ['downtime', `${r.downtimeSeconds.toFixed(1)} s`],
-    ['replication', r.reversed ? `from ${r.to} back to ${r.from}` : `not reversed: ${r.reverseError}`],
-  ]);
 }
 
 /** `haven dr …` */
@@ -86,7 +62,7 @@ export function registerDr(program: Command): void {
               ...(map ? { networkMap: map } : {}),
               ...(o.start ? {} : { start: false }),
             }),
-          (j) => takeoverLines(j.result as TakeoverReport),
+          (j) => reportLines(j.result, takeoverLines),
         );
       },
     );
@@ -95,26 +71,88 @@ export function registerDr(program: Command): void {
     .description(
       'after a takeover: replicate the group back from this site to its old source, sending only what differs (follow it with haven replication show)',
     )
-    .argument('<group>', 'a group this site took over')
+    .argument('<group>', 'a group this site took over, or a business service (each of its groups)')
     .option('--rpo <duration>', 'recovery point objective of the reversed group (e.g. 5s)')
     .option('--json', 'print JSON')
     .action(async (group: string, o: ApiOpts & { json?: boolean; rpo?: string }) => {
-      const g = await connect(o).post<ReplicationGroupAnswer>(
+      const r = await connect(o).post<ReplicationGroupAnswer | ServiceResync>(
         `/dr/groups/${encodeURIComponent(group)}/resync`,
         o.rpo ? { rpoSeconds: parseDuration(o.rpo, '--rpo') } : {},
       );
-      printResult(
-        !!o.json,
-        g,
-        () => `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
+      printResult(!!o.json, r, () =>
+        ('service' in r ? r.groups : [r])
+          .map(
+            (g) =>
+              `group ${g.name} replicates from this site to site ${g.peer} again; only what differs is sent`,
+          )
+          .join('\n'),
       );
     });
 
+  apiOptions(dr.command('evacuate'))
+    .description(
+      'move every business service off this site (--site) or off one of its hosts (--host), in order: each service stops last tier first, then its groups migrate tier by tier (as dr migrate, no data lost)',
+    )
+    .option('--site <name>', 'this site')
+    .option('--host <name>', 'a host of this site')
+    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
+    .option('--no-verify', 'promote without comparing the replicas with the source first')
+    .option(
+      '--network-map <src=dst>',
+      'a network of this site to a network of the target (repeat)',
+      repeatable,
+    )
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        o: ApiOpts & {
+          json?: boolean;
+          wait: boolean;
+          site?: string;
+          host?: string;
+          grace: string;
+          verify: boolean;
+          networkMap?: string[];
+        },
+      ) => {
+        if ((o.site === undefined) === (o.host === undefined))
+          throw invalidArgument('give --site (this site) or --host (one of its hosts), one of them');
+        const map = networkMap(o.networkMap);
+        await runJob(
+          o,
+          (c) =>
+            c.post<Job>('/dr/evacuate', {
+              ...(o.site !== undefined ? { site: o.site } : { host: o.host }),
+              graceSeconds: parseDuration(o.grace, '--grace'),
+              ...(o.verify ? {} : { verify: false }),
+              ...(map ? { networkMap: map } : {}),
+            }),
+          (j) => {
+            const r = j.result as EvacuateReport;
+            return r.services
+              .map(
+                (x) =>
+                  `${x.service ? `service ${x.service}` : `group ${x.tiers[0]?.groups[0]?.group ?? '?'}`} → site ${x.to}: ` +
+                  x.tiers
+                    .map((t) => `tier ${t.tier} (${t.groups.map((g) => g.group).join(', ')})`)
+                    .join(', ') +
+                  `; downtime ${x.downtimeSeconds.toFixed(1)} s`,
+              )
+              .join('\n');
+          },
+        );
+      },
+    );
+
   apiOptions(dr.command('migrate'))
     .description(
-      'move a group replicated from this site to its target with no data lost: stop the guests (reverse order), drain to a final checkpoint, verify, promote and start there, replicate back; run at the target again to fail back',
+      'move a group (or business service) replicated from this site to its target with no data lost: stop the guests (reverse order), drain to a final checkpoint, verify, promote and start there, replicate back; run at the target again to fail back',
     )
-    .argument('<group>', 'a group this site replicates')
+    .argument(
+      '<group>',
+      'a group this site replicates, or a business service (stopped last tier first, started tier by tier)',
+    )
     .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
     .option('--no-verify', 'promote without comparing the replica with the source first')
     .option(
@@ -138,7 +176,40 @@ export function registerDr(program: Command): void {
               ...(o.verify ? {} : { verify: false }),
               ...(map ? { networkMap: map } : {}),
             }),
-          (j) => migrateLines(j.result as MigrateReport),
+          (j) => reportLines(j.result, migrateLines),
+        );
+      },
+    );
+
+  apiOptions(dr.command('failback'))
+    .description(
+      'at the site running a group (or business service) after a takeover or migrate: resync back what differs, wait until the replica is current, then migrate back to the original site',
+    )
+    .argument('<group>', 'a group or business service that runs here now')
+    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
+    .option('--no-verify', 'promote without comparing the replica with the source first')
+    .option(
+      '--network-map <src=dst>',
+      'a network of this site to a network of the original site (repeat)',
+      repeatable,
+    )
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        group: string,
+        o: ApiOpts & { json?: boolean; wait: boolean; grace: string; verify: boolean; networkMap?: string[] },
+      ) => {
+        const map = networkMap(o.networkMap);
+        await runJob(
+          o,
+          (c) =>
+            c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/failback`, {
+              graceSeconds: parseDuration(o.grace, '--grace'),
+              ...(o.verify ? {} : { verify: false }),
+              ...(map ? { networkMap: map } : {}),
+            }),
+          (j) => reportLines(j.result, migrateLines),
         );
       },
     );
@@ -175,18 +246,7 @@ export function registerDr(program: Command): void {
               ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
               ...(o.network ? { network: o.network } : {}),
             }),
-          (j) => {
-            const r = j.result as RehearsalReport;
-            return fields([
-              ['group', `${r.group}: rehearsal at checkpoint ${r.checkpoint.seq} of ${r.checkpoint.time}`],
-              ['network', r.network ?? 'none'],
-              ...r.vms.map((v): [string, string] => [
-                v.name,
-                `${v.passed ? 'passed' : 'FAILED'}: ${v.detail}`,
-              ]),
-              ['next', `haven dr cleanup ${r.group}`],
-            ]);
-          },
+          (j) => reportLines(j.result, rehearsalLines),
         ),
     );
 
@@ -202,6 +262,49 @@ export function registerDr(program: Command): void {
         !!o.json,
         r,
         () => `rehearsal of ${r.group} cleaned up: ${r.removed.join(', ') || 'nothing was left'}`,
+      );
+    });
+
+  apiOptions(dr.command('report'))
+    .description(
+      "a DR operation's kept report (its job's id): steps with times and outcomes, checkpoint, RPO and RTO achieved against the objective",
+    )
+    .argument('<id>')
+    .option('--json', 'print JSON')
+    .option('--text', 'print the readable form (the default)')
+    .action(async (id: string, o: ApiOpts & { json?: boolean; text?: boolean }) => {
+      if (o.json && o.text) throw invalidArgument('give --json or --text, not both');
+      const path = `/dr/reports/${encodeURIComponent(id)}`;
+      if (o.json) printResult(true, await connect(o).get<DrReport>(path), () => '');
+      else process.stdout.write(await connect(o).text(`${path}?format=text`));
+    });
+
+  apiOptions(dr.command('reports'))
+    .description('the kept reports of DR operations at this site, newest first')
+    .option('--kind <kind>', 'takeover, rehearse, migrate or evacuate')
+    .option('--target <name>', 'a group or service')
+    .option('--limit <n>', 'at most this many', '50')
+    .option('--json', 'print JSON')
+    .action(async (o: ApiOpts & { json?: boolean; kind?: string; target?: string; limit: string }) => {
+      const q = new URLSearchParams({ limit: o.limit });
+      if (o.kind) q.set('kind', o.kind);
+      if (o.target) q.set('target', o.target);
+      const rs = await connect(o).get<ReportSummary[]>(`/dr/reports?${q.toString()}`);
+      const s = (n: number | undefined) => (n === undefined ? '-' : `${n.toFixed(2)} s`);
+      printResult(!!o.json, rs, () =>
+        table([
+          ['REPORT', 'KIND', 'TARGET', 'OUTCOME', 'ENDED', 'RPO', 'RTO', 'OBJECTIVE'],
+          ...rs.map((r) => [
+            r.id,
+            r.kind,
+            r.target,
+            r.outcome,
+            r.endedAt,
+            s(r.rpoSeconds),
+            s(r.rtoSeconds),
+            r.objectiveMet === undefined ? '-' : r.objectiveMet ? 'met' : 'NOT MET',
+          ]),
+        ]),
       );
     });
 }

@@ -10,6 +10,7 @@ import { registerPolicy } from './policy.js';
 import { registerReplication } from './replication.js';
 import { registerDr } from './dr.js';
 import { registerService } from './service.js';
+import { registerObjective } from './objective.js';
 import { registerPlan } from './plan.js';
 import {
   registerBitmap,
@@ -35,6 +36,7 @@ export const commandFamilies: Register[] = [
   registerRecover,
   registerReplication,
   registerService,
+  registerObjective,
   registerDr,
   registerPlan,
   registerPolicy,

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { HavenError, invalidArgument } from '../../common/index.js';
-import type { Peer } from '../../orchestration/index.js';
+import type { Peer, PeerHealth } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { table } from '../args.js';
 import { printResult } from '../output.js';
@@ -65,14 +65,28 @@ export function registerPeerCommands(site: Command): void {
     });
 
   apiOptions(site.command('peers'))
-    .description('the sites this one is paired with')
+    .description(
+      'the sites this one is paired with and their health: reachable, unreachable (heartbeats missed) or taken-over',
+    )
     .option('--json', 'print JSON')
     .action(async (o: ApiOpts) => {
-      const peers = await connect(o).get<Peer[]>('/peers');
+      const peers = await connect(o).get<(Peer & { health?: PeerHealth })[]>('/peers');
       printResult(!!o.json, peers, () =>
         table([
-          ['NAME', 'LINK', 'API', 'FINGERPRINT', 'PAIRED'],
-          ...peers.map((p) => [p.name, p.link ?? '-', p.api ?? '-', p.fingerprint, p.pairedAt]),
+          ['NAME', 'STATE', 'SINCE', 'LAST SEEN', 'LINK', 'API', 'FINGERPRINT'],
+          ...peers.map((p) => [
+            p.name,
+            p.health
+              ? p.health.state === 'taken-over'
+                ? `taken-over (${p.health.takenOver?.join(', ') ?? ''}; link ${p.health.link})`
+                : p.health.state + (p.health.missed ? ` (${p.health.missed} missed)` : '')
+              : '-',
+            p.health?.since ?? '-',
+            p.health?.lastSeenAt ?? '-',
+            p.link ?? '-',
+            p.api ?? '-',
+            p.fingerprint,
+          ]),
         ]),
       );
     });

@@ -75,6 +75,12 @@ export function registerServe(program: Command): void {
       'a pool or repository file system this full (percent) fires an alert',
       '90',
     )
+    .option(
+      '--peer-heartbeat <duration>',
+      'how often each paired site is sent a heartbeat over the peer link',
+      '1s',
+    )
+    .option('--peer-missed <n>', 'heartbeats missed in a row that make a paired site unreachable', '3')
     .action(
       async (o: {
         data?: string;
@@ -98,6 +104,8 @@ export function registerServe(program: Command): void {
         recoveryWarnAfter: string;
         alertCheckEvery: string;
         alertFullPercent: string;
+        peerHeartbeat: string;
+        peerMissed: string;
       }) => {
         if (!!o.tlsCert !== !!o.tlsKey) throw invalidArgument('give both --tls-cert and --tls-key');
         if (!!o.nbdTlsCert !== !!o.nbdTlsKey)
@@ -183,6 +191,10 @@ export function registerServe(program: Command): void {
             alerts: {
               checkIntervalSeconds: parseDuration(o.alertCheckEvery, '--alert-check-every'),
               fullPercent: Number(o.alertFullPercent),
+            },
+            peerHeartbeat: {
+              intervalMs: parseDuration(o.peerHeartbeat, '--peer-heartbeat') * 1000,
+              missed: Number(o.peerMissed),
             },
             nbdHandshakeTimeoutMs: handshakeSeconds * 1000,
             ...(o.nbdListenPlain ? { nbdListenPlain: o.nbdListenPlain } : {}),

@@ -142,6 +142,43 @@ export function registerPool(program: Command): void {
         printResult(!!o.json, p, () => `created pool ${p.name} at ${p.path}`);
       },
     );
+  both(pool.command('register'))
+    .description(
+      'register a pool served by an out-of-process storage provider (HTTP; the contract: docs/provider-api.md)',
+    )
+    .argument('<name>')
+    .requiredOption('--provider-url <url>', "the provider's base URL, http:// or https://")
+    .requiredOption(
+      '--provider-token-file <file>',
+      "a file holding the provider's bearer token, readable by the daemon (its path is stored, never the token; --token-file is the Haven API's own)",
+    )
+    .option(
+      '--capability <cap>',
+      'a capability the operator declares beside what the provider advertises (NAME or NAME=VALUE; repeat)',
+      (v: string, all: string[] = []) => [...all, v],
+    )
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        name: string,
+        o: DataOpts & ApiOpts & { providerUrl: string; providerTokenFile: string; capability?: string[] },
+      ) => {
+        const p = await via(o, (c) =>
+          c.post<PoolAnswer>('/pools/register', {
+            name,
+            providerUrl: o.providerUrl,
+            tokenFile: resolve(o.providerTokenFile),
+            ...(o.capability ? { capabilities: o.capability } : {}),
+          }),
+        );
+        printResult(
+          !!o.json,
+          p,
+          () =>
+            `registered pool ${p.name}: storage provider ${p.path} (API ${p.provider?.apiVersion ?? '?'}${p.provider?.vendor ? `, ${p.provider.vendor}` : ''}), offers ${advertised(p)}`,
+        );
+      },
+    );
   both(pool.command('list'))
     .description('list pools with capacity and capabilities')
     .option('--json', 'print JSON')
@@ -165,6 +202,18 @@ export function registerPool(program: Command): void {
           ['allocated', bytes(p.allocatedBytes)],
           ['free', bytes(p.freeBytes)],
           ['offers', advertised(p)],
+          ...(p.provider
+            ? ([
+                [
+                  'provider',
+                  `${p.provider.url} (API ${p.provider.apiVersion ?? '?'}${p.provider.vendor ? `, ${p.provider.vendor}` : ''})`,
+                ],
+                [
+                  'health',
+                  `${p.provider.health.state}${p.provider.health.message ? `: ${p.provider.health.message}` : ''}`,
+                ],
+              ] as [string, string][])
+            : []),
         ]),
       );
     });
@@ -183,7 +232,7 @@ export function registerPool(program: Command): void {
       printResult(!!o.json, p, () => `pool ${p.name} advertises ${advertised(p)}`);
     });
   both(pool.command('delete'))
-    .description('delete an empty pool')
+    .description("delete an empty pool (a provider's pool: forget its registration)")
     .argument('<name>')
     .action((name: string, o: DataOpts & ApiOpts) => via(o, (c) => c.delete(`/pools/${enc(name)}`)));
 }

@@ -1,6 +1,7 @@
 // The alert engine on a real site database, event log and job manager: rules fire and resolve,
 // are deduplicated and persisted; the events of the other parts of issue 16 (schedules, policy
 // compliance, recoverability checks) are appended to the log as those parts will.
+import { mkdirSync } from 'node:fs';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -260,6 +261,30 @@ test('the state check: full pools (with hysteresis), RPO, bitmap, paused, recove
   await s.alerts.check();
   assert.deepEqual(rules(), []);
   assert.equal(s.events.query({ action: 'alert.resolve' }).length, 5);
+});
+
+test('repository.full watches a repository that only backups used, as well as those of repository jobs', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  // Any real file system is "full" at 0.001%.
+  const s = open(dir.path, empty(), { fullPercent: 0.001 });
+  t.after(() => s.close());
+  const backupOnly = join(dir.path, 'backup-only');
+  mkdirSync(backupOnly);
+  const j = s.jobs.start({ kind: 'vm.backup', target: 'app1', actor: 'tester' }, async () => ({
+    snapshot: 'x',
+    repository: backupOnly,
+  }));
+  await ended(s.jobs, j.id);
+  await runJob(s.jobs, 'repository.verify', dir.path);
+  await s.alerts.check();
+  assert.deepEqual(
+    s.alerts
+      .list({ state: 'open', rule: 'repository.full' })
+      .map((a) => a.object)
+      .sort(),
+    [backupOnly, dir.path].sort(),
+  );
 });
 
 test('bad input: an unknown rule, a silence of no time, a missing alert; nothing is stored', async (t) => {

@@ -126,6 +126,12 @@ export class SiteAlerts {
     return RULES;
   }
 
+  /** How many alerts are open, per rule (every rule, zero included). */
+  openCounts(): { rule: string; severity: string; open: number }[] {
+    const open = this.store.openByRule();
+    return RULES.map((r) => ({ rule: r.name, severity: r.severity, open: open.get(r.name) ?? 0 }));
+  }
+
   list(q: AlertQuery = {}): Alert[] {
     if (q.rule !== undefined) this.knownRule(q.rule);
     const now = Date.now();

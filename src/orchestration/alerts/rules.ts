@@ -36,6 +36,13 @@ export const RULES = [
     description: 'an object does not comply with its policy (e.g. its last backup is older than allowed)',
   },
   {
+    name: 'objective.noncompliant',
+    severity: 'warning',
+    source: 'event',
+    description:
+      'a group or business service does not meet its service objective (RPO, history, rehearsal cadence, RTO or backup age); resolves when it does',
+  },
+  {
     name: 'verify.damage',
     severity: 'critical',
     source: 'event',
@@ -160,6 +167,16 @@ export function eventSignals(e: RuleEvent, job?: JobFacts): Signal[] {
       return [
         {
           rule: 'policy.noncompliant',
+          object: e.target,
+          firing: e.outcome === 'warning' || e.outcome === 'failed',
+          message: e.message,
+          ...withDetails(e),
+        },
+      ];
+    case 'objective.compliance':
+      return [
+        {
+          rule: 'objective.noncompliant',
           object: e.target,
           firing: e.outcome === 'warning' || e.outcome === 'failed',
           message: e.message,

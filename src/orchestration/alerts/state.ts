@@ -18,14 +18,20 @@ export interface StateParts {
 }
 
 /**
- * The repositories the site uses: those its repository jobs (verify, gc, prune) were run on. A
- * backup's repository joins once one of those has run on it (or, with policies, once a policy names it).
+ * The repositories the site uses: those its repository jobs (verify, gc, prune) were run on, and
+ * those its backups went into (a backup job's result names its repository), so that a repository
+ * only ever backed up into is watched too.
  */
 function repositories(db: Database): string[] {
   return (
-    db.prepare("SELECT DISTINCT target FROM jobs WHERE kind LIKE 'repository.%'").all() as {
-      target: string;
-    }[]
+    db
+      .prepare(
+        `SELECT target FROM jobs WHERE kind LIKE 'repository.%'
+         UNION SELECT json_extract(result, '$.repository') FROM jobs
+           WHERE kind IN ('vm.backup', 'volume.backup') AND state = 'succeeded'
+             AND json_extract(result, '$.repository') IS NOT NULL`,
+      )
+      .all() as { target: string }[]
   ).map((r) => r.target);
 }
 

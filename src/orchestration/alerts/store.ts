@@ -73,6 +73,14 @@ export class AlertStore {
     return r && toAlert(r);
   }
 
+  /** Open alerts per rule (for the metrics gauge: no row limit, one grouped query). */
+  openByRule(): Map<string, number> {
+    const rows = this.db
+      .prepare("SELECT rule, count(*) AS n FROM alerts WHERE state = 'open' GROUP BY rule")
+      .all() as { rule: string; n: number }[];
+    return new Map(rows.map((r) => [r.rule, r.n]));
+  }
+
   list(q: { state?: 'open' | 'resolved'; rule?: string; limit?: number }): Alert[] {
     const where: string[] = [];
     const args: string[] = [];

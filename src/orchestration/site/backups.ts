@@ -109,7 +109,8 @@ export class SiteBackups extends SiteDomain {
         this.exports.refresh();
         const result = backupResult(m, transport);
         this.backedUp(r, result);
-        return result;
+        // The repository is named so that the alerts watch its file system (alerts/state.ts).
+        return { ...result, repository: r.location };
       } finally {
         release();
       }

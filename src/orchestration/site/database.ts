@@ -105,6 +105,29 @@ const MIGRATIONS: string[] = [
      id INTEGER PRIMARY KEY AUTOINCREMENT, channel INTEGER NOT NULL REFERENCES alert_channels(id) ON DELETE CASCADE,
      payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL,
      last_error TEXT, created_at TEXT NOT NULL);`,
+  // issue 17: per paired site, where each of its networks goes on a recovery and a rehearsal
+  `CREATE TABLE network_maps (
+     peer TEXT NOT NULL, source TEXT NOT NULL, recovery TEXT NOT NULL, rehearsal TEXT,
+     updated_at TEXT NOT NULL, PRIMARY KEY (peer, source));`,
+  // issue 17: the reports of DR operations (kept beyond their jobs), service objectives, where
+  // they are applied (a group or a business service), and the last compliance judged of each
+  `CREATE TABLE dr_reports (
+     id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, groups TEXT NOT NULL,
+     outcome TEXT NOT NULL, actor TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT NOT NULL,
+     report TEXT NOT NULL);
+   CREATE INDEX dr_reports_ended ON dr_reports(ended_at);
+   CREATE TABLE objectives (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at TEXT NOT NULL,
+     updated_at TEXT NOT NULL);
+   CREATE TABLE objective_assignments (
+     kind TEXT NOT NULL CHECK (kind IN ('group', 'service')), target TEXT NOT NULL,
+     objective TEXT NOT NULL REFERENCES objectives(name), assigned_at TEXT NOT NULL,
+     PRIMARY KEY (kind, target));
+   CREATE TABLE objective_compliance (
+     kind TEXT NOT NULL, target TEXT NOT NULL, objective TEXT NOT NULL, compliant INTEGER NOT NULL,
+     reasons TEXT NOT NULL, checked_at TEXT NOT NULL, PRIMARY KEY (kind, target));`,
+  // issue 16: pools served by out-of-process storage providers (the token stays in its file)
+  `CREATE TABLE provider_pools (
+     name TEXT PRIMARY KEY, url TEXT NOT NULL, token_file TEXT NOT NULL, registered_at TEXT NOT NULL);`,
 ];
 
 export function openDatabase(path: string): Db {

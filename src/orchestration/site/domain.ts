@@ -3,6 +3,7 @@ import type { CapabilitySet, StorageExports, StorageService } from '../../storag
 import type { ComputeService } from './compute.js';
 import type { EventLog } from './events.js';
 import type { JobManager } from './jobs.js';
+import type { ProviderPools } from './provider-pools.js';
 
 /** Who asks: recorded in jobs and events. */
 export type Actor = string;
@@ -20,6 +21,8 @@ export interface SiteParts {
   fencedBy?: (vm: string) => string | undefined;
   /** Policies, as storage needs them: where a new volume goes, declared capabilities, adopting a volume. */
   policy?: PolicyHooks;
+  /** Pools of out-of-process storage providers: their registrations. */
+  providerPools?: ProviderPools;
 }
 
 export interface PolicyHooks {
@@ -49,6 +52,7 @@ export abstract class SiteDomain {
   private readonly replicatedBy: SiteParts['replicatedBy'];
   protected readonly fencedBy: SiteParts['fencedBy'];
   protected readonly policy: PolicyHooks | undefined;
+  protected readonly providerPools: ProviderPools | undefined;
 
   constructor(parts: SiteParts) {
     this.storage = parts.storage;
@@ -59,6 +63,7 @@ export abstract class SiteDomain {
     this.replicatedBy = parts.replicatedBy;
     this.fencedBy = parts.fencedBy;
     this.policy = parts.policy;
+    this.providerPools = parts.providerPools;
   }
 
   /** Refuses to delete (resize, revert) a volume or VM that a replication group holds: the replica would not follow. */
@@ -98,6 +103,38 @@ export abstract class SiteDomain {
         });
       throw err;
     }
+  }
+
+  /** `audited` for an operation that waits (on a storage provider): the event is recorded once it ended. */
+  protected async auditedAsync<T>(
+    actor: Actor,
+    action: string,
+    target: string,
+    fn: () => Promise<T>,
+    describe?: (r: T) => string,
+  ): Promise<T> {
+    let r: T;
+    try {
+      r = await fn();
+    } catch (err) {
+      if (err instanceof HavenError && err.code !== 'INTERNAL')
+        this.events.append({
+          actor,
+          action,
+          target,
+          outcome: 'failed',
+          message: `${action} ${target}: ${err.message}`,
+        });
+      throw err;
+    }
+    this.events.append({
+      actor,
+      action,
+      target,
+      outcome: 'ok',
+      message: describe?.(r) ?? `${action} ${target}`,
+    });
+    return r;
   }
 
   protected refuseIfRunning(volume: string, what: string): void {

@@ -24,8 +24,8 @@ async function openSite(t: { after: (fn: () => unknown) => void }): Promise<Site
 test('volumes: conflicts and bad input are refused before a job starts, and audited', async (t) => {
   const site = await openSite(t);
   const v = site.volumes;
-  v.createVolume('alice', 'v', 8 * MiB);
-  assert.throws(() => v.createVolume('alice', 'v', 8 * MiB), code('CONFLICT'));
+  await v.createVolume('alice', 'v', 8 * MiB);
+  await assert.rejects(() => v.createVolume('alice', 'v', 8 * MiB), code('CONFLICT'));
   assert.throws(
     () => v.importVolume('alice', { image: '/nonexistent.img', name: 'w' }),
     code('INVALID_ARGUMENT', /image \/nonexistent\.img does not exist on this site/),
@@ -34,7 +34,7 @@ test('volumes: conflicts and bad input are refused before a job starts, and audi
   const job = v.createSnapshot('alice', 'v', 's1');
   assert.equal((await site.jobs.wait(job.id)).state, 'succeeded');
   assert.throws(() => v.createSnapshot('alice', 'v', 's1'), code('CONFLICT', /already has a snapshot s1/));
-  assert.throws(() => v.deleteVolume('alice', 'nope'), code('NOT_FOUND'));
+  await assert.rejects(() => v.deleteVolume('alice', 'nope'), code('NOT_FOUND'));
   v.addBitmap('bob', 'v', 'b');
   assert.deepEqual(
     v.listBitmaps('v').map((b) => b.name),
@@ -51,7 +51,7 @@ test('backups: the transports follow the listeners; a transport not offered or a
   const site = await openSite(t);
   assert.deepEqual(site.backups.transports(), ['san', 'hotadd']);
   assert.deepEqual(site.info().transports, ['san', 'hotadd']);
-  site.volumes.createVolume('a', 'v', 4 * MiB);
+  await site.volumes.createVolume('a', 'v', 4 * MiB);
   const repo = { repo: join(site.dataDir, 'no-repo') };
   assert.throws(
     () => site.backups.backup('a', { volume: 'v' }, repo, { transport: 'nbds' }),
@@ -69,7 +69,7 @@ test('backups: the transports follow the listeners; a transport not offered or a
 test('vms: a VM that does not run cannot be stopped; a network in use by nothing can go', async (t) => {
   const site = await openSite(t);
   site.vms.createNetwork('a', 'n1', 'isolated');
-  site.volumes.createVolume('a', 'disk', 4 * MiB);
+  await site.volumes.createVolume('a', 'disk', 4 * MiB);
   site.vms.createVm('a', 'vm1', {
     cpus: 1,
     memoryMiB: 64,
@@ -79,8 +79,8 @@ test('vms: a VM that does not run cannot be stopped; a network in use by nothing
   });
   assert.throws(() => site.vms.stopVm('a', 'vm1', {}), code('CONFLICT', /VM vm1 is defined, not running/));
   // The VM's disk cannot be deleted under it.
-  assert.throws(() => site.volumes.deleteVolume('a', 'disk'), code('CONFLICT', /disk of VM\(s\) vm1/));
+  await assert.rejects(() => site.volumes.deleteVolume('a', 'disk'), code('CONFLICT', /disk of VM\(s\) vm1/));
   site.vms.deleteVm('a', 'vm1');
-  site.volumes.deleteVolume('a', 'disk');
+  await site.volumes.deleteVolume('a', 'disk');
   site.vms.deleteNetwork('a', 'n1');
 });

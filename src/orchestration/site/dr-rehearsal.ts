@@ -3,6 +3,7 @@ import type { StorageExports, StorageService } from '../../storage/index.js';
 import { parseHeartbeat, waitForHeartbeat } from './check-heartbeat.js';
 import type { ComputeService } from './compute.js';
 import { now } from './database.js';
+import type { NetworkMaps } from './network-maps.js';
 import type { JobContext } from './jobs.js';
 import type { RecoveredCheckpoint, RehearsalRecord } from './replication-groups.js';
 import type { SiteReplication } from './replication.js';
@@ -23,6 +24,8 @@ export interface RehearsalReport {
   group: string;
   checkpoint: RecoveredCheckpoint;
   network?: string;
+  /** Source networks whose NICs joined their stored rehearsal network instead. */
+  networkMap?: Record<string, string>;
   vms: { name: string; of: string; passed: boolean; detail: string; bootSeconds?: number }[];
   passed: boolean;
   startedAt: string;
@@ -34,6 +37,8 @@ export interface RehearsalHost {
   compute: ComputeService;
   storage: StorageService;
   exports: StorageExports;
+  /** The stored network maps per peer: their rehearsal networks, where set. */
+  networkMaps?: NetworkMaps;
 }
 
 const SUFFIX = '-rehearsal';
@@ -49,16 +54,34 @@ export function planRehearsal(host: RehearsalHost, req: RehearsalRequest): Rehea
   if (!config.vms?.length)
     throw conflict(`replication group ${req.group}: site ${peer} never described its VMs to this site`);
   if (req.network !== undefined) host.compute.network(req.network); // NOT_FOUND names it
-  const network = req.network ?? `${req.group}${SUFFIX}`;
+  // Without --network, the stored rehearsal networks of the peer's networks; the rest join one made here.
+  const stored = req.network === undefined ? (host.networkMaps?.rehearsal(peer) ?? {}) : {};
+  const sources = [...new Set(config.vms.flatMap((v) => v.definition.nics.map((n) => n.network)))];
+  const nicNetworks = Object.fromEntries(sources.filter((n) => stored[n]).map((n) => [n, stored[n]!]));
+  for (const n of Object.values(nicNetworks)) host.compute.network(n); // deleted since it was mapped?
+  const allMapped = sources.length > 0 && sources.every((n) => nicNetworks[n]);
+  const network = req.network ?? (allMapped ? undefined : `${req.group}${SUFFIX}`);
   const taken = (what: string, name: string) =>
     conflict(`a ${what} named ${name} exists at this site already: the rehearsal needs the name`);
-  if (req.network === undefined && host.compute.listNetworks().some((n) => n.name === network))
+  if (
+    req.network === undefined &&
+    network !== undefined &&
+    host.compute.listNetworks().some((n) => n.name === network)
+  )
     throw taken('network', network);
   const volumes = config.volumes.map((v) => `${v}${SUFFIX}`);
   for (const v of volumes) if (host.storage.listVolumes().some((x) => x.name === v)) throw taken('volume', v);
   const vms = config.vms.map((v) => ({ name: `${v.name}${SUFFIX}`, of: v.name }));
   for (const v of vms) if (host.compute.listVms().some((x) => x.name === v.name)) throw taken('VM', v.name);
-  return { startedAt: now(), checkpoint, vms, volumes, network, madeNetwork: req.network === undefined };
+  return {
+    startedAt: now(),
+    checkpoint,
+    vms,
+    volumes,
+    ...(network !== undefined ? { network } : {}),
+    madeNetwork: req.network === undefined && network !== undefined,
+    ...(Object.keys(nicNetworks).length ? { nicNetworks } : {}),
+  };
 }
 
 /**
@@ -82,7 +105,7 @@ export async function runRehearsal(
   config.volumes.forEach((v, i) => host.storage.clone(v, record.checkpoint.snapshot, record.volumes[i]!));
   host.exports.refresh();
   ctx.log(
-    `checkpoint ${record.checkpoint.seq} of ${record.checkpoint.time} cloned to ${record.volumes.join(', ')}; network ${record.network}`,
+    `checkpoint ${record.checkpoint.seq} of ${record.checkpoint.time} cloned to ${record.volumes.join(', ')}; network ${[record.network, ...Object.values(record.nicNetworks ?? {})].filter(Boolean).join(', ')}`,
   );
   const report: RehearsalReport['vms'] = [];
   for (const [i, v] of config.vms!.entries()) {
@@ -94,7 +117,7 @@ export async function runRehearsal(
         const k = config.sourceVolumes.indexOf(d.volume);
         return { ...d, volume: k >= 0 ? record.volumes[k]! : d.volume };
       }),
-      nics: def.nics.map(() => ({ network: record.network! })),
+      nics: def.nics.map((n) => ({ network: record.nicNetworks?.[n.network] ?? record.network! })),
     });
     const t0 = Date.now();
     try {
@@ -115,6 +138,7 @@ export async function runRehearsal(
     group: req.group,
     checkpoint: record.checkpoint,
     ...(record.network ? { network: record.network } : {}),
+    ...(record.nicNetworks ? { networkMap: record.nicNetworks } : {}),
     vms: report,
     passed: report.every((v) => v.passed),
     startedAt: record.startedAt,

@@ -88,7 +88,8 @@ export async function cleanupService(
   return { service: s.name, removed };
 }
 
-async function tierByTier<T>(
+/** Runs `run` for each tier in order, the service's boot delay between tiers; the report of each. */
+export async function tierByTier<T>(
   s: BusinessService,
   ctx: JobContext,
   run: (tier: number) => Promise<T[]>,

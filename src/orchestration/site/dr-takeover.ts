@@ -2,6 +2,7 @@ import { conflict, errorMessage, invalidArgument } from '../../common/index.js';
 import { REPLICA_LABEL, type StorageService } from '../../storage/index.js';
 import type { ComputeService, VmDefinition } from './compute.js';
 import type { JobContext } from './jobs.js';
+import type { NetworkMaps } from './network-maps.js';
 import type { RecoveredCheckpoint, TargetConfig } from './replication-groups.js';
 import type { CheckpointAnswer } from './replication-runners.js';
 import type { SiteReplication } from './replication.js';
@@ -49,6 +50,8 @@ export interface TakeoverHost {
   replication: SiteReplication;
   compute: ComputeService;
   storage: StorageService;
+  /** The stored network maps per peer (an operation's own map wins over them). */
+  networkMaps?: NetworkMaps;
 }
 
 /** Checks a takeover of `req.group` at this site; throws, changing nothing, when it cannot be done. */
@@ -60,8 +63,9 @@ export function planTakeover(host: TakeoverHost, req: TakeoverRequest): Takeover
       `replication group ${req.group}: site ${peer} never described its VMs to this site (an older Haven, or not since); start its daemon once, or define the VMs by hand over clones of a checkpoint`,
     );
   const label = `${peer}/${req.group}`;
+  const networkMap = { ...host.networkMaps?.recovery(peer), ...req.networkMap };
   const vms = config.vms.map((v) => {
-    const definition = mapped(host, v.definition, config, req);
+    const definition = mapped(host, v.definition, config, networkMap);
     const here = host.compute.listVms().find((x) => x.name === v.name);
     if (!here) return { name: v.name, definition, reuse: false };
     // The group's own VM, left here by a migrate away (a failback): its disks are the replicas.
@@ -132,7 +136,7 @@ function mapped(
   host: TakeoverHost,
   def: VmDefinition,
   config: { sourceVolumes: string[]; volumes: string[] },
-  req: TakeoverRequest,
+  networkMap: Record<string, string>,
 ): VmDefinition {
   const disks = def.disks.map((d) => {
     const i = config.sourceVolumes.indexOf(d.volume);
@@ -144,10 +148,10 @@ function mapped(
     return { ...d, volume };
   });
   const nics = def.nics.map((n) => {
-    const network = req.networkMap?.[n.network] ?? n.network;
+    const network = networkMap[n.network] ?? n.network;
     if (!host.compute.listNetworks().some((x) => x.name === network))
       throw invalidArgument(
-        `network ${network}${network !== n.network ? ` (mapped from ${n.network})` : ''} does not exist at this site: create it or map ${n.network} to one with --network-map ${n.network}=NAME`,
+        `network ${network}${network !== n.network ? ` (mapped from ${n.network})` : ''} does not exist at this site: create it, or map ${n.network} to a network of this site (haven network map add, or --network-map ${n.network}=NAME)`,
       );
     return { network };
   });

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { HavenError, conflict, errorMessage, invalidArgument, logger } from '../../common/index.js';
 import { SiteDomain, type Actor, type SiteParts } from './domain.js';
 import type { Job, JobContext } from './jobs.js';
@@ -27,14 +28,22 @@ import {
   planServiceTakeover,
   runServiceRehearsal,
   runServiceTakeover,
+  tierByTier,
+  type ServiceReport,
 } from './dr-services.js';
 import { BusinessServices, type BusinessService } from './services.js';
+import { planEvacuation, runEvacuation, type EvacuateHost, type EvacuateRequest } from './dr-evacuate.js';
+import { NetworkMaps, type NetworkMapEntry } from './network-maps.js';
 import type { Db } from './database.js';
+import { DrReports } from './dr-reports.js';
+import type { Objective } from './objectives.js';
 
 export type { TakeoverReport, TakeoverRequest } from './dr-takeover.js';
 export type { ServiceReport } from './dr-services.js';
 export type { BusinessService } from './services.js';
+export type { NetworkMapEntry } from './network-maps.js';
 export type { RehearsalReport, RehearsalRequest } from './dr-rehearsal.js';
+export type { EvacuateReport, EvacuateRequest } from './dr-evacuate.js';
 
 const log = logger('dr');
 
@@ -46,6 +55,12 @@ export interface MigrateRequest {
   verify?: boolean;
   /** Source network → network of the target site. */
   networkMap?: Record<string, string>;
+}
+
+/** A business service's resync: each group's answer, in tier order. */
+export interface ServiceResync {
+  service: string;
+  groups: ReplicationGroupAnswer[];
 }
 
 /** What a migrate did. */
@@ -75,15 +90,23 @@ export class SiteDr extends SiteDomain {
   private readonly host: TakeoverHost & RehearsalHost;
   /** Business services: groups in tiers (each site holds the definitions of both sides). */
   readonly services: BusinessServices;
+  /** The reports of DR operations, kept when their jobs end (dr-reports.ts). */
+  readonly reports: DrReports;
+  /** The service objective that applies to a group or service (set by the site: site-objectives.ts). */
+  objectiveFor: (target: string) => Objective | undefined = () => undefined;
+  /** Where each paired site's networks go here on a recovery and a rehearsal. */
+  readonly networkMaps: NetworkMaps;
 
   constructor(
     parts: SiteParts,
     private readonly replication: SiteReplication,
     private readonly links: PeerLinks,
     db: Db,
+    private readonly site: string,
   ) {
     super(parts);
     this.services = new BusinessServices(db, (n) => replication.hasGroup(n));
+    this.reports = new DrReports(db, site);
     links.handle('dr.service.put', async (_peer, args) =>
       this.services.put(serviceArgs(args), { replace: true }),
     );
@@ -92,9 +115,42 @@ export class SiteDr extends SiteDomain {
       if (typeof name === 'string' && this.services.find(name)) this.services.delete(name);
       return { name };
     });
-    this.host = { replication, compute: this.compute, storage: this.storage, exports: this.exports };
+    this.networkMaps = new NetworkMaps(
+      db,
+      (n) => links.get(n),
+      (n) => this.compute.network(n),
+    );
+    this.host = {
+      replication,
+      compute: this.compute,
+      storage: this.storage,
+      exports: this.exports,
+      networkMaps: this.networkMaps,
+    };
     links.handle('dr.promote', (peer, args) => this.promoteFor(peer, args));
     links.handle('dr.reverse', (peer, args) => this.reverseFor(peer, args));
+  }
+
+  /** Stores where a paired site's network goes here on a recovery (and a rehearsal). */
+  mapNetwork(
+    actor: Actor,
+    e: { peer: string; source: string; recovery: string; rehearsal?: string },
+  ): NetworkMapEntry {
+    return this.audited(
+      actor,
+      'network.map',
+      `${e.peer}/${e.source}`,
+      () => this.networkMaps.put(e),
+      (m) =>
+        `network ${m.source} of site ${m.peer} maps to ${m.recovery} here${m.rehearsal ? `, to ${m.rehearsal} in rehearsals` : ''}`,
+    );
+  }
+
+  unmapNetwork(actor: Actor, peer: string, source: string): { peer: string; source: string } {
+    return this.audited(actor, 'network.unmap', `${peer}/${source}`, () => {
+      this.networkMaps.delete(peer, source);
+      return { peer, source };
+    });
   }
 
   /**
@@ -139,8 +195,10 @@ export class SiteDr extends SiteDomain {
       throw conflict(
         `site ${plan.peer} answers: a takeover now would let group ${req.group} run at both sites; stop its VMs there and migrate, or take over with --force (the source then fences itself as soon as it asks)`,
       );
-    return this.jobs.start({ kind: 'dr.takeover', target: req.group, actor }, (ctx) =>
-      runTakeover(this.host, plan, { start: req.start !== false, peerReachable }, ctx),
+    return this.reported(
+      this.jobs.start({ kind: 'dr.takeover', target: req.group, actor }, (ctx) =>
+        runTakeover(this.host, plan, { start: req.start !== false, peerReachable }, ctx),
+      ),
     );
   }
 
@@ -152,23 +210,42 @@ export class SiteDr extends SiteDomain {
     const service = this.services.find(req.group);
     if (service) {
       const plans = planServiceRehearsal(this.host, service, req);
-      return this.jobs.start({ kind: 'dr.rehearse', target: service.name, actor }, (ctx) =>
-        runServiceRehearsal(this.host, service, plans, ctx),
+      return this.reported(
+        this.jobs.start({ kind: 'dr.rehearse', target: service.name, actor }, (ctx) =>
+          runServiceRehearsal(this.host, service, plans, ctx),
+        ),
       );
     }
     const record = planRehearsal(this.host, req);
-    return this.jobs.start({ kind: 'dr.rehearse', target: req.group, actor }, async (ctx) => {
-      const report = await runRehearsal(this.host, req, record, ctx);
-      if (!report.passed)
-        throw new HavenError(
-          'CORRUPT',
-          `rehearsal of group ${req.group} failed: ${report.vms
-            .filter((v) => !v.passed)
-            .map((v) => `${v.name}: ${v.detail}`)
-            .join('; ')} (its VMs stay up until haven dr cleanup ${req.group})`,
-        );
-      return report;
+    return this.reported(
+      this.jobs.start({ kind: 'dr.rehearse', target: req.group, actor }, async (ctx) => {
+        const report = await runRehearsal(this.host, req, record, ctx);
+        if (!report.passed)
+          throw new HavenError(
+            'CORRUPT',
+            `rehearsal of group ${req.group} failed: ${report.vms
+              .filter((v) => !v.passed)
+              .map((v) => `${v.name}: ${v.detail}`)
+              .join('; ')} (its VMs stay up until haven dr cleanup ${req.group})`,
+          );
+        return report;
+      }),
+    );
+  }
+
+  /** Keeps the job's report when it ends, whatever the end (dr-reports.ts). */
+  private reported(job: Job, groupsOf?: string[]): Job {
+    const service = this.services.find(job.target);
+    const groups = groupsOf ?? (service ? service.tiers.flat() : [job.target]);
+    void this.jobs.wait(job.id).then((end) => {
+      try {
+        const o = this.objectiveFor(job.target);
+        this.reports.record(end, this.jobs.logOf(job.id), groups, o);
+      } catch (err) {
+        log.error({ job: job.id, err: errorMessage(err) }, 'the DR report could not be kept');
+      }
     });
+    return job;
   }
 
   /** Removes every trace of a group's rehearsal. */
@@ -192,40 +269,172 @@ export class SiteDr extends SiteDomain {
    * must answer), sending only the extents whose checksums differ; it runs as replication does,
    * `haven replication show` follows it.
    */
-  resync(actor: Actor, group: string, opts: { rpoSeconds?: number } = {}): Promise<ReplicationGroupAnswer> {
+  resync(
+    actor: Actor,
+    group: string,
+    opts: { rpoSeconds?: number } = {},
+  ): Promise<ReplicationGroupAnswer | ServiceResync> {
+    const service = this.services.find(group);
+    if (service) return this.resyncService(actor, service, opts);
     return this.replication.reverse(actor, group, opts);
   }
 
-  /** A planned migrate of a group replicated from this site to its target, with no data lost. */
+  /**
+   * The resync of every group of a business service taken over here, in tier order; every group
+   * is checked first (taken over by this site), so that a refusal changes nothing.
+   */
+  private async resyncService(
+    actor: Actor,
+    s: BusinessService,
+    opts: { rpoSeconds?: number },
+  ): Promise<ServiceResync> {
+    for (const g of s.tiers.flat()) this.replication.checkReversible(g);
+    const groups: ReplicationGroupAnswer[] = [];
+    for (const g of s.tiers.flat()) groups.push(await this.replication.reverse(actor, g, opts));
+    return { service: s.name, groups };
+  }
+
+  /**
+   * A planned migrate, with no data lost, of a group replicated from this site to its target —
+   * or of a business service: every group checked first, the VMs stopped last tier first, then
+   * each group switched and its VMs started at the target tier by tier.
+   */
   async migrate(actor: Actor, req: MigrateRequest): Promise<Job> {
-    const { peer, config, runner } = this.replication.sourceOf(req.group);
+    const grace = req.graceSeconds ?? 60;
+    if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
+    const service = this.services.find(req.group);
+    const groups = service ? service.tiers.flat() : [req.group];
+    const plans = new Map<string, { peer: string; vms: string[] }>();
+    for (const group of groups) plans.set(group, await this.checkMigrate(group));
+    if (!service)
+      return this.reported(
+        this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, async (ctx) => {
+          const plan = plans.get(req.group)!;
+          const firstStop = Date.now();
+          const stopped = await this.stopForMigrate(plan.vms, grace, ctx);
+          return this.switchGroup(req, plan, stopped, firstStop, ctx, true);
+        }),
+      );
+    return this.reported(
+      this.jobs.start({ kind: 'dr.migrate', target: service.name, actor }, (ctx) =>
+        this.runServiceMigrate(service, req, plans, grace, ctx),
+      ),
+    );
+  }
+
+  /**
+   * Evacuate (dr-evacuate.ts): every business service (and lone group) replicated from this site,
+   * or with a VM on one of its hosts, migrates to its target in order; all checked first.
+   */
+  async evacuate(actor: Actor, req: EvacuateRequest): Promise<Job> {
+    const h: EvacuateHost = {
+      site: this.site,
+      compute: this.compute,
+      replication: this.replication,
+      services: this.services,
+      checkMigratable: async (g) => void (await this.checkMigrate(g)),
+      // The evacuation stopped the VMs (and starts them again on a failure): the switch only.
+      migrate: async (g, ctx) => {
+        const { peer, config } = this.replication.sourceOf(g);
+        return this.switchGroup(
+          {
+            group: g,
+            ...(req.verify !== undefined ? { verify: req.verify } : {}),
+            ...(req.networkMap ? { networkMap: req.networkMap } : {}),
+          },
+          { peer, vms: config.vms },
+          [],
+          Date.now(),
+          ctx,
+          false,
+        );
+      },
+    };
+    const units = await planEvacuation(h, req);
+    return this.reported(
+      this.jobs.start(
+        { kind: 'dr.evacuate', target: req.host !== undefined ? `host:${req.host}` : this.site, actor },
+        (ctx) => runEvacuation(h, req, units, ctx),
+      ),
+      units.flatMap((u) => u.tiers.flat()),
+    );
+  }
+
+  /**
+   * Failback of a group or service that runs here after a takeover or a migrate: the groups not
+   * yet replicating back are resynced (only what differs is sent), the job waits until every one
+   * replicates current, then migrates back (its own `dr.migrate` job, whose report it returns).
+   */
+  failback(actor: Actor, req: MigrateRequest): Job {
+    const service = this.services.find(req.group);
+    const groups = service ? service.tiers.flat() : [req.group];
+    const toResync: string[] = [];
+    const roles = new Map(this.replication.list().map((x) => [x.name, x.role]));
+    for (const g of groups) {
+      if (!roles.has(g)) this.replication.checkReversible(g); // NOT_FOUND names it
+      if (roles.get(g) === 'source') {
+        this.replication.sourceOf(g); // a fenced one is refused, naming who runs it
+        continue;
+      }
+      try {
+        this.replication.checkReversible(g);
+      } catch {
+        throw conflict(
+          `replication group ${g} neither replicates from this site nor was taken over here: nothing to fail back (run it where the group runs now)`,
+        );
+      }
+      toResync.push(g);
+    }
+    return this.reported(
+      this.jobs.start({ kind: 'dr.failback', target: req.group, actor }, async (ctx) => {
+        for (const g of toResync) {
+          const r = await this.replication.reverse(actor, g, {});
+          ctx.log(`group ${g} resyncs back to site ${r.peer}, sending only what differs`);
+        }
+        ctx.progress(0, 0, 'waiting for the replicas to be current');
+        for (const g of groups)
+          for (;;) {
+            const st = this.replication.sourceOf(g).runner.gateway.status();
+            if (st.mode === 'replicating' && st.link === 'up' && st.applied) break;
+            if (ctx.signal.aborted) throw new HavenError('CANCELLED', 'failback cancelled');
+            await sleep(500, undefined, { signal: ctx.signal }).catch(() => undefined);
+          }
+        ctx.log(`every group replicates current: migrating ${req.group} back`);
+        const job = await this.migrate(actor, req);
+        ctx.log(`migrate job ${job.id}`);
+        const done = await this.jobs.wait(job.id);
+        if (done.state !== 'succeeded')
+          throw new HavenError(
+            done.errorCode ?? 'INTERNAL',
+            `the migrate back (job ${job.id}) failed: ${done.error ?? done.state}`,
+          );
+        return done.result;
+      }),
+    );
+  }
+
+  /** Refuses a migrate of `group` unless it replicates current with its link up and its target answers. */
+  private async checkMigrate(group: string): Promise<{ peer: string; vms: string[] }> {
+    const { peer, config, runner } = this.replication.sourceOf(group);
     const state = runner.gateway.status();
     if (state.mode !== 'replicating' || state.link !== 'up')
       throw conflict(
-        `replication group ${req.group} is ${state.mode === 'replicating' ? 'replicating but its link is down' : state.mode}: a migrate needs the replica current and the link up${state.mode === 'initial-sync' || state.mode === 'resyncing' ? ' (wait for the sync to complete)' : ''}`,
+        `replication group ${group} is ${state.mode === 'replicating' ? 'replicating but its link is down' : state.mode}: a migrate needs the replica current and the link up${state.mode === 'initial-sync' || state.mode === 'resyncing' ? ' (wait for the sync to complete)' : ''}`,
       );
     if (!(await this.reachable(peer)))
       throw conflict(
         `site ${peer} does not answer: a migrate needs both sites; if this site is being lost, take over at ${peer}`,
       );
-    const grace = req.graceSeconds ?? 60;
-    if (!Number.isFinite(grace) || grace < 0) throw invalidArgument(`grace ${grace}: seconds, at least 0`);
-    return this.jobs.start({ kind: 'dr.migrate', target: req.group, actor }, (ctx) =>
-      this.runMigrate(req, peer, config.vms, grace, ctx),
-    );
+    return { peer, vms: config.vms };
   }
 
-  private async runMigrate(
-    req: MigrateRequest,
-    peer: string,
+  /** Stops the VMs in reverse order (the last to start, the first to stop): ACPI, hard after `grace`. */
+  private async stopForMigrate(
     vms: string[],
     grace: number,
     ctx: JobContext,
-  ): Promise<MigrateReport> {
-    const group = req.group;
+  ): Promise<MigrateReport['stopped']> {
     const stopped: MigrateReport['stopped'] = [];
-    const firstStop = Date.now();
-    // Stopped in reverse order (the last to start, the first to stop).
     for (const vm of [...vms].reverse()) {
       if (this.compute.vm(vm).state !== 'running') continue;
       ctx.log(`stopping VM ${vm} (ACPI power-off, hard after ${grace} s)`);
@@ -237,16 +446,35 @@ export class SiteDr extends SiteDomain {
         forced: Date.now() - before >= grace * 1000,
       });
     }
-    const restart = async (why: string) => {
-      for (const s of [...stopped].reverse())
-        try {
-          this.compute.beginStart(s.name);
-          await this.compute.launch(s.name);
-        } catch (err) {
-          ctx.log(`VM ${s.name} could not be started again here: ${errorMessage(err)}`, 'error');
-        }
-      ctx.log(`migrate stopped before the switch (${why}); the VMs run here again`, 'error');
-    };
+    return stopped;
+  }
+
+  /** Starts again here the VMs a migrate stopped (in their start order), after it stopped before the switch. */
+  private async restartHere(stopped: MigrateReport['stopped'], why: string, ctx: JobContext): Promise<void> {
+    for (const s of [...stopped].reverse())
+      try {
+        this.compute.beginStart(s.name);
+        await this.compute.launch(s.name);
+      } catch (err) {
+        ctx.log(`VM ${s.name} could not be started again here: ${errorMessage(err)}`, 'error');
+      }
+    ctx.log(`migrate stopped before the switch (${why}); the VMs run here again`, 'error');
+  }
+
+  /**
+   * The switch of one group whose VMs are stopped: drain to a final checkpoint, verify, promote
+   * and start at the target, fence here, replicate back. Before the switch, a failure restarts
+   * the VMs here when `restartOnFailure`.
+   */
+  private async switchGroup(
+    req: MigrateRequest,
+    { peer, vms }: { peer: string; vms: string[] },
+    stopped: MigrateReport['stopped'],
+    firstStop: number,
+    ctx: JobContext,
+    restartOnFailure: boolean,
+  ): Promise<MigrateReport> {
+    const group = req.group;
     let switched = false;
     try {
       const { runner } = this.replication.sourceOf(group);
@@ -325,8 +553,59 @@ export class SiteDr extends SiteDomain {
         ...(reverseError ? { reverseError } : {}),
       };
     } catch (err) {
-      if (!switched && !this.replication.fencedGroupOfVm(vms[0]!)) await restart(errorMessage(err));
+      if (restartOnFailure && !switched && !this.replication.fencedGroupOfVm(vms[0]!))
+        await this.restartHere(stopped, errorMessage(err), ctx);
       throw err;
+    }
+  }
+
+  /**
+   * A business service's migrate: every VM of it stopped last tier first (the whole service is
+   * down from there, as it must be for no data to be lost across its tiers), then its groups
+   * switched tier by tier, so that the target starts them in order. A group that fails to switch
+   * stops the migrate: the groups before it run at their targets, it and the rest start here
+   * again, and the error names which moved.
+   */
+  private async runServiceMigrate(
+    s: BusinessService,
+    req: MigrateRequest,
+    plans: Map<string, { peer: string; vms: string[] }>,
+    grace: number,
+    ctx: JobContext,
+  ): Promise<ServiceReport<MigrateReport>> {
+    const firstStop = Date.now();
+    const stopped = new Map<string, MigrateReport['stopped']>();
+    for (const tier of [...s.tiers].reverse())
+      for (const g of [...tier].reverse())
+        stopped.set(g, await this.stopForMigrate(plans.get(g)!.vms, grace, ctx));
+    const moved: string[] = [];
+    try {
+      return await tierByTier(s, ctx, async (i) => {
+        const out: MigrateReport[] = [];
+        for (const g of s.tiers[i]!) {
+          out.push(
+            await this.switchGroup(
+              { ...req, group: g },
+              plans.get(g)!,
+              stopped.get(g)!,
+              firstStop,
+              ctx,
+              false,
+            ),
+          );
+          moved.push(g);
+        }
+        return out;
+      });
+    } catch (err) {
+      const rest = s.tiers.flat().filter((g) => !moved.includes(g));
+      for (const g of rest)
+        if (!this.replication.fencedGroupOfVm(plans.get(g)!.vms[0]!))
+          await this.restartHere(stopped.get(g)!, errorMessage(err), ctx);
+      throw new HavenError(
+        'CONFLICT',
+        `migrate of business service ${s.name} stopped: ${errorMessage(err)}; ${moved.length ? `groups ${moved.join(', ')} run at their target now` : 'no group moved'}${rest.length ? `, groups ${rest.join(', ')} were started here again where they were not fenced` : ''}`,
+      );
     }
   }
 
@@ -349,9 +628,10 @@ export class SiteDr extends SiteDomain {
     const plan = planTakeover(this.host, req);
     if (plan.peer !== peer.name)
       throw conflict(`replication group ${req.group} is replicated here from ${plan.peer}, not ${peer.name}`);
-    const job = this.jobs.start(
-      { kind: 'dr.takeover', target: req.group, actor: `site:${peer.name}` },
-      (ctx) => runTakeover(this.host, plan, { start: true, peerReachable: true }, ctx),
+    const job = this.reported(
+      this.jobs.start({ kind: 'dr.takeover', target: req.group, actor: `site:${peer.name}` }, (ctx) =>
+        runTakeover(this.host, plan, { start: true, peerReachable: true }, ctx),
+      ),
     );
     const end = await this.jobs.wait(job.id);
     if (end.state !== 'succeeded')
@@ -383,24 +663,22 @@ export class SiteDr extends SiteDomain {
       throw conflict(
         `site(s) ${answering.join(', ')} answer: a takeover now would let business service ${s.name} run at two sites; migrate its groups, or take over with --force`,
       );
-    return this.jobs.start({ kind: 'dr.takeover', target: s.name, actor }, (ctx) =>
-      runServiceTakeover(
-        this.host,
-        s,
-        plans,
-        { start: req.start !== false, peerReachable: answering.length > 0 },
-        ctx,
+    return this.reported(
+      this.jobs.start({ kind: 'dr.takeover', target: s.name, actor }, (ctx) =>
+        runServiceTakeover(
+          this.host,
+          s,
+          plans,
+          { start: req.start !== false, peerReachable: answering.length > 0 },
+          ctx,
+        ),
       ),
     );
   }
 
+  /** The peer's health settled now: its heartbeats answered, or missed up to the limit (peer-health.ts). */
   private async reachable(peer: string): Promise<boolean> {
-    try {
-      await this.links.call(peer, 'ping', {}, { timeoutMs: 3000 });
-      return true;
-    } catch {
-      return false;
-    }
+    return (await this.links.settle(peer)) === 'reachable';
   }
 }
 

@@ -10,6 +10,7 @@ export type { Recovery, RecoveryDisk } from './recovery.js';
 export { TRANSPORTS, type Transport } from '../../protection/index.js';
 export type { SitePeers, AcceptCredential } from './peers.js';
 export type { Peer } from './peer-store.js';
+export type { PeerHealth, PeerState } from './peer-health.js';
 export type { PeerOffer } from './pairing.js';
 export type { ChannelHandler } from './peer-link.js';
 export type { PeerOperation } from './peer-rpc.js';
@@ -18,7 +19,11 @@ export type { CheckpointAnswer, SourceGroupStatus, TargetGroupStatus } from './r
 export type {
   SiteDr,
   MigrateReport,
+  ServiceResync,
+  NetworkMapEntry,
   MigrateRequest,
+  EvacuateReport,
+  EvacuateRequest,
   RehearsalReport,
   RehearsalRequest,
   BusinessService,
@@ -35,3 +40,6 @@ export type { Compliance, ComplianceReason } from './compliance.js';
 export type { PoolAnswer } from './volumes.js';
 export type { ScheduleSpec, ScheduleOwnerSink } from './schedule-spec.js';
 export type { SiteAlerts, Alert, Silence, Channel, AddChannelRequest, RuleInfo } from '../alerts/index.js';
+export { reportText, type DrReport, type ReportSummary } from './dr-reports.js';
+export type { Objective, ObjectiveSpec, ObjectiveReason } from './objectives.js';
+export type { ObjectiveAnswer, ObjectiveCompliance } from './site-objectives.js';

@@ -22,6 +22,8 @@ export interface MetricSources {
   storage: StorageService;
   exports: StorageExports;
   replication: SiteReplication;
+  /** Open alerts per rule (every rule, zero included), read when scraped. */
+  openAlerts(): { rule: string; severity: string; open: number }[];
   /** The site's NBD servers and the `server` label of each. */
   nbdServers(): { server: string; nbd: NbdServer }[];
 }
@@ -209,6 +211,16 @@ export class SiteMetrics {
       "How full the source's replication journal is (0 to 1; full: the group falls back to bitmap mode)",
       (g) => g.source?.journal.fill,
     );
+    new Gauge({
+      name: 'haven_alerts_firing',
+      help: 'Open alerts per rule (silenced ones included: a silence only holds back notifications)',
+      labelNames: ['rule', 'severity'],
+      registers,
+      collect() {
+        this.reset();
+        for (const a of src()?.openAlerts() ?? []) this.set({ rule: a.rule, severity: a.severity }, a.open);
+      },
+    });
     collectDefaultMetrics({ register: this.registry });
   }
 

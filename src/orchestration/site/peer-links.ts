@@ -17,6 +17,8 @@ export interface PeerLinks {
   dial(peer: string, open: Record<string, unknown>): Promise<TLSSocket>;
   handle(op: string, fn: (peer: LinkPeer, args: unknown) => Promise<unknown>): void;
   call(peer: string, op: string, args: unknown, opts?: { timeoutMs?: number }): Promise<unknown>;
+  /** Whether `peer` answers, settled by its heartbeats now (reachable, or unreachable after the missed limit). */
+  settle(peer: string): Promise<'reachable' | 'unreachable'>;
   /** Throws NOT_FOUND when `name` is not a paired site. */
   get(name: string): LinkPeer;
 }

@@ -6,6 +6,7 @@ import type { EventLog } from './events.js';
 import type { SiteIdentity } from './identity.js';
 import { apiUrl, checkOffer, offerTo, type PeerOffer } from './pairing.js';
 import { PeerLinks, type ChannelHandler } from './peer-link.js';
+import { PeerHealthWatch, type HeartbeatOptions, type PeerHealth } from './peer-health.js';
 import { PeerRpc, type PeerOperation } from './peer-rpc.js';
 import { PeerStore, type Peer } from './peer-store.js';
 
@@ -29,17 +30,33 @@ export class SitePeers {
   private readonly links: PeerLinks;
   private readonly rpc: PeerRpc;
   private apiUrl: string | undefined;
+  /** Heartbeats to every paired site and the state of each (peer-health.ts). */
+  readonly health: PeerHealthWatch;
 
   constructor(
     db: Db,
     private readonly events: EventLog,
     private readonly site: string,
     private readonly identity: SiteIdentity,
+    heartbeat: HeartbeatOptions = {},
   ) {
     this.store = new PeerStore(db);
     this.links = new PeerLinks(site, identity, this.store, events);
     this.rpc = new PeerRpc(site, this.links);
     this.rpc.handle('ping', async () => site);
+    this.health = new PeerHealthWatch(
+      {
+        peers: () => this.store.list().map((p) => p.name),
+        ping: (peer, timeoutMs) => this.rpc.call(peer, 'ping', null, { timeoutMs }),
+      },
+      events,
+      heartbeat,
+    );
+  }
+
+  /** Whether `peer` answers, settled by heartbeats now (see PeerHealthWatch.settle). */
+  settle(peer: string): Promise<'reachable' | 'unreachable'> {
+    return this.health.settle(peer);
   }
 
   // ---- links -------------------------------------------------------------------------------
@@ -83,12 +100,14 @@ export class SitePeers {
 
   // ---- pairing -----------------------------------------------------------------------------
 
-  list(): Peer[] {
-    return this.store.list();
+  /** The paired sites, each with its health. */
+  list(): (Peer & { health: PeerHealth })[] {
+    return this.store.list().map((p) => ({ ...p, health: this.health.health(p.name) }));
   }
 
-  get(name: string): Peer {
-    return this.store.get(name);
+  get(name: string): Peer & { health: PeerHealth } {
+    const p = this.store.get(name);
+    return { ...p, health: this.health.health(p.name) };
   }
 
   /** What this site tells a site it pairs with. */
@@ -107,7 +126,10 @@ export class SitePeers {
    * stores it. It is asked first to only check (so that nothing is stored on either side when
    * either would refuse), then to pair.
    */
-  async pair(actor: Actor, req: { api: string; token: string; fingerprint?: string }): Promise<Peer> {
+  async pair(
+    actor: Actor,
+    req: { api: string; token: string; fingerprint?: string },
+  ): Promise<Peer & { health: PeerHealth }> {
     const api = apiUrl(req.api);
     if (!req.token.trim()) throw invalidArgument('the peer token is empty');
     const token = req.token.trim();
@@ -135,7 +157,7 @@ export class SitePeers {
         outcome: 'ok',
         message: `paired with site ${peer.name} (${fingerprint}) at ${api}`,
       });
-      return peer;
+      return { ...peer, health: this.health.health(peer.name) };
     } catch (err) {
       this.failed(actor, 'peer.pair', api, err);
       throw err;
@@ -211,6 +233,7 @@ export class SitePeers {
     try {
       const peer = this.store.get(name);
       this.store.remove(name);
+      this.health.forget(name);
       this.links.refresh();
       this.links.drop(name);
       this.events.append({
@@ -227,6 +250,7 @@ export class SitePeers {
   }
 
   close(): Promise<void> {
+    this.health.stop();
     return this.links.close();
   }
 

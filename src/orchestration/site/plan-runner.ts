@@ -127,8 +127,11 @@ async function runStep(
       return awaitJob(host, await host.dr.migrate(actor, { ...opts, group: step.target }), ctx);
     case 'cleanup':
       return (await host.dr.cleanup(actor, step.target)).removed.join(', ') || 'nothing was left';
-    case 'resync':
-      return `replicating to ${(await host.dr.resync(actor, step.target, opts as { rpoSeconds?: number })).peer}`;
+    case 'resync': {
+      const r = await host.dr.resync(actor, step.target, opts as { rpoSeconds?: number });
+      const groups = 'service' in r ? r.groups : [r];
+      return groups.map((g) => `${g.name} replicating to ${g.peer}`).join(', ');
+    }
     case 'start':
       return awaitJob(host, host.vms.startVm(actor, step.target), ctx);
     case 'stop':

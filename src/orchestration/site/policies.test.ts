@@ -222,12 +222,15 @@ test('a site: declared capabilities, placement of new volumes, assignment hands 
   });
   assert.deepEqual(rpo.requires, ['replication', 'tier=gold']);
 
-  assert.equal(site.volumes.createVolume('a', 'v1', 8 * MiB, undefined, { policy: 'gold' }).pool, 'repl');
-  assert.throws(
+  assert.equal(
+    (await site.volumes.createVolume('a', 'v1', 8 * MiB, undefined, { policy: 'gold' })).pool,
+    'repl',
+  );
+  await assert.rejects(
     () => site.volumes.createVolume('a', 'v2', 8 * MiB, 'default', { policy: 'gold' }),
     code('CONFLICT', /pool default does not satisfy policy gold: it lacks replication, tier=gold/),
   );
-  assert.equal(site.volumes.createVolume('a', 'plain', 8 * MiB).pool, 'default');
+  assert.equal((await site.volumes.createVolume('a', 'plain', 8 * MiB)).pool, 'default');
   assert.equal(p.policyOf('volume', 'v1')?.name, 'gold', 'a volume created under a policy has it');
   assert.deepEqual(calls.at(-1), [
     'policy:gold:v1',
@@ -278,7 +281,7 @@ test('a site: declared capabilities, placement of new volumes, assignment hands 
     'every object of an updated policy gets its new schedules',
   );
   assert.equal(
-    site.volumes.createVolume('a', 'v3', 8 * MiB, undefined, { vm: 'web' }).pool,
+    (await site.volumes.createVolume('a', 'v3', 8 * MiB, undefined, { vm: 'web' })).pool,
     'repl',
     "placed by the VM's policy",
   );
@@ -303,7 +306,7 @@ test('a site: declared capabilities, placement of new volumes, assignment hands 
   assert.equal(events.length, 1, 'an unchanged compliance is not a new event');
   assert.equal(events[0]!.outcome, 'warning');
 
-  site.volumes.deleteVolume('a', 'v1');
+  await site.volumes.deleteVolume('a', 'v1');
   assert.equal(p.policyOf('volume', 'v1'), undefined, 'a deleted volume loses its policy');
   assert.deepEqual(calls.at(-1), ['policy:gold:v1', []]);
   p.unassign('a', { vm: 'web' });

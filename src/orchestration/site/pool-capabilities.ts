@@ -38,7 +38,7 @@ export class PoolCapabilities {
 
   /** Replaces a pool's declared capabilities. */
   declare(pool: string, caps: CapabilitySet): void {
-    this.storage.pool(pool); // NOT_FOUND first
+    this.storage.poolInfo(pool); // NOT_FOUND first
     if (Object.keys(caps).length === 0) this.forget(pool);
     else
       this.db
@@ -54,12 +54,15 @@ export class PoolCapabilities {
 
   /** Everything a pool advertises. */
   of(pool: string): CapabilitySet {
-    return { ...this.storage.provider(pool).capabilities(), ...this.declared(pool) };
+    return { ...this.storage.capabilitiesOf(pool), ...this.declared(pool) };
   }
 
-  /** Every capability name a policy may require: Haven's own and any some pool declares. */
+  /** Every capability name a policy may require: Haven's own, any a provider advertises, and any some pool declares. */
   known(): string[] {
     const names = new Set<string>(BUILTIN_CAPABILITIES);
+    // What providers advertise may be required too (a vendor's own capability).
+    for (const p of this.storage.listPools())
+      for (const k of Object.keys(this.storage.capabilitiesOf(p.name))) names.add(k);
     const rows = this.db.prepare('SELECT declared FROM pool_capabilities').all() as { declared: string }[];
     for (const r of rows) for (const k of Object.keys(JSON.parse(r.declared) as CapabilitySet)) names.add(k);
     return [...names].sort();

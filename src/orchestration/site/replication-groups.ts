@@ -69,6 +69,8 @@ export interface RehearsalRecord {
   network?: string;
   /** The network was made for the rehearsal (and goes with its cleanup). */
   madeNetwork: boolean;
+  /** Source networks with a stored rehearsal network (haven network map): their NICs join it, the rest `network`. */
+  nicNetworks?: Record<string, string>;
 }
 
 export type GroupRow =

@@ -239,6 +239,16 @@ export class SiteReplication extends SiteDomain {
     return pickCheckpoint(name, this.replicaOf(name).checkpoints, which);
   }
 
+  /** Refuses a resync of a group that this site did not take over; the group's target side. */
+  checkReversible(name: string) {
+    const g = this.groups.get(name);
+    if (g.role !== 'target' || !g.config.takenOver)
+      throw conflict(
+        `replication group ${name} was not taken over by this site: a resync replicates a taken-over group back to its old source`,
+      );
+    return g;
+  }
+
   /**
    * Resync after a takeover: the group, taken over here, replicates back to its old source,
    * which holds a diverged copy; only what differs is sent (a seeded, checksum-compared sync).
@@ -248,11 +258,7 @@ export class SiteReplication extends SiteDomain {
     name: string,
     opts: Pick<EnableReplicationRequest, 'rpoSeconds' | 'checkpointSeconds' | 'bytesPerSecond'> = {},
   ): Promise<ReplicationGroupAnswer> {
-    const g = this.groups.get(name);
-    if (g.role !== 'target' || !g.config.takenOver)
-      throw conflict(
-        `replication group ${name} was not taken over by this site: a resync replicates a taken-over group back to its old source`,
-      );
+    const g = this.checkReversible(name);
     const vms = (g.config.vms ?? []).map((v) => v.name);
     return this.enable(
       actor,

@@ -39,19 +39,24 @@ import { SiteChecks } from './checks.js';
 import { SiteVolumes } from './volumes.js';
 import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
+import type { HeartbeatOptions } from './peer-health.js';
 import { SiteReplication } from './replication.js';
 import { SiteDr } from './dr.js';
 import { SitePlans } from './site-plans.js';
+import { SiteObjectives } from './site-objectives.js';
 import { SitePolicies } from './policies.js';
 import { PoolCapabilities, parseCapabilities } from './pool-capabilities.js';
 import type { ScheduleOwnerSink } from './schedule-spec.js';
 import { SiteMetrics } from './metrics.js';
+import { ProviderPools } from './provider-pools.js';
 import { SiteAlerts, type AlertOptions } from '../alerts/index.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
 /** How often every object's compliance with its policy is judged again (changes are events). */
 const COMPLIANCE_INTERVAL_MS = 60_000;
+/** How often out-of-process storage providers are asked for their health, capacity and volumes. */
+const PROVIDER_REFRESH_INTERVAL_MS = 60_000;
 
 export interface SiteOptions {
   dataDir: string;
@@ -89,6 +94,10 @@ export interface SiteOptions {
   schedules?: ScheduleOwnerSink;
   /** The alert state check's interval and thresholds, and how notifications are retried. */
   alerts?: AlertOptions;
+  /** How often every service objective's compliance is judged again (default 60 s). */
+  objectiveCheckMs?: number;
+  /** Heartbeats to paired sites: their interval, and how many missed make a peer unreachable. */
+  peerHeartbeat?: HeartbeatOptions;
 }
 
 export interface NbdTlsCertificates {
@@ -161,6 +170,8 @@ export class Site {
   readonly replication: SiteReplication;
   /** Disaster recovery over those groups: takeover, resync, migrate, rehearsal, services. */
   readonly dr: SiteDr;
+  /** Service objectives applied to groups and services, and their compliance. */
+  readonly objectives: SiteObjectives;
   /** DR plans: steps run as jobs, retried from the one that failed. */
   readonly plans: SitePlans;
   /** Storage policies: placement, compliance, remediation; and the pools' declared capabilities. */
@@ -169,6 +180,8 @@ export class Site {
   readonly metrics: SiteMetrics;
   /** Alerts, their silences and notification channels. */
   readonly alerts: SiteAlerts;
+  /** Pools of out-of-process storage providers (docs/provider-api.md). */
+  readonly providerPools: ProviderPools;
 
   private constructor(
     readonly name: string,
@@ -184,6 +197,7 @@ export class Site {
     metrics: SiteMetrics,
     schedules?: ScheduleOwnerSink,
     alertOptions: AlertOptions = {},
+    heartbeat: HeartbeatOptions = {},
   ) {
     this.metrics = metrics;
     this.transfers = new TransferSlots(maxTransfersPerHost);
@@ -203,7 +217,9 @@ export class Site {
     });
     this.recovery = new RecoveryService(db, storage, this.compute, this.jobs, exports, recoveryOptions);
     const capabilities = new PoolCapabilities(db, storage);
+    this.providerPools = new ProviderPools(db, storage);
     const parts = {
+      providerPools: this.providerPools,
       storage,
       exports,
       jobs: this.jobs,
@@ -243,9 +259,23 @@ export class Site {
     );
     this.vms = new SiteVms(parts, this.recovery);
     this.checks = new SiteChecks(parts, db, this.recovery, dataDir);
-    this.peers = new SitePeers(db, this.events, name, identity);
+    this.peers = new SitePeers(db, this.events, name, identity, heartbeat);
     this.replication = new SiteReplication(parts, db, this.peers, dataDir, name);
-    this.dr = new SiteDr(parts, this.replication, this.peers, db);
+    this.peers.health.takenOver = (peer) =>
+      this.replication
+        .list()
+        .filter((g) => g.role === 'target' && g.peer === peer && g.takenOver)
+        .map((g) => g.name);
+    this.dr = new SiteDr(parts, this.replication, this.peers, db, name);
+    this.objectives = new SiteObjectives(
+      db,
+      this.events,
+      this.replication,
+      this.dr.services,
+      this.dr.reports,
+      this.peers,
+    );
+    this.dr.objectiveFor = (t) => this.objectives.objectiveFor(t);
     this.plans = new SitePlans(parts, db, this.dr, this.vms, name);
     this.policies = new SitePolicies(parts, db, {
       capabilities,
@@ -259,6 +289,8 @@ export class Site {
       storage,
       exports,
       replication: this.replication,
+      // The alerts are made below; the gauge reads them only when scraped.
+      openAlerts: () => this.alerts.openCounts(),
       nbdServers: () => [
         { server: 'nbd', nbd },
         ...(this.nbds ? [{ server: 'nbds', nbd: this.nbds.server }] : []),
@@ -306,12 +338,16 @@ export class Site {
       db = openDatabase(join(dataDir, 'site.db'));
       const name = siteName(db, opts.name);
       if (storage.listPools().length === 0) storage.createPool('default');
+      // Volumes on out-of-process providers are served like any other: known before the exports.
+      const providers = new ProviderPools(db, storage);
+      await providers.loadAll();
       const exports = new StorageExports(storage, nbd);
       exports.refresh();
       const run = join(dataDir, 'run');
       mkdirSync(run, { recursive: true, mode: 0o700 });
       makePrivate(run, 0o700, log);
       const socket = join(run, 'nbd.sock');
+      storage.setLocalAccess((t) => `nbd+unix:///${encodeURIComponent(t)}?socket=${socket}`);
       const identity = await siteIdentity(dataDir, name);
       const site = new Site(
         name,
@@ -332,6 +368,7 @@ export class Site {
         metrics,
         opts.schedules,
         opts.alerts ?? {},
+        opts.peerHeartbeat ?? {},
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
@@ -371,7 +408,10 @@ export class Site {
       await site.checks.cleanupInterrupted();
       // Both sides of every group go on where they were (a crashed source rescans).
       site.replication.startAll();
+      site.peers.health.start();
       site.policies.watch(COMPLIANCE_INTERVAL_MS);
+      site.providerPools.watch(PROVIDER_REFRESH_INTERVAL_MS, () => site.exports.refresh());
+      site.objectives.watch(opts.objectiveCheckMs ?? COMPLIANCE_INTERVAL_MS);
       site.alerts.start();
       log.info({ site: name, dataDir, attached, lost }, 'site open');
       return site;
@@ -458,6 +498,8 @@ export class Site {
   /** Stops serving. Running VMs go on; the next daemon attaches to them again. */
   async close(): Promise<void> {
     this.policies.unwatch();
+    this.providerPools.close();
+    this.objectives.unwatch();
     await this.alerts.close(); // before the jobs are cancelled: a stopping daemon is no alert
     await this.jobs.cancelAll();
     await this.replication.close();

@@ -25,7 +25,7 @@ export class SiteVolumes extends SiteDomain {
   }
 
   pool(name: string): PoolAnswer {
-    return this.withAdvertised(this.storage.pool(name).info());
+    return this.withAdvertised(this.storage.poolInfo(name));
   }
 
   /** A pool with everything it advertises to policies (its provider's and the declared). */
@@ -47,6 +47,32 @@ export class SiteVolumes extends SiteDomain {
     });
   }
 
+  /**
+   * Registers a pool served by an out-of-process storage provider (HTTP, docs/provider-api.md):
+   * stored only once the provider answered in a version this Haven speaks and accepted the token.
+   */
+  async registerPool(
+    actor: Actor,
+    name: string,
+    opts: { providerUrl: string; tokenFile: string; capabilities?: string[] },
+  ): Promise<PoolAnswer> {
+    const reg = this.providerPools;
+    if (!reg) throw new HavenError('UNSUPPORTED', 'this site has no provider pools');
+    return this.auditedAsync(
+      actor,
+      'pool.register',
+      name,
+      async () => {
+        if (opts.capabilities?.length) parseCapabilitiesOrThrow(opts.capabilities);
+        await reg.register(name, { url: opts.providerUrl, tokenFile: opts.tokenFile });
+        if (opts.capabilities?.length) this.policy?.declare(name, opts.capabilities);
+        this.exports.refresh(); // the volumes it holds already
+        return this.pool(name);
+      },
+      (p) => `pool ${name} registered: storage provider ${p.path}`,
+    );
+  }
+
   /** Replaces the capabilities an operator declares for a pool (what Haven cannot see itself). */
   setPoolCapabilities(actor: Actor, name: string, capabilities: string[]): PoolAnswer {
     return this.audited(
@@ -54,7 +80,7 @@ export class SiteVolumes extends SiteDomain {
       'pool.set-capabilities',
       name,
       () => {
-        this.storage.pool(name);
+        this.storage.poolInfo(name);
         this.policy?.declare(name, capabilities);
         return this.pool(name);
       },
@@ -64,7 +90,8 @@ export class SiteVolumes extends SiteDomain {
 
   deletePool(actor: Actor, name: string): void {
     this.audited(actor, 'pool.delete', name, () => {
-      this.storage.deletePool(name);
+      if (this.providerPools?.isProviderPool(name)) this.providerPools.unregister(name);
+      else this.storage.deletePool(name);
       this.policy?.forget(name);
     });
   }
@@ -87,17 +114,18 @@ export class SiteVolumes extends SiteDomain {
     sizeBytes: number,
     pool?: string,
     placement: { policy?: string; vm?: string } = {},
-  ): VolumeInfo {
-    return this.audited(actor, 'volume.create', name, () => {
+  ): Promise<VolumeInfo> {
+    return this.auditedAsync(actor, 'volume.create', name, async () => {
       const where = this.placeVolume({ ...placement, ...(pool ? { pool } : {}) });
-      const v = this.storage.createVolume(name, sizeBytes, where);
+      // On a provider's pool, created through the contract (the provider's own O(1) or not).
+      const v = await this.storage.provisionVolume(name, sizeBytes, where);
       if (placement.policy) this.policy?.adopt(actor, name, placement.policy);
       this.exports.refresh();
       return v;
     });
   }
 
-  private placeVolume(req: { pool?: string; policy?: string; vm?: string }): string {
+  private placeVolume(req: { pool?: string; policy?: string; vm?: string; needBytes?: number }): string {
     if (!this.policy) return req.pool ?? 'default';
     return this.policy.place(req);
   }
@@ -110,8 +138,8 @@ export class SiteVolumes extends SiteDomain {
     });
   }
 
-  deleteVolume(actor: Actor, name: string): void {
-    this.audited(actor, 'volume.delete', name, () => {
+  async deleteVolume(actor: Actor, name: string): Promise<void> {
+    await this.auditedAsync(actor, 'volume.delete', name, async () => {
       this.storage.volume(name);
       this.refuseIfReplicated('volume', name);
       const users = this.compute.usersOf(name);
@@ -124,14 +152,14 @@ export class SiteVolumes extends SiteDomain {
       if (this.jobs.list({ state: 'running', target: name }).length)
         throw conflict(`volume ${name} has a job running`);
       this.exports.withdraw(name);
-      this.storage.deleteVolume(name);
+      await this.storage.removeVolume(name); // a provider's through the contract
       this.policy?.forgetObject('volume', name);
     });
   }
 
-  cloneVolume(actor: Actor, source: string, snapshot: string, name: string): VolumeInfo {
-    return this.audited(actor, 'volume.clone', name, () => {
-      const v = this.storage.clone(source, snapshot, name);
+  async cloneVolume(actor: Actor, source: string, snapshot: string, name: string): Promise<VolumeInfo> {
+    return this.auditedAsync(actor, 'volume.clone', name, async () => {
+      const v = await this.storage.cloneSnapshot(source, snapshot, name);
       this.exports.refresh();
       return v;
     });
@@ -206,22 +234,23 @@ export class SiteVolumes extends SiteDomain {
       // QEMU's NBD client has no cache of its own: every write the guest saw completed is in
       // the volume already, so the snapshot is crash-consistent without pausing the VM.
       ctx.progress(0, 1, 'snapshot');
+      // On a provider's pool: flushed to the provider, then taken by it (the contract).
       const s = bitmap
         ? this.storage.checkpoint(volume, name, bitmap).snapshot
-        : this.storage.snapshot(volume, name);
+        : await this.storage.takeSnapshot(volume, name);
       this.exports.refresh();
       return s;
     });
   }
 
-  deleteSnapshot(actor: Actor, volume: string, name: string): void {
-    this.audited(actor, 'snapshot.delete', `${volume}@${name}`, () => {
+  async deleteSnapshot(actor: Actor, volume: string, name: string): Promise<void> {
+    await this.auditedAsync(actor, 'snapshot.delete', `${volume}@${name}`, async () => {
       const clients = this.exports.clientsOf(`${volume}@${name}`);
       if (clients) throw conflict(`snapshot ${volume}@${name} is in use by ${clients} NBD client(s)`);
       if (!this.storage.listSnapshots(volume).some((s) => s.name === name))
         throw new HavenError('NOT_FOUND', `volume ${volume} has no snapshot ${name}`);
       this.exports.withdraw(`${volume}@${name}`);
-      this.storage.deleteSnapshot(volume, name);
+      await this.storage.removeSnapshot(volume, name);
     });
   }
 

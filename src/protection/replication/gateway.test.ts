@@ -130,7 +130,8 @@ test('initial sync, checkpoints, a cut that fills the journal (bitmap mode), the
     await snapshotHashes(s.storage, ['ra', 'rb'], s.target.newest!.snapshot, SIZE),
     await volumeHashes(s.src.storage, ['a', 'b']),
   );
-  assert.equal(gw.status().mode, 'replicating');
+  // Replicating once the source heard that the target applied the resync's checkpoint.
+  await until('replicating after the resync', () => gw.status().mode === 'replicating');
   for (const m of ['initial-sync', 'replicating', 'bitmap', 'resyncing'])
     assert.ok(modes.includes(m), `went through ${m}`);
 

@@ -114,6 +114,8 @@ export class SourceGateway {
   private readonly limit: TokenBucket;
   private state: State;
   private mode: ReplicationMode = 'replicating';
+  /** The checkpoint closing the last scan, until the target has applied it. */
+  private settling: number | undefined;
   private paused = false;
   private stopped = false;
   private sender: JournalSender | undefined;
@@ -208,7 +210,13 @@ export class SourceGateway {
   resume(): void {
     this.paused = false;
     this.wakeLink?.();
-    this.setMode(this.overflowed ? 'bitmap' : this.state.scan ? 'resyncing' : 'replicating');
+    this.setMode(
+      this.overflowed
+        ? 'bitmap'
+        : this.state.scan || this.settling !== undefined
+          ? 'resyncing'
+          : 'replicating',
+    );
   }
 
   /** A checkpoint now (named); undefined while there is no consistent point (a scan, bitmap mode). */
@@ -314,6 +322,7 @@ export class SourceGateway {
                 this.changed();
               }
               this.applied = sender!.applied ?? this.applied;
+              this.settleIfApplied();
               for (const w of this.roomWaiters.splice(0)) w();
             },
           });
@@ -423,8 +432,20 @@ export class SourceGateway {
     this.saveState();
     // The journal overflowed during the scan: bitmap mode, and another resync follows.
     if (this.overflowed) return this.setMode('bitmap');
-    this.checkpoint(kind === 'initial' ? 'initial-sync' : 'resync');
-    this.setMode('replicating');
+    // Still syncing until the target applied the checkpoint that closes the scan: only then is
+    // the replica consistent at a point after the outage (the journal may still be draining).
+    this.settling = this.checkpoint(kind === 'initial' ? 'initial-sync' : 'resync');
+    if (this.settling === undefined) this.setMode('replicating');
+    else this.settleIfApplied();
+  }
+
+  private settleIfApplied(): void {
+    if (this.settling === undefined) return;
+    if (this.overflowed) this.settling = undefined;
+    else if ((this.applied?.seq ?? 0) >= this.settling) {
+      this.settling = undefined;
+      this.setMode('replicating');
+    }
   }
 
   /**
