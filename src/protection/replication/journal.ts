@@ -12,7 +12,6 @@ import {
   openSync,
   readdirSync,
   readSync,
-  rmSync,
   writevSync,
 } from 'node:fs';
 import { join } from 'node:path';
