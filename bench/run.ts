@@ -61,6 +61,7 @@ const program = new Command('bench')
     const quick = Boolean(o.quick);
     const opts: BenchOptions = {
       size: (o.size as number | undefined) ?? (quick ? 256 * 2 ** 20 : 2 * 2 ** 30),
+      sizeGiven: o.size !== undefined,
       runtime: (o.runtime as number | undefined) ?? (quick ? 3 : 10),
       repeat: (o.repeat as number | undefined) ?? (quick ? 1 : 3),
       quick,

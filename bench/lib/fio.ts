@@ -48,6 +48,10 @@ export async function fioNbd(opts: {
   runtime: number;
   /** Clients at once, each its own NBD connection (reported as one group). */
   numjobs?: number;
+  /** A rate cap in bytes per second (fio's `--rate`). */
+  rate?: number;
+  /** Fresh random data for every write (incompressible: fio otherwise reuses its buffers). */
+  refill?: boolean;
 }): Promise<FioResult> {
   const jobs = opts.numjobs ?? 1;
   const args = [
@@ -63,6 +67,8 @@ export async function fioNbd(opts: {
     '--randrepeat=0',
     '--output-format=json',
     ...(jobs > 1 ? [`--numjobs=${jobs}`, '--group_reporting'] : []),
+    ...(opts.rate ? [`--rate=${Math.round(opts.rate)}`] : []),
+    ...(opts.refill ? ['--refill_buffers'] : []),
   ];
   const { stdout } = await run('fio', args, { timeout: (opts.runtime + 60) * 1000 });
   return { ...parseFioJson(stdout, opts.rw.endsWith('write') ? 'write' : 'read'), args };

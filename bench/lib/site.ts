@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HAVEN_BIN, run, start, type Running } from '../../test/support/proc.js';
@@ -16,16 +16,48 @@ export class BenchSite {
   constructor(
     readonly dir: string,
     private readonly commandTimeoutMs: number,
+    /** More `haven serve` options (the last of a repeated one wins), e.g. `--site`, `--peer-listen`. */
+    private readonly serveArgs: string[] = [],
   ) {
     this.data = join(dir, 'site');
     this.env = { ...process.env, HAVEN_DATA: this.data, HAVEN_LOG_LEVEL: 'warn' };
   }
 
+  /** The daemon's process id (for its peak RSS). */
+  get pid(): number {
+    return this.daemon?.child.pid ?? -1;
+  }
+
+  /** The REST API, straight (JSON; throws with the server's message on an error status). */
+  async api<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const { url } = JSON.parse(readFileSync(join(this.data, 'api.json'), 'utf8')) as { url: string };
+    const token = readFileSync(join(this.data, 'api-token'), 'utf8').trim();
+    const res = await fetch(`${url}/api/v1${path}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+      },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await res.text();
+    if (res.status >= 400) throw new Error(`${method} ${path}: ${res.status} ${text}`);
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  /** The NBD URI of an export of this site (its unix socket). */
+  nbd(exportName: string): string {
+    return `nbd+unix:///${encodeURIComponent(exportName)}?socket=${join(this.data, 'run', 'nbd.sock')}`;
+  }
+
   /** Starts the daemon; resolves once its API listens. */
   async start(): Promise<Running> {
+    // HAVEN_BENCH_CPU_PROF=DIR: each daemon writes a CPU profile there when it stops (node --cpu-prof).
+    const prof = process.env.HAVEN_BENCH_CPU_PROF;
     const daemon = start(
       process.execPath,
       [
+        ...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []),
         HAVEN_BIN,
         'serve',
         '--data',
@@ -36,6 +68,7 @@ export class BenchSite {
         'none',
         '--peer-listen',
         '127.0.0.1:0',
+        ...this.serveArgs,
       ],
       { env: this.env },
     );

@@ -11,6 +11,8 @@
 export interface BenchOptions {
   /** Bytes of test data (image size), e.g. 2 GiB. */
   size: number;
+  /** Whether `size` was asked for (--size), rather than the runner's default. */
+  sizeGiven?: boolean;
   /** Seconds of each time-based run (fio). */
   runtime: number;
   /** How many times each timed copy is repeated; the median is reported. */

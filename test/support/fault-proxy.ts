@@ -48,6 +48,9 @@ export class FaultProxy {
       return;
     }
     const upstream = createConnection(this.target.port, this.target.host);
+    // Forwarded as it comes, as a router would (no Nagle delay added by the proxy).
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
     const pair: [Socket, Socket] = [client, upstream];
     this.pairs.add(pair);
     const drop = () => {

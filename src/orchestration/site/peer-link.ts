@@ -150,6 +150,9 @@ export class PeerLinks {
           );
         }
         s.setTimeout(0);
+        // Small frames (acknowledgements, a synchronous write's record) go at once: Nagle's
+        // wait for an ACK that the peer delays cost synchronous writes 14 ms each (40 ms at p99).
+        s.setNoDelay(true);
         resolve(s);
       });
     });
@@ -195,6 +198,7 @@ export class PeerLinks {
   }
 
   private accept(socket: TLSSocket): void {
+    socket.setNoDelay(true);
     socket.on('error', () => undefined); // until it is tracked, or destroyed below
     const cert = socket.getPeerCertificate();
     const fingerprint = cert?.fingerprint256;

@@ -203,12 +203,12 @@ test('checkpoints past the window are deleted with their snapshots; the newest a
     .sort();
   assert.deepEqual(snaps, applier.history.map((c) => c.snapshot).sort());
   assert.ok(journal.firstSeq > 1, `the journal was trimmed (first ${journal.firstSeq})`);
-  // A long gap: only the newest stays.
+  // A long gap (nothing written: the newest holds through it): only the newest stays.
   journal.append(RecordKind.checkpoint, 0, 0, 0, [Buffer.from(JSON.stringify({ time: 9_000_000 }))]);
   await applier.apply();
   assert.deepEqual(
-    applier.history.map((c) => c.time),
-    [9_000_000],
+    applier.history.map((c) => [c.time, c.through?.time]),
+    [[1_025_000, 9_000_000]],
   );
   // Reopened: the same history.
   assert.deepEqual(new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path).history, applier.history);
@@ -232,6 +232,8 @@ test('a checkpoint with a clone stays past the window (no failed apply) and goes
   const first = applier.history[0]!;
   // Someone reads the first checkpoint through a clone (checkReplica, a rehearsal, a recovery).
   storage.clone('ra', first.snapshot, 'reader');
+  // (A write first: a checkpoint right after another would only advance it.)
+  journal.append(RecordKind.write, 1, 0, BLOCK, [Buffer.alloc(BLOCK, 8)]);
   checkpointAt(2_000_000);
   await applier.apply(); // past the window: without the pin, deleting cp-1 of ra throws here
   assert.deepEqual(
@@ -308,4 +310,51 @@ test('a stretch without a checkpoint larger than the target journal: release let
       src.expected.get(seq),
       `cp-${seq}`,
     );
+});
+
+test('a checkpoint with nothing written since the newest is held through it (no new snapshot); a write or a name makes a new one', async (t) => {
+  const dir = tempDir();
+  const storage = target(dir.path);
+  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'), { segmentBytes: 8 * 1024 });
+  t.after(async () => {
+    await journal.close();
+    storage.close();
+    dir.cleanup();
+  });
+  const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path);
+  const checkpointAt = (time: number, name?: string) =>
+    journal.append(RecordKind.checkpoint, 0, 0, 0, [
+      Buffer.from(JSON.stringify({ time, ...(name ? { name } : {}) })),
+    ]);
+  journal.append(RecordKind.write, 0, 0, BLOCK, [Buffer.alloc(BLOCK, 7)]);
+  checkpointAt(Date.now() - 3000);
+  await applier.apply();
+  const first = applier.history[0]!;
+  // An idle group: three more checkpoints, nothing written between.
+  let last = 0;
+  for (let i = 2; i >= 0; i--) last = checkpointAt(Date.now() - i * 500)!;
+  await applier.apply();
+  assert.equal(applier.history.length, 1);
+  assert.equal(applier.newest!.seq, first.seq, 'the first keeps its sequence');
+  assert.equal(applier.newest!.through?.seq, last, 'and holds through the last checkpoint');
+  assert.deepEqual(
+    storage.listSnapshots('ra').map((s) => s.name),
+    [first.snapshot],
+    'no snapshot was taken for them',
+  );
+  // A named one is always its own; so is one after a write.
+  const named = checkpointAt(Date.now(), 'before-upgrade')!;
+  journal.append(RecordKind.write, 1, 0, BLOCK, [Buffer.alloc(BLOCK, 9)]);
+  const busy = checkpointAt(Date.now())!;
+  await applier.apply();
+  assert.deepEqual(
+    applier.history.map((c) => [c.seq, c.snapshot]),
+    [
+      [first.seq, first.snapshot],
+      [named, `cp-${named}`],
+      [busy, `cp-${busy}`],
+    ],
+  );
+  // Reopened after the list was saved: the same history.
+  assert.deepEqual(new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path).history, applier.history);
 });

@@ -10,6 +10,11 @@ import { thinCheckpoints } from './checkpoint-thinning.js';
 export interface AppliedCheckpoint extends CheckpointInfo {
   seq: number;
   snapshot: string;
+  /**
+   * Later checkpoints with nothing written since this one (an idle group): the same image, so no
+   * snapshot of their own; the newest of them. The replica is at least this recent.
+   */
+  through?: { seq: number; time: number };
 }
 
 export interface ApplierOptions {
@@ -114,13 +119,44 @@ export class ReplicaApplier {
           await dev!.write(r.payload, r.offset);
         else if (r.kind === RecordKind.zero) await dev!.writeZeroes(r.offset, r.length);
         else if (r.kind === RecordKind.checkpoint) {
-          await Promise.all(devices.map((d) => d.flush()));
-          this.take(r.seq, JSON.parse(r.payload.toString('utf8')) as CheckpointInfo);
+          const info = JSON.parse(r.payload.toString('utf8')) as CheckpointInfo;
+          const newest = this.newest;
+          if (newest && (newest.through?.seq ?? newest.seq) === this.applied && !newest.name && !info.name)
+            this.advance(r.seq, info);
+          else {
+            // A volume holding this snapshot already (re-applied after a crash) is flushed; the
+            // others' snapshots commit what was written before them.
+            const snapshot = snapshotName(r.seq);
+            await Promise.all(
+              this.volumes.map((v, i) =>
+                this.storage.listSnapshots(v).some((s) => s.name === snapshot)
+                  ? devices[i]!.flush()
+                  : undefined,
+              ),
+            );
+            this.take(r.seq, info);
+          }
         }
         this.applied = r.seq;
       }
     }
   }
+
+  /**
+   * A checkpoint right after the newest (nothing written between: an idle group, whose
+   * checkpoints come as often as a busy one's): the same image, so it is recorded as the newest's
+   * `through` — no snapshot taken, nothing flushed, and the newest keeps its sequence (a
+   * checkpoint once applied stays findable by it). Named checkpoints are never merged. The list
+   * is saved at most once a second for these (after a crash `through` is at most that much older;
+   * the journal still holds the record, which is applied again).
+   */
+  private advance(seq: number, info: CheckpointInfo): void {
+    const cp = this.checkpoints[this.checkpoints.length - 1]!;
+    cp.through = { seq, time: info.time };
+    this.settle(cp, Date.now() - this.savedAt >= 1000);
+  }
+
+  private savedAt = 0;
 
   /** Snapshots every replica volume at checkpoint `seq`, records it, and drops the expired and thinned ones. */
   private take(seq: number, info: CheckpointInfo): void {
@@ -134,6 +170,11 @@ export class ReplicaApplier {
       ...(info.name ? { name: info.name } : {}),
     };
     this.checkpoints.push(cp);
+    this.settle(cp, true);
+  }
+
+  /** After checkpoint `cp`: drops the expired and thinned ones, saves the list, trims the journal. */
+  private settle(cp: AppliedCheckpoint, save: boolean): void {
     let expired = thinCheckpoints(this.checkpoints, {
       keepMs: this.opts.keepMs ?? 3_600_000,
       ...(this.opts.denseMs !== undefined ? { denseMs: this.opts.denseMs } : {}),
@@ -145,11 +186,11 @@ export class ReplicaApplier {
     }
     const gone = new Set(expired);
     this.checkpoints = this.checkpoints.filter((c) => !gone.has(c));
-    this.save();
+    if (save || expired.length) this.save();
     // Deleted after the list no longer names them: a crash in between leaves only orphans.
     for (const c of expired) for (const v of this.volumes) this.storage.deleteSnapshot(v, c.snapshot);
     // Records before the newest checkpoint are never needed again.
-    this.journal.trim(seq);
+    this.journal.trim(cp.through?.seq ?? cp.seq);
     this.opts.onCheckpoint?.(cp);
   }
 
@@ -190,6 +231,7 @@ export class ReplicaApplier {
   }
 
   private save(): void {
+    this.savedAt = Date.now();
     writeFileAtomic(join(this.dir, STATE_FILE), JSON.stringify(this.checkpoints));
   }
 }

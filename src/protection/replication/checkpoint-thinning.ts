@@ -4,6 +4,8 @@ export interface DatedCheckpoint {
   /** Milliseconds since the epoch. */
   time: number;
   name?: string;
+  /** The same image holds through a later checkpoint (nothing written between): its time. */
+  through?: { time: number };
 }
 
 export interface ThinningOptions {
@@ -34,7 +36,7 @@ function bucketMs(ageMs: number): number {
 export function thinCheckpoints<T extends DatedCheckpoint>(list: readonly T[], opts: ThinningOptions): T[] {
   const newest = list.at(-1);
   if (!newest) return [];
-  const now = newest.time;
+  const now = newest.through?.time ?? newest.time;
   const dense = opts.denseMs ?? 10 * MINUTE;
   const kept = new Set<T>([newest]);
   const bucketsSeen = new Set<string>();

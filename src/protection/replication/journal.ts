@@ -1,19 +1,22 @@
 import {
+  close,
   closeSync,
   fdatasync,
   fdatasyncSync,
   fstatSync,
+  fsync,
+  open,
+  rm,
   ftruncateSync,
   mkdirSync,
   openSync,
   readdirSync,
   readSync,
-  rmSync,
   writevSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { HavenError, fromSystemError, syncDirectory } from '../../common/index.js';
+import { HavenError, fromSystemError } from '../../common/index.js';
 import {
   RECORD_HEADER,
   RecordKind,
@@ -24,6 +27,20 @@ import {
 } from './journal-format.js';
 
 const fdatasyncAsync = promisify(fdatasync);
+const fsyncAsync = promisify(fsync);
+const openAsync = promisify(open);
+const closeAsync = promisify(close);
+const rmAsync = promisify(rm);
+
+/** fsync of a directory (a segment made in it), on the thread pool. */
+async function syncDirectoryAsync(dir: string): Promise<void> {
+  const fd = await openAsync(dir, 'r');
+  try {
+    await fsyncAsync(fd);
+  } finally {
+    await closeAsync(fd);
+  }
+}
 
 export interface JournalOptions {
   /** A segment file is closed and a new one begun past this size. */
@@ -63,6 +80,12 @@ export class ReplicationJournal {
   private unsynced = false;
   private held = 0;
   private syncing: Promise<void> | undefined;
+  /** Segments sealed since the last sync: their files are synced (then closed) by the next one. */
+  private sealed: { fd: number; seg: Segment }[] = [];
+  /** A segment was begun since the last sync: the directory is synced too. */
+  private dirUnsynced = false;
+  /** Trimmed segments' files being removed (after the directory naming their successor is durable). */
+  private removing: Promise<void> = Promise.resolve();
   private readonly segmentBytes: number;
   readonly maxBytes: number;
 
@@ -172,38 +195,81 @@ export class ReplicationJournal {
     this.unsynced = true;
   }
 
-  /** Makes every record appended so far durable (fdatasync on the thread pool; calls coalesce). */
+  /**
+   * Makes every record appended so far durable: fdatasync of the current segment and of those
+   * sealed since the last sync, and of the directory when a segment was begun — all on the thread
+   * pool, so the event loop (the guests' I/O) never waits for the disk. Calls coalesce.
+   */
   async sync(): Promise<void> {
     while (this.unsynced) {
       if (!this.syncing) {
         this.unsynced = false;
+        const sealed = this.sealed.splice(0);
         const fd = this.fd;
-        this.syncing = fdatasyncAsync(fd).finally(() => (this.syncing = undefined));
+        const dir = this.dirUnsynced;
+        this.dirUnsynced = false;
+        this.syncing = (async () => {
+          try {
+            await Promise.all([fd, ...sealed.map((x) => x.fd)].map((f) => fdatasyncAsync(f)));
+            if (dir) await syncDirectoryAsync(this.dir);
+          } catch (err) {
+            // Not durable: the next sync tries again.
+            this.sealed.unshift(...sealed);
+            this.unsynced = true;
+            if (dir) this.dirUnsynced = true;
+            throw err;
+          }
+          for (const x of sealed) closeSync(x.fd);
+        })().finally(() => (this.syncing = undefined));
       }
       await this.syncing;
     }
     await this.syncing;
   }
 
-  /** Deletes the segments whose every record has a sequence below `seq` (the target holds them). */
+  /**
+   * Deletes the segments whose every record has a sequence below `seq` (the target holds them).
+   * Nothing of them needs to be durable any more: their files are removed in the background, once
+   * the directory naming the segment after them is durable (a crash never finds the journal
+   * without its newest segment).
+   */
   trim(seq: number): void {
     // All of the current segment is held too: begin a new one, so this one can go as well.
     const last = this.segments[this.segments.length - 1]!;
-    if (last.bytes > 0 && last.endSeq <= seq) this.seal();
+    if (last.bytes > 0 && last.endSeq <= seq) this.seal(false);
+    const gone: Segment[] = [];
     while (this.segments.length > 1 && this.segments[0]!.endSeq <= seq) {
-      const gone = this.segments.shift()!;
-      rmSync(gone.path, { force: true });
-      this.held -= gone.bytes;
+      const seg = this.segments.shift()!;
+      this.held -= seg.bytes;
+      gone.push(seg);
     }
+    if (!gone.length) return;
+    if (this.reading && gone.includes(this.reading.seg)) this.dropReader();
+    // Sealed but not synced yet: no sync needed now.
+    const drop = this.sealed.filter((x) => gone.includes(x.seg));
+    this.sealed = this.sealed.filter((x) => !gone.includes(x.seg));
+    for (const x of drop) closeSync(x.fd);
+    const dir = this.dirUnsynced;
+    this.dirUnsynced = false;
+    this.removing = this.removing
+      .then(async () => {
+        if (dir) await syncDirectoryAsync(this.dir);
+        for (const g of gone) await rmAsync(g.path, { force: true });
+      })
+      .catch(() => {
+        // A segment left behind is trimmed again after a reopening (its records are held already).
+        this.dirUnsynced = true;
+      });
   }
 
   /**
    * The records from `fromSeq` on, in order, read into `scratch` (as many as fit, at least one:
    * a record larger than `scratch` comes in a buffer of its own): the transceiver's batch. The
    * entries' payloads are views of that buffer, valid until it is reused. Empty: nothing from
-   * `fromSeq` on yet. Before the oldest record held: NOT_FOUND.
+   * `fromSeq` on yet. Before the oldest record held: NOT_FOUND. `verify: false`: the records'
+   * CRCs are not checked here (the sender's: the target checks every record it takes).
    */
-  read(fromSeq: number, scratch: Buffer): JournalEntry[] {
+  read(fromSeq: number, scratch: Buffer, opts: { verify?: boolean } = {}): JournalEntry[] {
     if (fromSeq < this.firstSeq)
       throw new HavenError(
         'NOT_FOUND',
@@ -211,36 +277,48 @@ export class ReplicationJournal {
       );
     const seg = this.segments.find((s) => fromSeq >= s.firstSeq && fromSeq < s.endSeq);
     if (!seg) return [];
-    const fd = openSync(seg.path, 'r');
-    try {
-      const start = this.locate(fd, seg, fromSeq);
-      const end = Math.min(seg.bytes, start + scratch.length);
-      let buf = scratch;
-      let len = readUpTo(fd, buf, start, end - start);
-      const first = decodeHeader(buf.subarray(0, len));
-      if (first && first.recordLength > len) {
-        // One record larger than the scratch: on its own.
-        buf = Buffer.allocUnsafe(first.recordLength);
-        len = readUpTo(fd, buf, start, first.recordLength);
-      }
-      const out: JournalEntry[] = [];
-      let at = 0;
-      for (let seq = fromSeq; seq < seg.endSeq && at + RECORD_HEADER <= len; seq++) {
-        const h = decodeHeader(buf.subarray(at, at + RECORD_HEADER));
-        if (!h || h.seq !== seq)
-          throw new HavenError('CORRUPT', `replication journal ${seg.path}: record ${seq} is damaged`);
-        if (at + h.recordLength > len) break;
-        const rec = buf.subarray(at, at + h.recordLength);
-        if (!recordIntact(rec))
-          throw new HavenError('CORRUPT', `replication journal ${seg.path}: record ${seq} is damaged`);
-        out.push({ ...h, payload: rec.subarray(RECORD_HEADER) });
-        at += h.recordLength;
-      }
-      this.cursor = { seg, seq: fromSeq + out.length, offset: start + at };
-      return out;
-    } finally {
-      closeSync(fd);
+    const fd = this.readFd(seg);
+    const start = this.locate(fd, seg, fromSeq);
+    const end = Math.min(seg.bytes, start + scratch.length);
+    let buf = scratch;
+    let len = readUpTo(fd, buf, start, end - start);
+    const first = decodeHeader(buf.subarray(0, len));
+    if (first && first.recordLength > len) {
+      // One record larger than the scratch: on its own.
+      buf = Buffer.allocUnsafe(first.recordLength);
+      len = readUpTo(fd, buf, start, first.recordLength);
     }
+    const out: JournalEntry[] = [];
+    let at = 0;
+    for (let seq = fromSeq; seq < seg.endSeq && at + RECORD_HEADER <= len; seq++) {
+      const h = decodeHeader(buf.subarray(at, at + RECORD_HEADER));
+      if (!h || h.seq !== seq)
+        throw new HavenError('CORRUPT', `replication journal ${seg.path}: record ${seq} is damaged`);
+      if (at + h.recordLength > len) break;
+      const rec = buf.subarray(at, at + h.recordLength);
+      if (opts.verify !== false && !recordIntact(rec))
+        throw new HavenError('CORRUPT', `replication journal ${seg.path}: record ${seq} is damaged`);
+      out.push({ ...h, payload: rec.subarray(RECORD_HEADER) });
+      at += h.recordLength;
+    }
+    this.cursor = { seg, seq: fromSeq + out.length, offset: start + at };
+    return out;
+  }
+
+  /** The segment last read, open for reading (readers go on in the same segment for a while). */
+  private reading: { seg: Segment; fd: number } | undefined;
+
+  private readFd(seg: Segment): number {
+    if (this.reading?.seg === seg) return this.reading.fd;
+    this.dropReader();
+    const fd = openSync(seg.path, 'r');
+    this.reading = { seg, fd };
+    return fd;
+  }
+
+  private dropReader(): void {
+    if (this.reading) closeSync(this.reading.fd);
+    this.reading = undefined;
   }
 
   /** Where the last read ended: the next one, reading on, starts there without a search. */
@@ -265,9 +343,12 @@ export class ReplicationJournal {
     return at;
   }
 
-  /** Waits for a sync under way, then closes the current segment (not synced: call sync first). */
+  /** Waits for a sync and removals under way, then closes the segments (not synced: call sync first). */
   async close(): Promise<void> {
     await this.syncing?.catch(() => undefined);
+    await this.removing;
+    for (const x of this.sealed.splice(0)) closeSync(x.fd);
+    this.dropReader();
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;
   }
@@ -292,12 +373,16 @@ export class ReplicationJournal {
     this.held += size;
   }
 
-  /** Closes the current segment durably and begins the next. */
-  private seal(): Segment {
+  /**
+   * Closes the current segment and begins the next. `keep`: its records still count, so the next
+   * sync makes its file durable before closing it; otherwise (trimmed whole) it is closed now.
+   */
+  private seal(keep = true): Segment {
     const fd = this.fd;
-    fdatasyncSync(fd);
+    const seg = this.segments[this.segments.length - 1]!;
+    if (keep) this.sealed.push({ fd, seg });
     // A sync under way on the thread pool still uses it: closed after that.
-    if (this.syncing) void this.syncing.catch(() => undefined).then(() => closeSync(fd));
+    else if (this.syncing) void this.syncing.catch(() => undefined).then(() => closeSync(fd));
     else closeSync(fd);
     return this.begin(this.nextSeq);
   }
@@ -305,7 +390,8 @@ export class ReplicationJournal {
   private begin(firstSeq: number): Segment {
     const path = join(this.dir, segmentName(firstSeq));
     this.fd = openSync(path, 'w+', 0o600);
-    syncDirectory(this.dir);
+    // Made durable with the records in it (the next sync).
+    this.dirUnsynced = true;
     const seg = { path, firstSeq, endSeq: firstSeq, bytes: 0 };
     this.segments.push(seg);
     return seg;

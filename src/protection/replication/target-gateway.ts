@@ -91,5 +91,7 @@ export class TargetGateway {
 }
 
 function point(cp: AppliedCheckpoint | undefined): AppliedPoint | undefined {
+  // An idle group's newest holds through later checkpoints: the replica is that recent.
+  if (cp?.through) return { seq: cp.through.seq, time: cp.through.time };
   return cp && { seq: cp.seq, time: cp.time, ...(cp.name ? { name: cp.name } : {}) };
 }

@@ -8,6 +8,12 @@ import type { ReplicationJournal } from './journal.js';
 
 const zstd = createRequire(import.meta.url)('zstd-napi/binding') as typeof Zstd;
 const PROTOCOL_VERSION = 1;
+/** Bytes of records per batch (frame). */
+const DEFAULT_BATCH = 4 * 1024 * 1024;
+/** A batch that compresses to more than this fraction of itself does not pay for its CPU… */
+const INCOMPRESSIBLE = 0.9;
+/** …and this many batches after it are sent uncompressed before compression is tried again. */
+const SKIP_BATCHES = 8;
 
 /** Bytes per second, changeable while running; 0 or absent: unlimited. */
 export class TokenBucket {
@@ -63,6 +69,8 @@ export class JournalSender {
   private readonly scratch: Buffer[];
   private packed: Buffer | undefined;
   private readonly cctx: InstanceType<typeof zstd.CCtx> | undefined;
+  /** Batches to send without trying to compress them (the last try did not pay). */
+  private uncompressed = 0;
   /** Bytes put on the wire (frame bodies), for the counters and the tests. */
   sentBytes = 0;
 
@@ -71,7 +79,7 @@ export class JournalSender {
     private readonly socket: Duplex,
     private readonly opts: SenderOptions,
   ) {
-    const size = opts.batchBytes ?? 1024 * 1024;
+    const size = opts.batchBytes ?? DEFAULT_BATCH;
     // Two: one on the wire while the next is read.
     this.scratch = [Buffer.alloc(size), Buffer.alloc(size)];
     if (opts.compress) {
@@ -129,8 +137,14 @@ export class JournalSender {
     let turn = 0;
     try {
       while (!this.stopped) {
-        const scratch = this.scratch[turn++ % 2]!;
-        const batch = this.journal.read(next, scratch);
+        let scratch = this.scratch[turn++ % 2]!;
+        // Under a bandwidth limit, batches of at most a quarter second of it (at least 64 KiB):
+        // the bucket lets a whole batch go at once, so a big one would be a burst past the limit.
+        const rate = this.opts.limit?.bytesPerSecond;
+        if (rate)
+          scratch = scratch.subarray(0, Math.min(scratch.length, Math.max(64 * 1024, Math.floor(rate / 4))));
+        // Not checked here: the target checks every record's CRC before it holds it.
+        const batch = this.journal.read(next, scratch, { verify: false });
         if (!batch.length) {
           await new Promise<void>((r) => (this.wakeUp = r));
           continue;
@@ -145,7 +159,8 @@ export class JournalSender {
         );
         let body: Buffer = raw;
         let flags = 0;
-        if (this.cctx) {
+        if (this.cctx && this.uncompressed > 0) this.uncompressed--;
+        else if (this.cctx) {
           // A record larger than the scratch comes on its own: room to pack it too (at most a frame).
           const bound = zstd.compressBound(raw.length);
           if (this.packed!.length < bound) this.packed = Buffer.alloc(bound);
@@ -154,6 +169,9 @@ export class JournalSender {
             body = this.packed!.subarray(0, n);
             flags = FLAG_ZSTD;
           }
+          // Incompressible (random, encrypted, already compressed data): the next batches go as
+          // they are, without spending the CPU on them; tried again after them.
+          if (n > raw.length * INCOMPRESSIBLE && raw.length >= 64 * 1024) this.uncompressed = SKIP_BATCHES;
         }
         await this.opts.limit?.take(body.length);
         // Resolves once the socket took the bytes: the buffers can be reused.
@@ -219,7 +237,9 @@ export class JournalReceiver {
     private readonly journal: ReplicationJournal,
     private readonly socket: Duplex,
     private readonly opts: ReceiverOptions,
-  ) {}
+  ) {
+    this.durable = journal.nextSeq - 1;
+  }
 
   async run(): Promise<void> {
     const reader = new FrameReader(this.socket, 'the replication source');
@@ -246,11 +266,12 @@ export class JournalReceiver {
           throw new HavenError('PROTOCOL', `the replication source sent frame ${f.type}`);
         this.receivedBytes += f.body.length;
         await this.take(f.flags & FLAG_ZSTD ? this.unpack(f.body) : f.body);
-        await this.journal.sync();
-        const held = this.journal.nextSeq - 1;
-        await this.acknowledge();
-        this.opts.onRecords?.(held);
+        // Made durable and acknowledged in the background while the next batches arrive.
+        this.syncAndAcknowledge();
+        if (this.failed) throw this.failed;
       }
+      await this.acking;
+      if (this.failed) throw this.failed;
       // The source ended the link: so does this side.
       this.socket.end();
     } catch (err) {
@@ -262,17 +283,48 @@ export class JournalReceiver {
     }
   }
 
-  /** Tells the source what the target holds and has applied (also after a checkpoint is applied). */
+  /** Tells the source what the target holds durably and has applied (also after a checkpoint is applied). */
   async acknowledge(): Promise<void> {
     if (this.socket.destroyed || !this.welcomed) return;
     const applied = this.opts.applied?.();
     await jsonFrame(this.socket, Frame.ack, {
-      held: this.journal.nextSeq - 1,
+      held: this.durable,
       ...(applied ? { applied } : {}),
     });
   }
 
   private welcomed = false;
+  /** The highest sequence the journal holds durably (what an acknowledgement may say). */
+  private durable: number;
+  private acking: Promise<void> | undefined;
+  private more = false;
+  private failed: Error | undefined;
+
+  /**
+   * Syncs the journal and acknowledges what the sync covered, in the background; calls while one
+   * runs coalesce into one more round after it (one fdatasync for the batches that came meanwhile).
+   */
+  private syncAndAcknowledge(): void {
+    if (this.acking) {
+      this.more = true;
+      return;
+    }
+    this.acking = (async () => {
+      do {
+        this.more = false;
+        const held = this.journal.nextSeq - 1;
+        await this.journal.sync();
+        this.durable = held;
+        await this.acknowledge();
+        this.opts.onRecords?.(held);
+      } while (this.more && !this.socket.destroyed);
+    })()
+      .catch((err: unknown) => {
+        this.failed ??= err instanceof Error ? err : new Error(String(err));
+        this.socket.destroy();
+      })
+      .finally(() => (this.acking = undefined));
+  }
 
   private unpack(body: Buffer): Buffer {
     const size = zstd.getFrameContentSize(body);
