@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type {
   EvacuateRequest,
+  Job,
   MigrateRequest,
   RehearsalRequest,
   Site,
@@ -88,6 +89,24 @@ const resyncBody = {
 
 /** Disaster recovery operations over the replication groups held at this site. */
 export function registerDrRoutes(api: FastifyInstance, site: Site): void {
+  /** POST /dr/groups/NAME/ACTION: a job on the group (or business service) the path names. */
+  const groupJob = <R extends { group: string }>(
+    action: string,
+    summary: string,
+    body: object,
+    run: (actor: string, req: R) => Job | Promise<Job>,
+  ) =>
+    api.post(
+      `/dr/groups/:name/${action}`,
+      { schema: { tags, summary, params: s.nameParam, body, response: { 202: s.jobAnswer } } },
+      async (req, reply) =>
+        reply.code(202).send(
+          await run(req.actor, {
+            ...((req.body as Omit<R, 'group'> | undefined) ?? {}),
+            group: (req.params as Name).name,
+          } as R),
+        ),
+    );
   api.post(
     '/dr/groups/:name/takeover',
     {
@@ -126,25 +145,11 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
         (req.body as { rpoSeconds?: number } | undefined) ?? {},
       ),
   );
-  api.post(
-    '/dr/groups/:name/migrate',
-    {
-      schema: {
-        tags,
-        summary:
-          'move a group (or a business service, tier by tier) replicated from this site to its target with no data lost: stop the guests, drain to a final checkpoint, verify, promote and start there, replicate back (a job)',
-        params: s.nameParam,
-        body: migrateBody,
-        response: { 202: s.jobAnswer },
-      },
-    },
-    async (req, reply) =>
-      reply.code(202).send(
-        await site.dr.migrate(req.actor, {
-          ...((req.body as Omit<MigrateRequest, 'group'> | undefined) ?? {}),
-          group: (req.params as Name).name,
-        }),
-      ),
+  groupJob(
+    'migrate',
+    'move a group (or a business service, tier by tier) replicated from this site to its target with no data lost: stop the guests, drain to a final checkpoint, verify, promote and start there, replicate back (a job)',
+    migrateBody,
+    (actor, req: MigrateRequest) => site.dr.migrate(actor, req),
   );
   api.post(
     '/dr/evacuate',
@@ -170,45 +175,17 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
         .code(202)
         .send(await site.dr.evacuate(req.actor, (req.body as EvacuateRequest | undefined) ?? {})),
   );
-  api.post(
-    '/dr/groups/:name/failback',
-    {
-      schema: {
-        tags,
-        summary:
-          'fail a group (or business service) that runs here after a takeover or migrate back to its original site: resync what differs, wait until current, migrate back (a job)',
-        params: s.nameParam,
-        body: migrateBody,
-        response: { 202: s.jobAnswer },
-      },
-    },
-    async (req, reply) =>
-      reply.code(202).send(
-        site.dr.failback(req.actor, {
-          ...((req.body as Omit<MigrateRequest, 'group'> | undefined) ?? {}),
-          group: (req.params as Name).name,
-        }),
-      ),
+  groupJob(
+    'failback',
+    'fail a group (or business service) that runs here after a takeover or migrate back to its original site: resync what differs, wait until current, migrate back (a job)',
+    migrateBody,
+    (actor, req: MigrateRequest) => site.dr.failback(actor, req),
   );
-  api.post(
-    '/dr/groups/:name/rehearse',
-    {
-      schema: {
-        tags,
-        summary:
-          'rehearse a failover of a group replicated here: clones of a checkpoint, its VMs started on an isolated network and checked, production and replication untouched (a job; they stay up until cleanup)',
-        params: s.nameParam,
-        body: rehearseBody,
-        response: { 202: s.jobAnswer },
-      },
-    },
-    async (req, reply) =>
-      reply.code(202).send(
-        site.dr.rehearse(req.actor, {
-          ...((req.body as Omit<RehearsalRequest, 'group'> | undefined) ?? {}),
-          group: (req.params as Name).name,
-        }),
-      ),
+  groupJob(
+    'rehearse',
+    'rehearse a failover of a group replicated here: clones of a checkpoint, its VMs started on an isolated network and checked, production and replication untouched (a job; they stay up until cleanup)',
+    rehearseBody,
+    (actor, req: RehearsalRequest) => site.dr.rehearse(actor, req),
   );
   api.post(
     '/dr/groups/:name/cleanup',

@@ -25,6 +25,33 @@ function networkMap(pairs: string[] | undefined): Record<string, string> | undef
   return map;
 }
 
+type MoveOpts = ApiOpts & {
+  json?: boolean;
+  wait: boolean;
+  grace: string;
+  verify: boolean;
+  networkMap?: string[];
+};
+
+/** What a migrate, a failback and an evacuate share: the grace, verify, network map, wait and JSON. */
+function moveOptions(c: Command, mapTo: string): Command {
+  return c
+    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
+    .option('--no-verify', 'promote without comparing the replica with the source first')
+    .option('--network-map <src=dst>', `a network of this site to a network of ${mapTo} (repeat)`, repeatable)
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON');
+}
+
+function moveBody(o: MoveOpts): Record<string, unknown> {
+  const map = networkMap(o.networkMap);
+  return {
+    graceSeconds: parseDuration(o.grace, '--grace'),
+    ...(o.verify ? {} : { verify: false }),
+    ...(map ? { networkMap: map } : {}),
+  };
+}
+
 /** `haven dr …` */
 export function registerDr(program: Command): void {
   const dr = program.command('dr').description('disaster recovery across paired sites');
@@ -89,130 +116,64 @@ export function registerDr(program: Command): void {
       );
     });
 
-  apiOptions(dr.command('evacuate'))
+  const evacuate = apiOptions(dr.command('evacuate'))
     .description(
       'move every business service off this site (--site) or off one of its hosts (--host), in order: each service stops last tier first, then its groups migrate tier by tier (as dr migrate, no data lost)',
     )
     .option('--site <name>', 'this site')
-    .option('--host <name>', 'a host of this site')
-    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
-    .option('--no-verify', 'promote without comparing the replicas with the source first')
-    .option(
-      '--network-map <src=dst>',
-      'a network of this site to a network of the target (repeat)',
-      repeatable,
-    )
-    .option('--no-wait', 'print the job and return')
-    .option('--json', 'print JSON')
-    .action(
-      async (
-        o: ApiOpts & {
-          json?: boolean;
-          wait: boolean;
-          site?: string;
-          host?: string;
-          grace: string;
-          verify: boolean;
-          networkMap?: string[];
-        },
-      ) => {
-        if ((o.site === undefined) === (o.host === undefined))
-          throw invalidArgument('give --site (this site) or --host (one of its hosts), one of them');
-        const map = networkMap(o.networkMap);
-        await runJob(
-          o,
-          (c) =>
-            c.post<Job>('/dr/evacuate', {
-              ...(o.site !== undefined ? { site: o.site } : { host: o.host }),
-              graceSeconds: parseDuration(o.grace, '--grace'),
-              ...(o.verify ? {} : { verify: false }),
-              ...(map ? { networkMap: map } : {}),
-            }),
-          (j) => {
-            const r = j.result as EvacuateReport;
-            return r.services
-              .map(
-                (x) =>
-                  `${x.service ? `service ${x.service}` : `group ${x.tiers[0]?.groups[0]?.group ?? '?'}`} → site ${x.to}: ` +
-                  x.tiers
-                    .map((t) => `tier ${t.tier} (${t.groups.map((g) => g.group).join(', ')})`)
-                    .join(', ') +
-                  `; downtime ${x.downtimeSeconds.toFixed(1)} s`,
-              )
-              .join('\n');
-          },
-        );
+    .option('--host <name>', 'a host of this site');
+  moveOptions(evacuate, 'the target').action(async (o: MoveOpts & { site?: string; host?: string }) => {
+    if ((o.site === undefined) === (o.host === undefined))
+      throw invalidArgument('give --site (this site) or --host (one of its hosts), one of them');
+    await runJob(
+      o,
+      (c) =>
+        c.post<Job>('/dr/evacuate', {
+          ...(o.site !== undefined ? { site: o.site } : { host: o.host }),
+          ...moveBody(o),
+        }),
+      (j) => {
+        const r = j.result as EvacuateReport;
+        return r.services
+          .map(
+            (x) =>
+              `${x.service ? `service ${x.service}` : `group ${x.tiers[0]?.groups[0]?.group ?? '?'}`} → site ${x.to}: ` +
+              x.tiers.map((t) => `tier ${t.tier} (${t.groups.map((g) => g.group).join(', ')})`).join(', ') +
+              `; downtime ${x.downtimeSeconds.toFixed(1)} s`,
+          )
+          .join('\n');
       },
     );
+  });
 
-  apiOptions(dr.command('migrate'))
+  const migrate = apiOptions(dr.command('migrate'))
     .description(
       'move a group (or business service) replicated from this site to its target with no data lost: stop the guests (reverse order), drain to a final checkpoint, verify, promote and start there, replicate back; run at the target again to fail back',
     )
     .argument(
       '<group>',
       'a group this site replicates, or a business service (stopped last tier first, started tier by tier)',
-    )
-    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
-    .option('--no-verify', 'promote without comparing the replica with the source first')
-    .option(
-      '--network-map <src=dst>',
-      'a network of this site to a network of the target (repeat)',
-      repeatable,
-    )
-    .option('--no-wait', 'print the job and return')
-    .option('--json', 'print JSON')
-    .action(
-      async (
-        group: string,
-        o: ApiOpts & { json?: boolean; wait: boolean; grace: string; verify: boolean; networkMap?: string[] },
-      ) => {
-        const map = networkMap(o.networkMap);
-        await runJob(
-          o,
-          (c) =>
-            c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/migrate`, {
-              graceSeconds: parseDuration(o.grace, '--grace'),
-              ...(o.verify ? {} : { verify: false }),
-              ...(map ? { networkMap: map } : {}),
-            }),
-          (j) => reportLines(j.result, migrateLines),
-        );
-      },
     );
+  moveOptions(migrate, 'the target').action(async (group: string, o: MoveOpts) => {
+    await runJob(
+      o,
+      (c) => c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/migrate`, moveBody(o)),
+      (j) => reportLines(j.result, migrateLines),
+    );
+  });
 
-  apiOptions(dr.command('failback'))
+  const failback = apiOptions(dr.command('failback'))
     .description(
       'at the site running a group (or business service) after a takeover or migrate: resync back what differs, wait until the replica is current, then migrate back to the original site',
     )
-    .argument('<group>', 'a group or business service that runs here now')
-    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
-    .option('--no-verify', 'promote without comparing the replica with the source first')
-    .option(
-      '--network-map <src=dst>',
-      'a network of this site to a network of the original site (repeat)',
-      repeatable,
-    )
-    .option('--no-wait', 'print the job and return')
-    .option('--json', 'print JSON')
-    .action(
-      async (
-        group: string,
-        o: ApiOpts & { json?: boolean; wait: boolean; grace: string; verify: boolean; networkMap?: string[] },
-      ) => {
-        const map = networkMap(o.networkMap);
-        await runJob(
-          o,
-          (c) =>
-            c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/failback`, {
-              graceSeconds: parseDuration(o.grace, '--grace'),
-              ...(o.verify ? {} : { verify: false }),
-              ...(map ? { networkMap: map } : {}),
-            }),
-          (j) => reportLines(j.result, migrateLines),
-        );
-      },
+    .argument('<group>', 'a group or business service that runs here now');
+  moveOptions(failback, 'the original site').action(async (group: string, o: MoveOpts) => {
+    await runJob(
+      o,
+      (c) => c.post<Job>(`/dr/groups/${encodeURIComponent(group)}/failback`, moveBody(o)),
+      (j) => reportLines(j.result, migrateLines),
     );
+  });
 
   apiOptions(dr.command('rehearse'))
     .description(
