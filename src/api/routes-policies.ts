@@ -5,17 +5,7 @@ import * as s from './schemas.js';
 type Name = { name: string };
 const tags = ['policies'];
 
-const keep = {
-  type: 'object',
-  additionalProperties: false,
-  description: 'retention: how many to keep per period (at least one above 0)',
-  properties: Object.fromEntries(
-    ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'].map((k) => [
-      k,
-      { type: 'integer', minimum: 0 },
-    ]),
-  ),
-} as const;
+const keep = s.retentionKeep;
 const timing = {
   cron: { type: 'string', minLength: 1, description: "a cron expression (croner's syntax)" },
   everySeconds: { type: 'integer', minimum: 1 },

@@ -11,17 +11,7 @@ const idParam = {
   properties: { id: { type: 'string', minLength: 1, maxLength: 64 } },
 } as const;
 
-const keep = {
-  type: 'object',
-  additionalProperties: false,
-  description: 'retention: how many to keep per period (at least one above 0)',
-  properties: Object.fromEntries(
-    ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'].map((k) => [
-      k,
-      { type: 'integer', minimum: 0 },
-    ]),
-  ),
-} as const;
+const keep = s.retentionKeep;
 
 const createBody = {
   type: 'object',

@@ -503,3 +503,16 @@ export const pairingTokenBody = {
     ttlSeconds: { type: 'integer', minimum: 1, maximum: 86400, description: 'default 900 (15 min)' },
   },
 } as const;
+
+/** Retention as schedules and policies take it: how many to keep per period. */
+export const retentionKeep = {
+  type: 'object',
+  additionalProperties: false,
+  description: 'retention: how many to keep per period (at least one above 0)',
+  properties: Object.fromEntries(
+    ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'].map((k) => [
+      k,
+      { type: 'integer', minimum: 0 },
+    ]),
+  ),
+} as const;
