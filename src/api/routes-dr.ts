@@ -214,6 +214,45 @@ export function registerDrRoutes(api: FastifyInstance, site: Site): void {
   api.delete('/services/:name', { schema: { tags, params: s.nameParam } }, async (req) =>
     site.dr.deleteService(req.actor, (req.params as Name).name),
   );
+  api.post(
+    '/services/:name/start',
+    {
+      schema: {
+        tags,
+        summary: "start a business service's VMs here tier by tier, in its start order (a job)",
+        params: s.nameParam,
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) => reply.code(202).send(site.dr.startService(req.actor, (req.params as Name).name)),
+  );
+  api.post(
+    '/services/:name/stop',
+    {
+      schema: {
+        tags,
+        summary:
+          "stop a business service's VMs here, the last tier first (ACPI, hard after the grace; a job)",
+        params: s.nameParam,
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { graceSeconds: { type: 'number', minimum: 0 } },
+        },
+        response: { 202: s.jobAnswer },
+      },
+    },
+    async (req, reply) =>
+      reply
+        .code(202)
+        .send(
+          site.dr.stopService(
+            req.actor,
+            (req.params as Name).name,
+            (req.body as { graceSeconds?: number } | undefined) ?? {},
+          ),
+        ),
+  );
   const mapParams = {
     type: 'object',
     required: ['peer', 'source'],

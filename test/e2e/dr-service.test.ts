@@ -43,7 +43,7 @@ const inventory = async (s: TestSite) => ({
   networks: await names(s, '/networks'),
 });
 
-test('a service of 3 guests in 2 tiers: rehearsal tier by tier with heartbeats, cleanup leaves nothing; takeover after the loss of A starts the tiers in order', async (t) => {
+test('a service of 3 guests in 2 tiers: rehearsal tier by tier with heartbeats, cleanup leaves nothing; takeover after the loss of A starts the tiers in order; service stop and start there in order', async (t) => {
   const { a, b } = await pairedSites(t);
   const groups = { db: 'g-db', app: 'g-app', web: 'g-web' };
   for (const [i, vm] of ['db', 'app', 'web'].entries()) {
@@ -154,4 +154,39 @@ test('a service of 3 guests in 2 tiers: rehearsal tier by tier with heartbeats, 
     .map((v) => v.name)
     .sort();
   assert.deepEqual(up, ['app', 'db', 'web']);
+
+  // The service stopped and started again at B in its order: the last tier first, then tier by tier.
+  type PowerView = { group: string; vms: { name: string; action: string; at: string }[] };
+  const down = JSON.parse(
+    await b.haven('service', 'stop', 'shop', '--grace', '0', '--json'),
+  ) as ServiceJob<PowerView>;
+  assert.equal(down.state, 'succeeded', down.error);
+  assert.deepEqual(
+    down.result.tiers.map((x) => x.groups.map((g) => g.group)),
+    [['g-web', 'g-app'], ['g-db']],
+    'stopped the last tier first',
+  );
+  assert.ok(
+    down.result.tiers.every((x) => x.groups.every((g) => g.vms.every((v) => v.action === 'stopped'))),
+  );
+  assert.deepEqual(
+    (await b.api<VmView[]>('GET', '/vms')).filter((v) => v.state === 'running'),
+    [],
+  );
+  const again = JSON.parse(await b.haven('service', 'start', 'shop', '--json')) as ServiceJob<PowerView>;
+  assert.equal(again.state, 'succeeded', again.error);
+  const at = again.result.tiers.map((x) => x.groups.flatMap((g) => g.vms.map((v) => Date.parse(v.at))));
+  assert.deepEqual(
+    again.result.tiers.map((x) => x.groups.map((g) => g.group)),
+    [['g-db'], ['g-app', 'g-web']],
+  );
+  assert.ok(Math.max(...at[0]!) <= Math.min(...at[1]!), 'tier 1 running before tier 2 started');
+  assert.deepEqual(
+    (await b.api<VmView[]>('GET', '/vms'))
+      .filter((v) => v.state === 'running')
+      .map((v) => v.name)
+      .sort(),
+    ['app', 'db', 'web'],
+  );
+  await assert.rejects(b.haven('service', 'start', 'nope'), /nope/);
 });

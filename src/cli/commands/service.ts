@@ -1,8 +1,20 @@
 import type { Command } from 'commander';
-import type { BusinessService } from '../../orchestration/index.js';
+import type { BusinessService, Job, ServiceReport } from '../../orchestration/index.js';
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { parseDuration, repeatable, table } from '../args.js';
+import { runJob } from '../jobs.js';
 import { fields, printResult } from '../output.js';
+
+type PowerReport = ServiceReport<{ group: string; vms: { name: string; action: string; at: string }[] }>;
+
+const powerLines = (j: Job) =>
+  (j.result as PowerReport).tiers
+    .map(
+      (t) =>
+        `tier ${t.tier}: ` +
+        t.groups.flatMap((g) => g.vms.map((v) => `${v.name} ${v.action} (${g.group})`)).join(', '),
+    )
+    .join('\n');
 
 type JsonOpts = ApiOpts & { json?: boolean };
 
@@ -74,5 +86,31 @@ export function registerService(program: Command): void {
     .action(async (name: string, o: JsonOpts) => {
       const r = await connect(o).call<{ name: string }>('DELETE', `/services/${encodeURIComponent(name)}`);
       printResult(!!o.json, r, () => `service ${name} deleted`);
+    });
+
+  apiOptions(svc.command('start'))
+    .description("start a service's VMs here tier by tier, in its start order (the boot delay between tiers)")
+    .argument('<name>')
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: JsonOpts & { wait: boolean }) => {
+      await runJob(o, (c) => c.post<Job>(`/services/${encodeURIComponent(name)}/start`, {}), powerLines);
+    });
+
+  apiOptions(svc.command('stop'))
+    .description("stop a service's VMs here, the last tier first")
+    .argument('<name>')
+    .option('--grace <duration>', 'time each guest has to power off before it is stopped hard', '60s')
+    .option('--no-wait', 'print the job and return')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: JsonOpts & { wait: boolean; grace: string }) => {
+      await runJob(
+        o,
+        (c) =>
+          c.post<Job>(`/services/${encodeURIComponent(name)}/stop`, {
+            graceSeconds: parseDuration(o.grace, '--grace', { zero: true }),
+          }),
+        powerLines,
+      );
     });
 }

@@ -34,6 +34,13 @@ import {
 import { BusinessServices, type BusinessService } from './services.js';
 import { planEvacuation, runEvacuation, type EvacuateHost, type EvacuateRequest } from './dr-evacuate.js';
 import { NetworkMaps, type NetworkMapEntry } from './network-maps.js';
+import {
+  planServiceStart,
+  planServiceStop,
+  runServiceStart,
+  runServiceStop,
+  type ServicePowerHost,
+} from './service-power.js';
 import type { Db } from './database.js';
 import { DrReports } from './dr-reports.js';
 import type { Objective } from './objectives.js';
@@ -246,6 +253,31 @@ export class SiteDr extends SiteDomain {
       }
     });
     return job;
+  }
+
+  /** Starts a business service here in its order, tier by tier (service-power.ts), as a job. */
+  startService(actor: Actor, name: string): Job {
+    const s = this.services.get(name);
+    const h = this.powerHost();
+    const vms = planServiceStart(h, s);
+    return this.jobs.start({ kind: 'service.start', target: s.name, actor }, (ctx) =>
+      runServiceStart(h, s, vms, ctx),
+    );
+  }
+
+  /** Stops a business service here, the last tier first (ACPI, hard after the grace), as a job. */
+  stopService(actor: Actor, name: string, opts: { graceSeconds?: number } = {}): Job {
+    const s = this.services.get(name);
+    const grace = opts.graceSeconds ?? 60;
+    const h = this.powerHost();
+    const vms = planServiceStop(h, s, grace);
+    return this.jobs.start({ kind: 'service.stop', target: s.name, actor }, (ctx) =>
+      runServiceStop(h, s, vms, grace, ctx),
+    );
+  }
+
+  private powerHost(): ServicePowerHost {
+    return { compute: this.compute, replication: this.replication, fencedBy: this.fencedBy };
   }
 
   /** Removes every trace of a group's rehearsal. */
