@@ -56,4 +56,10 @@ export const registry: RegistryEntry[] = [
       'two sites, a 3-VM service: rehearsal, migrate downtime, takeover RTO vs a local start, failback bytes',
     load: async () => (await import('./dr.js')).drBenchmark,
   },
+  {
+    name: 'scheduler',
+    summary:
+      'schedules of 1,000 volumes over a simulated week: wall time per run vs the job, API latency, memory, idle CPU',
+    load: async () => (await import('./scheduler.js')).schedulerBenchmark,
+  },
 ];

@@ -77,7 +77,10 @@ function world(t: { after: (fn: () => void) => void }) {
   return { db, events: new EventLog(db), dir: tmp.path };
 }
 
-const tick = () => new Promise((r) => setImmediate(r));
+/** The event loop's turns a run's end takes to start the next (the scheduler yields once). */
+const tick = async () => {
+  for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+};
 
 test('overlap: a run still running makes the next one skip, recorded; limits per repository queue runs', async (t) => {
   const { db, events } = world(t);

@@ -97,6 +97,7 @@ export class Scheduler implements ScheduleOwnerSink {
   private cancelTimer: (() => void) | undefined;
   private idleWaiters: (() => void)[] = [];
   private closed = false;
+  private pumpQueued = false;
 
   constructor(
     db: Db,
@@ -371,6 +372,21 @@ export class Scheduler implements ScheduleOwnerSink {
     });
   }
 
+  /**
+   * The next runs start after the event loop has had its turn: runs that end without real I/O
+   * (a snapshot) would otherwise start each other in one chain of microtasks, and a queue of a
+   * thousand of them would keep the API from answering until all had run.
+   */
+  private pumpSoon(): void {
+    if (this.pumpQueued) return;
+    this.pumpQueued = true;
+    setImmediate(() => {
+      this.pumpQueued = false;
+      this.pump();
+      this.notifyIdle();
+    });
+  }
+
   /** Starts queued runs while the limits allow, oldest first (one held by its repository waits). */
   private pump(): void {
     for (let i = 0; i < this.queue.length && this.running < this.maxRuns && !this.closed;) {
@@ -425,7 +441,7 @@ export class Scheduler implements ScheduleOwnerSink {
         delete s.runningJob;
         Object.assign(s, { lastOutcome: r.outcome, lastMessage: r.message });
         if (this.entries.get(s.id) === e) this.store.ended(s.id, r.outcome, r.message);
-        this.pump();
+        this.pumpSoon();
         this.notifyIdle();
       });
   }
