@@ -84,23 +84,10 @@ export abstract class SiteDomain {
   ): T {
     try {
       const r = fn();
-      this.events.append({
-        actor,
-        action,
-        target,
-        outcome: 'ok',
-        message: describe?.(r) ?? `${action} ${target}`,
-      });
+      this.auditOk(actor, action, target, describe?.(r));
       return r;
     } catch (err) {
-      if (err instanceof HavenError && err.code !== 'INTERNAL' && err.code !== 'IO')
-        this.events.append({
-          actor,
-          action,
-          target,
-          outcome: 'failed',
-          message: `${action} ${target}: ${err.message}`,
-        });
+      if (!(err instanceof HavenError) || err.code !== 'IO') this.auditFailed(actor, action, target, err);
       throw err;
     }
   }
@@ -117,24 +104,27 @@ export abstract class SiteDomain {
     try {
       r = await fn();
     } catch (err) {
-      if (err instanceof HavenError && err.code !== 'INTERNAL')
-        this.events.append({
-          actor,
-          action,
-          target,
-          outcome: 'failed',
-          message: `${action} ${target}: ${err.message}`,
-        });
+      this.auditFailed(actor, action, target, err);
       throw err;
     }
-    this.events.append({
-      actor,
-      action,
-      target,
-      outcome: 'ok',
-      message: describe?.(r) ?? `${action} ${target}`,
-    });
+    this.auditOk(actor, action, target, describe?.(r));
     return r;
+  }
+
+  private auditOk(actor: Actor, action: string, target: string, message: string | undefined): void {
+    this.events.append({ actor, action, target, outcome: 'ok', message: message ?? `${action} ${target}` });
+  }
+
+  /** The audit event of an operation refused or failed for a reason it names (not an internal error). */
+  protected auditFailed(actor: Actor, action: string, target: string, err: unknown): void {
+    if (err instanceof HavenError && err.code !== 'INTERNAL')
+      this.events.append({
+        actor,
+        action,
+        target,
+        outcome: 'failed',
+        message: `${action} ${target}: ${err.message}`,
+      });
   }
 
   protected refuseIfRunning(volume: string, what: string): void {

@@ -384,7 +384,7 @@ export class SiteReplication extends SiteDomain {
       });
       return this.answer(row);
     } catch (err) {
-      this.failed(actor, 'replication.enable', req.group, err);
+      this.auditFailed(actor, 'replication.enable', req.group, err);
       throw err;
     } finally {
       for (const vm of config?.vms ?? []) this.enabling.delete(vm);
@@ -860,17 +860,6 @@ export class SiteReplication extends SiteDomain {
       ...(c.takenOver ? { takenOver: c.takenOver } : {}),
       ...(runner ? { target: runner.status() } : {}),
     };
-  }
-
-  private failed(actor: Actor, action: string, target: string, err: unknown): void {
-    if (err instanceof HavenError && err.code !== 'INTERNAL')
-      this.events.append({
-        actor,
-        action,
-        target,
-        outcome: 'failed',
-        message: `${action} ${target}: ${err.message}`,
-      });
   }
 }
 
