@@ -41,6 +41,19 @@ function target(dir: string) {
   return storage;
 }
 
+/** A target and its journal in small segments (trims show), closed and removed after the test. */
+function targetWithJournal(t: { after: (fn: () => Promise<void>) => void }) {
+  const dir = tempDir();
+  const storage = target(dir.path);
+  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'), { segmentBytes: 8 * 1024 });
+  t.after(async () => {
+    await journal.close();
+    storage.close();
+    dir.cleanup();
+  });
+  return { dir, storage, journal };
+}
+
 test('every checkpoint of the replica equals the source at that checkpoint, both volumes; the newest is the source', async (t) => {
   const dir = tempDir();
   const src = await source(t, dir.path, 400);
@@ -175,14 +188,7 @@ test('kill -9 of the applying process, 6 times at random moments: no applied che
 });
 
 test('checkpoints past the window are deleted with their snapshots; the newest always stays; the journal is trimmed', async (t) => {
-  const dir = tempDir();
-  const storage = target(dir.path);
-  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'), { segmentBytes: 8 * 1024 });
-  t.after(async () => {
-    await journal.close();
-    storage.close();
-    dir.cleanup();
-  });
+  const { dir, storage, journal } = targetWithJournal(t);
   const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path, { keepMs: 10_000 });
   // Checkpoints 5 s apart (their recorded times), a write before each.
   for (let i = 0; i < 6; i++) {
@@ -215,14 +221,7 @@ test('checkpoints past the window are deleted with their snapshots; the newest a
 });
 
 test('a checkpoint with a clone stays past the window (no failed apply) and goes once the clone is deleted; a restart keeps it too', async (t) => {
-  const dir = tempDir();
-  const storage = target(dir.path);
-  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'), { segmentBytes: 8 * 1024 });
-  t.after(async () => {
-    await journal.close();
-    storage.close();
-    dir.cleanup();
-  });
+  const { dir, storage, journal } = targetWithJournal(t);
   const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path, { keepMs: 10_000 });
   const checkpointAt = (time: number) =>
     journal.append(RecordKind.checkpoint, 0, 0, 0, [Buffer.from(JSON.stringify({ time }))]);
@@ -313,14 +312,7 @@ test('a stretch without a checkpoint larger than the target journal: release let
 });
 
 test('a checkpoint with nothing written since the newest is held through it (no new snapshot); a write or a name makes a new one', async (t) => {
-  const dir = tempDir();
-  const storage = target(dir.path);
-  const journal = ReplicationJournal.open(join(dir.path, 'target-journal'), { segmentBytes: 8 * 1024 });
-  t.after(async () => {
-    await journal.close();
-    storage.close();
-    dir.cleanup();
-  });
+  const { dir, storage, journal } = targetWithJournal(t);
   const applier = new ReplicaApplier(storage, journal, ['ra', 'rb'], dir.path);
   const checkpointAt = (time: number, name?: string) =>
     journal.append(RecordKind.checkpoint, 0, 0, 0, [
