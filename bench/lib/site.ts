@@ -1,8 +1,9 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HAVEN_BIN, run, start, type Running } from '../../test/support/proc.js';
+import { siteApi } from '../../test/support/site-api.js';
 
 /**
  * A site daemon for a benchmark (`haven serve`, no NBD TCP listener) on `DIR/site`, driven
@@ -30,19 +31,7 @@ export class BenchSite {
 
   /** The REST API, straight (JSON; throws with the server's message on an error status). */
   async api<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const { url } = JSON.parse(readFileSync(join(this.data, 'api.json'), 'utf8')) as { url: string };
-    const token = readFileSync(join(this.data, 'api-token'), 'utf8').trim();
-    const res = await fetch(`${url}/api/v1${path}`, {
-      method,
-      headers: {
-        authorization: `Bearer ${token}`,
-        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-      },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.text();
-    if (res.status >= 400) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-    return (text ? JSON.parse(text) : undefined) as T;
+    return siteApi<T>(this.data, method, path, body);
   }
 
   /** The NBD URI of an export of this site (its unix socket). */

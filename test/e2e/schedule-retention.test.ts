@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { site, startDaemon } from '../support/site.js';
+import { siteApi } from '../support/site-api.js';
 
 const H = 3600_000;
 const DAY = 24 * H;
@@ -81,17 +82,7 @@ test('hourly backups for 40 simulated days: retention keeps exactly 24 hourly / 
     ['gc', 'person', '2026-01-01T00:30:00.000Z'],
   ]);
 
-  let { url, token } = await s.info();
-  const api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
-    const r = await fetch(`${url}/api/v1${path}`, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-      ...(body ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await r.text();
-    assert.ok(r.status < 300, `${method} ${path}: ${r.status} ${text}`);
-    return JSON.parse(text) as T;
-  };
+  const api = <T>(method: string, path: string, body?: unknown) => siteApi<T>(s.dir, method, path, body);
   const advanceTo = async (ms: number) => {
     const r = await api<{ now: string; running: number; queued: number }>('POST', '/test/clock', {
       to: new Date(ms).toISOString(),
@@ -115,7 +106,6 @@ test('hourly backups for 40 simulated days: retention keeps exactly 24 hourly / 
     HAVEN_TEST_CLOCK: new Date(T0 + BACK_AT).toISOString(),
     HAVEN_LOG_LEVEL: 'warn',
   });
-  ({ url, token } = await s.info());
   await api('POST', '/test/clock', { advanceSeconds: 0 }); // answers once the catch-up run ended
   expected.push(T0 + BACK_AT);
   const [backup] = (await api<{ id: string; lastRun: string; lastOutcome: string; nextRun: string }[]>(

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FaultProxy } from './fault-proxy.js';
 import { freePort } from './proc.js';
+import { siteApi } from './site-api.js';
 import { site, startDaemon, type Site } from './site.js';
 
 export interface TestSite extends Site {
@@ -51,21 +52,8 @@ export async function testSite(
     if (res.status >= 400) throw new Error(`GET ${path} at site ${name}: ${res.status} ${text}`);
     return text;
   };
-  s.api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
-    const { url } = JSON.parse(readFileSync(join(s.dir, 'api.json'), 'utf8')) as { url: string };
-    const token = readFileSync(join(s.dir, 'api-token'), 'utf8').trim();
-    const res = await fetch(`${url}/api/v1${path}`, {
-      method,
-      headers: {
-        authorization: `Bearer ${token}`,
-        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-      },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.text();
-    if (res.status >= 400) throw new Error(`${method} ${path} at site ${name}: ${res.status} ${text}`);
-    return (text ? JSON.parse(text) : undefined) as T;
-  };
+  s.api = <T>(method: string, path: string, body?: unknown): Promise<T> =>
+    siteApi<T>(s.dir, method, path, body, ` at site ${name}`);
   // What the daemon said, with HAVEN_TEST_DAEMON_OUTPUT set (debugging a test).
   t.after(() => {
     if (process.env.HAVEN_TEST_DAEMON_OUTPUT)
