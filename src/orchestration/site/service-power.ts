@@ -34,7 +34,8 @@ function vmsOf(h: ServicePowerHost, s: BusinessService): Map<string, string[]> {
     const local = new Set(a.volumes.map((v) => (a.role === 'source' ? v.source : v.replica)));
     const here = all.filter((vm) => vm.disks.some((d) => local.has(d.volume))).map((vm) => vm.name);
     const order = a.vms ?? [];
-    here.sort((x, y) => (order.indexOf(x) + 1 || Infinity) - (order.indexOf(y) + 1 || Infinity));
+    const rank = (vm: string) => (order.includes(vm) ? order.indexOf(vm) : order.length);
+    here.sort((x, y) => rank(x) - rank(y));
     if (!here.length)
       throw conflict(
         `replication group ${g} of business service ${s.name} has no VMs at this site (run it where the group runs)`,
