@@ -103,3 +103,37 @@ test('deleting the last member removes the family from disk', (t) => {
   assert.throws(() => Pool.create(path, { name: 'p' }), code('CONFLICT'));
   pool.close();
 });
+
+test('names stay findable through rename, clone, delete and reopen (the name index)', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const path = join(dir.path, 'p');
+  let pool = Pool.create(path, { name: 'p' });
+  for (const n of ['a', 'b', 'c']) pool.createVolume(n, MiB);
+  pool.snapshot('a', 's');
+  pool.clone('a', 's', 'a2');
+  pool.renameVolume('a2', 'a3');
+  assert.equal(pool.hasVolume('a2'), false);
+  assert.equal(pool.volume('a3').origin, 'a@s');
+  pool.renameVolume('b', 'a2'); // the freed name, now in another family
+  assert.equal(pool.volume('a2').origin, undefined);
+  pool.deleteVolume('a3');
+  assert.equal(pool.hasVolume('a3'), false);
+  await pool.dropVolume('c');
+  assert.equal(pool.hasVolume('c'), false);
+  assert.throws(() => pool.volume('c'), code('NOT_FOUND'));
+  pool.createVolume('c', MiB); // a dropped name can be used again
+  const names = () => pool.listVolumes().map((v) => v.name);
+  assert.deepEqual(names(), ['a', 'a2', 'c']);
+  for (const n of names()) assert.equal(pool.hasVolume(n), true, n);
+  pool.close();
+  pool = Pool.open(path);
+  assert.deepEqual(names(), ['a', 'a2', 'c']);
+  for (const n of names()) assert.equal(pool.volume(n).name, n);
+  assert.equal(pool.hasVolume('b'), false);
+  assert.deepEqual(
+    pool.listSnapshots('a').map((s) => s.name),
+    ['s'],
+  );
+  pool.close();
+});

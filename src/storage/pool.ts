@@ -126,6 +126,15 @@ export function checkName(kind: string, name: string): void {
  */
 export class Pool {
   private readonly families = new Map<string, VolumeFamily>();
+
+  /**
+   * Which family holds each volume name, and the names each family holds: every call names a
+   * volume, and a scan of every family per lookup made a site of 1,000 volumes quadratic.
+   * Rebuilt for a family after each change of its members (reindex).
+   */
+  private readonly familyOfVolume = new Map<string, VolumeFamily>();
+
+  private readonly volumesOfFamily = new Map<VolumeFamily, string[]>();
   private allocated = 0;
   private fsFreeCache = { at: 0, bytes: 0 };
 
@@ -192,6 +201,7 @@ export class Pool {
           continue;
         }
         pool.families.set(id, fam);
+        pool.reindex(fam);
         pool.allocated += fam.allocatedBytes();
       } catch (err) {
         // A creation interrupted before its first superblock holds no data: remove it. Anything
@@ -246,6 +256,7 @@ export class Pool {
       this.familyOptions(),
     );
     this.families.set(id, fam);
+    this.reindex(fam);
     return this.volumeInfo(fam, fam.find(name)!);
   }
 
@@ -287,6 +298,7 @@ export class Pool {
     if (this.findVolume(to)) throw conflict(`volume ${to} already exists in pool ${this.name}`);
     const { family, record } = this.requireVolume(name);
     family.rename(record.id, to);
+    this.reindex(family);
     return this.volumeInfo(family, family.find(record.id)!);
   }
 
@@ -301,6 +313,7 @@ export class Pool {
     const id = this.keyOf(family);
     family.close();
     this.families.delete(id);
+    this.unindex(family);
     this.allocated -= family.allocatedBytes();
     const trash = join(this.path, 'families', `${TRASH_PREFIX}${id}`);
     renameSync(family.dir, trash);
@@ -313,6 +326,7 @@ export class Pool {
   deleteVolume(name: string): void {
     const { family, record } = this.requireVolume(name);
     family.delete(record.id);
+    this.reindex(family);
     this.dropEmptyFamily(family);
   }
 
@@ -349,7 +363,9 @@ export class Pool {
     checkName('volume', name);
     if (this.findVolume(name)) throw conflict(`volume ${name} already exists in pool ${this.name}`);
     const { family, snap } = this.requireSnapshot(volume, snapshot);
-    return this.volumeInfo(family, family.clone(snap.id, name, labels));
+    const made = family.clone(snap.id, name, labels);
+    this.reindex(family);
+    return this.volumeInfo(family, made);
   }
 
   /**
@@ -380,6 +396,8 @@ export class Pool {
   close(): void {
     for (const fam of this.families.values()) fam.close();
     this.families.clear();
+    this.familyOfVolume.clear();
+    this.volumesOfFamily.clear();
   }
 
   /**
@@ -469,11 +487,23 @@ export class Pool {
   }
 
   private findVolume(name: string): { family: VolumeFamily; record: MemberRecord } | undefined {
-    for (const family of this.families.values()) {
-      const record = family.list().find((m) => m.kind === 'volume' && m.name === name);
-      if (record) return { family, record };
-    }
-    return undefined;
+    const family = this.familyOfVolume.get(name);
+    const record = family?.volumeNamed(name);
+    return record ? { family: family!, record } : undefined;
+  }
+
+  /** Brings the name index up to date with a family's members (after any change to them). */
+  private reindex(family: VolumeFamily): void {
+    this.unindex(family);
+    const names = family.volumeNames();
+    for (const n of names) this.familyOfVolume.set(n, family);
+    this.volumesOfFamily.set(family, names);
+  }
+
+  private unindex(family: VolumeFamily): void {
+    for (const n of this.volumesOfFamily.get(family) ?? [])
+      if (this.familyOfVolume.get(n) === family) this.familyOfVolume.delete(n);
+    this.volumesOfFamily.delete(family);
   }
 
   private requireVolume(name: string): { family: VolumeFamily; record: MemberRecord } {
@@ -483,7 +513,7 @@ export class Pool {
   }
 
   private findSnapshot(family: VolumeFamily, volume: MemberRecord, name: string): MemberRecord | undefined {
-    return family.list().find((m) => m.kind === 'snapshot' && m.parent === volume.id && m.name === name);
+    return family.snapshotNamed(volume.id, name);
   }
 
   private requireSnapshot(volume: string, snapshot: string) {
@@ -513,6 +543,7 @@ export class Pool {
     if (family.memberCount > 0) return;
     family.close();
     this.families.delete(this.keyOf(family));
+    this.unindex(family);
     rmSync(family.dir, { recursive: true, force: true });
   }
 

@@ -194,6 +194,28 @@ export class VolumeFamily {
     return [...this.members.values()].map((m) => ({ ...m.record }));
   }
 
+  /** The volume (not snapshot) of this name, copying no other record: pools look names up often. */
+  volumeNamed(name: string): MemberRecord | undefined {
+    for (const m of this.members.values())
+      if (m.record.kind === 'volume' && m.record.name === name) return { ...m.record };
+    return undefined;
+  }
+
+  /** Names of the volumes (not snapshots) of this family. */
+  volumeNames(): string[] {
+    const out: string[] = [];
+    for (const m of this.members.values()) if (m.record.kind === 'volume') out.push(m.record.name);
+    return out;
+  }
+
+  /** The snapshot of this name taken of volume `volumeId`. */
+  snapshotNamed(volumeId: string, name: string): MemberRecord | undefined {
+    for (const m of this.members.values())
+      if (m.record.kind === 'snapshot' && m.record.parent === volumeId && m.record.name === name)
+        return { ...m.record };
+    return undefined;
+  }
+
   find(nameOrId: string): MemberRecord | undefined {
     for (const m of this.members.values())
       if (m.record.id === nameOrId || m.record.name === nameOrId) return { ...m.record };
