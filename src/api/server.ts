@@ -1,4 +1,3 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Fastify, {
   LogController,
@@ -20,7 +19,10 @@ import { registerPlanRoutes } from './routes-plans.js';
 import { registerObjectiveRoutes } from './routes-objectives.js';
 import { registerMetricsRoute } from './routes-metrics.js';
 import { registerOperationRoutes } from './routes-operations.js';
-import { ACCEPT_PEER_PATH, registerPeerRoutes } from './routes-peers.js';
+import { registerPeerRoutes } from './routes-peers.js';
+import { registerSessionRoutes } from './routes-session.js';
+import { registerUserRoutes } from './routes-users.js';
+import { SESSION_COOKIE, installAuth } from './auth.js';
 import { registerPolicyRoutes } from './routes-policies.js';
 import { registerReplicationRoutes } from './routes-replication.js';
 import { registerScheduleRoutes } from './routes-schedules.js';
@@ -51,13 +53,6 @@ const HEADERS_TIMEOUT_MS = 10_000;
 /** How often Node checks those bounds: a stalled request is closed at most this late. */
 const TIMEOUT_CHECK_MS = 1_000;
 
-declare module 'fastify' {
-  interface FastifyRequest {
-    /** Who is asking, for jobs and the audit log. */
-    actor: string;
-  }
-}
-
 const STATUS: Record<HavenErrorCode, number> = {
   INVALID_ARGUMENT: 400,
   OUT_OF_RANGE: 400,
@@ -66,6 +61,7 @@ const STATUS: Record<HavenErrorCode, number> = {
   READ_ONLY: 409,
   CANCELLED: 409,
   UNAUTHENTICATED: 401,
+  PERMISSION_DENIED: 403,
   NO_SPACE: 507,
   UNSUPPORTED: 501,
   TIMEOUT: 504,
@@ -76,7 +72,8 @@ const STATUS: Record<HavenErrorCode, number> = {
 };
 
 /**
- * The REST API of a site: JSON over HTTP(S), bearer-token authentication on every request,
+ * The REST API of a site: JSON over HTTP(S), authentication (bearer tokens, console sessions)
+ * and roles on every request (auth.ts),
  * bodies validated against the schemas in schemas.ts (unknown fields are refused), errors as
  * `{ error: { code, message, field? } }`, and the OpenAPI document at /api/v1/openapi.json.
  * Handlers only translate between HTTP and the Site's methods.
@@ -118,44 +115,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       ? { https: { cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ...bounds } }
       : { http: bounds }),
   });
-  const expected = digest(site.apiToken());
-
-  app.decorateRequest('actor', '');
-  app.decorateRequest('pairingToken', '');
-  app.addHook('onRequest', async (req, reply) => {
-    const header = req.headers.authorization ?? '';
-    const m = /^Bearer\s+(\S+)$/i.exec(header);
-    if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
-      // The one exception: a site pairing with this one may show a one-time pairing token
-      // instead, on this one route; the handler spends it.
-      if (m && req.method === 'POST' && req.routeOptions.url === API_PREFIX + ACCEPT_PEER_PATH) {
-        const problem = site.peers.pairingTokenProblem(m[1]!);
-        if (problem === undefined) {
-          req.actor = `pairing-token@${req.ip}`;
-          req.pairingToken = m[1]!;
-          return;
-        }
-        void reply
-          .code(401)
-          .header('www-authenticate', 'Bearer realm="haven"')
-          .send({ error: { code: 'UNAUTHENTICATED', message: problem } });
-        return reply;
-      }
-      void reply
-        .code(401)
-        .header('www-authenticate', 'Bearer realm="haven"')
-        .send({
-          error: {
-            code: 'UNAUTHENTICATED',
-            message: m
-              ? 'the API token is not valid'
-              : 'an API token is required (Authorization: Bearer <token>)',
-          },
-        });
-      return reply;
-    }
-    req.actor = `admin@${req.ip}`;
-  });
+  installAuth(app, site);
   app.addHook('onResponse', async (req, reply) => {
     app.log.debug({ method: req.method, url: req.url, status: reply.statusCode }, 'request');
   });
@@ -182,12 +142,25 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
           version: havenVersion(),
           description: 'Storage, compute, jobs and events of one Haven site.',
         },
-        components: { securitySchemes: { token: { type: 'http', scheme: 'bearer' } } },
-        security: [{ token: [] }],
+        components: {
+          securitySchemes: {
+            token: { type: 'http', scheme: 'bearer', description: "the site token, or a user's API token" },
+            session: {
+              type: 'apiKey',
+              in: 'cookie',
+              name: SESSION_COOKIE,
+              description:
+                'a console session (POST /api/v1/session); requests but GET, HEAD, OPTIONS carry X-CSRF-Token',
+            },
+          },
+        },
+        security: [{ token: [] }, { session: [] }],
       },
     });
   await app.register(
     async (api) => {
+      registerSessionRoutes(api, site, { secure: !!opts.tls });
+      registerUserRoutes(api, site);
       registerOperationRoutes(api, site);
       registerStorageRoutes(api, site);
       registerComputeRoutes(api, site);
@@ -206,10 +179,6 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
   );
   registerMetricsRoute(app, site);
   return app;
-}
-
-function digest(token: string): Buffer {
-  return createHash('sha256').update(token).digest();
 }
 
 interface ErrorAnswer {

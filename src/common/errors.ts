@@ -16,6 +16,7 @@ export type HavenErrorCode =
   | 'TIMEOUT'
   | 'CANCELLED'
   | 'UNAUTHENTICATED' // no valid credentials
+  | 'PERMISSION_DENIED' // valid credentials, but their role may not do this
   | 'INTERNAL';
 
 const CODES = new Set<string>([
@@ -32,6 +33,7 @@ const CODES = new Set<string>([
   'TIMEOUT',
   'CANCELLED',
   'UNAUTHENTICATED',
+  'PERMISSION_DENIED',
   'INTERNAL',
 ] satisfies HavenErrorCode[]);
 
@@ -53,6 +55,8 @@ export const conflict = (msg: string) => new HavenError('CONFLICT', msg);
 export const outOfRange = (msg: string) => new HavenError('OUT_OF_RANGE', msg);
 export const unsupported = (msg: string) => new HavenError('UNSUPPORTED', msg);
 export const protocolError = (msg: string) => new HavenError('PROTOCOL', msg);
+export const unauthenticated = (msg: string) => new HavenError('UNAUTHENTICATED', msg);
+export const permissionDenied = (msg: string) => new HavenError('PERMISSION_DENIED', msg);
 
 /** Maps Node's system errors (ENOSPC, EIO, …) to HavenError with the path or operation named. */
 export function fromSystemError(err: unknown, what: string): HavenError {

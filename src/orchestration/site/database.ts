@@ -136,6 +136,19 @@ const MIGRATIONS: string[] = [
      last_outcome TEXT CHECK (last_outcome IN ('succeeded', 'failed', 'cancelled', 'skipped')),
      last_message TEXT, last_job TEXT, created_at TEXT NOT NULL);
    CREATE INDEX schedules_owner ON schedules(owner);`,
+  // issue 19: users with roles (scrypt password hashes), their console sessions and API tokens
+  // (both kept as SHA-256 hashes of what the client holds; times of sessions in ms)
+  `CREATE TABLE users (
+     name TEXT PRIMARY KEY, role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+     password TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+   CREATE TABLE sessions (
+     hash TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+     csrf TEXT NOT NULL, created_ms INTEGER NOT NULL, seen_ms INTEGER NOT NULL);
+   CREATE INDEX sessions_user ON sessions(user);
+   CREATE TABLE user_tokens (
+     id TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+     hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, last_used_at TEXT);
+   CREATE INDEX user_tokens_user ON user_tokens(user);`,
 ];
 
 export function openDatabase(path: string): Db {

@@ -39,6 +39,20 @@ export type { Policy, PolicySpec, PolicyTiming } from './policy-spec.js';
 export type { Compliance, ComplianceReason } from './compliance.js';
 export type { PoolAnswer } from './volumes.js';
 export type { ScheduleSpec, ScheduleOwnerSink, ScheduleKind, ScheduleParams } from './schedule-spec.js';
+export {
+  ROLES,
+  ROUTE_RULES,
+  SITE_TOKEN_USER,
+  TOKEN_PREFIX,
+  requirementOf,
+  isRole,
+  type SiteAccess,
+  type Principal,
+  type Requirement,
+  type Role,
+  type User,
+  type UserToken,
+} from '../access/index.js';
 export type { SiteAlerts, Alert, Silence, Channel, AddChannelRequest, RuleInfo } from '../alerts/index.js';
 export type { Scheduler, Schedule, SchedulerOptions } from './scheduler.js';
 export { SCHEDULE_KINDS } from './scheduler.js';

@@ -52,6 +52,7 @@ import { ScheduledRuns } from './schedule-runs.js';
 import { SiteMetrics } from './metrics.js';
 import { ProviderPools } from './provider-pools.js';
 import { SiteAlerts, type AlertOptions } from '../alerts/index.js';
+import { SiteAccess, type AccessOptions } from '../access/index.js';
 export type { Actor } from './domain.js';
 
 const log = logger('site');
@@ -102,6 +103,8 @@ export interface SiteOptions {
   objectiveCheckMs?: number;
   /** Heartbeats to paired sites: their interval, and how many missed make a peer unreachable. */
   peerHeartbeat?: HeartbeatOptions;
+  /** Console sessions' lifetimes, sign-in throttling and the password hash's cost. */
+  access?: AccessOptions;
 }
 
 export interface NbdTlsCertificates {
@@ -188,6 +191,8 @@ export class Site {
   readonly scheduler: Scheduler;
   /** Pools of out-of-process storage providers (docs/provider-api.md). */
   readonly providerPools: ProviderPools;
+  /** Users, roles, console sessions and API tokens (docs/users.md). */
+  readonly access: SiteAccess;
 
   private constructor(
     readonly name: string,
@@ -205,10 +210,12 @@ export class Site {
     alertOptions: AlertOptions = {},
     schedulerOptions: SchedulerOptions = {},
     heartbeat: HeartbeatOptions = {},
+    accessOptions: AccessOptions = {},
   ) {
     this.metrics = metrics;
     this.transfers = new TransferSlots(maxTransfersPerHost);
     this.events = new EventLog(db);
+    this.access = new SiteAccess(db, this.events, apiToken(dataDir), accessOptions);
     this.jobs = new JobManager(db, this.events);
     this.compute = new ComputeService(db, this.events, join(dataDir, 'vms'), {
       uriOf: (v) => `nbd+unix:///${encodeURIComponent(v)}?socket=${nbdSocket}`,
@@ -383,6 +390,7 @@ export class Site {
         opts.alerts ?? {},
         opts.scheduler ?? {},
         opts.peerHeartbeat ?? {},
+        opts.access ?? {},
       );
       opened = site;
       site.psk = sitePsk(dataDir, log);
