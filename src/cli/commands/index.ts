@@ -13,6 +13,7 @@ import { registerDr } from './dr.js';
 import { registerService } from './service.js';
 import { registerObjective } from './objective.js';
 import { registerPlan } from './plan.js';
+import { registerUser } from './user.js';
 import {
   registerBitmap,
   registerPool,
@@ -43,6 +44,7 @@ export const commandFamilies: Register[] = [
   registerPolicy,
   registerSchedule,
   registerAlert,
+  registerUser,
   registerStorage,
   registerNbd,
 ];

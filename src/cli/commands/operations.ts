@@ -133,17 +133,22 @@ export function registerOperations(program: Command): void {
     .option('--action <action>', 'e.g. vm.start, volume.delete')
     .option('--target <name>', 'a VM, volume, … name')
     .option('--outcome <outcome>', 'ok, failed, info or warning')
+    .option('--actor <actor>', 'who did it: USER@ADDRESS (admin@… is the site token)')
     .option('--limit <n>', 'at most this many', '50')
     .option('--json', 'print JSON')
-    .action(async (o: ApiOpts & { action?: string; target?: string; outcome?: string; limit: string }) => {
-      const events = await connect(o).get<SiteEvent[]>(
-        `/events${query({ action: o.action, target: o.target, outcome: o.outcome, limit: limitOf(o.limit) })}`,
-      );
-      printResult(!!o.json, events, () =>
-        table([
-          ['TIME', 'ACTOR', 'ACTION', 'TARGET', 'OUTCOME', 'MESSAGE'],
-          ...events.map((e) => [e.time, e.actor, e.action, e.target, e.outcome, e.message]),
-        ]),
-      );
-    });
+    .action(
+      async (
+        o: ApiOpts & { action?: string; target?: string; outcome?: string; actor?: string; limit: string },
+      ) => {
+        const events = await connect(o).get<SiteEvent[]>(
+          `/events${query({ action: o.action, target: o.target, outcome: o.outcome, actor: o.actor, limit: limitOf(o.limit) })}`,
+        );
+        printResult(!!o.json, events, () =>
+          table([
+            ['TIME', 'ACTOR', 'ACTION', 'TARGET', 'OUTCOME', 'MESSAGE'],
+            ...events.map((e) => [e.time, e.actor, e.action, e.target, e.outcome, e.message]),
+          ]),
+        );
+      },
+    );
 }
