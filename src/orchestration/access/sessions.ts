@@ -13,7 +13,7 @@ export interface SessionOptions {
 
 export const DEFAULT_IDLE_MS = 12 * 3600_000;
 const DEFAULT_MAX_MS = 7 * 24 * 3600_000;
-/** A session's last use is written at most this often (not on every request). */
+/** A session's last use is written at most this often (not on every request), or a tenth of its idle time. */
 const TOUCH_MS = 60_000;
 
 /** A live session: whose it is, their role now, and the CSRF token its unsafe requests must carry. */
@@ -45,6 +45,7 @@ export class SessionStore {
   private readonly idleMs: number;
   private readonly maxMs: number;
   private readonly now: () => number;
+  private readonly touchMs: number;
 
   constructor(
     private readonly db: Db,
@@ -53,6 +54,7 @@ export class SessionStore {
     this.idleMs = opts.idleMs ?? DEFAULT_IDLE_MS;
     this.maxMs = opts.maxMs ?? DEFAULT_MAX_MS;
     this.now = opts.now ?? Date.now;
+    this.touchMs = Math.min(TOUCH_MS, this.idleMs / 10);
   }
 
   /** A new session of `user`: the cookie value (given to the browser once) and the session. */
@@ -84,7 +86,7 @@ export class SessionStore {
       this.close(id);
       return undefined;
     }
-    if (t - r.seen_ms > TOUCH_MS)
+    if (t - r.seen_ms > this.touchMs)
       this.db.prepare('UPDATE sessions SET seen_ms = ? WHERE hash = ?').run(t, id);
     return { id, user: r.user, role: r.role, csrfToken: r.csrf };
   }
