@@ -20,7 +20,7 @@ export function apiOptions(cmd: Command): Command {
     .option('--api <url>', "the site's API (default: $HAVEN_API, the config file, or the local site)")
     .option(
       '--token-file <file>',
-      'file holding the API token (default: $HAVEN_TOKEN, the config file, or the local site)',
+      "file holding the API token, the site's or a user's (default: $HAVEN_TOKEN, the config file, or the local site)",
     )
     .option('--ca-file <file>', 'CA certificate of an https API');
 }

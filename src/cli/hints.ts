@@ -34,7 +34,7 @@ export function withHint(code: string | undefined, message: string): string {
       if (m) return `${message}: ${hint(m)}`;
     }
   if (code === 'UNAUTHENTICATED' && connection && /API token/.test(message))
-    return `${message} for ${connection.url} (token from ${connection.tokenFrom}): give the site's token, DATA/api-token of its data directory, with --token-file FILE or $HAVEN_TOKEN_FILE`;
+    return `${message} for ${connection.url} (token from ${connection.tokenFrom}): give the site's token, DATA/api-token of its data directory, or a user's ("haven user token create"), with --token-file FILE or $HAVEN_TOKEN_FILE`;
   if (code === 'IO' && connection && /cannot reach the Haven site API/.test(message))
     return `${message}: is its daemon running ("haven serve")? Otherwise check --api, $HAVEN_API or the config file`;
   return message;

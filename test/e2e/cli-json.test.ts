@@ -72,6 +72,12 @@ test('--json of a command of each group has the shape docs/cli.md documents', as
   assertShape(await json('vm', 'create', 'vm1', '--disk', 'v1'), 'vm');
   assertShape(await json('host', 'list'), 'hosts');
   assertShape(await json('event', 'list'), 'events');
+  const pw = join(s.dir, '..', 'pw');
+  writeFileSync(pw, 'a password\n');
+  assertShape([await json('user', 'add', 'ann', '--role', 'viewer', '--password-file', pw)], 'users');
+  assertShape(await json('user', 'list'), 'users');
+  assertShape(await json('user', 'token', 'create', 'ann'), 'user-token');
+  assertShape(await json('user', 'token', 'list', 'ann'), 'user-tokens');
   // Paired with a second site.
   const other = await site(t, ['--site', 'other']);
   const token = (JSON.parse(await other.haven('site', 'pair-token', '--json')) as { token: string }).token;
