@@ -73,9 +73,9 @@ const STATUS: Record<HavenErrorCode, number> = {
 
 /**
  * The REST API of a site: JSON over HTTP(S), authentication (bearer tokens, console sessions)
- * and roles on every request (auth.ts),
- * bodies validated against the schemas in schemas.ts (unknown fields are refused), errors as
- * `{ error: { code, message, field? } }`, and the OpenAPI document at /api/v1/openapi.json.
+ * and roles on every request (auth.ts), bodies validated against the schemas in schemas.ts
+ * (unknown fields are refused), errors as `{ error: { code, message, field? } }`, and the
+ * OpenAPI document at /api/v1/openapi.json.
  * Handlers only translate between HTTP and the Site's methods.
  */
 export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<FastifyInstance> {
