@@ -1,6 +1,7 @@
 import { isMoveInternal } from './service.js';
 import type { NbdExport, NbdServer } from '../nbd/index.js';
 import type { StorageService } from './service.js';
+import type { VolumeInfo } from './pool.js';
 
 /**
  * A volume a replication target writes (value: "SOURCE-SITE/GROUP"): never exported, since
@@ -34,24 +35,19 @@ export class StorageExports {
   /** Exports what is not yet exported, updates bitmaps, and withdraws what no longer exists. */
   refresh(): void {
     const want = new Set<string>();
-    for (const v of this.storage.listVolumes()) {
-      if (isMoveInternal(v.name)) continue; // a copy in the making, or a source on its way out
-      if (this.storage.missingBase(v.name)) continue; // would serve zeroes for its base's data
-      // A replica is torn between checkpoints; its checkpoints are read through clones.
-      if (v.labels[REPLICA_LABEL] !== undefined) continue;
-      want.add(v.name);
-      this.ensure(v.name, `volume ${v.name} (pool ${v.pool})`);
-      for (const s of this.storage.listSnapshots(v.name)) {
-        const name = `${v.name}@${s.name}`;
-        want.add(name);
-        this.ensure(name, `snapshot ${s.name} of ${v.name}`);
-      }
-    }
+    for (const v of this.storage.listVolumes()) this.want(v, want);
+    for (const name of [...this.exported.keys()]) if (!want.has(name)) this.remove(name);
+  }
+
+  /**
+   * refresh() for one volume and its snapshots only: after a snapshot of it was taken or
+   * deleted, so that a scheduler with a thousand volumes does not walk all of them per run.
+   */
+  refreshVolume(volume: string): void {
+    const want = new Set<string>();
+    if (this.exists(volume)) this.want(this.storage.volume(volume), want);
     for (const name of [...this.exported.keys()])
-      if (!want.has(name)) {
-        for (const srv of this.servers) srv.removeExport(name);
-        this.exported.delete(name);
-      }
+      if ((name === volume || name.startsWith(`${volume}@`)) && !want.has(name)) this.remove(name);
   }
 
   /** NBD clients attached to the volume or any of its snapshots. */
@@ -76,6 +72,34 @@ export class StorageExports {
 
   names(): string[] {
     return [...this.exported.keys()].sort();
+  }
+
+  private exists(volume: string): boolean {
+    try {
+      this.storage.volume(volume);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private want(v: VolumeInfo, want: Set<string>): void {
+    if (isMoveInternal(v.name)) return; // a copy in the making, or a source on its way out
+    if (this.storage.missingBase(v.name)) return; // would serve zeroes for its base's data
+    // A replica is torn between checkpoints; its checkpoints are read through clones.
+    if (v.labels[REPLICA_LABEL] !== undefined) return;
+    want.add(v.name);
+    this.ensure(v.name, `volume ${v.name} (pool ${v.pool})`);
+    for (const s of this.storage.listSnapshots(v.name)) {
+      const name = `${v.name}@${s.name}`;
+      want.add(name);
+      this.ensure(name, `snapshot ${s.name} of ${v.name}`);
+    }
+  }
+
+  private remove(name: string): void {
+    for (const srv of this.servers) srv.removeExport(name);
+    this.exported.delete(name);
   }
 
   private ensure(name: string, description: string): void {

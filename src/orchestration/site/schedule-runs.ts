@@ -127,7 +127,7 @@ export class ScheduledRuns extends SiteDomain implements ScheduleRunner {
       ctx.progress(0, 1, 'snapshot');
       // One synchronous step: no write is served between two disks of a VM.
       for (const v of volumes) this.storage.snapshot(v, name);
-      this.exports.refresh();
+      for (const v of volumes) this.exports.refreshVolume(v);
       const removed: string[] = [];
       if (keep)
         for (const v of volumes) {
