@@ -9,14 +9,14 @@ const seconds = { type: 'number', minimum: 0.001, description: 'seconds' } as co
 const enableBody = {
   type: 'object',
   additionalProperties: false,
-  required: ['group', 'vms', 'to', 'pool'],
+  required: ['group', 'to', 'pool'],
   properties: {
     group: s.name,
     vms: {
       type: 'array',
       minItems: 1,
       items: s.name,
-      description: 'the VMs whose disks the group replicates',
+      description: 'the VMs whose disks the group replicates (left out: those of the resiliency group)',
     },
     to: { ...s.name, description: 'the paired site holding the replica' },
     pool: { ...s.name, description: 'the pool at that site for the replica volumes' },

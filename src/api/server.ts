@@ -24,6 +24,7 @@ import { registerSessionRoutes } from './routes-session.js';
 import { registerUserRoutes } from './routes-users.js';
 import { SESSION_COOKIE, installAuth } from './auth.js';
 import { registerPolicyRoutes } from './routes-policies.js';
+import { registerGroupRoutes } from './routes-groups.js';
 import { registerReplicationRoutes } from './routes-replication.js';
 import { registerScheduleRoutes } from './routes-schedules.js';
 import { registerStorageRoutes } from './routes-storage.js';
@@ -167,6 +168,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
       registerCheckRoutes(api, site);
       registerPeerRoutes(api, site);
       registerReplicationRoutes(api, site);
+      registerGroupRoutes(api, site);
       registerDrRoutes(api, site);
       registerPlanRoutes(api, site);
       registerObjectiveRoutes(api, site);

@@ -10,6 +10,7 @@ import { registerPolicy } from './policy.js';
 import { registerSchedule } from './schedule.js';
 import { registerReplication } from './replication.js';
 import { registerDr } from './dr.js';
+import { registerGroup } from './group.js';
 import { registerService } from './service.js';
 import { registerObjective } from './objective.js';
 import { registerPlan } from './plan.js';
@@ -37,6 +38,7 @@ export const commandFamilies: Register[] = [
   registerBackup,
   registerRecover,
   registerReplication,
+  registerGroup,
   registerService,
   registerObjective,
   registerDr,

@@ -106,7 +106,7 @@ export function registerReplication(program: Command): void {
 
   apiOptions(r.command('enable'))
     .description("replicate the VMs' disks as one consistency group to a paired site")
-    .argument('<vm...>', 'the VMs of the group')
+    .argument('[vm...]', 'the VMs of the group (left out: those of resiliency group --group)')
     .requiredOption('--group <name>', 'the consistency group')
     .requiredOption('--to <site>', 'the paired site holding the replica')
     .requiredOption('--pool <pool>', 'the pool of that site for the replica volumes')
@@ -144,7 +144,7 @@ export function registerReplication(program: Command): void {
       ) => {
         const body: EnableReplicationRequest = {
           group: o.group,
-          vms,
+          ...(vms.length ? { vms } : {}),
           to: o.to,
           pool: o.pool,
           rpoSeconds: parseDuration(o.rpo, '--rpo'),

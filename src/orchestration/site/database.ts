@@ -149,6 +149,13 @@ const MIGRATIONS: string[] = [
      id TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
      hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, last_used_at TEXT);
    CREATE INDEX user_tokens_user ON user_tokens(user);`,
+  // issue 17: resiliency groups, VMs protected and recovered together; a VM is in at most one
+  `CREATE TABLE resiliency_groups (
+     name TEXT PRIMARY KEY, description TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+   CREATE TABLE resiliency_group_vms (
+     vm TEXT PRIMARY KEY, grp TEXT NOT NULL REFERENCES resiliency_groups(name) ON DELETE CASCADE,
+     position INTEGER NOT NULL);
+   CREATE INDEX resiliency_group_vms_grp ON resiliency_group_vms(grp, position);`,
 ];
 
 export function openDatabase(path: string): Db {

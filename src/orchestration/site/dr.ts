@@ -112,7 +112,11 @@ export class SiteDr extends SiteDomain {
     private readonly site: string,
   ) {
     super(parts);
-    this.services = new BusinessServices(db, (n) => replication.hasGroup(n));
+    this.services = new BusinessServices(
+      db,
+      (n) => replication.hasGroup(n),
+      (n) => replication.resiliency.find(n) !== undefined,
+    );
     this.reports = new DrReports(db, site);
     links.handle('dr.service.put', async (_peer, args) =>
       this.services.put(serviceArgs(args), { replace: true }),

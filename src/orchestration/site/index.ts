@@ -15,6 +15,7 @@ export type { PeerOffer } from './pairing.js';
 export type { ChannelHandler } from './peer-link.js';
 export type { PeerOperation } from './peer-rpc.js';
 export type { EnableReplicationRequest, ReplicationGroupAnswer, SiteReplication } from './replication.js';
+export type { CreateGroupRequest, ResiliencyGroup, SiteGroups } from './site-groups.js';
 export type { CheckpointAnswer, SourceGroupStatus, TargetGroupStatus } from './replication-runners.js';
 export type {
   SiteDr,

@@ -88,7 +88,11 @@ interface Row {
 
 /** The replication groups a site takes part in (table replication_groups), either side. */
 export class ReplicationGroups {
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    /** Whether a resiliency group of that name is defined here (it names a group not replicated yet). */
+    private readonly defined: (name: string) => boolean = () => false,
+  ) {}
 
   list(): GroupRow[] {
     return (this.db.prepare('SELECT * FROM replication_groups ORDER BY name').all() as Row[]).map(fromRow);
@@ -101,6 +105,10 @@ export class ReplicationGroups {
 
   get(name: string): GroupRow {
     const g = this.find(name);
+    if (!g && this.defined(name))
+      throw conflict(
+        `group ${name} does not replicate: enable its replication first (haven replication enable --group ${name} --to SITE --pool POOL)`,
+      );
     if (!g) throw notFound(`replication group ${name} does not exist on this site`);
     return g;
   }

@@ -23,6 +23,7 @@ import {
   roleOf,
   type FailoverHost,
 } from './replication-failover.js';
+import { ResiliencyGroupStore } from './resiliency-groups.js';
 import { describeVm, replicatedVms } from './replicated-vms.js';
 import type { Job } from './jobs.js';
 import {
@@ -38,7 +39,8 @@ const log = logger('replication');
 
 export interface EnableReplicationRequest {
   group: string;
-  vms: string[];
+  /** The VMs; left out, those of the resiliency group of that name. */
+  vms?: string[];
   /** The paired site holding the replica. */
   to: string;
   /** The pool of that site for the replica volumes. */
@@ -131,9 +133,11 @@ export class SiteReplication extends SiteDomain {
     private readonly links: PeerLinks,
     private readonly dataDir: string,
     private readonly siteName: string,
+    /** The operator's resiliency groups: a group replicates their VMs, a VM is in one. */
+    readonly resiliency: ResiliencyGroupStore = new ResiliencyGroupStore(db),
   ) {
     super(parts);
-    this.groups = new ReplicationGroups(db);
+    this.groups = new ReplicationGroups(db, (name) => this.resiliency.find(name) !== undefined);
     links.onChannel('replication', (socket, peer, open) => {
       const group = typeof open.group === 'string' ? open.group : '';
       const runner = this.targets.get(group);
@@ -374,6 +378,8 @@ export class SiteReplication extends SiteDomain {
         createdAt: now(),
       };
       this.groups.insert(row);
+      // Replicating VMs makes them a resiliency group, if the operator had not defined it.
+      if (!this.resiliency.find(req.group)) this.resiliency.create(req.group, config.vms);
       this.run(row);
       this.events.append({
         actor,
@@ -512,14 +518,13 @@ export class SiteReplication extends SiteDomain {
     if (replacing === undefined && this.groups.find(req.group))
       throw conflict(`replication group ${req.group} exists already`);
     this.links.get(req.to); // a paired site, or NOT_FOUND naming it
-    if (!req.vms.length) throw invalidArgument('a replication group needs at least one VM');
-    const vms = [...new Set(req.vms)];
+    const vms = this.vmsToReplicate(req, replacing !== undefined);
     const volumes: string[] = [];
     for (const name of vms) {
       const vm = this.compute.vm(name); // NOT_FOUND for an unknown VM
       if (this.enabling.has(name)) throw conflict(`VM ${name} is being added to another replication group`);
       const other = this.groupOfVm(name);
-      if (other) throw conflict(`VM ${name} is replicated by group ${other} already`);
+      if (other && other !== replacing) throw conflict(`VM ${name} is replicated by group ${other} already`);
       for (const d of vm.disks) {
         if (d.readOnly || volumes.includes(d.volume)) continue;
         const inGroup = this.groupOf(d.volume);
@@ -558,6 +563,38 @@ export class SiteReplication extends SiteDomain {
       journalBytes,
       ...(req.seeded ? { seeded: true } : {}),
     };
+  }
+
+  /**
+   * The VMs a group replicates: those of the resiliency group of its name when there is one (the
+   * request may leave them out, or must name exactly those); none in another resiliency group.
+   */
+  private vmsToReplicate(req: EnableReplicationRequest, replacing: boolean): string[] {
+    const defined = this.resiliency.find(req.group);
+    const asked = [...new Set(req.vms ?? [])];
+    if (defined && !replacing) {
+      if (!defined.vms.length)
+        throw invalidArgument(
+          `group ${req.group} has no VMs yet: add them first (haven group add ${req.group} VM…)`,
+        );
+      if (asked.length && asked.slice().sort().join(',') !== defined.vms.slice().sort().join(','))
+        throw invalidArgument(
+          `group ${req.group} holds VM(s) ${defined.vms.join(', ')}: replicate exactly those (leave the VMs out), or change the group first (haven group add|remove)`,
+        );
+      return defined.vms;
+    }
+    if (!asked.length)
+      throw invalidArgument(
+        `a replication group needs at least one VM: name them, or define group ${req.group} first (haven group create ${req.group} --vm …)`,
+      );
+    for (const vm of asked) {
+      const other = this.resiliency.groupOfVm(vm);
+      if (other && other !== req.group)
+        throw conflict(
+          `VM ${vm} is in group ${other}: a VM belongs to at most one group (replicate ${other} instead)`,
+        );
+    }
+    return asked;
   }
 
   /** The target side: makes the replica volumes and starts taking the source's journal. */

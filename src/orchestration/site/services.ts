@@ -32,6 +32,8 @@ export class BusinessServices {
     private readonly db: Db,
     /** Whether a replication group of that name is at this site (either side). */
     private readonly groupExists: (name: string) => boolean,
+    /** Whether a resiliency group of that name is defined here (but does not replicate). */
+    private readonly groupDefined: (name: string) => boolean = () => false,
   ) {}
 
   list(): BusinessService[] {
@@ -69,6 +71,10 @@ export class BusinessServices {
             `group ${g} is in tier ${seen.get(g)! + 1} and tier ${i + 1}: a group starts once`,
           );
         seen.set(g, i);
+        if (!this.groupExists(g) && this.groupDefined(g))
+          throw conflict(
+            `group ${g} does not replicate: a business service recovers at another site, so its groups replicate (haven replication enable --group ${g} --to SITE --pool POOL)`,
+          );
         if (!this.groupExists(g)) throw notFound(`replication group ${g} does not exist on this site`);
       }),
     );

@@ -41,6 +41,7 @@ import { siteIdentity, type SiteIdentity } from './identity.js';
 import { SitePeers } from './peers.js';
 import type { HeartbeatOptions } from './peer-health.js';
 import { SiteReplication } from './replication.js';
+import { SiteGroups } from './site-groups.js';
 import { SiteDr } from './dr.js';
 import { SitePlans } from './site-plans.js';
 import { SiteObjectives } from './site-objectives.js';
@@ -175,6 +176,8 @@ export class Site {
   readonly peers: SitePeers;
   /** Consistency groups replicated to and from paired sites. */
   readonly replication: SiteReplication;
+  /** Resiliency groups: VMs protected and recovered together (one consistency group each). */
+  readonly groups: SiteGroups;
   /** Disaster recovery over those groups: takeover, resync, migrate, rehearsal, services. */
   readonly dr: SiteDr;
   /** Service objectives applied to groups and services, and their compliance. */
@@ -260,7 +263,10 @@ export class Site {
         declare: (pool: string, caps: string[]) => capabilities.declare(pool, parseCapabilities(caps)),
         forget: (pool: string) => capabilities.forget(pool),
         advertised: (pool: string) => capabilities.of(pool),
-        forgetObject: (kind: 'vm' | 'volume', n: string) => this.policies.forgetObject(kind, n),
+        forgetObject: (kind: 'vm' | 'volume', n: string) => {
+          this.policies.forgetObject(kind, n);
+          if (kind === 'vm') this.replication.resiliency.forgetVm(n); // a deleted VM leaves its group
+        },
       },
     };
     this.volumes = new SiteVolumes(parts);
@@ -281,6 +287,12 @@ export class Site {
         .filter((g) => g.role === 'target' && g.peer === peer && g.takenOver)
         .map((g) => g.name);
     this.dr = new SiteDr(parts, this.replication, this.peers, db, name);
+    this.groups = new SiteGroups(
+      parts,
+      this.replication.resiliency,
+      this.replication,
+      () => this.dr.services,
+    );
     this.objectives = new SiteObjectives(
       db,
       this.events,
