@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { invalidArgument } from '../common/index.js';
 import type { ObjectiveSpec, Site } from '../orchestration/index.js';
-import { reportText } from '../orchestration/index.js';
+import { reportHtml, reportText } from '../orchestration/index.js';
 import * as s from './schemas.js';
 
 type Name = { name: string };
@@ -123,19 +123,24 @@ export function registerObjectiveRoutes(api: FastifyInstance, site: Site): void 
     {
       schema: {
         tags: ['dr'],
-        summary: "a DR operation's report (JSON, or ?format=text for people)",
+        summary: "a DR operation's report (JSON, or ?format=text or ?format=html for people)",
         params: { type: 'object', properties: { id: { type: 'string', maxLength: 100 } } },
         querystring: {
           type: 'object',
           additionalProperties: false,
-          properties: { format: { type: 'string', enum: ['json', 'text'] } },
+          properties: { format: { type: 'string', enum: ['json', 'text', 'html'] } },
         },
       },
     },
     async (req, reply) => {
       const r = site.dr.reports.get((req.params as { id: string }).id);
-      if ((req.query as { format?: string }).format === 'text')
-        return reply.type('text/plain; charset=utf-8').send(reportText(r));
+      const format = (req.query as { format?: string }).format;
+      if (format === 'text') return reply.type('text/plain; charset=utf-8').send(reportText(r));
+      if (format === 'html')
+        return reply
+          .type('text/html; charset=utf-8')
+          .header('content-security-policy', "default-src 'none'; style-src 'unsafe-inline'")
+          .send(reportHtml(r));
       return r;
     },
   );

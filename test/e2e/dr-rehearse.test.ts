@@ -209,6 +209,10 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
   assert.match(text, /Rehearsal of g at site site-b: SUCCEEDED/);
   assert.match(text, /RPO achieved: .* — objective 5 s: met/);
   assert.match(text, /app-rehearsal \(group g\).*heartbeat passed/);
+  const html = await b.haven('dr', 'report', job.id, '--html');
+  assert.match(html, /^<!doctype html>[\s\S]*<title>Rehearsal of g at site site-b<\/title>/);
+  assert.match(html, /app-rehearsal.*passed/s);
+  assert.match(await b.havenFails('dr', 'report', job.id, '--html', '--json'), /one of --json, --text and --html/);
   t.diagnostic(`rehearsal report: RPO ${report.rpoSeconds} s, RTO ${report.rtoSeconds} s`);
   assert.match(await b.havenFails('dr', 'report', 'nosuch'), /no DR report nosuch/);
   // A asks B for its reports: the group meets its objective now; the alert resolves.

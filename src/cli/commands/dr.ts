@@ -233,11 +233,13 @@ export function registerDr(program: Command): void {
     .argument('<id>')
     .option('--json', 'print JSON')
     .option('--text', 'print the readable form (the default)')
-    .action(async (id: string, o: ApiOpts & { json?: boolean; text?: boolean }) => {
-      if (o.json && o.text) throw invalidArgument('give --json or --text, not both');
+    .option('--html', 'print it as a self-contained HTML page (to keep or mail)')
+    .action(async (id: string, o: ApiOpts & { json?: boolean; text?: boolean; html?: boolean }) => {
+      if ([o.json, o.text, o.html].filter(Boolean).length > 1)
+        throw invalidArgument('give one of --json, --text and --html');
       const path = `/dr/reports/${encodeURIComponent(id)}`;
       if (o.json) printResult(true, await connect(o).get<DrReport>(path), () => '');
-      else process.stdout.write(await connect(o).text(`${path}?format=text`));
+      else process.stdout.write(await connect(o).text(`${path}?format=${o.html ? 'html' : 'text'}`));
     });
 
   apiOptions(dr.command('reports'))

@@ -59,5 +59,6 @@ export type { Scheduler, Schedule, SchedulerOptions } from './scheduler.js';
 export { SCHEDULE_KINDS } from './scheduler.js';
 export type { RunOutcome } from './schedule-store.js';
 export { reportText, type DrReport, type ReportSummary } from './dr-reports.js';
+export { reportHtml } from './dr-report-html.js';
 export type { Objective, ObjectiveSpec, ObjectiveReason } from './objectives.js';
 export type { ObjectiveAnswer, ObjectiveCompliance } from './site-objectives.js';
