@@ -5,6 +5,27 @@ import { registerBackupRoute } from './backup-route.js';
 
 type Name = { name: string };
 
+const recoveryBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    hostname: { type: 'string', maxLength: 253 },
+    nics: {
+      type: 'array',
+      description: 'by NIC position',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          address: { type: 'string', description: 'an address with its prefix length, e.g. 10.2.0.5/24' },
+          gateway: { type: 'string' },
+          dns: { type: 'array', items: { type: 'string' } },
+        },
+      },
+    },
+  },
+} as const;
+
 /** Hosts, networks, VMs. */
 export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
   const tags = ['compute'];
@@ -54,6 +75,20 @@ export function registerComputeRoutes(api: FastifyInstance, site: Site): void {
     '/vms/:name',
     { schema: { tags, params: s.nameParam, response: { 200: s.vmAnswer } } },
     async (req) => site.compute.vm((req.params as Name).name),
+  );
+  api.put(
+    '/vms/:name/recovery',
+    {
+      schema: {
+        tags,
+        summary:
+          "what the VM's guest gets where it is recovered (cloud-init NoCloud: host name, addresses per NIC); {} clears",
+        params: s.nameParam,
+        body: recoveryBody,
+        response: { 200: s.vmAnswer },
+      },
+    },
+    async (req) => site.vms.setRecovery(req.actor, (req.params as Name).name, req.body),
   );
   api.delete('/vms/:name', { schema: { tags, params: s.nameParam } }, async (req, reply) => {
     site.vms.deleteVm(req.actor, (req.params as Name).name);

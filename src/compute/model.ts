@@ -11,6 +11,8 @@ export interface VmSpec {
   boot: BootSpec;
   /** A virtio-serial channel for the QEMU guest agent (default true). */
   guestAgent?: boolean;
+  /** An ISO image attached read-only as a CD-ROM: the NoCloud seed of a recovered VM (nocloud.ts). */
+  seed?: string;
 }
 
 export interface DiskSpec {
@@ -19,9 +21,9 @@ export interface DiskSpec {
   readOnly?: boolean;
 }
 
-export type NicSpec =
-  | { network: { kind: 'user' } }
-  | { network: { kind: 'isolated'; name: string; group: string; port: number } };
+export type NicSpec = (
+  { network: { kind: 'user' } } | { network: { kind: 'isolated'; name: string; group: string; port: number } }
+) & { mac?: string };
 
 export type BootSpec =
   { kind: 'disk' } | { kind: 'kernel'; kernel: string; initrd?: string; cmdline?: string };

@@ -73,7 +73,14 @@ function nicArgs(nic: NicSpec, i: number): string[] {
       ? `user,id=${id}`
       : // VMs of one isolated network share a multicast group on loopback only.
         `socket,id=${id},mcast=${nic.network.group}:${nic.network.port},localaddr=127.0.0.1`;
-  return ['-netdev', netdev, '-device', `virtio-net-pci,netdev=${id},romfile=`];
+  if (nic.mac !== undefined && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(nic.mac))
+    throw invalidArgument(`NIC ${i}: ${nic.mac} is not a MAC address`);
+  return [
+    '-netdev',
+    netdev,
+    '-device',
+    `virtio-net-pci,netdev=${id},romfile=${nic.mac ? `,mac=${nic.mac}` : ''}`,
+  ];
 }
 
 /** The guest agent channel's socket in a VM's run directory. */
@@ -115,6 +122,12 @@ export function qemuCommandLine(spec: VmSpec, runDir: string): string[] {
       `virtio-blk-pci,drive=disk${i},id=vblk${i}${i === 0 && spec.boot.kind === 'disk' ? ',bootindex=1' : ''}`,
     );
   });
+  if (spec.seed) {
+    // cloud-init's NoCloud seed, read-only on the machine's own IDE bus.
+    const file = { driver: 'file', filename: spec.seed, 'read-only': true };
+    args.push('-blockdev', JSON.stringify({ driver: 'raw', 'node-name': 'seed', 'read-only': true, file }));
+    args.push('-device', 'ide-cd,drive=seed,id=seed0');
+  }
   if (spec.nics.length === 0) args.push('-nic', 'none');
   spec.nics.forEach((n, i) => args.push(...nicArgs(n, i)));
   if (spec.boot.kind === 'kernel') {

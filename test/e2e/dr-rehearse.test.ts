@@ -5,6 +5,9 @@
 // objective. `haven dr cleanup` then leaves no VM, volume or network behind, and replication goes
 // on (a checkpoint the clones came from is released with them).
 import { test } from 'node:test';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { promisify } from 'node:util';
 import assert from 'node:assert/strict';
 import { eventually, pairedSites, type TestSite } from '../support/sites.js';
 import { guestWrites, replicationGroup, streamingVm } from '../support/replica-check.js';
@@ -38,7 +41,8 @@ interface Report {
 }
 interface VmView extends Named {
   state: string;
-  nics: { network: string }[];
+  seed?: string;
+  nics: { network: string; mac?: string }[];
   disks: { volume: string }[];
 }
 interface NetworkView extends Named {
@@ -46,6 +50,7 @@ interface NetworkView extends Named {
 }
 
 const RPO = 5;
+const run = promisify(execFile);
 const names = async (s: TestSite, path: string) =>
   (await s.api<Named[]>('GET', path)).map((x) => x.name).sort();
 const inventory = async (s: TestSite) => ({
@@ -60,6 +65,25 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
   await a.haven('network', 'create', 'prod', '--kind', 'isolated');
   await streamingVm(a, 'app', 3, { rate: 20, nics: ['prod'] });
   await a.haven('vm', 'start', 'app');
+  // What the guest gets where it is recovered (a NoCloud seed); bad input first, nothing stored.
+  assert.match(
+    await a.havenFails('vm', 'recovery', 'app', '--nic', '10.20.0.5'),
+    /10\.20\.0\.5 is not an address with a prefix length/,
+  );
+  assert.match(
+    await a.havenFails('vm', 'recovery', 'app', '--nic', '-', '--nic', '10.20.0.6/24'),
+    /VM app has 1 NIC\(s\): no settings for NIC 1/,
+  );
+  assert.match(await a.havenFails('vm', 'recovery', 'app', '--hostname', 'bad_name'), /not a host name/);
+  await a.haven(
+    'vm',
+    'recovery',
+    'app',
+    '--hostname',
+    'app-dr',
+    '--nic',
+    '10.20.0.5/24,gw=10.20.0.1,dns=10.20.0.53',
+  );
   await a.haven(
     'replication',
     'enable',
@@ -147,6 +171,16 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
       await new Promise((r) => setTimeout(r, 250));
     }
   })();
+  // Changed while replicating: the target is told (the rehearsal's seed has the new name).
+  await a.haven(
+    'vm',
+    'recovery',
+    'app',
+    '--hostname',
+    'app-dr2',
+    '--nic',
+    '10.20.0.5/24,gw=10.20.0.1,dns=10.20.0.53',
+  );
   const writesBefore = (await guestWrites(a, 'app')).length;
   const out = await b.haven(
     'dr',
@@ -183,6 +217,27 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
     vm.nics.map((n) => n.network),
     [net.name],
   );
+  // The rehearsal VM booted with its NoCloud seed: a "cidata" ISO naming its NIC by its MAC.
+  assert.ok(vm.seed, 'the rehearsal VM has a seed');
+  assert.match(vm.nics[0]!.mac ?? '', /^52:54:00(:[0-9a-f]{2}){3}$/);
+  assert.match((await run('isoinfo', ['-d', '-i', vm.seed])).stdout, /Volume id: cidata/);
+  const iso = async (f: string) =>
+    JSON.parse((await run('isoinfo', ['-R', '-i', vm.seed!, '-x', `/${f}`])).stdout) as Record<
+      string,
+      unknown
+    >;
+  assert.equal((await iso('meta-data'))['local-hostname'], 'app-dr2');
+  assert.deepEqual(await iso('network-config'), {
+    version: 2,
+    ethernets: {
+      nic0: {
+        match: { macaddress: vm.nics[0]!.mac },
+        addresses: ['10.20.0.5/24'],
+        routes: [{ to: '0.0.0.0/0', via: '10.20.0.1' }],
+        nameservers: { addresses: ['10.20.0.53'] },
+      },
+    },
+  });
   assert.ok(rpo.length >= 3 && Math.max(...rpo) <= RPO, `RPO during the rehearsal: ${rpo.join(', ')}`);
   assert.ok((await guestWrites(a, 'app')).length > writesBefore, 'production went on writing');
   assert.equal((await a.api<VmView[]>('GET', '/vms')).find((v) => v.name === 'app')?.state, 'running');
@@ -212,7 +267,10 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
   const html = await b.haven('dr', 'report', job.id, '--html');
   assert.match(html, /^<!doctype html>[\s\S]*<title>Rehearsal of g at site site-b<\/title>/);
   assert.match(html, /app-rehearsal.*passed/s);
-  assert.match(await b.havenFails('dr', 'report', job.id, '--html', '--json'), /one of --json, --text and --html/);
+  assert.match(
+    await b.havenFails('dr', 'report', job.id, '--html', '--json'),
+    /one of --json, --text and --html/,
+  );
   t.diagnostic(`rehearsal report: RPO ${report.rpoSeconds} s, RTO ${report.rtoSeconds} s`);
   assert.match(await b.havenFails('dr', 'report', 'nosuch'), /no DR report nosuch/);
   // A asks B for its reports: the group meets its objective now; the alert resolves.
@@ -240,6 +298,7 @@ test('rehearsal: the VM boots from a checkpoint on an isolated network and passe
     'volume app-b-rehearsal',
   ]);
   assert.deepEqual(await inventory(b), before);
+  assert.equal(existsSync(vm.seed!), false, "the seed went with the rehearsal VM's run directory");
   // Replication went on, and goes on.
   const seq = (await replicationGroup(a, 'g')).source?.appliedCheckpoint?.seq ?? 0;
   await eventually(

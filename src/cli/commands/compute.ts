@@ -5,7 +5,7 @@ import type { Host, Job, Network, NetworkMapEntry, Vm } from '../../orchestratio
 import { apiOptions, connect, type ApiOpts } from '../api.js';
 import { runJob } from '../jobs.js';
 import { bytes, parseSize, repeatable, table } from '../args.js';
-import { printResult } from '../output.js';
+import { fields, printResult } from '../output.js';
 
 type WaitOpts = ApiOpts & { wait: boolean };
 const enc = encodeURIComponent;
@@ -177,6 +177,54 @@ export function registerVm(program: Command): void {
       process.stdout.write(await connect(o).text(`/vms/${enc(name)}/console-log?bytes=${o.bytes}`));
     });
 
+  apiOptions(vm.command('recovery'))
+    .description(
+      "what the VM's guest gets where it is recovered (a takeover, migrate or rehearsal): a cloud-init NoCloud seed with its host name and addresses",
+    )
+    .argument('<name>')
+    .option('--hostname <name>', 'the host name there')
+    .option(
+      '--nic <spec>',
+      'the next NIC (repeat, in order): ADDRESS/PREFIX[,gw=IP][,dns=IP+IP], or "-" to leave it as it is',
+      repeatable,
+    )
+    .option('--clear', 'no settings: the guest boots as it is')
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        name: string,
+        o: ApiOpts & { hostname?: string; nic?: string[]; clear?: boolean; json?: boolean },
+      ) => {
+        if (o.clear && (o.hostname || o.nic))
+          throw invalidArgument('give --clear alone, or --hostname and --nic');
+        const body = o.clear
+          ? {}
+          : {
+              ...(o.hostname ? { hostname: o.hostname } : {}),
+              ...(o.nic ? { nics: o.nic.map(parseRecoveryNic) } : {}),
+            };
+        const v = await connect(o).put<Vm>(`/vms/${enc(name)}/recovery`, body);
+        printResult(!!o.json, v, () =>
+          v.recovery
+            ? fields([
+                ['VM', v.name],
+                ['host name', v.recovery.hostname ?? '(its name)'],
+                ...(v.recovery.nics ?? []).map((n, i): [string, string] => [
+                  `NIC ${i}`,
+                  [
+                    n.address ?? 'as it is',
+                    n.gateway ? `gateway ${n.gateway}` : '',
+                    n.dns ? `DNS ${n.dns.join(', ')}` : '',
+                  ]
+                    .filter(Boolean)
+                    .join(', '),
+                ]),
+              ])
+            : `VM ${v.name}: no recovery settings`,
+        );
+      },
+    );
+
   apiOptions(vm.command('delete'))
     .description('delete a stopped VM (its volumes stay)')
     .argument('<name>')
@@ -298,4 +346,18 @@ export function movedSummary(j: Pick<Job, 'result'>): string {
         `moved volume ${v.volume} to pool ${v.to}: ${bytes(v.copiedBytes)} copied, I/O paused ${v.pauseMs.toFixed(1)} ms at the switch`,
     )
     .join('\n');
+}
+
+/** "10.2.0.5/24,gw=10.2.0.1,dns=10.2.0.53+10.2.0.54" (or "-"): one NIC's recovery settings. */
+function parseRecoveryNic(spec: string): { address?: string; gateway?: string; dns?: string[] } {
+  if (spec.trim() === '-') return {};
+  const [address, ...rest] = spec.split(',').map((x) => x.trim());
+  const out: { address?: string; gateway?: string; dns?: string[] } = address ? { address } : {};
+  for (const kv of rest) {
+    const m = /^(gw|dns)=(.+)$/.exec(kv);
+    if (!m) throw invalidArgument(`--nic ${spec}: "${kv}" is neither gw=IP nor dns=IP[+IP]`);
+    if (m[1] === 'gw') out.gateway = m[2]!;
+    else out.dns = m[2]!.split('+');
+  }
+  return out;
 }

@@ -1,5 +1,5 @@
 import { randomInt, randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, hostname, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { HavenError, conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
@@ -7,6 +7,10 @@ import {
   GuestAgent,
   QemuVm,
   accelerator,
+  checkRecoverySettings,
+  nicMac,
+  writeSeed,
+  type RecoverySettings,
   type NicSpec,
   type VmExit,
   type VmSpec,
@@ -44,10 +48,15 @@ export interface VmDefinition {
   memoryMiB: number;
   /** Volumes in order: the first is the boot disk (/dev/vda). */
   disks: { volume: string; readOnly?: boolean }[];
-  nics: { network: string }[];
+  /** NICs in order; a MAC only where it must be stable (a recovered VM's, which its seed names). */
+  nics: { network: string; mac?: string }[];
   boot: { kind: 'disk' } | { kind: 'kernel'; kernel: string; initrd?: string; cmdline?: string };
   /** A channel for the QEMU guest agent (default true): backups freeze the guest's file systems through it. */
   guestAgent?: boolean;
+  /** What the guest gets where it is recovered (cloud-init NoCloud: host name, addresses per NIC). */
+  recovery?: RecoverySettings;
+  /** The NoCloud seed image of a recovered VM, in its run directory (set by createRecoveredVm). */
+  seed?: string;
 }
 
 export interface Vm extends VmDefinition {
@@ -210,6 +219,51 @@ export class ComputeService {
       )
       .run(id, name, host, JSON.stringify(def), t, t);
     return this.vm(name);
+  }
+
+  /**
+   * A VM defined from a replica (a takeover, a migrate, a rehearsal): as createVm, and when its
+   * definition has recovery settings, with stable MACs and a NoCloud seed that gives the guest
+   * its host name and addresses here. `instance` changes per recovery, so cloud-init applies it.
+   */
+  async createRecoveredVm(name: string, def: VmDefinition, instance: string): Promise<Vm> {
+    const clean: VmDefinition = { ...def };
+    delete clean.seed; // never one a peer names: only the one made here
+    if (!clean.recovery?.hostname && !clean.recovery?.nics?.length) return this.createVm(name, clean);
+    const macs = clean.nics.map((_, i) => nicMac(name, i));
+    const vm = this.createVm(name, { ...clean, nics: clean.nics.map((n, i) => ({ ...n, mac: macs[i]! })) });
+    try {
+      const dir = join(this.runDir, vm.id);
+      mkdirSync(dir, { recursive: true });
+      const seed = await writeSeed(dir, name, instance, clean.recovery, macs);
+      this.writeSpec(vm.id, { ...this.specOf(vm.id), seed });
+      return this.vm(name);
+    } catch (err) {
+      this.deleteVm(name); // no VM without the seed it was promised
+      throw err;
+    }
+  }
+
+  /** Replaces (or with {} clears) what a VM's guest gets where it is recovered. */
+  setRecovery(name: string, raw: unknown): Vm {
+    const vm = this.vm(name);
+    const settings = checkRecoverySettings(name, raw, vm.nics.length);
+    const spec = this.specOf(vm.id);
+    delete spec.recovery;
+    if (settings.hostname || settings.nics?.length) spec.recovery = settings;
+    this.writeSpec(vm.id, spec);
+    return this.vm(name);
+  }
+
+  private specOf(id: string): VmDefinition {
+    const r = this.db.prepare('SELECT spec FROM vms WHERE id = ?').get(id) as { spec: string };
+    return JSON.parse(r.spec) as VmDefinition;
+  }
+
+  private writeSpec(id: string, def: VmDefinition): void {
+    this.db
+      .prepare('UPDATE vms SET spec = ?, updated_at = ? WHERE id = ?')
+      .run(JSON.stringify(def), now(), id);
   }
 
   listVms(): Vm[] {
@@ -386,6 +440,7 @@ export class ComputeService {
       throw invalidArgument('a VM that boots from disk needs at least one disk');
     for (const d of def.disks) this.volumes.check(d.volume);
     for (const n of def.nics) this.networkRow(n.network);
+    if (def.recovery) checkRecoverySettings('(new)', def.recovery, def.nics.length);
     if (def.boot.kind === 'kernel')
       for (const [what, path] of [
         ['kernel', def.boot.kernel],
@@ -405,14 +460,17 @@ export class ComputeService {
         source: this.volumes.uriOf(d.volume),
         ...(d.readOnly ? { readOnly: true } : {}),
       })),
-      nics: vm.nics.map((n): NicSpec => {
-        const r = this.networkRow(n.network);
-        return r.kind === 'nat'
-          ? { network: { kind: 'user' } }
-          : { network: { kind: 'isolated', name: r.name, group: r.mcast_group!, port: r.mcast_port! } };
-      }),
+      nics: vm.nics
+        .map((n): NicSpec => {
+          const r = this.networkRow(n.network);
+          return r.kind === 'nat'
+            ? { network: { kind: 'user' } }
+            : { network: { kind: 'isolated', name: r.name, group: r.mcast_group!, port: r.mcast_port! } };
+        })
+        .map((nic, i) => (vm.nics[i]!.mac ? { ...nic, mac: vm.nics[i]!.mac } : nic)),
       boot: vm.boot,
       ...(vm.guestAgent === false ? { guestAgent: false } : {}),
+      ...(vm.seed ? { seed: vm.seed } : {}),
     };
   }
 }

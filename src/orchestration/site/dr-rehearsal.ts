@@ -111,14 +111,18 @@ export async function runRehearsal(
   for (const [i, v] of config.vms!.entries()) {
     const name = record.vms[i]!.name;
     const def = v.definition;
-    host.compute.createVm(name, {
-      ...def,
-      disks: def.disks.map((d) => {
-        const k = config.sourceVolumes.indexOf(d.volume);
-        return { ...d, volume: k >= 0 ? record.volumes[k]! : d.volume };
-      }),
-      nics: def.nics.map((n) => ({ network: record.nicNetworks?.[n.network] ?? record.network! })),
-    });
+    await host.compute.createRecoveredVm(
+      name,
+      {
+        ...def,
+        disks: def.disks.map((d) => {
+          const k = config.sourceVolumes.indexOf(d.volume);
+          return { ...d, volume: k >= 0 ? record.volumes[k]! : d.volume };
+        }),
+        nics: def.nics.map((n) => ({ network: record.nicNetworks?.[n.network] ?? record.network! })),
+      },
+      `${req.group}-rehearsal-${record.checkpoint.seq}-${Date.now().toString(36)}`,
+    );
     const t0 = Date.now();
     try {
       host.compute.beginStart(name);

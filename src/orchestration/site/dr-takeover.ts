@@ -100,8 +100,12 @@ export async function runTakeover(
   const vms: TakeoverReport['vms'] = [];
   for (const v of plan.vms) {
     if (!v.reuse) {
-      host.compute.createVm(v.name, v.definition);
-      ctx.log(`VM ${v.name} defined`);
+      const vm = await host.compute.createRecoveredVm(
+        v.name,
+        v.definition,
+        `${plan.group}-${cp.seq}-${Date.now().toString(36)}`,
+      );
+      ctx.log(`VM ${v.name} defined${vm.seed ? ' with its NoCloud seed (host name, addresses)' : ''}`);
     }
     if (!opts.start) {
       vms.push({ name: v.name, state: host.compute.vm(v.name).state });

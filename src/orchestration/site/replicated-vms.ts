@@ -1,4 +1,5 @@
 import { invalidArgument } from '../../common/index.js';
+import { checkRecoverySettings } from '../../compute/index.js';
 import { checkName } from '../../storage/index.js';
 import type { Vm, VmDefinition } from './compute.js';
 import type { ReplicatedVm } from './replication-groups.js';
@@ -12,6 +13,7 @@ export function describeVm(vm: Vm): ReplicatedVm {
     nics: vm.nics.map((n) => ({ network: n.network })),
     boot: vm.boot,
     ...(vm.guestAgent !== undefined ? { guestAgent: vm.guestAgent } : {}),
+    ...(vm.recovery ? { recovery: vm.recovery } : {}),
   };
   return { name: vm.name, definition };
 }
@@ -36,6 +38,11 @@ export function replicatedVms(raw: unknown, op: string): ReplicatedVm[] {
     if (!Array.isArray(d.nics) || d.nics.some((n) => !n || typeof n.network !== 'string'))
       throw bad(`VM ${v.name}: nics`);
     if (!d.boot || (d.boot.kind !== 'disk' && d.boot.kind !== 'kernel')) throw bad(`VM ${v.name}: boot`);
-    return { name: v.name, definition: d as VmDefinition };
+    const definition = { ...(d as VmDefinition) };
+    delete definition.seed; // made where the VM is recovered, never named by a peer
+    for (const n of definition.nics) delete n.mac;
+    if (definition.recovery !== undefined)
+      definition.recovery = checkRecoverySettings(v.name, definition.recovery, definition.nics.length);
+    return { name: v.name, definition };
   });
 }

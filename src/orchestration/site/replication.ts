@@ -170,6 +170,13 @@ export class SiteReplication extends SiteDomain {
       stopRunner: (n) => this.stop(n),
     };
     this.fences = new FenceWatch(this.failover);
+    // A replicated VM's recovery settings changed: its target must hold them before a takeover.
+    this.events.on('event', (e: { action: string; target: string; outcome: string }) => {
+      if (e.action !== 'vm.recovery' || e.outcome !== 'ok') return;
+      const group = this.groupOfVm(e.target);
+      const g = group ? this.groups.find(group) : undefined;
+      if (g) void this.describe(g);
+    });
   }
 
   /** Starts every group's gateway (at site start). */

@@ -25,6 +25,23 @@ export class SiteVms extends SiteDomain {
     return this.audited(actor, 'vm.create', name, () => this.compute.createVm(name, def));
   }
 
+  /** What the VM's guest gets where it is recovered (NoCloud); a replicated VM's target is told. */
+  setRecovery(actor: Actor, name: string, settings: unknown) {
+    return this.audited(
+      actor,
+      'vm.recovery',
+      name,
+      () => this.compute.setRecovery(name, settings),
+      (vm) =>
+        vm.recovery
+          ? `recovery settings of VM ${name}: ${[
+              ...(vm.recovery.hostname ? [`host name ${vm.recovery.hostname}`] : []),
+              ...(vm.recovery.nics ?? []).map((n, i) => `NIC ${i} ${n.address ?? 'as it is'}`),
+            ].join(', ')}`
+          : `recovery settings of VM ${name} cleared`,
+    );
+  }
+
   deleteVm(actor: Actor, name: string): void {
     this.audited(actor, 'vm.delete', name, () => {
       this.refuseIfReplicated('vm', name);
