@@ -115,7 +115,7 @@ test('initial sync of a 4 GiB thin volume holding 100 MiB sends at most 110 MiB;
   // The same VM in a second group, and the same group again: refused; the group is unchanged.
   assert.match(
     await a.havenFails(...enable('db', '--group', 'g2', '--to', 'site-b', '--pool', 'default')),
-    /VM db is replicated by group g already/,
+    /VM db is in group g: a VM belongs to at most one group/,
   );
   assert.match(
     await a.havenFails(...enable('db', '--group', 'g', '--to', 'site-b', '--pool', 'default')),
