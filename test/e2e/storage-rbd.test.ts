@@ -1,0 +1,212 @@
+/**
+ * An RBD pool against the real single-node Ceph (scripts/ceph): volumes are RBD images, served
+ * over Haven's NBD export through their taps; snapshots, clones and revert are Ceph's own (the
+ * `rbd` tool sees them), and what Ceph holds is exactly what was written through the export.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { HavenError, logger } from '../../src/common/index.js';
+import { NbdServer } from '../../src/nbd/index.js';
+import { StorageExports, StorageService } from '../../src/storage/index.js';
+import { startCeph, type Ceph } from '../support/ceph.js';
+import { run } from '../support/proc.js';
+import { tempDir } from '../support/tmp.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 64 * MiB;
+
+let ceph: Ceph;
+let dir: { path: string; cleanup: () => void };
+before(async () => {
+  ceph = await startCeph();
+  dir = tempDir('haven-rbd-');
+});
+after(async () => {
+  await ceph?.stop();
+  dir?.cleanup();
+});
+
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/** What Ceph holds of an image (or image@snapshot), by `rbd export`. */
+async function exported(spec: string): Promise<string> {
+  const file = join(dir.path, `export-${Math.random().toString(36).slice(2)}`);
+  await ceph.rbd('export', '--no-progress', spec, file);
+  return sha(readFileSync(file));
+}
+
+/** A sparse image file: random MiBs at a few offsets, the rest zeroes. */
+function imageFile(name: string, at: number[]): { path: string; content: Buffer } {
+  const content = Buffer.alloc(SIZE);
+  for (const o of at) {
+    const chunk = Buffer.from(createHash('sha512').update(`${name}${o}`).digest());
+    for (let i = 0; i < MiB; i += chunk.length) chunk.copy(content, o + i);
+  }
+  const path = join(dir.path, name);
+  writeFileSync(path, '');
+  const fd = openSync(path, 'w');
+  for (const o of at) writeSync(fd, content, o, MiB, o);
+  closeSync(fd);
+  return { path, content };
+}
+
+test('an RBD pool: volumes as RBD images written over NBD, snapshots, v2 clones and revert as Ceph operations', async () => {
+  const svc = StorageService.open(join(dir.path, 'site'));
+  const server = new NbdServer({ log: logger('test-nbd') });
+  try {
+    const pool = await svc.createRbdPool('ceph', { conf: ceph.conf, cephPool: ceph.pool, prefix: 'haven-' });
+    assert.equal(pool.capabilities.thin, true);
+    assert.equal(pool.capabilities.snapshots, true);
+    assert.equal(pool.capabilities.clones, true);
+    assert.equal(pool.capabilities.distributed, true);
+    assert.equal(pool.capabilities.replicas, 1, "the Ceph pool's size");
+    assert.deepEqual(svc.capabilitiesOf('ceph'), {
+      tier: 'standard',
+      thin: true,
+      snapshots: true,
+      clones: true,
+      distributed: true,
+      replicas: '1',
+    });
+    svc.createVolume('v', SIZE, 'ceph', { app: 'db' });
+    assert.match(await ceph.rbd('ls', ceph.pool), /^haven-v$/m);
+    const exports = new StorageExports(svc, server);
+    exports.refresh();
+    const addr = await server.listen({ path: join(dir.path, 'nbd.sock') });
+    assert.ok('path' in addr);
+    const uri = (name: string) => `nbd+unix:///${encodeURIComponent(name)}?socket=${addr.path}`;
+
+    // Written through Haven's NBD export, read back from Ceph by rbd export: the same bytes.
+    const first = imageFile('first', [0, 5 * MiB, 33 * MiB + 4096 * 3, SIZE - MiB]);
+    await run('nbdcopy', [first.path, uri('v')]);
+    assert.equal(await exported(`${ceph.pool}/haven-v`), sha(first.content));
+    // And through the export again (the tap over the RBD device).
+    const back = join(dir.path, 'back');
+    await run('nbdcopy', [uri('v'), back]);
+    assert.equal(sha(readFileSync(back)), sha(first.content));
+    // Thin: only the objects written hold data (4 MiB objects: at most two per MiB written).
+    assert.ok(svc.volume('v').allocatedBytes <= 8 * 4 * MiB, `${svc.volume('v').allocatedBytes} allocated`);
+    assert.deepEqual(svc.volume('v').labels, { app: 'db' });
+
+    // A snapshot is an RBD snapshot.
+    svc.snapshot('v', 's1');
+    assert.match(await ceph.rbd('snap', 'ls', `${ceph.pool}/haven-v`), /\bs1\b/);
+    assert.deepEqual(
+      svc.listSnapshots('v').map((s) => s.name),
+      ['s1'],
+    );
+    exports.refresh();
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0xab ${MiB} ${2 * MiB}`, uri('v')]);
+    const second = Buffer.from(first.content);
+    second.fill(0xab, MiB, 3 * MiB);
+    assert.equal(await exported(`${ceph.pool}/haven-v`), sha(second));
+    assert.equal(await exported(`${ceph.pool}/haven-v@s1`), sha(first.content));
+    // The snapshot's export reads the snapshot.
+    await run('nbdcopy', [uri('v@s1'), back]);
+    assert.equal(sha(readFileSync(back)), sha(first.content));
+
+    // A clone is an RBD clone (v2: no protection), a child of the snapshot.
+    const c = svc.clone('v', 's1', 'c');
+    assert.equal(c.origin, 'v@s1');
+    assert.match(await ceph.rbd('children', `${ceph.pool}/haven-v@s1`), /haven-c/);
+    assert.match(await ceph.rbd('info', `${ceph.pool}/haven-c`), /parent: rbd\/haven-v@s1/);
+    assert.equal(await exported(`${ceph.pool}/haven-c`), sha(first.content));
+    exports.refresh();
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0xcd 0 4096`, uri('c')]);
+    assert.equal(await exported(`${ceph.pool}/haven-v@s1`), sha(first.content), 'the origin stays');
+    assert.throws(
+      () => svc.deleteSnapshot('v', 's1'),
+      (e: HavenError) => e.code === 'CONFLICT' && /origin of clone c/.test(e.message),
+    );
+
+    // Revert is an RBD rollback.
+    svc.revert('v', 's1');
+    assert.equal(await exported(`${ceph.pool}/haven-v`), sha(first.content));
+    await run('nbdcopy', [uri('v'), back]);
+    assert.equal(sha(readFileSync(back)), sha(first.content), 'the export reads the reverted volume');
+
+    // Resize grows the image.
+    svc.resizeVolume('v', 2 * SIZE);
+    assert.equal(svc.volume('v').size, 2 * SIZE);
+    assert.match(await ceph.rbd('info', `${ceph.pool}/haven-v`), /size 128 MiB/);
+    assert.throws(() => svc.resizeVolume('v', SIZE), /shrinking/);
+
+    // Delete: the clone, the snapshot, the volume; images that are not the site's are left alone.
+    await ceph.rbd('create', '--size', '4M', `${ceph.pool}/someone-else`);
+    exports.refresh();
+    await server.close();
+    svc.deleteVolume('c');
+    assert.throws(() => svc.deleteVolume('v'), /has snapshot s1/);
+    svc.deleteSnapshot('v', 's1');
+    svc.deleteVolume('v');
+    assert.equal((await ceph.rbd('ls', ceph.pool)).trim(), 'someone-else');
+    assert.deepEqual(svc.listVolumes(), []);
+  } finally {
+    await server.close();
+    svc.close();
+  }
+});
+
+test('an RBD pool survives a reopen of the site; its volumes are listed from Ceph', async () => {
+  const site = join(dir.path, 'site2');
+  let svc = StorageService.open(site);
+  try {
+    await svc.createRbdPool('ceph', { conf: ceph.conf, cephPool: ceph.pool, prefix: 'site2-' });
+    svc.createVolume('w', 8 * MiB, 'ceph');
+    const dev = svc.openDevice('w');
+    const data = Buffer.alloc(MiB, 0x5a);
+    await dev.write(data, 3 * MiB);
+    await dev.flush();
+  } finally {
+    svc.close();
+  }
+  svc = StorageService.open(site);
+  try {
+    assert.deepEqual(
+      svc.listVolumes().map((v) => [v.name, v.pool, v.size]),
+      [['w', 'ceph', 8 * MiB]],
+    );
+    const got = Buffer.alloc(MiB);
+    await svc.openDevice('w').read(got, 3 * MiB);
+    assert.ok(got.every((b) => b === 0x5a));
+    svc.deleteVolume('w');
+  } finally {
+    svc.close();
+  }
+});
+
+test('an unreachable Ceph or a wrong pool fails clearly and within the timeout', async () => {
+  const svc = StorageService.open(join(dir.path, 'site3'));
+  try {
+    // A monitor address nobody answers on.
+    const wrong = join(dir.path, 'wrong.conf');
+    writeFileSync(
+      wrong,
+      readFileSync(ceph.conf, 'utf8').replace(/mon host = .*/, 'mon host = [v2:127.0.0.1:9,v1:127.0.0.1:10]'),
+    );
+    assert.notEqual(readFileSync(wrong, 'utf8'), readFileSync(ceph.conf, 'utf8'));
+    const t0 = performance.now();
+    await assert.rejects(
+      svc.createRbdPool('lost', { conf: wrong, cephPool: ceph.pool, timeoutSeconds: 3 }),
+      (e: HavenError) => e.code === 'TIMEOUT' && /no monitor answered within 3 s/.test(e.message),
+    );
+    const s = (performance.now() - t0) / 1000;
+    assert.ok(s < 10, `gave up after ${s.toFixed(1)} s`);
+    // A configuration that does not exist.
+    await assert.rejects(
+      svc.createRbdPool('lost', { conf: join(dir.path, 'nope.conf'), cephPool: ceph.pool }),
+      /cannot be read/,
+    );
+    // A Ceph pool the cluster does not have.
+    await assert.rejects(
+      svc.createRbdPool('lost', { conf: ceph.conf, cephPool: 'no-such-pool' }),
+      (e: HavenError) => e.code === 'NOT_FOUND' && /no pool no-such-pool/.test(e.message),
+    );
+    assert.deepEqual(svc.listPools(), [], 'nothing recorded');
+  } finally {
+    svc.close();
+  }
+});
