@@ -4,9 +4,10 @@
  * `rbd` tool sees them), and what Ceph holds is exactly what was written through the export.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { setImmediate as tick } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { HavenError, logger } from '../../src/common/index.js';
 import { NbdServer } from '../../src/nbd/index.js';
@@ -206,6 +207,72 @@ test('an unreachable Ceph or a wrong pool fails clearly and within the timeout',
       (e: HavenError) => e.code === 'NOT_FOUND' && /no pool no-such-pool/.test(e.message),
     );
     assert.deepEqual(svc.listPools(), [], 'nothing recorded');
+  } finally {
+    svc.close();
+  }
+});
+
+test('a volume moves live from a file pool to an RBD pool and back while it is written; every acknowledged write arrives', async () => {
+  const svc = StorageService.open(join(dir.path, 'site4'));
+  try {
+    svc.createPool('file');
+    await svc.createRbdPool('ceph', { conf: ceph.conf, cephPool: ceph.pool, prefix: 'site4-' });
+    const size = 32 * MiB;
+    svc.createVolume('m', size, 'file');
+    const dev = svc.openDevice('m'); // the tap: what the NBD server holds for a VM
+    const shadow = Buffer.alloc(size);
+    for (let at = 0; at < 24 * MiB; at += 2 * MiB) {
+      const b = randomBytes(MiB);
+      await dev.write(b, at);
+      b.copy(shadow, at);
+    }
+    svc.addBitmap('m', 'cbt');
+    const moveWhileWriting = async (to: string) => {
+      let moving = true;
+      let writes = 0;
+      const writer = (async () => {
+        while (moving) {
+          const at = Math.floor(Math.random() * (size - 4096));
+          const b = randomBytes(4096);
+          await dev.write(b, at);
+          b.copy(shadow, at);
+          writes++;
+          await tick();
+        }
+      })();
+      try {
+        return { r: await svc.moveVolume('m', to), writes };
+      } finally {
+        moving = false;
+        await writer;
+      }
+    };
+    const there = await moveWhileWriting('ceph');
+    assert.equal(svc.volume('m').pool, 'ceph');
+    assert.ok(there.writes > 10, `the writer went on during the move (${there.writes} writes)`);
+    assert.ok(there.r.mirroredBytes > 0, 'writes during the copy were mirrored');
+    assert.deepEqual(svc.listVolumes('file'), [], 'the source is gone');
+    assert.equal((await ceph.rbd('ls', ceph.pool)).match(/^site4-.*$/gm)?.join(), 'site4-m');
+    assert.equal(await exported(`${ceph.pool}/site4-m`), sha(shadow), 'Ceph holds every acknowledged write');
+    assert.deepEqual(
+      svc.listBitmaps('m').map((b) => [b.name, b.dirtyBytes]),
+      [['cbt', size]],
+      'bitmaps move, all dirty',
+    );
+
+    const back = await moveWhileWriting('file');
+    assert.equal(svc.volume('m').pool, 'file');
+    assert.ok(back.writes > 10, `the writer went on during the move back (${back.writes} writes)`);
+    assert.ok(back.r.mirroredBytes > 0, 'writes during the copy back were mirrored');
+    assert.equal((await ceph.rbd('ls', ceph.pool)).match(/^site4-.*$/gm), null, 'the RBD image is gone');
+    const got = Buffer.alloc(size);
+    await svc.openDevice('m', { readOnly: true }).read(got, 0);
+    assert.equal(sha(got), sha(shadow));
+    console.log(
+      `move file → rbd: ${there.r.seconds.toFixed(2)} s, pause ${there.r.pauseMs.toFixed(1)} ms, ${there.writes} writes; ` +
+        `rbd → file: ${back.r.seconds.toFixed(2)} s, pause ${back.r.pauseMs.toFixed(1)} ms, ${back.writes} writes`,
+    );
+    svc.deleteVolume('m');
   } finally {
     svc.close();
   }
