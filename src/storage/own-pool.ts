@@ -33,6 +33,15 @@ export interface OwnPool {
   clone(volume: string, snapshot: string, name: string, labels?: Record<string, string>): VolumeInfo;
   /** "volume" or "volume@snapshot" (read-only) as a device. */
   openDevice(target: string, opts?: { readOnly?: boolean }): BlockDevice;
+  /**
+   * The extents that differ between two snapshots of a volume, where the storage keeps them
+   * itself (an RBD pool: Ceph's diff); absent for a file pool.
+   */
+  changedExtents?(
+    volume: string,
+    fromSnapshot: string,
+    toSnapshot: string,
+  ): Promise<{ offset: number; length: number }[]>;
   /** A key of the volume that survives renames (its bitmaps' folder). */
   volumeKey(name: string): string;
   /** Makes what was written to the volume so far durable, off the event loop (a move's copy). */

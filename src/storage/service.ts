@@ -691,6 +691,20 @@ export class StorageService {
     return tap;
   }
 
+  /**
+   * The extents that differ between two snapshots of a volume according to its pool, when the
+   * pool keeps that itself (an RBD pool: Ceph's rbd_diff_iterate2); undefined for a file pool,
+   * whose changes only the dirty bitmaps know.
+   */
+  async changedExtents(
+    volume: string,
+    fromSnapshot: string,
+    toSnapshot: string,
+  ): Promise<{ offset: number; length: number }[] | undefined> {
+    const pool = this.poolOf(volume);
+    return pool.changedExtents ? pool.changedExtents(volume, fromSnapshot, toSnapshot) : undefined;
+  }
+
   revert(volume: string, snapshot: string): void {
     this.poolOf(volume).revert(volume, snapshot);
     // The whole content may have changed: every bitmap must say so.
