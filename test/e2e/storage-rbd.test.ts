@@ -17,7 +17,7 @@ import { runBackup } from '../../src/protection/backup/requests.js';
 import { Repository, type SnapshotManifest } from '../../src/repository/index.js';
 import { StorageExports, StorageService } from '../../src/storage/index.js';
 import { startCeph, type Ceph } from '../support/ceph.js';
-import { run } from '../support/proc.js';
+import { HAVEN_BIN, run } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
 
 const MiB = 1024 * 1024;
@@ -362,4 +362,37 @@ test('incremental backups of an RBD volume read only what changed: from the bitm
   } finally {
     svc.close();
   }
+});
+
+test('haven pool create --type rbd: the CLI makes an RBD pool, and refuses one without its Ceph pool', async () => {
+  const site = join(dir.path, 'site6');
+  const haven = async (...args: string[]) =>
+    (await run(process.execPath, [HAVEN_BIN, ...args, '--data', site])).stdout;
+  const p = JSON.parse(
+    await haven(
+      'pool',
+      'create',
+      'cp',
+      '--type',
+      'rbd',
+      '--ceph-conf',
+      ceph.conf,
+      '--ceph-pool',
+      ceph.pool,
+      '--image-prefix',
+      'cli-',
+      '--json',
+    ),
+  ) as { capabilities: Record<string, unknown>; ceph: { pool: string; health: { state: string } } };
+  assert.equal(p.capabilities.distributed, true);
+  assert.equal(p.ceph.pool, ceph.pool);
+  assert.equal(p.ceph.health.state, 'ok');
+  await haven('volume', 'create', 'cv', '--size', '16M', '--pool', 'cp');
+  assert.match(await ceph.rbd('ls', ceph.pool), /^cli-cv$/m);
+  await assert.rejects(
+    haven('pool', 'create', 'bad', '--type', 'rbd', '--ceph-conf', ceph.conf),
+    /needs cephConf .* and cephPool/,
+  );
+  await haven('volume', 'delete', 'cv');
+  assert.doesNotMatch(await ceph.rbd('ls', ceph.pool), /cli-cv/);
 });
