@@ -62,4 +62,9 @@ export const registry: RegistryEntry[] = [
       'schedules of 1,000 volumes over a simulated week: wall time per run vs the job, API latency, memory, idle CPU',
     load: async () => (await import('./scheduler.js')).schedulerBenchmark,
   },
+  {
+    name: 'ceph',
+    summary: 'an RBD pool volume over NBD vs qemu-nbd rbd:pool/image: sequential and 4K random I/O, peak RSS',
+    load: async () => (await import('./ceph.js')).cephBenchmark,
+  },
 ];

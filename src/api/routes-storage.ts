@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Site } from '../orchestration/index.js';
 import * as s from './schemas.js';
+import { invalidArgument } from '../common/index.js';
 import { registerBackupRoute } from './backup-route.js';
 
 const volumeParam = {
@@ -34,8 +35,25 @@ export function registerStorageRoutes(api: FastifyInstance, site: Site): void {
         tier?: string;
         capacityBytes?: number;
         capabilities?: string[];
+        type?: 'file' | 'rbd';
+        cephConf?: string;
+        cephPool?: string;
+        imagePrefix?: string;
       };
-      const { name, ...opts } = b;
+      const { name, type, cephConf, cephPool, imagePrefix, ...opts } = b;
+      if (type === 'rbd') {
+        if (!cephConf || !cephPool)
+          throw invalidArgument("an RBD pool needs cephConf (the cluster's ceph.conf) and cephPool");
+        const p = await site.volumes.createRbdPool(req.actor, name, {
+          ...opts,
+          cephConf,
+          cephPool,
+          ...(imagePrefix !== undefined ? { imagePrefix } : {}),
+        });
+        return reply.code(201).send(p);
+      }
+      if (cephConf || cephPool || imagePrefix !== undefined)
+        throw invalidArgument('cephConf, cephPool and imagePrefix are for RBD pools (type rbd)');
       return reply.code(201).send(site.volumes.createPool(req.actor, name, opts));
     },
   );

@@ -98,6 +98,22 @@ export const createPoolBody = {
     tier: { type: 'string', minLength: 1 },
     capacityBytes: sizeBytes,
     capabilities,
+    type: {
+      type: 'string',
+      enum: ['file', 'rbd'],
+      description: 'file (default): volumes in files; rbd: volumes are RBD images in a Ceph pool',
+    },
+    cephConf: {
+      type: 'string',
+      minLength: 1,
+      description: "rbd: the cluster's ceph.conf, readable by the daemon",
+    },
+    cephPool: { type: 'string', minLength: 1, description: 'rbd: the Ceph pool holding the images' },
+    imagePrefix: {
+      type: 'string',
+      pattern: '^[A-Za-z0-9._-]{0,32}$',
+      description: "rbd: images are named PREFIX+volume; others are not the site's (default: none)",
+    },
   },
 } as const;
 

@@ -1,6 +1,6 @@
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { EXTENT_ZERO, type BlockDevice } from '../block/index.js';
-import { HavenError, errorMessage, isPromise } from '../common/index.js';
+import { HavenError, errorMessage, isPromise, type MaybePromise } from '../common/index.js';
 import type { TapDevice, TapEvent } from './tap.js';
 
 /**
@@ -24,12 +24,17 @@ export interface MirrorCopy {
 
 /**
  * Copies a volume's allocated data to a target device while the volume is in use, mirroring
- * every change that passes the volume's tap to the target synchronously, before the change is
- * acknowledged (as VMware's mirror driver and QEMU's write-blocking mirror do). Because the pool
- * devices complete synchronously, each copy step (read the source, write the target) runs in one
- * turn of the event loop, and no write can fall between its read and its write; with every write
- * mirrored, the target equals the source when the pass ends, whatever the write load: the copy
- * converges. The caller then switches in the same turn and stops the mirror.
+ * every change that passes the volume's tap to the target before the change is acknowledged (as
+ * VMware's mirror driver and QEMU's write-blocking mirror do). With every write mirrored, the
+ * target equals the source when the pass ends, whatever the write load: the copy converges. The
+ * caller then switches (TapDevice.hold) and stops the mirror.
+ *
+ * Devices that complete synchronously (Haven's file pools) run each copy step (read the source,
+ * write the target) in one turn of the event loop, so no write can fall between its read and its
+ * write. Asynchronous devices (an RBD pool on either side) get the same guarantee from ordering:
+ * a copy step waits for the mirrored changes in flight that overlap it, and a mirrored change
+ * waits for the copy step that overlaps it, so a step can never write stale data over a newer
+ * mirrored change.
  */
 export async function mirrorCopy(opts: {
   tap: TapDevice;
@@ -46,16 +51,23 @@ export async function mirrorCopy(opts: {
   const { tap, source, target } = opts;
   const buf = Buffer.allocUnsafe(STEP);
   let failure: unknown;
-  const sync = (r: unknown, what: string) => {
-    if (isPromise(r)) throw new HavenError('INTERNAL', `${what} did not complete synchronously`);
-  };
-  const copyRange = (offset: number, length: number) => {
+  /** Reads the source and writes the target, synchronously when both devices are. */
+  const copyRange = (offset: number, length: number, into: Buffer): MaybePromise<void> => {
     for (let at = offset; at < offset + length; at += STEP) {
       const n = Math.min(STEP, offset + length - at);
-      sync(source.read(buf.subarray(0, n), at), 'reading the source');
-      sync(target.write(buf.subarray(0, n), at), 'writing the target');
+      const b = into.subarray(0, n);
+      const r = source.read(b, at);
+      if (isPromise(r))
+        return r
+          .then(() => target.write(b, at))
+          .then(() => copyRange(at + n, offset + length - at - n, into));
+      const w = target.write(b, at);
+      if (isPromise(w)) return w.then(() => copyRange(at + n, offset + length - at - n, into));
     }
   };
+  /** The copy step under way, if it has not completed synchronously. */
+  let step: { start: number; end: number; done: Promise<void> } | undefined;
+  const mirroring = new Set<{ start: number; end: number; done: Promise<void> }>();
   const state: MirrorCopy = {
     copiedBytes: 0,
     mirroredBytes: 0,
@@ -65,17 +77,47 @@ export async function mirrorCopy(opts: {
     },
     stop: () => undefined,
   };
-  const mirror = (ev: TapEvent) => {
+  const apply = (ev: TapEvent): MaybePromise<void> => {
+    if (ev.op === 'write') return target.write(ev.data!, ev.offset);
+    if (ev.op === 'zero') return target.writeZeroes(ev.offset, ev.length);
+    return copyRange(ev.offset, ev.length, Buffer.allocUnsafe(STEP)); // resync: whatever the source holds now
+  };
+  const mirror = (ev: TapEvent): MaybePromise<void> => {
     if (failure) return;
-    try {
-      // A failure here must not fail the guest's write (the source has it): the move fails instead.
-      if (ev.op === 'write') sync(target.write(ev.data!, ev.offset), 'mirroring a write');
-      else if (ev.op === 'zero') sync(target.writeZeroes(ev.offset, ev.length), 'mirroring zeroes');
-      else copyRange(ev.offset, ev.length); // resync: whatever the source holds now
-      state.mirroredBytes += ev.length;
-    } catch (err) {
-      failure = err;
+    const fail = (err: unknown) => {
+      failure ??= err; // a failure must not fail the guest's write (the source has it): the move fails instead
+    };
+    const start = ev.offset;
+    const end = ev.offset + ev.length;
+    const run = (): MaybePromise<void> => {
+      if (failure) return;
+      try {
+        const r = apply(ev);
+        if (!isPromise(r)) {
+          state.mirroredBytes += ev.length;
+          return;
+        }
+        const entry = { start, end, done: Promise.resolve() };
+        entry.done = r
+          .then(() => {
+            state.mirroredBytes += ev.length;
+          }, fail)
+          .finally(() => mirroring.delete(entry));
+        mirroring.add(entry);
+        return entry.done;
+      } catch (err) {
+        fail(err);
+      }
+    };
+    // The tap's data views are valid only during the callback: keep a copy to write later.
+    if (step && step.start < end && start < step.end) {
+      const later = ev.op === 'write' ? { ...ev, data: [Buffer.concat(ev.data!)] } : ev;
+      return step.done.then(() => {
+        ev = later;
+        return run();
+      });
     }
+    return run();
   };
   state.stop = tap.subscribe(mirror);
   try {
@@ -102,7 +144,25 @@ export async function mirrorCopy(opts: {
         opts.signal?.throwIfAborted();
         state.check();
         const n = Math.min(STEP, e.offset + e.length - at);
-        copyRange(at, n);
+        // Mirrored changes in flight over this range land first (then the read sees them).
+        for (;;) {
+          const over = [...mirroring].filter((m) => m.start < at + n && at < m.end);
+          if (!over.length) break;
+          await Promise.all(over.map((m) => m.done));
+        }
+        const r = copyRange(at, n, buf);
+        if (isPromise(r)) {
+          const done = r.then(
+            () => undefined,
+            (err: unknown) => {
+              failure ??= err;
+            },
+          );
+          step = { start: at, end: at + n, done };
+          await done;
+          step = undefined;
+          state.check();
+        }
         state.copiedBytes += n;
         opts.onProgress?.(state.copiedBytes, total);
         unsynced += n;
@@ -114,10 +174,12 @@ export async function mirrorCopy(opts: {
           syncing = opts.sync().catch((err: unknown) => {
             syncFailure ??= err;
           });
-        } else await yieldToIo(); // guest I/O goes on between steps
+        } else if (!isPromise(r)) await yieldToIo(); // guest I/O goes on between steps
       }
     await syncing;
     syncFailed();
+    // Mirrored changes still in flight are part of the copy.
+    while (mirroring.size) await Promise.all([...mirroring].map((m) => m.done));
     state.check();
     return state;
   } catch (err) {

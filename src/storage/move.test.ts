@@ -9,6 +9,7 @@ import { tempDir } from '../../test/support/tmp.js';
 import { HavenError } from '../common/index.js';
 import { MOVING_SUFFIX, StorageService } from './service.js';
 import { VolumeFamily } from './family/family.js';
+import type { Pool } from './pool.js';
 
 const MiB = 1024 * 1024;
 
@@ -116,7 +117,7 @@ test('writes between the commit of the copy and the switch are on the moved volu
       await dev.flush();
       b.copy(shadow, at);
       if (copied && svc.pool('b').hasVolume(tmp)) {
-        const commits = svc.pool('b').familyOf(tmp).family.stats.superblocksWritten;
+        const commits = (svc.pool('b') as Pool).familyOf(tmp).family.stats.superblocksWritten;
         if (commitsAtCopyEnd < 0) commitsAtCopyEnd = commits;
         else if (commits > commitsAtCopyEnd) inGap++;
       }
@@ -135,7 +136,7 @@ test('writes between the commit of the copy and the switch are on the moved volu
   const want = createHash('sha256').update(shadow).digest('hex');
   assert.equal(contentOf(svc, 'v'), want);
   // A machine crash now: only what commits made durable counts (the journal is of another boot).
-  const { family } = svc.pool('b').familyOf('v');
+  const { family } = (svc.pool('b') as Pool).familyOf('v');
   family.abandon();
   const reopened = VolumeFamily.open(family.dir, { bootId: 'another boot' });
   try {

@@ -1,6 +1,7 @@
 import {
   chmodSync,
   existsSync,
+  fdatasync,
   mkdirSync,
   readFileSync,
   readdirSync,
@@ -55,6 +56,10 @@ export interface PoolCapabilities {
   encryption: boolean;
   /** Media tier, free text chosen by the operator: "fast", "standard", "archive", … */
   tier: string;
+  /** The data is spread over the machines of a cluster (an RBD pool). */
+  distributed?: boolean;
+  /** Copies the storage keeps of every byte (an RBD pool: its Ceph pool's size). */
+  replicas?: number;
 }
 
 export interface PoolConfig {
@@ -77,6 +82,15 @@ export interface ProviderPoolInfo {
   checkedAt?: string;
 }
 
+/** What `pool show` says of the Ceph side of an RBD pool (rbd/pool.ts). */
+export interface CephPoolInfo {
+  conf: string;
+  pool: string;
+  prefix: string;
+  replicas?: number;
+  health: { state: 'ok' | 'failed'; message?: string };
+}
+
 export interface PoolInfo {
   name: string;
   id: string;
@@ -84,6 +98,8 @@ export interface PoolInfo {
   path: string;
   /** Set for a pool served by an out-of-process storage provider. */
   provider?: ProviderPoolInfo;
+  /** Set for an RBD pool: the Ceph cluster and pool holding its volumes. */
+  ceph?: CephPoolInfo;
   capabilities: PoolCapabilities;
   capacityBytes: number;
   allocatedBytes: number;
@@ -125,6 +141,7 @@ export function checkName(kind: string, name: string): void {
  * Volume names are unique in a pool; a snapshot is named "volume@snapshot".
  */
 export class Pool {
+  readonly kind = 'file';
   private readonly families = new Map<string, VolumeFamily>();
 
   /**
@@ -387,6 +404,17 @@ export class Pool {
   familyOf(volume: string): { family: VolumeFamily; id: string } {
     const { family, record } = this.requireVolume(volume);
     return { family, id: record.id };
+  }
+
+  /** A stable key of the volume (its family's id): its bitmaps' folder. */
+  volumeKey(name: string): string {
+    return this.familyOf(name).id;
+  }
+
+  /** Makes what a move copied to the volume so far durable, off the event loop (its data file's fdatasync). */
+  copySync(name: string): () => Promise<void> {
+    const fd = this.familyOf(name).family.dataFileDescriptor;
+    return () => new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())));
   }
 
   flush(): void {

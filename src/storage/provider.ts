@@ -118,8 +118,9 @@ export interface StorageProvider {
 export function poolCapabilities(info: PoolInfo): CapabilitySet {
   const c = info.capabilities;
   const set: CapabilitySet = c.tier ? { tier: c.tier } : {};
-  for (const k of ['thin', 'snapshots', 'clones', 'encryption', 'replication'] as const)
+  for (const k of ['thin', 'snapshots', 'clones', 'encryption', 'replication', 'distributed'] as const)
     if (c[k]) set[k] = true;
+  if (c.replicas !== undefined) set.replicas = String(c.replicas);
   return set;
 }
 

@@ -1,4 +1,4 @@
-import { existsSync, fdatasync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { join, resolve } from 'node:path';
 import type { BlockDevice } from '../block/index.js';
@@ -12,6 +12,8 @@ import {
   writeFileAtomic,
 } from '../common/index.js';
 import { Pool, checkName, type PoolInfo, type SnapshotInfo, type VolumeInfo } from './pool.js';
+import type { OwnPool } from './own-pool.js';
+import { RbdPool, type RbdPoolOptions } from './rbd/pool.js';
 import { checkPoolPath } from './pool-path.js';
 import { localProvider, poolCapabilities, type CapabilitySet, type StorageProvider } from './provider.js';
 import type { ProviderPool } from './provider-pool.js';
@@ -24,7 +26,8 @@ import type { BitmapView } from '../block/index.js';
 const log = logger('storage');
 
 interface PoolsFile {
-  pools: { name: string; path: string }[];
+  /** type: absent for Haven's own file pools. */
+  pools: { name: string; path: string; type?: 'rbd' }[];
 }
 
 /**
@@ -71,7 +74,7 @@ export interface MoveResult {
 export class StorageService {
   private readonly moving = new Set<string>();
   private readonly backings = new Map<string, { base: BlockDevice; backed: BackedDevice }>();
-  private readonly pools = new Map<string, Pool>();
+  private readonly pools = new Map<string, OwnPool>();
   /** Pools whose provider is another program (provider-pool.ts), registered by the site. */
   private readonly providerPools = new Map<string, ProviderPool>();
   /** The tap of each provider volume opened for writing (no dirty bitmaps: see docs/provider-api.md). */
@@ -88,8 +91,8 @@ export class StorageService {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     this.lock = lockDirectory(dataDir);
     try {
-      for (const { name, path } of this.readPoolsFile().pools) {
-        const pool = Pool.open(path);
+      for (const { name, path, type } of this.readPoolsFile().pools) {
+        const pool: OwnPool = type === 'rbd' ? RbdPool.open(path) : Pool.open(path);
         this.pools.set(name, pool);
         const mark = markBitmapsInUse(pool.path);
         this.inUse.set(name, mark);
@@ -129,6 +132,34 @@ export class StorageService {
     return pool.info();
   }
 
+  /**
+   * Creates an RBD pool: its volumes are images in a Ceph pool (rbd/pool.ts). Connects to the
+   * cluster off the event loop (bounded), and records the pool only once the cluster answered
+   * and holds the Ceph pool.
+   */
+  async createRbdPool(
+    name: string,
+    opts: Omit<RbdPoolOptions, 'name'> & { path?: string; timeoutSeconds?: number },
+  ): Promise<PoolInfo> {
+    checkName('pool', name);
+    if (this.pools.has(name) || this.providerPools.has(name)) throw conflict(`pool ${name} already exists`);
+    const path = checkPoolPath(opts.path ?? join(this.dataDir, 'pools', name), {
+      dataDir: this.dataDir,
+      otherPools: [...this.pools.values()].map((p) => p.path),
+    });
+    const { path: _path, ...rest } = opts;
+    void _path;
+    const pool = await RbdPool.create(path, { name, ...rest });
+    if (this.pools.has(name)) {
+      pool.close();
+      throw conflict(`pool ${name} already exists`);
+    }
+    this.pools.set(name, pool);
+    this.inUse.set(name, markBitmapsInUse(pool.path));
+    this.writePoolsFile();
+    return pool.info();
+  }
+
   listPools(): PoolInfo[] {
     return [...this.pools.values(), ...this.providerPools.values()]
       .map((p) => p.info())
@@ -136,7 +167,7 @@ export class StorageService {
   }
 
   /** One of Haven's own pools; a provider pool is refused, naming it (use poolInfo to ask about any pool). */
-  pool(name: string): Pool {
+  pool(name: string): OwnPool {
     const p = this.pools.get(name);
     if (!p) {
       const pp = this.providerPools.get(name);
@@ -476,12 +507,12 @@ export class StorageService {
       to.createVolume(tmp, info.size, info.labels);
       const target = to.openDevice(tmp);
       let copy: MirrorCopy | undefined;
+      let switched: { aside: string; bitmaps: VolumeBitmaps } | undefined;
       try {
         // The copy goes to the disk bit by bit on the thread pool while I/O flows (and is still
         // mirrored): guest flushes never queue behind much of it, and the flush inside the switch
         // finds little left to write.
-        const fd = to.familyOf(tmp).family.dataFileDescriptor;
-        const sync = () => new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())));
+        const sync = to.copySync(tmp);
         copy = await mirrorCopy({
           tap: state.tap,
           source: from.openDevice(name),
@@ -495,32 +526,41 @@ export class StorageService {
         // included, so that the commit inside the hold covers only the writes mirrored since (most
         // of the pause was this tree: every page of a new volume is dirty until its first commit).
         copy.check();
-        target.flush();
+        await target.flush();
         await yieldToIo(); // guest requests waiting for that commit go first
         opts.signal?.throwIfAborted();
-        // The switch: synchronous from here to the end, so no request can come in between. Two
-        // commits: the source steps aside as retired, then the copy takes the name — that commit,
-        // which also makes everything mirrored since the one above durable, is the moment the copy
-        // becomes the volume. A crash between them finds the retired source beside the copy still
-        // under its temporary name, and the source comes back (see recoverMoves).
+        // The switch. Changes are held from here to the end (pool devices that complete
+        // synchronously have none in flight; asynchronous ones, RBD, are waited for), so no change
+        // can come in between. Two commits: the source steps aside as retired, then the copy takes
+        // the name — that commit, which also makes everything mirrored since the one above durable,
+        // is the moment the copy becomes the volume. A crash between them finds the retired source
+        // beside the copy still under its temporary name, and the source comes back (see
+        // recoverMoves).
         const t0 = performance.now();
-        copy.check();
-        if (target.size !== info.size)
-          throw new HavenError('INTERNAL', `the copy of ${name} has the wrong size`);
-        // A source kept under a name of its own is no retired source to come back: the copy is then
-        // made durable first, and a crash after the source stepped aside gives the copy the name.
-        const aside = opts.keepSource ? `${name}.moved-${Date.now().toString(36)}` : retired;
-        if (opts.keepSource) target.flush();
-        from.renameVolume(name, aside);
-        to.renameVolume(tmp, name);
-        state.tap.replaceInner(target);
-        copy.stop();
-        const bitmaps = VolumeBitmaps.open(join(to.path, 'bitmaps', to.familyOf(name).id), info.size, false);
-        for (const b of state.bitmaps.list()) bitmaps.add(b.name, b.granularity);
-        bitmaps.markDirty(0, info.size); // their history stayed behind: everything counts as changed
-        state.tap.removeTracker(state.bitmaps);
-        state.tap.addTracker(bitmaps);
-        this.volumes.set(name, { tap: state.tap, bitmaps });
+        const release = await state.tap.hold();
+        try {
+          copy.check();
+          if (target.size !== info.size)
+            throw new HavenError('INTERNAL', `the copy of ${name} has the wrong size`);
+          // A source kept under a name of its own is no retired source to come back: the copy is then
+          // made durable first, and a crash after the source stepped aside gives the copy the name.
+          const aside = opts.keepSource ? `${name}.moved-${Date.now().toString(36)}` : retired;
+          if (opts.keepSource) await target.flush();
+          from.renameVolume(name, aside);
+          to.renameVolume(tmp, name);
+          state.tap.replaceInner(target);
+          copy.stop();
+          const bitmaps = VolumeBitmaps.open(join(to.path, 'bitmaps', to.volumeKey(name)), info.size, false);
+          for (const b of state.bitmaps.list()) bitmaps.add(b.name, b.granularity);
+          bitmaps.markDirty(0, info.size); // their history stayed behind: everything counts as changed
+          state.tap.removeTracker(state.bitmaps);
+          state.tap.addTracker(bitmaps);
+          this.volumes.set(name, { tap: state.tap, bitmaps });
+          switched = { aside, bitmaps };
+        } finally {
+          release();
+        }
+        const { aside, bitmaps } = switched;
         const pauseMs = performance.now() - t0;
         const copySeconds = (performance.now() - started) / 1000;
         // After the switch, beside the I/O: the bitmaps' files, and the source's removal.
@@ -560,6 +600,11 @@ export class StorageService {
   attachBase(volume: string, base: BlockDevice): void {
     if (this.backings.has(volume)) throw conflict(`volume ${volume} has a base already`);
     const pool = this.poolOf(volume);
+    if (pool.kind !== 'file')
+      throw new HavenError(
+        'UNSUPPORTED',
+        `volume ${volume} is on RBD pool ${pool.name}: a volume running from a backup must be on a file pool (move it to the RBD pool once recovered)`,
+      );
     const state = this.volumeState(volume);
     const backed = new BackedDevice(pool.openDevice(volume), base, pool.clusterSize);
     state.tap.replaceInner(backed);
@@ -644,6 +689,20 @@ export class StorageService {
       this.providerTaps.set(volume, tap);
     }
     return tap;
+  }
+
+  /**
+   * The extents that differ between two snapshots of a volume according to its pool, when the
+   * pool keeps that itself (an RBD pool: Ceph's rbd_diff_iterate2); undefined for a file pool,
+   * whose changes only the dirty bitmaps know.
+   */
+  async changedExtents(
+    volume: string,
+    fromSnapshot: string,
+    toSnapshot: string,
+  ): Promise<{ offset: number; length: number }[] | undefined> {
+    const pool = this.poolOf(volume);
+    return pool.changedExtents ? pool.changedExtents(volume, fromSnapshot, toSnapshot) : undefined;
   }
 
   revert(volume: string, snapshot: string): void {
@@ -741,7 +800,7 @@ export class StorageService {
     let v = this.volumes.get(name);
     if (!v) {
       const pool = this.poolOf(name);
-      const { id } = pool.familyOf(name);
+      const id = pool.volumeKey(name);
       const vol = pool.volume(name);
       const bitmaps = VolumeBitmaps.open(
         join(pool.path, 'bitmaps', id),
@@ -756,13 +815,13 @@ export class StorageService {
     return v;
   }
 
-  private findPoolOf(volume: string): Pool | undefined {
+  private findPoolOf(volume: string): OwnPool | undefined {
     for (const p of this.pools.values()) if (p.hasVolume(volume)) return p;
     return undefined;
   }
 
   /** The pool of Haven's own a volume is on; a provider's volume is refused, naming its pool. */
-  private poolOf(volume: string): Pool {
+  private poolOf(volume: string): OwnPool {
     if (!volume) throw invalidArgument('a volume name is required');
     const p = this.findPoolOf(volume);
     if (!p) {
@@ -783,7 +842,11 @@ export class StorageService {
   }
 
   private writePoolsFile(): void {
-    const pools = [...this.pools.values()].map((p) => ({ name: p.name, path: p.path }));
+    const pools = [...this.pools.values()].map((p) => ({
+      name: p.name,
+      path: p.path,
+      ...(p.kind === 'rbd' ? { type: 'rbd' as const } : {}),
+    }));
     writeFileAtomic(join(this.dataDir, 'pools.json'), JSON.stringify({ pools }, null, 2));
   }
 }

@@ -16,6 +16,14 @@ export interface TapEvent {
   data?: readonly Uint8Array[];
 }
 
+/** A change on its way to the device; `held` while it waits for TapDevice.hold's release. */
+interface InFlight {
+  start: number;
+  end: number;
+  done: Promise<void>;
+  held: boolean;
+}
+
 /** Anything that wants to know which ranges changed: dirty bitmaps (changed-block tracking). */
 export interface ChangeTracker {
   markDirty(offset: number, length: number): void;
@@ -45,7 +53,9 @@ export class TapDevice extends PassThroughDevice {
   private readonly trackers = new Set<ChangeTracker>();
   private readonly subscribers = new Set<TapSubscriber>();
   private readonly flushBarriers = new Set<() => MaybePromise<void>>();
-  private inflight: { start: number; end: number; done: Promise<void> }[] = [];
+  private inflight: InFlight[] = [];
+  /** While set (hold), new changes wait for it before they reach the device. */
+  private gate: Promise<void> | undefined;
 
   constructor(inner: BlockDevice, opts: { firstSeq?: number; shared?: boolean } = {}) {
     super(inner);
@@ -79,8 +89,33 @@ export class TapDevice extends PassThroughDevice {
    * always finds none).
    */
   replaceInner(next: BlockDevice): BlockDevice {
-    if (this.inflight.length) throw new HavenError('CONFLICT', 'the volume has changes in flight');
+    if (this.inflight.some((e) => !e.held))
+      throw new HavenError('CONFLICT', 'the volume has changes in flight');
     return this.setInner(next);
+  }
+
+  /**
+   * Holds every new change before it reaches the device, and resolves once the changes already
+   * in flight have completed: then nothing is in flight, and replaceInner may switch devices
+   * (asynchronous devices, e.g. RBD, always have changes in flight under load). The held changes
+   * keep their numbers and go to whatever device is inside when `release` is called. Reads and
+   * flushes are not held.
+   */
+  async hold(): Promise<() => void> {
+    if (this.gate) throw new HavenError('CONFLICT', 'the volume is held already');
+    let open!: () => void;
+    this.gate = new Promise<void>((r) => (open = r));
+    const release = () => {
+      this.gate = undefined;
+      open();
+    };
+    try {
+      await Promise.all(this.inflight.filter((e) => !e.held).map((e) => e.done));
+    } catch (err) {
+      release();
+      throw err;
+    }
+    return release;
   }
 
   /** Whether a change is in flight (so replaceInner would refuse). */
@@ -180,9 +215,21 @@ export class TapDevice extends PassThroughDevice {
       if (isPromise(r)) return r.then(done, failed);
       return done();
     };
+    let entry: InFlight | undefined;
+    const gate = this.gate;
+    if (gate) {
+      const held: InFlight = { start: offset, end, done: gate, held: true };
+      entry = held;
+      blockers.push(
+        gate.then(() => {
+          held.held = false; // on its way to the device now
+        }),
+      );
+    }
     const result = blockers.length ? Promise.all(blockers).then(run) : run();
     if (!isPromise(result)) return;
-    const entry = { start: offset, end, done: result.catch(() => undefined) };
+    entry ??= { start: offset, end, done: result, held: false };
+    entry.done = result.catch(() => undefined);
     this.inflight.push(entry);
     return result.finally(() => (this.inflight = this.inflight.filter((e) => e !== entry)));
   }

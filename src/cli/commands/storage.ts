@@ -126,13 +126,31 @@ export function registerPool(program: Command): void {
       'a capability the operator declares (NAME or NAME=VALUE, e.g. replication, tier=gold; repeat)',
       (v: string, all: string[] = []) => [...all, v],
     )
+    .option('--type <type>', 'file (volumes in files) or rbd (volumes are RBD images in a Ceph pool)', 'file')
+    .option('--ceph-conf <file>', "rbd: the cluster's ceph.conf")
+    .option('--ceph-pool <pool>', 'rbd: the Ceph pool holding the images')
+    .option('--image-prefix <prefix>', "rbd: images are named PREFIX+volume; others are not the site's")
     .option('--json', 'print JSON')
     .action(
       async (
         name: string,
-        o: DataOpts & ApiOpts & { path?: string; tier: string; capacity?: string; capability?: string[] },
+        o: DataOpts &
+          ApiOpts & {
+            path?: string;
+            tier: string;
+            capacity?: string;
+            capability?: string[];
+            type: string;
+            cephConf?: string;
+            cephPool?: string;
+            imagePrefix?: string;
+          },
       ) => {
         const opts = {
+          ...(o.type !== 'file' ? { type: o.type } : {}),
+          ...(o.cephConf ? { cephConf: resolve(o.cephConf) } : {}),
+          ...(o.cephPool ? { cephPool: o.cephPool } : {}),
+          ...(o.imagePrefix !== undefined ? { imagePrefix: o.imagePrefix } : {}),
           tier: o.tier,
           ...(o.capability ? { capabilities: o.capability } : {}),
           ...(o.path ? { path: resolve(o.path) } : {}),

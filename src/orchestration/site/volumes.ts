@@ -48,6 +48,45 @@ export class SiteVolumes extends SiteDomain {
   }
 
   /**
+   * Creates an RBD pool: its volumes are images in a Ceph pool, served by the site like any other
+   * (decision 0022). Connects to the cluster first (bounded): nothing is recorded unless it
+   * answered and holds the Ceph pool.
+   */
+  async createRbdPool(
+    actor: Actor,
+    name: string,
+    opts: {
+      cephConf: string;
+      cephPool: string;
+      imagePrefix?: string;
+      path?: string;
+      tier?: string;
+      capacityBytes?: number;
+      capabilities?: string[];
+    },
+  ): Promise<PoolAnswer> {
+    return this.auditedAsync(
+      actor,
+      'pool.create',
+      name,
+      async () => {
+        const { capabilities, cephConf, cephPool, imagePrefix, ...rest } = opts;
+        if (capabilities?.length) parseCapabilitiesOrThrow(capabilities);
+        await this.storage.createRbdPool(name, {
+          conf: cephConf,
+          cephPool,
+          ...(imagePrefix !== undefined ? { prefix: imagePrefix } : {}),
+          ...rest,
+        });
+        if (capabilities?.length) this.policy?.declare(name, capabilities);
+        this.exports.refresh(); // images with the prefix are volumes already
+        return this.pool(name);
+      },
+      () => `pool ${name} created: RBD images ${opts.imagePrefix ?? ''}* in Ceph pool ${opts.cephPool}`,
+    );
+  }
+
+  /**
    * Registers a pool served by an out-of-process storage provider (HTTP, docs/provider-api.md):
    * stored only once the provider answered in a version this Haven speaks and accepted the token.
    */

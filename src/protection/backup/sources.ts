@@ -178,7 +178,11 @@ async function openLockedVolumes(
     )
     .pop();
   const epoch = `haven-backup-${repo.newSnapshotId()}`;
-  let trustBitmaps = !opts.full && !!previous && previous.disks.length === volumes.length;
+  const incremental = !opts.full && !!previous && previous.disks.length === volumes.length;
+  /** Volumes whose frozen bitmap may not say all that changed since the previous epoch. */
+  const untrusted = new Set<string>();
+  /** Volumes that still have the previous epoch's snapshot. */
+  const atPrevious = new Set<string>();
   for (const v of volumes) {
     // Epochs of backups that failed or died: their changes go back into the bitmap first.
     for (const s of storage.listSnapshots(v))
@@ -186,11 +190,11 @@ async function openLockedVolumes(
         try {
           storage.revokeCheckpoint(v, s.name, BACKUP_BITMAP);
         } catch {
-          storage.deleteSnapshot(v, s.name); // its changes are unknown: read everything
-          trustBitmaps = false;
+          storage.deleteSnapshot(v, s.name); // its changes are unknown to the bitmap
+          untrusted.add(v);
         }
-    if (!previous?.bitmap?.epoch || !storage.listSnapshots(v).some((s) => s.name === previous.bitmap!.epoch))
-      trustBitmaps = false;
+    if (previous?.bitmap?.epoch && storage.listSnapshots(v).some((s) => s.name === previous.bitmap!.epoch))
+      atPrevious.add(v);
   }
   // The point in time, kept short (a guest may be frozen around it): nothing awaits in here, so
   // no guest write can fall between two disks.
@@ -201,17 +205,24 @@ async function openLockedVolumes(
     ? await opts.quiesce(snapshot)
     : (snapshot(), { consistency: 'crash', reason: `${source.kind} backup: no guest was asked to freeze` });
   const disks: BackupDisk[] = [];
+  let trustChanges = incremental;
   for (const v of volumes) {
     const device = await openSnapshot(storage, `${v}@${epoch}`, opts.transport ?? 'san', opts.site);
     const frozen = storage.bitmapViews(`${v}@${epoch}`).find((x) => x.name === BACKUP_BITMAP);
-    if (!frozen) trustBitmaps = false;
-    disks.push({ name: v, device, ...(frozen ? { changed: dirtyRanges(frozen, device.size) } : {}) });
+    let changed: Range[] | undefined;
+    if (atPrevious.has(v) && frozen && !untrusted.has(v)) changed = dirtyRanges(frozen, device.size);
+    // No bitmap to trust (a crash, a failed epoch): a pool that keeps its own changes (RBD: Ceph's
+    // diff between the two snapshots) still says exactly what changed since the previous epoch.
+    else if (incremental && atPrevious.has(v))
+      changed = await storage.changedExtents(v, previous!.bitmap!.epoch!, epoch).catch(() => undefined);
+    if (!changed) trustChanges = false;
+    disks.push({ name: v, device, ...(changed ? { changed } : {}) });
   }
-  if (!trustBitmaps) for (const d of disks) delete d.changed;
+  if (!trustChanges) for (const d of disks) delete d.changed;
   return {
     source,
     disks,
-    ...(trustBitmaps && previous ? { parent: previous } : {}),
+    ...(trustChanges && previous ? { parent: previous } : {}),
     bitmap: { name: BACKUP_BITMAP, epoch },
     transport: opts.transport ?? 'san',
     consistency,
