@@ -146,8 +146,17 @@ test('the console in Chromium: back up, watch, recover instantly, finalize; bad 
     await page.locator('main table, main p.muted').first().waitFor({ timeout: T });
     await scan(page, name, violations);
   }
+  // Restore the backup's disk to a new volume, from the repositories page.
   await page.goto(`${url}/repositories`);
-  await page.locator(`tr[data-backup="${backupId}"]`).waitFor({ timeout: T });
+  const inRepo = page.locator(`tr[data-backup="${backupId}"]`);
+  await inRepo.waitFor({ timeout: T });
+  await inRepo.getByRole('button', { name: 'Restore to a new volume…' }).click();
+  await inRepo.getByLabel('New volume name').fill('demo-restored');
+  await inRepo.getByRole('button', { name: 'Restore' }).click();
+  await page.getByRole('heading', { name: /Job volume.restore demo-restored/ }).waitFor({ timeout: T });
+  await page.locator('h1 .badge', { hasText: 'succeeded' }).waitFor({ timeout: T });
+  assert.ok((await s.haven('volume', 'list')).includes('demo-restored'), 'the restored volume is there');
+  step('restored the backup to volume demo-restored');
   await page.goto(`${url}/events`);
   await page.getByLabel('Actor').fill('otto');
   await page.getByLabel('Actor').press('Enter');

@@ -477,7 +477,31 @@ function BackupTable({ list, recover }: { list: (Backup & { repo: string })[]; r
                     Instant recovery…
                   </button>
                 )
-              ) : null}
+              ) : open === b.id ? (
+                <Form
+                  id={`restore-${b.id}`}
+                  submit="Restore"
+                  fields={[
+                    { name: 'name', label: 'New volume name' },
+                    { name: 'disk', label: 'Disk of the backup', type: 'number', value: '0' },
+                    { name: 'pool', label: 'Pool', placeholder: 'default' },
+                  ]}
+                  onSubmit={async (f) => {
+                    const j = await post<Job>('/volumes/restore', {
+                      repo: b.repo,
+                      snapshot: b.id,
+                      name: f.name,
+                      disk: Number(f.disk),
+                      ...(f.pool ? { pool: f.pool } : {}),
+                    });
+                    go(`/jobs/${enc(j.id)}`);
+                  }}
+                />
+              ) : (
+                <button type="button" onClick={() => setOpen(b.id)}>
+                  Restore to a new volume…
+                </button>
+              )}
             </td>
           </tr>
         ))}
