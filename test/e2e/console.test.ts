@@ -157,8 +157,49 @@ test('the console in Chromium: back up, watch, recover instantly, finalize; bad 
   await page.locator('h1 .badge', { hasText: 'succeeded' }).waitFor({ timeout: T });
   assert.ok((await s.haven('volume', 'list')).includes('demo-restored'), 'the restored volume is there');
   step('restored the backup to volume demo-restored');
+
+  // Snapshot, clone, revert and delete on a volume's page; what destroys asks, naming the loss.
+  await page.goto(`${url}/volumes/demo-restored`);
+  await page.getByRole('heading', { name: 'Volume demo-restored' }).waitFor({ timeout: T });
+  await page.locator('#snapshot').getByLabel('Snapshot name').fill('s1');
+  await page.getByRole('button', { name: 'Take snapshot' }).click();
+  await page.getByRole('rowheader', { name: 's1' }).waitFor({ timeout: T });
+  await scan(page, 'volume', violations);
+  await page.locator('#clone').getByLabel('New volume name').fill('demo-clone');
+  await page.getByRole('button', { name: 'Clone' }).click();
+  await page.locator('#clone [role=status]').waitFor({ timeout: T });
+  await page.getByRole('button', { name: 'Revert' }).click();
+  const dialog = page.getByRole('dialog');
+  assert.match((await dialog.textContent()) ?? '', /Every write to demo-restored since s1 is lost/);
+  await scan(page, 'confirm dialog', violations);
+  await page.keyboard.press('Escape'); // cancelled: nothing happens
+  await dialog.waitFor({ state: 'detached' });
+  await page.getByRole('button', { name: 'Revert' }).click();
+  await dialog.getByRole('button', { name: 'Confirm' }).click();
+  await dialog.waitFor({ state: 'detached' });
+  await page.goto(`${url}/volumes/demo-clone`);
+  await page.getByRole('button', { name: 'Delete volume demo-clone' }).click();
+  assert.match((await dialog.textContent()) ?? '', /Delete volume demo-clone\? Its data .* are lost/);
+  await dialog.getByRole('button', { name: 'Confirm' }).click();
+  await page.getByRole('heading', { name: 'Volumes' }).waitFor({ timeout: T });
+  const names = (JSON.parse(await s.haven('volume', 'list', '--json')) as { name: string }[]).map(
+    (v) => v.name,
+  );
+  assert.ok(names.includes('demo-restored') && !names.includes('demo-clone'), names.join(' '));
+  const events = JSON.parse(
+    await s.haven('event', 'list', '--json', '--actor', 'otto@127.0.0.1', '--limit', '500'),
+  ) as {
+    action: string;
+  }[];
+  assert.ok(
+    ['snapshot.create', 'volume.clone', 'snapshot.revert', 'volume.delete'].every((a) =>
+      events.some((e) => e.action === a),
+    ),
+    `the audit log names otto for each: ${events.map((e) => e.action).join(' ')}`,
+  );
+  step('snapshot s1, clone demo-clone, revert (cancelled once, then confirmed), delete demo-clone');
   await page.goto(`${url}/events`);
-  await page.getByLabel('Actor').fill('otto');
+  await page.getByLabel('Actor').fill('otto@127.0.0.1');
   await page.getByLabel('Actor').press('Enter');
   await page.locator('td', { hasText: 'otto@' }).first().waitFor({ timeout: T });
 

@@ -87,11 +87,14 @@ export function Form({
   onSubmit: (values: Record<string, string>) => Promise<unknown>;
   danger?: string;
 }) {
-  const [values, setValues] = useState<Record<string, string>>(() =>
-    Object.fromEntries(
-      fields.map((f) => [f.name, f.value ?? (f.type === 'select' ? (f.options?.[0] ?? '') : '')]),
-    ),
+  const [typed, setValues] = useState<Record<string, string>>(() =>
+    Object.fromEntries(fields.map((f) => [f.name, f.value ?? ''])),
   );
+  // A select shows its first option until one is chosen, also when the options came later.
+  const values = { ...typed };
+  for (const f of fields)
+    if (f.type === 'select' && !f.options?.includes(values[f.name] ?? ''))
+      values[f.name] = f.options?.[0] ?? '';
   const [errors, setErrors] = useState<Record<string, string>>({});
   const [busy, setBusy] = useState(false);
   const [done, setDone] = useState('');
