@@ -4,6 +4,8 @@ import * as s from './schemas.js';
 
 /** How often a stream sends what changed: job updates within it are coalesced, one per job. */
 const FLUSH_MS = 100;
+/** What a stream may hold unsent before its client is dropped. */
+const MAX_BUFFERED = 4 * 1024 * 1024;
 /** A comment line this often keeps proxies and the browser from dropping an idle stream. */
 const HEARTBEAT_MS = 15_000;
 
@@ -39,7 +41,11 @@ export function registerConsoleRoutes(api: FastifyInstance, site: Site): void {
         for (const j of jobs.values()) out += `event: job\ndata: ${JSON.stringify(j)}\n\n`;
         jobs.clear();
         lines = [];
-        if (out) res.write(out);
+        if (!out) return;
+        // A browser that does not read (a stopped tab, a stalled link) is dropped rather than
+        // buffered for: EventSource reconnects and the console reads the state afresh.
+        if (res.writableLength > MAX_BUFFERED) res.destroy();
+        else res.write(out);
       };
       const later = () => (timer ??= setTimeout(flush, FLUSH_MS));
       const onJob = (j: Job) => {
