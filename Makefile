@@ -6,6 +6,7 @@ setup:
 
 build:
 	npx tsc -p tsconfig.json
+	node scripts/build-console.mjs
 
 start: setup
 	scripts/start
@@ -21,4 +22,4 @@ bench: setup
 	npm run bench --silent
 
 clean:
-	rm -rf dist build .cache bench-results
+	rm -rf dist build .cache bench-results test-results

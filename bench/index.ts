@@ -34,6 +34,12 @@ export const registry: RegistryEntry[] = [
     load: async () => (await import('./cli.js')).cliBenchmark,
   },
   {
+    name: 'console',
+    summary:
+      'web console: dashboard render with 1,000 VMs and 100 jobs, progress latency, assets, CPU with 10 browsers',
+    load: async () => (await import('./console.js')).consoleBenchmark,
+  },
+  {
     name: 'site',
     summary: 'site daemon: haven vm start vs the same QEMU by hand; idle RSS and CPU with 10 VMs',
     load: async () => (await import('./site.js')).siteBenchmark,

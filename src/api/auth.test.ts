@@ -46,8 +46,14 @@ test('with TLS the session cookie is Secure; without, not', async (t) => {
 
 test('only /api and /metrics ask for credentials: other paths are the console’s', async (t) => {
   const app = await api(t, false);
-  for (const url of ['/', '/index.html', '/assets/app.js'])
-    assert.equal((await app.inject({ method: 'GET', url })).statusCode, 404, url);
+  // The console's page (dist/console/, built with the daemon) for any of its paths, to anyone.
+  for (const url of ['/', '/vms/demo', '/jobs']) {
+    const a = await app.inject({ method: 'GET', url });
+    assert.equal(a.statusCode, 200, url);
+    assert.match(String(a.headers['content-type']), /^text\/html/, url);
+    assert.match(String(a.headers['content-security-policy']), /default-src 'self'/, url);
+  }
+  assert.equal((await app.inject({ method: 'GET', url: '/assets/no-such.js' })).statusCode, 404);
   for (const url of ['/api', '/api/v2/x', `${API_PREFIX}/nope`, '/metrics'])
     assert.equal((await app.inject({ method: 'GET', url })).statusCode, 401, url);
 });

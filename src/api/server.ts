@@ -20,6 +20,8 @@ import { registerObjectiveRoutes } from './routes-objectives.js';
 import { registerMetricsRoute } from './routes-metrics.js';
 import { registerOperationRoutes } from './routes-operations.js';
 import { registerPeerRoutes } from './routes-peers.js';
+import { sendConsoleFile } from './console-files.js';
+import { registerConsoleRoutes } from './routes-console.js';
 import { registerSessionRoutes } from './routes-session.js';
 import { registerUserRoutes } from './routes-users.js';
 import { SESSION_COOKIE, installAuth } from './auth.js';
@@ -127,6 +129,8 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
     void reply.code(answer.status).send({ error: answer.error });
   });
   app.setNotFoundHandler((req, reply) => {
+    const ours = /^\/(api|metrics)(\/|\?|$)/.test(req.url);
+    if (!ours && (req.method === 'GET' || req.method === 'HEAD') && sendConsoleFile(req, reply)) return;
     void reply
       .code(404)
       .send({ error: { code: 'NOT_FOUND', message: `no such API path: ${req.method} ${req.url}` } });
@@ -162,6 +166,7 @@ export async function buildApi(site: Site, opts: BuildOptions = {}): Promise<Fas
     async (api) => {
       registerSessionRoutes(api, site, { secure: !!opts.tls });
       registerUserRoutes(api, site);
+      registerConsoleRoutes(api, site);
       registerOperationRoutes(api, site);
       registerStorageRoutes(api, site);
       registerComputeRoutes(api, site);

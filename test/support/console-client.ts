@@ -26,6 +26,11 @@ export function caller(url: string, base: Record<string, string> = {}): Caller {
       },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
     });
+    // A stream (server-sent events) does not end: its status and headers are the answer.
+    if (res.headers.get('content-type')?.startsWith('text/event-stream')) {
+      await res.body?.cancel();
+      return { status: res.status, body: '', headers: res.headers };
+    }
     const text = await res.text();
     let parsed: unknown = text;
     try {

@@ -5,3 +5,4 @@ export type { Silence } from './silences.js';
 export type { AddChannelRequest, Channel, ChannelConfig, EmailConfig, WebhookConfig } from './channels.js';
 export { webhookSignature, SIGNATURE_HEADER, TIMESTAMP_HEADER, type Notification } from './senders.js';
 export type { DeliveryOptions } from './deliveries.js';
+export { repositoryUsage } from './state.js';

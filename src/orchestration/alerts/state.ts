@@ -22,7 +22,7 @@ export interface StateParts {
  * those its backups went into (a backup job's result names its repository), so that a repository
  * only ever backed up into is watched too.
  */
-function repositories(db: Database): string[] {
+export function repositories(db: Database): string[] {
   return (
     db
       .prepare(
@@ -35,10 +35,10 @@ function repositories(db: Database): string[] {
   ).map((r) => r.target);
 }
 
-/** One snapshot of what the state rules read; a part that cannot be read is left out, not fatal. */
-export async function gatherState(p: StateParts): Promise<SiteState> {
-  const repos = await Promise.all(
-    repositories(p.db).map(async (path): Promise<SiteState['repositories'][number]> => {
+/** Each repository the site uses, with its file system's size and free space (or why not). */
+export function repositoryUsage(db: Database): Promise<SiteState['repositories']> {
+  return Promise.all(
+    repositories(db).map(async (path): Promise<SiteState['repositories'][number]> => {
       try {
         const s = await statfs(path);
         return { path, fs: { totalBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize } };
@@ -47,6 +47,11 @@ export async function gatherState(p: StateParts): Promise<SiteState> {
       }
     }),
   );
+}
+
+/** One snapshot of what the state rules read; a part that cannot be read is left out, not fatal. */
+export async function gatherState(p: StateParts): Promise<SiteState> {
+  const repos = await repositoryUsage(p.db);
   return {
     pools: p
       .pools()

@@ -54,6 +54,11 @@ export class SiteBackups extends SiteDomain {
     return [...this.offered];
   }
 
+  /** A repository's snapshots, oldest first, and those whose manifest is damaged (with why). */
+  async snapshotsIn(repo: RepoAccess): Promise<Awaited<ReturnType<Repository['scanSnapshots']>>> {
+    return (await openRepository(repo)).scanSnapshots();
+  }
+
   /**
    * Backs up a VM (all its disks at one point, and its configuration) or a volume, as a job,
    * through the transport asked for (default: auto). A VM's file systems are frozen through its

@@ -74,7 +74,8 @@ const log = logger('jobs');
  * Every long operation is a job: state, progress (bytes, rate, ETA), a log, a result, cancel.
  * Jobs live in the site database; a job that was running when the daemon stopped is marked
  * failed at the next start (see `failInterrupted`), never left "running". Emits 'update' (Job)
- * whenever a job changes, for live followers (the API streams them).
+ * whenever a job changes and 'log' (job id, JobLogLine) for each line of its log, for live
+ * followers (the API streams them).
  */
 export class JobManager extends EventEmitter {
   private readonly running = new Map<
@@ -294,9 +295,11 @@ export class JobManager extends EventEmitter {
   }
 
   private appendLog(id: string, level: JobLogLine['level'], message: string): void {
+    const line: JobLogLine = { time: now(), level, message };
     this.db
       .prepare('INSERT INTO job_log (job, time, level, message) VALUES (?, ?, ?, ?)')
-      .run(id, now(), level, message);
+      .run(id, line.time, level, message);
+    if (this.listenerCount('log')) this.emit('log', id, line);
   }
 }
 

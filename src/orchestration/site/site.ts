@@ -52,7 +52,7 @@ import { Scheduler, type SchedulerOptions } from './scheduler.js';
 import { ScheduledRuns } from './schedule-runs.js';
 import { SiteMetrics } from './metrics.js';
 import { ProviderPools } from './provider-pools.js';
-import { SiteAlerts, type AlertOptions } from '../alerts/index.js';
+import { SiteAlerts, repositoryUsage, type AlertOptions } from '../alerts/index.js';
 import { SiteAccess, type AccessOptions } from '../access/index.js';
 export type { Actor } from './domain.js';
 
@@ -473,6 +473,16 @@ export class Site {
         this.storage.deleteVolume(job.target);
       }
     });
+  }
+
+  /**
+   * The repositories the site uses (its backups went into them, its repository jobs ran on
+   * them), each with its file system's size and free space, or why it could not be read.
+   */
+  repositories(): Promise<
+    { path: string; fs?: { totalBytes: number; freeBytes: number }; error?: string }[]
+  > {
+    return repositoryUsage(this.db);
   }
 
   info(): SiteInfo {

@@ -1,0 +1,64 @@
+// The console's event stream in-process over real HTTP: a viewer's stream carries an audit event
+// and a job's log lines before the job's end, and nobody gets a stream without credentials.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { Site } from '../orchestration/index.js';
+import { tempDir } from '../../test/support/tmp.js';
+import { API_PREFIX } from './client.js';
+import { buildApi } from './server.js';
+
+test('GET /events/stream: events, job log lines and the job, in order; 401 without credentials', async (t) => {
+  const tmp = tempDir();
+  const site = await Site.open({ dataDir: join(tmp.path, 'data'), name: 'unit', nbdListen: 'none' });
+  const app = await buildApi(site, { openapi: false });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  const ac = new AbortController();
+  t.after(async () => {
+    ac.abort();
+    await app.close();
+    await site.close();
+    tmp.cleanup();
+  });
+  assert.equal((await fetch(`${url}${API_PREFIX}/events/stream`)).status, 401);
+  const res = await fetch(`${url}${API_PREFIX}/events/stream`, {
+    headers: { authorization: `Bearer ${site.apiToken()}` },
+    signal: ac.signal,
+  });
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
+  const seen: string[] = [];
+  const done = (async () => {
+    let buf = '';
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += Buffer.from(chunk).toString();
+      let k;
+      while ((k = buf.indexOf('\n\n')) >= 0) {
+        const msg = buf.slice(0, k);
+        buf = buf.slice(k + 2);
+        const kind = /^event: (\w+)/m.exec(msg)?.[1];
+        if (!kind) continue;
+        const data = JSON.parse(msg.slice(msg.indexOf('data: ') + 6)) as Record<string, unknown>;
+        if (kind === 'log') seen.push(`log ${(data.line as { message: string }).message}`);
+        else if (kind === 'job') seen.push(`job ${String(data.state)}`);
+        else seen.push(`event ${String(data.action)}`);
+        if (kind === 'job' && data.state === 'succeeded') return;
+      }
+    }
+  })();
+  const job = site.jobs.start({ kind: 'unit.work', target: 'x', actor: 'tess@test' }, async (ctx) => {
+    ctx.log('first line');
+    ctx.log('second line');
+    return {};
+  });
+  await site.jobs.wait(job.id);
+  await done;
+  const logs = seen.filter((s) => s.startsWith('log '));
+  assert.deepEqual(
+    logs.filter((l) => /line$/.test(l)),
+    ['log first line', 'log second line'],
+    seen.join(', '),
+  );
+  assert.ok(seen.includes('event unit.work'), seen.join(', '));
+  assert.equal(seen.at(-1), 'job succeeded', 'the job ends the sequence, after its log lines');
+});
