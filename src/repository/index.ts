@@ -2,6 +2,7 @@
 export { Repository } from './repository.js';
 export type {
   RepositoryConfig,
+  RemoteOptions,
   SnapshotManifest,
   SnapshotInfo as BackupSnapshot,
   DiskManifest,
@@ -26,3 +27,4 @@ export {
 export { planPrune, selectRetained, sourceName, type PrunePlan, type RetentionPolicy } from './retention.js';
 export type { RepositoryKeys } from './keys.js';
 export * from './format.js';
+export { S3Backend, isS3Url, parseS3Url, s3Settings, type Retention, type S3Settings } from './s3-backend.js';
