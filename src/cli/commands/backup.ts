@@ -296,6 +296,32 @@ export function registerBackup(program: Command): void {
           `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})${r.claimedMeanwhile ? `, ${r.claimedMeanwhile} of them claimed by a backup while gc ran` : ''}`,
       );
     });
+  repoOptions(repo.command('copy'))
+    .description(
+      'copy snapshots (all, or those named) to another repository: only the chunks it lacks, re-encrypted under its keys, verified there',
+    )
+    .argument('[snapshots...]')
+    .requiredOption('--to <repo>', 'the target repository: a directory or s3://BUCKET/PREFIX')
+    .option('--to-passphrase-file <file>', "file holding the target's passphrase (default: the source's)")
+    .option('--json', 'print JSON')
+    .action(async (ids: string[], o: RepoOpts & { to: string; toPassphraseFile?: string }) => {
+      const a = access(o);
+      const from = await openRepository(a);
+      const toPass = o.toPassphraseFile
+        ? readFileSync(o.toPassphraseFile, 'utf8').replace(/\r?\n$/, '')
+        : a.passphrase;
+      const to = await openRepository({
+        repo: o.to,
+        ...(toPass !== undefined ? { passphrase: toPass } : {}),
+      });
+      await runLocal(
+        o,
+        { kind: 'repository.copy', target: o.to },
+        async () => (await orchestration()).copySnapshots(from, to, ids.length ? { ids } : {}),
+        (r) =>
+          `copied ${r.copied.length} snapshot(s) to ${to.location} (${r.newChunks} new chunks), ${r.skipped.length} there already`,
+      );
+    });
   repoOptions(repo.command('protect'))
     .description('protect a snapshot from prune and delete (--off to lift it)')
     .argument('<snapshot>')
