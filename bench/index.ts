@@ -29,6 +29,11 @@ export const registry: RegistryEntry[] = [
     load: async () => (await import('./backup.js')).backupBenchmark,
   },
   {
+    name: 'ceph',
+    summary: 'backup to S3 on a single-node radosgw vs restic: first, incremental (1% changed), restore',
+    load: async () => (await import('./ceph.js')).cephBenchmark,
+  },
+  {
     name: 'cli',
     summary: 'whole-process time of haven pool list and a no-change incremental backup, --data and --api',
     load: async () => (await import('./cli.js')).cliBenchmark,
