@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { HavenError, conflict, errorMessage, invalidArgument, notFound } from '../common/index.js';
 import { LocalBackend, type RepositoryBackend } from './backend.js';
-import { S3Backend, isS3Url, s3Settings, type Retention } from './s3-backend.js';
+import { isRetaining, isS3Url, type Retention } from './s3-settings.js';
 import { ChunkCodec } from './chunk-codec.js';
 import { isAsideName } from './chunk-claim.js';
 import { asideKey, readStoredChunk } from './chunks.js';
@@ -115,14 +115,9 @@ async function backendFor(
   opts: RemoteOptions & { needLock?: boolean },
 ): Promise<RepositoryBackend> {
   if (!isS3Url(where)) return new LocalBackend(resolve(where));
-  const b = new S3Backend(s3Settings(where, opts));
-  try {
-    await b.connect(opts.needLock ? { needLock: true } : {});
-  } catch (err) {
-    b.close();
-    throw err;
-  }
-  return b;
+  // The AWS SDK loads only now: about 130 ms that no other command pays.
+  const { openS3Backend } = await import('./s3-backend.js');
+  return openS3Backend(where, opts);
 }
 
 /**
@@ -258,7 +253,7 @@ export class Repository {
     keys?: RepositoryKeys,
   ): Repository {
     if (config.objectLock) {
-      if (!(backend instanceof S3Backend))
+      if (!isRetaining(backend))
         throw new HavenError(
           'UNSUPPORTED',
           `repository ${backend.location} has object lock but is not in S3`,
@@ -270,7 +265,7 @@ export class Repository {
 
   /** Releases what the backend holds (an S3 client's connections). */
   close(): void {
-    if (this.backend instanceof S3Backend) this.backend.close();
+    if (isRetaining(this.backend)) this.backend.close();
   }
 
   codec(): ChunkCodec {
@@ -399,7 +394,7 @@ export class Repository {
   async commitSnapshot(manifest: SnapshotManifest): Promise<void> {
     await this.backend.sync();
     const lock = this.config.objectLock;
-    if (lock && this.backend instanceof S3Backend) {
+    if (lock && isRetaining(this.backend)) {
       // Every object the snapshot uses — also those an incremental took from its parent unread —
       // retained for the whole period from now; the manifest says until when.
       const until = Date.now() + lock.days * 86_400_000;

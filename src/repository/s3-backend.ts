@@ -16,7 +16,6 @@
 // Every request has a connection and a request timeout and is retried with backoff (the SDK's
 // standard retry strategy); at most `maxSockets` requests are in flight.
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import {
   DeleteObjectCommand,
   GetBucketVersioningCommand,
@@ -32,100 +31,16 @@ import {
   S3ServiceException,
   type PutObjectCommandInput,
 } from '@aws-sdk/client-s3';
-import { HavenError, errorMessage } from '../common/errors.js';
+import { HavenError } from '../common/errors.js';
 import type { ObjectInfo, RepositoryBackend } from './backend.js';
-
-export interface S3Location {
-  bucket: string;
-  /** The folder of the repository in the bucket, '' or ending in "/". */
-  prefix: string;
-}
-
-export interface S3Settings extends S3Location {
-  endpoint: string;
-  region: string;
-  accessKeyId: string;
-  secretAccessKey: string;
-  /** Per request, ms (default 30 s); connecting, ms (default 5 s). */
-  requestTimeoutMs?: number;
-  connectTimeoutMs?: number;
-  /** Attempts per request, the first included (default 4). */
-  maxAttempts?: number;
-}
-
-/** Object Lock retention put on every object of a snapshot (chunks, index, manifest). */
-export interface Retention {
-  mode: 'COMPLIANCE' | 'GOVERNANCE';
-  days: number;
-}
-
-export const isS3Url = (s: string) => s.startsWith('s3://');
-
-export function parseS3Url(url: string): S3Location {
-  const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(url);
-  if (!m)
-    throw new HavenError('INVALID_ARGUMENT', `${url} is not an S3 repository address (s3://BUCKET/PREFIX)`);
-  const p = (m[2] ?? '').replace(/\/+$/, '');
-  if (p.split('/').some((x) => x === '..')) throw new HavenError('INVALID_ARGUMENT', `${url}: bad prefix`);
-  return { bucket: m[1]!, prefix: p ? `${p}/` : '' };
-}
-
-/**
- * The settings for an s3:// repository: the endpoint given, else HAVEN_S3_ENDPOINT; credentials
- * from the file HAVEN_S3_CREDENTIALS (KEY=VALUE lines: S3_ENDPOINT, S3_ACCESS_KEY_ID,
- * S3_SECRET_ACCESS_KEY, S3_REGION — the form scripts/ceph writes), else the environment
- * (HAVEN_S3_* or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION). Secrets are never logged.
- */
-export function s3Settings(url: string, opts: { endpoint?: string } = {}): S3Settings {
-  const env = process.env;
-  let file: Record<string, string> = {};
-  if (env.HAVEN_S3_CREDENTIALS) {
-    try {
-      file = Object.fromEntries(
-        readFileSync(env.HAVEN_S3_CREDENTIALS, 'utf8')
-          .split('\n')
-          .filter((l) => l.includes('=') && !l.startsWith('#'))
-          .map((l) => [l.slice(0, l.indexOf('=')).trim(), l.slice(l.indexOf('=') + 1).trim()]),
-      );
-    } catch (err) {
-      throw new HavenError(
-        'INVALID_ARGUMENT',
-        `cannot read the S3 credentials file ${env.HAVEN_S3_CREDENTIALS} (HAVEN_S3_CREDENTIALS): ${errorMessage(err)}`,
-      );
-    }
-  }
-  const pick = (...names: string[]) => {
-    for (const n of names) {
-      const v = file[n] ?? env[`HAVEN_${n}`] ?? undefined;
-      if (v) return v;
-    }
-    return undefined;
-  };
-  const endpoint = opts.endpoint ?? pick('S3_ENDPOINT') ?? env.AWS_ENDPOINT_URL;
-  const accessKeyId = pick('S3_ACCESS_KEY_ID') ?? env.AWS_ACCESS_KEY_ID;
-  const secretAccessKey = pick('S3_SECRET_ACCESS_KEY') ?? env.AWS_SECRET_ACCESS_KEY;
-  const region = pick('S3_REGION') ?? env.AWS_REGION ?? 'us-east-1';
-  if (!endpoint)
-    throw new HavenError(
-      'INVALID_ARGUMENT',
-      `repository ${url}: no S3 endpoint (give --endpoint, or HAVEN_S3_ENDPOINT, or S3_ENDPOINT in the HAVEN_S3_CREDENTIALS file)`,
-    );
-  if (!/^https?:\/\/[^/]+/.test(endpoint))
-    throw new HavenError('INVALID_ARGUMENT', `S3 endpoint ${endpoint} is not an http:// or https:// URL`);
-  if (!accessKeyId || !secretAccessKey)
-    throw new HavenError(
-      'UNAUTHENTICATED',
-      `repository ${url}: no S3 credentials (HAVEN_S3_CREDENTIALS file, or HAVEN_S3_ACCESS_KEY_ID and HAVEN_S3_SECRET_ACCESS_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
-    );
-  return { ...parseS3Url(url), endpoint, region, accessKeyId, secretAccessKey };
-}
+import { s3Settings, type Retention, type RetainingBackend, type S3Settings } from './s3-settings.js';
 
 /** Requests in flight at once, per backend. */
 const MAX_SOCKETS = 32;
 /** Deletes and HEADs done side by side by the bulk helpers. */
 const PARALLEL = 16;
 
-export class S3Backend implements RepositoryBackend {
+export class S3Backend implements RepositoryBackend, RetainingBackend {
   readonly location: string;
   readonly objectStore = true;
   private readonly client: S3Client;
@@ -497,4 +412,19 @@ export class S3Backend implements RepositoryBackend {
     await Promise.all(Array.from({ length: Math.min(PARALLEL, todo.length) }, worker));
     return extended;
   }
+}
+
+/** Opens and checks an s3:// repository's backend (repository.ts imports this module only then). */
+export async function openS3Backend(
+  url: string,
+  opts: { endpoint?: string; needLock?: boolean },
+): Promise<RetainingBackend> {
+  const b = new S3Backend(s3Settings(url, opts.endpoint !== undefined ? { endpoint: opts.endpoint } : {}));
+  try {
+    await b.connect(opts.needLock ? { needLock: true } : {});
+  } catch (err) {
+    b.close();
+    throw err;
+  }
+  return b;
 }
