@@ -29,6 +29,16 @@ export const registry: RegistryEntry[] = [
     load: async () => (await import('./backup.js')).backupBenchmark,
   },
   {
+    name: 'ceph-s3',
+    summary: 'backup to S3 on a single-node radosgw vs restic: first, incremental (1% changed), restore',
+    load: async () => (await import('./ceph-s3.js')).cephS3Benchmark,
+  },
+  {
+    name: 'ceph-rbd',
+    summary: 'NBD of an RBD-backed volume vs qemu-nbd on rbd:POOL/IMAGE: sequential, 4K random, RSS',
+    load: async () => (await import('./ceph-rbd.js')).cephRbdBenchmark,
+  },
+  {
     name: 'cli',
     summary: 'whole-process time of haven pool list and a no-change incremental backup, --data and --api',
     load: async () => (await import('./cli.js')).cliBenchmark,
@@ -67,10 +77,5 @@ export const registry: RegistryEntry[] = [
     summary:
       'schedules of 1,000 volumes over a simulated week: wall time per run vs the job, API latency, memory, idle CPU',
     load: async () => (await import('./scheduler.js')).schedulerBenchmark,
-  },
-  {
-    name: 'ceph',
-    summary: 'an RBD pool volume over NBD vs qemu-nbd rbd:pool/image: sequential and 4K random I/O, peak RSS',
-    load: async () => (await import('./ceph.js')).cephBenchmark,
   },
 ];

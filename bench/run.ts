@@ -53,10 +53,12 @@ const program = new Command('bench')
       for (const e of registry) process.stdout.write(`${e.name.padEnd(10)} ${e.summary}\n`);
       return;
     }
-    const unknown = names.filter((n) => !registry.some((e) => e.name === n));
+    // A name also selects its family: `ceph` runs ceph-s3 and ceph-rbd.
+    const picks = (e: { name: string }, n: string) => e.name === n || e.name.startsWith(`${n}-`);
+    const unknown = names.filter((n) => !registry.some((e) => picks(e, n)));
     if (unknown.length) throw new Error(`unknown benchmark(s): ${unknown.join(', ')} (see --list)`);
     const entries = names.length
-      ? registry.filter((e) => names.includes(e.name))
+      ? registry.filter((e) => names.some((n) => picks(e, n)))
       : registry.filter((e) => e.load);
     const quick = Boolean(o.quick);
     const opts: BenchOptions = {

@@ -27,6 +27,7 @@ export {
   type GuestFreezer,
   type QuiesceOptions,
 } from './backup/quiesce.js';
+export { copySnapshots, type CopyReport } from './backup/copy.js';
 export { startQmpPull, type QmpPullOptions, type QmpPullSession } from './backup/qmp-pull.js';
 export { SnapshotDevice, type SnapshotDeviceOptions } from './recovery/snapshot-device.js';
 export * from './recovery/files/index.js';

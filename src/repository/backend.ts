@@ -84,6 +84,14 @@ export interface RepositoryBackend {
    * decode, and this instance moves the bytes.
    */
   describe?(): BackendDescription | undefined;
+  /**
+   * An object store (S3): each write is whole and durable when it returns (no torn object after a
+   * crash, nothing to recover), and claim() cannot mark an object, so garbage collection sweeps
+   * only while no backup writes (gc.ts, Repository.beginSession).
+   */
+  readonly objectStore?: boolean;
+  /** Drops what the backend remembers of the store (a new session: a gc may have run meanwhile). */
+  forget?(): void;
 }
 
 /** A backend as plain data, for a worker thread to open its own instance of (openBackend). */

@@ -2,6 +2,7 @@
 export { Repository } from './repository.js';
 export type {
   RepositoryConfig,
+  RemoteOptions,
   SnapshotManifest,
   SnapshotInfo as BackupSnapshot,
   DiskManifest,
@@ -26,3 +27,13 @@ export {
 export { planPrune, selectRetained, sourceName, type PrunePlan, type RetentionPolicy } from './retention.js';
 export type { RepositoryKeys } from './keys.js';
 export * from './format.js';
+// The S3 backend itself (and the AWS SDK) loads only when an s3:// repository is opened.
+export type { S3Backend } from './s3-backend.js';
+export {
+  isS3Url,
+  parseS3Url,
+  s3Settings,
+  type Retention,
+  type RetainingBackend,
+  type S3Settings,
+} from './s3-settings.js';

@@ -4,11 +4,19 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { HavenError, conflict, errorMessage, invalidArgument, notFound } from '../common/index.js';
 import { LocalBackend, type RepositoryBackend } from './backend.js';
+import { isRetaining, isS3Url, type Retention } from './s3-settings.js';
 import { ChunkCodec } from './chunk-codec.js';
 import { isAsideName } from './chunk-claim.js';
 import { asideKey, readStoredChunk } from './chunks.js';
 import { liveSessions, recordSession, type SessionRecord } from './sessions.js';
-import { DEFAULT_CHUNK_SIZE, FORMAT_VERSION, checkChunkSize, chunkKey, isTemporaryKey } from './format.js';
+import {
+  DEFAULT_CHUNK_SIZE,
+  FORMAT_VERSION,
+  ZERO_DIGEST,
+  checkChunkSize,
+  chunkKey,
+  isTemporaryKey,
+} from './format.js';
 import { DiskIndex } from './disk-index.js';
 import { newEncryption, openEncryption, type EncryptionConfig, type RepositoryKeys } from './keys.js';
 
@@ -19,6 +27,13 @@ export interface RepositoryConfig {
   createdAt: string;
   chunkSize: number;
   encryption?: EncryptionConfig;
+  /** S3 Object Lock: every object of a snapshot is retained this long from the snapshot's commit. */
+  objectLock?: Retention;
+}
+
+/** How to reach an s3:// repository (the rest comes from the environment: s3Settings). */
+export interface RemoteOptions {
+  endpoint?: string;
 }
 
 export interface DiskManifest {
@@ -58,6 +73,8 @@ export interface SnapshotManifest {
   vm?: unknown;
   stats: BackupStats;
   tags: string[];
+  /** S3 Object Lock: every object of this snapshot is retained (undeletable) until then. */
+  retainUntil?: string;
 }
 
 export interface BackupStats {
@@ -92,6 +109,17 @@ const MANIFEST = 'manifest.json';
 /** Present in a snapshot's folder while a forget of it runs (or after one was interrupted). */
 const FORGETTING = 'forgetting';
 
+/** The backend of a repository address: a local directory or s3://BUCKET/PREFIX. */
+async function backendFor(
+  where: string,
+  opts: RemoteOptions & { needLock?: boolean },
+): Promise<RepositoryBackend> {
+  if (!isS3Url(where)) return new LocalBackend(resolve(where));
+  // The AWS SDK loads only now: about 130 ms that no other command pays.
+  const { openS3Backend } = await import('./s3-backend.js');
+  return openS3Backend(where, opts);
+}
+
 /**
  * A backup repository: deduplicated, compressed, optionally encrypted chunks, and snapshots
  * (an index of chunk digests per disk, plus a manifest written last: a snapshot exists when its
@@ -121,10 +149,20 @@ export class Repository {
    */
   static async init(
     where: string | RepositoryBackend,
-    opts: { chunkSize?: number; passphrase?: string } = {},
+    opts: { chunkSize?: number; passphrase?: string; objectLock?: Retention } & RemoteOptions = {},
   ): Promise<Repository> {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     checkChunkSize(chunkSize);
+    if (opts.objectLock) {
+      if (!['COMPLIANCE', 'GOVERNANCE'].includes(opts.objectLock.mode))
+        throw invalidArgument(`object lock mode ${opts.objectLock.mode}: COMPLIANCE or GOVERNANCE`);
+      if (!(Number.isInteger(opts.objectLock.days) && opts.objectLock.days > 0))
+        throw invalidArgument(`object lock days ${opts.objectLock.days}: a whole number of days, 1 or more`);
+      if (typeof where === 'string' && !isS3Url(where))
+        throw invalidArgument('object lock (immutable snapshots) needs an s3:// repository');
+    }
+    if (typeof where === 'string' && isS3Url(where))
+      where = await backendFor(where, { ...opts, needLock: !!opts.objectLock });
     if (typeof where === 'string') {
       const dir = resolve(where);
       if (existsSync(dir) && !existsSync(`${dir}/${CONFIG}`) && !onlyEmptyFolders(dir))
@@ -138,6 +176,7 @@ export class Repository {
       createdAt: new Date().toISOString(),
       chunkSize,
       ...(enc ? { encryption: enc.config } : {}),
+      ...(opts.objectLock ? { objectLock: opts.objectLock } : {}),
     };
     const body = Buffer.from(JSON.stringify(config, null, 2) + '\n');
     if (typeof where !== 'string') {
@@ -148,7 +187,7 @@ export class Repository {
           throw conflict(`${where.location} is already a Haven repository`);
         throw err;
       }
-      return new Repository(where, config, enc?.keys);
+      return Repository.make(where, config, enc?.keys);
     }
     const dir = resolve(where);
     const existed = existsSync(dir);
@@ -171,9 +210,9 @@ export class Repository {
   /** Opens a repository: a local directory `path`, or one in any backend. */
   static async open(
     where: string | RepositoryBackend,
-    opts: { passphrase?: string } = {},
+    opts: { passphrase?: string } & RemoteOptions = {},
   ): Promise<Repository> {
-    const backend = typeof where === 'string' ? new LocalBackend(resolve(where)) : where;
+    const backend = typeof where === 'string' ? await backendFor(where, opts) : where;
     const dir = backend.location;
     let data: Buffer;
     try {
@@ -205,7 +244,28 @@ export class Repository {
         );
       keys = openEncryption(config.encryption, opts.passphrase);
     }
+    return Repository.make(backend, config, keys);
+  }
+
+  private static make(
+    backend: RepositoryBackend,
+    config: RepositoryConfig,
+    keys?: RepositoryKeys,
+  ): Repository {
+    if (config.objectLock) {
+      if (!isRetaining(backend))
+        throw new HavenError(
+          'UNSUPPORTED',
+          `repository ${backend.location} has object lock but is not in S3`,
+        );
+      backend.retention = config.objectLock;
+    }
     return new Repository(backend, config, keys);
+  }
+
+  /** Releases what the backend holds (an S3 client's connections). */
+  close(): void {
+    if (isRetaining(this.backend)) this.backend.close();
   }
 
   codec(): ChunkCodec {
@@ -259,7 +319,13 @@ export class Repository {
     // A backup that died may have left chunk files that never reached the disk whole; they are
     // checked before this backup could deduplicate against them.
     await this.liveSessions();
+    this.backend.forget?.();
     const session = await recordSession(this.backend, parent ? { parent } : {});
+    if (this.backend.objectStore && (await this.backend.exists('locks/gc'))) {
+      // gc sweeps an object store only while no backup writes (gc.ts): this one waits for it.
+      await session.end();
+      throw conflict(`garbage collection is running on repository ${this.location}: back up when it ends`);
+    }
     if (parent)
       await this.usable(parent).catch(async (err: unknown) => {
         await session.end();
@@ -327,6 +393,29 @@ export class Repository {
   /** Makes a snapshot visible: everything it refers to is made durable first, the manifest last. */
   async commitSnapshot(manifest: SnapshotManifest): Promise<void> {
     await this.backend.sync();
+    const lock = this.config.objectLock;
+    if (lock && isRetaining(this.backend)) {
+      // Every object the snapshot uses — also those an incremental took from its parent unread —
+      // retained for the whole period from now; the manifest says until when.
+      const until = Date.now() + lock.days * 86_400_000;
+      const keys = new Set<string>();
+      const partial = { ...manifest, retainUntil: undefined };
+      for (let d = 0; d < manifest.disks.length; d++) {
+        keys.add(manifest.disks[d]!.index);
+        const idx = await this.openIndex(partial, d);
+        for (let p = 0; p < idx.pages; p++) {
+          const pd = idx.pageDigest(p);
+          if (pd && !pd.equals(ZERO_DIGEST)) keys.add(chunkKey(pd));
+          const pg = await idx.page(p);
+          for (let i = 0; i < pg.count; i++) {
+            const dg = pg.digest(i);
+            if (!dg.equals(ZERO_DIGEST)) keys.add(chunkKey(dg));
+          }
+        }
+      }
+      await this.backend.extendRetention(keys, until);
+      manifest.retainUntil = new Date(until).toISOString();
+    }
     await this.backend.write(
       `snapshots/${manifest.id}/manifest.json`,
       Buffer.from(JSON.stringify(manifest, null, 2) + '\n'),
@@ -445,6 +534,14 @@ export class Repository {
       throw notFound(`no snapshot ${id} in repository ${this.location}`);
     if (await this.backend.exists(dir + 'protected'))
       throw conflict(`snapshot ${id} is protected (lift it with "haven repo protect ${id} --off")`);
+    const retained = await this.snapshot(id).then(
+      (s) => s.retainUntil,
+      () => undefined,
+    );
+    if (retained && Date.parse(retained) > Date.now())
+      throw conflict(
+        `snapshot ${id} is retained by S3 Object Lock until ${retained}: it cannot be forgotten before`,
+      );
     await this.refuseInUse(id);
     const marker = dir + FORGETTING;
     await this.backend.write(marker, Buffer.from(JSON.stringify({ pid: process.pid, host: hostname() })));

@@ -63,7 +63,7 @@ export async function liveSessions(backend: RepositoryBackend): Promise<SessionR
     else out.push(rec);
   }
   const deadWriters = dead.filter((d) => !d.rec.reads);
-  if (deadWriters.length)
+  if (deadWriters.length && !backend.objectStore)
     // One pass over the chunks for all of them; their records go once it is done.
     await recoverDeadSessions(backend, Math.min(...deadWriters.map((d) => d.rec.startedAt)));
   for (const d of dead) await backend.delete(d.key);

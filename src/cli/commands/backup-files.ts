@@ -6,7 +6,7 @@ import { orchestration } from '../lazy.js';
 import { printResult } from '../output.js';
 
 /** Where the repository is, as every repository command takes it. */
-export type RepoOpts = { repo?: string; passphraseFile?: string; json?: boolean };
+export type RepoOpts = { repo?: string; endpoint?: string; passphraseFile?: string; json?: boolean };
 
 type FilesOpts = RepoOpts & {
   disk: string;

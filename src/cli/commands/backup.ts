@@ -20,7 +20,8 @@ import { registerBackupFiles, type RepoOpts } from './backup-files.js';
 
 function repoOptions(cmd: Command): Command {
   return cmd
-    .option('--repo <dir>', 'the backup repository (default: $HAVEN_REPO)')
+    .option('--repo <dir>', 'the backup repository: a directory or s3://BUCKET/PREFIX (default: $HAVEN_REPO)')
+    .option('--endpoint <url>', "an s3:// repository's S3 endpoint (default: $HAVEN_S3_ENDPOINT)")
     .option(
       '--passphrase-file <file>',
       "file holding an encrypted repository's passphrase (default: $HAVEN_PASSPHRASE)",
@@ -30,11 +31,16 @@ function repoOptions(cmd: Command): Command {
 function access(o: RepoOpts): RepoAccess {
   const repo = o.repo ?? process.env.HAVEN_REPO;
   if (!repo) throw invalidArgument('give --repo DIR (or set HAVEN_REPO)');
+  // Read where the repository is opened (s3Settings), as are the credentials: never on a command line.
+  if (o.endpoint) process.env.HAVEN_S3_ENDPOINT = o.endpoint;
   const passphrase = o.passphraseFile
     ? readFileSync(o.passphraseFile, 'utf8').replace(/\r?\n$/, '')
     : process.env.HAVEN_PASSPHRASE;
   return { repo, ...(passphrase !== undefined ? { passphrase } : {}) };
 }
+
+/** A repository address made absolute (a directory) or kept (s3://). */
+const repoPath = (repo: string) => (repo.startsWith('s3://') ? repo : resolve(repo));
 
 function wholeNumber(v: string, what: string): number {
   if (!/^\d+$/.test(v)) throw invalidArgument(`${what} "${v}" is not a whole number`);
@@ -75,24 +81,48 @@ export function registerBackup(program: Command): void {
       '--encrypt',
       'encrypt with AES-256-GCM under the passphrase ($HAVEN_PASSPHRASE or --passphrase-file)',
     )
+    .option(
+      '--object-lock-days <days>',
+      's3:// only: keep every snapshot immutable (S3 Object Lock) this many days from its backup',
+    )
+    .option('--object-lock-mode <mode>', 'COMPLIANCE (nobody can shorten it) or GOVERNANCE', 'COMPLIANCE')
     .option('--json', 'print JSON')
-    .action(async (o: RepoOpts & { chunkSize: string; encrypt?: boolean }) => {
-      const a = access(o);
-      if (o.encrypt && a.passphrase === undefined)
-        throw invalidArgument('--encrypt needs a passphrase: set HAVEN_PASSPHRASE or give --passphrase-file');
-      const r = await (
-        await orchestration()
-      ).Repository.init(a.repo, {
-        chunkSize: parseSize(o.chunkSize, '--chunk-size'),
-        ...(o.encrypt ? { passphrase: a.passphrase! } : {}),
-      });
-      printResult(
-        !!o.json,
-        r.config,
-        () =>
-          `created ${r.encrypted ? 'an encrypted' : 'a'} repository at ${r.location} (chunks of ${bytes(r.config.chunkSize)})`,
-      );
-    });
+    .action(
+      async (
+        o: RepoOpts & {
+          chunkSize: string;
+          encrypt?: boolean;
+          objectLockDays?: string;
+          objectLockMode: string;
+        },
+      ) => {
+        const a = access(o);
+        if (o.encrypt && a.passphrase === undefined)
+          throw invalidArgument(
+            '--encrypt needs a passphrase: set HAVEN_PASSPHRASE or give --passphrase-file',
+          );
+        const lock =
+          o.objectLockDays !== undefined
+            ? {
+                days: wholeNumber(o.objectLockDays, '--object-lock-days'),
+                mode: o.objectLockMode.toUpperCase() as 'COMPLIANCE' | 'GOVERNANCE',
+              }
+            : undefined;
+        const r = await (
+          await orchestration()
+        ).Repository.init(a.repo, {
+          chunkSize: parseSize(o.chunkSize, '--chunk-size'),
+          ...(o.encrypt ? { passphrase: a.passphrase! } : {}),
+          ...(lock ? { objectLock: lock } : {}),
+        });
+        printResult(
+          !!o.json,
+          r.config,
+          () =>
+            `created ${r.encrypted ? 'an encrypted' : 'a'} repository at ${r.location} (chunks of ${bytes(r.config.chunkSize)})`,
+        );
+      },
+    );
   repoOptions(repo.command('list'))
     .description('list the snapshots, oldest first')
     .option('--json', 'print JSON')
@@ -264,6 +294,32 @@ export function registerBackup(program: Command): void {
         async () => (await orchestration()).collectRepositoryGarbage(repository, { graceMs: grace * 1000 }),
         (r) =>
           `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})${r.claimedMeanwhile ? `, ${r.claimedMeanwhile} of them claimed by a backup while gc ran` : ''}`,
+      );
+    });
+  repoOptions(repo.command('copy'))
+    .description(
+      'copy snapshots (all, or those named) to another repository: only the chunks it lacks, re-encrypted under its keys, verified there',
+    )
+    .argument('[snapshots...]')
+    .requiredOption('--to <repo>', 'the target repository: a directory or s3://BUCKET/PREFIX')
+    .option('--to-passphrase-file <file>', "file holding the target's passphrase (default: the source's)")
+    .option('--json', 'print JSON')
+    .action(async (ids: string[], o: RepoOpts & { to: string; toPassphraseFile?: string }) => {
+      const a = access(o);
+      const from = await openRepository(a);
+      const toPass = o.toPassphraseFile
+        ? readFileSync(o.toPassphraseFile, 'utf8').replace(/\r?\n$/, '')
+        : a.passphrase;
+      const to = await openRepository({
+        repo: o.to,
+        ...(toPass !== undefined ? { passphrase: toPass } : {}),
+      });
+      await runLocal(
+        o,
+        { kind: 'repository.copy', target: o.to },
+        async () => (await orchestration()).copySnapshots(from, to, ids.length ? { ids } : {}),
+        (r) =>
+          `copied ${r.copied.length} snapshot(s) to ${to.location} (${r.newChunks} new chunks), ${r.skipped.length} there already`,
       );
     });
   repoOptions(repo.command('protect'))
@@ -511,8 +567,8 @@ function daemonRepo(o: RepoOpts & { data?: string }): { repo: string; passphrase
   if (!repo) throw invalidArgument('give --repo DIR (or set HAVEN_REPO)');
   if (o.data)
     return {
-      repo: resolve(repo),
+      repo: repoPath(repo),
       ...(o.passphraseFile ? { passphraseFile: resolve(o.passphraseFile) } : {}),
     };
-  return { repo: resolve(repo), ...daemonPassphraseFile(o.passphraseFile) };
+  return { repo: repoPath(repo), ...daemonPassphraseFile(o.passphraseFile) };
 }

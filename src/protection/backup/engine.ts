@@ -42,6 +42,8 @@ export interface BackupOptions {
   tags?: string[];
   /** The snapshot's time (default now): a scheduled backup is dated by the scheduler's clock. */
   createdAt?: Date;
+  /** The snapshot's id (default: a new one); a copy keeps its source's. */
+  id?: string;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
   /** Worker threads (default: one per core). */
@@ -60,7 +62,7 @@ export interface BackupOptions {
 export async function backup(repo: Repository, opts: BackupOptions): Promise<SnapshotManifest> {
   const started = performance.now();
   const chunkSize = repo.config.chunkSize;
-  const id = repo.newSnapshotId(opts.createdAt);
+  const id = opts.id ?? repo.newSnapshotId(opts.createdAt);
   const session = await repo.beginSession(opts.parent?.id);
   const pool = opts.pool ?? openChunkPool(repo, chunkSize, opts.workers);
   const known = new KnownChunks();

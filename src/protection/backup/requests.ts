@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { openRawFile } from '../../block/index.js';
 import { invalidArgument, outputTarget, stageFile } from '../../common/index.js';
 import { connectNbd } from '../../nbd/index.js';
-import { Repository, type SnapshotManifest } from '../../repository/index.js';
+import { Repository, isS3Url, type SnapshotManifest } from '../../repository/index.js';
 import { withStorage, type StorageService } from '../../storage/index.js';
 import { backup, openChunkPool } from './engine.js';
 import type { ChunkPool } from './chunk-pool.js';
@@ -32,7 +32,7 @@ export function repoAccess(repo: string, passphraseFile?: string): RepoAccess {
   const passphrase = passphraseFile
     ? readFileSync(passphraseFile, 'utf8').replace(/\r?\n$/, '')
     : process.env.HAVEN_PASSPHRASE;
-  return { repo: resolve(repo), ...(passphrase !== undefined ? { passphrase } : {}) };
+  return { repo: isS3Url(repo) ? repo : resolve(repo), ...(passphrase !== undefined ? { passphrase } : {}) };
 }
 
 export function openRepository(a: RepoAccess): Promise<Repository> {

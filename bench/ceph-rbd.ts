@@ -217,8 +217,8 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
   };
 }
 
-export const cephBenchmark: Benchmark = {
-  name: 'ceph',
+export const cephRbdBenchmark: Benchmark = {
+  name: 'ceph-rbd',
   title: 'RBD over NBD: Haven (RBD pool) vs qemu-nbd rbd:',
   description:
     'Serves one RBD image of the single-node Ceph from a Haven RBD pool and from qemu-nbd (rbd: driver) in turn; ' +

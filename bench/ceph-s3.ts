@@ -1,0 +1,193 @@
+/**
+ * Ceph benchmark, backup part: Haven's repository in S3 against restic's, both on the same
+ * throw-away single-node radosgw (scripts/ceph). A synthetic disk image (40% zeros, 30% random,
+ * 30% repeated regions) is backed up into an encrypted repository, then 1% of it is changed in
+ * scattered 64 KiB blocks and backed up again (both read the image file), then the second backup
+ * is restored to a file and checked by hash. Haven runs with its default 256 KiB chunks and with
+ * 4 MiB chunks (fewer PUTs: docs/decisions/0023-s3-repository.md); restic with its defaults
+ * (content-defined chunks packed into ~4–16 MiB pack files). Wall time and throughput.
+ */
+import { mkdtempSync, rmSync, openSync, writeSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadavg } from 'node:os';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { HAVEN_BIN, run } from '../test/support/proc.js';
+import { startCeph } from '../test/support/ceph.js';
+import { runSpan } from './lib/results.js';
+import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
+import { ensurePeerTools, toolVersion } from './lib/peers.js';
+import { fmtSize, keystream, makeDiskImage, sha256File } from './lib/image.js';
+import { environment } from './lib/env.js';
+
+const HAVEN = 'haven';
+const HAVEN_4M = 'haven-4M';
+const RESTIC = 'restic';
+const MiB = 1024 * 1024;
+const CHANGE = 64 * 1024;
+
+function change(path: string, size: number): void {
+  const rnd = keystream(2);
+  const n = Math.max(1, Math.round((size * 0.01) / CHANGE));
+  const fd = openSync(path, 'r+');
+  try {
+    for (let i = 0; i < n; i++)
+      writeSync(fd, rnd(CHANGE), 0, CHANGE, (rnd(4).readUInt32LE(0) % (size / CHANGE)) * CHANGE);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const t = performance.now();
+  await run(cmd, args, { env });
+  return (performance.now() - t) / 1000;
+}
+
+async function runCeph(opts: BenchOptions): Promise<BenchResult> {
+  const startedAt = new Date();
+  const { log } = opts;
+  ensurePeerTools([{ command: 'restic', pkg: 'restic' }], opts.install, log);
+  const size = opts.sizeGiven ? opts.size : opts.quick ? 256 * MiB : 1024 * MiB;
+  const subjects = [HAVEN, HAVEN_4M, RESTIC].filter((s) => !opts.only || opts.only.includes(s));
+  const values = () => Object.fromEntries(subjects.map((s) => [s, null])) as Record<string, number | null>;
+  const metric = (
+    key: string,
+    label: string,
+    unit: string,
+    better: 'higher' | 'lower',
+    target?: Metric['target'],
+  ): Metric => ({
+    key,
+    label,
+    unit,
+    better,
+    values: values(),
+    ...(target ? { target } : {}),
+  });
+  const m = {
+    first: metric('first-backup', 'first backup to S3, encrypted (image size / s)', 'MiB/s', 'higher', {
+      kind: 'ratio',
+      peer: RESTIC,
+      min: 1,
+    }),
+    second: metric('incremental', 'second backup after 1% changed', 's', 'lower', {
+      kind: 'ratio',
+      peer: RESTIC,
+      min: 1,
+    }),
+    restore: metric('restore', 'restore from S3 (image size / s)', 'MiB/s', 'higher', {
+      kind: 'ratio',
+      peer: RESTIC,
+      min: 1,
+    }),
+  };
+  const errors: Record<string, string> = {};
+  const dir = mkdtempSync(join(opts.workdir, 'haven-bench-ceph-'));
+  const ceph = await startCeph();
+  try {
+    const s3 = new S3Client({
+      endpoint: ceph.s3.endpoint,
+      region: ceph.s3.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: ceph.s3.accessKeyId, secretAccessKey: ceph.s3.secretAccessKey },
+    });
+    const original = join(dir, 'original.img');
+    makeDiskImage(original, size);
+    const image = join(dir, 'disk.img');
+    const passFile = join(dir, 'pass');
+    await run('sh', ['-c', `printf 'bench passphrase' > ${passFile}`]);
+    const env = {
+      ...process.env,
+      HAVEN_S3_CREDENTIALS: join(ceph.dir, 'env'),
+      HAVEN_PASSPHRASE: 'bench passphrase',
+      AWS_ACCESS_KEY_ID: ceph.s3.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: ceph.s3.secretAccessKey,
+      RESTIC_PASSWORD: 'bench passphrase',
+    };
+    for (const s of subjects) {
+      log(`${s}: ${fmtSize(size)} image`);
+      await run('cp', ['--sparse=always', original, image]);
+      const bucket = s.toLowerCase().replace(/[^a-z0-9]/g, '');
+      await s3.send(new CreateBucketCommand({ Bucket: bucket }));
+      const out = join(dir, 'restored.img');
+      rmSync(out, { force: true });
+      try {
+        if (s === RESTIC) {
+          const repo = `s3:${ceph.s3.endpoint}/${bucket}`;
+          const restic = (...args: string[]) => timed('restic', ['-r', repo, '--no-cache', ...args], env);
+          await restic('init');
+          const b1 = await restic('backup', '--quiet', image);
+          change(image, size);
+          const b2 = await restic('backup', '--quiet', image);
+          const target = join(dir, 'restic-restore');
+          const r = await restic('restore', 'latest', '--target', target);
+          if (sha256File(join(target, image)) !== sha256File(image))
+            throw new Error('the restic restore differs');
+          rmSync(target, { recursive: true, force: true });
+          m.first.values[s] = size / MiB / b1;
+          m.second.values[s] = b2;
+          m.restore.values[s] = size / MiB / r;
+        } else {
+          const repo = `s3://${bucket}/r`;
+          const haven = (...args: string[]) => timed(HAVEN_BIN, [...args, '--repo', repo], env);
+          await haven('repo', 'init', '--encrypt', ...(s === HAVEN_4M ? ['--chunk-size', '4M'] : []));
+          const b1 = await haven('backup', image);
+          change(image, size);
+          const b2 = await haven('backup', image);
+          const list = JSON.parse(
+            (await run(HAVEN_BIN, ['repo', 'list', '--json', '--repo', repo], { env })).stdout,
+          ) as {
+            id: string;
+          }[];
+          const r = await haven('restore', list[list.length - 1]!.id, '--to', out);
+          if (sha256File(out) !== sha256File(image)) throw new Error('the Haven restore differs');
+          m.first.values[s] = size / MiB / b1;
+          m.second.values[s] = b2;
+          m.restore.values[s] = size / MiB / r;
+        }
+      } catch (e) {
+        errors[s] = (e as Error).message;
+        log(`${s} failed: ${(e as Error).message.split('\n')[0]}`);
+      }
+    }
+    s3.destroy();
+  } finally {
+    await ceph.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return {
+    name: 'ceph',
+    title: 'Ceph: backup to S3 (radosgw), Haven vs restic',
+    ...runSpan(startedAt),
+    haven: HAVEN,
+    subjects,
+    errors,
+    metrics: Object.values(m),
+    settings: {
+      imageBytes: size,
+      image: '40% zeros, 30% random, 30% repeated 1 MiB regions',
+      changes: '1% of the image in scattered 64 KiB blocks',
+      haven:
+        'haven backup of the image file into s3://BUCKET/r, --encrypt; 256 KiB chunks (haven) and 4 MiB (haven-4M)',
+      restic: 'restic backup of the image file into s3:ENDPOINT/BUCKET, --no-cache',
+      store: 'single-node Ceph radosgw of scripts/ceph, on loopback',
+    },
+    environment: {
+      ...environment({}),
+      restic: toolVersion('restic', ['version']),
+      loadAverageAtEnd: loadavg(),
+    },
+    notes: [
+      'both read the image file in full for the second backup (no changed-block tracking)',
+      ...(size < 1024 * MiB ? [`image ${fmtSize(size)}: a development run`] : []),
+    ],
+  };
+}
+
+export const cephS3Benchmark: Benchmark = {
+  name: 'ceph-s3',
+  title: 'Ceph: backup to S3 (radosgw), Haven vs restic',
+  description:
+    'First backup, second backup after 1% scattered changes, and restore of a synthetic disk image, Haven (256 KiB and 4 MiB chunks) and restic into the same radosgw, encrypted; throughput and wall time.',
+  run: runCeph,
+};

@@ -1,0 +1,328 @@
+// The repository in S3, on a real radosgw (scripts/ceph): backup and restore bit-identically, an
+// incremental that stores nothing new, verify finding a flipped byte in a chunk object, kill -9 of
+// a backup in progress, S3 Object Lock refusing prune, gc and a direct DeleteObject, and bad input
+// (wrong endpoint, wrong credentials, a bucket without object lock) failing clearly and quickly.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListObjectVersionsCommand,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import { HavenError } from '../../src/common/index.js';
+import { backupSource, copySnapshots, restoreSnapshot } from '../../src/protection/index.js';
+import { Repository, gc, prune, verify } from '../../src/repository/index.js';
+import { startCeph, type Ceph } from '../support/ceph.js';
+import { HAVEN_BIN } from '../support/proc.js';
+import { tempDir } from '../support/tmp.js';
+
+const MiB = 1024 * 1024;
+let ceph: Ceph;
+let s3: S3Client;
+const dir = tempDir('haven-s3-');
+
+before(async () => {
+  ceph = await startCeph();
+  process.env.HAVEN_S3_CREDENTIALS = join(ceph.dir, 'env');
+  s3 = new S3Client({
+    endpoint: ceph.s3.endpoint,
+    region: ceph.s3.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: ceph.s3.accessKeyId, secretAccessKey: ceph.s3.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+});
+after(async () => {
+  s3?.destroy();
+  await ceph?.stop();
+  dir.cleanup();
+});
+
+const bucket = async (name: string, lock = false) => {
+  await s3.send(
+    new CreateBucketCommand({ Bucket: name, ...(lock ? { ObjectLockEnabledForBucket: true } : {}) }),
+  );
+  return `s3://${name}/repo`;
+};
+
+function makeImage(path: string, size: number, seed: number): void {
+  writeFileSync(path, '');
+  const fd = openSync(path, 'r+');
+  for (let at = 0; at < size; at += MiB) {
+    const k = (at / MiB + seed) % 5;
+    if (k === 0) continue; // a hole
+    writeSync(fd, k === 1 ? Buffer.alloc(MiB, seed) : randomBytes(MiB), 0, MiB, at);
+  }
+  closeSync(fd);
+}
+
+const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
+
+async function objects(url: string, under: string, passphrase?: string): Promise<number> {
+  const r = await Repository.open(url, passphrase !== undefined ? { passphrase } : {});
+  let n = 0;
+  for await (const o of r.backend.list(under)) if (o) n++;
+  r.close();
+  return n;
+}
+
+test('S3: round trip bit-identical, an incremental stores nothing new, verify finds a flipped byte', async () => {
+  const repo = await bucket('roundtrip');
+  (await Repository.init(repo)).close();
+  const img = join(dir.path, 'a.raw');
+  makeImage(img, 64 * MiB, 1);
+  const t0 = performance.now();
+  const m1 = await backupSource({ repo, source: img });
+  const secs = (performance.now() - t0) / 1000;
+  const out = join(dir.path, 'a.out');
+  await restoreSnapshot({ repo, snapshot: m1.id, to: out });
+  assert.equal(sha(out), sha(img));
+  const m2 = await backupSource({ repo, source: img });
+  assert.equal(m2.stats.newChunks, 0, 'the second backup stores nothing new');
+  const chunks = await objects(repo, 'chunks/');
+  console.log(
+    `# S3 backup: 64 MiB in ${secs.toFixed(2)} s (${(m1.stats.readBytes / MiB / secs).toFixed(1)} MiB/s read), ${m1.stats.newChunks} new chunks, ${chunks} chunk objects`,
+  );
+  // Flip a byte in the middle of one chunk object, straight in the bucket.
+  const r = await Repository.open(repo);
+  const victim = (await (await r.openIndex(m1, 0)).chunks())[3]!;
+  const hex = victim.digest.toString('hex');
+  const key = `repo/chunks/${hex.slice(0, 2)}/${hex}`;
+  const body = Buffer.from(
+    await (
+      await s3.send(new GetObjectCommand({ Bucket: 'roundtrip', Key: key }))
+    ).Body!.transformToByteArray(),
+  );
+  body[body.length >> 1]! ^= 0x40;
+  await s3.send(new PutObjectCommand({ Bucket: 'roundtrip', Key: key, Body: body }));
+  const v = await verify(r);
+  assert.equal(v.damagedChunks, 1);
+  assert.deepEqual(v.damaged.map((d) => d.snapshot).sort(), [m1.id, m2.id].sort());
+  await assert.rejects(
+    restoreSnapshot({ repo, snapshot: m1.id, to: join(dir.path, 'bad.out') }),
+    (e: HavenError) => e.code === 'CORRUPT',
+  );
+  r.close();
+});
+
+test('S3: kill -9 during a backup: no snapshot appears, the next backup succeeds, gc removes the leftovers', async () => {
+  const repo = await bucket('killed');
+  (await Repository.init(repo)).close();
+  const img = join(dir.path, 'big.raw');
+  makeImage(img, 192 * MiB, 3);
+  const child = spawn(HAVEN_BIN, ['backup', img, '--repo', repo], { stdio: 'ignore', env: process.env });
+  const exited = new Promise((r) => child.once('exit', r));
+  for (let i = 0; (await objects(repo, 'chunks/')) < 40; i++) {
+    assert.ok(i < 600 && child.exitCode === null, 'the backup was still running when killed');
+    await sleep(50);
+  }
+  child.kill('SIGKILL');
+  await exited;
+  const r = await Repository.open(repo);
+  assert.equal((await r.listSnapshots()).length, 0, 'a killed backup leaves no visible snapshot');
+  const m = await backupSource({ repo, source: img });
+  const out = join(dir.path, 'big.out');
+  await restoreSnapshot({ repo, snapshot: m.id, to: out });
+  assert.equal(sha(out), sha(img));
+  const other = join(dir.path, 'other.raw');
+  makeImage(other, 128 * MiB, 9);
+  const c2 = spawn(HAVEN_BIN, ['backup', other, '--repo', repo], { stdio: 'ignore', env: process.env });
+  const e2 = new Promise((res) => c2.once('exit', res));
+  const had = await objects(repo, 'chunks/');
+  for (let i = 0; (await objects(repo, 'chunks/')) < had + 10; i++) {
+    assert.ok(i < 600 && c2.exitCode === null, 'the second backup was still running when killed');
+    await sleep(50);
+  }
+  c2.kill('SIGKILL');
+  await e2;
+  const swept = await gc(r, { graceMs: 0 });
+  assert.ok(swept.removedChunks > 0, 'the dead backup left chunks that gc removed');
+  const v = await verify(r);
+  assert.equal(v.damaged.length, 0);
+  assert.equal((await r.stats()).chunks, v.chunks, 'every chunk left is used by a snapshot');
+  r.close();
+});
+
+test('S3 Object Lock: prune, gc and a direct DeleteObject cannot remove a retained snapshot', async () => {
+  const repo = await bucket('locked', true);
+  (await Repository.init(repo, { objectLock: { mode: 'COMPLIANCE', days: 1 } })).close();
+  const img = join(dir.path, 'l.raw');
+  makeImage(img, 16 * MiB, 4);
+  const m = await backupSource({ repo, source: img });
+  const r = await Repository.open(repo);
+  const s = await r.snapshot(m.id);
+  assert.ok(s.retainUntil && Date.parse(s.retainUntil) > Date.now() + 23 * 3600_000);
+  const p = await prune(r, {}, { deleteAll: true });
+  assert.deepEqual(
+    p.inUse.map((x) => x.id),
+    [m.id],
+  );
+  assert.match(p.inUse[0]!.reason, /retained by S3 Object Lock/);
+  await assert.rejects(r.deleteSnapshot(m.id), /retained by S3 Object Lock/);
+  // gc: nothing is referenced once the manifest is gone — but the store keeps every chunk.
+  const g = await gc(r, { graceMs: 0 });
+  assert.equal(g.removedChunks, 0);
+  // Straight at the store: every version of the manifest and of a chunk is refused.
+  for (const key of [`repo/snapshots/${m.id}/manifest.json`, `repo/${s.disks[0]!.index}`]) {
+    const vs = await s3.send(new ListObjectVersionsCommand({ Bucket: 'locked', Prefix: key }));
+    const vid = vs.Versions![0]!.VersionId!;
+    await assert.rejects(
+      s3.send(new DeleteObjectCommand({ Bucket: 'locked', Key: key, VersionId: vid })),
+      (e: Error) => /AccessDenied|forbidden/i.test(`${e.name} ${e.message}`),
+    );
+  }
+  const out = join(dir.path, 'l.out');
+  await restoreSnapshot({ repo, snapshot: m.id, to: out });
+  assert.equal(sha(out), sha(img));
+  r.close();
+});
+
+test('S3 bad input: wrong endpoint, wrong credentials, no object lock: clear errors, quickly, nothing written', async () => {
+  await bucket('plain');
+  const t0 = performance.now();
+  await assert.rejects(
+    Repository.init('s3://plain/x', { endpoint: 'http://127.0.0.1:9' }),
+    (e: HavenError) => ['IO', 'TIMEOUT'].includes(e.code) && /127\.0\.0\.1:9/.test(e.message),
+  );
+  assert.ok(performance.now() - t0 < 20_000, 'a closed port fails within 20 s');
+  const saved = process.env.HAVEN_S3_CREDENTIALS;
+  const bad = join(dir.path, 'bad-env');
+  writeFileSync(
+    bad,
+    readFileSync(saved!, 'utf8').replace(/S3_SECRET_ACCESS_KEY=.*/, 'S3_SECRET_ACCESS_KEY=wrong-secret-0000'),
+  );
+  process.env.HAVEN_S3_CREDENTIALS = bad;
+  try {
+    await assert.rejects(Repository.init('s3://plain/x'), (e: HavenError) => {
+      assert.doesNotMatch(e.message, /wrong-secret/, 'the secret is never in a message');
+      return e.code === 'UNAUTHENTICATED' && /credentials|access denied/.test(e.message);
+    });
+  } finally {
+    process.env.HAVEN_S3_CREDENTIALS = saved;
+  }
+  await assert.rejects(
+    Repository.init('s3://plain/x', { objectLock: { mode: 'COMPLIANCE', days: 1 } }),
+    (e: HavenError) => e.code === 'UNSUPPORTED' && /bucket plain .* no S3 Object Lock/.test(e.message),
+  );
+  await assert.rejects(
+    Repository.init('s3://nosuchbucket/x'),
+    (e: HavenError) => e.code === 'NOT_FOUND' && /no such bucket/.test(e.message),
+  );
+  await assert.rejects(Repository.open('s3://plain/x'), /not a Haven repository/);
+  // The CLI: init with --endpoint, then list.
+  const { execFile } = await import('node:child_process');
+  const cli = (args: string[]) =>
+    new Promise<string>((res, rej) =>
+      execFile(
+        HAVEN_BIN,
+        args,
+        {
+          env: {
+            ...process.env,
+            HAVEN_S3_CREDENTIALS: '',
+            HAVEN_S3_ACCESS_KEY_ID: ceph.s3.accessKeyId,
+            HAVEN_S3_SECRET_ACCESS_KEY: ceph.s3.secretAccessKey,
+          },
+        },
+        (err, out, errOut) => (err ? rej(new Error(errOut)) : res(out)),
+      ),
+    );
+  assert.match(
+    await cli(['repo', 'init', '--repo', 's3://plain/cli', '--endpoint', ceph.s3.endpoint]),
+    /created a repository at s3:\/\/plain\/cli/,
+  );
+  await cli(['repo', 'list', '--repo', 's3://plain/cli', '--endpoint', ceph.s3.endpoint]);
+});
+
+test('S3 exclusive create in a versioned (object-locked) bucket: racing writers never both win; gc waits for writers', async () => {
+  const repo = await bucket('racing', true);
+  const r = await Repository.init(repo);
+  for (let round = 0; round < 3; round++) {
+    const results = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) =>
+        r.backend.write('locks/race', Buffer.from(`w${i}`), { exclusive: true }),
+      ),
+    );
+    const won = results.filter((x) => x.status === 'fulfilled').length;
+    assert.ok(won <= 1, `round ${round}: ${won} writers hold the lock`);
+    for (const x of results)
+      if (x.status === 'rejected') assert.equal((x.reason as HavenError).code, 'CONFLICT');
+    if (won === 1)
+      await assert.rejects(
+        r.backend.write('locks/race', Buffer.from('late'), { exclusive: true }),
+        /already exists/,
+      );
+    await r.backend.delete('locks/race');
+  }
+  const session = await r.beginSession();
+  await assert.rejects(gc(r, { graceMs: 0 }), /waits for the backups writing/);
+  await session.end();
+  r.close();
+});
+
+test('repo copy local → S3 (re-encrypted) → local: incremental, verified, restores bit-identically', async () => {
+  const local = join(dir.path, 'local');
+  const src = await Repository.init(local);
+  const img = join(dir.path, 'c.raw');
+  makeImage(img, 32 * MiB, 7);
+  const shas: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    if (i) {
+      // 1% of the image: five 64 KiB writes.
+      const fd = openSync(img, 'r+');
+      for (let k = 0; k < 5; k++)
+        writeSync(fd, randomBytes(64 * 1024), 0, 64 * 1024, (i * 37 + k * 101) * 64 * 1024);
+      closeSync(fd);
+    }
+    await backupSource({ repo: local, source: img });
+    shas.push(sha(img));
+  }
+  const remote = await bucket('copies');
+  const dst = await Repository.init(remote, { passphrase: 'other keys' });
+  const first = await copySnapshots(src, dst);
+  assert.equal(first.copied.length, 3);
+  const chunksThere = await objects(remote, 'chunks/', 'other keys');
+  assert.equal(first.newChunks, chunksThere, 'every chunk sent once');
+  const [full, inc1, inc2] = first.copied as [
+    (typeof first.copied)[0],
+    (typeof first.copied)[0],
+    (typeof first.copied)[0],
+  ];
+  console.log(
+    `# copy: full ${full.newChunks} chunks (${full.readBytes} B read), incrementals ${inc1.newChunks} and ${inc2.newChunks} chunks (${inc1.readBytes} and ${inc2.readBytes} B read), ${first.seconds.toFixed(2)} s`,
+  );
+  for (const c of [inc1, inc2]) {
+    // Only the chunks (256 KiB) that the five 64 KiB changes fall in are read.
+    assert.ok(
+      c.readBytes <= 5 * 256 * 1024,
+      `an incremental copy reads only what changed (${c.readBytes} B)`,
+    );
+    assert.ok(c.newChunks <= 5 * 2 + 2, `and sends only the chunks the target lacks (${c.newChunks})`);
+  }
+  const again = await copySnapshots(src, dst);
+  assert.equal(again.copied.length, 0);
+  assert.equal(again.skipped.length, 3);
+  assert.equal(again.newChunks, 0);
+  assert.equal(await objects(remote, 'chunks/', 'other keys'), chunksThere, 'nothing new in the bucket');
+  // And back, to a local repository under a third set of keys.
+  const back = join(dir.path, 'back');
+  const ret = await Repository.init(back, { passphrase: 'third keys' });
+  const home = await copySnapshots(dst, ret);
+  assert.equal(home.copied.length, 3);
+  const snaps = await ret.listSnapshots();
+  for (let i = 0; i < 3; i++) {
+    const out = join(dir.path, `c${i}.out`);
+    await restoreSnapshot({ repo: back, passphrase: 'third keys', snapshot: snaps[i]!.id, to: out });
+    assert.equal(sha(out), shas[i], `snapshot ${i} restores bit-identically after two copies`);
+  }
+  dst.close();
+});
