@@ -76,8 +76,19 @@ static void handle_free(napi_env env, void *data, void *hint) {
   free(data); // the librados/librbd object is closed explicitly by its owner, never by the GC
 }
 
+// realloc that frees the old block when it fails (a failed grow leaks nothing): NULL then.
+static void *grow(void *p, size_t bytes) {
+  void *q = realloc(p, bytes);
+  if (!q) free(p);
+  return q;
+}
+
 static napi_value wrap(napi_env env, int kind, void *h) {
   Handle *x = malloc(sizeof(Handle));
+  if (!x) {
+    napi_throw_error(env, NULL, "haven_rbd: out of memory");
+    return NULL;
+  }
   x->kind = kind;
   x->h = h;
   napi_value v;
@@ -444,7 +455,8 @@ static napi_value List(napi_env env, napi_callback_info info) {
   rbd_image_spec_t *specs = NULL;
   int r;
   for (;;) {
-    specs = realloc(specs, max * sizeof *specs);
+    specs = grow(specs, max * sizeof *specs);
+    if (!specs) return num(env, -ENOMEM);
     r = rbd_list2(io, specs, &max);
     if (r != -ERANGE) break;
   }
@@ -625,7 +637,8 @@ static napi_value SnapList(napi_env env, napi_callback_info info) {
   int max = 16, r;
   rbd_snap_info_t *snaps = NULL;
   for (;;) {
-    snaps = realloc(snaps, (size_t)max * sizeof *snaps);
+    snaps = grow(snaps, (size_t)max * sizeof *snaps);
+    if (!snaps) return num(env, -ENOMEM);
     r = rbd_snap_list(img, snaps, &max);
     if (r != -ERANGE) break;
   }
@@ -661,7 +674,8 @@ static napi_value Children(napi_env env, napi_callback_info info) {
   rbd_linked_image_spec_t *specs = NULL;
   int r;
   for (;;) {
-    specs = realloc(specs, max * sizeof *specs);
+    specs = grow(specs, max * sizeof *specs);
+    if (!specs) return num(env, -ENOMEM);
     r = rbd_list_children3(img, specs, &max);
     if (r != -ERANGE) break;
   }
@@ -705,8 +719,13 @@ static napi_value MetaList(napi_env env, napi_callback_info info) {
   char *keys = NULL, *vals = NULL;
   int r;
   for (;;) {
-    keys = realloc(keys, klen);
-    vals = realloc(vals, vlen);
+    keys = grow(keys, klen);
+    vals = grow(vals, vlen);
+    if (!keys || !vals) {
+      free(keys);
+      free(vals);
+      return num(env, -ENOMEM);
+    }
     r = rbd_metadata_list(img, "", 0, keys, &klen, vals, &vlen);
     if (r != -ERANGE) break;
   }
