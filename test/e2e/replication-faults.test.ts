@@ -150,10 +150,12 @@ test('the link cut for 30 s: bitmap mode, a resync on reconnect during which the
   const soFar = { [vm.name]: await guestWrites(a, vm.name) };
   const copy = await checkExports(b, [vm], soFar, (volume) => `copy-${volume.slice(-1)}`);
   assert.ok(copy.ok, copy.ok ? '' : copy.message);
-  assert.equal(
-    (await group(a, 'gc')).source?.state,
-    'resyncing',
-    'the clone was checked while the resync ran',
+  // Not level yet: still resyncing, or back in bitmap mode because the guest's writes filled the
+  // 1 MiB journal again behind the slow link (the resync then starts over from the bitmap).
+  const stateThen = (await group(a, 'gc')).source?.state;
+  assert.ok(
+    stateThen === 'resyncing' || stateThen === 'bitmap',
+    `the clone was checked before the replica was level again (state ${stateThen})`,
   );
   await a.haven('replication', 'limit', 'gc', '0');
   await eventually(
