@@ -45,7 +45,7 @@ export class StorageExports {
    */
   refreshVolume(volume: string): void {
     const want = new Set<string>();
-    if (this.exists(volume)) this.want(this.storage.volume(volume), want);
+    if (this.storage.hasVolume(volume)) this.want(this.storage.volume(volume), want);
     for (const name of [...this.exported.keys()])
       if ((name === volume || name.startsWith(`${volume}@`)) && !want.has(name)) this.remove(name);
   }
@@ -72,15 +72,6 @@ export class StorageExports {
 
   names(): string[] {
     return [...this.exported.keys()].sort();
-  }
-
-  private exists(volume: string): boolean {
-    try {
-      this.storage.volume(volume);
-      return true;
-    } catch {
-      return false;
-    }
   }
 
   private want(v: VolumeInfo, want: Set<string>): void {

@@ -301,8 +301,13 @@ export class StorageService {
     return pp.clone(volume, snapshot, name);
   }
 
+  /** Whether a volume of that name is at this site (in one of its pools or a provider's). */
+  hasVolume(name: string): boolean {
+    return this.findPoolOf(name) !== undefined || this.providerPoolOf(name) !== undefined;
+  }
+
   private refuseTaken(name: string): void {
-    if (this.findPoolOf(name) || this.providerPoolOf(name)) throw conflict(`volume ${name} already exists`);
+    if (this.hasVolume(name)) throw conflict(`volume ${name} already exists`);
   }
 
   /**
