@@ -18,6 +18,11 @@ export interface RecoverySettings {
   nics?: { address?: string; gateway?: string; dns?: string[] }[];
 }
 
+/** Whether there is anything to give the guest (no host name and no NIC: boot it as it is). */
+export function hasRecoverySettings(s: RecoverySettings | undefined): s is RecoverySettings {
+  return !!s && (!!s.hostname || !!s.nics?.length);
+}
+
 const HOSTNAME =
   /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 

@@ -8,6 +8,7 @@ import {
   QemuVm,
   accelerator,
   checkRecoverySettings,
+  hasRecoverySettings,
   nicMac,
   writeSeed,
   type RecoverySettings,
@@ -229,7 +230,7 @@ export class ComputeService {
   async createRecoveredVm(name: string, def: VmDefinition, instance: string): Promise<Vm> {
     const clean: VmDefinition = { ...def };
     delete clean.seed; // never one a peer names: only the one made here
-    if (!clean.recovery?.hostname && !clean.recovery?.nics?.length) return this.createVm(name, clean);
+    if (!hasRecoverySettings(clean.recovery)) return this.createVm(name, clean);
     const macs = clean.nics.map((_, i) => nicMac(name, i));
     const vm = this.createVm(name, { ...clean, nics: clean.nics.map((n, i) => ({ ...n, mac: macs[i]! })) });
     try {
@@ -250,7 +251,7 @@ export class ComputeService {
     const settings = checkRecoverySettings(name, raw, vm.nics.length);
     const spec = this.specOf(vm.id);
     delete spec.recovery;
-    if (settings.hostname || settings.nics?.length) spec.recovery = settings;
+    if (hasRecoverySettings(settings)) spec.recovery = settings;
     this.writeSpec(vm.id, spec);
     return this.vm(name);
   }
@@ -460,14 +461,16 @@ export class ComputeService {
         source: this.volumes.uriOf(d.volume),
         ...(d.readOnly ? { readOnly: true } : {}),
       })),
-      nics: vm.nics
-        .map((n): NicSpec => {
-          const r = this.networkRow(n.network);
-          return r.kind === 'nat'
-            ? { network: { kind: 'user' } }
-            : { network: { kind: 'isolated', name: r.name, group: r.mcast_group!, port: r.mcast_port! } };
-        })
-        .map((nic, i) => (vm.nics[i]!.mac ? { ...nic, mac: vm.nics[i]!.mac } : nic)),
+      nics: vm.nics.map((n): NicSpec => {
+        const r = this.networkRow(n.network);
+        const mac = n.mac ? { mac: n.mac } : {};
+        return r.kind === 'nat'
+          ? { network: { kind: 'user' }, ...mac }
+          : {
+              network: { kind: 'isolated', name: r.name, group: r.mcast_group!, port: r.mcast_port! },
+              ...mac,
+            };
+      }),
       boot: vm.boot,
       ...(vm.guestAgent === false ? { guestAgent: false } : {}),
       ...(vm.seed ? { seed: vm.seed } : {}),

@@ -1,13 +1,5 @@
-import type { DrReport } from './dr-reports.js';
+import { reportTitle, type DrReport } from './dr-reports.js';
 import { dur } from './objectives.js';
-
-const KIND: Record<string, string> = {
-  takeover: 'Takeover',
-  rehearse: 'Rehearsal',
-  migrate: 'Migrate',
-  evacuate: 'Evacuation',
-  failback: 'Failback',
-};
 
 /** Text as HTML: everything in a report came from names and logs, so all of it is escaped. */
 const esc = (s: unknown) =>
@@ -33,7 +25,7 @@ function against(achieved: number | undefined, target: number | undefined, met: 
  * external resource, so that it opens anywhere and shows the same in ten years.
  */
 export function reportHtml(r: DrReport): string {
-  const title = `${KIND[r.kind] ?? r.kind} of ${r.target} at site ${r.site}`;
+  const title = reportTitle(r);
   const outcome = r.outcome === 'succeeded' ? 'ok' : 'bad';
   const rows: [string, string][] = [
     ['Outcome', `<span class="${outcome}">${esc(r.outcome.toUpperCase())}</span>`],

@@ -251,8 +251,8 @@ export class DrReports {
   }
 }
 
-/** A report as people read it (haven dr report ID --text). */
-export function reportText(r: DrReport): string {
+/** A report's title: "Takeover of shop at site b" (the text and HTML forms). */
+export function reportTitle(r: DrReport): string {
   const what =
     {
       takeover: 'Takeover',
@@ -261,8 +261,13 @@ export function reportText(r: DrReport): string {
       evacuate: 'Evacuation',
       failback: 'Failback',
     }[r.kind] ?? r.kind;
+  return `${what} of ${r.target} at site ${r.site}`;
+}
+
+/** A report as people read it (haven dr report ID --text). */
+export function reportText(r: DrReport): string {
   const lines = [
-    `${what} of ${r.target} at site ${r.site}: ${r.outcome.toUpperCase()}`,
+    `${reportTitle(r)}: ${r.outcome.toUpperCase()}`,
     `report ${r.id}, by ${r.actor}`,
     `started ${r.startedAt}, ended ${r.endedAt} (${dur(r.elapsedSeconds)})`,
   ];

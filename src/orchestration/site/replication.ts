@@ -173,8 +173,7 @@ export class SiteReplication extends SiteDomain {
     // A replicated VM's recovery settings changed: its target must hold them before a takeover.
     this.events.on('event', (e: { action: string; target: string; outcome: string }) => {
       if (e.action !== 'vm.recovery' || e.outcome !== 'ok') return;
-      const group = this.groupOfVm(e.target);
-      const g = group ? this.groups.find(group) : undefined;
+      const g = this.sourceGroupOfVm(e.target);
       if (g) void this.describe(g);
     });
   }
@@ -339,7 +338,11 @@ export class SiteReplication extends SiteDomain {
 
   /** The group a VM is replicated by, if any. */
   groupOfVm(vm: string): string | undefined {
-    return this.groups.list().find((g) => g.role === 'source' && g.config.vms.includes(vm))?.name;
+    return this.sourceGroupOfVm(vm)?.name;
+  }
+
+  private sourceGroupOfVm(vm: string): GroupRow | undefined {
+    return this.groups.list().find((g) => g.role === 'source' && g.config.vms.includes(vm));
   }
 
   /** Replicates the VMs' disks as one consistency group to a paired site (the target makes its replicas first). */
