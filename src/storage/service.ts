@@ -14,6 +14,7 @@ import {
 import { Pool, checkName, type PoolInfo, type SnapshotInfo, type VolumeInfo } from './pool.js';
 import type { OwnPool } from './own-pool.js';
 import { RbdPool, type RbdPoolOptions } from './rbd/pool.js';
+import { CephCluster } from './rbd/cluster.js';
 import { checkPoolPath } from './pool-path.js';
 import { localProvider, poolCapabilities, type CapabilitySet, type StorageProvider } from './provider.js';
 import type { ProviderPool } from './provider-pool.js';
@@ -87,12 +88,15 @@ export class StorageService {
   /** Per volume, once opened: its tap (every writer's device) and its dirty bitmaps. */
   private readonly volumes = new Map<string, { tap: TapDevice; bitmaps: VolumeBitmaps }>();
 
-  private constructor(readonly dataDir: string) {
+  private constructor(
+    readonly dataDir: string,
+    connected: ReadonlyMap<string, CephCluster | Error> = new Map(),
+  ) {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     this.lock = lockDirectory(dataDir);
     try {
       for (const { name, path, type } of this.readPoolsFile().pools) {
-        const pool: OwnPool = type === 'rbd' ? RbdPool.open(path) : Pool.open(path);
+        const pool: OwnPool = type === 'rbd' ? RbdPool.open(path, connected.get(path)) : Pool.open(path);
         this.pools.set(name, pool);
         const mark = markBitmapsInUse(pool.path);
         this.inUse.set(name, mark);
@@ -110,6 +114,38 @@ export class StorageService {
 
   static open(dataDir: string): StorageService {
     return new StorageService(resolve(dataDir));
+  }
+
+  /**
+   * The same, connecting to the Ceph clusters of the RBD pools first, all at once and off the
+   * event loop: a site with unreachable clusters waits one connect timeout, not one per pool.
+   */
+  static async openAsync(
+    dataDir: string,
+    opts: { cephTimeoutSeconds?: number } = {},
+  ): Promise<StorageService> {
+    const dir = resolve(dataDir);
+    const connected = new Map<string, CephCluster | Error>();
+    await Promise.all(
+      readPoolsFile(dir)
+        .pools.filter((p) => p.type === 'rbd')
+        .map(async ({ path }) => {
+          const conf = RbdPool.confOf(path);
+          if (conf === undefined) return; // open() names what is wrong with pool.json
+          connected.set(
+            path,
+            await CephCluster.connect(conf, {
+              ...(opts.cephTimeoutSeconds ? { timeoutSeconds: opts.cephTimeoutSeconds } : {}),
+            }).catch((err: unknown) => (err instanceof Error ? err : new Error(String(err)))),
+          );
+        }),
+    );
+    try {
+      return new StorageService(dir, connected);
+    } catch (err) {
+      for (const c of connected.values()) if (c instanceof CephCluster) c.close();
+      throw err;
+    }
   }
 
   // ---- pools -----------------------------------------------------------------------------
@@ -841,9 +877,7 @@ export class StorageService {
   }
 
   private readPoolsFile(): PoolsFile {
-    const path = join(this.dataDir, 'pools.json');
-    if (!existsSync(path)) return { pools: [] };
-    return JSON.parse(readFileSync(path, 'utf8')) as PoolsFile;
+    return readPoolsFile(this.dataDir);
   }
 
   private writePoolsFile(): void {
@@ -854,4 +888,10 @@ export class StorageService {
     }));
     writeFileAtomic(join(this.dataDir, 'pools.json'), JSON.stringify({ pools }, null, 2));
   }
+}
+
+function readPoolsFile(dataDir: string): PoolsFile {
+  const path = join(dataDir, 'pools.json');
+  if (!existsSync(path)) return { pools: [] };
+  return JSON.parse(readFileSync(path, 'utf8')) as PoolsFile;
 }

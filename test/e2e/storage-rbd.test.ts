@@ -216,6 +216,51 @@ test('an unreachable Ceph or a wrong pool fails clearly and within the timeout',
   }
 });
 
+test('a site whose Ceph clusters do not answer opens after one connect timeout, not one per pool', async () => {
+  const site = join(dir.path, 'site-lost');
+  const svc = StorageService.open(site);
+  try {
+    await svc.createRbdPool('r1', { conf: ceph.conf, cephPool: ceph.pool, prefix: 'lost1-' });
+    await svc.createRbdPool('r2', { conf: ceph.conf, cephPool: ceph.pool, prefix: 'lost2-' });
+  } finally {
+    svc.close();
+  }
+  // Both pools now point at a monitor address nobody answers on.
+  const wrong = join(dir.path, 'lost-mon.conf');
+  writeFileSync(
+    wrong,
+    readFileSync(ceph.conf, 'utf8').replace(/mon host = .*/, 'mon host = [v2:127.0.0.1:9,v1:127.0.0.1:10]'),
+  );
+  for (const p of ['r1', 'r2']) {
+    const f = join(site, 'pools', p, 'pool.json');
+    const cfg = JSON.parse(readFileSync(f, 'utf8')) as { ceph: { conf: string } };
+    cfg.ceph.conf = wrong;
+    writeFileSync(f, JSON.stringify(cfg));
+  }
+  const t0 = performance.now();
+  const reopened = await StorageService.openAsync(site, { cephTimeoutSeconds: 2 });
+  const s = (performance.now() - t0) / 1000;
+  try {
+    assert.ok(
+      s >= 1.5 && s < 3.5,
+      `opened after ${s.toFixed(2)} s (two pools, 2 s timeout each, tried at once)`,
+    );
+    for (const p of reopened.listPools().filter((x) => x.name !== 'default')) {
+      assert.equal(p.ceph?.health.state, 'failed', `${p.name} is failed`);
+      assert.match(p.ceph?.health.message ?? '', /cannot be reached.*no monitor answered within 2 s/);
+    }
+    assert.deepEqual(
+      reopened
+        .listPools()
+        .map((p) => p.name)
+        .sort(),
+      ['r1', 'r2'],
+    );
+  } finally {
+    reopened.close();
+  }
+});
+
 test('a volume moves live from a file pool to an RBD pool and back while it is written; every acknowledged write arrives', async () => {
   const svc = StorageService.open(join(dir.path, 'site4'));
   try {

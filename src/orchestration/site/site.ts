@@ -354,7 +354,7 @@ export class Site {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     // Volumes, keys and sockets live below it: no other user may even look in.
     makePrivate(dataDir, 0o700, log);
-    const storage = StorageService.open(dataDir); // takes the data directory's lock
+    const storage = await StorageService.openAsync(dataDir); // takes the data directory's lock
     let db: Db | undefined;
     const handshakeTimeoutMs = opts.nbdHandshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     // Made first: the NBD servers time their requests into it.

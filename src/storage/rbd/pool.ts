@@ -137,8 +137,12 @@ export class RbdPool {
     return new RbdPool(path, config, cluster);
   }
 
-  /** Opens a recorded pool; a cluster that does not answer (within the timeout) leaves it failed, not thrown. */
-  static open(path: string): RbdPool {
+  /**
+   * Opens a recorded pool; a cluster that does not answer (within the timeout) leaves it failed,
+   * not thrown. `connected`: the outcome of connecting to its cluster already (StorageService
+   * connects every cluster of a site at once, off the event loop); absent: connects here.
+   */
+  static open(path: string, connected?: CephCluster | Error): RbdPool {
     let config: RbdPoolConfig;
     try {
       config = JSON.parse(readFileSync(join(path, 'pool.json'), 'utf8')) as RbdPoolConfig;
@@ -147,13 +151,23 @@ export class RbdPool {
     }
     const pool = new RbdPool(path, config, undefined);
     try {
-      const c = CephCluster.connectSync(config.ceph.conf);
+      if (connected instanceof Error) throw connected;
+      const c = connected ?? CephCluster.connectSync(config.ceph.conf);
       pool.cluster = c;
       c.ioctx(config.ceph.pool);
     } catch (err) {
       pool.failed(err);
     }
     return pool;
+  }
+
+  /** The Ceph configuration file a recorded pool connects with; undefined when unreadable. */
+  static confOf(path: string): string | undefined {
+    try {
+      return (JSON.parse(readFileSync(join(path, 'pool.json'), 'utf8')) as RbdPoolConfig).ceph.conf;
+    } catch {
+      return undefined;
+    }
   }
 
   static isRbdPool(path: string): boolean {
