@@ -162,7 +162,7 @@ export const poolCases: PoolCase[] = [
     name: 'a clone reads its origin snapshot and diverges without touching it',
     async run(p) {
       const pool = p.pool();
-      pool.createVolume('org', SIZE);
+      pool.createVolume('org', SIZE, { app: 'origin' });
       const dev = pool.openDevice('org');
       const model = Buffer.alloc(SIZE);
       await write(dev, model, pattern('o', 6 * MiB), 0);
@@ -170,7 +170,10 @@ export const poolCases: PoolCase[] = [
       pool.snapshot('org', 'base');
       const c = pool.clone('org', 'base', 'org-c', { role: 'test' });
       assert.equal(c.origin, 'org@base');
+      // A clone has the labels it is given, none of its origin's (a replica's label on a clone of
+      // its checkpoint would hide the clone).
       assert.deepEqual(c.labels, { role: 'test' });
+      assert.deepEqual(pool.volumeLabels('org-c'), { role: 'test' });
       if (p.ceph) assert.deepEqual(await p.ceph.children('org', 'base'), ['org-c'], 'rbd children');
       const clone = Buffer.from(atSnap);
       await assertReads(p, 'org-c', clone, 'the new clone');
@@ -186,6 +189,7 @@ export const poolCases: PoolCase[] = [
       // A clone of the clone: two levels.
       pool.snapshot('org-c', 'cs');
       pool.clone('org-c', 'cs', 'org-cc');
+      assert.deepEqual(pool.volume('org-cc').labels, {}, 'a clone given no labels has none');
       await assertReads(p, 'org-cc', clone, 'a clone of a clone');
       // What depends on what is refused, the rest goes in order.
       await refused(() => pool.deleteSnapshot('org', 'base'), 'CONFLICT', 'the origin of a clone');
