@@ -26,7 +26,7 @@ after(async () => {
   await ceph?.stop();
 });
 
-test('a VM boots from an RBD volume, writes, and Ceph holds exactly what it wrote; a snapshot while it runs is an RBD snapshot', async (t) => {
+test('a VM runs on an RBD volume (its first disk), writes, and Ceph holds exactly what it wrote; a snapshot while it runs is an RBD snapshot', async (t) => {
   const s = await site(t);
   await s.haven(
     'pool',
