@@ -115,6 +115,8 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
         exportName: VOLUME,
         cmd: process.execPath,
         args: [HAVEN_BIN, 'storage', 'serve', '--data', site, '--socket', socket],
+        // As scripts/start runs the daemon (docs/ceph.md): librbd's threads, one malloc arena each by default.
+        env: { MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '4' },
       },
       {
         subject: QEMU,
@@ -131,6 +133,7 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
           '--cache=none',
           `rbd:${image}:conf=${c.conf}`,
         ],
+        env: {},
       },
     ];
     const copyTimeoutMs = Math.round(60000 + (size / 20e6) * 1000);
@@ -146,7 +149,13 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
         rmSync(socket, { force: true });
         commands[spec.subject] = [spec.cmd === process.execPath ? 'node' : spec.cmd, ...spec.args].join(' ');
         log(`${spec.subject}: starting ${commands[spec.subject]}`);
-        server = await BenchServer.start(spec.subject, spec.cmd, spec.args, { path: socket }, { env: c.env });
+        server = await BenchServer.start(
+          spec.subject,
+          spec.cmd,
+          spec.args,
+          { path: socket },
+          { env: { ...c.env, ...spec.env } },
+        );
         const u = uri(spec.exportName);
         const wr = await medianOf(
           repeat,
@@ -185,6 +194,9 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
     rmSync(dir, { recursive: true, force: true });
     unregister();
   }
+  notes.push(
+    `Haven runs with MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX ?? '4'}, as scripts/start runs the site daemon (docs/ceph.md); qemu-nbd with glibc's default`,
+  );
   notes.push(
     `one ${fmtSize(size)} RBD image on a single-node Ceph (one OSD, BlueStore on a sparse file) on this machine; the servers take turns on it`,
   );

@@ -312,6 +312,10 @@ static void connect_execute(napi_env env, void *data) {
       // Every completed write is on the OSDs (no client cache): a FLUSH has nothing left to do,
       // and a snapshot or a switch of pools never races a write-back.
       (r = set_opt(c, "rbd_cache", "false")) < 0 ||
+      // Writes go from the caller's buffer, not from a copy (librbd's default copies every write):
+      // the NBD server keeps a write's payload alive and unchanged until its completion, and
+      // librbd delays the completion until it no longer references the buffer.
+      (r = set_opt(c, "rbd_disable_zero_copy_writes", "false")) < 0 ||
       // A discard always leaves zeroes, also where it covers part of an object.
       (r = set_opt(c, "rbd_skip_partial_discard", "false")) < 0 || (r = set_opt(c, "log_to_stderr", "false")) < 0 ||
       (r = set_opt(c, "err_to_stderr", "false")) < 0 || (r = rados_connect(c)) < 0) {

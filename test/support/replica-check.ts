@@ -14,14 +14,22 @@ import { checkPrefixConsistency, type Consistency, type OrderedWrite } from './w
 
 export const DISKS = ['/dev/vda', '/dev/vdb'] as const;
 
-/** A VM of the test guest with two 16 MiB disks (`NAME-a`, `NAME-b`) streaming 4 KiB writes over both. */
+/** A VM of the test guest with two 16 MiB disks (`NAME-a`, `NAME-b`, on `pool`) streaming 4 KiB writes over both. */
 export async function streamingVm(
   s: TestSite,
   name: string,
   seed: number,
-  opts: { len?: string; slots?: number; rate?: number; nics?: string[] } = {},
+  opts: { len?: string; slots?: number; rate?: number; nics?: string[]; pool?: string } = {},
 ) {
-  for (const d of ['a', 'b']) await s.haven('volume', 'create', `${name}-${d}`, '--size', '16M');
+  for (const d of ['a', 'b'])
+    await s.haven(
+      'volume',
+      'create',
+      `${name}-${d}`,
+      '--size',
+      '16M',
+      ...(opts.pool ? ['--pool', opts.pool] : []),
+    );
   const g = ensureGuest();
   const cmd = `stream disk=vda,vdb seed=${seed} len=${opts.len ?? '4K'} rate=${opts.rate ?? 0} slots=${opts.slots ?? 64}`;
   await s.haven(

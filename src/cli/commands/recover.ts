@@ -55,7 +55,11 @@ export function registerRecover(program: Command): void {
     .option('--repo <dir>', 'the backup repository (default: $HAVEN_REPO)')
     .option('--passphrase-file <file>', "file holding an encrypted repository's passphrase")
     .option('--name <vm>', 'name of the recovered VM (default: NAME-recovered)')
-    .option('--pool <pool>', "pool of the VM's new volumes", 'default')
+    .option(
+      '--pool <pool>',
+      "pool of the VM's new volumes (an RBD pool: they run on a file pool until finalize moves them there)",
+      'default',
+    )
     .option('--cmdline <text>', 'kernel command line instead of the backed-up one (kernel boot)')
     .option(
       '--network <net>',

@@ -4,7 +4,7 @@ import {
   type BlockDevice,
   type ThrottleLimits,
 } from '../../block/index.js';
-import { conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
+import { HavenError, conflict, errorMessage, invalidArgument, logger, notFound } from '../../common/index.js';
 import { SnapshotDevice, openRepository, repoAccess, type RepoAccess } from '../../protection/index.js';
 import { BASE_LABEL, type StorageExports, type StorageService } from '../../storage/index.js';
 import type { ComputeService, Vm, VmDefinition } from './compute.js';
@@ -38,6 +38,12 @@ export interface RecoveryDisk {
   disk: number;
   /** Bytes of the backup copied into the volume so far (copy on write and finalize). */
   filledBytes: number;
+  /**
+   * The pool the volume goes to once it holds all its data, when that is not the pool it runs on:
+   * a recovery asked onto an RBD pool runs on a file pool (the overlay over the backup needs the
+   * file pool's cluster map) and finalize moves it, live, to the RBD pool.
+   */
+  targetPool?: string;
 }
 
 export interface Recovery {
@@ -60,7 +66,10 @@ export interface InstantRecoveryRequest extends RepoAccess {
   snapshot: string;
   /** The recovered VM's name (default: NAME-recovered). */
   name?: string;
-  /** Pool of its new volumes (default: default). */
+  /**
+   * Pool of its new volumes (default: default). An RBD pool is where they go at finalize: until
+   * then they run on a file pool (default, or else the first file pool of the site).
+   */
   pool?: string;
   /** Kernel command line instead of the backed-up one (kernel boot). */
   cmdline?: string;
@@ -135,12 +144,13 @@ export class RecoveryService {
       );
     const name = req.name ?? `${original.name}-recovered`;
     if (this.compute.listVms().some((v) => v.name === name)) throw conflict(`VM ${name} already exists`);
-    const pool = req.pool ?? 'default';
-    this.storage.pool(pool);
+    const target = req.pool ?? 'default';
+    const pool = this.storage.pool(target).kind === 'file' ? target : this.overlayPool(target);
     const disks: RecoveryDisk[] = snap.disks.map((d, i) => ({
       volume: `${name}-${d.name}`,
       disk: i,
       filledBytes: 0,
+      ...(pool !== target ? { targetPool: target } : {}),
     }));
     for (const d of disks)
       if (this.storage.listVolumes().some((v) => v.name === d.volume))
@@ -246,10 +256,40 @@ export class RecoveryService {
         this.setState(vm, 'running');
         throw err;
       }
+      // The volumes hold all their data: the recovery is over, the backup released.
       this.closeBases(vm);
       this.db.prepare('DELETE FROM recoveries WHERE vm = ?').run(vm);
       this.exports.refresh();
-      return { vm, snapshot: r.snapshot, volumes: disks.map((d) => d.volume) };
+      // Volumes recovered for an RBD pool go there now, live (see RecoveryDisk.targetPool).
+      const moved: { volume: string; pool: string }[] = [];
+      for (const d of disks) {
+        const on = this.storage.volume(d.volume).pool;
+        if (!d.targetPool || on === d.targetPool) continue;
+        ctx.log(`moving volume ${d.volume} to pool ${d.targetPool}`);
+        try {
+          const m = await this.storage.moveVolume(d.volume, d.targetPool, {
+            signal: ctx.signal,
+            onProgress: (done, total) => ctx.progress(done, total, `moving ${d.volume} to ${d.targetPool}`),
+          });
+          ctx.log(
+            `volume ${d.volume} is on pool ${m.to}: copied ${m.copiedBytes} bytes, mirrored ${m.mirroredBytes} bytes of writes, I/O paused ${m.pauseMs.toFixed(1)} ms at the switch`,
+          );
+        } catch (err) {
+          throw new HavenError(
+            err instanceof HavenError ? err.code : 'INTERNAL',
+            `the recovery of ${vm} is finalized (its volumes hold all their data on pool ${on}), but moving ${d.volume} to pool ${d.targetPool} failed: ${errorMessage(err)}; move it with "haven vm move-storage ${vm} --pool ${d.targetPool}"`,
+          );
+        } finally {
+          this.exports.refresh();
+        }
+        moved.push({ volume: d.volume, pool: d.targetPool });
+      }
+      return {
+        vm,
+        snapshot: r.snapshot,
+        volumes: disks.map((d) => d.volume),
+        ...(moved.length ? { moved } : {}),
+      };
     });
   }
 
@@ -349,6 +389,30 @@ export class RecoveryService {
     this.bases.set(vm, bases);
     this.watches.set(vm, watches);
     this.uses.set(vm, use.end);
+  }
+
+  /**
+   * Where a recovery asked onto an RBD pool runs until finalize moves it there: default if that
+   * is a file pool, else the first file pool of the site.
+   */
+  private overlayPool(target: string): string {
+    const own = this.storage
+      .listPools()
+      .map((p) => p.name)
+      .filter((n) => {
+        try {
+          return this.storage.pool(n).kind === 'file';
+        } catch {
+          return false; // a provider's pool
+        }
+      });
+    const pool = own.includes('default') ? 'default' : own[0];
+    if (!pool)
+      throw new HavenError(
+        'UNSUPPORTED',
+        `pool ${target} is an RBD pool: a VM running from a backup runs on a file pool until it is finalized onto ${target}, and this site has none`,
+      );
+    return pool;
   }
 
   private closeBases(vm: string): void {

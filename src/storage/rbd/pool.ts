@@ -403,6 +403,10 @@ export class RbdPool {
         `pool ${this.name}: cannot clone ${this.spec(volume)}@${snapshot} to ${this.spec(name)}`,
       );
     this.names().add(name);
+    // librbd copies the parent's image metadata into the clone: a clone has the labels it is given
+    // and none of its origin's (a replica's label would hide a clone of its checkpoint).
+    for (const k of Object.keys(this.volumeLabels(name)))
+      if (!(k in labels)) this.setVolumeLabel(name, k, undefined);
     this.writeLabels(name, labels);
     return this.volume(name);
   }
