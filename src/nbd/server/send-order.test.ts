@@ -143,3 +143,88 @@ test(
     s.destroy();
   },
 );
+
+test(
+  'pooled reply buffers queued in a socket the client does not read are not reused until the socket has sent them',
+  { timeout: 60_000 },
+  async (t) => {
+    const tmp = tempDir();
+    t.after(tmp.cleanup);
+    const SIZE = 8 * MiB;
+    const image = join(tmp.path, 'disk.img');
+    const content = randomBytes(SIZE);
+    writeFileSync(image, content);
+    const server = new NbdServer();
+    server.addExport({ name: 'disk', device: openRawFile(image) });
+    const sock = join(tmp.path, 's.sock');
+    await server.listen({ path: sock });
+    t.after(() => server.close());
+
+    const s = createConnection(sock);
+    t.after(() => s.destroy());
+    const rx = new Rx();
+    s.on('data', (d: Buffer) => rx.push(d));
+    s.on('close', () => rx.end());
+    s.on('error', () => rx.end());
+    await once(s, 'connect');
+    await rx.take(18);
+    const f = Buffer.alloc(4);
+    f.writeUInt32BE(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES);
+    const go = Buffer.alloc(16 + 10);
+    go.writeBigUInt64BE(P.IHAVEOPT, 0);
+    go.writeUInt32BE(P.OPT_GO, 8);
+    go.writeUInt32BE(10, 12);
+    go.writeUInt32BE(4, 16);
+    go.write('disk', 20);
+    s.write(Buffer.concat([f, go]));
+    for (;;) {
+      const r = await rx.take(20);
+      await rx.take(r.readUInt32BE(16));
+      if (r.readUInt32BE(12) === P.REP_ACK) break;
+    }
+
+    // Reads of 16 KiB: answered from pooled reply buffers (4 KiB and up), not from the file.
+    const LEN = 16 * KiB;
+    const ROUND = 64;
+    let cookie = 0;
+    const round = () => {
+      const reqs = Buffer.alloc(28 * ROUND);
+      for (let i = 0; i < ROUND; i++) {
+        const h = reqs.subarray(28 * i);
+        cookie++;
+        h.writeUInt32BE(P.REQUEST_MAGIC, 0);
+        h.writeUInt16BE(P.CMD_READ, 6);
+        h.writeBigUInt64BE(BigInt(cookie), 8);
+        h.writeBigUInt64BE(BigInt((cookie - 1) * LEN), 16);
+        h.writeUInt32BE(LEN, 24);
+      }
+      s.write(reqs);
+    };
+    // The replies' budget bytes stay charged until the socket has sent them: more than the
+    // kernel's buffers take means replies wait in the socket's own queue.
+    const queued = async (bytes: number) => {
+      while (server.memoryStats().bytesInFlight < bytes) await new Promise<void>((r) => setImmediate(r));
+    };
+    s.pause();
+    const ROUNDS = 4;
+    for (let n = 1; n <= ROUNDS; n++) {
+      round(); // each round's replies take pooled buffers of the same size as the queued ones
+      await queued(n * (ROUND / 2) * LEN);
+    }
+    s.resume();
+    const seen = new Set<number>();
+    for (let n = 0; n < ROUNDS * ROUND; n++) {
+      const h = await rx.take(16);
+      assert.equal(h.readUInt32BE(0), P.SIMPLE_REPLY_MAGIC, `reply ${n} is framed`);
+      assert.equal(h.readUInt32BE(4), 0);
+      const c = Number(h.readBigUInt64BE(8));
+      assert.ok(!seen.has(c), `cookie ${c} once`);
+      seen.add(c);
+      const data = await rx.take(LEN);
+      const at = (c - 1) * LEN;
+      assert.ok(data.equals(content.subarray(at, at + LEN)), `read ${c} carries its own data`);
+    }
+    assert.equal(server.memoryStats().bytesInFlight, 0, 'every reply buffer was given back once sent');
+    s.destroy();
+  },
+);
