@@ -61,6 +61,12 @@ export class ChunkQueue {
     }
   }
 
+  /** Whether any queued bytes are views of `buf`. */
+  references(buf: ArrayBufferLike): boolean {
+    for (const c of this.chunks) if (c.buffer === buf) return true;
+    return false;
+  }
+
   /** Removes and returns whatever is buffered (e.g. bytes that arrived before a TLS upgrade). */
   drain(): Buffer[] {
     const rest = this.take(this.total);

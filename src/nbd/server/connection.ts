@@ -6,6 +6,7 @@ import * as P from '../protocol.js';
 import { BufferPool } from './buffer-pool.js';
 import { ChunkQueue } from './chunk-queue.js';
 import { FileSender, SEND_FILE_MIN } from './file-sender.js';
+import { SocketReceiver, type ReceiveBufferPool } from './receive-buffers.js';
 import type { MemoryBudget } from './memory-budget.js';
 import {
   handleOption,
@@ -37,6 +38,8 @@ export interface ConnectionHost extends HandshakeHost {
   detach(exp: NbdExport): void;
   log: Logger;
   buffers: BufferPool;
+  /** Buffers plain sockets read into (receive-buffers.ts). */
+  receiveBuffers: ReceiveBufferPool;
   memory: MemoryBudget;
   observer: NbdRequestObserver | undefined;
 }
@@ -125,6 +128,10 @@ export class Connection {
   /** Reply buffers and the budget bytes each holds until the socket has sent it. */
   private readonly charged = new Map<Buffer, number>();
   private waitingForMemory = false;
+  /** Reading is paused by us (backpressure, budget, shutdown); a native receive resumes it only if not. */
+  private paused = false;
+  /** Plain sockets in the transmission phase read into pooled buffers (receive-buffers.ts). */
+  private receiver: SocketReceiver | undefined;
   /** The native side is reading a write's payload off the socket. */
   private receiving = false;
   private rest: RestOfWrite | undefined;
@@ -141,7 +148,7 @@ export class Connection {
   private readonly wakeForMemory = () => {
     this.waitingForMemory = false;
     if (this.phase !== 'transmission' || this.waitingForDrain || this.saturated()) return;
-    this.socket.resume();
+    this.resumeReading();
     this.pump();
   };
   private optionDiscard = 0;
@@ -183,10 +190,21 @@ export class Connection {
     if (this.phase !== 'transmission' || this.inflight === 0) this.close();
     else {
       this.phase = 'closing';
-      this.socket.pause();
+      this.pauseReading();
       this.draining = () => this.close();
     }
     return this.closed;
+  }
+
+  private pauseReading(): void {
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  /** Never while the native side reads the socket: it resumes reading itself when it is done. */
+  private resumeReading(): void {
+    this.paused = false;
+    if (!this.receiving) this.socket.resume();
   }
 
   private listen(socket: Socket): void {
@@ -198,7 +216,7 @@ export class Connection {
       if (!this.waitingForDrain) return;
       this.waitingForDrain = false;
       if (this.phase === 'transmission' && !this.waitingForMemory) {
-        this.socket.resume();
+        this.resumeReading();
         this.pump();
       }
     });
@@ -212,6 +230,7 @@ export class Connection {
     const wasAttached = this.exp && (this.phase === 'transmission' || this.phase === 'closing');
     this.phase = 'closed';
     this.sender?.close();
+    this.receiver?.close();
     this.held = [];
     this.host.memory.forget(this.wakeForMemory);
     for (const c of this.charged.values()) this.host.memory.give(c, this);
@@ -296,6 +315,14 @@ export class Connection {
           this.rec = this.host.observer?.forExport(out.export.name);
           this.phase = 'transmission';
           this.sender = this.st.tls ? undefined : this.openSender(out.export);
+          if (!this.st.tls)
+            this.receiver = SocketReceiver.attach(this.socket, this.host.receiveBuffers, {
+              received: (chunk) => {
+                this.queue.push(chunk);
+                this.pump();
+              },
+              queued: (buf) => this.queue.references(buf),
+            });
           return;
       }
     }
@@ -380,7 +407,7 @@ export class Connection {
             : 0;
       if (!this.host.memory.tryTake(cost, this)) {
         this.waitingForMemory = true;
-        this.socket.pause();
+        this.pauseReading();
         this.host.memory.wait(this.wakeForMemory);
         break;
       }
@@ -470,7 +497,7 @@ export class Connection {
     if (!inRange) return fail(P.ENOSPC, 'write beyond the end of the export');
     const fua = (flags & P.CMD_FLAG_FUA) !== 0;
     if (type === P.CMD_WRITE)
-      return this.complete(type, cookie, () => dev.write(payload!, offset, { fua }), length);
+      return this.complete(type, cookie, () => dev.write(payload!, offset, { fua }), length, payload);
     if (type === P.CMD_TRIM) return this.complete(type, cookie, () => dev.trim(offset, length, { fua }));
     const zf = {
       fua,
@@ -481,7 +508,13 @@ export class Connection {
   }
 
   /** Runs an operation without reply data and answers with a simple reply. */
-  private complete(type: number, cookie: Buffer, op: () => MaybePromise<void>, bytes = 0): void {
+  private complete(
+    type: number,
+    cookie: Buffer,
+    op: () => MaybePromise<void>,
+    bytes = 0,
+    payload?: Buffer[],
+  ): void {
     let r: MaybePromise<void>;
     try {
       r = op();
@@ -489,6 +522,8 @@ export class Connection {
       return this.replyError(type, cookie, errnoFor(err, isWriteCommand(type)), errorMessage(err));
     }
     if (!isPromise(r)) return this.queueReply(simpleReply(0, cookie));
+    // The device writes from views of the received bytes until it is done: not read into meanwhile.
+    if (payload) this.receiver?.hold(payload, r);
     const held = this.claim();
     const start = this.reqStart;
     this.track(
@@ -537,7 +572,7 @@ export class Connection {
       this.sender.add(header, offset, length);
       this.inflight++;
       this.inflightBytes += length;
-      if (this.saturated()) this.socket.pause();
+      if (this.saturated()) this.pauseReading();
       return;
     }
     const reply = this.host.buffers.acquire(hdr + length);
@@ -797,7 +832,7 @@ export class Connection {
     let fileErrno = 0;
     try {
       // Not FUA: the native side flushes once the whole payload is in.
-      if (headLength > 0) done.push(dev.write(head, offset));
+      if (headLength > 0) done.push(this.holding_(head, dev.write(head, offset)));
     } catch (err) {
       fileErrno = errnoFor(err, true);
     }
@@ -838,7 +873,10 @@ export class Connection {
       // Replies the socket did not take go first, then whatever we held meanwhile.
       if (unsent > 0) this.writeOut(Buffer.from(this.recvReplies.subarray(0, unsent)));
       this.releaseHeld();
-      handle.readStart();
+      // Reading goes on as it was before the job, unless we paused meanwhile.
+      if (this.receiver) handle.reading = false;
+      else handle.readStart();
+      if (!this.paused) this.socket.resume();
       if (!replied) {
         const r: RestOfWrite = {
           cookie,
@@ -874,6 +912,12 @@ export class Connection {
     });
   }
 
+  /** A device's pending write from received views keeps their buffers out of reuse. */
+  private holding_(views: Buffer[], r: MaybePromise<void>): MaybePromise<void> {
+    if (isPromise(r)) this.receiver?.hold(views, r);
+    return r;
+  }
+
   /** Our replies held while a native job owned the socket's writes, sent now in order. */
   private releaseHeld(): void {
     const held = this.held;
@@ -891,7 +935,8 @@ export class Connection {
     if (this.queue.length < r.remaining) return false;
     this.rest = undefined;
     try {
-      r.done.push(this.exp!.device.write(this.queue.take(r.remaining), r.offset));
+      const views = this.queue.take(r.remaining);
+      r.done.push(this.holding_(views, this.exp!.device.write(views, r.offset)));
     } catch (err) {
       r.fileErrno ||= errnoFor(err, true);
     }
@@ -1008,7 +1053,7 @@ export class Connection {
   private checkBackpressure(): void {
     if (!this.waitingForDrain && this.socket.writableLength > MAX_UNSENT) {
       this.waitingForDrain = true;
-      this.socket.pause();
+      this.pauseReading();
     }
   }
 
@@ -1016,7 +1061,7 @@ export class Connection {
   private track(p: Promise<void>, bytes: number, held = 0): void {
     this.inflight++;
     this.inflightBytes += bytes;
-    if (this.saturated()) this.socket.pause();
+    if (this.saturated()) this.pauseReading();
     void p.finally(() => {
       this.host.memory.give(held, this);
       this.untrack(bytes);
@@ -1051,7 +1096,7 @@ export class Connection {
       !this.waitingForMemory &&
       this.phase === 'transmission'
     ) {
-      this.socket.resume();
+      this.resumeReading();
       this.pump();
     }
   }

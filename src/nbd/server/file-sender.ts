@@ -120,6 +120,12 @@ export class FileSender {
   }
 
   private done(items: Item[], sent: number, errno: number): void {
+    // The job no longer writes the socket. Marked before the rest of a half-sent reply is handed
+    // over: when that rest is ready at once (sendRest reads it from the page cache), it must go
+    // into the socket's queue now, first. Were the job still marked running, the rest would wait
+    // among the held writes while the completions below run the request loop, and the loop would
+    // write other replies (or start the next job) into the middle of the half-sent one.
+    this.running = false;
     let left = sent;
     let whole = 0; // replies sent completely
     while (whole < items.length && left >= items[whole]!.header.length + items[whole]!.length)
@@ -135,7 +141,6 @@ export class FileSender {
       this.queue.unshift(...rest);
       rest.length = 0;
     }
-    this.running = false;
     for (let i = 0; i < whole; i++) this.host.finished(items[i]!.length);
     if (this.closed) {
       for (const it of rest) this.host.finished(it.length);
