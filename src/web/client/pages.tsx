@@ -260,14 +260,21 @@ export function Volumes() {
         id="create-volume"
         submit="Create volume"
         fields={[
-          { name: 'name', label: 'Name' },
-          { name: 'size', label: 'Size in bytes', type: 'number', placeholder: '1073741824' },
-          { name: 'pool', label: 'Pool', placeholder: pools[0]?.name ?? 'default' },
+          { name: 'name', label: 'Name', required: true, check: 'name' },
+          {
+            name: 'size',
+            label: 'Size in bytes',
+            type: 'number',
+            placeholder: '1073741824',
+            required: true,
+            check: 'bytes',
+          },
+          { name: 'pool', label: 'Pool', placeholder: pools[0]?.name ?? 'default', check: 'name' },
         ]}
         onSubmit={(v) =>
           post('/volumes', {
             name: v.name,
-            sizeBytes: v.size!.trim() === '' ? undefined : Number(v.size),
+            sizeBytes: Number(v.size),
             ...(v.pool ? { pool: v.pool } : {}),
           })
         }
@@ -325,7 +332,7 @@ export function VolumePage({ name }: { name: string }) {
       <Form
         id="snapshot"
         submit="Take snapshot"
-        fields={[{ name: 'name', label: 'Snapshot name' }]}
+        fields={[{ name: 'name', label: 'Snapshot name', required: true, check: 'name' }]}
         onSubmit={(f) => post(`/volumes/${enc(v.name)}/snapshots`, { name: f.name })}
       />
       <h2>Clone a snapshot</h2>
@@ -334,7 +341,7 @@ export function VolumePage({ name }: { name: string }) {
         submit="Clone"
         fields={[
           { name: 'snapshot', label: 'Snapshot', type: 'select', options: snaps.map((s) => s.name) },
-          { name: 'name', label: 'New volume name' },
+          { name: 'name', label: 'New volume name', required: true, check: 'name' },
         ]}
         onSubmit={(f) => post(`/volumes/${enc(v.name)}/clone`, { snapshot: f.snapshot, name: f.name })}
       />
@@ -459,8 +466,14 @@ function BackupTable({ list, recover }: { list: (Backup & { repo: string })[]; r
                         name: 'name',
                         label: 'Name of the recovered VM',
                         value: `${b.source.name}-recovered`,
+                        check: 'name',
                       },
-                      { name: 'pool', label: 'Pool of its new volumes', placeholder: 'default' },
+                      {
+                        name: 'pool',
+                        label: 'Pool of its new volumes',
+                        placeholder: 'default',
+                        check: 'name',
+                      },
                     ]}
                     onSubmit={async (f) => {
                       await post('/recoveries', {
@@ -482,9 +495,16 @@ function BackupTable({ list, recover }: { list: (Backup & { repo: string })[]; r
                   id={`restore-${b.id}`}
                   submit="Restore"
                   fields={[
-                    { name: 'name', label: 'New volume name' },
-                    { name: 'disk', label: 'Disk of the backup', type: 'number', value: '0' },
-                    { name: 'pool', label: 'Pool', placeholder: 'default' },
+                    { name: 'name', label: 'New volume name', required: true, check: 'name' },
+                    {
+                      name: 'disk',
+                      label: 'Disk of the backup',
+                      type: 'number',
+                      value: '0',
+                      required: true,
+                      check: 'integer',
+                    },
+                    { name: 'pool', label: 'Pool', placeholder: 'default', check: 'name' },
                   ]}
                   onSubmit={async (f) => {
                     const j = await post<Job>('/volumes/restore', {
@@ -579,6 +599,9 @@ export function VmPage({ name }: { name: string }) {
               label: 'Repository (directory on the site host)',
               value: repos[0]?.path ?? '',
               placeholder: '/var/lib/haven/repo',
+              required: true,
+              check: (v) =>
+                v.startsWith('/') ? undefined : 'the repository is a directory: an absolute path',
             },
           ]}
           onSubmit={async (f) => {
@@ -590,7 +613,7 @@ export function VmPage({ name }: { name: string }) {
         <Form
           id="move"
           submit="Move disks"
-          fields={[{ name: 'pool', label: 'Destination pool' }]}
+          fields={[{ name: 'pool', label: 'Destination pool', required: true, check: 'name' }]}
           onSubmit={async (f) => {
             const j = await post<Job>(`/vms/${enc(name)}/move-storage`, { pool: f.pool });
             go(`/jobs/${enc(j.id)}`);
