@@ -17,6 +17,7 @@ import {
   type Volume,
 } from './api.js';
 import { events, followLog, jobs, logs, useLive } from './live.js';
+import { RpoCards } from './pages-dr.js';
 import { Action, Badge, Bar, Form, Loading, Progress, bytes, time, useLoad } from './ui.js';
 
 export const go = (path: string) => {
@@ -139,6 +140,7 @@ export function Dashboard() {
           )}
         </div>
       </section>
+      <RpoCards />
       <section aria-labelledby="h-jobs">
         <h2 id="h-jobs">Running jobs</h2>
         <JobRows list={now} />
@@ -628,41 +630,45 @@ export function VmPage({ name }: { name: string }) {
         <h2 id="h-vmjobs">Jobs</h2>
         <JobRows list={mine} />
       </section>
-      <ConsoleLog name={name} running={vm.state === 'running'} />
+      <ConsoleLog name={name} />
     </div>
   );
 }
 
-/** The VM's serial console: read again every 2 s while it runs (the log is a file, not a stream). */
-function ConsoleLog({ name, running }: { name: string; running: boolean }) {
+/** What the console keeps of a serial console log (the stream starts with as much). */
+const CONSOLE_KEEP = 64 * 1024;
+
+/**
+ * The VM's serial console as it is written: a stream of its own (GET
+ * /vms/NAME/console-log/stream), open while this page is, which the daemon feeds by tailing the
+ * file; the page keeps the last 64 KiB.
+ */
+function ConsoleLog({ name }: { name: string }) {
   const [text, setText] = useState('');
+  const [live, setLive] = useState(false);
   const pre = useRef<HTMLPreElement>(null);
   useEffect(() => {
-    let stop = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const read = async () => {
-      try {
-        const t = await fetch(`/api/v1/vms/${enc(name)}/console-log?bytes=65536`, {
-          credentials: 'same-origin',
-        });
-        if (t.ok && !stop) setText(await t.text());
-      } finally {
-        if (!stop && running) timer = setTimeout(() => void read(), 2000);
-      }
-    };
-    void read();
-    return () => {
-      stop = true;
-      if (timer) clearTimeout(timer);
-    };
-  }, [name, running]);
+    const es = new EventSource(`/api/v1/vms/${enc(name)}/console-log/stream`);
+    es.addEventListener('open', () => setLive(true));
+    es.addEventListener('error', () => setLive(false));
+    es.addEventListener('text', (m) => setText(JSON.parse((m as MessageEvent<string>).data) as string));
+    es.addEventListener('append', (m) =>
+      setText((t) => (t + (JSON.parse((m as MessageEvent<string>).data) as string)).slice(-CONSOLE_KEEP)),
+    );
+    return () => es.close();
+  }, [name]);
   useEffect(() => {
     if (pre.current) pre.current.scrollTop = pre.current.scrollHeight;
   }, [text]);
   return (
     <section aria-labelledby="h-console">
-      <h2 id="h-console">Console log</h2>
-      <pre class="console" ref={pre} tabIndex={0} aria-label={`console log of ${name}`}>
+      <h2 id="h-console">
+        Console log{' '}
+        <span class="muted" data-live={live}>
+          ({live ? 'following' : 'not connected'})
+        </span>
+      </h2>
+      <pre class="console" ref={pre} tabIndex={0} aria-label={`console log of ${name}`} aria-live="off">
         {text || '(empty)'}
       </pre>
     </section>
