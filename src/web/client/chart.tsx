@@ -3,9 +3,9 @@
 // one series of a few hundred points needs no charting library).
 import { RPO_WINDOW_MS } from './live.js';
 
-const W = 320;
-const H = 96;
-const PAD = { left: 34, right: 6, top: 6, bottom: 16 };
+const W = 560;
+const H = 130;
+const PAD = { left: 44, right: 8, top: 8, bottom: 20 };
 
 const secs = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 
@@ -49,25 +49,19 @@ export function RpoChart({
       : `RPO of ${group}: ${secs(newest)} s now${objective !== undefined ? `, objective ${objective} s` : ''}, at most ${secs(peak)} s over the last ${over} (${known.length} samples)`;
   return (
     <figure class="rpo" data-group={group} data-samples={known.length}>
-      <svg
-        viewBox={`0 0 ${W} ${H}`}
-        role="img"
-        aria-label={summary}
-        preserveAspectRatio="none"
-        class={missed ? 'missed' : ''}
-      >
+      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={summary} class={missed ? 'missed' : ''}>
         <line class="axis" x1={PAD.left} y1={H - PAD.bottom} x2={W - PAD.right} y2={H - PAD.bottom} />
         <line class="axis" x1={PAD.left} y1={PAD.top} x2={PAD.left} y2={H - PAD.bottom} />
-        <text x={PAD.left - 3} y={PAD.top + 8} text-anchor="end">
+        <text x={PAD.left - 4} y={PAD.top + 10} text-anchor="end">
           {secs(top)} s
         </text>
-        <text x={PAD.left - 3} y={H - PAD.bottom} text-anchor="end">
+        <text x={PAD.left - 4} y={H - PAD.bottom} text-anchor="end">
           0
         </text>
-        <text x={PAD.left} y={H - 3}>
+        <text x={PAD.left} y={H - 4}>
           −10 min
         </text>
-        <text x={W - PAD.right} y={H - 3} text-anchor="end">
+        <text x={W - PAD.right} y={H - 4} text-anchor="end">
           now
         </text>
         {objective !== undefined ? (

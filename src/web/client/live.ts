@@ -74,7 +74,11 @@ export async function connect(): Promise<void> {
   });
   source.addEventListener('log', (m) => {
     const { job, line } = JSON.parse((m as MessageEvent<string>).data) as { job: string; line: LogLine };
-    logs.get(job)?.push(line);
+    const list = logs.get(job);
+    // A line written just before followLog read the log may arrive after it (the stream holds
+    // lines up to 100 ms): it is there already.
+    if (list && !list.slice(-50).some((p) => p.time === line.time && p.message === line.message))
+      list.push(line);
     changed();
   });
   source.addEventListener('rpo', (m) => {

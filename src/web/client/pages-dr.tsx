@@ -21,7 +21,7 @@ import {
 } from './api.js';
 import { RpoChart } from './chart.js';
 import { followLog, jobs, logs, rpo, rpoNow, useLive } from './live.js';
-import { Action, Badge, Form, Loading, Progress, bytes, time, useLoad } from './ui.js';
+import { Action, Badge, Form, Loading, bytes, time, useLoad } from './ui.js';
 
 const go = (path: string) => {
   history.pushState(null, '', path);
@@ -770,11 +770,11 @@ export function PlanRunPage({ id }: { id: string }) {
         run {run.id}, started {time(run.startedAt)}
         {job ? `, by ${job.actor}` : ''}
       </p>
-      {job ? (
-        <p>
-          <Progress job={job} /> <span class="muted">{phase}</span>
-        </p>
-      ) : null}
+      <p class="muted" data-phase={phase}>
+        {running
+          ? `step ${Math.min(current + 1, run.steps.length)} of ${run.steps.length}${waiting ? ', waiting for an operator' : ''}`
+          : `${run.nextStep} of ${run.steps.length} steps done`}
+      </p>
       <ol class="plan-steps" aria-label="steps">
         {run.steps.map((s, i) => {
           const st = stepState(i);

@@ -221,7 +221,7 @@ export function Form({
                 placeholder={f.placeholder}
                 aria-required={f.required ? 'true' : undefined}
                 aria-invalid={err ? 'true' : undefined}
-                aria-describedby={err ? `${fid}-error` : undefined}
+                aria-describedby={describedBy(fid, f, err)}
                 onInput={(e) => setValues({ ...values, [f.name]: (e.target as HTMLTextAreaElement).value })}
               />
             ) : (
@@ -234,11 +234,15 @@ export function Form({
                 placeholder={f.placeholder}
                 aria-required={f.required ? 'true' : undefined}
                 aria-invalid={err ? 'true' : undefined}
-                aria-describedby={err ? `${fid}-error` : undefined}
+                aria-describedby={describedBy(fid, f, err)}
                 onInput={(e) => setValues({ ...values, [f.name]: (e.target as HTMLInputElement).value })}
               />
             )}
-            {f.help ? <small class="muted">{f.help}</small> : null}
+            {f.help ? (
+              <small class="muted" id={`${fid}-help`}>
+                {f.help}
+              </small>
+            ) : null}
             {err ? (
               <span class="error" id={`${fid}-error`} role="alert">
                 {err}
@@ -265,6 +269,9 @@ export function Form({
     </form>
   );
 }
+
+const describedBy = (fid: string, f: Field, err: string | undefined) =>
+  [f.help ? `${fid}-help` : '', err ? `${fid}-error` : ''].filter(Boolean).join(' ') || undefined;
 
 function errorsFor(err: unknown, fields: Field[], values: Record<string, string>): Record<string, string> {
   const message = err instanceof Error ? err.message : String(err);
