@@ -112,16 +112,19 @@ export function disconnect(): void {
 
 /** What the stream does not replay: the jobs, events and replication groups as they are now. */
 async function reload(): Promise<void> {
-  const [js, es, rs] = await Promise.all([
-    get<Job[]>('/jobs?limit=200'),
-    get<SiteEvent[]>('/events?limit=100'),
-    get<ReplicationGroup[]>('/replication/groups'),
-  ]);
+  // The RPO at (re)connect, the first point of each chart (the stream brings the next ones),
+  // apart: the jobs and events do not wait for it.
+  void get<ReplicationGroup[]>('/replication/groups').then(
+    (rs) => {
+      const t = Date.now();
+      for (const g of rs) addRpo(t, rpoOf(g, t));
+      changed();
+    },
+    () => undefined, // shown by the pages that read it
+  );
+  const [js, es] = await Promise.all([get<Job[]>('/jobs?limit=200'), get<SiteEvent[]>('/events?limit=100')]);
   for (const j of js) jobs.set(j.id, j);
   events.splice(0, events.length, ...es);
-  // The RPO at (re)connect, the first point of each chart; the stream brings the next ones.
-  const t = Date.now();
-  for (const g of rs) addRpo(t, rpoOf(g, t));
   generation++;
   changed();
 }
