@@ -2,14 +2,15 @@
 // through playwright-core) against two real paired daemons: an operator of site A replicates a
 // guest that streams writes to site B from the replication page (bad input refused first), and
 // the dashboard's RPO chart fills with live samples; the VM's console log grows on its page
-// without a reload and without polling; a plan with an operator wait runs from the plans page,
-// its steps' progress shown live, and the Resume button lets it finish; the policies page shows
-// compliance with its reasons; destructive operations ask, naming what is lost. Every page is
+// without a reload and without polling; at site B a DR plan (rehearse the group, wait for an
+// operator, clean up) runs from the plans page, its steps' progress shown live, and the Resume
+// button lets it finish; the policies page shows compliance with its reasons; destructive
+// operations (disable, migrate, takeover) ask, naming what is lost. Every page is
 // scanned by axe-core (no serious or critical violation), the browser console shows no error,
 // and screenshots of the new pages are written (1280×800, and the replication page narrow).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { launch, scan, signInPage, tab, testOutput } from '../support/browser.js';
 import { pairedSites } from '../support/sites.js';
@@ -18,11 +19,12 @@ import { streamingVm } from '../support/replica-check.js';
 const T = 60_000;
 
 test('the console in Chromium: replication with a live RPO chart, a live console log, a plan resumed from the page, policies and compliance', async (t) => {
-  const { a } = await pairedSites(t);
+  const { a, b } = await pairedSites(t);
   const work = join(a.dir, '..');
   const pw = join(work, 'pw');
   writeFileSync(pw, 'console-password\n');
-  await a.haven('user', 'add', 'otto', '--role', 'operator', '--password-file', pw);
+  for (const site of [a, b])
+    await site.haven('user', 'add', 'otto', '--role', 'operator', '--password-file', pw);
   await streamingVm(a, 'app', 7, { rate: 4 });
   await a.haven('vm', 'start', 'app');
   const { url } = await a.info();
@@ -159,65 +161,100 @@ test('the console in Chromium: replication with a live RPO chart, a live console
       'the group page (checkpoint marked; disable asked and cancelled) and the DR page (migrate asked, cancelled)',
     );
 
-    // A plan with an operator wait, defined and run from the plans page.
-    const script = (name: string, body: string) => {
-      const path = join(work, name);
-      writeFileSync(path, `#!/bin/sh\n${body}\n`);
-      chmodSync(path, 0o755);
-      return path;
-    };
-    const first = script('first.sh', `echo "step $HAVEN_PLAN_STEP of $HAVEN_PLAN"`);
-    const last = script('last.sh', `touch ${work}/done`);
-    await page.getByRole('link', { name: 'Plans', exact: true }).click();
-    await page.getByRole('heading', { name: 'Define a plan' }).waitFor({ timeout: T });
-    const planForm = page.locator('#plan-create');
+    // At site B, which holds the replica: the DR page offers the takeover, which asks, naming the
+    // loss; a DR plan (rehearse, wait for the operator, clean up) is defined and run from the plans
+    // page, its steps live, and the Resume button lets it finish.
+    const bw = await tab(browser);
+    const bp = bw.page;
+    const bUrl = (await b.info()).url;
+    await signInPage(bp, bUrl, 'otto', 'console-password');
+    await bp.getByRole('link', { name: 'DR', exact: true }).click();
+    const atB = bp.locator('[data-dr-group="g1"]');
+    await atB.getByRole('button', { name: 'Take over g1' }).waitFor({ timeout: T });
+    await atB.getByRole('button', { name: 'Take over g1' }).click();
+    const bDialog = bp.getByRole('dialog');
+    assert.match(
+      (await bDialog.textContent()) ?? '',
+      /Take over group g1 here\? .*site-a is fenced.*Every write made at site-a after that checkpoint is lost/,
+    );
+    await scan(bp, 'takeover confirm', violations);
+    await bDialog.getByRole('button', { name: 'Cancel' }).click();
+    await bDialog.waitFor({ state: 'detached' });
+    await bp.screenshot({ path: join(out, 'dr-target.png') });
+    await scan(bp, 'dr (target)', violations);
+    assert.equal(
+      (await b.api<{ takenOver?: unknown }[]>('GET', '/replication/groups'))[0]?.takenOver,
+      undefined,
+      'cancelled: not taken over',
+    );
+
+    await bp.getByRole('link', { name: 'Plans', exact: true }).click();
+    await bp.getByRole('heading', { name: 'Define a plan' }).waitFor({ timeout: T });
+    const planForm = bp.locator('#plan-create');
     await planForm.getByLabel('Plan name').fill('failover-drill');
-    await planForm.getByLabel(/^Steps/).fill('[{"kind": "script", "path": ');
+    await planForm.getByLabel(/^Steps/).fill('[{"kind": "rehearse", "target": ');
     await planForm.getByRole('button', { name: 'Create plan' }).click();
-    await page.locator('#plan-create-steps-error', { hasText: 'not JSON' }).waitFor({ timeout: T });
+    await bp.locator('#plan-create-steps-error', { hasText: 'not JSON' }).waitFor({ timeout: T });
     await planForm
       .getByLabel(/^Steps/)
       .fill(JSON.stringify([{ kind: 'script', path: join(work, 'nosuch.sh') }]));
     await planForm.getByRole('button', { name: 'Create plan' }).click();
-    await page
-      .locator('#plan-create .error', { hasText: 'is not an executable file' })
-      .waitFor({ timeout: T });
+    await bp.locator('#plan-create .error', { hasText: 'is not an executable file' }).waitFor({ timeout: T });
     const steps = [
-      { kind: 'script', path: first },
-      { kind: 'wait', message: 'check the application answers at site B' },
-      { kind: 'script', path: last },
+      {
+        kind: 'rehearse',
+        target: 'g1',
+        options: { heartbeat: 'console:"event":"write"', timeoutSeconds: 90 },
+      },
+      { kind: 'wait', message: 'check the rehearsed application answers' },
+      { kind: 'cleanup', target: 'g1' },
     ];
     await planForm.getByLabel(/^Steps/).fill(JSON.stringify(steps));
     await planForm.getByRole('button', { name: 'Create plan' }).click();
-    await page.locator('tr[data-plan="failover-drill"]').waitFor({ timeout: T });
-    await scan(page, 'plans', violations);
-    await page.getByRole('button', { name: 'Run failover-drill' }).click();
-    await page.getByRole('heading', { name: /Plan failover-drill/ }).waitFor({ timeout: T });
-    const waitStep = page.locator('li[data-step="2"][data-state="waiting"]');
-    await waitStep.waitFor({ timeout: T });
-    assert.equal(await page.locator('li[data-step="1"]').getAttribute('data-state'), 'done');
-    assert.equal(await page.locator('li[data-step="3"]').getAttribute('data-state'), 'pending');
+    await bp.locator('tr[data-plan="failover-drill"]').waitFor({ timeout: T });
+    await scan(bp, 'plans', violations);
+    const vmsAtB = await b.api<{ name: string }[]>('GET', '/vms');
+    await bp.getByRole('button', { name: 'Run failover-drill' }).click();
+    await bp.getByRole('heading', { name: /Plan failover-drill/ }).waitFor({ timeout: T });
+    await bp.locator('li[data-step="1"][data-state="running"]').waitFor({ timeout: T });
+    await bp.screenshot({ path: join(out, 'plan-run-running.png') });
+    const waitStep = bp.locator('li[data-step="2"][data-state="waiting"]');
+    await waitStep.waitFor({ timeout: 120_000 });
+    assert.equal(await bp.locator('li[data-step="1"]').getAttribute('data-state'), 'done');
+    assert.equal(await bp.locator('li[data-step="3"]').getAttribute('data-state'), 'pending');
     assert.match(
       (await waitStep.textContent()) ?? '',
-      /Waiting for an operator: check the application answers/,
+      /Waiting for an operator: check the rehearsed application answers/,
     );
-    await page.locator('pre.log', { hasText: 'waiting for an operator' }).waitFor({ timeout: T });
-    assert.ok(!existsSync(join(work, 'done')), 'the step after the wait has not run');
-    await page.screenshot({ path: join(out, 'plan-run-waiting.png') });
-    await scan(page, 'plan run (waiting)', violations);
-    step('the plan run waits at step 2 with a Resume button; step 3 has not run');
+    await bp.locator('pre.log', { hasText: 'waiting for an operator' }).waitFor({ timeout: T });
+    const rehearsing = await b.api<{ name: string; state: string }[]>('GET', '/vms');
+    assert.ok(
+      rehearsing.some((v) => !vmsAtB.some((x) => x.name === v.name) && v.state === 'running'),
+      `the rehearsal's VM runs at B while the plan waits: ${JSON.stringify(rehearsing)}`,
+    );
+    await bp.screenshot({ path: join(out, 'plan-run-waiting.png') });
+    await scan(bp, 'plan run (waiting)', violations);
+    step(
+      'the DR plan at B: the rehearsal passed (its VM runs), step 2 waits with a Resume button, step 3 pending',
+    );
     await waitStep.getByRole('button', { name: 'Resume' }).click();
-    await page.locator('h1 .badge', { hasText: 'succeeded' }).waitFor({ timeout: T });
-    await page.locator('li[data-step="3"][data-state="done"]').waitFor({ timeout: T });
-    assert.ok(existsSync(join(work, 'done')), 'the last step ran');
-    await page.locator('pre.log', { hasText: 'resumed by otto' }).waitFor({ timeout: T });
-    const runs = await a.api<{ state: string; nextStep: number }[]>('GET', '/plan-runs');
+    await bp.locator('h1 .badge', { hasText: 'succeeded' }).waitFor({ timeout: T });
+    await bp.locator('li[data-step="3"][data-state="done"]').waitFor({ timeout: T });
+    await bp.locator('pre.log', { hasText: 'resumed by otto' }).waitFor({ timeout: T });
+    assert.deepEqual(
+      (await b.api<{ name: string }[]>('GET', '/vms')).map((v) => v.name),
+      vmsAtB.map((v) => v.name),
+      'the cleanup step left no rehearsal VM',
+    );
+    const runs = await b.api<{ state: string; nextStep: number }[]>('GET', '/plan-runs');
     assert.deepEqual(
       runs.map((r) => [r.state, r.nextStep]),
       [['succeeded', 3]],
     );
-    await page.screenshot({ path: join(out, 'plan-run-done.png') });
-    step('resumed from the page: the run succeeded, every step done');
+    await bp.screenshot({ path: join(out, 'plan-run-done.png') });
+    step('resumed from the page: the rehearsal cleaned up, the run succeeded, every step done');
+    assert.deepEqual(bw.errors, [], 'no console error at B');
+    await bw.context.close();
 
     // Policies: compliance with its reasons.
     const repo = join(work, 'repo');
