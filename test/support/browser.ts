@@ -67,3 +67,20 @@ export async function axe(page: Page): Promise<AxeViolation[]> {
   };
   return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
 }
+
+/** Signs in on the console's page at `url` and waits for the dashboard. */
+export async function signInPage(page: Page, url: string, user: string, password: string, ms = 60_000) {
+  await page.goto(url);
+  await page.getByLabel('User').fill(user);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Dashboard' }).waitFor({ timeout: ms });
+}
+
+/** Adds the serious and critical axe violations of the page to `found`, named for the assertion. */
+export async function scan(page: Page, where: string, found: string[]): Promise<void> {
+  for (const v of await axe(page))
+    found.push(
+      `${where}: ${v.id} (${v.impact}) ${v.help}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`,
+    );
+}

@@ -136,7 +136,12 @@ export class JobManager extends EventEmitter {
       )
       .run(id, spec.kind, spec.target, spec.actor, t, t);
     const abort = new AbortController();
-    const entry: { abort: AbortController; lastWrite: number; resume?: (actor: string) => void } = {
+    const entry: {
+      abort: AbortController;
+      lastWrite: number;
+      phase?: string | undefined;
+      resume?: (actor: string) => void;
+    } = {
       abort,
       lastWrite: 0,
     };
@@ -145,9 +150,11 @@ export class JobManager extends EventEmitter {
       signal: abort.signal,
       progress: (done, total, phase) => {
         const nowMs = Date.now();
-        // The database sees progress twice a second at most; live followers see every step.
-        if (nowMs - entry.lastWrite >= PROGRESS_WRITE_MS || done >= total) {
+        // The database (and with it live followers) sees progress twice a second at most, and
+        // every change of phase (a plan's next step) at once.
+        if (nowMs - entry.lastWrite >= PROGRESS_WRITE_MS || done >= total || phase !== entry.phase) {
           entry.lastWrite = nowMs;
+          entry.phase = phase;
           this.db
             .prepare('UPDATE jobs SET done_bytes = ?, total_bytes = ?, phase = ? WHERE id = ?')
             .run(done, total, phase ?? null, id);

@@ -56,6 +56,7 @@ export async function call<T = unknown>(method: string, path: string, body?: unk
 export const get = <T>(path: string) => call<T>('GET', path);
 export const post = <T>(path: string, body: unknown = {}) => call<T>('POST', path, body);
 export const del = <T>(path: string) => call<T>('DELETE', path);
+export const put = <T>(path: string, body: unknown = {}) => call<T>('PUT', path, body);
 export const q = (o: Record<string, string | undefined>) => {
   const p = new URLSearchParams();
   for (const [k, v] of Object.entries(o)) if (v) p.set(k, v);
@@ -137,4 +138,98 @@ export interface Compliance {
   policy: string;
   compliant: boolean;
   reasons: { code: string; message: string }[];
+}
+
+export interface RpoSample {
+  name: string;
+  role: 'source' | 'target';
+  peer: string;
+  state?: string;
+  link?: string;
+  paused: boolean;
+  rpoSeconds?: number;
+  objectiveSeconds?: number;
+  lagRecords?: number;
+  throughputBytesPerSecond?: number;
+}
+export interface Checkpoint {
+  seq: number;
+  time: string;
+  name?: string;
+  snapshot?: string;
+}
+export interface ReplicationGroup {
+  name: string;
+  role: 'source' | 'target';
+  peer: string;
+  vms?: string[];
+  volumes: { source: string; replica: string }[];
+  pool: string;
+  rpoObjectiveSeconds?: number;
+  checkpointSeconds?: number;
+  bytesPerSecond?: number;
+  paused: boolean;
+  createdAt: string;
+  takenOver?: { at: string; checkpoint: { seq: number } };
+  fenced?: { by: string; takenOverAt: string };
+  source?: {
+    state: string;
+    link: string;
+    error?: string;
+    rpoSeconds?: number;
+    rpoMet: boolean;
+    appliedCheckpoint?: Checkpoint;
+    lag: { records: number; bytes: number };
+    journal: { bytes: number; maxBytes: number; fill: number };
+    throughputBytesPerSecond: number;
+    sentBytes: number;
+  };
+  target?: {
+    link: string;
+    error?: string;
+    newestCheckpoint?: Checkpoint;
+    checkpoints: number;
+    appliedSeq: number;
+    receivedBytes: number;
+  };
+}
+export interface ResiliencyGroup {
+  name: string;
+  vms: string[];
+  defined: boolean;
+  description?: string;
+  replication?: { role: string; peer: string; state?: string };
+  services?: string[];
+}
+export interface BusinessService {
+  name: string;
+  tiers: string[][];
+  bootDelaySeconds: number;
+  createdAt: string;
+}
+export type PlanStep = { kind: string; target?: string; message?: string; path?: string; seconds?: number };
+export interface Plan {
+  name: string;
+  steps: PlanStep[];
+  createdAt: string;
+}
+export interface PlanRun {
+  id: string;
+  plan: string;
+  steps: PlanStep[];
+  nextStep: number;
+  state: 'running' | 'waiting' | 'failed' | 'succeeded' | 'aborted';
+  job?: string;
+  error?: string;
+  startedAt: string;
+  updatedAt: string;
+}
+export interface Policy {
+  name: string;
+  requires: string[];
+  snapshot?: { cron?: string; everySeconds?: number; keep?: unknown };
+  backup?: { repo: string; cron?: string; everySeconds?: number; keep?: unknown };
+  verify?: { cron?: string; everySeconds?: number };
+  replication?: { to: string; rpoSeconds: number };
+  [k: string]: unknown;
 }

@@ -17,6 +17,7 @@ import {
   Volumes,
   go,
 } from './pages.js';
+import { Dr, PlanRunPage, Plans, Policies, Replication, ReplicationGroupPage } from './pages-dr.js';
 
 const NAV: [string, string][] = [
   ['/', 'Dashboard'],
@@ -24,6 +25,10 @@ const NAV: [string, string][] = [
   ['/volumes', 'Volumes'],
   ['/pools', 'Pools'],
   ['/repositories', 'Repositories'],
+  ['/replication', 'Replication'],
+  ['/dr', 'DR'],
+  ['/plans', 'Plans'],
+  ['/policies', 'Policies'],
   ['/jobs', 'Jobs'],
   ['/events', 'Events'],
 ];
@@ -38,6 +43,11 @@ function route(path: string) {
   if (top === 'repositories') return <Repositories />;
   if (top === 'jobs') return name ? <JobPage id={name} key={name} /> : <Jobs />;
   if (top === 'events') return <Events />;
+  if (top === 'replication') return name ? <ReplicationGroupPage name={name} key={name} /> : <Replication />;
+  if (top === 'dr') return <Dr />;
+  if (top === 'plans') return <Plans />;
+  if (top === 'plan-runs' && name) return <PlanRunPage id={name} key={name} />;
+  if (top === 'policies') return <Policies />;
   return <p>No such page: {path}</p>;
 }
 

@@ -17,6 +17,7 @@ import {
   type Volume,
 } from './api.js';
 import { events, followLog, jobs, logs, useLive } from './live.js';
+import { RpoCards } from './pages-dr.js';
 import { Action, Badge, Bar, Form, Loading, Progress, bytes, time, useLoad } from './ui.js';
 
 export const go = (path: string) => {
@@ -139,6 +140,7 @@ export function Dashboard() {
           )}
         </div>
       </section>
+      <RpoCards />
       <section aria-labelledby="h-jobs">
         <h2 id="h-jobs">Running jobs</h2>
         <JobRows list={now} />
@@ -260,14 +262,21 @@ export function Volumes() {
         id="create-volume"
         submit="Create volume"
         fields={[
-          { name: 'name', label: 'Name' },
-          { name: 'size', label: 'Size in bytes', type: 'number', placeholder: '1073741824' },
-          { name: 'pool', label: 'Pool', placeholder: pools[0]?.name ?? 'default' },
+          { name: 'name', label: 'Name', required: true, check: 'name' },
+          {
+            name: 'size',
+            label: 'Size in bytes',
+            type: 'number',
+            placeholder: '1073741824',
+            required: true,
+            check: 'bytes',
+          },
+          { name: 'pool', label: 'Pool', placeholder: pools[0]?.name ?? 'default', check: 'name' },
         ]}
         onSubmit={(v) =>
           post('/volumes', {
             name: v.name,
-            sizeBytes: v.size!.trim() === '' ? undefined : Number(v.size),
+            sizeBytes: Number(v.size),
             ...(v.pool ? { pool: v.pool } : {}),
           })
         }
@@ -325,7 +334,7 @@ export function VolumePage({ name }: { name: string }) {
       <Form
         id="snapshot"
         submit="Take snapshot"
-        fields={[{ name: 'name', label: 'Snapshot name' }]}
+        fields={[{ name: 'name', label: 'Snapshot name', required: true, check: 'name' }]}
         onSubmit={(f) => post(`/volumes/${enc(v.name)}/snapshots`, { name: f.name })}
       />
       <h2>Clone a snapshot</h2>
@@ -334,7 +343,7 @@ export function VolumePage({ name }: { name: string }) {
         submit="Clone"
         fields={[
           { name: 'snapshot', label: 'Snapshot', type: 'select', options: snaps.map((s) => s.name) },
-          { name: 'name', label: 'New volume name' },
+          { name: 'name', label: 'New volume name', required: true, check: 'name' },
         ]}
         onSubmit={(f) => post(`/volumes/${enc(v.name)}/clone`, { snapshot: f.snapshot, name: f.name })}
       />
@@ -459,8 +468,14 @@ function BackupTable({ list, recover }: { list: (Backup & { repo: string })[]; r
                         name: 'name',
                         label: 'Name of the recovered VM',
                         value: `${b.source.name}-recovered`,
+                        check: 'name',
                       },
-                      { name: 'pool', label: 'Pool of its new volumes', placeholder: 'default' },
+                      {
+                        name: 'pool',
+                        label: 'Pool of its new volumes',
+                        placeholder: 'default',
+                        check: 'name',
+                      },
                     ]}
                     onSubmit={async (f) => {
                       await post('/recoveries', {
@@ -482,9 +497,16 @@ function BackupTable({ list, recover }: { list: (Backup & { repo: string })[]; r
                   id={`restore-${b.id}`}
                   submit="Restore"
                   fields={[
-                    { name: 'name', label: 'New volume name' },
-                    { name: 'disk', label: 'Disk of the backup', type: 'number', value: '0' },
-                    { name: 'pool', label: 'Pool', placeholder: 'default' },
+                    { name: 'name', label: 'New volume name', required: true, check: 'name' },
+                    {
+                      name: 'disk',
+                      label: 'Disk of the backup',
+                      type: 'number',
+                      value: '0',
+                      required: true,
+                      check: 'integer',
+                    },
+                    { name: 'pool', label: 'Pool', placeholder: 'default', check: 'name' },
                   ]}
                   onSubmit={async (f) => {
                     const j = await post<Job>('/volumes/restore', {
@@ -579,6 +601,9 @@ export function VmPage({ name }: { name: string }) {
               label: 'Repository (directory on the site host)',
               value: repos[0]?.path ?? '',
               placeholder: '/var/lib/haven/repo',
+              required: true,
+              check: (v) =>
+                v.startsWith('/') ? undefined : 'the repository is a directory: an absolute path',
             },
           ]}
           onSubmit={async (f) => {
@@ -590,7 +615,7 @@ export function VmPage({ name }: { name: string }) {
         <Form
           id="move"
           submit="Move disks"
-          fields={[{ name: 'pool', label: 'Destination pool' }]}
+          fields={[{ name: 'pool', label: 'Destination pool', required: true, check: 'name' }]}
           onSubmit={async (f) => {
             const j = await post<Job>(`/vms/${enc(name)}/move-storage`, { pool: f.pool });
             go(`/jobs/${enc(j.id)}`);
@@ -605,41 +630,45 @@ export function VmPage({ name }: { name: string }) {
         <h2 id="h-vmjobs">Jobs</h2>
         <JobRows list={mine} />
       </section>
-      <ConsoleLog name={name} running={vm.state === 'running'} />
+      <ConsoleLog name={name} />
     </div>
   );
 }
 
-/** The VM's serial console: read again every 2 s while it runs (the log is a file, not a stream). */
-function ConsoleLog({ name, running }: { name: string; running: boolean }) {
+/** What the console keeps of a serial console log (the stream starts with as much). */
+const CONSOLE_KEEP = 64 * 1024;
+
+/**
+ * The VM's serial console as it is written: a stream of its own (GET
+ * /vms/NAME/console-log/stream), open while this page is, which the daemon feeds by tailing the
+ * file; the page keeps the last 64 KiB.
+ */
+function ConsoleLog({ name }: { name: string }) {
   const [text, setText] = useState('');
+  const [live, setLive] = useState(false);
   const pre = useRef<HTMLPreElement>(null);
   useEffect(() => {
-    let stop = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const read = async () => {
-      try {
-        const t = await fetch(`/api/v1/vms/${enc(name)}/console-log?bytes=65536`, {
-          credentials: 'same-origin',
-        });
-        if (t.ok && !stop) setText(await t.text());
-      } finally {
-        if (!stop && running) timer = setTimeout(() => void read(), 2000);
-      }
-    };
-    void read();
-    return () => {
-      stop = true;
-      if (timer) clearTimeout(timer);
-    };
-  }, [name, running]);
+    const es = new EventSource(`/api/v1/vms/${enc(name)}/console-log/stream`);
+    es.addEventListener('open', () => setLive(true));
+    es.addEventListener('error', () => setLive(false));
+    es.addEventListener('text', (m) => setText(JSON.parse((m as MessageEvent<string>).data) as string));
+    es.addEventListener('append', (m) =>
+      setText((t) => (t + (JSON.parse((m as MessageEvent<string>).data) as string)).slice(-CONSOLE_KEEP)),
+    );
+    return () => es.close();
+  }, [name]);
   useEffect(() => {
     if (pre.current) pre.current.scrollTop = pre.current.scrollHeight;
   }, [text]);
   return (
     <section aria-labelledby="h-console">
-      <h2 id="h-console">Console log</h2>
-      <pre class="console" ref={pre} tabIndex={0} aria-label={`console log of ${name}`}>
+      <h2 id="h-console">
+        Console log{' '}
+        <span class="muted" data-live={live}>
+          ({live ? 'following' : 'not connected'})
+        </span>
+      </h2>
+      <pre class="console" ref={pre} tabIndex={0} aria-label={`console log of ${name}`} aria-live="off">
         {text || '(empty)'}
       </pre>
     </section>

@@ -61,18 +61,81 @@ export function Bar({ used, total, label }: { used: number; total: number; label
 export interface Field {
   name: string;
   label: string;
-  type?: 'text' | 'number' | 'select' | 'checkbox';
+  type?: 'text' | 'number' | 'select' | 'checkbox' | 'textarea';
   options?: string[];
   value?: string;
   placeholder?: string;
   help?: string;
+  /** Refused before sending when left empty. */
   required?: boolean;
+  /** What the value must be, checked before sending (an empty optional field is not checked). */
+  check?: Check | ((value: string) => string | undefined);
+}
+
+/** The checks a form makes before it sends: the API's own rules, so its refusals are rarer. */
+export type Check = 'name' | 'names' | 'bytes' | 'seconds' | 'integer' | 'json';
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const nameRule = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit";
+
+/** Why `value` fails `check`, or undefined. */
+export function checkValue(check: Field['check'], value: string): string | undefined {
+  if (typeof check === 'function') return check(value);
+  const v = value.trim();
+  switch (check) {
+    case 'name':
+      if (v.includes('/')) return `"${v}" is not a name: no "/" (${nameRule})`;
+      return NAME.test(v) ? undefined : `"${v}" is not a name: ${nameRule}`;
+    case 'names': {
+      const bad = v.split(/[\s,]+/).filter((n) => n && !NAME.test(n));
+      return bad.length ? `not a name: ${bad.join(', ')} (${nameRule})` : undefined;
+    }
+    case 'bytes':
+      return /^[0-9]+$/.test(v) && Number(v) >= 1 && Number.isSafeInteger(Number(v))
+        ? undefined
+        : `"${v}" is not a size: a whole number of bytes, at least 1`;
+    case 'integer':
+      return /^[0-9]+$/.test(v) && Number.isSafeInteger(Number(v))
+        ? undefined
+        : `"${v}" is not a whole number, 0 or more`;
+    case 'seconds':
+      return /^[0-9]*\.?[0-9]+$/.test(v) && Number(v) > 0
+        ? undefined
+        : `"${v}" is not a number of seconds more than 0`;
+    case 'json':
+      try {
+        JSON.parse(v);
+        return undefined;
+      } catch (e) {
+        return `not JSON: ${e instanceof Error ? e.message : String(e)}`;
+      }
+    default:
+      return undefined;
+  }
+}
+
+/** The fields that may not be sent as typed, with why (beside each field). */
+export function invalid(fields: Field[], values: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const f of fields) {
+    const v = values[f.name] ?? '';
+    if (f.type === 'select' || f.type === 'checkbox') continue;
+    if (!v.trim()) {
+      if (f.required) out[f.name] = `${f.label} is required`;
+      continue;
+    }
+    const why = checkValue(f.check, v);
+    if (why) out[f.name] = why;
+  }
+  return out;
 }
 
 /**
- * A form whose submit calls the API: the refusal's message goes beside the field it names (the
- * API's `field`, e.g. body.sizeBytes, or the field whose value the message quotes), else under
- * the form. Nothing is changed client-side: what the API refuses is not done.
+ * A form whose submit calls the API. What the form can tell is wrong (a required field left
+ * empty, a name with "/", a size of -1: `required` and `check` of its fields) is shown beside the
+ * field and nothing is sent; the API's refusal of the rest (an unknown pool, a name taken) goes
+ * beside the field it names (the API's `field`, e.g. body.sizeBytes, or the field whose value the
+ * message quotes), else under the form. What the API refuses is not done.
  */
 export function Form({
   id,
@@ -100,10 +163,15 @@ export function Form({
   const [done, setDone] = useState('');
   const send = async (e: Event) => {
     e.preventDefault();
+    setDone('');
+    const bad = invalid(fields, values);
+    setErrors(bad);
+    if (Object.keys(bad).length) {
+      document.getElementById(`${id}-${Object.keys(bad)[0]}`)?.focus();
+      return;
+    }
     if (danger && !(await confirmDialog(danger))) return;
     setBusy(true);
-    setErrors({});
-    setDone('');
     try {
       await onSubmit(values);
       setDone('done');
@@ -144,6 +212,18 @@ export function Form({
                   setValues({ ...values, [f.name]: String((e.target as HTMLInputElement).checked) })
                 }
               />
+            ) : f.type === 'textarea' ? (
+              <textarea
+                id={fid}
+                name={f.name}
+                rows={6}
+                value={values[f.name]}
+                placeholder={f.placeholder}
+                aria-required={f.required ? 'true' : undefined}
+                aria-invalid={err ? 'true' : undefined}
+                aria-describedby={describedBy(fid, f, err)}
+                onInput={(e) => setValues({ ...values, [f.name]: (e.target as HTMLTextAreaElement).value })}
+              />
             ) : (
               <input
                 id={fid}
@@ -152,12 +232,17 @@ export function Form({
                 inputMode={f.type === 'number' ? 'numeric' : undefined}
                 value={values[f.name]}
                 placeholder={f.placeholder}
+                aria-required={f.required ? 'true' : undefined}
                 aria-invalid={err ? 'true' : undefined}
-                aria-describedby={err ? `${fid}-error` : undefined}
+                aria-describedby={describedBy(fid, f, err)}
                 onInput={(e) => setValues({ ...values, [f.name]: (e.target as HTMLInputElement).value })}
               />
             )}
-            {f.help ? <small class="muted">{f.help}</small> : null}
+            {f.help ? (
+              <small class="muted" id={`${fid}-help`}>
+                {f.help}
+              </small>
+            ) : null}
             {err ? (
               <span class="error" id={`${fid}-error`} role="alert">
                 {err}
@@ -185,6 +270,9 @@ export function Form({
   );
 }
 
+const describedBy = (fid: string, f: Field, err: string | undefined) =>
+  [f.help ? `${fid}-help` : '', err ? `${fid}-error` : ''].filter(Boolean).join(' ') || undefined;
+
 function errorsFor(err: unknown, fields: Field[], values: Record<string, string>): Record<string, string> {
   const message = err instanceof Error ? err.message : String(err);
   if (err instanceof ApiError) {
@@ -192,15 +280,28 @@ function errorsFor(err: unknown, fields: Field[], values: Record<string, string>
     const leaf = err.field?.split('.').pop();
     const byField = fields.find((f) => f.name === leaf || `${f.name}Bytes` === leaf);
     if (byField) return { [byField.name]: message };
-    const quoted = fields.find(
-      (f) => values[f.name] && message.includes(values[f.name]!) && f.name !== 'name',
-    );
-    if (quoted) return { [quoted.name]: message };
-    const named = fields.find((f) => values[f.name] && message.includes(values[f.name]!));
-    if (named) return { [named.name]: message };
+    // Else the field whose value (or one of its words: a list of names) the message quotes, the
+    // longest quote winning; a name field last, as a message names what it was about.
+    const quoted = (f: Field) =>
+      Math.max(
+        0,
+        ...(values[f.name] ?? '')
+          .split(/[\s,]+/)
+          .filter((w) => w.length >= 2 && new RegExp(`(^|[^\\w.-])${escape(w)}($|[^\\w-])`).test(message))
+          .map((w) => w.length),
+      );
+    for (const pass of [fields.filter((f) => f.name !== 'name'), fields]) {
+      const best = pass.reduce<[Field | undefined, number]>(
+        (b, f) => (quoted(f) > b[1] ? [f, quoted(f)] : b),
+        [undefined, 0],
+      )[0];
+      if (best) return { [best.name]: message };
+    }
   }
   return { _: message };
 }
+
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /** Asks in a modal dialog; resolves true when the user confirms. */
 export function confirmDialog(text: string): Promise<boolean> {
