@@ -29,19 +29,7 @@ after(async () => {
 test('instant recovery onto an RBD pool: runs on a file pool over the backup, finalize moves it live into Ceph', async (t) => {
   const s = await site(t);
   const work = join(s.dir, '..');
-  await s.haven(
-    'pool',
-    'create',
-    'ceph',
-    '--type',
-    'rbd',
-    '--ceph-conf',
-    ceph.conf,
-    '--ceph-pool',
-    ceph.pool,
-    '--image-prefix',
-    'ir-',
-  );
+  await s.haven(...ceph.poolCreateArgs('ir-'));
   await s.haven('volume', 'create', 'd', '--size', '64M');
   await s.haven(
     'vm',

@@ -23,19 +23,7 @@ after(async () => {
 
 test('a running VM moves from a file pool to an RBD pool and back while it writes', async (t) => {
   const s = await site(t);
-  await s.haven(
-    'pool',
-    'create',
-    'ceph',
-    '--type',
-    'rbd',
-    '--ceph-conf',
-    ceph.conf,
-    '--ceph-pool',
-    ceph.pool,
-    '--image-prefix',
-    'mig-',
-  );
+  await s.haven(...ceph.poolCreateArgs('mig-'));
   const seed = join(s.dir, '..', 'seed.img');
   execFileSync('sh', ['-c', `head -c ${128 * MiB} /dev/urandom > ${seed}`]);
   await s.haven('volume', 'import', seed, '--name', 'data');

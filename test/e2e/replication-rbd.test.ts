@@ -32,20 +32,7 @@ after(async () => {
   await ceph?.stop();
 });
 
-const rbdPool = (s: TestSite, prefix: string) =>
-  s.haven(
-    'pool',
-    'create',
-    'ceph',
-    '--type',
-    'rbd',
-    '--ceph-conf',
-    ceph.conf,
-    '--ceph-pool',
-    ceph.pool,
-    '--image-prefix',
-    prefix,
-  );
+const rbdPool = (s: TestSite, prefix: string) => s.haven(...ceph.poolCreateArgs(prefix));
 
 test('a VM on an RBD pool replicates to an RBD pool at the other site: prefix-consistent checkpoints, then equal to the source', async (t) => {
   const { a, b } = await pairedSites(t);

@@ -413,22 +413,10 @@ test('haven pool create --type rbd: the CLI makes an RBD pool, and refuses one w
   const site = join(dir.path, 'site6');
   const haven = async (...args: string[]) =>
     (await run(process.execPath, [HAVEN_BIN, ...args, '--data', site])).stdout;
-  const p = JSON.parse(
-    await haven(
-      'pool',
-      'create',
-      'cp',
-      '--type',
-      'rbd',
-      '--ceph-conf',
-      ceph.conf,
-      '--ceph-pool',
-      ceph.pool,
-      '--image-prefix',
-      'cli-',
-      '--json',
-    ),
-  ) as { capabilities: Record<string, unknown>; ceph: { pool: string; health: { state: string } } };
+  const p = JSON.parse(await haven(...ceph.poolCreateArgs('cli-', 'cp'), '--json')) as {
+    capabilities: Record<string, unknown>;
+    ceph: { pool: string; health: { state: string } };
+  };
   assert.equal(p.capabilities.distributed, true);
   assert.equal(p.ceph.pool, ceph.pool);
   assert.equal(p.ceph.health.state, 'ok');

@@ -28,19 +28,7 @@ after(async () => {
 
 test('a VM runs on an RBD volume (its first disk), writes, and Ceph holds exactly what it wrote; a snapshot while it runs is an RBD snapshot', async (t) => {
   const s = await site(t);
-  await s.haven(
-    'pool',
-    'create',
-    'ceph',
-    '--type',
-    'rbd',
-    '--ceph-conf',
-    ceph.conf,
-    '--ceph-pool',
-    ceph.pool,
-    '--image-prefix',
-    'vm-',
-  );
+  await s.haven(...ceph.poolCreateArgs('vm-'));
   // The boot disk: random bytes, imported into the RBD pool.
   const seedImage = randomBytes(SIZE);
   const seedFile = join(s.dir, '..', 'seed.img');

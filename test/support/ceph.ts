@@ -23,6 +23,8 @@ export interface Ceph {
   env: NodeJS.ProcessEnv;
   /** Runs the `rbd` tool against this cluster. */
   rbd(...args: string[]): Promise<string>;
+  /** `haven pool create NAME --type rbd …` on this cluster's pool, its images named PREFIX…. */
+  poolCreateArgs(prefix: string, name?: string): string[];
   stop(): Promise<void>;
 }
 
@@ -59,6 +61,19 @@ export async function startCeph(): Promise<Ceph> {
     },
     env,
     rbd: async (...args) => (await run('rbd', args, { env })).stdout,
+    poolCreateArgs: (prefix, name = 'ceph') => [
+      'pool',
+      'create',
+      name,
+      '--type',
+      'rbd',
+      '--ceph-conf',
+      facts.CEPH_CONF!,
+      '--ceph-pool',
+      facts.CEPH_RBD_POOL!,
+      '--image-prefix',
+      prefix,
+    ],
     stop,
   };
 }
