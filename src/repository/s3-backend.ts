@@ -78,7 +78,7 @@ const INDEX_EVERY = 32;
 /** One ranged GET takes at most this much of a pack (adjacent chunks). */
 const RUN_BYTES = 4 * MiB;
 /** A reader going through a pack in order has this much ahead of it fetched or in flight. */
-const READ_AHEAD = 16 * MiB;
+const READ_AHEAD = () => envNumber('HAVEN_S3_READ_AHEAD', 16 * MiB);
 /** Chunks fetched ahead and not yet taken, at most (the oldest are dropped). */
 const AHEAD_CACHE = 64 * MiB;
 
@@ -270,7 +270,25 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
         ),
       key,
     );
-    return Buffer.from(await out.Body!.transformToByteArray());
+    const length = out.ContentLength;
+    const body = out.Body as unknown as AsyncIterable<Uint8Array> | undefined;
+    if (length === undefined || !body || typeof body[Symbol.asyncIterator] !== 'function') {
+      const u = await out.Body!.transformToByteArray();
+      return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+    }
+    // Straight into one buffer of the announced size: no concatenation, no copy after.
+    const buf = Buffer.allocUnsafe(length);
+    let at = 0;
+    try {
+      for await (const part of body) {
+        if (at + part.length > length) throw new Error(`more than the ${length} bytes announced`);
+        buf.set(part, at);
+        at += part.length;
+      }
+    } catch (err) {
+      throw this.translate(err, 'read', key);
+    }
+    return at === length ? buf : buf.subarray(0, at);
   }
 
   async read(key: string): Promise<Buffer> {
@@ -582,7 +600,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
       got = this.take(e.hex)!;
     }
     if (inOrder)
-      for (let s = seg + 1; s <= seg + READ_AHEAD / RUN_BYTES && this.aheadBytes < AHEAD_CACHE; s++)
+      for (let s = seg + 1; s <= seg + READ_AHEAD() / RUN_BYTES && this.aheadBytes < AHEAD_CACHE; s++)
         if (!cur.fetched.has(s) && !this.fetchSegment(pack, cur.fetched, s)) break;
     return got;
   }
