@@ -134,6 +134,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
   private readonly indexes = new Map<string, string[]>();
   /** Chunk objects (chunks/…): the one-object-per-chunk layout. */
   private legacy = new Set<string>();
+  private legacyStale = true;
   private loading: Promise<void> | undefined;
   private loadedAt = 0;
 
@@ -515,9 +516,13 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
       }
       this.rebuild();
     }
-    const legacy = new Set<string>();
-    for await (const o of this.listObjects('chunks/')) legacy.add(o.key);
-    this.legacy = legacy;
+    if (this.legacyStale) {
+      // Listed at each session's start (a gc may have deleted some), not at every refresh.
+      const legacy = new Set<string>();
+      for await (const o of this.listObjects('chunks/')) legacy.add(o.key);
+      this.legacy = legacy;
+      this.legacyStale = false;
+    }
     this.loadedAt = Date.now();
   }
 
@@ -810,6 +815,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
   /** A new session: what the bucket holds is read again (only the index objects new since). */
   forget(): void {
     this.loading = undefined;
+    this.legacyStale = true;
     if (!this.uploads.size && !this.indexing.size) this.failed = undefined;
   }
 
@@ -845,7 +851,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
    * reported). Called by gc only (its lock held, no backup writing).
    */
   async sweepPacks(live: ReadonlySet<string>, cutoffMs: number): Promise<PackSweep> {
-    this.loading = undefined;
+    this.forget();
     await this.ensureIndex();
     const r: PackSweep = {
       removedPacks: 0,
