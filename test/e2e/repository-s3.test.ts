@@ -408,6 +408,41 @@ test('S3 packs: deduplication across packs, coalesced ranged reads, gc deletes o
   const out2 = join(dir.path, 'pa.out');
   await restoreSnapshot({ repo, snapshot: ma2.id, to: out2 });
   assert.equal(sha(out2), sha(a));
+  // A chunk object of the one-object-per-chunk layout (a bucket written before packs) still reads,
+  // and such a bucket's config is marked packed (format 2) by the first backup that writes packs.
+  const plain = randomBytes(10_000);
+  const legacy = r.codec().digest(plain);
+  await s3.send(
+    new PutObjectCommand({
+      Bucket: 'packs',
+      Key: `repo/${chunkKey(legacy)}`,
+      Body: r.codec().encode(plain, legacy),
+    }),
+  );
+  assert.ok(
+    r
+      .codec()
+      .decode(await r.getChunk(legacy), legacy)
+      .equals(plain),
+  );
+  const configOf = async () =>
+    JSON.parse(
+      Buffer.from(
+        await (
+          await s3.send(new GetObjectCommand({ Bucket: 'packs', Key: 'repo/config.json' }))
+        ).Body!.transformToByteArray(),
+      ).toString('utf8'),
+    ) as { version: number };
+  assert.equal((await configOf()).version, 2, 'a packed repository is format 2');
+  await s3.send(
+    new PutObjectCommand({
+      Bucket: 'packs',
+      Key: 'repo/config.json',
+      Body: JSON.stringify({ ...(await configOf()), version: 1 }),
+    }),
+  );
+  await backupSource({ repo, source: b });
+  assert.equal((await configOf()).version, 2, 'the first backup with packs marks an old bucket');
   r.close();
 });
 
