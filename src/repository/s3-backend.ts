@@ -23,6 +23,9 @@
 // Every request has a connection and a request timeout and is retried with backoff (the SDK's
 // standard retry strategy); at most `maxSockets` requests are in flight.
 import { createHash } from 'node:crypto';
+import { closeSync, fstatSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import {
   DeleteObjectCommand,
   GetBucketVersioningCommand,
@@ -38,6 +41,7 @@ import {
   S3ServiceException,
   type PutObjectCommandInput,
 } from '@aws-sdk/client-s3';
+import { writeFileAtomic } from '../common/atomic-file.js';
 import { HavenError } from '../common/errors.js';
 import type { ObjectInfo, PackSweep, RepositoryBackend } from './backend.js';
 import { chunkKey } from './format.js';
@@ -153,12 +157,15 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
   private aheadBytes = 0;
   private readonly cursors = new Map<string, { lastSeg: number; fetched: Set<number> }>();
   /** Counters, for tests and measurements. */
-  readonly counters = { packPuts: 0, rangeGets: 0, retentionPuts: 0 };
+  readonly counters = { packPuts: 0, rangeGets: 0, retentionPuts: 0, indexGets: 0 };
+  /** Where index objects read before are kept (undefined: not kept). */
+  private readonly cacheDir: string | undefined;
 
   constructor(private readonly settings: S3Settings) {
     this.bucket = settings.bucket;
     this.prefix = settings.prefix;
     this.location = `s3://${settings.bucket}/${settings.prefix.replace(/\/$/, '')}`;
+    this.cacheDir = indexCacheDir(settings);
     this.client = new S3Client({
       endpoint: settings.endpoint,
       region: settings.region,
@@ -431,8 +438,12 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
     if (!packs.length) return;
     const key = indexKey(newPackId());
     const until = Math.max(0, ...packs.map((p) => p.retainUntil));
-    const job = this.put(key, encodePackIndex(packs), until ? { retainUntil: new Date(until) } : {}).then(
-      () => this.addIndex(key, packs),
+    const body = encodePackIndex(packs);
+    const job = this.put(key, body, until ? { retainUntil: new Date(until) } : {}).then(
+      () => {
+        this.addIndex(key, packs);
+        this.cacheIndex(key, body);
+      },
       (err: unknown) => {
         this.failed ??= err instanceof HavenError ? err : new HavenError('IO', String(err));
         this.unindexed.unshift(...packs); // stored: named by the next index written
@@ -485,14 +496,20 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
     const gone = [...this.indexes.keys()].filter((k) => !listed.has(k));
     const fresh = [...listed].filter((k) => !this.indexes.has(k));
     await parallel(fresh, PARALLEL, async (key) => {
-      let data: Buffer;
-      try {
-        data = await this.getObject(key);
-      } catch (err) {
-        if (err instanceof HavenError && err.code === 'NOT_FOUND') return; // a gc rewrote it meanwhile
-        throw err;
+      let records = this.cachedIndex(key);
+      if (!records) {
+        let data: Buffer;
+        try {
+          this.counters.indexGets++;
+          data = await this.getObject(key);
+        } catch (err) {
+          if (err instanceof HavenError && err.code === 'NOT_FOUND') return; // a gc rewrote it meanwhile
+          throw err;
+        }
+        records = decodePackIndex(data, `${this.location}: pack index ${key}`);
+        this.cacheIndex(key, data);
       }
-      const packs = decodePackIndex(data, `${this.location}: pack index ${key}`).map((r) => {
+      const packs = records.map((r) => {
         const p = this.packs.get(r.id);
         if (p) return p;
         const last = r.entries[r.entries.length - 1];
@@ -509,6 +526,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
       for (const p of packs)
         p.entries.forEach((e, i) => this.where.has(e.hex) || this.where.set(e.hex, { pack: p, i }));
     });
+    this.pruneIndexCache(listed);
     if (gone.length) {
       for (const k of gone) {
         for (const id of this.indexes.get(k) ?? []) this.packs.get(id)?.indexes.delete(k);
@@ -524,6 +542,46 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
       this.legacyStale = false;
     }
     this.loadedAt = Date.now();
+  }
+
+  // Index objects never change (a gc writes new ones and deletes the old), so one read before is
+  // read from the local cache: a new process asks the store only for the index objects new since.
+  // Only a file of this user that nobody else may write is believed, and only if its checksum holds.
+
+  private cachedIndex(key: string): PackRecord[] | undefined {
+    if (!this.cacheDir) return undefined;
+    let fd: number | undefined;
+    try {
+      fd = openSync(join(this.cacheDir, hexOf(key)), 'r');
+      const st = fstatSync(fd);
+      if (st.uid !== process.getuid?.() || (st.mode & 0o022) !== 0) return undefined;
+      return decodePackIndex(readFileSync(fd), key);
+    } catch {
+      return undefined;
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+
+  private cacheIndex(key: string, data: Buffer): void {
+    if (!this.cacheDir) return;
+    try {
+      mkdirSync(this.cacheDir, { recursive: true, mode: 0o700 });
+      writeFileAtomic(join(this.cacheDir, hexOf(key)), data);
+    } catch {
+      // an unwritable cache only costs the next process the GET again
+    }
+  }
+
+  private pruneIndexCache(listed: ReadonlySet<string>): void {
+    if (!this.cacheDir) return;
+    try {
+      for (const name of readdirSync(this.cacheDir))
+        if (/^[0-9a-f]{32}$/.test(name) && !listed.has(indexKey(name)))
+          rmSync(join(this.cacheDir, name), { force: true });
+    } catch {
+      // no cache yet
+    }
   }
 
   /** After index objects went: packs no index names and this process is not writing are gone. */
@@ -1018,6 +1076,21 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
 }
 
 const endOf = (e: PackEntry) => e.offset + e.length;
+
+/**
+ * HAVEN_S3_INDEX_CACHE (a directory, or "off"), else $XDG_CACHE_HOME/haven/s3-index, else
+ * ~/.cache/haven/s3-index; one folder per store, bucket and prefix.
+ */
+function indexCacheDir(s: S3Settings): string | undefined {
+  const env = process.env.HAVEN_S3_INDEX_CACHE;
+  if (env === 'off') return undefined;
+  const base = env || join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'haven', 's3-index');
+  const id = createHash('sha256')
+    .update(`${s.endpoint}\n${s.bucket}\n${s.prefix}`)
+    .digest('hex')
+    .slice(0, 32);
+  return join(base, id);
+}
 
 /** The first entry at or after `offset` (entries by offset). */
 function firstAt(entries: readonly PackEntry[], offset: number): number {

@@ -35,6 +35,7 @@ const dir = tempDir('haven-s3-');
 before(async () => {
   ceph = await startCeph();
   process.env.HAVEN_S3_CREDENTIALS = join(ceph.dir, 'env');
+  process.env.HAVEN_S3_INDEX_CACHE = join(dir.path, 'index-cache');
   s3 = new S3Client({
     endpoint: ceph.s3.endpoint,
     region: ceph.s3.region,
@@ -443,6 +444,28 @@ test('S3 packs: deduplication across packs, coalesced ranged reads, gc deletes o
   );
   await backupSource({ repo, source: b });
   assert.equal((await configOf()).version, 2, 'the first backup with packs marks an old bucket');
+  // A new process reads the index objects it has seen before from its local cache: only new ones
+  // are asked of the store.
+  const fresh = async () => {
+    const x = await Repository.open(repo);
+    const n = (await x.stats()).chunks;
+    const gets = (x.backend as S3Backend).counters.indexGets;
+    x.close();
+    return { n, gets };
+  };
+  const first = await fresh();
+  const second = await fresh();
+  assert.equal(second.n, first.n);
+  assert.equal(second.gets, 0, `index objects come from the cache (${first.gets} GETs the first time)`);
+  const off = process.env.HAVEN_S3_INDEX_CACHE;
+  process.env.HAVEN_S3_INDEX_CACHE = 'off';
+  try {
+    const uncached = await fresh();
+    assert.equal(uncached.n, first.n);
+    assert.ok(uncached.gets >= 1);
+  } finally {
+    process.env.HAVEN_S3_INDEX_CACHE = off;
+  }
   r.close();
 });
 
