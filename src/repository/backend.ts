@@ -46,6 +46,8 @@ export interface PackSweep {
   garbageBytes: number;
   /** Packs under Object Lock retention that nothing uses: not tried. */
   retainedPacks: number;
+  /** Mostly unused packs whose used chunks were written into new packs (then deleted: in removedPacks). */
+  repackedPacks?: number;
 }
 
 /**

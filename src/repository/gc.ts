@@ -164,7 +164,7 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
   }
   if (b.sweepPacks) {
     // Whole packs: those none of whose chunks is marked (and those no index names: a backup that
-    // died), not those under Object Lock retention. Partly used packs are kept.
+    // died), not those under Object Lock retention. Mostly unused packs are repacked first.
     const p = await b.sweepPacks(marked, cutoff);
     r.packs = p;
     r.removedChunks += p.removedChunks;

@@ -44,7 +44,7 @@ import {
 import { writeFileAtomic } from '../common/atomic-file.js';
 import { HavenError } from '../common/errors.js';
 import type { ObjectInfo, PackSweep, RepositoryBackend } from './backend.js';
-import { chunkKey } from './format.js';
+import { chunkKey, readChunk } from './format.js';
 import {
   decodePackIndex,
   encodePackIndex,
@@ -83,6 +83,8 @@ const INDEX_EVERY = 32;
 const RUN_BYTES = 4 * MiB;
 /** A reader going through a pack in order has this much ahead of it fetched or in flight. */
 const READ_AHEAD = () => envNumber('HAVEN_S3_READ_AHEAD', 16 * MiB);
+/** gc writes the used chunks of a pack again, and deletes it, when more than this share of it is unused. */
+const REPACK_GARBAGE = () => envNumber('HAVEN_S3_REPACK_PERCENT', 50) / 100;
 /** Chunks fetched ahead and not yet taken, at most (the oldest are dropped). */
 const AHEAD_CACHE = 64 * MiB;
 
@@ -367,9 +369,13 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
    * Appends a chunk to the pack being filled; a full pack is sent (in the background, at most
    * PACK_UPLOADS at once: past that the writer waits). Durable only after sync().
    */
-  private async writeChunk(hex: string, data: Uint8Array | readonly Uint8Array[]): Promise<void> {
+  private async writeChunk(
+    hex: string,
+    data: Uint8Array | readonly Uint8Array[],
+    opts: { again?: boolean } = {},
+  ): Promise<void> {
     if (this.failed) throw this.failed;
-    if (this.where.has(hex)) return;
+    if (this.where.has(hex) && !opts.again) return;
     const parts = data instanceof Uint8Array ? [data] : data;
     const length = parts.reduce((n, p) => n + p.length, 0);
     if (this.cur && this.curUsed + length > this.cur.mem!.length) this.seal();
@@ -905,8 +911,10 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
    * packs no index names (left by a backup that died) older than it. The index objects that name
    * a pack to delete are replaced first (a new one naming their other packs is written, then they
    * are deleted), so that no index ever names a missing pack. Packs under Object Lock retention
-   * are not tried (nor an index object naming one); partly used packs are kept (their garbage is
-   * reported). Called by gc only (its lock held, no backup writing).
+   * are not tried (nor an index object naming one). A pack mostly unused (REPACK_GARBAGE) has its
+   * used chunks written into new packs first (stored and indexed), then goes like an unused one;
+   * other partly used packs are kept (their garbage is reported). Called by gc only (its lock
+   * held, no backup writing).
    */
   async sweepPacks(live: ReadonlySet<string>, cutoffMs: number): Promise<PackSweep> {
     this.forget();
@@ -924,6 +932,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
     const stored: ObjectInfo[] = [];
     for await (const o of this.listObjects('packs/')) stored.push(o);
     const doomed = new Map<string, ObjectInfo>();
+    const repack = new Map<string, { o: ObjectInfo; p: Pack }>();
     const keep = (p: Pack | undefined, o: ObjectInfo) => {
       r.keptPacks++;
       r.keptBytes += o.size;
@@ -939,6 +948,8 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
         keep(p, o); // this process's
       else if (old && (!p || !p.indexes.size || !p.entries.some((e) => live.has(e.hex))))
         doomed.set(o.key, o);
+      else if (old && p && !this.versioned && !this.retention && garbageShare(p, live) > REPACK_GARBAGE())
+        repack.set(o.key, { o, p });
       else keep(p, o);
     }
     // Object Lock: what is retained is not even tried (the store would refuse).
@@ -953,6 +964,31 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
           keep(p, o);
         }
       });
+    // Mostly unused packs: their used chunks are written again into new packs (and a new index
+    // object, by sync) before the old packs are doomed like the unused ones. A chunk whose bytes
+    // do not check (CRC) leaves its pack as it is: verify reports it, a repack must not hide it.
+    for (const { o, p } of repack.values()) {
+      const data = await this.getObject(p.key);
+      const used = p.entries.filter((e) => live.has(e.hex));
+      const sound = used.every((e) => {
+        try {
+          readChunk(data.subarray(e.offset, endOf(e)), `chunk ${e.hex}`);
+          return e.offset + e.length <= data.length;
+        } catch {
+          return false;
+        }
+      });
+      if (!sound) {
+        keep(p, o);
+        continue;
+      }
+      for (const e of used) await this.writeChunk(e.hex, data.subarray(e.offset, endOf(e)), { again: true });
+      r.repackedPacks = (r.repackedPacks ?? 0) + 1;
+      r.keptChunks += used.length;
+      r.removedChunks -= used.length; // counted as removed with the pack below: they moved
+      doomed.set(o.key, o);
+    }
+    if (r.repackedPacks) await this.sync();
     // The index objects naming a doomed pack: replaced by one naming the rest of their packs.
     const touched = [...this.indexes].filter(([, ids]) => ids.some((id) => doomed.has(packKey(id))));
     const rest = new Map<string, Pack>();
@@ -1076,6 +1112,17 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
 }
 
 const endOf = (e: PackEntry) => e.offset + e.length;
+
+/** The share of a pack's bytes no live chunk uses. */
+function garbageShare(p: Pack, live: ReadonlySet<string>): number {
+  let dead = 0;
+  let all = 0;
+  for (const e of p.entries) {
+    all += e.length;
+    if (!live.has(e.hex)) dead += e.length;
+  }
+  return all ? dead / all : 0;
+}
 
 /**
  * HAVEN_S3_INDEX_CACHE (a directory, or "off"), else $XDG_CACHE_HOME/haven/s3-index, else

@@ -539,3 +539,31 @@ test('S3 Object Lock with packs: a snapshot reusing old packs extends their rete
   );
   r.close();
 });
+
+test('S3 packs: gc writes the used chunks of mostly unused packs into new packs, then deletes the old', async () => {
+  const repo = await bucket('repack');
+  (await Repository.init(repo)).close();
+  const c = join(dir.path, 'rc.raw');
+  const d = join(dir.path, 'rd.raw');
+  randomImage(c, 40);
+  randomImage(d, 8, c, 4); // 4 MiB of c's first pack, 4 MiB new
+  const mc = await backupSource({ repo, source: c });
+  const md = await backupSource({ repo, source: d });
+  const r = await Repository.open(repo);
+  await r.deleteSnapshot(mc.id);
+  const g = await gc(r, { graceMs: 0 });
+  console.log(`# gc: ${JSON.stringify(g.packs)}`);
+  assert.ok((g.packs!.repackedPacks ?? 0) >= 1, 'the pack d uses a quarter of is repacked');
+  assert.ok(g.packs!.removedPacks >= 2, 'it and the packs only c used are deleted');
+  assert.ok(g.packs!.garbageBytes < 4 * MiB, `little unused is left (${g.packs!.garbageBytes} B)`);
+  const v = await verify(r);
+  assert.equal(v.damaged.length, 0);
+  assert.equal((await r.stats()).chunks, v.chunks, 'every chunk left is used');
+  const out = join(dir.path, 'rd.out');
+  await restoreSnapshot({ repo, snapshot: md.id, to: out });
+  assert.equal(sha(out), sha(d));
+  const again = await gc(r, { graceMs: 0 });
+  assert.equal(again.packs!.removedPacks, 0, 'a second gc has nothing to do');
+  assert.equal(again.packs!.repackedPacks ?? 0, 0);
+  r.close();
+});
