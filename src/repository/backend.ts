@@ -29,6 +29,25 @@ export interface ObjectInfo {
   key: string;
   size: number;
   mtimeMs: number;
+  /** A chunk stored in a pack file (an object store's): the pack's key. It is deleted only with its pack. */
+  pack?: string;
+}
+
+/** What a sweep of pack files did (RepositoryBackend.sweepPacks). */
+export interface PackSweep {
+  removedPacks: number;
+  /** Chunks in the packs removed (those no index named are not counted), and the packs' bytes. */
+  removedChunks: number;
+  removedBytes: number;
+  keptPacks: number;
+  /** Chunks still used in the packs kept, the packs' bytes, and the unused chunks' bytes in them. */
+  keptChunks: number;
+  keptBytes: number;
+  garbageBytes: number;
+  /** Packs under Object Lock retention that nothing uses: not tried. */
+  retainedPacks: number;
+  /** Mostly unused packs whose used chunks were written into new packs (then deleted: in removedPacks). */
+  repackedPacks?: number;
 }
 
 /**
@@ -92,6 +111,12 @@ export interface RepositoryBackend {
   readonly objectStore?: boolean;
   /** Drops what the backend remembers of the store (a new session: a gc may have run meanwhile). */
   forget?(): void;
+  /**
+   * A backend that stores chunks in pack files: deletes the packs none of whose chunks is in
+   * `live` (digests, hex) and older than `cutoffMs`, and packs no index names. gc calls it after
+   * its mark, with its lock held; chunks listed with a `pack` are left to it.
+   */
+  sweepPacks?(live: ReadonlySet<string>, cutoffMs: number): Promise<PackSweep>;
 }
 
 /** A backend as plain data, for a worker thread to open its own instance of (openBackend). */

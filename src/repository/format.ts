@@ -40,6 +40,12 @@ import { HavenError } from '../common/index.js';
  *  32  one 32-byte digest per chunk, in disk order; all zero bytes: the chunk reads as zeroes
  */
 export const FORMAT_VERSION = 1;
+/**
+ * The repository (config.json) version of a repository whose backend packs chunks (S3, decision
+ * 0024): the logical format is version 1's, but a Haven that does not know packs must refuse it
+ * rather than find its chunks missing. Local repositories stay version 1.
+ */
+export const PACKED_VERSION = 2;
 export const INDEX_V1 = 1;
 export const INDEX_V2 = 2;
 /** The unit an index addresses (version 2): a change costs whole granules, not whole chunks. */

@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { HavenError, conflict } from '../common/index.js';
+import type { PackSweep } from './backend.js';
 import type { DiskIndex } from './disk-index.js';
 import { ZERO_DIGEST, isTemporaryKey } from './format.js';
 import { isAsideName } from './chunk-claim.js';
@@ -24,6 +25,8 @@ export interface GcReport {
   removedPartial: number;
   /** Unreferenced chunks a running backup claimed while this gc swept them: kept. */
   claimedMeanwhile: number;
+  /** A repository with pack files (S3): what happened to the packs (their chunks are counted above). */
+  packs?: PackSweep;
   seconds: number;
 }
 
@@ -134,6 +137,7 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
   let seen = 0;
   for await (const o of b.list('chunks/')) {
     opts.onSweep?.(++seen);
+    if (o.pack) continue; // swept with its pack, below
     if (isAsideName(o.key)) {
       // Left aside by a gc that died mid-sweep: back under its name (it may have been claimed).
       await b.putBack(o.key);
@@ -157,6 +161,16 @@ async function sweep(repo: Repository, opts: GcOptions): Promise<GcReport> {
       r.keptChunks++;
       r.keptBytes += o.size;
     }
+  }
+  if (b.sweepPacks) {
+    // Whole packs: those none of whose chunks is marked (and those no index names: a backup that
+    // died), not those under Object Lock retention. Mostly unused packs are repacked first.
+    const p = await b.sweepPacks(marked, cutoff);
+    r.packs = p;
+    r.removedChunks += p.removedChunks;
+    r.removedBytes += p.removedBytes;
+    r.keptChunks += p.keptChunks;
+    r.keptBytes += p.keptBytes;
   }
   // The indexes of backups that died before their manifest, what interrupted forgets left, and
   // temporary files (a running backup's are younger than the cutoff).

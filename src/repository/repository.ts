@@ -12,6 +12,7 @@ import { liveSessions, recordSession, type SessionRecord } from './sessions.js';
 import {
   DEFAULT_CHUNK_SIZE,
   FORMAT_VERSION,
+  PACKED_VERSION,
   ZERO_DIGEST,
   checkChunkSize,
   chunkKey,
@@ -171,7 +172,7 @@ export class Repository {
     const enc = opts.passphrase !== undefined ? newEncryption(opts.passphrase) : undefined;
     const config: RepositoryConfig = {
       format: 'haven-repository',
-      version: FORMAT_VERSION,
+      version: typeof where !== 'string' && where.sweepPacks ? PACKED_VERSION : FORMAT_VERSION,
       id: randomUUID(),
       createdAt: new Date().toISOString(),
       chunkSize,
@@ -230,10 +231,10 @@ export class Repository {
     }
     if (config.format !== 'haven-repository')
       throw new HavenError('CORRUPT', `${dir}/${CONFIG} is not a Haven repository's`);
-    if (config.version > FORMAT_VERSION)
+    if (config.version > PACKED_VERSION)
       throw new HavenError(
         'UNSUPPORTED',
-        `repository ${dir} has format ${config.version}; this Haven reads up to ${FORMAT_VERSION}`,
+        `repository ${dir} has format ${config.version}; this Haven reads up to ${PACKED_VERSION}`,
       );
     let keys: RepositoryKeys | undefined;
     if (config.encryption) {
@@ -321,6 +322,17 @@ export class Repository {
     await this.liveSessions();
     this.backend.forget?.();
     const session = await recordSession(this.backend, parent ? { parent } : {});
+    if (this.backend.sweepPacks && this.config.version < PACKED_VERSION) {
+      // A bucket of the one-object-per-chunk layout about to get packs: a Haven that does not know
+      // packs must refuse it from now on (decision 0024).
+      (this.config as { version: number }).version = PACKED_VERSION;
+      await this.backend
+        .write(CONFIG, Buffer.from(JSON.stringify(this.config, null, 2) + '\n'))
+        .catch(async (err: unknown) => {
+          await session.end();
+          throw err;
+        });
+    }
     if (this.backend.objectStore && (await this.backend.exists('locks/gc'))) {
       // gc sweeps an object store only while no backup writes (gc.ts): this one waits for it.
       await session.end();

@@ -1,7 +1,9 @@
 // The repository in S3, on a real radosgw (scripts/ceph): backup and restore bit-identically, an
-// incremental that stores nothing new, verify finding a flipped byte in a chunk object, kill -9 of
+// incremental that stores nothing new, verify finding a flipped byte inside a pack, kill -9 of
 // a backup in progress, S3 Object Lock refusing prune, gc and a direct DeleteObject, and bad input
-// (wrong endpoint, wrong credentials, a bucket without object lock) failing clearly and quickly.
+// (wrong endpoint, wrong credentials, a bucket without object lock) failing clearly and quickly;
+// pack files (docs/decisions/0024-s3-pack-files.md): deduplication across packs, ranged reads,
+// gc of packs nothing uses, and Object Lock retention extended on the old packs a snapshot reuses.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -13,13 +15,14 @@ import {
   CreateBucketCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  HeadObjectCommand,
   ListObjectVersionsCommand,
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
 import { HavenError } from '../../src/common/index.js';
 import { backupSource, copySnapshots, restoreSnapshot } from '../../src/protection/index.js';
-import { Repository, gc, prune, verify } from '../../src/repository/index.js';
+import { Repository, chunkKey, gc, prune, verify, type S3Backend } from '../../src/repository/index.js';
 import { startCeph, type Ceph } from '../support/ceph.js';
 import { HAVEN_BIN } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
@@ -32,6 +35,7 @@ const dir = tempDir('haven-s3-');
 before(async () => {
   ceph = await startCeph();
   process.env.HAVEN_S3_CREDENTIALS = join(ceph.dir, 'env');
+  process.env.HAVEN_S3_INDEX_CACHE = join(dir.path, 'index-cache');
   s3 = new S3Client({
     endpoint: ceph.s3.endpoint,
     region: ceph.s3.region,
@@ -89,20 +93,27 @@ test('S3: round trip bit-identical, an incremental stores nothing new, verify fi
   const m2 = await backupSource({ repo, source: img });
   assert.equal(m2.stats.newChunks, 0, 'the second backup stores nothing new');
   const chunks = await objects(repo, 'chunks/');
+  const packs = await objects(repo, 'packs/');
   console.log(
-    `# S3 backup: 64 MiB in ${secs.toFixed(2)} s (${(m1.stats.readBytes / MiB / secs).toFixed(1)} MiB/s read), ${m1.stats.newChunks} new chunks, ${chunks} chunk objects`,
+    `# S3 backup: 64 MiB in ${secs.toFixed(2)} s (${(m1.stats.readBytes / MiB / secs).toFixed(1)} MiB/s read), ${m1.stats.newChunks} new chunks in ${packs} packs`,
   );
-  // Flip a byte in the middle of one chunk object, straight in the bucket.
+  assert.equal(chunks, m1.stats.newChunks, 'every chunk stored is found in a pack');
+  assert.ok(
+    packs >= 2 && packs <= Math.ceil(m1.stats.storedBytes / (8 * MiB)),
+    `chunks are packed (${packs} packs)`,
+  );
+  // Flip a byte in the middle of one chunk inside its pack, straight in the bucket.
   const r = await Repository.open(repo);
   const victim = (await (await r.openIndex(m1, 0)).chunks())[3]!;
-  const hex = victim.digest.toString('hex');
-  const key = `repo/chunks/${hex.slice(0, 2)}/${hex}`;
+  const at = (await (r.backend as S3Backend).chunkLocation(victim.digest))!;
+  assert.ok(at, 'the chunk is in a pack');
+  const key = `repo/${at.pack}`;
   const body = Buffer.from(
     await (
       await s3.send(new GetObjectCommand({ Bucket: 'roundtrip', Key: key }))
     ).Body!.transformToByteArray(),
   );
-  body[body.length >> 1]! ^= 0x40;
+  body[at.offset + (at.length >> 1)]! ^= 0x40;
   await s3.send(new PutObjectCommand({ Bucket: 'roundtrip', Key: key, Body: body }));
   const v = await verify(r);
   assert.equal(v.damagedChunks, 1);
@@ -121,7 +132,7 @@ test('S3: kill -9 during a backup: no snapshot appears, the next backup succeeds
   makeImage(img, 192 * MiB, 3);
   const child = spawn(HAVEN_BIN, ['backup', img, '--repo', repo], { stdio: 'ignore', env: process.env });
   const exited = new Promise((r) => child.once('exit', r));
-  for (let i = 0; (await objects(repo, 'chunks/')) < 40; i++) {
+  for (let i = 0; (await objects(repo, 'packs/')) < 2; i++) {
     assert.ok(i < 600 && child.exitCode === null, 'the backup was still running when killed');
     await sleep(50);
   }
@@ -137,15 +148,15 @@ test('S3: kill -9 during a backup: no snapshot appears, the next backup succeeds
   makeImage(other, 128 * MiB, 9);
   const c2 = spawn(HAVEN_BIN, ['backup', other, '--repo', repo], { stdio: 'ignore', env: process.env });
   const e2 = new Promise((res) => c2.once('exit', res));
-  const had = await objects(repo, 'chunks/');
-  for (let i = 0; (await objects(repo, 'chunks/')) < had + 10; i++) {
+  const had = await objects(repo, 'packs/');
+  for (let i = 0; (await objects(repo, 'packs/')) < had + 1; i++) {
     assert.ok(i < 600 && c2.exitCode === null, 'the second backup was still running when killed');
     await sleep(50);
   }
   c2.kill('SIGKILL');
   await e2;
   const swept = await gc(r, { graceMs: 0 });
-  assert.ok(swept.removedChunks > 0, 'the dead backup left chunks that gc removed');
+  assert.ok(swept.packs!.removedPacks > 0, 'the dead backup left packs that gc removed');
   const v = await verify(r);
   assert.equal(v.damaged.length, 0);
   assert.equal((await r.stats()).chunks, v.chunks, 'every chunk left is used by a snapshot');
@@ -168,11 +179,26 @@ test('S3 Object Lock: prune, gc and a direct DeleteObject cannot remove a retain
   );
   assert.match(p.inUse[0]!.reason, /retained by S3 Object Lock/);
   await assert.rejects(r.deleteSnapshot(m.id), /retained by S3 Object Lock/);
-  // gc: nothing is referenced once the manifest is gone — but the store keeps every chunk.
+  // A pack nothing uses, retained: gc does not try to delete it.
+  const stray = randomBytes(32);
+  await r.backend.write(chunkKey(stray), r.codec().encode(randomBytes(4096), stray));
+  await r.backend.sync();
+  const strayPack = (await (r.backend as S3Backend).chunkLocation(stray))!.pack;
   const g = await gc(r, { graceMs: 0 });
   assert.equal(g.removedChunks, 0);
-  // Straight at the store: every version of the manifest and of a chunk is refused.
-  for (const key of [`repo/snapshots/${m.id}/manifest.json`, `repo/${s.disks[0]!.index}`]) {
+  assert.equal(g.packs!.removedPacks, 0);
+  assert.ok(g.packs!.retainedPacks >= 1, 'the retained pack nothing uses is kept, not tried');
+  await s3.send(new HeadObjectCommand({ Bucket: 'locked', Key: `repo/${strayPack}` }));
+  // Straight at the store: every version of the manifest, the disk index and a pack is refused.
+  const aPack = (await (r.backend as S3Backend).chunkLocation(
+    (await (await r.openIndex(m, 0)).chunks())[0]!.digest,
+  ))!.pack;
+  for (const key of [
+    `repo/snapshots/${m.id}/manifest.json`,
+    `repo/${s.disks[0]!.index}`,
+    `repo/${aPack}`,
+    `repo/${strayPack}`,
+  ]) {
     const vs = await s3.send(new ListObjectVersionsCommand({ Bucket: 'locked', Prefix: key }));
     const vid = vs.Versions![0]!.VersionId!;
     await assert.rejects(
@@ -325,4 +351,219 @@ test('repo copy local → S3 (re-encrypted) → local: incremental, verified, re
     assert.equal(sha(out), shas[i], `snapshot ${i} restores bit-identically after two copies`);
   }
   dst.close();
+});
+
+/** An image of `mib` MiB of random data, the first `shared` MiB taken from `from` (or random). */
+function randomImage(path: string, mib: number, from?: string, shared = 0): void {
+  const base = from ? readFileSync(from) : undefined;
+  const fd = openSync(path, 'w');
+  for (let i = 0; i < mib; i++)
+    writeSync(
+      fd,
+      i < shared && base ? base.subarray(i * MiB, (i + 1) * MiB) : randomBytes(MiB),
+      0,
+      MiB,
+      i * MiB,
+    );
+  closeSync(fd);
+}
+
+test('S3 packs: deduplication across packs, coalesced ranged reads, gc deletes only the packs nothing uses', async () => {
+  const repo = await bucket('packs');
+  (await Repository.init(repo)).close();
+  const a = join(dir.path, 'pa.raw');
+  const b = join(dir.path, 'pb.raw');
+  randomImage(a, 48);
+  randomImage(b, 48, a, 24); // its first half is a's first half
+  const ma = await backupSource({ repo, source: a });
+  const packsA = await objects(repo, 'packs/');
+  const mb = await backupSource({ repo, source: b });
+  // b's first half is in a's packs: not stored again (its new half and its index pages are).
+  assert.ok(mb.stats.reusedChunks >= (24 * MiB) / (256 * 1024), `reused ${mb.stats.reusedChunks}`);
+  assert.ok(mb.stats.newChunks <= (24 * MiB) / (256 * 1024) + 4, `new ${mb.stats.newChunks}`);
+  const r = await Repository.open(repo);
+  const backend = r.backend as S3Backend;
+  // Every chunk is read once, in order: adjacent chunks of a pack come in one ranged GET.
+  const before = backend.counters.rangeGets;
+  const v = await verify(r);
+  assert.equal(v.damaged.length, 0);
+  const gets = backend.counters.rangeGets - before;
+  console.log(`# verify: ${v.chunks} chunks in ${gets} ranged GETs`);
+  assert.ok(gets * 4 <= v.chunks, `chunks are read a run at a time (${gets} GETs for ${v.chunks} chunks)`);
+  // Forget a: the packs holding only a's second half go, those b shares stay.
+  await r.deleteSnapshot(ma.id);
+  const packsBefore = await objects(repo, 'packs/');
+  const g = await gc(r, { graceMs: 0 });
+  console.log(`# gc: ${JSON.stringify(g.packs)}`);
+  assert.ok(g.packs!.removedPacks >= 1, 'a pack only a used is deleted');
+  assert.ok(g.packs!.keptPacks >= 1, 'the packs b uses are kept');
+  assert.equal(await objects(repo, 'packs/'), packsBefore - g.packs!.removedPacks);
+  assert.ok(packsA >= 2);
+  const out = join(dir.path, 'pb.out');
+  await restoreSnapshot({ repo, snapshot: mb.id, to: out });
+  assert.equal(sha(out), sha(b));
+  assert.equal((await verify(r)).damaged.length, 0);
+  // A new backup of a deduplicates against what is left, and stores its second half again.
+  const ma2 = await backupSource({ repo, source: a });
+  assert.ok(ma2.stats.reusedChunks >= (24 * MiB) / (256 * 1024));
+  const out2 = join(dir.path, 'pa.out');
+  await restoreSnapshot({ repo, snapshot: ma2.id, to: out2 });
+  assert.equal(sha(out2), sha(a));
+  // A chunk object of the one-object-per-chunk layout (a bucket written before packs) still reads,
+  // and such a bucket's config is marked packed (format 2) by the first backup that writes packs.
+  const plain = randomBytes(10_000);
+  const legacy = r.codec().digest(plain);
+  await s3.send(
+    new PutObjectCommand({
+      Bucket: 'packs',
+      Key: `repo/${chunkKey(legacy)}`,
+      Body: r.codec().encode(plain, legacy),
+    }),
+  );
+  assert.ok(
+    r
+      .codec()
+      .decode(await r.getChunk(legacy), legacy)
+      .equals(plain),
+  );
+  const configOf = async () =>
+    JSON.parse(
+      Buffer.from(
+        await (
+          await s3.send(new GetObjectCommand({ Bucket: 'packs', Key: 'repo/config.json' }))
+        ).Body!.transformToByteArray(),
+      ).toString('utf8'),
+    ) as { version: number };
+  assert.equal((await configOf()).version, 2, 'a packed repository is format 2');
+  await s3.send(
+    new PutObjectCommand({
+      Bucket: 'packs',
+      Key: 'repo/config.json',
+      Body: JSON.stringify({ ...(await configOf()), version: 1 }),
+    }),
+  );
+  await backupSource({ repo, source: b });
+  assert.equal((await configOf()).version, 2, 'the first backup with packs marks an old bucket');
+  // A new process reads the index objects it has seen before from its local cache: only new ones
+  // are asked of the store.
+  const fresh = async () => {
+    const x = await Repository.open(repo);
+    const n = (await x.stats()).chunks;
+    const gets = (x.backend as S3Backend).counters.indexGets;
+    x.close();
+    return { n, gets };
+  };
+  const first = await fresh();
+  const second = await fresh();
+  assert.equal(second.n, first.n);
+  assert.equal(second.gets, 0, `index objects come from the cache (${first.gets} GETs the first time)`);
+  const off = process.env.HAVEN_S3_INDEX_CACHE;
+  process.env.HAVEN_S3_INDEX_CACHE = 'off';
+  try {
+    const uncached = await fresh();
+    assert.equal(uncached.n, first.n);
+    assert.ok(uncached.gets >= 1);
+  } finally {
+    process.env.HAVEN_S3_INDEX_CACHE = off;
+  }
+  r.close();
+});
+
+test('S3 Object Lock with packs: a snapshot reusing old packs extends their retention, and only theirs', async () => {
+  const repo = await bucket('extend', true);
+  (await Repository.init(repo, { objectLock: { mode: 'GOVERNANCE', days: 1 } })).close();
+  const a = join(dir.path, 'ea.raw');
+  const b = join(dir.path, 'eb.raw');
+  randomImage(a, 48);
+  randomImage(b, 8, a, 8); // the first 8 MiB of a, nothing else
+  const ma = await backupSource({ repo, source: a });
+  const retainOf = async (key: string) =>
+    (
+      await s3.send(new HeadObjectCommand({ Bucket: 'extend', Key: `repo/${key}` }))
+    ).ObjectLockRetainUntilDate!.getTime();
+  const r0 = await Repository.open(repo);
+  const idx = await r0.openIndex(ma, 0);
+  const all = await idx.chunks();
+  const packOf = async (d: Buffer) => (await (r0.backend as S3Backend).chunkLocation(d))!.pack;
+  const firstPack = await packOf(all[0]!.digest);
+  const lastPack = await packOf(all[all.length - 1]!.digest);
+  assert.notEqual(firstPack, lastPack);
+  const before = { first: await retainOf(firstPack), last: await retainOf(lastPack) };
+  r0.close();
+  // The retention asked for grows to 3 days (as an operator would change it): b's commit must hold
+  // the old pack it reuses for 3 days from now.
+  const config = JSON.parse(
+    Buffer.from(
+      await (
+        await s3.send(new GetObjectCommand({ Bucket: 'extend', Key: 'repo/config.json' }))
+      ).Body!.transformToByteArray(),
+    ).toString('utf8'),
+  ) as { objectLock: { days: number } };
+  config.objectLock.days = 3;
+  await s3.send(
+    new PutObjectCommand({ Bucket: 'extend', Key: 'repo/config.json', Body: JSON.stringify(config) }),
+  );
+  const mb = await backupSource({ repo, source: b });
+  assert.ok(mb.stats.reusedChunks >= 30, 'b reuses a chunks');
+  const until = Date.parse(mb.retainUntil!);
+  assert.ok(until > before.first, 'b is retained longer than a');
+  const after = { first: await retainOf(firstPack), last: await retainOf(lastPack) };
+  assert.ok(
+    after.first >= until,
+    `the reused pack is retained until b's date (${new Date(after.first).toISOString()} vs ${mb.retainUntil})`,
+  );
+  assert.equal(after.last, before.last, 'a pack b does not use keeps its date');
+  // The index objects naming the extended pack are extended too (else the pack could not be found).
+  const r = await Repository.open(repo);
+  let named = 0;
+  for await (const o of r.backend.list('index/')) {
+    const body = await r.backend.read(o.key);
+    if (body.includes(Buffer.from(firstPack.slice(firstPack.lastIndexOf('/') + 1), 'hex'))) {
+      named++;
+      assert.ok((await retainOf(o.key)) >= until, `index ${o.key} is retained as long as its pack`);
+    }
+  }
+  assert.ok(named >= 1);
+  // Forget and a direct delete of the extended pack are refused.
+  await assert.rejects(r.deleteSnapshot(mb.id), /retained by S3 Object Lock/);
+  const vs = await s3.send(new ListObjectVersionsCommand({ Bucket: 'extend', Prefix: `repo/${firstPack}` }));
+  await assert.rejects(
+    s3.send(
+      new DeleteObjectCommand({
+        Bucket: 'extend',
+        Key: `repo/${firstPack}`,
+        VersionId: vs.Versions![0]!.VersionId!,
+      }),
+    ),
+    (e: Error) => /AccessDenied|forbidden/i.test(`${e.name} ${e.message}`),
+  );
+  r.close();
+});
+
+test('S3 packs: gc writes the used chunks of mostly unused packs into new packs, then deletes the old', async () => {
+  const repo = await bucket('repack');
+  (await Repository.init(repo)).close();
+  const c = join(dir.path, 'rc.raw');
+  const d = join(dir.path, 'rd.raw');
+  randomImage(c, 40);
+  randomImage(d, 8, c, 4); // 4 MiB of c's first pack, 4 MiB new
+  const mc = await backupSource({ repo, source: c });
+  const md = await backupSource({ repo, source: d });
+  const r = await Repository.open(repo);
+  await r.deleteSnapshot(mc.id);
+  const g = await gc(r, { graceMs: 0 });
+  console.log(`# gc: ${JSON.stringify(g.packs)}`);
+  assert.ok((g.packs!.repackedPacks ?? 0) >= 1, 'the pack d uses a quarter of is repacked');
+  assert.ok(g.packs!.removedPacks >= 2, 'it and the packs only c used are deleted');
+  assert.ok(g.packs!.garbageBytes < 4 * MiB, `little unused is left (${g.packs!.garbageBytes} B)`);
+  const v = await verify(r);
+  assert.equal(v.damaged.length, 0);
+  assert.equal((await r.stats()).chunks, v.chunks, 'every chunk left is used');
+  const out = join(dir.path, 'rd.out');
+  await restoreSnapshot({ repo, snapshot: md.id, to: out });
+  assert.equal(sha(out), sha(d));
+  const again = await gc(r, { graceMs: 0 });
+  assert.equal(again.packs!.removedPacks, 0, 'a second gc has nothing to do');
+  assert.equal(again.packs!.repackedPacks ?? 0, 0);
+  r.close();
 });

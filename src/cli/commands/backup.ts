@@ -293,7 +293,7 @@ export function registerBackup(program: Command): void {
         { kind: 'repository.gc', target: a.repo },
         async () => (await orchestration()).collectRepositoryGarbage(repository, { graceMs: grace * 1000 }),
         (r) =>
-          `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})${r.claimedMeanwhile ? `, ${r.claimedMeanwhile} of them claimed by a backup while gc ran` : ''}`,
+          `removed ${r.removedChunks} chunks (${bytes(r.removedBytes)}) and ${r.removedPartial} partial object(s); kept ${r.keptChunks} chunks (${bytes(r.keptBytes)})${r.claimedMeanwhile ? `, ${r.claimedMeanwhile} of them claimed by a backup while gc ran` : ''}${r.packs ? `; packs: ${r.packs.removedPacks} removed, ${r.packs.keptPacks} kept (${bytes(r.packs.garbageBytes)} unused in them)${r.packs.retainedPacks ? `, ${r.packs.retainedPacks} unused but retained by Object Lock` : ''}` : ''}`,
       );
     });
   repoOptions(repo.command('copy'))

@@ -144,7 +144,9 @@ export class ChunkPool {
       seq: 0,
       slot,
       digest: small(digest),
-      ...(stored ? { stored } : {}),
+      // A view (a chunk of a pack read in one GET with its neighbours) is copied alone: a message
+      // would clone its whole backing buffer.
+      ...(stored ? { stored: stored.byteLength === stored.buffer.byteLength ? stored : small(stored) } : {}),
     });
     if (!('loaded' in r)) throw new HavenError('INTERNAL', 'chunk worker did not load');
     return r.loaded;
