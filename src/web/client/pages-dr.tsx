@@ -21,7 +21,7 @@ import {
 } from './api.js';
 import { RpoChart } from './chart.js';
 import { followLog, jobs, logs, rpo, rpoNow, useLive } from './live.js';
-import { Action, Badge, Form, Loading, bytes, time, useLoad } from './ui.js';
+import { Action, Badge, Form, Loading, bytes, time, useLoad, Table } from './ui.js';
 
 const go = (path: string) => {
   history.pushState(null, '', path);
@@ -94,44 +94,34 @@ export function Replication() {
     <div>
       <h1>Replication</h1>
       {groups.length ? (
-        <table class="replication">
-          <thead>
-            <tr>
-              <th scope="col">group</th>
-              <th scope="col">direction</th>
-              <th scope="col">state</th>
-              <th scope="col">RPO (objective)</th>
-              <th scope="col">lag</th>
-              <th scope="col">throughput</th>
-              <th scope="col">volumes</th>
-            </tr>
-          </thead>
-          <tbody>
-            {groups.map((g) => {
-              const st = stateOf(g);
-              const now = rpoNow.get(g.name);
-              return (
-                <tr key={g.name} data-group={g.name}>
-                  <td>
-                    <a href={`/replication/${enc(g.name)}`}>{g.name}</a>
-                  </td>
-                  <td>{g.role === 'source' ? `to ${g.peer}` : `from ${g.peer}`}</td>
-                  <td>
-                    <Badge kind={stateKind(st)}>{st}</Badge>
-                    {g.source ? <span class="muted"> link {g.source.link}</span> : null}
-                  </td>
-                  <td class="rpo-now">
-                    {secs(now?.rpoSeconds ?? g.source?.rpoSeconds)}
-                    {g.rpoObjectiveSeconds !== undefined ? ` (${g.rpoObjectiveSeconds} s)` : ''}
-                  </td>
-                  <td>{g.source ? `${g.source.lag.records} records, ${bytes(g.source.lag.bytes)}` : '–'}</td>
-                  <td>{g.source ? `${bytes(g.source.throughputBytesPerSecond)}/s` : '–'}</td>
-                  <td>{g.volumes.map((v) => v.source).join(', ')}</td>
-                </tr>
-              );
-            })}
-          </tbody>
-        </table>
+        <Table
+          class="replication"
+          cols={['group', 'direction', 'state', 'RPO (objective)', 'lag', 'throughput', 'volumes']}
+        >
+          {groups.map((g) => {
+            const st = stateOf(g);
+            const now = rpoNow.get(g.name);
+            return (
+              <tr key={g.name} data-group={g.name}>
+                <td>
+                  <a href={`/replication/${enc(g.name)}`}>{g.name}</a>
+                </td>
+                <td>{g.role === 'source' ? `to ${g.peer}` : `from ${g.peer}`}</td>
+                <td>
+                  <Badge kind={stateKind(st)}>{st}</Badge>
+                  {g.source ? <span class="muted"> link {g.source.link}</span> : null}
+                </td>
+                <td class="rpo-now">
+                  {secs(now?.rpoSeconds ?? g.source?.rpoSeconds)}
+                  {g.rpoObjectiveSeconds !== undefined ? ` (${g.rpoObjectiveSeconds} s)` : ''}
+                </td>
+                <td>{g.source ? `${g.source.lag.records} records, ${bytes(g.source.lag.bytes)}` : '–'}</td>
+                <td>{g.source ? `${bytes(g.source.throughputBytesPerSecond)}/s` : '–'}</td>
+                <td>{g.volumes.map((v) => v.source).join(', ')}</td>
+              </tr>
+            );
+          })}
+        </Table>
       ) : (
         <p class="muted">Nothing replicates to or from this site.</p>
       )}
@@ -169,34 +159,24 @@ export function Replication() {
       />
       <h2>Resiliency groups</h2>
       {resiliency.length ? (
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">group</th>
-              <th scope="col">VMs (start order)</th>
-              <th scope="col">replication</th>
-              <th scope="col">actions</th>
+        <Table cols={['group', 'VMs (start order)', 'replication', 'actions']}>
+          {resiliency.map((g) => (
+            <tr key={g.name}>
+              <th scope="row">{g.name}</th>
+              <td>{g.vms.join(', ')}</td>
+              <td>{g.replication ? `${g.replication.role} ${g.replication.peer}` : '–'}</td>
+              <td>
+                {g.defined ? (
+                  <Action
+                    label={`Delete group ${g.name}`}
+                    confirm={`Delete resiliency group ${g.name}? Its VMs (${g.vms.join(', ') || 'none'}) stay; they are no longer protected and recovered together.`}
+                    run={() => del(`/groups/${enc(g.name)}`)}
+                  />
+                ) : null}
+              </td>
             </tr>
-          </thead>
-          <tbody>
-            {resiliency.map((g) => (
-              <tr key={g.name}>
-                <th scope="row">{g.name}</th>
-                <td>{g.vms.join(', ')}</td>
-                <td>{g.replication ? `${g.replication.role} ${g.replication.peer}` : '–'}</td>
-                <td>
-                  {g.defined ? (
-                    <Action
-                      label={`Delete group ${g.name}`}
-                      confirm={`Delete resiliency group ${g.name}? Its VMs (${g.vms.join(', ') || 'none'}) stay; they are no longer protected and recovered together.`}
-                      run={() => del(`/groups/${enc(g.name)}`)}
-                    />
-                  ) : null}
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+          ))}
+        </Table>
       ) : (
         <p class="muted">No resiliency group.</p>
       )}
@@ -276,27 +256,18 @@ export function ReplicationGroupPage({ name }: { name: string }) {
       </ul>
       <h2>Checkpoints</h2>
       {cps.length ? (
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">sequence</th>
-              <th scope="col">taken</th>
-              <th scope="col">name</th>
-            </tr>
-          </thead>
-          <tbody>
-            {cps
-              .slice(-10)
-              .reverse()
-              .map((c) => (
-                <tr key={c.seq}>
-                  <td>{c.seq}</td>
-                  <td>{time(c.time)}</td>
-                  <td>{c.name ?? ''}</td>
-                </tr>
-              ))}
-          </tbody>
-        </table>
+        <Table cols={['sequence', 'taken', 'name']}>
+          {cps
+            .slice(-10)
+            .reverse()
+            .map((c) => (
+              <tr key={c.seq}>
+                <td>{c.seq}</td>
+                <td>{time(c.time)}</td>
+                <td>{c.name ?? ''}</td>
+              </tr>
+            ))}
+        </Table>
       ) : (
         <p class="muted">None held here.</p>
       )}
@@ -502,39 +473,30 @@ export function Dr() {
       ))}
       <h2>Business services</h2>
       {services.length ? (
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">service</th>
-              <th scope="col">tiers (start order)</th>
-              <th scope="col">actions</th>
+        <Table cols={['service', 'tiers (start order)', 'actions']}>
+          {services.map((s) => (
+            <tr key={s.name}>
+              <th scope="row">{s.name}</th>
+              <td>{s.tiers.map((t, i) => `${i + 1}: ${t.join(', ')}`).join('; ')}</td>
+              <td class="row">
+                <Action
+                  label="Start"
+                  run={async () => toJob(await post<Job>(`/services/${enc(s.name)}/start`))}
+                />
+                <Action
+                  label="Stop"
+                  confirm={`Stop business service ${s.name}? Its VMs here are shut down, the last tier first.`}
+                  run={async () => toJob(await post<Job>(`/services/${enc(s.name)}/stop`, {}))}
+                />
+                <Action
+                  label="Delete"
+                  confirm={`Delete business service ${s.name}, here and at its peers? Its groups stay and replicate; they are no longer started and recovered in its order.`}
+                  run={() => del(`/services/${enc(s.name)}`)}
+                />
+              </td>
             </tr>
-          </thead>
-          <tbody>
-            {services.map((s) => (
-              <tr key={s.name}>
-                <th scope="row">{s.name}</th>
-                <td>{s.tiers.map((t, i) => `${i + 1}: ${t.join(', ')}`).join('; ')}</td>
-                <td class="row">
-                  <Action
-                    label="Start"
-                    run={async () => toJob(await post<Job>(`/services/${enc(s.name)}/start`))}
-                  />
-                  <Action
-                    label="Stop"
-                    confirm={`Stop business service ${s.name}? Its VMs here are shut down, the last tier first.`}
-                    run={async () => toJob(await post<Job>(`/services/${enc(s.name)}/stop`, {}))}
-                  />
-                  <Action
-                    label="Delete"
-                    confirm={`Delete business service ${s.name}, here and at its peers? Its groups stay and replicate; they are no longer started and recovered in its order.`}
-                    run={() => del(`/services/${enc(s.name)}`)}
-                  />
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+          ))}
+        </Table>
       ) : (
         <p class="muted">No business service.</p>
       )}
@@ -608,80 +570,60 @@ export function Plans() {
     <div>
       <h1>Plans</h1>
       {plans.length ? (
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">plan</th>
-              <th scope="col">steps</th>
-              <th scope="col">actions</th>
+        <Table cols={['plan', 'steps', 'actions']}>
+          {plans.map((p) => (
+            <tr key={p.name} data-plan={p.name}>
+              <th scope="row">{p.name}</th>
+              <td>
+                <ol class="steps">
+                  {p.steps.map((s, i) => (
+                    <li key={i}>{describeStep(s)}</li>
+                  ))}
+                </ol>
+              </td>
+              <td class="row">
+                <Action
+                  label={`Run ${p.name}`}
+                  kind="primary"
+                  run={async () => {
+                    const j = await post<Job>(`/plans/${enc(p.name)}/run`);
+                    const r = (await get<PlanRun[]>(`/plan-runs?plan=${enc(p.name)}`)).find(
+                      (x) => x.job === j.id,
+                    );
+                    go(`/plan-runs/${enc(r?.id ?? j.id)}`);
+                  }}
+                />
+                <Action
+                  label={`Delete ${p.name}`}
+                  confirm={`Delete plan ${p.name}? Its ${p.steps.length} steps are gone; its past runs stay listed.`}
+                  run={() => del(`/plans/${enc(p.name)}`)}
+                />
+              </td>
             </tr>
-          </thead>
-          <tbody>
-            {plans.map((p) => (
-              <tr key={p.name} data-plan={p.name}>
-                <th scope="row">{p.name}</th>
-                <td>
-                  <ol class="steps">
-                    {p.steps.map((s, i) => (
-                      <li key={i}>{describeStep(s)}</li>
-                    ))}
-                  </ol>
-                </td>
-                <td class="row">
-                  <Action
-                    label={`Run ${p.name}`}
-                    kind="primary"
-                    run={async () => {
-                      const j = await post<Job>(`/plans/${enc(p.name)}/run`);
-                      const r = (await get<PlanRun[]>(`/plan-runs?plan=${enc(p.name)}`)).find(
-                        (x) => x.job === j.id,
-                      );
-                      go(`/plan-runs/${enc(r?.id ?? j.id)}`);
-                    }}
-                  />
-                  <Action
-                    label={`Delete ${p.name}`}
-                    confirm={`Delete plan ${p.name}? Its ${p.steps.length} steps are gone; its past runs stay listed.`}
-                    run={() => del(`/plans/${enc(p.name)}`)}
-                  />
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+          ))}
+        </Table>
       ) : (
         <p class="muted">No plan.</p>
       )}
       <h2>Runs</h2>
       {runs.length ? (
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">run</th>
-              <th scope="col">plan</th>
-              <th scope="col">state</th>
-              <th scope="col">steps done</th>
-              <th scope="col">started</th>
+        <Table cols={['run', 'plan', 'state', 'steps done', 'started']}>
+          {runs.map((r) => (
+            <tr key={r.id}>
+              <td>
+                <a href={`/plan-runs/${enc(r.id)}`}>{r.id.slice(0, 8)}</a>
+              </td>
+              <td>{r.plan}</td>
+              <td>
+                <Badge kind={runKind(r.state)}>{r.state}</Badge>
+              </td>
+              <td>
+                {r.nextStep} of {r.steps.length}
+              </td>
+              <td>{time(r.startedAt)}</td>
             </tr>
-          </thead>
-          <tbody>
-            {runs.map((r) => (
-              <tr key={r.id}>
-                <td>
-                  <a href={`/plan-runs/${enc(r.id)}`}>{r.id.slice(0, 8)}</a>
-                </td>
-                <td>{r.plan}</td>
-                <td>
-                  <Badge kind={runKind(r.state)}>{r.state}</Badge>
-                </td>
-                <td>
-                  {r.nextStep} of {r.steps.length}
-                </td>
-                <td>{time(r.startedAt)}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+          ))}
+        </Table>
       ) : (
         <p class="muted">No run yet.</p>
       )}
@@ -880,88 +822,68 @@ export function Policies() {
     <div>
       <h1>Policies</h1>
       {policies.length ? (
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">policy</th>
-              <th scope="col">requires</th>
-              <th scope="col">assigned to</th>
-              <th scope="col">actions</th>
-            </tr>
-          </thead>
-          <tbody>
-            {policies.map((p) => {
-              const of = compliance.filter((c) => c.policy === p.name);
-              return (
-                <tr key={p.name}>
-                  <th scope="row">{p.name}</th>
-                  <td>{policySummary(p)}</td>
-                  <td>{of.map((c) => `${c.kind} ${c.object}`).join(', ') || '–'}</td>
-                  <td>
-                    <Action
-                      label={`Delete ${p.name}`}
-                      confirm={`Delete policy ${p.name}? Its schedules end${of.length ? ` (it is assigned to ${of.map((c) => c.object).join(', ')}: unassign first)` : ''}; the backups and snapshots made stay.`}
-                      run={() => del(`/policies/${enc(p.name)}`)}
-                    />
-                  </td>
-                </tr>
-              );
-            })}
-          </tbody>
-        </table>
+        <Table cols={['policy', 'requires', 'assigned to', 'actions']}>
+          {policies.map((p) => {
+            const of = compliance.filter((c) => c.policy === p.name);
+            return (
+              <tr key={p.name}>
+                <th scope="row">{p.name}</th>
+                <td>{policySummary(p)}</td>
+                <td>{of.map((c) => `${c.kind} ${c.object}`).join(', ') || '–'}</td>
+                <td>
+                  <Action
+                    label={`Delete ${p.name}`}
+                    confirm={`Delete policy ${p.name}? Its schedules end${of.length ? ` (it is assigned to ${of.map((c) => c.object).join(', ')}: unassign first)` : ''}; the backups and snapshots made stay.`}
+                    run={() => del(`/policies/${enc(p.name)}`)}
+                  />
+                </td>
+              </tr>
+            );
+          })}
+        </Table>
       ) : (
         <p class="muted">No policy.</p>
       )}
       <h2>Compliance</h2>
       {compliance.length ? (
-        <table class="compliance">
-          <thead>
-            <tr>
-              <th scope="col">object</th>
-              <th scope="col">policy</th>
-              <th scope="col">compliance</th>
-              <th scope="col">actions</th>
-            </tr>
-          </thead>
-          <tbody>
-            {compliance.map((c) => (
-              <tr key={`${c.kind}:${c.object}`} data-object={c.object}>
-                <td>
-                  {c.kind} {c.kind === 'vm' ? <a href={`/vms/${enc(c.object)}`}>{c.object}</a> : c.object}
-                </td>
-                <td>{c.policy}</td>
-                <td>
-                  <Badge kind={c.compliant ? 'protected' : 'not-compliant'}>
-                    {c.compliant ? 'compliant' : 'not compliant'}
-                  </Badge>
-                  {c.reasons.length ? (
-                    <ul class="reasons">
-                      {c.reasons.map((r) => (
-                        <li key={r.code + r.message}>
-                          <code>{r.code}</code> {r.message}
-                        </li>
-                      ))}
-                    </ul>
-                  ) : null}
-                </td>
-                <td class="row">
-                  {c.kind === 'vm' && !c.compliant ? (
-                    <Action
-                      label={`Remediate ${c.object}`}
-                      kind="primary"
-                      run={async () => toJob(await post<Job>(`/vms/${enc(c.object)}/remediate`))}
-                    />
-                  ) : null}
+        <Table class="compliance" cols={['object', 'policy', 'compliance', 'actions']}>
+          {compliance.map((c) => (
+            <tr key={`${c.kind}:${c.object}`} data-object={c.object}>
+              <td>
+                {c.kind} {c.kind === 'vm' ? <a href={`/vms/${enc(c.object)}`}>{c.object}</a> : c.object}
+              </td>
+              <td>{c.policy}</td>
+              <td>
+                <Badge kind={c.compliant ? 'protected' : 'not-compliant'}>
+                  {c.compliant ? 'compliant' : 'not compliant'}
+                </Badge>
+                {c.reasons.length ? (
+                  <ul class="reasons">
+                    {c.reasons.map((r) => (
+                      <li key={r.code + r.message}>
+                        <code>{r.code}</code> {r.message}
+                      </li>
+                    ))}
+                  </ul>
+                ) : null}
+              </td>
+              <td class="row">
+                {c.kind === 'vm' && !c.compliant ? (
                   <Action
-                    label={`Unassign ${c.object}`}
-                    confirm={`Unassign policy ${c.policy} from ${c.kind} ${c.object}? Its schedules for ${c.object} end: no more snapshots or backups are taken by it.`}
-                    run={() => post('/policy-assignments/remove', { [c.kind]: c.object })}
+                    label={`Remediate ${c.object}`}
+                    kind="primary"
+                    run={async () => toJob(await post<Job>(`/vms/${enc(c.object)}/remediate`))}
                   />
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+                ) : null}
+                <Action
+                  label={`Unassign ${c.object}`}
+                  confirm={`Unassign policy ${c.policy} from ${c.kind} ${c.object}? Its schedules for ${c.object} end: no more snapshots or backups are taken by it.`}
+                  run={() => post('/policy-assignments/remove', { [c.kind]: c.object })}
+                />
+              </td>
+            </tr>
+          ))}
+        </Table>
       ) : (
         <p class="muted">No policy is assigned.</p>
       )}

@@ -18,7 +18,7 @@ import {
 } from './api.js';
 import { events, followLog, jobs, logs, useLive } from './live.js';
 import { RpoCards } from './pages-dr.js';
-import { Action, Badge, Bar, Form, Loading, Progress, bytes, time, useLoad } from './ui.js';
+import { Action, Badge, Bar, Form, Loading, Progress, bytes, time, useLoad, Table } from './ui.js';
 
 export const go = (path: string) => {
   history.pushState(null, '', path);
@@ -42,34 +42,23 @@ const running = () => [...jobs.values()].filter((j) => j.state === 'running');
 function JobRows({ list }: { list: Job[] }) {
   if (!list.length) return <p class="muted">No jobs.</p>;
   return (
-    <table>
-      <thead>
-        <tr>
-          <th scope="col">job</th>
-          <th scope="col">target</th>
-          <th scope="col">state</th>
-          <th scope="col">progress</th>
-          <th scope="col">started</th>
+    <Table cols={['job', 'target', 'state', 'progress', 'started']}>
+      {list.map((j) => (
+        <tr key={j.id} data-job={j.id}>
+          <td>
+            <a href={`/jobs/${enc(j.id)}`}>{j.kind}</a>
+          </td>
+          <td>{j.target}</td>
+          <td>
+            <Badge kind={j.state}>{j.state}</Badge>
+          </td>
+          <td>
+            <Progress job={j} />
+          </td>
+          <td>{time(j.createdAt)}</td>
         </tr>
-      </thead>
-      <tbody>
-        {list.map((j) => (
-          <tr key={j.id} data-job={j.id}>
-            <td>
-              <a href={`/jobs/${enc(j.id)}`}>{j.kind}</a>
-            </td>
-            <td>{j.target}</td>
-            <td>
-              <Badge kind={j.state}>{j.state}</Badge>
-            </td>
-            <td>
-              <Progress job={j} />
-            </td>
-            <td>{time(j.createdAt)}</td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
+      ))}
+    </Table>
   );
 }
 
@@ -186,30 +175,20 @@ export function Dashboard() {
 
 function VmTable({ rows }: { rows: { vm: Vm; state: string; why: string }[] }) {
   return (
-    <table class="vms">
-      <thead>
-        <tr>
-          <th scope="col">VM</th>
-          <th scope="col">state</th>
-          <th scope="col">protection</th>
-          <th scope="col">disks</th>
+    <Table class="vms" cols={['VM', 'state', 'protection', 'disks']}>
+      {rows.map(({ vm, state, why }) => (
+        <tr key={vm.name} data-vm={vm.name}>
+          <td>{link('vms', vm.name)}</td>
+          <td>
+            <Badge kind={vm.state}>{vm.state}</Badge>
+          </td>
+          <td>
+            <Badge kind={state}>{state.replace('-', ' ')}</Badge> <span class="muted">{why}</span>
+          </td>
+          <td>{vm.disks.map((d) => d.volume).join(', ')}</td>
         </tr>
-      </thead>
-      <tbody>
-        {rows.map(({ vm, state, why }) => (
-          <tr key={vm.name} data-vm={vm.name}>
-            <td>{link('vms', vm.name)}</td>
-            <td>
-              <Badge kind={vm.state}>{vm.state}</Badge>
-            </td>
-            <td>
-              <Badge kind={state}>{state.replace('-', ' ')}</Badge> <span class="muted">{why}</span>
-            </td>
-            <td>{vm.disks.map((d) => d.volume).join(', ')}</td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
+      ))}
+    </Table>
   );
 }
 
@@ -237,26 +216,16 @@ export function Volumes() {
   return (
     <div>
       <h1>Volumes</h1>
-      <table>
-        <thead>
-          <tr>
-            <th scope="col">volume</th>
-            <th scope="col">pool</th>
-            <th scope="col">size</th>
-            <th scope="col">allocated</th>
+      <Table cols={['volume', 'pool', 'size', 'allocated']}>
+        {vols.map((v) => (
+          <tr key={v.name}>
+            <td>{link('volumes', v.name)}</td>
+            <td>{v.pool}</td>
+            <td>{bytes(v.size)}</td>
+            <td>{bytes(v.allocatedBytes)}</td>
           </tr>
-        </thead>
-        <tbody>
-          {vols.map((v) => (
-            <tr key={v.name}>
-              <td>{link('volumes', v.name)}</td>
-              <td>{v.pool}</td>
-              <td>{bytes(v.size)}</td>
-              <td>{bytes(v.allocatedBytes)}</td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
+        ))}
+      </Table>
       <h2>Create a volume</h2>
       <Form
         id="create-volume"
@@ -366,26 +335,17 @@ export function Pools() {
   return (
     <div>
       <h1>Pools</h1>
-      <table>
-        <thead>
-          <tr>
-            <th scope="col">pool</th>
-            <th scope="col">type</th>
-            <th scope="col">capacity</th>
+      <Table cols={['pool', 'type', 'capacity']}>
+        {d.data.map((p) => (
+          <tr key={p.name}>
+            <td>{p.name}</td>
+            <td>{String(p.type ?? p.kind ?? '')}</td>
+            <td>
+              <Bar used={p.allocatedBytes} total={p.capacityBytes} label={`pool ${p.name}`} />
+            </td>
           </tr>
-        </thead>
-        <tbody>
-          {d.data.map((p) => (
-            <tr key={p.name}>
-              <td>{p.name}</td>
-              <td>{String(p.type ?? p.kind ?? '')}</td>
-              <td>
-                <Bar used={p.allocatedBytes} total={p.capacityBytes} label={`pool ${p.name}`} />
-              </td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
+        ))}
+      </Table>
     </div>
   );
 }
@@ -438,97 +398,87 @@ function BackupTable({ list, recover }: { list: (Backup & { repo: string })[]; r
   const [open, setOpen] = useState('');
   if (!list.length) return <p class="muted">No backups.</p>;
   return (
-    <table class="backups">
-      <thead>
-        <tr>
-          <th scope="col">backup</th>
-          <th scope="col">source</th>
-          <th scope="col">taken</th>
-          <th scope="col">actions</th>
-        </tr>
-      </thead>
-      <tbody>
-        {list.map((b) => (
-          <tr key={b.id} data-backup={b.id}>
-            <td>
-              <code>{b.id}</code>
-            </td>
-            <td>
-              {b.source.kind}:{b.source.name}
-            </td>
-            <td>{time(b.createdAt)}</td>
-            <td>
-              {recover && b.vm ? (
-                open === b.id ? (
-                  <Form
-                    id={`recover-${b.id}`}
-                    submit="Recover now"
-                    fields={[
-                      {
-                        name: 'name',
-                        label: 'Name of the recovered VM',
-                        value: `${b.source.name}-recovered`,
-                        check: 'name',
-                      },
-                      {
-                        name: 'pool',
-                        label: 'Pool of its new volumes',
-                        placeholder: 'default',
-                        check: 'name',
-                      },
-                    ]}
-                    onSubmit={async (f) => {
-                      await post('/recoveries', {
-                        repo: b.repo,
-                        snapshot: b.id,
-                        ...(f.name ? { name: f.name } : {}),
-                        ...(f.pool ? { pool: f.pool } : {}),
-                      });
-                      go(`/vms/${enc(f.name || `${b.source.name}-recovered`)}`);
-                    }}
-                  />
-                ) : (
-                  <button type="button" onClick={() => setOpen(b.id)}>
-                    Instant recovery…
-                  </button>
-                )
-              ) : open === b.id ? (
+    <Table class="backups" cols={['backup', 'source', 'taken', 'actions']}>
+      {list.map((b) => (
+        <tr key={b.id} data-backup={b.id}>
+          <td>
+            <code>{b.id}</code>
+          </td>
+          <td>
+            {b.source.kind}:{b.source.name}
+          </td>
+          <td>{time(b.createdAt)}</td>
+          <td>
+            {recover && b.vm ? (
+              open === b.id ? (
                 <Form
-                  id={`restore-${b.id}`}
-                  submit="Restore"
+                  id={`recover-${b.id}`}
+                  submit="Recover now"
                   fields={[
-                    { name: 'name', label: 'New volume name', required: true, check: 'name' },
                     {
-                      name: 'disk',
-                      label: 'Disk of the backup',
-                      type: 'number',
-                      value: '0',
-                      required: true,
-                      check: 'integer',
+                      name: 'name',
+                      label: 'Name of the recovered VM',
+                      value: `${b.source.name}-recovered`,
+                      check: 'name',
                     },
-                    { name: 'pool', label: 'Pool', placeholder: 'default', check: 'name' },
+                    {
+                      name: 'pool',
+                      label: 'Pool of its new volumes',
+                      placeholder: 'default',
+                      check: 'name',
+                    },
                   ]}
                   onSubmit={async (f) => {
-                    const j = await post<Job>('/volumes/restore', {
+                    await post('/recoveries', {
                       repo: b.repo,
                       snapshot: b.id,
-                      name: f.name,
-                      disk: Number(f.disk),
+                      ...(f.name ? { name: f.name } : {}),
                       ...(f.pool ? { pool: f.pool } : {}),
                     });
-                    go(`/jobs/${enc(j.id)}`);
+                    go(`/vms/${enc(f.name || `${b.source.name}-recovered`)}`);
                   }}
                 />
               ) : (
                 <button type="button" onClick={() => setOpen(b.id)}>
-                  Restore to a new volume…
+                  Instant recovery…
                 </button>
-              )}
-            </td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
+              )
+            ) : open === b.id ? (
+              <Form
+                id={`restore-${b.id}`}
+                submit="Restore"
+                fields={[
+                  { name: 'name', label: 'New volume name', required: true, check: 'name' },
+                  {
+                    name: 'disk',
+                    label: 'Disk of the backup',
+                    type: 'number',
+                    value: '0',
+                    required: true,
+                    check: 'integer',
+                  },
+                  { name: 'pool', label: 'Pool', placeholder: 'default', check: 'name' },
+                ]}
+                onSubmit={async (f) => {
+                  const j = await post<Job>('/volumes/restore', {
+                    repo: b.repo,
+                    snapshot: b.id,
+                    name: f.name,
+                    disk: Number(f.disk),
+                    ...(f.pool ? { pool: f.pool } : {}),
+                  });
+                  go(`/jobs/${enc(j.id)}`);
+                }}
+              />
+            ) : (
+              <button type="button" onClick={() => setOpen(b.id)}>
+                Restore to a new volume…
+              </button>
+            )}
+          </td>
+        </tr>
+      ))}
+    </Table>
   );
 }
 
@@ -786,32 +736,20 @@ export function Events() {
         </span>
       </form>
       {d.error ? <p class="error">{d.error}</p> : null}
-      <table>
-        <thead>
-          <tr>
-            <th scope="col">time</th>
-            <th scope="col">actor</th>
-            <th scope="col">action</th>
-            <th scope="col">target</th>
-            <th scope="col">outcome</th>
-            <th scope="col">message</th>
+      <Table cols={['time', 'actor', 'action', 'target', 'outcome', 'message']}>
+        {list.map((e) => (
+          <tr key={e.id}>
+            <td>{time(e.time)}</td>
+            <td>{e.actor}</td>
+            <td>{e.action}</td>
+            <td>{e.target}</td>
+            <td>
+              <Badge kind={e.outcome}>{e.outcome}</Badge>
+            </td>
+            <td>{e.message}</td>
           </tr>
-        </thead>
-        <tbody>
-          {list.map((e) => (
-            <tr key={e.id}>
-              <td>{time(e.time)}</td>
-              <td>{e.actor}</td>
-              <td>{e.action}</td>
-              <td>{e.target}</td>
-              <td>
-                <Badge kind={e.outcome}>{e.outcome}</Badge>
-              </td>
-              <td>{e.message}</td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
+        ))}
+      </Table>
     </div>
   );
 }

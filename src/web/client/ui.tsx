@@ -42,6 +42,32 @@ export function Progress({ job }: { job: Job }) {
   );
 }
 
+/** A table whose header row names its columns; the rows are its children. */
+export function Table({
+  cols,
+  children,
+  class: className,
+}: {
+  cols: string[];
+  children: ComponentChildren;
+  class?: string;
+}) {
+  return (
+    <table class={className}>
+      <thead>
+        <tr>
+          {cols.map((c) => (
+            <th scope="col" key={c}>
+              {c}
+            </th>
+          ))}
+        </tr>
+      </thead>
+      <tbody>{children}</tbody>
+    </table>
+  );
+}
+
 export function Badge({ kind, children }: { kind: string; children: ComponentChildren }) {
   return <span class={`badge ${kind}`}>{children}</span>;
 }
