@@ -8,7 +8,8 @@
  *
  * LIST (default haven,nbdkit,qemu-nbd): each entry a server, optionally `:tcp` or `:unix` (its
  * own transport), `+fio` (first the bench's memory phase: fio randrw 4k-1m, 2 jobs at QD64 for
- * --fio-seconds) and `@K=V` (an environment variable for that variant), e.g.
+ * --fio-seconds), `@K=V` (an environment variable for that variant) and `!N` (the server and its
+ * nbdcopy at nice N), e.g.
  * `haven:tcp,nbdkit:tcp,haven:unix,nbdkit:unix` or `haven,haven@UV_THREADPOOL_SIZE=16,nbdkit`.
  *
  * Each round starts every entry in turn (the order rotates from round to round) on the same
@@ -175,7 +176,7 @@ const source = join(dir, 'source.raw');
 // A server may name its own transport (haven:unix,nbdkit:tcp); otherwise --transport.
 // `+fio`: the server first serves the bench's memory phase (fio randrw 4k-1m, 2 jobs at QD64,
 // --fio-seconds), as bench/nbd.ts does before its sequential runs.
-const names = wanted.filter((w) => specs[w.split(/[:+@]/)[0]]);
+const names = wanted.filter((w) => specs[w.split(/[:+@!]/)[0]]);
 const fioSeconds = Number(opt('fio-seconds', '10'));
 const res = Object.fromEntries(
   names.map((n) => [n, { write: [], read: [], wcpu: [], rcpu: [], wwait: [], rwait: [] }]),
@@ -207,7 +208,10 @@ try {
     const order = names.map((_, i) => names[(i + r) % names.length]);
     for (const name of order) {
       // `@K=V`: an environment variable for this variant (haven@UV_THREADPOOL_SIZE=16).
-      const [base, ...envs] = name.split('@');
+      // `!N`: the server and its nbdcopy run at nice N (haven!-10: ahead of the machine's other work).
+      const [plain, nice] = name.split('!');
+      const [base, ...envs] = plain.split('@');
+      const niced = (c, a) => (nice ? ['nice', ['-n', nice, c, ...a]] : [c, a]);
       const [server, tr = transport] = base.replace('+fio', '').split(':');
       const env = {
         ...process.env,
@@ -219,7 +223,7 @@ try {
       if ('path' in at) rmSync(at.path, { force: true });
       const uri =
         'path' in at ? `nbd+unix:///${EXPORT}?socket=${at.path}` : `nbd://${at.host}:${at.port}/${EXPORT}`;
-      const [cmd, argv] = specs[server](target, at);
+      const [cmd, argv] = niced(...specs[server](target, at));
       const child = spawn(cmd, argv, {
         stdio: ['ignore', 'ignore', 'inherit'],
         env,
@@ -252,14 +256,14 @@ try {
         let c0 = cpu(child.pid);
         let q0 = rqWait(child.pid);
         let wt = 0;
-        for (let k = 0; k < copies; k++) wt += timed('nbdcopy', [source, uri]);
+        for (let k = 0; k < copies; k++) wt += timed(...niced('nbdcopy', [source, uri]));
         const w = (copies * size) / wt / 1e9;
         const wc = ((cpu(child.pid) - c0) * 1e9) / size / copies;
         const wq = ((rqWait(child.pid) - q0) * 1e9) / size / copies;
         settle([target]);
         c0 = cpu(child.pid);
         q0 = rqWait(child.pid);
-        const rd = size / timed('nbdcopy', [uri, 'null:']) / 1e9;
+        const rd = size / timed(...niced('nbdcopy', [uri, 'null:'])) / 1e9;
         const rc = ((cpu(child.pid) - c0) * 1e9) / size;
         const rq = ((rqWait(child.pid) - q0) * 1e9) / size;
         res[name].wwait.push(wq);
