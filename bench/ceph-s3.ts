@@ -119,7 +119,6 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
     });
     const original = join(dir, 'original.img');
     makeDiskImage(original, size);
-    const image = join(dir, 'disk.img');
     const passFile = join(dir, 'pass');
     await run('sh', ['-c', `printf 'bench passphrase' > ${passFile}`]);
     const env = {
@@ -130,29 +129,52 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
       AWS_SECRET_ACCESS_KEY: ceph.s3.secretAccessKey,
       RESTIC_PASSWORD: 'bench passphrase',
     };
-    for (const s of subjects) {
-      log(`${s}: ${fmtSize(size)} image`);
-      await run('cp', ['--sparse=always', original, image]);
-      const bucket = s.toLowerCase().replace(/[^a-z0-9]/g, '');
-      await s3.send(new CreateBucketCommand({ Bucket: bucket }));
-      const out = join(dir, 'restored.img');
-      rmSync(out, { force: true });
-      try {
+    // Each subject backs up its own copy of the image; the phases are interleaved (every
+    // subject's first backup, then every subject's change and second backup, then every restore),
+    // so that a change in the machine's load falls on all subjects about alike.
+    interface Steps {
+      first(): Promise<number>;
+      change(): Promise<void>;
+      second(): Promise<number>;
+      restore(): Promise<number>;
+      stop?(): Promise<void>;
+    }
+    const steps = new Map<string, Steps>();
+    const phase = async (what: string, f: (s: string, st: Steps) => Promise<void>) => {
+      for (const [s, st] of steps) {
+        if (errors[s]) continue;
+        try {
+          await f(s, st);
+        } catch (e) {
+          errors[s] = (e as Error).message;
+          log(`${s} failed (${what}): ${(e as Error).message.split('\n')[0]}`);
+        }
+      }
+    };
+    try {
+      for (const s of subjects) {
+        const bucket = s.toLowerCase().replace(/[^a-z0-9]/g, '');
+        const image = join(dir, `${bucket}.img`);
+        const out = join(dir, `${bucket}-restored.img`);
+        await run('cp', ['--sparse=always', original, image]);
+        await s3.send(new CreateBucketCommand({ Bucket: bucket }));
         if (s === RESTIC) {
           const repo = `s3:${ceph.s3.endpoint}/${bucket}`;
           const restic = (...args: string[]) => timed('restic', ['-r', repo, '--no-cache', ...args], env);
           await restic('init');
-          const b1 = await restic('backup', '--quiet', image);
-          change(image, size);
-          const b2 = await restic('backup', '--quiet', image);
-          const target = join(dir, 'restic-restore');
-          const r = await restic('restore', 'latest', '--target', target);
-          if (sha256File(join(target, image)) !== sha256File(image))
-            throw new Error('the restic restore differs');
-          rmSync(target, { recursive: true, force: true });
-          m.first.values[s] = size / MiB / b1;
-          m.second.values[s] = b2;
-          m.restore.values[s] = size / MiB / r;
+          steps.set(s, {
+            first: () => restic('backup', '--quiet', image),
+            change: async () => change(image, size),
+            second: () => restic('backup', '--quiet', image),
+            restore: async () => {
+              const target = join(dir, 'restic-restore');
+              const r = await restic('restore', 'latest', '--target', target);
+              if (sha256File(join(target, image)) !== sha256File(image))
+                throw new Error('the restic restore differs');
+              rmSync(target, { recursive: true, force: true });
+              return r;
+            },
+          });
         } else if (s === HAVEN_CBT) {
           // The disk is a Haven volume of a running site (`haven serve`, its own data directory):
           // the daemon holds the S3 client and opens the repository; each command is a thin CLI
@@ -170,54 +192,74 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
           });
           await run(HAVEN_BIN, ['repo', 'init', '--encrypt', '--repo', repo], { env: offline });
           await site.start();
-          try {
-            const backup = async () => {
-              const t = performance.now();
-              const out = (
-                await run(HAVEN_BIN, ['backup', 'volume:bench', '--repo', repo, '--json'], { env: cli })
-              ).stdout;
-              const { result } = JSON.parse(out) as {
-                result: { snapshot: string; parent?: string; stats: { readBytes: number } };
-              };
-              return { seconds: (performance.now() - t) / 1000, ...result };
+          const backup = async () => {
+            const t = performance.now();
+            const o = (
+              await run(HAVEN_BIN, ['backup', 'volume:bench', '--repo', repo, '--json'], { env: cli })
+            ).stdout;
+            const { result } = JSON.parse(o) as {
+              result: { snapshot: string; parent?: string; stats: { readBytes: number } };
             };
-            const b1 = await backup();
-            change(image, size); // the file the restore is checked against
-            await changeThroughNbd(site.nbd('bench'), size, dir);
-            const b2 = await backup();
-            if (!b2.parent) throw new Error('the second haven-cbt backup was not incremental');
-            log(`${s}: the second backup read ${fmtSize(b2.stats.readBytes)} in ${b2.seconds.toFixed(2)} s`);
+            return { seconds: (performance.now() - t) / 1000, ...result };
+          };
+          let last = '';
+          steps.set(s, {
+            first: async () => (await backup()).seconds,
+            change: async () => {
+              change(image, size); // the file the restore is checked against
+              await changeThroughNbd(site.nbd('bench'), size, dir);
+            },
+            second: async () => {
+              const b2 = await backup();
+              if (!b2.parent) throw new Error('the second haven-cbt backup was not incremental');
+              log(`${s}: the second backup read ${fmtSize(b2.stats.readBytes)}`);
+              last = b2.snapshot;
+              return b2.seconds;
+            },
             // A restore to an image file runs in the command's own process (as the haven row's).
-            const r = await timed(HAVEN_BIN, ['restore', b2.snapshot, '--repo', repo, '--to', out], offline);
-            if (sha256File(out) !== sha256File(image)) throw new Error('the haven-cbt restore differs');
-            m.first.values[s] = size / MiB / b1.seconds;
-            m.second.values[s] = b2.seconds;
-            m.restore.values[s] = size / MiB / r;
-          } finally {
-            await site.stop();
-          }
+            restore: async () => {
+              const r = await timed(HAVEN_BIN, ['restore', last, '--repo', repo, '--to', out], offline);
+              if (sha256File(out) !== sha256File(image)) throw new Error('the haven-cbt restore differs');
+              rmSync(out);
+              return r;
+            },
+            stop: () => site.stop(),
+          });
         } else {
           const repo = `s3://${bucket}/r`;
           const haven = (...args: string[]) => timed(HAVEN_BIN, [...args, '--repo', repo], env);
           await haven('repo', 'init', '--encrypt', ...(s === HAVEN_4M ? ['--chunk-size', '4M'] : []));
-          const b1 = await haven('backup', image);
-          change(image, size);
-          const b2 = await haven('backup', image);
-          const list = JSON.parse(
-            (await run(HAVEN_BIN, ['repo', 'list', '--json', '--repo', repo], { env })).stdout,
-          ) as {
-            id: string;
-          }[];
-          const r = await haven('restore', list[list.length - 1]!.id, '--to', out);
-          if (sha256File(out) !== sha256File(image)) throw new Error('the Haven restore differs');
-          m.first.values[s] = size / MiB / b1;
-          m.second.values[s] = b2;
-          m.restore.values[s] = size / MiB / r;
+          steps.set(s, {
+            first: () => haven('backup', image),
+            change: async () => change(image, size),
+            second: () => haven('backup', image),
+            restore: async () => {
+              const list = JSON.parse(
+                (await run(HAVEN_BIN, ['repo', 'list', '--json', '--repo', repo], { env })).stdout,
+              ) as { id: string }[];
+              const r = await haven('restore', list[list.length - 1]!.id, '--to', out);
+              if (sha256File(out) !== sha256File(image)) throw new Error('the Haven restore differs');
+              rmSync(out);
+              return r;
+            },
+          });
         }
-      } catch (e) {
-        errors[s] = (e as Error).message;
-        log(`${s} failed: ${(e as Error).message.split('\n')[0]}`);
       }
+      log(`${fmtSize(size)} image; first backups`);
+      await phase('first backup', async (s, st) => {
+        m.first.values[s] = size / MiB / (await st.first());
+      });
+      log('second backups after the change');
+      await phase('second backup', async (s, st) => {
+        await st.change();
+        m.second.values[s] = await st.second();
+      });
+      log('restores');
+      await phase('restore', async (s, st) => {
+        m.restore.values[s] = size / MiB / (await st.restore());
+      });
+    } finally {
+      for (const st of steps.values()) await st.stop?.();
     }
     s3.destroy();
   } finally {
