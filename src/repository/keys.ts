@@ -28,13 +28,34 @@ export interface RepositoryKeys {
 // scrypt with N=2^16, r=8: 64 MiB of memory and about a fifth of a second per try.
 const KDF = { N: 1 << 16, r: 8, p: 1 };
 
+/**
+ * Keys derived in this process, so that a long-lived process (the site daemon, opening a repository
+ * for every job) pays scrypt once per repository and passphrase, not once per open. Memory only,
+ * never written; looked up by an HMAC under a key made at start-up (no fast hash of a passphrase
+ * is kept); a few entries, the oldest dropped. A wrong passphrase is a different entry: it is
+ * derived, and fails to unwrap, as before.
+ */
+const derived = new Map<string, Buffer>();
+const DERIVED_MAX = 16;
+let lookupKey: Buffer | undefined;
+
 function kek(passphrase: string, kdf: EncryptionConfig['kdf']): Buffer {
-  return scryptSync(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 32, {
+  const pass = passphrase.normalize('NFC');
+  lookupKey ??= randomBytes(32);
+  const id = createHmac('sha256', lookupKey)
+    .update(JSON.stringify([kdf.name, kdf.N, kdf.r, kdf.p, kdf.salt, pass]))
+    .digest('base64');
+  const hit = derived.get(id);
+  if (hit) return hit;
+  const key = scryptSync(pass, Buffer.from(kdf.salt, 'base64'), 32, {
     N: kdf.N,
     r: kdf.r,
     p: kdf.p,
     maxmem: 256 * kdf.N * kdf.r + 1024 * 1024,
   });
+  if (derived.size >= DERIVED_MAX) derived.delete(derived.keys().next().value!);
+  derived.set(id, key);
+  return key;
 }
 
 function split(master: Buffer): RepositoryKeys {

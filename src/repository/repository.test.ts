@@ -71,6 +71,14 @@ test('chunks: compressible data is compressed, random is not; encrypted chunks a
     /wrong passphrase/,
   );
   assert.ok((await Repository.open(join(dir.path, 'enc'), { passphrase: 'twelve chars' })).encrypted);
+  // Opened again in this process (the key derived once is kept in memory): the same keys, and a
+  // wrong passphrase is still refused after the right one.
+  const again = await Repository.open(join(dir.path, 'enc'), { passphrase: 'twelve chars' });
+  assert.ok(again.codec().digest(text).equals(dk));
+  await assert.rejects(
+    Repository.open(join(dir.path, 'enc'), { passphrase: 'twelve chars ' }),
+    /wrong passphrase/,
+  );
 });
 
 test('indexes check their shape; repositories refuse bad chunk sizes, re-init and foreign folders', async (t) => {

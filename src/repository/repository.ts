@@ -403,6 +403,11 @@ export class Repository {
   }
 
   /** Makes a snapshot visible: everything it refers to is made durable first, the manifest last. */
+  /** Makes the chunks written so far durable and findable (commitSnapshot does it again). */
+  sync(): Promise<void> {
+    return this.backend.sync();
+  }
+
   async commitSnapshot(manifest: SnapshotManifest): Promise<void> {
     await this.backend.sync();
     const lock = this.config.objectLock;

@@ -85,6 +85,8 @@ const RUN_BYTES = 4 * MiB;
 const READ_AHEAD = () => envNumber('HAVEN_S3_READ_AHEAD', 16 * MiB);
 /** gc writes the used chunks of a pack again, and deletes it, when more than this share of it is unused. */
 const REPACK_GARBAGE = () => envNumber('HAVEN_S3_REPACK_PERCENT', 50) / 100;
+/** A read within this many entries after the last one read of its pack counts as in order. */
+const NEAR = 8;
 /** Chunks fetched ahead and not yet taken, at most (the oldest are dropped). */
 const AHEAD_CACHE = 64 * MiB;
 
@@ -157,7 +159,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
   // last read ended and how far it is fetched.
   private readonly ahead = new Map<string, { data: Promise<Buffer>; length: number }>();
   private aheadBytes = 0;
-  private readonly cursors = new Map<string, { lastSeg: number; fetched: Set<number> }>();
+  private readonly cursors = new Map<string, { last: number; fetched: Set<number> }>();
   /** Counters, for tests and measurements. */
   readonly counters = { packPuts: 0, rangeGets: 0, retentionPuts: 0, indexGets: 0 };
   /** Where index objects read before are kept (undefined: not kept). */
@@ -654,12 +656,15 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
     let cur = this.cursors.get(pack.id);
     if (!cur) {
       if (this.cursors.size > 256) this.cursors.clear();
-      this.cursors.set(pack.id, (cur = { lastSeg: -2, fetched: new Set() }));
+      this.cursors.set(pack.id, (cur = { last: -NEAR - 2, fetched: new Set() }));
     }
     const seg = Math.floor(e.offset / RUN_BYTES);
     let got = this.take(e.hex);
-    const inOrder = !!got || seg === cur.lastSeg || seg === cur.lastSeg + 1;
-    cur.lastSeg = seg;
+    // In order: the entry is one of the few after the last one read (a backup's workers store a
+    // disk's chunks about in order). A reader taking chunks far apart in one pack (an incremental
+    // reading its parent's index pages) gets each alone, not segments it will not use.
+    const inOrder = !!got || (at.i > cur.last && at.i <= cur.last + NEAR);
+    cur.last = at.i;
     if (!got && inOrder && !cur.fetched.has(seg)) {
       this.fetchSegment(pack, cur.fetched, seg);
       got = this.take(e.hex);

@@ -148,7 +148,12 @@ export async function backup(repo: Repository, opts: BackupOptions): Promise<Sna
       stats.newChunks += index.newPages;
       stats.storedBytes += index.storedBytes;
       newBytes += index.plainBytes;
-      const { key, sha256 } = await repo.writeIndex(id, i, root.data);
+      // The last disk's index goes up while the packs are sent (commitSnapshot's sync then has
+      // nothing left to do): one round trip fewer before the manifest.
+      const [{ key, sha256 }] = await Promise.all([
+        repo.writeIndex(id, i, root.data),
+        ...(i === opts.disks.length - 1 ? [repo.sync()] : []),
+      ]);
       const granules = Math.ceil(disk.device.size / GRANULE);
       disks.push({
         name: disk.name,
