@@ -6,9 +6,9 @@
 // bytes in the page cache), it waited among the held replies while the job's completions ran the
 // request loop, which started the next sendfile job straight after the half-sent reply: the
 // client read the next reply's header as data ("invalid reply magic" in fio under load).
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { createConnection } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
@@ -79,30 +79,7 @@ test(
       });
     t.after(() => (io.sendFile = sendFile));
 
-    const s = createConnection(sock);
-    t.after(() => s.destroy());
-    const rx = new Rx();
-    s.on('data', (d: Buffer) => rx.push(d));
-    s.on('close', () => rx.end());
-    s.on('error', () => rx.end());
-    await once(s, 'connect');
-    await rx.take(18);
-    const f = Buffer.alloc(4);
-    f.writeUInt32BE(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES);
-    const go = Buffer.alloc(16 + 10);
-    go.writeBigUInt64BE(P.IHAVEOPT, 0);
-    go.writeUInt32BE(P.OPT_GO, 8);
-    go.writeUInt32BE(10, 12);
-    go.writeUInt32BE(4, 16);
-    go.write('disk', 20);
-    s.write(Buffer.concat([f, go]));
-    for (;;) {
-      const r = await rx.take(20);
-      const body = await rx.take(r.readUInt32BE(16));
-      void body;
-      if (r.readUInt32BE(12) === P.REP_ACK) break;
-      assert.equal(r.readUInt32BE(12), P.REP_INFO, 'GO answered');
-    }
+    const { s, rx } = await connectToDisk(sock, t);
 
     // Reads of 96 KiB: sent from the file (≥ 64 KiB), and whatever rest of one is left after a
     // stall is under the size that goes to the thread pool, so it is ready at once. More than one
@@ -160,28 +137,7 @@ test(
     await server.listen({ path: sock });
     t.after(() => server.close());
 
-    const s = createConnection(sock);
-    t.after(() => s.destroy());
-    const rx = new Rx();
-    s.on('data', (d: Buffer) => rx.push(d));
-    s.on('close', () => rx.end());
-    s.on('error', () => rx.end());
-    await once(s, 'connect');
-    await rx.take(18);
-    const f = Buffer.alloc(4);
-    f.writeUInt32BE(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES);
-    const go = Buffer.alloc(16 + 10);
-    go.writeBigUInt64BE(P.IHAVEOPT, 0);
-    go.writeUInt32BE(P.OPT_GO, 8);
-    go.writeUInt32BE(10, 12);
-    go.writeUInt32BE(4, 16);
-    go.write('disk', 20);
-    s.write(Buffer.concat([f, go]));
-    for (;;) {
-      const r = await rx.take(20);
-      await rx.take(r.readUInt32BE(16));
-      if (r.readUInt32BE(12) === P.REP_ACK) break;
-    }
+    const { s, rx } = await connectToDisk(sock, t);
 
     // Reads of 16 KiB: answered from pooled reply buffers (4 KiB and up), not from the file.
     const LEN = 16 * KiB;
@@ -228,3 +184,30 @@ test(
     s.destroy();
   },
 );
+
+/** Connects to export `disk` at `sock` (fixed newstyle, NBD_OPT_GO); closed when the test ends. */
+async function connectToDisk(sock: string, t: TestContext): Promise<{ s: Socket; rx: Rx }> {
+  const s = createConnection(sock);
+  t.after(() => s.destroy());
+  const rx = new Rx();
+  s.on('data', (d: Buffer) => rx.push(d));
+  s.on('close', () => rx.end());
+  s.on('error', () => rx.end());
+  await once(s, 'connect');
+  await rx.take(18);
+  const f = Buffer.alloc(4);
+  f.writeUInt32BE(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES);
+  const go = Buffer.alloc(16 + 10);
+  go.writeBigUInt64BE(P.IHAVEOPT, 0);
+  go.writeUInt32BE(P.OPT_GO, 8);
+  go.writeUInt32BE(10, 12);
+  go.writeUInt32BE(4, 16);
+  go.write('disk', 20);
+  s.write(Buffer.concat([f, go]));
+  for (;;) {
+    const r = await rx.take(20);
+    await rx.take(r.readUInt32BE(16));
+    if (r.readUInt32BE(12) === P.REP_ACK) return { s, rx };
+    assert.equal(r.readUInt32BE(12), P.REP_INFO, 'GO answered');
+  }
+}
