@@ -10,6 +10,11 @@
  * the same for all three servers (like a VM's preallocated disk); neither file is sparse. Both
  * are read once before a server's runs so that they are in the page cache; dirty pages are
  * synced after a server's write runs so that writeback does not spill into the next server's runs.
+ *
+ * The random I/O and memory rows run each server once, in turn. The sequential rows run in
+ * rounds (`--repeat`, default 3) with the order rotating, a fresh server per turn and the page
+ * cache equalised before each (bench/lib/seq-rounds.ts, shared with scripts/nbd-seq-compare.mjs):
+ * medians per server, and the median of the per-round ratios to nbdkit as a note.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -20,7 +25,8 @@ import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.j
 import { ensurePeerTools } from './lib/peers.js';
 import { BenchServer } from './lib/server.js';
 import { fioNbd, type FioResult } from './lib/fio.js';
-import { medianOf, timeCommand } from './lib/timing.js';
+import { median } from './lib/timing.js';
+import { seqRounds, summarise } from './lib/seq-rounds.js';
 import { createDataFile, fmtSize, syncAll, warmFile } from './lib/image.js';
 import { environment } from './lib/env.js';
 import { onInterrupt } from './lib/cleanup.js';
@@ -132,7 +138,7 @@ const DEPTHS = [16, 64] as const;
 /** The memory phase's request sizes: large requests are what fill a server's buffers. */
 const RSS_BS = '4k-1m';
 
-function newMetrics(subjects: string[], repeat: number, runtime: number): Record<MetricKey, Metric> {
+function newMetrics(subjects: string[], rounds: number, runtime: number): Record<MetricKey, Metric> {
   const values = () => Object.fromEntries(subjects.map((s) => [s, null])) as Record<string, number | null>;
   const seq = (key: MetricKey, label: string): Metric => ({
     key,
@@ -141,7 +147,9 @@ function newMetrics(subjects: string[], repeat: number, runtime: number): Record
     better: 'higher',
     values: values(),
     samples: {},
-    method: `nbdcopy: median of ${repeat} whole-image copies (4 connections)`,
+    method:
+      `nbdcopy: median of ${rounds} interleaved rounds (order rotating, a fresh server per turn, ` +
+      'sync and both files read before each), one whole-image copy per round (4 connections)',
     target: { kind: 'ratio', peer: NBDKIT, min: 1.0 },
   });
   const rand = (key: MetricKey, label: string): Metric => ({
@@ -201,9 +209,19 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
   const selected = servers.filter((s) => !opts.only || opts.only.includes(s.subject.toLowerCase()));
   const errors: Record<string, string> = {};
   for (const s of servers) if (!selected.includes(s)) errors[s.subject] = 'skipped (--only)';
-  const metrics = newMetrics(subjects, repeat, runtime);
+  // Sequential rounds: --repeat, or 3 (also with --quick: each round is short there).
+  const rounds = opts.repeatGiven ? repeat : 3;
+  const metrics = newMetrics(subjects, rounds, runtime);
   const raw: Record<string, unknown> = {};
   const commands: Record<string, string> = {};
+  /** The command line each server started with, reused for its sequential rounds. */
+  const chosen = new Map<ServerSpec, { cmd: string; args: string[] }>();
+  /** Each server's peak resident set over all its processes (one per phase and round), bytes. */
+  const peaks: Record<string, number> = {};
+  const notePeak = (subject: string, s: BenchServer | undefined) => {
+    const v = s?.peakRss();
+    if (v != null) peaks[subject] = Math.max(peaks[subject] ?? 0, v);
+  };
 
   const dir = mkdtempSync(join(opts.workdir, 'haven-bench-nbd-'));
   const target = join(dir, 'target.raw');
@@ -240,6 +258,7 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
           try {
             server = await BenchServer.start(spec.subject, cmd, args, at);
             commands[spec.subject] = line;
+            chosen.set(spec, { cmd, args });
             break;
           } catch (e) {
             log(`${spec.subject}: did not start: ${(e as Error).message.split('\n').slice(0, 3).join(' ')}`);
@@ -264,30 +283,6 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
         }
         await syncAll();
         check();
-        warmFile(target);
-        const rd = await medianOf(
-          repeat,
-          async () => size / (await timeCommand('nbdcopy', [uri, 'null:'], copyTimeoutMs)) / 1e9,
-        );
-        metrics['seq-read'].values[spec.subject] = rd.value;
-        metrics['seq-read'].samples![spec.subject] = rd.samples;
-        log(
-          `${spec.subject}: sequential read ${rd.value.toFixed(2)} GB/s (${rd.samples.map((x) => x.toFixed(2)).join(', ')})`,
-        );
-        check();
-
-        warmFile(source);
-        const wr = await medianOf(
-          repeat,
-          async () => size / (await timeCommand('nbdcopy', [source, uri], copyTimeoutMs)) / 1e9,
-        );
-        metrics['seq-write'].values[spec.subject] = wr.value;
-        metrics['seq-write'].samples![spec.subject] = wr.samples;
-        log(
-          `${spec.subject}: sequential write ${wr.value.toFixed(2)} GB/s (${wr.samples.map((x) => x.toFixed(2)).join(', ')})`,
-        );
-        await syncAll();
-        check();
 
         for (const rw of ['randread', 'randwrite'] as const) {
           for (const depth of DEPTHS) {
@@ -308,14 +303,80 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
         log(`${spec.subject}: error: ${msg.split('\n')[0]}`);
       } finally {
         // Peak RSS even after a failed run: the peak up to the failure is still worth seeing.
-        const rss = server?.peakRss();
-        if (rss != null) {
-          metrics['peak-rss'].values[spec.subject] = rss / MiB;
-          log(`${spec.subject}: peak RSS ${(rss / MiB).toFixed(1)} MiB`);
-        }
+        notePeak(spec.subject, server);
         await server?.stop();
         rmSync(socket, { force: true });
       }
+    }
+
+    // Sequential rows: interleaved rounds in rotating order, a fresh server per turn, the page
+    // cache equalised before each (bench/lib/seq-rounds.ts), for the servers that ran above.
+    const seqSpecs = selected.filter((s) => chosen.has(s) && !errors[s.subject]);
+    log(`sequential: ${rounds} rounds of ${seqSpecs.map((s) => s.subject).join(', ')}, order rotating`);
+    const seq = await seqRounds({
+      rounds,
+      source,
+      target,
+      size,
+      timeoutMs: copyTimeoutMs,
+      entries: seqSpecs.map((spec) => ({
+        name: spec.subject,
+        async start() {
+          rmSync(socket, { force: true });
+          const { cmd, args } = chosen.get(spec)!;
+          const server = await BenchServer.start(spec.subject, cmd, args, at);
+          return {
+            uri,
+            pid: server.pid,
+            async stop() {
+              const alive = server.alive();
+              notePeak(spec.subject, server);
+              await server.stop();
+              rmSync(socket, { force: true });
+              if (!alive) throw new Error(`server exited:\n${server.output().slice(-2000)}`);
+            },
+          };
+        },
+      })),
+      onSample: (name, s) =>
+        log(
+          `round ${s.round} ${name}: sequential write ${s.write.toFixed(2)} GB/s, read ${s.read.toFixed(2)} GB/s`,
+        ),
+      onError: (name, r, e) => {
+        errors[name] = `sequential round ${r}: ${e.message}`;
+        log(`${name}: sequential round ${r}: error: ${e.message.split('\n')[0]}`);
+      },
+    });
+    const perRound: Record<string, Record<string, number>> = {};
+    for (const [op, key] of [
+      ['write', 'seq-write'],
+      ['read', 'seq-read'],
+    ] as const) {
+      for (const spec of seqSpecs) {
+        const xs = seq.samples[spec.subject]!.map((s) => s[op]);
+        if (!xs.length) continue;
+        metrics[key].values[spec.subject] = median(xs);
+        metrics[key].samples![spec.subject] = xs;
+      }
+      const ratios: string[] = [];
+      for (const spec of seqSpecs) {
+        if (spec.subject === NBDKIT) continue;
+        const r = summarise(seq.samples, spec.subject, NBDKIT, op).perRoundRatio;
+        if (Number.isNaN(r)) continue;
+        (perRound[spec.subject] ??= {})[key] = r;
+        ratios.push(`${spec.subject}/${NBDKIT} ${r.toFixed(2)}×`);
+      }
+      if (ratios.length) {
+        const line = `sequential ${op}, median of ${rounds} per-round ratios: ${ratios.join(', ')}`;
+        log(line);
+        notes.push(line);
+      }
+    }
+    raw['seq-rounds'] = seq.samples;
+    raw['seq-per-round-ratio-median'] = perRound;
+    for (const [subject, v] of Object.entries(peaks)) {
+      metrics['peak-rss'].values[subject] = v / MiB;
+      log(`${subject}: peak RSS ${(v / MiB).toFixed(1)} MiB`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -337,7 +398,7 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
       image: 'fully allocated, non-zero data, in page cache; writes overwrite in place',
       transport: opts.transport === 'tcp' ? 'TCP 127.0.0.1' : 'unix socket',
       fioRuntimeSeconds: runtime,
-      copies: repeat,
+      sequentialRounds: rounds,
       queueDepths: [...DEPTHS],
       commands,
     },

@@ -35,7 +35,7 @@ const program = new Command('bench')
   .option('--runtime <seconds>', 'seconds per time-based run (default 10; 3 with --quick)', positiveInt)
   .option(
     '--repeat <n>',
-    'repetitions of each timed copy, median reported (default 3; 1 with --quick)',
+    'repetitions of each timed copy, median reported (default 3; 1 with --quick; nbd: sequential rounds, default 3)',
     positiveInt,
   )
   .option('--quick', 'short development run')
@@ -66,6 +66,7 @@ const program = new Command('bench')
       sizeGiven: o.size !== undefined,
       runtime: (o.runtime as number | undefined) ?? (quick ? 3 : 10),
       repeat: (o.repeat as number | undefined) ?? (quick ? 1 : 3),
+      repeatGiven: o.repeat !== undefined,
       quick,
       only:
         typeof o.only === 'string'

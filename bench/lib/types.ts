@@ -17,6 +17,8 @@ export interface BenchOptions {
   runtime: number;
   /** How many times each timed copy is repeated; the median is reported. */
   repeat: number;
+  /** Whether `repeat` was asked for (--repeat), rather than the runner's default. */
+  repeatGiven?: boolean;
   /** Short development run (small image, short runs). */
   quick: boolean;
   /** Subjects to run (e.g. `haven`, `qemu-nbd`); all when undefined. */
