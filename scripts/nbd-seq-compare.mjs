@@ -22,27 +22,19 @@
  * median and the median of the per-round ratios, the server's CPU seconds per GB
  * (/proc/pid/stat), and how long the server's threads that are still alive at the end waited
  * runnable for a CPU (schedstat; nbdkit's per-connection threads are gone by then, so 0 there).
- * Uses the compiled dist (bin/haven): run `npx tsc -p tsconfig.json` first. One measurement
- * process at a time on a shared machine.
+ * The rounds, the settle and the medians are bench/lib/seq-rounds.ts (the bench's sequential rows
+ * use the same code). Uses the compiled dist (bin/haven, dist/bench): run
+ * `npx tsc -p tsconfig.json` first. One measurement process at a time on a shared machine.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import {
-  closeSync,
-  readFileSync,
-  readdirSync,
-  mkdtempSync,
-  openSync,
-  readSync,
-  rmSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { readFileSync, readdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { URL, fileURLToPath } from 'node:url';
+import { createDataFile } from '../dist/bench/lib/image.js';
+import { median as med, seqRounds, summarise } from '../dist/bench/lib/seq-rounds.js';
 
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
@@ -66,41 +58,6 @@ const havenEnv = Object.fromEntries(
 const HAVEN_BIN = fileURLToPath(new URL('../bin/haven', import.meta.url));
 const EXPORT = 'bench';
 
-function createDataFile(path, n) {
-  const pattern = randomBytes(MiB);
-  const buf = Buffer.alloc(8 * MiB);
-  for (let o = 0; o < buf.length; o += MiB) pattern.copy(buf, o);
-  const fd = openSync(path, 'w');
-  for (let off = 0; off < n; off += buf.length) {
-    const len = Math.min(buf.length, n - off);
-    for (let b = 0; b < len; b += 4096) buf.writeBigUInt64LE(BigInt(off + b), b);
-    writeSync(fd, buf, 0, len, off);
-  }
-  closeSync(fd);
-}
-function warm(path) {
-  const buf = Buffer.allocUnsafe(8 * MiB);
-  const fd = openSync(path, 'r');
-  for (let off = 0; ;) {
-    const n = readSync(fd, buf, 0, buf.length, off);
-    if (n <= 0) break;
-    off += n;
-  }
-  closeSync(fd);
-}
-let dropWorks = false;
-function settle(files) {
-  spawnSync('sync');
-  if (drop) {
-    try {
-      writeFileSync('/proc/sys/vm/drop_caches', '1');
-      dropWorks = true;
-    } catch {
-      /* not root: the files stay cached from earlier rounds */
-    }
-  }
-  for (const f of files) warm(f);
-}
 const freePort = () =>
   new Promise((res) => {
     const s = createServer();
@@ -121,13 +78,6 @@ async function waitListen(at, child) {
     await sleep(100);
   }
   throw new Error('server did not listen');
-}
-function timed(cmd, argv) {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 300000 });
-  const s = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')}: ${r.status} ${r.stderr}`);
-  return s;
 }
 const specs = {
   haven: (img, at) => [
@@ -178,9 +128,6 @@ const source = join(dir, 'source.raw');
 // --fio-seconds), as bench/nbd.ts does before its sequential runs.
 const names = wanted.filter((w) => specs[w.split(/[:+@!]/)[0]]);
 const fioSeconds = Number(opt('fio-seconds', '10'));
-const res = Object.fromEntries(
-  names.map((n) => [n, { write: [], read: [], wcpu: [], rcpu: [], wwait: [], rwait: [] }]),
-);
 /** Seconds the server's threads spent runnable but waiting for a CPU (/proc/pid/task/x/schedstat). */
 function rqWait(pid) {
   let t = 0;
@@ -201,94 +148,92 @@ function cpu(pid) {
     return NaN;
   }
 }
+let res;
+let dropWorks = false;
 try {
   createDataFile(target, size);
   createDataFile(source, size);
-  for (let r = 0; r < rounds; r++) {
-    const order = names.map((_, i) => names[(i + r) % names.length]);
-    for (const name of order) {
-      // `@K=V`: an environment variable for this variant (haven@UV_THREADPOOL_SIZE=16).
-      // `!N`: the server and its nbdcopy run at nice N (haven!-10: ahead of the machine's other work).
-      const [plain, nice] = name.split('!');
-      const [base, ...envs] = plain.split('@');
-      const niced = (c, a) => (nice ? ['nice', ['-n', nice, c, ...a]] : [c, a]);
-      const [server, tr = transport] = base.replace('+fio', '').split(':');
-      const env = {
-        ...process.env,
-        ...(server === 'haven' ? havenEnv : {}),
-        ...Object.fromEntries(envs.map((e) => e.split('='))),
-      };
-      const at =
-        tr === 'tcp' ? { host: '127.0.0.1', port: await freePort() } : { path: join(dir, 'nbd.sock') };
-      if ('path' in at) rmSync(at.path, { force: true });
-      const uri =
-        'path' in at ? `nbd+unix:///${EXPORT}?socket=${at.path}` : `nbd://${at.host}:${at.port}/${EXPORT}`;
-      const [cmd, argv] = niced(...specs[server](target, at));
-      const child = spawn(cmd, argv, {
-        stdio: ['ignore', 'ignore', 'inherit'],
-        env,
-      });
-      try {
-        await waitListen(at, child);
-        if (base.endsWith('+fio')) {
-          const f = spawnSync(
-            'fio',
-            [
-              '--name=mem',
-              '--ioengine=nbd',
-              `--uri=${uri}`,
-              '--rw=randrw',
-              '--bsrange=4k-1m',
-              '--iodepth=64',
-              `--runtime=${fioSeconds}`,
-              '--time_based',
-              '--norandommap',
-              '--randrepeat=0',
-              '--numjobs=2',
-              '--group_reporting',
-              '--output-format=terse',
-            ],
-            { stdio: 'ignore', timeout: 120000 },
-          );
-          if (f.status !== 0) throw new Error(`fio failed: ${f.status}`);
+  const entries = names.map((name) => {
+    // `@K=V`: an environment variable for this variant (haven@UV_THREADPOOL_SIZE=16).
+    // `!N`: the server and its nbdcopy run at nice N (haven!-10: ahead of the machine's other work).
+    const [plain, nice] = name.split('!');
+    const [base, ...envs] = plain.split('@');
+    const niced = (c, a) => (nice ? ['nice', ['-n', nice, c, ...a]] : [c, a]);
+    const [server, tr = transport] = base.replace('+fio', '').split(':');
+    const env = {
+      ...process.env,
+      ...(server === 'haven' ? havenEnv : {}),
+      ...Object.fromEntries(envs.map((e) => e.split('='))),
+    };
+    return {
+      name,
+      wrap: niced,
+      async start() {
+        const at =
+          tr === 'tcp' ? { host: '127.0.0.1', port: await freePort() } : { path: join(dir, 'nbd.sock') };
+        if ('path' in at) rmSync(at.path, { force: true });
+        const uri =
+          'path' in at ? `nbd+unix:///${EXPORT}?socket=${at.path}` : `nbd://${at.host}:${at.port}/${EXPORT}`;
+        const [cmd, argv] = niced(...specs[server](target, at));
+        const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'inherit'], env });
+        const stop = async () => {
+          child.kill('SIGTERM');
+          await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
+        };
+        try {
+          await waitListen(at, child);
+        } catch (e) {
+          await stop();
+          throw e;
         }
-        settle([source, target]);
-        let c0 = cpu(child.pid);
-        let q0 = rqWait(child.pid);
-        let wt = 0;
-        for (let k = 0; k < copies; k++) wt += timed(...niced('nbdcopy', [source, uri]));
-        const w = (copies * size) / wt / 1e9;
-        const wc = ((cpu(child.pid) - c0) * 1e9) / size / copies;
-        const wq = ((rqWait(child.pid) - q0) * 1e9) / size / copies;
-        settle([target]);
-        c0 = cpu(child.pid);
-        q0 = rqWait(child.pid);
-        const rd = size / timed(...niced('nbdcopy', [uri, 'null:'])) / 1e9;
-        const rc = ((cpu(child.pid) - c0) * 1e9) / size;
-        const rq = ((rqWait(child.pid) - q0) * 1e9) / size;
-        res[name].wwait.push(wq);
-        res[name].rwait.push(rq);
-        res[name].write.push(w);
-        res[name].read.push(rd);
-        res[name].wcpu.push(wc);
-        res[name].rcpu.push(rc);
-        console.log(
-          `round ${r + 1} ${name.padEnd(8)} write ${w.toFixed(2)} GB/s (${wc.toFixed(2)} cpu-s/GB)  read ${rd.toFixed(2)} GB/s (${rc.toFixed(2)} cpu-s/GB)`,
-        );
-      } finally {
-        child.kill('SIGTERM');
-        await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
-      }
-    }
-  }
+        return { uri, pid: child.pid, stop };
+      },
+      // `+fio`: first the bench's memory phase (fio randrw 4k-1m, 2 jobs at QD64, --fio-seconds).
+      before: base.endsWith('+fio')
+        ? async ({ uri }) => {
+            const f = spawnSync(
+              'fio',
+              [
+                '--name=mem',
+                '--ioengine=nbd',
+                `--uri=${uri}`,
+                '--rw=randrw',
+                '--bsrange=4k-1m',
+                '--iodepth=64',
+                `--runtime=${fioSeconds}`,
+                '--time_based',
+                '--norandommap',
+                '--randrepeat=0',
+                '--numjobs=2',
+                '--group_reporting',
+                '--output-format=terse',
+              ],
+              { stdio: 'ignore', timeout: 120000 },
+            );
+            if (f.status !== 0) throw new Error(`fio failed: ${f.status}`);
+          }
+        : undefined,
+    };
+  });
+  const out = await seqRounds({
+    entries,
+    rounds,
+    source,
+    target,
+    size,
+    copies,
+    drop,
+    probes: { cpu, wait: rqWait },
+    onSample: (name, x) =>
+      console.log(
+        `round ${x.round} ${name.padEnd(8)} write ${x.write.toFixed(2)} GB/s (${x.writeProbes.cpu.toFixed(2)} cpu-s/GB)  read ${x.read.toFixed(2)} GB/s (${x.readProbes.cpu.toFixed(2)} cpu-s/GB)`,
+      ),
+  });
+  res = out.samples;
+  dropWorks = out.dropped;
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
-const med = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 console.log(
   `\n${transport}, ${size / MiB} MiB, ${rounds} rounds interleaved, ${copies} write copies, drop_caches ${dropWorks ? 'yes' : 'no'}, load ${loadavg()
     .map((x) => x.toFixed(1))
@@ -296,13 +241,12 @@ console.log(
 );
 for (const op of ['write', 'read']) {
   const peer = names.find((n) => n.startsWith('nbdkit'));
-  const base = peer ? med(res[peer][op]) : NaN;
+  const p = op === 'write' ? 'writeProbes' : 'readProbes';
   for (const n of names) {
-    const m = med(res[n][op]);
-    // The same round's ratio (the two measured minutes apart at most), median over rounds.
-    const paired = med(res[n][op].map((x, i) => x / res[peer][op][i]));
+    // Ratio of medians, and the same round's ratio (the two measured minutes apart at most), median over rounds.
+    const { median: m, ratio, perRoundRatio } = summarise(res, n, peer, op);
     console.log(
-      `  ${op.padEnd(5)} ${n.padEnd(8)} ${m.toFixed(2)}  (${res[n][op].map((x) => x.toFixed(2)).join(', ')})  ${(m / base).toFixed(2)}x ${peer} (per-round ratio median ${paired.toFixed(2)}x);  server cpu ${med(res[n][op[0] + 'cpu']).toFixed(2)} s/GB, threads alive at the end waited for a cpu ${med(res[n][op[0] + 'wait']).toFixed(2)} s/GB`,
+      `  ${op.padEnd(5)} ${n.padEnd(8)} ${m.toFixed(2)}  (${res[n].map((x) => x[op].toFixed(2)).join(', ')})  ${ratio.toFixed(2)}x ${peer} (per-round ratio median ${perRoundRatio.toFixed(2)}x);  server cpu ${med(res[n].map((x) => x[p].cpu)).toFixed(2)} s/GB, threads alive at the end waited for a cpu ${med(res[n].map((x) => x[p].wait)).toFixed(2)} s/GB`,
     );
   }
 }
