@@ -27,7 +27,7 @@ export function targetMet(m: Metric, haven: string): boolean | null {
 
 function oneTargetMet(m: Metric, t: Target, haven: string): boolean | null {
   if (t.kind === 'ratio') {
-    const r = ratio(m, haven, t.peer);
+    const r = ratio(m, t.subject ?? haven, t.peer);
     if (r == null) return null;
     return m.better === 'higher' ? r >= t.min : r <= t.min;
   }
@@ -45,7 +45,7 @@ export function describeTarget(
   const t = target;
   if (!t) return '';
   if (t.kind === 'ratio')
-    return `${better === 'higher' ? '≥' : '≤'} ${t.min < 0.1 ? String(+t.min.toFixed(3)) : t.min.toFixed(1)}× ${t.peer}`;
+    return `${t.subject ? `${t.subject} ` : ''}${better === 'higher' ? '≥' : '≤'} ${t.min < 0.1 ? String(+t.min.toFixed(3)) : t.min.toFixed(1)}× ${t.peer}`;
   return `${t.kind === 'max' ? '≤' : '≥'} ${fmtNumber(t.value)} ${unit}`;
 }
 
@@ -84,8 +84,14 @@ export function layout(header: string[], rows: string[][], rightAlign: boolean[]
  */
 export function formatResult(r: BenchResult): string {
   const peers = r.subjects.filter((s) => s !== r.haven);
-  const header = ['metric', 'unit', ...r.subjects, ...peers.map((p) => `${r.haven}/${p}`), 'target', 'met?'];
-  const right = header.map((_, i) => i >= 2 && i < 2 + r.subjects.length + peers.length);
+  // Haven/peer for each peer, then each other Haven subject a target holds to a peer (haven-cbt/restic).
+  const pairs: [string, string][] = peers.map((p) => [r.haven, p]);
+  for (const m of r.metrics)
+    for (const t of targetsOf(m))
+      if (t.kind === 'ratio' && t.subject && t.subject !== r.haven && r.subjects.includes(t.subject))
+        if (!pairs.some(([h, p]) => h === t.subject && p === t.peer)) pairs.push([t.subject, t.peer]);
+  const header = ['metric', 'unit', ...r.subjects, ...pairs.map(([h, p]) => `${h}/${p}`), 'target', 'met?'];
+  const right = header.map((_, i) => i >= 2 && i < 2 + r.subjects.length + pairs.length);
   const rows = r.metrics.map((m) => {
     const met = targetMet(m, r.haven);
     return [
@@ -98,7 +104,7 @@ export function formatResult(r: BenchResult): string {
         if (err?.startsWith('skipped')) return 'skipped';
         return err ? `n/a (error: ${shortError(err)})` : 'n/a';
       }),
-      ...peers.map((p) => fmtRatio(ratio(m, r.haven, p))),
+      ...pairs.map(([h, p]) => fmtRatio(ratio(m, h, p))),
       describeTarget(m.target, m.unit, m.better),
       met == null ? (m.target ? 'n/a' : '') : met ? 'yes' : 'NO',
     ];

@@ -38,8 +38,12 @@ export type Better = 'higher' | 'lower';
 
 /** What Haven must reach on a metric. */
 export type Target =
-  /** Haven / peer must be ≥ min (higher-is-better metric) or ≤ min (lower-is-better metric). */
-  | { kind: 'ratio'; peer: string; min: number }
+  /**
+   * Haven / peer must be ≥ min (higher-is-better metric) or ≤ min (lower-is-better metric).
+   * `subject`: another Haven subject (a variant, e.g. `haven-cbt`) held to it instead of the
+   * result's `haven`; its ratio to the peer gets a column of its own.
+   */
+  | { kind: 'ratio'; peer: string; min: number; subject?: string }
   /** Haven's value must be ≤ value. */
   | { kind: 'max'; value: number }
   /** Haven's value must be ≥ value. */

@@ -30,6 +30,12 @@ export interface RepositoryConfig {
   encryption?: EncryptionConfig;
   /** S3 Object Lock: every object of a snapshot is retained this long from the snapshot's commit. */
   objectLock?: Retention;
+  /**
+   * "packed": a bucket created packed (format 2 from its init), so without chunk objects of the
+   * one-object-per-chunk layout: its chunks/ is not listed at each session (decision 0024). Only
+   * init sets it; a bucket converted from the old layout never has it.
+   */
+  layout?: 'packed';
 }
 
 /** How to reach an s3:// repository (the rest comes from the environment: s3Settings). */
@@ -178,6 +184,7 @@ export class Repository {
       chunkSize,
       ...(enc ? { encryption: enc.config } : {}),
       ...(opts.objectLock ? { objectLock: opts.objectLock } : {}),
+      ...(typeof where !== 'string' && where.sweepPacks ? { layout: 'packed' as const } : {}),
     };
     const body = Buffer.from(JSON.stringify(config, null, 2) + '\n');
     if (typeof where !== 'string') {
@@ -261,6 +268,9 @@ export class Repository {
         );
       backend.retention = config.objectLock;
     }
+    // Created packed: no chunk objects to list (only then; the LIST finds those of an old bucket).
+    if (config.version >= PACKED_VERSION && config.layout === 'packed' && 'chunkObjects' in backend)
+      (backend as { chunkObjects: boolean }).chunkObjects = false;
     return new Repository(backend, config, keys);
   }
 
@@ -326,6 +336,9 @@ export class Repository {
       // A bucket of the one-object-per-chunk layout about to get packs: a Haven that does not know
       // packs must refuse it from now on (decision 0024).
       (this.config as { version: number }).version = PACKED_VERSION;
+      // It has chunk objects: never marked as created packed (they would not be listed).
+      delete (this.config as { layout?: string }).layout;
+      if ('chunkObjects' in this.backend) (this.backend as { chunkObjects: boolean }).chunkObjects = true;
       await this.backend
         .write(CONFIG, Buffer.from(JSON.stringify(this.config, null, 2) + '\n'))
         .catch(async (err: unknown) => {
@@ -333,16 +346,26 @@ export class Repository {
           throw err;
         });
     }
-    if (this.backend.objectStore && (await this.backend.exists('locks/gc'))) {
+    // Both only read, after the session is recorded; neither depends on the other: at once.
+    const [gcRunning, parentErr] = await Promise.all([
+      this.backend.objectStore ? this.backend.exists('locks/gc').catch((err: unknown) => err) : false,
+      parent
+        ? this.usable(parent).then(
+            () => undefined,
+            (err: unknown) => err,
+          )
+        : undefined,
+    ]);
+    if (gcRunning === true) {
       // gc sweeps an object store only while no backup writes (gc.ts): this one waits for it.
       await session.end();
       throw conflict(`garbage collection is running on repository ${this.location}: back up when it ends`);
     }
-    if (parent)
-      await this.usable(parent).catch(async (err: unknown) => {
-        await session.end();
-        throw err;
-      });
+    const err = gcRunning !== false ? gcRunning : parentErr;
+    if (err !== undefined) {
+      await session.end();
+      throw err;
+    }
     return session;
   }
 
@@ -367,8 +390,11 @@ export class Repository {
 
   /** A snapshot that may be used: its manifest reads, and no forget of it is under way. */
   private async usable(id: string): Promise<SnapshotInfo> {
+    // The manifest and the forget mark, at once (the session is recorded before either is read).
+    const forgetting = this.backend.exists(`snapshots/${id}/${FORGETTING}`);
+    forgetting.catch(() => undefined); // awaited below
     const s = await this.snapshot(id);
-    if (await this.backend.exists(`snapshots/${id}/${FORGETTING}`))
+    if (await forgetting)
       throw conflict(
         `snapshot ${id} is being forgotten (if no forget runs now, one was interrupted: run "haven repo forget ${id}" again)`,
       );

@@ -143,6 +143,13 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
   /** Chunk objects (chunks/…): the one-object-per-chunk layout. */
   private legacy = new Set<string>();
   private legacyStale = true;
+  /**
+   * Whether the bucket may hold chunk objects (chunks/…) of the one-object-per-chunk layout: set
+   * false by the repository only for a bucket created packed (config.json `"layout": "packed"`),
+   * whose chunks/ is then not listed at each session's start. A bucket converted from the old
+   * layout never has that mark (repository.ts).
+   */
+  chunkObjects = true;
   private loading: Promise<void> | undefined;
   private loadedAt = 0;
 
@@ -161,7 +168,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
   private aheadBytes = 0;
   private readonly cursors = new Map<string, { last: number; fetched: Set<number> }>();
   /** Counters, for tests and measurements. */
-  readonly counters = { packPuts: 0, rangeGets: 0, retentionPuts: 0, indexGets: 0 };
+  readonly counters = { packPuts: 0, rangeGets: 0, retentionPuts: 0, indexGets: 0, chunkLists: 0 };
   /** Where index objects read before are kept (undefined: not kept). */
   private readonly cacheDir: string | undefined;
 
@@ -499,6 +506,27 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
 
   /** Reads the index objects not read yet, drops those gone (a gc), and lists the chunk objects. */
   private async loadIndex(): Promise<void> {
+    // The LIST of chunk objects does not depend on the index objects: both go at once.
+    const legacy = this.legacyStale ? this.listLegacy() : undefined;
+    legacy?.catch(() => undefined); // awaited below
+    await this.loadPacks();
+    if (legacy) {
+      this.legacy = await legacy;
+      this.legacyStale = false;
+    }
+    this.loadedAt = Date.now();
+  }
+
+  /** The chunk objects (listed at each session's start, a gc may have deleted some); none in a bucket created packed. */
+  private async listLegacy(): Promise<Set<string>> {
+    const legacy = new Set<string>();
+    if (!this.chunkObjects) return legacy;
+    this.counters.chunkLists++;
+    for await (const o of this.listObjects('chunks/')) legacy.add(o.key);
+    return legacy;
+  }
+
+  private async loadPacks(): Promise<void> {
     const listed = new Set<string>();
     for await (const o of this.listObjects('index/')) listed.add(o.key);
     const gone = [...this.indexes.keys()].filter((k) => !listed.has(k));
@@ -542,14 +570,6 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
       }
       this.rebuild();
     }
-    if (this.legacyStale) {
-      // Listed at each session's start (a gc may have deleted some), not at every refresh.
-      const legacy = new Set<string>();
-      for await (const o of this.listObjects('chunks/')) legacy.add(o.key);
-      this.legacy = legacy;
-      this.legacyStale = false;
-    }
-    this.loadedAt = Date.now();
   }
 
   // Index objects never change (a gc writes new ones and deletes the old), so one read before is

@@ -433,17 +433,43 @@ test('S3 packs: deduplication across packs, coalesced ranged reads, gc deletes o
           await s3.send(new GetObjectCommand({ Bucket: 'packs', Key: 'repo/config.json' }))
         ).Body!.transformToByteArray(),
       ).toString('utf8'),
-    ) as { version: number };
+    ) as { version: number; layout?: string };
   assert.equal((await configOf()).version, 2, 'a packed repository is format 2');
+  assert.equal((await configOf()).layout, 'packed', 'a bucket created packed says so');
+  // Created packed: a session does not list chunks/ (there are no chunk objects to find).
+  {
+    const x = await Repository.open(repo);
+    const s = await x.beginSession();
+    await x.hasChunk(legacy);
+    await s.end();
+    assert.equal(
+      (x.backend as S3Backend).counters.chunkLists,
+      0,
+      'no LIST of chunks/ in a bucket created packed',
+    );
+    x.close();
+  }
+  // An old bucket (format 1, no layout mark) with a chunk object, converted by its first backup
+  // with packs: it never gets the mark, and its chunk objects are still found (deduplicated against).
+  const { layout: _layout, ...old } = await configOf();
   await s3.send(
     new PutObjectCommand({
       Bucket: 'packs',
       Key: 'repo/config.json',
-      Body: JSON.stringify({ ...(await configOf()), version: 1 }),
+      Body: JSON.stringify({ ...old, version: 1 }),
     }),
   );
   await backupSource({ repo, source: b });
   assert.equal((await configOf()).version, 2, 'the first backup with packs marks an old bucket');
+  assert.equal((await configOf()).layout, undefined, 'a converted bucket is never marked created packed');
+  {
+    const x = await Repository.open(repo);
+    const s = await x.beginSession();
+    assert.ok(await x.hasChunk(legacy), 'a converted bucket finds its chunk objects');
+    await s.end();
+    assert.equal((x.backend as S3Backend).counters.chunkLists, 1, 'its chunks/ is listed once a session');
+    x.close();
+  }
   // A new process reads the index objects it has seen before from its local cache: only new ones
   // are asked of the store.
   const fresh = async () => {
