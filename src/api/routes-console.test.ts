@@ -1,6 +1,6 @@
 // The console's event stream in-process over real HTTP: a viewer's stream carries an audit event
 // and a job's log lines before the job's end, and nobody gets a stream without credentials.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -10,17 +10,7 @@ import { API_PREFIX } from './client.js';
 import { buildApi } from './server.js';
 
 test('GET /events/stream: events, job log lines and the job, in order; 401 without credentials', async (t) => {
-  const tmp = tempDir();
-  const site = await Site.open({ dataDir: join(tmp.path, 'data'), name: 'unit', nbdListen: 'none' });
-  const app = await buildApi(site, { openapi: false });
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
-  const ac = new AbortController();
-  t.after(async () => {
-    ac.abort();
-    await app.close();
-    await site.close();
-    tmp.cleanup();
-  });
+  const { site, url, ac } = await startApi(t);
   assert.equal((await fetch(`${url}${API_PREFIX}/events/stream`)).status, 401);
   const res = await fetch(`${url}${API_PREFIX}/events/stream`, {
     headers: { authorization: `Bearer ${site.apiToken()}` },
@@ -65,17 +55,7 @@ test('GET /events/stream: events, job log lines and the job, in order; 401 witho
 });
 
 test('GET /vms/NAME/console-log/stream: the tail, then what is appended; a flood or a new file sends the last 64 KiB again', async (t) => {
-  const tmp = tempDir();
-  const site = await Site.open({ dataDir: join(tmp.path, 'data'), name: 'unit', nbdListen: 'none' });
-  const app = await buildApi(site, { openapi: false });
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
-  const ac = new AbortController();
-  t.after(async () => {
-    ac.abort();
-    await app.close();
-    await site.close();
-    tmp.cleanup();
-  });
+  const { site, url, ac } = await startApi(t);
   const headers = { authorization: `Bearer ${site.apiToken()}` };
   assert.equal((await fetch(`${url}${API_PREFIX}/vms/nosuch/console-log/stream`, { headers })).status, 404);
   await site.volumes.createVolume('unit@test', 'disk', 1024 * 1024);
@@ -139,3 +119,19 @@ test('GET /vms/NAME/console-log/stream: the tail, then what is appended; a flood
   ac.abort();
   await reader;
 });
+
+/** A site and its API on a free port; `ac` aborts the test's streams. All closed when the test ends. */
+async function startApi(t: TestContext) {
+  const tmp = tempDir();
+  const site = await Site.open({ dataDir: join(tmp.path, 'data'), name: 'unit', nbdListen: 'none' });
+  const app = await buildApi(site, { openapi: false });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  const ac = new AbortController();
+  t.after(async () => {
+    ac.abort();
+    await app.close();
+    await site.close();
+    tmp.cleanup();
+  });
+  return { site, url, ac };
+}
