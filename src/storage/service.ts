@@ -95,7 +95,7 @@ export class StorageService {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     this.lock = lockDirectory(dataDir);
     try {
-      for (const { name, path, type } of this.readPoolsFile().pools) {
+      for (const { name, path, type } of readPoolsFile(this.dataDir).pools) {
         const pool: OwnPool = type === 'rbd' ? RbdPool.open(path, connected.get(path)) : Pool.open(path);
         this.pools.set(name, pool);
         const mark = markBitmapsInUse(pool.path);
@@ -874,10 +874,6 @@ export class StorageService {
       throw notFound(`no volume ${volume}`);
     }
     return p;
-  }
-
-  private readPoolsFile(): PoolsFile {
-    return readPoolsFile(this.dataDir);
   }
 
   private writePoolsFile(): void {
