@@ -48,9 +48,24 @@ export function frameHeader(type: FrameType, flags: number, length: number): Buf
 
 /**
  * Writes a frame; resolves once the socket has taken it (the body may then be reused) and the
- * socket can take more (backpressure).
+ * socket can take more (backpressure). `piece`: a body larger than this goes in pieces of it,
+ * each written once the socket took the one before (the event loop turns between them).
  */
-export function writeFrame(socket: Duplex, type: FrameType, body: Uint8Array, flags = 0): Promise<void> {
+export async function writeFrame(
+  socket: Duplex,
+  type: FrameType,
+  body: Uint8Array,
+  flags = 0,
+  piece = Infinity,
+): Promise<void> {
+  if (body.length <= piece) return writeParts(socket, [frameHeader(type, flags, body.length), body]);
+  await writeParts(socket, [frameHeader(type, flags, body.length), body.subarray(0, piece)]);
+  for (let at = piece; at < body.length; at += piece)
+    await writeParts(socket, [body.subarray(at, Math.min(body.length, at + piece))]);
+}
+
+/** Writes `parts` corked; resolves once the socket has taken them and can take more. */
+function writeParts(socket: Duplex, parts: Uint8Array[]): Promise<void> {
   return new Promise((resolve, reject) => {
     let written = false;
     let drained = true;
@@ -62,8 +77,8 @@ export function writeFrame(socket: Duplex, type: FrameType, body: Uint8Array, fl
     };
     socket.once('close', closed);
     socket.cork();
-    socket.write(frameHeader(type, flags, body.length));
-    const more = socket.write(body, (err) => {
+    for (const p of parts.slice(0, -1)) socket.write(p);
+    const more = socket.write(parts[parts.length - 1]!, (err) => {
       if (err) return reject(err);
       written = true;
       done();

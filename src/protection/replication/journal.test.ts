@@ -259,3 +259,81 @@ test('when the target holds everything, trimming frees the current segment too, 
     [21],
   );
 });
+
+test('appendEncodedRun copies a batch of another journal across segments, stops whole at the bound, and refuses damage and gaps', async (t) => {
+  const tmp = tempDir('haven-journal-run-');
+  t.after(tmp.cleanup);
+  const dir = tmp.path;
+  const src = ReplicationJournal.open(join(dir, 'src'), { segmentBytes: 20_000 });
+  for (let n = 1; n <= 40; n++) src.append(RecordKind.write, n % 3, n * 4096, 4096, [payload(n)]);
+  // The source's records as one batch, the way the transceiver ships them.
+  const scratch = Buffer.alloc(1024 * 1024);
+  const batches: Buffer[] = [];
+  for (let seq = 1; seq <= 40;) {
+    const b = await src.readAsync(seq, scratch, { verify: false });
+    const first = b[0]!;
+    const last = b[b.length - 1]!;
+    const start = first.payload.byteOffset - RECORD_HEADER;
+    batches.push(
+      Buffer.from(b[0]!.payload.buffer.slice(start, last.payload.byteOffset + last.payloadLength)),
+    );
+    seq = last.seq + 1;
+  }
+  const dst = ReplicationJournal.open(join(dir, 'dst'), { segmentBytes: 20_000 });
+  for (const b of batches) assert.equal(dst.appendEncodedRun(b), b.length);
+  assert.deepEqual(readAll(dst), readAll(src));
+  assert.ok(readdirSync(join(dir, 'dst')).length > 3, 'the run was split across segments');
+  await dst.close();
+  const again = ReplicationJournal.open(join(dir, 'dst'), { segmentBytes: 20_000 });
+  assert.deepEqual(readAll(again), readAll(src), 'the same after a reopening');
+
+  // A bound: only whole records are taken, and what follows can be taken after a trim.
+  const small = ReplicationJournal.open(join(dir, 'small'), { maxBytes: 30_000, segmentBytes: 10_000 });
+  const all = Buffer.concat(batches);
+  const took = small.appendEncodedRun(all);
+  assert.ok(took > 0 && took < all.length);
+  assert.equal(small.bytes, took);
+  const held = readAll(small);
+  assert.deepEqual(held, readAll(src).slice(0, held.length));
+  small.trim(small.nextSeq);
+  assert.ok(small.appendEncodedRun(all.subarray(took)) > 0, 'room again after the trim');
+
+  // One flipped bit in the third record: CORRUPT, and nothing of the run is held (all of it fits
+  // one segment, written only once every record of it is checked).
+  const bad = Buffer.from(batches[0]!);
+  const r1 = bad.readUInt32LE(8);
+  const r2 = bad.readUInt32LE(r1 + 8);
+  bad[r1 + r2 + RECORD_HEADER + 10]! ^= 1;
+  const third = ReplicationJournal.open(join(dir, 'bad'));
+  assert.throws(
+    () => third.appendEncodedRun(bad),
+    (e: Error & { code?: string }) => e.code === 'CORRUPT',
+  );
+  assert.equal(third.nextSeq, 1);
+  assert.equal(third.bytes, 0);
+  // A batch that does not follow (a gap): CONFLICT, nothing taken.
+  assert.throws(
+    () => third.appendEncodedRun(batches[1]!),
+    (e: Error & { code?: string }) => e.code === 'CONFLICT',
+  );
+  assert.equal(third.nextSeq, 1);
+  assert.equal(third.appendEncodedRun(batches[0]!), batches[0]!.length, 'the intact batch is taken');
+  await Promise.all([src.close(), again.close(), small.close(), third.close()]);
+});
+
+test('readAsync returns what read returns, and a trim while it reads does not close its file under it', async (t) => {
+  const tmp = tempDir('haven-journal-async-');
+  t.after(tmp.cleanup);
+  const dir = tmp.path;
+  const j = ReplicationJournal.open(dir, { segmentBytes: 50_000 });
+  for (let n = 1; n <= 60; n++) j.append(RecordKind.write, 0, n * 4096, 4096, [payload(n)]);
+  const scratch = Buffer.alloc(40_000);
+  const sync = j.read(1, Buffer.alloc(40_000)).map((e) => [e.seq, sha(e.payload)]);
+  const reading = j.readAsync(1, scratch);
+  // Everything trimmed while the read is on the thread pool: the segment's file goes, its fd stays until the read is done.
+  j.trim(j.nextSeq);
+  const got = (await reading).map((e) => [e.seq, sha(e.payload)]);
+  assert.deepEqual(got, sync);
+  await assert.rejects(j.readAsync(1, scratch), (e: Error & { code?: string }) => e.code === 'NOT_FOUND');
+  await j.close();
+});

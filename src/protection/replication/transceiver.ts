@@ -14,6 +14,12 @@ const DEFAULT_BATCH = 4 * 1024 * 1024;
 const INCOMPRESSIBLE = 0.9;
 /** …and this many batches after it are sent uncompressed before compression is tried again. */
 const SKIP_BATCHES = 8;
+/**
+ * A batch goes to the socket in pieces of this many bytes, one per turn of the event loop: TLS
+ * encrypts what it is given at once, and a whole batch would hold the guests' I/O for
+ * milliseconds.
+ */
+const WRITE_PIECE = 256 * 1024;
 
 /** Bytes per second, changeable while running; 0 or absent: unlimited. */
 export class TokenBucket {
@@ -144,7 +150,7 @@ export class JournalSender {
         if (rate)
           scratch = scratch.subarray(0, Math.min(scratch.length, Math.max(64 * 1024, Math.floor(rate / 4))));
         // Not checked here: the target checks every record's CRC before it holds it.
-        const batch = this.journal.read(next, scratch, { verify: false });
+        const batch = await this.journal.readAsync(next, scratch, { verify: false });
         if (!batch.length) {
           await new Promise<void>((r) => (this.wakeUp = r));
           continue;
@@ -175,7 +181,7 @@ export class JournalSender {
         }
         await this.opts.limit?.take(body.length);
         // Resolves once the socket took the bytes: the buffers can be reused.
-        await writeFrame(this.socket, Frame.batch, body, flags);
+        await writeFrame(this.socket, Frame.batch, body, flags, WRITE_PIECE);
         this.sentBytes += body.length;
         next = last.seq + 1;
       }
@@ -338,22 +344,30 @@ export class JournalReceiver {
   /** Appends the batch's records the journal does not hold yet (waiting for room when it is full). */
   private async take(records: Buffer): Promise<void> {
     let at = 0;
-    while (at < records.length) {
+    // Those held already (resent after a reconnect) are skipped.
+    for (;;) {
       const h = decodeHeader(records.subarray(at, at + RECORD_HEADER));
-      if (!h || at + h.recordLength > records.length)
+      if (at < records.length && (!h || at + h.recordLength > records.length))
         throw new HavenError('PROTOCOL', `the replication source sent a damaged batch (at byte ${at})`);
-      const rec = records.subarray(at, at + h.recordLength);
+      if (!h || h.seq >= this.journal.nextSeq) break;
       at += h.recordLength;
-      if (h.seq < this.journal.nextSeq) continue; // held already (resent after a reconnect)
-      if (this.journal.appendEncoded(rec) !== undefined) continue;
-      // Full: the source waits (backpressure) while the applier frees what the volumes hold.
-      await this.journal.sync();
-      await this.opts.makeRoom?.();
-      if (this.journal.appendEncoded(rec) === undefined)
+    }
+    let waited = false;
+    while (at < records.length) {
+      const n = this.journal.appendEncodedRun(records.subarray(at));
+      at += n;
+      if (at === records.length) break;
+      if (n === 0 && waited) {
+        const h = decodeHeader(records.subarray(at, at + RECORD_HEADER))!;
         throw new HavenError(
           'NO_SPACE',
           `the target's replication journal (${this.journal.maxBytes} bytes) has no room for record ${h.seq} (${h.recordLength} bytes)`,
         );
+      }
+      // Full: the source waits (backpressure) while the applier frees what the volumes hold.
+      await this.journal.sync();
+      await this.opts.makeRoom?.();
+      waited = n === 0;
     }
   }
 }
