@@ -33,6 +33,12 @@ export interface BlockDevice {
   write(data: Uint8Array | readonly Uint8Array[], offset: number, flags?: WriteFlags): MaybePromise<void>;
   /** Make every completed write durable. */
   flush(): MaybePromise<void>;
+  /**
+   * Optional: writes the device's completed writes back to disk on the thread pool, so that a
+   * flush after it (which may wait on the event loop) finds little left to do. It makes nothing
+   * durable that a flush would not: only flush is a promise of durability.
+   */
+  writeBack?(): Promise<void>;
   /** The range's content is no longer needed; afterwards it reads as zeroes. May free space. */
   trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void>;
   /**

@@ -45,6 +45,9 @@ export class PassThroughDevice implements BlockDevice {
   flush(): MaybePromise<void> {
     return this.inner.flush();
   }
+  writeBack(): Promise<void> {
+    return this.inner.writeBack?.() ?? Promise.resolve();
+  }
   trim(offset: number, length: number, flags?: WriteFlags): MaybePromise<void> {
     return this.inner.trim(offset, length, flags);
   }

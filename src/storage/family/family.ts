@@ -2,6 +2,7 @@ import {
   closeSync,
   existsSync,
   fchmodSync,
+  fdatasync,
   fdatasyncSync,
   fstatSync,
   mkdirSync,
@@ -11,6 +12,7 @@ import {
   writevSync,
 } from 'node:fs';
 import { randomUUID } from 'node:crypto';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { HavenError, conflict, fromSystemError, invalidArgument, notFound } from '../../common/index.js';
 import { BitSet } from './bitset.js';
@@ -35,6 +37,8 @@ import {
 import { SPANS, TreeNode } from './tree.js';
 import { JOURNAL_FILE, MapJournal, currentBootId, type JournalRecord } from './journal.js';
 import { checkRange } from '../../block/index.js';
+
+const fdatasyncAsync = promisify(fdatasync);
 
 export const DEFAULT_CLUSTER_SIZE = 64 * 1024;
 /** The files of a family's directory (all Haven's: a pool's delete removes these and nothing else). */
@@ -520,6 +524,20 @@ export class VolumeFamily {
    * Makes every completed write durable: data first, then changed tree pages into fresh pages,
    * then the superblock naming them. Frees what the previous superblock alone referenced.
    */
+  /**
+   * Writes the data written so far back to disk on the thread pool (fdatasync of the data file):
+   * the next commit's own fdatasync, on the event loop, then has little left to wait for. Nothing
+   * becomes durable by it alone — the tree naming the data is written only by commit.
+   */
+  async writeBack(): Promise<void> {
+    if (this.closed) return;
+    try {
+      await fdatasyncAsync(this.dataFd);
+    } catch {
+      // Closed meanwhile, or the disk failed: the commit that matters reports it.
+    }
+  }
+
   commit(): void {
     if (this.closed) return;
     fdatasyncSync(this.dataFd);

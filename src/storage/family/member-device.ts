@@ -43,6 +43,11 @@ export class MemberDevice implements BlockDevice {
     this.family.commit();
   }
 
+  writeBack(): Promise<void> {
+    this.open();
+    return this.family.writeBack();
+  }
+
   trim(offset: number, length: number, flags?: WriteFlags): void {
     this.writeZeroes(offset, length, flags);
   }
