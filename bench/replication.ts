@@ -30,7 +30,7 @@ import { fioNbd, type FioResult } from './lib/fio.js';
 import { fmtSize, keystream } from './lib/image.js';
 import { ensurePeerTools } from './lib/peers.js';
 import { runSpan } from './lib/results.js';
-import { procStatusBytes } from './lib/server.js';
+import { procCpuSeconds, procStatusBytes } from './lib/server.js';
 import { BenchSite } from './lib/site.js';
 import type { Benchmark, BenchOptions, BenchResult, Metric } from './lib/types.js';
 
@@ -184,6 +184,15 @@ async function runReplication(opts: BenchOptions): Promise<BenchResult> {
       kind: 'max',
       value: 1.2,
     }),
+    cpuA: metric(
+      'source-cpu-per-gb',
+      'site A daemon (source) CPU per GB fio wrote',
+      's/GB',
+      'lower',
+      undefined,
+      'CPU seconds (user + system, /proc/PID/stat) during the fio run, over the GB it wrote',
+    ),
+    cpuB: metric('target-cpu-per-gb', 'site B daemon (target) CPU per GB fio wrote', 's/GB', 'lower'),
     rssA: metric('peak-rss-source', 'peak RSS (VmHWM), site A daemon (source)', 'MiB', 'lower'),
     rssB: metric('peak-rss-target', 'peak RSS (VmHWM), site B daemon (target)', 'MiB', 'lower'),
   };
@@ -300,12 +309,33 @@ async function runReplication(opts: BenchOptions): Promise<BenchResult> {
     // ("data", in group g), off again.
     const fmt = (r: FioResult) =>
       `${(r.bandwidth / 1e6).toFixed(1)} MB/s, p99 ${(r.p99LatencyUs! / 1000).toFixed(2)} ms`;
-    const off1 = await fio('plain');
+    // And the CPU each daemon spends per GB written (what replication costs the source's host).
+    const cpuRuns: Record<string, { a: number; b: number; gb: number }[]> = { on: [], off: [] };
+    const measured = async (vol: string, kind: 'on' | 'off') => {
+      const a0 = procCpuSeconds(a.pid) ?? NaN;
+      const b0 = procCpuSeconds(b.pid) ?? NaN;
+      const r = await fio(vol);
+      const gb = (r.bandwidth * seconds) / 1e9; // fio runs time-based for `seconds`
+      cpuRuns[kind]!.push({
+        a: ((procCpuSeconds(a.pid) ?? NaN) - a0) / gb,
+        b: ((procCpuSeconds(b.pid) ?? NaN) - b0) / gb,
+        gb,
+      });
+      return r;
+    };
+    const off1 = await measured('plain', 'off');
     log(`no replication: ${fmt(off1)}`);
-    const on = await fio('data');
+    const on = await measured('data', 'on');
     log(`replication on: ${fmt(on)}`);
-    const off2 = await fio('plain');
+    const off2 = await measured('plain', 'off');
     log(`no replication: ${fmt(off2)}`);
+    m.cpuA!.values[HAVEN] = cpuRuns.on![0]!.a;
+    m.cpuA!.values[OFF] = mean(cpuRuns.off!.map((x) => x.a));
+    m.cpuB!.values[HAVEN] = cpuRuns.on![0]!.b;
+    raw.cpuPerGb = cpuRuns;
+    log(
+      `CPU per GB written: source ${cpuRuns.on![0]!.a.toFixed(2)} s (no replication ${m.cpuA!.values[OFF]!.toFixed(2)} s), target ${cpuRuns.on![0]!.b.toFixed(2)} s`,
+    );
     m.tput!.values[HAVEN] = on.bandwidth / 1e6;
     m.p99!.values[HAVEN] = on.p99LatencyUs! / 1000;
     m.tput!.values[OFF] = mean([off1.bandwidth, off2.bandwidth]) / 1e6;
@@ -388,16 +418,21 @@ async function runReplication(opts: BenchOptions): Promise<BenchResult> {
     );
     const wire = proxy.upBytes;
     proxy.heal();
-    const healed = await until(
+    // The checkpoint closing the resync is the newest only until the next one (a quarter second
+    // later): looked for in the replica's history, not in the status.
+    const resynced = await until(
       'the resync',
-      () => group('gr'),
-      (s) =>
-        replicating(s) &&
-        s.appliedCheckpoint!.seq > (before.appliedCheckpoint?.seq ?? 0) &&
-        s.appliedCheckpoint!.name === 'resync',
+      async () => ({
+        status: await group('gr'),
+        history: await a.api<{ seq: number; name?: string }[]>('GET', '/replication/groups/gr/checkpoints'),
+      }),
+      ({ status, history }) =>
+        replicating(status) &&
+        history.some((c) => c.name === 'resync' && c.seq > (before.appliedCheckpoint?.seq ?? 0)),
       log,
     );
-    const sent = healed.sentBytes - cut.sentBytes;
+    // What it sent up to that checkpoint: idle checkpoints after it add a few bytes each.
+    const sent = resynced.status.sentBytes - cut.sentBytes;
     m.resync!.values[HAVEN] = sent / changed;
     raw.resync = { changedBytes: changed, sentBytes: sent, wireBytesAllLinks: proxy.upBytes - wire };
     log(

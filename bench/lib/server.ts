@@ -14,6 +14,17 @@ export function procStatusBytes(pid: number, field: string): number | null {
   }
 }
 
+/** CPU seconds (user and system) a process has used so far, from /proc/PID/stat; null once it is gone. */
+export function procCpuSeconds(pid: number): number | null {
+  try {
+    // The fields after the command (which may hold spaces) and its ')': utime and stime are 14th and 15th.
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * A server process under benchmark: started, awaited until its socket (unix or TCP) accepts connections, and
  * watched for its peak resident set size. The kernel keeps the peak itself (VmHWM, "high water
