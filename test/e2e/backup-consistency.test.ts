@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeExt4Disk } from '../support/guest.js';
-import { guestArgs, site, waitForConsole, type Site } from '../support/site.js';
+import { guestArgs, site, waitForConsole, type Site, wholeConsoleLog } from '../support/site.js';
 
 const MiB = 1024 * 1024;
 
@@ -132,7 +132,7 @@ test('VM backup with an answering guest agent: hooks, freeze, snapshot, thaw; ap
   );
   t.diagnostic(job.log[order[3]!]!.message);
   // The guest saw one freeze of /mnt, then its thaw.
-  const events = (await s.haven('vm', 'console-log', 'app1'))
+  const events = (await wholeConsoleLog(s, 'app1'))
     .split('\n')
     .filter((l) => l.includes('"event":"fsfreeze"'))
     .map((l) => JSON.parse(l.slice(l.indexOf('{'))) as { state: string; mounts: string[] });
@@ -213,7 +213,7 @@ test('VM backups without an answering agent are crash-consistent and say why; --
     post,
   );
   assert.match(hooked, /^crash-consistent: the pre-freeze hook failed \(exit status 3: database busy\)$/m);
-  assert.doesNotMatch(await s.haven('vm', 'console-log', 'hooked'), /"event":"fsfreeze"/);
+  assert.doesNotMatch(await wholeConsoleLog(s, 'hooked'), /"event":"fsfreeze"/);
   assert.deepEqual(readFileSync(hooksLog, 'utf8').trim().split('\n'), [
     'pre hooked',
     'post hooked consistency=crash',

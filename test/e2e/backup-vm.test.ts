@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileBytes, makeExt4Disk } from '../support/guest.js';
-import { assertWrites, guestArgs, site, waitForConsole, writesIn } from '../support/site.js';
+import { assertWrites, guestArgs, site, waitForConsole, writesIn, wholeConsoleLog } from '../support/site.js';
 
 const MiB = 1024 * 1024;
 
@@ -39,10 +39,10 @@ test('backup of a running VM while it streams writes: consistent, complete, incr
   await s.haven('repo', 'init', '--repo', repo);
 
   // Every write reported before the backup starts must be in it.
-  const before = writesIn(await s.haven('vm', 'console-log', 'app1'));
+  const before = writesIn(await wholeConsoleLog(s, 'app1'));
   const first = await s.haven('backup', 'vm:app1', '--repo', repo);
   assert.match(first, /^snapshot \S+ of vm:app1 over san: read/m);
-  const during = writesIn(await s.haven('vm', 'console-log', 'app1'));
+  const during = writesIn(await wholeConsoleLog(s, 'app1'));
   assert.ok(during.length > before.length, 'the guest went on writing during the backup');
   await waitForConsole(s, 'app1', new RegExp(`"event":"write","seq":${during.length + 40},`));
   const second = await s.haven('backup', 'vm:app1', '--repo', repo);

@@ -12,7 +12,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startCeph, type Ceph } from '../support/ceph.js';
-import { assertWrites, guestArgs, site, waitForConsole, writesIn } from '../support/site.js';
+import { assertWrites, guestArgs, site, waitForConsole, writesIn, wholeConsoleLog } from '../support/site.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -44,7 +44,7 @@ test('instant recovery onto an RBD pool: runs on a file pool over the backup, fi
     assert.ok(i < 300, 'the source VM powered off');
     await sleep(200); // the poll interval
   }
-  const before = writesIn(await s.haven('vm', 'console-log', 'src'));
+  const before = writesIn(await wholeConsoleLog(s, 'src'));
   assert.equal(before.length, 40);
   const repo = join(work, 'repo');
   await s.haven('repo', 'init', '--repo', repo);
@@ -95,10 +95,10 @@ test('instant recovery onto an RBD pool: runs on a file pool over the backup, fi
   assert.deepEqual(JSON.parse(await s.haven('recover', 'list', '--json')), []);
   rmSync(repo, { recursive: true, force: true });
   // The guest goes on writing, now on Ceph.
-  const n = writesIn(await s.haven('vm', 'console-log', 'rec')).length;
+  const n = writesIn(await wholeConsoleLog(s, 'rec')).length;
   await waitForConsole(s, 'rec', new RegExp(`"event":"write","seq":${n + 15},`));
   await s.haven('vm', 'stop', 'rec', '--grace', '1');
-  const log = await s.haven('vm', 'console-log', 'rec');
+  const log = await wholeConsoleLog(s, 'rec');
   assert.doesNotMatch(log, /"event":"error"|I\/O error|blk_update_request|Buffer I\/O/);
   const streamed = writesIn(log).filter((w) => w.offset >= 8 * MiB);
   assert.ok(streamed.length > n, 'the guest wrote after the move');

@@ -9,7 +9,15 @@ import assert from 'node:assert/strict';
 import { cpSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { assertWrites, guestArgs, site, startDaemon, waitForConsole, writesIn } from '../support/site.js';
+import {
+  assertWrites,
+  guestArgs,
+  site,
+  startDaemon,
+  waitForConsole,
+  writesIn,
+  wholeConsoleLog,
+} from '../support/site.js';
 import { treeHash } from '../support/tmp.js';
 
 const cmdline = (cmd: string) => `console=ttyS0 quiet panic=-1 haven.disks=1 haven.cmd="${cmd}"`;
@@ -31,7 +39,7 @@ test('instant recovery: boots from the backup in seconds, finalize while writing
     assert.ok(i < 300, 'the source VM powered off');
     await sleep(200);
   }
-  const before = writesIn(await s.haven('vm', 'console-log', 'src'));
+  const before = writesIn(await wholeConsoleLog(s, 'src'));
   assert.equal(before.length, 40);
   const repo = join(work, 'repo');
   await s.haven('repo', 'init', '--repo', repo);
@@ -92,9 +100,7 @@ test('instant recovery: boots from the backup in seconds, finalize while writing
   // A backup of the recovered VM, while it runs from its backup, restores.
   const repo2 = join(work, 'repo2');
   await s.haven('repo', 'init', '--repo', repo2);
-  const streamed = writesIn(await s.haven('vm', 'console-log', 'rec')).filter(
-    (w) => w.offset >= 8 * 1024 * 1024,
-  );
+  const streamed = writesIn(await wholeConsoleLog(s, 'rec')).filter((w) => w.offset >= 8 * 1024 * 1024);
   await s.haven('backup', 'vm:rec', '--repo', repo2);
   const [snap2] = JSON.parse(await s.haven('repo', 'list', '--repo', repo2, '--json')) as { id: string }[];
   const restored = join(work, 'rec-backup.img');
@@ -123,7 +129,7 @@ test('instant recovery: boots from the backup in seconds, finalize while writing
     s.haven('volume', 'export', 'lost-d', join(work, 'lost.img')),
     /lost-d runs over backup .*, which is not attached/,
   );
-  const m = writesIn(await s.haven('vm', 'console-log', 'rec')).length;
+  const m = writesIn(await wholeConsoleLog(s, 'rec')).length;
   await waitForConsole(s, 'rec', new RegExp(`"event":"write","seq":${m + 10},`));
   await s.haven('recover', 'discard', 'lost');
   assert.ok(!(await s.haven('volume', 'list')).includes('lost'));
@@ -133,10 +139,10 @@ test('instant recovery: boots from the backup in seconds, finalize while writing
   assert.match(fin, /runs from production storage/);
   assert.deepEqual(JSON.parse(await s.haven('recover', 'list', '--json')), []);
   rmSync(repo, { recursive: true, force: true });
-  const n = writesIn(await s.haven('vm', 'console-log', 'rec')).length;
+  const n = writesIn(await wholeConsoleLog(s, 'rec')).length;
   await waitForConsole(s, 'rec', new RegExp(`"event":"write","seq":${n + 15},`));
   await s.haven('vm', 'stop', 'rec', '--force');
-  const log = await s.haven('vm', 'console-log', 'rec');
+  const log = await wholeConsoleLog(s, 'rec');
   assert.doesNotMatch(log, /"event":"error"|I\/O error|blk_update_request/);
   const final = join(work, 'rec-final.img');
   await s.haven('volume', 'export', 'rec-d', final);

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startCeph, type Ceph } from '../support/ceph.js';
-import { assertWrites, guestArgs, site, waitForConsole, writesIn } from '../support/site.js';
+import { assertWrites, guestArgs, site, waitForConsole, writesIn, wholeConsoleLog } from '../support/site.js';
 
 const MiB = 1024 * 1024;
 
@@ -53,7 +53,7 @@ test('a running VM moves from a file pool to an RBD pool and back while it write
       `to ${to}: ${moved.seconds.toFixed(2)} s, switch pause ${moved.pauseMs.toFixed(2)} ms, ${moved.mirroredBytes} bytes of guest writes mirrored`,
     );
     assert.ok(moved.mirroredBytes > 0, 'the guest wrote during the copy: its writes were mirrored');
-    const n = writesIn(await s.haven('vm', 'console-log', 'mig')).length;
+    const n = writesIn(await wholeConsoleLog(s, 'mig')).length;
     // The guest goes on writing on the new pool.
     await waitForConsole(s, 'mig', new RegExp(`"event":"write","seq":${n + 15},`));
     if (to === 'ceph')
@@ -61,7 +61,7 @@ test('a running VM moves from a file pool to an RBD pool and back while it write
     else assert.doesNotMatch(await ceph.rbd('ls', ceph.pool), /mig-data/, 'the RBD image is gone');
   }
   await s.haven('vm', 'stop', 'mig', '--force');
-  const log = await s.haven('vm', 'console-log', 'mig');
+  const log = await wholeConsoleLog(s, 'mig');
   assert.doesNotMatch(
     log,
     /"event":"error"|I\/O error|blk_update_request|Buffer I\/O/,

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startDaemon } from '../support/site.js';
+import { startDaemon, wholeConsoleLog } from '../support/site.js';
 import { assertWrites, guestArgs, site, waitForConsole, writesIn } from '../support/site.js';
 
 const MiB = 1024 * 1024;
@@ -36,7 +36,7 @@ test('a running VM moves to another pool while it writes as fast as it can', asy
   );
   await s.haven('vm', 'start', 'mig');
   await waitForConsole(s, 'mig', /"event":"write","seq":10,/);
-  const beforeMove = writesIn(await s.haven('vm', 'console-log', 'mig')).length;
+  const beforeMove = writesIn(await wholeConsoleLog(s, 'mig')).length;
 
   const out = JSON.parse(await s.haven('vm', 'move-storage', 'mig', '--pool', 'fast', '--json')) as {
     state: string;
@@ -49,7 +49,7 @@ test('a running VM moves to another pool while it writes as fast as it can', asy
     `switch pause ${moved.pauseMs.toFixed(2)} ms; ${moved.mirroredBytes} bytes of guest writes mirrored`,
   );
   assert.ok(moved.mirroredBytes > 0, 'the guest wrote during the copy: its writes were mirrored');
-  const moveLog = writesIn(await s.haven('vm', 'console-log', 'mig'));
+  const moveLog = writesIn(await wholeConsoleLog(s, 'mig'));
   const afterMove = moveLog.length;
   // The guest's own measure of each write (dd with its fsync): the largest while the disk moved
   // includes the switchover; beside it the largest before the move.
@@ -75,7 +75,7 @@ test('a running VM moves to another pool while it writes as fast as it can', asy
     'the volume is on the new pool and the source is gone',
   );
   await s.haven('vm', 'stop', 'mig', '--force');
-  const log = await s.haven('vm', 'console-log', 'mig');
+  const log = await wholeConsoleLog(s, 'mig');
   assert.doesNotMatch(
     log,
     /"event":"error"|I\/O error|blk_update_request|Buffer I\/O/,

@@ -5,7 +5,7 @@
 // refused with clear errors and change nothing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { guestArgs, site, waitForConsole, writesIn } from '../support/site.js';
+import { guestArgs, site, waitForConsole, writesIn, wholeConsoleLog } from '../support/site.js';
 
 interface Compliance {
   object: string;
@@ -79,7 +79,7 @@ test('a VM placed against its policy complies after remediate, and its guest nev
   assert.equal(job.state, 'succeeded');
   assert.equal(job.result.compliant, true);
   assert.match(job.result.fixed[0]!, /moved to pool replicated/);
-  const wroteByThen = writesIn(await s.haven('vm', 'console-log', 'pv')).length;
+  const wroteByThen = writesIn(await wholeConsoleLog(s, 'pv')).length;
 
   const [after] = JSON.parse(await s.haven('policy', 'compliance', '--vm', 'pv', '--json')) as Compliance[];
   assert.deepEqual([after!.compliant, after!.reasons], [true, []]);

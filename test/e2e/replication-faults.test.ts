@@ -23,6 +23,7 @@ import {
   reportedPast,
 } from '../support/replica-check.js';
 import { eventually, pairedSites, type TestSite } from '../support/sites.js';
+import { wholeConsoleLog } from '../support/site.js';
 
 const group = replicationGroup;
 const checkpoints = replicaCheckpoints;
@@ -83,7 +84,7 @@ test(`kill -9 of the source daemon, the target daemon and both, ${ROUNDS} times 
   }
   await reportedPast(a, vm.name);
   await a.haven('vm', 'stop', vm.name, '--force');
-  const log = await a.haven('vm', 'console-log', vm.name);
+  const log = await wholeConsoleLog(a, vm.name);
   assert.doesNotMatch(log, GUEST_IO_ERROR, 'the guest never saw a write fail');
   const writes = { [vm.name]: await guestWrites(a, vm.name) };
   // Every checkpoint held is a prefix of the guest's writes, each at least as far as the one before.
@@ -167,7 +168,7 @@ test('the link cut for 30 s: bitmap mode, a resync on reconnect during which the
   const after = (await checkpoints(b, 'gc')).at(-1)!;
   await reportedPast(a, vm.name);
   await a.haven('vm', 'stop', vm.name, '--force');
-  assert.doesNotMatch(await a.haven('vm', 'console-log', vm.name), GUEST_IO_ERROR, 'no guest write failed');
+  assert.doesNotMatch(await wholeConsoleLog(a, vm.name), GUEST_IO_ERROR, 'no guest write failed');
   const r = await checkReplica(b, [vm], { [vm.name]: await guestWrites(a, vm.name) }, after.snapshot);
   assert.ok(r.ok, r.ok ? '' : r.message);
   assert.ok(r.cuts[vm.name]!.prefix > copy.cuts[vm.name]!.prefix, 'the replica moved on after the resync');

@@ -10,6 +10,7 @@ import { checkReplica, guestWrites, GUEST_IO_ERROR, streamingVm } from '../suppo
 import { replicaCheckpoints, replicationGroup, reportedPast } from '../support/replica-check.js';
 import { eventually, pairedSites } from '../support/sites.js';
 import type { OrderedWrite } from '../support/write-order.js';
+import { wholeConsoleLog } from '../support/site.js';
 
 const group = replicationGroup;
 const checkpoints = replicaCheckpoints;
@@ -59,7 +60,7 @@ test('two guests with two disks each: at 20 random checkpoints the replica holds
   for (const vm of vms) await a.haven('vm', 'stop', vm.name, '--force');
   const writes: Record<string, OrderedWrite[]> = {};
   for (const vm of vms) {
-    const log = await a.haven('vm', 'console-log', vm.name);
+    const log = await wholeConsoleLog(a, vm.name);
     assert.doesNotMatch(log, GUEST_IO_ERROR, `guest ${vm.name} saw no I/O error`);
     writes[vm.name] = await guestWrites(a, vm.name);
     assert.ok(writes[vm.name]!.length > 100, `guest ${vm.name} wrote ${writes[vm.name]!.length} times`);
@@ -142,7 +143,7 @@ test('a write burst fills the journal: bitmap mode without a guest write error, 
   const cp = (await checkpoints(b, 'gb')).at(-1)!;
   await reportedPast(a, vm.name);
   await a.haven('vm', 'stop', vm.name, '--force');
-  const log = await a.haven('vm', 'console-log', vm.name);
+  const log = await wholeConsoleLog(a, vm.name);
   assert.doesNotMatch(log, GUEST_IO_ERROR, 'the guest saw no I/O error');
   const r = await checkReplica(b, [vm], { [vm.name]: await guestWrites(a, vm.name) }, cp.snapshot);
   assert.ok(r.ok, r.ok ? '' : r.message);

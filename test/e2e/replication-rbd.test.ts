@@ -23,6 +23,7 @@ import {
 } from '../support/replica-check.js';
 import { eventually, pairedSites, type TestSite } from '../support/sites.js';
 import type { OrderedWrite } from '../support/write-order.js';
+import { wholeConsoleLog } from '../support/site.js';
 
 let ceph: Ceph;
 before(async () => {
@@ -82,7 +83,7 @@ test('a VM on an RBD pool replicates to an RBD pool at the other site: prefix-co
   );
   await reportedPast(a, 'db');
   await a.haven('vm', 'stop', 'db', '--force');
-  const log = await a.haven('vm', 'console-log', 'db');
+  const log = await wholeConsoleLog(a, 'db');
   assert.doesNotMatch(log, GUEST_IO_ERROR, 'the guest saw no I/O error');
   const writes: Record<string, OrderedWrite[]> = { db: await guestWrites(a, 'db') };
   assert.ok(writes.db!.length >= 40, `the guest wrote ${writes.db!.length} times`);

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startCeph, type Ceph } from '../support/ceph.js';
 import { patternBytes } from '../support/guest.js';
-import { assertWrites, guestArgs, site, waitForConsole, writesIn } from '../support/site.js';
+import { assertWrites, guestArgs, site, waitForConsole, writesIn, wholeConsoleLog } from '../support/site.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -70,7 +70,7 @@ test('a VM runs on an RBD volume (its first disk), writes, and Ceph holds exactl
   const streamedAtLeast = async (n: number) => {
     const deadline = Date.now() + 60_000;
     for (;;) {
-      const log = await s.haven('vm', 'console-log', 'rbdvm');
+      const log = await wholeConsoleLog(s, 'rbdvm');
       if (writesIn(log).filter((w) => w.offset >= stream.start).length >= n) return;
       if (Date.now() > deadline) throw new Error(`fewer than ${n} stream writes after 60 s:\n${log}`);
       await sleep(250); // the poll interval
@@ -98,9 +98,7 @@ test('a VM runs on an RBD volume (its first disk), writes, and Ceph holds exactl
   // A snapshot of the running, writing VM: an RBD snapshot.
   // What the guest reported before the snapshot was asked for is durable before it: it must be in it.
   await streamedAtLeast(10);
-  const atSnapshot = writesIn(await s.haven('vm', 'console-log', 'rbdvm')).filter(
-    (w) => w.offset >= stream.start,
-  );
+  const atSnapshot = writesIn(await wholeConsoleLog(s, 'rbdvm')).filter((w) => w.offset >= stream.start);
   await s.haven('snapshot', 'create', 'root', 'live');
   assert.match(await ceph.rbd('snap', 'ls', `${ceph.pool}/vm-root`), /\blive\b/);
   // The guest goes on writing after the snapshot.
@@ -108,7 +106,7 @@ test('a VM runs on an RBD volume (its first disk), writes, and Ceph holds exactl
 
   // A clean stop (the test guest ignores the power button: QEMU quits after the grace time).
   assert.match(await s.haven('vm', 'stop', 'rbdvm', '--grace', '1'), /VM rbdvm stopped/);
-  log = await s.haven('vm', 'console-log', 'rbdvm');
+  log = await wholeConsoleLog(s, 'rbdvm');
   assert.doesNotMatch(
     log,
     /"event":"error"|I\/O error|blk_update_request|Buffer I\/O/,

@@ -143,11 +143,22 @@ export function guestArgs(cmd: string): string[] {
   ];
 }
 
+/**
+ * A VM's whole serial console log. The CLI prints the last 64 KiB by default: a test counting or
+ * checking the guest's writes from that would, on a long run, see only the newest of them.
+ */
+export function wholeConsoleLog(
+  s: { haven(...args: string[]): Promise<string> },
+  vm: string,
+): Promise<string> {
+  return s.haven('vm', 'console-log', vm, '--bytes', '999999999');
+}
+
 export async function waitForConsole(s: Site, vm: string, re: RegExp, ms = 60_000): Promise<string> {
   const deadline = Date.now() + ms;
   let log = '';
   while (Date.now() < deadline) {
-    log = await s.haven('vm', 'console-log', vm);
+    log = await wholeConsoleLog(s, vm);
     if (re.test(log)) return log;
     await sleep(200);
   }
