@@ -102,6 +102,35 @@ test('through cuts of the link and reconnects, every applied checkpoint equals t
   await link;
 });
 
+test('a wake that comes while the sender reads an empty journal is not lost: the record goes', async (t) => {
+  const dir = tempDir();
+  const pki = makeTestPki(dir.path);
+  const src = new SourceGroup(dir.path, ['a', 'b'], SIZE);
+  const dst = await targetSite(dir.path, pki, src.journal.firstSeq);
+  t.after(async () => {
+    await dst.close();
+    await src.close();
+    dir.cleanup();
+  });
+  const sender = new JournalSender(src.journal, await dial(dst.port, pki), { group: 'g' });
+  // Once, when a read finds nothing: a checkpoint is journaled and the sender woken after the
+  // read looked and before the sender waits — the moment a wake could fall between the two.
+  const readAsync = src.journal.readAsync.bind(src.journal);
+  let cp: number | undefined;
+  src.journal.readAsync = async (...args) => {
+    const got = await readAsync(...args);
+    if (!got.length && cp === undefined) {
+      cp = src.checkpoint('woken');
+      sender.wake();
+    }
+    return got;
+  };
+  const link = sender.run().catch((e: Error) => e);
+  await until('the checkpoint at the target', () => cp !== undefined && dst.applier.newest?.seq === cp);
+  sender.stop();
+  await link;
+});
+
 test('compression shrinks compressible batches; the bandwidth limit holds within 10%', async (t) => {
   const dir = tempDir();
   const pki = makeTestPki(dir.path);

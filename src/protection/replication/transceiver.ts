@@ -71,6 +71,8 @@ export interface SenderOptions {
 export class JournalSender {
   private stopped = false;
   private wakeUp: (() => void) | undefined;
+  /** A wake came since the last read began. */
+  private woken = false;
   private held = 0;
   private readonly scratch: Buffer[];
   private packed: Buffer | undefined;
@@ -105,6 +107,7 @@ export class JournalSender {
 
   /** New records are in the journal. */
   wake(): void {
+    this.woken = true;
     const w = this.wakeUp;
     this.wakeUp = undefined;
     w?.();
@@ -150,9 +153,11 @@ export class JournalSender {
         if (rate)
           scratch = scratch.subarray(0, Math.min(scratch.length, Math.max(64 * 1024, Math.floor(rate / 4))));
         // Not checked here: the target checks every record's CRC before it holds it.
+        this.woken = false;
         const batch = await this.journal.readAsync(next, scratch, { verify: false });
         if (!batch.length) {
-          await new Promise<void>((r) => (this.wakeUp = r));
+          // A wake that came while the read was under way is not lost: read again at once.
+          if (!this.woken) await new Promise<void>((r) => (this.wakeUp = r));
           continue;
         }
         const first = batch[0]!;
