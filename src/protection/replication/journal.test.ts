@@ -335,5 +335,13 @@ test('readAsync returns what read returns, and a trim while it reads does not cl
   const got = (await reading).map((e) => [e.seq, sha(e.payload)]);
   assert.deepEqual(got, sync);
   await assert.rejects(j.readAsync(1, scratch), (e: Error & { code?: string }) => e.code === 'NOT_FOUND');
+  // A record larger than the scratch comes alone, whole.
+  const big = Buffer.alloc(45_000, 7);
+  const seq = j.append(RecordKind.write, 0, 0, big.length, [big])!;
+  const alone = await j.readAsync(seq, scratch);
+  assert.deepEqual(
+    alone.map((e) => [e.seq, sha(e.payload)]),
+    [[seq, sha(big)]],
+  );
   await j.close();
 });

@@ -165,28 +165,9 @@ export class ReplicationJournal {
   }
 
   /**
-   * Appends a record as another journal holds it (header and payload, checked: intact, and the
-   * next sequence); returns its sequence, or undefined when the journal is full.
-   */
-  appendEncoded(record: Buffer): number | undefined {
-    const h = decodeHeader(record);
-    if (!h || h.recordLength !== record.length || !recordIntact(record))
-      throw new HavenError('CORRUPT', `replication record (${record.length} bytes) is damaged`);
-    if (h.seq !== this.nextSeq)
-      throw new HavenError(
-        'CONFLICT',
-        `replication record ${h.seq} does not follow the journal's last (${this.nextSeq - 1})`,
-      );
-    const seg = this.segmentFor(record.length);
-    if (!seg) return undefined;
-    this.put(seg, [record], record.length);
-    return h.seq;
-  }
-
-  /**
    * Appends the records at the start of `records` (as another journal holds them, one after
-   * another, the first the next sequence), each checked as `appendEncoded` checks it, with one
-   * write per segment instead of one per record. Returns the bytes appended: all of `records`, or
+   * another, the first the next sequence), each checked — intact, and the next sequence — before
+   * any is written, with one write per segment instead of one per record. Returns the bytes appended: all of `records`, or
    * fewer when the journal is full (a whole number of records; nothing of the rest is written).
    */
   appendEncodedRun(records: Buffer): number {
@@ -321,8 +302,11 @@ export class ReplicationJournal {
   read(fromSeq: number, scratch: Buffer, opts: { verify?: boolean } = {}): JournalEntry[] {
     const at = this.readPlan(fromSeq, scratch);
     if (!at) return [];
-    const len = readUpTo(at.fd, scratch, at.start, at.length);
-    return this.parse(at, fromSeq, this.whole(at, scratch, len, readUpTo), opts);
+    let buf = scratch;
+    let len = readUpTo(at.fd, buf, at.start, at.length);
+    const alone = oversized(buf, len);
+    if (alone) len = readUpTo(at.fd, (buf = Buffer.allocUnsafe(alone)), at.start, alone);
+    return this.parse(at, fromSeq, buf, len, opts);
   }
 
   /**
@@ -339,16 +323,11 @@ export class ReplicationJournal {
     if (!at) return [];
     this.readsInFlight++;
     try {
-      const len = await readUpToAsync(at.fd, scratch, at.start, at.length);
-      const first = decodeHeader(scratch.subarray(0, len));
-      const got =
-        first && first.recordLength > len
-          ? await (async () => {
-              const own = Buffer.allocUnsafe(first.recordLength);
-              return { buf: own, len: await readUpToAsync(at.fd, own, at.start, first.recordLength) };
-            })()
-          : { buf: scratch, len };
-      return this.parse(at, fromSeq, got, opts);
+      let buf = scratch;
+      let len = await readUpToAsync(at.fd, buf, at.start, at.length);
+      const alone = oversized(buf, len);
+      if (alone) len = await readUpToAsync(at.fd, (buf = Buffer.allocUnsafe(alone)), at.start, alone);
+      return this.parse(at, fromSeq, buf, len, opts);
     } finally {
       if (--this.readsInFlight === 0) this.closeRetired();
     }
@@ -371,28 +350,15 @@ export class ReplicationJournal {
     return { seg, fd, start, length: Math.min(seg.bytes, start + scratch.length) - start };
   }
 
-  /** The bytes read, or — one record larger than the scratch — that record read on its own. */
-  private whole(
-    at: { fd: number; start: number },
-    scratch: Buffer,
-    len: number,
-    readFn: (fd: number, b: Buffer, at: number, length: number) => number,
-  ): { buf: Buffer; len: number } {
-    const first = decodeHeader(scratch.subarray(0, len));
-    if (!first || first.recordLength <= len) return { buf: scratch, len };
-    const own = Buffer.allocUnsafe(first.recordLength);
-    return { buf: own, len: readFn(at.fd, own, at.start, first.recordLength) };
-  }
-
   /** The whole records in what was read, in order, checked; moves the cursor past them. */
   private parse(
     at: { seg: Segment; start: number },
     fromSeq: number,
-    got: { buf: Buffer; len: number },
+    buf: Buffer,
+    len: number,
     opts: { verify?: boolean },
   ): JournalEntry[] {
     const { seg } = at;
-    const { buf, len } = got;
     const out: JournalEntry[] = [];
     let pos = 0;
     for (let seq = fromSeq; seq < seg.endSeq && pos + RECORD_HEADER <= len; seq++) {
@@ -569,6 +535,15 @@ function readUpTo(fd: number, b: Buffer, at: number, length: number): number {
     got += n;
   }
   return got;
+}
+
+/**
+ * The length of the first record of the `len` bytes read into `b` when it is longer than they
+ * are (one record larger than the scratch: it is read on its own); undefined otherwise.
+ */
+function oversized(b: Buffer, len: number): number | undefined {
+  const first = decodeHeader(b.subarray(0, len));
+  return first && first.recordLength > len ? first.recordLength : undefined;
 }
 
 /** readUpTo on the thread pool. */
