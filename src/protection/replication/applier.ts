@@ -82,12 +82,27 @@ export class ReplicaApplier {
 
   /**
    * Applies what the journal holds past what was applied (the journal is made durable first:
-   * nothing reaches a volume that a crash could take out of the journal). Calls coalesce.
+   * nothing reaches a volume that a crash could take out of the journal). Calls coalesce: one
+   * made while a pass runs (which may have looked at the journal's end before the call's records
+   * came) gets one more pass after it, and resolves after that.
    */
   apply(): Promise<void> {
-    this.running ??= this.applyAll().finally(() => (this.running = undefined));
+    this.again = true;
+    this.running ??= (async () => {
+      try {
+        while (this.again) {
+          this.again = false;
+          await this.applyAll();
+        }
+      } finally {
+        this.running = undefined;
+      }
+    })();
     return this.running;
   }
+
+  /** An apply() came since the current pass began. */
+  private again = false;
 
   /**
    * Applies what the journal holds, makes the replica volumes durable and lets the journal go of
