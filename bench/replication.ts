@@ -310,13 +310,13 @@ async function runReplication(opts: BenchOptions): Promise<BenchResult> {
     const fmt = (r: FioResult) =>
       `${(r.bandwidth / 1e6).toFixed(1)} MB/s, p99 ${(r.p99LatencyUs! / 1000).toFixed(2)} ms`;
     // And the CPU each daemon spends per GB written (what replication costs the source's host).
-    const cpuRuns: Record<string, { a: number; b: number; gb: number }[]> = { on: [], off: [] };
+    const cpuRuns: Record<'on' | 'off', { a: number; b: number; gb: number }[]> = { on: [], off: [] };
     const measured = async (vol: string, kind: 'on' | 'off') => {
       const a0 = procCpuSeconds(a.pid) ?? NaN;
       const b0 = procCpuSeconds(b.pid) ?? NaN;
       const r = await fio(vol);
       const gb = (r.bandwidth * seconds) / 1e9; // fio runs time-based for `seconds`
-      cpuRuns[kind]!.push({
+      cpuRuns[kind].push({
         a: ((procCpuSeconds(a.pid) ?? NaN) - a0) / gb,
         b: ((procCpuSeconds(b.pid) ?? NaN) - b0) / gb,
         gb,
@@ -330,7 +330,7 @@ async function runReplication(opts: BenchOptions): Promise<BenchResult> {
     const off2 = await measured('plain', 'off');
     log(`no replication: ${fmt(off2)}`);
     m.cpuA!.values[HAVEN] = cpuRuns.on![0]!.a;
-    m.cpuA!.values[OFF] = mean(cpuRuns.off!.map((x) => x.a));
+    m.cpuA!.values[OFF] = mean(cpuRuns.off.map((x) => x.a));
     m.cpuB!.values[HAVEN] = cpuRuns.on![0]!.b;
     raw.cpuPerGb = cpuRuns;
     log(
