@@ -6,6 +6,7 @@ setup:
 
 build:
 	npx tsc -p tsconfig.json
+	node scripts/build-cli.mjs
 	node scripts/build-console.mjs
 
 start: setup

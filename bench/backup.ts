@@ -236,7 +236,7 @@ async function runBackup(opts: BenchOptions): Promise<BenchResult> {
         const repoEnc = join(dir, 'haven-repo-enc');
         const haven = (e: NodeJS.ProcessEnv, ...args: string[]) =>
           measured(process.execPath, [HAVEN_BIN, ...args], e);
-        await haven(env, 'pool', 'create', 'default', '--data', data);
+        // The site makes its pool 'default' when it first opens.
         await haven(env, 'volume', 'import', image, '--name', 'bench', '--data', data);
         // The encrypted repository backs up its own copy: the volume's backup bitmap follows one repository.
         await haven(env, 'volume', 'import', image, '--name', 'bench-enc', '--data', data);
