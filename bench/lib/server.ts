@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { SpawnOptions } from 'node:child_process';
+import { execFileSync, type SpawnOptions } from 'node:child_process';
 import { start, waitForListen, type Running } from '../../test/support/proc.js';
 import { onInterrupt } from './cleanup.js';
 
@@ -14,12 +14,16 @@ export function procStatusBytes(pid: number, field: string): number | null {
   }
 }
 
+/** The kernel's clock ticks per second, which /proc/PID/stat counts in (`getconf CLK_TCK`). */
+let clockTicks: number | undefined;
+
 /** CPU seconds (user and system) a process has used so far, from /proc/PID/stat; null once it is gone. */
 export function procCpuSeconds(pid: number): number | null {
+  clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
   try {
     // The fields after the command (which may hold spaces) and its ')': utime and stime are 14th and 15th.
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks;
   } catch {
     return null;
   }
