@@ -5,9 +5,15 @@ import {
   createHmac,
   hkdfSync,
   randomBytes,
-  scryptSync,
+  scrypt,
+  type ScryptOptions,
 } from 'node:crypto';
 import { HavenError } from '../common/index.js';
+
+const scryptAsync = (pass: string, salt: Buffer, length: number, opts: ScryptOptions) =>
+  new Promise<Buffer>((resolve, reject) =>
+    scrypt(pass, salt, length, opts, (err, key) => (err ? reject(err) : resolve(key))),
+  );
 
 /** How the repository's master key is kept: wrapped under a key derived from the passphrase. */
 export interface EncryptionConfig {
@@ -33,13 +39,15 @@ const KDF = { N: 1 << 16, r: 8, p: 1 };
  * for every job) pays scrypt once per repository and passphrase, not once per open. Memory only,
  * never written; looked up by an HMAC under a key made at start-up (no fast hash of a passphrase
  * is kept); a few entries, the oldest dropped. A wrong passphrase is a different entry: it is
- * derived, and fails to unwrap, as before.
+ * derived, and fails to unwrap, as before. scrypt runs on libuv's thread pool: its fifth of a
+ * second never holds the daemon's event loop (the guests' NBD requests, the API); opens that come
+ * while a key is being derived wait for that one derivation.
  */
-const derived = new Map<string, Buffer>();
+const derived = new Map<string, Promise<Buffer>>();
 const DERIVED_MAX = 16;
 let lookupKey: Buffer | undefined;
 
-function kek(passphrase: string, kdf: EncryptionConfig['kdf']): Buffer {
+function kek(passphrase: string, kdf: EncryptionConfig['kdf']): Promise<Buffer> {
   const pass = passphrase.normalize('NFC');
   lookupKey ??= randomBytes(32);
   const id = createHmac('sha256', lookupKey)
@@ -47,7 +55,7 @@ function kek(passphrase: string, kdf: EncryptionConfig['kdf']): Buffer {
     .digest('base64');
   const hit = derived.get(id);
   if (hit) return hit;
-  const key = scryptSync(pass, Buffer.from(kdf.salt, 'base64'), 32, {
+  const key = scryptAsync(pass, Buffer.from(kdf.salt, 'base64'), 32, {
     N: kdf.N,
     r: kdf.r,
     p: kdf.p,
@@ -55,6 +63,8 @@ function kek(passphrase: string, kdf: EncryptionConfig['kdf']): Buffer {
   });
   if (derived.size >= DERIVED_MAX) derived.delete(derived.keys().next().value!);
   derived.set(id, key);
+  // A failed derivation (out of memory, say) is not remembered: the next open tries again.
+  key.catch(() => derived.get(id) === key && derived.delete(id));
   return key;
 }
 
@@ -66,13 +76,15 @@ function split(master: Buffer): RepositoryKeys {
 }
 
 /** Makes a new master key wrapped under `passphrase`. */
-export function newEncryption(passphrase: string): { config: EncryptionConfig; keys: RepositoryKeys } {
+export async function newEncryption(
+  passphrase: string,
+): Promise<{ config: EncryptionConfig; keys: RepositoryKeys }> {
   if (passphrase.length < 8)
     throw new HavenError('INVALID_ARGUMENT', 'the passphrase must have at least 8 characters');
   const master = randomBytes(32);
   const kdf = { name: 'scrypt' as const, ...KDF, salt: randomBytes(16).toString('base64') };
   const nonce = randomBytes(12);
-  const c = createCipheriv('aes-256-gcm', kek(passphrase, kdf), nonce);
+  const c = createCipheriv('aes-256-gcm', await kek(passphrase, kdf), nonce);
   const wrapped = Buffer.concat([nonce, c.update(master), c.final(), c.getAuthTag()]);
   return {
     config: { cipher: 'aes-256-gcm', kdf, wrappedKey: wrapped.toString('base64') },
@@ -81,9 +93,9 @@ export function newEncryption(passphrase: string): { config: EncryptionConfig; k
 }
 
 /** Unwraps the master key; a wrong passphrase is a clear error, never garbage keys. */
-export function openEncryption(config: EncryptionConfig, passphrase: string): RepositoryKeys {
+export async function openEncryption(config: EncryptionConfig, passphrase: string): Promise<RepositoryKeys> {
   const w = Buffer.from(config.wrappedKey, 'base64');
-  const d = createDecipheriv('aes-256-gcm', kek(passphrase, config.kdf), w.subarray(0, 12));
+  const d = createDecipheriv('aes-256-gcm', await kek(passphrase, config.kdf), w.subarray(0, 12));
   d.setAuthTag(w.subarray(w.length - 16));
   try {
     return split(Buffer.concat([d.update(w.subarray(12, w.length - 16)), d.final()]));

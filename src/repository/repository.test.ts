@@ -81,6 +81,37 @@ test('chunks: compressible data is compressed, random is not; encrypted chunks a
   );
 });
 
+test('deriving a passphrase key (scrypt) leaves the event loop free', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const path = join(dir.path, 'enc');
+  await Repository.init(path, { passphrase: 'a fresh passphrase' });
+  // A passphrase this process has not derived yet (the one above is remembered): a wrong one
+  // costs a whole derivation too, then fails to unwrap.
+  let turns = 0;
+  let longest = 0;
+  let last = performance.now();
+  const tick = setInterval(() => {
+    const now = performance.now();
+    longest = Math.max(longest, now - last);
+    last = now;
+    turns++;
+  }, 2);
+  const started = performance.now();
+  const opens = [1, 2, 3].map(() => Repository.open(path, { passphrase: 'not derived yet' }));
+  for (const o of opens) await assert.rejects(o, /wrong passphrase/);
+  const took = performance.now() - started;
+  clearInterval(tick);
+  // scrypt at N=2^16 takes ~0.2 s of CPU here; the loop kept turning through it (a synchronous
+  // derivation gives one turn and a gap as long as the derivation).
+  assert.ok(took > 60, `a derivation took ${took.toFixed(0)} ms: was anything derived?`);
+  assert.ok(turns >= 10, `the event loop turned ${turns} times in ${took.toFixed(0)} ms`);
+  assert.ok(
+    longest < took / 2,
+    `the longest gap of the event loop was ${longest.toFixed(0)} of ${took.toFixed(0)} ms`,
+  );
+});
+
 test('indexes check their shape; repositories refuse bad chunk sizes, re-init and foreign folders', async (t) => {
   const dir = tempDir();
   t.after(dir.cleanup);

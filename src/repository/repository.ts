@@ -175,7 +175,7 @@ export class Repository {
       if (existsSync(dir) && !existsSync(`${dir}/${CONFIG}`) && !onlyEmptyFolders(dir))
         throw conflict(`${dir} is not empty and not a Haven repository`);
     }
-    const enc = opts.passphrase !== undefined ? newEncryption(opts.passphrase) : undefined;
+    const enc = opts.passphrase !== undefined ? await newEncryption(opts.passphrase) : undefined;
     const config: RepositoryConfig = {
       format: 'haven-repository',
       version: typeof where !== 'string' && where.sweepPacks ? PACKED_VERSION : FORMAT_VERSION,
@@ -250,7 +250,7 @@ export class Repository {
           'UNAUTHENTICATED',
           `repository ${dir} is encrypted: give its passphrase (HAVEN_PASSPHRASE or --passphrase-file)`,
         );
-      keys = openEncryption(config.encryption, opts.passphrase);
+      keys = await openEncryption(config.encryption, opts.passphrase);
     }
     return Repository.make(backend, config, keys);
   }

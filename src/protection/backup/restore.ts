@@ -44,15 +44,27 @@ export async function restore(
   opts: RestoreOptions = {},
 ): Promise<RestoreResult> {
   const started = performance.now();
-  const { idx, spans, repeats } = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
+  // The worker threads start (each compiles its code: tens of ms) while the snapshot is checked.
+  const manifestChunk = snapshot.disks[diskNo]?.chunkSize;
+  const early = manifestChunk ? openChunkPool(repo, manifestChunk, opts.workers) : undefined;
+  let checked: Awaited<ReturnType<typeof checkRestorable>>;
+  try {
+    checked = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
+    const name = snapshot.disks[diskNo]!.name;
+    if (target.size < checked.idx.size)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `the target (${target.size} bytes) is smaller than ${name} of snapshot ${snapshot.id} (${checked.idx.size} bytes)`,
+      );
+    opts.signal?.throwIfAborted();
+  } catch (err) {
+    await early?.close();
+    throw err;
+  }
+  const { idx, spans, repeats } = checked;
   const name = snapshot.disks[diskNo]!.name;
-  if (target.size < idx.size)
-    throw new HavenError(
-      'INVALID_ARGUMENT',
-      `the target (${target.size} bytes) is smaller than ${name} of snapshot ${snapshot.id} (${idx.size} bytes)`,
-    );
-  opts.signal?.throwIfAborted();
-  const pool = openChunkPool(repo, idx.chunkSize, opts.workers);
+  if (early && early.slotSize !== idx.chunkSize) await early.close();
+  const pool = early?.slotSize === idx.chunkSize ? early : openChunkPool(repo, idx.chunkSize, opts.workers);
   const total = spans.reduce((n, r) => n + Math.min(r.length, idx.size - r.offset), 0);
   let done = 0;
   let dataBytes = 0;
