@@ -112,6 +112,12 @@ export interface RepositoryBackend {
   /** Drops what the backend remembers of the store (a new session: a gc may have run meanwhile). */
   forget?(): void;
   /**
+   * A backend that keeps data of its own about the objects (the S3 backend's pack index) encrypts
+   * it with this key in an encrypted repository; the repository sets it when it is opened, before
+   * any object is read or written.
+   */
+  metadataKey?: Buffer | undefined;
+  /**
    * A backend that stores chunks in pack files: deletes the packs none of whose chunks is in
    * `live` (digests, hex) and older than `cutoffMs`, and packs no index names. gc calls it after
    * its mark, with its lock held; chunks listed with a `pack` are left to it.

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type * as Zstd from 'zstd-napi/binding.js';
 import { HavenError } from '../common/index.js';
 import { CHUNK_HEADER, FLAG_ENCRYPTED, FLAG_ZSTD, chunkKey, readChunk, writeChunkHeader } from './format.js';
-import { chunkDigest, decrypt, encryptParts, type RepositoryKeys } from './keys.js';
+import { chunkDigest, decrypt, encryptParts, type ChunkKeys } from './keys.js';
 
 // zstd-napi's low-level binding: (de)compression into buffers we own, no allocation per chunk.
 const zstd = createRequire(import.meta.url)('zstd-napi/binding') as typeof Zstd;
@@ -20,7 +20,7 @@ export class ChunkCodec {
   private scratch = Buffer.alloc(0);
   private readonly header = Buffer.alloc(CHUNK_HEADER);
 
-  constructor(private readonly keys: RepositoryKeys | undefined) {
+  constructor(private readonly keys: ChunkKeys | undefined) {
     this.cctx.setParameter(zstd.CParameter.compressionLevel, LEVEL);
   }
 

@@ -25,7 +25,7 @@ export {
   type ObjectInfo,
 } from './backend.js';
 export { planPrune, selectRetained, sourceName, type PrunePlan, type RetentionPolicy } from './retention.js';
-export type { RepositoryKeys } from './keys.js';
+export type { ChunkKeys, RepositoryKeys } from './keys.js';
 export * from './format.js';
 // The S3 backend itself (and the AWS SDK) loads only when an s3:// repository is opened.
 export type { S3Backend } from './s3-backend.js';

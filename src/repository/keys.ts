@@ -29,7 +29,12 @@ export interface RepositoryKeys {
   id: Buffer;
   /** Encrypts chunk payloads (AES-256-GCM). */
   data: Buffer;
+  /** Encrypts what a backend keeps about the objects (an S3 bucket's pack index objects). */
+  meta: Buffer;
 }
+
+/** What encoding and decoding chunks needs (all a chunk worker is given). */
+export type ChunkKeys = Pick<RepositoryKeys, 'id' | 'data'>;
 
 // scrypt with N=2^16, r=8: 64 MiB of memory and about a fifth of a second per try.
 const KDF = { N: 1 << 16, r: 8, p: 1 };
@@ -72,6 +77,7 @@ function split(master: Buffer): RepositoryKeys {
   return {
     id: Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), 'haven chunk id', 32)),
     data: Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), 'haven chunk data', 32)),
+    meta: Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), 'haven backend metadata', 32)),
   };
 }
 
@@ -105,13 +111,13 @@ export async function openEncryption(config: EncryptionConfig, passphrase: strin
 }
 
 /** A chunk's address: SHA-256 of the plaintext, keyed (HMAC) in an encrypted repository. */
-export function chunkDigest(data: Uint8Array, keys: RepositoryKeys | undefined): Buffer {
+export function chunkDigest(data: Uint8Array, keys: ChunkKeys | undefined): Buffer {
   return keys
     ? createHmac('sha256', keys.id).update(data).digest()
     : createHash('sha256').update(data).digest();
 }
 
-export function encrypt(keys: RepositoryKeys, digest: Buffer, data: Uint8Array): Buffer {
+export function encrypt(keys: ChunkKeys, digest: Buffer, data: Uint8Array): Buffer {
   return Buffer.concat(encryptParts(keys, digest, data));
 }
 
@@ -119,7 +125,7 @@ export function encrypt(keys: RepositoryKeys, digest: Buffer, data: Uint8Array):
  * The encrypted payload as its parts (nonce, ciphertext, tag), to be stored one after the other:
  * joining them would copy the whole chunk once more.
  */
-export function encryptParts(keys: RepositoryKeys, digest: Buffer, data: Uint8Array): Buffer[] {
+export function encryptParts(keys: ChunkKeys, digest: Buffer, data: Uint8Array): Buffer[] {
   const nonce = randomBytes(12);
   const c = createCipheriv('aes-256-gcm', keys.data, nonce);
   c.setAAD(digest); // a payload moved to another chunk's name fails authentication
@@ -128,7 +134,7 @@ export function encryptParts(keys: RepositoryKeys, digest: Buffer, data: Uint8Ar
   return last.length ? [nonce, body, last, c.getAuthTag()] : [nonce, body, c.getAuthTag()];
 }
 
-export function decrypt(keys: RepositoryKeys, digest: Buffer, payload: Buffer, what: string): Buffer {
+export function decrypt(keys: ChunkKeys, digest: Buffer, payload: Buffer, what: string): Buffer {
   const d = createDecipheriv('aes-256-gcm', keys.data, payload.subarray(0, 12));
   d.setAAD(digest);
   d.setAuthTag(payload.subarray(payload.length - 16));

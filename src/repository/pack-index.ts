@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { HavenError } from '../common/errors.js';
 import { DIGEST_BYTES } from './format.js';
 
@@ -17,8 +17,20 @@ import { DIGEST_BYTES } from './format.js';
  *      ms; 0: none), chunk count (u32 LE), reserved u32 — 40 bytes — then per chunk: its digest
  *      (32 bytes), offset (u32 LE) and stored length (u32 LE) in the pack
  *  end SHA-256 of everything before (32 bytes)
+ *
+ * In an encrypted repository the index object is that, sealed (sealPackIndex): "HVPE", version (1)
+ * u8 and 3 reserved bytes, a 12-byte nonce, the AES-256-GCM ciphertext, its 16-byte tag; the
+ * additional data is the object's key, so an index object moved under another name fails. The key
+ * is the repository's metadata key (keys.ts): nothing of the chunks' digests, sizes or count, nor
+ * of which pack holds what, is readable in the bucket without the passphrase (restic encrypts its
+ * index for the same reason). Plain index objects (written before, or unencrypted repositories)
+ * still read.
  */
 export const PACK_INDEX_MAGIC = Buffer.from('HVPI');
+export const SEALED_INDEX_MAGIC = Buffer.from('HVPE');
+const SEALED_HEADER = 8;
+const NONCE = 12;
+const TAG = 16;
 const HEADER = 16;
 const PACK_HEADER = 40;
 const ENTRY = DIGEST_BYTES + 8;
@@ -106,4 +118,43 @@ export function decodePackIndex(data: Buffer, what: string): PackRecord[] {
   }
   if (at !== body.length) throw bad('trailing bytes');
   return out;
+}
+
+/** An index object as stored: sealed under `key` when the repository is encrypted (see above). */
+export function sealPackIndex(plain: Buffer, key: Buffer | undefined, objectKey: string): Buffer {
+  if (!key) return plain;
+  const nonce = randomBytes(NONCE);
+  const c = createCipheriv('aes-256-gcm', key, nonce);
+  c.setAAD(Buffer.from(objectKey, 'utf8'));
+  const header = Buffer.alloc(SEALED_HEADER);
+  SEALED_INDEX_MAGIC.copy(header, 0);
+  header.writeUInt8(1, 4);
+  const body = c.update(plain);
+  c.final(); // nothing more for GCM
+  return Buffer.concat([header, nonce, body, c.getAuthTag()]);
+}
+
+/** Reads an index object as stored (sealed or plain); a sealed one needs the repository's key. */
+export function openPackIndex(
+  data: Buffer,
+  key: Buffer | undefined,
+  objectKey: string,
+  what: string,
+): PackRecord[] {
+  if (data.length < 4 || !data.subarray(0, 4).equals(SEALED_INDEX_MAGIC)) return decodePackIndex(data, what);
+  const bad = (why: string) => new HavenError('CORRUPT', `${what}: ${why}`);
+  if (!key) throw bad('it is encrypted, and this repository is opened without a key');
+  if (data.length < SEALED_HEADER + NONCE + TAG) throw bad('truncated');
+  if (data.readUInt8(4) !== 1) throw bad(`sealed pack index version ${data.readUInt8(4)} is not known`);
+  const d = createDecipheriv('aes-256-gcm', key, data.subarray(SEALED_HEADER, SEALED_HEADER + NONCE));
+  d.setAAD(Buffer.from(objectKey, 'utf8'));
+  d.setAuthTag(data.subarray(data.length - TAG));
+  let plain: Buffer;
+  try {
+    plain = d.update(data.subarray(SEALED_HEADER + NONCE, data.length - TAG));
+    d.final();
+  } catch {
+    throw bad("authentication failed (damaged, moved, or not this repository's)");
+  }
+  return decodePackIndex(plain, what);
 }

@@ -268,6 +268,7 @@ export class Repository {
         );
       backend.retention = config.objectLock;
     }
+    if (keys && 'metadataKey' in backend) backend.metadataKey = keys.meta;
     // Created packed: no chunk objects to list (only then; the LIST finds those of an old bucket).
     if (config.version >= PACKED_VERSION && config.layout === 'packed' && 'chunkObjects' in backend)
       (backend as { chunkObjects: boolean }).chunkObjects = false;

@@ -46,8 +46,9 @@ import { HavenError } from '../common/errors.js';
 import type { ObjectInfo, PackSweep, RepositoryBackend } from './backend.js';
 import { chunkKey, readChunk } from './format.js';
 import {
-  decodePackIndex,
   encodePackIndex,
+  openPackIndex,
+  sealPackIndex,
   indexKey,
   newPackId,
   packIdOf,
@@ -171,6 +172,8 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
   readonly counters = { packPuts: 0, rangeGets: 0, retentionPuts: 0, indexGets: 0, chunkLists: 0 };
   /** Where index objects read before are kept (undefined: not kept). */
   private readonly cacheDir: string | undefined;
+  /** The repository's metadata key (an encrypted repository): index objects are sealed with it. */
+  metadataKey: Buffer | undefined = undefined;
 
   constructor(private readonly settings: S3Settings) {
     this.bucket = settings.bucket;
@@ -453,7 +456,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
     if (!packs.length) return;
     const key = indexKey(newPackId());
     const until = Math.max(0, ...packs.map((p) => p.retainUntil));
-    const body = encodePackIndex(packs);
+    const body = sealPackIndex(encodePackIndex(packs), this.metadataKey, key);
     const job = this.put(key, body, until ? { retainUntil: new Date(until) } : {}).then(
       () => {
         this.addIndex(key, packs);
@@ -542,7 +545,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
           if (err instanceof HavenError && err.code === 'NOT_FOUND') return; // a gc rewrote it meanwhile
           throw err;
         }
-        records = decodePackIndex(data, `${this.location}: pack index ${key}`);
+        records = openPackIndex(data, this.metadataKey, key, `${this.location}: pack index ${key}`);
         this.cacheIndex(key, data);
       }
       const packs = records.map((r) => {
@@ -583,7 +586,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
       fd = openSync(join(this.cacheDir, hexOf(key)), 'r');
       const st = fstatSync(fd);
       if (st.uid !== process.getuid?.() || (st.mode & 0o022) !== 0) return undefined;
-      return decodePackIndex(readFileSync(fd), key);
+      return openPackIndex(readFileSync(fd), this.metadataKey, key, key);
     } catch {
       return undefined;
     } finally {
@@ -1029,7 +1032,11 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
         0,
         ...packs.map((p) => Math.max(p.retainUntil, this.retainedUntil.get(p.key) ?? 0)),
       );
-      await this.put(key, encodePackIndex(packs), until > Date.now() ? { retainUntil: new Date(until) } : {});
+      await this.put(
+        key,
+        sealPackIndex(encodePackIndex(packs), this.metadataKey, key),
+        until > Date.now() ? { retainUntil: new Date(until) } : {},
+      );
       this.addIndex(key, packs);
     }
     for (const [key, ids] of touched) {

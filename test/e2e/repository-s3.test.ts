@@ -339,6 +339,35 @@ test('repo copy local → S3 (re-encrypted) → local: incremental, verified, re
   assert.equal(again.skipped.length, 3);
   assert.equal(again.newChunks, 0);
   assert.equal(await objects(remote, 'chunks/', 'other keys'), chunksThere, 'nothing new in the bucket');
+  // The bucket's pack index objects are sealed (docs/decisions/0024): none of the chunks' digests
+  // is in them in the clear; a new process (no local cache) reads them back with the passphrase.
+  const digests: Buffer[] = [];
+  for await (const o of dst.backend.list('chunks/'))
+    digests.push(Buffer.from(o.key.slice(o.key.lastIndexOf('/') + 1), 'hex'));
+  assert.equal(digests.length, chunksThere);
+  let sealed = 0;
+  for await (const o of dst.backend.list('index/')) {
+    const body = Buffer.from(
+      await (
+        await s3.send(new GetObjectCommand({ Bucket: 'copies', Key: `repo/${o.key}` }))
+      ).Body!.transformToByteArray(),
+    );
+    assert.equal(body.subarray(0, 4).toString(), 'HVPE', `${o.key} is sealed`);
+    for (const d of digests) assert.equal(body.indexOf(d), -1, `${o.key} names no digest in the clear`);
+    sealed++;
+  }
+  assert.ok(sealed > 0, 'the bucket has index objects');
+  const cache = process.env.HAVEN_S3_INDEX_CACHE;
+  process.env.HAVEN_S3_INDEX_CACHE = 'off';
+  try {
+    const fresh = await Repository.open(remote, { passphrase: 'other keys' });
+    const v = await verify(fresh);
+    assert.equal(v.damagedChunks, 0);
+    assert.equal(v.chunks, chunksThere, 'every chunk found through the sealed index');
+    fresh.close();
+  } finally {
+    process.env.HAVEN_S3_INDEX_CACHE = cache;
+  }
   // And back, to a local repository under a third set of keys.
   const back = join(dir.path, 'back');
   const ret = await Repository.init(back, { passphrase: 'third keys' });

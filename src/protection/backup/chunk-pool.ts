@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { HavenError, type HavenErrorCode } from '../../common/index.js';
-import type { BackendDescription, RepositoryKeys } from '../../repository/index.js';
+import type { BackendDescription, ChunkKeys } from '../../repository/index.js';
 import type { WorkerReply, WorkerRequest } from './chunk-worker.js';
 
 export type Hashed = { zero: true } | { zero: false; digest: Buffer };
@@ -50,7 +50,7 @@ export class ChunkPool {
   readonly ownBackend: boolean;
 
   constructor(
-    keys: RepositoryKeys | undefined,
+    keys: ChunkKeys | undefined,
     readonly slotSize: number,
     opts: ChunkPoolOptions = {},
   ) {

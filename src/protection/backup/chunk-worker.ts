@@ -14,7 +14,7 @@ import { HavenError } from '../../common/errors.js';
 import { ChunkCodec } from '../../repository/chunk-codec.js';
 import { readStoredChunk, readStoredChunkInto } from '../../repository/chunks.js';
 import { CHUNK_HEADER, chunkKey, readChunkHeader } from '../../repository/format.js';
-import type { RepositoryKeys } from '../../repository/keys.js';
+import type { ChunkKeys } from '../../repository/keys.js';
 
 interface Init {
   keys?: { id: Uint8Array; data: Uint8Array };
@@ -40,7 +40,7 @@ export type WorkerReply =
   | { seq: number; error: string; code?: string };
 
 const init = workerData as Init;
-const keys: RepositoryKeys | undefined = init.keys
+const keys: ChunkKeys | undefined = init.keys
   ? { id: Buffer.from(init.keys.id), data: Buffer.from(init.keys.data) }
   : undefined;
 const codec = new ChunkCodec(keys);
