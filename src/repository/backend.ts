@@ -48,6 +48,8 @@ export interface PackSweep {
   retainedPacks: number;
   /** Mostly unused packs whose used chunks were written into new packs (then deleted: in removedPacks). */
   repackedPacks?: number;
+  /** Small index objects merged into fewer (and deleted), when there were many. */
+  mergedIndexes?: number;
 }
 
 /**

@@ -86,6 +86,13 @@ const RUN_BYTES = 4 * MiB;
 const READ_AHEAD = () => envNumber('HAVEN_S3_READ_AHEAD', 16 * MiB);
 /** gc writes the used chunks of a pack again, and deletes it, when more than this share of it is unused. */
 const REPACK_GARBAGE = () => envNumber('HAVEN_S3_REPACK_PERCENT', 50) / 100;
+/**
+ * Every backup writes its own index objects (a few packs each): past this many small ones (naming
+ * fewer than MERGE_PACKS packs), gc merges them into index objects of MERGE_PACKS packs (~4 GiB of
+ * data, ~0.6 MiB of index each), so that a new process's LIST and reads of index/ stay few.
+ */
+const MERGE_AT = () => envNumber('HAVEN_S3_INDEX_MERGE_AT', 16);
+const MERGE_PACKS = 256;
 /** A read within this many entries after the last one read of its pack counts as in order. */
 const NEAR = 8;
 /** Chunks fetched ahead and not yet taken, at most (the oldest are dropped). */
@@ -1017,28 +1024,33 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
       doomed.set(o.key, o);
     }
     if (r.repackedPacks) await this.sync();
-    // The index objects naming a doomed pack: replaced by one naming the rest of their packs.
-    const touched = [...this.indexes].filter(([, ids]) => ids.some((id) => doomed.has(packKey(id))));
+    // The index objects naming a doomed pack are replaced by ones naming the rest of their packs;
+    // so are the small ones when there are many (not under Object Lock: retained ones stay).
+    const small = [...this.indexes].filter(([, ids]) => ids.length < MERGE_PACKS);
+    const merge = !this.versioned && !this.retention && small.length > MERGE_AT();
+    const touched = [...this.indexes].filter(
+      ([, ids]) => (merge && ids.length < MERGE_PACKS) || ids.some((id) => doomed.has(packKey(id))),
+    );
     const rest = new Map<string, Pack>();
     for (const [, ids] of touched)
       for (const id of ids) {
         const p = this.packs.get(id);
         if (p && !doomed.has(p.key)) rest.set(id, p);
       }
-    if (rest.size) {
+    const packs = [...rest.values()];
+    for (let i = 0; i < packs.length; i += MERGE_PACKS) {
+      const some = packs.slice(i, i + MERGE_PACKS);
       const key = indexKey(newPackId());
-      const packs = [...rest.values()];
       const until = Math.max(
         0,
-        ...packs.map((p) => Math.max(p.retainUntil, this.retainedUntil.get(p.key) ?? 0)),
+        ...some.map((p) => Math.max(p.retainUntil, this.retainedUntil.get(p.key) ?? 0)),
       );
-      await this.put(
-        key,
-        sealPackIndex(encodePackIndex(packs), this.metadataKey, key),
-        until > Date.now() ? { retainUntil: new Date(until) } : {},
-      );
-      this.addIndex(key, packs);
+      const body = sealPackIndex(encodePackIndex(some), this.metadataKey, key);
+      await this.put(key, body, until > Date.now() ? { retainUntil: new Date(until) } : {});
+      this.addIndex(key, some);
+      this.cacheIndex(key, body);
     }
+    if (merge) r.mergedIndexes = touched.length;
     for (const [key, ids] of touched) {
       try {
         await this.delete(key);

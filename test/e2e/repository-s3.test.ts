@@ -17,6 +17,7 @@ import {
   GetObjectCommand,
   HeadObjectCommand,
   ListObjectVersionsCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
@@ -622,3 +623,65 @@ test('S3 packs: gc writes the used chunks of mostly unused packs into new packs,
   assert.equal(again.packs!.repackedPacks ?? 0, 0);
   r.close();
 });
+
+test('S3 packs: gc merges the many small index objects of many backups into one, which a new process reads', async () => {
+  const repo = await bucket('merge');
+  (await Repository.init(repo, { passphrase: 'merge keys' })).close();
+  const img = join(dir.path, 'm.raw');
+  const made: { id: string; sha: string }[] = [];
+  // Each backup of new data writes its own index object (decision 0024).
+  for (let i = 0; i < 20; i++) {
+    randomImage(img, 1);
+    made.push({
+      id: (await backupSource({ repo, source: img, passphrase: 'merge keys' })).id,
+      sha: sha(img),
+    });
+  }
+  const count = async () => {
+    let n = 0;
+    for await (const o of s3ListKeys('merge', 'repo/index/')) if (o) n++;
+    return n;
+  };
+  const before = await count();
+  assert.ok(before >= 20, `one index object per backup at least (${before})`);
+  const r = await Repository.open(repo, { passphrase: 'merge keys' });
+  const g = await gc(r, { graceMs: 0 });
+  console.log(`# gc: ${JSON.stringify(g.packs)}`);
+  assert.equal(g.packs!.removedPacks, 0, 'every pack is used');
+  assert.equal(g.packs!.mergedIndexes, before);
+  assert.equal(await count(), 1, 'twenty packs, one index object');
+  const again = await gc(r, { graceMs: 0 });
+  assert.equal(again.packs!.mergedIndexes ?? 0, 0, 'one index object is not merged again');
+  r.close();
+  // A new process, without the local cache, finds every chunk through the merged index.
+  const cache = process.env.HAVEN_S3_INDEX_CACHE;
+  process.env.HAVEN_S3_INDEX_CACHE = 'off';
+  try {
+    const fresh = await Repository.open(repo, { passphrase: 'merge keys' });
+    assert.equal((await verify(fresh)).damagedChunks, 0);
+    fresh.close();
+    for (const k of [0, 9, 19]) {
+      const out = join(dir.path, `m${k}.out`);
+      await restoreSnapshot({ repo, passphrase: 'merge keys', snapshot: made[k]!.id, to: out });
+      assert.equal(sha(out), made[k]!.sha, `snapshot ${k} restores bit-identically`);
+    }
+  } finally {
+    process.env.HAVEN_S3_INDEX_CACHE = cache;
+  }
+});
+
+/** The keys under a prefix of a bucket, straight from the store. */
+async function* s3ListKeys(bucketName: string, prefix: string): AsyncIterable<string> {
+  let token: string | undefined;
+  do {
+    const page = await s3.send(
+      new ListObjectsV2Command({
+        Bucket: bucketName,
+        Prefix: prefix,
+        ...(token ? { ContinuationToken: token } : {}),
+      }),
+    );
+    for (const o of page.Contents ?? []) yield o.Key!;
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token);
+}
