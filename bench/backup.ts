@@ -22,7 +22,6 @@ import {
   rmSync,
   writeSync,
 } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { HAVEN_BIN, run } from '../test/support/proc.js';
 import { StorageService } from '../src/storage/index.js';
@@ -508,7 +507,6 @@ async function runBackup(opts: BenchOptions): Promise<BenchResult> {
       restic: toolVersion('restic', ['version']),
       borg: toolVersion('borg', ['--version']),
       fio: toolVersion('fio', ['--version']),
-      loadAverageAtEnd: loadavg(),
     },
     notes: [
       'restic always encrypts: its figures stand in the unencrypted and the encrypted rows alike',

@@ -8,7 +8,6 @@
  * 0022; qemu-nbd: --cache=none), so every acknowledged write is on the OSD.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { run, HAVEN_BIN } from '../test/support/proc.js';
 import { startCeph, type Ceph } from '../test/support/ceph.js';
@@ -222,7 +221,6 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
         fio: ['--version'],
         ceph: ['--version'],
       }),
-      loadAverageAtEnd: loadavg().map((x) => Math.round(x * 100) / 100),
     },
     raw,
     notes,

@@ -9,7 +9,6 @@
  */
 import { mkdtempSync, rmSync, openSync, writeSync, closeSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadavg } from 'node:os';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { HAVEN_BIN, run } from '../test/support/proc.js';
 import { startCeph } from '../test/support/ceph.js';
@@ -289,7 +288,6 @@ async function runCeph(opts: BenchOptions): Promise<BenchResult> {
     environment: {
       ...environment({}),
       restic: toolVersion('restic', ['version']),
-      loadAverageAtEnd: loadavg(),
     },
     notes: [
       'haven and haven-4M, like restic, read the image file in full for the second backup (no changed-block tracking); haven-cbt reads only the blocks its dirty bitmap records',

@@ -7,7 +7,6 @@
  * compiled schemas, here in the benchmark's own directory).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { HAVEN_BIN, run } from '../test/support/proc.js';
 import { environment } from './lib/env.js';
@@ -113,7 +112,7 @@ async function runCli(opts: BenchOptions): Promise<BenchResult> {
       volume: 'a 256 MiB volume (40% zeros, 30% random, 30% repeated), backed up once before',
       backup: 'nothing written since the previous backup (reads 0 B)',
     },
-    environment: { ...environment({}), loadAverageAtEnd: loadavg() },
+    environment: environment({}),
     notes: [
       'each run is a new process: Node start, module loading, opening the site (--data) or connecting (--api), the request, exit',
       'the machine is shared: compare the columns of one run',

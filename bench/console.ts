@@ -8,7 +8,6 @@
  * first visit, and the daemon's CPU while 10 browsers watch the dashboard.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { BenchSite } from './lib/site.js';
@@ -238,7 +237,7 @@ async function runConsole(opts: BenchOptions): Promise<BenchResult> {
     errors,
     metrics: Object.values(m),
     settings: { vms, jobsInFlight: waiting + 1, watchers, cpuSeconds, chromium: CHROMIUM },
-    environment: { ...environment({}), loadAverageAtEnd: loadavg() },
+    environment: environment({}),
     notes: [
       'headless Debian Chromium on the same host as the daemon (2 cores shared): its rendering competes with the daemon',
       ...notes,

@@ -17,7 +17,6 @@
  * medians per server, and the median of the per-round ratios to nbdkit as a note.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { run, freePort, HAVEN_BIN } from '../test/support/proc.js';
 import { runSpan } from './lib/results.js';
@@ -409,7 +408,6 @@ async function runNbd(opts: BenchOptions): Promise<BenchResult> {
         nbdcopy: ['--version'],
         fio: ['--version'],
       }),
-      loadAverageAtEnd: loadavg().map((x) => Math.round(x * 100) / 100),
     },
     raw,
     notes,

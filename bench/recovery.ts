@@ -14,7 +14,6 @@
  * against the minutes before it, and the switchover pause the move measures.
  */
 import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '../test/support/proc.js';
@@ -407,7 +406,6 @@ async function runRecovery(opts: BenchOptions): Promise<BenchResult> {
     environment: {
       ...environment({ 'qemu-system-x86_64': ['--version'] }),
       qemuImg: toolVersion('qemu-img', ['--version']),
-      loadAverageAtEnd: loadavg(),
     },
     raw,
     notes: [

@@ -19,7 +19,6 @@ import {
   rmSync,
   writeSync,
 } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FaultProxy } from '../test/support/fault-proxy.js';
@@ -474,10 +473,7 @@ async function runReplication(opts: BenchOptions): Promise<BenchResult> {
       link: 'mutual TLS over loopback, zstd on',
       seconds,
     },
-    environment: {
-      ...environment({ nbdcopy: ['--version'], fio: ['--version'] }),
-      loadAverageAtEnd: loadavg(),
-    },
+    environment: environment({ nbdcopy: ['--version'], fio: ['--version'] }),
     notes: [
       "RPO = now minus the time of the newest checkpoint the target has applied (the daemon's status, rpoSeconds), sampled every 50 ms",
       `"${OFF}": the same fio through the same export of the same daemon to a volume of the same pool, size and content that no group replicates, run before and after the run with replication on (mean)`,

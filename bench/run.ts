@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { registry } from './index.js';
 import { formatResult } from './lib/table.js';
+import { roundedLoad } from './lib/env.js';
 import { writeResult } from './lib/results.js';
 import { fmtSize, parseSize } from './lib/image.js';
 import type { BenchOptions } from './lib/types.js';
@@ -93,7 +94,10 @@ const program = new Command('bench')
       try {
         const bench = await e.load();
         opts.log(`${bench.name}: ${bench.title}`);
+        const loadAverageAtStart = roundedLoad();
         const result = await bench.run(opts);
+        // The machine's load around the run (it is shared): recorded here, for every benchmark alike.
+        result.environment = { ...result.environment, loadAverageAtStart, loadAverageAtEnd: roundedLoad() };
         process.stdout.write(`\n${formatResult(result)}\n`);
         const path = writeResult(o.results as string, result);
         process.stdout.write(`written to ${path}\n`);

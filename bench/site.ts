@@ -7,7 +7,6 @@
  */
 import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BenchSite } from './lib/site.js';
@@ -195,7 +194,7 @@ async function runSite(opts: BenchOptions): Promise<BenchResult> {
       guest: 'the test guest, 1 CPU, 192 MiB, TCG',
       disk: 'a 64 MiB volume over the daemon NBD socket',
     },
-    environment: { ...environment({ 'qemu-system-x86_64': ['--version'] }), loadAverageAtEnd: loadavg() },
+    environment: environment({ 'qemu-system-x86_64': ['--version'] }),
     notes: [
       'both start the same QEMU command line (qemuCommandLine); "by hand" skips the CLI, the API, the job and the database',
       'the guest boots under TCG (no KVM here): boot time dominates both',

@@ -7,7 +7,6 @@
  * shows that reads do not slow down with the number of snapshots.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { run, HAVEN_BIN } from '../test/support/proc.js';
 import { runSpan } from './lib/results.js';
@@ -182,10 +181,7 @@ async function runStorage(opts: BenchOptions): Promise<BenchResult> {
       clusterSize: '64 KiB',
       snapshotsOnVolume: 1,
     },
-    environment: {
-      ...environment({ nbdcopy: ['--version'], fio: ['--version'] }),
-      loadAverageAtEnd: loadavg(),
-    },
+    environment: environment({ nbdcopy: ['--version'], fio: ['--version'] }),
     notes: [
       'the volume has a dirty bitmap and one snapshot taken after import (its first writes copy on write); the tap numbers and tracks every write',
       ...(opts.quick || size < 2 * 1024 * MiB ? [`image ${fmtSize(size)}: a development run`] : []),
