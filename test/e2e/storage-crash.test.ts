@@ -122,7 +122,7 @@ test(`kill -9 of the storage service at random points, ${ROUNDS} times: flushed 
       await withStorage(data, async (s) => {
         s.snapshot('v', 'before');
         const all = Buffer.alloc(4 * 1024 * KiB);
-        s.openDevice('v@before').read(all, 0);
+        await s.openDevice('v@before').read(all, 0);
         snapshotHash = sha(all);
       });
     }

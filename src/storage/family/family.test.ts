@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { closeSync, openSync, statSync, writeSync } from 'node:fs';
+import { open as openFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tempDir } from '../../../test/support/tmp.js';
 import { VolumeFamily } from './family.js';
@@ -335,4 +338,83 @@ test('random operations agree with a simple model, across reopen and crash', (t)
     check(`step ${step} (op ${op})`);
   }
   f.close();
+});
+
+/**
+ * Holds every thread of libuv's pool (an open of a FIFO blocks until a writer comes), so that
+ * work queued meanwhile runs only after release(): reads off the event loop, deterministically late.
+ */
+async function holdThreadPool(dir: string): Promise<{ release: () => Promise<void> }> {
+  const fifo = join(dir, 'hold.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const threads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+  const held = Array.from({ length: threads }, () => openFile(fifo, 'r'));
+  // Until every thread sits in its open, the queue would not be behind them.
+  await new Promise((r) => setTimeout(r, 50));
+  return {
+    release: async () => {
+      const w = openSync(fifo, 'w');
+      for (const h of await Promise.all(held)) await h.close();
+      closeSync(w);
+    },
+  };
+}
+
+test('readAsync: a snapshot read off the event loop gets its own data even when the snapshot is deleted and its clusters wanted meanwhile', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 16 * MiB });
+  const v = f.find('v')!.id;
+  const a = randomBytes(4 * MiB);
+  f.write(v, a, 0);
+  const s = f.snapshot(v, 's');
+  f.write(v, randomBytes(4 * MiB), 0); // v moves on: s alone holds a's clusters
+  f.commit();
+  // Same bytes both ways, holes included.
+  const sync = readAll(f, s.id, 0, 8 * MiB);
+  const viaPool = Buffer.alloc(8 * MiB);
+  await f.readAsync(s.id, viaPool, 0);
+  assert.equal(sha(viaPool), sha(sync));
+  // The race: the read's mapping is taken now, its data read only after s is gone and new writes
+  // wanted clusters (the lowest free first: s's).
+  const pool = await holdThreadPool(dir.path);
+  const got = Buffer.alloc(4 * MiB);
+  const reading = f.readAsync(s.id, got, 0);
+  f.delete(s.id);
+  f.commit();
+  const c = randomBytes(4 * MiB);
+  f.write(v, c, 8 * MiB);
+  f.commit();
+  assert.equal(f.allocatedBytes(), 8 * MiB, "s's clusters are not counted while they wait");
+  await pool.release();
+  await reading;
+  assert.equal(sha(got), sha(a), 'the read saw what s held, not the newer write');
+  assert.equal(sha(readAll(f, v, 8 * MiB, 4 * MiB)), sha(c));
+  // Once the read ended, s's clusters are free again: the next writes reuse them (the file does not grow).
+  const size = statSync(join(dir.path, 'f', 'data')).size;
+  f.write(v, randomBytes(4 * MiB), 12 * MiB);
+  f.commit();
+  assert.equal(statSync(join(dir.path, 'f', 'data')).size, size, 'the freed clusters were reused');
+  f.close();
+});
+
+test('readAsync: closing the family while a read is on the thread pool keeps the data file open until it ends', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 4 * MiB });
+  const v = f.find('v')!.id;
+  const a = randomBytes(4 * MiB);
+  f.write(v, a, 0);
+  const s = f.snapshot(v, 's');
+  const pool = await holdThreadPool(dir.path);
+  const got = Buffer.alloc(4 * MiB);
+  const reading = f.readAsync(s.id, got, 0);
+  f.close();
+  // A file opened now would get the closed descriptor's number, were it closed.
+  const other = openSync(join(dir.path, 'other'), 'w+');
+  writeSync(other, Buffer.alloc(4 * MiB, 7));
+  await pool.release();
+  await reading;
+  closeSync(other);
+  assert.equal(sha(got), sha(a));
 });

@@ -7,6 +7,7 @@ import {
   fstatSync,
   mkdirSync,
   openSync,
+  read,
   readSync,
   writeSync,
   writevSync,
@@ -16,6 +17,7 @@ import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { HavenError, conflict, fromSystemError, invalidArgument, notFound } from '../../common/index.js';
 import { BitSet } from './bitset.js';
+import { ReadLeases } from './read-leases.js';
 import {
   FANOUT,
   MAX_GENERATION,
@@ -39,6 +41,10 @@ import { JOURNAL_FILE, MapJournal, currentBootId, type JournalRecord } from './j
 import { checkRange } from '../../block/index.js';
 
 const fdatasyncAsync = promisify(fdatasync);
+const readAsyncFd = (fd: number, buf: Uint8Array, at: number, len: number, pos: number) =>
+  new Promise<number>((resolve, reject) =>
+    read(fd, buf, at, len, pos, (err, n) => (err ? reject(err) : resolve(n))),
+  );
 
 export const DEFAULT_CLUSTER_SIZE = 64 * 1024;
 /** The files of a family's directory (all Haven's: a pool's delete removes these and nothing else). */
@@ -105,6 +111,8 @@ export class VolumeFamily {
   private freeClusters: number[] = [];
   private pendingPages: number[] = [];
   private pendingClusters: number[] = [];
+  /** Clusters freed while reads off the event loop may still read them (readAsync). */
+  private readonly leases = new ReadLeases<number>();
   private dirtyPages = 0;
   /** Mapping changes since the last commit, kept where a killed process cannot lose them. */
   private journal: MapJournal | undefined;
@@ -234,7 +242,7 @@ export class VolumeFamily {
 
   /** Bytes of data clusters this family holds (shared clusters counted once). */
   allocatedBytes(): number {
-    return (this.usedClusters.count() - this.pendingClusters.length) * this.clusterSize;
+    return (this.usedClusters.count() - this.pendingClusters.length - this.leases.holding) * this.clusterSize;
   }
 
   /** Bytes of data a member maps (its own view, shared clusters included). */
@@ -370,6 +378,39 @@ export class VolumeFamily {
   // ---- data path -------------------------------------------------------------------------
 
   read(id: string, buf: Uint8Array, offset: number): void {
+    this.mapRead(id, buf, offset, (at, len, pos) => this.preadFully(buf, at, len, pos));
+  }
+
+  /**
+   * read() with the data file read on libuv's thread pool, off the event loop (a backup reading a
+   * snapshot from a cold disk would otherwise hold the guests' I/O for each read). The mapping is
+   * looked up now; clusters freed before the read ends are not reused until it has (ReadLeases).
+   */
+  async readAsync(id: string, buf: Uint8Array, offset: number): Promise<void> {
+    const runs: number[] = [];
+    this.mapRead(id, buf, offset, (at, len, pos) => runs.push(at, len, pos));
+    if (!runs.length) return;
+    const lease = this.leases.begin();
+    try {
+      const reads: Promise<void>[] = [];
+      for (let i = 0; i < runs.length; i += 3)
+        reads.push(this.preadAsync(buf, runs[i]!, runs[i + 1]!, runs[i + 2]!));
+      await Promise.all(reads);
+    } finally {
+      const freed = this.leases.end(lease);
+      if (this.closed) {
+        if (this.leases.reads === 0) closeSync(this.dataFd);
+      } else this.letGo(freed);
+    }
+  }
+
+  /** Walks a read of `buf.length` bytes at `offset`: holes zero-filled here, each run of data given to `data`. */
+  private mapRead(
+    id: string,
+    buf: Uint8Array,
+    offset: number,
+    data: (at: number, len: number, pos: number) => void,
+  ): void {
     const m = this.member(id);
     this.checkRange(m, offset, buf.length);
     const cs = this.clusterSize;
@@ -395,7 +436,7 @@ export class VolumeFamily {
           len = Math.min(len + cs, buf.length - done);
           next++;
         }
-        this.preadFully(buf, done, len, ptr * cs + within);
+        data(done, len, ptr * cs + within);
       }
       done += len;
     }
@@ -559,18 +600,13 @@ export class VolumeFamily {
       this.usedPages.delete(p);
       this.freePages.push(p);
     }
-    if (this.pendingClusters.length) {
-      for (const c of this.pendingClusters) {
-        this.usedClusters.delete(c);
-        this.freeClusters.push(c);
-      }
-      // Only now: the superblock that stopped naming them is durable, and no member maps them
-      // (a cluster a snapshot or clone still shares never gets here; see dropCluster).
-      this.punchRuns(this.pendingClusters);
-      this.opts.release?.(this.pendingClusters.length);
-    }
+    // Only now: the superblock that stopped naming them is durable, and no member maps them (a
+    // cluster a snapshot or clone still shares never gets here; see dropCluster) — and once no
+    // read that began before this commit runs off the event loop (readAsync).
+    const freed = this.leases.committed(this.pendingClusters);
     this.pendingPages = [];
     this.pendingClusters = [];
+    this.letGo(freed);
     // Lowest numbers first, for locality.
     this.freePages.sort((a, b) => b - a);
     this.freeClusters.sort((a, b) => b - a);
@@ -580,7 +616,9 @@ export class VolumeFamily {
     if (this.closed) return;
     this.commit();
     this.closed = true;
-    closeSync(this.dataFd);
+    // A read still running off the event loop keeps the data file open until it ends (a
+    // descriptor number closed under it could be reused by another file).
+    if (this.leases.reads === 0) closeSync(this.dataFd);
     closeSync(this.metaFd);
     this.journal?.close();
   }
@@ -858,7 +896,8 @@ export class VolumeFamily {
         seen,
       );
     const pendingP = new Set(this.pendingPages);
-    const pendingC = new Set(this.pendingClusters);
+    const pendingC = this.leases.heldSet();
+    for (const c of this.pendingClusters) pendingC.add(c);
     this.usedPages.forEach((p) => {
       if (!pages.has(p) && !pendingP.has(p)) this.pendingPages.push(p);
     });
@@ -944,6 +983,30 @@ export class VolumeFamily {
   private zeroBuf: Buffer | undefined;
   private zeroes(): Buffer {
     return (this.zeroBuf ??= Buffer.alloc(this.clusterSize));
+  }
+
+  /** Clusters free for reuse now: off the used set, onto the free list, their blocks punched. */
+  private letGo(clusters: number[]): void {
+    if (!clusters.length) return;
+    for (const c of clusters) {
+      this.usedClusters.delete(c);
+      this.freeClusters.push(c);
+    }
+    this.punchRuns(clusters);
+    this.opts.release?.(clusters.length);
+    this.freeClusters.sort((a, b) => b - a);
+  }
+
+  private async preadAsync(buf: Uint8Array, at: number, len: number, pos: number): Promise<void> {
+    let done = 0;
+    while (done < len) {
+      const n = await readAsyncFd(this.dataFd, buf, at + done, len - done, pos + done);
+      if (n === 0) {
+        buf.fill(0, at + done, at + len);
+        return;
+      }
+      done += n;
+    }
   }
 
   private preadFully(buf: Uint8Array, at: number, len: number, pos: number): void {

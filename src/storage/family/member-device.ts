@@ -2,15 +2,21 @@ import type { BlockDevice, BlockSizes, Extent, WriteFlags, ZeroFlags } from '../
 import { HavenError } from '../../common/index.js';
 import type { VolumeFamily } from './family.js';
 
+/** Reads of a snapshot at least this large go to the thread pool (VolumeFamily.readAsync). */
+const ASYNC_READ = 128 * 1024;
+
 /**
- * A volume, snapshot or clone of a family as a BlockDevice. Synchronous throughout: every call
- * completes before it returns, so the NBD server answers without a promise per request.
+ * A volume, snapshot or clone of a family as a BlockDevice. Synchronous (every call completes
+ * before it returns, so the NBD server answers without a promise per request) — except large
+ * reads of a snapshot, a backup's: from a cold disk each would hold the event loop, and with it
+ * every guest's I/O, for the disk's time; they run on the thread pool, several at once.
  */
 export class MemberDevice implements BlockDevice {
   readonly blockSizes: BlockSizes = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
   /** A flush commits the whole family, whichever handle it came through. */
   readonly flushCoversAll = true;
   readonly readOnly: boolean;
+  private readonly snapshot: boolean;
   private closed = false;
 
   constructor(
@@ -20,15 +26,17 @@ export class MemberDevice implements BlockDevice {
   ) {
     const rec = family.find(id);
     if (!rec) throw new HavenError('NOT_FOUND', `no member ${id}`);
-    this.readOnly = readOnly || rec.kind === 'snapshot';
+    this.snapshot = rec.kind === 'snapshot';
+    this.readOnly = readOnly || this.snapshot;
   }
 
   get size(): number {
     return this.family.find(this.id)?.size ?? 0;
   }
 
-  read(buf: Uint8Array, offset: number): void {
+  read(buf: Uint8Array, offset: number): void | Promise<void> {
     this.open();
+    if (this.snapshot && buf.length >= ASYNC_READ) return this.family.readAsync(this.id, buf, offset);
     this.family.read(this.id, buf, offset);
   }
 
