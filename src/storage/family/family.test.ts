@@ -360,14 +360,19 @@ async function holdThreadPool(dir: string): Promise<{ release: () => Promise<voi
   };
 }
 
-test('readAsync: a snapshot read off the event loop gets its own data even when the snapshot is deleted and its clusters wanted meanwhile', async (t) => {
-  const dir = tempDir();
-  t.after(dir.cleanup);
-  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 16 * MiB });
+/** A family whose volume `v` held `a` (4 MiB of random data) when snapshot `s` was taken. */
+function snapshotOfRandom(dir: string, size: number) {
+  const f = VolumeFamily.create(join(dir, 'f'), { name: 'v', size });
   const v = f.find('v')!.id;
   const a = randomBytes(4 * MiB);
   f.write(v, a, 0);
-  const s = f.snapshot(v, 's');
+  return { f, v, a, s: f.snapshot(v, 's') };
+}
+
+test('readAsync: a snapshot read off the event loop gets its own data even when the snapshot is deleted and its clusters wanted meanwhile', async (t) => {
+  const dir = tempDir();
+  t.after(dir.cleanup);
+  const { f, v, a, s } = snapshotOfRandom(dir.path, 16 * MiB);
   f.write(v, randomBytes(4 * MiB), 0); // v moves on: s alone holds a's clusters
   f.commit();
   // Same bytes both ways, holes included.
@@ -401,11 +406,7 @@ test('readAsync: a snapshot read off the event loop gets its own data even when 
 test('readAsync: closing the family while a read is on the thread pool keeps the data file open until it ends', async (t) => {
   const dir = tempDir();
   t.after(dir.cleanup);
-  const f = VolumeFamily.create(join(dir.path, 'f'), { name: 'v', size: 4 * MiB });
-  const v = f.find('v')!.id;
-  const a = randomBytes(4 * MiB);
-  f.write(v, a, 0);
-  const s = f.snapshot(v, 's');
+  const { f, a, s } = snapshotOfRandom(dir.path, 4 * MiB);
   const pool = await holdThreadPool(dir.path);
   const got = Buffer.alloc(4 * MiB);
   const reading = f.readAsync(s.id, got, 0);
