@@ -400,7 +400,10 @@ export class VolumeFamily {
       const freed = this.leases.end(lease);
       if (this.closed) {
         if (this.leases.reads === 0) closeSync(this.dataFd);
-      } else this.letGo(freed);
+      } else if (freed.length) {
+        this.letGo(freed);
+        this.freeClusters.sort((a, b) => b - a); // as commit() leaves it: lowest numbers first
+      }
     }
   }
 
@@ -985,7 +988,7 @@ export class VolumeFamily {
     return (this.zeroBuf ??= Buffer.alloc(this.clusterSize));
   }
 
-  /** Clusters free for reuse now: off the used set, onto the free list, their blocks punched. */
+  /** Clusters free for reuse now: off the used set, onto the free list (unsorted), their blocks punched. */
   private letGo(clusters: number[]): void {
     if (!clusters.length) return;
     for (const c of clusters) {
@@ -994,7 +997,6 @@ export class VolumeFamily {
     }
     this.punchRuns(clusters);
     this.opts.release?.(clusters.length);
-    this.freeClusters.sort((a, b) => b - a);
   }
 
   private async preadAsync(buf: Uint8Array, at: number, len: number, pos: number): Promise<void> {
