@@ -50,13 +50,6 @@ export async function restore(
   let checked: Awaited<ReturnType<typeof checkRestorable>>;
   try {
     checked = await checkRestorable(repo, snapshot, diskNo, opts.ranges);
-    const name = snapshot.disks[diskNo]!.name;
-    if (target.size < checked.idx.size)
-      throw new HavenError(
-        'INVALID_ARGUMENT',
-        `the target (${target.size} bytes) is smaller than ${name} of snapshot ${snapshot.id} (${checked.idx.size} bytes)`,
-      );
-    opts.signal?.throwIfAborted();
   } catch (err) {
     await early?.close();
     throw err;
@@ -71,6 +64,12 @@ export async function restore(
   let zeroBytes = 0;
   const copies = new RepeatedChunks(repeats, (opts.repeatCacheBytes ?? REPEAT_CACHE_BYTES) / idx.chunkSize);
   try {
+    if (target.size < idx.size)
+      throw new HavenError(
+        'INVALID_ARGUMENT',
+        `the target (${target.size} bytes) is smaller than ${name} of snapshot ${snapshot.id} (${idx.size} bytes)`,
+      );
+    opts.signal?.throwIfAborted();
     await runChunks(runsOf(idx, spans), pool, async (slot, run) => {
       opts.signal?.throwIfAborted();
       const { offset, length } = run;
