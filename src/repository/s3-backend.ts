@@ -452,6 +452,11 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
     this.uploads.add(tracked);
   }
 
+  /** Index object `key` naming `packs`, as stored (sealed in an encrypted repository). */
+  private indexBody(key: string, packs: readonly Pack[]): Buffer {
+    return sealPackIndex(encodePackIndex(packs), this.metadataKey, key);
+  }
+
   /** A pack that is not stored: its chunks are not there. */
   private dropPack(p: Pack): void {
     for (const e of p.entries) if (this.where.get(e.hex)?.pack === p) this.where.delete(e.hex);
@@ -463,7 +468,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
     if (!packs.length) return;
     const key = indexKey(newPackId());
     const until = Math.max(0, ...packs.map((p) => p.retainUntil));
-    const body = sealPackIndex(encodePackIndex(packs), this.metadataKey, key);
+    const body = this.indexBody(key, packs);
     const job = this.put(key, body, until ? { retainUntil: new Date(until) } : {}).then(
       () => {
         this.addIndex(key, packs);
@@ -1026,10 +1031,11 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
     if (r.repackedPacks) await this.sync();
     // The index objects naming a doomed pack are replaced by ones naming the rest of their packs;
     // so are the small ones when there are many (not under Object Lock: retained ones stay).
-    const small = [...this.indexes].filter(([, ids]) => ids.length < MERGE_PACKS);
-    const merge = !this.versioned && !this.retention && small.length > MERGE_AT();
+    const small = (ids: readonly string[]) => ids.length < MERGE_PACKS;
+    const merge =
+      !this.versioned && !this.retention && [...this.indexes.values()].filter(small).length > MERGE_AT();
     const touched = [...this.indexes].filter(
-      ([, ids]) => (merge && ids.length < MERGE_PACKS) || ids.some((id) => doomed.has(packKey(id))),
+      ([, ids]) => (merge && small(ids)) || ids.some((id) => doomed.has(packKey(id))),
     );
     const rest = new Map<string, Pack>();
     for (const [, ids] of touched)
@@ -1045,7 +1051,7 @@ export class S3Backend implements RepositoryBackend, RetainingBackend {
         0,
         ...some.map((p) => Math.max(p.retainUntil, this.retainedUntil.get(p.key) ?? 0)),
       );
-      const body = sealPackIndex(encodePackIndex(some), this.metadataKey, key);
+      const body = this.indexBody(key, some);
       await this.put(key, body, until > Date.now() ? { retainUntil: new Date(until) } : {});
       this.addIndex(key, some);
       this.cacheIndex(key, body);
