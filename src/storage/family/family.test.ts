@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -344,20 +344,28 @@ test('random operations agree with a simple model, across reopen and crash', (t)
  * Holds every thread of libuv's pool (an open of a FIFO blocks until a writer comes), so that
  * work queued meanwhile runs only after release(): reads off the event loop, deterministically late.
  */
-async function holdThreadPool(dir: string): Promise<{ release: () => Promise<void> }> {
-  const fifo = join(dir, 'hold.fifo');
+async function holdThreadPool(t: TestContext): Promise<{ release: () => Promise<void> }> {
+  // Its own folder, removed only after the release (the test's may go first).
+  const own = tempDir('haven-fifo-');
+  const fifo = join(own.path, 'hold.fifo');
   execFileSync('mkfifo', [fifo]);
   const threads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
   const held = Array.from({ length: threads }, () => openFile(fifo, 'r'));
   // Until every thread sits in its open, the queue would not be behind them.
   await new Promise((r) => setTimeout(r, 50));
-  return {
-    release: async () => {
+  let released: Promise<void> | undefined;
+  const release = () =>
+    (released ??= (async () => {
       const w = openSync(fifo, 'w');
       for (const h of await Promise.all(held)) await h.close();
       closeSync(w);
-    },
-  };
+    })());
+  // Also when an assertion fails while the pool is held: the process could not end otherwise.
+  t.after(async () => {
+    await release();
+    own.cleanup();
+  });
+  return { release };
 }
 
 /** A family whose volume `v` held `a` (4 MiB of random data) when snapshot `s` was taken. */
@@ -382,7 +390,7 @@ test('readAsync: a snapshot read off the event loop gets its own data even when 
   assert.equal(sha(viaPool), sha(sync));
   // The race: the read's mapping is taken now, its data read only after s is gone and new writes
   // wanted clusters (the lowest free first: s's).
-  const pool = await holdThreadPool(dir.path);
+  const pool = await holdThreadPool(t);
   const got = Buffer.alloc(4 * MiB);
   const reading = f.readAsync(s.id, got, 0);
   f.delete(s.id);
@@ -407,7 +415,7 @@ test('readAsync: closing the family while a read is on the thread pool keeps the
   const dir = tempDir();
   t.after(dir.cleanup);
   const { f, a, s } = snapshotOfRandom(dir.path, 4 * MiB);
-  const pool = await holdThreadPool(dir.path);
+  const pool = await holdThreadPool(t);
   const got = Buffer.alloc(4 * MiB);
   const reading = f.readAsync(s.id, got, 0);
   f.close();
